@@ -1,0 +1,82 @@
+// The Cache concept: answers for identical requests without asking the provider again.
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/health.hpp"
+
+#include <chrono>
+#include <concepts>
+#include <optional>
+#include <string_view>
+#include <variant>
+
+namespace chatkit {
+
+namespace detail {
+template <class C>
+concept cache_has_get = requires(C& c, std::string_view key) {
+    { c.get(key) } -> std::same_as<std::optional<completion>>;
+};
+template <class C>
+concept cache_has_put = requires(C& c, std::string_view key, const completion& value, std::chrono::seconds ttl) {
+    c.put(key, value, ttl);
+};
+template <class C>
+concept cache_has_health = requires(C& c) {
+    { c.health() } -> std::same_as<component_health>;
+};
+} // namespace detail
+
+/// A Cache model provides:
+///   1. `std::optional<completion> get(std::string_view key)` — a live entry, or nullopt when it
+///      is absent or older than its TTL.
+///   2. `put(std::string_view key, const completion&, std::chrono::seconds ttl)` — may evict.
+///   3. `component_health health()`.
+/// Keys are built by the service from everything that affects an answer, scoped per user.
+/// Threading: called concurrently. A cache never fails a request: on trouble it misses.
+template <class C>
+concept cache = detail::cache_has_get<C> && detail::cache_has_put<C> && detail::cache_has_health<C>;
+
+template <class C>
+struct cache_check {
+    static_assert(detail::cache_has_get<C>,
+                  "chatkit::cache: missing `std::optional<chatkit::completion> get(std::string_view)`");
+    static_assert(detail::cache_has_put<C>,
+                  "chatkit::cache: missing `put(std::string_view, const chatkit::completion&, std::chrono::seconds)`");
+    static_assert(detail::cache_has_health<C>, "chatkit::cache: missing `chatkit::component_health health()`");
+    static constexpr bool value = cache<C>;
+};
+
+/// The reference model and the stand-in when caching is off: every lookup misses.
+struct no_cache {
+    std::optional<completion> get(std::string_view) { return std::nullopt; }
+    void put(std::string_view, const completion&, std::chrono::seconds) {}
+    component_health health() { return {.ok = true, .detail = "disabled"}; }
+};
+static_assert(cache<no_cache>);
+
+/// One of several caches chosen at run time (e.g. `lru_cache` or `no_cache` when its size is 0).
+template <cache... Cs>
+class cache_variant {
+public:
+    template <class C>
+        requires(std::same_as<std::remove_cvref_t<C>, Cs> || ...)
+    cache_variant(C&& c) : v_(std::forward<C>(c)) {}
+
+    std::optional<completion> get(std::string_view key) {
+        return std::visit([&](auto& c) { return c.get(key); }, v_);
+    }
+    void put(std::string_view key, const completion& value, std::chrono::seconds ttl) {
+        std::visit([&](auto& c) { c.put(key, value, ttl); }, v_);
+    }
+    component_health health() {
+        return std::visit([](auto& c) { return c.health(); }, v_);
+    }
+    template <class C>
+    C* get_if() noexcept { return std::get_if<C>(&v_); }
+
+private:
+    std::variant<Cs...> v_;
+};
+
+} // namespace chatkit

@@ -1,0 +1,90 @@
+// The transport-neutral request and response the service speaks. Adapters (cpp-httplib, AWS
+// Lambda, a user's own server) translate to and from these; the core never sees a socket.
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/error.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+
+namespace chatkit {
+
+struct case_insensitive_less {
+    using is_transparent = void;
+    bool operator()(std::string_view a, std::string_view b) const noexcept {
+        return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(), [](unsigned char x, unsigned char y) {
+            return std::tolower(x) < std::tolower(y);
+        });
+    }
+};
+
+// Header names compare case-insensitively (RFC 9110 §5.1).
+using header_map = std::map<std::string, std::string, case_insensitive_less>;
+
+struct http_request {
+    std::string method{}; // "GET", "POST", ...
+    std::string path{};   // percent-decoded, without the query
+    std::map<std::string, std::string, std::less<>> query{};
+    header_map headers{};
+    std::string body{};
+    std::string remote_addr{}; // the peer, for per-client limits
+    std::string request_id{};  // assigned by the request_id middleware (or the service when absent)
+
+    [[nodiscard]] std::string_view header(std::string_view name) const {
+        auto it = headers.find(name);
+        return it == headers.end() ? std::string_view{} : std::string_view{it->second};
+    }
+};
+
+// What an access log wants to know about an answered request, without reading its body.
+struct response_meta {
+    std::string model{};
+    token_usage usage{};
+    bool cached = false;
+};
+
+// Writes one chunk of a streamed body; false once the client is gone, so the producer stops.
+using chunk_writer = std::function<bool(std::string_view)>;
+
+struct http_response {
+    int status = 200;
+    header_map headers{};
+    std::string body{};
+    // When set, the body is produced by this call, chunk by chunk (Server-Sent Events); the adapter
+    // runs it after sending the status and headers. It fills `meta` as it learns the usage.
+    std::function<void(const chunk_writer&, response_meta&)> stream{};
+    response_meta meta{};
+
+    [[nodiscard]] bool is_stream() const noexcept { return static_cast<bool>(stream); }
+};
+
+// Serializes without ever throwing: invalid UTF-8 from a provider is replaced, not fatal.
+[[nodiscard]] inline std::string dump_json(const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+[[nodiscard]] inline http_response json_response(int status, const nlohmann::json& body) {
+    http_response res;
+    res.status = status;
+    res.headers.emplace("Content-Type", "application/json");
+    res.body = dump_json(body);
+    return res;
+}
+
+// Every error leaves as the OpenAI envelope plus the request id, with the matching status.
+[[nodiscard]] inline http_response error_response(const error& e, std::string_view request_id) {
+    auto body = to_envelope(e);
+    body["request_id"] = request_id;
+    auto res = json_response(http_status(e.kind), body);
+    if (e.retry_after_seconds) res.headers["Retry-After"] = std::to_string(*e.retry_after_seconds);
+    return res;
+}
+
+} // namespace chatkit

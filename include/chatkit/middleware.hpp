@@ -1,0 +1,117 @@
+// The Middleware concept: code that runs around every request (ids, rate limits, auth, ...).
+#pragma once
+
+#include "chatkit/http.hpp"
+
+#include <concepts>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+namespace chatkit {
+
+/// Per-request state of a middleware that declares none.
+struct no_context {};
+
+namespace detail {
+template <class M>
+struct context_of {
+    using type = no_context;
+};
+template <class M>
+    requires requires { typename M::context; }
+struct context_of<M> {
+    using type = typename M::context;
+};
+} // namespace detail
+
+template <class M>
+using context_of_t = typename detail::context_of<M>::type;
+
+namespace detail {
+template <class M>
+concept middleware_has_before = requires(M& m, http_request& req, context_of_t<M>& ctx) {
+    { m.before(req, ctx) } -> std::convertible_to<std::optional<http_response>>;
+};
+template <class M>
+concept middleware_has_after = requires(M& m, const http_request& req, http_response& res, context_of_t<M>& ctx) {
+    m.after(req, res, ctx);
+};
+} // namespace detail
+
+/// A Middleware model provides:
+///   1. optionally a nested `context` type (default-constructible): per-request state, created
+///      fresh for each request and reachable by type from the request's `request_context`.
+///   2. `std::optional<http_response> before(http_request&, context&)` — runs before routing, in
+///      the order the middlewares are listed; it may edit the request, and returning a response
+///      answers the request at once (the rest of the chain and the route are skipped).
+///   3. `void after(const http_request&, http_response&, context&)` — runs in reverse order, for
+///      every middleware whose `before` ran, and may decorate the response (headers, ...).
+/// Threading: one instance serves every request concurrently; per-request state goes in
+/// `context`, shared state must be synchronized by the middleware.
+template <class M>
+concept middleware = std::default_initializable<context_of_t<M>> && detail::middleware_has_before<M> &&
+                     detail::middleware_has_after<M>;
+
+template <class M>
+struct middleware_check {
+    static_assert(std::default_initializable<context_of_t<M>>,
+                  "chatkit::middleware: the nested `context` type must be default-constructible");
+    static_assert(detail::middleware_has_before<M>,
+                  "chatkit::middleware: missing `std::optional<chatkit::http_response> before(chatkit::http_request&, "
+                  "context&)` (context is the nested type, or chatkit::no_context)");
+    static_assert(detail::middleware_has_after<M>,
+                  "chatkit::middleware: missing `void after(const chatkit::http_request&, chatkit::http_response&, "
+                  "context&)` (context is the nested type, or chatkit::no_context)");
+    static constexpr bool value = middleware<M>;
+};
+
+/// The reference model: does nothing.
+struct null_middleware {
+    std::optional<http_response> before(http_request&, no_context&) { return std::nullopt; }
+    void after(const http_request&, http_response&, no_context&) {}
+};
+static_assert(middleware<null_middleware>);
+
+/// A middleware switched on or off at run time (e.g. rate limiting when configured); when off,
+/// it lets every request through untouched.
+template <middleware M>
+class optional_middleware {
+public:
+    using context = context_of_t<M>;
+
+    optional_middleware() = default;
+    optional_middleware(std::optional<M> m) : m_(std::move(m)) {}
+
+    std::optional<http_response> before(http_request& req, context& ctx) {
+        return m_ ? m_->before(req, ctx) : std::nullopt;
+    }
+    void after(const http_request& req, http_response& res, context& ctx) {
+        if (m_) m_->after(req, res, ctx);
+    }
+    [[nodiscard]] bool enabled() const noexcept { return m_.has_value(); }
+
+private:
+    std::optional<M> m_;
+};
+
+/// The contexts of one request's middlewares; `get<M>()` reaches the one of middleware M.
+template <class... Ms>
+class request_context {
+public:
+    template <class M>
+    context_of_t<M>& get() {
+        static_assert((std::same_as<M, Ms> || ...),
+                      "chatkit::request_context::get<M>: M is not one of the service's middlewares");
+        return std::get<context_of_t<M>>(contexts_);
+    }
+    template <std::size_t I>
+    auto& at() {
+        return std::get<I>(contexts_);
+    }
+
+private:
+    std::tuple<context_of_t<Ms>...> contexts_;
+};
+
+} // namespace chatkit

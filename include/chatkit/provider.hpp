@@ -1,0 +1,106 @@
+// The Provider concept: where completions come from (a local echo, OpenAI, Bedrock, ...).
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/health.hpp"
+
+#include <concepts>
+#include <functional>
+#include <string_view>
+#include <variant>
+
+namespace chatkit {
+
+// Receives one text delta of a streamed completion, in order. Returns false when the client has
+// gone away: the provider should stop generating and return promptly.
+using delta_sink = std::function<bool(std::string_view)>;
+
+namespace detail {
+template <class P>
+concept provider_has_name = requires(const P& p) {
+    { p.name() } -> std::convertible_to<std::string_view>;
+};
+template <class P>
+concept provider_has_complete = requires(P& p, const chat_request& r) {
+    { p.complete(r) } -> std::same_as<result<completion>>;
+};
+template <class P>
+concept provider_has_stream = requires(P& p, const chat_request& r, const delta_sink& sink) {
+    { p.stream(r, sink) } -> std::same_as<result<completion>>;
+};
+template <class P>
+concept provider_has_health = requires(P& p) {
+    { p.health() } -> std::same_as<component_health>;
+};
+} // namespace detail
+
+/// A Provider model provides:
+///   1. `std::string_view name() const` — a short name for logs and /health ("echo", "openai").
+///   2. `result<completion> complete(const chat_request&)` — the whole answer at once. Fill
+///      `content`, `model` (the one that answered), `finish_reason` and `usage`; the service
+///      sets `id`, `created_at` and `latency_ms` when the provider leaves them empty.
+///   3. `result<completion> stream(const chat_request&, const delta_sink&)` — call the sink with
+///      each text delta as it arrives, then return the same completion as `complete` would
+///      (content = all deltas joined). Stop early when the sink returns false.
+///   4. `component_health health()` — cheap; called by GET /health.
+/// Threading: one instance serves every request, so all four are called concurrently.
+/// Errors: failures are returned as `chatkit::error` values (upstream → 502, timeout → 504, ...),
+/// never thrown. A stream that fails after some deltas returns the error; the service turns it
+/// into an SSE error event.
+template <class P>
+concept provider = detail::provider_has_name<P> && detail::provider_has_complete<P> &&
+                   detail::provider_has_stream<P> && detail::provider_has_health<P>;
+
+// Names the first missing member, so a plugin author reads one line instead of a template dump.
+template <class P>
+struct provider_check {
+    static_assert(detail::provider_has_name<P>, "chatkit::provider: missing `std::string_view name() const`");
+    static_assert(detail::provider_has_complete<P>,
+                  "chatkit::provider: missing `chatkit::result<chatkit::completion> complete(const chatkit::chat_request&)`");
+    static_assert(detail::provider_has_stream<P>,
+                  "chatkit::provider: missing `chatkit::result<chatkit::completion> stream(const chatkit::chat_request&, "
+                  "const chatkit::delta_sink&)`");
+    static_assert(detail::provider_has_health<P>, "chatkit::provider: missing `chatkit::component_health health()`");
+    static constexpr bool value = provider<P>;
+};
+
+/// The reference model: answers every request with an empty completion, instantly. Also the
+/// baseline the benchmarks measure the service's own overhead against.
+struct null_provider {
+    std::string_view name() const { return "null"; }
+    result<completion> complete(const chat_request& r) { return completion{.model = r.model}; }
+    result<completion> stream(const chat_request& r, const delta_sink&) { return complete(r); }
+    component_health health() { return {}; }
+};
+static_assert(provider<null_provider>);
+
+/// One of several providers, chosen at run time (e.g. from configuration) and still a Provider:
+/// `provider_variant<echo_provider, openai_provider>`.
+template <provider... Ps>
+class provider_variant {
+public:
+    template <class P>
+        requires(std::same_as<std::remove_cvref_t<P>, Ps> || ...)
+    provider_variant(P&& p) : v_(std::forward<P>(p)) {}
+
+    std::string_view name() const {
+        return std::visit([](const auto& p) -> std::string_view { return p.name(); }, v_);
+    }
+    result<completion> complete(const chat_request& r) {
+        return std::visit([&](auto& p) { return p.complete(r); }, v_);
+    }
+    result<completion> stream(const chat_request& r, const delta_sink& sink) {
+        return std::visit([&](auto& p) { return p.stream(r, sink); }, v_);
+    }
+    component_health health() {
+        return std::visit([](auto& p) { return p.health(); }, v_);
+    }
+    template <class P>
+    P* get_if() noexcept { return std::get_if<P>(&v_); }
+
+private:
+    std::variant<Ps...> v_;
+};
+
+} // namespace chatkit

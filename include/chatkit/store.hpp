@@ -1,0 +1,125 @@
+// The Store concept: where conversation history lives (SQLite, DynamoDB, ...).
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/clock.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/health.hpp"
+
+#include <concepts>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace chatkit {
+
+// One request/reply pair to append: the client's last message and the assistant's reply.
+struct exchange {
+    std::string user_id{};
+    std::string request_id{};
+    std::string model{};
+    std::vector<message> messages{};
+    unix_ms created_at = 0;
+};
+
+struct stored_message {
+    std::string id{}; // opaque, unique, and ordered by time within a user's history
+    chatkit::role role = role::user;
+    std::string content{};
+    std::string model{};
+    unix_ms created_at = 0;
+    std::string request_id{};
+};
+
+inline void to_json(nlohmann::json& j, const stored_message& m) {
+    j = {{"id", m.id},
+         {"role", m.role},
+         {"content", m.content},
+         {"model", m.model},
+         {"created_at", format_rfc3339(m.created_at)},
+         {"request_id", m.request_id}};
+}
+
+struct history_query {
+    std::string user_id{};
+    std::size_t limit = 50;
+    std::string before{}; // a next_cursor from the previous page; empty for the newest page
+};
+
+struct history_page {
+    std::vector<stored_message> messages{};   // oldest first within the page
+    std::optional<std::string> next_cursor{}; // set when older messages remain
+};
+
+namespace detail {
+template <class S>
+concept store_has_append = requires(S& s, const exchange& e) {
+    { s.append(e) } -> std::same_as<result<void>>;
+};
+template <class S>
+concept store_has_history = requires(S& s, const history_query& q) {
+    { s.history(q) } -> std::same_as<result<history_page>>;
+};
+template <class S>
+concept store_has_health = requires(S& s) {
+    { s.health() } -> std::same_as<component_health>;
+};
+} // namespace detail
+
+/// A Store model provides:
+///   1. `result<void> append(const exchange&)` — returns only once the messages are durable: the
+///      service acknowledges a reply after append succeeds, so a crash must not lose it. The
+///      messages of one exchange keep their order.
+///   2. `result<history_page> history(const history_query&)` — a user's messages, newest page
+///      first: the `limit` newest messages older than `before`, returned oldest first, and a
+///      `next_cursor` (opaque to the client) when older ones remain.
+///   3. `component_health health()`.
+/// Threading: all calls arrive concurrently from many threads.
+/// Errors: an unreachable or failing store returns `error_kind::unavailable`; a malformed cursor
+/// returns `error_kind::invalid_request`.
+template <class S>
+concept store = detail::store_has_append<S> && detail::store_has_history<S> && detail::store_has_health<S>;
+
+template <class S>
+struct store_check {
+    static_assert(detail::store_has_append<S>, "chatkit::store: missing `chatkit::result<void> append(const chatkit::exchange&)`");
+    static_assert(detail::store_has_history<S>,
+                  "chatkit::store: missing `chatkit::result<chatkit::history_page> history(const chatkit::history_query&)`");
+    static_assert(detail::store_has_health<S>, "chatkit::store: missing `chatkit::component_health health()`");
+    static constexpr bool value = store<S>;
+};
+
+/// The reference model and the stand-in when history is off: keeps nothing.
+struct no_store {
+    result<void> append(const exchange&) { return {}; }
+    result<history_page> history(const history_query&) { return history_page{}; }
+    component_health health() { return {.ok = true, .detail = "disabled"}; }
+};
+static_assert(store<no_store>);
+
+/// One of several stores chosen at run time (e.g. from CHAT_DATABASE_URL), still a Store.
+template <store... Ss>
+class store_variant {
+public:
+    template <class S>
+        requires(std::same_as<std::remove_cvref_t<S>, Ss> || ...)
+    store_variant(S&& s) : v_(std::forward<S>(s)) {}
+
+    result<void> append(const exchange& e) {
+        return std::visit([&](auto& s) { return s.append(e); }, v_);
+    }
+    result<history_page> history(const history_query& q) {
+        return std::visit([&](auto& s) { return s.history(q); }, v_);
+    }
+    component_health health() {
+        return std::visit([](auto& s) { return s.health(); }, v_);
+    }
+    template <class S>
+    S* get_if() noexcept { return std::get_if<S>(&v_); }
+
+private:
+    std::variant<Ss...> v_;
+};
+
+} // namespace chatkit

@@ -1,0 +1,6 @@
+#pragma once
+
+#define CHATKIT_VERSION_MAJOR 0
+#define CHATKIT_VERSION_MINOR 1
+#define CHATKIT_VERSION_PATCH 0
+#define CHATKIT_VERSION "0.1.0"

@@ -1,0 +1,3 @@
+#include "odr_headers.hpp"
+
+int odr_b() { return static_cast<int>(chatkit::random_id().size()); }

@@ -1,0 +1,9 @@
+#pragma once
+
+#include <chatkit/chatkit.hpp>
+#include <chatkit/echo_provider.hpp>
+#include <chatkit/httplib_server.hpp>
+#include <chatkit/lru_cache.hpp>
+#include <chatkit/rate_limiter.hpp>
+#include <chatkit/request_id.hpp>
+#include <chatkit/sqlite_store.hpp>

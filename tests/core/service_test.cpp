@@ -1,0 +1,448 @@
+// The service's HTTP contract, exercised through handle() with small in-test models of each
+// concept (no network, no files): routing, validation, cache, store, middleware and streaming.
+#include <chatkit/chatkit.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+using nlohmann::json;
+
+namespace {
+
+// Answers "reply to <last message>", or fails/throws when told to; counts its calls.
+struct scripted_provider {
+    std::shared_ptr<int> calls = std::make_shared<int>(0);
+    std::optional<chatkit::error> fail_with;
+    bool throws = false;
+    std::vector<std::string> deltas{"Hello", ", ", "world"};
+    std::size_t fail_after_deltas = SIZE_MAX;
+
+    std::string_view name() const { return "scripted"; }
+    chatkit::result<chatkit::completion> complete(const chatkit::chat_request& r) {
+        ++*calls;
+        if (throws) throw std::runtime_error("boom");
+        if (fail_with) return *fail_with;
+        chatkit::completion c;
+        c.model = r.model.empty() ? "scripted-1" : r.model;
+        for (const auto& d : deltas) c.content += d;
+        c.usage = {3, static_cast<int>(deltas.size())};
+        return c;
+    }
+    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink) {
+        ++*calls;
+        chatkit::completion c;
+        c.model = "scripted-1";
+        for (std::size_t i = 0; i < deltas.size(); ++i) {
+            if (i == fail_after_deltas) return chatkit::error{chatkit::error_kind::upstream, "upstream broke", "upstream_error"};
+            if (!sink(deltas[i])) return c;
+            c.content += deltas[i];
+        }
+        (void)r;
+        c.usage = {3, static_cast<int>(deltas.size())};
+        return c;
+    }
+    chatkit::component_health health() { return {}; }
+};
+static_assert(chatkit::provider<scripted_provider>);
+
+struct memory_store {
+    struct state {
+        std::mutex mutex;
+        std::vector<chatkit::exchange> exchanges;
+        std::optional<chatkit::history_query> last_query;
+        bool down = false;
+    };
+    std::shared_ptr<state> s = std::make_shared<state>();
+
+    chatkit::result<void> append(const chatkit::exchange& e) {
+        std::lock_guard lock{s->mutex};
+        if (s->down) return chatkit::error{chatkit::error_kind::unavailable, "store is down", "store_unavailable"};
+        s->exchanges.push_back(e);
+        return {};
+    }
+    chatkit::result<chatkit::history_page> history(const chatkit::history_query& q) {
+        std::lock_guard lock{s->mutex};
+        s->last_query = q;
+        chatkit::history_page page;
+        for (const auto& e : s->exchanges)
+            if (e.user_id == q.user_id)
+                for (const auto& m : e.messages)
+                    page.messages.push_back({std::to_string(page.messages.size() + 1), m.role, m.content, e.model,
+                                             e.created_at, e.request_id});
+        page.next_cursor = "older";
+        return page;
+    }
+    chatkit::component_health health() {
+        std::lock_guard lock{s->mutex};
+        return {!s->down, s->down ? "disk on fire" : ""};
+    }
+};
+static_assert(chatkit::store<memory_store>);
+
+struct map_cache {
+    std::shared_ptr<std::map<std::string, chatkit::completion, std::less<>>> entries =
+        std::make_shared<std::map<std::string, chatkit::completion, std::less<>>>();
+    std::optional<chatkit::completion> get(std::string_view key) {
+        auto it = entries->find(key);
+        return it == entries->end() ? std::nullopt : std::optional{it->second};
+    }
+    void put(std::string_view key, const chatkit::completion& c, std::chrono::seconds) { (*entries)[std::string{key}] = c; }
+    chatkit::component_health health() { return {}; }
+};
+static_assert(chatkit::cache<map_cache>);
+
+chatkit::http_request post_chat(const json& body, std::string content_type = "application/json") {
+    chatkit::http_request req;
+    req.method = "POST";
+    req.path = "/chat";
+    req.body = body.dump();
+    if (!content_type.empty()) req.headers.emplace("Content-Type", content_type);
+    return req;
+}
+
+chatkit::http_request get(std::string path) {
+    chatkit::http_request req;
+    req.method = "GET";
+    req.path = std::move(path);
+    return req;
+}
+
+json body_of(const chatkit::http_response& res) { return json::parse(res.body); }
+
+// Runs a streamed response to the end and returns its raw SSE text.
+std::string drain(chatkit::http_response& res, std::size_t accept_chunks = SIZE_MAX) {
+    REQUIRE(res.is_stream());
+    std::string out;
+    std::size_t n = 0;
+    res.stream([&](std::string_view chunk) {
+        if (n++ >= accept_chunks) return false;
+        out += chunk;
+        return true;
+    }, res.meta);
+    return out;
+}
+
+// Parses "event: X\ndata: Y\n\n" blocks.
+std::vector<std::pair<std::string, json>> events_of(const std::string& sse) {
+    std::vector<std::pair<std::string, json>> events;
+    std::size_t pos = 0;
+    while (pos < sse.size()) {
+        const auto end = sse.find("\n\n", pos);
+        REQUIRE(end != std::string::npos);
+        const auto block = sse.substr(pos, end - pos);
+        const auto nl = block.find('\n');
+        REQUIRE(block.starts_with("event: "));
+        REQUIRE(block.substr(nl + 1).starts_with("data: "));
+        events.emplace_back(block.substr(7, nl - 7), json::parse(block.substr(nl + 7)));
+        pos = end + 2;
+    }
+    return events;
+}
+
+using test_service = chatkit::service<scripted_provider, memory_store, map_cache>;
+
+void check_error(const chatkit::http_response& res, int status, std::string_view type) {
+    CHECK(res.status == status);
+    CHECK(res.headers.at("Content-Type") == "application/json");
+    const auto body = body_of(res);
+    CHECK(body["error"]["type"] == type);
+    CHECK(body["error"]["message"].is_string());
+    CHECK(body.contains("request_id"));
+}
+
+} // namespace
+
+TEST_CASE("POST /chat answers with the completion and its metadata") {
+    test_service svc{scripted_provider{}, memory_store{}, map_cache{}};
+    const auto res = svc.handle(post_chat({{"content", "hi"}, {"user_id", "alice"}}));
+    REQUIRE(res.status == 200);
+    const auto body = body_of(res);
+    CHECK(body["content"] == "Hello, world");
+    CHECK(body["model"] == "scripted-1");
+    CHECK(body["finish_reason"] == "stop");
+    CHECK(body["usage"] == json{{"prompt_tokens", 3}, {"completion_tokens", 3}, {"total_tokens", 6}});
+    CHECK(body["cached"] == false);
+    CHECK(body["id"].get<std::string>().starts_with("chatcmpl-"));
+    CHECK(body["request_id"].get<std::string>().size() == 32);
+    CHECK(body["latency_ms"].is_number());
+    CHECK(body["created_at"].get<std::string>().ends_with("Z"));
+    CHECK(res.meta.model == "scripted-1");
+}
+
+TEST_CASE("each exchange is stored with its user, request id, the last message and the reply") {
+    memory_store store;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    auto req = post_chat({{"messages", {{{"role", "system"}, {"content", "sys"}}, {{"role", "user"}, {"content", "q"}}}}});
+    req.request_id = "rid-1";
+    REQUIRE(svc.handle(req).status == 200);
+    REQUIRE(store.s->exchanges.size() == 1);
+    const auto& e = store.s->exchanges[0];
+    CHECK(e.user_id == "anonymous");
+    CHECK(e.request_id == "rid-1");
+    CHECK(e.model == "scripted-1");
+    REQUIRE(e.messages.size() == 2);
+    CHECK(e.messages[0] == chatkit::message{chatkit::role::user, "q"});
+    CHECK(e.messages[1] == chatkit::message{chatkit::role::assistant, "Hello, world"});
+}
+
+TEST_CASE("identical requests are answered from the cache, per user, unless the client opts out") {
+    scripted_provider provider;
+    memory_store store;
+    test_service svc{provider, store, map_cache{}};
+    const json ask = {{"content", "same"}, {"user_id", "alice"}};
+
+    CHECK(body_of(svc.handle(post_chat(ask)))["cached"] == false);
+    const auto again = body_of(svc.handle(post_chat(ask)));
+    CHECK(again["cached"] == true);
+    CHECK(again["content"] == "Hello, world");
+    CHECK(*provider.calls == 1);
+
+    CHECK(body_of(svc.handle(post_chat({{"content", "same"}, {"user_id", "bob"}})))["cached"] == false);
+    CHECK(body_of(svc.handle(post_chat({{"content", "same"}, {"user_id", "alice"}, {"temperature", 1}})))["cached"] == false);
+    CHECK(body_of(svc.handle(post_chat({{"content", "same"}, {"user_id", "alice"}, {"cache", false}})))["cached"] == false);
+    CHECK(*provider.calls == 4);
+    CHECK(store.s->exchanges.size() == 5); // a cached answer is still an exchange
+}
+
+TEST_CASE("a reply whose history cannot be stored is not acknowledged") {
+    memory_store store;
+    store.s->down = true;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    check_error(svc.handle(post_chat({{"content", "hi"}})), 503, "service_unavailable");
+}
+
+TEST_CASE("a provider error keeps its status and message; an exception becomes a 500") {
+    scripted_provider failing;
+    failing.fail_with = chatkit::error{chatkit::error_kind::timeout, "upstream timed out", "timeout"};
+    test_service svc{failing, memory_store{}, map_cache{}};
+    const auto res = svc.handle(post_chat({{"content", "hi"}}));
+    check_error(res, 504, "timeout");
+    CHECK(body_of(res)["error"]["message"] == "upstream timed out");
+
+    scripted_provider throwing;
+    throwing.throws = true;
+    test_service svc2{throwing, memory_store{}, map_cache{}};
+    const auto crashed = svc2.handle(post_chat({{"content", "hi"}}));
+    check_error(crashed, 500, "server_error");
+    CHECK(body_of(crashed)["error"]["message"] == "internal error"); // no detail leaks
+}
+
+TEST_CASE("unknown routes are 404 and wrong methods 405 with Allow") {
+    test_service svc{scripted_provider{}, memory_store{}, map_cache{}};
+    check_error(svc.handle(get("/nope")), 404, "not_found_error");
+    check_error(svc.handle(get("/history/")), 404, "not_found_error");
+    check_error(svc.handle(get("/history/a/b")), 404, "not_found_error");
+    const auto wrong = svc.handle(get("/chat"));
+    check_error(wrong, 405, "method_not_allowed");
+    CHECK(wrong.headers.at("Allow") == "POST");
+    auto del = get("/health");
+    del.method = "DELETE";
+    CHECK(svc.handle(del).headers.at("Allow") == "GET, HEAD");
+    auto head = get("/health");
+    head.method = "HEAD";
+    CHECK(svc.handle(head).status == 200);
+}
+
+TEST_CASE("bad bodies get 400, 413 or 415 with a JSON error, never a crash") {
+    chatkit::service_options options;
+    options.max_body_bytes = 64;
+    test_service svc{options, scripted_provider{}, memory_store{}, map_cache{}, };
+
+    check_error(svc.handle(post_chat({{"content", std::string(100, 'x')}})), 413, "invalid_request_error");
+    check_error(svc.handle(post_chat({{"content", "hi"}}, "text/plain")), 415, "invalid_request_error");
+    CHECK(svc.handle(post_chat({{"content", "hi"}}, "application/json; charset=utf-8")).status == 200);
+    CHECK(svc.handle(post_chat({{"content", "hi"}}, "")).status == 200); // no Content-Type: taken as JSON
+
+    auto broken = post_chat({});
+    broken.body = R"({"content": "hi)";
+    check_error(svc.handle(broken), 400, "invalid_request_error");
+    CHECK(body_of(svc.handle(broken))["error"]["code"] == "invalid_json");
+
+    auto bad_utf8 = post_chat({});
+    bad_utf8.body = "{\"content\": \"\xff\xfe\"}";
+    const auto utf8_res = svc.handle(bad_utf8);
+    check_error(utf8_res, 400, "invalid_request_error");
+    CHECK(body_of(utf8_res)["error"]["code"] == "invalid_utf8");
+}
+
+TEST_CASE("deeply nested JSON is refused without exhausting the stack") {
+    chatkit::service_options options;
+    options.max_body_bytes = 4 << 20;
+    test_service svc{options, scripted_provider{}, memory_store{}, map_cache{}};
+    auto deep = post_chat({});
+    deep.body = std::string(1 << 20, '[') + std::string(1 << 20, ']');
+    check_error(svc.handle(deep), 400, "invalid_request_error");
+}
+
+TEST_CASE("GET /history validates limit and passes the cursor to the store") {
+    memory_store store;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    REQUIRE(svc.handle(post_chat({{"content", "q"}, {"user_id", "carol"}})).status == 200);
+
+    const auto page = svc.handle(get("/history/carol"));
+    REQUIRE(page.status == 200);
+    const auto body = body_of(page);
+    CHECK(body["user_id"] == "carol");
+    CHECK(body["next_cursor"] == "older");
+    REQUIRE(body["messages"].size() == 2);
+    CHECK(body["messages"][0]["role"] == "user");
+    CHECK(body["messages"][1]["content"] == "Hello, world");
+    CHECK(body["messages"][1]["created_at"].get<std::string>().ends_with("Z"));
+    CHECK(store.s->last_query->limit == 50);
+
+    auto paged = get("/history/carol");
+    paged.query = {{"limit", "100"}, {"before", "42"}};
+    REQUIRE(svc.handle(paged).status == 200);
+    CHECK(store.s->last_query->limit == 100);
+    CHECK(store.s->last_query->before == "42");
+
+    for (const char* bad : {"0", "101", "ten", "5x", "-1", ""}) {
+        auto req = get("/history/carol");
+        req.query = {{"limit", bad}};
+        check_error(svc.handle(req), 400, "invalid_request_error");
+    }
+    check_error(svc.handle(get("/history/" + std::string(129, 'u'))), 400, "invalid_request_error");
+}
+
+TEST_CASE("GET /health reports each component, and 503 when one is down") {
+    memory_store store;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    auto ok = svc.handle(get("/health"));
+    CHECK(ok.status == 200);
+    auto body = body_of(ok);
+    CHECK(body["status"] == "ok");
+    CHECK(body["version"] == CHATKIT_VERSION);
+    CHECK(body["components"]["store"]["status"] == "ok");
+    CHECK(body["components"]["cache"]["status"] == "ok");
+    CHECK(body["components"]["provider"]["status"] == "ok");
+
+    store.s->down = true;
+    auto down = svc.handle(get("/health"));
+    CHECK(down.status == 503);
+    body = body_of(down);
+    CHECK(body["status"] == "unavailable");
+    CHECK(body["components"]["store"] == json{{"status", "down"}, {"detail", "disk on fire"}});
+}
+
+namespace {
+std::vector<std::string>* journal = nullptr;
+
+template <char Name>
+struct tracing_middleware {
+    struct context {
+        std::string seen;
+    };
+    std::optional<chatkit::http_response> before(chatkit::http_request& req, context& ctx) {
+        journal->push_back(std::string{"before "} + Name);
+        ctx.seen = std::string{Name};
+        if (req.header("X-Stop-At") == std::string(1, Name)) return chatkit::json_response(418, {{"stopped_by", ctx.seen}});
+        return std::nullopt;
+    }
+    void after(const chatkit::http_request&, chatkit::http_response& res, context& ctx) {
+        journal->push_back(std::string{"after "} + Name);
+        res.headers["X-Seen-" + ctx.seen] = "yes";
+    }
+};
+static_assert(chatkit::middleware<tracing_middleware<'a'>>);
+} // namespace
+
+TEST_CASE("middlewares run before in order and after in reverse; one may answer early") {
+    std::vector<std::string> log;
+    journal = &log;
+    chatkit::service<scripted_provider, chatkit::no_store, chatkit::no_cache, tracing_middleware<'a'>, tracing_middleware<'b'>> svc;
+
+    auto res = svc.handle(get("/health"));
+    CHECK(res.status == 200);
+    CHECK(log == std::vector<std::string>{"before a", "before b", "after b", "after a"});
+    CHECK(res.headers.count("X-Seen-a") == 1);
+    CHECK(res.headers.count("X-Seen-b") == 1);
+
+    log.clear();
+    auto stopped = get("/health");
+    stopped.headers.emplace("X-Stop-At", "a");
+    res = svc.handle(stopped);
+    CHECK(res.status == 418);
+    CHECK(log == std::vector<std::string>{"before a", "after a"});
+    journal = nullptr;
+}
+
+TEST_CASE("a custom route reaches a middleware's per-request context by type") {
+    std::vector<std::string> log;
+    journal = &log;
+    chatkit::service<scripted_provider, chatkit::no_store, chatkit::no_cache, tracing_middleware<'a'>> svc;
+    svc.route("GET", "/whoami", [](chatkit::http_request&, auto& ctx) {
+        return chatkit::json_response(200, {{"seen", ctx.template get<tracing_middleware<'a'>>().seen}});
+    });
+    auto res = svc.handle(get("/whoami"));
+    CHECK(res.status == 200);
+    CHECK(body_of(res)["seen"] == "a");
+    journal = nullptr;
+}
+
+TEST_CASE("a streamed chat sends one event per delta, then the answer's metadata") {
+    memory_store store;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"user_id", "dana"}}));
+    CHECK(res.status == 200);
+    CHECK(res.headers.at("Content-Type") == "text/event-stream");
+    const auto events = events_of(drain(res));
+    REQUIRE(events.size() == 4);
+    CHECK(events[0] == std::pair<std::string, json>{"delta", {{"content", "Hello"}}});
+    CHECK(events[1].second["content"] == ", ");
+    CHECK(events[2].second["content"] == "world");
+    CHECK(events[3].first == "done");
+    CHECK(events[3].second["content"] == "Hello, world");
+    CHECK(events[3].second["usage"]["total_tokens"] == 6);
+    CHECK(events[3].second["request_id"].is_string());
+    CHECK(res.meta.usage.completion_tokens == 3);
+    CHECK(store.s->exchanges.size() == 1);
+
+    // The same request again comes from the cache, still as a stream.
+    auto cached = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"user_id", "dana"}}));
+    const auto again = events_of(drain(cached));
+    REQUIRE(again.size() == 2);
+    CHECK(again[0].second["content"] == "Hello, world");
+    CHECK(again[1].second["cached"] == true);
+}
+
+TEST_CASE("a stream that fails mid-way ends with an error event, not a silent truncation") {
+    scripted_provider provider;
+    provider.fail_after_deltas = 1;
+    memory_store store;
+    test_service svc{provider, store, map_cache{}};
+    auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}}));
+    const auto events = events_of(drain(res));
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].first == "delta");
+    CHECK(events[1].first == "error");
+    CHECK(events[1].second["error"]["type"] == "upstream_error");
+    CHECK(events[1].second["request_id"].is_string());
+    CHECK(store.s->exchanges.empty());
+}
+
+TEST_CASE("a client that leaves mid-stream stops the provider; the partial reply is not stored") {
+    memory_store store;
+    map_cache cache;
+    test_service svc{scripted_provider{}, store, cache};
+    auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}}));
+    drain(res, 1);
+    CHECK(store.s->exchanges.empty());
+    CHECK(cache.entries->empty());
+}
+
+TEST_CASE("chat() runs the pipeline without HTTP") {
+    memory_store store;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    chatkit::chat_request req;
+    req.messages = {{chatkit::role::user, "hi"}};
+    req.user_id = "erin";
+    auto answer = svc.chat(req);
+    REQUIRE(answer);
+    CHECK(answer->content == "Hello, world");
+    CHECK_FALSE(answer->cached);
+    CHECK(svc.chat(req)->cached);
+    CHECK(store.s->exchanges.size() == 2);
+}

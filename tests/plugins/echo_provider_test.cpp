@@ -1,0 +1,70 @@
+// The echo provider is the embedded default: deterministic answers, word-by-word streams and
+// token counts a client can predict.
+#include <chatkit/echo_provider.hpp>
+
+#include <catch2/catch.hpp>
+
+namespace {
+chatkit::chat_request ask(std::vector<chatkit::message> messages) {
+    chatkit::chat_request r;
+    r.messages = std::move(messages);
+    return r;
+}
+} // namespace
+
+TEST_CASE("echo answers with the last user message and counts words as tokens") {
+    chatkit::echo_provider echo;
+    auto c = echo.complete(ask({{chatkit::role::system, "be terse"},
+                                {chatkit::role::user, "first question"},
+                                {chatkit::role::assistant, "an answer"},
+                                {chatkit::role::user, "how are  you today"}}));
+    REQUIRE(c);
+    CHECK(c->content == "how are  you today");
+    CHECK(c->model == "echo-1");
+    CHECK(c->finish_reason == "stop");
+    CHECK(c->usage.prompt_tokens == 10);
+    CHECK(c->usage.completion_tokens == 4);
+}
+
+TEST_CASE("echo streams word by word and the deltas join to the whole answer") {
+    chatkit::echo_provider echo;
+    std::vector<std::string> deltas;
+    auto c = echo.stream(ask({{chatkit::role::user, " hello  brave\nnew world "}}), [&](std::string_view d) {
+        deltas.emplace_back(d);
+        return true;
+    });
+    REQUIRE(c);
+    CHECK(deltas == std::vector<std::string>{" hello", "  brave", "\nnew", " world"});
+    std::string joined;
+    for (const auto& d : deltas) joined += d;
+    CHECK(joined == c->content);
+    CHECK(c->usage.completion_tokens == 4);
+}
+
+TEST_CASE("echo honours max_tokens with finish_reason length, and the requested model") {
+    chatkit::echo_provider echo{chatkit::echo_options{.model = "house-model"}};
+    auto r = ask({{chatkit::role::user, "one two three four"}});
+    r.max_tokens = 2;
+    auto c = echo.complete(r);
+    CHECK(c->content == "one two");
+    CHECK(c->finish_reason == "length");
+    CHECK(c->model == "house-model");
+    r.model = "asked-for";
+    CHECK(echo.complete(r)->model == "asked-for");
+}
+
+TEST_CASE("echo stops streaming when the client goes away") {
+    chatkit::echo_provider echo;
+    int delivered = 0;
+    auto c = echo.stream(ask({{chatkit::role::user, "a b c d e"}}), [&](std::string_view) { return ++delivered < 2; });
+    CHECK(delivered == 2);
+    CHECK(c->content == "a");
+}
+
+TEST_CASE("echo with no user message answers with nothing") {
+    chatkit::echo_provider echo;
+    auto c = echo.complete(ask({{chatkit::role::system, "only a system prompt"}}));
+    CHECK(c->content.empty());
+    CHECK(c->usage.completion_tokens == 0);
+    CHECK(echo.health().ok);
+}
