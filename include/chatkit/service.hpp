@@ -62,11 +62,14 @@ public:
         : options_(std::move(options)), provider_(std::move(provider)), store_(std::move(store)),
           cache_(std::move(cache)), middlewares_(std::move(middlewares)...) {}
 
-    // Answers one request. Never throws: an exception escaping a plugin becomes a 500.
-    http_response handle(http_request req) {
+    // Answers one request. Never throws: an exception escaping a plugin becomes a 500. The
+    // request keeps what the middlewares set on it (its request_id), for the caller's logs.
+    http_response handle(http_request& req) {
+        if (req.request_id.empty()) req.request_id = random_id(); // every answer, even a 429, carries one
         context ctx;
         return run_middleware<0>(req, ctx);
     }
+    http_response handle(http_request&& req) { return handle(req); }
 
     // Adds a route, matched on the exact path before the built-in ones. Call before serving.
     void route(std::string method, std::string path, handler h) {
@@ -132,7 +135,6 @@ private:
     }
 
     http_response dispatch(http_request& req, context& ctx) {
-        if (req.request_id.empty()) req.request_id = random_id();
         try {
             for (auto& r : routes_)
                 if (r.path == req.path && r.method == req.method) return r.fn(req, ctx);

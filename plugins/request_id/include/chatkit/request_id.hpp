@@ -1,9 +1,9 @@
-// Gives every request an id that follows it through logs, the store and the response: the
-// client's X-Request-ID when it is 1–128 characters of [A-Za-z0-9._-], otherwise a new one.
+// Lets a client choose the id that follows its request through logs, the store and the answer:
+// its X-Request-ID when that is 1–128 characters of [A-Za-z0-9._-]; otherwise the id the service
+// generated is kept. Either way the id is echoed in the X-Request-ID response header.
 #pragma once
 
 #include "chatkit/middleware.hpp"
-#include "chatkit/random_id.hpp"
 
 #include <optional>
 #include <string_view>
@@ -24,8 +24,7 @@ public:
     }
 
     std::optional<http_response> before(http_request& req, no_context&) {
-        const auto offered = req.header(header);
-        req.request_id = is_valid(offered) ? std::string{offered} : random_id();
+        if (const auto offered = req.header(header); is_valid(offered)) req.request_id = offered;
         return std::nullopt;
     }
 
