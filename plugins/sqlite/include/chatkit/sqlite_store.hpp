@@ -1,0 +1,343 @@
+// chatkit::sqlite_store: conversation history in one local SQLite file, the Store for a single node.
+// Writes use group commit: concurrent append() calls share one transaction and one fsync, so the
+// durability cost is paid per batch, not per request. Reads use their own connection (WAL).
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/health.hpp"
+#include "chatkit/store.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace chatkit {
+
+struct sqlite_options {
+    std::string path = "chatkit.db"; // a file: WAL and the separate read connection need one
+    std::chrono::milliseconds busy_timeout{5000};
+    bool durable = true; // true: synchronous=FULL, a commit survives power loss; false: NORMAL,
+                         // a commit survives a crash of the process but maybe not of the machine
+};
+
+namespace sqlite_detail {
+
+// Migration n takes the schema from user_version n-1 to n. Append new ones; never edit a shipped
+// one, since databases in the field have already run it.
+inline constexpr std::string_view migrations[] = {
+    // AUTOINCREMENT: ids are never reused, so they order a user's history by time and stay valid
+    // as cursors even after rows are deleted.
+    R"sql(
+    CREATE TABLE messages (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id    TEXT    NOT NULL,
+        role       TEXT    NOT NULL,
+        content    TEXT    NOT NULL,
+        model      TEXT    NOT NULL,
+        created_at INTEGER NOT NULL, -- unix ms
+        request_id TEXT    NOT NULL
+    );
+    CREATE INDEX messages_by_user ON messages (user_id, id);
+    )sql",
+};
+
+struct close_db {
+    void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
+};
+struct finalize {
+    void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
+};
+using db_handle = std::unique_ptr<sqlite3, close_db>;
+using statement = std::unique_ptr<sqlite3_stmt, finalize>;
+
+// Resets a prepared statement when one use of it ends: the next use starts clean, no binding
+// points at a caller's string once it is gone, and a reader does not keep its snapshot open
+// (which would stop WAL checkpoints).
+class statement_use {
+public:
+    explicit statement_use(sqlite3_stmt* s) noexcept : s_(s) {}
+    statement_use(const statement_use&) = delete;
+    statement_use& operator=(const statement_use&) = delete;
+    ~statement_use() {
+        sqlite3_reset(s_);
+        sqlite3_clear_bindings(s_);
+    }
+
+private:
+    sqlite3_stmt* s_;
+};
+
+inline int bind_text(sqlite3_stmt* s, int index, std::string_view text) noexcept {
+    // SQLITE_STATIC: the text outlives the statement's use; no copy.
+    return sqlite3_bind_text64(s, index, text.data(), text.size(), SQLITE_STATIC, SQLITE_UTF8);
+}
+
+inline std::string column_text(sqlite3_stmt* s, int column) {
+    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(s, column));
+    return text ? std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(s, column))) : std::string{};
+}
+
+// The db's message describes its last failure; a bind error may not have set it.
+inline std::string describe(sqlite3* db, int rc) {
+    return sqlite3_errcode(db) == (rc & 0xff) ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+}
+
+// Start-up failures throw: a service without its store must not start.
+[[noreturn]] inline void fail(const std::string& path, std::string_view what, std::string_view why) {
+    throw std::runtime_error("chatkit::sqlite_store: " + std::string(what) + " '" + path + "': " + std::string(why));
+}
+
+inline db_handle open_db(const std::string& path, int flags, std::chrono::milliseconds busy_timeout) {
+    sqlite3* raw = nullptr;
+    const int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
+    db_handle db(raw); // closed on every path, even when open failed
+    if (rc != SQLITE_OK) fail(path, "cannot open", db ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc));
+    sqlite3_busy_timeout(db.get(), static_cast<int>(std::clamp<std::int64_t>(busy_timeout.count(), 0, INT32_MAX)));
+    return db;
+}
+
+inline statement prepare(sqlite3* db, const std::string& path, std::string_view sql) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr) !=
+        SQLITE_OK)
+        fail(path, "cannot prepare statements for", sqlite3_errmsg(db));
+    return statement(s);
+}
+
+inline void exec(sqlite3* db, const std::string& path, const std::string& sql) {
+    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK)
+        fail(path, "cannot set up", sqlite3_errmsg(db));
+}
+
+// The first column of a one-row query (a PRAGMA's value).
+inline std::string query_value(sqlite3* db, const std::string& path, std::string_view sql) {
+    const statement s = prepare(db, path, sql);
+    if (sqlite3_step(s.get()) != SQLITE_ROW) fail(path, "cannot set up", sqlite3_errmsg(db));
+    return column_text(s.get(), 0);
+}
+
+// Applies the migrations the file has not run yet, all in one transaction: a crash mid-way leaves
+// the old version, never half of a new one. IMMEDIATE so two processes cannot both migrate.
+inline void migrate(sqlite3* db, const std::string& path) {
+    constexpr auto latest = static_cast<long>(std::size(migrations));
+    exec(db, path, "BEGIN IMMEDIATE");
+    try {
+        const long version = std::stol(query_value(db, path, "PRAGMA user_version"));
+        if (version > latest)
+            fail(path, "schema of", "version " + std::to_string(version) + " is newer than this chatkit's (" +
+                                        std::to_string(latest) + ")");
+        for (long v = version; v < latest; ++v) exec(db, path, std::string(migrations[v]));
+        if (version < latest) exec(db, path, "PRAGMA user_version = " + std::to_string(latest));
+        exec(db, path, "COMMIT");
+    } catch (...) {
+        sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+    }
+}
+
+} // namespace sqlite_detail
+
+class sqlite_store {
+public:
+    // Opens or creates the file and migrates it; throws std::runtime_error naming the path.
+    explicit sqlite_store(sqlite_options options = {}) : state_(std::make_unique<state>()) {
+        using namespace sqlite_detail;
+        const std::string& path = options.path;
+        if (path.empty() || path == ":memory:") fail(path, "cannot use", "sqlite_store needs a database file");
+        auto& s = *state_;
+        s.writer = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, options.busy_timeout);
+        sqlite3* w = s.writer.get();
+        // Catches in-memory and temporary databases however they were named (e.g. URIs).
+        if (const char* file = sqlite3_db_filename(w, "main"); !file || !*file)
+            fail(path, "cannot use", "sqlite_store needs a database file, not an in-memory one");
+        if (query_value(w, path, "PRAGMA journal_mode = WAL") != "wal")
+            fail(path, "cannot use", "the file does not support WAL journaling");
+        exec(w, path, options.durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+        migrate(w, path);
+        s.begin = prepare(w, path, "BEGIN IMMEDIATE");
+        s.commit = prepare(w, path, "COMMIT");
+        s.rollback = prepare(w, path, "ROLLBACK");
+        s.insert = prepare(w, path,
+                           "INSERT INTO messages (user_id, role, content, model, created_at, request_id) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+        // Opened after migrating, so its statements see the current schema.
+        s.reader = open_db(path, SQLITE_OPEN_READONLY, options.busy_timeout);
+        s.select_page = prepare(s.reader.get(), path,
+                                "SELECT id, role, content, model, created_at, request_id FROM messages "
+                                "WHERE user_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3");
+        s.select_one = prepare(s.reader.get(), path, "SELECT 1");
+    }
+
+    sqlite_store(sqlite_store&&) noexcept = default;
+    sqlite_store& operator=(sqlite_store&&) noexcept = default;
+
+    // Returns once the exchange is committed. Callers that arrive while a batch is being written
+    // queue up; the first to find the writer free writes the whole queue in one transaction.
+    result<void> append(const exchange& e) {
+        if (e.messages.empty()) return {};
+        auto& s = *state_;
+        pending self{&e};
+        std::unique_lock lock(s.queue_mutex);
+        s.queue.push_back(&self);
+        s.queue_changed.wait(lock, [&] { return self.done || !s.writing; });
+        if (!self.done) write_queue(lock); // our exchange is in it
+        if (self.failure) return *self.failure;
+        return {};
+    }
+
+    result<history_page> history(const history_query& q) {
+        using namespace sqlite_detail;
+        std::int64_t before = std::numeric_limits<std::int64_t>::max();
+        if (!q.before.empty() && !parse_cursor(q.before, before))
+            return error{error_kind::invalid_request, "'before' is not a valid cursor", "invalid_cursor", "before"};
+        history_page page;
+        if (q.limit == 0) return page;
+        const auto limit = std::min<std::uint64_t>(q.limit, std::numeric_limits<std::int64_t>::max() - 1);
+
+        auto& s = *state_;
+        const std::lock_guard lock(s.read_mutex);
+        sqlite3_stmt* st = s.select_page.get();
+        const statement_use use(st);
+        bind_text(st, 1, q.user_id);
+        sqlite3_bind_int64(st, 2, before);
+        sqlite3_bind_int64(st, 3, static_cast<std::int64_t>(limit) + 1); // one more: are there older ones?
+        int rc = SQLITE_DONE;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            if (page.messages.size() == limit) {
+                page.next_cursor = page.messages.back().id; // the smallest id in the page
+                break;
+            }
+            const auto role = parse_role(column_text(st, 1));
+            if (!role) return error{error_kind::internal, "stored message has an unknown role", "store_corrupt"};
+            page.messages.push_back({std::to_string(sqlite3_column_int64(st, 0)), *role, column_text(st, 2),
+                                     column_text(st, 3), sqlite3_column_int64(st, 4), column_text(st, 5)});
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return unavailable("read history", describe(s.reader.get(), rc));
+        std::reverse(page.messages.begin(), page.messages.end()); // oldest first
+        return page;
+    }
+
+    component_health health() {
+        using namespace sqlite_detail;
+        auto& s = *state_;
+        const std::lock_guard lock(s.read_mutex);
+        const statement_use use(s.select_one.get());
+        if (const int rc = sqlite3_step(s.select_one.get()); rc != SQLITE_ROW)
+            return {.ok = false, .detail = "sqlite: " + describe(s.reader.get(), rc)};
+        return {};
+    }
+
+private:
+    struct pending {
+        const exchange* entry;
+        std::optional<error> failure{};
+        bool done = false;
+    };
+
+    // Declaration order matters: members are destroyed in reverse, so statements are finalized
+    // before their connection closes, and the writer closes last to checkpoint the WAL.
+    struct state {
+        sqlite_detail::db_handle writer; // used only by the caller holding `writing`
+        sqlite_detail::statement begin, commit, rollback, insert;
+        sqlite_detail::db_handle reader;
+        sqlite_detail::statement select_page, select_one;
+        std::mutex read_mutex; // guards reader and its statements (opened NOMUTEX)
+        std::mutex queue_mutex;
+        std::condition_variable queue_changed;
+        std::vector<pending*> queue; // each entry lives on its caller's stack until `done`
+        bool writing = false;
+    };
+
+    static error unavailable(std::string_view action, const std::string& why) {
+        // SQLite's messages name tables and constraints, never bound values, so no content leaks.
+        return error{error_kind::unavailable, "history store could not " + std::string(action) + ": " + why,
+                     "store_unavailable"};
+    }
+
+    // A cursor is a row id: a positive decimal integer.
+    static bool parse_cursor(std::string_view text, std::int64_t& id) noexcept {
+        if (text.empty() || text.front() < '0' || text.front() > '9') return false;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+        return ec == std::errc{} && end == text.data() + text.size() && id > 0;
+    }
+
+    // Called as leader with the lock held; takes the queue, writes it unlocked, reports to all.
+    void write_queue(std::unique_lock<std::mutex>& lock) {
+        auto& s = *state_;
+        s.writing = true;
+        std::vector<pending*> batch;
+        batch.swap(s.queue);
+        lock.unlock();
+        std::optional<error> failure;
+        try {
+            failure = write(batch);
+        } catch (...) {
+            // The batch holds other callers' exchanges: they must be answered, not left waiting.
+            roll_back();
+            failure = error{error_kind::internal, "history store failed while saving"};
+        }
+        lock.lock();
+        for (pending* p : batch) {
+            p->failure = failure;
+            p->done = true;
+        }
+        s.writing = false;
+        s.queue_changed.notify_all(); // wakes this batch's callers, and one queued caller to lead
+    }
+
+    // One transaction for the batch; an exchange's messages are inserted in a row, so their ids are
+    // consecutive (this is the only writer while the transaction holds the write lock).
+    std::optional<error> write(const std::vector<pending*>& batch) {
+        auto& s = *state_;
+        int rc = step_once(s.begin.get());
+        for (auto it = batch.begin(); rc == SQLITE_DONE && it != batch.end(); ++it)
+            for (const message& m : (*it)->entry->messages)
+                if ((rc = insert(*(*it)->entry, m)) != SQLITE_DONE) break;
+        if (rc == SQLITE_DONE) rc = step_once(s.commit.get());
+        if (rc == SQLITE_DONE) return std::nullopt;
+        auto failure = unavailable("save the exchange", sqlite_detail::describe(s.writer.get(), rc));
+        roll_back(); // a failed statement or COMMIT can leave the transaction open
+        return failure;
+    }
+
+    int insert(const exchange& e, const message& m) {
+        using sqlite_detail::bind_text;
+        sqlite3_stmt* st = state_->insert.get();
+        const sqlite_detail::statement_use use(st);
+        int rc = bind_text(st, 1, e.user_id);
+        if (rc == SQLITE_OK) rc = bind_text(st, 2, to_string(m.role));
+        if (rc == SQLITE_OK) rc = bind_text(st, 3, m.content);
+        if (rc == SQLITE_OK) rc = bind_text(st, 4, e.model);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, e.created_at);
+        if (rc == SQLITE_OK) rc = bind_text(st, 6, e.request_id);
+        return rc == SQLITE_OK ? sqlite3_step(st) : rc;
+    }
+
+    static int step_once(sqlite3_stmt* st) noexcept {
+        const sqlite_detail::statement_use use(st);
+        return sqlite3_step(st);
+    }
+
+    void roll_back() noexcept {
+        if (!sqlite3_get_autocommit(state_->writer.get())) step_once(state_->rollback.get());
+    }
+
+    std::unique_ptr<state> state_;
+};
+
+static_assert(store<sqlite_store>);
+
+} // namespace chatkit
