@@ -1,0 +1,187 @@
+// sample_server's configuration: CHAT_* environment variables, each mirrored by a --flag that
+// wins over it. One table lists every setting, its default and its meaning; --help prints it.
+#pragma once
+
+#include <chatkit/rate_limiter.hpp>
+
+#include <algorithm>
+#include <cctype>
+
+#include <charconv>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sample_server {
+
+struct config {
+    std::string host = "127.0.0.1";
+    int port = 8000;
+    std::string database_url = "sqlite:chatkit.db";
+    std::string provider = "auto";
+    std::string model;
+    std::size_t cache_size = 1024;
+    std::chrono::seconds cache_ttl{3600};
+    std::string rate_limit = "60/minute";
+    std::size_t max_body_bytes = 1 << 20;
+    std::size_t max_messages = 256;
+    int max_tokens = 32768;
+    std::size_t threads = 64;
+    std::chrono::seconds read_timeout{10};
+    std::chrono::seconds keep_alive_timeout{5};
+    std::string log_level = "info";
+    std::string log_format = "json";
+    std::chrono::milliseconds echo_delay{0};
+};
+
+// A bad value: start-up stops with this message, which names the variable.
+struct config_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+template <class Int>
+Int parse_int(std::string_view name, std::string_view text, Int min, Int max) {
+    Int value{};
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size() || value < min || value > max)
+        throw config_error(std::string{name} + "='" + std::string{text} + "' is not an integer from " +
+                           std::to_string(min) + " to " + std::to_string(max));
+    return value;
+}
+
+inline std::string one_of(std::string_view name, std::string_view text, std::initializer_list<std::string_view> allowed) {
+    std::string list;
+    for (auto a : allowed) {
+        if (a == text) return std::string{text};
+        list += (list.empty() ? "" : ", ") + std::string{a};
+    }
+    throw config_error(std::string{name} + "='" + std::string{text} + "' must be one of: " + list);
+}
+
+} // namespace detail
+
+struct setting {
+    std::string_view env;         // CHAT_PORT; the flag is --port
+    std::string_view description; // for --help
+    std::function<void(config&, std::string_view name, std::string_view value)> apply;
+    std::function<std::string(const config&)> show;
+};
+
+inline const std::vector<setting>& settings() {
+    using detail::one_of;
+    using detail::parse_int;
+    static const std::vector<setting> table = {
+        {"CHAT_HOST", "address to listen on", [](config& c, auto, auto v) { c.host = v; },
+         [](const config& c) { return c.host; }},
+        {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
+         [](config& c, auto n, auto v) { c.port = parse_int<int>(n, v, 0, 65535); },
+         [](const config& c) { return std::to_string(c.port); }},
+        {"CHAT_DATABASE_URL", "history store: sqlite:PATH, or none",
+         [](config& c, auto n, auto v) {
+             if (v != "none" && (!v.starts_with("sqlite:") || v.size() == 7))
+                 throw config_error(std::string{n} + "='" + std::string{v} + "' must be sqlite:PATH or none");
+             c.database_url = v;
+         },
+         [](const config& c) { return c.database_url; }},
+        {"CHAT_PROVIDER", "auto (a configured real provider, else echo) or echo",
+         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo"}); },
+         [](const config& c) { return c.provider; }},
+        {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
+         [](const config& c) { return c.model; }},
+        {"CHAT_CACHE_SIZE", "cached answers kept (0: no cache)",
+         [](config& c, auto n, auto v) { c.cache_size = parse_int<std::size_t>(n, v, 0, 10'000'000); },
+         [](const config& c) { return std::to_string(c.cache_size); }},
+        {"CHAT_CACHE_TTL", "seconds a cached answer stays valid",
+         [](config& c, auto n, auto v) { c.cache_ttl = std::chrono::seconds{parse_int<long>(n, v, 1, 31'536'000)}; },
+         [](const config& c) { return std::to_string(c.cache_ttl.count()); }},
+        {"CHAT_RATE_LIMIT", "requests per client: N/second|minute|hour, or off",
+         [](config& c, auto n, auto v) {
+             if (v != "off" && !chatkit::rate_limit::parse(v))
+                 throw config_error(std::string{n} + "='" + std::string{v} +
+                                    "' must look like 60/minute (N/second|minute|hour) or be off");
+             c.rate_limit = v;
+         },
+         [](const config& c) { return c.rate_limit; }},
+        {"CHAT_MAX_BODY_BYTES", "largest request body accepted (413 above)",
+         [](config& c, auto n, auto v) { c.max_body_bytes = parse_int<std::size_t>(n, v, 1024, 1u << 30); },
+         [](const config& c) { return std::to_string(c.max_body_bytes); }},
+        {"CHAT_MAX_MESSAGES", "most messages in one request",
+         [](config& c, auto n, auto v) { c.max_messages = parse_int<std::size_t>(n, v, 1, 100'000); },
+         [](const config& c) { return std::to_string(c.max_messages); }},
+        {"CHAT_MAX_TOKENS", "largest max_tokens a request may ask for",
+         [](config& c, auto n, auto v) { c.max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
+         [](const config& c) { return std::to_string(c.max_tokens); }},
+        {"CHAT_THREADS", "worker threads (each kept-alive connection holds one)",
+         [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 10'000); },
+         [](const config& c) { return std::to_string(c.threads); }},
+        {"CHAT_READ_TIMEOUT", "seconds a client may stall while sending a request",
+         [](config& c, auto n, auto v) { c.read_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
+         [](const config& c) { return std::to_string(c.read_timeout.count()); }},
+        {"CHAT_KEEP_ALIVE_TIMEOUT", "seconds an idle kept-alive connection may hold its worker",
+         [](config& c, auto n, auto v) { c.keep_alive_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
+         [](const config& c) { return std::to_string(c.keep_alive_timeout.count()); }},
+        {"CHAT_LOG_LEVEL", "trace, debug, info, warn, error or off",
+         [](config& c, auto n, auto v) { c.log_level = one_of(n, v, {"trace", "debug", "info", "warn", "error", "off"}); },
+         [](const config& c) { return c.log_level; }},
+        {"CHAT_LOG_FORMAT", "json (one object per line) or text",
+         [](config& c, auto n, auto v) { c.log_format = one_of(n, v, {"json", "text"}); },
+         [](const config& c) { return c.log_format; }},
+        {"CHAT_ECHO_DELAY_MS", "echo provider: pause between streamed words, in ms",
+         [](config& c, auto n, auto v) { c.echo_delay = std::chrono::milliseconds{parse_int<long>(n, v, 0, 60'000)}; },
+         [](const config& c) { return std::to_string(c.echo_delay.count()); }},
+    };
+    return table;
+}
+
+// "CHAT_MAX_BODY_BYTES" -> "--max-body-bytes"
+inline std::string flag_name(std::string_view env) {
+    std::string flag = "--";
+    for (char ch : env.substr(5)) flag += ch == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return flag;
+}
+
+inline std::string help_text() {
+    std::string text = "usage: sample_server [--flag=value ...]\n\n"
+                       "Every setting is read from its environment variable; a flag overrides it.\n\n";
+    const config defaults;
+    for (const auto& s : settings()) {
+        std::string line = "  " + flag_name(s.env) + ", " + std::string{s.env};
+        line.resize(std::max<std::size_t>(line.size() + 1, 44), ' ');
+        text += line + std::string{s.description} + " [" + s.show(defaults) + "]\n";
+    }
+    return text;
+}
+
+// Each setting from its flag ("--port=8001" or "--port 8001") when given, else from its
+// environment variable, else its default. Throws config_error.
+inline config load_config(int argc, const char* const* argv, const std::function<const char*(const char*)>& getenv = ::getenv) {
+    std::vector<std::pair<const setting*, std::string_view>> flags;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        const auto eq = arg.find('=');
+        const std::string_view name = arg.substr(0, eq);
+        const setting* match = nullptr;
+        for (const auto& s : settings())
+            if (flag_name(s.env) == name) match = &s;
+        if (!match) throw config_error("unknown option '" + std::string{name} + "' (see --help)");
+        if (eq != std::string_view::npos) flags.emplace_back(match, arg.substr(eq + 1));
+        else if (i + 1 < argc) flags.emplace_back(match, argv[++i]);
+        else throw config_error("option '" + std::string{name} + "' needs a value");
+    }
+    config c;
+    for (const auto& s : settings()) {
+        const auto flag = std::find_if(flags.rbegin(), flags.rend(), [&](const auto& f) { return f.first == &s; });
+        if (flag != flags.rend()) s.apply(c, flag_name(s.env), flag->second);
+        else if (const char* value = getenv(std::string{s.env}.c_str())) s.apply(c, s.env, value);
+    }
+    return c;
+}
+
+} // namespace sample_server

@@ -1,0 +1,67 @@
+// Structured logs: one JSON object per line (or key=value text), written by spdlog to stdout.
+// Callers pass fields, never request bodies, message content or secrets.
+#pragma once
+
+#include "config.hpp"
+
+#include <chatkit/clock.hpp>
+#include <chatkit/http.hpp>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <memory>
+#include <string_view>
+
+namespace sample_server {
+
+class logger {
+public:
+    explicit logger(const config& c) : json_(c.log_format == "json"), log_(spdlog::stdout_logger_mt("sample_server")) {
+        log_->set_pattern("%v");
+        log_->set_level(spdlog::level::from_str(c.log_level));
+        log_->flush_on(spdlog::level::trace); // a line is visible the moment it is logged
+    }
+
+    void log(spdlog::level::level_enum level, std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
+        if (!log_->should_log(level)) return;
+        const auto time = chatkit::format_rfc3339(chatkit::now_unix_ms());
+        const auto level_name = spdlog::level::to_string_view(level);
+        if (json_) {
+            nlohmann::ordered_json line = {{"time", time}, {"level", std::string_view{level_name.data(), level_name.size()}}, {"msg", msg}};
+            for (const auto& [key, value] : fields.items()) line[key] = value;
+            log_->log(level, "{}", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+            return;
+        }
+        std::string line = time + " " + std::string{level_name.data(), level_name.size()} + " " + std::string{msg};
+        for (const auto& [key, value] : fields.items())
+            line += " " + key + "=" + (value.is_string() ? value.get<std::string>() : chatkit::dump_json(value));
+        log_->log(level, "{}", line);
+    }
+
+    void info(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::info, msg, fields); }
+    void error(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::err, msg, fields); }
+
+    // The access log: one line per answered request.
+    void request(const chatkit::http_request& req, const chatkit::http_response& res, double latency_ms) {
+        log(res.status >= 500 ? spdlog::level::err : spdlog::level::info, "request",
+            nlohmann::ordered_json{{"request_id", req.request_id},
+             {"method", req.method},
+             {"path", req.path},
+             {"status", res.status},
+             {"latency_ms", std::round(latency_ms * 1000) / 1000},
+             {"model", res.meta.model},
+             {"prompt_tokens", res.meta.usage.prompt_tokens},
+             {"completion_tokens", res.meta.usage.completion_tokens},
+             {"cached", res.meta.cached},
+             {"remote_addr", req.remote_addr}});
+    }
+
+private:
+    bool json_;
+    std::shared_ptr<spdlog::logger> log_;
+};
+
+} // namespace sample_server

@@ -1,0 +1,78 @@
+// sample_server: the chatkit service over HTTP, configured by CHAT_* variables (see --help).
+#include "app.hpp"
+#include "config.hpp"
+#include "log.hpp"
+
+#include <chatkit/httplib_server.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <pthread.h>
+#include <string_view>
+#include <thread>
+
+int main(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i)
+        if (std::string_view{argv[i]} == "--help" || std::string_view{argv[i]} == "-h") {
+            std::fputs(sample_server::help_text().c_str(), stdout);
+            return 0;
+        }
+    sample_server::config cfg;
+    try {
+        cfg = sample_server::load_config(argc, argv);
+    } catch (const sample_server::config_error& e) {
+        std::fprintf(stderr, "sample_server: %s\n", e.what());
+        return 2;
+    }
+
+    // SIGINT/SIGTERM are taken by one thread (started below) so the workers never see them.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+    sample_server::logger log{cfg};
+    try {
+        auto service = sample_server::make_service(cfg);
+        chatkit::httplib_options http;
+        http.host = cfg.host;
+        http.port = cfg.port;
+        http.threads = cfg.threads;
+        http.max_body_bytes = cfg.max_body_bytes;
+        http.read_timeout = cfg.read_timeout;
+        http.keep_alive_timeout = cfg.keep_alive_timeout;
+        chatkit::httplib_server server{service, http, [&log](const auto& req, const auto& res, double ms) {
+                                           log.request(req, res, ms);
+                                       }};
+        const int port = server.bind();
+
+        if (cfg.provider == "auto")
+            log.info("no real provider is configured; using the built-in echo provider, which answers with your last message");
+        log.info("listening", {{"host", cfg.host},
+                               {"port", port},
+                               {"provider", service.provider().name()},
+                               {"database", cfg.database_url},
+                               {"cache_size", cfg.cache_size},
+                               {"rate_limit", cfg.rate_limit},
+                               {"threads", cfg.threads},
+                               {"version", CHATKIT_VERSION}});
+
+        std::thread signal_waiter([&] {
+            int signal = 0;
+            sigwait(&stop_signals, &signal);
+            log.info("stopping: finishing requests in flight", {{"signal", signal == SIGINT ? "SIGINT" : "SIGTERM"}});
+            server.stop();
+        });
+        const bool served = server.listen();
+        if (!served) {
+            pthread_kill(signal_waiter.native_handle(), SIGTERM); // wake the waiter so it can be joined
+        }
+        signal_waiter.join();
+        log.info("stopped");
+        return served ? 0 : 1;
+    } catch (const std::exception& e) {
+        log.error("start-up failed", {{"error", e.what()}});
+        return 1;
+    }
+}

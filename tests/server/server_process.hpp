@@ -1,0 +1,188 @@
+// Runs the real sample_server binary for a test: its own environment, a temporary directory for
+// its SQLite file and log, an ephemeral port read from its start-up log line, and a stop that
+// sends a signal and reports the exit status.
+#pragma once
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#ifndef SAMPLE_SERVER_PATH
+#error "SAMPLE_SERVER_PATH must name the sample_server binary"
+#endif
+
+namespace test_support {
+
+class temp_dir {
+public:
+    temp_dir() {
+        std::random_device rd;
+        path_ = std::filesystem::temp_directory_path() / ("chatkit-test-" + std::to_string(rd()) + std::to_string(rd()));
+        std::filesystem::create_directories(path_);
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+
+private:
+    std::filesystem::path path_;
+};
+
+struct run_result {
+    int exit_code = -1;
+    std::string output;
+};
+
+// Runs sample_server to completion (for --help and bad configuration) and captures stdout+stderr.
+inline run_result run_to_exit(const std::map<std::string, std::string>& env, const std::vector<std::string>& args) {
+    temp_dir dir;
+    const auto out = dir.path() / "out.txt";
+    const pid_t pid = fork();
+    if (pid == 0) {
+        for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+        FILE* f = std::fopen(out.c_str(), "w");
+        dup2(fileno(f), 1);
+        dup2(fileno(f), 2);
+        std::vector<char*> argv{const_cast<char*>(SAMPLE_SERVER_PATH)};
+        for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        execv(SAMPLE_SERVER_PATH, argv.data());
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    std::ifstream in{out};
+    std::stringstream text;
+    text << in.rdbuf();
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str()};
+}
+
+class server_process {
+public:
+    // `env` adds to (or overrides) the defaults: an ephemeral port, a SQLite file in a fresh
+    // directory (or `database` to share one across restarts), no rate limit.
+    explicit server_process(std::map<std::string, std::string> env = {}, std::filesystem::path database = {}) {
+        if (database.empty()) database = dir_.path() / "chat.db";
+        std::map<std::string, std::string> full{{"CHAT_PORT", "0"},
+                                                {"CHAT_DATABASE_URL", "sqlite:" + database.string()},
+                                                {"CHAT_RATE_LIMIT", "off"},
+                                                {"CHAT_THREADS", "16"}};
+        for (auto& [k, v] : env) full[k] = v;
+        log_path_ = dir_.path() / "server.log";
+        pid_ = fork();
+        if (pid_ == 0) {
+            std::vector<std::string> inherited; // start from a clean CHAT_* slate
+            for (char** e = environ; *e; ++e)
+                if (std::string_view{*e}.starts_with("CHAT_")) inherited.emplace_back(*e, std::strchr(*e, '='));
+            for (const auto& name : inherited) unsetenv(name.c_str());
+            for (const auto& [k, v] : full) setenv(k.c_str(), v.c_str(), 1);
+            FILE* f = std::fopen(log_path_.c_str(), "w");
+            dup2(fileno(f), 1);
+            dup2(fileno(f), 2);
+            execl(SAMPLE_SERVER_PATH, SAMPLE_SERVER_PATH, nullptr);
+            _exit(127);
+        }
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (std::chrono::steady_clock::now() < deadline) {
+            for (const auto& line : log_lines()) {
+                auto j = nlohmann::json::parse(line, nullptr, false);
+                if (j.is_object() && j.value("msg", "") == "listening") {
+                    port_ = j["port"].get<int>();
+                    return;
+                }
+            }
+            int status = 0;
+            if (waitpid(pid_, &status, WNOHANG) == pid_) {
+                pid_ = -1;
+                throw std::runtime_error("sample_server exited during start-up:\n" + log());
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        throw std::runtime_error("sample_server did not start within 20 s:\n" + log());
+    }
+
+    ~server_process() {
+        if (pid_ > 0) stop(SIGKILL);
+    }
+    server_process(const server_process&) = delete;
+    server_process& operator=(const server_process&) = delete;
+
+    int port() const { return port_; }
+    pid_t pid() const { return pid_; }
+
+    httplib::Client client() const {
+        httplib::Client c{"127.0.0.1", port_};
+        c.set_read_timeout(10, 0);
+        return c;
+    }
+
+    // Sends `signal` and waits (up to 20 s) for the exit; returns the exit code, or -signal.
+    int stop(int signal = SIGTERM) {
+        if (pid_ <= 0) return -1;
+        ::kill(pid_, signal);
+        int status = 0;
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (waitpid(pid_, &status, WNOHANG) == 0) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                ::kill(pid_, SIGKILL);
+                waitpid(pid_, &status, 0);
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    }
+
+    std::string log() const {
+        std::ifstream in{log_path_};
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    }
+
+    std::vector<std::string> log_lines() const {
+        std::vector<std::string> lines;
+        std::istringstream in{log()};
+        for (std::string line; std::getline(in, line);) lines.push_back(line);
+        return lines;
+    }
+
+    // The access-log entries, parsed.
+    std::vector<nlohmann::json> request_logs() const {
+        std::vector<nlohmann::json> out;
+        for (const auto& line : log_lines()) {
+            auto j = nlohmann::json::parse(line, nullptr, false);
+            if (j.is_object() && j.value("msg", "") == "request") out.push_back(j);
+        }
+        return out;
+    }
+
+    const temp_dir& dir() const { return dir_; }
+
+private:
+    temp_dir dir_;
+    std::filesystem::path log_path_;
+    pid_t pid_ = -1;
+    int port_ = 0;
+};
+
+} // namespace test_support
