@@ -1,0 +1,74 @@
+// The service's own cost per request, in process (no sockets): POST /chat through handle() with
+// the real plugins, against the same service made of null models as the baseline.
+#include "bench_clock.hpp"
+
+#include <chatkit/chatkit.hpp>
+#include <chatkit/echo_provider.hpp>
+#include <chatkit/lru_cache.hpp>
+#include <chatkit/rate_limiter.hpp>
+#include <chatkit/request_id.hpp>
+#include <chatkit/sqlite_store.hpp>
+
+#include <filesystem>
+
+namespace {
+constexpr auto duration = std::chrono::milliseconds(1500);
+
+// Request bodies are made before timing starts; a miss cycles through distinct questions.
+std::vector<std::string> make_bodies(bool use_cache) {
+    std::vector<std::string> bodies;
+    for (int n = 0; n < (use_cache ? 1 : 4096); ++n)
+        bodies.push_back(nlohmann::json{{"user_id", "bench"},
+                                        {"cache", use_cache},
+                                        {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}},
+                                                      {{"role", "user"}, {"content", "question number " + std::to_string(n)}}}}}
+                             .dump());
+    return bodies;
+}
+
+chatkit::http_request chat_request(const std::string& body) {
+    chatkit::http_request req;
+    req.method = "POST";
+    req.path = "/chat";
+    req.remote_addr = "127.0.0.1";
+    req.headers.emplace("Content-Type", "application/json");
+    req.body = body;
+    return req;
+}
+
+template <class Service>
+bench::figure measure(Service& svc, int threads, bool use_cache) {
+    const auto bodies = make_bodies(use_cache);
+    return bench::run_for(duration, threads, [&](int, long n) {
+        auto res = svc.handle(chat_request(bodies[static_cast<std::size_t>(n) % bodies.size()]));
+        if (res.status != 200) std::abort();
+    });
+}
+} // namespace
+
+int main() {
+    const auto db = std::filesystem::temp_directory_path() / "chatkit-service-bench.db";
+    std::filesystem::remove(db);
+
+    chatkit::service<chatkit::null_provider> null_service;
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
+                     chatkit::rate_limiter_mt>
+        memory_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
+                       chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}}};
+    chatkit::service<chatkit::echo_provider, chatkit::sqlite_store, chatkit::lru_cache_mt, chatkit::request_id> full_service{
+        chatkit::echo_provider{}, chatkit::sqlite_store{chatkit::sqlite_options{.path = db.string()}}, chatkit::lru_cache_mt{},
+        chatkit::request_id{}};
+
+    for (int threads : {1, 2}) {
+        const auto baseline = measure(null_service, threads, false);
+        bench::print_header(("POST /chat through service::handle, " + std::to_string(threads) + " thread(s)").c_str(),
+                            "null_provider, no_store, no_cache");
+        bench::print_row("baseline: null models", baseline, baseline);
+        bench::print_row("echo + request_id + rate_limiter, cache miss", measure(memory_service, threads, false), baseline);
+        bench::print_row("echo + request_id + rate_limiter, cache hit", measure(memory_service, threads, true), baseline);
+        bench::print_row("echo + sqlite (durable) + lru, cache miss", measure(full_service, threads, false), baseline);
+    }
+    std::filesystem::remove(db);
+    std::filesystem::remove(db.string() + "-wal");
+    std::filesystem::remove(db.string() + "-shm");
+}
