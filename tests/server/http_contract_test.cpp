@@ -359,7 +359,8 @@ TEST_CASE("garbage on the socket is answered or dropped, and the server keeps se
     server_process server{{{"CHAT_READ_TIMEOUT", "1"}, {"CHAT_KEEP_ALIVE_TIMEOUT", "1"}}};
     {
         raw_connection junk{server.port()};
-        junk.send(std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n", 33));
+        static constexpr char tls_hello_then_text[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n";
+        junk.send(std::string_view{tls_hello_then_text, sizeof tls_hello_then_text - 1});
         const auto answer = junk.read_all();
         if (!answer.empty()) CHECK(answer.starts_with("HTTP/1.1 4"));
     }
