@@ -16,15 +16,16 @@
 
 namespace chatkit {
 
-enum class role { system, user, assistant };
+enum class role { system, user, assistant, tool };
 
-NLOHMANN_JSON_SERIALIZE_ENUM(role, {{role::system, "system"}, {role::user, "user"}, {role::assistant, "assistant"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(role, {{role::system, "system"}, {role::user, "user"}, {role::assistant, "assistant"}, {role::tool, "tool"}})
 
 [[nodiscard]] constexpr std::string_view to_string(role r) noexcept {
     switch (r) {
     case role::system: return "system";
     case role::user: return "user";
     case role::assistant: return "assistant";
+    case role::tool: return "tool";
     }
     return "user";
 }
@@ -33,12 +34,16 @@ NLOHMANN_JSON_SERIALIZE_ENUM(role, {{role::system, "system"}, {role::user, "user
     if (s == "system") return role::system;
     if (s == "user") return role::user;
     if (s == "assistant") return role::assistant;
+    if (s == "tool") return role::tool;
     return std::nullopt;
 }
 
 struct message {
     chatkit::role role = role::user;
-    std::string content{};
+    std::string content{}; // the text; what stores keep and text-only providers read
+    // Fields an OpenAI client sent beyond role and text (tool_calls, tool_call_id, name, or the
+    // original content array when it holds images): relayed as-is to an OpenAI upstream.
+    nlohmann::json extra{};
     friend bool operator==(const message&, const message&) = default;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(message, role, content)
@@ -54,6 +59,9 @@ struct chat_request {
     bool stream = false;
     bool use_cache = true;  // a client opts out with "cache": false
     std::string request_id{}; // set by the service; a provider forwards it upstream
+    // Request fields chatkit does not model (tools, response_format, seed, stop, ...): passed to an
+    // upstream that understands them; a provider that cannot honour one refuses the request (400).
+    nlohmann::json extensions = nlohmann::json::object();
 };
 
 struct token_usage {
@@ -80,8 +88,11 @@ struct completion {
     std::string finish_reason = "stop"; // "stop" | "length" | "content_filter" | ...
     token_usage usage{};
     double latency_ms = 0;
+    double time_to_first_token_ms = 0; // streams: when the first delta arrived
     unix_ms created_at = 0;
     bool cached = false;
+    // Fields of the reply beyond its text (tool_calls, refusal, ...), relayed to OpenAI clients.
+    nlohmann::json extra{};
 };
 
 inline void to_json(nlohmann::json& j, const completion& c) {
@@ -137,7 +148,7 @@ inline bool has_control_characters(std::string_view s) {
             auto r = m.find("role");
             if (r == m.end() || !r->is_string()) return invalid(at + ".role must be a string", at + ".role", "invalid_type");
             auto parsed_role = parse_role(r->get_ref<const std::string&>());
-            if (!parsed_role)
+            if (!parsed_role || *parsed_role == role::tool)
                 return invalid(at + ".role must be one of system, user, assistant", at + ".role", "invalid_role");
             auto c = m.find("content");
             if (c == m.end() || !c->is_string())

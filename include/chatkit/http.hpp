@@ -48,6 +48,7 @@ struct response_meta {
     std::string model{};
     token_usage usage{};
     bool cached = false;
+    double time_to_first_token_ms = 0;
 };
 
 // Writes one chunk of a streamed body; false once the client is gone, so the producer stops.

@@ -8,7 +8,9 @@
 #include <concepts>
 #include <functional>
 #include <string_view>
+#include <string>
 #include <variant>
+#include <vector>
 
 namespace chatkit {
 
@@ -44,6 +46,10 @@ concept provider_has_health = requires(P& p) {
 ///      each text delta as it arrives, then return the same completion as `complete` would
 ///      (content = all deltas joined). Stop early when the sink returns false.
 ///   4. `component_health health()` — cheap; called by GET /health.
+///   Optionally `std::vector<std::string> models() const`: the models it serves, its default first
+///   (GET /v1/models lists them).
+///   Fields of `chat_request::extensions` that it cannot honour must be refused with
+///   `error_kind::invalid_request`, never silently ignored.
 /// Threading: one instance serves every request, so all four are called concurrently.
 /// Errors: failures are returned as `chatkit::error` values (upstream → 502, timeout → 504, ...),
 /// never thrown. A stream that fails after some deltas returns the error; the service turns it
@@ -95,6 +101,12 @@ public:
     }
     component_health health() {
         return std::visit([](auto& p) { return p.health(); }, v_);
+    }
+    std::vector<std::string> models() const {
+        return std::visit([](const auto& p) -> std::vector<std::string> {
+            if constexpr (requires { p.models(); }) return p.models();
+            else return {std::string{p.name()}};
+        }, v_);
     }
     template <class P>
     P* get_if() noexcept { return std::get_if<P>(&v_); }

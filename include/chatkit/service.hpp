@@ -3,6 +3,8 @@
 //   POST /chat                 a completion (JSON, or Server-Sent Events with "stream": true)
 //   GET  /history/{user_id}    a user's stored messages, paged back in time
 //   GET  /health               each component's status
+//   POST /v1/chat/completions  the same chat in the OpenAI wire format, for OpenAI clients
+//   GET  /v1/models            the provider's models, OpenAI-style
 // plus any routes the user adds. Adapters feed it requests; it never touches a socket.
 #pragma once
 
@@ -12,6 +14,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
+#include "chatkit/openai_api.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/random_id.hpp"
 #include "chatkit/sse.hpp"
@@ -96,7 +99,14 @@ public:
         answer->created_at = now_unix_ms();
         if (auto saved = store_.append(make_exchange(req, *answer)); !saved) return std::move(saved).error();
         answer->latency_ms = elapsed_ms(started);
+        answer->time_to_first_token_ms = answer->latency_ms;
         return std::move(*answer);
+    }
+
+    // The provider's models: its `models()` when it has one (the first is its default).
+    std::vector<std::string> models() {
+        if constexpr (requires { provider_.models(); }) return provider_.models();
+        else return {std::string{provider_.name()}};
     }
 
     [[nodiscard]] const service_options& options() const noexcept { return options_; }
@@ -140,6 +150,11 @@ private:
                 if (r.path == req.path && r.method == req.method) return r.fn(req, ctx);
             if (req.path == "/chat") return req.method == "POST" ? handle_chat(req) : wrong_method(req, "POST");
             if (req.path == "/health") return is_get(req) ? handle_health() : wrong_method(req, "GET");
+            if (req.path == "/v1/chat/completions")
+                return req.method == "POST" ? handle_openai_chat(req) : wrong_method(req, "POST");
+            if (req.path == "/v1/models")
+                return is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name()))
+                                   : wrong_method(req, "GET");
             if (req.path.starts_with("/history/")) {
                 const std::string_view user_id = std::string_view{req.path}.substr(9);
                 if (user_id.empty() || user_id.find('/') != std::string_view::npos) return not_found(req);
@@ -157,31 +172,75 @@ private:
         auto chat_req = parse_chat_request(*parsed, options_.limits);
         if (!chat_req) return error_response(chat_req.error(), req.request_id);
         chat_req->request_id = req.request_id;
-        if (chat_req->stream) return stream_chat(std::move(*chat_req));
+        if (chat_req->stream) return stream_answer(std::move(*chat_req), chatkit_framing{});
 
         auto answer = chat(std::move(*chat_req));
         if (!answer) return error_response(answer.error(), req.request_id);
         auto res = json_response(200, answer_json(*answer, req.request_id));
-        res.meta = {answer->model, answer->usage, answer->cached};
+        res.meta = meta_of(*answer);
         return res;
     }
 
-    // The SSE form of chat(): `event: delta` per text delta, then `event: done` carrying the same
+    http_response handle_openai_chat(http_request& req) {
+        auto parsed = parse_body(req);
+        if (!parsed) return error_response(parsed.error(), req.request_id);
+        auto chat_req = openai_api::parse_request(*parsed, options_.limits);
+        if (!chat_req) return error_response(chat_req.error(), req.request_id);
+        chat_req->request_id = req.request_id;
+        if (chat_req->stream) {
+            const auto model = chat_req->model.empty() ? models().front() : chat_req->model;
+            return stream_answer(std::move(*chat_req),
+                                 openai_framing{openai_api::chunk_writer{random_id("chatcmpl-", 24), model, now_unix_ms()},
+                                                openai_api::wants_stream_usage(*parsed)});
+        }
+        auto answer = chat(std::move(*chat_req));
+        if (!answer) return error_response(answer.error(), req.request_id);
+        auto res = json_response(200, openai_api::completion_object(*answer));
+        res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
+        res.meta = meta_of(*answer);
+        return res;
+    }
+
+    // chatkit's own stream: `event: delta` per text delta, then `event: done` carrying the same
     // object as the JSON answer, or `event: error` carrying the error envelope.
-    http_response stream_chat(chat_request req) {
+    struct chatkit_framing {
+        std::string id = random_id("chatcmpl-", 24);
+        std::string delta(std::string_view text) { return sse_event("delta", dump_json({{"content", text}})); }
+        std::string done(const completion& c, std::string_view request_id) {
+            return sse_event("done", dump_json(answer_json(c, request_id)));
+        }
+        std::string failure(const error& e, std::string_view request_id) {
+            auto body = to_envelope(e);
+            body["request_id"] = request_id;
+            return sse_event("error", dump_json(body));
+        }
+    };
+
+    // The OpenAI stream: `chat.completion.chunk` events, then `data: [DONE]`.
+    struct openai_framing {
+        openai_api::chunk_writer chunks;
+        bool include_usage = false;
+        std::string id = chunks.id();
+        std::string delta(std::string_view text) { return chunks.delta(text); }
+        std::string done(const completion& c, std::string_view) { return chunks.finish(c, include_usage); }
+        std::string failure(const error& e, std::string_view) { return openai_api::error_event(e); }
+    };
+
+    // The streamed form of chat(): cache, provider stream, durable store, then the closing event.
+    // A failure after the first byte can only be reported in the stream, never as a status.
+    template <class Framing>
+    http_response stream_answer(chat_request req, Framing framing) {
         http_response res;
         res.headers.emplace("Content-Type", "text/event-stream");
         res.headers.emplace("Cache-Control", "no-cache");
         res.headers.emplace("X-Accel-Buffering", "no"); // keep reverse proxies from buffering the stream
-        res.stream = [this, req = std::move(req)](const chunk_writer& write, response_meta& meta) {
+        res.stream = [this, req = std::move(req), framing = std::move(framing)](const chunk_writer& write,
+                                                                                  response_meta& meta) mutable {
             const auto started = std::chrono::steady_clock::now();
+            double first_token_ms = -1;
             auto send_delta = [&](std::string_view text) {
-                return write(sse_event("delta", dump_json({{"content", text}})));
-            };
-            auto send_error = [&](const error& e) {
-                auto body = to_envelope(e);
-                body["request_id"] = req.request_id;
-                write(sse_event("error", dump_json(body)));
+                if (first_token_ms < 0) first_token_ms = elapsed_ms(started);
+                return write(framing.delta(text));
             };
 
             const std::string key = req.use_cache ? cache_key(req) : std::string{};
@@ -195,17 +254,19 @@ private:
                     return !(client_gone = !send_delta(delta));
                 });
                 if (client_gone) return; // an unacknowledged, partial reply is neither stored nor cached
-                if (!streamed) return send_error(streamed.error());
+                if (!streamed) return void(write(framing.failure(streamed.error(), req.request_id)));
                 answer = std::move(streamed).value();
                 fill_defaults(*answer, req);
                 if (req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
             }
-            answer->id = random_id("chatcmpl-", 24);
+            answer->id = framing.id;
             answer->created_at = now_unix_ms();
-            meta = {answer->model, answer->usage, answer->cached};
-            if (auto saved = store_.append(make_exchange(req, *answer)); !saved) return send_error(saved.error());
+            answer->time_to_first_token_ms = std::max(first_token_ms, 0.0);
+            meta = meta_of(*answer);
+            if (auto saved = store_.append(make_exchange(req, *answer)); !saved)
+                return void(write(framing.failure(saved.error(), req.request_id)));
             answer->latency_ms = elapsed_ms(started);
-            write(sse_event("done", dump_json(answer_json(*answer, req.request_id))));
+            write(framing.done(*answer, req.request_id));
         };
         return res;
     }
@@ -299,8 +360,14 @@ private:
 
     // Everything that changes an answer, scoped per user: equal keys mean equal requests.
     static std::string cache_key(const chat_request& r) {
+        nlohmann::json messages = nlohmann::json::array();
+        for (const auto& m : r.messages) messages.push_back({m.role, m.content, m.extra});
         return dump_json({r.user_id, r.model, r.temperature ? nlohmann::json(*r.temperature) : nullptr,
-                          r.max_tokens ? nlohmann::json(*r.max_tokens) : nullptr, r.messages});
+                          r.max_tokens ? nlohmann::json(*r.max_tokens) : nullptr, messages, r.extensions});
+    }
+
+    static response_meta meta_of(const completion& c) {
+        return {c.model, c.usage, c.cached, c.time_to_first_token_ms};
     }
 
     static void fill_defaults(completion& c, const chat_request& r) {
@@ -311,7 +378,7 @@ private:
         return {r.user_id,
                 r.request_id,
                 c.model,
-                {r.messages.back(), message{role::assistant, c.content}},
+                {r.messages.back(), message{role::assistant, c.content, {}}},
                 c.created_at};
     }
 

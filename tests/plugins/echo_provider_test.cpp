@@ -68,3 +68,17 @@ TEST_CASE("echo with no user message answers with nothing") {
     CHECK(c->usage.completion_tokens == 0);
     CHECK(echo.health().ok);
 }
+
+TEST_CASE("echo refuses request fields it cannot honour, and ignores those that change nothing") {
+    chatkit::echo_provider echo;
+    auto r = ask({{chatkit::role::user, "hi"}});
+    r.extensions = {{"seed", 3}, {"top_p", 0.5}};
+    CHECK(echo.complete(r));
+    r.extensions["tools"] = nlohmann::json::array();
+    auto refused = echo.complete(r);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().kind == chatkit::error_kind::invalid_request);
+    CHECK(refused.error().param == "tools");
+    CHECK(refused.error().message == "the echo provider cannot honour 'tools'");
+    CHECK(echo.models() == std::vector<std::string>{"echo-1"});
+}

@@ -25,11 +25,18 @@ public:
     explicit echo_provider(echo_options options = {}) : options_(std::move(options)) {}
 
     std::string_view name() const { return "echo"; }
+    std::vector<std::string> models() const { return {options_.model}; }
 
     result<completion> complete(const chat_request& r) { return run(r, nullptr); }
     result<completion> stream(const chat_request& r, const delta_sink& sink) { return run(r, &sink); }
 
     component_health health() { return {}; }
+
+    // OpenAI request fields that change what a real model would answer, which echo cannot do;
+    // sampling and bookkeeping fields (seed, top_p, metadata, ...) make no difference to it.
+    static constexpr std::string_view unsupported_fields[] = {
+        "tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
+        "audio", "modalities", "prediction", "stop", "web_search_options"};
 
     // The reply split into deltas that join back to it exactly: each holds one word and the
     // whitespace before it.
@@ -49,6 +56,10 @@ public:
 
 private:
     result<completion> run(const chat_request& r, const delta_sink* sink) {
+        for (auto field : unsupported_fields)
+            if (r.extensions.contains(field))
+                return error{error_kind::invalid_request, "the echo provider cannot honour '" + std::string{field} + "'",
+                             "unsupported_parameter", std::string{field}};
         completion c;
         c.model = r.model.empty() ? options_.model : r.model;
         for (const auto& m : r.messages) c.usage.prompt_tokens += static_cast<int>(words(m.content).size());

@@ -1,0 +1,196 @@
+// The OpenAI Chat Completions wire format on the serving side (protocols.md §1): a request body
+// into a chat_request, a completion into `chat.completion`, and the `chat.completion.chunk`
+// events of a stream. The service uses it for POST /v1/chat/completions and GET /v1/models, so
+// any OpenAI client can talk to a chatkit service unchanged.
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/http.hpp"
+#include "chatkit/sse.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace chatkit::openai_api {
+
+using chatkit::detail::invalid;
+
+// Request fields the core reads itself; every other field is kept in chat_request::extensions.
+inline constexpr std::string_view modelled_fields[] = {"messages", "model", "temperature", "max_tokens",
+                                                       "max_completion_tokens", "stream", "stream_options",
+                                                       "user", "cache"};
+
+namespace content {
+// A message's text: a string, or the text parts of a content array. Non-text parts (images,
+// audio) cannot be reduced to text, so the array itself is kept for the upstream.
+inline result<std::string> text_of(const nlohmann::json& content, const std::string& at, nlohmann::json& extra) {
+    if (content.is_null()) return std::string{};
+    if (content.is_string()) return content.get<std::string>();
+    if (!content.is_array()) return invalid(at + ".content must be a string, an array of parts or null", at + ".content", "invalid_type");
+    std::string text;
+    for (const auto& part : content) {
+        if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+            return invalid(at + ".content parts must be objects with a type", at + ".content", "invalid_type");
+        if (part["type"] == "text") {
+            if (!part.contains("text") || !part["text"].is_string())
+                return invalid(at + ".content text parts need a string 'text'", at + ".content", "invalid_type");
+            text += part["text"].get<std::string>();
+        } else {
+            extra["content"] = content;
+        }
+    }
+    return text;
+}
+} // namespace content
+
+// Parses and validates a `CreateChatCompletionRequest` body.
+[[nodiscard]] inline result<chat_request> parse_request(const nlohmann::json& body, const request_limits& limits = {}) {
+    if (!body.is_object()) return invalid("request body must be a JSON object", "");
+    // The chatkit fields shared with POST /chat are validated by the same code.
+    nlohmann::json common = nlohmann::json::object();
+    for (const char* key : {"model", "temperature", "stream", "cache"})
+        if (auto it = body.find(key); it != body.end()) common[key] = *it;
+    if (auto it = body.find("max_completion_tokens"); it != body.end() && !it->is_null()) common["max_tokens"] = *it;
+    else if (auto mt = body.find("max_tokens"); mt != body.end()) common["max_tokens"] = *mt;
+    if (auto it = body.find("user"); it != body.end() && !it->is_null()) {
+        if (!it->is_string()) return invalid("'user' must be a string", "user", "invalid_type");
+        common["user_id"] = *it;
+    }
+    common["content"] = ""; // messages are parsed below, with the OpenAI roles and content forms
+    auto parsed = parse_chat_request(common, limits);
+    if (!parsed) {
+        auto e = std::move(parsed).error();
+        if (e.param == "user_id") e = invalid("'user' must be 1 to " + std::to_string(limits.max_user_id_bytes) +
+                                                  " bytes without control characters",
+                                              "user");
+        return e;
+    }
+    chat_request req = std::move(parsed).value();
+    req.messages.clear();
+
+    auto messages = body.find("messages");
+    if (messages == body.end() || !messages->is_array()) return invalid("'messages' must be an array", "messages", "invalid_type");
+    if (messages->empty()) return invalid("'messages' must not be empty", "messages", "empty_messages");
+    if (messages->size() > limits.max_messages)
+        return invalid("'messages' has " + std::to_string(messages->size()) + " items; the limit is " +
+                           std::to_string(limits.max_messages),
+                       "messages", "too_many_messages");
+    for (std::size_t i = 0; i < messages->size(); ++i) {
+        const auto& m = (*messages)[i];
+        const std::string at = "messages[" + std::to_string(i) + "]";
+        if (!m.is_object()) return invalid(at + " must be an object", at, "invalid_type");
+        const auto r = m.find("role");
+        if (r == m.end() || !r->is_string()) return invalid(at + ".role must be a string", at + ".role", "invalid_type");
+        const auto& role_name = r->get_ref<const std::string&>();
+        auto parsed_role = role_name == "developer" ? std::optional{role::system} : parse_role(role_name);
+        if (!parsed_role)
+            return invalid(at + ".role must be one of system, developer, user, assistant, tool", at + ".role", "invalid_role");
+        message msg{*parsed_role, {}, nlohmann::json::object()};
+        auto text = content::text_of(m.contains("content") ? m["content"] : nlohmann::json{}, at, msg.extra);
+        if (!text) return std::move(text).error();
+        msg.content = std::move(text).value();
+        for (const auto& [key, value] : m.items())
+            if (key != "role" && key != "content") msg.extra[key] = value;
+        if (msg.extra.empty()) msg.extra = nullptr;
+        req.messages.push_back(std::move(msg));
+    }
+
+    if (auto n = body.find("n"); n != body.end() && !n->is_null() && *n != 1)
+        return invalid("chatkit answers with one choice: 'n' must be 1", "n", "unsupported_value");
+    if (auto options = body.find("stream_options"); options != body.end() && !options->is_null()) {
+        if (!options->is_object()) return invalid("'stream_options' must be an object", "stream_options", "invalid_type");
+    }
+    for (const auto& [key, value] : body.items())
+        if (std::find(std::begin(modelled_fields), std::end(modelled_fields), key) == std::end(modelled_fields))
+            req.extensions[key] = value;
+    return req;
+}
+
+// Whether the client asked for the usage chunk at the end of a stream.
+[[nodiscard]] inline bool wants_stream_usage(const nlohmann::json& body) {
+    const auto options = body.find("stream_options");
+    return options != body.end() && options->is_object() && options->value("include_usage", false) == true;
+}
+
+[[nodiscard]] inline nlohmann::json usage_object(const token_usage& u) { return u; }
+
+// The `chat.completion` object (protocols.md §1.6).
+[[nodiscard]] inline nlohmann::json completion_object(const completion& c) {
+    nlohmann::json message = {{"role", "assistant"}, {"content", c.content}, {"refusal", nullptr}};
+    if (c.extra.is_object())
+        for (const auto& [key, value] : c.extra.items()) message[key] = value;
+    if (c.content.empty() && message.contains("tool_calls")) message["content"] = nullptr;
+    return {{"id", c.id},
+            {"object", "chat.completion"},
+            {"created", c.created_at / 1000},
+            {"model", c.model},
+            {"choices", {{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}}},
+            {"usage", c.usage},
+            {"system_fingerprint", nullptr}};
+}
+
+// Frames one completion as `chat.completion.chunk` events (protocols.md §1.7).
+class chunk_writer {
+public:
+    chunk_writer(std::string id, std::string model, unix_ms created) : id_(std::move(id)), model_(std::move(model)), created_(created / 1000) {}
+
+    [[nodiscard]] const std::string& id() const noexcept { return id_; }
+
+    // The first chunk carries the role; the rest carry text.
+    std::string delta(std::string_view text) {
+        nlohmann::json delta = {{"content", text}};
+        if (!role_sent_) {
+            delta["role"] = "assistant";
+            role_sent_ = true;
+        }
+        return chunk({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+    }
+    // The closing chunks: the finish reason, the usage when asked for, then [DONE].
+    std::string finish(const completion& c, bool include_usage) {
+        std::string out;
+        if (!role_sent_) out += delta("");
+        nlohmann::json delta = nlohmann::json::object();
+        if (c.extra.is_object() && c.extra.contains("tool_calls")) delta["tool_calls"] = c.extra["tool_calls"];
+        model_ = c.model;
+        out += chunk({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}});
+        if (include_usage) {
+            auto usage = base();
+            usage["choices"] = nlohmann::json::array();
+            usage["usage"] = c.usage;
+            out += sse_event("", dump_json(usage));
+        }
+        return out + sse_event("", "[DONE]");
+    }
+
+private:
+    nlohmann::json base() const {
+        return {{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}, {"system_fingerprint", nullptr}};
+    }
+    std::string chunk(nlohmann::json choices) {
+        auto j = base();
+        j["choices"] = std::move(choices);
+        return sse_event("", dump_json(j));
+    }
+
+    std::string id_, model_;
+    unix_ms created_;
+    bool role_sent_ = false;
+};
+
+// An error inside a stream: the HTTP status is already 200, so it travels as an event whose JSON
+// has an "error" key, which the official SDKs raise (protocols.md §1.7).
+[[nodiscard]] inline std::string error_event(const error& e) { return sse_event("", dump_json(to_envelope(e))); }
+
+// `GET /v1/models` (protocols.md §1.9).
+[[nodiscard]] inline nlohmann::json models_list(const std::vector<std::string>& ids, std::string_view owner) {
+    nlohmann::json data = nlohmann::json::array();
+    for (const auto& id : ids) data.push_back({{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", owner}});
+    return {{"object", "list"}, {"data", data}};
+}
+
+} // namespace chatkit::openai_api
