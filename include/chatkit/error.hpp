@@ -77,11 +77,11 @@ struct error {
 }
 
 // A value or an error. Minimal on purpose: std::expected arrives with C++23.
-template <class T>
+template <class T, class E = error>
 class [[nodiscard]] result {
 public:
     result(T value) : v_(std::in_place_index<0>, std::move(value)) {}
-    result(chatkit::error e) : v_(std::in_place_index<1>, std::move(e)) {}
+    result(E e) : v_(std::in_place_index<1>, std::move(e)) {}
 
     [[nodiscard]] bool has_value() const noexcept { return v_.index() == 0; }
     explicit operator bool() const noexcept { return has_value(); }
@@ -94,26 +94,26 @@ public:
     T* operator->() { return &value(); }
     const T* operator->() const { return &value(); }
 
-    [[nodiscard]] const chatkit::error& error() const& { return std::get<1>(v_); }
-    [[nodiscard]] chatkit::error&& error() && { return std::get<1>(std::move(v_)); }
+    [[nodiscard]] const E& error() const& { return std::get<1>(v_); }
+    [[nodiscard]] E&& error() && { return std::get<1>(std::move(v_)); }
 
 private:
-    std::variant<T, chatkit::error> v_;
+    std::variant<T, E> v_;
 };
 
-template <>
-class [[nodiscard]] result<void> {
+template <class E>
+class [[nodiscard]] result<void, E> {
 public:
     result() = default;
-    result(chatkit::error e) : e_(std::move(e)) {}
+    result(E e) : e_(std::move(e)) {}
 
     [[nodiscard]] bool has_value() const noexcept { return !e_; }
     explicit operator bool() const noexcept { return has_value(); }
-    [[nodiscard]] const chatkit::error& error() const& { return *e_; }
-    [[nodiscard]] chatkit::error&& error() && { return std::move(*e_); }
+    [[nodiscard]] const E& error() const& { return *e_; }
+    [[nodiscard]] E&& error() && { return std::move(*e_); }
 
 private:
-    std::optional<chatkit::error> e_{};
+    std::optional<E> e_{};
 };
 
 } // namespace chatkit

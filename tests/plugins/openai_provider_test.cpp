@@ -1,0 +1,302 @@
+// The OpenAI provider against a fake upstream over real HTTP: the wire format both ways, retries,
+// timeouts, broken and malformed streams, and error mapping with the key never echoed.
+#include "../support/fake_openai.hpp"
+
+#include <chatkit/openai_provider.hpp>
+
+#include <catch2/catch.hpp>
+
+using nlohmann::json;
+using test_support::fake_openai;
+using test_support::fake_reply;
+using test_support::status_reply;
+
+namespace {
+
+constexpr const char* secret_key = "sk-test-SECRET-0123456789";
+
+chatkit::openai_options options_for(const fake_openai& fake) {
+    chatkit::openai_options o;
+    o.base_url = fake.base_url();
+    o.api_key = secret_key;
+    o.model = "fake-1";
+    o.read_timeout = std::chrono::milliseconds(2000);
+    o.max_retries = 2;
+    return o;
+}
+
+chatkit::chat_request ask(std::string text) {
+    chatkit::chat_request r;
+    r.messages = {{chatkit::role::system, "be brief", {}}, {chatkit::role::user, std::move(text), {}}};
+    r.request_id = "req-123";
+    return r;
+}
+
+struct collected {
+    std::vector<std::string> deltas;
+    chatkit::delta_sink sink() {
+        return [this](std::string_view d) {
+            deltas.emplace_back(d);
+            return true;
+        };
+    }
+    std::string joined() const {
+        std::string s;
+        for (const auto& d : deltas) s += d;
+        return s;
+    }
+};
+
+} // namespace
+
+TEST_CASE("a completion goes out in the OpenAI format and comes back with usage") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    auto r = ask("hello there");
+    r.temperature = 0.3;
+    r.max_tokens = 50;
+    r.user_id = "alice";
+    r.extensions = {{"seed", 7}, {"response_format", {{"type", "text"}}}};
+    auto c = openai.complete(r);
+    REQUIRE(c);
+    CHECK(c->content == "echo: hello there");
+    CHECK(c->model == "fake-1");
+    CHECK(c->finish_reason == "stop");
+    CHECK(c->usage.prompt_tokens == 2);
+    CHECK(c->usage.completion_tokens == 3);
+
+    const auto sent = fake.requests().at(0);
+    CHECK(sent.body["model"] == "fake-1");
+    CHECK(sent.body["messages"] == json::parse(R"([{"role":"system","content":"be brief"},{"role":"user","content":"hello there"}])"));
+    CHECK(sent.body["temperature"] == 0.3);
+    CHECK(sent.body["max_tokens"] == 50);
+    CHECK(sent.body["user"] == "alice");
+    CHECK(sent.body["seed"] == 7); // passed through, not dropped
+    CHECK(sent.body["response_format"]["type"] == "text");
+    CHECK_FALSE(sent.body.contains("stream"));
+    CHECK(sent.headers.find("Authorization")->second == std::string{"Bearer "} + secret_key);
+    CHECK(sent.headers.find("X-Request-ID")->second == "req-123");
+}
+
+TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    for (std::size_t chunk_bytes : {0u, 1u, 2u, 3u, 7u, 64u}) {
+        fake_reply reply;
+        reply.chunk_bytes = chunk_bytes;
+        fake.script({reply});
+        collected got;
+        auto c = openai.stream(ask("one two three"), got.sink());
+        REQUIRE(c);
+        CHECK(got.deltas == std::vector<std::string>{"echo:", " one", " two", " three"});
+        CHECK(c->content == got.joined());
+        CHECK(c->usage.completion_tokens == 4);
+        CHECK(c->finish_reason == "stop");
+    }
+    const auto sent = fake.requests().back();
+    CHECK(sent.body["stream"] == true);
+    CHECK(sent.body["stream_options"]["include_usage"] == true);
+}
+
+TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then succeeds") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    auto limited = status_reply(429, "Rate limit reached", "requests", "rate_limit_exceeded");
+    limited.headers = {{"retry-after-ms", "20"}};
+    fake.script({limited, limited});
+    const auto started = std::chrono::steady_clock::now();
+    auto c = openai.complete(ask("hi"));
+    REQUIRE(c);
+    CHECK(fake.requests().size() == 3);
+    CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(1)); // the server's delay, not the backoff
+}
+
+TEST_CASE("a 429 that outlives the retries becomes a 429 with Retry-After") {
+    fake_openai fake;
+    auto o = options_for(fake);
+    o.max_retries = 1;
+    chatkit::openai_provider openai{o};
+    auto limited = status_reply(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded");
+    limited.headers = {{"retry-after", "0.01"}};
+    fake.script({limited, limited});
+    auto c = openai.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::rate_limited);
+    CHECK(c.error().message == "Rate limit reached for requests");
+    CHECK(c.error().retry_after_seconds == 1);
+    CHECK(fake.requests().size() == 2);
+}
+
+TEST_CASE("exhausted quota is a 429 that is not retried") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    fake.script({status_reply(429, "You exceeded your current quota", "insufficient_quota", "insufficient_quota")});
+    auto c = openai.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::rate_limited);
+    CHECK(fake.requests().size() == 1);
+}
+
+TEST_CASE("a 500 is retried; persistent 5xx becomes a 502 with the upstream's message") {
+    fake_openai fake;
+    auto o = options_for(fake);
+    chatkit::openai_provider openai{o};
+    auto boom = status_reply(500, "The server had an error while processing your request.", "server_error");
+    boom.headers = {{"retry-after-ms", "1"}};
+    fake.script({boom});
+    CHECK(openai.complete(ask("hi")));
+    CHECK(fake.requests().size() == 2);
+
+    fake.script({boom, boom, boom});
+    auto c = openai.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(chatkit::http_status(c.error().kind) == 502);
+    CHECK(c.error().message == "upstream error (HTTP 500): The server had an error while processing your request.");
+    CHECK(fake.requests().size() == 5);
+}
+
+TEST_CASE("upstream client errors keep their status class and message; the key is never echoed") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    fake.script({status_reply(400, "Invalid value for 'temperature'", "invalid_request_error", "invalid_value")});
+    auto bad = openai.complete(ask("hi"));
+    CHECK(bad.error().kind == chatkit::error_kind::invalid_request);
+    CHECK(bad.error().message == "Invalid value for 'temperature'");
+    CHECK(bad.error().code == "invalid_value");
+
+    fake.script({status_reply(401, std::string{"Incorrect API key provided: "} + secret_key + ".", "invalid_request_error", "invalid_api_key")});
+    auto denied = openai.complete(ask("hi"));
+    CHECK(chatkit::http_status(denied.error().kind) == 502);
+    CHECK(denied.error().message.starts_with("upstream rejected the credentials"));
+    CHECK(denied.error().message.find(secret_key) == std::string::npos);
+    CHECK(denied.error().message.find("[redacted]") != std::string::npos);
+
+    fake.script({status_reply(404, "The model `gpt-9` does not exist", "invalid_request_error", "model_not_found")});
+    auto missing = openai.complete(ask("hi"));
+    CHECK(missing.error().kind == chatkit::error_kind::not_found);
+    CHECK(fake.requests().size() == 3); // none of these is retried
+}
+
+TEST_CASE("an upstream slower than the read timeout is a 504") {
+    fake_openai fake;
+    auto o = options_for(fake);
+    o.read_timeout = std::chrono::milliseconds(200);
+    o.max_retries = 0;
+    chatkit::openai_provider openai{o};
+    fake_reply slow;
+    slow.delay_before = std::chrono::milliseconds(800);
+    fake.script({slow});
+    auto c = openai.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::timeout);
+    CHECK(chatkit::http_status(c.error().kind) == 504);
+}
+
+TEST_CASE("the total deadline bounds a stream that keeps trickling") {
+    fake_openai fake;
+    auto o = options_for(fake);
+    o.deadline = std::chrono::milliseconds(300);
+    chatkit::openai_provider openai{o};
+    fake_reply trickle;
+    trickle.delay_between = std::chrono::milliseconds(150);
+    fake.script({trickle});
+    collected got;
+    auto c = openai.stream(ask("a b c d e f g h"), got.sink());
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::timeout);
+}
+
+TEST_CASE("a connection reset before any delta is retried; after a delta it is an error, never a silent truncation") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    fake_reply early;
+    early.break_after_events = 0;
+    fake.script({early});
+    collected first;
+    auto retried = openai.stream(ask("x y"), first.sink());
+    REQUIRE(retried);
+    CHECK(first.joined() == "echo: x y");
+    CHECK(fake.requests().size() == 2);
+
+    fake_reply late;
+    late.break_after_events = 3; // role, "echo:", " x", then the connection drops
+    fake.script({late});
+    collected second;
+    auto broken = openai.stream(ask("x y z"), second.sink());
+    REQUIRE_FALSE(broken);
+    CHECK(broken.error().kind == chatkit::error_kind::upstream);
+    CHECK(second.joined() == "echo: x");
+    CHECK(fake.requests().size() == 3); // not retried: bytes had reached the client
+}
+
+TEST_CASE("a malformed chunk or an error event mid-stream fails the stream") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    fake_reply malformed;
+    malformed.malformed_chunk = true;
+    fake.script({malformed});
+    collected got;
+    auto c = openai.stream(ask("a b"), got.sink());
+    REQUIRE_FALSE(c);
+    CHECK(c.error().message == "upstream sent a malformed stream chunk");
+
+    fake_reply error_event;
+    error_event.error_event = true;
+    fake.script({error_event});
+    collected got2;
+    auto e = openai.stream(ask("a b"), got2.sink());
+    REQUIRE_FALSE(e);
+    CHECK(e.error().message.find("The server had an error") != std::string::npos);
+}
+
+TEST_CASE("a client that leaves stops the upstream stream") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    int seen = 0;
+    auto c = openai.stream(ask("a b c d e f"), [&](std::string_view) { return ++seen < 2; });
+    CHECK(seen == 2);
+    CHECK(fake.requests().size() == 1);
+}
+
+TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down") {
+    chatkit::openai_options o;
+    {
+        fake_openai gone; // take a free port, then free it
+        o.base_url = gone.base_url();
+    }
+    o.max_retries = 1;
+    chatkit::openai_provider openai{o};
+    for (int i = 0; i < 3; ++i) {
+        auto c = openai.complete(ask("hi"));
+        REQUIRE_FALSE(c);
+        CHECK(chatkit::http_status(c.error().kind) == 502);
+        CHECK(c.error().code == "upstream_unreachable");
+    }
+    CHECK_FALSE(openai.health().ok);
+}
+
+TEST_CASE("Azure mode uses the deployment path, api-version and the api-key header") {
+    fake_openai fake;
+    auto o = options_for(fake);
+    o.base_url = "http://127.0.0.1:" + std::to_string(fake.port());
+    o.azure_deployment = "my-deploy";
+    chatkit::openai_provider openai{o};
+    auto c = openai.complete(ask("hi")); // the fake serves only /v1/...: a 404 proves the path
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::not_found);
+    CHECK_THROWS_AS(chatkit::openai_provider(chatkit::openai_options{.base_url = "ftp://x"}), std::invalid_argument);
+}
+
+TEST_CASE("tools and the tool-call history go upstream exactly as the client sent them") {
+    fake_openai fake;
+    chatkit::openai_provider openai{options_for(fake)};
+    auto r = ask("weather?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array({{{"id", "c0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", "{}"}}}}})}}});
+    r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "c0"}}});
+    REQUIRE(openai.complete(r));
+    const auto sent = fake.requests().back().body;
+    CHECK(sent["tools"][0]["function"]["name"] == "get_weather");
+    CHECK(sent["messages"][2]["tool_calls"][0]["id"] == "c0");
+    CHECK(sent["messages"][3] == json{{"role", "tool"}, {"content", "sunny"}, {"tool_call_id", "c0"}});
+}
