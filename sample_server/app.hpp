@@ -7,6 +7,7 @@
 #include <chatkit/chatkit.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/openai_provider.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_store.hpp>
@@ -16,14 +17,38 @@
 
 namespace sample_server {
 
-using provider_type = chatkit::provider_variant<chatkit::echo_provider>;
+using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
+// "echo", "openai", or for "auto": openai when an API key is configured, else echo.
+inline std::string_view chosen_provider(const config& c) {
+    if (c.provider != "auto") return c.provider;
+    return c.openai_api_key.empty() ? "echo" : "openai";
+}
+
+// Throws config_error when the chosen provider lacks what it needs.
 inline provider_type make_provider(const config& c) {
-    // "auto" picks a configured real provider; none is built in yet, so it falls back to echo.
+    if (chosen_provider(c) == "openai") {
+        if (c.openai_api_key.empty() && c.openai_base_url.starts_with("https://api.openai.com"))
+            throw config_error("CHAT_PROVIDER=openai needs CHAT_OPENAI_API_KEY or OPENAI_API_KEY (or a CHAT_OPENAI_BASE_URL "
+                               "of a server that needs no key)");
+        chatkit::openai_options o;
+        o.base_url = c.openai_base_url;
+        o.api_key = c.openai_api_key;
+        o.organization = c.openai_organization;
+        o.project = c.openai_project;
+        if (!c.model.empty()) o.model = c.model;
+        o.read_timeout = c.openai_timeout;
+        o.deadline = c.openai_deadline;
+        o.max_retries = c.openai_max_retries;
+        o.max_idle_connections = c.threads;
+        o.azure_deployment = c.openai_azure_deployment;
+        o.azure_api_version = c.openai_azure_api_version;
+        return chatkit::openai_provider{std::move(o)};
+    }
     chatkit::echo_options echo;
     if (!c.model.empty()) echo.model = c.model;
     echo.delay_per_word = c.echo_delay;

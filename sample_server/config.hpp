@@ -37,6 +37,15 @@ struct config {
     std::string log_level = "info";
     std::string log_format = "json";
     std::chrono::milliseconds echo_delay{0};
+    std::string openai_api_key;
+    std::string openai_base_url = "https://api.openai.com/v1";
+    std::string openai_organization;
+    std::string openai_project;
+    std::chrono::seconds openai_timeout{60};
+    std::chrono::seconds openai_deadline{120};
+    int openai_max_retries = 2;
+    std::string openai_azure_deployment;
+    std::string openai_azure_api_version = "2024-10-21";
 };
 
 // A bad value: start-up stops with this message, which names the variable.
@@ -72,6 +81,7 @@ struct setting {
     std::string_view description; // for --help
     std::function<void(config&, std::string_view name, std::string_view value)> apply;
     std::function<std::string(const config&)> show;
+    std::string_view fallback_env{}; // read when `env` is unset (the OpenAI SDKs' own variables)
 };
 
 inline const std::vector<setting>& settings() {
@@ -90,8 +100,8 @@ inline const std::vector<setting>& settings() {
              c.database_url = v;
          },
          [](const config& c) { return c.database_url; }},
-        {"CHAT_PROVIDER", "auto (a configured real provider, else echo) or echo",
-         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo"}); },
+        {"CHAT_PROVIDER", "auto (openai when an API key is set, else echo), echo or openai",
+         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai"}); },
          [](const config& c) { return c.provider; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
          [](const config& c) { return c.model; }},
@@ -136,6 +146,32 @@ inline const std::vector<setting>& settings() {
         {"CHAT_ECHO_DELAY_MS", "echo provider: pause between streamed words, in ms",
          [](config& c, auto n, auto v) { c.echo_delay = std::chrono::milliseconds{parse_int<long>(n, v, 0, 60'000)}; },
          [](const config& c) { return std::to_string(c.echo_delay.count()); }},
+        {"CHAT_OPENAI_API_KEY", "OpenAI API key (a secret: prefer the environment to the flag)",
+         [](config& c, auto, auto v) { c.openai_api_key = v; }, [](const config&) { return std::string{}; }, "OPENAI_API_KEY"},
+        {"CHAT_OPENAI_BASE_URL", "OpenAI or any OpenAI-compatible server (Ollama, vLLM, OpenRouter, ...)",
+         [](config& c, auto n, auto v) {
+             if (!v.starts_with("http://") && !v.starts_with("https://"))
+                 throw config_error(std::string{n} + "='" + std::string{v} + "' must start with http:// or https://");
+             c.openai_base_url = v;
+         },
+         [](const config& c) { return c.openai_base_url; }, "OPENAI_BASE_URL"},
+        {"CHAT_OPENAI_ORGANIZATION", "OpenAI-Organization header", [](config& c, auto, auto v) { c.openai_organization = v; },
+         [](const config& c) { return c.openai_organization; }},
+        {"CHAT_OPENAI_PROJECT", "OpenAI-Project header", [](config& c, auto, auto v) { c.openai_project = v; },
+         [](const config& c) { return c.openai_project; }},
+        {"CHAT_OPENAI_TIMEOUT", "seconds the upstream may stay silent before a 504",
+         [](config& c, auto n, auto v) { c.openai_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
+         [](const config& c) { return std::to_string(c.openai_timeout.count()); }},
+        {"CHAT_OPENAI_DEADLINE", "seconds one chat may take upstream, retries included",
+         [](config& c, auto n, auto v) { c.openai_deadline = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
+         [](const config& c) { return std::to_string(c.openai_deadline.count()); }},
+        {"CHAT_OPENAI_MAX_RETRIES", "retries on 429, 5xx and connection failures",
+         [](config& c, auto n, auto v) { c.openai_max_retries = parse_int<int>(n, v, 0, 10); },
+         [](const config& c) { return std::to_string(c.openai_max_retries); }},
+        {"CHAT_OPENAI_AZURE_DEPLOYMENT", "Azure OpenAI deployment (turns on Azure mode)",
+         [](config& c, auto, auto v) { c.openai_azure_deployment = v; }, [](const config& c) { return c.openai_azure_deployment; }},
+        {"CHAT_OPENAI_AZURE_API_VERSION", "Azure OpenAI api-version",
+         [](config& c, auto, auto v) { c.openai_azure_api_version = v; }, [](const config& c) { return c.openai_azure_api_version; }},
     };
     return table;
 }
@@ -154,7 +190,9 @@ inline std::string help_text() {
     for (const auto& s : settings()) {
         std::string line = "  " + flag_name(s.env) + ", " + std::string{s.env};
         line.resize(std::max<std::size_t>(line.size() + 1, 44), ' ');
-        text += line + std::string{s.description} + " [" + s.show(defaults) + "]\n";
+        text += line + std::string{s.description} + " [" + s.show(defaults) + "]";
+        if (!s.fallback_env.empty()) text += " (or " + std::string{s.fallback_env} + ")";
+        text += "\n";
     }
     return text;
 }
@@ -180,6 +218,8 @@ inline config load_config(int argc, const char* const* argv, const std::function
         const auto flag = std::find_if(flags.rbegin(), flags.rend(), [&](const auto& f) { return f.first == &s; });
         if (flag != flags.rend()) s.apply(c, flag_name(s.env), flag->second);
         else if (const char* value = getenv(std::string{s.env}.c_str())) s.apply(c, s.env, value);
+        else if (!s.fallback_env.empty())
+            if (const char* value = getenv(std::string{s.fallback_env}.c_str())) s.apply(c, s.fallback_env, value);
     }
     return c;
 }

@@ -47,11 +47,14 @@ int main(int argc, char** argv) {
                                        }};
         const int port = server.bind();
 
-        if (cfg.provider == "auto")
+        if (sample_server::chosen_provider(cfg) == "echo")
             log.info("no real provider is configured; using the built-in echo provider, which answers with your last message");
+        else
+            log.info("using the OpenAI provider", {{"base_url", cfg.openai_base_url}, {"api_key", cfg.openai_api_key.empty() ? "none" : "set"}});
         log.info("listening", {{"host", cfg.host},
                                {"port", port},
                                {"provider", service.provider().name()},
+                               {"model", service.models().front()},
                                {"database", cfg.database_url},
                                {"cache_size", cfg.cache_size},
                                {"rate_limit", cfg.rate_limit},
@@ -71,6 +74,9 @@ int main(int argc, char** argv) {
         signal_waiter.join();
         log.info("stopped");
         return served ? 0 : 1;
+    } catch (const sample_server::config_error& e) {
+        std::fprintf(stderr, "sample_server: %s\n", e.what());
+        return 2;
     } catch (const std::exception& e) {
         log.error("start-up failed", {{"error", e.what()}});
         return 1;

@@ -89,9 +89,10 @@ public:
         log_path_ = dir_.path() / "server.log";
         pid_ = fork();
         if (pid_ == 0) {
-            std::vector<std::string> inherited; // start from a clean CHAT_* slate
+            std::vector<std::string> inherited; // start from a clean CHAT_*/OPENAI_* slate
             for (char** e = environ; *e; ++e)
-                if (std::string_view{*e}.starts_with("CHAT_")) inherited.emplace_back(*e, std::strchr(*e, '='));
+                if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_"))
+                    inherited.emplace_back(*e, std::strchr(*e, '='));
             for (const auto& name : inherited) unsetenv(name.c_str());
             for (const auto& [k, v] : full) setenv(k.c_str(), v.c_str(), 1);
             FILE* f = std::fopen(log_path_.c_str(), "w");
