@@ -16,6 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -57,6 +58,7 @@ inline run_result run_to_exit(const std::map<std::string, std::string>& env, con
     const auto out = dir.path() / "out.txt";
     const pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
         FILE* f = std::fopen(out.c_str(), "w");
         dup2(fileno(f), 1);
@@ -89,6 +91,7 @@ public:
         log_path_ = dir_.path() / "server.log";
         pid_ = fork();
         if (pid_ == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL); // a test that dies takes its server with it
             std::vector<std::string> inherited; // start from a clean CHAT_*/OPENAI_* slate
             for (char** e = environ; *e; ++e)
                 if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_"))

@@ -1,0 +1,127 @@
+// The official `openai` SDK, unchanged, against sample_server's OpenAI-compatible endpoint, which
+// relays to a fake OpenAI upstream speaking the exact wire format.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import readline from 'node:readline';
+
+let OpenAI;
+try {
+  ({ default: OpenAI } = await import('openai'));
+} catch {
+  throw new Error('the openai SDK is not installed: run `npm ci --prefix tests/e2e` (scripts/test does)');
+}
+
+const SAMPLE_SERVER = process.env.SAMPLE_SERVER;
+const FAKE_OPENAI_SERVER = process.env.FAKE_OPENAI_SERVER;
+assert.ok(SAMPLE_SERVER && FAKE_OPENAI_SERVER, 'SAMPLE_SERVER and FAKE_OPENAI_SERVER must name the binaries');
+
+const children = [];
+const dir = mkdtempSync(join(tmpdir(), 'chatkit-sdk-'));
+
+// Starts a program and resolves with the first stdout line that `pick` accepts.
+function start(cmd, env, pick) {
+  const child = spawn(cmd, [], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${cmd} did not start`)), 20000);
+    child.on('exit', (code) => reject(new Error(`${cmd} exited with ${code}`)));
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      let parsed;
+      try { parsed = JSON.parse(line); } catch { return; }
+      const value = pick(parsed);
+      if (value !== undefined) { clearTimeout(timer); resolve(value); }
+    });
+  });
+}
+
+async function startServer(extraEnv) {
+  const env = {
+    PATH: process.env.PATH,
+    CHAT_PORT: '0',
+    CHAT_DATABASE_URL: `sqlite:${join(dir, `chat-${children.length}.db`)}`,
+    CHAT_RATE_LIMIT: 'off',
+    OPENAI_API_KEY: 'sk-sdk-test-key',
+    OPENAI_BASE_URL: upstream,
+    CHAT_MODEL: 'fake-1',
+    ...extraEnv,
+  };
+  const port = await start(SAMPLE_SERVER, env, (j) => (j.msg === 'listening' ? j.port : undefined));
+  return new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'client-key', maxRetries: 0 });
+}
+
+let upstream;
+let client;
+
+before(async () => {
+  const fakePort = await start(FAKE_OPENAI_SERVER, { PATH: process.env.PATH }, (j) => j.port);
+  upstream = `http://127.0.0.1:${fakePort}/v1`;
+  client = await startServer({});
+});
+
+after(() => {
+  for (const child of children) child.kill('SIGTERM');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a non-streamed completion has the content and usage', async () => {
+  const completion = await client.chat.completions.create({
+    model: 'fake-1',
+    messages: [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'hello from the sdk' }],
+  });
+  assert.equal(completion.object, 'chat.completion');
+  assert.equal(completion.choices[0].message.role, 'assistant');
+  assert.equal(completion.choices[0].message.content, 'echo: hello from the sdk');
+  assert.equal(completion.choices[0].finish_reason, 'stop');
+  assert.deepEqual(completion.usage, { prompt_tokens: 4, completion_tokens: 5, total_tokens: 9 });
+});
+
+test('a streamed completion arrives in chunks, with the usage chunk when asked', async () => {
+  const stream = await client.chat.completions.create({
+    model: 'fake-1',
+    messages: [{ role: 'user', content: 'stream me please' }],
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '';
+  let chunks = 0;
+  let usage;
+  let finish;
+  for await (const chunk of stream) {
+    chunks += 1;
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    if (chunk.usage) usage = chunk.usage;
+    const choice = chunk.choices[0];
+    if (choice?.delta?.content) text += choice.delta.content;
+    if (choice?.finish_reason) finish = choice.finish_reason;
+  }
+  assert.equal(text, 'echo: stream me please');
+  assert.ok(chunks >= 5, `expected one chunk per word, got ${chunks}`);
+  assert.equal(finish, 'stop');
+  assert.deepEqual(usage, { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 });
+});
+
+test('a bad request surfaces as BadRequestError with the message', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model: 'fake-1', messages: [{ role: 'user', content: 'x' }], temperature: 7 }),
+    (err) => err instanceof OpenAI.BadRequestError && err.status === 400 && /temperature/.test(err.message),
+  );
+});
+
+test('a rate-limited client gets RateLimitError', async () => {
+  const limited = await startServer({ CHAT_RATE_LIMIT: '1/minute' });
+  await limited.chat.completions.create({ model: 'fake-1', messages: [{ role: 'user', content: 'first' }] });
+  await assert.rejects(
+    limited.chat.completions.create({ model: 'fake-1', messages: [{ role: 'user', content: 'second' }] }),
+    (err) => err instanceof OpenAI.RateLimitError && err.status === 429,
+  );
+});
+
+test('models.list() shows the configured model', async () => {
+  const ids = [];
+  for await (const model of client.models.list()) ids.push(model.id);
+  assert.deepEqual(ids, ['fake-1']);
+});
