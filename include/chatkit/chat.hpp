@@ -184,10 +184,12 @@ inline bool has_control_characters(std::string_view s) {
     if (auto it = body.find("user_id"); it != body.end() && !it->is_null()) {
         if (!it->is_string()) return invalid("'user_id' must be a string", "user_id", "invalid_type");
         req.user_id = it->get<std::string>();
+        // No '/': the id is a path segment of GET /history/{user_id}, where an escaped slash is
+        // decoded before routing, so such a user's history could never be read.
         if (req.user_id.empty() || req.user_id.size() > limits.max_user_id_bytes ||
-            detail::has_control_characters(req.user_id))
+            detail::has_control_characters(req.user_id) || req.user_id.find('/') != std::string::npos)
             return invalid("'user_id' must be 1 to " + std::to_string(limits.max_user_id_bytes) +
-                               " bytes without control characters",
+                               " bytes without control characters or '/'",
                            "user_id");
     }
     if (auto it = body.find("stream"); it != body.end() && !it->is_null()) {

@@ -66,7 +66,7 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
     if (!parsed) {
         auto e = std::move(parsed).error();
         if (e.param == "user_id") e = invalid("'user' must be 1 to " + std::to_string(limits.max_user_id_bytes) +
-                                                  " bytes without control characters",
+                                                  " bytes without control characters or '/'",
                                               "user");
         return e;
     }

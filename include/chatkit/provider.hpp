@@ -40,11 +40,11 @@ concept provider_has_health = requires(P& p) {
 /// A Provider model provides:
 ///   1. `std::string_view name() const` — a short name for logs and /health ("echo", "openai").
 ///   2. `result<completion> complete(const chat_request&)` — the whole answer at once. Fill
-///      `content`, `model` (the one that answered), `finish_reason` and `usage`; the service
-///      sets `id`, `created_at` and `latency_ms` when the provider leaves them empty.
+///      `content`, `model` (the one that answered), `finish_reason` and `usage`.
 ///   3. `result<completion> stream(const chat_request&, const delta_sink&)` — call the sink with
 ///      each text delta as it arrives, then return the same completion as `complete` would
 ///      (content = all deltas joined). Stop early when the sink returns false.
+///   The service sets a completion's `id`, `created_at` and `latency_ms` itself.
 ///   4. `component_health health()` — cheap; called by GET /health.
 ///   Optionally `std::vector<std::string> models() const`: the models it serves, its default first
 ///   (GET /v1/models lists them).

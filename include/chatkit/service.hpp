@@ -88,16 +88,18 @@ public:
         if (req.use_cache) {
             if ((answer = cache_.get(key))) answer->cached = true;
         }
-        if (!answer) {
+        const bool fresh_answer = !answer;
+        if (fresh_answer) {
             auto fresh = provider_.complete(req);
             if (!fresh) return std::move(fresh).error();
             answer = std::move(fresh).value();
             fill_defaults(*answer, req);
-            if (req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
         }
         answer->id = random_id("chatcmpl-", 24);
         answer->created_at = now_unix_ms();
         if (auto saved = store_.append(make_exchange(req, *answer)); !saved) return std::move(saved).error();
+        // Cached only once acknowledged: a retry after a failed append must not look like a hit.
+        if (fresh_answer && req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
         answer->latency_ms = elapsed_ms(started);
         answer->time_to_first_token_ms = answer->latency_ms;
         return std::move(*answer);
@@ -209,10 +211,13 @@ private:
         std::string done(const completion& c, std::string_view request_id) {
             return sse_event("done", dump_json(answer_json(c, request_id)));
         }
-        std::string failure(const error& e, std::string_view request_id) {
+        static std::string failure(const error& e, std::string_view request_id) {
             auto body = to_envelope(e);
             body["request_id"] = request_id;
             return sse_event("error", dump_json(body));
+        }
+        static std::string internal_failure(std::string_view request_id) {
+            return failure({error_kind::internal, "internal error", "internal_error"}, request_id);
         }
     };
 
@@ -223,13 +228,17 @@ private:
         std::string id = chunks.id();
         std::string delta(std::string_view text) { return chunks.delta(text); }
         std::string done(const completion& c, std::string_view) { return chunks.finish(c, include_usage); }
-        std::string failure(const error& e, std::string_view) { return openai_api::error_event(e); }
+        static std::string failure(const error& e, std::string_view) { return openai_api::error_event(e); }
+        static std::string internal_failure(std::string_view) {
+            return openai_api::error_event({error_kind::internal, "internal error", "internal_error"});
+        }
     };
 
     // The streamed form of chat(): cache, provider stream, durable store, then the closing event.
     // A failure after the first byte can only be reported in the stream, never as a status.
     template <class Framing>
     http_response stream_answer(chat_request req, Framing framing) {
+        const std::string req_id_for_errors = req.request_id;
         http_response res;
         res.headers.emplace("Content-Type", "text/event-stream");
         res.headers.emplace("Cache-Control", "no-cache");
@@ -245,6 +254,7 @@ private:
 
             const std::string key = req.use_cache ? cache_key(req) : std::string{};
             std::optional<completion> answer;
+            bool fresh_answer = false;
             if (req.use_cache && (answer = cache_.get(key))) {
                 answer->cached = true;
                 if (!send_delta(answer->content)) return;
@@ -257,7 +267,7 @@ private:
                 if (!streamed) return void(write(framing.failure(streamed.error(), req.request_id)));
                 answer = std::move(streamed).value();
                 fill_defaults(*answer, req);
-                if (req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
+                fresh_answer = true;
             }
             answer->id = framing.id;
             answer->created_at = now_unix_ms();
@@ -265,8 +275,18 @@ private:
             meta = meta_of(*answer);
             if (auto saved = store_.append(make_exchange(req, *answer)); !saved)
                 return void(write(framing.failure(saved.error(), req.request_id)));
+            if (fresh_answer && req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
             answer->latency_ms = elapsed_ms(started);
             write(framing.done(*answer, req.request_id));
+        };
+        // The body runs after handle() has returned: an exception escaping a plugin there ends the
+        // stream with an error event instead of reaching the adapter's thread.
+        res.stream = [run = std::move(res.stream), request_id = req_id_for_errors](const chunk_writer& write, response_meta& meta) {
+            try {
+                run(write, meta);
+            } catch (const std::exception&) {
+                write(Framing::internal_failure(request_id));
+            }
         };
         return res;
     }

@@ -95,6 +95,7 @@ TEST_CASE("user_id must be 1 to 128 bytes without control characters") {
     CHECK(rejected(json{{"content", "x"}, {"user_id", ""}}).param == "user_id");
     CHECK(rejected(json{{"content", "x"}, {"user_id", "a\nb"}}).param == "user_id");
     CHECK(rejected(json{{"content", "x"}, {"user_id", 42}}).param == "user_id");
+    CHECK(rejected(json{{"content", "x"}, {"user_id", "a/b"}}).param == "user_id"); // unreadable via /history/{id}
 }
 
 TEST_CASE("errors map to their HTTP status and OpenAI error type") {

@@ -446,3 +446,32 @@ TEST_CASE("chat() runs the pipeline without HTTP") {
     CHECK(svc.chat(req)->cached);
     CHECK(store.s->exchanges.size() == 2);
 }
+
+namespace {
+struct throwing_stream_provider : scripted_provider {
+    chatkit::result<chatkit::completion> stream(const chatkit::chat_request&, const chatkit::delta_sink& sink) {
+        sink("partial");
+        throw std::runtime_error("plugin bug");
+    }
+};
+} // namespace
+
+TEST_CASE("an exception thrown while streaming ends the stream with an error event, not the process") {
+    chatkit::service<throwing_stream_provider, memory_store, map_cache> svc;
+    auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}}));
+    const auto events = events_of(drain(res));
+    REQUIRE(events.size() == 2);
+    CHECK(events[1].first == "error");
+    CHECK(events[1].second["error"]["message"] == "internal error");
+}
+
+TEST_CASE("an answer whose exchange could not be stored is not cached") {
+    memory_store store;
+    map_cache cache;
+    store.s->down = true;
+    test_service svc{scripted_provider{}, store, cache};
+    CHECK(svc.handle(post_chat({{"content", "hi"}})).status == 503);
+    CHECK(cache.entries->empty());
+    store.s->down = false;
+    CHECK(body_of(svc.handle(post_chat({{"content", "hi"}})))["cached"] == false);
+}

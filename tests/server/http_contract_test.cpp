@@ -1,6 +1,6 @@
 // sample_server over real HTTP on 127.0.0.1: the HTTP contract a client depends on, end to end
 // through cpp-httplib, the plugins and a real SQLite file.
-#include "server_process.hpp"
+#include "../support/server_process.hpp"
 
 #include <chatkit/version.hpp>
 
@@ -244,7 +244,9 @@ TEST_CASE("malformed requests get a JSON error with the right status, never a 5x
     check_error(post_json(c, "/chat", {{"messages", {{{"role", "wizard"}, {"content", "x"}}}}}), 400, "invalid_request_error");
     check_error(post_json(c, "/chat", {{"content", "x"}, {"user_id", std::string(200, 'u')}}), 400, "invalid_request_error");
     check_error(c.Post("/chat", "content=hi", "application/x-www-form-urlencoded"), 415, "invalid_request_error");
-    check_error(c.Post("/chat", std::string(4096, ' ') + "{}", "application/json"), 413, "invalid_request_error");
+    auto too_big = c.Post("/chat", std::string(4096, ' ') + "{}", "application/json");
+    check_error(too_big, 413, "invalid_request_error"); // answered by cpp-httplib before the service
+    CHECK(too_big->get_header_value("X-Request-ID") == json::parse(too_big->body)["request_id"]);
     check_error(c.Get("/nowhere"), 404, "not_found_error");
     auto wrong = c.Get("/chat");
     check_error(wrong, 405, "method_not_allowed");

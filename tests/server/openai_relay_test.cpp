@@ -1,7 +1,7 @@
 // sample_server relaying to an OpenAI-compatible upstream (a fake speaking the exact wire format):
 // /chat and /v1/chat/completions, streamed and not, with the upstream's faults surfacing cleanly.
 #include "../support/fake_openai.hpp"
-#include "server_process.hpp"
+#include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
 

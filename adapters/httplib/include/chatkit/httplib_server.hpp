@@ -90,11 +90,14 @@ private:
                 e = {error_kind::payload_too_large,
                      "request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes", "body_too_large"};
             else if (res.status == 404) e = {error_kind::not_found, "no route for " + req.path, "not_found"};
-            auto answer = error_response(e, random_id());
+            auto neutral = to_neutral(req);
+            neutral.request_id = random_id();
+            auto answer = error_response(e, neutral.request_id);
             answer.status = res.status;
+            answer.headers["X-Request-ID"] = neutral.request_id;
             write_headers(answer, res);
             res.set_content(answer.body, "application/json");
-            if (log_) log_(to_neutral(req), answer, elapsed_ms(started));
+            if (log_) log_(neutral, answer, elapsed_ms(started));
             return httplib::Server::HandlerResponse::Handled;
         }});
     }
