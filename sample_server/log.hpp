@@ -55,6 +55,7 @@ public:
              {"model", res.meta.model},
              {"prompt_tokens", res.meta.usage.prompt_tokens},
              {"completion_tokens", res.meta.usage.completion_tokens},
+             {"ttft_ms", std::round(res.meta.time_to_first_token_ms * 1000) / 1000},
              {"cached", res.meta.cached},
              {"remote_addr", req.remote_addr}});
     }

@@ -2,7 +2,9 @@
 
 #include <chatkit/chatkit.hpp>
 #include <chatkit/echo_provider.hpp>
+#include <chatkit/httplib_client_pool.hpp>
 #include <chatkit/httplib_server.hpp>
+#include <chatkit/openai_provider.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>

@@ -310,6 +310,7 @@ TEST_CASE("every request gets one JSON access-log line, without message content"
     CHECK(first["latency_ms"].is_number());
     CHECK(first["model"] == "echo-1");
     CHECK(first["completion_tokens"] == 1);
+    CHECK(first["ttft_ms"].is_number());
     CHECK(first["cached"] == false);
     CHECK(entries[1]["cached"] == true); // the streamed repeat came from the cache
     CHECK(entries[2]["status"] == 404);

@@ -8,6 +8,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/httplib_client_pool.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/sse.hpp"
 
@@ -87,13 +88,13 @@ private:
                        : prefix + "/openai/deployments/" + options.azure_deployment +
                              "/chat/completions?api-version=" + options.azure_api_version;
             if (origin.size() <= scheme_end + 3) throw std::invalid_argument("OpenAI base URL has no host");
+            pool.emplace(origin, httplib_client_options{options.connect_timeout, options.read_timeout, options.max_idle_connections});
         }
 
         openai_options options;
         std::string origin; // scheme://host[:port]
         std::string path;   // the chat completions path on that origin
-        std::mutex pool_mutex;
-        std::vector<std::unique_ptr<httplib::Client>> idle; // kept-alive connections, one request at a time each
+        std::optional<httplib_client_pool> pool;
         std::mutex health_mutex;
         int failures_in_a_row = 0;
         std::string last_failure;
@@ -105,43 +106,6 @@ private:
         bool retryable = false;
         std::optional<std::chrono::milliseconds> retry_after{};
         bool delivered = false; // bytes already reached the client: never retry
-    };
-
-    // httplib::Client is not safe for concurrent requests: each call borrows one from the pool.
-    class connection {
-    public:
-        explicit connection(shared& s) : s_(s) {
-            {
-                const std::lock_guard lock{s.pool_mutex};
-                if (!s.idle.empty()) {
-                    client_ = std::move(s.idle.back());
-                    s.idle.pop_back();
-                    return;
-                }
-            }
-            client_ = std::make_unique<httplib::Client>(s.origin);
-            const auto& o = s.options;
-            client_->set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(o.connect_timeout));
-            client_->set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(o.read_timeout));
-            client_->set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(o.read_timeout));
-            client_->set_keep_alive(true);
-            client_->set_tcp_nodelay(true);
-            client_->enable_server_certificate_verification(true);
-        }
-        ~connection() {
-            if (!reusable_) return;
-            const std::lock_guard lock{s_.pool_mutex};
-            if (s_.idle.size() < s_.options.max_idle_connections) s_.idle.push_back(std::move(client_));
-        }
-        connection(const connection&) = delete;
-        connection& operator=(const connection&) = delete;
-        httplib::Client& operator*() { return *client_; }
-        void discard() { reusable_ = false; } // after a broken or abandoned exchange
-
-    private:
-        shared& s_;
-        std::unique_ptr<httplib::Client> client_;
-        bool reusable_ = true;
     };
 
     result<completion> call(const chat_request& r, const delta_sink* sink) {
@@ -259,7 +223,7 @@ private:
                                              clock::time_point deadline) {
         auto& s = *shared_;
         const auto& o = s.options;
-        connection conn{s};
+        auto conn = s.pool->borrow();
         httplib::Request req;
         req.method = "POST";
         req.path = s.path;

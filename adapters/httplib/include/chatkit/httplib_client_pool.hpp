@@ -1,0 +1,80 @@
+// Kept-alive cpp-httplib clients to one origin, shared by all threads: an httplib::Client is not
+// safe for concurrent requests, so each request borrows one, and returns it unless the exchange
+// broke. Reusing connections saves a TCP (and TLS) handshake per upstream call.
+#pragma once
+
+#include <httplib.h>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace chatkit {
+
+struct httplib_client_options {
+    std::chrono::milliseconds connect_timeout{5'000};
+    std::chrono::milliseconds read_timeout{60'000}; // the longest silence while waiting for bytes
+    std::size_t max_idle = 64;                      // connections kept open between requests
+};
+
+class httplib_client_pool {
+public:
+    // `origin` is scheme://host[:port]; https verifies the server's certificate (system CA store).
+    httplib_client_pool(std::string origin, httplib_client_options options)
+        : origin_(std::move(origin)), options_(options) {}
+
+    class lease {
+    public:
+        explicit lease(httplib_client_pool& pool) : pool_(pool), client_(pool.take()) {}
+        ~lease() {
+            if (reusable_) pool_.give_back(std::move(client_));
+        }
+        lease(const lease&) = delete;
+        lease& operator=(const lease&) = delete;
+        httplib::Client& operator*() { return *client_; }
+        httplib::Client* operator->() { return client_.get(); }
+        void discard() noexcept { reusable_ = false; } // after a broken or abandoned exchange
+
+    private:
+        httplib_client_pool& pool_;
+        std::unique_ptr<httplib::Client> client_;
+        bool reusable_ = true;
+    };
+
+    lease borrow() { return lease{*this}; }
+    [[nodiscard]] const std::string& origin() const noexcept { return origin_; }
+
+private:
+    std::unique_ptr<httplib::Client> take() {
+        {
+            const std::lock_guard lock{mutex_};
+            if (!idle_.empty()) {
+                auto client = std::move(idle_.back());
+                idle_.pop_back();
+                return client;
+            }
+        }
+        auto client = std::make_unique<httplib::Client>(origin_);
+        client->set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(options_.connect_timeout));
+        client->set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(options_.read_timeout));
+        client->set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(options_.read_timeout));
+        client->set_keep_alive(true);
+        client->set_tcp_nodelay(true);
+        client->enable_server_certificate_verification(true);
+        return client;
+    }
+
+    void give_back(std::unique_ptr<httplib::Client> client) {
+        const std::lock_guard lock{mutex_};
+        if (idle_.size() < options_.max_idle) idle_.push_back(std::move(client));
+    }
+
+    std::string origin_;
+    httplib_client_options options_;
+    std::mutex mutex_;
+    std::vector<std::unique_ptr<httplib::Client>> idle_;
+};
+
+} // namespace chatkit
