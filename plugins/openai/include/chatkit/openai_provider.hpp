@@ -10,6 +10,7 @@
 #include "chatkit/http.hpp"
 #include "chatkit/httplib_client_pool.hpp"
 #include "chatkit/provider.hpp"
+#include "chatkit/retry.hpp"
 #include "chatkit/sse.hpp"
 
 #include <httplib.h>
@@ -100,43 +101,13 @@ private:
         std::string last_failure;
     };
 
-    // One attempt's failure, and whether another attempt may help.
-    struct failure {
-        error e;
-        bool retryable = false;
-        std::optional<std::chrono::milliseconds> retry_after{};
-        bool delivered = false; // bytes already reached the client: never retry
-    };
-
     result<completion> call(const chat_request& r, const delta_sink* sink) {
-        auto& s = *shared_;
-        const auto deadline = clock::now() + s.options.deadline;
+        const auto& o = shared_->options;
         const std::string body = dump_json(request_body(r, sink != nullptr));
-        for (int attempt = 0;; ++attempt) {
-            auto outcome = attempt_once(r, body, sink, deadline);
-            record_health(outcome);
-            if (outcome) return std::move(outcome).value();
-            auto f = std::move(outcome).error();
-            if (!f.retryable || f.delivered || attempt >= s.options.max_retries) return final_error(std::move(f));
-            // The official SDK's policy (protocols.md §1.8): the server's delay when it gives one
-            // (up to 120 s), else 0.5 s · 2^n capped at 8 s, shortened by up to 25% jitter.
-            auto delay = f.retry_after.value_or(backoff(attempt));
-            if (delay > std::chrono::seconds(120) || clock::now() + delay >= deadline) return final_error(std::move(f));
-            std::this_thread::sleep_for(delay);
-        }
-    }
-
-    static std::chrono::milliseconds backoff(int attempt) {
-        thread_local std::mt19937 rng{std::random_device{}()};
-        const double base = std::min(8.0, 0.5 * std::pow(2.0, attempt));
-        return std::chrono::milliseconds(static_cast<long>(1000 * base * std::uniform_real_distribution<>(0.75, 1.0)(rng)));
-    }
-
-    // A 429 that outlived its retries keeps its Retry-After for the client.
-    static error final_error(failure f) {
-        if (f.e.kind == error_kind::rate_limited && f.retry_after)
-            f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (f.retry_after->count() + 999) / 1000));
-        return std::move(f.e);
+        const auto deadline = clock::now() + o.deadline;
+        return call_with_retries<completion>(
+            retry_policy{.max_retries = o.max_retries}, deadline, [&] { return attempt_once(r, body, sink, deadline); },
+            [&](const auto& outcome) { record_health(outcome); });
     }
 
     nlohmann::json request_body(const chat_request& r, bool streaming) const {
@@ -219,7 +190,7 @@ private:
         }
     };
 
-    result<completion, failure> attempt_once(const chat_request& r, const std::string& body, const delta_sink* sink,
+    result<completion, upstream_failure> attempt_once(const chat_request& r, const std::string& body, const delta_sink* sink,
                                              clock::time_point deadline) {
         auto& s = *shared_;
         const auto& o = s.options;
@@ -267,13 +238,13 @@ private:
 
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
         if (past_deadline)
-            return failure{{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
-        if (reader.broken) return failure{{error_kind::upstream, redact(*reader.broken), "upstream_error"}, !reader.delivered, {}, reader.delivered};
+            return upstream_failure{{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
+        if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken), "upstream_error"}, !reader.delivered, {}, reader.delivered};
         if (!finished_cleanly) return transport_failure(err, clock::now() - started, reader.delivered);
         if (status != 200) return status_failure(status, raw, headers);
         if (!sink) return parse_answer(raw);
         if (!reader.done && reader.c.finish_reason.empty())
-            return failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
+            return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
         if (!reader.tool_calls.empty()) reader.c.extra = {{"tool_calls", reader.tool_calls}};
         if (reader.c.finish_reason.empty()) reader.c.finish_reason = "stop";
         return std::move(reader.c);
@@ -281,7 +252,7 @@ private:
 
     static constexpr std::size_t max_answer_bytes = 64u << 20;
 
-    failure transport_failure(httplib::Error err, clock::duration waited, bool delivered) const {
+    upstream_failure transport_failure(httplib::Error err, clock::duration waited, bool delivered) const {
         const auto& o = shared_->options;
         if (delivered)
             return {{error_kind::upstream, "upstream connection broke mid-stream (" + httplib::to_string(err) + ")", "upstream_error"}, false, {}, true};
@@ -295,14 +266,14 @@ private:
     }
 
     // Maps an upstream error status to chatkit's kinds, keeping the upstream's message.
-    failure status_failure(int status, const std::string& raw, const httplib::Headers& headers) const {
+    upstream_failure status_failure(int status, const std::string& raw, const httplib::Headers& headers) const {
         const auto body = nlohmann::json::parse(raw, nullptr, false);
         const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
         auto text = [&](const char* key) { return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : std::string{}; };
         std::string message = redact(text("message"));
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
 
-        failure f{{error_kind::upstream, message, text("code"), text("param")}, false};
+        upstream_failure f{{error_kind::upstream, message, text("code"), text("param")}, false};
         if (status == 400 || status == 422) f.e.kind = error_kind::invalid_request;
         else if (status == 401 || status == 403) f.e.message = "upstream rejected the credentials: " + message;
         else if (status == 404) f.e.kind = error_kind::not_found;
@@ -343,14 +314,14 @@ private:
         return std::nullopt;
     }
 
-    result<completion, failure> parse_answer(const std::string& raw) const {
+    result<completion, upstream_failure> parse_answer(const std::string& raw) const {
         const auto j = nlohmann::json::parse(raw, nullptr, false);
         const auto* choice = j.is_object() && j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() &&
                                      j["choices"][0].is_object()
                                  ? &j["choices"][0]
                                  : nullptr;
         if (!choice || !choice->contains("message") || !(*choice)["message"].is_object())
-            return failure{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
+            return upstream_failure{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
         const auto& message = (*choice)["message"];
         completion c;
         if (message.contains("content") && message["content"].is_string()) c.content = message["content"];
@@ -373,7 +344,7 @@ private:
         return text;
     }
 
-    void record_health(const result<completion, failure>& outcome) {
+    void record_health(const result<completion, upstream_failure>& outcome) {
         auto& s = *shared_;
         const std::lock_guard lock{s.health_mutex};
         const bool unreachable = !outcome && (outcome.error().e.kind == error_kind::unavailable ||

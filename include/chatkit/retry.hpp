@@ -1,0 +1,62 @@
+// Retrying an upstream call the way the official SDKs do: only what may succeed next time, only
+// before any byte reached the client, within a total deadline, after the server's requested delay
+// or an exponential backoff with jitter (protocols.md §1.8, §2.4).
+#pragma once
+
+#include "chatkit/error.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <optional>
+#include <random>
+#include <thread>
+
+namespace chatkit {
+
+// One failed attempt, and what it says about the next.
+struct upstream_failure {
+    error e;
+    bool retryable = false;
+    std::optional<std::chrono::milliseconds> retry_after{}; // the server's own delay, when it gave one
+    bool delivered = false;                                  // bytes already reached the client
+};
+
+struct retry_policy {
+    int max_retries = 2;
+    std::chrono::milliseconds first_delay{500};
+    std::chrono::milliseconds max_delay{8'000};
+    std::chrono::milliseconds max_server_delay{120'000}; // a longer Retry-After is not waited for
+};
+
+// 0.5 s · 2^n capped at 8 s by default, shortened by up to 25% so clients do not retry in step.
+[[nodiscard]] inline std::chrono::milliseconds backoff_delay(const retry_policy& p, int attempt) {
+    thread_local std::mt19937 rng{std::random_device{}()};
+    const double base = std::min(static_cast<double>(p.max_delay.count()),
+                                 static_cast<double>(p.first_delay.count()) * std::pow(2.0, attempt));
+    return std::chrono::milliseconds(static_cast<long>(base * std::uniform_real_distribution<>(0.75, 1.0)(rng)));
+}
+
+// Calls `attempt()` (returning result<T, upstream_failure>) until it succeeds or must stop; a 429
+// that outlived its retries keeps its Retry-After for the client. `on_attempt` sees every outcome.
+template <class T, class Attempt, class OnAttempt>
+result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_clock::time_point deadline,
+                            Attempt&& attempt, OnAttempt&& on_attempt) {
+    for (int n = 0;; ++n) {
+        result<T, upstream_failure> outcome = attempt();
+        on_attempt(outcome);
+        if (outcome) return std::move(outcome).value();
+        upstream_failure f = std::move(outcome).error();
+        const auto delay = f.retry_after.value_or(backoff_delay(policy, n));
+        const bool again = f.retryable && !f.delivered && n < policy.max_retries && delay <= policy.max_server_delay &&
+                           std::chrono::steady_clock::now() + delay < deadline;
+        if (!again) {
+            if (f.e.kind == error_kind::rate_limited && !f.e.retry_after_seconds)
+                f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (delay.count() + 999) / 1000));
+            return std::move(f.e);
+        }
+        std::this_thread::sleep_for(delay);
+    }
+}
+
+} // namespace chatkit
