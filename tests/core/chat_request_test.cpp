@@ -31,7 +31,7 @@ TEST_CASE("the full form keeps every message, in order, with its role") {
     CHECK_FALSE(r->use_cache);
 }
 
-TEST_CASE("the short form is one user message; a missing user_id means anonymous") {
+TEST_CASE("the short form is one user message, a missing user_id means anonymous") {
     auto r = parse_chat_request(json::parse(R"({"content":"hello there"})"));
     REQUIRE(r);
     REQUIRE(r->messages.size() == 1);

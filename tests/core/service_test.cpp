@@ -214,7 +214,7 @@ TEST_CASE("a reply whose history cannot be stored is not acknowledged") {
     check_error(svc.handle(post_chat({{"content", "hi"}})), 503, "service_unavailable");
 }
 
-TEST_CASE("a provider error keeps its status and message; an exception becomes a 500") {
+TEST_CASE("a provider error keeps its status and message, an exception becomes a 500") {
     scripted_provider failing;
     failing.fail_with = chatkit::error{chatkit::error_kind::timeout, "upstream timed out", "timeout"};
     test_service svc{failing, memory_store{}, map_cache{}};
@@ -349,7 +349,7 @@ struct tracing_middleware {
 static_assert(chatkit::middleware<tracing_middleware<'a'>>);
 } // namespace
 
-TEST_CASE("middlewares run before in order and after in reverse; one may answer early") {
+TEST_CASE("middlewares run before in order and after in reverse, one may answer early") {
     std::vector<std::string> log;
     journal = &log;
     chatkit::service<scripted_provider, chatkit::no_store, chatkit::no_cache, tracing_middleware<'a'>, tracing_middleware<'b'>> svc;
@@ -423,7 +423,7 @@ TEST_CASE("a stream that fails mid-way ends with an error event, not a silent tr
     CHECK(store.s->exchanges.empty());
 }
 
-TEST_CASE("a client that leaves mid-stream stops the provider; the partial reply is not stored") {
+TEST_CASE("a client that leaves mid-stream stops the provider, the partial reply is not stored") {
     memory_store store;
     map_cache cache;
     test_service svc{scripted_provider{}, store, cache};

@@ -20,7 +20,7 @@ std::vector<chatkit::sse_message> parse_in_pieces(std::string_view stream, std::
 std::vector<chatkit::sse_message> parse(std::string_view stream) { return parse_in_pieces(stream, {}); }
 } // namespace
 
-TEST_CASE("data lines join with newlines; one leading space is dropped; comments are ignored") {
+TEST_CASE("data lines join with newlines, one leading space is dropped, comments are ignored") {
     // The examples of WHATWG HTML §9.2.6.
     auto events = parse(": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n");
     REQUIRE(events.size() == 3);

@@ -137,7 +137,7 @@ TEST_CASE("exhausted quota is a 429 that is not retried") {
     CHECK(fake.requests().size() == 1);
 }
 
-TEST_CASE("a 500 is retried; persistent 5xx becomes a 502 with the upstream's message") {
+TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upstream's message") {
     fake_openai fake;
     auto o = options_for(fake);
     chatkit::openai_provider openai{o};
@@ -155,7 +155,7 @@ TEST_CASE("a 500 is retried; persistent 5xx becomes a 502 with the upstream's me
     CHECK(fake.requests().size() == 5);
 }
 
-TEST_CASE("upstream client errors keep their status class and message; the key is never echoed") {
+TEST_CASE("upstream client errors keep their status class and message, the key is never echoed") {
     fake_openai fake;
     chatkit::openai_provider openai{options_for(fake)};
     fake.script({status_reply(400, "Invalid value for 'temperature'", "invalid_request_error", "invalid_value")});
@@ -206,7 +206,7 @@ TEST_CASE("the total deadline bounds a stream that keeps trickling") {
     CHECK(c.error().kind == chatkit::error_kind::timeout);
 }
 
-TEST_CASE("a connection reset before any delta is retried; after a delta it is an error, never a silent truncation") {
+TEST_CASE("a connection reset before any delta is retried, after a delta it is an error, never a silent truncation") {
     fake_openai fake;
     chatkit::openai_provider openai{options_for(fake)};
     fake_reply early;

@@ -132,7 +132,7 @@ TEST_CASE("POST /chat with stream:true answers Server-Sent Events, one per word,
     CHECK(events[3].second["request_id"] == r->get_header_value("X-Request-ID"));
 }
 
-TEST_CASE("an identical request is answered from the cache; cache:false opts out") {
+TEST_CASE("an identical request is answered from the cache, cache:false opts out") {
     server_process server;
     auto c = server.client();
     const json ask = {{"user_id", "bob"}, {"content", "cache me"}, {"temperature", 0.2}};
@@ -265,7 +265,7 @@ TEST_CASE("too many messages are refused with 400") {
     CHECK(json::parse(r->body)["error"]["code"] == "too_many_messages");
 }
 
-TEST_CASE("a client over its rate gets 429 with Retry-After and X-RateLimit headers; /health is exempt") {
+TEST_CASE("a client over its rate gets 429 with Retry-After and X-RateLimit headers, /health is exempt") {
     server_process server{{{"CHAT_RATE_LIMIT", "3/minute"}}};
     auto c = server.client();
     for (int i = 0; i < 3; ++i) {
