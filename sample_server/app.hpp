@@ -5,6 +5,7 @@
 #include "config.hpp"
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/bedrock_provider.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
@@ -17,16 +18,26 @@
 
 namespace sample_server {
 
-using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider>;
+using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
-// "echo", "openai", or for "auto": openai when an API key is configured, else echo.
-inline std::string_view chosen_provider(const config& c) {
+// Whether the environment holds AWS credentials in one of the forms the SDKs read.
+inline bool has_aws_credentials(const chatkit::aws::environment& env) {
+    for (const char* name : {"AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_BEARER_TOKEN_BEDROCK"})
+        if (env.getenv(name)) return true;
+    return false;
+}
+
+// "echo", "openai" or "bedrock"; "auto" takes the first configured: an OpenAI API key, then AWS
+// credentials, then the built-in echo.
+inline std::string_view chosen_provider(const config& c, const chatkit::aws::environment& env = chatkit::aws::process_environment()) {
     if (c.provider != "auto") return c.provider;
-    return c.openai_api_key.empty() ? "echo" : "openai";
+    if (!c.openai_api_key.empty()) return "openai";
+    return has_aws_credentials(env) ? "bedrock" : "echo";
 }
 
 // Throws config_error when the chosen provider lacks what it needs.
@@ -41,13 +52,27 @@ inline provider_type make_provider(const config& c) {
         o.organization = c.openai_organization;
         o.project = c.openai_project;
         if (!c.model.empty()) o.model = c.model;
-        o.read_timeout = c.openai_timeout;
-        o.deadline = c.openai_deadline;
-        o.max_retries = c.openai_max_retries;
+        o.read_timeout = c.upstream_timeout;
+        o.deadline = c.upstream_deadline;
+        o.max_retries = c.upstream_max_retries;
         o.max_idle_connections = c.threads;
         o.azure_deployment = c.openai_azure_deployment;
         o.azure_api_version = c.openai_azure_api_version;
         return chatkit::openai_provider{std::move(o)};
+    }
+    if (chosen_provider(c) == "bedrock") {
+        chatkit::bedrock_options o;
+        if (!c.model.empty()) o.model = c.model;
+        o.read_timeout = c.upstream_timeout;
+        o.deadline = c.upstream_deadline;
+        o.max_retries = c.upstream_max_retries;
+        o.max_idle_connections = c.threads;
+        if (auto token = chatkit::aws::process_environment().getenv("AWS_BEARER_TOKEN_BEDROCK")) o.bearer_token = *token;
+        try {
+            return chatkit::bedrock_provider{std::move(o)};
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_PROVIDER=bedrock: "} + e.what());
+        }
     }
     chatkit::echo_options echo;
     if (!c.model.empty()) echo.model = c.model;

@@ -41,9 +41,9 @@ struct config {
     std::string openai_base_url = "https://api.openai.com/v1";
     std::string openai_organization;
     std::string openai_project;
-    std::chrono::seconds openai_timeout{60};
-    std::chrono::seconds openai_deadline{120};
-    int openai_max_retries = 2;
+    std::chrono::seconds upstream_timeout{60};
+    std::chrono::seconds upstream_deadline{120};
+    int upstream_max_retries = 2;
     std::string openai_azure_deployment;
     std::string openai_azure_api_version = "2024-10-21";
 };
@@ -100,8 +100,8 @@ inline const std::vector<setting>& settings() {
              c.database_url = v;
          },
          [](const config& c) { return c.database_url; }},
-        {"CHAT_PROVIDER", "auto (openai when an API key is set, else echo), echo or openai",
-         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai"}); },
+        {"CHAT_PROVIDER", "auto (openai with an API key, else bedrock with AWS credentials, else echo), echo, openai or bedrock",
+         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "bedrock"}); },
          [](const config& c) { return c.provider; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
          [](const config& c) { return c.model; }},
@@ -159,15 +159,15 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.openai_organization; }},
         {"CHAT_OPENAI_PROJECT", "OpenAI-Project header", [](config& c, auto, auto v) { c.openai_project = v; },
          [](const config& c) { return c.openai_project; }},
-        {"CHAT_OPENAI_TIMEOUT", "seconds the upstream may stay silent before a 504",
-         [](config& c, auto n, auto v) { c.openai_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
-         [](const config& c) { return std::to_string(c.openai_timeout.count()); }},
-        {"CHAT_OPENAI_DEADLINE", "seconds one chat may take upstream, retries included",
-         [](config& c, auto n, auto v) { c.openai_deadline = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
-         [](const config& c) { return std::to_string(c.openai_deadline.count()); }},
-        {"CHAT_OPENAI_MAX_RETRIES", "retries on 429, 5xx and connection failures",
-         [](config& c, auto n, auto v) { c.openai_max_retries = parse_int<int>(n, v, 0, 10); },
-         [](const config& c) { return std::to_string(c.openai_max_retries); }},
+        {"CHAT_UPSTREAM_TIMEOUT", "seconds an upstream (OpenAI, Bedrock) may stay silent before a 504",
+         [](config& c, auto n, auto v) { c.upstream_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
+         [](const config& c) { return std::to_string(c.upstream_timeout.count()); }},
+        {"CHAT_UPSTREAM_DEADLINE", "seconds one chat may take upstream, retries included",
+         [](config& c, auto n, auto v) { c.upstream_deadline = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
+         [](const config& c) { return std::to_string(c.upstream_deadline.count()); }},
+        {"CHAT_UPSTREAM_MAX_RETRIES", "upstream retries on 429, 5xx and connection failures",
+         [](config& c, auto n, auto v) { c.upstream_max_retries = parse_int<int>(n, v, 0, 10); },
+         [](const config& c) { return std::to_string(c.upstream_max_retries); }},
         {"CHAT_OPENAI_AZURE_DEPLOYMENT", "Azure OpenAI deployment (turns on Azure mode)",
          [](config& c, auto, auto v) { c.openai_azure_deployment = v; }, [](const config& c) { return c.openai_azure_deployment; }},
         {"CHAT_OPENAI_AZURE_API_VERSION", "Azure OpenAI api-version",

@@ -1,6 +1,10 @@
 #pragma once
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/aws/credentials.hpp>
+#include <chatkit/aws/eventstream.hpp>
+#include <chatkit/aws/sigv4.hpp>
+#include <chatkit/bedrock_provider.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/httplib_client_pool.hpp>
 #include <chatkit/httplib_server.hpp>

@@ -17,7 +17,7 @@ constexpr const char* secret_key = "sk-relay-SECRET-987654321";
 
 std::map<std::string, std::string> relay_env(const fake_openai& fake, std::map<std::string, std::string> more = {}) {
     std::map<std::string, std::string> env{{"OPENAI_API_KEY", secret_key}, {"OPENAI_BASE_URL", fake.base_url()},
-                                           {"CHAT_MODEL", "fake-1"}, {"CHAT_OPENAI_TIMEOUT", "2"}};
+                                           {"CHAT_MODEL", "fake-1"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
 }
@@ -111,7 +111,7 @@ TEST_CASE("/chat streams token by token through the upstream") {
 
 TEST_CASE("upstream faults reach the client as clean errors") {
     fake_openai fake;
-    server_process server{relay_env(fake, {{"CHAT_OPENAI_MAX_RETRIES", "1"}, {"CHAT_CACHE_SIZE", "0"}})};
+    server_process server{relay_env(fake, {{"CHAT_UPSTREAM_MAX_RETRIES", "1"}, {"CHAT_CACHE_SIZE", "0"}})};
     auto c = server.client();
 
     auto limited = status_reply(429, "Rate limit reached", "requests", "rate_limit_exceeded");

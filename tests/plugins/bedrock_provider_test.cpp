@@ -1,0 +1,225 @@
+// The Bedrock provider against a fake Bedrock Runtime that checks every request's SigV4 signature
+// with botocore: Converse and ConverseStream, aliases, message mapping, and every error path.
+#include "../support/fake_bedrock.hpp"
+
+#include <chatkit/bedrock_provider.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <map>
+
+using nlohmann::json;
+using test_support::fake_bedrock;
+
+namespace {
+
+constexpr const char* access_key = "AKIDBEDROCKTEST";
+constexpr const char* secret_key = "bedrock/secret+key/EXAMPLE0123456789";
+
+chatkit::aws::environment env_with(std::map<std::string, std::string> vars) {
+    chatkit::aws::environment env;
+    env.getenv = [vars](const std::string& name) -> std::optional<std::string> {
+        auto it = vars.find(name);
+        return it == vars.end() ? std::nullopt : std::optional{it->second};
+    };
+    env.home = "/nonexistent";
+    return env;
+}
+
+chatkit::aws::environment test_env(const fake_bedrock& fake, std::map<std::string, std::string> more = {}) {
+    std::map<std::string, std::string> vars{{"AWS_ACCESS_KEY_ID", access_key}, {"AWS_SECRET_ACCESS_KEY", secret_key},
+                                            {"AWS_REGION", "us-east-1"}, {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint()}};
+    for (auto& [k, v] : more) vars[k] = v;
+    return env_with(vars);
+}
+
+chatkit::bedrock_options fast_options() {
+    chatkit::bedrock_options o;
+    o.read_timeout = std::chrono::milliseconds(1500);
+    o.max_retries = 2;
+    return o;
+}
+
+chatkit::chat_request ask(std::string text, std::string model = "") {
+    chatkit::chat_request r;
+    r.messages = {{chatkit::role::system, "be brief", {}}, {chatkit::role::user, std::move(text), {}}};
+    r.model = std::move(model);
+    return r;
+}
+
+struct collected {
+    std::vector<std::string> deltas;
+    chatkit::delta_sink sink() {
+        return [this](std::string_view d) {
+            deltas.emplace_back(d);
+            return true;
+        };
+    }
+};
+
+const std::string fake_key = std::string{access_key} + "=" + secret_key;
+
+} // namespace
+
+TEST_CASE("Converse: a signed request that botocore verifies, and the answer with usage") {
+    fake_bedrock fake{{fake_key}};
+    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake)};
+    auto r = ask("hello bedrock");
+    r.max_tokens = 100;
+    r.temperature = 0.5;
+    r.extensions = {{"top_p", 0.9}, {"stop", "END"}};
+    auto c = bedrock.complete(r);
+    REQUIRE(c);
+    CHECK(c->content == "echo: hello bedrock");
+    CHECK(c->model == "nova-micro");
+    CHECK(c->finish_reason == "stop");
+    CHECK(c->usage.prompt_tokens == 2);
+    CHECK(c->usage.completion_tokens == 3);
+
+    const auto seen = fake.requests();
+    REQUIRE(seen.size() == 1);
+    CHECK(seen[0]["signature_ok"] == true);
+    CHECK(seen[0]["path"] == "/model/us.amazon.nova-micro-v1%3A0/converse"); // alias → inference profile, ':' encoded
+    CHECK(seen[0]["body"]["system"] == json::parse(R"([{"text":"be brief"}])"));
+    CHECK(seen[0]["body"]["inferenceConfig"] == json::parse(R"({"maxTokens":100,"temperature":0.5,"topP":0.9,"stopSequences":["END"]})"));
+}
+
+TEST_CASE("ConverseStream: event-stream frames become deltas, with the stop reason and usage") {
+    fake_bedrock fake{{fake_key}};
+    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake)};
+    collected got;
+    auto c = bedrock.stream(ask("one two three", "claude-3-haiku"), got.sink());
+    REQUIRE(c);
+    CHECK(got.deltas == std::vector<std::string>{"echo:", " one", " two", " three"});
+    CHECK(c->content == "echo: one two three");
+    CHECK(c->usage.completion_tokens == 4);
+    const auto seen = fake.requests();
+    CHECK(seen[0]["signature_ok"] == true);
+    CHECK(seen[0]["path"] == "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream");
+}
+
+TEST_CASE("session tokens are sent and signed") {
+    fake_bedrock fake{{std::string{"ASIATEMP"} + "=" + secret_key + "=session-token-xyz"}};
+    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake, {{"AWS_ACCESS_KEY_ID", "ASIATEMP"}, {"AWS_SESSION_TOKEN", "session-token-xyz"}})};
+    REQUIRE(bedrock.complete(ask("hi")));
+    CHECK(fake.requests()[0]["headers"]["x-amz-security-token"] == "session-token-xyz");
+}
+
+TEST_CASE("a wrong secret is refused by the fake's independent check and reported as 502") {
+    fake_bedrock fake{{fake_key}};
+    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake, {{"AWS_SECRET_ACCESS_KEY", "not-the-secret"}})};
+    auto c = bedrock.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(chatkit::http_status(c.error().kind) == 502);
+    CHECK(c.error().message.starts_with("Bedrock rejected the credentials"));
+    CHECK(c.error().message.find("not-the-secret") == std::string::npos);
+}
+
+TEST_CASE("consecutive turns of one role are merged, a conversation opening with the assistant is refused") {
+    chatkit::chat_request r;
+    r.messages = {{chatkit::role::user, "a", {}}, {chatkit::role::user, "b", {}}, {chatkit::role::assistant, "c", {}},
+                  {chatkit::role::system, "s", {}}, {chatkit::role::assistant, "d", {}}, {chatkit::role::user, "e", {}}};
+    auto body = chatkit::bedrock_provider::converse_body(r);
+    REQUIRE(body);
+    CHECK((*body)["messages"] == json::parse(R"([
+        {"role":"user","content":[{"text":"a"},{"text":"b"}]},
+        {"role":"assistant","content":[{"text":"c"},{"text":"d"}]},
+        {"role":"user","content":[{"text":"e"}]}])"));
+    CHECK((*body)["system"] == json::parse(R"([{"text":"s"}])"));
+
+    chatkit::chat_request opening;
+    opening.messages = {{chatkit::role::assistant, "hello", {}}, {chatkit::role::user, "hi", {}}};
+    auto refused = chatkit::bedrock_provider::converse_body(opening);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == "invalid_conversation");
+
+    auto tools = ask("x");
+    tools.extensions = {{"tools", json::array()}};
+    CHECK(chatkit::bedrock_provider::converse_body(tools).error().param == "tools");
+    auto hot = ask("x");
+    hot.temperature = 1.5;
+    CHECK(chatkit::bedrock_provider::converse_body(hot).error().param == "temperature");
+}
+
+TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-After") {
+    fake_bedrock fake{{fake_key}};
+    auto o = fast_options();
+    chatkit::bedrock_provider bedrock{o, test_env(fake)};
+    CHECK(bedrock.complete(ask("x", "fake.throttle-once")));
+    CHECK(fake.requests().size() == 2);
+
+    o.max_retries = 1;
+    chatkit::bedrock_provider impatient{o, test_env(fake)};
+    auto c = impatient.complete(ask("x", "fake.throttle-always"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::rate_limited);
+    CHECK(c.error().retry_after_seconds.value_or(0) >= 1);
+    CHECK(c.error().message == "Too many requests, please wait before trying again.");
+}
+
+TEST_CASE("every Bedrock error maps to its status") {
+    fake_bedrock fake{{fake_key}};
+    auto o = fast_options();
+    o.max_retries = 1;
+    chatkit::bedrock_provider bedrock{o, test_env(fake)};
+    auto status_of = [&](const char* model) {
+        auto c = bedrock.complete(ask("x", model));
+        REQUIRE_FALSE(c);
+        return chatkit::http_status(c.error().kind);
+    };
+    CHECK(status_of("fake.validation") == 400);
+    CHECK(status_of("fake.denied") == 502);
+    CHECK(status_of("fake.not-found") == 404);
+    CHECK(status_of("fake.unavailable-always") == 503);
+    CHECK(status_of("fake.notready-always") == 503);
+    CHECK(status_of("fake.internal-always") == 502);
+    CHECK(status_of("fake.slow") == 504);
+    CHECK(bedrock.complete(ask("x", "fake.notready-once"))); // retried
+    CHECK(bedrock.complete(ask("x", "fake.unavailable-once")));
+}
+
+TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream after the delta") {
+    fake_bedrock fake{{fake_key}};
+    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake)};
+    collected got;
+    auto c = bedrock.stream(ask("a b c", "fake.stream-throttle"), got.sink());
+    REQUIRE_FALSE(c);
+    CHECK(got.deltas == std::vector<std::string>{"echo:"});
+    CHECK(c.error().kind == chatkit::error_kind::rate_limited);
+
+    collected got2;
+    auto corrupt = bedrock.stream(ask("a b c", "fake.corrupt-frame"), got2.sink());
+    REQUIRE_FALSE(corrupt);
+    CHECK(corrupt.error().message.find("Message checksum mismatch") != std::string::npos);
+
+    collected got3;
+    auto cut = bedrock.stream(ask("a b c", "fake.stream-cut"), got3.sink());
+    REQUIRE_FALSE(cut);
+    CHECK(cut.error().kind == chatkit::error_kind::upstream);
+    CHECK(fake.requests().size() == 3); // none retried: a delta had reached the client
+}
+
+TEST_CASE("aliases resolve per region and carry prices, unknown ids pass through") {
+    fake_bedrock fake{{fake_key}};
+    chatkit::bedrock_provider eu{fast_options(), test_env(fake, {{"AWS_REGION", "eu-west-3"}})};
+    CHECK(eu.resolve_model("nova-lite") == "eu.amazon.nova-lite-v1:0");
+    CHECK(eu.resolve_model("titan-text-express") == "amazon.titan-text-express-v1");
+    CHECK(eu.resolve_model("arn:aws:bedrock:eu-west-3::foundation-model/x") == "arn:aws:bedrock:eu-west-3::foundation-model/x");
+    CHECK(eu.resolve_model("") == "eu.amazon.nova-micro-v1:0");
+    CHECK(eu.cost_usd("nova-micro", {1000, 1000}).value() == Approx(0.000175));
+    CHECK_FALSE(eu.cost_usd("unknown", {1, 1}));
+
+    auto o = fast_options();
+    o.models["house"] = {"amazon.nova-pro-v1:0", false, 0.1, 0.2};
+    chatkit::bedrock_provider extended{o, test_env(fake)};
+    CHECK(extended.resolve_model("house") == "amazon.nova-pro-v1:0");
+}
+
+TEST_CASE("no region is a start-up error, and missing credentials mark the provider down") {
+    CHECK_THROWS_WITH(chatkit::bedrock_provider(chatkit::bedrock_options{}, env_with({})), Catch::Contains("AWS_REGION"));
+    chatkit::bedrock_provider no_creds{chatkit::bedrock_options{}, env_with({{"AWS_REGION", "us-east-1"}})};
+    CHECK_FALSE(no_creds.health().ok);
+    auto c = no_creds.complete(ask("x"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().code == "aws_credentials_missing");
+}
