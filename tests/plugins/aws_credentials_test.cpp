@@ -1,6 +1,8 @@
 // The AWS credentials chain, region and endpoint resolution: real temporary files for the shared
 // config, a real container-credentials endpoint on 127.0.0.1, and an injected environment so no
 // test ever reads the real HOME or process environment.
+#include "../support/untrusted_tls_server.hpp"
+
 #include <chatkit/aws/credentials.hpp>
 
 #include <catch2/catch.hpp>
@@ -368,43 +370,17 @@ TEST_CASE("plain http to any loopback address is allowed") {
 }
 
 TEST_CASE("https to the container endpoint verifies the server certificate") {
-    // A self-signed certificate for 127.0.0.1, made in memory: no CA trusts it.
-    EVP_PKEY* key = EVP_EC_gen("P-256");
-    REQUIRE(key);
-    X509* cert = X509_new();
-    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
-    X509_gmtime_adj(X509_getm_notBefore(cert), -60);
-    X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
-    X509_set_pubkey(cert, key);
-    X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
-    X509_set_issuer_name(cert, X509_get_subject_name(cert));
-    REQUIRE(X509_sign(cert, key, EVP_sha256()) > 0);
-    std::atomic<int> requests{0};
-    {
-        httplib::SSLServer server(cert, key);
-        server.Get("/creds", [&](const httplib::Request&, httplib::Response& res) {
-            ++requests;
-            res.set_content(R"({"AccessKeyId":"AKID","SecretAccessKey":"CONTAINER-SECRET-1"})", "application/json");
-        });
-        const int port = server.bind_to_any_port("127.0.0.1");
-        REQUIRE(port > 0);
-        std::thread thread([&] { server.listen_after_bind(); });
-        while (!server.is_running()) std::this_thread::sleep_for(1ms);
-        temp_dir home;
-        credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", "https://127.0.0.1:" + std::to_string(port) + "/creds"},
-                                         {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}},
-                                        home.home())};
-        auto c = p.get();
-        server.stop();
-        thread.join();
-        REQUIRE_FALSE(c);
-        CHECK(c.error().code == "aws_container_credentials_failed");
-        CHECK(c.error().message.find("SSL") != std::string::npos);
-        require_no_secret(c.error().message);
-    }
-    CHECK(requests == 0);
-    X509_free(cert);
-    EVP_PKEY_free(key);
+    test_support::untrusted_tls_server untrusted;
+    temp_dir home;
+    credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", "https://127.0.0.1:" + std::to_string(untrusted.port()) + "/creds"},
+                                     {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}},
+                                    home.home())};
+    auto c = p.get();
+    REQUIRE_FALSE(c);
+    CHECK(c.error().code == "aws_container_credentials_failed");
+    CHECK(c.error().message.find("SSL") != std::string::npos);
+    require_no_secret(c.error().message);
+    CHECK(untrusted.requests() == 0);
 }
 
 TEST_CASE("with nothing configured get() fails with aws_credentials_missing") {

@@ -1,6 +1,7 @@
 // The OpenAI provider against a fake upstream over real HTTP: the wire format both ways, retries,
 // timeouts, broken and malformed streams, and error mapping with the key never echoed.
 #include "../support/fake_openai.hpp"
+#include "../support/untrusted_tls_server.hpp"
 
 #include <chatkit/openai_provider.hpp>
 
@@ -299,4 +300,17 @@ TEST_CASE("tools and the tool-call history go upstream exactly as the client sen
     CHECK(sent["tools"][0]["function"]["name"] == "get_weather");
     CHECK(sent["messages"][2]["tool_calls"][0]["id"] == "c0");
     CHECK(sent["messages"][3] == json{{"role", "tool"}, {"content", "sunny"}, {"tool_call_id", "c0"}});
+}
+
+TEST_CASE("HTTPS verifies the upstream's certificate: an untrusted one is refused before any request") {
+    test_support::untrusted_tls_server untrusted;
+    chatkit::openai_options o;
+    o.base_url = "https://127.0.0.1:" + std::to_string(untrusted.port()) + "/v1";
+    o.api_key = secret_key;
+    chatkit::openai_provider openai{o};
+    auto c = openai.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(chatkit::http_status(c.error().kind) == 502);
+    CHECK(c.error().code == "upstream_tls");
+    CHECK(untrusted.requests() == 0); // the key never left
 }
