@@ -45,7 +45,11 @@ struct fake_request {
 
 class fake_openai {
 public:
-    fake_openai() {
+    // `defaults`: the reply to unscripted requests. `threads`: concurrent connections served
+    // (cpp-httplib holds one thread per connection), for benchmarks that open many.
+    explicit fake_openai(fake_reply defaults = {}, std::size_t threads = 16) : defaults_(std::move(defaults)) {
+        server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+        server_.set_keep_alive_max_count(1'000'000);
         server_.set_tcp_nodelay(true);
         server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { answer(req, res); });
         server_.Get("/v1/models", [](const httplib::Request&, httplib::Response& res) {
@@ -86,7 +90,7 @@ public:
 
 private:
     void answer(const httplib::Request& req, httplib::Response& res) {
-        fake_reply reply;
+        fake_reply reply = defaults_;
         auto body = nlohmann::json::parse(req.body, nullptr, false);
         {
             std::lock_guard lock{mutex_};
@@ -161,6 +165,7 @@ private:
         });
     }
 
+    fake_reply defaults_;
     httplib::Server server_;
     std::thread thread_;
     int port_ = 0;
