@@ -24,20 +24,21 @@ using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cac
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
-// Whether the environment holds AWS credentials in one of the forms the SDKs read.
-inline bool has_aws_credentials(const chatkit::aws::environment& env) {
-    for (const char* name : {"AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_BEARER_TOKEN_BEDROCK"})
-        if (env.getenv(name)) return true;
-    return false;
+// Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
+// ~/.aws files, container endpoint) or a Bedrock API key.
+inline bool bedrock_configured(const chatkit::aws::environment& env) {
+    if (!chatkit::aws::resolve_region(env)) return false;
+    if (env.getenv("AWS_BEARER_TOKEN_BEDROCK").value_or("").size() > 0) return true;
+    return static_cast<bool>(chatkit::aws::credentials_provider{env}.get());
 }
 
 // "echo", "openai" or "bedrock"; "auto" takes the first configured: an OpenAI API key, then AWS
-// credentials, then the built-in echo.
-inline std::string_view chosen_provider(const config& c, const chatkit::aws::environment& env = chatkit::aws::process_environment()) {
+// credentials with a region, then the built-in echo. Decided once, at start-up.
+inline std::string_view chosen_provider(const config& c) {
     if (c.provider != "auto") return c.provider;
     if (!c.openai_api_key.empty()) return "openai";
-    return has_aws_credentials(env) ? "bedrock" : "echo";
+    static const bool bedrock = bedrock_configured(chatkit::aws::process_environment());
+    return bedrock ? "bedrock" : "echo";
 }
 
 // Throws config_error when the chosen provider lacks what it needs.

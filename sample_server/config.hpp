@@ -129,7 +129,7 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.max_tokens); }},
         {"CHAT_THREADS", "worker threads (each kept-alive connection holds one)",
-         [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 10'000); },
+         [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 100'000); },
          [](const config& c) { return std::to_string(c.threads); }},
         {"CHAT_READ_TIMEOUT", "seconds a client may stall while sending a request",
          [](config& c, auto n, auto v) { c.read_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },

@@ -23,7 +23,7 @@ using chatkit::detail::invalid;
 // Request fields the core reads itself; every other field is kept in chat_request::extensions.
 inline constexpr std::string_view modelled_fields[] = {"messages", "model", "temperature", "max_tokens",
                                                        "max_completion_tokens", "stream", "stream_options",
-                                                       "user", "cache"};
+                                                       "user", "cache", "n"};
 
 namespace content {
 // A message's text: a string, or the text parts of a content array. Non-text parts (images,
@@ -105,9 +105,12 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
     if (auto options = body.find("stream_options"); options != body.end() && !options->is_null()) {
         if (!options->is_object()) return invalid("'stream_options' must be an object", "stream_options", "invalid_type");
     }
+    // A null field means absent, as in the OpenAI API.
     for (const auto& [key, value] : body.items())
-        if (std::find(std::begin(modelled_fields), std::end(modelled_fields), key) == std::end(modelled_fields))
+        if (!value.is_null() && std::find(std::begin(modelled_fields), std::end(modelled_fields), key) == std::end(modelled_fields))
             req.extensions[key] = value;
+    // Newer OpenAI models take only max_completion_tokens: remember which name the client used.
+    if (auto it = body.find("max_completion_tokens"); it != body.end() && !it->is_null()) req.extensions["max_completion_tokens"] = *it;
     return req;
 }
 

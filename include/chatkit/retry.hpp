@@ -4,12 +4,15 @@
 #pragma once
 
 #include "chatkit/error.hpp"
+#include "chatkit/health.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <mutex>
 #include <optional>
 #include <random>
+#include <string>
 #include <thread>
 
 namespace chatkit {
@@ -38,13 +41,11 @@ struct retry_policy {
 }
 
 // Calls `attempt()` (returning result<T, upstream_failure>) until it succeeds or must stop; a 429
-// that outlived its retries keeps its Retry-After for the client. `on_attempt` sees every outcome.
-template <class T, class Attempt, class OnAttempt>
-result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_clock::time_point deadline,
-                            Attempt&& attempt, OnAttempt&& on_attempt) {
+// that outlived its retries keeps its Retry-After for the client.
+template <class T, class Attempt>
+result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_clock::time_point deadline, Attempt&& attempt) {
     for (int n = 0;; ++n) {
         result<T, upstream_failure> outcome = attempt();
-        on_attempt(outcome);
         if (outcome) return std::move(outcome).value();
         upstream_failure f = std::move(outcome).error();
         const auto delay = f.retry_after.value_or(backoff_delay(policy, n));
@@ -58,5 +59,36 @@ result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_cloc
         std::this_thread::sleep_for(delay);
     }
 }
+
+// A provider's health without a network probe (one would cost a request per check): down after
+// `threshold` calls in a row (each with its retries) failed in a way only an operator can fix:
+// the upstream unreachable, or the credentials refused.
+class upstream_health {
+public:
+    explicit upstream_health(int threshold = 3) : threshold_(threshold) {}
+
+    template <class T>
+    void record(const result<T>& outcome) {
+        const bool operator_fault = !outcome && (outcome.error().code == "upstream_unreachable" ||
+                                                 outcome.error().code == "upstream_credentials");
+        record(operator_fault, operator_fault ? std::string_view{outcome.error().message} : std::string_view{});
+    }
+    void record(bool operator_fault, std::string_view why) {
+        const std::lock_guard lock{mutex_};
+        failures_in_a_row_ = operator_fault ? failures_in_a_row_ + 1 : 0;
+        if (operator_fault) last_failure_ = why;
+    }
+    [[nodiscard]] component_health report(std::string ok_detail) const {
+        const std::lock_guard lock{mutex_};
+        if (failures_in_a_row_ >= threshold_) return {false, last_failure_};
+        return {true, std::move(ok_detail)};
+    }
+
+private:
+    int threshold_;
+    mutable std::mutex mutex_;
+    int failures_in_a_row_ = 0;
+    std::string last_failure_;
+};
 
 } // namespace chatkit

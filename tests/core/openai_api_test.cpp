@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "map_cache.hpp"
+
 #include <map>
 
 using nlohmann::json;
@@ -95,6 +97,7 @@ TEST_CASE("the request maps OpenAI roles, content forms and extra fields") {
     CHECK(r->extensions["seed"] == 7);
     CHECK(r->extensions["tool_choice"] == "auto");
     CHECK_FALSE(r->extensions.contains("max_tokens"));
+    CHECK(r->extensions["max_completion_tokens"] == 9); // the name newer OpenAI models insist on
     CHECK_FALSE(r->extensions.contains("user"));
 }
 
@@ -113,7 +116,9 @@ TEST_CASE("invalid OpenAI requests name the offending field") {
     CHECK(param(R"({"messages":[{"role":"user","content":"x"}],"user":""})") == "user");
     CHECK(param(R"({"messages":[{"role":"user","content":"x"}],"temperature":9})") == "temperature");
     CHECK(param(R"({"messages":[{"role":"user","content":"x"}],"stream_options":true})") == "stream_options");
-    CHECK(chatkit::openai_api::parse_request(json::parse(R"({"messages":[{"role":"user","content":"x"}],"n":1})")));
+    auto one = chatkit::openai_api::parse_request(json::parse(R"({"messages":[{"role":"user","content":"x"}],"n":1,"stop":null,"seed":null})"));
+    REQUIRE(one);
+    CHECK(one->extensions.empty()); // n:1 is the default, and null means absent
 }
 
 TEST_CASE("a non-streamed answer is the exact chat.completion object") {
@@ -210,18 +215,6 @@ TEST_CASE("GET /v1/models lists the provider's models") {
     CHECK(body["data"][0] == json{{"id", "rec-large"}, {"object", "model"}, {"created", 0}, {"owned_by", "recording"}});
 }
 
-namespace {
-struct map_cache {
-    std::shared_ptr<std::map<std::string, chatkit::completion, std::less<>>> entries =
-        std::make_shared<std::map<std::string, chatkit::completion, std::less<>>>();
-    std::optional<chatkit::completion> get(std::string_view key) {
-        auto it = entries->find(key);
-        return it == entries->end() ? std::nullopt : std::optional{it->second};
-    }
-    void put(std::string_view key, const chatkit::completion& c, std::chrono::seconds) { (*entries)[std::string{key}] = c; }
-    chatkit::component_health health() { return {}; }
-};
-} // namespace
 
 TEST_CASE("the cache key covers pass-through fields: a different seed or tool list is a miss") {
     chatkit::service<recording_provider, chatkit::no_store, map_cache> svc;

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "map_cache.hpp"
+
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -82,17 +84,6 @@ struct memory_store {
 };
 static_assert(chatkit::store<memory_store>);
 
-struct map_cache {
-    std::shared_ptr<std::map<std::string, chatkit::completion, std::less<>>> entries =
-        std::make_shared<std::map<std::string, chatkit::completion, std::less<>>>();
-    std::optional<chatkit::completion> get(std::string_view key) {
-        auto it = entries->find(key);
-        return it == entries->end() ? std::nullopt : std::optional{it->second};
-    }
-    void put(std::string_view key, const chatkit::completion& c, std::chrono::seconds) { (*entries)[std::string{key}] = c; }
-    chatkit::component_health health() { return {}; }
-};
-static_assert(chatkit::cache<map_cache>);
 
 chatkit::http_request post_chat(const json& body, std::string content_type = "application/json") {
     chatkit::http_request req;

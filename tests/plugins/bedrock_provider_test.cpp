@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/collected_deltas.hpp"
+
 #include <map>
 
 using nlohmann::json;
@@ -47,15 +49,7 @@ chatkit::chat_request ask(std::string text, std::string model = "") {
     return r;
 }
 
-struct collected {
-    std::vector<std::string> deltas;
-    chatkit::delta_sink sink() {
-        return [this](std::string_view d) {
-            deltas.emplace_back(d);
-            return true;
-        };
-    }
-};
+using collected = test_support::collected_deltas;
 
 const std::string fake_key = std::string{access_key} + "=" + secret_key;
 
@@ -136,6 +130,13 @@ TEST_CASE("consecutive turns of one role are merged, a conversation opening with
     auto tools = ask("x");
     tools.extensions = {{"tools", json::array()}};
     CHECK(chatkit::bedrock_provider::converse_body(tools).error().param == "tools");
+    auto named = ask("x");
+    named.messages[1].extra = {{"name", "alice"}};
+    CHECK(chatkit::bedrock_provider::converse_body(named).error().param == "messages[1].name");
+    auto completion_tokens = ask("x");
+    completion_tokens.max_tokens = 5;
+    completion_tokens.extensions = {{"max_completion_tokens", 5}};
+    CHECK((*chatkit::bedrock_provider::converse_body(completion_tokens))["inferenceConfig"]["maxTokens"] == 5);
     auto hot = ask("x");
     hot.temperature = 1.5;
     CHECK(chatkit::bedrock_provider::converse_body(hot).error().param == "temperature");

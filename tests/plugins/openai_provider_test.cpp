@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/collected_deltas.hpp"
+
 using nlohmann::json;
 using test_support::fake_openai;
 using test_support::fake_reply;
@@ -33,20 +35,7 @@ chatkit::chat_request ask(std::string text) {
     return r;
 }
 
-struct collected {
-    std::vector<std::string> deltas;
-    chatkit::delta_sink sink() {
-        return [this](std::string_view d) {
-            deltas.emplace_back(d);
-            return true;
-        };
-    }
-    std::string joined() const {
-        std::string s;
-        for (const auto& d : deltas) s += d;
-        return s;
-    }
-};
+using collected = test_support::collected_deltas;
 
 } // namespace
 
@@ -75,6 +64,11 @@ TEST_CASE("a completion goes out in the OpenAI format and comes back with usage"
     CHECK(sent.body["seed"] == 7); // passed through, not dropped
     CHECK(sent.body["response_format"]["type"] == "text");
     CHECK_FALSE(sent.body.contains("stream"));
+
+    r.extensions = {{"max_completion_tokens", 50}}; // as a client of a reasoning model sends it
+    REQUIRE(openai.complete(r));
+    CHECK(fake.requests().back().body["max_completion_tokens"] == 50);
+    CHECK_FALSE(fake.requests().back().body.contains("max_tokens"));
     CHECK(sent.headers.find("Authorization")->second == std::string{"Bearer "} + secret_key);
     CHECK(sent.headers.find("X-Request-ID")->second == "req-123");
 }

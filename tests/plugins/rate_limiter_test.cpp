@@ -2,6 +2,8 @@
 #include <chatkit/service.hpp>
 
 #include <catch2/catch.hpp>
+
+#include "../support/manual_clock.hpp"
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -11,19 +13,7 @@
 
 namespace {
 
-// A clock the test moves by hand, so refill is tested without sleeping.
-struct manual_clock {
-    using duration = std::chrono::nanoseconds;
-    using rep = duration::rep;
-    using period = duration::period;
-    using time_point = std::chrono::time_point<manual_clock>;
-    static constexpr bool is_steady = true;
-
-    static inline time_point current{std::chrono::hours{1}};
-    static time_point now() noexcept { return current; }
-    static void advance(duration d) { current += d; }
-};
-static_assert(std::chrono::is_clock_v<manual_clock>);
+using test_support::manual_clock;
 
 using test_limiter = chatkit::rate_limiter<chatkit::null_mutex, manual_clock>;
 static_assert(chatkit::middleware<test_limiter>);

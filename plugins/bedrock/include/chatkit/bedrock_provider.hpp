@@ -100,14 +100,12 @@ public:
     result<completion> complete(const chat_request& r) { return call(r, nullptr); }
     result<completion> stream(const chat_request& r, const delta_sink& sink) { return call(r, &sink); }
 
-    // No network probe: down when credentials cannot be found, or after three calls in a row were
-    // refused their credentials or could not reach Bedrock.
+    // Down when credentials cannot be found, or after three calls in a row were refused their
+    // credentials or could not reach Bedrock.
     component_health health() {
         if (shared_->options.bearer_token.empty())
             if (auto creds = shared_->credentials.get(); !creds) return {false, creds.error().message};
-        const std::lock_guard lock{shared_->health_mutex};
-        if (shared_->failures_in_a_row >= 3) return {false, shared_->last_failure};
-        return {true, shared_->region + " via " + shared_->credentials.source()};
+        return shared_->health.report(shared_->region + " via " + shared_->credentials.source());
     }
 
     // The Bedrock model id a request goes to: an alias resolved (through the region's inference
@@ -132,7 +130,8 @@ public:
     [[nodiscard]] const std::string& endpoint() const noexcept { return shared_->endpoint; }
 
     // Request fields Bedrock's Converse can express; any other OpenAI field is refused.
-    static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options"};
+    static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
+                                                            "max_completion_tokens" /* already in max_tokens */};
 
     // chatkit messages → a Converse body: system messages go to `system`; the conversation must
     // open with a user turn and alternate, so consecutive turns of one role are merged.
@@ -143,9 +142,10 @@ public:
         for (std::size_t i = 0; i < r.messages.size(); ++i) {
             const auto& m = r.messages[i];
             const std::string at = "messages[" + std::to_string(i) + "]";
-            if (!m.extra.is_null() || m.role == role::tool)
-                return invalid("the bedrock provider takes text messages only (" + at + " has tool calls, images or a tool role)",
-                               at, "unsupported_parameter");
+            if (m.role == role::tool) return invalid("the bedrock provider cannot take tool messages (" + at + ")", at, "unsupported_parameter");
+            if (m.extra.is_object() && !m.extra.empty())
+                return invalid("the bedrock provider takes text messages only: " + at + " has '" + m.extra.begin().key() + "'",
+                               at + "." + m.extra.begin().key(), "unsupported_parameter");
             if (m.role == role::system) {
                 system.push_back({{"text", m.content}});
                 continue;
@@ -213,9 +213,7 @@ private:
         aws::credentials_provider credentials;
         std::string region, endpoint, host;
         std::optional<httplib_client_pool> pool;
-        std::mutex health_mutex;
-        int failures_in_a_row = 0;
-        std::string last_failure;
+        upstream_health health;
     };
 
     result<completion> call(const chat_request& r, const delta_sink* sink) {
@@ -226,8 +224,8 @@ private:
         const auto deadline = clock::now() + shared_->options.deadline;
         auto answer = call_with_retries<completion>(
             retry_policy{.max_retries = shared_->options.max_retries}, deadline,
-            [&] { return attempt_once(model_id, payload, sink, deadline); },
-            [&](const auto& outcome) { record_health(outcome); });
+            [&] { return attempt_once(model_id, payload, sink, deadline); });
+        shared_->health.record(answer);
         if (answer) answer->model = r.model.empty() ? shared_->options.model : r.model;
         return answer;
     }
@@ -310,7 +308,11 @@ private:
         if (kind == "ModelErrorException" || kind == "ModelStreamErrorException") return fail(error_kind::upstream, "Bedrock model error: " + text, false);
         if (kind == "AccessDeniedException" || kind == "UnrecognizedClientException" || kind == "InvalidSignatureException" ||
             kind == "ExpiredTokenException" || kind == "InvalidClientTokenId" || kind == "IncompleteSignature" || status == 401 || status == 403)
-            return fail(error_kind::upstream, "Bedrock rejected the credentials: " + text, false);
+        {
+            auto f = fail(error_kind::upstream, "Bedrock rejected the credentials: " + text, false);
+            f.e.code = "upstream_credentials";
+            return f;
+        }
         if (status == 429) return fail(error_kind::rate_limited, text, true);
         if (status == 408) return fail(error_kind::timeout, text, false);
         if (status >= 500) return fail(error_kind::upstream, "Bedrock error (HTTP " + std::to_string(status) + "): " + text, status != 501);
@@ -382,6 +384,8 @@ private:
             if (err == httplib::Error::ConnectionTimeout ||
                 (err == httplib::Error::Read && clock::now() - started + std::chrono::milliseconds(50) >= s.options.read_timeout))
                 return upstream_failure{{error_kind::timeout, "Bedrock did not answer in time", "upstream_timeout"}, true};
+            if (err == httplib::Error::SSLServerVerification)
+                return upstream_failure{{error_kind::upstream, "Bedrock's TLS certificate verification failed", "upstream_tls"}, false};
             return upstream_failure{{error_kind::upstream, "cannot reach Bedrock (" + httplib::to_string(err) + ")", "upstream_unreachable"}, true};
         }
         if (status != 200) {
@@ -416,19 +420,6 @@ private:
         c.finish_reason = finish_reason(j.value("stopReason", std::string{"end_turn"}));
         read_usage(j, c.usage);
         return c;
-    }
-
-    void record_health(const result<completion, upstream_failure>& outcome) {
-        auto& s = *shared_;
-        const std::lock_guard lock{s.health_mutex};
-        const bool unreachable = !outcome && (outcome.error().e.code == "upstream_unreachable" ||
-                                              outcome.error().e.message.starts_with("Bedrock rejected the credentials"));
-        if (!unreachable) {
-            s.failures_in_a_row = 0;
-            return;
-        }
-        ++s.failures_in_a_row;
-        s.last_failure = outcome.error().e.message;
     }
 
     std::shared_ptr<shared> shared_;

@@ -63,13 +63,8 @@ public:
     result<completion> complete(const chat_request& r) { return call(r, nullptr); }
     result<completion> stream(const chat_request& r, const delta_sink& sink) { return call(r, &sink); }
 
-    // No network probe (it would cost a request per check): down after three calls in a row failed
-    // to reach the upstream or were refused its credentials.
-    component_health health() {
-        const std::lock_guard lock{shared_->health_mutex};
-        if (shared_->failures_in_a_row >= 3) return {false, shared_->last_failure};
-        return {true, shared_->origin};
-    }
+    // Down after three calls in a row failed to reach the upstream or were refused its credentials.
+    component_health health() { return shared_->health.report(shared_->origin); }
 
 private:
     using clock = std::chrono::steady_clock;
@@ -96,18 +91,17 @@ private:
         std::string origin; // scheme://host[:port]
         std::string path;   // the chat completions path on that origin
         std::optional<httplib_client_pool> pool;
-        std::mutex health_mutex;
-        int failures_in_a_row = 0;
-        std::string last_failure;
+        upstream_health health;
     };
 
     result<completion> call(const chat_request& r, const delta_sink* sink) {
         const auto& o = shared_->options;
         const std::string body = dump_json(request_body(r, sink != nullptr));
         const auto deadline = clock::now() + o.deadline;
-        return call_with_retries<completion>(
-            retry_policy{.max_retries = o.max_retries}, deadline, [&] { return attempt_once(r, body, sink, deadline); },
-            [&](const auto& outcome) { record_health(outcome); });
+        auto answer = call_with_retries<completion>(retry_policy{.max_retries = o.max_retries}, deadline,
+                                                    [&] { return attempt_once(r, body, sink, deadline); });
+        shared_->health.record(answer);
+        return answer;
     }
 
     nlohmann::json request_body(const chat_request& r, bool streaming) const {
@@ -122,7 +116,7 @@ private:
         body["model"] = r.model.empty() ? shared_->options.model : r.model;
         body["messages"] = std::move(messages);
         if (r.temperature) body["temperature"] = *r.temperature;
-        if (r.max_tokens) body["max_tokens"] = *r.max_tokens;
+        if (r.max_tokens && !body.contains("max_completion_tokens")) body["max_tokens"] = *r.max_tokens;
         if (r.user_id != anonymous_user) body["user"] = r.user_id;
         if (streaming) {
             body["stream"] = true;
@@ -201,7 +195,9 @@ private:
         req.body = body;
         req.set_header("Content-Type", "application/json");
         req.set_header("Accept", sink ? "text/event-stream" : "application/json");
-        if (!o.azure_deployment.empty()) req.set_header("api-key", o.api_key);
+        if (!o.azure_deployment.empty()) {
+            if (!o.api_key.empty()) req.set_header("api-key", o.api_key);
+        }
         else if (!o.api_key.empty()) req.set_header("Authorization", "Bearer " + o.api_key);
         if (!o.organization.empty()) req.set_header("OpenAI-Organization", o.organization);
         if (!o.project.empty()) req.set_header("OpenAI-Project", o.project);
@@ -275,7 +271,10 @@ private:
 
         upstream_failure f{{error_kind::upstream, message, text("code"), text("param")}, false};
         if (status == 400 || status == 422) f.e.kind = error_kind::invalid_request;
-        else if (status == 401 || status == 403) f.e.message = "upstream rejected the credentials: " + message;
+        else if (status == 401 || status == 403) {
+            f.e.message = "upstream rejected the credentials: " + message;
+            f.e.code = "upstream_credentials";
+        }
         else if (status == 404) f.e.kind = error_kind::not_found;
         else if (status == 413) f.e.kind = error_kind::payload_too_large;
         else if (status == 429) {
@@ -342,20 +341,6 @@ private:
         if (key.size() < 4) return text;
         for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at)) text.replace(at, key.size(), "[redacted]");
         return text;
-    }
-
-    void record_health(const result<completion, upstream_failure>& outcome) {
-        auto& s = *shared_;
-        const std::lock_guard lock{s.health_mutex};
-        const bool unreachable = !outcome && (outcome.error().e.kind == error_kind::unavailable ||
-                                              outcome.error().e.message.starts_with("upstream rejected the credentials") ||
-                                              outcome.error().e.code == "upstream_unreachable");
-        if (!unreachable) {
-            s.failures_in_a_row = 0;
-            return;
-        }
-        ++s.failures_in_a_row;
-        s.last_failure = outcome.error().e.message;
     }
 
     std::shared_ptr<shared> shared_;
