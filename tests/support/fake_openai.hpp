@@ -5,6 +5,7 @@
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <deque>
@@ -57,6 +58,7 @@ public:
                             "application/json");
         });
         port_ = server_.bind_to_any_port("127.0.0.1");
+        server_.raise_backlog(4096); // cpp-httplib listens with a backlog of 5: a burst of connects would stall
         thread_ = std::thread([this] { server_.listen_after_bind(); });
         while (!server_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -165,8 +167,13 @@ private:
         });
     }
 
+    // Reaches the listening socket, which cpp-httplib keeps protected.
+    struct server_with_backlog : httplib::Server {
+        void raise_backlog(int n) { ::listen(svr_sock_, n); }
+    };
+
     fake_reply defaults_;
-    httplib::Server server_;
+    server_with_backlog server_;
     std::thread thread_;
     int port_ = 0;
     mutable std::mutex mutex_;

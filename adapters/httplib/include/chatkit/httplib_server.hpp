@@ -21,7 +21,7 @@ struct httplib_options {
     std::string host = "127.0.0.1";
     int port = 8000; // 0: any free port (see httplib_server::port())
     std::size_t threads = 64;   // a kept-alive connection holds one worker for its whole life
-    int listen_backlog = 1024;  // the compiled-in 5 drops connections under load
+    int listen_backlog = 4096;  // the compiled-in 5 drops connections under load (the kernel caps it at somaxconn)
     std::size_t max_body_bytes = 1 << 20;
     std::chrono::seconds read_timeout{10}; // a client that stalls mid-request is dropped after this
     std::chrono::seconds write_timeout{10};
