@@ -18,10 +18,11 @@ namespace chatkit {
 
 struct case_insensitive_less {
     using is_transparent = void;
+    // ASCII only, as header names are; std::tolower consults the locale on every character.
+    static constexpr unsigned char lower(unsigned char c) noexcept { return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c; }
     bool operator()(std::string_view a, std::string_view b) const noexcept {
-        return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(), [](unsigned char x, unsigned char y) {
-            return std::tolower(x) < std::tolower(y);
-        });
+        return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                            [](unsigned char x, unsigned char y) { return lower(x) < lower(y); });
     }
 };
 
