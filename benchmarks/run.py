@@ -204,7 +204,9 @@ def main():
         portkey_start = ROOT / "benchmarks/node_modules/@portkey-ai/gateway/build/start-server.js"
         if shutil.which("node") and portkey_start.exists():
             pk_port = free_port()
-            portkey = process(["node", str(portkey_start), "--headless", "--port=%d" % pk_port])
+            # Portkey listens on every interface; the preload pins it to 127.0.0.1.
+            portkey = process(["node", "--require", str(ROOT / "benchmarks/loopback_only.cjs"), str(portkey_start),
+                               "--headless", "--port=%d" % pk_port])
             wait_for_port(pk_port)
             try:
                 pk = record("Portkey gateway 1.15.2 -> mock upstream",
