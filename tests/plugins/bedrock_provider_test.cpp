@@ -174,7 +174,10 @@ TEST_CASE("every Bedrock error maps to its status") {
     CHECK(status_of("fake.unavailable-always") == 503);
     CHECK(status_of("fake.notready-always") == 503);
     CHECK(status_of("fake.internal-always") == 502);
-    CHECK(status_of("fake.slow") == 504);
+    CHECK(status_of("fake.slow") == 504);                // read timeout
+    CHECK(status_of("fake.model-timeout") == 504);       // ModelTimeoutException
+    CHECK(status_of("fake.model-error") == 502);         // ModelErrorException
+    CHECK(status_of("fake.unrecognized") == 502);        // UnrecognizedClientException
     CHECK(bedrock.complete(ask("x", "fake.notready-once"))); // retried
     CHECK(bedrock.complete(ask("x", "fake.unavailable-once")));
 }

@@ -7,7 +7,8 @@ a mismatch is answered like Bedrock does (403 InvalidSignatureException). Answer
 
 Faults are scripted by the model id (the part before any ':'), e.g. `fake.throttle-once`:
   throttle-once, throttle-always, notready-once, notready-always, unavailable-once,
-  unavailable-always, internal-always, validation, denied, not-found, slow (3 s before answering),
+  unavailable-always, internal-always, validation, denied, not-found, model-timeout, model-error,
+  unrecognized, slow (3 s before answering),
   stream-throttle (a throttlingException frame after the first delta), stream-cut (the connection
   drops after the first delta), corrupt-frame (a frame with a bad CRC after the first delta).
 Prints {"port": N} on stdout, then serves until stdin closes.
@@ -131,6 +132,9 @@ class Handler(BaseHTTPRequestHandler):
             "validation": (400, "ValidationException", "Malformed input request: 2 schema violations found."),
             "denied": (403, "AccessDeniedException", "You don't have access to the model with the specified model ID."),
             "not-found": (404, "ResourceNotFoundException", "Could not resolve the foundation model."),
+            "model-timeout": (408, "ModelTimeoutException", "The model took too long to respond."),
+            "model-error": (424, "ModelErrorException", "The model returned an error."),
+            "unrecognized": (403, "UnrecognizedClientException", "The security token included in the request is invalid."),
         }
         once = {"throttle-once": plain["throttle-always"], "notready-once": plain["notready-always"],
                 "unavailable-once": plain["unavailable-always"]}
