@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <memory>
+#include <string_view>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -44,6 +45,48 @@ public:
     };
 
     lease borrow() { return lease{*this}; }
+
+    // What one request to an upstream gave: a 200 body consumed as it arrived, or the status,
+    // headers and body of anything else, or how the transport failed.
+    struct exchange {
+        bool sent = false;                      // the response arrived complete
+        httplib::Error error = httplib::Error::Success;
+        int status = 0;
+        httplib::Headers headers{};
+        std::string body{};                     // a non-200 body, or a 200 body when not streamed
+        bool past_deadline = false;
+        std::chrono::steady_clock::duration took{};
+    };
+
+    // Sends `req` on a borrowed connection. With `on_chunk`, a 200 body goes to it piece by piece
+    // (it returns false to stop reading); otherwise it is kept whole, up to `max_body` bytes. The
+    // connection is reused only when the exchange ended cleanly and `keep` agrees.
+    template <class OnChunk>
+    exchange send(httplib::Request& req, std::chrono::steady_clock::time_point deadline, OnChunk&& on_chunk,
+                  bool stream_200, std::size_t max_body = 64u << 20) {
+        exchange out;
+        bool stopped = false;
+        req.response_handler = [&](const httplib::Response& res) {
+            out.status = res.status;
+            out.headers = res.headers;
+            return true;
+        };
+        req.content_receiver = [&](const char* data, std::size_t size, std::uint64_t, std::uint64_t) {
+            if (std::chrono::steady_clock::now() > deadline) return !(out.past_deadline = true);
+            if (out.status != 200 || !stream_200) {
+                out.body.append(data, size);
+                return out.body.size() <= max_body;
+            }
+            return !(stopped = !on_chunk(std::string_view{data, size}));
+        };
+        const auto started = std::chrono::steady_clock::now();
+        auto conn = borrow();
+        httplib::Response res;
+        out.sent = conn->send(req, res, out.error);
+        out.took = std::chrono::steady_clock::now() - started;
+        if (!out.sent || stopped) conn.discard(); // a half-read connection cannot carry another request
+        return out;
+    }
     [[nodiscard]] const std::string& origin() const noexcept { return origin_; }
 
 private:

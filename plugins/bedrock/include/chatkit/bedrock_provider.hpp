@@ -347,60 +347,42 @@ private:
         stream_reader reader{sink ? *sink : no_sink};
         aws::eventstream_decoder decoder;
         std::optional<error> corrupt;
-        int status = 0;
-        httplib::Headers headers;
-        std::string raw;
-        bool past_deadline = false;
-        req.response_handler = [&](const httplib::Response& res) {
-            status = res.status;
-            headers = res.headers;
-            return true;
-        };
-        req.content_receiver = [&](const char* data, std::size_t size, std::uint64_t, std::uint64_t) {
-            if (clock::now() > deadline) return !(past_deadline = true);
-            if (status != 200 || !sink) {
-                raw.append(data, size);
-                return raw.size() <= (64u << 20);
-            }
-            if (auto fed = decoder.feed({data, size}, reader); !fed) corrupt = fed.error();
-            return !corrupt && !reader.failed && !reader.client_gone;
-        };
-
-        const auto started = clock::now();
-        auto conn = s.pool->borrow();
-        httplib::Response res;
-        auto err = httplib::Error::Success;
-        const bool sent = conn->send(req, res, err);
-        if (!sent || corrupt || reader.failed || reader.client_gone) conn.discard();
+        const auto x = s.pool->send(
+            req, deadline,
+            [&](std::string_view chunk) {
+                if (auto fed = decoder.feed(chunk, reader); !fed) corrupt = fed.error();
+                return !corrupt && !reader.failed && !reader.client_gone;
+            },
+            sink != nullptr);
 
         if (reader.client_gone) return std::move(reader.c);
-        if (past_deadline)
+        if (x.past_deadline)
             return upstream_failure{{error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
         if (corrupt) return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + corrupt->message, "upstream_malformed"}, !reader.delivered, {}, reader.delivered};
         if (reader.failed) return std::move(*reader.failed);
-        if (!sent) {
+        if (!x.sent) {
             if (reader.delivered)
-                return upstream_failure{{error_kind::upstream, "Bedrock connection broke mid-stream (" + httplib::to_string(err) + ")", "upstream_error"}, false, {}, true};
-            if (err == httplib::Error::ConnectionTimeout ||
-                (err == httplib::Error::Read && clock::now() - started + std::chrono::milliseconds(50) >= s.options.read_timeout))
+                return upstream_failure{{error_kind::upstream, "Bedrock connection broke mid-stream (" + httplib::to_string(x.error) + ")", "upstream_error"}, false, {}, true};
+            if (x.error == httplib::Error::ConnectionTimeout ||
+                (x.error == httplib::Error::Read && x.took + std::chrono::milliseconds(50) >= s.options.read_timeout))
                 return upstream_failure{{error_kind::timeout, "Bedrock did not answer in time", "upstream_timeout"}, true};
-            if (err == httplib::Error::SSLServerVerification)
+            if (x.error == httplib::Error::SSLServerVerification)
                 return upstream_failure{{error_kind::upstream, "Bedrock's TLS certificate verification failed", "upstream_tls"}, false};
-            return upstream_failure{{error_kind::upstream, "cannot reach Bedrock (" + httplib::to_string(err) + ")", "upstream_unreachable"}, true};
+            return upstream_failure{{error_kind::upstream, "cannot reach Bedrock (" + httplib::to_string(x.error) + ")", "upstream_unreachable"}, true};
         }
-        if (status != 200) {
-            const auto body = nlohmann::json::parse(raw, nullptr, false);
+        if (x.status != 200) {
+            const auto body = nlohmann::json::parse(x.body, nullptr, false);
             std::string message, kind;
             if (body.is_object()) {
                 message = body.contains("message") && body["message"].is_string() ? body["message"].get<std::string>()
                                                                                    : body.value("Message", std::string{});
                 kind = body.value("__type", body.value("code", std::string{}));
             }
-            for (const auto& [k, v] : headers)
+            for (const auto& [k, v] : x.headers)
                 if (k.size() == 16 && strncasecmp(k.c_str(), "x-amzn-errortype", 16) == 0) kind = v;
-            return classify(kind, message, status);
+            return classify(kind, message, x.status);
         }
-        if (!sink) return parse_answer(raw);
+        if (!sink) return parse_answer(x.body);
         if (!reader.stopped)
             return upstream_failure{{error_kind::upstream, "Bedrock stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
         return std::move(reader.c);

@@ -188,7 +188,6 @@ private:
                                              clock::time_point deadline) {
         auto& s = *shared_;
         const auto& o = s.options;
-        auto conn = s.pool->borrow();
         httplib::Request req;
         req.method = "POST";
         req.path = s.path;
@@ -206,47 +205,27 @@ private:
         static const delta_sink no_sink = [](std::string_view) { return true; };
         stream_reader reader{sink ? *sink : no_sink};
         sse_parser parser;
-        int status = 0;
-        httplib::Headers headers;
-        std::string raw; // a JSON answer, or an error body
-        bool past_deadline = false;
-        req.response_handler = [&](const httplib::Response& res) {
-            status = res.status;
-            headers = res.headers;
-            return true;
-        };
-        req.content_receiver = [&](const char* data, std::size_t size, std::uint64_t, std::uint64_t) {
-            if (clock::now() > deadline) return !(past_deadline = true);
-            if (status != 200 || !sink) {
-                raw.append(data, size);
-                return raw.size() <= max_answer_bytes;
-            }
-            parser.feed({data, size}, reader);
-            return !reader.client_gone && !reader.broken && !reader.done;
-        };
-
-        const auto started = clock::now();
-        httplib::Response res;
-        auto err = httplib::Error::Success;
-        const bool sent = (*conn).send(req, res, err);
-        const bool finished_cleanly = sent || reader.done;
-        if (!finished_cleanly || reader.client_gone || reader.broken) conn.discard();
+        const auto x = s.pool->send(
+            req, deadline,
+            [&](std::string_view chunk) {
+                parser.feed(chunk, reader);
+                return !reader.client_gone && !reader.broken; // read on past [DONE], so the connection can be reused
+            },
+            sink != nullptr);
 
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
-        if (past_deadline)
+        if (x.past_deadline)
             return upstream_failure{{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
         if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken), "upstream_error"}, !reader.delivered, {}, reader.delivered};
-        if (!finished_cleanly) return transport_failure(err, clock::now() - started, reader.delivered);
-        if (status != 200) return status_failure(status, raw, headers);
-        if (!sink) return parse_answer(raw);
+        if (!x.sent && !reader.done) return transport_failure(x.error, x.took, reader.delivered);
+        if (x.status != 200) return status_failure(x.status, x.body, x.headers);
+        if (!sink) return parse_answer(x.body);
         if (!reader.done && reader.c.finish_reason.empty())
             return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
         if (!reader.tool_calls.empty()) reader.c.extra = {{"tool_calls", reader.tool_calls}};
         if (reader.c.finish_reason.empty()) reader.c.finish_reason = "stop";
         return std::move(reader.c);
     }
-
-    static constexpr std::size_t max_answer_bytes = 64u << 20;
 
     upstream_failure transport_failure(httplib::Error err, clock::duration waited, bool delivered) const {
         const auto& o = shared_->options;
