@@ -8,6 +8,7 @@
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/httplib_client_pool.hpp>
 #include <chatkit/httplib_server.hpp>
+#include <chatkit/lambda_runtime.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/rate_limiter.hpp>

@@ -1,0 +1,291 @@
+// Serves a chatkit service as an AWS Lambda custom runtime (provided.al2023): the Runtime API loop
+// of docs protocols.md §5, with API Gateway HTTP API 2.0 / Function URL events (§6) translated to
+// and from the neutral http_request/http_response, and streamed answers sent in streaming mode.
+#pragma once
+
+#include "chatkit/http.hpp"
+#include "chatkit/httplib_server.hpp" // access_logger
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <thread>
+
+namespace chatkit {
+
+struct lambda_options {
+    std::string runtime_api;         // host:port without a scheme (§5.1); empty: $AWS_LAMBDA_RUNTIME_API
+    std::size_t max_invocations = 0; // 0: serve until stopped
+};
+
+// Called with a line about a failure of the runtime itself (an unusable event, the Runtime API
+// unreachable), never with request content.
+using lambda_error_logger = std::function<void(std::string_view)>;
+
+namespace lambda {
+
+inline constexpr std::string_view api_version = "/2018-06-01"; // §5.1
+
+// Standard base64 with optional padding; nullopt when the text is not base64.
+inline std::optional<std::string> base64_decode(std::string_view text) {
+    auto value = [](char c) -> int {
+        if (c >= 'A' && c <= 'Z') return c - 'A';
+        if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+        if (c >= '0' && c <= '9') return c - '0' + 52;
+        if (c == '+') return 62;
+        if (c == '/') return 63;
+        return -1;
+    };
+    while (!text.empty() && text.back() == '=') text.remove_suffix(1);
+    if (text.size() % 4 == 1) return std::nullopt;
+    std::string out;
+    out.reserve(text.size() * 3 / 4);
+    unsigned bits = 0;
+    int count = 0;
+    for (char c : text) {
+        const int v = value(c);
+        if (v < 0) return std::nullopt;
+        bits = (bits << 6) | static_cast<unsigned>(v);
+        if ((count += 6) >= 8) out += static_cast<char>((bits >> (count -= 8)) & 0xFF);
+    }
+    return out;
+}
+
+// %XX decoding; `plus_is_space` for query components (application/x-www-form-urlencoded).
+inline std::string percent_decode(std::string_view text, bool plus_is_space) {
+    auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+    };
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '%' && i + 2 < text.size() && hex(text[i + 1]) >= 0 && hex(text[i + 2]) >= 0) {
+            out += static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2]));
+            i += 2;
+        } else out += plus_is_space && text[i] == '+' ? ' ' : text[i];
+    }
+    return out;
+}
+
+// An API Gateway HTTP API payload 2.0 or Function URL event (§6.1, §6.3) as a request; nullopt
+// when the event lacks that shape. Cookies are ignored: the service uses none.
+inline std::optional<http_request> request_from_event(const nlohmann::json& event) {
+    if (!event.is_object() || !event.contains("requestContext") || !event["requestContext"].is_object()) return std::nullopt;
+    const auto& context = event["requestContext"];
+    if (!context.contains("http") || !context["http"].is_object() || !context["http"].value("method", nlohmann::json{}).is_string())
+        return std::nullopt;
+    const auto string_of = [](const nlohmann::json& j, const char* key) {
+        const auto it = j.find(key);
+        return it != j.end() && it->is_string() ? it->get<std::string>() : std::string{};
+    };
+    http_request req;
+    req.method = string_of(context["http"], "method");
+    std::string raw_path = string_of(event, "rawPath");
+    if (raw_path.empty()) raw_path = string_of(context["http"], "path");
+    req.path = percent_decode(raw_path.empty() ? "/" : raw_path, false);
+    const std::string query = string_of(event, "rawQueryString");
+    for (std::size_t pos = 0; pos < query.size();) {
+        const auto end = std::min(query.find('&', pos), query.size());
+        const std::string_view pair{query.data() + pos, end - pos};
+        const auto eq = pair.find('=');
+        if (!pair.empty()) // the first of repeats wins, as in the HTTP adapter
+            req.query.emplace(percent_decode(pair.substr(0, eq), true),
+                              eq == std::string_view::npos ? std::string{} : percent_decode(pair.substr(eq + 1), true));
+        pos = end + 1;
+    }
+    if (const auto headers = event.find("headers"); headers != event.end() && headers->is_object())
+        for (const auto& [name, value] : headers->items()) // repeats arrive already joined with commas
+            if (value.is_string()) req.headers.insert_or_assign(name, value.get<std::string>());
+    req.body = string_of(event, "body");
+    if (event.value("isBase64Encoded", false)) {
+        auto decoded = base64_decode(req.body);
+        if (!decoded) return std::nullopt;
+        req.body = std::move(*decoded);
+    }
+    req.remote_addr = string_of(context["http"], "sourceIp");
+    return req;
+}
+
+inline std::string content_type_of(const http_response& res, std::string_view fallback) {
+    const auto it = res.headers.find("Content-Type");
+    return it == res.headers.end() ? std::string{fallback} : it->second;
+}
+
+inline nlohmann::json headers_of(const http_response& res, std::string_view fallback_type) {
+    auto headers = nlohmann::json::object();
+    for (const auto& [name, value] : res.headers)
+        if (name != "Content-Type") headers[name] = value;
+    headers["Content-Type"] = content_type_of(res, fallback_type);
+    return headers;
+}
+
+// The buffered answer (§6.2). Bodies are text (JSON); nothing binary needs base64.
+inline std::string response_to_event(const http_response& res) {
+    return dump_json({{"statusCode", res.status},
+                      {"headers", headers_of(res, "application/json")},
+                      {"body", res.body},
+                      {"isBase64Encoded", false}});
+}
+
+// The HTTP-integration metadata prelude that opens a streamed body: JSON, then 8 NUL bytes (§5.4).
+inline std::string streaming_prelude(const http_response& res) {
+    auto prelude = dump_json({{"statusCode", res.status},
+                              {"headers", headers_of(res, "text/event-stream")},
+                              {"cookies", nlohmann::json::array()}});
+    prelude.append(8, '\0');
+    return prelude;
+}
+
+// POST /runtime/init/error (§5.3): for start-up failures, before the first /next. Then exit.
+inline bool report_init_error(std::string_view runtime_api, std::string_view type, std::string_view message) {
+    httplib::Client client{"http://" + std::string{runtime_api}};
+    const auto body = dump_json({{"errorMessage", message}, {"errorType", type}, {"stackTrace", nlohmann::json::array()}});
+    const auto res = client.Post((std::string{api_version} + "/runtime/init/error").c_str(),
+                                 {{"Lambda-Runtime-Function-Error-Type", std::string{type}}}, body, "application/json");
+    return res && res->status / 100 == 2;
+}
+
+} // namespace lambda
+
+template <class Service>
+class lambda_runtime {
+public:
+    lambda_runtime(Service& service, lambda_options options = {}, access_logger log = {}, lambda_error_logger on_error = {})
+        : service_(service), options_(std::move(options)), log_(std::move(log)), on_error_(std::move(on_error)),
+          client_("http://" + runtime_api(options_)) {
+        // No timeout on the long poll of /next: Lambda freezes an idle sandbox (§5.2).
+        client_.set_read_timeout(365 * 24 * 3600, 0);
+        client_.set_tcp_nodelay(true);
+    }
+
+    // Serves invocations (§5.5) until `stop` is requested or max_invocations are served. Returns
+    // false when the Runtime API fails: three consecutive failed /next, or any 500 (fatal, §5.2).
+    bool run(std::stop_token stop = {}) {
+        std::stop_callback wake{stop, [this] { client_.stop(); }};
+        int failures = 0;
+        for (std::size_t served = 0; options_.max_invocations == 0 || served < options_.max_invocations;) {
+            if (stop.stop_requested()) return true;
+            auto next = client_.Get(path("/runtime/invocation/next").c_str());
+            if (stop.stop_requested()) return true;
+            if (!next || next->status != 200) {
+                report(!next ? "GET /next failed: " + httplib::to_string(next.error())
+                             : "GET /next answered " + std::to_string(next->status));
+                if ((next && next->status >= 500) || ++failures >= 3) return false;
+                std::this_thread::sleep_for(std::chrono::milliseconds{100 * failures});
+                continue;
+            }
+            failures = 0;
+            const auto id = next->get_header_value("Lambda-Runtime-Aws-Request-Id");
+            if (id.empty()) {
+                report("GET /next answered without Lambda-Runtime-Aws-Request-Id");
+                continue;
+            }
+            if (const auto trace = next->get_header_value("Lambda-Runtime-Trace-Id"); !trace.empty())
+                ::setenv("_X_AMZN_TRACE_ID", trace.c_str(), 1); // §5.1: a custom runtime sets it per invoke
+            if (!invoke(id, next->body)) return false;
+            ++served;
+        }
+        return true;
+    }
+
+private:
+    static std::string runtime_api(const lambda_options& o) {
+        if (!o.runtime_api.empty()) return o.runtime_api;
+        const char* env = std::getenv("AWS_LAMBDA_RUNTIME_API");
+        return env ? env : "127.0.0.1:9001";
+    }
+
+    static std::string path(std::string_view rest) { return std::string{lambda::api_version} + std::string{rest}; }
+
+    void report(const std::string& line) {
+        if (on_error_) on_error_(line);
+    }
+
+    // One invocation; false only on a fatal Runtime API answer.
+    bool invoke(const std::string& id, const std::string& event_text) {
+        const auto started = std::chrono::steady_clock::now();
+        std::optional<http_request> req;
+        try {
+            const auto event = nlohmann::json::parse(event_text, nullptr, false);
+            if (!event.is_discarded()) req = lambda::request_from_event(event);
+            if (!req) return post_error(id, "Runtime.InvalidEvent", "the event is not an API Gateway HTTP API 2.0 or Function URL event");
+            req->request_id = id; // the request_id middleware prefers a valid X-Request-ID
+            http_response res = service_.handle(*req);
+            const bool ok = res.is_stream() ? post_stream(id, res) : post_buffered(id, res);
+            if (log_) log_(*req, res, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+            return ok;
+        } catch (const std::exception& e) {
+            return post_error(id, "Function.Unhandled", e.what());
+        }
+    }
+
+    // Each returns false when the Runtime API answered 500, which ends the runtime.
+    bool post_buffered(const std::string& id, const http_response& res) {
+        auto answer = client_.Post(path("/runtime/invocation/" + id + "/response").c_str(), lambda::response_to_event(res),
+                                   "application/json");
+        return !fatal(answer, "POST /response");
+    }
+
+    // Streaming mode (§5.4): the HTTP-integration prelude, then the SSE bytes as the service writes
+    // them, in chunked encoding. cpp-httplib 0.11.4 cannot send trailers, so an error after the
+    // first byte cannot be reported as Lambda-Runtime-Function-Error-*; the service already ends
+    // such a stream with an error event.
+    bool post_stream(const std::string& id, http_response& res) {
+        const std::string prelude = lambda::streaming_prelude(res);
+        httplib::Headers headers{{"Lambda-Runtime-Function-Response-Mode", "streaming"}};
+        auto answer = client_.Post(
+            path("/runtime/invocation/" + id + "/response").c_str(), headers,
+            [&](std::size_t, httplib::DataSink& sink) {
+                auto write = [&sink](std::string_view chunk) {
+                    return (!sink.is_writable || sink.is_writable()) && sink.write(chunk.data(), chunk.size());
+                };
+                if (write(prelude)) {
+                    try {
+                        res.stream(write, res.meta);
+                    } catch (const std::exception& e) {
+                        report(std::string{"stream failed: "} + e.what());
+                    }
+                }
+                sink.done();
+                return true;
+            },
+            "application/vnd.awslambda.http-integration-response");
+        return !fatal(answer, "POST /response (streaming)");
+    }
+
+    bool post_error(const std::string& id, std::string_view type, std::string_view message) {
+        report(std::string{type} + ": " + std::string{message});
+        const auto body = dump_json({{"errorMessage", message}, {"errorType", type}, {"stackTrace", nlohmann::json::array()}});
+        auto answer = client_.Post(path("/runtime/invocation/" + id + "/error").c_str(),
+                                   {{"Lambda-Runtime-Function-Error-Type", std::string{type}}}, body, "application/json");
+        return !fatal(answer, "POST /error");
+    }
+
+    // Reports a failed post; true for a 500, after which the runtime must exit (§5.2).
+    bool fatal(const httplib::Result& answer, std::string_view what) {
+        if (answer && answer->status / 100 == 2) return false;
+        report(std::string{what} + (answer ? " answered " + std::to_string(answer->status) + ": " + answer->body
+                                           : " failed: " + httplib::to_string(answer.error())));
+        return answer && answer->status >= 500;
+    }
+
+    Service& service_;
+    lambda_options options_;
+    access_logger log_;
+    lambda_error_logger on_error_;
+    httplib::Client client_;
+};
+
+} // namespace chatkit

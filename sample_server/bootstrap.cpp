@@ -1,0 +1,52 @@
+// bootstrap: sample_server's service as an AWS Lambda custom runtime (provided.al2023), behind an
+// API Gateway HTTP API or a Function URL. Same CHAT_* configuration and composition as
+// sample_server; the Runtime API address comes from AWS_LAMBDA_RUNTIME_API (protocols.md §5.1).
+// On Lambda only /tmp is writable: set CHAT_DATABASE_URL=sqlite:/tmp/chat.db (or none).
+#include "app.hpp"
+#include "config.hpp"
+#include "log.hpp"
+
+#include <chatkit/lambda_runtime.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+
+int main(int argc, char** argv) {
+    const char* runtime_api = std::getenv("AWS_LAMBDA_RUNTIME_API");
+    if (!runtime_api || !*runtime_api) {
+        std::fputs("bootstrap: AWS_LAMBDA_RUNTIME_API is not set; run it inside Lambda or the Runtime Interface Emulator\n", stderr);
+        return 2;
+    }
+    sample_server::config cfg;
+    try {
+        cfg = sample_server::load_config(argc, argv);
+    } catch (const sample_server::config_error& e) {
+        std::fprintf(stderr, "bootstrap: %s\n", e.what());
+        chatkit::lambda::report_init_error(runtime_api, "Runtime.InvalidConfiguration", e.what()); // §5.3
+        return 2;
+    }
+
+    sample_server::logger log{cfg};
+    try {
+        auto service = sample_server::make_service(cfg);
+        chatkit::lambda_runtime runtime{
+            service, chatkit::lambda_options{.runtime_api = runtime_api},
+            [&log](const auto& req, const auto& res, double ms) { log.request(req, res, ms); },
+            [&log](std::string_view problem) { log.error("lambda runtime", {{"error", problem}}); }};
+        log.info("ready", {{"runtime_api", runtime_api},
+                           {"provider", service.provider().name()},
+                           {"model", service.models().front()},
+                           {"database", cfg.database_url},
+                           {"version", CHATKIT_VERSION}});
+        return runtime.run() ? 0 : 1;
+    } catch (const sample_server::config_error& e) {
+        log.error("start-up failed", {{"error", e.what()}});
+        chatkit::lambda::report_init_error(runtime_api, "Runtime.InvalidConfiguration", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        log.error("start-up failed", {{"error", e.what()}});
+        chatkit::lambda::report_init_error(runtime_api, "Runtime.InitError", e.what());
+        return 1;
+    }
+}

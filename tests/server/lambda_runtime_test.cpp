@@ -1,0 +1,356 @@
+// The real `bootstrap` binary against a local Runtime API (protocols.md §5): API Gateway HTTP API
+// 2.0 and Function URL events (§6) in, buffered and streamed answers and error reports out, with
+// the echo provider and a real SQLite file.
+#include "../support/fake_lambda_runtime.hpp"
+
+#include <chatkit/lambda_runtime.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <stop_token>
+#include <thread>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef BOOTSTRAP_PATH
+#error "BOOTSTRAP_PATH must name the bootstrap binary"
+#endif
+
+using nlohmann::json;
+using test_support::fake_lambda_runtime;
+
+namespace {
+
+// Runs `bootstrap` against `runtime` with a SQLite file in a fresh directory and no rate limit.
+class bootstrap_process {
+public:
+    explicit bootstrap_process(const fake_lambda_runtime& runtime, std::map<std::string, std::string> env = {}) {
+        std::random_device rd;
+        dir_ = std::filesystem::temp_directory_path() / ("chatkit-lambda-" + std::to_string(rd()) + std::to_string(rd()));
+        std::filesystem::create_directories(dir_);
+        std::map<std::string, std::string> full{{"AWS_LAMBDA_RUNTIME_API", runtime.address()},
+                                                {"CHAT_DATABASE_URL", "sqlite:" + (dir_ / "chat.db").string()},
+                                                {"CHAT_RATE_LIMIT", "off"},
+                                                {"CHAT_PROVIDER", "echo"}};
+        for (auto& [k, v] : env) full[k] = v;
+        const auto log_path = dir_ / "bootstrap.log";
+        pid_ = fork();
+        if (pid_ == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            std::vector<std::string> inherited;
+            for (char** e = environ; *e; ++e)
+                if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_") ||
+                    std::string_view{*e}.starts_with("AWS_"))
+                    inherited.emplace_back(*e, std::strchr(*e, '='));
+            for (const auto& name : inherited) unsetenv(name.c_str());
+            for (const auto& [k, v] : full) setenv(k.c_str(), v.c_str(), 1);
+            FILE* f = std::fopen(log_path.c_str(), "w");
+            dup2(fileno(f), 1);
+            dup2(fileno(f), 2);
+            execl(BOOTSTRAP_PATH, BOOTSTRAP_PATH, nullptr);
+            _exit(127);
+        }
+    }
+    ~bootstrap_process() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            waitpid(pid_, nullptr, 0);
+        }
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+    bootstrap_process(const bootstrap_process&) = delete;
+    bootstrap_process& operator=(const bootstrap_process&) = delete;
+
+    // Waits (up to 20 s) for the exit; returns the exit code, or -1.
+    int wait_exit() {
+        int status = 0;
+        for (int i = 0; i < 2000 && waitpid(pid_, &status, WNOHANG) == 0; ++i) usleep(10'000);
+        if (waitpid(pid_, &status, WNOHANG) < 0 || WIFEXITED(status)) pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+
+    std::string log() const {
+        std::ifstream in{dir_ / "bootstrap.log"};
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    }
+
+private:
+    std::filesystem::path dir_;
+    pid_t pid_ = -1;
+};
+
+// An API Gateway HTTP API payload 2.0 event, shaped like protocols.md §6.1.
+json gateway_event(const std::string& method, const std::string& raw_path, const std::string& query = "",
+                   std::optional<std::string> body = std::nullopt, json headers = json::object()) {
+    headers["content-type"] = "application/json";
+    headers["user-agent"] = "agent";
+    json event = {{"version", "2.0"},
+                  {"routeKey", "$default"},
+                  {"rawPath", raw_path},
+                  {"rawQueryString", query},
+                  {"cookies", {"cookie1", "cookie2"}},
+                  {"headers", headers},
+                  {"pathParameters", {{"proxy", raw_path.substr(1)}}},
+                  {"stageVariables", {{"stageVariable1", "value1"}}},
+                  {"requestContext",
+                   {{"accountId", "123456789012"},
+                    {"apiId", "api-id"},
+                    {"domainName", "id.execute-api.us-east-1.amazonaws.com"},
+                    {"domainPrefix", "id"},
+                    {"http", {{"method", method}, {"path", raw_path}, {"protocol", "HTTP/1.1"}, {"sourceIp", "192.0.2.1"}, {"userAgent", "agent"}}},
+                    {"requestId", "id"},
+                    {"routeKey", "$default"},
+                    {"stage", "$default"},
+                    {"time", "12/Mar/2020:19:03:58 +0000"},
+                    {"timeEpoch", 1583348638390},
+                    {"authorizer", {{"jwt", {{"claims", {{"claim1", "value1"}}}, {"scopes", {"scope1"}}}}}}}},
+                  {"isBase64Encoded", false}};
+    if (body) event["body"] = *body;
+    return event;
+}
+
+// The same request as a Function URL delivers it (§6.3).
+json function_url_event(const std::string& method, const std::string& raw_path, const std::string& body) {
+    auto event = gateway_event(method, raw_path, "", body);
+    event.erase("pathParameters");
+    event.erase("stageVariables");
+    event["requestContext"]["domainName"] = "abcdefg.lambda-url.us-east-1.on.aws";
+    event["requestContext"]["domainPrefix"] = "abcdefg";
+    event["requestContext"].erase("authorizer");
+    return event;
+}
+
+// The v2 response object a buffered invocation posted (§6.2).
+json buffered_answer(const fake_lambda_runtime::posted& p) {
+    INFO(p.body);
+    CHECK(p.kind == "response");
+    CHECK(p.header("Lambda-Runtime-Function-Response-Mode").empty());
+    auto answer = json::parse(p.body);
+    CHECK(answer["isBase64Encoded"] == false);
+    return answer;
+}
+
+void check_error_envelope(const json& answer, int status, std::string_view type) {
+    INFO(answer.dump());
+    CHECK(answer["statusCode"] == status);
+    CHECK(answer["headers"]["Content-Type"] == "application/json");
+    const auto body = json::parse(answer["body"].get<std::string>());
+    CHECK(body["error"]["type"] == type);
+    CHECK(body["error"]["message"].is_string());
+    CHECK(body["request_id"].is_string());
+}
+
+std::string base64(std::string_view in) {
+    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (std::size_t i = 0; i < in.size(); i += 3) {
+        unsigned n = static_cast<unsigned char>(in[i]) << 16;
+        if (i + 1 < in.size()) n |= static_cast<unsigned char>(in[i + 1]) << 8;
+        if (i + 2 < in.size()) n |= static_cast<unsigned char>(in[i + 2]);
+        out += alphabet[(n >> 18) & 63];
+        out += alphabet[(n >> 12) & 63];
+        out += i + 1 < in.size() ? alphabet[(n >> 6) & 63] : '=';
+        out += i + 2 < in.size() ? alphabet[n & 63] : '=';
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("GET /health through an API Gateway v2 event is answered with a buffered 200") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto id = runtime.push(gateway_event("GET", "/health").dump());
+    const auto answer = buffered_answer(runtime.wait_for(id));
+    CHECK(answer["statusCode"] == 200);
+    CHECK(answer["headers"]["Content-Type"] == "application/json");
+    CHECK(answer["headers"]["X-Request-ID"] == id); // the Lambda request id follows the request
+    CHECK(json::parse(answer["body"].get<std::string>())["status"] == "ok");
+}
+
+TEST_CASE("POST /chat answers JSON with the content, and GET /history returns the exchange") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto chat = runtime.push(
+        gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "hello there"}}.dump(), {{"x-request-id", "trace-7"}}).dump());
+    const auto answer = buffered_answer(runtime.wait_for(chat));
+    REQUIRE(answer["statusCode"] == 200);
+    CHECK(answer["headers"]["X-Request-ID"] == "trace-7"); // a valid X-Request-ID wins over the Lambda id
+    const auto body = json::parse(answer["body"].get<std::string>());
+    CHECK(body["content"] == "hello there");
+    CHECK(body["model"] == "echo-1");
+    CHECK(body["request_id"] == "trace-7");
+
+    const auto history = runtime.push(gateway_event("GET", "/history/alice", "limit=10&ignored=a+b").dump());
+    const auto page = buffered_answer(runtime.wait_for(history));
+    REQUIRE(page["statusCode"] == 200);
+    const auto messages = json::parse(page["body"].get<std::string>())["messages"];
+    REQUIRE(messages.size() == 2);
+    CHECK(messages[0]["role"] == "user");
+    CHECK(messages[0]["content"] == "hello there");
+    CHECK(messages[1]["role"] == "assistant");
+    CHECK(messages[1]["request_id"] == "trace-7");
+
+    const auto bad_limit = runtime.push(gateway_event("GET", "/history/alice", "limit=0").dump());
+    check_error_envelope(buffered_answer(runtime.wait_for(bad_limit)), 400, "invalid_request_error");
+}
+
+TEST_CASE("a streaming POST /chat through a Function URL is sent in streaming mode with the HTTP integration prelude") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto id = runtime.push(
+        function_url_event("POST", "/chat", json{{"messages", {{{"role", "user"}, {"content", "one two three"}}}}, {"stream", true}}.dump())
+            .dump());
+    const auto posted = runtime.wait_for(id);
+    CHECK(posted.kind == "response");
+    CHECK(posted.header("Lambda-Runtime-Function-Response-Mode") == "streaming");
+    CHECK(posted.header("Transfer-Encoding") == "chunked");
+    CHECK(posted.header("Content-Type") == "application/vnd.awslambda.http-integration-response");
+
+    const auto delimiter = posted.body.find(std::string(8, '\0'));
+    REQUIRE(delimiter != std::string::npos);
+    const auto prelude = json::parse(posted.body.substr(0, delimiter));
+    CHECK(prelude["statusCode"] == 200);
+    CHECK(prelude["headers"]["Content-Type"] == "text/event-stream");
+    CHECK(prelude["headers"]["X-Request-ID"] == id);
+
+    const auto sse = posted.body.substr(delimiter + 8);
+    INFO(sse);
+    CHECK(sse.starts_with("event: delta\ndata: {\"content\":\"one\"}\n\n"));
+    const auto done = sse.rfind("event: done\ndata: ");
+    REQUIRE(done != std::string::npos);
+    CHECK(sse.ends_with("\n\n"));
+    const auto meta = json::parse(sse.substr(done + 18));
+    CHECK(meta["content"] == "one two three");
+    CHECK(meta["request_id"] == id);
+}
+
+TEST_CASE("an invalid JSON body is answered 400 with the JSON error envelope") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto id = runtime.push(gateway_event("POST", "/chat", "", std::string{"{\"content\": "}).dump());
+    check_error_envelope(buffered_answer(runtime.wait_for(id)), 400, "invalid_request_error");
+}
+
+TEST_CASE("a base64-encoded body is decoded before the service sees it") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    auto event = gateway_event("POST", "/chat", "", base64(json{{"content", "über binary-safe"}}.dump()));
+    event["isBase64Encoded"] = true;
+    const auto answer = buffered_answer(runtime.wait_for(runtime.push(event.dump())));
+    REQUIRE(answer["statusCode"] == 200);
+    CHECK(json::parse(answer["body"].get<std::string>())["content"] == "über binary-safe");
+}
+
+TEST_CASE("a body over CHAT_MAX_BODY_BYTES is answered 413") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime, {{"CHAT_MAX_BODY_BYTES", "4096"}}};
+    const auto id = runtime.push(gateway_event("POST", "/chat", "", json{{"content", std::string(5000, 'x')}}.dump()).dump());
+    const auto answer = buffered_answer(runtime.wait_for(id));
+    CHECK(answer["statusCode"] == 413);
+    CHECK(json::parse(answer["body"].get<std::string>())["error"]["code"] == "body_too_large");
+}
+
+TEST_CASE("an event that is not JSON is reported through /error and the next event is still served") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto broken = runtime.push("this is not json");
+    const auto not_http = runtime.push(R"({"key1":"value1"})"); // a console test event: JSON, not HTTP
+    const auto health = runtime.push(gateway_event("GET", "/health").dump());
+    for (const auto& id : {broken, not_http}) {
+        const auto posted = runtime.wait_for(id);
+        INFO(posted.body);
+        CHECK(posted.kind == "error");
+        CHECK(posted.header("Lambda-Runtime-Function-Error-Type") == "Runtime.InvalidEvent");
+        const auto body = json::parse(posted.body);
+        CHECK(body["errorType"] == "Runtime.InvalidEvent");
+        CHECK(body["errorMessage"].is_string());
+        CHECK(body["stackTrace"] == json::array());
+    }
+    CHECK(buffered_answer(runtime.wait_for(health))["statusCode"] == 200);
+}
+
+TEST_CASE("a bad configuration is reported through /runtime/init/error and bootstrap exits") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime, {{"CHAT_RATE_LIMIT", "lots"}}};
+    const auto posted = runtime.wait_for("");
+    INFO(posted.body);
+    CHECK(posted.kind == "init/error");
+    CHECK(posted.header("Lambda-Runtime-Function-Error-Type") == "Runtime.InvalidConfiguration");
+    CHECK(json::parse(posted.body)["errorMessage"].get<std::string>().find("CHAT_RATE_LIMIT") != std::string::npos);
+    CHECK(bootstrap.wait_exit() == 2);
+    CHECK(runtime.next_calls() == 0);
+}
+
+namespace {
+
+// A service that answers every request with what it saw, for the adapter alone.
+struct mirror_service {
+    chatkit::http_response handle(chatkit::http_request& req) {
+        return chatkit::json_response(200, {{"method", req.method},
+                                            {"path", req.path},
+                                            {"query", req.query},
+                                            {"content_type", req.header("Content-Type")},
+                                            {"remote_addr", req.remote_addr},
+                                            {"request_id", req.request_id},
+                                            {"body", req.body}});
+    }
+};
+
+} // namespace
+
+TEST_CASE("the event maps to the request: decoded path and query, headers by any case, source IP, Lambda id") {
+    fake_lambda_runtime runtime;
+    mirror_service service;
+    chatkit::lambda_runtime lambda{service, chatkit::lambda_options{.runtime_api = runtime.address(), .max_invocations = 1}};
+    const auto id = runtime.push(gateway_event("POST", "/history/j%C3%BCrgen%20k", "a=1&a=2&b=x+y%26z&flag", std::string{"hi"}).dump());
+    CHECK(lambda.run());
+    const auto seen = json::parse(buffered_answer(runtime.wait_for(id))["body"].get<std::string>());
+    CHECK(seen["method"] == "POST");
+    CHECK(seen["path"] == "/history/j\u00fcrgen k");
+    CHECK(seen["query"] == json{{"a", "1"}, {"b", "x y&z"}, {"flag", ""}});
+    CHECK(seen["content_type"] == "application/json");
+    CHECK(seen["remote_addr"] == "192.0.2.1");
+    CHECK(seen["request_id"] == id);
+    CHECK(seen["body"] == "hi");
+}
+
+TEST_CASE("run returns when its stop token is requested while it waits on /next") {
+    fake_lambda_runtime runtime;
+    mirror_service service;
+    chatkit::lambda_runtime lambda{service, chatkit::lambda_options{.runtime_api = runtime.address()}};
+    std::stop_source stop;
+    bool result = false;
+    std::thread loop{[&] { result = lambda.run(stop.get_token()); }};
+    const auto id = runtime.push(gateway_event("GET", "/anything").dump());
+    CHECK(buffered_answer(runtime.wait_for(id))["statusCode"] == 200);
+    for (int i = 0; i < 1000 && runtime.next_calls() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    REQUIRE(runtime.next_calls() == 2); // polling again
+    stop.request_stop();
+    loop.join();
+    CHECK(result);
+}
+
+TEST_CASE("run gives up after three failed /next calls") {
+    std::string address;
+    {
+        fake_lambda_runtime gone;
+        address = gone.address(); // nothing listens there any more
+    }
+    mirror_service service;
+    chatkit::lambda_runtime lambda{service, chatkit::lambda_options{.runtime_api = address}};
+    CHECK_FALSE(lambda.run());
+}
