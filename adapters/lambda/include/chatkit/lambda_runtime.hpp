@@ -7,6 +7,7 @@
 #include "chatkit/httplib_server.hpp" // access_logger
 
 #include <httplib.h>
+#include <openssl/evp.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -35,52 +36,19 @@ namespace lambda {
 
 inline constexpr std::string_view api_version = "/2018-06-01"; // §5.1
 
-// Standard base64 with optional padding; nullopt when the text is not base64.
+// Standard base64, by OpenSSL; nullopt when the text is not base64.
 inline std::optional<std::string> base64_decode(std::string_view text) {
-    auto value = [](char c) -> int {
-        if (c >= 'A' && c <= 'Z') return c - 'A';
-        if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-        if (c >= '0' && c <= '9') return c - '0' + 52;
-        if (c == '+') return 62;
-        if (c == '/') return 63;
-        return -1;
-    };
-    while (!text.empty() && text.back() == '=') text.remove_suffix(1);
-    if (text.size() % 4 == 1) return std::nullopt;
-    std::string out;
-    out.reserve(text.size() * 3 / 4);
-    unsigned bits = 0;
-    int count = 0;
-    for (char c : text) {
-        const int v = value(c);
-        if (v < 0) return std::nullopt;
-        bits = (bits << 6) | static_cast<unsigned>(v);
-        if ((count += 6) >= 8) out += static_cast<char>((bits >> (count -= 8)) & 0xFF);
-    }
+    if (text.size() % 4 != 0) return std::nullopt; // API Gateway always pads
+    std::string out(text.size() / 4 * 3, '\0');
+    const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                  reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+    if (n < 0) return std::nullopt;
+    // EVP_DecodeBlock counts the bytes the '=' padding stands for; drop them.
+    const auto padding = text.size() - text.find_last_not_of('=') - 1;
+    out.resize(static_cast<std::size_t>(n) - std::min<std::size_t>(padding, 2));
     return out;
 }
 
-// %XX decoding; `plus_is_space` for query components (application/x-www-form-urlencoded).
-inline std::string percent_decode(std::string_view text, bool plus_is_space) {
-    auto hex = [](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-        return -1;
-    };
-    std::string out;
-    out.reserve(text.size());
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        if (text[i] == '%' && i + 2 < text.size() && hex(text[i + 1]) >= 0 && hex(text[i + 2]) >= 0) {
-            out += static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2]));
-            i += 2;
-        } else out += plus_is_space && text[i] == '+' ? ' ' : text[i];
-    }
-    return out;
-}
-
-// An API Gateway HTTP API payload 2.0 or Function URL event (§6.1, §6.3) as a request; nullopt
-// when the event lacks that shape. Cookies are ignored: the service uses none.
 inline std::optional<http_request> request_from_event(const nlohmann::json& event) {
     if (!event.is_object() || !event.contains("requestContext") || !event["requestContext"].is_object()) return std::nullopt;
     const auto& context = event["requestContext"];
@@ -94,17 +62,11 @@ inline std::optional<http_request> request_from_event(const nlohmann::json& even
     req.method = string_of(context["http"], "method");
     std::string raw_path = string_of(event, "rawPath");
     if (raw_path.empty()) raw_path = string_of(context["http"], "path");
-    req.path = percent_decode(raw_path.empty() ? "/" : raw_path, false);
-    const std::string query = string_of(event, "rawQueryString");
-    for (std::size_t pos = 0; pos < query.size();) {
-        const auto end = std::min(query.find('&', pos), query.size());
-        const std::string_view pair{query.data() + pos, end - pos};
-        const auto eq = pair.find('=');
-        if (!pair.empty()) // the first of repeats wins, as in the HTTP adapter
-            req.query.emplace(percent_decode(pair.substr(0, eq), true),
-                              eq == std::string_view::npos ? std::string{} : percent_decode(pair.substr(eq + 1), true));
-        pos = end + 1;
-    }
+    // Decoded exactly as cpp-httplib decodes for the HTTP adapter, so both adapters agree.
+    req.path = httplib::detail::decode_url(raw_path.empty() ? "/" : raw_path, false);
+    httplib::Params params;
+    httplib::detail::parse_query_text(string_of(event, "rawQueryString"), params);
+    for (auto& [name, value] : params) req.query.emplace(name, value); // the first of repeats wins
     if (const auto headers = event.find("headers"); headers != event.end() && headers->is_object())
         for (const auto& [name, value] : headers->items()) // repeats arrive already joined with commas
             if (value.is_string()) req.headers.insert_or_assign(name, value.get<std::string>());
