@@ -194,17 +194,13 @@ private:
         shared(bedrock_options o, aws::environment e) : options(std::move(o)), env(std::move(e)), credentials(env) {
             region = !options.region.empty() ? options.region : aws::resolve_region(env).value_or("");
             if (region.empty()) throw std::invalid_argument("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)");
-            endpoint = !options.endpoint.empty() ? options.endpoint
-                                                 : aws::endpoint_override(env, "BEDROCK_RUNTIME")
-                                                       .value_or("https://bedrock-runtime." + region + ".amazonaws.com");
-            while (endpoint.ends_with('/')) endpoint.pop_back();
-            const auto scheme_end = endpoint.find("://");
-            if (scheme_end == std::string::npos || (!endpoint.starts_with("http://") && !endpoint.starts_with("https://")) ||
-                endpoint.find('/', scheme_end + 3) != std::string::npos)
-                throw std::invalid_argument("the Bedrock endpoint must be http(s)://host[:port]");
-            host = endpoint.substr(scheme_end + 3);
-            // The Host header as sent: the default port is left out (the signature covers it).
-            if (host.ends_with(endpoint.starts_with("https") ? ":443" : ":80")) host.erase(host.rfind(':'));
+            const auto where = aws::service_endpoint::parse(
+                !options.endpoint.empty() ? options.endpoint
+                                          : aws::endpoint_override(env, "BEDROCK_RUNTIME")
+                                                .value_or("https://bedrock-runtime." + region + ".amazonaws.com"),
+                "the Bedrock");
+            endpoint = where.origin;
+            host = where.host;
             pool.emplace(endpoint, httplib_client_options{options.connect_timeout, options.read_timeout, options.max_idle_connections});
         }
 

@@ -22,6 +22,7 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -315,5 +316,24 @@ inline std::optional<std::string> endpoint_override(const environment& env, std:
     if (auto e = detail::var(env, "AWS_ENDPOINT_URL_" + std::string(service_env_suffix))) return e;
     return detail::var(env, "AWS_ENDPOINT_URL");
 }
+
+// An endpoint as given (https://host[:port]) and the Host header it is signed with: the default
+// port is left out, any other is part of the signature.
+struct service_endpoint {
+    std::string origin;
+    std::string host;
+
+    // Throws std::invalid_argument unless `url` is http(s)://host[:port] (a trailing '/' is fine).
+    static service_endpoint parse(std::string url, std::string_view what) {
+        while (url.ends_with('/')) url.pop_back();
+        const auto scheme_end = url.find("://");
+        if (scheme_end == std::string::npos || (!url.starts_with("http://") && !url.starts_with("https://")) ||
+            url.size() == scheme_end + 3 || url.find('/', scheme_end + 3) != std::string::npos)
+            throw std::invalid_argument(std::string{what} + " endpoint must be http(s)://host[:port], not '" + url + "'");
+        std::string host = url.substr(scheme_end + 3);
+        if (host.ends_with(url.starts_with("https") ? ":443" : ":80")) host.erase(host.rfind(':'));
+        return {std::move(url), std::move(host)};
+    }
+};
 
 } // namespace chatkit::aws

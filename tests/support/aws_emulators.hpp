@@ -1,0 +1,136 @@
+// Real AWS emulators for tests, each started on 127.0.0.1 and an ephemeral port and stopped with
+// the test (or killed with it): moto_server (Python; DynamoDB, Secrets Manager and more) and
+// dynalite (npm; DynamoDB, on the same LevelDB-backed validation rules as the service).
+#pragma once
+
+#include <chatkit/aws/credentials.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <regex>
+#include <stdexcept>
+#include <string>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#ifndef CHATKIT_SOURCE_DIR
+#error "CHATKIT_SOURCE_DIR must name the source tree (for the emulators' scripts and node_modules)"
+#endif
+
+namespace test_support {
+
+class emulator_process {
+public:
+    // Runs argv with `extra_env` added; reads the child's output until `port_pattern` (one
+    // capture group) matches a line.
+    emulator_process(std::string name, std::vector<std::string> argv, const std::map<std::string, std::string>& extra_env,
+                     const std::regex& port_pattern, bool port_on_stderr)
+        : name_(std::move(name)) {
+        int to_child[2], from_child[2];
+        if (pipe(to_child) != 0 || pipe(from_child) != 0) throw std::runtime_error("pipe failed");
+        pid_ = fork();
+        if (pid_ == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            dup2(to_child[0], 0);
+            dup2(from_child[1], port_on_stderr ? 2 : 1);
+            if (port_on_stderr) dup2(open("/dev/null", 1), 1);
+            close(to_child[1]);
+            close(from_child[0]);
+            for (const auto& [k, v] : extra_env) setenv(k.c_str(), v.c_str(), 1);
+            std::vector<char*> args;
+            for (auto& a : argv) args.push_back(a.data());
+            args.push_back(nullptr);
+            execvp(args[0], args.data());
+            _exit(127);
+        }
+        close(to_child[0]);
+        close(from_child[1]);
+        stdin_ = to_child[1];
+        out_ = fdopen(from_child[0], "r");
+        char line[512];
+        while (std::fgets(line, sizeof line, out_)) {
+            std::smatch m;
+            const std::string text = line;
+            if (std::regex_search(text, m, port_pattern)) {
+                port_ = std::stoi(m[1]);
+                break;
+            }
+        }
+        if (port_ == 0) {
+            stop();
+            throw std::runtime_error(name_ + " did not start (is it installed? see scripts/install-deps)");
+        }
+        // Keep reading: moto logs every request, and a full pipe would block it mid-request.
+        drain_ = std::thread{[out = out_] {
+            char sink[4096];
+            while (std::fgets(sink, sizeof sink, out)) {
+            }
+        }};
+    }
+    ~emulator_process() { stop(); }
+    emulator_process(const emulator_process&) = delete;
+    emulator_process& operator=(const emulator_process&) = delete;
+
+    int port() const { return port_; }
+    std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+    // An AWS environment with dummy credentials whose every service points at this emulator.
+    chatkit::aws::environment aws_environment(std::map<std::string, std::string> more = {}) const {
+        more.emplace("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE");
+        more.emplace("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        more.emplace("AWS_REGION", "us-east-1");
+        more.emplace("AWS_ENDPOINT_URL", endpoint());
+        chatkit::aws::environment env;
+        env.getenv = [more](const std::string& name) -> std::optional<std::string> {
+            auto it = more.find(name);
+            return it == more.end() ? std::nullopt : std::optional<std::string>{it->second};
+        };
+        return env;
+    }
+
+private:
+    void stop() {
+        if (pid_ <= 0) return;
+        if (stdin_ >= 0) close(stdin_);
+        kill(pid_, SIGTERM);
+        int status = 0;
+        waitpid(pid_, &status, 0);
+        if (drain_.joinable()) drain_.join();
+        if (out_) std::fclose(out_);
+        pid_ = -1;
+    }
+
+    std::string name_;
+    pid_t pid_ = -1;
+    int stdin_ = -1;
+    FILE* out_ = nullptr;
+    std::thread drain_;
+    int port_ = 0;
+};
+
+// moto_server: its werkzeug banner on stderr names the port it got.
+inline emulator_process start_moto() {
+    return emulator_process{"moto_server",
+                            {"moto_server", "-H", "127.0.0.1", "-p", "0"},
+                            {},
+                            std::regex{R"(Running on http://127\.0\.0\.1:(\d+))"},
+                            true};
+}
+
+// dynalite from the npm packages of tests/e2e (installed by `npm ci --prefix tests/e2e`).
+inline emulator_process start_dynalite() {
+    const std::filesystem::path root{CHATKIT_SOURCE_DIR};
+    return emulator_process{"dynalite",
+                            {"node", (root / "tests/support/dynalite_server.cjs").string()},
+                            {{"NODE_PATH", (root / "tests/e2e/node_modules").string()}},
+                            std::regex{R"(\{"port":(\d+)\})"},
+                            false};
+}
+
+} // namespace test_support
