@@ -11,8 +11,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
+#include <unistd.h>
 
 int main(int argc, char** argv) {
+    // The packaged bootstrap (scripts/lambda-zip) carries Debian's OpenSSL, which looks for CA
+    // certificates under /usr/lib/ssl; Amazon Linux keeps them in one bundle. OpenSSL's default
+    // verify paths (what cpp-httplib uses) honour SSL_CERT_FILE, so point it there before any TLS
+    // client exists. Overwrite 0: an SSL_CERT_FILE from the function's configuration wins.
+    if (constexpr const char* amazon_linux_bundle = "/etc/pki/tls/certs/ca-bundle.crt"; ::access(amazon_linux_bundle, R_OK) == 0)
+        ::setenv("SSL_CERT_FILE", amazon_linux_bundle, 0);
+
     const char* runtime_api = std::getenv("AWS_LAMBDA_RUNTIME_API");
     if (!runtime_api || !*runtime_api) {
         std::fputs("bootstrap: AWS_LAMBDA_RUNTIME_API is not set; run it inside Lambda or the Runtime Interface Emulator\n", stderr);

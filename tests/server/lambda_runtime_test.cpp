@@ -2,6 +2,8 @@
 // 2.0 and Function URL events (§6) in, buffered and streamed answers and error reports out, with
 // the echo provider and a real SQLite file.
 #include "../support/fake_lambda_runtime.hpp"
+#include "../support/lambda_answers.hpp"
+#include "../support/lambda_events.hpp"
 
 #include <chatkit/lambda_runtime.hpp>
 
@@ -27,7 +29,11 @@
 #endif
 
 using nlohmann::json;
+using test_support::buffered_answer;
+using test_support::check_error_envelope;
 using test_support::fake_lambda_runtime;
+using test_support::function_url_event;
+using test_support::gateway_event;
 
 namespace {
 
@@ -92,67 +98,6 @@ private:
     pid_t pid_ = -1;
 };
 
-// An API Gateway HTTP API payload 2.0 event, shaped like protocols.md §6.1.
-json gateway_event(const std::string& method, const std::string& raw_path, const std::string& query = "",
-                   std::optional<std::string> body = std::nullopt, json headers = json::object()) {
-    headers["content-type"] = "application/json";
-    headers["user-agent"] = "agent";
-    json event = {{"version", "2.0"},
-                  {"routeKey", "$default"},
-                  {"rawPath", raw_path},
-                  {"rawQueryString", query},
-                  {"cookies", {"cookie1", "cookie2"}},
-                  {"headers", headers},
-                  {"pathParameters", {{"proxy", raw_path.substr(1)}}},
-                  {"stageVariables", {{"stageVariable1", "value1"}}},
-                  {"requestContext",
-                   {{"accountId", "123456789012"},
-                    {"apiId", "api-id"},
-                    {"domainName", "id.execute-api.us-east-1.amazonaws.com"},
-                    {"domainPrefix", "id"},
-                    {"http", {{"method", method}, {"path", raw_path}, {"protocol", "HTTP/1.1"}, {"sourceIp", "192.0.2.1"}, {"userAgent", "agent"}}},
-                    {"requestId", "id"},
-                    {"routeKey", "$default"},
-                    {"stage", "$default"},
-                    {"time", "12/Mar/2020:19:03:58 +0000"},
-                    {"timeEpoch", 1583348638390},
-                    {"authorizer", {{"jwt", {{"claims", {{"claim1", "value1"}}}, {"scopes", {"scope1"}}}}}}}},
-                  {"isBase64Encoded", false}};
-    if (body) event["body"] = *body;
-    return event;
-}
-
-// The same request as a Function URL delivers it (§6.3).
-json function_url_event(const std::string& method, const std::string& raw_path, const std::string& body) {
-    auto event = gateway_event(method, raw_path, "", body);
-    event.erase("pathParameters");
-    event.erase("stageVariables");
-    event["requestContext"]["domainName"] = "abcdefg.lambda-url.us-east-1.on.aws";
-    event["requestContext"]["domainPrefix"] = "abcdefg";
-    event["requestContext"].erase("authorizer");
-    return event;
-}
-
-// The v2 response object a buffered invocation posted (§6.2).
-json buffered_answer(const fake_lambda_runtime::posted& p) {
-    INFO(p.body);
-    CHECK(p.kind == "response");
-    CHECK(p.header("Lambda-Runtime-Function-Response-Mode").empty());
-    auto answer = json::parse(p.body);
-    CHECK(answer["isBase64Encoded"] == false);
-    return answer;
-}
-
-void check_error_envelope(const json& answer, int status, std::string_view type) {
-    INFO(answer.dump());
-    CHECK(answer["statusCode"] == status);
-    CHECK(answer["headers"]["Content-Type"] == "application/json");
-    const auto body = json::parse(answer["body"].get<std::string>());
-    CHECK(body["error"]["type"] == type);
-    CHECK(body["error"]["message"].is_string());
-    CHECK(body["request_id"].is_string());
-}
-
 std::string base64(std::string_view in) {
     static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     std::string out;
@@ -214,20 +159,11 @@ TEST_CASE("a streaming POST /chat through a Function URL is sent in streaming mo
     const auto id = runtime.push(
         function_url_event("POST", "/chat", json{{"messages", {{{"role", "user"}, {"content", "one two three"}}}}, {"stream", true}}.dump())
             .dump());
-    const auto posted = runtime.wait_for(id);
-    CHECK(posted.kind == "response");
-    CHECK(posted.header("Lambda-Runtime-Function-Response-Mode") == "streaming");
-    CHECK(posted.header("Transfer-Encoding") == "chunked");
-    CHECK(posted.header("Content-Type") == "application/vnd.awslambda.http-integration-response");
-
-    const auto delimiter = posted.body.find(std::string(8, '\0'));
-    REQUIRE(delimiter != std::string::npos);
-    const auto prelude = json::parse(posted.body.substr(0, delimiter));
+    const auto [prelude, sse] = test_support::streamed(runtime.wait_for(id));
     CHECK(prelude["statusCode"] == 200);
     CHECK(prelude["headers"]["Content-Type"] == "text/event-stream");
     CHECK(prelude["headers"]["X-Request-ID"] == id);
 
-    const auto sse = posted.body.substr(delimiter + 8);
     INFO(sse);
     CHECK(sse.starts_with("event: delta\ndata: {\"content\":\"one\"}\n\n"));
     const auto done = sse.rfind("event: done\ndata: ");

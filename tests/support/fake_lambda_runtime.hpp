@@ -33,8 +33,9 @@ public:
 
     fake_lambda_runtime() {
         server_.Get("/2018-06-01/runtime/invocation/next", [this](const httplib::Request&, httplib::Response& res) {
+            const auto now = std::chrono::steady_clock::now();
             std::unique_lock lock{mutex_};
-            ++next_calls_;
+            if (++next_calls_ == 1) first_next_ = now;
             changed_.notify_all();
             changed_.wait(lock, [this] { return stopping_ || !events_.empty(); });
             if (stopping_) {
@@ -104,6 +105,14 @@ public:
         return next_calls_;
     }
 
+    // When /next was first called: the runtime's start-up is over. Waits up to `timeout`, then throws.
+    std::chrono::steady_clock::time_point first_next(std::chrono::seconds timeout = std::chrono::seconds{20}) {
+        std::unique_lock lock{mutex_};
+        if (!changed_.wait_for(lock, timeout, [this] { return next_calls_ > 0; }))
+            throw std::runtime_error("fake_lambda_runtime: /next was never called");
+        return first_next_;
+    }
+
     // Every post in arrival order.
     std::vector<posted> posts() const {
         std::lock_guard lock{mutex_};
@@ -130,6 +139,7 @@ private:
     std::condition_variable changed_;
     bool stopping_ = false;
     int next_calls_ = 0;
+    std::chrono::steady_clock::time_point first_next_;
     long long pushed_ = 0;
     std::deque<std::pair<std::string, std::string>> events_;
     std::multimap<std::string, posted> posts_;

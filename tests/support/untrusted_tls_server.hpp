@@ -4,12 +4,14 @@
 
 #include <httplib.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <atomic>
 #include <chrono>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 namespace test_support {
@@ -47,6 +49,17 @@ public:
 
     int port() const { return port_; }
     int requests() const { return requests_; } // requests that got past the handshake
+
+    // The certificate in PEM: a client that trusts it as a CA accepts this server.
+    std::string certificate_pem() const {
+        BIO* bio = BIO_new(BIO_s_mem());
+        PEM_write_bio_X509(bio, cert_);
+        char* data = nullptr;
+        const long size = BIO_get_mem_data(bio, &data);
+        std::string pem(data, static_cast<std::size_t>(size));
+        BIO_free(bio);
+        return pem;
+    }
 
 private:
     EVP_PKEY* key_;
