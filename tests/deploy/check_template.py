@@ -1,0 +1,750 @@
+#!/usr/bin/env python3
+"""Checks what cfn-lint cannot about deploy/template.yaml: least privilege of the function's
+role, the CHAT_* environment it gets, and the resources they point at.
+
+    check_template.py TEMPLATE STORE_HEADER              check; exit 1 listing every failure
+    check_template.py --self-test TEMPLATE STORE_HEADER  the template passes, and each mutation
+                                                         in MUTATIONS makes its check fail
+    check_template.py --plain TEMPLATE OUT.json          writes the template as plain CloudFormation
+                                                         (the SAM function as AWS::Lambda::Function)
+
+--plain exists for cfn-lint: on a SAM template it skips some rules (W2001 unused parameters,
+W1020 needless Sub, ...), so the tests lint the plain rendering as well.
+
+STORE_HEADER is plugins/dynamodb/include/chatkit/dynamodb_store.hpp: the DynamoDB actions the role
+grants must be exactly those the store calls (`client_.call("PutItem", ...)`), and the table's keys
+and TTL attribute the ones it uses.
+
+Needs python3 with PyYAML (Debian: python3-yaml).
+"""
+
+import copy
+import json
+import os
+import re
+import sys
+import tempfile
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover
+    sys.exit("check_template.py needs PyYAML: apt-get install python3-yaml (or pip install pyyaml)")
+
+FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
+API_GATEWAY_LIMIT_MS = 30000  # HTTP API integrations time out after 30 s at most
+CONNECT_TIMEOUT_S = 5         # the upstream connect timeout, fixed (docs/configuration.md)
+MARGIN_S = 5                  # left for the DynamoDB write after the upstream call
+KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{8,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}")
+SECRET_NAME = re.compile(r"(^|_)(API_KEY|KEY|TOKEN|SECRET|PASSWORD|SECRET_ACCESS_KEY)$")
+BEDROCK_RESOURCES = {
+    "arn:${AWS::Partition}:bedrock:*::foundation-model/*",
+    "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:inference-profile/*",
+}
+
+
+# --- loading: CloudFormation's short tags (!Ref, !GetAtt, !Sub, ...) as their long forms --------
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "Condition":
+        return {"Condition": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Fn::" + suffix: value}
+
+
+CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def is_no_value(value):
+    return value == {"Ref": "AWS::NoValue"}
+
+
+def resources_of(tpl, *types):
+    return {name: r for name, r in (tpl.get("Resources") or {}).items() if r.get("Type") in types}
+
+
+def the_one(tpl, kind, *types):
+    found = resources_of(tpl, *types)
+    if len(found) != 1:
+        raise Failure(f"expected exactly one {kind} ({' or '.join(types)}), found {sorted(found) or 'none'}")
+    return next(iter(found.items()))
+
+
+def condition_on(tpl, name):
+    """The condition `name` as (parameter, value) when it is Fn::Equals [!Ref P, V], else None."""
+    cond = (tpl.get("Conditions") or {}).get(name)
+    if isinstance(cond, dict) and isinstance(cond.get("Fn::Equals"), list) and len(cond["Fn::Equals"]) == 2:
+        a, b = cond["Fn::Equals"]
+        if isinstance(a, dict) and "Ref" in a and isinstance(b, str):
+            return a["Ref"], b
+    return None
+
+
+def branches(value, condition=None):
+    """Every value an expression may take, each with the condition it needs (None: always),
+    following Fn::If and dropping AWS::NoValue."""
+    if isinstance(value, dict) and "Fn::If" in value and isinstance(value["Fn::If"], list) and len(value["Fn::If"]) == 3:
+        cond, yes, no = value["Fn::If"]
+        return branches(yes, cond) + branches(no, "!" + cond)
+    if is_no_value(value):
+        return []
+    return [(value, condition)]
+
+
+def role_statements(role):
+    """(statement, condition) for every statement of every inline policy of the role."""
+    out = []
+    for policy in as_list(role.get("Properties", {}).get("Policies") or []):
+        for stmt in as_list(policy.get("PolicyDocument", {}).get("Statement") or []):
+            out.extend(branches(stmt))
+    return out
+
+
+def is_getatt(value, resource, attribute):
+    return isinstance(value, dict) and value.get("Fn::GetAtt") in ([resource, attribute], f"{resource}.{attribute}")
+
+
+def is_ref(value, name):
+    return value == {"Ref": name}
+
+
+def parameter_default(tpl, value):
+    """The value, or the default of the parameter it references."""
+    if isinstance(value, dict) and "Ref" in value:
+        param = (tpl.get("Parameters") or {}).get(value["Ref"])
+        if param is None:
+            raise Failure(f"{value['Ref']} is not a parameter")
+        if "Default" not in param:
+            raise Failure(f"parameter {value['Ref']} has no default")
+        return param["Default"]
+    return value
+
+
+def literals(value):
+    """Every string inside an expression (a key could hide in any of them)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from literals(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from literals(v)
+
+
+def store_facts(header_path):
+    try:
+        with open(header_path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise Failure(f"cannot read the store header {header_path}: {e}")
+    calls = set(re.findall(r'\.call\(\s*"([A-Za-z]+)"', text))
+    if not calls:
+        raise Failure(f"found no `.call(\"Operation\"` in {header_path}: has the store moved?")
+    return {"actions": {"dynamodb:" + c for c in calls}, "text": text}
+
+
+class Failure(Exception):
+    pass
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+CHECKS = []
+
+
+def check(check_id):
+    def register(fn):
+        CHECKS.append((check_id, fn))
+        return fn
+    return register
+
+
+def function_of(tpl):
+    return the_one(tpl, "Lambda function", *FUNCTION_TYPES)
+
+
+def env_of(tpl):
+    _, fn = function_of(tpl)
+    return fn.get("Properties", {}).get("Environment", {}).get("Variables") or {}
+
+
+def role_of(tpl):
+    fn_name, fn = function_of(tpl)
+    role_name, role = the_one(tpl, "IAM role", "AWS::IAM::Role")
+    if not is_getatt(fn.get("Properties", {}).get("Role"), role_name, "Arn"):
+        raise Failure(f"{fn_name}'s Role is not !GetAtt {role_name}.Arn (SAM would create a role of its own)")
+    return role_name, role
+
+
+@check("role-is-ours")
+def _(tpl, header):
+    fn_name, fn = function_of(tpl)
+    role_name, role = role_of(tpl)
+    props = fn.get("Properties", {})
+    for key in ("Policies", "PermissionsBoundary"):
+        if key in props:
+            raise Failure(f"{fn_name} has {key}: SAM would add policies beyond {role_name}'s")
+    if role.get("Properties", {}).get("ManagedPolicyArns"):
+        raise Failure(f"{role_name} has ManagedPolicyArns (AWSLambdaBasicExecutionRole allows logs:CreateLogGroup on *)")
+    for name, r in (tpl.get("Resources") or {}).items():
+        if r.get("Type") in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy"):
+            raise Failure(f"{name} ({r['Type']}) would add permissions outside the role's inline policy")
+
+
+@check("role-no-wildcard-action")
+def _(tpl, header):
+    _, role = role_of(tpl)
+    for stmt, _cond in role_statements(role):
+        if "NotAction" in stmt or "NotResource" in stmt:
+            raise Failure(f"statement {stmt.get('Sid')} uses NotAction/NotResource")
+        if stmt.get("Effect") != "Allow":
+            raise Failure(f"statement {stmt.get('Sid')} is not a plain Allow")
+        for action in as_list(stmt.get("Action")):
+            if not isinstance(action, str) or "*" in action:
+                raise Failure(f"statement {stmt.get('Sid')} allows the action {action!r}")
+
+
+@check("role-no-wildcard-resource")
+def _(tpl, header):
+    _, role = role_of(tpl)
+    for stmt, cond in role_statements(role):
+        services = {a.split(":")[0] for a in as_list(stmt.get("Action")) if isinstance(a, str)}
+        for resource in as_list(stmt.get("Resource")):
+            text = resource if isinstance(resource, str) else resource.get("Fn::Sub") if isinstance(resource, dict) else None
+            if isinstance(text, list) and text:  # !Sub [string, {variables}]
+                text = text[0]
+            if resource == "*" or (isinstance(text, str) and "*" in text):
+                # Bedrock alone may name models by pattern, and only when it is the provider.
+                bedrock_only = services == {"bedrock"} and text in BEDROCK_RESOURCES
+                if not (bedrock_only and cond and condition_on(tpl, cond) == ("Provider", "bedrock")):
+                    raise Failure(f"statement {stmt.get('Sid')} allows the resource {resource!r}")
+            elif not isinstance(resource, dict) or not ("Ref" in resource or "Fn::GetAtt" in resource or "Fn::Sub" in resource):
+                raise Failure(f"statement {stmt.get('Sid')} names {resource!r}, not a resource of this stack")
+
+
+def granted(role, service):
+    """{action: [(resource, condition)]} for one service prefix."""
+    out = {}
+    for stmt, cond in role_statements(role):
+        for action in as_list(stmt.get("Action")):
+            if isinstance(action, str) and action.startswith(service + ":"):
+                out.setdefault(action, []).extend((r, cond) for r in as_list(stmt.get("Resource")))
+    return out
+
+
+@check("role-services")
+def _(tpl, header):
+    _, role = role_of(tpl)
+    for stmt, cond in role_statements(role):
+        for action in as_list(stmt.get("Action")):
+            service = str(action).split(":")[0]
+            if service not in ("logs", "dynamodb", "secretsmanager", "bedrock"):
+                raise Failure(f"the role allows {action}: the function calls only CloudWatch Logs, DynamoDB, Secrets Manager and Bedrock")
+            if service == "bedrock" and not (cond and condition_on(tpl, cond) == ("Provider", "bedrock")):
+                raise Failure(f"{action} is granted whatever the provider (it must depend on Provider=bedrock)")
+
+
+@check("role-logs")
+def _(tpl, header):
+    _, role = role_of(tpl)
+    group_name, _ = the_one(tpl, "log group", "AWS::Logs::LogGroup")
+    logs = granted(role, "logs")
+    if set(logs) != {"logs:CreateLogStream", "logs:PutLogEvents"}:
+        raise Failure(f"logs actions are {sorted(logs)}, not exactly CreateLogStream and PutLogEvents")
+    for action, targets in logs.items():
+        for resource, cond in targets:
+            if not is_getatt(resource, group_name, "Arn") or cond:
+                raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {group_name}.Arn")
+
+
+@check("role-dynamodb")
+def _(tpl, header):
+    _, role = role_of(tpl)
+    table_name, _ = the_one(tpl, "DynamoDB table", "AWS::DynamoDB::Table")
+    dynamodb = granted(role, "dynamodb")
+    wanted = store_facts(header)["actions"]
+    if set(dynamodb) != wanted:
+        raise Failure(f"dynamodb actions are {sorted(dynamodb)}; the store calls exactly {sorted(wanted)}")
+    for action, targets in dynamodb.items():
+        for resource, cond in targets:
+            if not is_getatt(resource, table_name, "Arn") or cond:
+                raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {table_name}.Arn (no index, no other table)")
+
+
+@check("role-secret")
+def _(tpl, header):
+    _, role = role_of(tpl)
+    secret_name, secret = the_one(tpl, "secret", "AWS::SecretsManager::Secret")
+    secrets = granted(role, "secretsmanager")
+    if set(secrets) != {"secretsmanager:GetSecretValue"}:
+        raise Failure(f"secretsmanager actions are {sorted(secrets)}, not exactly GetSecretValue")
+    for resource, cond in secrets["secretsmanager:GetSecretValue"]:
+        if not is_ref(resource, secret_name):
+            raise Failure(f"GetSecretValue is granted on {resource!r}, not exactly !Ref {secret_name}")
+        if cond != secret.get("Condition"):
+            raise Failure(f"GetSecretValue depends on {cond}, the secret on {secret.get('Condition')}")
+
+
+@check("env-database-url")
+def _(tpl, header):
+    table_name, _ = the_one(tpl, "DynamoDB table", "AWS::DynamoDB::Table")
+    url = env_of(tpl).get("CHAT_DATABASE_URL")
+    text = url.get("Fn::Sub") if isinstance(url, dict) else url
+    if not isinstance(text, str) or not text.startswith("dynamodb://"):
+        raise Failure(f"CHAT_DATABASE_URL is {url!r}, not a dynamodb:// URL")
+    m = re.match(r"dynamodb://\$\{([A-Za-z0-9]+)\}(\?|$)", text)
+    if not m or m.group(1) != table_name:
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the table ${{{table_name}}}")
+    if "${AWS::Region}" not in text:
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not pin region=${{AWS::Region}}")
+
+
+@check("env-secret-arn")
+def _(tpl, header):
+    secret_name, secret = the_one(tpl, "secret", "AWS::SecretsManager::Secret")
+    arn = env_of(tpl).get("CHAT_OPENAI_API_KEY_SECRET_ARN")
+    values = branches(arn)
+    if not values or any(not is_ref(v, secret_name) for v, _ in values):
+        raise Failure(f"CHAT_OPENAI_API_KEY_SECRET_ARN is {arn!r}, not !Ref {secret_name}")
+    if any(c != secret.get("Condition") for _, c in values):
+        raise Failure(f"CHAT_OPENAI_API_KEY_SECRET_ARN and {secret_name} exist under different conditions")
+    # The secret's own value in the template must not be a key either.
+    for text in literals(secret.get("Properties", {})):
+        if KEY_LIKE.search(text):
+            raise Failure(f"{secret_name} holds what looks like a key in the template")
+
+
+@check("env-no-key")
+def _(tpl, header):
+    params = tpl.get("Parameters") or {}
+    for name, value in env_of(tpl).items():
+        if name.endswith("_ARN"):
+            pass
+        elif SECRET_NAME.search(name) or name in ("OPENAI_API_KEY", "CHAT_OPENAI_API_KEY", "AWS_BEARER_TOKEN_BEDROCK"):
+            raise Failure(f"the environment sets {name}: a secret would sit there in plain text")
+        for text in literals(value):
+            if KEY_LIKE.search(text):
+                raise Failure(f"{name} holds what looks like a key")
+        for ref in re.findall(r"\$\{([A-Za-z0-9]+)\}", " ".join(literals(value))) + [
+                v["Ref"] for v, _ in branches(value) if isinstance(v, dict) and "Ref" in v]:
+            if params.get(ref, {}).get("NoEcho"):
+                raise Failure(f"{name} takes the NoEcho parameter {ref}: it would be plain text in the environment")
+
+
+@check("env-upstream-deadline")
+def _(tpl, header):
+    fn_name, fn = function_of(tpl)
+    env = env_of(tpl)
+    timeout = fn.get("Properties", {}).get("Timeout")
+    if not (isinstance(timeout, dict) and "Ref" in timeout):
+        raise Failure(f"{fn_name}'s Timeout is not a parameter")
+    param = (tpl.get("Parameters") or {}).get(timeout["Ref"]) or {}
+    allowed = param.get("AllowedValues")
+    if not allowed or param.get("Default") not in allowed:
+        raise Failure(f"parameter {timeout['Ref']} must list its AllowedValues (each one has its upstream limits)")
+    lookups = {}
+    for var in ("CHAT_UPSTREAM_DEADLINE", "CHAT_UPSTREAM_TIMEOUT"):
+        value = env.get(var)
+        fim = value.get("Fn::FindInMap") if isinstance(value, dict) else None
+        if not (isinstance(fim, list) and len(fim) == 3 and fim[1] == timeout):
+            raise Failure(f"{var} is {value!r}, not a FindInMap keyed by the function timeout")
+        lookups[var] = fim
+    for seconds in allowed:
+        limits = {}
+        for var, (mapping, _, attr) in lookups.items():
+            try:
+                limits[var] = int(tpl["Mappings"][mapping][str(seconds)][attr])
+            except (KeyError, TypeError, ValueError):
+                raise Failure(f"no {mapping}.{seconds}.{attr} for {var}")
+        worst = limits["CHAT_UPSTREAM_DEADLINE"] + CONNECT_TIMEOUT_S + limits["CHAT_UPSTREAM_TIMEOUT"]
+        if worst + MARGIN_S > int(seconds) or min(limits.values()) < 1:
+            raise Failure(f"with a {seconds} s timeout, deadline {limits['CHAT_UPSTREAM_DEADLINE']} + connect "
+                          f"{CONNECT_TIMEOUT_S} + silence {limits['CHAT_UPSTREAM_TIMEOUT']} + margin {MARGIN_S} "
+                          f"exceeds the function timeout")
+    for name, integ in resources_of(tpl, "AWS::ApiGatewayV2::Integration").items():
+        ms = integ.get("Properties", {}).get("TimeoutInMillis", API_GATEWAY_LIMIT_MS)
+        if int(ms) > API_GATEWAY_LIMIT_MS:
+            raise Failure(f"{name} TimeoutInMillis {ms} is above the HTTP API limit")
+
+
+@check("env-log-format")
+def _(tpl, header):
+    if env_of(tpl).get("CHAT_LOG_FORMAT", "json") != "json":
+        raise Failure("CHAT_LOG_FORMAT must stay json (CloudWatch Logs Insights reads the fields)")
+
+
+@check("log-group")
+def _(tpl, header):
+    fn_name, fn = function_of(tpl)
+    group_name, group = the_one(tpl, "log group", "AWS::Logs::LogGroup")
+    props = group.get("Properties", {})
+    retention = props.get("RetentionInDays")
+    if retention is None or parameter_default(tpl, retention) in (None, ""):
+        raise Failure(f"{group_name} has no RetentionInDays (logs would be kept forever)")
+    name = props.get("LogGroupName")
+    name = name.get("Fn::Sub") if isinstance(name, dict) else name
+    function_name = fn.get("Properties", {}).get("FunctionName")
+    expected = ("/aws/lambda/${AWS::StackName}" if is_ref(function_name, "AWS::StackName")
+                else "/aws/lambda/" + function_name if isinstance(function_name, str) else None)
+    if expected is None or name != expected:
+        raise Failure(f"{group_name} is named {name!r}, not /aws/lambda/<the function's name> ({expected!r})")
+    if not is_ref(fn.get("Properties", {}).get("LoggingConfig", {}).get("LogGroup"), group_name):
+        raise Failure(f"{fn_name}'s LoggingConfig.LogGroup is not !Ref {group_name}")
+
+
+@check("table-design")
+def _(tpl, header):
+    table_name, table = the_one(tpl, "DynamoDB table", "AWS::DynamoDB::Table")
+    p = table.get("Properties", {})
+    keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
+    if keys != {"user_id": "HASH", "exchange_key": "RANGE"} or types != {"user_id": "S", "exchange_key": "S"}:
+        raise Failure(f"{table_name} keys are {keys} {types}, not user_id (S, HASH) and exchange_key (S, RANGE)")
+    text = store_facts(header)["text"]
+    for attribute in ("user_id", "exchange_key", "expires_at"):
+        if f'"{attribute}"' not in text:
+            raise Failure(f"the store no longer mentions {attribute!r}: the table design has drifted")
+    if p.get("GlobalSecondaryIndexes") or p.get("LocalSecondaryIndexes"):
+        raise Failure(f"{table_name} has an index the store never queries")
+    ttl = p.get("TimeToLiveSpecification") or {}
+    if ttl.get("AttributeName") != "expires_at" or ttl.get("Enabled") is not True:
+        raise Failure(f"{table_name} TTL is {ttl}, not enabled on expires_at")
+    if (p.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is not True:
+        raise Failure(f"{table_name} has no point-in-time recovery")
+    if (p.get("SSESpecification") or {}).get("SSEEnabled") is not True:
+        raise Failure(f"{table_name} has no SSESpecification.SSEEnabled")
+    if p.get("BillingMode") != "PAY_PER_REQUEST":
+        raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
+    if table.get("DeletionPolicy") != "Retain":
+        raise Failure(f"{table_name} would be deleted with the stack, history and all")
+
+
+@check("function-runtime")
+def _(tpl, header):
+    fn_name, fn = function_of(tpl)
+    p = fn.get("Properties", {})
+    want = {"Runtime": "provided.al2023", "Handler": "bootstrap", "Architectures": ["x86_64"]}
+    for key, value in want.items():
+        if p.get(key) != value:
+            raise Failure(f"{fn_name} {key} is {p.get(key)!r}, not {value!r}")
+    code = p.get("CodeUri", p.get("Code"))
+    if code != "../dist/lambda.zip":
+        raise Failure(f"{fn_name} code is {code!r}, not ../dist/lambda.zip (what ./scripts/package-lambda builds)")
+
+
+def url_auth_parameter(tpl):
+    url_name, url = the_one(tpl, "Function URL", "AWS::Lambda::Url")
+    auth = url.get("Properties", {}).get("AuthType")
+    return url_name, url, auth
+
+
+@check("function-url")
+def _(tpl, header):
+    fn_name, _ = function_of(tpl)
+    url_name, url, auth = url_auth_parameter(tpl)
+    p = url.get("Properties", {})
+    if p.get("InvokeMode") != "RESPONSE_STREAM":
+        raise Failure(f"{url_name} InvokeMode is {p.get('InvokeMode')!r}: streamed answers need RESPONSE_STREAM")
+    if not (is_ref(p.get("TargetFunctionArn"), fn_name) or is_getatt(p.get("TargetFunctionArn"), fn_name, "Arn")):
+        raise Failure(f"{url_name} does not target {fn_name}")
+    if parameter_default(tpl, auth) != "AWS_IAM":
+        raise Failure(f"{url_name} AuthType defaults to {parameter_default(tpl, auth)!r}: public must be an explicit choice")
+    public = {}
+    for name, perm in resources_of(tpl, "AWS::Lambda::Permission").items():
+        pp = perm.get("Properties", {})
+        if pp.get("Principal") != "*":
+            continue
+        cond = perm.get("Condition")
+        if not (isinstance(auth, dict) and cond and condition_on(tpl, cond) == (auth.get("Ref"), "NONE")):
+            raise Failure(f"{name} opens the function to everyone whatever AuthType is")
+        public[pp.get("Action")] = pp
+    if "Ref" in (auth or {}) and "NONE" in ((tpl.get("Parameters") or {}).get(auth["Ref"], {}).get("AllowedValues") or []):
+        url_perm = public.get("lambda:InvokeFunctionUrl") or {}
+        invoke_perm = public.get("lambda:InvokeFunction") or {}
+        if url_perm.get("FunctionUrlAuthType") != "NONE" or invoke_perm.get("InvokedViaFunctionUrl") is not True:
+            raise Failure("AuthType NONE needs both public permissions: lambda:InvokeFunctionUrl (FunctionUrlAuthType NONE) "
+                          "and lambda:InvokeFunction (InvokedViaFunctionUrl true)")
+
+
+@check("http-api")
+def _(tpl, header):
+    fn_name, _ = function_of(tpl)
+    api_name, api = the_one(tpl, "HTTP API", "AWS::ApiGatewayV2::Api")
+    if api.get("Properties", {}).get("ProtocolType") != "HTTP":
+        raise Failure(f"{api_name} is not an HTTP API")
+    integ_name, integ = the_one(tpl, "HTTP API integration", "AWS::ApiGatewayV2::Integration")
+    ip = integ.get("Properties", {})
+    if ip.get("IntegrationType") != "AWS_PROXY" or str(ip.get("PayloadFormatVersion")) != "2.0" \
+            or not is_getatt(ip.get("IntegrationUri"), fn_name, "Arn"):
+        raise Failure(f"{integ_name} is not an AWS_PROXY integration of {fn_name} with payload format 2.0")
+    routes = resources_of(tpl, "AWS::ApiGatewayV2::Route")
+    catch_all = [r for r in routes.values() if r.get("Properties", {}).get("RouteKey") in ("$default", "ANY /{proxy+}")]
+    if not catch_all:
+        raise Failure("no $default (or ANY /{proxy+}) route: some paths would not reach the function")
+    _, _, auth = url_auth_parameter(tpl)
+    for route in catch_all:
+        rp = route.get("Properties", {})
+        if rp.get("Target") != {"Fn::Sub": f"integrations/${{{integ_name}}}"}:
+            raise Failure(f"the catch-all route does not target {integ_name}")
+        if rp.get("AuthorizationType") != auth:
+            raise Failure(f"the route's AuthorizationType {rp.get('AuthorizationType')!r} is not the Function URL's {auth!r}")
+    if not any(s.get("Properties", {}).get("AutoDeploy") is True for s in resources_of(tpl, "AWS::ApiGatewayV2::Stage").values()):
+        raise Failure("no auto-deployed stage: the API would serve nothing")
+    allowed = [p for p in resources_of(tpl, "AWS::Lambda::Permission").values()
+               if p.get("Properties", {}).get("Principal") == "apigateway.amazonaws.com"
+               and f"${{{api_name}}}" in str(p.get("Properties", {}).get("SourceArn"))]
+    if not allowed:
+        raise Failure(f"no permission for {api_name} (and only it) to invoke the function")
+
+
+@check("outputs")
+def _(tpl, header):
+    outputs = " ".join(str(o.get("Value")) for o in (tpl.get("Outputs") or {}).values())
+    for kind, types in (("HTTP API", ("AWS::ApiGatewayV2::Api",)), ("Function URL", ("AWS::Lambda::Url",)),
+                        ("table", ("AWS::DynamoDB::Table",)), ("secret", ("AWS::SecretsManager::Secret",))):
+        name, _ = the_one(tpl, kind, *types)
+        if f"'{name}'" not in outputs and f"{{{name}." not in outputs and f"${{{name}}}" not in outputs:
+            raise Failure(f"no output gives the {kind} ({name})")
+
+
+def run_checks(tpl, header):
+    failures = []
+    for check_id, fn in CHECKS:
+        try:
+            fn(tpl, header)
+        except Failure as e:
+            failures.append((check_id, str(e)))
+        except Exception as e:  # a mutated shape the check did not expect still fails it
+            failures.append((check_id, f"{type(e).__name__}: {e}"))
+    return failures
+
+
+# --- self-test: each mutation must make its check fail ------------------------------------------
+
+def res(tpl, name):
+    return tpl["Resources"][name]
+
+
+def stmt(tpl, sid):
+    for s in res(tpl, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]:
+        for value, _ in branches(s):
+            if value.get("Sid") == sid:
+                return value
+    raise KeyError(sid)
+
+
+def env(tpl):
+    return res(tpl, "ChatFunction")["Properties"]["Environment"]["Variables"]
+
+
+MUTATIONS = [
+    ("role-is-ours", "AWSLambdaBasicExecutionRole attached",
+     lambda t: res(t, "FunctionRole")["Properties"].__setitem__(
+         "ManagedPolicyArns", ["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"])),
+    ("role-is-ours", "SAM Policies on the function",
+     lambda t: res(t, "ChatFunction")["Properties"].__setitem__("Policies", ["AWSLambdaBasicExecutionRole"])),
+    ("role-is-ours", "function without our role",
+     lambda t: res(t, "ChatFunction")["Properties"].pop("Role")),
+    ("role-no-wildcard-action", "dynamodb:*",
+     lambda t: stmt(t, "History").__setitem__("Action", ["dynamodb:*"])),
+    ("role-no-wildcard-action", "NotAction",
+     lambda t: stmt(t, "History").__setitem__("NotAction", "iam:*")),
+    ("role-no-wildcard-resource", "Resource *",
+     lambda t: stmt(t, "History").__setitem__("Resource", "*")),
+    ("role-no-wildcard-resource", "table/* in a Sub",
+     lambda t: stmt(t, "History").__setitem__("Resource", {"Fn::Sub": "arn:aws:dynamodb:${AWS::Region}:${AWS::AccountId}:table/*"})),
+    ("role-no-wildcard-resource", "table/* in the list form of Sub",
+     lambda t: stmt(t, "History").__setitem__("Resource", {"Fn::Sub": ["arn:aws:dynamodb:${R}:${A}:table/*", {"R": "x", "A": "y"}]})),
+    ("role-no-wildcard-resource", "bedrock pattern made unconditional",
+     lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+         copy.deepcopy(stmt(t, "Bedrock")))),
+    ("role-services", "iam:PassRole added",
+     lambda t: stmt(t, "Logs")["Action"].append("iam:PassRole")),
+    ("role-logs", "logs:CreateLogGroup added",
+     lambda t: stmt(t, "Logs")["Action"].append("logs:CreateLogGroup")),
+    ("role-logs", "logs on another group",
+     lambda t: stmt(t, "Logs").__setitem__("Resource", {"Fn::Sub": "arn:aws:logs:${AWS::Region}:${AWS::AccountId}:log-group:other"})),
+    ("role-dynamodb", "dynamodb:Scan added",
+     lambda t: stmt(t, "History")["Action"].append("dynamodb:Scan")),
+    ("role-dynamodb", "dynamodb:Query missing",
+     lambda t: stmt(t, "History")["Action"].remove("dynamodb:Query")),
+    ("role-dynamodb", "table index ARN",
+     lambda t: stmt(t, "History").__setitem__("Resource", [{"Fn::GetAtt": ["HistoryTable", "Arn"]},
+                                                           {"Fn::Sub": "${HistoryTable.Arn}/index/x"}])),
+    ("role-secret", "secretsmanager:ListSecrets added",
+     lambda t: stmt(t, "OpenAIKey").__setitem__("Action", ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"])),
+    ("role-secret", "GetSecretValue on a name pattern",
+     lambda t: stmt(t, "OpenAIKey").__setitem__("Resource", {"Fn::Sub": "arn:aws:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:openai"})),
+    ("env-database-url", "sqlite on /tmp",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL", "sqlite:/tmp/chat.db")),
+    ("env-database-url", "another table",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL", {"Fn::Sub": "dynamodb://other-table?region=${AWS::Region}"})),
+    ("env-secret-arn", "ARN of another secret",
+     lambda t: env(t).__setitem__("CHAT_OPENAI_API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:x")),
+    ("env-secret-arn", "a key in the secret's template value",
+     lambda t: res(t, "ApiKeySecret")["Properties"].__setitem__("SecretString", '{"api_key":"sk-proj-abcdefghijkl"}')),
+    ("env-no-key", "OPENAI_API_KEY in the environment",
+     lambda t: env(t).__setitem__("OPENAI_API_KEY", {"Ref": "Model"})),
+    ("env-no-key", "a key-looking value",
+     lambda t: env(t).__setitem__("CHAT_MODEL", "sk-proj-abcdefghijkl")),
+    ("env-no-key", "a NoEcho parameter in the environment",
+     lambda t: (t["Parameters"].__setitem__("OpenAIKey", {"Type": "String", "NoEcho": True, "Default": ""}),
+                env(t).__setitem__("CHAT_OPENAI_HEADER", {"Fn::Sub": "Bearer ${OpenAIKey}"}))),
+    ("env-upstream-deadline", "deadline as long as the function timeout",
+     lambda t: t["Mappings"]["UpstreamLimits"]["60"].__setitem__("Deadline", "60")),
+    ("env-upstream-deadline", "deadline fixed, not mapped from the timeout",
+     lambda t: env(t).__setitem__("CHAT_UPSTREAM_DEADLINE", "120")),
+    ("env-upstream-deadline", "a timeout with no mapping entry",
+     lambda t: t["Parameters"]["FunctionTimeout"]["AllowedValues"].append(600)),
+    ("env-log-format", "text logs",
+     lambda t: env(t).__setitem__("CHAT_LOG_FORMAT", "text")),
+    ("log-group", "no retention",
+     lambda t: res(t, "LogGroup")["Properties"].pop("RetentionInDays")),
+    ("log-group", "named after something else",
+     lambda t: res(t, "LogGroup")["Properties"].__setitem__("LogGroupName", "/chatkit/logs")),
+    ("log-group", "function not pointed at it",
+     lambda t: res(t, "ChatFunction")["Properties"].pop("LoggingConfig")),
+    ("table-design", "TTL off",
+     lambda t: res(t, "HistoryTable")["Properties"]["TimeToLiveSpecification"].__setitem__("Enabled", False)),
+    ("table-design", "no PITR",
+     lambda t: res(t, "HistoryTable")["Properties"].pop("PointInTimeRecoverySpecification")),
+    ("table-design", "sort key renamed",
+     lambda t: res(t, "HistoryTable")["Properties"]["KeySchema"][1].__setitem__("AttributeName", "sk")),
+    ("table-design", "deleted with the stack",
+     lambda t: res(t, "HistoryTable").pop("DeletionPolicy")),
+    ("table-design", "provisioned billing",
+     lambda t: res(t, "HistoryTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
+    ("function-runtime", "arm64",
+     lambda t: res(t, "ChatFunction")["Properties"].__setitem__("Architectures", ["arm64"])),
+    ("function-runtime", "another zip",
+     lambda t: res(t, "ChatFunction")["Properties"].__setitem__("CodeUri", "../build/lambda.zip")),
+    ("function-url", "buffered Function URL",
+     lambda t: res(t, "FunctionUrl")["Properties"].__setitem__("InvokeMode", "BUFFERED")),
+    ("function-url", "public by default",
+     lambda t: t["Parameters"]["AuthType"].__setitem__("Default", "NONE")),
+    ("function-url", "public permission without the condition",
+     lambda t: res(t, "FunctionUrlPublicPermission").pop("Condition")),
+    ("function-url", "second public permission missing",
+     lambda t: t["Resources"].pop("FunctionUrlPublicInvokePermission")),
+    ("http-api", "payload format 1.0",
+     lambda t: res(t, "HttpApiIntegration")["Properties"].__setitem__("PayloadFormatVersion", "1.0")),
+    ("http-api", "only GET /health routed",
+     lambda t: res(t, "HttpApiRoute")["Properties"].__setitem__("RouteKey", "GET /health")),
+    ("http-api", "HTTP API open while the Function URL is not",
+     lambda t: res(t, "HttpApiRoute")["Properties"].__setitem__("AuthorizationType", "NONE")),
+    ("env-upstream-deadline", "integration timeout above 30 s",
+     lambda t: res(t, "HttpApiIntegration")["Properties"].__setitem__("TimeoutInMillis", 60000)),
+    ("outputs", "no Function URL output",
+     lambda t: t["Outputs"].pop("FunctionUrl")),
+]
+
+
+def self_test(tpl, header):
+    failures = run_checks(tpl, header)
+    if failures:
+        print("the template itself fails, so mutations prove nothing:")
+        for check_id, why in failures:
+            print(f"  [{check_id}] {why}")
+        return 1
+    covered, bad = set(), 0
+    for check_id, what, mutate in MUTATIONS:
+        mutated = copy.deepcopy(tpl)
+        mutate(mutated)
+        caught = [why for cid, why in run_checks(mutated, header) if cid == check_id]
+        covered.add(check_id)
+        if caught:
+            print(f"ok   [{check_id}] {what}: {caught[0]}")
+        else:
+            bad += 1
+            print(f"MISS [{check_id}] {what}: the check still passes")
+    for check_id, _ in CHECKS:
+        if check_id not in covered:
+            bad += 1
+            print(f"MISS [{check_id}] has no mutation that makes it fail")
+    # The store header is an input too: a store that starts calling Scan, or renames the TTL
+    # attribute, must fail the checks that read it.
+    with open(header, encoding="utf-8") as f:
+        store_text = f.read()
+    for check_id, what, edit in (
+            ("role-dynamodb", "the store also calls Scan",
+             lambda h: h + '\nvoid more() { client_.call("Scan", {}); }\n'),
+            ("table-design", "the store renames expires_at",
+             lambda h: h.replace('"expires_at"', '"expiry"'))):
+        with tempfile.NamedTemporaryFile("w", suffix=".hpp", delete=False) as f:
+            f.write(edit(store_text))
+        try:
+            caught = [why for cid, why in run_checks(tpl, f.name) if cid == check_id]
+        finally:
+            os.unlink(f.name)
+        if caught:
+            print(f"ok   [{check_id}] {what}: {caught[0]}")
+        else:
+            bad += 1
+            print(f"MISS [{check_id}] {what}: the check still passes")
+    print(f"{len(MUTATIONS)} mutations, {len(CHECKS)} checks, {bad} missed")
+    return 1 if bad else 0
+
+
+def plain_cloudformation(tpl):
+    """The template without the SAM transform: the one AWS::Serverless::Function becomes an
+    AWS::Lambda::Function whose code is a placeholder S3 object. Every other property used here
+    is the same in both."""
+    tpl = copy.deepcopy(tpl)
+    tpl.pop("Transform", None)
+    for r in (tpl.get("Resources") or {}).values():
+        if r.get("Type") == "AWS::Serverless::Function":
+            r["Type"] = "AWS::Lambda::Function"
+            r["Properties"].pop("CodeUri", None)
+            r["Properties"]["Code"] = {"S3Bucket": "placeholder-bucket", "S3Key": "lambda.zip"}
+        elif str(r.get("Type")).startswith("AWS::Serverless::"):
+            raise SystemExit(f"--plain handles only AWS::Serverless::Function, not {r['Type']}")
+    return tpl
+
+
+def main(argv):
+    if len(argv) == 4 and argv[1] == "--plain":
+        with open(argv[3], "w", encoding="utf-8") as f:
+            json.dump(plain_cloudformation(load(argv[2])), f, indent=1)
+        return 0
+    args = [a for a in argv[1:] if a != "--self-test"]
+    if len(args) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    tpl = load(args[0])
+    header = args[1]
+    if "--self-test" in argv:
+        return self_test(tpl, header)
+    failures = run_checks(tpl, header)
+    for check_id, why in failures:
+        print(f"FAIL [{check_id}] {why}")
+    if not failures:
+        print(f"{len(CHECKS)} checks passed: {', '.join(c for c, _ in CHECKS)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
