@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <optional>
+
 #include "../support/collected_deltas.hpp"
 
 using nlohmann::json;
@@ -170,6 +172,38 @@ TEST_CASE("upstream client errors keep their status class and message, the key i
     auto missing = openai.complete(ask("hi"));
     CHECK(missing.error().kind == chatkit::error_kind::not_found);
     CHECK(fake.requests().size() == 3); // none of these is retried
+}
+
+TEST_CASE("a key source is asked before each call: a rotated key goes out next, its error fails the call before any request") {
+    fake_openai fake;
+    auto o = options_for(fake);
+    o.api_key = "";
+    std::string current = "sk-source-first-0001";
+    std::optional<chatkit::error> outage;
+    o.api_key_source = [&]() -> chatkit::result<std::string> {
+        if (outage) return *outage;
+        return current;
+    };
+    chatkit::openai_provider openai{o};
+    REQUIRE(openai.complete(ask("one")));
+    current = "sk-source-second-0002";
+    REQUIRE(openai.complete(ask("two")));
+    REQUIRE(fake.requests().size() == 2);
+    CHECK(fake.requests()[0].headers.find("Authorization")->second == "Bearer sk-source-first-0001");
+    CHECK(fake.requests()[1].headers.find("Authorization")->second == "Bearer sk-source-second-0002");
+
+    // The key the upstream quotes back is the source's, and it is redacted too.
+    fake.script({status_reply(401, "Incorrect API key provided: sk-source-second-0002.", "invalid_request_error", "invalid_api_key")});
+    auto denied = openai.complete(ask("three"));
+    REQUIRE_FALSE(denied);
+    CHECK(denied.error().message.find("sk-source-second-0002") == std::string::npos);
+
+    outage = chatkit::error{chatkit::error_kind::unavailable, "cannot read secret arn:x (Secrets Manager): down", "secret_unavailable"};
+    auto failed = openai.complete(ask("four"));
+    REQUIRE_FALSE(failed);
+    CHECK(chatkit::http_status(failed.error().kind) == 503);
+    CHECK(failed.error().code == "secret_unavailable");
+    CHECK(fake.requests().size() == 3);
 }
 
 TEST_CASE("an upstream slower than the read timeout is a 504") {

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -38,6 +39,10 @@ namespace chatkit {
 struct openai_options {
     std::string base_url = "https://api.openai.com/v1";
     std::string api_key{};      // sent upstream only; never logged, never put in an error message
+    // Asked for the key before each call instead of `api_key`, when set: a key that rotates, e.g.
+    // from Secrets Manager (chatkit/aws/secret.hpp). Its error fails the call as it is; it must be
+    // safe from any thread and cheap (cache what it fetches).
+    std::function<result<std::string>()> api_key_source{};
     std::string organization{}; // OpenAI-Organization header, when set
     std::string project{};      // OpenAI-Project header, when set
     std::string model = "gpt-4o-mini";
@@ -98,8 +103,10 @@ private:
         const auto& o = shared_->options;
         const std::string body = dump_json(request_body(r, sink != nullptr));
         const auto deadline = clock::now() + o.deadline;
+        auto key = o.api_key_source ? o.api_key_source() : result<std::string>{o.api_key};
+        if (!key) return std::move(key).error();
         auto answer = call_with_retries<completion>(retry_policy{.max_retries = o.max_retries}, deadline,
-                                                    [&] { return attempt_once(r, body, sink, deadline); });
+                                                    [&] { return attempt_once(r, body, sink, deadline, *key); });
         shared_->health.record(answer);
         return answer;
     }
@@ -185,7 +192,7 @@ private:
     };
 
     result<completion, upstream_failure> attempt_once(const chat_request& r, const std::string& body, const delta_sink* sink,
-                                             clock::time_point deadline) {
+                                                      clock::time_point deadline, const std::string& key) {
         auto& s = *shared_;
         const auto& o = s.options;
         httplib::Request req;
@@ -195,9 +202,9 @@ private:
         req.set_header("Content-Type", "application/json");
         req.set_header("Accept", sink ? "text/event-stream" : "application/json");
         if (!o.azure_deployment.empty()) {
-            if (!o.api_key.empty()) req.set_header("api-key", o.api_key);
+            if (!key.empty()) req.set_header("api-key", key);
         }
-        else if (!o.api_key.empty()) req.set_header("Authorization", "Bearer " + o.api_key);
+        else if (!key.empty()) req.set_header("Authorization", "Bearer " + key);
         if (!o.organization.empty()) req.set_header("OpenAI-Organization", o.organization);
         if (!o.project.empty()) req.set_header("OpenAI-Project", o.project);
         if (!r.request_id.empty()) req.set_header("X-Request-ID", r.request_id);
@@ -216,9 +223,9 @@ private:
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
         if (x.past_deadline)
             return upstream_failure{{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
-        if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken), "upstream_error"}, !reader.delivered, {}, reader.delivered};
+        if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken, key), "upstream_error"}, !reader.delivered, {}, reader.delivered};
         if (!x.sent && !reader.done) return transport_failure(x.error, x.took, reader.delivered);
-        if (x.status != 200) return status_failure(x.status, x.body, x.headers);
+        if (x.status != 200) return status_failure(x.status, x.body, x.headers, key);
         if (!sink) return parse_answer(x.body);
         if (!reader.done && reader.c.finish_reason.empty())
             return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
@@ -241,11 +248,11 @@ private:
     }
 
     // Maps an upstream error status to chatkit's kinds, keeping the upstream's message.
-    upstream_failure status_failure(int status, const std::string& raw, const httplib::Headers& headers) const {
+    upstream_failure status_failure(int status, const std::string& raw, const httplib::Headers& headers, const std::string& key) const {
         const auto body = nlohmann::json::parse(raw, nullptr, false);
         const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
         auto text = [&](const char* key) { return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : std::string{}; };
-        std::string message = redact(text("message"));
+        std::string message = redact(text("message"), key);
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
 
         upstream_failure f{{error_kind::upstream, message, text("code"), text("param")}, false};
@@ -315,8 +322,7 @@ private:
     }
 
     // Upstream messages sometimes quote the key they were given; it must not reach a client.
-    std::string redact(std::string text) const {
-        const auto& key = shared_->options.api_key;
+    static std::string redact(std::string text, const std::string& key) {
         if (key.size() < 4) return text;
         for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at)) text.replace(at, key.size(), "[redacted]");
         return text;
