@@ -5,7 +5,9 @@
 #include "config.hpp"
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/bedrock_provider.hpp>
+#include <chatkit/dynamodb_store.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
@@ -13,13 +15,14 @@
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_store.hpp>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 namespace sample_server {
 
 using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::bedrock_provider>;
-using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::no_store>;
+using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
@@ -32,11 +35,12 @@ inline bool bedrock_configured(const chatkit::aws::environment& env) {
     return static_cast<bool>(chatkit::aws::credentials_provider{env}.get());
 }
 
-// "echo", "openai" or "bedrock"; "auto" takes the first configured: an OpenAI API key, then AWS
+// "echo", "openai" or "bedrock"; "auto" takes the first configured: an OpenAI API key (or the
+// secret holding it), then AWS
 // credentials with a region, then the built-in echo. Decided once, at start-up.
 inline std::string_view chosen_provider(const config& c) {
     if (c.provider != "auto") return c.provider;
-    if (!c.openai_api_key.empty()) return "openai";
+    if (!c.openai_api_key.empty() || !c.openai_api_key_secret_arn.empty()) return "openai";
     static const bool bedrock = bedrock_configured(chatkit::aws::process_environment());
     return bedrock ? "bedrock" : "echo";
 }
@@ -44,12 +48,30 @@ inline std::string_view chosen_provider(const config& c) {
 // Throws config_error when the chosen provider lacks what it needs.
 inline provider_type make_provider(const config& c) {
     if (chosen_provider(c) == "openai") {
-        if (c.openai_api_key.empty() && c.openai_base_url.starts_with("https://api.openai.com"))
-            throw config_error("CHAT_PROVIDER=openai needs CHAT_OPENAI_API_KEY or OPENAI_API_KEY (or a CHAT_OPENAI_BASE_URL "
-                               "of a server that needs no key)");
+        const bool from_secret = !c.openai_api_key_secret_arn.empty();
+        if (from_secret && !c.openai_api_key.empty())
+            throw config_error("both an OpenAI key (CHAT_OPENAI_API_KEY or OPENAI_API_KEY) and CHAT_OPENAI_API_KEY_SECRET_ARN "
+                               "are set: keep one");
+        if (!from_secret && c.openai_api_key.empty() && c.openai_base_url.starts_with("https://api.openai.com"))
+            throw config_error("CHAT_PROVIDER=openai needs CHAT_OPENAI_API_KEY, OPENAI_API_KEY or CHAT_OPENAI_API_KEY_SECRET_ARN "
+                               "(or a CHAT_OPENAI_BASE_URL of a server that needs no key)");
         chatkit::openai_options o;
         o.base_url = c.openai_base_url;
         o.api_key = c.openai_api_key;
+        if (from_secret) {
+            try {
+                chatkit::aws::secret_options secret;
+                secret.secret_id = c.openai_api_key_secret_arn;
+                secret.json_field = "api_key";
+                secret.refresh = c.secret_refresh;
+                secret.retry_after_failure = std::min(secret.retry_after_failure, c.secret_refresh);
+                chatkit::aws::cached_secret<> key{std::move(secret)};
+                (void)key.get(); // read during start-up (Lambda's init); a failure is retried by the first chat
+                o.api_key_source = [key]() mutable { return key.get(); };
+            } catch (const std::invalid_argument& e) {
+                throw config_error(std::string{"CHAT_OPENAI_API_KEY_SECRET_ARN: "} + e.what());
+            }
+        }
         o.organization = c.openai_organization;
         o.project = c.openai_project;
         if (!c.model.empty()) o.model = c.model;
@@ -83,6 +105,13 @@ inline provider_type make_provider(const config& c) {
 
 inline store_type make_store(const config& c) {
     if (c.database_url == "none") return chatkit::no_store{};
+    if (c.database_url.starts_with("dynamodb:")) {
+        try {
+            return chatkit::dynamodb_store{chatkit::parse_dynamodb_url(c.database_url).value()};
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_DATABASE_URL: "} + e.what());
+        }
+    }
     std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
     if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
     return chatkit::sqlite_store{chatkit::sqlite_options{.path = path}};

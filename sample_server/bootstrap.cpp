@@ -39,7 +39,12 @@ int main(int argc, char** argv) {
     try {
         auto service = sample_server::make_service(cfg);
         chatkit::lambda_runtime runtime{
-            service, chatkit::lambda_options{.runtime_api = runtime_api},
+            service,
+            chatkit::lambda_options{.runtime_api = runtime_api,
+                                    .max_invocations = 0,
+                                    .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
+                                                        ? chatkit::function_url_mode::response_stream
+                                                        : chatkit::function_url_mode::buffered},
             [&log](const auto& req, const auto& res, double ms) { log.request(req, res, ms); },
             [&log](std::string_view problem) { log.error("lambda runtime", {{"error", problem}}); }};
         log.info("ready", {{"runtime_api", runtime_api},

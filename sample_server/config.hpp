@@ -2,6 +2,7 @@
 // wins over it. One table lists every setting, its default and its meaning; --help prints it.
 #pragma once
 
+#include <chatkit/dynamodb_store.hpp>
 #include <chatkit/rate_limiter.hpp>
 
 #include <algorithm>
@@ -38,6 +39,8 @@ struct config {
     std::string log_format = "json";
     std::chrono::milliseconds echo_delay{0};
     std::string openai_api_key;
+    std::string openai_api_key_secret_arn;
+    std::chrono::seconds secret_refresh{300};
     std::string openai_base_url = "https://api.openai.com/v1";
     std::string openai_organization;
     std::string openai_project;
@@ -46,6 +49,7 @@ struct config {
     int upstream_max_retries = 2;
     std::string openai_azure_deployment;
     std::string openai_azure_api_version = "2024-10-21";
+    std::string function_url_invoke_mode = "BUFFERED";
 };
 
 // A bad value: start-up stops with this message, which names the variable.
@@ -93,14 +97,18 @@ inline const std::vector<setting>& settings() {
         {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
          [](config& c, auto n, auto v) { c.port = parse_int<int>(n, v, 0, 65535); },
          [](const config& c) { return std::to_string(c.port); }},
-        {"CHAT_DATABASE_URL", "history store: sqlite:PATH, or none",
+        {"CHAT_DATABASE_URL", "history store: sqlite:PATH, dynamodb://TABLE[?region=R&ttl_days=N], or none",
          [](config& c, auto n, auto v) {
-             if (v != "none" && (!v.starts_with("sqlite:") || v.size() == 7))
-                 throw config_error(std::string{n} + "='" + std::string{v} + "' must be sqlite:PATH or none");
+             if (v.starts_with("dynamodb:")) {
+                 if (auto parsed = chatkit::parse_dynamodb_url(v); !parsed)
+                     throw config_error(std::string{n} + "=" + parsed.error().message);
+             } else if (v != "none" && (!v.starts_with("sqlite:") || v.size() == 7)) {
+                 throw config_error(std::string{n} + "='" + std::string{v} + "' must be sqlite:PATH, dynamodb://TABLE or none");
+             }
              c.database_url = v;
          },
          [](const config& c) { return c.database_url; }},
-        {"CHAT_PROVIDER", "auto (openai with an API key, else bedrock with AWS credentials, else echo), echo, openai or bedrock",
+        {"CHAT_PROVIDER", "auto (openai with an API key or its secret, else bedrock with AWS credentials, else echo), echo, openai or bedrock",
          [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "bedrock"}); },
          [](const config& c) { return c.provider; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
@@ -148,6 +156,12 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return std::to_string(c.echo_delay.count()); }},
         {"CHAT_OPENAI_API_KEY", "OpenAI API key (a secret: prefer the environment to the flag)",
          [](config& c, auto, auto v) { c.openai_api_key = v; }, [](const config&) { return std::string{}; }, "OPENAI_API_KEY"},
+        {"CHAT_OPENAI_API_KEY_SECRET_ARN",
+         "AWS Secrets Manager secret holding the OpenAI key (the bare key, or JSON with \"api_key\"), instead of the key itself",
+         [](config& c, auto, auto v) { c.openai_api_key_secret_arn = v; }, [](const config& c) { return c.openai_api_key_secret_arn; }},
+        {"CHAT_SECRET_REFRESH", "seconds before a secret is read again from Secrets Manager (picks up a rotated key)",
+         [](config& c, auto n, auto v) { c.secret_refresh = std::chrono::seconds{parse_int<long>(n, v, 1, 86'400)}; },
+         [](const config& c) { return std::to_string(c.secret_refresh.count()); }},
         {"CHAT_OPENAI_BASE_URL", "OpenAI or any OpenAI-compatible server (Ollama, vLLM, OpenRouter, ...)",
          [](config& c, auto n, auto v) {
              if (!v.starts_with("http://") && !v.starts_with("https://"))
@@ -172,6 +186,10 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto, auto v) { c.openai_azure_deployment = v; }, [](const config& c) { return c.openai_azure_deployment; }},
         {"CHAT_OPENAI_AZURE_API_VERSION", "Azure OpenAI api-version",
          [](config& c, auto, auto v) { c.openai_azure_api_version = v; }, [](const config& c) { return c.openai_azure_api_version; }},
+        {"CHAT_FUNCTION_URL_INVOKE_MODE",
+         "bootstrap only: the InvokeMode of the function's Function URL, BUFFERED or RESPONSE_STREAM (Lambda cannot tell)",
+         [](config& c, auto n, auto v) { c.function_url_invoke_mode = one_of(n, v, {"BUFFERED", "RESPONSE_STREAM"}); },
+         [](const config& c) { return c.function_url_invoke_mode; }},
     };
     return table;
 }

@@ -490,6 +490,26 @@ def _(tpl, header):
                           "and lambda:InvokeFunction (InvokedViaFunctionUrl true)")
 
 
+@check("env-invoke-mode")
+def _(tpl, header):
+    # Lambda does not tell the function how its URL invokes it; a mismatch garbles every answer.
+    url_name, url, _ = url_auth_parameter(tpl)
+    mode = url.get("Properties", {}).get("InvokeMode", "BUFFERED")
+    told = env_of(tpl).get("CHAT_FUNCTION_URL_INVOKE_MODE", "BUFFERED")
+    if told != mode:
+        raise Failure(f"CHAT_FUNCTION_URL_INVOKE_MODE is {told!r} but {url_name} InvokeMode is {mode!r}")
+
+
+@check("env-known-variables")
+def _(tpl, header):
+    config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sample_server", "config.hpp")
+    with open(config, encoding="utf-8") as f:
+        known = set(re.findall(r'\{"(CHAT_[A-Z0-9_]+)"', f.read()))
+    unknown = sorted(name for name in env_of(tpl) if name.startswith("CHAT_") and name not in known)
+    if unknown:
+        raise Failure(f"the function's environment sets {unknown}, which sample_server does not read")
+
+
 @check("http-api")
 def _(tpl, header):
     fn_name, _ = function_of(tpl)
@@ -650,6 +670,10 @@ MUTATIONS = [
      lambda t: res(t, "FunctionUrlPublicPermission").pop("Condition")),
     ("function-url", "second public permission missing",
      lambda t: t["Resources"].pop("FunctionUrlPublicInvokePermission")),
+    ("env-invoke-mode", "invoke mode not told to the function",
+     lambda t: env(t).pop("CHAT_FUNCTION_URL_INVOKE_MODE")),
+    ("env-known-variables", "a misspelt variable",
+     lambda t: env(t).__setitem__("CHAT_SECRETS_REFRESH", "60")),
     ("http-api", "payload format 1.0",
      lambda t: res(t, "HttpApiIntegration")["Properties"].__setitem__("PayloadFormatVersion", "1.0")),
     ("http-api", "only GET /health routed",

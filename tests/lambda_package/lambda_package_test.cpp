@@ -3,12 +3,16 @@
 // machine's file system: no /lib, /usr, /etc or /proc) and run there as Lambda runs it, with only
 // Lambda's environment, against a local Runtime API with real-shaped API Gateway v2 and Function
 // URL events. That it answers at all shows it loads the bundled loader and libraries only.
+#include "../support/aws_emulators.hpp"
 #include "../support/fake_lambda_runtime.hpp"
 #include "../support/fake_openai.hpp"
 #include "../support/lambda_answers.hpp"
 #include "../support/lambda_events.hpp"
 #include "../support/lambda_sandbox.hpp"
 #include "../support/untrusted_tls_server.hpp"
+
+#include <chatkit/aws/secrets_manager.hpp>
+#include <chatkit/dynamodb_store.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +30,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifndef LAMBDA_ZIP_PATH
@@ -215,7 +220,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot answers /health, /chat, /histo
 TEST_CASE("lambda.zip unpacked in an empty chroot streams a chat through a Function URL behind the HTTP integration prelude") {
     fake_lambda_runtime runtime;
     lambda_sandbox sandbox{zip_path};
-    const auto bootstrap = sandbox.start(function_environment(runtime));
+    const auto bootstrap = sandbox.start(function_environment(runtime, {{"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"}}));
     const auto posted = invoke(
         runtime, bootstrap,
         function_url_event("POST", "/chat", json{{"messages", {{{"role", "user"}, {"content", "one two three"}}}}, {"stream", true}}.dump()));
@@ -286,4 +291,66 @@ TEST_CASE("lambda.zip unpacked in an empty chroot verifies HTTPS upstreams again
         CHECK(answer["statusCode"] != 200);
         CHECK(upstream.requests() == 0);
     }
+}
+
+TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template.yaml configures it, keeps history in DynamoDB and reads the OpenAI key from Secrets Manager") {
+    // The emulators listen on 127.0.0.1, which the chroot shares (a chroot has its own files, not
+    // its own network).
+    auto dynalite = test_support::start_dynalite();
+    auto moto = test_support::start_moto();
+    chatkit::aws::json_client dynamodb{chatkit::dynamodb_store::service(), {}, dynalite.aws_environment()};
+    REQUIRE(dynamodb.call("CreateTable", chatkit::dynamodb_store::create_table_input("chatkit-history")));
+    for (int i = 0; i < 500; ++i) {
+        auto d = dynamodb.call("DescribeTable", {{"TableName", "chatkit-history"}});
+        if (d && (*d)["Table"]["TableStatus"] == "ACTIVE") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    chatkit::aws::json_client secrets{chatkit::aws::secrets_manager_service(), {}, moto.aws_environment()};
+    const auto secret = secrets.call("CreateSecret", {{"Name", "chatkit/openai"}, {"SecretString", R"({"api_key":"sk-in-secrets-manager"})"}});
+    REQUIRE(secret);
+
+    fake_lambda_runtime runtime;
+    test_support::fake_openai upstream;
+    lambda_sandbox sandbox{zip_path};
+    const auto bootstrap = sandbox.start(function_environment(
+        runtime, {{"CHAT_PROVIDER", "openai"},
+                  {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30"},
+                  {"CHAT_OPENAI_API_KEY_SECRET_ARN", (*secret)["ARN"].get<std::string>()},
+                  {"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"},
+                  {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()},
+                  {"AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint()},
+                  {"OPENAI_BASE_URL", upstream.base_url()},
+                  {"CHAT_UPSTREAM_MAX_RETRIES", "0"}}));
+
+    const auto health = buffered_answer(invoke(runtime, bootstrap, gateway_event("GET", "/health")));
+    INFO(health.dump());
+    CHECK(body_of(health)["components"]["store"]["status"] == "ok");
+
+    const auto chat = buffered_answer(
+        invoke(runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"user_id", "gus"}, {"content", "kept in dynamodb"}}.dump())));
+    REQUIRE(chat["statusCode"] == 200);
+    CHECK(body_of(chat)["content"] == "echo: kept in dynamodb");
+    REQUIRE(upstream.requests().size() == 1);
+    CHECK(upstream.requests()[0].headers.find("Authorization")->second == "Bearer sk-in-secrets-manager");
+
+    const auto streamed_chat = invoke(runtime, bootstrap,
+                                      function_url_event("POST", "/chat", json{{"user_id", "gus"}, {"content", "and streamed"}, {"stream", true}}.dump()));
+    const auto [prelude, sse] = test_support::streamed(streamed_chat);
+    CHECK(prelude["statusCode"] == 200);
+    CHECK(sse.find("event: done") != std::string::npos);
+
+    const auto history = buffered_answer(invoke(runtime, bootstrap, gateway_event("GET", "/history/gus", "limit=10")));
+    REQUIRE(history["statusCode"] == 200);
+    const auto messages = body_of(history)["messages"];
+    REQUIRE(messages.size() == 4);
+    CHECK(messages[0]["content"] == "kept in dynamodb");
+    CHECK(messages[3]["content"] == "echo: and streamed");
+
+    // Stored in the emulator's table, not in the chroot: no SQLite file anywhere.
+    auto items = dynamodb.call("Query", {{"TableName", "chatkit-history"},
+                                         {"KeyConditionExpression", "user_id = :u"},
+                                         {"ExpressionAttributeValues", {{":u", {{"S", "gus"}}}}}});
+    REQUIRE(items);
+    CHECK((*items)["Items"].size() == 2);
+    CHECK_FALSE(std::filesystem::exists(sandbox.root() / "tmp/chat.db"));
 }

@@ -155,7 +155,7 @@ TEST_CASE("POST /chat answers JSON with the content, and GET /history returns th
 
 TEST_CASE("a streaming POST /chat through a Function URL is sent in streaming mode with the HTTP integration prelude") {
     fake_lambda_runtime runtime;
-    bootstrap_process bootstrap{runtime};
+    bootstrap_process bootstrap{runtime, {{"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"}}};
     const auto id = runtime.push(
         function_url_event("POST", "/chat", json{{"messages", {{{"role", "user"}, {"content", "one two three"}}}}, {"stream", true}}.dump())
             .dump());
@@ -172,6 +172,39 @@ TEST_CASE("a streaming POST /chat through a Function URL is sent in streaming mo
     const auto meta = json::parse(sse.substr(done + 18));
     CHECK(meta["content"] == "one two three");
     CHECK(meta["request_id"] == id);
+}
+
+TEST_CASE("through a RESPONSE_STREAM Function URL every answer is streamed, a buffered one behind a prelude with its status") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime, {{"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"}}};
+    auto health_event = function_url_event("GET", "/health", "");
+    health_event.erase("body");
+    const auto [health_prelude, health] = test_support::streamed(runtime.wait_for(runtime.push(health_event.dump())));
+    CHECK(health_prelude["statusCode"] == 200);
+    CHECK(health_prelude["headers"]["Content-Type"] == "application/json");
+    CHECK(json::parse(health)["status"] == "ok");
+
+    const auto [bad_prelude, bad] = test_support::streamed(runtime.wait_for(runtime.push(function_url_event("POST", "/chat", "{oops").dump())));
+    CHECK(bad_prelude["statusCode"] == 400);
+    CHECK(json::parse(bad)["error"]["type"] == "invalid_request_error");
+
+    // API Gateway invokes buffered whatever the Function URL's mode.
+    CHECK(buffered_answer(runtime.wait_for(runtime.push(gateway_event("GET", "/health").dump())))["statusCode"] == 200);
+}
+
+TEST_CASE("a streaming chat through API Gateway, or a BUFFERED Function URL, arrives whole as one buffered SSE body") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime}; // CHAT_FUNCTION_URL_INVOKE_MODE defaults to BUFFERED, as AWS does
+    const auto ask = json{{"messages", {{{"role", "user"}, {"content", "one two"}}}}, {"stream", true}, {"cache", false}}.dump();
+    for (const auto& event : {gateway_event("POST", "/chat", "", ask), function_url_event("POST", "/chat", ask)}) {
+        const auto answer = buffered_answer(runtime.wait_for(runtime.push(event.dump())));
+        CHECK(answer["statusCode"] == 200);
+        CHECK(answer["headers"]["Content-Type"] == "text/event-stream");
+        const auto sse = answer["body"].get<std::string>();
+        INFO(sse);
+        CHECK(sse.starts_with("event: delta\ndata: {\"content\":\"one\"}\n\n"));
+        CHECK(sse.find("event: done\ndata: ") != std::string::npos);
+    }
 }
 
 TEST_CASE("an invalid JSON body is answered 400 with the JSON error envelope") {

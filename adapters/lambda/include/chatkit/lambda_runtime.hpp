@@ -1,6 +1,7 @@
 // Serves a chatkit service as an AWS Lambda custom runtime (provided.al2023): the Runtime API loop
 // of docs protocols.md §5, with API Gateway HTTP API 2.0 / Function URL events (§6) translated to
-// and from the neutral http_request/http_response, and streamed answers sent in streaming mode.
+// and from the neutral http_request/http_response; answers to a response-streaming Function URL
+// sent in streaming mode, all others buffered.
 #pragma once
 
 #include "chatkit/http.hpp"
@@ -23,9 +24,16 @@
 
 namespace chatkit {
 
+// The InvokeMode of the function's Function URL. Lambda does not tell a function how it was
+// invoked, and each mode garbles the other's answers: a RESPONSE_STREAM URL shows a buffered
+// answer's JSON envelope as the body, a BUFFERED one shows the streaming prelude. So the runtime
+// is told. API Gateway HTTP APIs always invoke buffered.
+enum class function_url_mode { buffered, response_stream };
+
 struct lambda_options {
     std::string runtime_api;         // host:port without a scheme (§5.1); empty: $AWS_LAMBDA_RUNTIME_API
     std::size_t max_invocations = 0; // 0: serve until stopped
+    function_url_mode function_url = function_url_mode::buffered; // AWS's default InvokeMode
 };
 
 // Called with a line about a failure of the runtime itself (an unusable event, the Runtime API
@@ -47,6 +55,13 @@ inline std::optional<std::string> base64_decode(std::string_view text) {
     const auto padding = text.size() - text.find_last_not_of('=') - 1;
     out.resize(static_cast<std::size_t>(n) - std::min<std::size_t>(padding, 2));
     return out;
+}
+
+// A Function URL event (§6.3): its domain is <url-id>.lambda-url.<region>.on.aws.
+inline bool from_function_url(const nlohmann::json& event) {
+    const auto& context = event["requestContext"];
+    const auto domain = context.find("domainName");
+    return domain != context.end() && domain->is_string() && domain->get<std::string>().find(".lambda-url.") != std::string::npos;
 }
 
 inline std::optional<http_request> request_from_event(const nlohmann::json& event) {
@@ -93,10 +108,16 @@ inline nlohmann::json headers_of(const http_response& res, std::string_view fall
     return headers;
 }
 
-// The buffered answer (§6.2). Bodies are text (JSON); nothing binary needs base64.
-inline std::string response_to_event(const http_response& res) {
+// The buffered answer (§6.2). Bodies are text (JSON, SSE); nothing binary needs base64. A streamed
+// answer is run to its end first, and arrives whole.
+inline std::string response_to_event(http_response& res) {
+    const bool streamed = res.is_stream();
+    if (streamed) {
+        res.stream([&res](std::string_view chunk) { return res.body.append(chunk), true; }, res.meta);
+        res.stream = nullptr;
+    }
     return dump_json({{"statusCode", res.status},
-                      {"headers", headers_of(res, "application/json")},
+                      {"headers", headers_of(res, streamed ? "text/event-stream" : "application/json")},
                       {"body", res.body},
                       {"isBase64Encoded", false}});
 }
@@ -104,7 +125,7 @@ inline std::string response_to_event(const http_response& res) {
 // The HTTP-integration metadata prelude that opens a streamed body: JSON, then 8 NUL bytes (§5.4).
 inline std::string streaming_prelude(const http_response& res) {
     auto prelude = dump_json({{"statusCode", res.status},
-                              {"headers", headers_of(res, "text/event-stream")},
+                              {"headers", headers_of(res, res.is_stream() ? "text/event-stream" : "application/json")},
                               {"cookies", nlohmann::json::array()}});
     prelude.append(8, '\0');
     return prelude;
@@ -185,7 +206,9 @@ private:
             if (!req) return post_error(id, "Runtime.InvalidEvent", "the event is not an API Gateway HTTP API 2.0 or Function URL event");
             req->request_id = id; // the request_id middleware prefers a valid X-Request-ID
             http_response res = service_.handle(*req);
-            const bool ok = res.is_stream() ? post_stream(id, res) : post_buffered(id, res);
+            const bool streaming =
+                options_.function_url == function_url_mode::response_stream && lambda::from_function_url(event);
+            const bool ok = streaming ? post_stream(id, res) : post_buffered(id, res);
             if (log_) log_(*req, res, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
             return ok;
         } catch (const std::exception& e) {
@@ -194,16 +217,16 @@ private:
     }
 
     // Each returns false when the Runtime API answered 500, which ends the runtime.
-    bool post_buffered(const std::string& id, const http_response& res) {
+    bool post_buffered(const std::string& id, http_response& res) {
         auto answer = client_.Post(path("/runtime/invocation/" + id + "/response").c_str(), lambda::response_to_event(res),
                                    "application/json");
         return !fatal(answer, "POST /response");
     }
 
-    // Streaming mode (§5.4): the HTTP-integration prelude, then the SSE bytes as the service writes
-    // them, in chunked encoding. cpp-httplib 0.11.4 cannot send trailers, so an error after the
-    // first byte cannot be reported as Lambda-Runtime-Function-Error-*; the service already ends
-    // such a stream with an error event.
+    // Streaming mode (§5.4): the HTTP-integration prelude, then the body (SSE bytes as the service
+    // writes them), in chunked encoding. cpp-httplib 0.11.4 cannot send trailers, so an error
+    // after the first byte cannot be reported as Lambda-Runtime-Function-Error-*; the service
+    // already ends such a stream with an error event.
     bool post_stream(const std::string& id, http_response& res) {
         const std::string prelude = lambda::streaming_prelude(res);
         httplib::Headers headers{{"Lambda-Runtime-Function-Response-Mode", "streaming"}};
@@ -214,10 +237,14 @@ private:
                     return (!sink.is_writable || sink.is_writable()) && sink.write(chunk.data(), chunk.size());
                 };
                 if (write(prelude)) {
-                    try {
-                        res.stream(write, res.meta);
-                    } catch (const std::exception& e) {
-                        report(std::string{"stream failed: "} + e.what());
+                    if (!res.is_stream()) {
+                        write(res.body);
+                    } else {
+                        try {
+                            res.stream(write, res.meta);
+                        } catch (const std::exception& e) {
+                            report(std::string{"stream failed: "} + e.what());
+                        }
                     }
                 }
                 sink.done();

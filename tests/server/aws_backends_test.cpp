@@ -1,0 +1,187 @@
+// sample_server on its AWS backends, configured as the deployment template configures the Lambda
+// function: history in DynamoDB (dynalite, started here) and the OpenAI key read from Secrets
+// Manager (moto_server, started here), relaying to a fake OpenAI upstream.
+#include "../support/aws_emulators.hpp"
+#include "../support/fake_openai.hpp"
+#include "../support/server_process.hpp"
+
+#include <chatkit/aws/secrets_manager.hpp>
+#include <chatkit/dynamodb_store.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+using nlohmann::json;
+using test_support::emulator_process;
+using test_support::fake_openai;
+using test_support::server_process;
+
+namespace {
+
+std::string unique(std::string prefix) {
+    static std::atomic<int> n{0};
+    static const auto run = std::random_device{}();
+    return prefix + std::to_string(run) + "-" + std::to_string(++n);
+}
+
+emulator_process& dynalite() {
+    static emulator_process e = test_support::start_dynalite();
+    return e;
+}
+emulator_process& moto() {
+    static emulator_process e = test_support::start_moto();
+    return e;
+}
+
+// What an AWS deployment gives the process: credentials and a region, here pointing at `emulator`.
+std::map<std::string, std::string> aws_env(const emulator_process& emulator, const char* endpoint_var) {
+    return {{"AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"},
+            {"AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"},
+            {"AWS_REGION", "us-east-1"},
+            {endpoint_var, emulator.endpoint()}};
+}
+
+std::string create_table() {
+    const auto table = unique("history-");
+    chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+    REQUIRE(client.call("CreateTable", chatkit::dynamodb_store::create_table_input(table)));
+    for (int i = 0; i < 500; ++i) {
+        auto d = client.call("DescribeTable", {{"TableName", table}});
+        if (d && (*d)["Table"]["TableStatus"] == "ACTIVE") return table;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL("table " << table << " did not become ACTIVE");
+    return table;
+}
+
+chatkit::aws::json_client secrets() {
+    return chatkit::aws::json_client{chatkit::aws::secrets_manager_service(), {}, moto().aws_environment()};
+}
+
+std::string create_secret(const std::string& value) {
+    auto created = secrets().call("CreateSecret", {{"Name", unique("chatkit/openai-")}, {"SecretString", value}});
+    REQUIRE(created);
+    return (*created)["ARN"];
+}
+
+void put_secret(const std::string& arn, const std::string& value) {
+    REQUIRE(secrets().call("PutSecretValue", {{"SecretId", arn}, {"SecretString", value}}));
+}
+
+std::map<std::string, std::string> secret_env(const fake_openai& fake, const std::string& arn) {
+    auto env = aws_env(moto(), "AWS_ENDPOINT_URL_SECRETS_MANAGER");
+    env.merge(std::map<std::string, std::string>{{"CHAT_OPENAI_API_KEY_SECRET_ARN", arn},
+                                                 {"CHAT_SECRET_REFRESH", "1"},
+                                                 {"OPENAI_BASE_URL", fake.base_url()},
+                                                 {"CHAT_CACHE_SIZE", "0"},
+                                                 {"CHAT_DATABASE_URL", "none"}});
+    return env;
+}
+
+httplib::Result chat(httplib::Client& c, const std::string& user, const std::string& text) {
+    return c.Post("/chat", json{{"user_id", user}, {"content", text}}.dump(), "application/json");
+}
+
+} // namespace
+
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, history is kept in DynamoDB and outlives the server") {
+    const auto table = create_table();
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1&ttl_days=30";
+    env["CHAT_PROVIDER"] = "echo"; // with AWS credentials around, auto would pick Bedrock
+    {
+        server_process server{env};
+        auto c = server.client();
+        const auto health = json::parse(c.Get("/health")->body);
+        INFO(health.dump());
+        CHECK(health["status"] == "ok");
+        for (const auto* text : {"first question", "second question"}) {
+            auto r = chat(c, "dana", text);
+            REQUIRE(r);
+            REQUIRE(r->status == 200);
+        }
+    }
+    server_process restarted{env};
+    auto c = restarted.client();
+    auto page = c.Get("/history/dana?limit=10");
+    REQUIRE(page);
+    REQUIRE(page->status == 200);
+    const auto messages = json::parse(page->body)["messages"];
+    REQUIRE(messages.size() == 4);
+    CHECK(messages[0]["content"] == "first question");
+    CHECK(messages[3]["role"] == "assistant");
+    CHECK(messages[3]["content"] == "second question");
+
+    // The items are in the table, with the TTL attribute the URL asked for.
+    chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+    auto items = client.call("Query", {{"TableName", table},
+                                       {"KeyConditionExpression", "user_id = :u"},
+                                       {"ExpressionAttributeValues", {{":u", {{"S", "dana"}}}}}});
+    REQUIRE(items);
+    REQUIRE((*items)["Items"].size() == 2);
+    CHECK((*items)["Items"][0].contains("expires_at"));
+}
+
+TEST_CASE("the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN names, and a rotated key is used after CHAT_SECRET_REFRESH") {
+    fake_openai fake;
+    const auto arn = create_secret(R"({"api_key":"sk-from-secret-0001"})");
+    server_process server{secret_env(fake, arn)};
+    CHECK(server.log().find("using the OpenAI provider") != std::string::npos); // auto picks OpenAI for the secret
+    auto c = server.client();
+    REQUIRE(chat(c, "eve", "one")->status == 200);
+
+    put_secret(arn, "sk-rotated-0002\n");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100)); // past CHAT_SECRET_REFRESH=1
+    REQUIRE(chat(c, "eve", "two")->status == 200);
+
+    const auto sent = fake.requests();
+    REQUIRE(sent.size() == 2);
+    CHECK(sent[0].headers.find("Authorization")->second == "Bearer sk-from-secret-0001");
+    CHECK(sent[1].headers.find("Authorization")->second == "Bearer sk-rotated-0002");
+    CHECK(server.log().find("sk-from-secret") == std::string::npos);
+    CHECK(server.log().find("sk-rotated") == std::string::npos);
+}
+
+TEST_CASE("a secret still empty after deploying makes /chat a 503 that says how to fill it, and the key put later is used") {
+    fake_openai fake;
+    const auto arn = create_secret(R"({"api_key":""})"); // as deploy/template.yaml creates it
+    server_process server{secret_env(fake, arn)};
+    auto c = server.client();
+    auto refused = chat(c, "fay", "hello");
+    REQUIRE(refused);
+    CHECK(refused->status == 503);
+    const auto error = json::parse(refused->body)["error"];
+    CHECK(error["type"] == "service_unavailable");
+    CHECK(error["message"].get<std::string>().find("put-secret-value") != std::string::npos);
+    CHECK(fake.requests().empty());
+
+    put_secret(arn, R"({"api_key":"sk-filled-in-0003"})");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+    auto answered = chat(c, "fay", "hello");
+    REQUIRE(answered);
+    CHECK(answered->status == 200);
+    REQUIRE(fake.requests().size() == 1);
+    CHECK(fake.requests()[0].headers.find("Authorization")->second == "Bearer sk-filled-in-0003");
+}
+
+TEST_CASE("a bad dynamodb URL, or both a key and its secret, stop start-up with a message naming the variable") {
+    auto r = test_support::run_to_exit({{"CHAT_DATABASE_URL", "dynamodb://x?region=us-east-1"}}, {});
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("CHAT_DATABASE_URL") != std::string::npos);
+    CHECK(r.output.find("table name") != std::string::npos);
+
+    r = test_support::run_to_exit({{"CHAT_DATABASE_URL", "dynamodb://chat?colour=blue"}}, {});
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("unknown parameter 'colour'") != std::string::npos);
+
+    r = test_support::run_to_exit({{"CHAT_PORT", "0"},
+                                   {"OPENAI_API_KEY", "sk-plain-key-0004"},
+                                   {"CHAT_OPENAI_API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:k"}},
+                                  {});
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("keep one") != std::string::npos);
+    CHECK(r.output.find("sk-plain-key-0004") == std::string::npos);
+}
