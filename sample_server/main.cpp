@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
         if (provider == "echo")
             log.info("no real provider is configured; using the built-in echo provider, which answers with your last message");
         else if (provider == "openai")
-            log.info("using the OpenAI provider", {{"base_url", cfg.openai_base_url}, {"api_key", cfg.openai_api_key.empty() ? "none" : "set"}});
+            log.info("using the OpenAI provider", {{"base_url", cfg.openai_base_url}, {"api_key", !cfg.openai_api_key_secret_arn.empty() ? "from " + cfg.openai_api_key_secret_arn
+                                                                    : cfg.openai_api_key.empty() ? "none" : "set"}});
         else if (auto* bedrock = service.provider().get_if<chatkit::bedrock_provider>())
             log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
         log.info("listening", {{"host", cfg.host},

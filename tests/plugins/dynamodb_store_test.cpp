@@ -154,16 +154,17 @@ TEST_CASE("dynamodb store passes the store conformance tests on moto") {
 
 TEST_CASE("dynamodb store writes one item per exchange in the documented layout") {
     auto store = make_store(dynalite(), std::chrono::hours{24 * 30});
-    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1", 1'700'000'000'123)));
+    const auto created = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1", created)));
     const auto items = scan(dynalite(), store.options().table);
     REQUIRE(items.size() == 1);
     const auto& item = items[0];
     CHECK(item["user_id"]["S"] == "alice");
     const std::string key = item["exchange_key"]["S"];
-    CHECK(key.starts_with("1700000000123-"));
+    CHECK(key.starts_with(std::to_string(created) + "-"));
     CHECK(key.size() == 38);
-    CHECK(item["created_at"]["N"] == "1700000000123");
-    CHECK(item["expires_at"]["N"] == std::to_string(1'700'000'000 + 30 * 86'400)); // epoch seconds, as TTL wants
+    CHECK(item["created_at"]["N"] == std::to_string(created));
+    CHECK(item["expires_at"]["N"] == std::to_string(created / 1000 + 30 * 86'400)); // epoch seconds, as TTL wants
     CHECK(item["model"]["S"] == "model-1");
     CHECK(item["request_id"]["S"] == "req-1");
     REQUIRE(item["messages"]["L"].size() == 2);
@@ -174,6 +175,19 @@ TEST_CASE("dynamodb store writes one item per exchange in the documented layout"
     REQUIRE(page);
     CHECK(page->messages[0].id == key + ".0");
     CHECK(page->messages[1].id == key + ".1");
+}
+
+TEST_CASE("dynamodb store leaves expired exchanges out of history before DynamoDB deletes them") {
+    auto store = make_store(dynalite(), std::chrono::hours{24});
+    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    REQUIRE(store.append(chatkit_test::make_exchange("bob", "old", now_ms - 2 * 86'400'000)));  // expired a day ago
+    REQUIRE(store.append(chatkit_test::make_exchange("bob", "new", now_ms)));
+    REQUIRE(scan(dynalite(), store.options().table).size() == 2); // both still in the table
+    auto page = store.history({"bob", 10, {}});
+    REQUIRE(page);
+    REQUIRE(page->messages.size() == 2);
+    CHECK(page->messages[0].content == "question new");
+    CHECK_FALSE(page->next_cursor);
 }
 
 TEST_CASE("dynamodb store without a ttl writes no expires_at") {
@@ -336,10 +350,11 @@ TEST_CASE("dynamodb URLs name a table and optional region and ttl") {
     CHECK(plain->client.region.empty());
     CHECK(plain->ttl.count() == 0);
     for (const char* bad : {"sqlite:chat.db", "dynamodb://", "dynamodb://ab", "dynamodb://a/b", "dynamodb://chat?ttl_days=x",
-                            "dynamodb://chat?ttl_days=-1", "dynamodb://chat?colour=red"}) {
+                            "dynamodb://chat?ttl_days=-1", "dynamodb://chat?colour=red", "dynamodb://chat?region="}) {
         INFO(bad);
         auto r = chatkit::parse_dynamodb_url(bad);
         REQUIRE_FALSE(r);
         CHECK(r.error().code == "invalid_database_url");
+        CHECK(r.error().message.starts_with(std::string{"'"} + bad + "'")); // quotes the URL as given
     }
 }

@@ -204,6 +204,16 @@ TEST_CASE("a key source is asked before each call: a rotated key goes out next, 
     CHECK(chatkit::http_status(failed.error().kind) == 503);
     CHECK(failed.error().code == "secret_unavailable");
     CHECK(fake.requests().size() == 3);
+
+    // A key that stays missing is the operator's to fix: health says so, and recovers with the key.
+    CHECK(openai.health().ok); // down only after three operator faults in a row (the 401 was one)
+    REQUIRE_FALSE(openai.complete(ask("five")));
+    REQUIRE_FALSE(openai.complete(ask("six")));
+    CHECK_FALSE(openai.health().ok);
+    CHECK(openai.health().detail.find("Secrets Manager") != std::string::npos);
+    outage.reset();
+    REQUIRE(openai.complete(ask("seven")));
+    CHECK(openai.health().ok);
 }
 
 TEST_CASE("an upstream slower than the read timeout is a 504") {

@@ -45,8 +45,8 @@ struct dynamodb_options {
 // invalid_database_url error saying what is wrong.
 inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
     constexpr std::string_view scheme = "dynamodb://";
-    const auto bad = [&](std::string why) {
-        return error{error_kind::invalid_request, "'" + std::string{url} + "': " + std::move(why), "invalid_database_url"};
+    const auto bad = [whole = std::string{url}](std::string why) {
+        return error{error_kind::invalid_request, "'" + whole + "': " + std::move(why), "invalid_database_url"};
     };
     if (!url.starts_with(scheme)) return bad("must start with dynamodb://");
     url.remove_prefix(scheme.size());
@@ -65,7 +65,10 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
         const auto eq = pair.find('=');
         const auto key = pair.substr(0, eq);
         const auto value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
-        if (key == "region" && !value.empty()) o.client.region = value;
+        if (key == "region") {
+            if (value.empty()) return bad("region is empty (leave it out to use AWS_REGION)");
+            o.client.region = value;
+        }
         else if (key == "ttl_days") {
             long days = -1;
             const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), days);
@@ -141,7 +144,11 @@ public:
                                 {"KeyConditionExpression", before ? "user_id = :u AND exchange_key <= :k" : "user_id = :u"},
                                 {"ExpressionAttributeValues", {{":u", {{"S", q.user_id}}}}},
                                 {"ScanIndexForward", false},
-                                {"ConsistentRead", options_.consistent_reads}};
+                                {"ConsistentRead", options_.consistent_reads},
+                                // DynamoDB deletes expired items days late, if ever; they are not history.
+                                {"FilterExpression", "attribute_not_exists(expires_at) OR expires_at > :now"}};
+        const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
+        input["ExpressionAttributeValues"][":now"] = {{"N", std::to_string(now.count())}};
         if (before) input["ExpressionAttributeValues"][":k"] = {{"S", before->exchange_key}};
         while (newest_first.size() < wanted) {
             // Every item holds at least one message, so this many items are enough.
@@ -214,7 +221,10 @@ private:
         auto got = client_.call("GetItem", {{"TableName", options_.table},
                                             {"Key", {{"user_id", {{"S", user_id}}}, {"exchange_key", {{"S", key}}}}},
                                             {"ConsistentRead", true}});
-        if (!got || !got->contains("Item")) return false;
+        // Unreadable: keep the write. The key is this writer's own, so the failed condition was all
+        // but certainly our lost answer; writing again would store the exchange twice.
+        if (!got) return true;
+        if (!got->contains("Item")) return false;
         const auto& item = (*got)["Item"];
         return item.contains("request_id") ? item["request_id"].value("S", "") == request_id : request_id.empty();
     }

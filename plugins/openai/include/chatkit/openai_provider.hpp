@@ -40,8 +40,8 @@ struct openai_options {
     std::string base_url = "https://api.openai.com/v1";
     std::string api_key{};      // sent upstream only; never logged, never put in an error message
     // Asked for the key before each call instead of `api_key`, when set: a key that rotates, e.g.
-    // from Secrets Manager (chatkit/aws/secret.hpp). Its error fails the call as it is; it must be
-    // safe from any thread and cheap (cache what it fetches).
+    // from Secrets Manager (chatkit/aws/secrets_manager.hpp). Its error fails the call as it is
+    // and counts against health(); it must be safe from any thread and cheap (cache what it fetches).
     std::function<result<std::string>()> api_key_source{};
     std::string organization{}; // OpenAI-Organization header, when set
     std::string project{};      // OpenAI-Project header, when set
@@ -104,7 +104,10 @@ private:
         const std::string body = dump_json(request_body(r, sink != nullptr));
         const auto deadline = clock::now() + o.deadline;
         auto key = o.api_key_source ? o.api_key_source() : result<std::string>{o.api_key};
-        if (!key) return std::move(key).error();
+        if (!key) {
+            shared_->health.record(true, key.error().message); // only an operator can fix a missing key
+            return std::move(key).error();
+        }
         auto answer = call_with_retries<completion>(retry_policy{.max_retries = o.max_retries}, deadline,
                                                     [&] { return attempt_once(r, body, sink, deadline, *key); });
         shared_->health.record(answer);
