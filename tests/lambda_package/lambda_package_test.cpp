@@ -299,12 +299,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     auto dynalite = test_support::start_dynalite();
     auto moto = test_support::start_moto();
     chatkit::aws::json_client dynamodb{chatkit::dynamodb_store::service(), {}, dynalite.aws_environment()};
-    REQUIRE(dynamodb.call("CreateTable", chatkit::dynamodb_store::create_table_input("chatkit-history")));
-    for (int i = 0; i < 500; ++i) {
-        auto d = dynamodb.call("DescribeTable", {{"TableName", "chatkit-history"}});
-        if (d && (*d)["Table"]["TableStatus"] == "ACTIVE") break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    test_support::create_table(dynamodb, chatkit::dynamodb_store::create_table_input("chatkit-history"));
     chatkit::aws::json_client secrets{chatkit::aws::secrets_manager_service(), {}, moto.aws_environment()};
     const auto secret = secrets.call("CreateSecret", {{"Name", "chatkit/openai"}, {"SecretString", R"({"api_key":"sk-in-secrets-manager"})"}});
     REQUIRE(secret);

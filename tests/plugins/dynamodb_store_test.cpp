@@ -26,16 +26,8 @@ std::string unique_table() {
     return "chat-" + std::to_string(run) + "-" + std::to_string(++n);
 }
 
-// Creates the table and waits until it is ACTIVE (CreateTable answers while it is CREATING).
 void create_table(chatkit::aws::json_client& client, const std::string& table) {
-    auto created = client.call("CreateTable", dynamodb_store::create_table_input(table));
-    if (!created) FAIL("CreateTable: " << created.error().message);
-    for (int i = 0; i < 500; ++i) {
-        auto described = client.call("DescribeTable", {{"TableName", table}});
-        if (described && (*described)["Table"]["TableStatus"] == "ACTIVE") return;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    FAIL("table " << table << " did not become ACTIVE");
+    test_support::create_table(client, dynamodb_store::create_table_input(table));
 }
 
 // A store on a new table of the emulator; `ttl` as in the options.

@@ -47,13 +47,7 @@ std::map<std::string, std::string> aws_env(const emulator_process& emulator, con
 std::string create_table() {
     const auto table = unique("history-");
     chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
-    REQUIRE(client.call("CreateTable", chatkit::dynamodb_store::create_table_input(table)));
-    for (int i = 0; i < 500; ++i) {
-        auto d = client.call("DescribeTable", {{"TableName", table}});
-        if (d && (*d)["Table"]["TableStatus"] == "ACTIVE") return table;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    FAIL("table " << table << " did not become ACTIVE");
+    test_support::create_table(client, chatkit::dynamodb_store::create_table_input(table));
     return table;
 }
 

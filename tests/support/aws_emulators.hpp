@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chatkit/aws/credentials.hpp>
+#include <chatkit/aws/json_client.hpp>
 
 #include <csignal>
 #include <cstdio>
@@ -131,6 +132,20 @@ inline emulator_process start_dynalite() {
                             {{"NODE_PATH", (root / "tests/e2e/node_modules").string()}},
                             std::regex{R"(\{"port":(\d+)\})"},
                             false};
+}
+
+// CreateTable, then waits until the table is ACTIVE: both emulators answer CreateTable while the
+// table is still CREATING, as DynamoDB does. Throws when it does not get there.
+inline void create_table(chatkit::aws::json_client& dynamodb, const nlohmann::json& input) {
+    const auto table = input.at("TableName").get<std::string>();
+    if (auto created = dynamodb.call("CreateTable", input); !created)
+        throw std::runtime_error("CreateTable " + table + ": " + created.error().message);
+    for (int i = 0; i < 500; ++i) {
+        auto described = dynamodb.call("DescribeTable", {{"TableName", table}});
+        if (described && (*described)["Table"]["TableStatus"] == "ACTIVE") return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    throw std::runtime_error("table " + table + " did not become ACTIVE");
 }
 
 } // namespace test_support
