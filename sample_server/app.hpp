@@ -36,8 +36,8 @@ inline bool bedrock_configured(const chatkit::aws::environment& env) {
 }
 
 // "echo", "openai" or "bedrock"; "auto" takes the first configured: an OpenAI API key (or the
-// secret holding it), then AWS
-// credentials with a region, then the built-in echo. Decided once, at start-up.
+// secret holding it), then AWS credentials with a region, then the built-in echo. Decided once,
+// at start-up.
 inline std::string_view chosen_provider(const config& c) {
     if (c.provider != "auto") return c.provider;
     if (!c.openai_api_key.empty() || !c.openai_api_key_secret_arn.empty()) return "openai";

@@ -4,6 +4,7 @@
 #include "../support/fake_lambda_runtime.hpp"
 #include "../support/lambda_answers.hpp"
 #include "../support/lambda_events.hpp"
+#include "../support/lambda_sandbox.hpp"
 
 #include <chatkit/lambda_runtime.hpp>
 
@@ -11,18 +12,12 @@
 
 #include <catch2/catch.hpp>
 
-#include <csignal>
-#include <cstring>
+#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
-#include <sstream>
 #include <stop_token>
 #include <thread>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #ifndef BOOTSTRAP_PATH
 #error "BOOTSTRAP_PATH must name the bootstrap binary"
@@ -37,65 +32,44 @@ using test_support::gateway_event;
 
 namespace {
 
-// Runs `bootstrap` against `runtime` with a SQLite file in a fresh directory and no rate limit.
+// Runs `bootstrap` from the build against `runtime`, with Lambda's environment and nothing else
+// (lambda_environment), a SQLite file in a fresh directory, the echo provider and no rate limit.
 class bootstrap_process {
 public:
-    explicit bootstrap_process(const fake_lambda_runtime& runtime, std::map<std::string, std::string> env = {}) {
-        std::random_device rd;
-        dir_ = std::filesystem::temp_directory_path() / ("chatkit-lambda-" + std::to_string(rd()) + std::to_string(rd()));
-        std::filesystem::create_directories(dir_);
-        std::map<std::string, std::string> full{{"AWS_LAMBDA_RUNTIME_API", runtime.address()},
-                                                {"CHAT_DATABASE_URL", "sqlite:" + (dir_ / "chat.db").string()},
-                                                {"CHAT_RATE_LIMIT", "off"},
-                                                {"CHAT_PROVIDER", "echo"}};
-        for (auto& [k, v] : env) full[k] = v;
-        const auto log_path = dir_ / "bootstrap.log";
-        pid_ = fork();
-        if (pid_ == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            std::vector<std::string> inherited;
-            for (char** e = environ; *e; ++e)
-                if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_") ||
-                    std::string_view{*e}.starts_with("AWS_"))
-                    inherited.emplace_back(*e, std::strchr(*e, '='));
-            for (const auto& name : inherited) unsetenv(name.c_str());
-            for (const auto& [k, v] : full) setenv(k.c_str(), v.c_str(), 1);
-            FILE* f = std::fopen(log_path.c_str(), "w");
-            dup2(fileno(f), 1);
-            dup2(fileno(f), 2);
-            execl(BOOTSTRAP_PATH, BOOTSTRAP_PATH, nullptr);
-            _exit(127);
-        }
-    }
+    explicit bootstrap_process(const fake_lambda_runtime& runtime, const std::map<std::string, std::string>& env = {})
+        : dir_(fresh_directory()), child_(BOOTSTRAP_PATH, environment(runtime, env, dir_), dir_ / "bootstrap.log") {}
     ~bootstrap_process() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            waitpid(pid_, nullptr, 0);
-        }
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);
     }
     bootstrap_process(const bootstrap_process&) = delete;
     bootstrap_process& operator=(const bootstrap_process&) = delete;
 
-    // Waits (up to 20 s) for the exit; returns the exit code, or -1.
-    int wait_exit() {
-        int status = 0;
-        for (int i = 0; i < 2000 && waitpid(pid_, &status, WNOHANG) == 0; ++i) usleep(10'000);
-        if (waitpid(pid_, &status, WNOHANG) < 0 || WIFEXITED(status)) pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-
-    std::string log() const {
-        std::ifstream in{dir_ / "bootstrap.log"};
-        std::stringstream text;
-        text << in.rdbuf();
-        return text.str();
-    }
+    int wait_exit() { return child_.wait_exit(); }
+    std::string log() const { return child_.log(); }
 
 private:
+    static std::filesystem::path fresh_directory() {
+        std::random_device rd;
+        auto dir = std::filesystem::temp_directory_path() / ("chatkit-lambda-" + std::to_string(rd()) + std::to_string(rd()));
+        std::filesystem::create_directories(dir);
+        return dir;
+    }
+
+    static std::map<std::string, std::string> environment(const fake_lambda_runtime& runtime,
+                                                          const std::map<std::string, std::string>& env,
+                                                          const std::filesystem::path& dir) {
+        std::map<std::string, std::string> full{{"CHAT_DATABASE_URL", "sqlite:" + (dir / "chat.db").string()},
+                                                {"CHAT_RATE_LIMIT", "off"},
+                                                {"CHAT_PROVIDER", "echo"}};
+        for (const char* sanitizer : {"ASAN_OPTIONS", "UBSAN_OPTIONS"}) // the sanitizer build's settings
+            if (const char* value = std::getenv(sanitizer)) full[sanitizer] = value;
+        for (const auto& [k, v] : env) full[k] = v;
+        return test_support::lambda_environment(runtime.address(), full);
+    }
+
     std::filesystem::path dir_;
-    pid_t pid_ = -1;
+    test_support::child_process child_; // declared after dir_: killed before the directory goes
 };
 
 std::string base64(std::string_view in) {
@@ -163,15 +137,7 @@ TEST_CASE("a streaming POST /chat through a Function URL is sent in streaming mo
     CHECK(prelude["statusCode"] == 200);
     CHECK(prelude["headers"]["Content-Type"] == "text/event-stream");
     CHECK(prelude["headers"]["X-Request-ID"] == id);
-
-    INFO(sse);
-    CHECK(sse.starts_with("event: delta\ndata: {\"content\":\"one\"}\n\n"));
-    const auto done = sse.rfind("event: done\ndata: ");
-    REQUIRE(done != std::string::npos);
-    CHECK(sse.ends_with("\n\n"));
-    const auto meta = json::parse(sse.substr(done + 18));
-    CHECK(meta["content"] == "one two three");
-    CHECK(meta["request_id"] == id);
+    test_support::check_echoed_stream(sse, id);
 }
 
 TEST_CASE("through a RESPONSE_STREAM Function URL every answer is streamed, a buffered one behind a prelude with its status") {

@@ -51,4 +51,17 @@ inline streamed_answer streamed(const fake_lambda_runtime::posted& posted) {
     return {nlohmann::json::parse(posted.body.substr(0, delimiter)), posted.body.substr(delimiter + 8)};
 }
 
+// What the echo provider streams for a /chat of "one two three": a delta per word, then `done`
+// with the whole answer and the request id.
+inline void check_echoed_stream(const std::string& sse, const std::string& request_id) {
+    INFO(sse);
+    CHECK(sse.starts_with("event: delta\ndata: {\"content\":\"one\"}\n\n"));
+    const auto done = sse.rfind("event: done\ndata: ");
+    REQUIRE(done != std::string::npos);
+    CHECK(sse.ends_with("\n\n"));
+    const auto meta = nlohmann::json::parse(sse.substr(done + 18));
+    CHECK(meta["content"] == "one two three");
+    CHECK(meta["request_id"] == request_id);
+}
+
 } // namespace test_support

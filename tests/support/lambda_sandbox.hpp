@@ -54,7 +54,7 @@ inline std::map<std::string, std::string> lambda_environment(const std::string& 
 }
 
 // A started program: exactly the environment given (nothing inherited), stdout and stderr into a
-// log file, chrooted first when `root` is set. Killed (SIGKILL) when destroyed or when the thread
+// log file, chrooted first when `root` is set (the packaged zip) or not (bootstrap from the build). Killed (SIGKILL) when destroyed or when the thread
 // that started it ends.
 class child_process {
 public:
@@ -127,6 +127,19 @@ public:
     child_process& operator=(const child_process&) = delete;
 
     pid_t pid() const { return pid_; }
+
+    // Waits up to 20 s for it to exit; its exit code, or -1 (killed by a signal, or still running).
+    int wait_exit() {
+        for (int i = 0; i < 2000 && pid_ > 0; ++i) {
+            int status = 0;
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+                pid_ = -1;
+                return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            }
+            ::usleep(10'000);
+        }
+        return -1;
+    }
 
     // Its stdout and stderr so far.
     std::string log() const {

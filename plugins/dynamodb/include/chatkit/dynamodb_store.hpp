@@ -16,6 +16,7 @@
 #include "chatkit/aws/json_client.hpp"
 #include "chatkit/store.hpp"
 
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -57,19 +58,13 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
     if (o.table.size() < 3 || o.table.size() > 255 ||
         !std::all_of(o.table.begin(), o.table.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; }))
         return bad("the table name must be 3-255 characters of A-Z a-z 0-9 _ - .");
-    std::string_view query = q == std::string_view::npos ? std::string_view{} : url.substr(q + 1);
-    while (!query.empty()) {
-        const auto amp = query.find('&');
-        const auto pair = query.substr(0, amp);
-        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-        const auto eq = pair.find('=');
-        const auto key = pair.substr(0, eq);
-        const auto value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
+    httplib::Params params; // parsed and decoded as the HTTP adapter parses a query
+    if (q != std::string_view::npos) httplib::detail::parse_query_text(std::string{url.substr(q + 1)}, params);
+    for (const auto& [key, value] : params) {
         if (key == "region") {
             if (value.empty()) return bad("region is empty (leave it out to use AWS_REGION)");
             o.client.region = value;
-        }
-        else if (key == "ttl_days") {
+        } else if (key == "ttl_days") {
             long days = -1;
             const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), days);
             if (ec != std::errc{} || end != value.data() + value.size() || days < 0 || days > 36'500)
