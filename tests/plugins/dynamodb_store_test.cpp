@@ -282,6 +282,26 @@ TEST_CASE("dynamodb store counts a write whose answer was lost once, not twice")
     CHECK(page->messages.size() == 2);
 }
 
+TEST_CASE("dynamodb store keeps a lost-answer write when it cannot read it back, and does not write it again") {
+    const auto table = created_table(moto());
+    std::atomic<bool> lost{false};
+    dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const auto& forward, httplib::Response& res) {
+                             if (target == "DynamoDB_20120810.GetItem") { // the read-back fails, not retryably
+                                 aws_error(res, 400, "AccessDeniedException", "not allowed to GetItem");
+                                 return true;
+                             }
+                             if (target != "DynamoDB_20120810.PutItem" || lost.exchange(true)) return false;
+                             REQUIRE(forward());
+                             aws_error(res, 500, "InternalServerError", "Internal server error");
+                             return true;
+                         }};
+    auto store = store_behind(proxy, table);
+    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1")));
+    CHECK(proxy.count("DynamoDB_20120810.GetItem") == 1);
+    CHECK(proxy.count("DynamoDB_20120810.PutItem") == 2); // the first, its retry; no write under a fresh key
+    CHECK(scan(moto(), table).size() == 1);
+}
+
 TEST_CASE("dynamodb store health follows reachability") {
     auto store = make_store(dynalite());
     CHECK(store.health().ok);

@@ -124,6 +124,7 @@ TEST_CASE("the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN n
     const auto arn = create_secret(R"({"api_key":"sk-from-secret-0001"})");
     server_process server{secret_env(fake, arn)};
     CHECK(server.log().find("using the OpenAI provider") != std::string::npos); // auto picks OpenAI for the secret
+    CHECK(server.log().find("\"api_key\":\"from " + arn + "\"") != std::string::npos);
     auto c = server.client();
     REQUIRE(chat(c, "eve", "one")->status == 200);
 
