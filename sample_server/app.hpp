@@ -3,6 +3,7 @@
 #pragma once
 
 #include "config.hpp"
+#include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
 #include <chatkit/aws/secrets_manager.hpp>
@@ -24,7 +25,9 @@ namespace sample_server {
 using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
-using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
+// The access log comes after the request id (its lines carry it) and before the rate limiter (a
+// refused request is logged too).
+using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
@@ -131,12 +134,13 @@ inline chatkit::service_options make_service_options(const config& c) {
     return o;
 }
 
-// Throws when a component cannot start (e.g. the SQLite file cannot be opened).
-inline app_service make_service(const config& c) {
+// Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
+// the service.
+inline app_service make_service(const config& c, logger* log) {
     std::optional<chatkit::rate_limiter_mt> limiter;
     if (c.rate_limit != "off") limiter.emplace(*chatkit::rate_limit::parse(c.rate_limit));
     return app_service{make_service_options(c), make_provider(c), make_store(c), make_cache(c), chatkit::request_id{},
-                       std::move(limiter)};
+                       access_log{log}, std::move(limiter)};
 }
 
 } // namespace sample_server

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
 
     sample_server::logger log{cfg};
     try {
-        auto service = sample_server::make_service(cfg);
+        auto service = sample_server::make_service(cfg, &log);
         chatkit::lambda_runtime runtime{
             service,
             chatkit::lambda_options{.runtime_api = runtime_api,
@@ -46,7 +46,6 @@ int main(int argc, char** argv) {
                                     .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
                                                         ? chatkit::function_url_mode::response_stream
                                                         : chatkit::function_url_mode::buffered},
-            [&log](const auto& req, const auto& res, double ms) { log.request(req, res, ms); },
             [&log](std::string_view problem) { log.error("lambda runtime", {{"error", problem}}); }};
         log.info("ready", {{"runtime_api", runtime_api},
                            {"provider", service.provider().name()},

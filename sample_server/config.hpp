@@ -21,6 +21,7 @@
 namespace sample_server {
 
 struct config {
+    std::string server = "beast";
     std::string host = "127.0.0.1";
     int port = 8000;
     std::string database_url = "sqlite:chatkit.db";
@@ -35,6 +36,10 @@ struct config {
     std::size_t threads = 64;
     std::chrono::seconds read_timeout{10};
     std::chrono::seconds keep_alive_timeout{5};
+    std::size_t loops = 0;
+    std::size_t max_connections = 20000;
+    std::size_t max_header_bytes = 16 * 1024;
+    std::chrono::seconds request_deadline{600};
     std::string log_level = "info";
     std::string log_format = "json";
     std::chrono::milliseconds echo_delay{0};
@@ -92,6 +97,9 @@ inline const std::vector<setting>& settings() {
     using detail::one_of;
     using detail::parse_int;
     static const std::vector<setting> table = {
+        {"CHAT_SERVER", "HTTP server: beast (event loops) or httplib (a thread per connection)",
+         [](config& c, auto n, auto v) { c.server = one_of(n, v, {"beast", "httplib"}); },
+         [](const config& c) { return c.server; }},
         {"CHAT_HOST", "address to listen on", [](config& c, auto, auto v) { c.host = v; },
          [](const config& c) { return c.host; }},
         {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
@@ -136,15 +144,27 @@ inline const std::vector<setting>& settings() {
         {"CHAT_MAX_TOKENS", "largest max_tokens a request may ask for",
          [](config& c, auto n, auto v) { c.max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.max_tokens); }},
-        {"CHAT_THREADS", "worker threads (each kept-alive connection holds one)",
+        {"CHAT_THREADS", "worker threads: blocking provider and store calls (beast); one per kept-alive connection (httplib)",
          [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 100'000); },
          [](const config& c) { return std::to_string(c.threads); }},
         {"CHAT_READ_TIMEOUT", "seconds a client may stall while sending a request",
          [](config& c, auto n, auto v) { c.read_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
          [](const config& c) { return std::to_string(c.read_timeout.count()); }},
-        {"CHAT_KEEP_ALIVE_TIMEOUT", "seconds an idle kept-alive connection may hold its worker",
+        {"CHAT_KEEP_ALIVE_TIMEOUT", "seconds an idle kept-alive connection stays open",
          [](config& c, auto n, auto v) { c.keep_alive_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
          [](const config& c) { return std::to_string(c.keep_alive_timeout.count()); }},
+        {"CHAT_LOOPS", "beast: event-loop threads (0: one per core)",
+         [](config& c, auto n, auto v) { c.loops = parse_int<std::size_t>(n, v, 0, 1024); },
+         [](const config& c) { return std::to_string(c.loops); }},
+        {"CHAT_MAX_CONNECTIONS", "beast: open connections at most; more are closed at once",
+         [](config& c, auto n, auto v) { c.max_connections = parse_int<std::size_t>(n, v, 1, 10'000'000); },
+         [](const config& c) { return std::to_string(c.max_connections); }},
+        {"CHAT_MAX_HEADER_BYTES", "beast: largest request line and headers (431 above)",
+         [](config& c, auto n, auto v) { c.max_header_bytes = parse_int<std::size_t>(n, v, 1024, 1 << 20); },
+         [](const config& c) { return std::to_string(c.max_header_bytes); }},
+        {"CHAT_REQUEST_DEADLINE", "beast: seconds a request may run before it is cancelled (its provider stopped)",
+         [](config& c, auto n, auto v) { c.request_deadline = std::chrono::seconds{parse_int<long>(n, v, 1, 86'400)}; },
+         [](const config& c) { return std::to_string(c.request_deadline.count()); }},
         {"CHAT_LOG_LEVEL", "trace, debug, info, warn, error or off",
          [](config& c, auto n, auto v) { c.log_level = one_of(n, v, {"trace", "debug", "info", "warn", "error", "off"}); },
          [](const config& c) { return c.log_level; }},

@@ -6,6 +6,7 @@
 
 #include <chatkit/clock.hpp>
 #include <chatkit/http.hpp>
+#include <chatkit/middleware.hpp>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -13,6 +14,7 @@
 
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 namespace sample_server {
@@ -44,25 +46,44 @@ public:
     void info(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::info, msg, fields); }
     void error(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::err, msg, fields); }
 
-    // The access log: one line per answered request.
-    void request(const chatkit::http_request& req, const chatkit::http_response& res, double latency_ms) {
-        log(res.status >= 500 ? spdlog::level::err : spdlog::level::info, "request",
+    // The access log: one line per request, once its last byte is out (a stream's line carries
+    // its real usage).
+    void request(const chatkit::http_request& req, const chatkit::response_summary& s) {
+        log(s.status >= 500 ? spdlog::level::err : spdlog::level::info, "request",
             nlohmann::ordered_json{{"request_id", req.request_id},
              {"method", req.method},
              {"path", req.path},
-             {"status", res.status},
-             {"latency_ms", std::round(latency_ms * 1000) / 1000},
-             {"model", res.meta.model},
-             {"prompt_tokens", res.meta.usage.prompt_tokens},
-             {"completion_tokens", res.meta.usage.completion_tokens},
-             {"ttft_ms", std::round(res.meta.time_to_first_token_ms * 1000) / 1000},
-             {"cached", res.meta.cached},
+             {"status", s.status},
+             {"latency_ms", std::round(s.duration_ms * 1000) / 1000},
+             {"model", s.model},
+             {"prompt_tokens", s.usage.prompt_tokens},
+             {"completion_tokens", s.usage.completion_tokens},
+             {"ttft_ms", std::round(s.time_to_first_token_ms * 1000) / 1000},
+             {"cached", s.cached},
+             {"bytes_sent", s.bytes_sent},
+             {"client_left", s.client_left},
              {"remote_addr", req.remote_addr}});
     }
 
 private:
     bool json_;
     std::shared_ptr<spdlog::logger> log_;
+};
+
+// The access log as a middleware: its `finish` runs after the last byte of every request that
+// reached it, whichever adapter carried it.
+class access_log {
+public:
+    access_log() = default;
+    explicit access_log(logger* log) : log_(log) {}
+    std::optional<chatkit::http_response> before(chatkit::http_request&, chatkit::no_context&) { return std::nullopt; }
+    void after(const chatkit::http_request&, chatkit::http_response&, chatkit::no_context&) {}
+    void finish(const chatkit::http_request& req, const chatkit::response_summary& s, chatkit::no_context&) {
+        if (log_) log_->request(req, s);
+    }
+
+private:
+    logger* log_ = nullptr;
 };
 
 } // namespace sample_server

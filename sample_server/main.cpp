@@ -3,10 +3,12 @@
 #include "config.hpp"
 #include "log.hpp"
 
+#include <chatkit/beast_server.hpp>
 #include <chatkit/httplib_server.hpp>
 
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <pthread.h>
 #include <string_view>
 #include <thread>
@@ -30,22 +32,40 @@ int main(int argc, char** argv) {
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGUSR1); // wakes the waiter when the server stops on its own
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
     sample_server::logger log{cfg};
     try {
-        auto service = sample_server::make_service(cfg);
-        chatkit::httplib_options http;
-        http.host = cfg.host;
-        http.port = cfg.port;
-        http.threads = cfg.threads;
-        http.max_body_bytes = cfg.max_body_bytes;
-        http.read_timeout = cfg.read_timeout;
-        http.keep_alive_timeout = cfg.keep_alive_timeout;
-        chatkit::httplib_server server{service, http, [&log](const auto& req, const auto& res, double ms) {
-                                           log.request(req, res, ms);
-                                       }};
-        const int port = server.bind();
+        auto service = sample_server::make_service(cfg, &log);
+        // The requests an adapter answers itself (malformed, over a limit) never reach the service.
+        auto log_refusal = [&log](const chatkit::http_request& req, const chatkit::response_summary& s) { log.request(req, s); };
+        std::optional<chatkit::beast_server<sample_server::app_service>> beast;
+        std::optional<chatkit::httplib_server<sample_server::app_service>> httplib;
+        int port = 0;
+        if (cfg.server == "beast") {
+            chatkit::beast_options http;
+            http.host = cfg.host;
+            http.port = cfg.port;
+            http.loops = cfg.loops;
+            http.workers = cfg.threads;
+            http.max_connections = cfg.max_connections;
+            http.max_body_bytes = cfg.max_body_bytes;
+            http.max_header_bytes = cfg.max_header_bytes;
+            http.read_timeout = cfg.read_timeout;
+            http.keep_alive_timeout = cfg.keep_alive_timeout;
+            http.request_deadline = cfg.request_deadline;
+            port = beast.emplace(service, http, log_refusal).bind();
+        } else {
+            chatkit::httplib_options http;
+            http.host = cfg.host;
+            http.port = cfg.port;
+            http.threads = cfg.threads;
+            http.max_body_bytes = cfg.max_body_bytes;
+            http.read_timeout = cfg.read_timeout;
+            http.keep_alive_timeout = cfg.keep_alive_timeout;
+            port = httplib.emplace(service, http, log_refusal).bind();
+        }
 
         const auto provider = sample_server::chosen_provider(cfg);
         if (provider == "echo")
@@ -57,6 +77,7 @@ int main(int argc, char** argv) {
             log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
         log.info("listening", {{"host", cfg.host},
                                {"port", port},
+                               {"server", cfg.server},
                                {"provider", service.provider().name()},
                                {"model", service.models().front()},
                                {"database", cfg.database_url},
@@ -68,13 +89,15 @@ int main(int argc, char** argv) {
         std::thread signal_waiter([&] {
             int signal = 0;
             sigwait(&stop_signals, &signal);
+            if (signal == SIGUSR1) return; // the server ended on its own: just be joinable
             log.info("stopping: finishing requests in flight", {{"signal", signal == SIGINT ? "SIGINT" : "SIGTERM"}});
-            server.stop();
+            if (beast) beast->stop();
+            else httplib->stop();
         });
-        const bool served = server.listen();
-        if (!served) {
-            pthread_kill(signal_waiter.native_handle(), SIGTERM); // wake the waiter so it can be joined
-        }
+        bool served = true;
+        if (beast) beast->run();
+        else served = httplib->listen();
+        pthread_kill(signal_waiter.native_handle(), SIGUSR1); // wake the waiter if no signal came
         signal_waiter.join();
         log.info("stopped");
         return served ? 0 : 1;

@@ -3,6 +3,7 @@
 
 #include "chatkit/chat.hpp"
 #include "chatkit/health.hpp"
+#include "chatkit/task.hpp"
 
 #include <chrono>
 #include <concepts>
@@ -49,6 +50,7 @@ struct cache_check {
 
 /// The reference model and the stand-in when caching is off: every lookup misses.
 struct no_cache {
+    static constexpr bool nonblocking = true;
     std::optional<completion> get(std::string_view) { return std::nullopt; }
     void put(std::string_view, const completion&, std::chrono::seconds) {}
     component_health health() { return {.ok = true, .detail = "disabled"}; }
@@ -59,6 +61,7 @@ static_assert(cache<no_cache>);
 template <cache... Cs>
 class cache_variant {
 public:
+    static constexpr bool nonblocking = (declared_nonblocking<Cs> && ...);
     template <class C>
         requires(std::same_as<std::remove_cvref_t<C>, Cs> || ...)
     cache_variant(C&& c) : v_(std::forward<C>(c)) {}

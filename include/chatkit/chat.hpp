@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,6 +60,9 @@ struct chat_request {
     bool stream = false;
     bool use_cache = true;  // a client opts out with "cache": false
     std::string request_id{}; // set by the service; a provider forwards it upstream
+    // Requested when the client has left or the request's deadline has passed: a blocking provider
+    // stops waiting on its upstream and returns. Set by the service.
+    std::stop_token stop{};
     // Request fields chatkit does not model (tools, response_format, seed, stop, ...): passed to an
     // upstream that understands them; a provider that cannot honour one refuses the request (400).
     nlohmann::json extensions = nlohmann::json::object();

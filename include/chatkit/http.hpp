@@ -50,7 +50,27 @@ struct response_meta {
     token_usage usage{};
     bool cached = false;
     double time_to_first_token_ms = 0;
+    std::string error_code{}; // an error answer's code ("invalid_value", "upstream_error", ...)
 };
+
+// What a middleware's `finish` learns about a request once its last byte has been sent (or the
+// request was abandoned): the final usage of a stream included.
+struct response_summary {
+    int status = 0;
+    std::string model{};
+    token_usage usage{};
+    bool cached = false;
+    bool streamed = false;
+    std::size_t bytes_sent = 0;        // body bytes handed to the transport
+    double time_to_first_token_ms = 0; // streams: when the first delta was sent; else the latency
+    double duration_ms = 0;            // from the request's arrival to its last byte
+    bool client_left = false;          // the client went away before the answer was complete
+    std::string error_code{};          // the error's code when the answer is (or a stream ended in) an error
+};
+
+// What an adapter calls for the requests it answers itself (malformed HTTP, limits), which never
+// reach the service and its middlewares' `finish`.
+using adapter_log = std::function<void(const http_request&, const response_summary&)>;
 
 // Writes one chunk of a streamed body; false once the client is gone, so the producer stops.
 using chunk_writer = std::function<bool(std::string_view)>;
@@ -85,6 +105,7 @@ struct http_response {
     auto body = to_envelope(e);
     body["request_id"] = request_id;
     auto res = json_response(http_status(e.kind), body);
+    res.meta.error_code = e.code;
     if (e.retry_after_seconds) res.headers["Retry-After"] = std::to_string(*e.retry_after_seconds);
     return res;
 }

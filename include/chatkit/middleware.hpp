@@ -39,6 +39,12 @@ concept middleware_has_after = requires(M& m, const http_request& req, http_resp
 };
 } // namespace detail
 
+/// Whether M declares the optional `finish` hook (requirement 4 below).
+template <class M>
+concept middleware_has_finish = requires(M& m, const http_request& req, const response_summary& s, context_of_t<M>& ctx) {
+    m.finish(req, s, ctx);
+};
+
 /// A Middleware model provides:
 ///   1. optionally a nested `context` type (default-constructible): per-request state, created
 ///      fresh for each request and reachable by type from the request's `request_context`.
@@ -46,7 +52,14 @@ concept middleware_has_after = requires(M& m, const http_request& req, http_resp
 ///      the order the middlewares are listed; it may edit the request, and returning a response
 ///      answers the request at once (the rest of the chain and the route are skipped).
 ///   3. `void after(const http_request&, http_response&, context&)` — runs in reverse order, for
-///      every middleware whose `before` ran, and may decorate the response (headers, ...).
+///      every middleware whose `before` ran, and may decorate the response (headers, ...). It runs
+///      before the headers are sent, so a streamed answer's usage is not known yet.
+///   4. optionally `void finish(const http_request&, const response_summary&, context&)` — runs
+///      exactly once per request for every middleware whose `before` ran, in reverse order, after
+///      the last byte was sent, or once the client left or the answer failed. The summary has the
+///      status, the final usage (of a stream too), bytes sent, time to first token, duration and
+///      whether the client left: what access logs, token limits and budgets need. The context
+///      lives until then.
 /// Threading: one instance serves every request concurrently; per-request state goes in
 /// `context`, shared state must be synchronized by the middleware.
 template <class M>
@@ -89,13 +102,28 @@ public:
     void after(const http_request& req, http_response& res, context& ctx) {
         if (m_) m_->after(req, res, ctx);
     }
+    void finish(const http_request& req, const response_summary& s, context& ctx)
+        requires middleware_has_finish<M>
+    {
+        if (m_) m_->finish(req, s, ctx);
+    }
     [[nodiscard]] bool enabled() const noexcept { return m_.has_value(); }
 
 private:
     std::optional<M> m_;
 };
 
-/// The contexts of one request's middlewares; `get<M>()` reaches the one of middleware M.
+namespace detail {
+template <class M, class... Ms>
+constexpr std::size_t index_of() {
+    std::size_t i = 0;
+    ((std::same_as<M, Ms> ? false : (++i, true)) && ...);
+    return i;
+}
+} // namespace detail
+
+/// The contexts of one request's middlewares; `get<M>()` reaches the one of middleware M. Looked
+/// up by M's position, not by the context's type, so two middlewares may share a context type.
 template <class... Ms>
 class request_context {
 public:
@@ -103,7 +131,7 @@ public:
     context_of_t<M>& get() {
         static_assert((std::same_as<M, Ms> || ...),
                       "chatkit::request_context::get<M>: M is not one of the service's middlewares");
-        return std::get<context_of_t<M>>(contexts_);
+        return std::get<detail::index_of<M, Ms...>()>(contexts_);
     }
     template <std::size_t I>
     auto& at() {

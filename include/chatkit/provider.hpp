@@ -4,6 +4,7 @@
 #include "chatkit/chat.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
+#include "chatkit/task.hpp"
 
 #include <concepts>
 #include <functional>
@@ -18,7 +19,34 @@ namespace chatkit {
 // gone away: the provider should stop generating and return promptly.
 using delta_sink = std::function<bool(std::string_view)>;
 
+// What an asynchronous provider writes its stream's deltas to. `co_await out.write(text)`
+// suspends while the client's socket is full and yields false once the client is gone: stop and
+// return promptly.
+class delta_writer {
+public:
+    class target {
+    public:
+        virtual task<bool> write(std::string_view text) = 0;
+
+    protected:
+        ~target() = default;
+    };
+    explicit delta_writer(target* t) noexcept : t_(t) {}
+    [[nodiscard]] task<bool> write(std::string_view text) const { return t_->write(text); }
+
+private:
+    target* t_;
+};
+
 namespace detail {
+template <class P>
+concept provider_has_async_complete = requires(P& p, chat_request r) {
+    { p.complete(r) } -> std::same_as<task<result<completion>>>;
+};
+template <class P>
+concept provider_has_async_stream = requires(P& p, chat_request r, delta_writer out) {
+    { p.stream(r, out) } -> std::same_as<task<result<completion>>>;
+};
 template <class P>
 concept provider_has_name = requires(const P& p) {
     { p.name() } -> std::convertible_to<std::string_view>;
@@ -54,11 +82,33 @@ concept provider_has_health = requires(P& p) {
 /// Errors: failures are returned as `chatkit::error` values (upstream → 502, timeout → 504, ...),
 /// never thrown. A stream that fails after some deltas returns the error; the service turns it
 /// into an SSE error event.
+///
+/// The asynchronous form replaces 2 and 3 with coroutines that run on the request's event loop
+/// and must never block it (await I/O instead):
+///   2'. `task<result<completion>> complete(chat_request)`
+///   3'. `task<result<completion>> stream(chat_request, delta_writer)` — `co_await out.write(d)`.
+///   Both take their arguments by value (they outlive the caller's expression) and see the
+///   request's stop token through `co_await chatkit::current_stop_token()`.
+/// A blocking provider runs on the service's worker pool and sees the stop token as
+/// `chat_request::stop`: when it is requested (the client left, or the request's deadline passed)
+/// it should close its upstream call and return. One that never blocks may declare
+/// `static constexpr bool nonblocking = true;` to be called on the loop.
 template <class P>
-concept provider = detail::provider_has_name<P> && detail::provider_has_complete<P> &&
-                   detail::provider_has_stream<P> && detail::provider_has_health<P>;
+concept blocking_provider = detail::provider_has_name<P> && detail::provider_has_complete<P> &&
+                            detail::provider_has_stream<P> && detail::provider_has_health<P>;
+template <class P>
+concept async_provider = detail::provider_has_name<P> && detail::provider_has_async_complete<P> &&
+                         detail::provider_has_async_stream<P> && detail::provider_has_health<P>;
+template <class P>
+concept provider = blocking_provider<P> || async_provider<P>;
 
 // Names the first missing member, so a plugin author reads one line instead of a template dump.
+template <class P>
+struct provider_check;
+template <async_provider P>
+struct provider_check<P> {
+    static constexpr bool value = true;
+};
 template <class P>
 struct provider_check {
     static_assert(detail::provider_has_name<P>, "chatkit::provider: missing `std::string_view name() const`");
@@ -74,6 +124,7 @@ struct provider_check {
 /// The reference model: answers every request with an empty completion, instantly. Also the
 /// baseline the benchmarks measure the service's own overhead against.
 struct null_provider {
+    static constexpr bool nonblocking = true;
     std::string_view name() const { return "null"; }
     result<completion> complete(const chat_request& r) { return completion{.model = r.model}; }
     result<completion> stream(const chat_request& r, const delta_sink&) { return complete(r); }
@@ -83,9 +134,11 @@ static_assert(provider<null_provider>);
 
 /// One of several providers, chosen at run time (e.g. from configuration) and still a Provider:
 /// `provider_variant<echo_provider, openai_provider>`.
-template <provider... Ps>
+template <blocking_provider... Ps>
 class provider_variant {
 public:
+    static constexpr bool nonblocking = (declared_nonblocking<Ps> && ...);
+
     template <class P>
         requires(std::same_as<std::remove_cvref_t<P>, Ps> || ...)
     provider_variant(P&& p) : v_(std::forward<P>(p)) {}

@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <random>
+#include <stop_token>
 #include <string>
 #include <thread>
 
@@ -40,10 +42,25 @@ struct retry_policy {
     return std::chrono::milliseconds(static_cast<long>(base * std::uniform_real_distribution<>(0.75, 1.0)(rng)));
 }
 
+// Waits `delay`, or less when `stop` is requested first (the client left, the request's deadline
+// passed). False when it was cut short.
+inline bool wait_unless_stopped(std::chrono::milliseconds delay, const std::stop_token& stop) {
+    if (!stop.stop_possible()) {
+        std::this_thread::sleep_for(delay);
+        return true;
+    }
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock{m};
+    return !cv.wait_for(lock, stop, delay, [] { return false; }) && !stop.stop_requested();
+}
+
 // Calls `attempt()` (returning result<T, upstream_failure>) until it succeeds or must stop; a 429
-// that outlived its retries keeps its Retry-After for the client.
+// that outlived its retries keeps its Retry-After for the client. A stop request ends the wait
+// before a retry at once.
 template <class T, class Attempt>
-result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_clock::time_point deadline, Attempt&& attempt) {
+result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_clock::time_point deadline, Attempt&& attempt,
+                            const std::stop_token& stop = {}) {
     for (int n = 0;; ++n) {
         result<T, upstream_failure> outcome = attempt();
         if (outcome) return std::move(outcome).value();
@@ -56,7 +73,8 @@ result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_cloc
                 f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (delay.count() + 999) / 1000));
             return std::move(f.e);
         }
-        std::this_thread::sleep_for(delay);
+        if (!wait_unless_stopped(delay, stop))
+            return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
     }
 }
 

@@ -6,6 +6,12 @@
 //   POST /v1/chat/completions  the same chat in the OpenAI wire format, for OpenAI clients
 //   GET  /v1/models            the provider's models, OpenAI-style
 // plus any routes the user adds. Adapters feed it requests; it never touches a socket.
+//
+// The request lifecycle: `serve(request, sink)` is a task that runs the middlewares' `before`,
+// routes, runs their `after`, sends the answer through the adapter's sink, and runs their
+// `finish` once the last byte is out (or the client left). Blocking plugins run on the worker pool
+// of the task's environment and the task resumes on the connection's loop; async ones run on the
+// loop. `handle(request)` is the blocking form of the same lifecycle, for simple adapters.
 #pragma once
 
 #include "chatkit/cache.hpp"
@@ -17,8 +23,11 @@
 #include "chatkit/openai_api.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/random_id.hpp"
+#include "chatkit/response_sink.hpp"
 #include "chatkit/sse.hpp"
 #include "chatkit/store.hpp"
+#include "chatkit/task.hpp"
+#include "chatkit/worker_pool.hpp"
 #include "chatkit/version.hpp"
 
 #include <nlohmann/json.hpp>
@@ -27,6 +36,8 @@
 #include <chrono>
 #include <exception>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -65,45 +76,59 @@ public:
         : options_(std::move(options)), provider_(std::move(provider)), store_(std::move(store)),
           cache_(std::move(cache)), middlewares_(std::move(middlewares)...) {}
 
-    // Answers one request. Never throws: an exception escaping a plugin becomes a 500. The
-    // request keeps what the middlewares set on it (its request_id), for the caller's logs.
+    // The entry point: answers one request through the adapter's sink and finishes once the last
+    // byte has been sent (or the client left). Never throws: an exception escaping a plugin
+    // becomes a 500, or an error event once a stream has begun.
+    task<void> serve(http_request req, response_sink* sink) { co_await serve_at(&req, sink); }
+
+    // The blocking form, for adapters without an event loop (cpp-httplib, Lambda) and for tests:
+    // runs the lifecycle on this thread. A streamed answer's body (and then the `finish` hooks)
+    // runs when the adapter calls the response's `stream`. The request keeps what the
+    // middlewares set on it (its request_id), for the caller's logs.
     http_response handle(http_request& req) {
         if (req.request_id.empty()) req.request_id = random_id(); // every answer, even a 429, carries one
-        context ctx;
-        return run_middleware<0>(req, ctx);
+        auto bridge = std::make_shared<blocking_bridge>(&req);
+        auto done = [bridge = bridge.get(), req_id = req.request_id](std::exception_ptr e) {
+            if (e && !bridge->started) bridge->head = error_response({error_kind::internal, "internal error", "internal_error"}, req_id);
+        };
+        start_detached(serve(req, bridge.get()), task_env{}, done);
+        return blocking_bridge::response_of(std::move(bridge));
     }
     http_response handle(http_request&& req) { return handle(req); }
 
-    // Adds a route, matched on the exact path before the built-in ones. Call before serving.
+    // Adds a route, matched on the exact path before the built-in ones. Call before serving. A
+    // handler is plain code: it runs on the worker pool, so it may block.
     void route(std::string method, std::string path, handler h) {
         routes_.push_back({std::move(method), std::move(path), std::move(h)});
     }
 
     // The chat pipeline without HTTP: cache, provider, store. Sets latency, id and cached.
-    result<completion> chat(chat_request req) {
+    task<result<completion>> chat_async(chat_request req) {
         const auto started = std::chrono::steady_clock::now();
         if (req.request_id.empty()) req.request_id = random_id();
+        req.stop = co_await current_stop_token();
         const std::string key = req.use_cache ? cache_key(req) : std::string{};
         std::optional<completion> answer;
         if (req.use_cache) {
-            if ((answer = cache_.get(key))) answer->cached = true;
+            if ((answer = co_await cache_get(key))) answer->cached = true;
         }
         const bool fresh_answer = !answer;
         if (fresh_answer) {
-            auto fresh = provider_.complete(req);
-            if (!fresh) return std::move(fresh).error();
+            auto fresh = co_await provider_complete(&req);
+            if (!fresh) co_return stopped_error(req, std::move(fresh).error());
             answer = std::move(fresh).value();
             fill_defaults(*answer, req);
         }
         answer->id = random_id("chatcmpl-", 24);
         answer->created_at = now_unix_ms();
-        if (auto saved = store_.append(make_exchange(req, *answer)); !saved) return std::move(saved).error();
+        if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) co_return std::move(saved).error();
         // Cached only once acknowledged: a retry after a failed append must not look like a hit.
-        if (fresh_answer && req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
+        if (fresh_answer && req.use_cache) co_await cache_put(key, *answer);
         answer->latency_ms = elapsed_ms(started);
         answer->time_to_first_token_ms = answer->latency_ms;
-        return std::move(*answer);
+        co_return std::move(*answer);
     }
+    result<completion> chat(chat_request req) { return sync_wait(chat_async(std::move(req))); }
 
     // The provider's models: its `models()` when it has one (the first is its default).
     std::vector<std::string> models() {
@@ -127,80 +152,190 @@ private:
         handler fn;
     };
 
-    template <std::size_t I>
-    http_response run_middleware(http_request& req, context& ctx) {
-        if constexpr (I == sizeof...(Ms)) {
-            return dispatch(req, ctx);
-        } else {
-            auto& mw = std::get<I>(middlewares_);
-            auto& mw_ctx = ctx.template at<I>();
-            http_response res;
+    // One request's progress through the sink, for its summary.
+    struct exchange_state {
+        response_sink* sink;
+        std::chrono::steady_clock::time_point started;
+        response_summary summary{};
+
+        // Sends one chunk of a streamed body; false once the client is gone.
+        task<bool> send(std::string chunk) {
+            if (summary.client_left) co_return false;
+            const bool ok = co_await write_chunk(sink, chunk);
+            if (ok) summary.bytes_sent += chunk.size();
+            else summary.client_left = true;
+            co_return ok;
+        }
+        // The same from a blocking producer running without a pool (sinks then complete inline).
+        bool send_now(std::string_view chunk) {
+            if (summary.client_left) return false;
+            const bool ok = write_chunk_now(sink, chunk);
+            if (ok) summary.bytes_sent += chunk.size();
+            else summary.client_left = true;
+            return ok;
+        }
+    };
+
+    // What a route answers: the response, and for a stream the task that produces its body once
+    // the headers are out (lazy, so it has not started yet).
+    struct routed {
+        http_response res;
+        std::optional<task<void>> body{};
+    };
+
+    task<void> serve_at(http_request* req, response_sink* sink) {
+        exchange_state st{sink, std::chrono::steady_clock::now()};
+        if (req->request_id.empty()) req->request_id = random_id();
+        context ctx;
+        std::size_t ran = 0; // middlewares whose before() ran: they get after() and finish()
+        std::optional<http_response> res = run_before<0>(*req, ctx, ran);
+        std::optional<task<void>> body;
+        if (!res) {
             try {
-                if (auto early = mw.before(req, mw_ctx)) res = std::move(*early);
-                else res = run_middleware<I + 1>(req, ctx);
-                mw.after(req, res, mw_ctx);
+                routed r = co_await dispatch(req, &ctx, &st);
+                res = std::move(r.res);
+                body = std::move(r.body);
             } catch (const std::exception&) {
-                res = internal_error(req);
+                res = internal_error(*req);
             }
-            return res;
+        }
+        run_after<sizeof...(Ms)>(*req, *res, ctx, ran);
+
+        auto& sum = st.summary;
+        sum.status = res->status;
+        sum.streamed = body.has_value() || res->is_stream();
+        sum.model = res->meta.model;
+        sum.usage = res->meta.usage;
+        sum.cached = res->meta.cached;
+        sum.time_to_first_token_ms = res->meta.time_to_first_token_ms;
+        sum.error_code = res->meta.error_code;
+        if (!co_await start_response(sink, *req, *res, sum.streamed)) {
+            sum.client_left = true;
+        } else if (!sum.streamed) {
+            sum.bytes_sent = res->body.size();
+        } else {
+            if (body) co_await std::move(*body);
+            else co_await legacy_stream(&*res, &st);
+            if (!sum.client_left && !co_await end_response(sink)) sum.client_left = true;
+        }
+        if (sink->peer_closed()) sum.client_left = true;
+        sum.duration_ms = elapsed_ms(st.started);
+        run_finish<sizeof...(Ms)>(*req, sum, ctx, ran);
+        sink->finished(sum);
+    }
+
+    template <std::size_t I>
+    std::optional<http_response> run_before(http_request& req, context& ctx, std::size_t& ran) {
+        if constexpr (I == sizeof...(Ms)) {
+            return std::nullopt;
+        } else {
+            ran = I + 1;
+            try {
+                if (auto early = std::get<I>(middlewares_).before(req, ctx.template at<I>())) return early;
+            } catch (const std::exception&) {
+                return internal_error(req);
+            }
+            return run_before<I + 1>(req, ctx, ran);
         }
     }
 
-    http_response dispatch(http_request& req, context& ctx) {
-        try {
-            for (auto& r : routes_)
-                if (r.path == req.path && r.method == req.method) return r.fn(req, ctx);
-            if (req.path == "/chat") return req.method == "POST" ? handle_chat(req) : wrong_method(req, "POST");
-            if (req.path == "/health") return is_get(req) ? handle_health() : wrong_method(req, "GET");
-            if (req.path == "/v1/chat/completions")
-                return req.method == "POST" ? handle_openai_chat(req) : wrong_method(req, "POST");
-            if (req.path == "/v1/models")
-                return is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name()))
-                                   : wrong_method(req, "GET");
-            if (req.path.starts_with("/history/")) {
-                const std::string_view user_id = std::string_view{req.path}.substr(9);
-                if (user_id.empty() || user_id.find('/') != std::string_view::npos) return not_found(req);
-                return is_get(req) ? handle_history(req, user_id) : wrong_method(req, "GET");
+    template <std::size_t I>
+    void run_after(const http_request& req, http_response& res, context& ctx, std::size_t ran) {
+        if constexpr (I > 0) {
+            if (I <= ran) {
+                try {
+                    std::get<I - 1>(middlewares_).after(req, res, ctx.template at<I - 1>());
+                } catch (const std::exception&) {
+                    res = internal_error(req);
+                }
             }
-            return not_found(req);
-        } catch (const std::exception&) {
-            return internal_error(req);
+            run_after<I - 1>(req, res, ctx, ran);
         }
     }
 
-    http_response handle_chat(http_request& req) {
+    template <std::size_t I>
+    void run_finish(const http_request& req, const response_summary& sum, context& ctx, std::size_t ran) {
+        if constexpr (I > 0) {
+            using M = std::tuple_element_t<I - 1, std::tuple<Ms...>>;
+            if constexpr (middleware_has_finish<M>) {
+                if (I <= ran) {
+                    try {
+                        std::get<I - 1>(middlewares_).finish(req, sum, ctx.template at<I - 1>());
+                    } catch (const std::exception&) {
+                        // the answer is out: nothing is left to tell the client
+                    }
+                }
+            }
+            run_finish<I - 1>(req, sum, ctx, ran);
+        }
+    }
+
+    task<routed> dispatch(http_request* req_ptr, context* ctx, exchange_state* st) {
+        http_request& req = *req_ptr;
+        for (auto& r : routes_)
+            if (r.path == req.path && r.method == req.method) {
+                auto call = [&r, &req, ctx] { return r.fn(req, *ctx); };
+                auto res = co_await run_blocking(call); // GCC 12: no co_await inside a braced initializer
+                co_return routed{std::move(res)};
+            }
+        if (req.path == "/chat") {
+            if (req.method == "POST") co_return co_await handle_chat(req_ptr, st);
+            co_return routed{wrong_method(req, "POST")};
+        }
+        if (req.path == "/health") co_return routed{is_get(req) ? handle_health() : wrong_method(req, "GET")};
+        if (req.path == "/v1/chat/completions") {
+            if (req.method == "POST") co_return co_await handle_openai_chat(req_ptr, st);
+            co_return routed{wrong_method(req, "POST")};
+        }
+        if (req.path == "/v1/models")
+            co_return routed{is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name()))
+                                         : wrong_method(req, "GET")};
+        if (req.path.starts_with("/history/")) {
+            const std::string_view user_id = std::string_view{req.path}.substr(9);
+            if (user_id.empty() || user_id.find('/') != std::string_view::npos) co_return routed{not_found(req)};
+            if (!is_get(req)) co_return routed{wrong_method(req, "GET")};
+            auto res = co_await handle_history(req_ptr);
+            co_return routed{std::move(res)};
+        }
+        co_return routed{not_found(req)};
+    }
+
+    task<routed> handle_chat(http_request* req_ptr, exchange_state* st) {
+        const http_request& req = *req_ptr;
         auto parsed = parse_body(req);
-        if (!parsed) return error_response(parsed.error(), req.request_id);
+        if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
         auto chat_req = parse_chat_request(*parsed, options_.limits);
-        if (!chat_req) return error_response(chat_req.error(), req.request_id);
+        if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
-        if (chat_req->stream) return stream_answer(std::move(*chat_req), chatkit_framing{});
+        if (chat_req->stream) co_return stream_answer(std::move(*chat_req), chatkit_framing{}, st);
 
-        auto answer = chat(std::move(*chat_req));
-        if (!answer) return error_response(answer.error(), req.request_id);
+        auto answer = co_await chat_async(std::move(*chat_req));
+        if (!answer) co_return routed{error_response(answer.error(), req.request_id)};
         auto res = json_response(200, answer_json(*answer, req.request_id));
         res.meta = meta_of(*answer);
-        return res;
+        co_return routed{std::move(res)};
     }
 
-    http_response handle_openai_chat(http_request& req) {
+    task<routed> handle_openai_chat(http_request* req_ptr, exchange_state* st) {
+        const http_request& req = *req_ptr;
         auto parsed = parse_body(req);
-        if (!parsed) return error_response(parsed.error(), req.request_id);
+        if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
         auto chat_req = openai_api::parse_request(*parsed, options_.limits);
-        if (!chat_req) return error_response(chat_req.error(), req.request_id);
+        if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
         if (chat_req->stream) {
             const auto model = chat_req->model.empty() ? models().front() : chat_req->model;
-            return stream_answer(std::move(*chat_req),
-                                 openai_framing{openai_api::chunk_writer{random_id("chatcmpl-", 24), model, now_unix_ms()},
-                                                openai_api::wants_stream_usage(*parsed)});
+            co_return stream_answer(std::move(*chat_req),
+                                    openai_framing{openai_api::chunk_writer{random_id("chatcmpl-", 24), model, now_unix_ms()},
+                                                   openai_api::wants_stream_usage(*parsed)},
+                                    st);
         }
-        auto answer = chat(std::move(*chat_req));
-        if (!answer) return error_response(answer.error(), req.request_id);
+        auto answer = co_await chat_async(std::move(*chat_req));
+        if (!answer) co_return routed{error_response(answer.error(), req.request_id)};
         auto res = json_response(200, openai_api::completion_object(*answer));
         res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
         res.meta = meta_of(*answer);
-        return res;
+        co_return routed{std::move(res)};
     }
 
     // chatkit's own stream: `event: delta` per text delta, then `event: done` carrying the same
@@ -234,67 +369,270 @@ private:
         }
     };
 
-    // The streamed form of chat(): cache, provider stream, durable store, then the closing event.
-    // A failure after the first byte can only be reported in the stream, never as a status.
     template <class Framing>
-    http_response stream_answer(chat_request req, Framing framing) {
-        const std::string req_id_for_errors = req.request_id;
+    routed stream_answer(chat_request req, Framing framing, exchange_state* st) {
         http_response res;
         res.headers.emplace("Content-Type", "text/event-stream");
         res.headers.emplace("Cache-Control", "no-cache");
         res.headers.emplace("X-Accel-Buffering", "no"); // keep reverse proxies from buffering the stream
-        res.stream = [this, req = std::move(req), framing = std::move(framing)](const chunk_writer& write,
-                                                                                  response_meta& meta) mutable {
-            const auto started = std::chrono::steady_clock::now();
-            double first_token_ms = -1;
-            auto send_delta = [&](std::string_view text) {
-                if (first_token_ms < 0) first_token_ms = elapsed_ms(started);
-                return write(framing.delta(text));
-            };
-
-            const std::string key = req.use_cache ? cache_key(req) : std::string{};
-            std::optional<completion> answer;
-            bool fresh_answer = false;
-            if (req.use_cache && (answer = cache_.get(key))) {
-                answer->cached = true;
-                if (!send_delta(answer->content)) return;
-            } else {
-                bool client_gone = false;
-                auto streamed = provider_.stream(req, [&](std::string_view delta) {
-                    return !(client_gone = !send_delta(delta));
-                });
-                if (client_gone) return; // an unacknowledged, partial reply is neither stored nor cached
-                if (!streamed) return void(write(framing.failure(streamed.error(), req.request_id)));
-                answer = std::move(streamed).value();
-                fill_defaults(*answer, req);
-                fresh_answer = true;
-            }
-            answer->id = framing.id;
-            answer->created_at = now_unix_ms();
-            answer->time_to_first_token_ms = std::max(first_token_ms, 0.0);
-            meta = meta_of(*answer);
-            if (auto saved = store_.append(make_exchange(req, *answer)); !saved)
-                return void(write(framing.failure(saved.error(), req.request_id)));
-            if (fresh_answer && req.use_cache) cache_.put(key, *answer, options_.cache_ttl);
-            answer->latency_ms = elapsed_ms(started);
-            write(framing.done(*answer, req.request_id));
-        };
-        // The body runs after handle() has returned: an exception escaping a plugin there ends the
-        // stream with an error event instead of reaching the adapter's thread.
-        res.stream = [run = std::move(res.stream), request_id = req_id_for_errors](const chunk_writer& write, response_meta& meta) {
-            try {
-                run(write, meta);
-            } catch (const std::exception&) {
-                write(Framing::internal_failure(request_id));
-            }
-        };
-        return res;
+        return routed{std::move(res), stream_body(std::move(req), std::move(framing), st)};
     }
 
-    http_response handle_history(const http_request& req, std::string_view user_id) {
+    // Frames a stream's deltas, notes the first one's time, and sends them: what an async
+    // provider writes to, and what a blocking one's deltas pass through.
+    template <class Framing>
+    struct delta_framer final : delta_writer::target {
+        exchange_state* st;
+        Framing* framing;
+        std::chrono::steady_clock::time_point started;
+        double first_token_ms = -1;
+
+        std::string frame(std::string_view text) {
+            if (first_token_ms < 0) first_token_ms = elapsed_ms(started);
+            return framing->delta(text);
+        }
+        task<bool> write(std::string_view text) override { return st->send(frame(text)); }
+        bool write_now(std::string_view text) { return st->send_now(frame(text)); }
+    };
+
+    // The streamed form of chat(): cache, provider stream, durable store, then the closing event.
+    // A failure after the first byte can only be reported in the stream, never as a status.
+    template <class Framing>
+    task<void> stream_body(chat_request req, Framing framing, exchange_state* st) {
+        bool failed = false;
+        try {
+            co_await stream_chat(&req, &framing, st);
+        } catch (const std::exception&) {
+            failed = true; // a plugin threw: end the stream with an error event
+        }
+        if (failed) {
+            st->summary.error_code = "internal_error";
+            co_await st->send(Framing::internal_failure(req.request_id));
+        }
+    }
+
+    template <class Framing>
+    task<void> stream_chat(chat_request* req_ptr, Framing* framing, exchange_state* st) {
+        chat_request& req = *req_ptr;
+        req.stop = co_await current_stop_token();
+        delta_framer<Framing> out;
+        out.st = st;
+        out.framing = framing;
+        out.started = std::chrono::steady_clock::now();
+
+        const std::string key = req.use_cache ? cache_key(req) : std::string{};
+        std::optional<completion> answer;
+        bool fresh_answer = false;
+        if (req.use_cache && (answer = co_await cache_get(key))) {
+            answer->cached = true;
+            if (!co_await out.write(answer->content)) co_return;
+        } else {
+            auto streamed = co_await provider_stream(req_ptr, &out);
+            if (st->summary.client_left) co_return; // an unacknowledged, partial reply is neither stored nor cached
+            if (!streamed) {
+                auto e = stopped_error(req, std::move(streamed).error());
+                st->summary.error_code = e.code;
+                co_await st->send(framing->failure(e, req.request_id));
+                co_return;
+            }
+            answer = std::move(streamed).value();
+            fill_defaults(*answer, req);
+            fresh_answer = true;
+        }
+        answer->id = framing->id;
+        answer->created_at = now_unix_ms();
+        answer->time_to_first_token_ms = std::max(out.first_token_ms, 0.0);
+        auto& sum = st->summary;
+        sum.model = answer->model;
+        sum.usage = answer->usage;
+        sum.cached = answer->cached;
+        sum.time_to_first_token_ms = answer->time_to_first_token_ms;
+        if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) {
+            sum.error_code = saved.error().code;
+            co_await st->send(framing->failure(saved.error(), req.request_id));
+            co_return;
+        }
+        if (fresh_answer && req.use_cache) co_await cache_put(key, *answer);
+        answer->latency_ms = elapsed_ms(out.started);
+        co_await st->send(framing->done(*answer, req.request_id));
+    }
+
+    // A route's body in the older form, a blocking `stream(write, meta)` callback: run on the pool
+    // with its chunks carried to the loop, or inline without a pool.
+    task<void> legacy_stream(http_response* res, exchange_state* st) {
+        const auto env = co_await current_env();
+        if (!env.pool) {
+            const chunk_writer write = [st](std::string_view chunk) { return st->send_now(chunk); };
+            res->stream(write, res->meta);
+        } else {
+            auto produce = [res](blocking_channel& ch) {
+                const chunk_writer write = [&ch](std::string_view chunk) { return ch.put(chunk); };
+                res->stream(write, res->meta);
+                return true;
+            };
+            blocking_producer<decltype(produce)> job{produce, env.pool};
+            while (auto chunk = co_await job.channel().next()) {
+                const bool ok = co_await st->send(std::string{*chunk});
+                job.channel().ack(ok);
+            }
+            co_await job;
+        }
+        st->summary.model = res->meta.model;
+        st->summary.usage = res->meta.usage;
+        st->summary.cached = res->meta.cached;
+        st->summary.time_to_first_token_ms = res->meta.time_to_first_token_ms;
+    }
+
+    // The plugins' calls, by form: an async plugin is awaited on the loop; a blocking one runs
+    // on the worker pool (inline when it declares itself nonblocking, or without a pool).
+    task<result<completion>> provider_complete(const chat_request* req) {
+        if constexpr (async_provider<P>) {
+            co_return co_await provider_.complete(*req);
+        } else if constexpr (declared_nonblocking<P>) {
+            co_return provider_.complete(*req);
+        } else {
+            auto call = [this, req] { return provider_.complete(*req); };
+            co_return co_await run_blocking(call);
+        }
+    }
+
+    template <class Framing>
+    task<result<completion>> provider_stream(const chat_request* req, delta_framer<Framing>* out) {
+        if constexpr (async_provider<P>) {
+            co_return co_await provider_.stream(*req, delta_writer{out});
+        } else {
+            const auto env = co_await current_env();
+            if (!env.pool) {
+                const delta_sink sink = [out](std::string_view d) { return out->write_now(d); };
+                co_return provider_.stream(*req, sink);
+            }
+            // The provider runs on a worker; each delta crosses to the loop, is written, and the
+            // worker waits for the outcome: backpressure, and `false` once the client is gone.
+            auto produce = [this, req](blocking_channel& ch) {
+                const delta_sink sink = [&ch](std::string_view d) { return ch.put(d); };
+                return provider_.stream(*req, sink);
+            };
+            blocking_producer<decltype(produce)> job{produce, env.pool};
+            while (auto delta = co_await job.channel().next()) {
+                const bool ok = co_await out->write(*delta);
+                job.channel().ack(ok);
+            }
+            co_return co_await job;
+        }
+    }
+
+    task<std::optional<completion>> cache_get(std::string key) {
+        if constexpr (declared_nonblocking<C>) {
+            co_return cache_.get(key);
+        } else {
+            auto call = [this, &key] { return cache_.get(key); };
+            co_return co_await run_blocking(call);
+        }
+    }
+
+    task<void> cache_put(std::string key, completion value) {
+        if constexpr (declared_nonblocking<C>) {
+            cache_.put(key, value, options_.cache_ttl);
+        } else {
+            auto call = [this, &key, &value] { cache_.put(key, value, options_.cache_ttl); };
+            co_await run_blocking(call);
+        }
+    }
+
+    // A durable append (an fsync) never runs on a loop thread, unless the store says it cannot block.
+    task<result<void>> store_append(exchange e) {
+        if constexpr (declared_nonblocking<S>) {
+            co_return store_.append(e);
+        } else {
+            auto call = [this, &e] { return store_.append(e); };
+            co_return co_await run_blocking(call);
+        }
+    }
+
+    task<result<history_page>> store_history(history_query q) {
+        if constexpr (declared_nonblocking<S>) {
+            co_return store_.history(q);
+        } else {
+            auto call = [this, &q] { return store_.history(q); };
+            co_return co_await run_blocking(call);
+        }
+    }
+
+    // A provider's failure once the request was stopped is reported as what stopped it.
+    static error stopped_error(const chat_request& req, error e) {
+        if (req.stop.stop_requested() && e.kind != error_kind::timeout)
+            return {error_kind::timeout, "the request was cancelled before the provider answered", "request_cancelled"};
+        return e;
+    }
+
+    // The blocking adapter's sink: the head is taken during handle(); a streamed body runs when
+    // the adapter calls the response's `stream`, its chunks written through the adapter's writer.
+    class blocking_bridge final : public response_sink {
+    public:
+        explicit blocking_bridge(http_request* caller) : caller_(caller) {}
+        blocking_bridge(const blocking_bridge&) = delete;
+        blocking_bridge& operator=(const blocking_bridge&) = delete;
+        // A stream the adapter never ran: the client is treated as gone, so the request finishes.
+        ~blocking_bridge() {
+            gone_ = true;
+            if (auto p = std::exchange(pending_, std::nullopt)) (*p)(false);
+        }
+
+        void start(const http_request& req, const http_response& res, bool streamed, callback done) override {
+            started = true;
+            if (caller_) { // what the middlewares set on the request, back to handle()'s caller
+                caller_->request_id = req.request_id;
+                caller_->headers = req.headers;
+                caller_ = nullptr;
+            }
+            head = res;
+            head.stream = nullptr;
+            if (!streamed) return done(true);
+            streaming_ = true;
+            pending_ = done;
+        }
+        void write(std::string_view chunk, callback done) override {
+            if (!gone_ && !(writer_ && (*writer_)(chunk))) gone_ = true;
+            done(!gone_);
+        }
+        void end(callback done) override { done(!gone_); }
+        void finished(const response_summary& s) noexcept override {
+            head.meta.model = s.model;
+            head.meta.usage = s.usage;
+            head.meta.cached = s.cached;
+            head.meta.time_to_first_token_ms = s.time_to_first_token_ms;
+            head.meta.error_code = s.error_code;
+        }
+
+        static http_response response_of(std::shared_ptr<blocking_bridge> self) {
+            http_response res = self->head;
+            if (self->streaming_) {
+                res.stream = [self](const chunk_writer& write, response_meta& meta) {
+                    self->writer_ = &write;
+                    if (auto p = std::exchange(self->pending_, std::nullopt)) (*p)(true); // the body runs here
+                    self->writer_ = nullptr;
+                    meta = self->head.meta;
+                };
+            }
+            return res;
+        }
+
+        bool started = false;
+        http_response head{};
+
+    private:
+        http_request* caller_;
+        bool streaming_ = false, gone_ = false;
+        std::optional<callback> pending_{};
+        const chunk_writer* writer_ = nullptr;
+    };
+
+    task<http_response> handle_history(const http_request* req_ptr) {
+        const http_request& req = *req_ptr;
+        const std::string_view user_id = std::string_view{req.path}.substr(9);
         const auto& limits = options_.limits;
         if (user_id.size() > limits.max_user_id_bytes || detail::has_control_characters(user_id))
-            return error_response(detail::invalid("user_id must be 1 to " + std::to_string(limits.max_user_id_bytes) +
+            co_return error_response(detail::invalid("user_id must be 1 to " + std::to_string(limits.max_user_id_bytes) +
                                                       " bytes without control characters",
                                                   "user_id"),
                                   req.request_id);
@@ -304,7 +642,7 @@ private:
             const auto& s = it->second;
             auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
             if (ec != std::errc{} || end != s.data() + s.size() || n < 1 || n > options_.history_max_limit)
-                return error_response(detail::invalid("'limit' must be an integer from 1 to " +
+                co_return error_response(detail::invalid("'limit' must be an integer from 1 to " +
                                                           std::to_string(options_.history_max_limit),
                                                       "limit"),
                                       req.request_id);
@@ -312,11 +650,16 @@ private:
         }
         if (auto it = req.query.find("before"); it != req.query.end()) query.before = it->second;
 
-        auto page = store_.history(query);
-        if (!page) return error_response(page.error(), req.request_id);
-        return json_response(200, {{"user_id", query.user_id},
-                                   {"messages", page->messages},
-                                   {"next_cursor", page->next_cursor ? nlohmann::json(*page->next_cursor) : nullptr}});
+        auto page = co_await store_history(std::move(query));
+        if (!page) co_return error_response(page.error(), req.request_id);
+        co_return history_response(user_id, *page);
+    }
+
+    // Outside the coroutine: GCC 12 destroys a braced json initializer list in a coroutine twice.
+    static http_response history_response(std::string_view user_id, const history_page& page) {
+        return json_response(200, {{"user_id", user_id},
+                                   {"messages", page.messages},
+                                   {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nullptr}});
     }
 
     http_response handle_health() {

@@ -5,6 +5,7 @@
 #include "chatkit/clock.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
+#include "chatkit/task.hpp"
 
 #include <concepts>
 #include <optional>
@@ -92,6 +93,7 @@ struct store_check {
 
 /// The reference model and the stand-in when history is off: keeps nothing.
 struct no_store {
+    static constexpr bool nonblocking = true;
     result<void> append(const exchange&) { return {}; }
     result<history_page> history(const history_query&) { return history_page{}; }
     component_health health() { return {.ok = true, .detail = "disabled"}; }
@@ -102,6 +104,7 @@ static_assert(store<no_store>);
 template <store... Ss>
 class store_variant {
 public:
+    static constexpr bool nonblocking = (declared_nonblocking<Ss> && ...);
     template <class S>
         requires(std::same_as<std::remove_cvref_t<S>, Ss> || ...)
     store_variant(S&& s) : v_(std::forward<S>(s)) {}

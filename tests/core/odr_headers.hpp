@@ -4,6 +4,7 @@
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/eventstream.hpp>
 #include <chatkit/aws/sigv4.hpp>
+#include <chatkit/beast_server.hpp>
 #include <chatkit/bedrock_provider.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/httplib_client_pool.hpp>

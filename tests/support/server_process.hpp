@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -88,6 +89,9 @@ public:
                                                 {"CHAT_RATE_LIMIT", "off"},
                                                 {"CHAT_THREADS", "16"}};
         for (auto& [k, v] : env) full[k] = v;
+        // CHATKIT_TEST_SERVER (httplib or beast) picks the HTTP adapter for tests that do not name one.
+        if (const char* adapter = std::getenv("CHATKIT_TEST_SERVER"); adapter && !full.contains("CHAT_SERVER"))
+            full["CHAT_SERVER"] = adapter;
         log_path_ = dir_.path() / "server.log";
         pid_ = fork();
         if (pid_ == 0) {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string_view>
 #include <mutex>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -55,15 +56,17 @@ public:
         httplib::Headers headers{};
         std::string body{};                     // a non-200 body, or a 200 body when not streamed
         bool past_deadline = false;
+        bool cancelled = false;                 // the stop token was requested during the exchange
         std::chrono::steady_clock::duration took{};
     };
 
     // Sends `req` on a borrowed connection. With `on_chunk`, a 200 body goes to it piece by piece
     // (it returns false to stop reading); otherwise it is kept whole, up to `max_body` bytes. The
-    // connection is reused only when the exchange ended cleanly and `keep` agrees.
+    // connection is reused only when the exchange ended cleanly and `keep` agrees. A stop request
+    // shuts the connection down at once, even while it waits for the first byte.
     template <class OnChunk>
     exchange send(httplib::Request& req, std::chrono::steady_clock::time_point deadline, OnChunk&& on_chunk,
-                  bool stream_200, std::size_t max_body = 64u << 20) {
+                  bool stream_200, std::size_t max_body = 64u << 20, const std::stop_token& stop = {}) {
         exchange out;
         bool stopped = false;
         req.response_handler = [&](const httplib::Response& res) {
@@ -82,9 +85,16 @@ public:
         const auto started = std::chrono::steady_clock::now();
         auto conn = borrow();
         httplib::Response res;
-        out.sent = conn->send(req, res, out.error);
+        {
+            // httplib::Client::stop() shuts the socket down under its own lock: the blocked read
+            // returns and send() fails, so the upstream sees its connection closed promptly.
+            httplib::Client* client = &*conn;
+            std::stop_callback on_stop{stop, [client] { client->stop(); }};
+            out.sent = conn->send(req, res, out.error);
+            out.cancelled = stop.stop_requested();
+        }
         out.took = std::chrono::steady_clock::now() - started;
-        if (!out.sent || stopped) conn.discard(); // a half-read connection cannot carry another request
+        if (!out.sent || stopped || out.cancelled) conn.discard(); // a half-read connection cannot carry another request
         return out;
     }
     [[nodiscard]] const std::string& origin() const noexcept { return origin_; }

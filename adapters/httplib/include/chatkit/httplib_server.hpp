@@ -29,13 +29,12 @@ struct httplib_options {
     std::size_t keep_alive_max_requests = 10000;
 };
 
-// Called once per answered request, after a streamed body has been fully sent.
-using access_logger = std::function<void(const http_request&, const http_response&, double latency_ms)>;
-
 template <class Service>
 class httplib_server {
 public:
-    httplib_server(Service& service, httplib_options options, access_logger log = {})
+    // `log` hears of the requests httplib answers itself (malformed, too large); the service's
+    // own are seen by its middlewares' `finish`.
+    httplib_server(Service& service, httplib_options options, adapter_log log = {})
         : service_(service), options_(std::move(options)), log_(std::move(log)) {
         configure();
     }
@@ -97,13 +96,19 @@ private:
             answer.headers["X-Request-ID"] = neutral.request_id;
             write_headers(answer, res);
             res.set_content(answer.body, "application/json");
-            if (log_) log_(neutral, answer, elapsed_ms(started));
+            if (log_) {
+                response_summary s;
+                s.status = answer.status;
+                s.error_code = e.code;
+                s.bytes_sent = answer.body.size();
+                s.duration_ms = elapsed_ms(started);
+                log_(neutral, s);
+            }
             return httplib::Server::HandlerResponse::Handled;
         }});
     }
 
     void serve(const httplib::Request& req, httplib::Response& res) {
-        const auto started = std::chrono::steady_clock::now();
         auto neutral = to_neutral(req);
         auto answer = std::make_shared<http_response>(service_.handle(neutral));
         res.status = answer->status;
@@ -111,20 +116,15 @@ private:
         if (!answer->is_stream()) {
             const auto type = answer->headers.find("Content-Type");
             res.set_content(answer->body, type == answer->headers.end() ? "application/json" : type->second.c_str());
-            if (log_) log_(neutral, *answer, elapsed_ms(started));
             return;
         }
-        std::string{}.swap(neutral.body); // the stream outlives the handler: keep no copy of the body
-        res.set_chunked_content_provider(
-            "text/event-stream",
-            [this, answer, neutral = std::move(neutral), started](std::size_t, httplib::DataSink& sink) {
-                answer->stream(
-                    [&sink](std::string_view chunk) { return sink.is_writable() && sink.write(chunk.data(), chunk.size()); },
-                    answer->meta);
-                sink.done();
-                if (log_) log_(neutral, *answer, elapsed_ms(started));
-                return true;
-            });
+        // The body (and then the middlewares' `finish`) runs when httplib asks for it.
+        res.set_chunked_content_provider("text/event-stream", [answer](std::size_t, httplib::DataSink& sink) {
+            answer->stream([&sink](std::string_view chunk) { return sink.is_writable() && sink.write(chunk.data(), chunk.size()); },
+                           answer->meta);
+            sink.done();
+            return true;
+        });
     }
 
     static void write_headers(const http_response& from, httplib::Response& to) {
@@ -152,7 +152,7 @@ private:
 
     Service& service_;
     httplib_options options_;
-    access_logger log_;
+    adapter_log log_;
     tuned_server server_;
     int port_ = -1;
 };

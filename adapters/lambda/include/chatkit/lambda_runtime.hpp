@@ -5,7 +5,6 @@
 #pragma once
 
 #include "chatkit/http.hpp"
-#include "chatkit/httplib_server.hpp" // access_logger
 
 #include <httplib.h>
 #include <openssl/evp.h>
@@ -145,8 +144,9 @@ inline bool report_init_error(std::string_view runtime_api, std::string_view typ
 template <class Service>
 class lambda_runtime {
 public:
-    lambda_runtime(Service& service, lambda_options options = {}, access_logger log = {}, lambda_error_logger on_error = {})
-        : service_(service), options_(std::move(options)), log_(std::move(log)), on_error_(std::move(on_error)),
+    // Each request is logged by the service's middlewares (`finish`), as behind any adapter.
+    lambda_runtime(Service& service, lambda_options options = {}, lambda_error_logger on_error = {})
+        : service_(service), options_(std::move(options)), on_error_(std::move(on_error)),
           client_("http://" + runtime_api(options_)) {
         // No timeout on the long poll of /next: Lambda freezes an idle sandbox (§5.2).
         client_.set_read_timeout(365 * 24 * 3600, 0);
@@ -198,7 +198,6 @@ private:
 
     // One invocation; false only on a fatal Runtime API answer.
     bool invoke(const std::string& id, const std::string& event_text) {
-        const auto started = std::chrono::steady_clock::now();
         std::optional<http_request> req;
         try {
             const auto event = nlohmann::json::parse(event_text, nullptr, false);
@@ -208,9 +207,7 @@ private:
             http_response res = service_.handle(*req);
             const bool streaming =
                 options_.function_url == function_url_mode::response_stream && lambda::from_function_url(event);
-            const bool ok = streaming ? post_stream(id, res) : post_buffered(id, res);
-            if (log_) log_(*req, res, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
-            return ok;
+            return streaming ? post_stream(id, res) : post_buffered(id, res);
         } catch (const std::exception& e) {
             return post_error(id, "Function.Unhandled", e.what());
         }
@@ -272,7 +269,6 @@ private:
 
     Service& service_;
     lambda_options options_;
-    access_logger log_;
     lambda_error_logger on_error_;
     httplib::Client client_;
 };

@@ -220,7 +220,7 @@ private:
         const auto deadline = clock::now() + shared_->options.deadline;
         auto answer = call_with_retries<completion>(
             retry_policy{.max_retries = shared_->options.max_retries}, deadline,
-            [&] { return attempt_once(model_id, payload, sink, deadline); });
+            [&] { return attempt_once(model_id, payload, sink, deadline, r.stop); }, r.stop);
         shared_->health.record(answer);
         if (answer) answer->model = r.model.empty() ? shared_->options.model : r.model;
         return answer;
@@ -317,7 +317,7 @@ private:
     }
 
     result<completion, upstream_failure> attempt_once(const std::string& model_id, const std::string& payload, const delta_sink* sink,
-                                                      clock::time_point deadline) {
+                                                      clock::time_point deadline, const std::stop_token& stop) {
         auto& s = *shared_;
         httplib::Request req;
         req.method = "POST";
@@ -349,9 +349,12 @@ private:
                 if (auto fed = decoder.feed(chunk, reader); !fed) corrupt = fed.error();
                 return !corrupt && !reader.failed && !reader.client_gone;
             },
-            sink != nullptr);
+            sink != nullptr, 64u << 20, stop);
 
         if (reader.client_gone) return std::move(reader.c);
+        if (x.cancelled)
+            return upstream_failure{{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"},
+                                    false, {}, reader.delivered};
         if (x.past_deadline)
             return upstream_failure{{error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
         if (corrupt) return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + corrupt->message, "upstream_malformed"}, !reader.delivered, {}, reader.delivered};

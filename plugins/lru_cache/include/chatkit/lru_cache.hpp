@@ -32,6 +32,8 @@ public:
     // What an entry costs beyond its strings: the list and hash nodes and the completion's fixed
     // fields (about 270 bytes with libstdc++). A round figure, so a budget means the same everywhere.
     static constexpr std::size_t entry_overhead = 256;
+    // In memory, held for a map lookup: cheaper on the loop than a hop to the worker pool.
+    static constexpr bool nonblocking = true;
 
     explicit lru_cache(lru_cache_options options = {}) : options_(options), state_(std::make_unique<state>()) {}
     // A moved-from cache may only be destroyed or assigned to.

@@ -108,8 +108,9 @@ private:
             shared_->health.record(true, key.error().message); // only an operator can fix a missing key
             return std::move(key).error();
         }
-        auto answer = call_with_retries<completion>(retry_policy{.max_retries = o.max_retries}, deadline,
-                                                    [&] { return attempt_once(r, body, sink, deadline, *key); });
+        auto answer = call_with_retries<completion>(
+            retry_policy{.max_retries = o.max_retries}, deadline, [&] { return attempt_once(r, body, sink, deadline, *key); },
+            r.stop);
         shared_->health.record(answer);
         return answer;
     }
@@ -221,7 +222,10 @@ private:
                 parser.feed(chunk, reader);
                 return !reader.client_gone && !reader.broken; // read on past [DONE], so the connection can be reused
             },
-            sink != nullptr);
+            sink != nullptr, 64u << 20, r.stop);
+        if (x.cancelled)
+            return upstream_failure{{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"},
+                                    false, {}, reader.delivered};
 
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
         if (x.past_deadline)
