@@ -56,14 +56,19 @@ int main() {
     row("direct: client -> fake upstream", direct, direct);
     const std::map<std::string, std::string> relay{{"CHAT_PROVIDER", "openai"}, {"OPENAI_API_KEY", "sk-bench"},
                                                    {"OPENAI_BASE_URL", fake.base_url()}, {"CHAT_CACHE_SIZE", "0"}};
-    {
-        auto env = relay;
-        env["CHAT_DATABASE_URL"] = "none";
-        test_support::server_process server{env};
-        row("through sample_server, no store", measure(server.port()), direct);
-    }
-    {
-        test_support::server_process server{relay};
-        row("through sample_server, SQLite store (durable)", measure(server.port()), direct);
+    for (const std::string adapter : {"beast", "httplib"}) {
+        {
+            auto env = relay;
+            env["CHAT_DATABASE_URL"] = "none";
+            env["CHAT_SERVER"] = adapter;
+            test_support::server_process server{env};
+            row(("through sample_server[" + adapter + "], no store").c_str(), measure(server.port()), direct);
+        }
+        {
+            auto env = relay;
+            env["CHAT_SERVER"] = adapter;
+            test_support::server_process server{env};
+            row(("through sample_server[" + adapter + "], durable SQLite").c_str(), measure(server.port()), direct);
+        }
     }
 }

@@ -9,6 +9,7 @@
 #include <chatkit/middleware.hpp>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/async.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -21,7 +22,9 @@ namespace sample_server {
 
 class logger {
 public:
-    explicit logger(const config& c) : json_(c.log_format == "json"), log_(spdlog::stdout_logger_mt("sample_server")) {
+    // Lines are formatted on the caller's thread and written by spdlog's own thread, so a request
+    // never waits on stdout; a full queue blocks rather than drops a line.
+    explicit logger(const config& c) : json_(c.log_format == "json"), log_(make_async()) {
         log_->set_pattern("%v");
         log_->set_level(spdlog::level::from_str(c.log_level));
         log_->flush_on(spdlog::level::trace); // a line is visible the moment it is logged
@@ -65,7 +68,14 @@ public:
              {"remote_addr", req.remote_addr}});
     }
 
+    ~logger() { spdlog::shutdown(); } // writes what is queued
+
 private:
+    static std::shared_ptr<spdlog::logger> make_async() {
+        spdlog::init_thread_pool(8192, 1);
+        return spdlog::create_async<spdlog::sinks::stdout_sink_mt>("sample_server");
+    }
+
     bool json_;
     std::shared_ptr<spdlog::logger> log_;
 };

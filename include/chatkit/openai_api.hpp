@@ -144,14 +144,21 @@ public:
 
     [[nodiscard]] const std::string& id() const noexcept { return id_; }
 
-    // The first chunk carries the role; the rest carry text.
+    // The first chunk carries the role; the rest carry text. Those differ only in their text, so
+    // the bytes around it are built once per stream (from a chunk serialized with a marker in the
+    // text's place, so they are exactly what the JSON library writes) and each delta costs one
+    // string escape instead of a JSON tree and its dump.
     std::string delta(std::string_view text) {
-        nlohmann::json delta = {{"content", text}};
         if (!role_sent_) {
-            delta["role"] = "assistant";
             role_sent_ = true;
+            nlohmann::json delta = {{"content", text}, {"role", "assistant"}};
+            return chunk({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
         }
-        return chunk({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+        if (text_prefix_.empty()) build_text_frame();
+        std::string out;
+        out.reserve(text_prefix_.size() + text.size() + 8 + text_suffix_.size());
+        out.append(text_prefix_).append(dump_json(nlohmann::json(text))).append(text_suffix_);
+        return out;
     }
     // The closing chunks: the finish reason, the usage when asked for, then [DONE].
     std::string finish(const completion& c, bool include_usage) {
@@ -179,6 +186,16 @@ private:
         j["choices"] = std::move(choices);
         return sse_event("", dump_json(j));
     }
+    void build_text_frame() {
+        static constexpr std::string_view marker = "\x01chatkit-text\x01"; // dumps as "\u0001chatkit-text\u0001"
+        const std::string frame =
+            chunk({{{"index", 0}, {"delta", {{"content", marker}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+        const std::string dumped = dump_json(nlohmann::json(marker));
+        const auto at = frame.find(dumped);
+        text_prefix_ = frame.substr(0, at);
+        text_suffix_ = frame.substr(at + dumped.size());
+    }
+    std::string text_prefix_, text_suffix_;
 
     std::string id_, model_;
     unix_ms created_;

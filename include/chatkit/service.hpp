@@ -342,7 +342,12 @@ private:
     // object as the JSON answer, or `event: error` carrying the error envelope.
     struct chatkit_framing {
         std::string id = random_id("chatcmpl-", 24);
-        std::string delta(std::string_view text) { return sse_event("delta", dump_json({{"content", text}})); }
+        // `{"content":TEXT}` without building a JSON tree per delta: one string escape.
+        std::string delta(std::string_view text) {
+            std::string out = "event: delta\ndata: {\"content\":";
+            out.append(dump_json(nlohmann::json(text))).append("}\n\n");
+            return out;
+        }
         std::string done(const completion& c, std::string_view request_id) {
             return sse_event("done", dump_json(answer_json(c, request_id)));
         }
