@@ -1,8 +1,10 @@
 // A small HTTP/1.1 load generator for the benchmarks: C connections on one epoll loop, each sending
 // the same request over and over on a kept-alive connection for D seconds (or, with --streams,
 // holding one Server-Sent Events stream each until it ends). Prints one JSON object of results.
+// Without --body it sends GETs; -n stops after that many answers (still bounded by -d).
 //
 //   loadgen --port P --path /v1/chat/completions --body FILE [--header "K: V"]... -c 64 -d 10
+//   loadgen --port P --path /health -c 1 -n 2000 -d 5
 //   loadgen --port P --path /chat --body FILE --streams N --stream-end 'event: done' [--timeout 60]
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -35,6 +37,7 @@ struct options {
     std::vector<std::string> headers;
     int connections = 64;
     double seconds = 10;
+    long max_requests = 0;      // > 0: stop after this many answers
     int streams = 0;            // > 0: stream mode
     std::string stream_end;     // the text that closes a complete stream
     double timeout_seconds = 120;
@@ -113,6 +116,7 @@ int main(int argc, char** argv) {
         } else if (a == "--header") o.headers.push_back(next());
         else if (a == "-c") o.connections = std::stoi(next());
         else if (a == "-d") o.seconds = std::stod(next());
+        else if (a == "-n") o.max_requests = std::stol(next());
         else if (a == "--streams") o.streams = std::stoi(next());
         else if (a == "--stream-end") o.stream_end = next();
         else if (a == "--timeout") o.timeout_seconds = std::stod(next());
@@ -130,7 +134,9 @@ int main(int argc, char** argv) {
     request += "\r\n" + o.body;
 
     const bool streaming = o.streams > 0;
-    const int count = streaming ? o.streams : o.connections;
+    const int count = streaming ? o.streams
+                      : o.max_requests > 0 ? static_cast<int>(std::min<long>(o.connections, o.max_requests))
+                                           : o.connections;
     const int ep = epoll_create1(0);
     std::vector<connection> conns(static_cast<std::size_t>(count));
     for (int i = 0; i < count; ++i) {
@@ -150,14 +156,16 @@ int main(int argc, char** argv) {
     int open = count;
     std::vector<epoll_event> events(1024);
     char buf[65536];
+    long issued = 0;
     auto send_request = [&](connection& c) {
         c.started = clock_type::now();
         c.busy = true;
         c.sent = 0;
+        ++issued;
     };
     for (auto& c : conns) send_request(c);
 
-    while (open > 0 && clock_type::now() < stop_at) {
+    while (open > 0 && clock_type::now() < stop_at && !(o.max_requests > 0 && completed >= o.max_requests)) {
         const int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 100);
         for (int e = 0; e < n; ++e) {
             auto& c = conns[events[static_cast<std::size_t>(e)].data.u32];
@@ -205,11 +213,19 @@ int main(int argc, char** argv) {
                     ++completed;
                     if (status / 100 != 2) ++non_2xx;
                     c.in.erase(0, length);
+                    c.busy = false;
+                    if (o.max_requests > 0 && issued >= o.max_requests) continue; // enough requests are out
                     send_request(c);
                     epoll_event ev{};
                     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
                     ev.data.u32 = events[static_cast<std::size_t>(e)].data.u32;
                     epoll_ctl(ep, EPOLL_CTL_MOD, c.fd, &ev);
+                }
+                if (closed && !c.busy) { // nothing left to send on it (-n reached): not an error
+                    ::close(c.fd);
+                    c.done = true;
+                    --open;
+                    continue;
                 }
                 if (closed) { // the server closed a kept-alive connection: reconnect
                     ++errors;
@@ -220,6 +236,7 @@ int main(int argc, char** argv) {
                     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
                     ev.data.u32 = events[static_cast<std::size_t>(e)].data.u32;
                     epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev);
+                    --issued; // the lost request is sent again
                     send_request(c);
                 }
             }
@@ -227,8 +244,11 @@ int main(int argc, char** argv) {
     }
     const double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
     if (streaming) errors += open; // streams still open at the timeout did not complete
-    std::printf("{\"completed\":%ld,\"errors\":%ld,\"non_2xx\":%ld,\"seconds\":%.3f,\"rps\":%.1f,"
+    long unanswered = 0; // requests sent (or being sent) and not answered when the run ended
+    if (!streaming)
+        for (const auto& c : conns) unanswered += c.busy && !c.done ? 1 : 0;
+    std::printf("{\"completed\":%ld,\"errors\":%ld,\"non_2xx\":%ld,\"unanswered\":%ld,\"seconds\":%.3f,\"rps\":%.1f,"
                 "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f}\n",
-                completed, errors, non_2xx, elapsed, static_cast<double>(completed) / elapsed,
+                completed, errors, non_2xx, unanswered, elapsed, static_cast<double>(completed) / elapsed,
                 percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.90), percentile(latencies_ms, 0.99));
 }

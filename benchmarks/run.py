@@ -3,18 +3,24 @@
 
 Run through ./scripts/benchmark, which builds the programs in Release first. Writes results.md
 and results.json into the build directory and prints the Markdown table. Figures are measured in
-the same run against a baseline (the direct path to the mock upstream); nothing here asserts them.
+the same run against a baseline (the direct path to the mock upstream, nginx as the pure proxy);
+nothing here asserts them. The chatkit rows run once per HTTP adapter (--servers), selected with
+CHAT_SERVER in sample_server's environment.
 """
 import argparse
+import errno
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,8 +38,77 @@ def raise_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+ADAPTERS = ("beast", "httplib")
+NGINX = "/usr/sbin/nginx"
+
+
+def proc_stat_cpu_seconds(pid):
+    """utime + stime (fields 14 and 15 of /proc/PID/stat): every thread of the process."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid, key):
+    """One number from /proc/PID/status (kB for the Vm* keys), 0 when the process is gone."""
+    try:
+        for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def proc_children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path("/proc/%s/stat" % entry).read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def proc_fd_count(pid):
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return 0
+
+
+class sampler:
+    """Samples the thread count and RSS of some processes every `interval` s, in a thread."""
+
+    def __init__(self, pids, interval=0.2):
+        self.pids, self.interval = pids, interval
+        self.max_threads = self.max_rss_kb = self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self):
+        pids = self.pids()
+        self.max_threads = max(self.max_threads, sum(proc_status(p, "Threads") for p in pids))
+        self.max_rss_kb = max(self.max_rss_kb, sum(proc_status(p, "VmRSS") for p in pids))
+        self.samples += 1
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 class process:
-    """A child process whose CPU time and peak RSS we read from /proc."""
+    """A child process whose CPU time, threads and peak RSS we read from /proc."""
 
     def __init__(self, argv, env=None, ready=None, log=None, stdin=None):
         self.log = log or tempfile.NamedTemporaryFile(prefix="chatkit-bench-", suffix=".log", delete=False).name
@@ -55,15 +130,20 @@ class process:
     def read_log(self):
         return Path(self.log).read_text(errors="replace")
 
+    def pids(self):
+        return [self.proc.pid]
+
     def cpu_seconds(self):
-        fields = Path("/proc/%d/stat" % self.proc.pid).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_stat_cpu_seconds(self.proc.pid)
 
     def peak_rss_mb(self):
-        for line in Path("/proc/%d/status" % self.proc.pid).read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return sum(proc_status(p, "VmHWM") for p in self.pids()) / 1024
+
+    def rss_mb(self):
+        return sum(proc_status(p, "VmRSS") for p in self.pids()) / 1024
+
+    def threads(self):
+        return sum(proc_status(p, "Threads") for p in self.pids())
 
     def stop(self):
         if self.proc.poll() is None:
@@ -73,6 +153,94 @@ class process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class nginx_proxy(process):
+    """nginx in the foreground with its own config in a temporary directory, relaying to the mock.
+
+    One worker; its CPU time is what a request costs (the master only supervises). RSS counts the
+    master and the worker."""
+
+    def __init__(self, upstream_port, connections, buffering=True):
+        self.dir = tempfile.mkdtemp(prefix="chatkit-bench-nginx-")
+        os.chmod(self.dir, 0o755)  # the worker runs as nobody when we are root
+        self.port = free_port()
+        files = connections + 1024
+        if os.geteuid() != 0:
+            files = min(files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        d = self.dir
+        conf = f"""daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {files};
+pid {d}/nginx.pid;
+lock_file {d}/nginx.lock;
+error_log {d}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream mock {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 128;
+        keepalive_requests 1000000;
+        keepalive_timeout 4s;  # below the mock's 5 s, so nginx never reuses a connection it closed
+    }}
+    server {{
+        listen 127.0.0.1:{self.port} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering {"on" if buffering else "off"};
+            proxy_read_timeout 120s;
+        }}
+    }}
+}}
+"""
+        Path(d, "nginx.conf").write_text(conf)
+        super().__init__([NGINX, "-p", d + "/", "-c", d + "/nginx.conf", "-e", d + "/error.log"], log=d + "/stdout.log")
+        deadline = time.time() + 20
+        self.worker = None
+        while self.worker is None and time.time() < deadline and self.proc.poll() is None:
+            for kid in proc_children(self.proc.pid):
+                try:
+                    if Path("/proc/%d/cmdline" % kid).read_bytes().startswith(b"nginx: worker"):
+                        self.worker = kid
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        try:
+            if self.worker is None:
+                raise RuntimeError("nginx started no worker")
+            wait_for_port(self.port, 20)
+        except RuntimeError as e:
+            why = "%s:\n%s%s" % (e, self.read_log(), Path(d, "error.log").read_text(errors="replace"))
+            self.stop()
+            raise RuntimeError(why)
+
+    def pids(self):
+        return [self.proc.pid, self.worker]
+
+    def cpu_seconds(self):
+        return proc_stat_cpu_seconds(self.worker)
+
+    def stop(self):
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def nginx_version():
+    if not os.access(NGINX, os.X_OK):
+        return None
+    out = subprocess.run([NGINX, "-v"], capture_output=True, text=True)
+    return (out.stderr.strip().split("/", 1) + ["?"])[1] if out.returncode == 0 else None
 
 
 def wait_for_port(port, seconds=60):
@@ -99,18 +267,28 @@ def first_json_with(key):
     return ready
 
 
-def loadgen(build, port, path, body, connections, seconds, headers=(), streams=0, stream_end=""):
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(json.dumps(body))
-    argv = [str(build / "benchmarks/loadgen"), "--port", str(port), "--path", path, "--body", f.name]
+def loadgen(build, port, path, body, connections, seconds, headers=(), streams=0, stream_end="", requests=0):
+    """Runs the load generator; body None sends GETs; requests > 0 stops after that many answers."""
+    argv = [str(build / "benchmarks/loadgen"), "--port", str(port), "--path", path]
+    body_file = None
+    if body is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write(json.dumps(body))
+        body_file = f.name
+        argv += ["--body", body_file]
     for h in headers:
         argv += ["--header", h]
     if streams:
         argv += ["--streams", str(streams), "--stream-end", stream_end, "--timeout", str(seconds)]
     else:
         argv += ["-c", str(connections), "-d", str(seconds)]
-    out = subprocess.run(argv, capture_output=True, text=True, preexec_fn=raise_fd_limit)
-    os.unlink(f.name)
+        if requests:
+            argv += ["-n", str(requests)]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, preexec_fn=raise_fd_limit, timeout=seconds + 60)
+    finally:
+        if body_file:
+            os.unlink(body_file)
     if out.returncode != 0:
         raise RuntimeError("loadgen failed: " + out.stderr)
     return json.loads(out.stdout)
@@ -122,6 +300,7 @@ def measure(build, server, port, path, body, connections, seconds, headers=()):
     r = loadgen(build, port, path, body, connections, seconds, headers)
     cpu = server.cpu_seconds() - cpu_before
     r["cpu_s_per_1k"] = 1000 * cpu / max(r["completed"], 1)
+    r["cpu_us_per_req"] = 1e6 * cpu / max(r["completed"], 1)
     r["peak_rss_mb"] = server.peak_rss_mb()
     return r
 
@@ -131,9 +310,37 @@ def start_mock(build, env=None):
     return p, p.ready
 
 
-def start_chatkit(build, env, tmp):
+def adapter_env(adapter, connections):
+    """sample_server's environment for one HTTP adapter. cpp-httplib gives each connection a worker
+    for the connection's whole life, so its pool must cover every connection the scenario opens; an
+    event-loop adapter needs no such sizing and runs on its own defaults."""
+    env = {"CHAT_SERVER": adapter}
+    if adapter == "httplib" and connections:
+        env["CHAT_THREADS"] = str(connections)
+    return env
+
+
+def reported_adapter(server):
+    """The HTTP adapter named in sample_server's "listening" line, or None when it names none."""
+    for line in server.read_log().splitlines():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("msg") == "listening":
+            for key in ("server", "adapter", "http_server", "http"):
+                if isinstance(j.get(key), str):
+                    return j[key]
+            return None
+    return None
+
+
+def start_chatkit(build, env, tmp, adapter=None, connections=0):
+    """sample_server on a free port; with `adapter`, CHAT_SERVER and the adapter's sizing are set."""
     base = {"CHAT_PORT": "0", "CHAT_RATE_LIMIT": "off", "CHAT_LOG_LEVEL": "info",
             "CHAT_DATABASE_URL": "sqlite:%s/bench-%d.db" % (tmp, time.time_ns())}
+    if adapter:
+        base.update(adapter_env(adapter, connections))
     p = process([str(build / "sample_server/sample_server")], env={**base, **env}, ready=first_json_with("port"))
     return p, p.ready
 
@@ -152,55 +359,257 @@ def server_latency_ms(server, path):
     return values[len(values) // 2] if values else None
 
 
+STALLED_REQUEST = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # half a request header, never finished
+
+
+def open_stalled(port, n, seconds=20):
+    """n connections that each send half a request header and then nothing, opened within `seconds`.
+    Returns (the connected sockets, how many failed to connect)."""
+    ep = select.epoll()
+    pending, connected, failed = {}, [], 0
+    deadline = time.time() + seconds
+
+    def settle(timeout):
+        nonlocal failed
+        for fd, _ in ep.poll(timeout, maxevents=max(len(pending), 1)):
+            sock = pending.pop(fd)
+            ep.unregister(fd)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                try:
+                    sock.send(STALLED_REQUEST)
+                    connected.append(sock)
+                    continue
+                except OSError:
+                    pass
+            sock.close()
+            failed += 1
+
+    for i in range(n):
+        if time.time() > deadline:
+            failed += n - i
+            break
+        sock = socket.socket()
+        sock.setblocking(False)
+        if sock.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
+            sock.close()
+            failed += 1
+            continue
+        pending[sock.fileno()] = sock
+        ep.register(sock.fileno(), select.EPOLLOUT)
+        if len(pending) >= 512:  # keep the server's accept queue short
+            settle(0.01)
+    while pending and time.time() < deadline:
+        settle(0.1)
+    failed += len(pending)
+    for sock in pending.values():
+        sock.close()
+    ep.close()
+    return connected, failed
+
+
+def stalled_dropped(socks):
+    """How many of the stalled connections the server has answered or closed by now."""
+    if not socks:
+        return 0
+    ep = select.epoll()
+    for sock in socks:
+        ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+    dropped = len(ep.poll(0, maxevents=len(socks)))
+    ep.close()
+    return dropped
+
+
+def close_now(socks):
+    for sock in socks:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST: no TIME_WAIT
+        except OSError:
+            pass
+        sock.close()
+
+
+def stalled_scenario(build, adapter, n, tmp, record, health_requests=2000, health_seconds=5):
+    """/health latency on fresh kept-alive connections, first alone, then with n connections open
+    that each sent half a request header. The server runs on the adapter's defaults (cpp-httplib:
+    64 workers, 10 s read timeout): a stall is what a slow or hostile client does, and the rows
+    show what the defaults make of it. One sequential client, at most `health_requests` requests
+    or `health_seconds` each, so the scenario ends by itself."""
+    server, port = start_chatkit(build, {"CHAT_PROVIDER": "echo", "CHAT_DATABASE_URL": "none", "CHAT_CACHE_SIZE": "0"},
+                                 tmp, adapter=adapter)
+    socks = []
+    label = "chatkit[%s] /health" % adapter
+    try:
+        base = loadgen(build, port, "/health", None, 1, health_seconds, requests=health_requests)
+        record(label + ", no stalled connections (baseline)",
+               {**base, "timed_out": base["unanswered"], "threads": server.threads(), "rss_mb": server.rss_mb(),
+                "peak_rss_mb": server.peak_rss_mb()}, adapter=adapter, health=True)
+        fds_before = proc_fd_count(server.proc.pid)
+        socks, failed = open_stalled(port, n)
+        # Wait (at most 10 s) until the server has accepted them: one descriptor each.
+        deadline, last, last_change = time.time() + 10, -1, time.time()
+        while time.time() < deadline:
+            accepted = proc_fd_count(server.proc.pid) - fds_before
+            if accepted >= len(socks) or time.time() - last_change > 1:
+                break
+            if accepted != last:
+                last, last_change = accepted, time.time()
+            time.sleep(0.1)
+        accepted = max(0, min(len(socks), proc_fd_count(server.proc.pid) - fds_before))
+        with sampler(server.pids, interval=0.1) as sample:
+            r = loadgen(build, port, "/health", None, 1, health_seconds, requests=health_requests)
+        dropped = stalled_dropped(socks)
+        r.update(timed_out=r["unanswered"], threads=sample.max_threads, rss_mb=sample.max_rss_kb / 1024,
+                 peak_rss_mb=server.peak_rss_mb(), stalled=n, stalled_connected=len(socks), stalled_failed=failed,
+                 stalled_accepted=accepted, stalled_dropped_by_server=dropped, stalled_still_open=len(socks) - dropped,
+                 baseline_p50_ms=base["p50_ms"], baseline_p99_ms=base["p99_ms"])
+        record(label + ", %d stalled connections open" % n, r, adapter=adapter, health=True)
+    except Exception as e:  # a size this machine cannot hold is a result, not a crash of the suite
+        record(label + ", %d stalled connections open" % n, {"errors": 1, "failure": str(e), "stalled": n}, adapter=adapter, health=True)
+    finally:
+        close_now(socks)
+        server.stop()
+
+
+def stream_run(build, server, port, n, **extra):
+    """n concurrent SSE streams through `server`, sampling its threads and RSS while they are open."""
+    # A pool started with the server may still be spawning its threads: wait (at most 3 s) until
+    # the count holds still, so "idle" is the server at rest.
+    deadline, idle_threads = time.time() + 3, server.threads()
+    while time.time() < deadline:
+        time.sleep(0.3)
+        now = server.threads()
+        if now == idle_threads:
+            break
+        idle_threads = now
+    idle_rss = server.rss_mb()
+    with sampler(server.pids) as sample:
+        r = loadgen(build, port, "/v1/chat/completions", STREAM_BODY, 0, 120, streams=n, stream_end="data: [DONE]")
+    r["peak_rss_mb"] = server.peak_rss_mb()
+    r["rss_kb_per_stream"] = 1024 * r["peak_rss_mb"] / n
+    r["rss_kb_per_stream_over_idle"] = 1024 * max(r["peak_rss_mb"] - idle_rss, 0) / n
+    r.update(threads=sample.max_threads, threads_idle=idle_threads, streams=n, **extra)
+    return r
+
+
+ASK = {"model": "fake-1", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+STREAM_BODY = dict(ASK, stream=True)
+STREAM_WORDS = " ".join("w%d" % i for i in range(49))  # "echo:"-free content: 49 words + the role chunk = 50 chunks
+
+
+def start_slow_mock(build, n):
+    return start_mock(build, {"FAKE_OPENAI_CHUNK_DELAY_MS": "100", "FAKE_OPENAI_CONTENT": STREAM_WORDS,
+                              "FAKE_OPENAI_THREADS": str(n + 64)})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=str(ROOT / "build/bench"))
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--streams", default="1000,5000,10000")
+    parser.add_argument("--nginx-streams", default=None,
+                        help="stream counts to run through nginx too (default: the smallest of --streams)")
+    parser.add_argument("--stalled", type=int, default=10000, help="stalled connections in the /health scenario (0: skip it)")
+    parser.add_argument("--servers", default=",".join(ADAPTERS),
+                        help="sample_server HTTP adapters to measure, each selected with CHAT_SERVER")
     args = parser.parse_args()
+    servers = [x for x in args.servers.split(",") if x]
+    for name in servers:
+        if name not in ADAPTERS:
+            parser.error("unknown adapter %r in --servers (known: %s)" % (name, ", ".join(ADAPTERS)))
+    stream_counts = [int(x) for x in args.streams.split(",") if x]
+    nginx_streams = ([int(x) for x in args.nginx_streams.split(",") if x] if args.nginx_streams is not None
+                     else stream_counts[:1] and [min(stream_counts)])
     build = Path(args.build)
     tmp = tempfile.mkdtemp(prefix="chatkit-bench-")
     raise_fd_limit()
-    results = {"machine": {"cores": os.cpu_count(), "connections": args.connections, "seconds": args.seconds}, "scenarios": []}
-    ask = {"model": "fake-1", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    nginx_ver = nginx_version()
+    results = {"machine": {"cores": os.cpu_count(), "connections": args.connections, "seconds": args.seconds,
+                           "servers": servers}, "nginx_version": nginx_ver, "scenarios": []}
+    if not nginx_ver:
+        print("note: nginx not found at %s (apt-get install nginx-light): its rows are skipped" % NGINX, flush=True)
+    ask = ASK
 
     def record(name, r, **extra):
         r = {**r, **extra, "scenario": name}
         results["scenarios"].append(r)
-        print("  %-48s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (name, r.get("rps", 0), r.get("p50_ms", 0), r.get("p99_ms", 0), r.get("errors", 0) + r.get("non_2xx", 0)), flush=True)
+        errors = r.get("errors", 0) + r.get("non_2xx", 0) + r.get("timed_out", 0)
+        if r.get("completed", 0):
+            line = "  %-64s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
+                name, r.get("rps", 0), r.get("p50_ms", 0), r.get("p99_ms", 0), errors)
+        else:
+            line = "  %-64s no answer                                       errors %d" % (name, errors)
+        if "cpu_us_per_req" in r:
+            line += "  CPU %.1f us/req" % r["cpu_us_per_req"]
+        if "threads" in r:
+            line += "  threads %d" % r["threads"]
+        if r.get("failure"):
+            line += "  FAILED: " + r["failure"][:200]
+        print(line, flush=True)
         return r
 
+    def check_adapter(server, adapter):
+        named = reported_adapter(server)
+        if named != adapter and adapter not in results.setdefault("adapter_notes", {}):
+            results["adapter_notes"][adapter] = named
+            print("  note: sample_server started with CHAT_SERVER=%s reports %s" % (
+                adapter, "adapter %r" % named if named else "no adapter in its 'listening' line (it may ignore CHAT_SERVER)"), flush=True)
+
     mock, mock_port = start_mock(build, {"FAKE_OPENAI_THREADS": str(args.connections * 2)})
+    throughs = {}
     try:
         print("1. direct: load generator -> mock upstream", flush=True)
         direct = record("direct (mock upstream)", measure(build, mock, mock_port, "/v1/chat/completions", ask, args.connections, args.seconds))
 
-        print("2-3. through chatkit", flush=True)
         relay_env = {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % mock_port,
-                     "CHAT_CACHE_SIZE": "0", "CHAT_THREADS": str(args.connections * 2)}
-        chatkit, port = start_chatkit(build, relay_env, tmp)
-        try:
-            unique = dict(ask, messages=[{"role": "user", "content": "question"}], cache=False)
-            through = record("chatkit /v1/chat/completions (store on, cache off)",
-                             measure(build, chatkit, port, "/v1/chat/completions", unique, args.connections, args.seconds))
-            record("chatkit /chat (store on, cache off)",
-                   measure(build, chatkit, port, "/chat", {"content": "question", "cache": False}, args.connections, args.seconds))
-        finally:
-            chatkit.stop()
-        through["added_p50_ms"] = through["p50_ms"] - direct["p50_ms"]
-        through["added_p99_ms"] = through["p99_ms"] - direct["p99_ms"]
-        through["throughput_vs_direct"] = through["rps"] / direct["rps"]
+                     "CHAT_CACHE_SIZE": "0"}
+        for adapter in servers:
+            print("2-3. through chatkit [%s]" % adapter, flush=True)
+            chatkit, port = start_chatkit(build, relay_env, tmp, adapter=adapter, connections=args.connections * 2)
+            check_adapter(chatkit, adapter)
+            try:
+                unique = dict(ask, messages=[{"role": "user", "content": "question"}], cache=False)
+                through = record("chatkit[%s] /v1/chat/completions (store on, cache off)" % adapter,
+                                 measure(build, chatkit, port, "/v1/chat/completions", unique, args.connections, args.seconds),
+                                 adapter=adapter)
+                record("chatkit[%s] /chat (store on, cache off)" % adapter,
+                       measure(build, chatkit, port, "/chat", {"content": "question", "cache": False}, args.connections, args.seconds),
+                       adapter=adapter)
+            finally:
+                chatkit.stop()
+            through["added_p50_ms"] = through["p50_ms"] - direct["p50_ms"]
+            through["added_p99_ms"] = through["p99_ms"] - direct["p99_ms"]
+            through["throughput_vs_direct"] = through["rps"] / direct["rps"]
+            throughs[adapter] = through
 
-        cached, port = start_chatkit(build, {**relay_env, "CHAT_CACHE_SIZE": "1024", "CHAT_DATABASE_URL": "none"}, tmp)
-        try:
-            hit = record("chatkit /chat, every request a cache hit (no store)",
-                         measure(build, cached, port, "/chat", {"content": "the same question"}, args.connections, args.seconds))
-            hit["server_p50_ms"] = server_latency_ms(cached, "/chat")
-        finally:
-            cached.stop()
+            cached, port = start_chatkit(build, {**relay_env, "CHAT_CACHE_SIZE": "1024", "CHAT_DATABASE_URL": "none"}, tmp,
+                                         adapter=adapter, connections=args.connections * 2)
+            try:
+                hit = record("chatkit[%s] /chat, every request a cache hit (no store)" % adapter,
+                             measure(build, cached, port, "/chat", {"content": "the same question"}, args.connections, args.seconds),
+                             adapter=adapter)
+                hit["server_p50_ms"] = server_latency_ms(cached, "/chat")
+            finally:
+                cached.stop()
 
-        print("4. peer gateway", flush=True)
+        print("4. peers: nginx (pure proxy) and the Portkey gateway", flush=True)
+        if nginx_ver:
+            try:
+                proxy = nginx_proxy(mock_port, connections=4 * args.connections + 256)
+                try:
+                    nx = record("nginx %s (pure proxy) -> mock upstream" % nginx_ver,
+                                measure(build, proxy, proxy.port, "/v1/chat/completions", ask, args.connections, args.seconds),
+                                threads=proxy.threads(), peer="nginx")
+                finally:
+                    proxy.stop()
+                for adapter, through in throughs.items():
+                    through["cpu_vs_nginx"] = through["cpu_us_per_req"] / max(nx["cpu_us_per_req"], 1e-9)
+                    through["nginx_cpu_us_per_req"] = nx["cpu_us_per_req"]
+            except Exception as e:
+                record("nginx (pure proxy) -> mock upstream", {"errors": 1, "failure": str(e)}, peer="nginx")
+        else:
+            print("  nginx not installed: skipped", flush=True)
+
         portkey_start = ROOT / "benchmarks/node_modules/@portkey-ai/gateway/build/start-server.js"
         if shutil.which("node") and portkey_start.exists():
             pk_port = free_port()
@@ -213,7 +622,8 @@ def main():
                             measure(build, portkey, pk_port, "/v1/chat/completions", ask, args.connections, args.seconds,
                                     headers=("x-portkey-provider: openai", "x-portkey-custom-host: http://127.0.0.1:%d/v1" % mock_port,
                                              "Authorization: Bearer sk-bench")))
-                through["throughput_vs_portkey"] = through["rps"] / max(pk["rps"], 1e-9)
+                for through in throughs.values():
+                    through["throughput_vs_portkey"] = through["rps"] / max(pk["rps"], 1e-9)
             finally:
                 portkey.stop()
         else:
@@ -222,54 +632,113 @@ def main():
         mock.stop()
 
     print("5. concurrent streams (50 chunks, 100 ms apart)", flush=True)
-    words = " ".join("w%d" % i for i in range(49))  # "echo:"-free content: 49 words + the role chunk = 50 chunks
-    for n in [int(x) for x in args.streams.split(",") if x]:
-        slow, slow_port = start_mock(build, {"FAKE_OPENAI_CHUNK_DELAY_MS": "100", "FAKE_OPENAI_CONTENT": words,
-                                             "FAKE_OPENAI_THREADS": str(n + 64)})
-        chatkit, port = start_chatkit(build, {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench",
-                                              "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % slow_port, "CHAT_CACHE_SIZE": "0",
-                                              "CHAT_DATABASE_URL": "none", "CHAT_THREADS": str(n + 64),
-                                              "CHAT_UPSTREAM_TIMEOUT": "120", "CHAT_READ_TIMEOUT": "120"}, tmp)
-        try:
-            stream_body = dict(ask, stream=True)
-            r = loadgen(build, port, "/v1/chat/completions", stream_body, 0, 120, streams=n, stream_end="data: [DONE]")
-            r["peak_rss_mb"] = chatkit.peak_rss_mb()
-            r["rss_kb_per_stream"] = 1024 * r["peak_rss_mb"] / n
-            record("%d concurrent streams through chatkit" % n, r, streams=n)
-        except Exception as e:  # a size this machine cannot hold is a result, not a crash of the suite
-            record("%d concurrent streams through chatkit" % n, {"errors": n, "failure": str(e)}, streams=n)
-        finally:
-            chatkit.stop()
-            slow.stop()
+    for n in stream_counts:
+        for adapter in servers:
+            name = "%d concurrent streams through chatkit[%s]" % (n, adapter)
+            slow, slow_port = start_slow_mock(build, n)
+            chatkit = None
+            try:
+                chatkit, port = start_chatkit(build, {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench",
+                                                      "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % slow_port, "CHAT_CACHE_SIZE": "0",
+                                                      "CHAT_DATABASE_URL": "none",
+                                                      "CHAT_UPSTREAM_TIMEOUT": "120", "CHAT_READ_TIMEOUT": "120",
+                                                      # The OpenAI provider is still blocking: on beast each open
+                                                      # stream holds a pool worker until the async upstream client lands.
+                                                      "CHAT_THREADS": str(n + 64)}, tmp,
+                                              adapter=adapter, connections=n + 64)
+                record(name, stream_run(build, chatkit, port, n), adapter=adapter)
+            except Exception as e:  # a size this machine cannot hold is a result, not a crash of the suite
+                record(name, {"errors": n, "failure": str(e)}, streams=n, adapter=adapter)
+            finally:
+                if chatkit:
+                    chatkit.stop()
+                slow.stop()
+        if n in nginx_streams and nginx_ver:
+            name = "%d concurrent streams through nginx (proxy_buffering off)" % n
+            slow, slow_port = start_slow_mock(build, n)
+            proxy = None
+            try:
+                proxy = nginx_proxy(slow_port, connections=2 * n + 256, buffering=False)
+                record(name, stream_run(build, proxy, proxy.port, n), peer="nginx")
+            except Exception as e:
+                record(name, {"errors": n, "failure": str(e)}, streams=n, peer="nginx")
+            finally:
+                if proxy:
+                    proxy.stop()
+                slow.stop()
+    if nginx_streams and not nginx_ver:
+        print("  nginx not installed: its stream rows are skipped", flush=True)
 
-    print("6. store: durable appends", flush=True)
-    store = subprocess.run([str(build / "benchmarks/store_bench")], capture_output=True, text=True)
-    results["store_table"] = store.stdout
+    if args.stalled > 0:
+        print("6. /health with %d stalled connections (half a request header each)" % args.stalled, flush=True)
+        for adapter in servers:
+            stalled_scenario(build, adapter, args.stalled, tmp, record)
+
+    print("7. store: durable appends", flush=True)
+    store_bench = build / "benchmarks/store_bench"
+    if store_bench.exists():
+        store = subprocess.run([str(store_bench)], capture_output=True, text=True)
+        results["store_table"] = store.stdout
+    else:
+        print("  %s not built: skipped" % store_bench, flush=True)
 
     shutil.rmtree(tmp, ignore_errors=True)
     write_reports(build, results)
 
 
 def write_reports(build, results):
-    rows = ["| scenario | req/s | p50 ms | p90 ms | p99 ms | CPU s / 1k req | peak RSS MB | errors |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| scenario | req/s | p50 ms | p90 ms | p99 ms | CPU s / 1k req | CPU µs / req | peak RSS MB | threads | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["scenarios"]:
-        rows.append("| %s | %s | %.2f | %.2f | %.2f | %s | %.0f | %d |" % (
-            r["scenario"], "%.0f" % r["rps"] if "streams" not in r else "%d/%d done" % (r.get("completed", 0), r["streams"]),
-            r.get("p50_ms", 0), r.get("p90_ms", 0), r.get("p99_ms", 0),
-            "%.3f" % r["cpu_s_per_1k"] if "cpu_s_per_1k" in r else "-", r.get("peak_rss_mb", 0), r.get("errors", 0) + r.get("non_2xx", 0)))
+        answered = r.get("completed", 0) > 0
+        latency = ["%.2f" % r.get(k, 0) if answered else "-" for k in ("p50_ms", "p90_ms", "p99_ms")]
+        rows.append("| %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %d |" % (
+            r["scenario"], "%.0f" % r.get("rps", 0) if "streams" not in r else "%d/%d done" % (r.get("completed", 0), r["streams"]),
+            *latency,
+            "%.3f" % r["cpu_s_per_1k"] if "cpu_s_per_1k" in r else "-",
+            "%.1f" % r["cpu_us_per_req"] if "cpu_us_per_req" in r else "-",
+            r.get("peak_rss_mb", 0), "%d" % r["threads"] if "threads" in r else "-",
+            r.get("errors", 0) + r.get("non_2xx", 0) + r.get("timed_out", 0)))
     notes = []
+    if not results.get("nginx_version"):
+        notes.append("- nginx was not found: its rows were skipped.")
+    for adapter, named in results.get("adapter_notes", {}).items():
+        notes.append("- sample_server started with CHAT_SERVER=%s reported %s." % (
+            adapter, "adapter %s" % named if named else "no adapter in its start-up line (it may have ignored CHAT_SERVER)"))
+    nginx_streams = {r["streams"]: r for r in results["scenarios"] if r.get("peer") == "nginx" and "rss_kb_per_stream" in r}
     for r in results["scenarios"]:
+        who = "chatkit[%s]" % r["adapter"] if "adapter" in r else "chatkit"
+        if r.get("failure"):
+            notes.append("- %s: failed: %s" % (r["scenario"], r["failure"].strip().splitlines()[-1][:300] if r["failure"].strip() else "?"))
         if "added_p50_ms" in r:
-            notes.append("- chatkit adds %.3f ms at p50 and %.3f ms at p99 over the direct path, at %.0f%% of its throughput." % (
-                r["added_p50_ms"], r["added_p99_ms"], 100 * r["throughput_vs_direct"]))
+            notes.append("- %s adds %.3f ms at p50 and %.3f ms at p99 over the direct path, at %.0f%% of its throughput." % (
+                who, r["added_p50_ms"], r["added_p99_ms"], 100 * r["throughput_vs_direct"]))
+        if "cpu_vs_nginx" in r:
+            notes.append("- %s spends %.1f µs of CPU per relayed request, %.2fx nginx's %.1f µs (goal ≤ 2x: %s)." % (
+                who, r["cpu_us_per_req"], r["cpu_vs_nginx"], r["nginx_cpu_us_per_req"], "met" if r["cpu_vs_nginx"] <= 2 else "not met"))
         if "throughput_vs_portkey" in r:
-            notes.append("- chatkit's throughput is %.1fx the Portkey gateway's on the same mock." % r["throughput_vs_portkey"])
+            notes.append("- %s's throughput is %.1fx the Portkey gateway's on the same mock." % (who, r["throughput_vs_portkey"]))
         if r.get("server_p50_ms") is not None:
-            notes.append("- a cache hit takes %.3f ms inside the server (access-log p50)." % r["server_p50_ms"])
+            notes.append("- %s: a cache hit takes %.3f ms inside the server (access-log p50)." % (who, r["server_p50_ms"]))
         if "rss_kb_per_stream" in r:
-            notes.append("- %d streams: %d completed, %d failed; %.0f KB of RSS per stream." % (
-                r["streams"], r.get("completed", 0), r.get("errors", 0), r["rss_kb_per_stream"]))
+            line = "- %d streams through %s: %d completed, %d failed; %.0f KB of RSS per stream (%.0f KB over idle); %d threads while open (%d idle)." % (
+                r["streams"], "nginx (master+worker)" if r.get("peer") == "nginx" else who, r.get("completed", 0), r.get("errors", 0),
+                r["rss_kb_per_stream"], r["rss_kb_per_stream_over_idle"], r.get("threads", 0), r.get("threads_idle", 0))
+            if r.get("peer") != "nginx" and r["streams"] in nginx_streams:
+                nx = nginx_streams[r["streams"]]
+                line += " nginx: %.0f KB per stream (%.0f KB over idle)." % (nx["rss_kb_per_stream"], nx["rss_kb_per_stream_over_idle"])
+            notes.append(line)
+        if "stalled_connected" in r:
+            if r.get("completed", 0):
+                health = "/health p50 %.2f ms, p99 %.2f ms (%d answered, %d unanswered)" % (
+                    r["p50_ms"], r["p99_ms"], r["completed"], r.get("timed_out", 0))
+            else:
+                health = "/health got no answer in %.0f s" % r.get("seconds", 0)
+            notes.append("- %s with %d of %d stalled connections open (%d accepted): %s, against p50 %.2f ms, p99 %.2f ms "
+                         "without them; %d threads, %.0f MB RSS during the stall; %d stalled connections dropped by the server "
+                         "by the end, %d still open." % (
+                             who, r["stalled_connected"], r["stalled"], r["stalled_accepted"], health, r["baseline_p50_ms"],
+                             r["baseline_p99_ms"], r["threads"], r["rss_mb"], r["stalled_dropped_by_server"], r["stalled_still_open"]))
     text = "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n\n" + results.get("store_table", "")
     (build / "results.md").write_text(text)
     (build / "results.json").write_text(json.dumps(results, indent=2))
