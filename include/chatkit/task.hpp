@@ -73,17 +73,30 @@ template <class P>
 concept chatkit_promise = std::derived_from<P, promise_base>;
 } // namespace detail
 
+namespace detail {
+// Where a task's result waits for its awaiter: a value, or nothing for task<void>.
+template <class T>
+struct result_slot {
+    std::optional<T> value{};
+    template <class U = T>
+        requires std::constructible_from<T, U&&>
+    void return_value(U&& v) {
+        value.emplace(std::forward<U>(v));
+    }
+    T take() { return std::move(*value); }
+};
+template <>
+struct result_slot<void> {
+    void return_void() noexcept {}
+    void take() noexcept {}
+};
+} // namespace detail
+
 template <class T = void>
 class [[nodiscard]] task {
 public:
-    struct promise_type : detail::promise_base {
-        std::optional<T> value{};
+    struct promise_type : detail::promise_base, detail::result_slot<T> {
         task get_return_object() noexcept { return task{std::coroutine_handle<promise_type>::from_promise(*this)}; }
-        template <class U = T>
-            requires std::constructible_from<T, U&&>
-        void return_value(U&& v) {
-            value.emplace(std::forward<U>(v));
-        }
     };
     using handle_type = std::coroutine_handle<promise_type>;
 
@@ -110,50 +123,7 @@ public:
         }
         T await_resume() {
             if (h.promise().error) std::rethrow_exception(h.promise().error);
-            return std::move(*h.promise().value);
-        }
-    };
-    awaiter operator co_await() && noexcept { return awaiter{h_}; }
-
-    handle_type release() noexcept { return std::exchange(h_, {}); }
-
-private:
-    explicit task(handle_type h) noexcept : h_(h) {}
-    handle_type h_;
-};
-
-template <>
-class [[nodiscard]] task<void> {
-public:
-    struct promise_type : detail::promise_base {
-        task get_return_object() noexcept { return task{std::coroutine_handle<promise_type>::from_promise(*this)}; }
-        void return_void() noexcept {}
-    };
-    using handle_type = std::coroutine_handle<promise_type>;
-
-    task(task&& other) noexcept : h_(std::exchange(other.h_, {})) {}
-    task& operator=(task&& other) noexcept {
-        if (this != &other) {
-            if (h_) h_.destroy();
-            h_ = std::exchange(other.h_, {});
-        }
-        return *this;
-    }
-    ~task() {
-        if (h_) h_.destroy();
-    }
-
-    struct awaiter {
-        handle_type h;
-        bool await_ready() const noexcept { return false; }
-        template <detail::chatkit_promise P>
-        std::coroutine_handle<> await_suspend(std::coroutine_handle<P> caller) noexcept {
-            h.promise().continuation = caller;
-            h.promise().env = caller.promise().env;
-            return h;
-        }
-        void await_resume() {
-            if (h.promise().error) std::rethrow_exception(h.promise().error);
+            return h.promise().take();
         }
     };
     awaiter operator co_await() && noexcept { return awaiter{h_}; }
