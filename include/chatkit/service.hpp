@@ -526,41 +526,26 @@ private:
         }
     }
 
+    // A blocking plugin's call on the worker pool, or inline on the loop when the plugin declares
+    // it cannot block. `f` owns what it needs: it lives in this coroutine's frame.
+    template <class Plugin, class F>
+    static task<std::invoke_result_t<F&>> call_plugin(F f) {
+        if constexpr (declared_nonblocking<Plugin>) co_return f();
+        else co_return co_await run_blocking(std::move(f));
+    }
+
     task<std::optional<completion>> cache_get(std::string key) {
-        if constexpr (declared_nonblocking<C>) {
-            co_return cache_.get(key);
-        } else {
-            auto call = [this, &key] { return cache_.get(key); };
-            co_return co_await run_blocking(call);
-        }
+        return call_plugin<C>([this, key = std::move(key)] { return cache_.get(key); });
     }
-
     task<void> cache_put(std::string key, completion value) {
-        if constexpr (declared_nonblocking<C>) {
-            cache_.put(key, value, options_.cache_ttl);
-        } else {
-            auto call = [this, &key, &value] { cache_.put(key, value, options_.cache_ttl); };
-            co_await run_blocking(call);
-        }
+        return call_plugin<C>([this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
     }
-
     // A durable append (an fsync) never runs on a loop thread, unless the store says it cannot block.
     task<result<void>> store_append(exchange e) {
-        if constexpr (declared_nonblocking<S>) {
-            co_return store_.append(e);
-        } else {
-            auto call = [this, &e] { return store_.append(e); };
-            co_return co_await run_blocking(call);
-        }
+        return call_plugin<S>([this, e = std::move(e)] { return store_.append(e); });
     }
-
     task<result<history_page>> store_history(history_query q) {
-        if constexpr (declared_nonblocking<S>) {
-            co_return store_.history(q);
-        } else {
-            auto call = [this, &q] { return store_.history(q); };
-            co_return co_await run_blocking(call);
-        }
+        return call_plugin<S>([this, q = std::move(q)] { return store_.history(q); });
     }
 
     // A provider's failure once the request was stopped is reported as what stopped it.

@@ -542,7 +542,8 @@ private:
     }
 
     // Beast leaves the target raw. Percent-decoding is the one piece of URL handling the service
-    // needs, and Boost.URL (which has it) is not in Debian's Boost 1.81 headers-only set.
+    // needs: Boost.URL has it but is a compiled library (libboost-url1.81-dev), and cpp-httplib's
+    // decoder would tie this header-only target to cpp-httplib's .so.
     static std::string percent_decode(std::string_view s, bool plus_is_space = false) {
         std::string out;
         out.reserve(s.size());
