@@ -302,6 +302,12 @@ TEST_CASE("Content-Length together with Transfer-Encoding: chunked is refused wi
                    "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400);
 }
 
+TEST_CASE("a Transfer-Encoding whose last coding is not chunked is refused with 400") {
+    server_process server{strict_env()};
+    // The body's length cannot be known (RFC 9112 section 6.3): answering would desynchronise the connection.
+    expect_refused(server.port(), "gzip alone", "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400);
+}
+
 TEST_CASE("two Content-Length headers with different values are refused with 400") {
     server_process server{strict_env()};
     expect_refused(server.port(), "3 then 2",
