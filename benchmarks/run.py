@@ -641,10 +641,7 @@ def main():
                 chatkit, port = start_chatkit(build, {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench",
                                                       "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % slow_port, "CHAT_CACHE_SIZE": "0",
                                                       "CHAT_DATABASE_URL": "none",
-                                                      "CHAT_UPSTREAM_TIMEOUT": "120", "CHAT_READ_TIMEOUT": "120",
-                                                      # The OpenAI provider is still blocking: on beast each open
-                                                      # stream holds a pool worker until the async upstream client lands.
-                                                      "CHAT_THREADS": str(n + 64)}, tmp,
+                                                      "CHAT_UPSTREAM_TIMEOUT": "120", "CHAT_READ_TIMEOUT": "120"}, tmp,
                                               adapter=adapter, connections=n + 64)
                 record(name, stream_run(build, chatkit, port, n), adapter=adapter)
             except Exception as e:  # a size this machine cannot hold is a result, not a crash of the suite

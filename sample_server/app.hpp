@@ -6,6 +6,7 @@
 #include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/async_openai_provider.hpp>
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/bedrock_provider.hpp>
 #include <chatkit/dynamodb_store.hpp>
@@ -22,7 +23,10 @@
 
 namespace sample_server {
 
-using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::bedrock_provider>;
+// OpenAI in both forms: the async one on the event-loop server's loops (CHAT_SERVER=beast), the
+// blocking one behind cpp-httplib and in the Lambda bootstrap.
+using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
+                                                chatkit::bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
 // The access log comes after the request id (its lines carry it) and before the rate limiter (a
@@ -48,8 +52,9 @@ inline std::string_view chosen_provider(const config& c) {
     return bedrock ? "bedrock" : "echo";
 }
 
-// Throws config_error when the chosen provider lacks what it needs.
-inline provider_type make_provider(const config& c) {
+// Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
+// client on the server's loops) OpenAI is called through it.
+inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream) {
     if (chosen_provider(c) == "openai") {
         const bool from_secret = !c.openai_api_key_secret_arn.empty();
         if (from_secret && !c.openai_api_key.empty())
@@ -84,6 +89,7 @@ inline provider_type make_provider(const config& c) {
         o.max_idle_connections = c.threads;
         o.azure_deployment = c.openai_azure_deployment;
         o.azure_api_version = c.openai_azure_api_version;
+        if (upstream) return chatkit::async_openai_provider{std::move(o), std::move(upstream)};
         return chatkit::openai_provider{std::move(o)};
     }
     if (chosen_provider(c) == "bedrock") {
@@ -135,11 +141,11 @@ inline chatkit::service_options make_service_options(const config& c) {
 }
 
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
-// the service.
-inline app_service make_service(const config& c, logger* log) {
+// the service; `upstream`, when given, is the async client the providers call out through.
+inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
     std::optional<chatkit::rate_limiter_mt> limiter;
     if (c.rate_limit != "off") limiter.emplace(*chatkit::rate_limit::parse(c.rate_limit));
-    return app_service{make_service_options(c), make_provider(c), make_store(c), make_cache(c), chatkit::request_id{},
+    return app_service{make_service_options(c), make_provider(c, std::move(upstream)), make_store(c), make_cache(c), chatkit::request_id{},
                        access_log{log}, std::move(limiter)};
 }
 

@@ -3,6 +3,7 @@
 #include "config.hpp"
 #include "log.hpp"
 
+#include <chatkit/beast_client.hpp>
 #include <chatkit/beast_server.hpp>
 #include <chatkit/httplib_server.hpp>
 
@@ -37,7 +38,10 @@ int main(int argc, char** argv) {
 
     sample_server::logger log{cfg};
     try {
-        auto service = sample_server::make_service(cfg, &log);
+        // Behind the event-loop server, providers call their upstreams on the same loops.
+        std::shared_ptr<chatkit::http_client> upstream;
+        if (cfg.server == "beast") upstream = std::make_shared<chatkit::beast_client>();
+        auto service = sample_server::make_service(cfg, &log, upstream);
         // The requests an adapter answers itself (malformed, over a limit) never reach the service.
         auto log_refusal = [&log](const chatkit::http_request& req, const chatkit::response_summary& s) { log.request(req, s); };
         std::optional<chatkit::beast_server<sample_server::app_service>> beast;

@@ -5,6 +5,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/task.hpp"
+#include "chatkit/worker_pool.hpp"
 
 #include <concepts>
 #include <functional>
@@ -27,12 +28,16 @@ public:
     class target {
     public:
         virtual task<bool> write(std::string_view text) = 0;
+        // The same without suspending, for a blocking provider run inline where there is no
+        // worker pool (the blocking adapters' bridge, whose writes complete at once).
+        virtual bool write_now(std::string_view text) = 0;
 
     protected:
         ~target() = default;
     };
     explicit delta_writer(target* t) noexcept : t_(t) {}
     [[nodiscard]] task<bool> write(std::string_view text) const { return t_->write(text); }
+    [[nodiscard]] bool write_now(std::string_view text) const { return t_->write_now(text); }
 
 private:
     target* t_;
@@ -121,6 +126,47 @@ struct provider_check {
     static constexpr bool value = provider<P>;
 };
 
+// Calling a provider of either form from a task: an async one is awaited where the task runs
+// (the loop); a blocking one runs on the environment's worker pool and resumes on the loop
+// (a complete() inline when it declares itself nonblocking; anything inline without a pool). `req` lives in the
+// caller's frame until the task ends.
+template <provider P>
+task<result<completion>> call_complete(P* p, const chat_request* req) {
+    if constexpr (async_provider<P>) {
+        co_return co_await p->complete(*req);
+    } else if constexpr (declared_nonblocking<P>) {
+        co_return p->complete(*req);
+    } else {
+        auto call = [p, req] { return p->complete(*req); };
+        co_return co_await run_blocking(call);
+    }
+}
+
+template <provider P>
+task<result<completion>> call_stream(P* p, const chat_request* req, delta_writer out) {
+    if constexpr (async_provider<P>) {
+        co_return co_await p->stream(*req, out);
+    } else {
+        const auto env = co_await current_env();
+        if (!env.pool) { // a stream's writes may suspend on a loop: only the pool's handoff can wait for them
+            const delta_sink sink = [out](std::string_view d) { return out.write_now(d); };
+            co_return p->stream(*req, sink);
+        }
+        // The provider runs on a worker; each delta crosses to the loop, is written, and the
+        // worker waits for the outcome: backpressure, and `false` once the client is gone.
+        auto produce = [p, req](blocking_channel& ch) {
+            const delta_sink sink = [&ch](std::string_view d) { return ch.put(d); };
+            return p->stream(*req, sink);
+        };
+        blocking_producer<decltype(produce)> job{produce, env.pool};
+        while (auto delta = co_await job.channel().next()) {
+            const bool ok = co_await out.write(*delta);
+            job.channel().ack(ok);
+        }
+        co_return co_await job;
+    }
+}
+
 /// The reference model: answers every request with an empty completion, instantly. Also the
 /// baseline the benchmarks measure the service's own overhead against.
 struct null_provider {
@@ -133,11 +179,15 @@ struct null_provider {
 static_assert(provider<null_provider>);
 
 /// One of several providers, chosen at run time (e.g. from configuration) and still a Provider:
-/// `provider_variant<echo_provider, openai_provider>`.
-template <blocking_provider... Ps>
+/// `provider_variant<echo_provider, openai_provider>`. Of the blocking form when every alternative
+/// is; of the async form as soon as one is, the blocking alternatives then running on the worker
+/// pool as the service would run them.
+template <provider... Ps>
 class provider_variant {
+    static constexpr bool any_async = (async_provider<Ps> || ...);
+
 public:
-    static constexpr bool nonblocking = (declared_nonblocking<Ps> && ...);
+    static constexpr bool nonblocking = !any_async && (declared_nonblocking<Ps> && ...);
 
     template <class P>
         requires(std::same_as<std::remove_cvref_t<P>, Ps> || ...)
@@ -146,11 +196,31 @@ public:
     std::string_view name() const {
         return std::visit([](const auto& p) -> std::string_view { return p.name(); }, v_);
     }
-    result<completion> complete(const chat_request& r) {
+    result<completion> complete(const chat_request& r)
+        requires(!any_async)
+    {
         return std::visit([&](auto& p) { return p.complete(r); }, v_);
     }
-    result<completion> stream(const chat_request& r, const delta_sink& sink) {
+    result<completion> stream(const chat_request& r, const delta_sink& sink)
+        requires(!any_async)
+    {
         return std::visit([&](auto& p) { return p.stream(r, sink); }, v_);
+    }
+    task<result<completion>> complete(chat_request r)
+        requires any_async
+    {
+        const chat_request* req = &r;
+        auto pick = [req](auto& p) { return call_complete(&p, req); };
+        auto call = std::visit(pick, v_);
+        co_return co_await std::move(call);
+    }
+    task<result<completion>> stream(chat_request r, delta_writer out)
+        requires any_async
+    {
+        const chat_request* req = &r;
+        auto pick = [req, out](auto& p) { return call_stream(&p, req, out); };
+        auto call = std::visit(pick, v_);
+        co_return co_await std::move(call);
     }
     component_health health() {
         return std::visit([](auto& p) { return p.health(); }, v_);

@@ -5,6 +5,8 @@
 
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
+#include "chatkit/sleep.hpp"
+#include "chatkit/task.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -42,19 +44,6 @@ struct retry_policy {
     return std::chrono::milliseconds(static_cast<long>(base * std::uniform_real_distribution<>(0.75, 1.0)(rng)));
 }
 
-// Waits `delay`, or less when `stop` is requested first (the client left, the request's deadline
-// passed). False when it was cut short.
-inline bool wait_unless_stopped(std::chrono::milliseconds delay, const std::stop_token& stop) {
-    if (!stop.stop_possible()) {
-        std::this_thread::sleep_for(delay);
-        return true;
-    }
-    std::mutex m;
-    std::condition_variable_any cv;
-    std::unique_lock lock{m};
-    return !cv.wait_for(lock, stop, delay, [] { return false; }) && !stop.stop_requested();
-}
-
 // Calls `attempt()` (returning result<T, upstream_failure>) until it succeeds or must stop; a 429
 // that outlived its retries keeps its Retry-After for the client. A stop request ends the wait
 // before a retry at once.
@@ -75,6 +64,27 @@ result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_cloc
         }
         if (!wait_unless_stopped(delay, stop))
             return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
+    }
+}
+
+// The same for an asynchronous attempt (`task<result<T, upstream_failure>> attempt()`): the wait
+// before a retry is a loop timer that the request's stop token cuts short.
+template <class T, class Attempt>
+task<result<T>> call_with_retries_async(retry_policy policy, std::chrono::steady_clock::time_point deadline, Attempt attempt) {
+    for (int n = 0;; ++n) {
+        result<T, upstream_failure> outcome = co_await attempt();
+        if (outcome) co_return std::move(outcome).value();
+        upstream_failure f = std::move(outcome).error();
+        const auto delay = f.retry_after.value_or(backoff_delay(policy, n));
+        const bool again = f.retryable && !f.delivered && n < policy.max_retries && delay <= policy.max_server_delay &&
+                           std::chrono::steady_clock::now() + delay < deadline;
+        if (!again) {
+            if (f.e.kind == error_kind::rate_limited && !f.e.retry_after_seconds)
+                f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (delay.count() + 999) / 1000));
+            co_return std::move(f.e);
+        }
+        const bool waited = co_await sleep_for(delay);
+        if (!waited) co_return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
     }
 }
 

@@ -397,7 +397,7 @@ private:
             return framing->delta(text);
         }
         task<bool> write(std::string_view text) override { return st->send(frame(text)); }
-        bool write_now(std::string_view text) { return st->send_now(frame(text)); }
+        bool write_now(std::string_view text) override { return st->send_now(frame(text)); }
     };
 
     // The streamed form of chat(): cache, provider stream, durable store, then the closing event.
@@ -488,42 +488,12 @@ private:
         st->summary.time_to_first_token_ms = res->meta.time_to_first_token_ms;
     }
 
-    // The plugins' calls, by form: an async plugin is awaited on the loop; a blocking one runs
-    // on the worker pool (inline when it declares itself nonblocking, or without a pool).
-    task<result<completion>> provider_complete(const chat_request* req) {
-        if constexpr (async_provider<P>) {
-            co_return co_await provider_.complete(*req);
-        } else if constexpr (declared_nonblocking<P>) {
-            co_return provider_.complete(*req);
-        } else {
-            auto call = [this, req] { return provider_.complete(*req); };
-            co_return co_await run_blocking(call);
-        }
-    }
+    // The provider's calls, by its form (chatkit/provider.hpp).
+    task<result<completion>> provider_complete(const chat_request* req) { return call_complete(&provider_, req); }
 
     template <class Framing>
     task<result<completion>> provider_stream(const chat_request* req, delta_framer<Framing>* out) {
-        if constexpr (async_provider<P>) {
-            co_return co_await provider_.stream(*req, delta_writer{out});
-        } else {
-            const auto env = co_await current_env();
-            if (!env.pool) {
-                const delta_sink sink = [out](std::string_view d) { return out->write_now(d); };
-                co_return provider_.stream(*req, sink);
-            }
-            // The provider runs on a worker; each delta crosses to the loop, is written, and the
-            // worker waits for the outcome: backpressure, and `false` once the client is gone.
-            auto produce = [this, req](blocking_channel& ch) {
-                const delta_sink sink = [&ch](std::string_view d) { return ch.put(d); };
-                return provider_.stream(*req, sink);
-            };
-            blocking_producer<decltype(produce)> job{produce, env.pool};
-            while (auto delta = co_await job.channel().next()) {
-                const bool ok = co_await out->write(*delta);
-                job.channel().ack(ok);
-            }
-            co_return co_await job;
-        }
+        return call_stream(&provider_, req, delta_writer{out});
     }
 
     // A blocking plugin's call on the worker pool, or inline on the loop when the plugin declares

@@ -21,9 +21,11 @@
 //     full-expression ends); pass pointers where the callee must reach the caller's object.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <coroutine>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -37,6 +39,14 @@ namespace chatkit {
 class scheduler {
 public:
     virtual void post(std::coroutine_handle<> h) = 0;
+    // Calls `fn` on the loop's thread once `delay` has passed (a retry's backoff, a provider's
+    // pacing). A loop without timers returns false and the caller waits on its own thread. `fn`
+    // may be destroyed without being called when the loop stops first.
+    virtual bool call_after(std::chrono::nanoseconds delay, std::function<void()> fn) {
+        (void)delay;
+        (void)fn;
+        return false;
+    }
 
 protected:
     ~scheduler() = default;

@@ -3,13 +3,17 @@
 #include "../support/fake_openai.hpp"
 #include "../support/untrusted_tls_server.hpp"
 
+#include <chatkit/async_openai_provider.hpp>
+#include <chatkit/beast_client.hpp>
 #include <chatkit/openai_provider.hpp>
 
 #include <catch2/catch.hpp>
 
 #include <optional>
+#include <thread>
 
 #include "../support/collected_deltas.hpp"
+#include "../support/on_asio_loop.hpp"
 
 using nlohmann::json;
 using test_support::fake_openai;
@@ -39,11 +43,18 @@ chatkit::chat_request ask(std::string text) {
 
 using collected = test_support::collected_deltas;
 
+// Every case runs against both forms: the blocking provider over cpp-httplib, and the async one
+// over chatkit::beast_client on an Asio loop. Same wire, same errors.
+struct async_openai : test_support::on_asio_loop<chatkit::async_openai_provider> {
+    explicit async_openai(chatkit::openai_options o, chatkit::beast_client_options c = {})
+        : on_asio_loop(std::move(o), std::make_shared<chatkit::beast_client>(std::move(c))) {}
+};
+
 } // namespace
 
-TEST_CASE("a completion goes out in the OpenAI format and comes back with usage") {
+TEMPLATE_TEST_CASE("a completion goes out in the OpenAI format and comes back with usage", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     auto r = ask("hello there");
     r.temperature = 0.3;
     r.max_tokens = 50;
@@ -75,9 +86,9 @@ TEST_CASE("a completion goes out in the OpenAI format and comes back with usage"
     CHECK(sent.headers.find("X-Request-ID")->second == "req-123");
 }
 
-TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes") {
+TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     for (std::size_t chunk_bytes : {0u, 1u, 2u, 3u, 7u, 64u}) {
         fake_reply reply;
         reply.chunk_bytes = chunk_bytes;
@@ -95,9 +106,9 @@ TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts
     CHECK(sent.body["stream_options"]["include_usage"] == true);
 }
 
-TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then succeeds") {
+TEMPLATE_TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then succeeds", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     auto limited = status_reply(429, "Rate limit reached", "requests", "rate_limit_exceeded");
     limited.headers = {{"retry-after-ms", "20"}};
     fake.script({limited, limited});
@@ -108,11 +119,11 @@ TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then succeeds")
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(1)); // the server's delay, not the backoff
 }
 
-TEST_CASE("a 429 that outlives the retries becomes a 429 with Retry-After") {
+TEMPLATE_TEST_CASE("a 429 that outlives the retries becomes a 429 with Retry-After", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     o.max_retries = 1;
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     auto limited = status_reply(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded");
     limited.headers = {{"retry-after", "0.01"}};
     fake.script({limited, limited});
@@ -124,9 +135,9 @@ TEST_CASE("a 429 that outlives the retries becomes a 429 with Retry-After") {
     CHECK(fake.requests().size() == 2);
 }
 
-TEST_CASE("exhausted quota is a 429 that is not retried") {
+TEMPLATE_TEST_CASE("exhausted quota is a 429 that is not retried", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     fake.script({status_reply(429, "You exceeded your current quota", "insufficient_quota", "insufficient_quota")});
     auto c = openai.complete(ask("hi"));
     REQUIRE_FALSE(c);
@@ -134,10 +145,10 @@ TEST_CASE("exhausted quota is a 429 that is not retried") {
     CHECK(fake.requests().size() == 1);
 }
 
-TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upstream's message") {
+TEMPLATE_TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upstream's message", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     auto boom = status_reply(500, "The server had an error while processing your request.", "server_error");
     boom.headers = {{"retry-after-ms", "1"}};
     fake.script({boom});
@@ -152,9 +163,9 @@ TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upstream's me
     CHECK(fake.requests().size() == 5);
 }
 
-TEST_CASE("upstream client errors keep their status class and message, the key is never echoed") {
+TEMPLATE_TEST_CASE("upstream client errors keep their status class and message, the key is never echoed", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     fake.script({status_reply(400, "Invalid value for 'temperature'", "invalid_request_error", "invalid_value")});
     auto bad = openai.complete(ask("hi"));
     CHECK(bad.error().kind == chatkit::error_kind::invalid_request);
@@ -174,7 +185,7 @@ TEST_CASE("upstream client errors keep their status class and message, the key i
     CHECK(fake.requests().size() == 3); // none of these is retried
 }
 
-TEST_CASE("a key source is asked before each call: a rotated key goes out next, its error fails the call before any request") {
+TEMPLATE_TEST_CASE("a key source is asked before each call: a rotated key goes out next, its error fails the call before any request", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     o.api_key = "";
@@ -184,7 +195,7 @@ TEST_CASE("a key source is asked before each call: a rotated key goes out next, 
         if (outage) return *outage;
         return current;
     };
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     REQUIRE(openai.complete(ask("one")));
     current = "sk-source-second-0002";
     REQUIRE(openai.complete(ask("two")));
@@ -216,12 +227,12 @@ TEST_CASE("a key source is asked before each call: a rotated key goes out next, 
     CHECK(openai.health().ok);
 }
 
-TEST_CASE("an upstream slower than the read timeout is a 504") {
+TEMPLATE_TEST_CASE("an upstream slower than the read timeout is a 504", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     o.read_timeout = std::chrono::milliseconds(200);
     o.max_retries = 0;
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     fake_reply slow;
     slow.delay_before = std::chrono::milliseconds(800);
     fake.script({slow});
@@ -231,11 +242,11 @@ TEST_CASE("an upstream slower than the read timeout is a 504") {
     CHECK(chatkit::http_status(c.error().kind) == 504);
 }
 
-TEST_CASE("the total deadline bounds a stream that keeps trickling") {
+TEMPLATE_TEST_CASE("the total deadline bounds a stream that keeps trickling", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     o.deadline = std::chrono::milliseconds(300);
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     fake_reply trickle;
     trickle.delay_between = std::chrono::milliseconds(150);
     fake.script({trickle});
@@ -245,9 +256,9 @@ TEST_CASE("the total deadline bounds a stream that keeps trickling") {
     CHECK(c.error().kind == chatkit::error_kind::timeout);
 }
 
-TEST_CASE("a connection reset before any delta is retried, after a delta it is an error, never a silent truncation") {
+TEMPLATE_TEST_CASE("a connection reset before any delta is retried, after a delta it is an error, never a silent truncation", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     fake_reply early;
     early.break_after_events = 0;
     fake.script({early});
@@ -268,9 +279,9 @@ TEST_CASE("a connection reset before any delta is retried, after a delta it is a
     CHECK(fake.requests().size() == 3); // not retried: bytes had reached the client
 }
 
-TEST_CASE("a malformed chunk or an error event mid-stream fails the stream") {
+TEMPLATE_TEST_CASE("a malformed chunk or an error event mid-stream fails the stream", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     fake_reply malformed;
     malformed.malformed_chunk = true;
     fake.script({malformed});
@@ -288,23 +299,23 @@ TEST_CASE("a malformed chunk or an error event mid-stream fails the stream") {
     CHECK(e.error().message.find("The server had an error") != std::string::npos);
 }
 
-TEST_CASE("a client that leaves stops the upstream stream") {
+TEMPLATE_TEST_CASE("a client that leaves stops the upstream stream", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     int seen = 0;
     auto c = openai.stream(ask("a b c d e f"), [&](std::string_view) { return ++seen < 2; });
     CHECK(seen == 2);
     CHECK(fake.requests().size() == 1);
 }
 
-TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down") {
+TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::openai_provider, async_openai) {
     chatkit::openai_options o;
     {
         fake_openai gone; // take a free port, then free it
         o.base_url = gone.base_url();
     }
     o.max_retries = 1;
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     for (int i = 0; i < 3; ++i) {
         auto c = openai.complete(ask("hi"));
         REQUIRE_FALSE(c);
@@ -314,21 +325,21 @@ TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the pr
     CHECK_FALSE(openai.health().ok);
 }
 
-TEST_CASE("Azure mode uses the deployment path, api-version and the api-key header") {
+TEMPLATE_TEST_CASE("Azure mode uses the deployment path, api-version and the api-key header", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     o.base_url = "http://127.0.0.1:" + std::to_string(fake.port());
     o.azure_deployment = "my-deploy";
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     auto c = openai.complete(ask("hi")); // the fake serves only /v1/...: a 404 proves the path
     REQUIRE_FALSE(c);
     CHECK(c.error().kind == chatkit::error_kind::not_found);
     CHECK_THROWS_AS(chatkit::openai_provider(chatkit::openai_options{.base_url = "ftp://x"}), std::invalid_argument);
 }
 
-TEST_CASE("tools and the tool-call history go upstream exactly as the client sent them") {
+TEMPLATE_TEST_CASE("tools and the tool-call history go upstream exactly as the client sent them", "", chatkit::openai_provider, async_openai) {
     fake_openai fake;
-    chatkit::openai_provider openai{options_for(fake)};
+    TestType openai{options_for(fake)};
     auto r = ask("weather?");
     r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
     r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array({{{"id", "c0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", "{}"}}}}})}}});
@@ -340,15 +351,61 @@ TEST_CASE("tools and the tool-call history go upstream exactly as the client sen
     CHECK(sent["messages"][3] == json{{"role", "tool"}, {"content", "sunny"}, {"tool_call_id", "c0"}});
 }
 
-TEST_CASE("HTTPS verifies the upstream's certificate: an untrusted one is refused before any request") {
+TEMPLATE_TEST_CASE("HTTPS verifies the upstream's certificate: an untrusted one is refused before any request", "", chatkit::openai_provider, async_openai) {
     test_support::untrusted_tls_server untrusted;
     chatkit::openai_options o;
     o.base_url = "https://127.0.0.1:" + std::to_string(untrusted.port()) + "/v1";
     o.api_key = secret_key;
-    chatkit::openai_provider openai{o};
+    TestType openai{o};
     auto c = openai.complete(ask("hi"));
     REQUIRE_FALSE(c);
     CHECK(chatkit::http_status(c.error().kind) == 502);
     CHECK(c.error().code == "upstream_tls");
     CHECK(untrusted.requests() == 0); // the key never left
+}
+
+TEST_CASE("the async client speaks TLS to an upstream it trusts, verifying the host") {
+    test_support::untrusted_tls_server upstream;
+    chatkit::openai_options o;
+    o.base_url = "https://127.0.0.1:" + std::to_string(upstream.port()) + "/v1";
+    o.api_key = secret_key;
+    o.max_retries = 0;
+    async_openai openai{o, chatkit::beast_client_options{.extra_ca_pem = upstream.certificate_pem()}};
+    // The server answers "{}": not a chat completion, so the provider reports a malformed answer,
+    // which proves the exchange got past the handshake.
+    for (int i = 0; i < 2; ++i) {
+        auto c = openai.complete(ask("hi"));
+        REQUIRE_FALSE(c);
+        CHECK(c.error().code == "upstream_malformed");
+    }
+    CHECK(upstream.requests() == 2);
+}
+
+TEST_CASE("the async client refuses a trusted certificate that names another host") {
+    test_support::untrusted_tls_server upstream;
+    chatkit::openai_options o;
+    o.base_url = "https://localhost:" + std::to_string(upstream.port()) + "/v1"; // the certificate names 127.0.0.1 only
+    o.api_key = secret_key;
+    o.max_retries = 0;
+    async_openai openai{o, chatkit::beast_client_options{.extra_ca_pem = upstream.certificate_pem()}};
+    auto c = openai.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().code == "upstream_tls");
+    CHECK(upstream.requests() == 0);
+}
+
+TEMPLATE_TEST_CASE("a connection is kept alive across calls, and one closed by the upstream meanwhile is replaced", "", chatkit::openai_provider, async_openai) {
+    fake_openai fake{{}, 4, std::chrono::seconds(1)};
+    TestType openai{options_for(fake)};
+    REQUIRE(openai.complete(ask("one")));
+    collected got;
+    REQUIRE(openai.stream(ask("two words"), got.sink()));
+    REQUIRE(openai.complete(ask("three")));
+    REQUIRE(fake.requests().size() == 3);
+    CHECK(fake.requests()[1].client_port == fake.requests()[0].client_port);
+    CHECK(fake.requests()[2].client_port == fake.requests()[0].client_port);
+    // The fake closes a connection idle for a second; the next call must not fail for it.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1600));
+    REQUIRE(openai.complete(ask("four")));
+    CHECK(fake.requests().size() == 4);
 }

@@ -42,15 +42,19 @@ inline fake_reply status_reply(int status, std::string message, std::string type
 struct fake_request {
     nlohmann::json body;
     httplib::Headers headers;
+    int client_port = 0; // the client's end of the connection: equal ports, one kept-alive connection
 };
 
 class fake_openai {
 public:
     // `defaults`: the reply to unscripted requests. `threads`: concurrent connections served
     // (cpp-httplib holds one thread per connection), for benchmarks that open many.
-    explicit fake_openai(fake_reply defaults = {}, std::size_t threads = 16) : defaults_(std::move(defaults)) {
+    // `idle_close`: how long a kept-alive connection may idle before the fake closes it.
+    explicit fake_openai(fake_reply defaults = {}, std::size_t threads = 16, std::chrono::seconds idle_close = std::chrono::seconds(5))
+        : defaults_(std::move(defaults)) {
         server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
         server_.set_keep_alive_max_count(1'000'000);
+        server_.set_keep_alive_timeout(idle_close.count());
         server_.set_tcp_nodelay(true);
         server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { answer(req, res); });
         server_.Get("/v1/models", [](const httplib::Request&, httplib::Response& res) {
@@ -96,7 +100,7 @@ private:
         auto body = nlohmann::json::parse(req.body, nullptr, false);
         {
             std::lock_guard lock{mutex_};
-            requests_.push_back({body, req.headers});
+            requests_.push_back({body, req.headers, req.remote_port});
             if (!script_.empty()) {
                 reply = std::move(script_.front());
                 script_.pop_front();

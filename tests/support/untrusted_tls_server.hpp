@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,6 +27,14 @@ public:
         X509_NAME_add_entry_by_txt(X509_get_subject_name(cert_), "CN", MBSTRING_ASC,
                                    reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
         X509_set_issuer_name(cert_, X509_get_subject_name(cert_));
+        // Names the address too, so a client that trusts this certificate can verify the host.
+        X509V3_CTX ctx;
+        X509V3_set_ctx_nodb(&ctx);
+        X509V3_set_ctx(&ctx, cert_, cert_, nullptr, nullptr, 0);
+        if (X509_EXTENSION* san = X509V3_EXT_conf_nid(nullptr, &ctx, NID_subject_alt_name, "IP:127.0.0.1")) {
+            X509_add_ext(cert_, san, -1);
+            X509_EXTENSION_free(san);
+        }
         if (X509_sign(cert_, key_, EVP_sha256()) <= 0) throw std::runtime_error("cannot sign the test certificate");
         server_.emplace(cert_, key_);
         auto count = [this](const httplib::Request&, httplib::Response& res) {

@@ -10,6 +10,7 @@
 // parses it, because once parsed a folded line can no longer be told apart.
 #pragma once
 
+#include "chatkit/asio_loop.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/random_id.hpp"
 #include "chatkit/response_sink.hpp"
@@ -142,14 +143,11 @@ private:
 
     // One event loop: its io_context, its listening socket, its live connections, and the
     // scheduler the service's tasks resume through.
-    struct loop final : scheduler {
-        boost::asio::io_context ioc{1};
+    struct loop final : asio_loop {
+        boost::asio::io_context& ioc = context();
         tcp::acceptor acceptor{ioc};
         std::list<connection*> live; // only touched on this loop's thread
         std::shared_ptr<boost::asio::steady_timer> drain_timer{};
-        void post(std::coroutine_handle<> h) override {
-            boost::asio::post(ioc, [h] { h.resume(); });
-        }
     };
 
     // What a connection's coroutine shares with the timers and watchers it starts.

@@ -1,61 +1,23 @@
 // chatkit::openai_provider: completions from OpenAI or any server that speaks its Chat Completions
-// API (OpenRouter, Ollama, vLLM, llama.cpp's server, Azure OpenAI). Kept-alive HTTPS connections
-// are pooled across threads; failures before the first streamed byte are retried with backoff.
+// API (OpenRouter, Ollama, vLLM, llama.cpp's server, Azure OpenAI), in the blocking form: the
+// service runs it on its worker pool. Kept-alive HTTPS connections (cpp-httplib) are pooled across
+// threads; failures before the first streamed byte are retried with backoff. For the event-loop
+// server, chatkit::async_openai_provider speaks the same wire on the loops themselves.
 // Wire format: protocols.md §1 (OpenAI) and §7 (SSE).
 #pragma once
 
-#include "chatkit/chat.hpp"
-#include "chatkit/error.hpp"
-#include "chatkit/health.hpp"
-#include "chatkit/http.hpp"
 #include "chatkit/httplib_client_pool.hpp"
-#include "chatkit/provider.hpp"
-#include "chatkit/retry.hpp"
-#include "chatkit/sse.hpp"
+#include "chatkit/openai_wire.hpp"
 
 #include <httplib.h>
-#include <nlohmann/json.hpp>
 
-#include <algorithm>
-#include <atomic>
-#include <cctype>
 #include <chrono>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
 #include <memory>
-#include <mutex>
-#include <optional>
-#include <random>
-#include <stdexcept>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <vector>
 
 namespace chatkit {
-
-struct openai_options {
-    std::string base_url = "https://api.openai.com/v1";
-    std::string api_key{};      // sent upstream only; never logged, never put in an error message
-    // Asked for the key before each call instead of `api_key`, when set: a key that rotates, e.g.
-    // from Secrets Manager (chatkit/aws/secrets_manager.hpp). Its error fails the call as it is
-    // and counts against health(); it must be safe from any thread and cheap (cache what it fetches).
-    std::function<result<std::string>()> api_key_source{};
-    std::string organization{}; // OpenAI-Organization header, when set
-    std::string project{};      // OpenAI-Project header, when set
-    std::string model = "gpt-4o-mini";
-    std::chrono::milliseconds connect_timeout{5'000};
-    std::chrono::milliseconds read_timeout{60'000}; // the longest silence while waiting for bytes
-    std::chrono::milliseconds deadline{120'000};    // the whole call, retries included
-    int max_retries = 2;
-    std::size_t max_idle_connections = 64;
-    // Azure OpenAI: base_url https://RESOURCE.openai.azure.com, the `api-key` header, and
-    // /openai/deployments/{deployment}/chat/completions?api-version=...
-    std::string azure_deployment{};
-    std::string azure_api_version = "2024-10-21";
-};
 
 class openai_provider {
 public:
@@ -63,160 +25,55 @@ public:
     explicit openai_provider(openai_options options) : shared_(std::make_shared<shared>(std::move(options))) {}
 
     std::string_view name() const { return "openai"; }
-    std::vector<std::string> models() const { return {shared_->options.model}; }
+    std::vector<std::string> models() const { return {shared_->wire.options.model}; }
 
     result<completion> complete(const chat_request& r) { return call(r, nullptr); }
     result<completion> stream(const chat_request& r, const delta_sink& sink) { return call(r, &sink); }
 
     // Down after three calls in a row failed to reach the upstream or were refused its credentials.
-    component_health health() { return shared_->health.report(shared_->origin); }
+    component_health health() { return shared_->wire.health.report(shared_->wire.origin); }
 
 private:
     using clock = std::chrono::steady_clock;
+    using wire = detail::openai_wire;
 
     struct shared {
-        explicit shared(openai_options o) : options(std::move(o)) {
-            const auto scheme_end = options.base_url.find("://");
-            if (scheme_end == std::string::npos) throw std::invalid_argument("OpenAI base URL must start with http:// or https://");
-            const auto scheme = options.base_url.substr(0, scheme_end);
-            if (scheme != "http" && scheme != "https") throw std::invalid_argument("OpenAI base URL must start with http:// or https://");
-            const auto path_start = options.base_url.find('/', scheme_end + 3);
-            origin = options.base_url.substr(0, path_start);
-            std::string prefix = path_start == std::string::npos ? "" : options.base_url.substr(path_start);
-            while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
-            path = options.azure_deployment.empty()
-                       ? prefix + "/chat/completions"
-                       : prefix + "/openai/deployments/" + options.azure_deployment +
-                             "/chat/completions?api-version=" + options.azure_api_version;
-            if (origin.size() <= scheme_end + 3) throw std::invalid_argument("OpenAI base URL has no host");
-            pool.emplace(origin, httplib_client_options{options.connect_timeout, options.read_timeout, options.max_idle_connections});
-        }
-
-        openai_options options;
-        std::string origin; // scheme://host[:port]
-        std::string path;   // the chat completions path on that origin
-        std::optional<httplib_client_pool> pool;
-        upstream_health health;
+        explicit shared(openai_options o)
+            : wire(std::move(o)),
+              pool(wire.origin, httplib_client_options{wire.options.connect_timeout, wire.options.read_timeout, wire.options.max_idle_connections}) {}
+        detail::openai_wire wire;
+        httplib_client_pool pool;
     };
 
     result<completion> call(const chat_request& r, const delta_sink* sink) {
-        const auto& o = shared_->options;
-        const std::string body = dump_json(request_body(r, sink != nullptr));
-        const auto deadline = clock::now() + o.deadline;
-        auto key = o.api_key_source ? o.api_key_source() : result<std::string>{o.api_key};
+        auto& w = shared_->wire;
+        const std::string body = dump_json(w.request_body(r, sink != nullptr));
+        const auto deadline = clock::now() + w.options.deadline;
+        auto key = w.key();
         if (!key) {
-            shared_->health.record(true, key.error().message); // only an operator can fix a missing key
+            w.health.record(true, key.error().message); // only an operator can fix a missing key
             return std::move(key).error();
         }
         auto answer = call_with_retries<completion>(
-            retry_policy{.max_retries = o.max_retries}, deadline, [&] { return attempt_once(r, body, sink, deadline, *key); },
+            retry_policy{.max_retries = w.options.max_retries}, deadline, [&] { return attempt_once(r, body, sink, deadline, *key); },
             r.stop);
-        shared_->health.record(answer);
+        w.health.record(answer);
         return answer;
     }
 
-    nlohmann::json request_body(const chat_request& r, bool streaming) const {
-        nlohmann::json messages = nlohmann::json::array();
-        for (const auto& m : r.messages) {
-            nlohmann::json j = {{"role", to_string(m.role)}, {"content", m.content}};
-            if (m.extra.is_object())
-                for (const auto& [key, value] : m.extra.items()) j[key] = value;
-            messages.push_back(std::move(j));
-        }
-        nlohmann::json body = r.extensions.is_object() ? r.extensions : nlohmann::json::object();
-        body["model"] = r.model.empty() ? shared_->options.model : r.model;
-        body["messages"] = std::move(messages);
-        if (r.temperature) body["temperature"] = *r.temperature;
-        if (r.max_tokens && !body.contains("max_completion_tokens")) body["max_tokens"] = *r.max_tokens;
-        if (r.user_id != anonymous_user) body["user"] = r.user_id;
-        if (streaming) {
-            body["stream"] = true;
-            body["stream_options"] = {{"include_usage", true}};
-        }
-        return body;
-    }
-
-    // Reads a chat.completion.chunk stream (protocols.md §1.7) into a completion, passing each text
-    // delta on as it arrives.
-    struct stream_reader {
-        const delta_sink& sink;
-        completion c{};
-        std::optional<std::string> broken{}; // why the stream cannot be trusted
-        bool done = false;                   // [DONE] seen
-        bool delivered = false;              // a delta reached the sink
-        bool client_gone = false;            // the sink said stop
-        nlohmann::json tool_calls = nlohmann::json::array();
-
-        void operator()(const sse_message& m) {
-            if (broken || done || client_gone) return;
-            if (m.data == "[DONE]") return void(done = true);
-            const auto j = nlohmann::json::parse(m.data, nullptr, false);
-            if (!j.is_object()) return void(broken = "upstream sent a malformed stream chunk");
-            if (auto e = j.find("error"); e != j.end() && !e->is_null()) {
-                return void(broken = "upstream error mid-stream: " +
-                                     (e->is_object() ? e->value("message", std::string{"unknown"}) : e->dump()));
-            }
-            if (auto model = j.find("model"); model != j.end() && model->is_string()) c.model = *model;
-            if (auto usage = j.find("usage"); usage != j.end() && usage->is_object()) {
-                c.usage.prompt_tokens = usage->value("prompt_tokens", 0);
-                c.usage.completion_tokens = usage->value("completion_tokens", 0);
-            }
-            const auto choices = j.find("choices");
-            if (choices == j.end() || !choices->is_array()) return;
-            for (const auto& choice : *choices) {
-                if (!choice.is_object() || choice.value("index", 0) != 0) continue; // we ask for one choice
-                if (auto reason = choice.find("finish_reason"); reason != choice.end() && reason->is_string())
-                    c.finish_reason = *reason;
-                const auto delta = choice.find("delta");
-                if (delta == choice.end() || !delta->is_object()) continue;
-                if (auto calls = delta->find("tool_calls"); calls != delta->end() && calls->is_array()) merge_tool_calls(*calls);
-                if (auto text = delta->find("content"); text != delta->end() && text->is_string() && !text->get_ref<const std::string&>().empty()) {
-                    c.content += text->get_ref<const std::string&>();
-                    delivered = true;
-                    if (!sink(text->get_ref<const std::string&>())) client_gone = true;
-                }
-            }
-        }
-
-        // Tool-call fragments carry only an index after the first; arguments are concatenated.
-        void merge_tool_calls(const nlohmann::json& calls) {
-            for (const auto& call : calls) {
-                const auto index = call.value("index", std::size_t{0});
-                while (tool_calls.size() <= index) tool_calls.push_back({{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
-                auto& merged = tool_calls[index];
-                if (call.contains("id") && call["id"].is_string()) merged["id"] = call["id"];
-                if (call.contains("type") && call["type"].is_string()) merged["type"] = call["type"];
-                if (auto f = call.find("function"); f != call.end() && f->is_object()) {
-                    if (f->contains("name") && (*f)["name"].is_string()) merged["function"]["name"] = (*f)["name"];
-                    if (f->contains("arguments") && (*f)["arguments"].is_string())
-                        merged["function"]["arguments"] = merged["function"]["arguments"].get<std::string>() + (*f)["arguments"].get<std::string>();
-                }
-            }
-        }
-    };
-
     result<completion, upstream_failure> attempt_once(const chat_request& r, const std::string& body, const delta_sink* sink,
                                                       clock::time_point deadline, const std::string& key) {
-        auto& s = *shared_;
-        const auto& o = s.options;
+        auto& w = shared_->wire;
         httplib::Request req;
         req.method = "POST";
-        req.path = s.path;
+        req.path = w.path;
         req.body = body;
-        req.set_header("Content-Type", "application/json");
-        req.set_header("Accept", sink ? "text/event-stream" : "application/json");
-        if (!o.azure_deployment.empty()) {
-            if (!key.empty()) req.set_header("api-key", key);
-        }
-        else if (!key.empty()) req.set_header("Authorization", "Bearer " + key);
-        if (!o.organization.empty()) req.set_header("OpenAI-Organization", o.organization);
-        if (!o.project.empty()) req.set_header("OpenAI-Project", o.project);
-        if (!r.request_id.empty()) req.set_header("X-Request-ID", r.request_id);
+        for (const auto& [name, value] : w.request_headers(r, sink != nullptr, key)) req.set_header(name, value);
 
         static const delta_sink no_sink = [](std::string_view) { return true; };
-        stream_reader reader{sink ? *sink : no_sink};
+        wire::stream_reader reader{sink ? *sink : no_sink};
         sse_parser parser;
-        const auto x = s.pool->send(
+        const auto x = shared_->pool.send(
             req, deadline,
             [&](std::string_view chunk) {
                 parser.feed(chunk, reader);
@@ -230,19 +87,15 @@ private:
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
         if (x.past_deadline)
             return upstream_failure{{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
-        if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken, key), "upstream_error"}, !reader.delivered, {}, reader.delivered};
+        if (reader.broken) return w.finish_stream(reader, key);
         if (!x.sent && !reader.done) return transport_failure(x.error, x.took, reader.delivered);
-        if (x.status != 200) return status_failure(x.status, x.body, x.headers, key);
-        if (!sink) return parse_answer(x.body);
-        if (!reader.done && reader.c.finish_reason.empty())
-            return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
-        if (!reader.tool_calls.empty()) reader.c.extra = {{"tool_calls", reader.tool_calls}};
-        if (reader.c.finish_reason.empty()) reader.c.finish_reason = "stop";
-        return std::move(reader.c);
+        if (x.status != 200) return w.status_failure(x.status, x.body, x.headers, key);
+        if (!sink) return w.parse_answer(x.body);
+        return w.finish_stream(reader, key);
     }
 
     upstream_failure transport_failure(httplib::Error err, clock::duration waited, bool delivered) const {
-        const auto& o = shared_->options;
+        const auto& o = shared_->wire.options;
         if (delivered)
             return {{error_kind::upstream, "upstream connection broke mid-stream (" + httplib::to_string(err) + ")", "upstream_error"}, false, {}, true};
         if (err == httplib::Error::ConnectionTimeout)
@@ -252,87 +105,6 @@ private:
         if (err == httplib::Error::SSLServerVerification)
             return {{error_kind::upstream, "upstream TLS certificate verification failed", "upstream_tls"}, false};
         return {{error_kind::upstream, "cannot reach the upstream (" + httplib::to_string(err) + ")", "upstream_unreachable"}, true};
-    }
-
-    // Maps an upstream error status to chatkit's kinds, keeping the upstream's message.
-    upstream_failure status_failure(int status, const std::string& raw, const httplib::Headers& headers, const std::string& key) const {
-        const auto body = nlohmann::json::parse(raw, nullptr, false);
-        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
-        auto text = [&](const char* key) { return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : std::string{}; };
-        std::string message = redact(text("message"), key);
-        if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
-
-        upstream_failure f{{error_kind::upstream, message, text("code"), text("param")}, false};
-        if (status == 400 || status == 422) f.e.kind = error_kind::invalid_request;
-        else if (status == 401 || status == 403) {
-            f.e.message = "upstream rejected the credentials: " + message;
-            f.e.code = "upstream_credentials";
-        }
-        else if (status == 404) f.e.kind = error_kind::not_found;
-        else if (status == 413) f.e.kind = error_kind::payload_too_large;
-        else if (status == 429) {
-            f.e.kind = error_kind::rate_limited;
-            f.retryable = text("code") != "insufficient_quota" && text("type") != "insufficient_quota";
-        } else if (status == 408 || status == 409 || status >= 500) {
-            f.e.message = "upstream error (HTTP " + std::to_string(status) + "): " + message;
-            f.retryable = true;
-        }
-        if (f.e.code.empty()) f.e.code = "upstream_" + std::to_string(status);
-        f.retry_after = retry_after(headers);
-        if (auto should = header(headers, "x-should-retry"); should == "true") f.retryable = true;
-        else if (should == "false") f.retryable = false;
-        return f;
-    }
-
-    static std::string header(const httplib::Headers& headers, const char* name) {
-        for (const auto& [key, value] : headers)
-            if (std::equal(key.begin(), key.end(), name, name + std::strlen(name),
-                           [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
-                return value;
-        return {};
-    }
-
-    // retry-after-ms, then retry-after in seconds (protocols.md §1.8). HTTP dates are not used.
-    static std::optional<std::chrono::milliseconds> retry_after(const httplib::Headers& headers) {
-        auto number = [](const std::string& text) -> std::optional<double> {
-            if (text.empty()) return std::nullopt;
-            char* end = nullptr;
-            const double v = std::strtod(text.c_str(), &end);
-            if (end == text.c_str() || *end != '\0' || !(v >= 0) || v > 1e9) return std::nullopt;
-            return v;
-        };
-        if (auto ms = number(header(headers, "retry-after-ms"))) return std::chrono::milliseconds(static_cast<long>(*ms));
-        if (auto s = number(header(headers, "retry-after"))) return std::chrono::milliseconds(static_cast<long>(*s * 1000));
-        return std::nullopt;
-    }
-
-    result<completion, upstream_failure> parse_answer(const std::string& raw) const {
-        const auto j = nlohmann::json::parse(raw, nullptr, false);
-        const auto* choice = j.is_object() && j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() &&
-                                     j["choices"][0].is_object()
-                                 ? &j["choices"][0]
-                                 : nullptr;
-        if (!choice || !choice->contains("message") || !(*choice)["message"].is_object())
-            return upstream_failure{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
-        const auto& message = (*choice)["message"];
-        completion c;
-        if (message.contains("content") && message["content"].is_string()) c.content = message["content"];
-        for (const auto& [key, value] : message.items())
-            if (key != "role" && key != "content" && !value.is_null() && !(value.is_array() && value.empty())) c.extra[key] = value;
-        if (choice->contains("finish_reason") && (*choice)["finish_reason"].is_string()) c.finish_reason = (*choice)["finish_reason"];
-        if (j.contains("model") && j["model"].is_string()) c.model = j["model"];
-        if (auto usage = j.find("usage"); usage != j.end() && usage->is_object()) {
-            c.usage.prompt_tokens = usage->value("prompt_tokens", 0);
-            c.usage.completion_tokens = usage->value("completion_tokens", 0);
-        }
-        return c;
-    }
-
-    // Upstream messages sometimes quote the key they were given; it must not reach a client.
-    static std::string redact(std::string text, const std::string& key) {
-        if (key.size() < 4) return text;
-        for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at)) text.replace(at, key.size(), "[redacted]");
-        return text;
     }
 
     std::shared_ptr<shared> shared_;
