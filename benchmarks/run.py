@@ -565,13 +565,22 @@ def main():
                      "CHAT_CACHE_SIZE": "0"}
         for adapter in servers:
             print("2-3. through chatkit [%s]" % adapter, flush=True)
-            chatkit, port = start_chatkit(build, relay_env, tmp, adapter=adapter, connections=args.connections * 2)
-            check_adapter(chatkit, adapter)
+            unique = dict(ask, messages=[{"role": "user", "content": "question"}], cache=False)
+            # The pure relay (the issue's ≤ 20 µs row): no store, no cache.
+            bare, port = start_chatkit(build, {**relay_env, "CHAT_DATABASE_URL": "none"}, tmp, adapter=adapter,
+                                       connections=args.connections * 2)
+            check_adapter(bare, adapter)
             try:
-                unique = dict(ask, messages=[{"role": "user", "content": "question"}], cache=False)
-                through = record("chatkit[%s] /v1/chat/completions (store on, cache off)" % adapter,
-                                 measure(build, chatkit, port, "/v1/chat/completions", unique, args.connections, args.seconds),
+                through = record("chatkit[%s] /v1/chat/completions (store off, cache off)" % adapter,
+                                 measure(build, bare, port, "/v1/chat/completions", unique, args.connections, args.seconds),
                                  adapter=adapter)
+            finally:
+                bare.stop()
+            chatkit, port = start_chatkit(build, relay_env, tmp, adapter=adapter, connections=args.connections * 2)
+            try:
+                record("chatkit[%s] /v1/chat/completions (store on, cache off)" % adapter,
+                       measure(build, chatkit, port, "/v1/chat/completions", unique, args.connections, args.seconds),
+                       adapter=adapter)
                 record("chatkit[%s] /chat (store on, cache off)" % adapter,
                        measure(build, chatkit, port, "/chat", {"content": "question", "cache": False}, args.connections, args.seconds),
                        adapter=adapter)

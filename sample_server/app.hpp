@@ -6,6 +6,7 @@
 #include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/async_bedrock_provider.hpp>
 #include <chatkit/async_openai_provider.hpp>
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/bedrock_provider.hpp>
@@ -23,10 +24,10 @@
 
 namespace sample_server {
 
-// OpenAI in both forms: the async one on the event-loop server's loops (CHAT_SERVER=beast), the
-// blocking one behind cpp-httplib and in the Lambda bootstrap.
+// OpenAI and Bedrock in both forms: the async ones on the event-loop server's loops
+// (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap.
 using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
-                                                chatkit::bedrock_provider>;
+                                                chatkit::bedrock_provider, chatkit::async_bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
 // The access log comes after the request id (its lines carry it) and before the rate limiter (a
@@ -53,7 +54,7 @@ inline std::string_view chosen_provider(const config& c) {
 }
 
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
-// client on the server's loops) OpenAI is called through it.
+// client on the server's loops) OpenAI and Bedrock are called through it.
 inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream) {
     if (chosen_provider(c) == "openai") {
         const bool from_secret = !c.openai_api_key_secret_arn.empty();
@@ -101,6 +102,7 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
         o.max_idle_connections = c.threads;
         if (auto token = chatkit::aws::process_environment().getenv("AWS_BEARER_TOKEN_BEDROCK")) o.bearer_token = *token;
         try {
+            if (upstream) return chatkit::async_bedrock_provider{std::move(o), std::move(upstream)};
             return chatkit::bedrock_provider{std::move(o)};
         } catch (const std::invalid_argument& e) {
             throw config_error(std::string{"CHAT_PROVIDER=bedrock: "} + e.what());

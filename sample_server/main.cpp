@@ -79,6 +79,8 @@ int main(int argc, char** argv) {
                                                                     : cfg.openai_api_key.empty() ? "none" : "set"}});
         else if (auto* bedrock = service.provider().get_if<chatkit::bedrock_provider>())
             log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
+        else if (auto* async_bedrock = service.provider().get_if<chatkit::async_bedrock_provider>())
+            log.info("using the Bedrock provider", {{"region", async_bedrock->region()}, {"endpoint", async_bedrock->endpoint()}});
         log.info("listening", {{"host", cfg.host},
                                {"port", port},
                                {"server", cfg.server},

@@ -43,9 +43,16 @@ public:
     template <detail::chatkit_promise P>
     bool await_suspend(std::coroutine_handle<P> h) {
         const task_env& env = h.promise().env;
-        if (env.stop.stop_requested()) return !(cut_short_ = true, false);
+        // `false`: do not suspend, the wait is over (or never began).
+        if (env.stop.stop_requested()) {
+            cut_short_ = true;
+            return false;
+        }
         if (delay_.count() <= 0) return false;
-        if (!env.loop) return !(cut_short_ = !wait_unless_stopped(delay_, env.stop), false);
+        if (!env.loop) {
+            cut_short_ = !wait_unless_stopped(delay_, env.stop);
+            return false;
+        }
         // The timer and the stop callback race to resume; the flag lets exactly one do it. The
         // state outlives this frame: a timer cancelled by stop still fires later.
         state_ = std::make_shared<state>(h, env.loop);

@@ -2,11 +2,14 @@
 // with botocore: Converse and ConverseStream, aliases, message mapping, and every error path.
 #include "../support/fake_bedrock.hpp"
 
+#include <chatkit/async_bedrock_provider.hpp>
+#include <chatkit/beast_client.hpp>
 #include <chatkit/bedrock_provider.hpp>
 
 #include <catch2/catch.hpp>
 
 #include "../support/collected_deltas.hpp"
+#include "../support/on_asio_loop.hpp"
 
 #include <map>
 
@@ -53,11 +56,21 @@ using collected = test_support::collected_deltas;
 
 const std::string fake_key = std::string{access_key} + "=" + secret_key;
 
+// Every case that calls Bedrock runs against both forms: the blocking provider over cpp-httplib,
+// and the async one over chatkit::beast_client on an Asio loop.
+struct async_bedrock : test_support::on_asio_loop<chatkit::async_bedrock_provider> {
+    async_bedrock(chatkit::bedrock_options o, chatkit::aws::environment env)
+        : on_asio_loop(std::move(o), std::make_shared<chatkit::beast_client>(), std::move(env)) {}
+    std::string resolve_model(std::string_view m) const { return provider().resolve_model(m); }
+    std::optional<double> cost_usd(std::string_view m, const chatkit::token_usage& u) const { return provider().cost_usd(m, u); }
+    const std::string& region() const { return provider().region(); }
+};
+
 } // namespace
 
-TEST_CASE("Converse: a signed request that botocore verifies, and the answer with usage") {
+TEMPLATE_TEST_CASE("Converse: a signed request that botocore verifies, and the answer with usage", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
-    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake)};
+    TestType bedrock{fast_options(), test_env(fake)};
     auto r = ask("hello bedrock");
     r.max_tokens = 100;
     r.temperature = 0.5;
@@ -78,9 +91,9 @@ TEST_CASE("Converse: a signed request that botocore verifies, and the answer wit
     CHECK(seen[0]["body"]["inferenceConfig"] == json::parse(R"({"maxTokens":100,"temperature":0.5,"topP":0.9,"stopSequences":["END"]})"));
 }
 
-TEST_CASE("ConverseStream: event-stream frames become deltas, with the stop reason and usage") {
+TEMPLATE_TEST_CASE("ConverseStream: event-stream frames become deltas, with the stop reason and usage", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
-    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake)};
+    TestType bedrock{fast_options(), test_env(fake)};
     collected got;
     auto c = bedrock.stream(ask("one two three", "claude-3-haiku"), got.sink());
     REQUIRE(c);
@@ -92,16 +105,16 @@ TEST_CASE("ConverseStream: event-stream frames become deltas, with the stop reas
     CHECK(seen[0]["path"] == "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream");
 }
 
-TEST_CASE("session tokens are sent and signed") {
+TEMPLATE_TEST_CASE("session tokens are sent and signed", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{std::string{"ASIATEMP"} + "=" + secret_key + "=session-token-xyz"}};
-    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake, {{"AWS_ACCESS_KEY_ID", "ASIATEMP"}, {"AWS_SESSION_TOKEN", "session-token-xyz"}})};
+    TestType bedrock{fast_options(), test_env(fake, {{"AWS_ACCESS_KEY_ID", "ASIATEMP"}, {"AWS_SESSION_TOKEN", "session-token-xyz"}})};
     REQUIRE(bedrock.complete(ask("hi")));
     CHECK(fake.requests()[0]["headers"]["x-amz-security-token"] == "session-token-xyz");
 }
 
-TEST_CASE("a wrong secret is refused by the fake's independent check and reported as 502") {
+TEMPLATE_TEST_CASE("a wrong secret is refused by the fake's independent check and reported as 502", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
-    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake, {{"AWS_SECRET_ACCESS_KEY", "not-the-secret"}})};
+    TestType bedrock{fast_options(), test_env(fake, {{"AWS_SECRET_ACCESS_KEY", "not-the-secret"}})};
     auto c = bedrock.complete(ask("hi"));
     REQUIRE_FALSE(c);
     CHECK(chatkit::http_status(c.error().kind) == 502);
@@ -142,15 +155,15 @@ TEST_CASE("consecutive turns of one role are merged, a conversation opening with
     CHECK(chatkit::bedrock_provider::converse_body(hot).error().param == "temperature");
 }
 
-TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-After") {
+TEMPLATE_TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-After", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
     auto o = fast_options();
-    chatkit::bedrock_provider bedrock{o, test_env(fake)};
+    TestType bedrock{o, test_env(fake)};
     CHECK(bedrock.complete(ask("x", "fake.throttle-once")));
     CHECK(fake.requests().size() == 2);
 
     o.max_retries = 1;
-    chatkit::bedrock_provider impatient{o, test_env(fake)};
+    TestType impatient{o, test_env(fake)};
     auto c = impatient.complete(ask("x", "fake.throttle-always"));
     REQUIRE_FALSE(c);
     CHECK(c.error().kind == chatkit::error_kind::rate_limited);
@@ -158,11 +171,11 @@ TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-Af
     CHECK(c.error().message == "Too many requests, please wait before trying again.");
 }
 
-TEST_CASE("every Bedrock error maps to its status") {
+TEMPLATE_TEST_CASE("every Bedrock error maps to its status", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
     auto o = fast_options();
     o.max_retries = 1;
-    chatkit::bedrock_provider bedrock{o, test_env(fake)};
+    TestType bedrock{o, test_env(fake)};
     auto status_of = [&](const char* model) {
         auto c = bedrock.complete(ask("x", model));
         REQUIRE_FALSE(c);
@@ -182,9 +195,9 @@ TEST_CASE("every Bedrock error maps to its status") {
     CHECK(bedrock.complete(ask("x", "fake.unavailable-once")));
 }
 
-TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream after the delta") {
+TEMPLATE_TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream after the delta", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
-    chatkit::bedrock_provider bedrock{fast_options(), test_env(fake)};
+    TestType bedrock{fast_options(), test_env(fake)};
     collected got;
     auto c = bedrock.stream(ask("a b c", "fake.stream-throttle"), got.sink());
     REQUIRE_FALSE(c);
@@ -203,9 +216,9 @@ TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream aft
     CHECK(fake.requests().size() == 3); // none retried: a delta had reached the client
 }
 
-TEST_CASE("aliases resolve per region and carry prices, unknown ids pass through") {
+TEMPLATE_TEST_CASE("aliases resolve per region and carry prices, unknown ids pass through", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
-    chatkit::bedrock_provider eu{fast_options(), test_env(fake, {{"AWS_REGION", "eu-west-3"}})};
+    TestType eu{fast_options(), test_env(fake, {{"AWS_REGION", "eu-west-3"}})};
     CHECK(eu.resolve_model("nova-lite") == "eu.amazon.nova-lite-v1:0");
     CHECK(eu.resolve_model("titan-text-express") == "amazon.titan-text-express-v1");
     CHECK(eu.resolve_model("arn:aws:bedrock:eu-west-3::foundation-model/x") == "arn:aws:bedrock:eu-west-3::foundation-model/x");
@@ -215,13 +228,13 @@ TEST_CASE("aliases resolve per region and carry prices, unknown ids pass through
 
     auto o = fast_options();
     o.models["house"] = {"amazon.nova-pro-v1:0", false, 0.1, 0.2};
-    chatkit::bedrock_provider extended{o, test_env(fake)};
+    TestType extended{o, test_env(fake)};
     CHECK(extended.resolve_model("house") == "amazon.nova-pro-v1:0");
 }
 
-TEST_CASE("no region is a start-up error, and missing credentials mark the provider down") {
+TEMPLATE_TEST_CASE("no region is a start-up error, and missing credentials mark the provider down", "", chatkit::bedrock_provider, async_bedrock) {
     CHECK_THROWS_WITH(chatkit::bedrock_provider(chatkit::bedrock_options{}, env_with({})), Catch::Contains("AWS_REGION"));
-    chatkit::bedrock_provider no_creds{chatkit::bedrock_options{}, env_with({{"AWS_REGION", "us-east-1"}})};
+    TestType no_creds{chatkit::bedrock_options{}, env_with({{"AWS_REGION", "us-east-1"}})};
     CHECK_FALSE(no_creds.health().ok);
     auto c = no_creds.complete(ask("x"));
     REQUIRE_FALSE(c);

@@ -44,6 +44,7 @@ public:
     }
 
     P& provider() noexcept { return provider_; }
+    const P& provider() const noexcept { return provider_; }
     chatkit::asio_loop& loop() noexcept { return loop_; }
 
 private:

@@ -279,6 +279,17 @@ public:
         return std::move(fresh).error();
     }
 
+    // The cached credentials when they need no refresh, or nothing; never waits for a fetch
+    // (another thread's included), so an event loop can ask and fetch through get() on a worker
+    // only when this is empty.
+    std::optional<credentials> cached_if_fresh() const {
+        const std::unique_lock lock{s_->mutex, std::try_to_lock};
+        if (!lock.owns_lock()) return std::nullopt;
+        const auto& cached = s_->cached;
+        if (cached && (!cached->expiration || std::chrono::system_clock::now() + s_->refresh_before < *cached->expiration)) return *cached;
+        return std::nullopt;
+    }
+
     // "environment" | "shared credentials file (profile X)" | "container credentials" | "none".
     [[nodiscard]] std::string source() const {
         const std::lock_guard lock{s_->mutex};

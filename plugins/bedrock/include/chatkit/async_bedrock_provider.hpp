@@ -1,0 +1,163 @@
+// chatkit::async_bedrock_provider: chatkit::bedrock_provider's wire (Converse, ConverseStream,
+// SigV4, the same options and error mapping) in the asynchronous form, through an asynchronous
+// chatkit::http_client (chatkit::beast_client on chatkit::beast_server's loops). Credentials come
+// from the cache on the loop; only a fetch (a refresh from the container endpoint, say) goes to
+// the worker pool.
+#pragma once
+
+#include "chatkit/bedrock_wire.hpp"
+#include "chatkit/http_client.hpp"
+#include "chatkit/provider.hpp"
+#include "chatkit/retry.hpp"
+#include "chatkit/task.hpp"
+#include "chatkit/worker_pool.hpp"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace chatkit {
+
+class async_bedrock_provider {
+public:
+    // Resolves region, endpoint and credentials from `env`. Throws std::invalid_argument when no
+    // region can be found, the endpoint is unusable or the client is missing.
+    async_bedrock_provider(bedrock_options options, std::shared_ptr<http_client> client, aws::environment env = aws::process_environment())
+        : shared_(std::make_shared<shared>(std::move(options), std::move(env), std::move(client))) {
+        if (!shared_->client) throw std::invalid_argument("async_bedrock_provider needs an http_client");
+    }
+
+    std::string_view name() const { return "bedrock"; }
+    std::vector<std::string> models() const { return shared_->wire.models(); }
+
+    task<result<completion>> complete(chat_request r) { return call(std::move(r), std::nullopt); }
+    task<result<completion>> stream(chat_request r, delta_writer out) { return call(std::move(r), out); }
+
+    component_health health() { return shared_->wire.report(); }
+
+    [[nodiscard]] std::string resolve_model(std::string_view requested) const { return shared_->wire.resolve_model(requested); }
+    [[nodiscard]] std::optional<double> cost_usd(std::string_view model, const token_usage& usage) const {
+        return shared_->wire.cost_usd(model, usage);
+    }
+    [[nodiscard]] const std::string& region() const noexcept { return shared_->wire.region; }
+    [[nodiscard]] const std::string& endpoint() const noexcept { return shared_->wire.endpoint; }
+
+private:
+    using clock = std::chrono::steady_clock;
+    using wire = detail::bedrock_wire;
+    static constexpr std::size_t max_answer_bytes = 64u << 20;
+
+    struct shared {
+        shared(bedrock_options o, aws::environment e, std::shared_ptr<http_client> c) : wire(std::move(o), std::move(e)), client(std::move(c)) {}
+        detail::bedrock_wire wire;
+        std::shared_ptr<http_client> client;
+    };
+
+    // What every attempt of one call shares; it all lives in call()'s frame.
+    struct attempt_args {
+        const std::string* model_id;
+        const std::string* payload;
+        const delta_writer* out; // null: not streamed
+        clock::time_point deadline;
+    };
+
+    task<result<completion>> call(chat_request r, std::optional<delta_writer> out) {
+        auto& w = shared_->wire;
+        auto body = wire::converse_body(r);
+        if (!body) co_return std::move(body).error();
+        const std::string payload = dump_json(*body);
+        const std::string model_id = w.resolve_model(r.model);
+        const attempt_args args{&model_id, &payload, out ? &*out : nullptr, clock::now() + w.options.deadline};
+        auto attempt = [this, args] { return attempt_once(args); };
+        auto answer = co_await call_with_retries_async<completion>(retry_policy{.max_retries = w.options.max_retries}, args.deadline, attempt);
+        w.health.record(answer);
+        if (answer) answer->model = r.model.empty() ? w.options.model : r.model;
+        co_return answer;
+    }
+
+    task<result<completion, upstream_failure>> attempt_once(attempt_args a) {
+        auto& w = shared_->wire;
+        std::optional<aws::credentials> creds;
+        if (w.options.bearer_token.empty()) {
+            creds = w.credentials.cached_if_fresh();
+            if (!creds) {
+                auto fetch = [this] { return shared_->wire.credentials.get(); };
+                auto got = co_await run_blocking(fetch);
+                if (!got) co_return upstream_failure{got.error(), false};
+                creds = std::move(got).value();
+            }
+        }
+        client_request req;
+        req.origin = w.endpoint;
+        req.target = aws::bedrock_model_path(*a.model_id, a.out ? "converse-stream" : "converse");
+        req.body = *a.payload;
+        for (auto& [name, value] : w.request_headers(req.target, req.body, creds ? &*creds : nullptr))
+            req.headers.insert_or_assign(std::move(name), std::move(value));
+        req.deadline = a.deadline;
+        req.connect_timeout = w.options.connect_timeout;
+        req.read_timeout = w.options.read_timeout;
+
+        auto opened = co_await shared_->client->open(std::move(req));
+        if (!opened) co_return transport_failure(opened.error(), false);
+        const std::unique_ptr<client_response> response = std::move(opened).value();
+        if (response->status != 200 || !a.out) {
+            auto raw = co_await read_body(response.get(), max_answer_bytes);
+            if (!raw) co_return transport_failure(raw.error(), false);
+            if (response->status != 200) co_return wire::status_failure(response->status, *raw, response->headers);
+            co_return wire::parse_answer(*raw);
+        }
+
+        // Frames are decoded as they arrive; their deltas are written before the next read.
+        std::vector<std::string> deltas;
+        const delta_sink collect = [&deltas](std::string_view d) {
+            deltas.emplace_back(d);
+            return true;
+        };
+        wire::stream_reader reader{collect};
+        aws::eventstream_decoder decoder;
+        for (;;) {
+            auto piece = co_await response->read();
+            if (!piece) co_return transport_failure(piece.error(), reader.delivered);
+            if (piece->empty()) break;
+            auto fed = decoder.feed(*piece, reader);
+            for (const auto& d : deltas) {
+                const bool ok = co_await a.out->write(d);
+                if (!ok) co_return std::move(reader.c); // nobody is listening; the service drops it
+            }
+            deltas.clear();
+            if (!fed)
+                co_return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + fed.error().message, "upstream_malformed"},
+                                           !reader.delivered, {}, reader.delivered};
+            if (reader.failed) break;
+        }
+        co_return wire::finish_stream(reader);
+    }
+
+    static upstream_failure transport_failure(const client_error& e, bool delivered) {
+        switch (e.kind) {
+        case client_error_kind::cancelled:
+            return {{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"}, false, {}, delivered};
+        case client_error_kind::past_deadline:
+            return {{error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, delivered};
+        case client_error_kind::tls_verification:
+            return {{error_kind::upstream, "Bedrock's TLS certificate verification failed", "upstream_tls"}, false};
+        case client_error_kind::too_large:
+            return {{error_kind::upstream, "Bedrock's answer is over " + std::to_string(max_answer_bytes >> 20) + " MiB", "upstream_error"}, false};
+        default:
+            break;
+        }
+        if (delivered) return {{error_kind::upstream, "Bedrock connection broke mid-stream (" + e.detail + ")", "upstream_error"}, false, {}, true};
+        if (e.kind == client_error_kind::connect_timeout || e.kind == client_error_kind::read_timeout)
+            return {{error_kind::timeout, "Bedrock did not answer in time", "upstream_timeout"}, true};
+        return {{error_kind::upstream, "cannot reach Bedrock (" + e.detail + ")", "upstream_unreachable"}, true};
+    }
+
+    std::shared_ptr<shared> shared_;
+};
+static_assert(async_provider<async_bedrock_provider>);
+
+} // namespace chatkit

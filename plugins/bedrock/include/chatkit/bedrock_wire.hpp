@@ -1,0 +1,351 @@
+// What chatkit::bedrock_provider (blocking, over cpp-httplib) and chatkit::async_bedrock_provider
+// (over chatkit::http_client) share: options and model aliases, the Converse body, SigV4 (or
+// API key) headers, the reading of ConverseStream's event stream, and the mapping of Bedrock's
+// errors. Wire format: protocols.md §2 (Converse), §3 (event stream), §4 (SigV4).
+#pragma once
+
+#include "chatkit/aws/credentials.hpp"
+#include "chatkit/aws/eventstream.hpp"
+#include "chatkit/aws/sigv4.hpp"
+#include "chatkit/chat.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/health.hpp"
+#include "chatkit/http.hpp"
+#include "chatkit/provider.hpp"
+#include "chatkit/retry.hpp"
+
+#include <nlohmann/json.hpp>
+#include <strings.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace chatkit {
+
+// A model a deployment can name by alias, with on-demand prices for cost estimates.
+struct bedrock_model {
+    std::string id;                 // the base model id, e.g. "amazon.nova-micro-v1:0"
+    bool cross_region = false;      // called through the geographic inference profile ("us." + id)
+    double input_per_1k_usd = 0;    // price of 1,000 input tokens
+    double output_per_1k_usd = 0;
+};
+
+// Aliases → models. Plain data: add to it, or replace it, in bedrock_options::models.
+using bedrock_model_table = std::map<std::string, bedrock_model, std::less<>>;
+
+inline bedrock_model_table default_bedrock_models() {
+    return {
+        {"nova-micro", {"amazon.nova-micro-v1:0", true, 0.000035, 0.00014}},
+        {"nova-lite", {"amazon.nova-lite-v1:0", true, 0.00006, 0.00024}},
+        {"nova-pro", {"amazon.nova-pro-v1:0", true, 0.0008, 0.0032}},
+        {"claude-3-haiku", {"anthropic.claude-3-haiku-20240307-v1:0", false, 0.00025, 0.00125}},
+        {"claude-3-5-haiku", {"anthropic.claude-3-5-haiku-20241022-v1:0", true, 0.0008, 0.004}},
+        {"claude-3-5-sonnet", {"anthropic.claude-3-5-sonnet-20240620-v1:0", false, 0.003, 0.015}},
+        {"claude-3-7-sonnet", {"anthropic.claude-3-7-sonnet-20250219-v1:0", true, 0.003, 0.015}},
+        {"titan-text-express", {"amazon.titan-text-express-v1", false, 0.0002, 0.0006}},
+        {"titan-text-lite", {"amazon.titan-text-lite-v1", false, 0.00015, 0.0002}},
+        {"llama3-8b", {"meta.llama3-8b-instruct-v1:0", false, 0.0003, 0.0006}},
+        {"llama3-70b", {"meta.llama3-70b-instruct-v1:0", false, 0.00265, 0.0035}},
+        {"mistral-large", {"mistral.mistral-large-2402-v1:0", false, 0.004, 0.012}},
+    };
+}
+
+// The geographic prefix of inference profiles for a region: us-east-1 → "us.", eu-west-3 → "eu.".
+inline std::string inference_profile_prefix(std::string_view region) {
+    if (region.starts_with("us-gov-")) return "us-gov.";
+    if (region.starts_with("us-") || region.starts_with("ca-")) return "us.";
+    if (region.starts_with("eu-")) return "eu.";
+    if (region.starts_with("ap-")) return "apac.";
+    return "";
+}
+
+struct bedrock_options {
+    std::string region;   // empty: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region
+    std::string endpoint; // empty: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_ENDPOINT_URL, then the public endpoint
+    std::string model = "nova-micro"; // an alias from `models`, or any Bedrock model id, profile id or ARN
+    bedrock_model_table models = default_bedrock_models();
+    std::chrono::milliseconds connect_timeout{5'000};
+    std::chrono::milliseconds read_timeout{60'000};
+    std::chrono::milliseconds deadline{120'000};
+    int max_retries = 3;
+    std::size_t max_idle_connections = 64;
+    std::string bearer_token{}; // AWS_BEARER_TOKEN_BEDROCK: an API key used instead of SigV4
+};
+
+namespace detail {
+
+class bedrock_wire {
+public:
+    // Resolves region, endpoint and credentials from `env`. Throws std::invalid_argument when no
+    // region can be found or the endpoint is unusable.
+bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env(std::move(e)), credentials(env) {
+        region = !options.region.empty() ? options.region : aws::resolve_region(env).value_or("");
+        if (region.empty()) throw std::invalid_argument("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)");
+        const auto where = aws::service_endpoint::parse(
+            !options.endpoint.empty() ? options.endpoint
+                                      : aws::endpoint_override(env, "BEDROCK_RUNTIME")
+                                            .value_or("https://bedrock-runtime." + region + ".amazonaws.com"),
+            "the Bedrock");
+        endpoint = where.origin;
+        host = where.host;
+    }
+
+
+    bedrock_options options;
+    aws::environment env;
+    aws::credentials_provider credentials;
+    std::string region, endpoint, host;
+    upstream_health health;
+
+    [[nodiscard]] std::vector<std::string> models() const {
+        std::vector<std::string> out{options.model};
+        for (const auto& [alias, model] : options.models)
+            if (alias != options.model) out.push_back(alias);
+        return out;
+    }
+
+    // Down when credentials cannot be found, or after three calls in a row were refused their
+    // credentials or could not reach Bedrock.
+    component_health report() {
+        if (options.bearer_token.empty())
+            if (auto creds = credentials.get(); !creds) return {false, creds.error().message};
+        return health.report(region + " via " + credentials.source());
+    }
+
+    // The Bedrock model id a request goes to: an alias resolved (through the region's inference
+    // profile where the model needs one), anything else as given.
+    [[nodiscard]] std::string resolve_model(std::string_view requested) const {
+        const auto& o = options;
+        if (requested.empty()) requested = o.model;
+        auto it = o.models.find(requested);
+        if (it == o.models.end()) return std::string{requested};
+        return (it->second.cross_region ? inference_profile_prefix(region) : "") + it->second.id;
+    }
+
+    // The on-demand cost of a completion in USD, when its model is in the table.
+    [[nodiscard]] std::optional<double> cost_usd(std::string_view model, const token_usage& usage) const {
+        auto it = options.models.find(model);
+        if (it == options.models.end()) return std::nullopt;
+        return usage.prompt_tokens / 1000.0 * it->second.input_per_1k_usd +
+               usage.completion_tokens / 1000.0 * it->second.output_per_1k_usd;
+    }
+
+    // Request fields Bedrock's Converse can express; any other OpenAI field is refused.
+    static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
+                                                            "max_completion_tokens" /* already in max_tokens */};
+
+    // chatkit messages → a Converse body: system messages go to `system`; the conversation must
+    // open with a user turn and alternate, so consecutive turns of one role are merged.
+    static result<nlohmann::json> converse_body(const chat_request& r) {
+        using detail::invalid;
+        nlohmann::json body = nlohmann::json::object();
+        nlohmann::json system = nlohmann::json::array(), messages = nlohmann::json::array();
+        for (std::size_t i = 0; i < r.messages.size(); ++i) {
+            const auto& m = r.messages[i];
+            const std::string at = "messages[" + std::to_string(i) + "]";
+            if (m.role == role::tool) return invalid("the bedrock provider cannot take tool messages (" + at + ")", at, "unsupported_parameter");
+            if (m.extra.is_object() && !m.extra.empty())
+                return invalid("the bedrock provider takes text messages only: " + at + " has '" + m.extra.begin().key() + "'",
+                               at + "." + m.extra.begin().key(), "unsupported_parameter");
+            if (m.role == role::system) {
+                system.push_back({{"text", m.content}});
+                continue;
+            }
+            const char* name = m.role == role::user ? "user" : "assistant";
+            if (messages.empty() && m.role != role::user)
+                return invalid("a Bedrock conversation must start with a user message", at, "invalid_conversation");
+            if (!messages.empty() && messages.back()["role"] == name) messages.back()["content"].push_back({{"text", m.content}});
+            else messages.push_back({{"role", name}, {"content", {{{"text", m.content}}}}});
+        }
+        if (messages.empty()) return invalid("a Bedrock conversation needs a user message", "messages", "invalid_conversation");
+        body["messages"] = std::move(messages);
+        if (!system.empty()) body["system"] = std::move(system);
+
+        nlohmann::json config = nlohmann::json::object();
+        if (r.max_tokens) config["maxTokens"] = *r.max_tokens;
+        if (r.temperature) {
+            if (*r.temperature > 1.0) return invalid("Bedrock accepts a temperature from 0 to 1", "temperature");
+            config["temperature"] = *r.temperature;
+        }
+        for (const auto& [key, value] : r.extensions.items()) {
+            if (key == "top_p" && value.is_number()) config["topP"] = value;
+            else if (key == "stop" && (value.is_string() || value.is_array()))
+                config["stopSequences"] = value.is_string() ? nlohmann::json::array({value}) : value;
+            else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
+                return error{error_kind::invalid_request, "the bedrock provider cannot honour '" + key + "'",
+                             "unsupported_parameter", key};
+        }
+        if (!config.empty()) body["inferenceConfig"] = std::move(config);
+        return body;
+    }
+
+    // Bedrock's stop reasons in OpenAI's vocabulary.
+    static std::string finish_reason(std::string_view stop_reason) {
+        if (stop_reason == "end_turn" || stop_reason == "stop_sequence") return "stop";
+        if (stop_reason == "max_tokens" || stop_reason == "model_context_window_exceeded") return "length";
+        if (stop_reason == "content_filtered" || stop_reason == "guardrail_intervened") return "content_filter";
+        if (stop_reason == "tool_use") return "tool_calls";
+        return std::string{stop_reason};
+    }
+
+    // The headers of a call to `path`: the API key, or a SigV4 signature with `creds`.
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const std::string& path, const std::string& payload,
+                                                                                   const aws::credentials* creds) const {
+        std::vector<std::pair<std::string, std::string>> h;
+        h.emplace_back("Host", host);
+        h.emplace_back("Content-Type", "application/json");
+        if (!options.bearer_token.empty()) {
+            h.emplace_back("Authorization", "Bearer " + options.bearer_token);
+            return h;
+        }
+        const auto sig = aws::sign({.method = "POST", .host = host, .path = path, .query = {},
+                                    .headers = {{"content-type", "application/json"}}, .body = payload},
+                                   *creds, region, "bedrock", std::chrono::system_clock::now());
+        h.emplace_back("Authorization", sig.authorization);
+        h.emplace_back("X-Amz-Date", sig.amz_date);
+        if (!sig.content_sha256.empty()) h.emplace_back("X-Amz-Content-Sha256", sig.content_sha256);
+        if (!sig.security_token.empty()) h.emplace_back("X-Amz-Security-Token", sig.security_token);
+        return h;
+    }
+
+    // A non-200 answer: its modelled error type (X-Amzn-ErrorType, else the body's __type/code).
+    template <class Headers>
+    static upstream_failure status_failure(int status, const std::string& raw, const Headers& headers) {
+        const auto body = nlohmann::json::parse(raw, nullptr, false);
+        std::string message, kind;
+        if (body.is_object()) {
+            message = body.contains("message") && body["message"].is_string() ? body["message"].get<std::string>()
+                                                                               : body.value("Message", std::string{});
+            kind = body.value("__type", body.value("code", std::string{}));
+        }
+        for (const auto& [k, v] : headers)
+            if (k.size() == 16 && strncasecmp(k.c_str(), "x-amzn-errortype", 16) == 0) kind = v;
+        return classify(kind, message, status);
+    }
+
+    // Reads ConverseStream's events (protocols.md §2.5): text deltas go to the sink; the stop
+    // reason and usage arrive at the end; an exception frame ends the stream with an error.
+    struct stream_reader {
+        const delta_sink& sink;
+        completion c{};
+        std::optional<upstream_failure> failed{};
+        bool delivered = false, client_gone = false, stopped = false, metadata = false;
+
+        void operator()(const aws::event_message& m) {
+            if (failed || client_gone) return;
+            const std::string* type = m.header_string(":message-type");
+            if (type && *type == "exception") {
+                const std::string* kind = m.header_string(":exception-type");
+                const auto payload = nlohmann::json::parse(m.payload, nullptr, false);
+                const std::string message = payload.is_object() ? payload.value("message", std::string{}) : std::string{};
+                failed = classify(kind ? *kind : std::string{"exception"}, message, 0);
+                failed->delivered = delivered;
+                return;
+            }
+            if (type && *type == "error") {
+                const std::string* code = m.header_string(":error-code");
+                const std::string* message = m.header_string(":error-message");
+                failed = upstream_failure{{error_kind::upstream, "Bedrock stream error " + (code ? *code : std::string{}) + ": " +
+                                                                      (message ? *message : std::string{}),
+                                           "upstream_error"},
+                                          false, {}, delivered};
+                return;
+            }
+            const std::string* event = m.header_string(":event-type");
+            if (!event) return;
+            const auto payload = nlohmann::json::parse(m.payload, nullptr, false);
+            if (!payload.is_object()) {
+                failed = upstream_failure{{error_kind::upstream, "Bedrock sent a malformed event", "upstream_malformed"}, false, {}, delivered};
+                return;
+            }
+            if (*event == "contentBlockDelta") {
+                const auto& delta = payload.contains("delta") ? payload["delta"] : nlohmann::json{};
+                if (delta.is_object() && delta.contains("text") && delta["text"].is_string()) {
+                    const auto& text = delta["text"].get_ref<const std::string&>();
+                    c.content += text;
+                    delivered = true;
+                    if (!sink(text)) client_gone = true;
+                }
+            } else if (*event == "messageStop") {
+                stopped = true;
+                c.finish_reason = finish_reason(payload.value("stopReason", std::string{"end_turn"}));
+            } else if (*event == "metadata") {
+                metadata = true;
+                read_usage(payload, c.usage);
+            }
+        }
+    };
+
+    // A stream that ended: whole only when messageStop came and no error frame did.
+    static result<completion, upstream_failure> finish_stream(stream_reader& reader) {
+        if (reader.failed) return std::move(*reader.failed);
+        if (!reader.stopped)
+            return upstream_failure{{error_kind::upstream, "Bedrock stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
+        return std::move(reader.c);
+    }
+
+    static void read_usage(const nlohmann::json& j, token_usage& usage) {
+        if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
+            usage.prompt_tokens = u->value("inputTokens", 0);
+            usage.completion_tokens = u->value("outputTokens", 0);
+        }
+    }
+
+    // A modelled error, from the X-Amzn-ErrorType header or an exception frame's type (§2.4, §2.5).
+    static upstream_failure classify(std::string kind, const std::string& message, int status) {
+        if (auto colon = kind.find(':'); colon != std::string::npos) kind.erase(colon);
+        if (auto hash = kind.find('#'); hash != std::string::npos) kind.erase(0, hash + 1);
+        if (!kind.empty()) kind[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(kind[0])));
+        const std::string text = message.empty() ? "Bedrock answered HTTP " + std::to_string(status) : message;
+        auto fail = [&](error_kind k, std::string msg, bool retryable) {
+            return upstream_failure{{k, std::move(msg), kind.empty() ? "bedrock_" + std::to_string(status) : kind}, retryable};
+        };
+        if (kind == "ThrottlingException") return fail(error_kind::rate_limited, text, true);
+        if (kind == "ModelNotReadyException" || kind == "ServiceUnavailableException") return fail(error_kind::unavailable, text, true);
+        if (kind == "InternalServerException" || kind == "InternalFailure") return fail(error_kind::upstream, "Bedrock internal error: " + text, true);
+        if (kind == "ValidationException") return fail(error_kind::invalid_request, text, false);
+        if (kind == "ResourceNotFoundException") return fail(error_kind::not_found, text, false);
+        if (kind == "ModelTimeoutException") return fail(error_kind::timeout, text, false);
+        if (kind == "ModelErrorException" || kind == "ModelStreamErrorException") return fail(error_kind::upstream, "Bedrock model error: " + text, false);
+        if (kind == "AccessDeniedException" || kind == "UnrecognizedClientException" || kind == "InvalidSignatureException" ||
+            kind == "ExpiredTokenException" || kind == "InvalidClientTokenId" || kind == "IncompleteSignature" || status == 401 || status == 403)
+        {
+            auto f = fail(error_kind::upstream, "Bedrock rejected the credentials: " + text, false);
+            f.e.code = "upstream_credentials";
+            return f;
+        }
+        if (status == 429) return fail(error_kind::rate_limited, text, true);
+        if (status == 408) return fail(error_kind::timeout, text, false);
+        if (status >= 500) return fail(error_kind::upstream, "Bedrock error (HTTP " + std::to_string(status) + "): " + text, status != 501);
+        if (status >= 400) return fail(error_kind::invalid_request, text, false);
+        return fail(error_kind::upstream, text, false);
+    }
+
+    static result<completion, upstream_failure> parse_answer(const std::string& raw) {
+        const auto j = nlohmann::json::parse(raw, nullptr, false);
+        const nlohmann::json* content = nullptr;
+        if (j.is_object() && j.contains("output") && j["output"].is_object() && j["output"].contains("message") &&
+            j["output"]["message"].is_object() && j["output"]["message"].contains("content") &&
+            j["output"]["message"]["content"].is_array())
+            content = &j["output"]["message"]["content"];
+        if (!content) return upstream_failure{{error_kind::upstream, "Bedrock sent a malformed answer", "upstream_malformed"}, false};
+        completion c;
+        for (const auto& block : *content)
+            if (block.is_object() && block.contains("text") && block["text"].is_string()) c.content += block["text"].get<std::string>();
+        c.finish_reason = finish_reason(j.value("stopReason", std::string{"end_turn"}));
+        read_usage(j, c.usage);
+        return c;
+    }
+
+};
+
+} // namespace detail
+} // namespace chatkit
