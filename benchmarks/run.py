@@ -497,8 +497,14 @@ STREAM_WORDS = " ".join("w%d" % i for i in range(49))  # "echo:"-free content: 4
 
 
 def start_slow_mock(build, n):
-    return start_mock(build, {"FAKE_OPENAI_CHUNK_DELAY_MS": "100", "FAKE_OPENAI_CONTENT": STREAM_WORDS,
-                              "FAKE_OPENAI_THREADS": str(n + 64)})
+    """The streams' upstream: slow_stream_server (one event loop) when built; otherwise
+    fake_openai_server, whose thread per connection needs a pool covering all n streams."""
+    env = {"FAKE_OPENAI_CHUNK_DELAY_MS": "100", "FAKE_OPENAI_CONTENT": STREAM_WORDS}
+    program = build / "tests/support/slow_stream_server"
+    if not program.exists():
+        return start_mock(build, {**env, "FAKE_OPENAI_THREADS": str(n + 64)})
+    p = process([str(program)], env=env, ready=first_json_with("port"), stdin=subprocess.PIPE)
+    return p, p.ready
 
 
 def main():

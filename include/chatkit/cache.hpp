@@ -26,6 +26,14 @@ template <class C>
 concept cache_has_health = requires(C& c) {
     { c.health() } -> std::same_as<component_health>;
 };
+template <class C>
+concept cache_has_async_get = requires(C& c, std::string key) {
+    { c.get(key) } -> std::same_as<task<std::optional<completion>>>;
+};
+template <class C>
+concept cache_has_async_put = requires(C& c, std::string key, completion value, std::chrono::seconds ttl) {
+    { c.put(key, value, ttl) } -> std::same_as<task<void>>;
+};
 } // namespace detail
 
 /// A Cache model provides:
@@ -35,9 +43,25 @@ concept cache_has_health = requires(C& c) {
 ///   3. `component_health health()`.
 /// Keys are built by the service from everything that affects an answer, scoped per user.
 /// Threading: called concurrently. A cache never fails a request: on trouble it misses.
+///
+/// The asynchronous form (a networked cache such as Redis, awaited on the event loop) replaces
+/// get and put with `task<std::optional<completion>> get(std::string)` and
+/// `task<void> put(std::string, completion, std::chrono::seconds)`, which must never block the
+/// loop. A blocking cache runs on the worker pool, unless it declares
+/// `static constexpr bool nonblocking = true;` (the in-memory LRU does).
 template <class C>
-concept cache = detail::cache_has_get<C> && detail::cache_has_put<C> && detail::cache_has_health<C>;
+concept blocking_cache = detail::cache_has_get<C> && detail::cache_has_put<C> && detail::cache_has_health<C>;
+template <class C>
+concept async_cache = detail::cache_has_async_get<C> && detail::cache_has_async_put<C> && detail::cache_has_health<C>;
+template <class C>
+concept cache = blocking_cache<C> || async_cache<C>;
 
+template <class C>
+struct cache_check;
+template <async_cache C>
+struct cache_check<C> {
+    static constexpr bool value = true;
+};
 template <class C>
 struct cache_check {
     static_assert(detail::cache_has_get<C>,
@@ -58,7 +82,7 @@ struct no_cache {
 static_assert(cache<no_cache>);
 
 /// One of several caches chosen at run time (e.g. `lru_cache` or `no_cache` when its size is 0).
-template <cache... Cs>
+template <blocking_cache... Cs>
 class cache_variant {
 public:
     static constexpr bool nonblocking = (declared_nonblocking<Cs> && ...);

@@ -504,18 +504,24 @@ private:
         else co_return co_await run_blocking(std::move(f));
     }
 
+    // An async cache or store is awaited where the request runs; a blocking one goes through
+    // call_plugin.
     task<std::optional<completion>> cache_get(std::string key) {
-        return call_plugin<C>([this, key = std::move(key)] { return cache_.get(key); });
+        if constexpr (async_cache<C>) return cache_.get(std::move(key));
+        else return call_plugin<C>([this, key = std::move(key)] { return cache_.get(key); });
     }
     task<void> cache_put(std::string key, completion value) {
-        return call_plugin<C>([this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
+        if constexpr (async_cache<C>) return cache_.put(std::move(key), std::move(value), options_.cache_ttl);
+        else return call_plugin<C>([this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
     }
     // A durable append (an fsync) never runs on a loop thread, unless the store says it cannot block.
     task<result<void>> store_append(exchange e) {
-        return call_plugin<S>([this, e = std::move(e)] { return store_.append(e); });
+        if constexpr (async_store<S>) return store_.append(std::move(e));
+        else return call_plugin<S>([this, e = std::move(e)] { return store_.append(e); });
     }
     task<result<history_page>> store_history(history_query q) {
-        return call_plugin<S>([this, q = std::move(q)] { return store_.history(q); });
+        if constexpr (async_store<S>) return store_.history(std::move(q));
+        else return call_plugin<S>([this, q = std::move(q)] { return store_.history(q); });
     }
 
     // A provider's failure once the request was stopped is reported as what stopped it.

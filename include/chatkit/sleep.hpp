@@ -54,13 +54,13 @@ public:
             return false;
         }
         // The timer and the stop callback race to resume; the flag lets exactly one do it. The
-        // state outlives this frame: a timer cancelled by stop still fires later.
+        // state outlives this frame: the loop may still hold the timer's callback.
         state_ = std::make_shared<state>(h, env.loop);
         on_stop_.emplace(env.stop, wake_on_stop{state_});
         auto fire = [s = state_] {
             if (!s->resumed.exchange(true)) s->h.resume();
         };
-        if (env.loop->call_after(delay_, std::move(fire))) return true;
+        if (env.loop->call_after(delay_, std::move(fire), env.stop)) return true;
         // No timers on this loop: wait here, unless the stop callback already claimed the resume.
         if (state_->resumed.load()) return true;
         cut_short_ = !wait_unless_stopped(delay_, env.stop);

@@ -66,6 +66,14 @@ template <class S>
 concept store_has_health = requires(S& s) {
     { s.health() } -> std::same_as<component_health>;
 };
+template <class S>
+concept store_has_async_append = requires(S& s, exchange e) {
+    { s.append(e) } -> std::same_as<task<result<void>>>;
+};
+template <class S>
+concept store_has_async_history = requires(S& s, history_query q) {
+    { s.history(q) } -> std::same_as<task<result<history_page>>>;
+};
 } // namespace detail
 
 /// A Store model provides:
@@ -79,9 +87,27 @@ concept store_has_health = requires(S& s) {
 /// Threading: all calls arrive concurrently from many threads.
 /// Errors: an unreachable or failing store returns `error_kind::unavailable`; a malformed cursor
 /// returns `error_kind::invalid_request`.
+///
+/// The asynchronous form (a client of a networked database that awaits its replies, e.g. over
+/// the server's event loop) replaces 1 and 2 with coroutines that must never block the loop:
+///   1'. `task<result<void>> append(exchange)` — the same durability promise.
+///   2'. `task<result<history_page>> history(history_query)`.
+/// They take their arguments by value and see the request's stop token through
+/// `co_await chatkit::current_stop_token()`. A blocking store runs on the worker pool, unless it
+/// declares `static constexpr bool nonblocking = true;`.
 template <class S>
-concept store = detail::store_has_append<S> && detail::store_has_history<S> && detail::store_has_health<S>;
+concept blocking_store = detail::store_has_append<S> && detail::store_has_history<S> && detail::store_has_health<S>;
+template <class S>
+concept async_store = detail::store_has_async_append<S> && detail::store_has_async_history<S> && detail::store_has_health<S>;
+template <class S>
+concept store = blocking_store<S> || async_store<S>;
 
+template <class S>
+struct store_check;
+template <async_store S>
+struct store_check<S> {
+    static constexpr bool value = true;
+};
 template <class S>
 struct store_check {
     static_assert(detail::store_has_append<S>, "chatkit::store: missing `chatkit::result<void> append(const chatkit::exchange&)`");
@@ -100,8 +126,8 @@ struct no_store {
 };
 static_assert(store<no_store>);
 
-/// One of several stores chosen at run time (e.g. from CHAT_DATABASE_URL), still a Store.
-template <store... Ss>
+/// One of several blocking stores chosen at run time (e.g. from CHAT_DATABASE_URL), still a Store.
+template <blocking_store... Ss>
 class store_variant {
 public:
     static constexpr bool nonblocking = (declared_nonblocking<Ss> && ...);

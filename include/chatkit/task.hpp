@@ -40,11 +40,13 @@ class scheduler {
 public:
     virtual void post(std::coroutine_handle<> h) = 0;
     // Calls `fn` on the loop's thread once `delay` has passed (a retry's backoff, a provider's
-    // pacing). A loop without timers returns false and the caller waits on its own thread. `fn`
-    // may be destroyed without being called when the loop stops first.
-    virtual bool call_after(std::chrono::nanoseconds delay, std::function<void()> fn) {
+    // pacing). When `stop` is requested first the timer is cancelled and `fn` destroyed without
+    // being called, so a cancelled wait does not keep the loop busy until it would have ended.
+    // A loop without timers returns false and the caller waits on its own thread.
+    virtual bool call_after(std::chrono::nanoseconds delay, std::function<void()> fn, std::stop_token stop = {}) {
         (void)delay;
         (void)fn;
+        (void)stop;
         return false;
     }
 

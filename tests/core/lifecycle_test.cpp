@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <future>
+#include <map>
 #include <mutex>
 
 using nlohmann::json;
@@ -421,4 +422,85 @@ TEST_CASE("two middlewares that share a context type each reach their own contex
     const auto res = svc.handle(req);
     REQUIRE(res.status == 200);
     CHECK(json::parse(res.body) == json{{"first", 1}, {"second", 2}});
+}
+
+namespace {
+// The asynchronous Store and Cache forms: coroutines over a shared map, noting the thread they
+// ran on, as a Redis or PostgreSQL client on the loop would be.
+struct async_map_store {
+    const test_support::test_loop* loop = nullptr;
+    std::shared_ptr<std::vector<chatkit::exchange>> saved = std::make_shared<std::vector<chatkit::exchange>>();
+    std::shared_ptr<std::atomic<int>> off_loop = std::make_shared<std::atomic<int>>(0);
+
+    chatkit::task<chatkit::result<void>> append(chatkit::exchange e) {
+        if (loop && !loop->on_loop_thread()) ++*off_loop;
+        saved->push_back(std::move(e));
+        co_return chatkit::result<void>{};
+    }
+    chatkit::task<chatkit::result<chatkit::history_page>> history(chatkit::history_query q) {
+        if (loop && !loop->on_loop_thread()) ++*off_loop;
+        chatkit::history_page page;
+        for (const auto& e : *saved)
+            if (e.user_id == q.user_id)
+                for (const auto& m : e.messages) page.messages.push_back({std::to_string(page.messages.size()), m.role, m.content, e.model, e.created_at, e.request_id});
+        co_return page;
+    }
+    chatkit::component_health health() { return {}; }
+};
+static_assert(chatkit::async_store<async_map_store>);
+static_assert(chatkit::store<async_map_store>);
+static_assert(!chatkit::blocking_store<async_map_store>);
+
+struct async_map_cache {
+    const test_support::test_loop* loop = nullptr;
+    std::shared_ptr<std::map<std::string, chatkit::completion>> entries = std::make_shared<std::map<std::string, chatkit::completion>>();
+    std::shared_ptr<std::atomic<int>> off_loop = std::make_shared<std::atomic<int>>(0);
+
+    chatkit::task<std::optional<chatkit::completion>> get(std::string key) {
+        if (loop && !loop->on_loop_thread()) ++*off_loop;
+        auto it = entries->find(key);
+        co_return it == entries->end() ? std::nullopt : std::optional{it->second};
+    }
+    chatkit::task<void> put(std::string key, chatkit::completion value, std::chrono::seconds) {
+        if (loop && !loop->on_loop_thread()) ++*off_loop;
+        (*entries)[std::move(key)] = std::move(value);
+        co_return;
+    }
+    chatkit::component_health health() { return {}; }
+};
+static_assert(chatkit::async_cache<async_map_cache>);
+static_assert(chatkit::cache<async_map_cache>);
+} // namespace
+
+TEST_CASE("an async store and an async cache are awaited on the loop thread: append, cache hit, history") {
+    test_support::test_loop loop;
+    chatkit::worker_pool pool{1};
+    async_map_store store;
+    store.loop = &loop;
+    async_map_cache cache;
+    cache.loop = &loop;
+    chatkit::service<async_echo, async_map_store, async_map_cache, summary_middleware> svc{
+        chatkit::service_options{}, async_echo{}, store, cache, summary_middleware{}};
+
+    recording_sink first;
+    serve(svc, chat({{"content", "remember me"}, {"user_id", "ann"}}), first, &loop, &pool);
+    REQUIRE(first.status == 200);
+    CHECK(json::parse(first.body)["cached"] == false);
+    REQUIRE(store.saved->size() == 1);
+    CHECK(store.saved->front().user_id == "ann");
+    CHECK(cache.entries->size() == 1);
+
+    recording_sink again;
+    serve(svc, chat({{"content", "remember me"}, {"user_id", "ann"}}), again, &loop, &pool);
+    CHECK(json::parse(again.body)["cached"] == true);
+
+    chatkit::http_request history;
+    history.method = "GET";
+    history.path = "/history/ann";
+    recording_sink page;
+    serve(svc, history, page, &loop, &pool);
+    REQUIRE(page.status == 200);
+    CHECK(json::parse(page.body)["messages"].size() >= 2);
+    CHECK(*store.off_loop == 0);
+    CHECK(*cache.off_loop == 0);
 }

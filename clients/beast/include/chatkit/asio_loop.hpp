@@ -14,6 +14,8 @@
 #include <coroutine>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <stop_token>
 
 namespace chatkit {
 
@@ -29,9 +31,21 @@ public:
     void post(std::coroutine_handle<> h) override {
         boost::asio::post(ioc_, [h] { h.resume(); });
     }
-    bool call_after(std::chrono::nanoseconds delay, std::function<void()> fn) override {
-        auto timer = std::make_shared<boost::asio::steady_timer>(ioc_, delay);
-        timer->async_wait([timer, fn = std::move(fn)](const boost::system::error_code& ec) {
+    bool call_after(std::chrono::nanoseconds delay, std::function<void()> fn, std::stop_token stop = {}) override {
+        auto p = std::make_shared<pending>(ioc_, delay);
+        if (stop.stop_possible()) {
+            // The stop may come from any thread: the timer is cancelled on its own loop.
+            std::weak_ptr<pending> weak = p;
+            boost::asio::io_context* ioc = &ioc_;
+            std::function<void()> cancel = [weak, ioc] {
+                boost::asio::post(*ioc, [weak] {
+                    if (auto alive = weak.lock()) alive->timer.cancel();
+                });
+            };
+            p->on_stop.emplace(std::move(stop), std::move(cancel));
+        }
+        p->timer.async_wait([p, fn = std::move(fn)](const boost::system::error_code& ec) {
+            p->on_stop.reset();
             if (!ec) fn();
         });
         return true;
@@ -41,6 +55,12 @@ public:
     static asio_loop* of(const task_env& env) noexcept { return dynamic_cast<asio_loop*>(env.loop); }
 
 private:
+    struct pending {
+        pending(boost::asio::io_context& ioc, std::chrono::nanoseconds d) : timer(ioc, d) {}
+        boost::asio::steady_timer timer;
+        std::optional<std::stop_callback<std::function<void()>>> on_stop{};
+    };
+
     // Concurrency hint 1: one thread runs it, other threads only post to it.
     boost::asio::io_context ioc_{1};
 };
