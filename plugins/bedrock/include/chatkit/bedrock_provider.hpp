@@ -1,6 +1,6 @@
 // chatkit::bedrock_provider: completions from Amazon Bedrock through its Converse and
-// ConverseStream APIs (protocols.md §2), signed with SigV4 (§4) under the signing name "bedrock",
-// streams read with the event-stream decoder (§3). Friendly model aliases map to Bedrock ids.
+// ConverseStream APIs, signed with SigV4 under the signing name "bedrock", streams read with
+// the AWS event-stream decoder. Friendly model aliases map to Bedrock ids.
 // The blocking form, over cpp-httplib on the worker pool; chatkit::async_bedrock_provider speaks
 // the same wire on the event loops.
 #pragma once

@@ -1,7 +1,8 @@
 // What chatkit::bedrock_provider (blocking, over cpp-httplib) and chatkit::async_bedrock_provider
 // (over chatkit::http_client) share: options and model aliases, the Converse body, SigV4 (or
 // API key) headers, the reading of ConverseStream's event stream, and the mapping of Bedrock's
-// errors. Wire format: protocols.md §2 (Converse), §3 (event stream), §4 (SigV4).
+// errors. Wire format: the Bedrock Runtime API reference (Converse, ConverseStream), the AWS
+// event-stream encoding and Signature Version 4.
 #pragma once
 
 #include "chatkit/aws/credentials.hpp"
@@ -231,7 +232,7 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         return classify(kind, message, status);
     }
 
-    // Reads ConverseStream's events (protocols.md §2.5): text deltas go to the sink; the stop
+    // Reads ConverseStream's events: text deltas go to the sink; the stop
     // reason and usage arrive at the end; an exception frame ends the stream with an error.
     struct stream_reader {
         const delta_sink& sink;

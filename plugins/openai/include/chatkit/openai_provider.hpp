@@ -3,7 +3,7 @@
 // service runs it on its worker pool. Kept-alive HTTPS connections (cpp-httplib) are pooled across
 // threads; failures before the first streamed byte are retried with backoff. For the event-loop
 // server, chatkit::async_openai_provider speaks the same wire on the loops themselves.
-// Wire format: protocols.md §1 (OpenAI) and §7 (SSE).
+// Wire format: OpenAI's Chat Completions API reference and the WHATWG HTML spec's server-sent events.
 #pragma once
 
 #include "chatkit/httplib_client_pool.hpp"

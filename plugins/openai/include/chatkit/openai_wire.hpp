@@ -1,7 +1,7 @@
 // What chatkit::openai_provider (blocking, over cpp-httplib) and chatkit::async_openai_provider
 // (over chatkit::http_client) share: the options, the request body and headers, the reading of a
-// chat.completion.chunk stream, and the mapping of upstream errors. Wire format: protocols.md §1
-// (OpenAI) and §7 (SSE).
+// chat.completion.chunk stream, and the mapping of upstream errors. Wire format: OpenAI's Chat
+// Completions API reference (streaming chunks, errors, retry headers) and the WHATWG SSE spec.
 #pragma once
 
 #include "chatkit/chat.hpp"
@@ -115,7 +115,7 @@ public:
         return body;
     }
 
-    // Reads a chat.completion.chunk stream (protocols.md §1.7) into a completion, passing each text
+    // Reads a chat.completion.chunk stream into a completion, passing each text
     // delta on as it arrives.
     struct stream_reader {
         const delta_sink& sink;
@@ -224,7 +224,7 @@ public:
         return {};
     }
 
-    // retry-after-ms, then retry-after in seconds (protocols.md §1.8). HTTP dates are not used.
+    // retry-after-ms, then retry-after in seconds, as the official OpenAI SDKs read them. HTTP dates are not used.
     template <class Headers>
     static std::optional<std::chrono::milliseconds> retry_after(const Headers& headers) {
         auto number = [](const std::string& text) -> std::optional<double> {
