@@ -5,6 +5,7 @@
 
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
+#include "chatkit/http_client.hpp"
 #include "chatkit/sleep.hpp"
 #include "chatkit/task.hpp"
 
@@ -17,6 +18,7 @@
 #include <random>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace chatkit {
@@ -44,6 +46,45 @@ struct retry_policy {
     return std::chrono::milliseconds(static_cast<long>(base * std::uniform_real_distribution<>(0.75, 1.0)(rng)));
 }
 
+// What attempt `n`'s failure means for the next: the delay before another attempt, or nothing
+// when `f.e` is the answer (a 429 that outlived its retries then keeps its Retry-After for the
+// client). The one place the retry rules live, for the blocking and the async loop alike.
+inline std::optional<std::chrono::milliseconds> retry_delay(const retry_policy& policy, int n,
+                                                            std::chrono::steady_clock::time_point deadline, upstream_failure& f) {
+    const auto delay = f.retry_after.value_or(backoff_delay(policy, n));
+    if (f.retryable && !f.delivered && n < policy.max_retries && delay <= policy.max_server_delay &&
+        std::chrono::steady_clock::now() + delay < deadline)
+        return delay;
+    if (f.e.kind == error_kind::rate_limited && !f.e.retry_after_seconds)
+        f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (delay.count() + 999) / 1000));
+    return std::nullopt;
+}
+
+// An async client's transport failure as an attempt's outcome, in `upstream`'s name ("the
+// upstream", "Bedrock"): what may pass is retryable, nothing is once bytes reached the client.
+inline upstream_failure client_failure(const client_error& e, bool delivered, std::string_view upstream,
+                                       std::chrono::milliseconds read_timeout, std::size_t max_answer_bytes) {
+    const std::string who{upstream};
+    switch (e.kind) {
+    case client_error_kind::cancelled:
+        return {{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"}, false, {}, delivered};
+    case client_error_kind::past_deadline:
+        return {{error_kind::timeout, who + " did not finish within the deadline", "upstream_timeout"}, false, {}, delivered};
+    case client_error_kind::tls_verification:
+        return {{error_kind::upstream, who + "'s TLS certificate verification failed", "upstream_tls"}, false};
+    case client_error_kind::too_large:
+        return {{error_kind::upstream, who + "'s answer is over " + std::to_string(max_answer_bytes >> 20) + " MiB", "upstream_error"}, false};
+    default:
+        break;
+    }
+    if (delivered) return {{error_kind::upstream, who + " connection broke mid-stream (" + e.detail + ")", "upstream_error"}, false, {}, true};
+    if (e.kind == client_error_kind::connect_timeout)
+        return {{error_kind::timeout, "could not connect to " + who + " in time", "upstream_timeout"}, true};
+    if (e.kind == client_error_kind::read_timeout)
+        return {{error_kind::timeout, who + " did not answer within " + std::to_string(read_timeout.count()) + " ms", "upstream_timeout"}, true};
+    return {{error_kind::upstream, "cannot reach " + who + " (" + e.detail + ")", "upstream_unreachable"}, true};
+}
+
 // Calls `attempt()` (returning result<T, upstream_failure>) until it succeeds or must stop; a 429
 // that outlived its retries keeps its Retry-After for the client. A stop request ends the wait
 // before a retry at once.
@@ -54,15 +95,9 @@ result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_cloc
         result<T, upstream_failure> outcome = attempt();
         if (outcome) return std::move(outcome).value();
         upstream_failure f = std::move(outcome).error();
-        const auto delay = f.retry_after.value_or(backoff_delay(policy, n));
-        const bool again = f.retryable && !f.delivered && n < policy.max_retries && delay <= policy.max_server_delay &&
-                           std::chrono::steady_clock::now() + delay < deadline;
-        if (!again) {
-            if (f.e.kind == error_kind::rate_limited && !f.e.retry_after_seconds)
-                f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (delay.count() + 999) / 1000));
-            return std::move(f.e);
-        }
-        if (!wait_unless_stopped(delay, stop))
+        const auto delay = retry_delay(policy, n, deadline, f);
+        if (!delay) return std::move(f.e);
+        if (!wait_unless_stopped(*delay, stop))
             return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
     }
 }
@@ -75,15 +110,9 @@ task<result<T>> call_with_retries_async(retry_policy policy, std::chrono::steady
         result<T, upstream_failure> outcome = co_await attempt();
         if (outcome) co_return std::move(outcome).value();
         upstream_failure f = std::move(outcome).error();
-        const auto delay = f.retry_after.value_or(backoff_delay(policy, n));
-        const bool again = f.retryable && !f.delivered && n < policy.max_retries && delay <= policy.max_server_delay &&
-                           std::chrono::steady_clock::now() + delay < deadline;
-        if (!again) {
-            if (f.e.kind == error_kind::rate_limited && !f.e.retry_after_seconds)
-                f.e.retry_after_seconds = static_cast<int>(std::max<long>(1, (delay.count() + 999) / 1000));
-            co_return std::move(f.e);
-        }
-        const bool waited = co_await sleep_for(delay);
+        const auto delay = retry_delay(policy, n, deadline, f);
+        if (!delay) co_return std::move(f.e);
+        const bool waited = co_await sleep_for(*delay);
         if (!waited) co_return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
     }
 }

@@ -51,6 +51,10 @@ private:
     using wire = detail::bedrock_wire;
     static constexpr std::size_t max_answer_bytes = 64u << 20;
 
+    upstream_failure transport_failure(const client_error& e, bool delivered) const {
+        return client_failure(e, delivered, "Bedrock", shared_->wire.options.read_timeout, max_answer_bytes);
+    }
+
     struct shared {
         shared(bedrock_options o, aws::environment e, std::shared_ptr<http_client> c) : wire(std::move(o), std::move(e)), client(std::move(c)) {}
         detail::bedrock_wire wire;
@@ -135,25 +139,6 @@ private:
             if (reader.failed) break;
         }
         co_return wire::finish_stream(reader);
-    }
-
-    static upstream_failure transport_failure(const client_error& e, bool delivered) {
-        switch (e.kind) {
-        case client_error_kind::cancelled:
-            return {{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"}, false, {}, delivered};
-        case client_error_kind::past_deadline:
-            return {{error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, delivered};
-        case client_error_kind::tls_verification:
-            return {{error_kind::upstream, "Bedrock's TLS certificate verification failed", "upstream_tls"}, false};
-        case client_error_kind::too_large:
-            return {{error_kind::upstream, "Bedrock's answer is over " + std::to_string(max_answer_bytes >> 20) + " MiB", "upstream_error"}, false};
-        default:
-            break;
-        }
-        if (delivered) return {{error_kind::upstream, "Bedrock connection broke mid-stream (" + e.detail + ")", "upstream_error"}, false, {}, true};
-        if (e.kind == client_error_kind::connect_timeout || e.kind == client_error_kind::read_timeout)
-            return {{error_kind::timeout, "Bedrock did not answer in time", "upstream_timeout"}, true};
-        return {{error_kind::upstream, "cannot reach Bedrock (" + e.detail + ")", "upstream_unreachable"}, true};
     }
 
     std::shared_ptr<shared> shared_;

@@ -44,6 +44,10 @@ private:
     using wire = detail::openai_wire;
     static constexpr std::size_t max_answer_bytes = 64u << 20;
 
+    upstream_failure transport_failure(const client_error& e, bool delivered) const {
+        return client_failure(e, delivered, "the upstream", shared_->wire.options.read_timeout, max_answer_bytes);
+    }
+
     struct shared {
         shared(openai_options o, std::shared_ptr<http_client> c) : wire(std::move(o)), client(std::move(c)) {}
         detail::openai_wire wire;
@@ -121,28 +125,6 @@ private:
             if (reader.broken) break;
         }
         co_return w.finish_stream(reader, *a.key);
-    }
-
-    upstream_failure transport_failure(const client_error& e, bool delivered) const {
-        const auto& o = shared_->wire.options;
-        switch (e.kind) {
-        case client_error_kind::cancelled:
-            return {{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"}, false, {}, delivered};
-        case client_error_kind::past_deadline:
-            return {{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, delivered};
-        case client_error_kind::tls_verification:
-            return {{error_kind::upstream, "upstream TLS certificate verification failed", "upstream_tls"}, false};
-        case client_error_kind::too_large:
-            return {{error_kind::upstream, "upstream answer over " + std::to_string(max_answer_bytes >> 20) + " MiB", "upstream_error"}, false};
-        default:
-            break;
-        }
-        if (delivered) return {{error_kind::upstream, "upstream connection broke mid-stream (" + e.detail + ")", "upstream_error"}, false, {}, true};
-        if (e.kind == client_error_kind::connect_timeout)
-            return {{error_kind::timeout, "could not connect to the upstream in time", "upstream_timeout"}, true};
-        if (e.kind == client_error_kind::read_timeout)
-            return {{error_kind::timeout, "upstream did not answer within " + std::to_string(o.read_timeout.count()) + " ms", "upstream_timeout"}, true};
-        return {{error_kind::upstream, "cannot reach the upstream (" + e.detail + ")", "upstream_unreachable"}, true};
     }
 
     std::shared_ptr<shared> shared_;
