@@ -5,6 +5,7 @@
 
 #include "chatkit/clock.hpp"
 #include "chatkit/error.hpp"
+#include "chatkit/json_text.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -79,6 +80,16 @@ inline void to_json(nlohmann::json& j, const token_usage& u) {
     j = {{"prompt_tokens", u.prompt_tokens},
          {"completion_tokens", u.completion_tokens},
          {"total_tokens", u.total_tokens()}};
+}
+// The same object as text (chatkit/json_text.hpp), for answers written without a tree.
+inline void append_usage(std::string& out, const token_usage& u) {
+    out += R"({"prompt_tokens":)";
+    append_json_int(out, u.prompt_tokens);
+    out += R"(,"completion_tokens":)";
+    append_json_int(out, u.completion_tokens);
+    out += R"(,"total_tokens":)";
+    append_json_int(out, u.total_tokens());
+    out += '}';
 }
 inline void from_json(const nlohmann::json& j, token_usage& u) {
     j.at("prompt_tokens").get_to(u.prompt_tokens);

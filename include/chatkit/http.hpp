@@ -4,6 +4,7 @@
 
 #include "chatkit/chat.hpp"
 #include "chatkit/error.hpp"
+#include "chatkit/json_text.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -87,17 +88,16 @@ struct http_response {
     [[nodiscard]] bool is_stream() const noexcept { return static_cast<bool>(stream); }
 };
 
-// Serializes without ever throwing: invalid UTF-8 from a provider is replaced, not fatal.
-[[nodiscard]] inline std::string dump_json(const nlohmann::json& j) {
-    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-[[nodiscard]] inline http_response json_response(int status, const nlohmann::json& body) {
+// A JSON answer whose body is already written (chatkit/json_text.hpp).
+[[nodiscard]] inline http_response json_text_response(int status, std::string body) {
     http_response res;
     res.status = status;
     res.headers.emplace("Content-Type", "application/json");
-    res.body = dump_json(body);
+    res.body = std::move(body);
     return res;
+}
+[[nodiscard]] inline http_response json_response(int status, const nlohmann::json& body) {
+    return json_text_response(status, dump_json(body));
 }
 
 // Every error leaves as the OpenAI envelope plus the request id, with the matching status.

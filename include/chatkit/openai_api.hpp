@@ -7,6 +7,7 @@
 #include "chatkit/chat.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/json_text.hpp"
 #include "chatkit/sse.hpp"
 
 #include <nlohmann/json.hpp>
@@ -122,7 +123,7 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
 
 [[nodiscard]] inline nlohmann::json usage_object(const token_usage& u) { return u; }
 
-// The `chat.completion` object (protocols.md §1.6).
+// The `chat.completion` object (protocols.md §1.6), as a tree.
 [[nodiscard]] inline nlohmann::json completion_object(const completion& c) {
     nlohmann::json message = {{"role", "assistant"}, {"content", c.content}, {"refusal", nullptr}};
     if (c.extra.is_object())
@@ -135,6 +136,50 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
             {"choices", {{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}}},
             {"usage", c.usage},
             {"system_fingerprint", nullptr}};
+}
+
+// The same object written as text, in OpenAI's field order: what the service answers with. The
+// reply's extra fields (tool_calls, a refusal, ...) take their place in the message as in
+// completion_object, and a reply that is only tool calls has a null content.
+[[nodiscard]] inline std::string completion_text(const completion& c) {
+    const nlohmann::json* extra = c.extra.is_object() && !c.extra.empty() ? &c.extra : nullptr;
+    auto extra_field = [extra](const char* key) -> const nlohmann::json* {
+        if (!extra) return nullptr;
+        const auto it = extra->find(key);
+        return it == extra->end() ? nullptr : &*it;
+    };
+    std::string out;
+    out.reserve(320 + c.content.size() + c.id.size() + c.model.size());
+    out += R"({"id":)";
+    append_json_string(out, c.id);
+    out += R"(,"object":"chat.completion","created":)";
+    append_json_int(out, c.created_at / 1000);
+    out += R"(,"model":)";
+    append_json_string(out, c.model);
+    out += R"(,"choices":[{"index":0,"message":{"role":)";
+    if (const auto* role = extra_field("role")) append_json(out, *role);
+    else out += R"("assistant")";
+    out += R"(,"content":)";
+    if (const auto* content = extra_field("content")) append_json(out, *content);
+    else if (c.content.empty() && extra_field("tool_calls")) out += "null";
+    else append_json_string(out, c.content);
+    out += R"(,"refusal":)";
+    if (const auto* refusal = extra_field("refusal")) append_json(out, *refusal);
+    else out += "null";
+    if (extra)
+        for (const auto& [key, value] : extra->items()) {
+            if (key == "role" || key == "content" || key == "refusal") continue;
+            out += ',';
+            append_json_string(out, key);
+            out += ':';
+            append_json(out, value);
+        }
+    out += R"(},"logprobs":null,"finish_reason":)";
+    append_json_string(out, c.finish_reason);
+    out += R"(}],"usage":)";
+    append_usage(out, c.usage);
+    out += R"(,"system_fingerprint":null})";
+    return out;
 }
 
 // Frames one completion as `chat.completion.chunk` events (protocols.md §1.7).

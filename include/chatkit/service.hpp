@@ -332,7 +332,7 @@ private:
         }
         auto answer = co_await chat_async(std::move(*chat_req));
         if (!answer) co_return routed{error_response(answer.error(), req.request_id)};
-        auto res = json_response(200, openai_api::completion_object(*answer));
+        auto res = json_text_response(200, openai_api::completion_text(*answer));
         res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
         res.meta = meta_of(*answer);
         co_return routed{std::move(res)};

@@ -228,3 +228,37 @@ TEST_CASE("the cache key covers pass-through fields: a different seed or tool li
     CHECK(svc.handle(post(ask)).headers.at("X-Cache") == "miss");
     CHECK(svc.provider().seen->size() == 3);
 }
+
+TEST_CASE("strings written without a tree are escaped exactly as nlohmann dumps them") {
+    for (const std::string& s : {std::string{}, std::string{"plain ascii, 123"}, std::string{"quote \" and backslash \\"},
+                                std::string{"tab\tnew line\ncontrol \x01 del \x7f"}, std::string{"caf\xc3\xa9 \xe2\x9c\x93"},
+                                std::string{"broken \xff\xfe utf-8"}, std::string{"nul \0 inside", 13}}) {
+        std::string out;
+        chatkit::append_json_string(out, s);
+        CHECK(out == chatkit::dump_json(json(s)));
+    }
+    std::string n;
+    chatkit::append_json_int(n, -42);
+    chatkit::append_json_int(n, std::int64_t{1741569952123});
+    CHECK(n == "-421741569952123");
+}
+
+TEST_CASE("the chat.completion written as text is the same object as its tree") {
+    chatkit::completion plain;
+    plain.id = "chatcmpl-1";
+    plain.model = "m\xc3\xa9";
+    plain.content = "line one\nline \"two\" \xff";
+    plain.created_at = 1741569952123;
+    plain.usage = {11, 7};
+    chatkit::completion tools;
+    tools.finish_reason = "tool_calls";
+    tools.extra = {{"tool_calls", {{{"id", "call_1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}}}}};
+    chatkit::completion refused;
+    refused.content = "";
+    refused.extra = {{"refusal", "I cannot help with that."}, {"annotations", json::array({{{"type", "url_citation"}}})}};
+    for (const auto& c : {plain, tools, refused}) {
+        const auto text = chatkit::openai_api::completion_text(c);
+        CHECK(json::parse(text) == json::parse(chatkit::dump_json(chatkit::openai_api::completion_object(c))));
+        CHECK(text.starts_with(R"({"id":)")); // OpenAI's field order, as its SDKs' fixtures have it
+    }
+}

@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -233,18 +234,13 @@ private:
                 if (failed) co_return failed;
             }
             namespace http = boost::beast::http;
-            message_.method_string(request->method);
-            message_.target(request->target);
-            message_.version(11);
-            message_.set(http::field::host, where->host_header);
-            for (const auto& [name, value] : request->headers) message_.set(name, value);
-            message_.body() = request->body;
-            message_.prepare_payload();
-
+            write_head(*request, *where);
+            // The head and the caller's body (alive in open()'s frame) in one gather write.
+            const std::array<boost::asio::const_buffer, 2> parts{boost::asio::buffer(head_), boost::asio::buffer(request->body)};
             arm(read_timeout_);
-            auto write = detail::on_loop([this](auto handler) {
-                if (conn_->secure) http::async_write(*conn_->secure, message_, std::move(handler));
-                else http::async_write(*conn_->plain, message_, std::move(handler));
+            auto write = detail::on_loop([this, &parts](auto handler) {
+                if (conn_->secure) boost::asio::async_write(*conn_->secure, parts, std::move(handler));
+                else boost::asio::async_write(*conn_->plain, parts, std::move(handler));
             });
             const auto wrote = co_await write;
             if (wrote.ec) co_return failure(wrote.ec, "sending the request");
@@ -363,6 +359,30 @@ private:
             co_return std::nullopt;
         }
 
+        // The request line and header fields (RFC 9112 §3, §5), written here rather than through
+        // Beast's message and serializer, which cost two allocations and a copy of the body per
+        // request (docs/performance.md). Host and the framing fields are the client's; a field
+        // that could split the request (CR, LF, NUL) is not sent.
+        void write_head(const client_request& request, const detail::origin_parts& where) {
+            auto safe = [](std::string_view text) { return text.find_first_of(std::string_view{"\r\n\0", 3}) == std::string_view::npos; };
+            head_.clear();
+            head_.reserve(256);
+            head_.append(request.method).append(" ").append(request.target).append(" HTTP/1.1\r\nHost: ").append(where.host_header).append("\r\n");
+            for (const auto& [name, value] : request.headers) {
+                if (boost::beast::iequals(name, "Host") || boost::beast::iequals(name, "Content-Length") ||
+                    boost::beast::iequals(name, "Transfer-Encoding") || boost::beast::iequals(name, "Connection") || !safe(name) ||
+                    !safe(value))
+                    continue;
+                head_.append(name).append(": ").append(value).append("\r\n");
+            }
+            if (!request.body.empty() || (request.method != "GET" && request.method != "HEAD")) {
+                head_ += "Content-Length: ";
+                head_ += std::to_string(request.body.size());
+                head_ += "\r\n";
+            }
+            head_ += "\r\n";
+        }
+
         // The next operation's time limit: `limit`, cut to what is left of the deadline.
         void arm(std::chrono::milliseconds limit) {
             const auto left = deadline_ - clock::now();
@@ -386,7 +406,7 @@ private:
         std::chrono::milliseconds connect_timeout_;
         std::uint64_t use_ = 0;
         std::optional<std::stop_callback<abort_on_stop>> on_stop_{};
-        boost::beast::http::request<boost::beast::http::string_body> message_{};
+        std::string head_{};
         std::optional<boost::beast::http::response_parser<boost::beast::http::buffer_body>> parser_{};
         bool ended_ = false;
         bool keep_alive_ = false;

@@ -56,7 +56,7 @@ private:
 
     task<result<completion>> call(chat_request r, std::optional<delta_writer> out) {
         auto& w = shared_->wire;
-        const std::string body = dump_json(w.request_body(r, out.has_value()));
+        const std::string body = w.request_body(r, out.has_value());
         const auto deadline = clock::now() + w.options.deadline;
         auto key = w.key();
         if (!key) {

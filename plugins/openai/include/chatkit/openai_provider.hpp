@@ -47,7 +47,7 @@ private:
 
     result<completion> call(const chat_request& r, const delta_sink* sink) {
         auto& w = shared_->wire;
-        const std::string body = dump_json(w.request_body(r, sink != nullptr));
+        const std::string body = w.request_body(r, sink != nullptr);
         const auto deadline = clock::now() + w.options.deadline;
         auto key = w.key();
         if (!key) {

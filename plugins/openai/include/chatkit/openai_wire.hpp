@@ -8,18 +8,22 @@
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/json_text.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/retry.hpp"
 #include "chatkit/sse.hpp"
 
 #include <nlohmann/json.hpp>
+#include <simdjson.h>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -94,25 +98,61 @@ public:
         return h;
     }
 
-    nlohmann::json request_body(const chat_request& r, bool streaming) const {
-        nlohmann::json messages = nlohmann::json::array();
-        for (const auto& m : r.messages) {
-            nlohmann::json j = {{"role", to_string(m.role)}, {"content", m.content}};
-            if (m.extra.is_object())
-                for (const auto& [key, value] : m.extra.items()) j[key] = value;
-            messages.push_back(std::move(j));
+    // The request body, written as text (chatkit/json_text.hpp): the same fields as a tree would
+    // hold, without building one per call. A message's extra fields and the request's
+    // extensions are relayed as the client sent them; where they name a field written here,
+    // the extra field wins in a message and chatkit's own value wins in the request.
+    std::string request_body(const chat_request& r, bool streaming) const {
+        std::string out;
+        out.reserve(256 + r.messages.size() * 64);
+        out += R"({"model":)";
+        append_json_string(out, r.model.empty() ? options.model : r.model);
+        out += R"(,"messages":[)";
+        for (std::size_t i = 0; i < r.messages.size(); ++i) {
+            const auto& m = r.messages[i];
+            const nlohmann::json* extra = m.extra.is_object() && !m.extra.empty() ? &m.extra : nullptr;
+            auto extra_field = [extra](const char* key) -> const nlohmann::json* {
+                if (!extra) return nullptr;
+                const auto it = extra->find(key);
+                return it == extra->end() ? nullptr : &*it;
+            };
+            out += i ? R"(,{"role":)" : R"({"role":)";
+            if (const auto* role = extra_field("role")) append_json(out, *role);
+            else append_json_string(out, to_string(m.role));
+            out += R"(,"content":)";
+            if (const auto* content = extra_field("content")) append_json(out, *content);
+            else append_json_string(out, m.content);
+            if (extra)
+                for (const auto& [key, value] : extra->items()) {
+                    if (key == "role" || key == "content") continue;
+                    append_member(out, key, value);
+                }
+            out += '}';
         }
-        nlohmann::json body = r.extensions.is_object() ? r.extensions : nlohmann::json::object();
-        body["model"] = r.model.empty() ? options.model : r.model;
-        body["messages"] = std::move(messages);
-        if (r.temperature) body["temperature"] = *r.temperature;
-        if (r.max_tokens && !body.contains("max_completion_tokens")) body["max_tokens"] = *r.max_tokens;
-        if (r.user_id != anonymous_user) body["user"] = r.user_id;
-        if (streaming) {
-            body["stream"] = true;
-            body["stream_options"] = {{"include_usage", true}};
+        out += ']';
+        const bool temperature = r.temperature.has_value();
+        const bool completion_tokens = r.extensions.is_object() && r.extensions.contains("max_completion_tokens");
+        const bool max_tokens = r.max_tokens && !completion_tokens;
+        const bool user = r.user_id != anonymous_user;
+        if (r.extensions.is_object())
+            for (const auto& [key, value] : r.extensions.items()) {
+                if (key == "model" || key == "messages" || (temperature && key == "temperature") || (max_tokens && key == "max_tokens") ||
+                    (user && key == "user") || (streaming && (key == "stream" || key == "stream_options")))
+                    continue;
+                append_member(out, key, value);
+            }
+        if (temperature) append_member(out, "temperature", nlohmann::json(*r.temperature));
+        if (max_tokens) {
+            out += R"(,"max_tokens":)";
+            append_json_int(out, *r.max_tokens);
         }
-        return body;
+        if (user) {
+            out += R"(,"user":)";
+            append_json_string(out, r.user_id);
+        }
+        if (streaming) out += R"(,"stream":true,"stream_options":{"include_usage":true})";
+        out += '}';
+        return out;
     }
 
     // Reads a chat.completion.chunk stream into a completion, passing each text
@@ -126,33 +166,41 @@ public:
         bool client_gone = false;            // the sink said stop
         nlohmann::json tool_calls = nlohmann::json::array();
 
+        // Each chunk is read with simdjson, without a tree (see parse_answer); tool-call
+        // fragments, rare and merged across chunks, become nlohmann values.
         void operator()(const sse_message& m) {
             if (broken || done || client_gone) return;
             if (m.data == "[DONE]") return void(done = true);
-            const auto j = nlohmann::json::parse(m.data, nullptr, false);
-            if (!j.is_object()) return void(broken = "upstream sent a malformed stream chunk");
-            if (auto e = j.find("error"); e != j.end() && !e->is_null()) {
-                return void(broken = "upstream error mid-stream: " +
-                                     (e->is_object() ? e->value("message", std::string{"unknown"}) : e->dump()));
+            json_reader reader{m.data.size()};
+            simdjson::dom::element doc;
+            simdjson::dom::object j;
+            if (reader.parser().parse(m.data).get(doc) || doc.get_object().get(j))
+                return void(broken = "upstream sent a malformed stream chunk");
+            if (const auto e = j["error"]; !e.error() && !e.is_null()) {
+                std::string_view message;
+                if (e["message"].get_string().get(message)) message = "unknown";
+                return void(broken = "upstream error mid-stream: " + (e.is_object() ? std::string{message} : simdjson::minify(e)));
             }
-            if (auto model = j.find("model"); model != j.end() && model->is_string()) c.model = *model;
-            if (auto usage = j.find("usage"); usage != j.end() && usage->is_object()) {
-                c.usage.prompt_tokens = usage->value("prompt_tokens", 0);
-                c.usage.completion_tokens = usage->value("completion_tokens", 0);
+            if (std::string_view model; !j["model"].get_string().get(model)) c.model = model;
+            if (simdjson::dom::object usage; !j["usage"].get_object().get(usage)) {
+                c.usage.prompt_tokens = token_count(usage["prompt_tokens"]);
+                c.usage.completion_tokens = token_count(usage["completion_tokens"]);
             }
-            const auto choices = j.find("choices");
-            if (choices == j.end() || !choices->is_array()) return;
-            for (const auto& choice : *choices) {
-                if (!choice.is_object() || choice.value("index", 0) != 0) continue; // we ask for one choice
-                if (auto reason = choice.find("finish_reason"); reason != choice.end() && reason->is_string())
-                    c.finish_reason = *reason;
-                const auto delta = choice.find("delta");
-                if (delta == choice.end() || !delta->is_object()) continue;
-                if (auto calls = delta->find("tool_calls"); calls != delta->end() && calls->is_array()) merge_tool_calls(*calls);
-                if (auto text = delta->find("content"); text != delta->end() && text->is_string() && !text->get_ref<const std::string&>().empty()) {
-                    c.content += text->get_ref<const std::string&>();
+            simdjson::dom::array choices;
+            if (j["choices"].get_array().get(choices)) return;
+            for (const auto item : choices) {
+                simdjson::dom::object choice;
+                if (item.get_object().get(choice)) continue;
+                if (std::int64_t index = 0; !choice["index"].get_int64().get(index) && index != 0) continue; // we ask for one choice
+                if (std::string_view reason; !choice["finish_reason"].get_string().get(reason)) c.finish_reason = reason;
+                simdjson::dom::object delta;
+                if (choice["delta"].get_object().get(delta)) continue;
+                if (simdjson::dom::array calls; !delta["tool_calls"].get_array().get(calls))
+                    merge_tool_calls(nlohmann::json::parse(simdjson::minify(calls), nullptr, false));
+                if (std::string_view text; !delta["content"].get_string().get(text) && !text.empty()) {
+                    c.content += text;
                     delivered = true;
-                    if (!sink(text->get_ref<const std::string&>())) client_gone = true;
+                    if (!sink(text)) client_gone = true;
                 }
             }
         }
@@ -239,26 +287,70 @@ public:
         return std::nullopt;
     }
 
-    result<completion, upstream_failure> parse_answer(const std::string& raw) const {
-        const auto j = nlohmann::json::parse(raw, nullptr, false);
-        const auto* choice = j.is_object() && j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() &&
-                                     j["choices"][0].is_object()
-                                 ? &j["choices"][0]
-                                 : nullptr;
-        if (!choice || !choice->contains("message") || !(*choice)["message"].is_object())
-            return upstream_failure{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
-        const auto& message = (*choice)["message"];
+    // A `chat.completion` body into a completion. simdjson reads it without building a tree:
+    // through nlohmann's tree this parse cost a seventh of a relayed request's CPU
+    // (docs/performance.md). Only the message's extra fields (tool calls, a refusal), which the
+    // completion keeps as nlohmann values, are converted.
+    static result<completion, upstream_failure> parse_answer(const std::string& raw) {
+        const upstream_failure malformed{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
+        json_reader reader{raw.size()};
+        simdjson::dom::element doc;
+        if (reader.parser().parse(raw).get(doc)) return malformed;
+        simdjson::dom::object root, choice, message;
+        simdjson::dom::array choices;
+        if (doc.get_object().get(root) || root["choices"].get_array().get(choices) || choices.at(0).get_object().get(choice) ||
+            choice["message"].get_object().get(message))
+            return malformed;
         completion c;
-        if (message.contains("content") && message["content"].is_string()) c.content = message["content"];
-        for (const auto& [key, value] : message.items())
-            if (key != "role" && key != "content" && !value.is_null() && !(value.is_array() && value.empty())) c.extra[key] = value;
-        if (choice->contains("finish_reason") && (*choice)["finish_reason"].is_string()) c.finish_reason = (*choice)["finish_reason"];
-        if (j.contains("model") && j["model"].is_string()) c.model = j["model"];
-        if (auto usage = j.find("usage"); usage != j.end() && usage->is_object()) {
-            c.usage.prompt_tokens = usage->value("prompt_tokens", 0);
-            c.usage.completion_tokens = usage->value("completion_tokens", 0);
+        for (const auto field : message) {
+            if (field.key == "role") continue;
+            if (field.key == "content") {
+                if (field.value.is_string()) c.content = std::string_view{field.value};
+                continue;
+            }
+            if (field.value.is_null()) continue;
+            if (simdjson::dom::array a; !field.value.get_array().get(a) && a.size() == 0) continue;
+            c.extra[std::string{field.key}] = nlohmann::json::parse(simdjson::minify(field.value), nullptr, false);
+        }
+        if (std::string_view reason; !choice["finish_reason"].get_string().get(reason)) c.finish_reason = reason;
+        if (std::string_view model; !root["model"].get_string().get(model)) c.model = model;
+        if (simdjson::dom::object usage; !root["usage"].get_object().get(usage)) {
+            c.usage.prompt_tokens = token_count(usage["prompt_tokens"]);
+            c.usage.completion_tokens = token_count(usage["completion_tokens"]);
         }
         return c;
+    }
+
+    static void append_member(std::string& out, std::string_view key, const nlohmann::json& value) {
+        out += ',';
+        append_json_string(out, key);
+        out += ':';
+        append_json(out, value);
+    }
+
+    // A per-thread parser keeps its buffers between answers; one for a rare large answer is
+    // dropped with it, so an outlier does not pin megabytes to every loop thread.
+    class json_reader {
+    public:
+        explicit json_reader(std::size_t bytes) {
+            if (bytes > reusable_bytes) own_.emplace();
+        }
+        simdjson::dom::parser& parser() {
+            if (own_) return *own_;
+            thread_local simdjson::dom::parser shared;
+            return shared;
+        }
+
+    private:
+        static constexpr std::size_t reusable_bytes = 1 << 20;
+        std::optional<simdjson::dom::parser> own_{};
+    };
+
+    // A token count, 0 when absent or not a count (an upstream's usage is advisory, not fatal).
+    static int token_count(simdjson::simdjson_result<simdjson::dom::element> v) {
+        std::int64_t n = 0;
+        if (v.get_int64().get(n) || n < 0) return 0;
+        return static_cast<int>(std::min<std::int64_t>(n, std::numeric_limits<int>::max()));
     }
 
     // Upstream messages sometimes quote the key they were given; it must not reach a client.
