@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
         return 2;
     }
 
-    sample_server::logger log{cfg};
+    sample_server::logger log{cfg, std::chrono::milliseconds{0}}; // one request at a time: no batching
     try {
         auto service = sample_server::make_service(cfg, &log);
         chatkit::lambda_runtime runtime{

@@ -10,27 +10,117 @@
 #include <chatkit/middleware.hpp>
 
 #include <nlohmann/json.hpp>
-#include <spdlog/async.h>
-#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/sink.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 
 namespace sample_server {
 
+// Appends formatted lines to a buffer under a short lock; a thread of the sink's own writes the
+// buffer to stdout a batch at a time. spdlog's async logger woke its thread for every line, and
+// that futex wake, context switch and write were the largest kernel cost left per relayed
+// request (docs/performance.md); here a caller wakes the writer only when the buffer was empty,
+// and the writer gathers for `window` before writing. A full buffer blocks the caller: no line is
+// dropped. flush() returns once everything logged before it is on stdout.
+class batched_stdout_sink final : public spdlog::sinks::sink {
+public:
+    explicit batched_stdout_sink(std::chrono::milliseconds window) : window_(window), writer_([this] { run(); }) {}
+    batched_stdout_sink(const batched_stdout_sink&) = delete;
+    batched_stdout_sink& operator=(const batched_stdout_sink&) = delete;
+    ~batched_stdout_sink() override {
+        {
+            std::lock_guard lock{mutex_};
+            stopping_ = true;
+        }
+        ready_.notify_all();
+        writer_.join();
+    }
+
+    void log(const spdlog::details::log_msg& msg) override {
+        std::unique_lock lock{mutex_};
+        space_.wait(lock, [this] { return pending_.size() < max_pending_bytes || stopping_; });
+        const bool was_empty = pending_.empty();
+        formatter_->format(msg, line_); // under the lock: a formatter is not thread-safe
+        pending_.append(line_.data(), line_.size());
+        line_.clear();
+        if (was_empty) ready_.notify_one();
+    }
+    void flush() override {
+        std::unique_lock lock{mutex_};
+        const auto wanted = ++flushes_requested_;
+        ready_.notify_one();
+        written_.wait(lock, [&] { return flushes_done_ >= wanted; });
+    }
+    void set_pattern(const std::string& pattern) override {
+        std::lock_guard lock{mutex_};
+        formatter_ = std::make_unique<spdlog::pattern_formatter>(pattern);
+    }
+    void set_formatter(std::unique_ptr<spdlog::formatter> formatter) override {
+        std::lock_guard lock{mutex_};
+        formatter_ = std::move(formatter);
+    }
+
+private:
+    static constexpr std::size_t max_pending_bytes = 4 << 20;
+
+    void run() {
+        std::string batch;
+        std::unique_lock lock{mutex_};
+        for (;;) {
+            ready_.wait(lock, [this] { return !pending_.empty() || stopping_ || flushes_requested_ > flushes_done_; });
+            if (window_.count() > 0 && !pending_.empty())
+                ready_.wait_for(lock, window_, [this] { return stopping_ || flushes_requested_ > flushes_done_; });
+            const auto flushes = flushes_requested_;
+            batch.swap(pending_);
+            lock.unlock();
+            space_.notify_all();
+            if (!batch.empty()) {
+                std::fwrite(batch.data(), 1, batch.size(), stdout);
+                std::fflush(stdout);
+                batch.clear();
+            }
+            lock.lock();
+            flushes_done_ = flushes;
+            written_.notify_all();
+            if (stopping_ && pending_.empty()) return;
+        }
+    }
+
+    std::chrono::milliseconds window_;
+    std::mutex mutex_;
+    std::condition_variable ready_, space_, written_;
+    std::unique_ptr<spdlog::formatter> formatter_ = std::make_unique<spdlog::pattern_formatter>("%v");
+    spdlog::memory_buf_t line_;
+    std::string pending_;
+    std::uint64_t flushes_requested_ = 0, flushes_done_ = 0;
+    bool stopping_ = false;
+    std::thread writer_; // last: it starts once the rest is built
+};
+
 class logger {
 public:
-    // Lines are formatted on the caller's thread and written by spdlog's own thread, so a request
-    // never waits on stdout; a full queue blocks rather than drops a line.
-    explicit logger(const config& c) : json_(c.log_format == "json"), log_(make_async()) {
+    // Lines are formatted on the caller's thread and written to stdout by the sink's own thread a
+    // batch at a time (batched_stdout_sink), so a request never waits on stdout. `batch_window`
+    // is how long a line may wait for others: 0 where requests come one at a time (Lambda).
+    explicit logger(const config& c, std::chrono::milliseconds batch_window = std::chrono::milliseconds{5})
+        : json_(c.log_format == "json"),
+          log_(std::make_shared<spdlog::logger>("sample_server", std::make_shared<batched_stdout_sink>(batch_window))) {
         log_->set_pattern("%v");
         log_->set_level(spdlog::level::from_str(c.log_level));
-        log_->flush_on(spdlog::level::trace); // a line is visible the moment it is logged
+        log_->flush_on(spdlog::level::off); // the sink writes each batch out whole; a flush would wait for it
     }
 
     void log(spdlog::level::level_enum level, std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
@@ -75,7 +165,7 @@ public:
         log_->log(level, spdlog::string_view_t{out.finish()});
     }
 
-    ~logger() { spdlog::shutdown(); } // writes what is queued
+    ~logger() { log_->flush(); } // writes what is queued
 
 private:
     // One line in either format, the same as log() writes: JSON's fields follow time, level and
@@ -129,11 +219,6 @@ private:
         bool json_;
         std::string out_{};
     };
-
-    static std::shared_ptr<spdlog::logger> make_async() {
-        spdlog::init_thread_pool(8192, 1);
-        return spdlog::create_async<spdlog::sinks::stdout_sink_mt>("sample_server");
-    }
 
     bool json_;
     std::shared_ptr<spdlog::logger> log_;

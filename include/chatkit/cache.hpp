@@ -86,6 +86,10 @@ template <blocking_cache... Cs>
 class cache_variant {
 public:
     static constexpr bool nonblocking = (declared_nonblocking<Cs> && ...);
+    // Whether the cache it holds declared itself nonblocking: the service then calls it inline.
+    [[nodiscard]] bool holds_nonblocking() const noexcept {
+        return std::visit([](const auto& x) { return declared_nonblocking<std::remove_cvref_t<decltype(x)>>; }, v_);
+    }
     template <class C>
         requires(std::same_as<std::remove_cvref_t<C>, Cs> || ...)
     cache_variant(C&& c) : v_(std::forward<C>(c)) {}

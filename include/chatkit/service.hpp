@@ -497,31 +497,39 @@ private:
     }
 
     // A blocking plugin's call on the worker pool, or inline on the loop when the plugin declares
-    // it cannot block. `f` owns what it needs: it lives in this coroutine's frame.
+    // it cannot block, or when a run-time choice of plugins holds one that cannot (a
+    // store_variant holding no_store: a pool hop per request for nothing). `f` owns what it
+    // needs: it lives in this coroutine's frame.
     template <class Plugin, class F>
-    static task<std::invoke_result_t<F&>> call_plugin(F f) {
-        if constexpr (declared_nonblocking<Plugin>) co_return f();
-        else co_return co_await run_blocking(std::move(f));
+    static task<std::invoke_result_t<F&>> call_plugin(const Plugin* plugin, F f) {
+        if constexpr (declared_nonblocking<Plugin>) {
+            co_return f();
+        } else {
+            if constexpr (requires { plugin->holds_nonblocking(); }) {
+                if (plugin->holds_nonblocking()) co_return f();
+            }
+            co_return co_await run_blocking(std::move(f));
+        }
     }
 
     // An async cache or store is awaited where the request runs; a blocking one goes through
     // call_plugin.
     task<std::optional<completion>> cache_get(std::string key) {
         if constexpr (async_cache<C>) return cache_.get(std::move(key));
-        else return call_plugin<C>([this, key = std::move(key)] { return cache_.get(key); });
+        else return call_plugin(&cache_, [this, key = std::move(key)] { return cache_.get(key); });
     }
     task<void> cache_put(std::string key, completion value) {
         if constexpr (async_cache<C>) return cache_.put(std::move(key), std::move(value), options_.cache_ttl);
-        else return call_plugin<C>([this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
+        else return call_plugin(&cache_, [this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
     }
     // A durable append (an fsync) never runs on a loop thread, unless the store says it cannot block.
     task<result<void>> store_append(exchange e) {
         if constexpr (async_store<S>) return store_.append(std::move(e));
-        else return call_plugin<S>([this, e = std::move(e)] { return store_.append(e); });
+        else return call_plugin(&store_, [this, e = std::move(e)] { return store_.append(e); });
     }
     task<result<history_page>> store_history(history_query q) {
         if constexpr (async_store<S>) return store_.history(std::move(q));
-        else return call_plugin<S>([this, q = std::move(q)] { return store_.history(q); });
+        else return call_plugin(&store_, [this, q = std::move(q)] { return store_.history(q); });
     }
 
     // A provider's failure once the request was stopped is reported as what stopped it.

@@ -94,7 +94,8 @@ concept store_has_async_history = requires(S& s, history_query q) {
 ///   2'. `task<result<history_page>> history(history_query)`.
 /// They take their arguments by value and see the request's stop token through
 /// `co_await chatkit::current_stop_token()`. A blocking store runs on the worker pool, unless it
-/// declares `static constexpr bool nonblocking = true;`.
+/// declares `static constexpr bool nonblocking = true;` (store_variant tells the service at run
+/// time, through `holds_nonblocking()`, when the store it holds made that declaration).
 template <class S>
 concept blocking_store = detail::store_has_append<S> && detail::store_has_history<S> && detail::store_has_health<S>;
 template <class S>
@@ -131,6 +132,10 @@ template <blocking_store... Ss>
 class store_variant {
 public:
     static constexpr bool nonblocking = (declared_nonblocking<Ss> && ...);
+    // Whether the store it holds declared itself nonblocking: the service then calls it inline.
+    [[nodiscard]] bool holds_nonblocking() const noexcept {
+        return std::visit([](const auto& x) { return declared_nonblocking<std::remove_cvref_t<decltype(x)>>; }, v_);
+    }
     template <class S>
         requires(std::same_as<std::remove_cvref_t<S>, Ss> || ...)
     store_variant(S&& s) : v_(std::forward<S>(s)) {}

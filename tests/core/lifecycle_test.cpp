@@ -504,3 +504,50 @@ TEST_CASE("an async store and an async cache are awaited on the loop thread: app
     CHECK(*store.off_loop == 0);
     CHECK(*cache.off_loop == 0);
 }
+
+namespace {
+// A blocking store that notes which thread each append ran on; with `Nonblocking` it declares
+// that it cannot block (as no_store and in-memory stores do).
+template <bool Nonblocking>
+struct thread_noting_store {
+    static constexpr bool nonblocking = Nonblocking;
+    const test_support::test_loop* loop = nullptr;
+    std::shared_ptr<std::atomic<int>> on_loop = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<std::atomic<int>> off_loop = std::make_shared<std::atomic<int>>(0);
+    chatkit::result<void> append(const chatkit::exchange&) {
+        ++*(loop->on_loop_thread() ? on_loop : off_loop);
+        return {};
+    }
+    chatkit::result<chatkit::history_page> history(const chatkit::history_query&) { return chatkit::history_page{}; }
+    chatkit::component_health health() { return {}; }
+};
+using loop_store = thread_noting_store<true>;
+using pool_store = thread_noting_store<false>;
+} // namespace
+
+TEST_CASE("a store chosen at run time runs inline when the store it holds cannot block, on the pool when it can") {
+    test_support::test_loop loop;
+    chatkit::worker_pool pool{1};
+    using variant = chatkit::store_variant<pool_store, loop_store>;
+    static_assert(!variant::nonblocking); // the choice is made at run time
+
+    loop_store inline_store;
+    inline_store.loop = &loop;
+    chatkit::service<async_echo, variant, chatkit::no_cache, summary_middleware> quick{
+        chatkit::service_options{}, async_echo{}, variant{inline_store}, chatkit::no_cache{}, summary_middleware{}};
+    recording_sink a;
+    serve(quick, chat({{"content", "one"}}), a, &loop, &pool);
+    REQUIRE(a.status == 200);
+    CHECK(*inline_store.on_loop == 1);
+    CHECK(*inline_store.off_loop == 0);
+
+    pool_store durable;
+    durable.loop = &loop;
+    chatkit::service<async_echo, variant, chatkit::no_cache, summary_middleware> slow{
+        chatkit::service_options{}, async_echo{}, variant{durable}, chatkit::no_cache{}, summary_middleware{}};
+    recording_sink b;
+    serve(slow, chat({{"content", "two"}}), b, &loop, &pool);
+    REQUIRE(b.status == 200);
+    CHECK(*durable.off_loop == 1); // a store that may block (an fsync) never runs on the loop
+    CHECK(*durable.on_loop == 0);
+}
