@@ -240,3 +240,19 @@ TEMPLATE_TEST_CASE("no region is a start-up error, and missing credentials mark 
     REQUIRE_FALSE(c);
     CHECK(c.error().code == "aws_credentials_missing");
 }
+
+// Found by fuzz/bedrock_upstream_fuzzer: a field of an unexpected type (a numeric stopReason, a
+// string token count, a numeric error message) threw out of the JSON library instead of being read
+// as absent.
+TEST_CASE("Bedrock fields of an unexpected type are read as absent, never thrown on") {
+    using wire = chatkit::detail::bedrock_wire;
+    auto c = wire::parse_answer(R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":7,"usage":{"inputTokens":"3","outputTokens":2}})");
+    REQUIRE(c);
+    CHECK(c->content == "hi");
+    CHECK(c->finish_reason == "stop");
+    CHECK(c->usage.prompt_tokens == 0);
+    CHECK(c->usage.completion_tokens == 2);
+    const auto f = wire::status_failure(400, R"({"message":5,"Message":["x"],"__type":{},"code":"ValidationException"})",
+                                        std::map<std::string, std::string>{});
+    CHECK(f.e.kind == chatkit::error_kind::invalid_request);
+}

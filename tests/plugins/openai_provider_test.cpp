@@ -409,3 +409,26 @@ TEMPLATE_TEST_CASE("a connection is kept alive across calls, and one closed by t
     REQUIRE(openai.complete(ask("four")));
     CHECK(fake.requests().size() == 4);
 }
+
+// Found by fuzz/openai_upstream_fuzzer: a tool-call fragment whose index was an object threw out
+// of the stream reader, and a huge index would have grown the list of calls without bound.
+TEST_CASE("a stream's tool-call fragments with a bogus index are skipped, never thrown on or grown without bound") {
+    using wire = chatkit::detail::openai_wire;
+    std::string text;
+    const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
+    wire::stream_reader reader{sink};
+    chatkit::sse_parser parser;
+    parser.feed(R"(data: {"choices":[{"index":0,"delta":{"content":"hi","tool_calls":[{"index":{"a":1},"function":{"arguments":"x"}},)"
+                R"({"index":4000000000,"id":"huge"},{"index":-1,"id":"negative"},{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]})"
+                "\n\n"
+                R"(data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]})"
+                "\n\ndata: [DONE]\n\n",
+                reader);
+    const wire w{chatkit::openai_options{}};
+    auto c = w.finish_stream(reader, "sk-test-key");
+    REQUIRE(c);
+    CHECK(text == "hi");
+    REQUIRE(c->extra["tool_calls"].size() == 1);
+    CHECK(c->extra["tool_calls"][0]["id"] == "t");
+    CHECK(c->extra["tool_calls"][0]["function"]["arguments"] == "{}");
+}

@@ -289,3 +289,13 @@ TEST_CASE("run gives up after three failed /next calls") {
     chatkit::lambda_runtime lambda{service, chatkit::lambda_options{.runtime_api = address}};
     CHECK_FALSE(lambda.run());
 }
+
+// Found by fuzz/lambda_event_fuzzer: an event without a requestContext object was read past its
+// end when the adapter asked whether it came from a Function URL.
+TEST_CASE("an event without a request context is no Function URL event and no request") {
+    CHECK_FALSE(chatkit::lambda::from_function_url(nlohmann::json::object()));
+    CHECK_FALSE(chatkit::lambda::from_function_url(nlohmann::json{{"requestContext", "x"}}));
+    CHECK_FALSE(chatkit::lambda::from_function_url(nlohmann::json::array()));
+    CHECK(chatkit::lambda::from_function_url(nlohmann::json{{"requestContext", {{"domainName", "abc.lambda-url.us-east-1.on.aws"}}}}));
+    CHECK_FALSE(chatkit::lambda::request_from_event(nlohmann::json{{"version", "2.0"}, {"rawPath", "/chat"}}));
+}

@@ -58,9 +58,11 @@ inline std::optional<std::string> base64_decode(std::string_view text) {
 
 // A Function URL event (§6.3): its domain is <url-id>.lambda-url.<region>.on.aws.
 inline bool from_function_url(const nlohmann::json& event) {
-    const auto& context = event["requestContext"];
-    const auto domain = context.find("domainName");
-    return domain != context.end() && domain->is_string() && domain->get<std::string>().find(".lambda-url.") != std::string::npos;
+    if (!event.is_object()) return false;
+    const auto context = event.find("requestContext"); // never operator[] on a const event: a missing key is UB
+    if (context == event.end() || !context->is_object()) return false;
+    const auto domain = context->find("domainName");
+    return domain != context->end() && domain->is_string() && domain->get_ref<const std::string&>().find(".lambda-url.") != std::string::npos;
 }
 
 inline std::optional<http_request> request_from_event(const nlohmann::json& event) {

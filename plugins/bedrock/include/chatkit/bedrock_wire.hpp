@@ -23,6 +23,8 @@
 #include <chrono>
 #include <map>
 #include <optional>
+#include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -223,9 +225,10 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         const auto body = nlohmann::json::parse(raw, nullptr, false);
         std::string message, kind;
         if (body.is_object()) {
-            message = body.contains("message") && body["message"].is_string() ? body["message"].get<std::string>()
-                                                                               : body.value("Message", std::string{});
-            kind = body.value("__type", body.value("code", std::string{}));
+            message = string_field(body, "message", "");
+            if (message.empty()) message = string_field(body, "Message", "");
+            kind = string_field(body, "__type", "");
+            if (kind.empty()) kind = string_field(body, "code", "");
         }
         for (const auto& [k, v] : headers)
             if (k.size() == 16 && strncasecmp(k.c_str(), "x-amzn-errortype", 16) == 0) kind = v;
@@ -246,7 +249,7 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
             if (type && *type == "exception") {
                 const std::string* kind = m.header_string(":exception-type");
                 const auto payload = nlohmann::json::parse(m.payload, nullptr, false);
-                const std::string message = payload.is_object() ? payload.value("message", std::string{}) : std::string{};
+                const std::string message = string_field(payload, "message", "");
                 failed = classify(kind ? *kind : std::string{"exception"}, message, 0);
                 failed->delivered = delivered;
                 return;
@@ -277,7 +280,7 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
                 }
             } else if (*event == "messageStop") {
                 stopped = true;
-                c.finish_reason = finish_reason(payload.value("stopReason", std::string{"end_turn"}));
+                c.finish_reason = finish_reason(string_field(payload, "stopReason", "end_turn"));
             } else if (*event == "metadata") {
                 metadata = true;
                 read_usage(payload, c.usage);
@@ -293,10 +296,24 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         return std::move(reader.c);
     }
 
+    // A field of Bedrock's JSON, or the fallback when it is absent or of another type: a malformed
+    // answer is an upstream error, never an exception from the JSON library.
+    static std::string string_field(const nlohmann::json& j, const char* key, const char* fallback) {
+        if (!j.is_object()) return fallback;
+        const auto it = j.find(key);
+        return it != j.end() && it->is_string() ? it->get<std::string>() : std::string{fallback};
+    }
+    static int count_field(const nlohmann::json& j, const char* key) {
+        const auto it = j.find(key);
+        if (it == j.end() || !it->is_number_integer()) return 0;
+        const auto n = it->get<std::int64_t>();
+        return n < 0 ? 0 : static_cast<int>(std::min<std::int64_t>(n, std::numeric_limits<int>::max()));
+    }
+
     static void read_usage(const nlohmann::json& j, token_usage& usage) {
         if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
-            usage.prompt_tokens = u->value("inputTokens", 0);
-            usage.completion_tokens = u->value("outputTokens", 0);
+            usage.prompt_tokens = count_field(*u, "inputTokens");
+            usage.completion_tokens = count_field(*u, "outputTokens");
         }
     }
 
@@ -341,7 +358,7 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         completion c;
         for (const auto& block : *content)
             if (block.is_object() && block.contains("text") && block["text"].is_string()) c.content += block["text"].get<std::string>();
-        c.finish_reason = finish_reason(j.value("stopReason", std::string{"end_turn"}));
+        c.finish_reason = finish_reason(string_field(j, "stopReason", "end_turn"));
         read_usage(j, c.usage);
         return c;
     }

@@ -205,10 +205,18 @@ public:
             }
         }
 
+        static constexpr std::size_t max_tool_calls = 128;
+
         // Tool-call fragments carry only an index after the first; arguments are concatenated.
         void merge_tool_calls(const nlohmann::json& calls) {
             for (const auto& call : calls) {
-                const auto index = call.value("index", std::size_t{0});
+                if (!call.is_object()) continue;
+                // The index names one of the calls; an upstream's bogus one must not make us
+                // build a million empty calls, nor throw.
+                std::size_t index = 0;
+                if (const auto i = call.find("index"); i != call.end() && i->is_number_unsigned()) index = i->get<std::size_t>();
+                else if (i != call.end() && !i->is_null()) continue;
+                if (index >= max_tool_calls) continue;
                 while (tool_calls.size() <= index) tool_calls.push_back({{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
                 auto& merged = tool_calls[index];
                 if (call.contains("id") && call["id"].is_string()) merged["id"] = call["id"];

@@ -172,9 +172,14 @@ private:
     upstream_failure classify(const nlohmann::json& body, const httplib::Headers& headers, int status) const {
         std::string type, message;
         if (body.is_object()) {
-            type = body.value("__type", std::string{});
-            message = body.contains("message") && body["message"].is_string() ? body["message"].get<std::string>()
-                                                                             : body.value("Message", std::string{});
+            // Read by type: a field of another type is ignored, not an exception.
+            const auto text = [&body](const char* key) {
+                const auto it = body.find(key);
+                return it != body.end() && it->is_string() ? it->get<std::string>() : std::string{};
+            };
+            type = text("__type");
+            message = text("message");
+            if (message.empty()) message = text("Message");
         }
         for (const auto& [k, v] : headers)
             if (type.empty() && strcasecmp(k.c_str(), "x-amzn-errortype") == 0) type = v;
