@@ -47,8 +47,10 @@ struct api_key_auth_options {
     std::function<void(const error&)> on_refresh_error{};
 };
 
-template <key_directory Directory>
+template <class Directory>
 class api_key_auth {
+    static_assert(key_directory_check<Directory>::value);
+
 public:
     // Reads the directory once; throws std::runtime_error when that fails, since a server that
     // cannot read its keys can only refuse everyone. Starts the refresher thread.
