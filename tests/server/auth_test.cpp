@@ -206,6 +206,12 @@ TEST_CASE("auth: a new key works within 5 s without a restart; a key limited to 
     REQUIRE(denied);
     CHECK(denied->status == 403);
     CHECK(json::parse(denied->body)["error"]["code"] == "model_not_allowed");
+    // The refusal is the key's own: its access-log line names the key.
+    server.stop();
+    bool named = false;
+    for (const auto& line : server.request_logs())
+        if (line.value("status", 0) == 403 && line.value("key_id", "") == created["id"].get<std::string>()) named = true;
+    CHECK(named);
 }
 
 TEST_CASE("auth: a key reads and writes only its own history, whatever user id it claims") {

@@ -77,10 +77,9 @@ public:
         if (!record) return refuse(req, "invalid API key");
         if (record->revoked_at) return refuse(req, "this API key has been revoked");
         if (!record->active_at(now_unix_ms())) return refuse(req, "this API key has expired");
-        if (!record->models.empty() && is_chat(req)) {
-            if (auto denied = check_model(req, *record)) return denied;
-        }
+        // Known before the model check: a 403 is the key's own (its access-log line names it).
         req.caller = caller_identity{record->id, record->team_id};
+        if (!record->models.empty() && is_chat(req)) return check_model(req, *record);
         return std::nullopt;
     }
     void after(const http_request&, http_response&, no_context&) {}
