@@ -36,7 +36,7 @@ struct team_record {
 
 /// One API key, as stored: never the key itself.
 struct key_record {
-    std::string id{};        // "key_" + random hex: what logs, history and the CLI name the key by
+    std::string id{};        // "key_" + random hex: what logs, history and the CLI name the key by; never holds ':'
     std::string team_id{};
     std::string name{};
     std::string prefix{};    // the key's first characters ("ck-AbC1"), to recognize it in a list

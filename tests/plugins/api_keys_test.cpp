@@ -240,6 +240,8 @@ TEST_CASE("sqlite_key_directory: keys and teams round-trip; only the digest is s
     r.models = {"echo-1"};
     REQUIRE(dir.create_key(r).has_value());
     auto orphan = record_for(api_keys::generate_key(), "key_orphan", "no-such-team");
+    auto colon = record_for(api_keys::generate_key(), "key:1", "team-a");
+    CHECK_FALSE(dir.create_key(colon).has_value()); // would make scoped history ids ambiguous
     auto refused = dir.create_key(orphan);
     REQUIRE_FALSE(refused.has_value());
     CHECK(refused.error().code == "team_not_found");
