@@ -114,8 +114,9 @@ inline bool iequals(std::string_view a, std::string_view b) noexcept {
 /// is case-insensitive, RFC 9110 §11.1), else `x-api-key: KEY`. Surrounding spaces and tabs are
 /// ignored. Empty when neither header carries one (another scheme, such as Basic, carries none).
 [[nodiscard]] inline std::string_view presented_key(const http_request& req) noexcept {
-    if (const auto auth = detail::trim(req.header("Authorization")); auth.size() > 7 && detail::iequals(auth.substr(0, 6), "bearer") &&
-                                                                      (auth[6] == ' ' || auth[6] == '\t')) {
+    const auto auth = detail::trim(req.header("Authorization"));
+    const bool bearer = auth.size() > 7 && detail::iequals(auth.substr(0, 6), "bearer") && (auth[6] == ' ' || auth[6] == '\t');
+    if (bearer) {
         if (const auto key = detail::trim(auth.substr(7)); !key.empty()) return key;
     }
     return detail::trim(req.header("x-api-key"));
