@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -319,4 +320,32 @@ TEST_CASE("api_key_auth over sqlite: a key created or revoked in the file is see
     }
     CHECK(seen);
     CHECK(live.key_count() == 2);
+}
+
+TEST_CASE("api_key_auth: requests on several threads keep passing while the snapshot is swapped under them") {
+    const std::string key = api_keys::generate_key();
+    chatkit::api_key_auth_options o;
+    o.refresh_interval = std::chrono::milliseconds{1}; // the background refresher swaps all the time
+    chatkit::api_key_auth<chatkit::static_key_directory> auth{chatkit::static_key_directory{{record_for(key, "key_mt")}}, o};
+    std::atomic<int> refused{0};
+    std::atomic<int> failed_refreshes{0};
+    std::atomic<bool> swapping{true};
+    std::thread refresher([&] { // a caller's own refreshes too (Catch's assertions stay on this thread)
+        while (swapping)
+            if (!auth.refresh()) ++failed_refreshes;
+    });
+    std::vector<std::thread> loops;
+    for (int t = 0; t < 4; ++t)
+        loops.emplace_back([&] {
+            chatkit::no_context ctx;
+            for (int i = 0; i < 2000; ++i) {
+                auto req = chat_request("Bearer " + key);
+                if (auth.before(req, ctx) || req.caller.key_id != "key_mt") ++refused;
+            }
+        });
+    for (auto& l : loops) l.join();
+    swapping = false;
+    refresher.join();
+    CHECK(refused == 0);
+    CHECK(failed_refreshes == 0);
 }
