@@ -83,7 +83,7 @@ TEST_CASE("api keys: a new key is ck- and 43 base62 characters, different every 
     CHECK(chars.size() == 62);
 }
 
-TEST_CASE("api keys: ids are key_ and 24 hex digits; the display prefix shows 6 characters of the secret") {
+TEST_CASE("api keys: ids are key_ and 24 hex digits, and the display prefix shows 6 characters of the secret") {
     const std::string id = api_keys::generate_key_id();
     CHECK(id.size() == 4 + 24);
     CHECK(id.starts_with("key_"));
@@ -127,7 +127,7 @@ TEST_CASE("api keys: the key is read from Authorization: Bearer or x-api-key, sp
     CHECK(api_keys::presented_key(only_x) == "ck-def");
 }
 
-TEST_CASE("api_key_auth: a valid key passes and names its caller; missing, unknown, revoked and expired keys get 401") {
+TEST_CASE("api_key_auth: a valid key passes and names its caller, while missing, unknown, revoked and expired keys get 401") {
     const std::string good = api_keys::generate_key();
     const std::string revoked = api_keys::generate_key();
     const std::string expired = api_keys::generate_key();
@@ -172,7 +172,7 @@ TEST_CASE("api_key_auth: a valid key passes and names its caller; missing, unkno
     CHECK(body_of(*auth.before(exp, ctx))["error"]["message"] == "this API key has expired");
 }
 
-TEST_CASE("api_key_auth: /health and /ready need no key; every other route does") {
+TEST_CASE("api_key_auth: /health and /ready need no key, every other route does") {
     auto auth = make_auth({});
     chatkit::no_context ctx;
     http_request health{.method = "GET", .path = "/health"};
@@ -224,7 +224,7 @@ TEST_CASE("api_key_auth: a key limited to some models gets 403 for another model
     CHECK_FALSE(auth.before(models, ctx).has_value());
 }
 
-TEST_CASE("sqlite_key_directory: keys and teams round-trip; only the digest is stored; revoking is recorded once") {
+TEST_CASE("sqlite_key_directory: keys and teams round-trip, only the digest is stored, and revoking is recorded once") {
     temp_db file;
     chatkit::sqlite_key_directory dir{{.path = file.path()}};
     chatkit::team_record team{"team-a", "Team A", {.requests_per_minute = 60, .budget_usd = 12.5, .budget_period = "month"}, 1};

@@ -76,7 +76,7 @@ void check_401(const httplib::Result& r) {
 
 } // namespace
 
-TEST_CASE("auth: keys made with the CLI open the server; no key, a wrong key and a revoked key get 401") {
+TEST_CASE("auth: keys made with the CLI open the server, while no key, a wrong key and a revoked key get 401") {
     temp_dir dir;
     const auto db = dir.path() / "keys.db";
     {
@@ -182,7 +182,7 @@ TEST_CASE("auth: keys made with the CLI open the server; no key, a wrong key and
     CHECK(named);
 }
 
-TEST_CASE("auth: a new key works within 5 s without a restart; a key limited to some models gets 403 for others") {
+TEST_CASE("auth: a new key works within 5 s without a restart, and a key limited to some models gets 403 for others") {
     temp_dir dir;
     const auto db = dir.path() / "keys.db";
     REQUIRE(cli(db, {"teams", "create", "--id", "t"}).exit_code == 0);
