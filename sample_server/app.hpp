@@ -6,6 +6,7 @@
 #include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/api_key_auth.hpp>
 #include <chatkit/async_bedrock_provider.hpp>
 #include <chatkit/async_openai_provider.hpp>
 #include <chatkit/aws/secrets_manager.hpp>
@@ -16,6 +17,7 @@
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
+#include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>
 
 #include <algorithm>
@@ -30,10 +32,13 @@ using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit:
                                                 chatkit::bedrock_provider, chatkit::async_bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
-// The access log comes after the request id (its lines carry it) and before the rate limiter (a
-// refused request is logged too).
+// CHAT_AUTH=keys: API keys from the SQLite file of the history (docs/gateway.md).
+using auth_type = chatkit::api_key_auth<chatkit::sqlite_key_directory>;
+// The access log comes after the request id (its lines carry it) and before authentication and the
+// rate limiter (a refused request is logged too); authentication comes before the rate limiter, so
+// the limiter counts the authenticated key, not what the client claims.
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
-                                     chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
+                                     chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
 // ~/.aws files, container endpoint) or a Bedrock API key.
@@ -128,6 +133,30 @@ inline store_type make_store(const config& c) {
     return chatkit::sqlite_store{chatkit::sqlite_options{.path = path}};
 }
 
+// The SQLite file of CHAT_DATABASE_URL: where the history and the API keys live. Throws
+// config_error naming `what` for a database that is not SQLite: keys in DynamoDB come later.
+inline std::string sqlite_path(const config& c, std::string_view what) {
+    if (!c.database_url.starts_with("sqlite:"))
+        throw config_error(std::string{what} + " needs CHAT_DATABASE_URL=sqlite:PATH (it is '" + c.database_url +
+                           "'): API keys are kept in the SQLite database only for now, not in DynamoDB or with none");
+    std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
+    if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
+    return path;
+}
+
+// CHAT_AUTH=keys: the authenticating middleware over the SQLite key directory. `default_model` is
+// the model of a chat that names none, checked against a key's model list.
+inline std::optional<auth_type> make_auth(const config& c, logger* log, std::string default_model) {
+    if (c.auth != "keys") return std::nullopt;
+    chatkit::api_key_auth_options o;
+    o.default_model = std::move(default_model);
+    if (log)
+        o.on_refresh_error = [log](const chatkit::error& e) {
+            log->error("cannot refresh the API keys; the last ones read stay in use", {{"error", e.message}});
+        };
+    return auth_type{chatkit::sqlite_key_directory{chatkit::sqlite_options{.path = sqlite_path(c, "CHAT_AUTH=keys")}}, std::move(o)};
+}
+
 inline cache_type make_cache(const config& c) {
     if (c.cache_size == 0) return chatkit::no_cache{};
     return chatkit::lru_cache_mt{chatkit::lru_cache_options{.max_entries = c.cache_size}};
@@ -147,8 +176,11 @@ inline chatkit::service_options make_service_options(const config& c) {
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
     std::optional<chatkit::rate_limiter_mt> limiter;
     if (c.rate_limit != "off") limiter.emplace(*chatkit::rate_limit::parse(c.rate_limit));
-    return app_service{make_service_options(c), make_provider(c, std::move(upstream)), make_store(c), make_cache(c), chatkit::request_id{},
-                       access_log{log}, std::move(limiter)};
+    if (c.auth == "keys") (void)sqlite_path(c, "CHAT_AUTH=keys"); // fail before anything starts
+    auto provider = make_provider(c, std::move(upstream));
+    auto auth = make_auth(c, log, provider.models().front());
+    return app_service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
+                       access_log{log}, std::move(auth), std::move(limiter)};
 }
 
 } // namespace sample_server

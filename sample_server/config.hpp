@@ -25,6 +25,7 @@ struct config {
     std::string host = "127.0.0.1";
     int port = 8000;
     std::string database_url = "sqlite:chatkit.db";
+    std::string auth = "none";
     std::string provider = "auto";
     std::string model;
     std::size_t cache_size = 1024;
@@ -116,6 +117,9 @@ inline const std::vector<setting>& settings() {
              c.database_url = v;
          },
          [](const config& c) { return c.database_url; }},
+        {"CHAT_AUTH", "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key; sqlite: database only)",
+         [](config& c, auto n, auto v) { c.auth = one_of(n, v, {"none", "keys"}); },
+         [](const config& c) { return c.auth; }},
         {"CHAT_PROVIDER", "auto (openai with an API key or its secret, else bedrock with AWS credentials, else echo), echo, openai or bedrock",
          [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "bedrock"}); },
          [](const config& c) { return c.provider; }},

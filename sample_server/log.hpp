@@ -140,6 +140,7 @@ public:
     }
 
     void info(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::info, msg, fields); }
+    void warn(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::warn, msg, fields); }
     void error(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::err, msg, fields); }
 
     // The access log: one line per request, once its last byte is out (a stream's line carries
@@ -162,6 +163,11 @@ public:
         out.number("bytes_sent", s.bytes_sent);
         out.boolean("client_left", s.client_left);
         out.text("remote_addr", req.remote_addr);
+        // The authenticated key's id and team (CHAT_AUTH=keys): names, never the key or its digest.
+        if (req.caller.authenticated()) {
+            out.text("key_id", req.caller.key_id);
+            out.text("team_id", req.caller.team_id);
+        }
         log_->log(level, spdlog::string_view_t{out.finish()});
     }
 

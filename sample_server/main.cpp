@@ -1,4 +1,5 @@
 // sample_server: the chatkit service over HTTP, configured by CHAT_* variables (see --help).
+#include "admin.hpp"
 #include "app.hpp"
 #include "config.hpp"
 #include "log.hpp"
@@ -14,7 +15,14 @@
 #include <string_view>
 #include <thread>
 
+// Whether `host` reaches only this machine: then CHAT_AUTH=none is safe enough for development.
+static bool is_loopback(std::string_view host) {
+    return host == "localhost" || host == "::1" || host == "[::1]" || host.starts_with("127.");
+}
+
 int main(int argc, char** argv) {
+    // `sample_server teams ...` and `sample_server keys ...` administer API keys, then exit.
+    if (sample_server::admin::is_command(argc, argv)) return sample_server::admin::run(argc, argv);
     for (int i = 1; i < argc; ++i)
         if (std::string_view{argv[i]} == "--help" || std::string_view{argv[i]} == "-h") {
             std::fputs(sample_server::help_text().c_str(), stdout);
@@ -81,12 +89,17 @@ int main(int argc, char** argv) {
             log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
         else if (auto* async_bedrock = service.provider().get_if<chatkit::async_bedrock_provider>())
             log.info("using the Bedrock provider", {{"region", async_bedrock->region()}, {"endpoint", async_bedrock->endpoint()}});
+        if (cfg.auth == "none" && !is_loopback(cfg.host))
+            log.warn("CHAT_AUTH=none on a non-loopback address: anyone who can reach this server may use it and read any "
+                     "user's history; set CHAT_AUTH=keys (docs/gateway.md)",
+                     {{"host", cfg.host}});
         log.info("listening", {{"host", cfg.host},
                                {"port", port},
                                {"server", cfg.server},
                                {"provider", service.provider().name()},
                                {"model", service.models().front()},
                                {"database", cfg.database_url},
+                               {"auth", cfg.auth},
                                {"cache_size", cfg.cache_size},
                                {"rate_limit", cfg.rate_limit},
                                {"threads", cfg.threads},

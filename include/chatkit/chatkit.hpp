@@ -6,6 +6,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/key_directory.hpp"
 #include "chatkit/middleware.hpp"
 #include "chatkit/null_mutex.hpp"
 #include "chatkit/provider.hpp"

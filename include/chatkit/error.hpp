@@ -14,6 +14,8 @@ namespace chatkit {
 
 enum class error_kind {
     invalid_request,        // 400
+    unauthenticated,        // 401: no API key, or one that is unknown, expired or revoked
+    permission_denied,      // 403: a valid key that may not do this (e.g. use this model)
     not_found,              // 404
     method_not_allowed,     // 405
     payload_too_large,      // 413
@@ -36,6 +38,8 @@ struct error {
 [[nodiscard]] constexpr int http_status(error_kind kind) noexcept {
     switch (kind) {
     case error_kind::invalid_request: return 400;
+    case error_kind::unauthenticated: return 401;
+    case error_kind::permission_denied: return 403;
     case error_kind::not_found: return 404;
     case error_kind::method_not_allowed: return 405;
     case error_kind::payload_too_large: return 413;
@@ -55,6 +59,9 @@ struct error {
     case error_kind::invalid_request:
     case error_kind::payload_too_large:
     case error_kind::unsupported_media_type: return "invalid_request_error";
+    // What OpenAI sends with `invalid_api_key` and for a model a key may not use.
+    case error_kind::unauthenticated: return "invalid_request_error";
+    case error_kind::permission_denied: return "permission_error";
     case error_kind::not_found: return "not_found_error";
     case error_kind::method_not_allowed: return "method_not_allowed";
     case error_kind::rate_limited: return "rate_limit_exceeded";

@@ -30,6 +30,16 @@ struct case_insensitive_less {
 // Header names compare case-insensitively (RFC 9110 §5.1).
 using header_map = std::map<std::string, std::string, case_insensitive_less>;
 
+// Who sent a request, as an authenticating middleware (chatkit::api_key_auth) proved it: the id of
+// the API key and of its team. Never filled from anything the client sends, so the rate limiter and
+// the history can trust it. Empty when no such middleware runs (authentication off).
+struct caller_identity {
+    std::string key_id{};
+    std::string team_id{};
+
+    [[nodiscard]] bool authenticated() const noexcept { return !key_id.empty(); }
+};
+
 struct http_request {
     std::string method{}; // "GET", "POST", ...
     std::string path{};   // percent-decoded, without the query
@@ -38,6 +48,7 @@ struct http_request {
     std::string body{};
     std::string remote_addr{}; // the peer, for per-client limits
     std::string request_id{};  // assigned by the request_id middleware (or the service when absent)
+    caller_identity caller{};  // set by an authenticating middleware; empty when authentication is off
 
     [[nodiscard]] std::string_view header(std::string_view name) const {
         auto it = headers.find(name);

@@ -307,6 +307,7 @@ private:
         auto chat_req = parse_chat_request(*parsed, options_.limits);
         if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
+        chat_req->user_id = history_owner(req, chat_req->user_id);
         if (chat_req->stream) co_return stream_answer(std::move(*chat_req), chatkit_framing{}, st);
 
         auto answer = co_await chat_async(std::move(*chat_req));
@@ -323,6 +324,7 @@ private:
         auto chat_req = openai_api::parse_request(*parsed, options_.limits);
         if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
+        chat_req->user_id = history_owner(req, chat_req->user_id);
         if (chat_req->stream) {
             const auto model = chat_req->model.empty() ? models().front() : chat_req->model;
             co_return stream_answer(std::move(*chat_req),
@@ -610,7 +612,7 @@ private:
                                                       " bytes without control characters",
                                                   "user_id"),
                                   req.request_id);
-        history_query query{std::string{user_id}, options_.history_default_limit, {}};
+        history_query query{history_owner(req, user_id), options_.history_default_limit, {}};
         if (auto it = req.query.find("limit"); it != req.query.end()) {
             std::size_t n = 0;
             const auto& s = it->second;
@@ -627,6 +629,19 @@ private:
         auto page = co_await store_history(std::move(query));
         if (!page) co_return error_response(page.error(), req.request_id);
         co_return history_response(user_id, *page);
+    }
+
+    // With authentication on (chatkit::api_key_auth), a user id names a user of the calling key only:
+    // the history, and the cache, of "ada" under key A are not those of "ada" under key B, so no
+    // key can read or write another key's history by claiming its user ids. The store sees
+    // "KEY_ID:USER_ID"; key ids hold no ':', so two keys' names never meet. Without authentication
+    // the user id is taken as the client sends it, as before.
+    static std::string history_owner(const http_request& req, std::string_view user_id) {
+        if (!req.caller.authenticated()) return std::string{user_id};
+        std::string owner;
+        owner.reserve(req.caller.key_id.size() + 1 + user_id.size());
+        owner.append(req.caller.key_id).append(1, ':').append(user_id);
+        return owner;
     }
 
     // Outside the coroutine: GCC 12 destroys a braced json initializer list in a coroutine twice.

@@ -32,6 +32,12 @@ struct cache_without_put {
 struct middleware_without_after {
     std::optional<chatkit::http_response> before(chatkit::http_request&, chatkit::no_context&) { return std::nullopt; }
 };
+struct key_directory_without_keys {
+    std::vector<chatkit::key_record> all() { return {}; }
+};
+struct key_directory_with_wrong_return {
+    std::vector<chatkit::key_record> keys() { return {}; } // must be a result: a read can fail
+};
 struct middleware_with_context {
     struct context {
         int hits = 0;
@@ -58,6 +64,9 @@ static_assert(!chatkit::provider<provider_with_wrong_return>);
 static_assert(!chatkit::store<store_without_history>);
 static_assert(!chatkit::cache<cache_without_put>);
 static_assert(!chatkit::middleware<middleware_without_after>);
+static_assert(chatkit::key_directory<chatkit::static_key_directory>);
+static_assert(!chatkit::key_directory<key_directory_without_keys>);
+static_assert(!chatkit::key_directory<key_directory_with_wrong_return>);
 static_assert(std::is_same_v<chatkit::context_of_t<middleware_with_context>, middleware_with_context::context>);
 static_assert(std::is_same_v<chatkit::context_of_t<chatkit::null_middleware>, chatkit::no_context>);
 

@@ -1,6 +1,8 @@
 #pragma once
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/api_key_auth.hpp>
+#include <chatkit/api_keys.hpp>
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/eventstream.hpp>
 #include <chatkit/aws/sigv4.hpp>
@@ -14,4 +16,5 @@
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
+#include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>

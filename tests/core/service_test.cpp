@@ -179,6 +179,38 @@ TEST_CASE("each exchange is stored with its user, request id, the last message a
     CHECK(e.messages[1] == chatkit::message{chatkit::role::assistant, "Hello, world"});
 }
 
+TEST_CASE("with an authenticated caller, history belongs to the key: the same user id under two keys is two users") {
+    memory_store store;
+    test_service svc{scripted_provider{}, store, map_cache{}};
+    auto as = [](chatkit::http_request req, std::string key_id) {
+        req.caller = {std::move(key_id), "team-a"};
+        return req;
+    };
+    REQUIRE(svc.handle(as(post_chat({{"content", "from a"}, {"user_id", "ada"}}), "key_a")).status == 200);
+    REQUIRE(store.s->exchanges.size() == 1);
+    CHECK(store.s->exchanges[0].user_id == "key_a:ada");
+
+    const auto mine = svc.handle(as(get("/history/ada"), "key_a"));
+    REQUIRE(mine.status == 200);
+    CHECK(body_of(mine)["user_id"] == "ada"); // shown as the client named it
+    CHECK(body_of(mine)["messages"].size() == 2);
+    const auto theirs = svc.handle(as(get("/history/ada"), "key_b"));
+    REQUIRE(theirs.status == 200);
+    CHECK(body_of(theirs)["messages"].empty());
+
+    // The OpenAI route's `user` is scoped the same way; a cached answer is not shared across keys.
+    auto openai = as(post_chat({{"messages", {{{"role", "user"}, {"content", "from a"}}}}, {"user", "ada"}}), "key_b");
+    openai.path = "/v1/chat/completions";
+    REQUIRE(svc.handle(openai).status == 200);
+    CHECK(store.s->exchanges.back().user_id == "key_b:ada");
+    CHECK(body_of(svc.handle(as(post_chat({{"content", "from a"}, {"user_id", "ada"}}), "key_c")))["cached"] == false);
+    CHECK(body_of(svc.handle(as(post_chat({{"content", "from a"}, {"user_id", "ada"}}), "key_a")))["cached"] == true);
+
+    // Without authentication the user id is the client's, as before.
+    REQUIRE(svc.handle(post_chat({{"content", "x"}, {"user_id", "ada"}})).status == 200);
+    CHECK(store.s->exchanges.back().user_id == "ada");
+}
+
 TEST_CASE("identical requests are answered from the cache, per user, unless the client opts out") {
     scripted_provider provider;
     memory_store store;

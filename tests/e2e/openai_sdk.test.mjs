@@ -2,7 +2,7 @@
 // relays to a fake OpenAI upstream speaking the exact wire format.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,7 +38,7 @@ function start(cmd, env, pick) {
   });
 }
 
-async function startServer(extraEnv) {
+async function startServer(extraEnv, apiKey = 'client-key') {
   const env = {
     PATH: process.env.PATH,
     CHAT_PORT: '0',
@@ -50,7 +50,7 @@ async function startServer(extraEnv) {
     ...extraEnv,
   };
   const port = await start(SAMPLE_SERVER, env, (j) => (j.msg === 'listening' ? j.port : undefined));
-  return new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'client-key', maxRetries: 0 });
+  return new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey, maxRetries: 0 });
 }
 
 let upstream;
@@ -124,4 +124,25 @@ test('models.list() shows the configured model', async () => {
   const ids = [];
   for await (const model of client.models.list()) ids.push(model.id);
   assert.deepEqual(ids, ['fake-1']);
+});
+
+test('with CHAT_AUTH=keys, a ck- key made by `sample_server keys create` works, and a wrong one is AuthenticationError', async () => {
+  const database = `sqlite:${join(dir, 'keys.db')}`;
+  const cli = (...args) => execFileSync(SAMPLE_SERVER, args, { env: { PATH: process.env.PATH, CHAT_DATABASE_URL: database } }).toString();
+  cli('teams', 'create', '--id', 'sdk-team');
+  const created = JSON.parse(cli('keys', 'create', '--team', 'sdk-team', '--name', 'sdk'));
+  assert.match(created.key, /^ck-[0-9A-Za-z]{43}$/);
+
+  const authed = await startServer({ CHAT_AUTH: 'keys', CHAT_DATABASE_URL: database }, created.key);
+  const completion = await authed.chat.completions.create({
+    model: 'fake-1',
+    messages: [{ role: 'user', content: 'hello with a key' }],
+  });
+  assert.equal(completion.choices[0].message.content, 'echo: hello with a key');
+
+  const wrong = new OpenAI({ baseURL: authed.baseURL, apiKey: `ck-${'x'.repeat(43)}`, maxRetries: 0 });
+  await assert.rejects(
+    wrong.chat.completions.create({ model: 'fake-1', messages: [{ role: 'user', content: 'no' }] }),
+    (err) => err instanceof OpenAI.AuthenticationError && err.status === 401 && err.code === 'invalid_api_key',
+  );
 });

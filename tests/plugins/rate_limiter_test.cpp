@@ -182,6 +182,26 @@ TEST_CASE("an API key is limited apart from the address it comes from", "[rate_l
     CHECK(send(limiter, with_key("Authorization", "Basic dXNlcjpwYXNz")).refused);
 }
 
+TEST_CASE("an authenticated caller is limited by its key id, whatever key headers it adds", "[rate_limiter]") {
+    test_limiter limiter{per_minute(1)};
+    auto as = [](std::string key_id, std::string claimed) {
+        auto req = request_from("10.0.0.1");
+        req.caller = {std::move(key_id), "team-a"};
+        req.headers["Authorization"] = "Bearer " + std::move(claimed);
+        return req;
+    };
+    CHECK_FALSE(send(limiter, as("key_a", "ck-one")).refused);
+    // Inventing another key in the header does not give a fresh bucket: the caller is the same.
+    CHECK(send(limiter, as("key_a", "ck-two")).refused);
+    CHECK(send(limiter, as("key_a", "")).refused);
+    // Another authenticated key has its own bucket, even from the same address.
+    CHECK_FALSE(send(limiter, as("key_b", "ck-one")).refused);
+    // A key id does not share the bucket of a client-sent key spelling it.
+    auto claimed = request_from("10.0.0.2");
+    claimed.headers["X-API-Key"] = "key_a";
+    CHECK_FALSE(send(limiter, claimed).refused);
+}
+
 TEST_CASE("GET /health is never limited and gets no rate-limit headers", "[rate_limiter]") {
     test_limiter limiter{per_minute(1)};
     REQUIRE_FALSE(send(limiter, request_from("a")).refused);

@@ -1,6 +1,7 @@
-// A Middleware that limits each client (its API key, else its address) to N requests per period
-// with a continuously refilled token bucket, answers 429 with Retry-After when the bucket is empty,
-// and reports the client's standing in X-RateLimit-* headers. GET /health is never limited.
+// A Middleware that limits each client (its authenticated key, else the API key it sends, else its
+// address) to N requests per period with a continuously refilled token bucket, answers 429 with
+// Retry-After when the bucket is empty, and reports the client's standing in X-RateLimit-* headers.
+// GET /health is never limited.
 #pragma once
 
 #include "chatkit/error.hpp"
@@ -178,9 +179,12 @@ private:
         return s;
     }
 
-    // The API key (Authorization: Bearer, X-API-Key, or Azure's api-key), else the peer address.
-    // The prefixes keep a key from ever naming the same bucket as an address.
+    // The authenticated key when an authenticating middleware ran before this one (req.caller:
+    // a client cannot invent it, so inventing keys cannot dodge the limit). Without
+    // authentication, the API key the client sends (Authorization: Bearer, X-API-Key, or Azure's
+    // api-key), else the peer address. The prefixes keep the three from ever naming the same bucket.
     static std::string client_key(const http_request& req) {
+        if (req.caller.authenticated()) return "id:" + req.caller.key_id;
         std::string_view key;
         // The auth scheme is case-insensitive (RFC 9110 §11.1).
         if (auto auth = trim(req.header("Authorization")); auth.size() > 7 && iequals(auth.substr(0, 7), "bearer "))

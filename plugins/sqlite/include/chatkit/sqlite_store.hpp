@@ -52,6 +52,36 @@ inline constexpr std::string_view migrations[] = {
     );
     CREATE INDEX messages_by_user ON messages (user_id, id);
     )sql",
+    // API keys and their teams (chatkit::sqlite_key_directory, docs/gateway.md). A key is stored
+    // only as its SHA-256 digest and a display prefix. Limits are NULL when unset; `models` is a
+    // JSON array of the models a key may use, NULL for any.
+    R"sql(
+    CREATE TABLE teams (
+        id            TEXT    PRIMARY KEY,
+        name          TEXT    NOT NULL DEFAULT '',
+        rpm           INTEGER,
+        tpm           INTEGER,
+        budget_usd    REAL,
+        budget_period TEXT    CHECK (budget_period IN ('day', 'month')),
+        created_at    INTEGER NOT NULL -- unix ms
+    );
+    CREATE TABLE api_keys (
+        id            TEXT    PRIMARY KEY,
+        team_id       TEXT    NOT NULL REFERENCES teams (id),
+        name          TEXT    NOT NULL DEFAULT '',
+        prefix        TEXT    NOT NULL,
+        digest        BLOB    NOT NULL UNIQUE, -- SHA-256 of the whole key, 32 bytes
+        created_at    INTEGER NOT NULL,        -- unix ms
+        expires_at    INTEGER,
+        revoked_at    INTEGER,
+        rpm           INTEGER,
+        tpm           INTEGER,
+        budget_usd    REAL,
+        budget_period TEXT    CHECK (budget_period IN ('day', 'month')),
+        models        TEXT
+    );
+    CREATE INDEX api_keys_by_team ON api_keys (team_id);
+    )sql",
 };
 
 struct close_db {

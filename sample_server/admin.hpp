@@ -1,0 +1,284 @@
+// sample_server's administration commands: teams and API keys in the database the server uses
+// (CHAT_DATABASE_URL, or --database-url), for CHAT_AUTH=keys. Output is JSON on stdout; errors go
+// to stderr, with exit code 2 for bad usage and 1 for a refusal (an existing team, an unknown key).
+// docs/gateway.md walks through them.
+#pragma once
+
+#include "app.hpp"
+#include "config.hpp"
+
+#include <chatkit/api_keys.hpp>
+#include <chatkit/sqlite_key_directory.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sample_server::admin {
+
+inline constexpr std::string_view usage =
+    "usage:\n"
+    "  sample_server teams create --id ID [--name N] [--rpm N] [--tpm N] [--budget-usd X --budget-period day|month]\n"
+    "  sample_server keys create --team ID [--name N] [--rpm N] [--tpm N] [--budget-usd X --budget-period day|month]\n"
+    "                            [--models a,b] [--expires-in 30d]\n"
+    "  sample_server keys list [--team ID]\n"
+    "  sample_server keys revoke ID\n"
+    "Each also takes --database-url URL (default: CHAT_DATABASE_URL, else sqlite:chatkit.db).\n";
+
+// Bad usage: exit code 2, with the usage text.
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Whether argv names an administration command rather than server flags.
+inline bool is_command(int argc, char** argv) {
+    return argc >= 2 && (std::string_view{argv[1]} == "teams" || std::string_view{argv[1]} == "keys");
+}
+
+namespace detail {
+
+// "--flag value" or "--flag=value" pairs after the command words; a bare word is a positional.
+struct arguments {
+    std::map<std::string, std::string, std::less<>> flags;
+    std::vector<std::string> positional;
+
+    std::optional<std::string> get(std::string_view flag) const {
+        if (auto it = flags.find(flag); it != flags.end()) return it->second;
+        return std::nullopt;
+    }
+};
+
+inline arguments parse(int argc, char** argv, int first, std::initializer_list<std::string_view> known) {
+    arguments a;
+    for (int i = first; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (!arg.starts_with("--")) {
+            a.positional.emplace_back(arg);
+            continue;
+        }
+        const auto eq = arg.find('=');
+        const std::string name{arg.substr(0, eq)};
+        if (name != "--database-url" && std::find(known.begin(), known.end(), name) == known.end())
+            throw usage_error("unknown option '" + name + "'");
+        if (eq != std::string_view::npos) a.flags[name] = std::string{arg.substr(eq + 1)};
+        else if (i + 1 < argc) a.flags[name] = argv[++i];
+        else throw usage_error("option '" + name + "' needs a value");
+    }
+    return a;
+}
+
+inline std::int64_t positive_int(std::string_view flag, const std::string& text) {
+    std::int64_t n = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc{} || end != text.data() + text.size() || n < 1)
+        throw usage_error(std::string{flag} + " must be a whole number of 1 or more, not '" + text + "'");
+    return n;
+}
+
+// --rpm, --tpm, --budget-usd and --budget-period, the last two together.
+inline chatkit::usage_limits limits(const arguments& a) {
+    chatkit::usage_limits l;
+    if (auto v = a.get("--rpm")) l.requests_per_minute = positive_int("--rpm", *v);
+    if (auto v = a.get("--tpm")) l.tokens_per_minute = positive_int("--tpm", *v);
+    const auto budget = a.get("--budget-usd");
+    const auto period = a.get("--budget-period");
+    if (budget.has_value() != period.has_value()) throw usage_error("--budget-usd and --budget-period go together");
+    if (budget) {
+        char* end = nullptr;
+        const double usd = std::strtod(budget->c_str(), &end);
+        if (budget->empty() || *end != '\0' || !std::isfinite(usd) || usd <= 0)
+            throw usage_error("--budget-usd must be a positive amount, not '" + *budget + "'");
+        if (*period != "day" && *period != "month") throw usage_error("--budget-period must be day or month");
+        l.budget_usd = usd;
+        l.budget_period = *period;
+    }
+    return l;
+}
+
+// "30d", "12h", "45m" or "3600s" as milliseconds.
+inline std::int64_t duration_ms(const std::string& text) {
+    if (text.size() >= 2) {
+        const char unit = text.back();
+        const std::int64_t per = unit == 'd' ? 86'400'000 : unit == 'h' ? 3'600'000 : unit == 'm' ? 60'000 : unit == 's' ? 1000 : 0;
+        std::int64_t n = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size() - 1, n);
+        if (per && ec == std::errc{} && end == text.data() + text.size() - 1 && n >= 1 && n <= 36'500 * 86'400'000LL / per)
+            return n * per;
+    }
+    throw usage_error("--expires-in must be a duration such as 30d, 12h, 45m or 3600s, not '" + text + "'");
+}
+
+inline nlohmann::json optional_number(const std::optional<std::int64_t>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); }
+inline nlohmann::json optional_time(const std::optional<chatkit::unix_ms>& v) {
+    return v ? nlohmann::json(chatkit::format_rfc3339(*v)) : nlohmann::json(nullptr);
+}
+
+inline void add_limits(nlohmann::ordered_json& j, const chatkit::usage_limits& l) {
+    j["rpm"] = optional_number(l.requests_per_minute);
+    j["tpm"] = optional_number(l.tokens_per_minute);
+    j["budget_usd"] = l.budget_usd ? nlohmann::json(*l.budget_usd) : nlohmann::json(nullptr);
+    j["budget_period"] = l.budget_period.empty() ? nlohmann::json(nullptr) : nlohmann::json(l.budget_period);
+}
+
+// What `keys create` and `keys list` print of a key: never its digest.
+inline nlohmann::ordered_json key_json(const chatkit::key_record& k, const std::string* key) {
+    nlohmann::ordered_json j;
+    j["id"] = k.id;
+    if (key) j["key"] = *key;
+    j["team"] = k.team_id;
+    j["name"] = k.name;
+    j["prefix"] = k.prefix;
+    j["created_at"] = chatkit::format_rfc3339(k.created_at);
+    j["expires_at"] = optional_time(k.expires_at);
+    if (!key) j["revoked_at"] = optional_time(k.revoked_at);
+    add_limits(j, k.limits);
+    j["models"] = k.models.empty() ? nlohmann::json(nullptr) : nlohmann::json(k.models);
+    return j;
+}
+
+inline std::vector<std::string> split_models(const std::string& text) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        const auto comma = std::min(text.find(',', start), text.size());
+        std::string m = text.substr(start, comma - start);
+        while (!m.empty() && m.front() == ' ') m.erase(0, 1);
+        while (!m.empty() && m.back() == ' ') m.pop_back();
+        if (m.empty()) throw usage_error("--models must be a comma-separated list of model names, such as gpt-4o-mini,echo-1");
+        out.push_back(std::move(m));
+        start = comma + 1;
+    }
+    return out;
+}
+
+// --database-url, checked as the server checks CHAT_DATABASE_URL.
+inline void set_database_url(config& c, std::string_view value) {
+    for (const auto& s : settings())
+        if (s.env == "CHAT_DATABASE_URL") s.apply(c, "--database-url", value);
+}
+
+inline void print(const nlohmann::ordered_json& j) {
+    const std::string line = j.dump() + "\n";
+    std::fwrite(line.data(), 1, line.size(), stdout);
+}
+
+// Any refusal from the directory: exit code 1.
+struct refused : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+template <class T>
+T checked(chatkit::result<T> r) {
+    if (!r) throw refused(r.error().message);
+    return std::move(*r);
+}
+inline void checked(chatkit::result<void> r) {
+    if (!r) throw refused(r.error().message);
+}
+
+inline int teams(int argc, char** argv, chatkit::sqlite_key_directory& dir) {
+    const std::string_view verb = argc > 2 ? argv[2] : "";
+    if (verb != "create") throw usage_error("unknown command 'teams " + std::string{verb} + "'");
+    const auto a = parse(argc, argv, 3, {"--id", "--name", "--rpm", "--tpm", "--budget-usd", "--budget-period"});
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    const auto id = a.get("--id");
+    if (!id || id->empty()) throw usage_error("teams create needs --id");
+    chatkit::team_record t{*id, a.get("--name").value_or(""), limits(a), chatkit::now_unix_ms()};
+    checked(dir.create_team(t));
+    nlohmann::ordered_json j;
+    j["id"] = t.id;
+    j["name"] = t.name;
+    j["created_at"] = chatkit::format_rfc3339(t.created_at);
+    add_limits(j, t.limits);
+    print(j);
+    return 0;
+}
+
+inline int keys(int argc, char** argv, chatkit::sqlite_key_directory& dir) {
+    const std::string_view verb = argc > 2 ? argv[2] : "";
+    if (verb == "create") {
+        const auto a = parse(argc, argv, 3,
+                             {"--team", "--name", "--rpm", "--tpm", "--budget-usd", "--budget-period", "--models", "--expires-in"});
+        if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+        const auto team = a.get("--team");
+        if (!team || team->empty()) throw usage_error("keys create needs --team");
+        chatkit::key_record k;
+        k.id = chatkit::api_keys::generate_key_id();
+        k.team_id = *team;
+        k.name = a.get("--name").value_or("");
+        k.limits = limits(a);
+        if (auto m = a.get("--models")) k.models = split_models(*m);
+        k.created_at = chatkit::now_unix_ms();
+        if (auto e = a.get("--expires-in")) k.expires_at = k.created_at + duration_ms(*e);
+        const std::string key = chatkit::api_keys::generate_key();
+        k.prefix = chatkit::api_keys::display_prefix(key);
+        k.digest = chatkit::api_keys::digest(key);
+        checked(dir.create_key(k));
+        print(key_json(k, &key)); // the only time the key is shown
+        return 0;
+    }
+    if (verb == "list") {
+        const auto a = parse(argc, argv, 3, {"--team"});
+        if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+        const auto team = a.get("--team");
+        for (const auto& k : checked(dir.keys()))
+            if (!team || k.team_id == *team) print(key_json(k, nullptr));
+        return 0;
+    }
+    if (verb == "revoke") {
+        const auto a = parse(argc, argv, 3, {});
+        if (a.positional.size() != 1) throw usage_error("keys revoke needs one key id (see keys list)");
+        const auto at = checked(dir.revoke_key(a.positional.front(), chatkit::now_unix_ms()));
+        nlohmann::ordered_json j;
+        j["id"] = a.positional.front();
+        j["revoked_at"] = chatkit::format_rfc3339(at);
+        print(j);
+        return 0;
+    }
+    throw usage_error("unknown command 'keys " + std::string{verb} + "'");
+}
+
+} // namespace detail
+
+// Runs `sample_server teams ...` or `sample_server keys ...`; returns the exit code.
+inline int run(int argc, char** argv) {
+    const std::string command = std::string{argv[1]} + (argc > 2 ? " " + std::string{argv[2]} : "");
+    try {
+        for (int i = 1; i < argc; ++i)
+            if (std::string_view{argv[i]} == "--help" || std::string_view{argv[i]} == "-h") {
+                std::fputs(std::string{usage}.c_str(), stdout);
+                return 0;
+            }
+        // The database as the server finds it: its environment, or --database-url.
+        const char* no_args[] = {argv[0], nullptr};
+        config c = load_config(1, no_args);
+        for (int i = 3; i < argc; ++i) {
+            std::string_view arg = argv[i];
+            if (arg.starts_with("--database-url=")) detail::set_database_url(c, arg.substr(15));
+            else if (arg == "--database-url" && i + 1 < argc) detail::set_database_url(c, argv[i + 1]);
+        }
+        chatkit::sqlite_key_directory dir{chatkit::sqlite_options{.path = sqlite_path(c, "sample_server " + command)}};
+        return std::string_view{argv[1]} == "teams" ? detail::teams(argc, argv, dir) : detail::keys(argc, argv, dir);
+    } catch (const usage_error& e) {
+        std::fprintf(stderr, "sample_server %s: %s\n%s", command.c_str(), e.what(), std::string{usage}.c_str());
+        return 2;
+    } catch (const config_error& e) {
+        std::fprintf(stderr, "sample_server %s: %s\n", command.c_str(), e.what());
+        return 2;
+    } catch (const detail::refused& e) {
+        std::fprintf(stderr, "sample_server %s: %s\n", command.c_str(), e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "sample_server %s: %s\n", command.c_str(), e.what());
+        return 1;
+    }
+}
+
+} // namespace sample_server::admin
