@@ -154,7 +154,7 @@ private:
 
 } // namespace
 
-TEST_CASE("a route's header field that could split the response is not sent; the others are") {
+TEST_CASE("a route's header field that could split the response is not sent, the others are") {
     embedded_server s;
     connection c{s.port};
     const auto r = c.exchange("GET /split HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -184,7 +184,7 @@ TEST_CASE("the framing fields are the adapter's: one true Content-Length, no chu
     CHECK(again->status_line == "HTTP/1.1 200 OK");
 }
 
-TEST_CASE("a route's Content-Type is kept; an answer without one is JSON") {
+TEST_CASE("a route's Content-Type is kept, and an answer without one is JSON") {
     embedded_server s;
     connection c{s.port};
     const auto typed = c.exchange("GET /typed HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -211,7 +211,7 @@ TEST_CASE("a 204 carries no length and no body, and the connection goes on") {
     CHECK(c.stray_bytes() == 0);
 }
 
-TEST_CASE("HEAD gets the GET's length without its body; HTTP/1.0 keep-alive is said, a close is said") {
+TEST_CASE("HEAD gets the GET's length without its body, HTTP/1.0 keep-alive is said, and so is a close") {
     embedded_server s;
     connection c{s.port};
     const auto get = c.exchange("GET /typed HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -298,4 +298,9 @@ TEST_CASE("an event without a request context is no Function URL event and no re
     CHECK_FALSE(chatkit::lambda::from_function_url(nlohmann::json::array()));
     CHECK(chatkit::lambda::from_function_url(nlohmann::json{{"requestContext", {{"domainName", "abc.lambda-url.us-east-1.on.aws"}}}}));
     CHECK_FALSE(chatkit::lambda::request_from_event(nlohmann::json{{"version", "2.0"}, {"rawPath", "/chat"}}));
+    // Found by the same fuzzer: an isBase64Encoded that is not a boolean threw; it now means "not encoded".
+    const nlohmann::json odd = {{"requestContext", {{"http", {{"method", "POST"}, {"path", "/chat"}}}}}, {"body", "{}"}, {"isBase64Encoded", "yes"}};
+    const auto req = chatkit::lambda::request_from_event(odd);
+    REQUIRE(req);
+    CHECK(req->body == "{}");
 }

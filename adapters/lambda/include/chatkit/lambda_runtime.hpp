@@ -87,7 +87,7 @@ inline std::optional<http_request> request_from_event(const nlohmann::json& even
         for (const auto& [name, value] : headers->items()) // repeats arrive already joined with commas
             if (value.is_string()) req.headers.insert_or_assign(name, value.get<std::string>());
     req.body = string_of(event, "body");
-    if (event.value("isBase64Encoded", false)) {
+    if (const auto b64 = event.find("isBase64Encoded"); b64 != event.end() && b64->is_boolean() && b64->get<bool>()) {
         auto decoded = base64_decode(req.body);
         if (!decoded) return std::nullopt;
         req.body = std::move(*decoded);
