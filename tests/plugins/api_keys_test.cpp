@@ -427,16 +427,14 @@ TEST_CASE("key_rate_limits: a team limit is shared by its keys, and a request th
     CHECK(header_of(refused, "x-ratelimit-remaining-requests") == "0");
     CHECK(send(limits, limited_request("key_b", "team-t", std::nullopt, 4)).status == 429);
 
-    // 15 s later the team has earned one request (60/4 s each): key_a's bucket still holds the one
-    // request the refusals did not take, so it gets the team's and is then refused by neither...
+    // 15 s later the team has earned one request (60/4 s each). key_a (3/minute, one request every
+    // 20 s) had 1 left after its 2, plus 0.75 earned: enough, but only because the refused request
+    // took nothing from it; had it taken one, key_a would have 0.75 and be refused here.
     test_support::manual_clock::advance(std::chrono::seconds{15});
     const auto after_refill = send(limits, limited_request("key_a", "team-t", 3, 4));
     CHECK(after_refill.status == 200);
-    // ...and key_a's own bucket (3/minute, 2 taken, 15 s earn 0.75) then has 0.75 + 0 left: a
-    // refused request had taken from it, it would be below zero and this would say so.
     CHECK(header_of(after_refill, "x-ratelimit-remaining-requests") == "0");
-    // Run the team dry and check the key's bucket directly: with the team unlimited, key_a has
-    // exactly what its own three minus what it really used allow.
+    // A minute later key_a's bucket is full again: exactly its 3 requests, the team now unlimited.
     test_support::manual_clock::advance(std::chrono::minutes{1});
     int passed = 0;
     while (send(limits, limited_request("key_a", "team-t", 3, std::nullopt)).status == 200) ++passed;

@@ -341,6 +341,15 @@ burst_outcome burst_of_chats(const server_process& server, const std::vector<std
     return {ok.load(), limited.load(), other.load(), good_429.load(), good_200.load()};
 }
 
+// Of 50 requests against a limit of 10: exactly 10 answered 200 and 40 answered a well-formed 429.
+void check_ten_of_fifty(const burst_outcome& outcome) {
+    CHECK(outcome.ok == 10);
+    CHECK(outcome.limited == 40);
+    CHECK(outcome.other == 0);
+    CHECK(outcome.every_429_well_formed);
+    CHECK(outcome.every_200_has_headers);
+}
+
 } // namespace
 
 TEST_CASE("auth limits: 50 concurrent requests with a key of --rpm 10 get exactly 10 answers 200 and 40 answers 429") {
@@ -350,12 +359,7 @@ TEST_CASE("auth limits: 50 concurrent requests with a key of --rpm 10 get exactl
     const std::string key = create_key(db, "open-team", {"--rpm", "10"})["key"];
     server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_RATE_LIMIT", "off"}}, db);
 
-    const auto outcome = burst_of_chats(server, {key}, 50);
-    CHECK(outcome.ok == 10);
-    CHECK(outcome.limited == 40);
-    CHECK(outcome.other == 0);
-    CHECK(outcome.every_429_well_formed);
-    CHECK(outcome.every_200_has_headers);
+    check_ten_of_fifty(burst_of_chats(server, {key}, 50));
 
     // The next one names the key's limit, and /health stays open.
     auto c = server.client();
@@ -381,12 +385,7 @@ TEST_CASE("auth limits: a team with --rpm 10 lets 10 requests through in total a
     const std::string unlimited = create_key(db, "free")["key"];
     server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_RATE_LIMIT", "off"}}, db);
 
-    const auto outcome = burst_of_chats(server, {first, second}, 50);
-    CHECK(outcome.ok == 10);
-    CHECK(outcome.limited == 40);
-    CHECK(outcome.other == 0);
-    CHECK(outcome.every_429_well_formed);
-    CHECK(outcome.every_200_has_headers);
+    check_ten_of_fifty(burst_of_chats(server, {first, second}, 50));
 
     auto c = server.client();
     for (int i = 0; i < 20; ++i) {
