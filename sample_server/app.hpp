@@ -13,6 +13,7 @@
 #include <chatkit/bedrock_provider.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/echo_provider.hpp>
+#include <chatkit/key_rate_limits.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/rate_limiter.hpp>
@@ -35,10 +36,13 @@ using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cac
 // CHAT_AUTH=keys: API keys from the SQLite file of the history (docs/gateway.md).
 using auth_type = chatkit::api_key_auth<chatkit::sqlite_key_directory>;
 // The access log comes after the request id (its lines carry it) and before authentication and the
-// rate limiter (a refused request is logged too); authentication comes before the rate limiter, so
-// the limiter counts the authenticated key, not what the client claims.
+// limits (a refused request is logged too); authentication comes before both limits, so they count
+// the authenticated key, not what the client claims. The key's and team's requests per minute
+// (CHAT_AUTH=keys) come before CHAT_RATE_LIMIT's per-client limiter: both apply, independently, and
+// a request the per-client limiter refuses has already taken from the key's and team's buckets.
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
-                                     chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
+                                     chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
+                                     chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
 // ~/.aws files, container endpoint) or a Bedrock API key.
@@ -179,8 +183,11 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     if (c.auth == "keys") (void)sqlite_path(c, "CHAT_AUTH=keys"); // fail before anything starts
     auto provider = make_provider(c, std::move(upstream));
     auto auth = make_auth(c, log, provider.models().front());
+    // The limits of keys and teams come with the keys: enforced whenever keys are.
+    std::optional<chatkit::key_rate_limits_mt> key_limits;
+    if (auth) key_limits.emplace();
     return app_service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
-                       access_log{log}, std::move(auth), std::move(limiter)};
+                       access_log{log}, std::move(auth), std::move(key_limits), std::move(limiter)};
 }
 
 } // namespace sample_server

@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,6 +38,10 @@ using header_map = std::map<std::string, std::string, case_insensitive_less>;
 struct caller_identity {
     std::string key_id{};
     std::string team_id{};
+    // The key's and its team's requests-per-minute limits (none: unlimited), set with the identity
+    // from the authenticating middleware's snapshot, for chatkit::key_rate_limits to enforce.
+    std::optional<std::int64_t> key_requests_per_minute{};
+    std::optional<std::int64_t> team_requests_per_minute{};
 
     [[nodiscard]] bool authenticated() const noexcept { return !key_id.empty(); }
 };

@@ -16,7 +16,8 @@
 
 namespace chatkit {
 
-/// Optional limits of a key or a team. Stored now; enforced by a later step of the gateway.
+/// Optional limits of a key or a team. Requests per minute are enforced by chatkit::key_rate_limits;
+/// tokens per minute and budgets are stored but not enforced yet.
 struct usage_limits {
     std::optional<std::int64_t> requests_per_minute{};
     std::optional<std::int64_t> tokens_per_minute{};
@@ -45,6 +46,9 @@ struct key_record {
     std::optional<unix_ms> expires_at{};
     std::optional<unix_ms> revoked_at{};
     usage_limits limits{};
+    // The limits of the key's team, read with the key so that enforcing them needs no read per
+    // request. A directory that knows no teams leaves them empty (no team limit).
+    usage_limits team_limits{};
     std::vector<std::string> models{}; // the models the key may use; empty: any
 
     /// Whether the key is accepted at `now`: neither revoked nor past its expiry.

@@ -183,7 +183,7 @@ TEST_CASE("with an authenticated caller, history belongs to the key: the same us
     memory_store store;
     test_service svc{scripted_provider{}, store, map_cache{}};
     auto as = [](chatkit::http_request req, std::string key_id) {
-        req.caller = {std::move(key_id), "team-a"};
+        req.caller = {.key_id = std::move(key_id), .team_id = "team-a"};
         return req;
     };
     REQUIRE(svc.handle(as(post_chat({{"content", "from a"}, {"user_id", "ada"}}), "key_a")).status == 200);

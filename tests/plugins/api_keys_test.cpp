@@ -2,9 +2,12 @@
 // decisions, and its snapshot of a real SQLite key directory seeing new and revoked keys.
 #include "chatkit/api_key_auth.hpp"
 #include "chatkit/api_keys.hpp"
+#include "chatkit/key_rate_limits.hpp"
 #include "chatkit/sqlite_key_directory.hpp"
 
 #include "chatkit/random_id.hpp"
+
+#include "../support/manual_clock.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -14,9 +17,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -348,4 +354,210 @@ TEST_CASE("api_key_auth: requests on several threads keep passing while the snap
     refresher.join();
     CHECK(refused == 0);
     CHECK(failed_refreshes == 0);
+}
+
+// --- key_rate_limits: requests per minute per key and per team --------------------------------
+
+namespace {
+
+using limits_under_test = chatkit::key_rate_limits<std::mutex, test_support::manual_clock>;
+
+http_request limited_request(std::string key_id, std::string team_id, std::optional<std::int64_t> key_rpm,
+                             std::optional<std::int64_t> team_rpm) {
+    http_request req;
+    req.method = "POST";
+    req.path = "/chat";
+    req.request_id = "req-1";
+    req.caller = {.key_id = std::move(key_id), .team_id = std::move(team_id), .key_requests_per_minute = key_rpm,
+                  .team_requests_per_minute = team_rpm};
+    return req;
+}
+
+// before() then after() on a 200 (or on the 429 before() gave), as the service runs them.
+chatkit::http_response send(limits_under_test& limits, http_request req) {
+    limits_under_test::context ctx;
+    auto refused = limits.before(req, ctx);
+    chatkit::http_response res = refused ? std::move(*refused) : chatkit::http_response{};
+    if (!refused) res.status = 200;
+    limits.after(req, res, ctx);
+    return res;
+}
+
+std::string header_of(const chatkit::http_response& res, std::string_view name) {
+    auto it = res.headers.find(name);
+    return it == res.headers.end() ? std::string{} : it->second;
+}
+
+} // namespace
+
+TEST_CASE("key_rate_limits: a key limit of N lets exactly N through in a burst, then 429 with Retry-After and the headers") {
+    limits_under_test limits;
+    for (int i = 0; i < 5; ++i) {
+        const auto res = send(limits, limited_request("key_a", "team-a", 5, std::nullopt));
+        CHECK(res.status == 200);
+        CHECK(header_of(res, "x-ratelimit-limit-requests") == "5");
+        CHECK(header_of(res, "x-ratelimit-remaining-requests") == std::to_string(4 - i));
+    }
+    const auto refused = send(limits, limited_request("key_a", "team-a", 5, std::nullopt));
+    CHECK(refused.status == 429);
+    CHECK(header_of(refused, "Retry-After") == "12"); // one request earned every 60/5 = 12 s
+    CHECK(header_of(refused, "x-ratelimit-limit-requests") == "5");
+    CHECK(header_of(refused, "x-ratelimit-remaining-requests") == "0");
+    CHECK(header_of(refused, "x-ratelimit-reset-requests") == "1m0s");
+    const auto body = nlohmann::json::parse(refused.body);
+    CHECK(body["error"]["code"] == "rate_limit_exceeded");
+    const std::string message = body["error"]["message"];
+    CHECK(message.find("API key key_a allows 5 requests per minute") != std::string::npos);
+    CHECK(message.find("team") == std::string::npos);
+    // Another key of the same team has its own bucket.
+    CHECK(send(limits, limited_request("key_b", "team-a", 5, std::nullopt)).status == 200);
+}
+
+TEST_CASE("key_rate_limits: a team limit is shared by its keys, and a request the team refuses takes nothing from the key") {
+    limits_under_test limits;
+    // The team allows 4; key_a allows 3 of its own.
+    for (int i = 0; i < 2; ++i) CHECK(send(limits, limited_request("key_a", "team-t", 3, 4)).status == 200);
+    for (int i = 0; i < 2; ++i) CHECK(send(limits, limited_request("key_b", "team-t", std::nullopt, 4)).status == 200);
+    const auto refused = send(limits, limited_request("key_a", "team-t", 3, 4));
+    CHECK(refused.status == 429);
+    const std::string message = nlohmann::json::parse(refused.body)["error"]["message"];
+    CHECK(message.find("team 'team-t' allows 4 requests per minute") != std::string::npos);
+    CHECK(message.find("API key") == std::string::npos);
+    CHECK(header_of(refused, "x-ratelimit-limit-requests") == "4"); // the team is the tighter one now
+    CHECK(header_of(refused, "x-ratelimit-remaining-requests") == "0");
+    CHECK(send(limits, limited_request("key_b", "team-t", std::nullopt, 4)).status == 429);
+
+    // 15 s later the team has earned one request (60/4 s each). key_a (3/minute, one request every
+    // 20 s) had 1 left after its 2, plus 0.75 earned: enough, but only because the refused request
+    // took nothing from it; had it taken one, key_a would have 0.75 and be refused here.
+    test_support::manual_clock::advance(std::chrono::seconds{15});
+    const auto after_refill = send(limits, limited_request("key_a", "team-t", 3, 4));
+    CHECK(after_refill.status == 200);
+    CHECK(header_of(after_refill, "x-ratelimit-remaining-requests") == "0");
+    // A minute later key_a's bucket is full again: exactly its 3 requests, the team now unlimited.
+    test_support::manual_clock::advance(std::chrono::minutes{1});
+    int passed = 0;
+    while (send(limits, limited_request("key_a", "team-t", 3, std::nullopt)).status == 200) ++passed;
+    CHECK(passed == 3);
+}
+
+TEST_CASE("key_rate_limits: a key refused by its own limit takes nothing from the team") {
+    limits_under_test limits;
+    CHECK(send(limits, limited_request("key_a", "team-u", 1, 3)).status == 200);
+    for (int i = 0; i < 10; ++i) CHECK(send(limits, limited_request("key_a", "team-u", 1, 3)).status == 429);
+    // The team has given one of its 3: two are left for another key.
+    CHECK(send(limits, limited_request("key_b", "team-u", std::nullopt, 3)).status == 200);
+    CHECK(send(limits, limited_request("key_b", "team-u", std::nullopt, 3)).status == 200);
+    CHECK(send(limits, limited_request("key_b", "team-u", std::nullopt, 3)).status == 429);
+}
+
+TEST_CASE("key_rate_limits: the bucket refills with time, and follows a changed limit") {
+    limits_under_test limits;
+    for (int i = 0; i < 2; ++i) CHECK(send(limits, limited_request("key_r", "team-r", 2, std::nullopt)).status == 200);
+    const auto refused = send(limits, limited_request("key_r", "team-r", 2, std::nullopt));
+    CHECK(refused.status == 429);
+    CHECK(header_of(refused, "Retry-After") == "30");
+    test_support::manual_clock::advance(std::chrono::seconds{29});
+    CHECK(send(limits, limited_request("key_r", "team-r", 2, std::nullopt)).status == 429);
+    test_support::manual_clock::advance(std::chrono::seconds{1});
+    const auto refilled = send(limits, limited_request("key_r", "team-r", 2, std::nullopt));
+    CHECK(refilled.status == 200);
+    CHECK(header_of(refilled, "x-ratelimit-reset-requests") == "1m0s");
+
+    // The limit is raised to 60 (one a second): the bucket is now 60 requests big, and the minute
+    // of debt it had is kept, so one request fits per second from here.
+    auto raised = send(limits, limited_request("key_r", "team-r", 60, std::nullopt));
+    CHECK(raised.status == 429);
+    CHECK(header_of(raised, "x-ratelimit-limit-requests") == "60");
+    CHECK(header_of(raised, "Retry-After") == "1");
+    test_support::manual_clock::advance(std::chrono::seconds{1});
+    raised = send(limits, limited_request("key_r", "team-r", 60, std::nullopt));
+    CHECK(raised.status == 200);
+    CHECK(header_of(raised, "x-ratelimit-reset-requests") == "1m0s");
+    // Lowered to 1: the debt is cut to the new bucket's minute; the next request waits for it.
+    const auto lowered = send(limits, limited_request("key_r", "team-r", 1, std::nullopt));
+    CHECK(lowered.status == 429);
+    CHECK(header_of(lowered, "x-ratelimit-limit-requests") == "1");
+    test_support::manual_clock::advance(std::chrono::minutes{1});
+    CHECK(send(limits, limited_request("key_r", "team-r", 1, std::nullopt)).status == 200);
+}
+
+TEST_CASE("key_rate_limits: no limit set, or no caller, means no headers and never a refusal") {
+    limits_under_test limits;
+    for (int i = 0; i < 1000; ++i) {
+        const auto res = send(limits, limited_request("key_n", "team-n", std::nullopt, std::nullopt));
+        REQUIRE(res.status == 200);
+        REQUIRE(header_of(res, "x-ratelimit-limit-requests").empty());
+    }
+    http_request health;
+    health.method = "GET";
+    health.path = "/health";
+    const auto res = send(limits, health);
+    CHECK(res.status == 200);
+    CHECK(res.headers.empty());
+}
+
+TEST_CASE("key_rate_limits: reset durations are written as OpenAI writes them") {
+    using std::chrono::milliseconds;
+    CHECK(limits_under_test::openai_duration(milliseconds{0}) == "0s");
+    CHECK(limits_under_test::openai_duration(milliseconds{120}) == "120ms");
+    CHECK(limits_under_test::openai_duration(milliseconds{5'500}) == "6s");
+    CHECK(limits_under_test::openai_duration(milliseconds{60'000}) == "1m0s");
+    CHECK(limits_under_test::openai_duration(milliseconds{61'001}) == "1m2s");
+}
+
+TEST_CASE("key_rate_limits: 50 requests on 10 threads against a key limit of 10 and a team limit of 15 let exactly 10 through") {
+    chatkit::key_rate_limits_mt limits;
+    std::atomic<int> ok{0}, refused{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 10; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < 5; ++i) {
+                http_request req = limited_request("key_c", "team-c", 10, 15);
+                chatkit::key_rate_limits_mt::context ctx;
+                (limits.before(req, ctx) ? refused : ok)++;
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(ok == 10);
+    CHECK(refused == 40);
+    // The team gave exactly 10 of its 15: another key gets 5.
+    int team_left = 0;
+    for (int i = 0; i < 20; ++i) {
+        http_request req = limited_request("key_d", "team-c", std::nullopt, 15);
+        chatkit::key_rate_limits_mt::context ctx;
+        if (!limits.before(req, ctx)) ++team_left;
+    }
+    CHECK(team_left == 5);
+}
+
+TEST_CASE("sqlite_key_directory: each key comes with its team's limits, and api_key_auth puts both rpm limits on the caller") {
+    temp_db db;
+    chatkit::sqlite_key_directory dir{chatkit::sqlite_options{.path = db.path()}};
+    chatkit::team_record team{.id = "lim", .name = "Limited"};
+    team.limits.requests_per_minute = 10;
+    REQUIRE(dir.create_team(team));
+    key_record k;
+    k.id = api_keys::generate_key_id();
+    k.team_id = "lim";
+    const std::string secret = api_keys::generate_key();
+    k.digest = api_keys::digest(secret);
+    k.prefix = api_keys::display_prefix(secret);
+    k.limits.requests_per_minute = 3;
+    REQUIRE(dir.create_key(k));
+    auto keys = dir.keys();
+    REQUIRE(keys);
+    REQUIRE(keys->size() == 1);
+    CHECK(keys->front().team_limits.requests_per_minute == 10);
+    CHECK(keys->front().limits.requests_per_minute == 3);
+
+    chatkit::api_key_auth<chatkit::sqlite_key_directory> auth{std::move(dir), {.refresh_interval = std::chrono::milliseconds{0}}};
+    http_request req;
+    req.method = "GET";
+    req.path = "/v1/models";
+    req.headers.emplace("x-api-key", secret);
+    chatkit::no_context none;
+    REQUIRE_FALSE(auth.before(req, none));
+    CHECK(req.caller.key_requests_per_minute == 3);
+    CHECK(req.caller.team_requests_per_minute == 10);
 }

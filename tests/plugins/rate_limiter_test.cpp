@@ -186,7 +186,7 @@ TEST_CASE("an authenticated caller is limited by its key id, whatever key header
     test_limiter limiter{per_minute(1)};
     auto as = [](std::string key_id, std::string claimed) {
         auto req = request_from("10.0.0.1");
-        req.caller = {std::move(key_id), "team-a"};
+        req.caller = {.key_id = std::move(key_id), .team_id = "team-a"};
         req.headers["Authorization"] = "Bearer " + std::move(claimed);
         return req;
     };

@@ -6,12 +6,14 @@
 #include <catch2/catch.hpp>
 #include <openssl/sha.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
 #include <thread>
+#include <vector>
 
 using nlohmann::json;
 using test_support::run_to_exit;
@@ -290,4 +292,106 @@ TEST_CASE("auth: with CHAT_AUTH=none on a non-loopback address the server warns 
     CHECK(warned);
     server_process local;
     CHECK(local.log().find("CHAT_AUTH=none") == std::string::npos);
+}
+
+namespace {
+
+// What 50 concurrent chats answered: each thread has its own client, so the requests truly overlap.
+struct burst_outcome {
+    int ok = 0;
+    int limited = 0;
+    int other = 0;
+    bool every_429_well_formed = true;
+    bool every_200_has_headers = true;
+};
+
+burst_outcome burst_of_chats(const server_process& server, const std::vector<std::string>& keys, int count) {
+    std::atomic<int> ok{0}, limited{0}, other{0};
+    std::atomic<bool> good_429{true}, good_200{true};
+    std::vector<std::thread> threads;
+    std::atomic<bool> go{false};
+    for (int i = 0; i < count; ++i)
+        threads.emplace_back([&, i] {
+            auto c = server.client();
+            while (!go) std::this_thread::yield();
+            auto r = chat(c, bearer(keys[static_cast<std::size_t>(i) % keys.size()]), "u" + std::to_string(i));
+            if (!r) {
+                ++other;
+                return;
+            }
+            const bool has_headers = !r->get_header_value("x-ratelimit-limit-requests").empty() &&
+                                     !r->get_header_value("x-ratelimit-remaining-requests").empty() &&
+                                     !r->get_header_value("x-ratelimit-reset-requests").empty();
+            if (r->status == 200) {
+                ++ok;
+                if (!has_headers) good_200 = false;
+            } else if (r->status == 429) {
+                ++limited;
+                const auto body = json::parse(r->body, nullptr, false);
+                const std::string retry = r->get_header_value("Retry-After");
+                if (!has_headers || retry.empty() || std::stoi(retry) < 1 || body.is_discarded() ||
+                    body["error"]["code"] != "rate_limit_exceeded" || r->body.find("ck-") != std::string::npos)
+                    good_429 = false;
+            } else {
+                ++other;
+            }
+        });
+    go = true;
+    for (auto& t : threads) t.join();
+    return {ok.load(), limited.load(), other.load(), good_429.load(), good_200.load()};
+}
+
+// Of 50 requests against a limit of 10: exactly 10 answered 200 and 40 answered a well-formed 429.
+void check_ten_of_fifty(const burst_outcome& outcome) {
+    CHECK(outcome.ok == 10);
+    CHECK(outcome.limited == 40);
+    CHECK(outcome.other == 0);
+    CHECK(outcome.every_429_well_formed);
+    CHECK(outcome.every_200_has_headers);
+}
+
+} // namespace
+
+TEST_CASE("auth limits: 50 concurrent requests with a key of --rpm 10 get exactly 10 answers 200 and 40 answers 429") {
+    temp_dir dir;
+    const auto db = dir.path() / "keys.db";
+    REQUIRE(cli(db, {"teams", "create", "--id", "open-team"}).exit_code == 0);
+    const std::string key = create_key(db, "open-team", {"--rpm", "10"})["key"];
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_RATE_LIMIT", "off"}}, db);
+
+    check_ten_of_fifty(burst_of_chats(server, {key}, 50));
+
+    // The next one names the key's limit, and /health stays open.
+    auto c = server.client();
+    auto r = chat(c, bearer(key));
+    REQUIRE(r);
+    CHECK(r->status == 429);
+    CHECK(r->get_header_value("x-ratelimit-limit-requests") == "10");
+    CHECK(r->get_header_value("x-ratelimit-remaining-requests") == "0");
+    CHECK(json::parse(r->body)["error"]["message"].get<std::string>().find("requests per minute") != std::string::npos);
+    auto health = c.Get("/health");
+    REQUIRE(health);
+    CHECK(health->status == 200);
+    CHECK(health->get_header_value("x-ratelimit-limit-requests").empty());
+}
+
+TEST_CASE("auth limits: a team with --rpm 10 lets 10 requests through in total across its two keys, and a key without limits gets no headers") {
+    temp_dir dir;
+    const auto db = dir.path() / "keys.db";
+    REQUIRE(cli(db, {"teams", "create", "--id", "small", "--rpm", "10"}).exit_code == 0);
+    REQUIRE(cli(db, {"teams", "create", "--id", "free"}).exit_code == 0);
+    const std::string first = create_key(db, "small")["key"];
+    const std::string second = create_key(db, "small")["key"];
+    const std::string unlimited = create_key(db, "free")["key"];
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_RATE_LIMIT", "off"}}, db);
+
+    check_ten_of_fifty(burst_of_chats(server, {first, second}, 50));
+
+    auto c = server.client();
+    for (int i = 0; i < 20; ++i) {
+        auto r = chat(c, bearer(unlimited));
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        REQUIRE(r->get_header_value("x-ratelimit-limit-requests").empty());
+    }
 }

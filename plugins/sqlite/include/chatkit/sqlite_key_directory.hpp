@@ -46,8 +46,11 @@ public:
     // Every key, revoked and expired ones included, oldest first.
     result<std::vector<key_record>> keys() {
         const std::lock_guard lock{state_->mutex};
-        auto st = prepare("SELECT id, team_id, name, prefix, digest, created_at, expires_at, revoked_at, rpm, tpm, "
-                          "budget_usd, budget_period, models FROM api_keys ORDER BY created_at, id");
+        // The team's limits come with each key (a LEFT JOIN, so a key whose team row is missing still
+        // reads, with no team limits): the rate limiting middleware then needs no read per request.
+        auto st = prepare("SELECT k.id, k.team_id, k.name, k.prefix, k.digest, k.created_at, k.expires_at, k.revoked_at, "
+                          "k.rpm, k.tpm, k.budget_usd, k.budget_period, k.models, t.rpm, t.tpm, t.budget_usd, t.budget_period "
+                          "FROM api_keys AS k LEFT JOIN teams AS t ON t.id = k.team_id ORDER BY k.created_at, k.id");
         if (!st) return st.error();
         std::vector<key_record> out;
         int rc = SQLITE_DONE;
@@ -64,6 +67,7 @@ public:
             k.expires_at = optional_int(s, 6);
             k.revoked_at = optional_int(s, 7);
             k.limits = read_limits(s, 8);
+            k.team_limits = read_limits(s, 13);
             if (sqlite3_column_type(s, 12) != SQLITE_NULL) {
                 const auto models = nlohmann::json::parse(sqlite_detail::column_text(s, 12), nullptr, false);
                 if (!models.is_array())

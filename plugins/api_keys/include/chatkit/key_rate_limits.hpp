@@ -1,0 +1,200 @@
+// A Middleware that enforces the requests-per-minute limits of API keys and of their teams (issue
+// 12, step 2). It runs after chatkit::api_key_auth, which puts the key's and the team's limits on
+// the request (http_request::caller), so no request reads the database. A request must fit both
+// the key's bucket and its team's bucket (shared by all the team's keys); it is answered 429 with
+// Retry-After otherwise, and every counted answer carries OpenAI's x-ratelimit-*-requests headers.
+// Tokens per minute and budgets are not enforced yet.
+#pragma once
+
+#include "chatkit/error.hpp"
+#include "chatkit/http.hpp"
+#include "chatkit/middleware.hpp"
+#include "chatkit/null_mutex.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace chatkit {
+
+/// Requirements this middleware meets, and why:
+///   1. Exact under concurrency: checking and taking from the key's and the team's bucket happen
+///      under one lock, so 50 concurrent requests against a limit of 10 let exactly 10 through. The
+///      lock is held for a few map look-ups, never across I/O.
+///   2. All or nothing: a request refused by one bucket takes nothing from the other, so a team
+///      that is out of requests does not also drain its keys (and the reverse).
+///   3. The buckets follow the snapshot: a limit changed on the command line applies from the
+///      request after the next refresh; the time until the bucket is full again is kept, cut to
+///      the new bucket's size. A key or team with no limit has no bucket and is never refused.
+///   4. No secret in an answer: a 429 names the key by its id and the team by its id, never the key.
+/// The buckets are continuously refilled token buckets (kept as GCRA, in integer time like
+/// chatkit::rate_limiter): capacity the limit, refilled at limit/60 per second. One bucket per key
+/// id and per team id; their number is bounded by the keys in the directory.
+template <class Mutex = std::mutex, class Clock = std::chrono::steady_clock>
+class key_rate_limits {
+public:
+    // What before() decided, for after() to report: the tighter of the two buckets.
+    struct context {
+        bool counted = false; // false when neither limit is set (or no key): no headers
+        std::int64_t limit = 0;
+        std::int64_t remaining = 0;
+        std::chrono::nanoseconds reset{}; // until that bucket is full again
+    };
+
+    key_rate_limits() : state_(std::make_unique<state>()) {}
+    // A moved-from middleware may only be destroyed or assigned to.
+    key_rate_limits(key_rate_limits&&) noexcept = default;
+    key_rate_limits& operator=(key_rate_limits&&) noexcept = default;
+
+    std::optional<http_response> before(http_request& req, context& ctx) {
+        const caller_identity& caller = req.caller;
+        // Unauthenticated requests are the open paths (/health, /ready): never limited.
+        if (!caller.authenticated()) return std::nullopt;
+        const auto key_limit = positive(caller.key_requests_per_minute);
+        const auto team_limit = positive(caller.team_requests_per_minute);
+        if (!key_limit && !team_limit) return std::nullopt;
+        const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
+
+        decision key{}, team{};
+        {
+            state& s = *state_;
+            std::lock_guard lock{s.mutex};
+            bucket* kb = key_limit ? &s.bucket_for(s.keys, caller.key_id, *key_limit, now) : nullptr;
+            bucket* tb = team_limit ? &s.bucket_for(s.teams, caller.team_id, *team_limit, now) : nullptr;
+            if (kb) key = kb->look(now);
+            if (tb) team = tb->look(now);
+            if ((!kb || key.allowed) && (!tb || team.allowed)) { // requirement 2: take from both or neither
+                if (kb) key = kb->take(now);
+                if (tb) team = tb->take(now);
+            }
+        }
+
+        // The tighter bucket is the one with fewer requests left (the smaller limit on a tie).
+        const bool report_team = team_limit && (!key_limit || team.remaining < key.remaining ||
+                                                (team.remaining == key.remaining && *team_limit < *key_limit));
+        const decision& shown = report_team ? team : key;
+        ctx.counted = true;
+        ctx.limit = report_team ? *team_limit : *key_limit;
+        ctx.remaining = shown.remaining;
+        ctx.reset = shown.reset;
+
+        const bool key_refused = key_limit && !key.allowed;
+        const bool team_refused = team_limit && !team.allowed;
+        if (!key_refused && !team_refused) return std::nullopt;
+        // Retry when every refusing bucket has a token again.
+        const nanos wait = std::max(key_refused ? key.retry : nanos::zero(), team_refused ? team.retry : nanos::zero());
+        const auto retry = std::clamp<std::int64_t>(std::chrono::ceil<std::chrono::seconds>(wait).count(), 1,
+                                                    std::numeric_limits<int>::max());
+        std::string message = "rate limit exceeded: ";
+        if (key_refused) message += "API key " + caller.key_id + " allows " + std::to_string(*key_limit) + " requests per minute";
+        if (key_refused && team_refused) message += ", and ";
+        if (team_refused) message += "team '" + caller.team_id + "' allows " + std::to_string(*team_limit) + " requests per minute";
+        message += "; retry in " + std::to_string(retry) + " s";
+        return error_response(error{error_kind::rate_limited, std::move(message), "rate_limit_exceeded", "", static_cast<int>(retry)},
+                              req.request_id);
+    }
+
+    void after(const http_request&, http_response& res, context& ctx) {
+        if (!ctx.counted) return;
+        res.headers["x-ratelimit-limit-requests"] = std::to_string(ctx.limit);
+        res.headers["x-ratelimit-remaining-requests"] = std::to_string(ctx.remaining);
+        res.headers["x-ratelimit-reset-requests"] = openai_duration(ctx.reset);
+    }
+
+    // OpenAI's duration format for x-ratelimit-reset-*: "120ms" under a second, else whole seconds
+    // rounded up, with minutes when there are any ("6s", "1m0s"); "0s" for a full bucket.
+    [[nodiscard]] static std::string openai_duration(std::chrono::nanoseconds d) {
+        if (d <= nanos::zero()) return "0s";
+        if (d < std::chrono::seconds{1}) return std::to_string(std::chrono::ceil<std::chrono::milliseconds>(d).count()) + "ms";
+        const std::int64_t s = std::chrono::ceil<std::chrono::seconds>(d).count();
+        if (s < 60) return std::to_string(s) + "s";
+        return std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s";
+    }
+
+private:
+    using nanos = std::chrono::nanoseconds;
+
+    struct decision {
+        bool allowed = true;
+        std::int64_t remaining = 0; // requests left after this one (when taken)
+        nanos reset{};              // until the bucket is full again
+        nanos retry{};              // until one request fits (when refused)
+    };
+
+    // A token bucket kept as the time it is full again: `due - now` is its debt, and the requests
+    // left are (window - debt) / interval.
+    struct bucket {
+        std::int64_t limit = 0;
+        nanos interval{}; // time to earn one request: a minute / limit, floored
+        nanos window{};   // interval * limit: the bucket's capacity, in time
+        nanos due{};
+
+        void set_limit(std::int64_t l) {
+            limit = l;
+            interval = std::max(nanos{1}, nanos{std::chrono::duration_cast<nanos>(std::chrono::minutes{1}).count() / l});
+            window = interval * l;
+        }
+        decision look(nanos now) const {
+            const nanos debt = std::max(due - now, nanos::zero());
+            decision d;
+            d.allowed = debt + interval <= window;
+            d.remaining = (window - std::min(debt, window)) / interval;
+            d.reset = debt;
+            d.retry = d.allowed ? nanos::zero() : debt + interval - window;
+            return d;
+        }
+        decision take(nanos now) {
+            const nanos debt = std::max(due - now, nanos::zero()) + interval;
+            due = now + debt;
+            decision d = look(now); // what is left after this request, which was allowed
+            d.allowed = true;
+            d.retry = nanos::zero();
+            return d;
+        }
+    };
+
+    struct state {
+        Mutex mutex;
+        std::unordered_map<std::string, bucket> keys;  // key id -> its bucket
+        std::unordered_map<std::string, bucket> teams; // team id -> its bucket
+
+        // The bucket of `id`, created full, or resized when its limit changed (requirement 3).
+        bucket& bucket_for(std::unordered_map<std::string, bucket>& buckets, const std::string& id, std::int64_t limit, nanos now) {
+            auto [it, created] = buckets.try_emplace(id);
+            bucket& b = it->second;
+            if (created) {
+                b.set_limit(limit);
+                b.due = now;
+            } else if (b.limit != limit) {
+                const nanos debt = std::max(b.due - now, nanos::zero());
+                b.set_limit(limit);
+                b.due = now + std::min(debt, b.window);
+            }
+            return b;
+        }
+    };
+
+    // A limit of 0 or less is treated as no limit: the command line refuses it (--rpm must be 1 or
+    // more), so one can only come from a hand-edited row. Huge limits are capped to keep the
+    // interval of a request above a few nanoseconds.
+    static std::optional<std::int64_t> positive(std::optional<std::int64_t> limit) {
+        if (limit && *limit > 0) return std::min<std::int64_t>(*limit, 1'000'000'000);
+        return std::nullopt;
+    }
+
+    std::unique_ptr<state> state_;
+};
+
+using key_rate_limits_mt = key_rate_limits<std::mutex>;
+using key_rate_limits_st = key_rate_limits<null_mutex>;
+static_assert(middleware<key_rate_limits_mt>);
+static_assert(middleware<key_rate_limits_st>);
+
+} // namespace chatkit
