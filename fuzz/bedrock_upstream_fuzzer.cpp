@@ -33,8 +33,7 @@ decoded decode(const std::vector<std::string_view>& pieces) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const auto pieces = fuzz::pieces(data, size);
     if (pieces.empty()) return 0;
-    std::string whole;
-    for (const auto p : pieces) whole.append(p);
+    const std::string whole = fuzz::joined(pieces);
 
     const auto cut = decode(pieces);
     const auto at_once = decode({whole});

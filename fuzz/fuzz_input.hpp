@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -26,6 +27,13 @@ inline std::vector<std::string_view> pieces(const std::uint8_t* data, std::size_
     }
     out.push_back(all.substr(from));
     return out;
+}
+
+// The pieces back together: what a parser fed all at once sees.
+inline std::string joined(const std::vector<std::string_view>& pieces) {
+    std::string whole;
+    for (const auto p : pieces) whole.append(p);
+    return whole;
 }
 
 } // namespace fuzz

@@ -31,8 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     static const wire w{chatkit::openai_options{}};
     const auto pieces = fuzz::pieces(data, size);
     if (pieces.empty()) return 0;
-    std::string whole;
-    for (const auto p : pieces) whole.append(p);
+    const std::string whole = fuzz::joined(pieces);
 
     if (auto answer = wire::parse_answer(whole)) check_answer(*answer);
 

@@ -24,8 +24,7 @@ std::vector<event> events_of(const std::vector<std::string_view>& pieces) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const auto pieces = fuzz::pieces(data, size);
     if (pieces.empty()) return 0;
-    std::string whole;
-    for (const auto p : pieces) whole.append(p);
+    const std::string whole = fuzz::joined(pieces);
     if (events_of(pieces) != events_of({whole})) std::abort();
     return 0;
 }

@@ -125,18 +125,9 @@ public:
 
     void log(spdlog::level::level_enum level, std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
         if (!log_->should_log(level)) return;
-        const auto time = chatkit::format_rfc3339(chatkit::now_unix_ms());
-        const auto level_name = spdlog::level::to_string_view(level);
-        if (json_) {
-            nlohmann::ordered_json line = {{"time", time}, {"level", std::string_view{level_name.data(), level_name.size()}}, {"msg", msg}};
-            for (const auto& [key, value] : fields.items()) line[key] = value;
-            log_->log(level, "{}", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-            return;
-        }
-        std::string line = time + " " + std::string{level_name.data(), level_name.size()} + " " + std::string{msg};
-        for (const auto& [key, value] : fields.items())
-            line += " " + key + "=" + (value.is_string() ? value.get<std::string>() : chatkit::dump_json(value));
-        log_->log(level, "{}", line);
+        line out{json_, level, msg};
+        for (const auto& [key, value] : fields.items()) out.value(key, value);
+        log_->log(level, spdlog::string_view_t{out.finish()});
     }
 
     void info(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::info, msg, fields); }
@@ -174,8 +165,8 @@ public:
     ~logger() { log_->flush(); } // writes what is queued
 
 private:
-    // One line in either format, the same as log() writes: JSON's fields follow time, level and
-    // msg; text's are key=value with strings as they are.
+    // One line in either format: JSON's fields follow time, level and msg; text's are key=value
+    // with strings as they are. Both log() and the access log write through it.
     class line {
     public:
         line(bool json, spdlog::level::level_enum level, std::string_view msg) : json_(json) {
@@ -205,6 +196,13 @@ private:
             else out_.append(" ").append(key).append("=");
             if constexpr (std::is_integral_v<Number>) chatkit::append_json_int(out_, value);
             else chatkit::append_json(out_, nlohmann::json(value)); // nlohmann's shortest form, as before
+        }
+        // Any field: a string as it is in text, everything else as JSON.
+        void value(std::string_view key, const nlohmann::ordered_json& v) {
+            if (json_) open(key);
+            else out_.append(" ").append(key).append("=");
+            if (!json_ && v.is_string()) out_ += v.get_ref<const std::string&>();
+            else out_ += v.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
         }
         void boolean(std::string_view key, bool value) {
             if (json_) open(key);

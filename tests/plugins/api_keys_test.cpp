@@ -9,6 +9,8 @@
 
 #include "../support/manual_clock.hpp"
 
+#include "../support/temp_db.hpp"
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -31,20 +33,7 @@ using chatkit::http_request;
 using chatkit::key_record;
 namespace fs = std::filesystem;
 
-class temp_db {
-public:
-    temp_db() = default;
-    temp_db(const temp_db&) = delete;
-    temp_db& operator=(const temp_db&) = delete;
-    ~temp_db() {
-        std::error_code ec;
-        for (const char* suffix : {"", "-wal", "-shm", "-journal"}) fs::remove(path_ + suffix, ec);
-    }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_ = (fs::temp_directory_path() / ("chatkit-keys-test-" + chatkit::random_id({}, 16) + ".db")).string();
-};
+using test_support::temp_db;
 
 // A key record for `key`, as `keys create` stores it.
 key_record record_for(const std::string& key, std::string id = "key_1", std::string team = "team-a") {

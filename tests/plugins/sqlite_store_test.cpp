@@ -3,6 +3,8 @@
 #include "chatkit/random_id.hpp"
 #include "store_conformance.hpp"
 
+#include "../support/temp_db.hpp"
+
 #include <catch2/catch.hpp>
 #include <sqlite3.h>
 
@@ -22,21 +24,7 @@ using chatkit::sqlite_store;
 using chatkit_test::make_exchange;
 namespace fs = std::filesystem;
 
-// A database path under the temp directory, removed with its WAL files when the test ends.
-class temp_db {
-public:
-    temp_db() = default;
-    temp_db(const temp_db&) = delete;
-    temp_db& operator=(const temp_db&) = delete;
-    ~temp_db() {
-        std::error_code ec;
-        for (const char* suffix : {"", "-wal", "-shm", "-journal"}) fs::remove(path_ + suffix, ec);
-    }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_ = (fs::temp_directory_path() / ("chatkit-sqlite-test-" + chatkit::random_id({}, 16) + ".db")).string();
-};
+using test_support::temp_db;
 
 // A plain connection to the same file, to look at it the way another process would.
 struct raw_db {
