@@ -3,6 +3,7 @@
 #pragma once
 
 #include "config.hpp"
+#include "default_pricing.hpp"
 #include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
@@ -14,6 +15,7 @@
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/key_rate_limits.hpp>
+#include <chatkit/key_usage_limits.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/rate_limiter.hpp>
@@ -22,6 +24,9 @@
 #include <chatkit/sqlite_store.hpp>
 
 #include <algorithm>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -40,8 +45,11 @@ using auth_type = chatkit::api_key_auth<chatkit::sqlite_key_directory>;
 // the authenticated key, not what the client claims. The key's and team's requests per minute
 // (CHAT_AUTH=keys) come before CHAT_RATE_LIMIT's per-client limiter: both apply, independently, and
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
+// Tokens per minute and budgets (key_usage_limits) reserve at admission, once the chat body is
+// parsed, which is after every `before`: a request refused earlier reserves nothing.
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
+                                     chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
@@ -166,12 +174,32 @@ inline cache_type make_cache(const config& c) {
     return chatkit::lru_cache_mt{chatkit::lru_cache_options{.max_entries = c.cache_size}};
 }
 
+// The shipped price table (data/pricing.json, built in), with CHAT_PRICING_FILE's models over it.
+// Throws config_error for a file that cannot be read or parsed: billing with wrong prices is worse
+// than not starting.
+inline std::shared_ptr<const chatkit::price_table> make_prices(const config& c) {
+    auto prices = chatkit::price_table::parse(default_pricing_json);
+    if (!prices) throw config_error("the built-in price table: " + prices.error().message);
+    if (!c.pricing_file.empty()) {
+        std::ifstream in{c.pricing_file, std::ios::binary};
+        if (!in) throw config_error("CHAT_PRICING_FILE: cannot read '" + c.pricing_file + "'");
+        std::ostringstream text;
+        text << in.rdbuf();
+        auto overrides = chatkit::price_table::parse(text.str());
+        if (!overrides) throw config_error("CHAT_PRICING_FILE '" + c.pricing_file + "': " + overrides.error().message);
+        prices->merge(*overrides);
+    }
+    return std::make_shared<const chatkit::price_table>(std::move(*prices));
+}
+
 inline chatkit::service_options make_service_options(const config& c) {
     chatkit::service_options o;
     o.limits.max_messages = c.max_messages;
     o.limits.max_tokens = c.max_tokens;
+    o.default_max_tokens = c.default_max_tokens;
     o.max_body_bytes = c.max_body_bytes;
     o.cache_ttl = c.cache_ttl;
+    o.prices = make_prices(c);
     return o;
 }
 
@@ -185,9 +213,13 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     auto auth = make_auth(c, log, provider.models().front());
     // The limits of keys and teams come with the keys: enforced whenever keys are.
     std::optional<chatkit::key_rate_limits_mt> key_limits;
-    if (auth) key_limits.emplace();
+    std::optional<chatkit::key_usage_limits_mt> usage_limits;
+    if (auth) {
+        key_limits.emplace();
+        usage_limits.emplace();
+    }
     return app_service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
-                       access_log{log}, std::move(auth), std::move(key_limits), std::move(limiter)};
+                       access_log{log}, std::move(auth), std::move(key_limits), std::move(usage_limits), std::move(limiter)};
 }
 
 } // namespace sample_server

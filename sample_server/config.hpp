@@ -28,12 +28,14 @@ struct config {
     std::string auth = "none";
     std::string provider = "auto";
     std::string model;
+    std::string pricing_file;
     std::size_t cache_size = 1024;
     std::chrono::seconds cache_ttl{3600};
     std::string rate_limit = "60/minute";
     std::size_t max_body_bytes = 1 << 20;
     std::size_t max_messages = 256;
     int max_tokens = 32768;
+    int default_max_tokens = 4096;
     std::size_t threads = 64;
     std::chrono::seconds read_timeout{10};
     std::chrono::seconds keep_alive_timeout{5};
@@ -125,6 +127,8 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.provider; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
          [](const config& c) { return c.model; }},
+        {"CHAT_PRICING_FILE", "a JSON price table (USD per 1M tokens) merged over the shipped data/pricing.json (empty: the shipped one only)",
+         [](config& c, auto, auto v) { c.pricing_file = v; }, [](const config& c) { return c.pricing_file; }},
         {"CHAT_CACHE_SIZE", "cached answers kept (0: no cache)",
          [](config& c, auto n, auto v) { c.cache_size = parse_int<std::size_t>(n, v, 0, 10'000'000); },
          [](const config& c) { return std::to_string(c.cache_size); }},
@@ -148,6 +152,9 @@ inline const std::vector<setting>& settings() {
         {"CHAT_MAX_TOKENS", "largest max_tokens a request may ask for",
          [](config& c, auto n, auto v) { c.max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.max_tokens); }},
+        {"CHAT_DEFAULT_MAX_TOKENS", "max_tokens reserved for (and sent with) a request that names none, when its key has token limits or a budget",
+         [](config& c, auto n, auto v) { c.default_max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
+         [](const config& c) { return std::to_string(c.default_max_tokens); }},
         {"CHAT_THREADS", "worker threads: blocking provider and store calls (beast); one per kept-alive connection (httplib)",
          [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 100'000); },
          [](const config& c) { return std::to_string(c.threads); }},

@@ -151,6 +151,11 @@ public:
         out.number("completion_tokens", s.usage.completion_tokens);
         out.number("ttft_ms", std::round(s.time_to_first_token_ms * 1000) / 1000);
         out.boolean("cached", s.cached);
+        // The cost at the configured prices; a request that used tokens of a model with no price
+        // says so (unpriced=true) instead of logging $0.
+        if (s.cost_usd) out.number("cost_usd", *s.cost_usd);
+        else if (s.usage.total_tokens() > 0) out.boolean("unpriced", true);
+        if (s.usage_estimated) out.boolean("usage_estimated", true);
         out.number("bytes_sent", s.bytes_sent);
         out.boolean("client_left", s.client_left);
         out.text("remote_addr", req.remote_addr);

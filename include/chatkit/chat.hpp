@@ -69,9 +69,15 @@ struct chat_request {
     nlohmann::json extensions = nlohmann::json::object();
 };
 
+// Token counts as OpenAI reports them: the prompt's count includes its cached tokens, the
+// completion's its reasoning tokens. The details are what pricing and usage records need (cached
+// input is billed at a lower rate); they appear in JSON only when non-zero, so a provider that
+// reports none keeps the plain three-field object.
 struct token_usage {
     int prompt_tokens = 0;
     int completion_tokens = 0;
+    int cached_tokens = 0;    // of prompt_tokens: read from the provider's prompt cache
+    int reasoning_tokens = 0; // of completion_tokens: spent thinking, not shown
     [[nodiscard]] int total_tokens() const noexcept { return prompt_tokens + completion_tokens; }
     friend bool operator==(const token_usage&, const token_usage&) = default;
 };
@@ -80,6 +86,8 @@ inline void to_json(nlohmann::json& j, const token_usage& u) {
     j = {{"prompt_tokens", u.prompt_tokens},
          {"completion_tokens", u.completion_tokens},
          {"total_tokens", u.total_tokens()}};
+    if (u.cached_tokens > 0) j["prompt_tokens_details"] = {{"cached_tokens", u.cached_tokens}};
+    if (u.reasoning_tokens > 0) j["completion_tokens_details"] = {{"reasoning_tokens", u.reasoning_tokens}};
 }
 // The same object as text (chatkit/json_text.hpp), for answers written without a tree.
 inline void append_usage(std::string& out, const token_usage& u) {
@@ -89,11 +97,25 @@ inline void append_usage(std::string& out, const token_usage& u) {
     append_json_int(out, u.completion_tokens);
     out += R"(,"total_tokens":)";
     append_json_int(out, u.total_tokens());
+    if (u.cached_tokens > 0) {
+        out += R"(,"prompt_tokens_details":{"cached_tokens":)";
+        append_json_int(out, u.cached_tokens);
+        out += '}';
+    }
+    if (u.reasoning_tokens > 0) {
+        out += R"(,"completion_tokens_details":{"reasoning_tokens":)";
+        append_json_int(out, u.reasoning_tokens);
+        out += '}';
+    }
     out += '}';
 }
 inline void from_json(const nlohmann::json& j, token_usage& u) {
     j.at("prompt_tokens").get_to(u.prompt_tokens);
     j.at("completion_tokens").get_to(u.completion_tokens);
+    if (auto d = j.find("prompt_tokens_details"); d != j.end() && d->is_object())
+        u.cached_tokens = d->value("cached_tokens", 0);
+    if (auto d = j.find("completion_tokens_details"); d != j.end() && d->is_object())
+        u.reasoning_tokens = d->value("reasoning_tokens", 0);
 }
 
 struct completion {
@@ -106,6 +128,9 @@ struct completion {
     double time_to_first_token_ms = 0; // streams: when the first delta arrived
     unix_ms created_at = 0;
     bool cached = false;
+    // What the answer cost in USD at the service's prices (chatkit/pricing.hpp): 0 for a cache
+    // hit, empty when the model has no price (unpriced, never reported as $0).
+    std::optional<double> cost_usd{};
     // Fields of the reply beyond its text (tool_calls, refusal, ...), relayed to OpenAI clients.
     nlohmann::json extra{};
 };
@@ -118,7 +143,8 @@ inline void to_json(nlohmann::json& j, const completion& c) {
          {"usage", c.usage},
          {"latency_ms", c.latency_ms},
          {"created_at", format_rfc3339(c.created_at)},
-         {"cached", c.cached}};
+         {"cached", c.cached},
+         {"cost_usd", c.cost_usd ? nlohmann::json(*c.cost_usd) : nlohmann::json(nullptr)}};
 }
 
 // What a client may send; every bound is explicit so a deployment can tune it.

@@ -5,6 +5,7 @@
 #include "chatkit/chat.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/json_text.hpp"
+#include "chatkit/usage_limits.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -38,10 +39,11 @@ using header_map = std::map<std::string, std::string, case_insensitive_less>;
 struct caller_identity {
     std::string key_id{};
     std::string team_id{};
-    // The key's and its team's requests-per-minute limits (none: unlimited), set with the identity
-    // from the authenticating middleware's snapshot, for chatkit::key_rate_limits to enforce.
-    std::optional<std::int64_t> key_requests_per_minute{};
-    std::optional<std::int64_t> team_requests_per_minute{};
+    // The key's and its team's limits, set with the identity from the authenticating middleware's
+    // snapshot, for chatkit::key_rate_limits and chatkit::key_usage_limits to enforce without a
+    // database read.
+    usage_limits key_limits{};
+    usage_limits team_limits{};
 
     [[nodiscard]] bool authenticated() const noexcept { return !key_id.empty(); }
 };
@@ -69,6 +71,7 @@ struct response_meta {
     bool cached = false;
     double time_to_first_token_ms = 0;
     std::string error_code{}; // an error answer's code ("invalid_value", "upstream_error", ...)
+    std::optional<double> cost_usd{}; // at the service's prices; empty: unpriced or nothing used
 };
 
 // What a middleware's `finish` learns about a request once its last byte has been sent (or the
@@ -84,6 +87,11 @@ struct response_summary {
     double duration_ms = 0;            // from the request's arrival to its last byte
     bool client_left = false;          // the client went away before the answer was complete
     std::string error_code{};          // the error's code when the answer is (or a stream ended in) an error
+    std::string provider{};            // the provider's name, for usage records
+    std::optional<double> cost_usd{};  // the answer's cost at the service's prices (0 for a cache hit);
+                                       // empty when unpriced or when nothing was used
+    bool usage_estimated = false;      // the usage is counted from the text delivered, not reported by
+                                       // the provider (a stream the client left, or that failed midway)
 };
 
 // What an adapter calls for the requests it answers itself (malformed HTTP, limits), which never

@@ -5,6 +5,7 @@
 
 #include "chatkit/clock.hpp"
 #include "chatkit/error.hpp"
+#include "chatkit/usage_limits.hpp"
 
 #include <concepts>
 #include <cstdint>
@@ -15,17 +16,6 @@
 #include <vector>
 
 namespace chatkit {
-
-/// Optional limits of a key or a team. Requests per minute are enforced by chatkit::key_rate_limits;
-/// tokens per minute and budgets are stored but not enforced yet.
-struct usage_limits {
-    std::optional<std::int64_t> requests_per_minute{};
-    std::optional<std::int64_t> tokens_per_minute{};
-    std::optional<double> budget_usd{};
-    std::string budget_period{}; // "day" or "month" when budget_usd is set, else empty
-
-    friend bool operator==(const usage_limits&, const usage_limits&) = default;
-};
 
 /// A team: the owner of keys, with limits of its own.
 struct team_record {

@@ -1,9 +1,11 @@
 // The Middleware concept: code that runs around every request (ids, rate limits, auth, ...).
 #pragma once
 
+#include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 
 #include <concepts>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -39,6 +41,27 @@ concept middleware_has_after = requires(M& m, const http_request& req, http_resp
 };
 } // namespace detail
 
+/// The most a chat request may use, known once its body is parsed: what a middleware's `admit`
+/// reserves against token limits and budgets (requirement 5 below).
+struct chat_admission {
+    std::string model{};                     // the model asked for, or the provider's default
+    std::int64_t prompt_token_bound = 0;     // chatkit::prompt_token_bound: never below the real count
+    std::int64_t max_completion_tokens = 0;  // the request's max_tokens, else service_options::default_max_tokens
+    std::optional<double> worst_case_usd{};  // both at the model's price; none: the model is unpriced
+    // Set by a middleware that reserved against these bounds. When the request named no
+    // max_tokens, the service then sends max_completion_tokens upstream as its max_tokens, so the
+    // answer cannot outgrow what was reserved.
+    bool bounds_reserved = false;
+
+    [[nodiscard]] std::int64_t token_bound() const noexcept { return prompt_token_bound + max_completion_tokens; }
+};
+
+/// Whether M declares the optional `admit` hook (requirement 5 below).
+template <class M>
+concept middleware_has_admit = requires(M& m, const http_request& req, chat_admission& a, context_of_t<M>& ctx) {
+    { m.admit(req, a, ctx) } -> std::convertible_to<std::optional<error>>;
+};
+
 /// Whether M declares the optional `finish` hook (requirement 4 below).
 template <class M>
 concept middleware_has_finish = requires(M& m, const http_request& req, const response_summary& s, context_of_t<M>& ctx) {
@@ -60,6 +83,14 @@ concept middleware_has_finish = requires(M& m, const http_request& req, const re
 ///      status, the final usage (of a stream too), bytes sent, time to first token, duration and
 ///      whether the client left: what access logs, token limits and budgets need. The context
 ///      lives until then.
+///   5. optionally `std::optional<error> admit(const http_request&, chat_admission&, context&)`
+///      — runs for a chat request (POST /chat, /v1/chat/completions) once its body is valid and
+///      before the cache and the provider, in the order the middlewares are listed; an error
+///      refuses the request with that error's status (and no later `admit` runs). Why a hook of its
+///      own: limits on tokens and money need the request's model and max_tokens, which only the
+///      parsed body has, and parsing it again in `before` would cost a second JSON parse per
+///      request. What `admit` reserves, `finish` settles with the real usage; a middleware that
+///      reserved sets `bounds_reserved`, so that the bounds hold upstream.
 /// Threading: one instance serves every request concurrently; per-request state goes in
 /// `context`, shared state must be synchronized by the middleware.
 template <class M>
@@ -106,6 +137,11 @@ public:
         requires middleware_has_finish<M>
     {
         if (m_) m_->finish(req, s, ctx);
+    }
+    std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx)
+        requires middleware_has_admit<M>
+    {
+        return m_ ? m_->admit(req, a, ctx) : std::nullopt;
     }
     [[nodiscard]] bool enabled() const noexcept { return m_.has_value(); }
 

@@ -6,6 +6,7 @@
 
 #include "chatkit/chat.hpp"
 #include "chatkit/error.hpp"
+#include "chatkit/pricing.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/json_text.hpp"
 #include "chatkit/sse.hpp"
@@ -205,20 +206,25 @@ public:
         out.append(text_prefix_).append(dump_json(nlohmann::json(text))).append(text_suffix_);
         return out;
     }
-    // The closing chunks: the finish reason, the usage when asked for, then [DONE].
-    std::string finish(const completion& c, bool include_usage) {
+    // The closing chunks: the finish reason, the usage when asked for, then [DONE]. A gateway's
+    // metadata (an object; null for none) rides on the last chunk before [DONE]: the usage chunk
+    // when there is one, so that it comes after the usage.
+    std::string finish(const completion& c, bool include_usage, const nlohmann::json& gateway_metadata = nullptr) {
         std::string out;
         if (!role_sent_) out += delta("");
         nlohmann::json delta = nlohmann::json::object();
         if (c.extra.is_object() && c.extra.contains("tool_calls")) delta["tool_calls"] = c.extra["tool_calls"];
         model_ = c.model;
-        out += chunk({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}});
+        auto last = base();
+        last["choices"] = {{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}};
         if (include_usage) {
-            auto usage = base();
-            usage["choices"] = nlohmann::json::array();
-            usage["usage"] = c.usage;
-            out += sse_event("", dump_json(usage));
+            out += sse_event("", dump_json(last));
+            last = base();
+            last["choices"] = nlohmann::json::array();
+            last["usage"] = c.usage;
         }
+        if (!gateway_metadata.is_null()) last["gateway_metadata"] = gateway_metadata;
+        out += sse_event("", dump_json(last));
         return out + sse_event("", "[DONE]");
     }
 
@@ -252,9 +258,20 @@ private:
 [[nodiscard]] inline std::string error_event(const error& e) { return sse_event("", dump_json(to_envelope(e))); }
 
 // `GET /v1/models` (protocols.md §1.9).
-[[nodiscard]] inline nlohmann::json models_list(const std::vector<std::string>& ids, std::string_view owner) {
+// With a price table, each model also carries its `pricing` in USD per 1,000 tokens (null when
+// it has no price), a gateway's extension that OpenAI clients ignore.
+[[nodiscard]] inline nlohmann::json models_list(const std::vector<std::string>& ids, std::string_view owner,
+                                                const price_table* prices = nullptr) {
     nlohmann::json data = nlohmann::json::array();
-    for (const auto& id : ids) data.push_back({{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", owner}});
+    for (const auto& id : ids) {
+        nlohmann::json m = {{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", owner}};
+        if (prices) {
+            const model_price* p = prices->find(id);
+            m["pricing"] = p ? nlohmann::json{{"input_per_1k", p->input / 1000}, {"output_per_1k", p->output / 1000}}
+                             : nlohmann::json(nullptr);
+        }
+        data.push_back(std::move(m));
+    }
     return {{"object", "list"}, {"data", data}};
 }
 

@@ -21,6 +21,7 @@
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
 #include "chatkit/openai_api.hpp"
+#include "chatkit/pricing.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/random_id.hpp"
 #include "chatkit/response_sink.hpp"
@@ -53,6 +54,14 @@ struct service_options {
     std::size_t history_default_limit = 50;
     std::size_t history_max_limit = 100;
     std::string version = CHATKIT_VERSION;
+    // What answers cost: every answer from a provider is priced with it (`cost_usd`), and chat
+    // admission reserves a request's worst case against it. None: every answer is unpriced.
+    std::shared_ptr<const price_table> prices{};
+    // The completion tokens a chat request that names no max_tokens is admitted with (what token
+    // limits and budgets reserve for it); when a middleware reserved them, that request is sent
+    // upstream with this max_tokens. Below limits.max_tokens, so that a key with a modest
+    // tokens-per-minute limit can still send requests without max_tokens.
+    int default_max_tokens = 4096;
 };
 
 template <class P, class S = no_store, class C = no_cache, class... Ms>
@@ -121,6 +130,7 @@ public:
         }
         answer->id = random_id("chatcmpl-", 24);
         answer->created_at = now_unix_ms();
+        answer->cost_usd = price(*answer);
         if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) co_return std::move(saved).error();
         // Cached only once acknowledged: a retry after a failed append must not look like a hit.
         if (fresh_answer && req.use_cache) co_await cache_put(key, *answer);
@@ -209,6 +219,8 @@ private:
         sum.cached = res->meta.cached;
         sum.time_to_first_token_ms = res->meta.time_to_first_token_ms;
         sum.error_code = res->meta.error_code;
+        sum.cost_usd = res->meta.cost_usd;
+        sum.provider = provider_.name();
         if (!co_await start_response(sink, *req, *res, sum.streamed)) {
             sum.client_left = true;
         } else if (!sum.streamed) {
@@ -253,6 +265,34 @@ private:
         }
     }
 
+    // Middleware requirement 5: the chat request's bounds, to every middleware with an `admit`.
+    std::optional<error> admit(const http_request& req, chat_request& chat, context& ctx) {
+        if constexpr ((middleware_has_admit<Ms> || ...)) {
+            chat_admission a;
+            a.model = chat.model.empty() ? models().front() : chat.model;
+            a.prompt_token_bound = prompt_token_bound(req.body.size(), chat.messages.size());
+            a.max_completion_tokens = chat.max_tokens ? *chat.max_tokens : std::min(options_.default_max_tokens, options_.limits.max_tokens);
+            if (options_.prices) a.worst_case_usd = options_.prices->worst_case_usd(a.model, a.prompt_token_bound, a.max_completion_tokens);
+            auto refused = run_admit<0>(req, a, ctx);
+            if (!refused && a.bounds_reserved && !chat.max_tokens) chat.max_tokens = static_cast<int>(a.max_completion_tokens);
+            return refused;
+        } else {
+            return std::nullopt;
+        }
+    }
+    template <std::size_t I>
+    std::optional<error> run_admit(const http_request& req, chat_admission& a, context& ctx) {
+        if constexpr (I == sizeof...(Ms)) {
+            return std::nullopt;
+        } else {
+            using M = std::tuple_element_t<I, std::tuple<Ms...>>;
+            if constexpr (middleware_has_admit<M>) {
+                if (auto refused = std::get<I>(middlewares_).admit(req, a, ctx.template at<I>())) return refused;
+            }
+            return run_admit<I + 1>(req, a, ctx);
+        }
+    }
+
     template <std::size_t I>
     void run_finish(const http_request& req, const response_summary& sum, context& ctx, std::size_t ran) {
         if constexpr (I > 0) {
@@ -279,16 +319,17 @@ private:
                 co_return routed{std::move(res)};
             }
         if (req.path == "/chat") {
-            if (req.method == "POST") co_return co_await handle_chat(req_ptr, st);
+            if (req.method == "POST") co_return co_await handle_chat(req_ptr, ctx, st);
             co_return routed{wrong_method(req, "POST")};
         }
         if (req.path == "/health") co_return routed{is_get(req) ? handle_health() : wrong_method(req, "GET")};
-        if (req.path == "/v1/chat/completions") {
-            if (req.method == "POST") co_return co_await handle_openai_chat(req_ptr, st);
+        // POST /v1/chat: the same route under the shorter name some gateway clients call.
+        if (req.path == "/v1/chat/completions" || req.path == "/v1/chat") {
+            if (req.method == "POST") co_return co_await handle_openai_chat(req_ptr, ctx, st);
             co_return routed{wrong_method(req, "POST")};
         }
         if (req.path == "/v1/models")
-            co_return routed{is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name()))
+            co_return routed{is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name(), options_.prices.get()))
                                          : wrong_method(req, "GET")};
         if (req.path.starts_with("/history/")) {
             const std::string_view user_id = std::string_view{req.path}.substr(9);
@@ -300,7 +341,7 @@ private:
         co_return routed{not_found(req)};
     }
 
-    task<routed> handle_chat(http_request* req_ptr, exchange_state* st) {
+    task<routed> handle_chat(http_request* req_ptr, context* ctx, exchange_state* st) {
         const http_request& req = *req_ptr;
         auto parsed = parse_body(req);
         if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
@@ -308,6 +349,7 @@ private:
         if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
         chat_req->user_id = history_owner(req, chat_req->user_id);
+        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) co_return stream_answer(std::move(*chat_req), chatkit_framing{}, st);
 
         auto answer = co_await chat_async(std::move(*chat_req));
@@ -317,7 +359,7 @@ private:
         co_return routed{std::move(res)};
     }
 
-    task<routed> handle_openai_chat(http_request* req_ptr, exchange_state* st) {
+    task<routed> handle_openai_chat(http_request* req_ptr, context* ctx, exchange_state* st) {
         const http_request& req = *req_ptr;
         auto parsed = parse_body(req);
         if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
@@ -325,16 +367,22 @@ private:
         if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
         chat_req->user_id = history_owner(req, chat_req->user_id);
+        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) {
             const auto model = chat_req->model.empty() ? models().front() : chat_req->model;
             co_return stream_answer(std::move(*chat_req),
                                     openai_framing{openai_api::chunk_writer{random_id("chatcmpl-", 24), model, now_unix_ms()},
-                                                   openai_api::wants_stream_usage(*parsed)},
+                                                   openai_api::wants_stream_usage(*parsed), this, &req.caller},
                                     st);
         }
         auto answer = co_await chat_async(std::move(*chat_req));
         if (!answer) co_return routed{error_response(answer.error(), req.request_id)};
-        auto res = json_text_response(200, openai_api::completion_text(*answer));
+        std::string text = openai_api::completion_text(*answer);
+        text.pop_back(); // the closing brace: gateway_metadata goes last
+        text += R"(,"gateway_metadata":)";
+        text += dump_json(gateway_metadata(req, *answer));
+        text += '}';
+        auto res = json_text_response(200, std::move(text));
         res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
         res.meta = meta_of(*answer);
         co_return routed{std::move(res)};
@@ -367,9 +415,13 @@ private:
     struct openai_framing {
         openai_api::chunk_writer chunks;
         bool include_usage = false;
+        const service* owner = nullptr;
+        const caller_identity* caller = nullptr; // the request's: it outlives the stream
         std::string id = chunks.id();
         std::string delta(std::string_view text) { return chunks.delta(text); }
-        std::string done(const completion& c, std::string_view) { return chunks.finish(c, include_usage); }
+        std::string done(const completion& c, std::string_view) {
+            return chunks.finish(c, include_usage, owner->gateway_metadata_of(*caller, c));
+        }
         static std::string failure(const error& e, std::string_view) { return openai_api::error_event(e); }
         static std::string internal_failure(std::string_view) {
             return openai_api::error_event({error_kind::internal, "internal error", "internal_error"});
@@ -393,9 +445,11 @@ private:
         Framing* framing;
         std::chrono::steady_clock::time_point started;
         double first_token_ms = -1;
+        std::size_t text_bytes = 0; // of the deltas framed: what bills a stream left unfinished
 
         std::string frame(std::string_view text) {
             if (first_token_ms < 0) first_token_ms = elapsed_ms(started);
+            text_bytes += text.size();
             return framing->delta(text);
         }
         task<bool> write(std::string_view text) override { return st->send(frame(text)); }
@@ -435,6 +489,8 @@ private:
             if (!co_await out.write(answer->content)) co_return;
         } else {
             auto streamed = co_await provider_stream(req_ptr, &out);
+            if (st->summary.client_left || !streamed)
+                bill_unfinished(req, streamed ? &*streamed : nullptr, out.text_bytes, st->summary);
             if (st->summary.client_left) co_return; // an unacknowledged, partial reply is neither stored nor cached
             if (!streamed) {
                 auto e = stopped_error(req, std::move(streamed).error());
@@ -449,10 +505,12 @@ private:
         answer->id = framing->id;
         answer->created_at = now_unix_ms();
         answer->time_to_first_token_ms = std::max(out.first_token_ms, 0.0);
+        answer->cost_usd = price(*answer);
         auto& sum = st->summary;
         sum.model = answer->model;
         sum.usage = answer->usage;
         sum.cached = answer->cached;
+        sum.cost_usd = answer->cost_usd;
         sum.time_to_first_token_ms = answer->time_to_first_token_ms;
         if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) {
             sum.error_code = saved.error().code;
@@ -488,6 +546,7 @@ private:
         st->summary.usage = res->meta.usage;
         st->summary.cached = res->meta.cached;
         st->summary.time_to_first_token_ms = res->meta.time_to_first_token_ms;
+        st->summary.cost_usd = res->meta.cost_usd;
     }
 
     // The provider's calls, by its form (chatkit/provider.hpp).
@@ -578,6 +637,7 @@ private:
             head.meta.cached = s.cached;
             head.meta.time_to_first_token_ms = s.time_to_first_token_ms;
             head.meta.error_code = s.error_code;
+            head.meta.cost_usd = s.cost_usd;
         }
 
         static http_response response_of(std::shared_ptr<blocking_bridge> self) {
@@ -719,11 +779,54 @@ private:
     }
 
     static response_meta meta_of(const completion& c) {
-        return {c.model, c.usage, c.cached, c.time_to_first_token_ms};
+        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd};
     }
 
-    static void fill_defaults(completion& c, const chat_request& r) {
-        if (c.model.empty()) c.model = r.model;
+    // What the gateway adds to an OpenAI answer: who was billed, by which provider, for how much.
+    nlohmann::json gateway_metadata_of(const caller_identity& caller, const completion& c) const {
+        auto id = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
+        return {{"team_id", id(caller.team_id)},
+                {"key_id", id(caller.key_id)},
+                {"provider", provider_.name()},
+                {"latency_ms", c.latency_ms},
+                {"cost_usd", c.cost_usd ? nlohmann::json(*c.cost_usd) : nlohmann::json(nullptr)},
+                {"cached", c.cached}};
+    }
+    nlohmann::json gateway_metadata(const http_request& req, const completion& c) const { return gateway_metadata_of(req.caller, c); }
+
+    // A stream that did not complete is billed for what the provider reported, else (when the
+    // client left, or the provider failed after sending text) for an estimate of the prompt and of
+    // the text delivered, marked as estimated. A provider that failed before any text bills nothing.
+    void bill_unfinished(const chat_request& req, const completion* partial, std::size_t delivered_bytes,
+                         response_summary& sum) {
+        sum.model = partial && !partial->model.empty() ? partial->model : req.model.empty() ? models().front() : req.model;
+        if (partial && partial->usage.total_tokens() > 0) {
+            sum.usage = partial->usage;
+        } else if (sum.client_left || delivered_bytes > 0) {
+            std::size_t prompt_bytes = 0;
+            for (const auto& m : req.messages) prompt_bytes += m.content.size();
+            sum.usage = {};
+            sum.usage.prompt_tokens = static_cast<int>(std::min<std::int64_t>(estimate_tokens(prompt_bytes), INT32_MAX));
+            sum.usage.completion_tokens = static_cast<int>(std::min<std::int64_t>(estimate_tokens(delivered_bytes), INT32_MAX));
+            sum.usage_estimated = true;
+        } else {
+            return;
+        }
+        if (options_.prices) sum.cost_usd = options_.prices->cost_usd(sum.model, sum.usage);
+    }
+
+    // An answer's cost: nothing for a cache hit, else its usage at the model's price (none when
+    // the model has no price, or the service none at all).
+    std::optional<double> price(const completion& c) const {
+        if (c.cached) return 0.0;
+        if (!options_.prices) return std::nullopt;
+        return options_.prices->cost_usd(c.model, c.usage);
+    }
+
+    // A provider that does not name the model it answered with answered with the one asked for,
+    // or with its default: the name the answer is priced and recorded under.
+    void fill_defaults(completion& c, const chat_request& r) {
+        if (c.model.empty()) c.model = r.model.empty() ? models().front() : r.model;
     }
 
     static exchange make_exchange(const chat_request& r, const completion& c) {

@@ -17,6 +17,7 @@ namespace {
 // Answers "reply to <last message>", or fails/throws when told to; counts its calls.
 struct scripted_provider {
     std::shared_ptr<int> calls = std::make_shared<int>(0);
+    std::shared_ptr<std::optional<int>> last_max_tokens = std::make_shared<std::optional<int>>();
     std::optional<chatkit::error> fail_with;
     bool throws = false;
     std::vector<std::string> deltas{"Hello", ", ", "world"};
@@ -25,6 +26,7 @@ struct scripted_provider {
     std::string_view name() const { return "scripted"; }
     chatkit::result<chatkit::completion> complete(const chatkit::chat_request& r) {
         ++*calls;
+        *last_max_tokens = r.max_tokens;
         if (throws) throw std::runtime_error("boom");
         if (fail_with) return *fail_with;
         chatkit::completion c;
@@ -497,4 +499,225 @@ TEST_CASE("an answer whose exchange could not be stored is not cached") {
     CHECK(cache.entries->empty());
     store.s->down = false;
     CHECK(body_of(svc.handle(post_chat({{"content", "hi"}})))["cached"] == false);
+}
+
+// --- Pricing, gateway metadata and admission (issue 12) ----------------------------------------
+
+namespace {
+
+// $1 per prompt token and $2 per completion token: costs read as token counts.
+std::shared_ptr<const chatkit::price_table> test_prices() {
+    auto t = chatkit::price_table::parse(R"({"models": {"scripted-1": {"input": 1e6, "output": 2e6}}})");
+    REQUIRE(t);
+    return std::make_shared<const chatkit::price_table>(std::move(*t));
+}
+
+chatkit::service_options priced() {
+    chatkit::service_options o;
+    o.prices = test_prices();
+    return o;
+}
+
+chatkit::http_request post_openai(const json& body, std::string path = "/v1/chat/completions") {
+    auto req = post_chat(body);
+    req.path = std::move(path);
+    return req;
+}
+
+// The JSON of each `data:` line of an OpenAI stream, [DONE] left out.
+std::vector<json> openai_chunks(const std::string& sse) {
+    std::vector<json> out;
+    std::size_t pos = 0;
+    while ((pos = sse.find("data: ", pos)) != std::string::npos) {
+        const auto end = sse.find("\n\n", pos);
+        const auto data = sse.substr(pos + 6, end - pos - 6);
+        if (data != "[DONE]") out.push_back(json::parse(data));
+        pos = end;
+    }
+    return out;
+}
+
+// Records what admit and finish see; refuses when told to.
+struct recording_admission {
+    struct log {
+        std::vector<chatkit::chat_admission> admitted;
+        std::vector<chatkit::response_summary> finished;
+        std::optional<chatkit::error> refuse;
+        bool reserve = false;
+    };
+    std::shared_ptr<log> seen = std::make_shared<log>();
+
+    std::optional<chatkit::http_response> before(chatkit::http_request&, chatkit::no_context&) { return std::nullopt; }
+    void after(const chatkit::http_request&, chatkit::http_response&, chatkit::no_context&) {}
+    std::optional<chatkit::error> admit(const chatkit::http_request&, chatkit::chat_admission& a, chatkit::no_context&) {
+        seen->admitted.push_back(a);
+        a.bounds_reserved = seen->reserve;
+        return seen->refuse;
+    }
+    void finish(const chatkit::http_request&, const chatkit::response_summary& s, chatkit::no_context&) { seen->finished.push_back(s); }
+};
+static_assert(chatkit::middleware_has_admit<recording_admission>);
+
+} // namespace
+
+TEST_CASE("answers are priced: cost_usd on /chat, nothing for a cache hit, null for an unpriced model") {
+    test_service svc{priced(), scripted_provider{}, memory_store{}, map_cache{}};
+    auto first = svc.handle(post_chat({{"user_id", "ada"}, {"content", "hi"}}));
+    REQUIRE(first.status == 200);
+    CHECK(body_of(first)["usage"] == json{{"prompt_tokens", 3}, {"completion_tokens", 3}, {"total_tokens", 6}});
+    CHECK(body_of(first)["cost_usd"] == 9.0); // 3 × $1 + 3 × $2
+
+    auto hit = svc.handle(post_chat({{"user_id", "ada"}, {"content", "hi"}}));
+    CHECK(body_of(hit)["cached"] == true);
+    CHECK(body_of(hit)["cost_usd"] == 0.0);
+
+    auto unpriced = svc.handle(post_chat({{"user_id", "ada"}, {"content", "hi"}, {"model", "other"}}));
+    REQUIRE(unpriced.status == 200);
+    CHECK(body_of(unpriced)["cost_usd"].is_null());
+
+    test_service no_prices{scripted_provider{}, memory_store{}, map_cache{}};
+    CHECK(body_of(no_prices.handle(post_chat({{"content", "hi"}})))["cost_usd"].is_null());
+}
+
+TEST_CASE("/v1/chat/completions answers carry gateway_metadata: the caller, the provider, the cost") {
+    test_service svc{priced(), scripted_provider{}, memory_store{}, map_cache{}};
+    auto req = post_openai({{"model", "scripted-1"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+    req.caller.key_id = "key_1";
+    req.caller.team_id = "research";
+    auto res = svc.handle(req);
+    REQUIRE(res.status == 200);
+    const auto meta = body_of(res)["gateway_metadata"];
+    CHECK(meta["team_id"] == "research");
+    CHECK(meta["key_id"] == "key_1");
+    CHECK(meta["provider"] == "scripted");
+    CHECK(meta["cost_usd"] == 9.0);
+    CHECK(meta["cached"] == false);
+    CHECK(meta["latency_ms"].is_number());
+    CHECK(body_of(res)["choices"][0]["message"]["content"] == "Hello, world"); // the OpenAI shape is intact
+
+    // Without authentication the caller's ids are null.
+    auto anonymous = svc.handle(post_openai({{"messages", {{{"role", "user"}, {"content", "other"}}}}}));
+    CHECK(body_of(anonymous)["gateway_metadata"]["key_id"].is_null());
+    CHECK(body_of(anonymous)["gateway_metadata"]["team_id"].is_null());
+}
+
+TEST_CASE("a stream carries gateway_metadata in its last chunk, after the usage, and costs what the same answer costs unstreamed") {
+    test_service svc{priced(), scripted_provider{}, memory_store{}, map_cache{}};
+    const json messages = {{{"role", "user"}, {"content", "hi"}}};
+    SECTION("with stream_options.include_usage: on the usage chunk") {
+        auto res = svc.handle(post_openai({{"messages", messages}, {"stream", true}, {"cache", false},
+                                           {"stream_options", {{"include_usage", true}}}}));
+        const auto chunks = openai_chunks(drain(res));
+        REQUIRE(chunks.size() >= 2);
+        CHECK(chunks.back()["usage"]["total_tokens"] == 6);
+        CHECK(chunks.back()["gateway_metadata"]["cost_usd"] == 9.0);
+        for (std::size_t i = 0; i + 1 < chunks.size(); ++i) CHECK_FALSE(chunks[i].contains("gateway_metadata"));
+    }
+    SECTION("without: on the chunk with the finish reason") {
+        auto res = svc.handle(post_openai({{"messages", messages}, {"stream", true}, {"cache", false}}));
+        const auto chunks = openai_chunks(drain(res));
+        REQUIRE_FALSE(chunks.empty());
+        CHECK(chunks.back()["choices"][0]["finish_reason"] == "stop");
+        CHECK(chunks.back()["gateway_metadata"]["cost_usd"] == 9.0);
+        CHECK(res.meta.cost_usd == 9.0);
+    }
+    SECTION("chatkit's own stream: the done event's cost") {
+        auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"cache", false}}));
+        const auto events = events_of(drain(res));
+        CHECK(events.back().first == "done");
+        CHECK(events.back().second["cost_usd"] == 9.0);
+    }
+}
+
+TEST_CASE("POST /v1/chat is /v1/chat/completions, and /v1/models lists each model's price per 1k tokens") {
+    test_service svc{priced(), scripted_provider{}, memory_store{}, map_cache{}};
+    auto res = svc.handle(post_openai({{"messages", {{{"role", "user"}, {"content", "hi"}}}}}, "/v1/chat"));
+    REQUIRE(res.status == 200);
+    CHECK(body_of(res)["object"] == "chat.completion");
+    CHECK(svc.handle(get("/v1/chat")).status == 405);
+
+    auto models = body_of(svc.handle(get("/v1/models")));
+    REQUIRE(models["data"].size() == 1);
+    CHECK(models["data"][0]["id"] == "scripted");
+    CHECK(models["data"][0]["pricing"].is_null()); // the provider's name is not a priced model
+
+    chatkit::service_options o = priced();
+    auto table = *test_prices();
+    table.set("scripted", {.input = 1.5, .output = 6.0});
+    o.prices = std::make_shared<const chatkit::price_table>(table);
+    test_service priced_models{o, scripted_provider{}, memory_store{}, map_cache{}};
+    auto listed = body_of(priced_models.handle(get("/v1/models")));
+    CHECK(listed["data"][0]["pricing"]["input_per_1k"] == Approx(0.0015));
+    CHECK(listed["data"][0]["pricing"]["output_per_1k"] == Approx(0.006));
+}
+
+TEST_CASE("admit sees a chat request's bounds before the provider, and refusing it calls no provider") {
+    using admitting_service = chatkit::service<scripted_provider, memory_store, map_cache, recording_admission>;
+    scripted_provider provider;
+    recording_admission rec;
+    chatkit::service_options o = priced();
+    o.limits.max_tokens = 1000;
+    admitting_service svc{o, provider, memory_store{}, map_cache{}, rec};
+
+    auto req = post_chat({{"content", "hello"}, {"model", "scripted-1"}, {"max_tokens", 50}});
+    const auto body_bytes = req.body.size();
+    REQUIRE(svc.handle(req).status == 200);
+    REQUIRE(rec.seen->admitted.size() == 1);
+    const auto& a = rec.seen->admitted[0];
+    CHECK(a.model == "scripted-1");
+    CHECK(a.prompt_token_bound == static_cast<std::int64_t>(body_bytes + 8));
+    CHECK(a.max_completion_tokens == 50);
+    CHECK(a.worst_case_usd.value() == Approx((body_bytes + 8) * 1.0 + 50 * 2.0));
+    REQUIRE(rec.seen->finished.size() == 1);
+    CHECK(rec.seen->finished[0].cost_usd == 9.0);
+    CHECK(rec.seen->finished[0].provider == "scripted");
+
+    // No max_tokens: the service's default, within its cap. No model: the provider's default.
+    REQUIRE(svc.handle(post_chat({{"content", "hello"}, {"cache", false}})).status == 200);
+    CHECK(rec.seen->admitted.back().max_completion_tokens == 1000);
+    CHECK(rec.seen->admitted.back().model == "scripted");
+    CHECK_FALSE(rec.seen->admitted.back().worst_case_usd); // unpriced
+    CHECK_FALSE(provider.last_max_tokens->has_value());    // nothing reserved: the request goes as it came
+    // Reserved against the default: the provider is asked for no more than was reserved.
+    rec.seen->reserve = true;
+    REQUIRE(svc.handle(post_chat({{"content", "hello again"}, {"cache", false}})).status == 200);
+    CHECK(*provider.last_max_tokens == 1000);
+    rec.seen->reserve = false;
+
+    rec.seen->refuse = chatkit::error{chatkit::error_kind::rate_limited, "over budget", "insufficient_quota", "", 7};
+    const int calls = *provider.calls;
+    auto refused = svc.handle(post_openai({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"stream", true}}));
+    check_error(refused, 429, "rate_limit_exceeded");
+    CHECK(body_of(refused)["error"]["code"] == "insufficient_quota");
+    CHECK(refused.headers.at("Retry-After") == "7");
+    CHECK(*provider.calls == calls);
+    // Only chat routes are admitted.
+    svc.handle(get("/health"));
+    CHECK(rec.seen->admitted.size() == 4);
+}
+
+TEST_CASE("a stream the client leaves is billed for the prompt and the text delivered, marked as estimated") {
+    using admitting_service = chatkit::service<scripted_provider, memory_store, map_cache, recording_admission>;
+    recording_admission rec;
+    admitting_service svc{priced(), scripted_provider{}, memory_store{}, map_cache{}, rec};
+    auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"model", "scripted-1"}}));
+    drain(res, 1); // takes "Hello", then leaves
+    REQUIRE(rec.seen->finished.size() == 1);
+    const auto& s = rec.seen->finished[0];
+    CHECK(s.client_left);
+    CHECK(s.usage_estimated);
+    CHECK(s.usage.prompt_tokens == 1);     // "hi": 2 bytes
+    CHECK(s.usage.completion_tokens == 2); // "Hello" and ", " were framed: 7 bytes
+    CHECK(s.cost_usd == 5.0);
+
+    // A stream the provider ends in an error before any text bills nothing.
+    scripted_provider failing;
+    failing.fail_after_deltas = 0;
+    recording_admission rec2;
+    admitting_service svc2{priced(), failing, memory_store{}, map_cache{}, rec2};
+    auto broken = svc2.handle(post_chat({{"content", "hi"}, {"stream", true}}));
+    drain(broken);
+    REQUIRE(rec2.seen->finished.size() == 1);
+    CHECK(rec2.seen->finished[0].usage.total_tokens() == 0);
+    CHECK_FALSE(rec2.seen->finished[0].cost_usd);
 }

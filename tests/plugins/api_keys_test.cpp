@@ -357,8 +357,8 @@ http_request limited_request(std::string key_id, std::string team_id, std::optio
     req.method = "POST";
     req.path = "/chat";
     req.request_id = "req-1";
-    req.caller = {.key_id = std::move(key_id), .team_id = std::move(team_id), .key_requests_per_minute = key_rpm,
-                  .team_requests_per_minute = team_rpm};
+    req.caller = {.key_id = std::move(key_id), .team_id = std::move(team_id), .key_limits = {.requests_per_minute = key_rpm},
+                  .team_limits = {.requests_per_minute = team_rpm}};
     return req;
 }
 
@@ -547,6 +547,6 @@ TEST_CASE("sqlite_key_directory: each key comes with its team's limits, and api_
     req.headers.emplace("x-api-key", secret);
     chatkit::no_context none;
     REQUIRE_FALSE(auth.before(req, none));
-    CHECK(req.caller.key_requests_per_minute == 3);
-    CHECK(req.caller.team_requests_per_minute == 10);
+    CHECK(req.caller.key_limits.requests_per_minute == 3);
+    CHECK(req.caller.team_limits.requests_per_minute == 10);
 }

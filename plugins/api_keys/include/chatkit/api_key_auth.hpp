@@ -78,8 +78,7 @@ public:
         if (record->revoked_at) return refuse(req, "this API key has been revoked");
         if (!record->active_at(now_unix_ms())) return refuse(req, "this API key has expired");
         // Known before the model check: a 403 is the key's own (its access-log line names it).
-        req.caller = caller_identity{record->id, record->team_id, record->limits.requests_per_minute,
-                                     record->team_limits.requests_per_minute};
+        req.caller = caller_identity{record->id, record->team_id, record->limits, record->team_limits};
         if (!record->models.empty() && is_chat(req)) return check_model(req, *record);
         return std::nullopt;
     }

@@ -3,7 +3,7 @@
 // the request (http_request::caller), so no request reads the database. A request must fit both
 // the key's bucket and its team's bucket (shared by all the team's keys); it is answered 429 with
 // Retry-After otherwise, and every counted answer carries OpenAI's x-ratelimit-*-requests headers.
-// Tokens per minute and budgets are not enforced yet.
+// Tokens per minute and budgets are chatkit::key_usage_limits' (they need the parsed request).
 #pragma once
 
 #include "chatkit/error.hpp"
@@ -57,8 +57,8 @@ public:
         const caller_identity& caller = req.caller;
         // Unauthenticated requests are the open paths (/health, /ready): never limited.
         if (!caller.authenticated()) return std::nullopt;
-        const auto key_limit = positive(caller.key_requests_per_minute);
-        const auto team_limit = positive(caller.team_requests_per_minute);
+        const auto key_limit = positive(caller.key_limits.requests_per_minute);
+        const auto team_limit = positive(caller.team_limits.requests_per_minute);
         if (!key_limit && !team_limit) return std::nullopt;
         const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
 

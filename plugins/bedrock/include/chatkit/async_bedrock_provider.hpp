@@ -40,9 +40,6 @@ public:
     component_health health() { return shared_->wire.report(); }
 
     [[nodiscard]] std::string resolve_model(std::string_view requested) const { return shared_->wire.resolve_model(requested); }
-    [[nodiscard]] std::optional<double> cost_usd(std::string_view model, const token_usage& usage) const {
-        return shared_->wire.cost_usd(model, usage);
-    }
     [[nodiscard]] const std::string& region() const noexcept { return shared_->wire.region; }
     [[nodiscard]] const std::string& endpoint() const noexcept { return shared_->wire.endpoint; }
 

@@ -40,10 +40,6 @@ public:
     // The Bedrock model id a request goes to: an alias resolved (through the region's inference
     // profile where the model needs one), anything else as given.
     [[nodiscard]] std::string resolve_model(std::string_view requested) const { return shared_->wire.resolve_model(requested); }
-    // The on-demand cost of a completion in USD, when its model is in the table.
-    [[nodiscard]] std::optional<double> cost_usd(std::string_view model, const token_usage& usage) const {
-        return shared_->wire.cost_usd(model, usage);
-    }
     [[nodiscard]] const std::string& region() const noexcept { return shared_->wire.region; }
     [[nodiscard]] const std::string& endpoint() const noexcept { return shared_->wire.endpoint; }
 

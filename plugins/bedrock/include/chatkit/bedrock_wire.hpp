@@ -33,12 +33,11 @@
 
 namespace chatkit {
 
-// A model a deployment can name by alias, with on-demand prices for cost estimates.
+// A model a deployment can name by alias. Its prices are data, in the service's price table
+// (chatkit/pricing.hpp; sample_server ships data/pricing.json, keyed by these aliases too).
 struct bedrock_model {
-    std::string id;                 // the base model id, e.g. "amazon.nova-micro-v1:0"
-    bool cross_region = false;      // called through the geographic inference profile ("us." + id)
-    double input_per_1k_usd = 0;    // price of 1,000 input tokens
-    double output_per_1k_usd = 0;
+    std::string id;            // the base model id, e.g. "amazon.nova-micro-v1:0"
+    bool cross_region = false; // called through the geographic inference profile ("us." + id)
 };
 
 // Aliases → models. Plain data: add to it, or replace it, in bedrock_options::models.
@@ -46,18 +45,18 @@ using bedrock_model_table = std::map<std::string, bedrock_model, std::less<>>;
 
 inline bedrock_model_table default_bedrock_models() {
     return {
-        {"nova-micro", {"amazon.nova-micro-v1:0", true, 0.000035, 0.00014}},
-        {"nova-lite", {"amazon.nova-lite-v1:0", true, 0.00006, 0.00024}},
-        {"nova-pro", {"amazon.nova-pro-v1:0", true, 0.0008, 0.0032}},
-        {"claude-3-haiku", {"anthropic.claude-3-haiku-20240307-v1:0", false, 0.00025, 0.00125}},
-        {"claude-3-5-haiku", {"anthropic.claude-3-5-haiku-20241022-v1:0", true, 0.0008, 0.004}},
-        {"claude-3-5-sonnet", {"anthropic.claude-3-5-sonnet-20240620-v1:0", false, 0.003, 0.015}},
-        {"claude-3-7-sonnet", {"anthropic.claude-3-7-sonnet-20250219-v1:0", true, 0.003, 0.015}},
-        {"titan-text-express", {"amazon.titan-text-express-v1", false, 0.0002, 0.0006}},
-        {"titan-text-lite", {"amazon.titan-text-lite-v1", false, 0.00015, 0.0002}},
-        {"llama3-8b", {"meta.llama3-8b-instruct-v1:0", false, 0.0003, 0.0006}},
-        {"llama3-70b", {"meta.llama3-70b-instruct-v1:0", false, 0.00265, 0.0035}},
-        {"mistral-large", {"mistral.mistral-large-2402-v1:0", false, 0.004, 0.012}},
+        {"nova-micro", {"amazon.nova-micro-v1:0", true}},
+        {"nova-lite", {"amazon.nova-lite-v1:0", true}},
+        {"nova-pro", {"amazon.nova-pro-v1:0", true}},
+        {"claude-3-haiku", {"anthropic.claude-3-haiku-20240307-v1:0", false}},
+        {"claude-3-5-haiku", {"anthropic.claude-3-5-haiku-20241022-v1:0", true}},
+        {"claude-3-5-sonnet", {"anthropic.claude-3-5-sonnet-20240620-v1:0", false}},
+        {"claude-3-7-sonnet", {"anthropic.claude-3-7-sonnet-20250219-v1:0", true}},
+        {"titan-text-express", {"amazon.titan-text-express-v1", false}},
+        {"titan-text-lite", {"amazon.titan-text-lite-v1", false}},
+        {"llama3-8b", {"meta.llama3-8b-instruct-v1:0", false}},
+        {"llama3-70b", {"meta.llama3-70b-instruct-v1:0", false}},
+        {"mistral-large", {"mistral.mistral-large-2402-v1:0", false}},
     };
 }
 
@@ -131,14 +130,6 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         auto it = o.models.find(requested);
         if (it == o.models.end()) return std::string{requested};
         return (it->second.cross_region ? inference_profile_prefix(region) : "") + it->second.id;
-    }
-
-    // The on-demand cost of a completion in USD, when its model is in the table.
-    [[nodiscard]] std::optional<double> cost_usd(std::string_view model, const token_usage& usage) const {
-        auto it = options.models.find(model);
-        if (it == options.models.end()) return std::nullopt;
-        return usage.prompt_tokens / 1000.0 * it->second.input_per_1k_usd +
-               usage.completion_tokens / 1000.0 * it->second.output_per_1k_usd;
     }
 
     // Request fields Bedrock's Converse can express; any other OpenAI field is refused.

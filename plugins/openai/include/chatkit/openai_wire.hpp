@@ -185,6 +185,8 @@ public:
             if (simdjson::dom::object usage; !j["usage"].get_object().get(usage)) {
                 c.usage.prompt_tokens = token_count(usage["prompt_tokens"]);
                 c.usage.completion_tokens = token_count(usage["completion_tokens"]);
+            read_usage_details(usage, c.usage);
+                read_usage_details(usage, c.usage);
             }
             simdjson::dom::array choices;
             if (j["choices"].get_array().get(choices)) return;
@@ -325,6 +327,7 @@ public:
         if (simdjson::dom::object usage; !root["usage"].get_object().get(usage)) {
             c.usage.prompt_tokens = token_count(usage["prompt_tokens"]);
             c.usage.completion_tokens = token_count(usage["completion_tokens"]);
+            read_usage_details(usage, c.usage);
         }
         return c;
     }
@@ -353,6 +356,14 @@ public:
         static constexpr std::size_t reusable_bytes = 1 << 20;
         std::optional<simdjson::dom::parser> own_{};
     };
+
+    // The cached and reasoning counts inside OpenAI's usage, when the upstream reports them.
+    static void read_usage_details(simdjson::dom::object usage, token_usage& u) {
+        if (simdjson::dom::object d; !usage["prompt_tokens_details"].get_object().get(d))
+            u.cached_tokens = std::min(token_count(d["cached_tokens"]), u.prompt_tokens);
+        if (simdjson::dom::object d; !usage["completion_tokens_details"].get_object().get(d))
+            u.reasoning_tokens = std::min(token_count(d["reasoning_tokens"]), u.completion_tokens);
+    }
 
     // A token count, 0 when absent or not a count (an upstream's usage is advisory, not fatal).
     static int token_count(simdjson::simdjson_result<simdjson::dom::element> v) {

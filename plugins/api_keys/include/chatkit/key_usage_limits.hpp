@@ -1,0 +1,346 @@
+// A Middleware that enforces the tokens-per-minute limits and the USD budgets of API keys and of
+// their teams. It runs after chatkit::api_key_auth, which puts the limits on the request
+// (http_request::caller). A chat request reserves its worst case in `admit` (once the service has
+// parsed it): its prompt-token bound plus max_tokens, and that many tokens at the model's price.
+// `finish` settles the reservation with the usage the answer really had, so what an answer did
+// not use is given back.
+#pragma once
+
+#include "chatkit/clock.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/http.hpp"
+#include "chatkit/middleware.hpp"
+#include "chatkit/null_mutex.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace chatkit {
+
+struct key_usage_limits_options {
+    // What a key or team had spent in its current period before this process started (a restart
+    // must not reset a budget): called once per key or team and period, on the first request that
+    // needs it, with "key" or "team", the id and the period's start. None: spending starts at 0.
+    // It runs under the middleware's lock, so it should be quick (a usage store's indexed sum).
+    std::function<double(std::string_view scope, const std::string& id, unix_ms period_start)> spent_before{};
+};
+
+/// Requirements this middleware meets, and why:
+///   1. Exact under concurrency: a request reserves its worst case from the key's and the team's
+///      token bucket and budget under one lock, all four or none, so concurrent requests can never
+///      overshoot a limit (a request must fit what is left after every reservation in flight).
+///   2. Nothing overspent by a cent while answers stay within their bounds: money is counted in
+///      integer micro-dollars, reservations rounded up, so rounding never lets a request through
+///      that would not fit.
+///   3. What was not used is given back: `finish` returns the difference between the reservation
+///      and the real usage, from a stream too (its final usage, or the estimate the service bills
+///      an abandoned stream with). A refused or failed request gives everything back.
+///   4. A budgeted key cannot use an unpriced model (403 `model_not_priced`): its cost could not
+///      be counted, and reporting it as $0 would let it spend without limit.
+///   5. Cache hits cost nothing: the service prices them at $0, so their reservation is all
+///      given back.
+/// Tokens per minute are a continuously refilled bucket (GCRA with a weight per request, as
+/// chatkit::key_rate_limits does for requests). Budgets are per UTC calendar day or month; a new
+/// period starts from zero.
+template <class Mutex = std::mutex, class Clock = std::chrono::steady_clock>
+class key_usage_limits {
+public:
+    // What admit() reserved, for finish() to settle and after() to report.
+    struct context {
+        bool reserved = false;
+        std::int64_t tokens = 0;        // reserved from each token bucket that has a limit
+        std::int64_t micro_usd = 0;     // reserved from each budget that is set
+        std::string key_id, team_id;
+        bool key_tokens = false, team_tokens = false, key_budget = false, team_budget = false;
+        // The tighter token bucket after the reservation, for the x-ratelimit-*-tokens headers.
+        bool report_tokens = false;
+        std::int64_t token_limit = 0, tokens_remaining = 0;
+        std::chrono::nanoseconds tokens_reset{};
+    };
+
+    explicit key_usage_limits(key_usage_limits_options options = {}) : state_(std::make_unique<state>(std::move(options))) {}
+    key_usage_limits(key_usage_limits&&) noexcept = default;
+    key_usage_limits& operator=(key_usage_limits&&) noexcept = default;
+
+    std::optional<http_response> before(http_request&, context&) { return std::nullopt; }
+
+    std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx) {
+        const caller_identity& caller = req.caller;
+        if (!caller.authenticated()) return std::nullopt;
+        const auto key_tpm = positive(caller.key_limits.tokens_per_minute);
+        const auto team_tpm = positive(caller.team_limits.tokens_per_minute);
+        const auto key_budget = budget_of(caller.key_limits);
+        const auto team_budget = budget_of(caller.team_limits);
+        if (!key_tpm && !team_tpm && !key_budget && !team_budget) return std::nullopt;
+
+        std::int64_t reserve_micro = 0;
+        if (key_budget || team_budget) {
+            if (!a.worst_case_usd)
+                return error{error_kind::permission_denied,
+                             "model '" + a.model + "' has no price, and " +
+                                 (key_budget ? "API key " + caller.key_id : "team '" + caller.team_id + "'") +
+                                 " has a budget: a budgeted key may use priced models only",
+                             "model_not_priced", "model"};
+            reserve_micro = micro_usd_up(*a.worst_case_usd);
+        }
+        const std::int64_t tokens = a.token_bound();
+        for (const auto& [limit, who] : {std::pair{key_tpm, "API key " + caller.key_id}, std::pair{team_tpm, "team '" + caller.team_id + "'"}})
+            if (limit && tokens > *limit)
+                return error{error_kind::rate_limited,
+                             "request too large: it may use up to " + std::to_string(tokens) + " tokens (prompt bound " +
+                                 std::to_string(a.prompt_token_bound) + " + max_tokens " + std::to_string(a.max_completion_tokens) +
+                                 "), and " + who + " allows " + std::to_string(*limit) + " tokens per minute; lower max_tokens",
+                             "rate_limit_exceeded", "max_tokens"};
+
+        const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
+        const unix_ms wall = now_unix_ms();
+        state& s = *state_;
+        std::lock_guard lock{s.mutex};
+        bucket* kb = key_tpm ? &s.bucket_for(s.key_tokens, caller.key_id, *key_tpm, now) : nullptr;
+        bucket* tb = team_tpm ? &s.bucket_for(s.team_tokens, caller.team_id, *team_tpm, now) : nullptr;
+        budget* kd = key_budget ? &s.budget_for(s.key_spend, "key", caller.key_id, *key_budget, wall) : nullptr;
+        budget* td = team_budget ? &s.budget_for(s.team_spend, "team", caller.team_id, *team_budget, wall) : nullptr;
+
+        // Requirement 1: every check first, then every reservation.
+        if (kd && !kd->fits(reserve_micro)) return over_budget("API key " + caller.key_id, *kd, reserve_micro, wall);
+        if (td && !td->fits(reserve_micro)) return over_budget("team '" + caller.team_id + "'", *td, reserve_micro, wall);
+        const nanos key_wait = kb ? kb->wait_for(tokens, now) : nanos::zero();
+        const nanos team_wait = tb ? tb->wait_for(tokens, now) : nanos::zero();
+        if (key_wait > nanos::zero() || team_wait > nanos::zero()) {
+            const bool key_refused = key_wait > nanos::zero();
+            note_tokens(ctx, kb, tb, now);
+            const auto retry = std::clamp<std::int64_t>(std::chrono::ceil<std::chrono::seconds>(std::max(key_wait, team_wait)).count(), 1,
+                                                        std::numeric_limits<int>::max());
+            return error{error_kind::rate_limited,
+                         "rate limit exceeded: " +
+                             (key_refused ? "API key " + caller.key_id + " allows " + std::to_string(*key_tpm)
+                                          : "team '" + caller.team_id + "' allows " + std::to_string(*team_tpm)) +
+                             " tokens per minute, and this request reserves up to " + std::to_string(tokens) + "; retry in " +
+                             std::to_string(retry) + " s",
+                         "rate_limit_exceeded", "", static_cast<int>(retry)};
+        }
+        if (kb) kb->take(tokens, now);
+        if (tb) tb->take(tokens, now);
+        if (kd) kd->reserved += reserve_micro;
+        if (td) td->reserved += reserve_micro;
+        ctx.reserved = true;
+        a.bounds_reserved = true;
+        ctx.tokens = tokens;
+        ctx.micro_usd = reserve_micro;
+        ctx.key_id = caller.key_id;
+        ctx.team_id = caller.team_id;
+        ctx.key_tokens = kb;
+        ctx.team_tokens = tb;
+        ctx.key_budget = kd;
+        ctx.team_budget = td;
+        note_tokens(ctx, kb, tb, now);
+        return std::nullopt;
+    }
+
+    void after(const http_request&, http_response& res, context& ctx) {
+        if (!ctx.report_tokens) return;
+        res.headers["x-ratelimit-limit-tokens"] = std::to_string(ctx.token_limit);
+        res.headers["x-ratelimit-remaining-tokens"] = std::to_string(ctx.tokens_remaining);
+        res.headers["x-ratelimit-reset-tokens"] = openai_duration(ctx.tokens_reset);
+    }
+
+    // Requirement 3: the reservation becomes the real usage.
+    void finish(const http_request&, const response_summary& s, context& ctx) {
+        if (!ctx.reserved) return;
+        ctx.reserved = false;
+        const std::int64_t used_tokens = std::min<std::int64_t>(s.usage.total_tokens(), ctx.tokens);
+        const std::int64_t used_micro = s.cost_usd ? micro_usd_nearest(*s.cost_usd) : 0;
+        const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
+        const unix_ms wall = now_unix_ms();
+        state& st = *state_;
+        std::lock_guard lock{st.mutex};
+        auto give_back = [&](auto& buckets, const std::string& id) {
+            if (auto it = buckets.find(id); it != buckets.end()) it->second.give_back(ctx.tokens - used_tokens, now);
+        };
+        if (ctx.key_tokens) give_back(st.key_tokens, ctx.key_id);
+        if (ctx.team_tokens) give_back(st.team_tokens, ctx.team_id);
+        auto settle = [&](auto& budgets, const std::string& id) {
+            if (auto it = budgets.find(id); it != budgets.end()) it->second.settle(ctx.micro_usd, used_micro, wall);
+        };
+        if (ctx.key_budget) settle(st.key_spend, ctx.key_id);
+        if (ctx.team_budget) settle(st.team_spend, ctx.team_id);
+    }
+
+    /// What a key or team has spent in its current period, in USD, as this process counts it
+    /// (settled answers only, not reservations); 0 for one it has not seen.
+    [[nodiscard]] double spent_usd(std::string_view scope, const std::string& id) const {
+        const state& s = *state_;
+        std::lock_guard lock{s.mutex};
+        const auto& budgets = scope == "team" ? s.team_spend : s.key_spend;
+        auto it = budgets.find(id);
+        return it == budgets.end() ? 0.0 : static_cast<double>(it->second.spent) / 1e6;
+    }
+
+    // OpenAI's duration format for x-ratelimit-reset-*: "120ms" under a second, else whole seconds
+    // rounded up, with minutes when there are any ("6s", "1m0s"); "0s" for a full bucket.
+    [[nodiscard]] static std::string openai_duration(std::chrono::nanoseconds d) {
+        if (d <= nanos::zero()) return "0s";
+        if (d < std::chrono::seconds{1}) return std::to_string(std::chrono::ceil<std::chrono::milliseconds>(d).count()) + "ms";
+        const std::int64_t s = std::chrono::ceil<std::chrono::seconds>(d).count();
+        if (s < 60) return std::to_string(s) + "s";
+        return std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s";
+    }
+
+    /// The start of the UTC calendar period ("day" or "month") holding `t`, and the next one's.
+    static std::pair<unix_ms, unix_ms> period_of(std::string_view period, unix_ms t) {
+        const std::time_t secs = static_cast<std::time_t>(t / 1000);
+        std::tm tm{};
+        gmtime_r(&secs, &tm);
+        tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+        if (period == "month") tm.tm_mday = 1;
+        const unix_ms start = static_cast<unix_ms>(timegm(&tm)) * 1000;
+        if (period == "month") ++tm.tm_mon;
+        else ++tm.tm_mday;
+        return {start, static_cast<unix_ms>(timegm(&tm)) * 1000}; // timegm normalizes day 32, month 12
+    }
+
+private:
+    using nanos = std::chrono::nanoseconds;
+
+    struct budget_limit {
+        std::int64_t micro_usd;
+        std::string period;
+    };
+
+    // A token bucket kept as the time it is full again (GCRA): `due - now` is its debt; a request
+    // of n tokens adds n intervals of debt, and fits while the debt stays within the window.
+    struct bucket {
+        std::int64_t limit = 0;
+        nanos interval{}; // time to earn one token: a minute / limit, floored
+        nanos window{};   // interval * limit
+        nanos due{};
+
+        void set_limit(std::int64_t l) {
+            limit = l;
+            interval = std::max(nanos{1}, nanos{std::chrono::duration_cast<nanos>(std::chrono::minutes{1}).count() / l});
+            window = interval * l;
+        }
+        nanos debt(nanos now) const { return std::max(due - now, nanos::zero()); }
+        // Zero when `n` tokens fit now, else how long until they do.
+        nanos wait_for(std::int64_t n, nanos now) const { return std::max(debt(now) + interval * n - window, nanos::zero()); }
+        void take(std::int64_t n, nanos now) { due = now + debt(now) + interval * n; }
+        void give_back(std::int64_t n, nanos now) {
+            if (n > 0) due = now + std::max(debt(now) - interval * n, nanos::zero());
+        }
+        std::int64_t remaining(nanos now) const { return (window - std::min(debt(now), window)) / interval; }
+    };
+
+    struct budget {
+        budget_limit limit{};
+        unix_ms period_start = 0, period_end = 0;
+        std::int64_t spent = 0;    // settled in this period, in micro-USD
+        std::int64_t reserved = 0; // by requests in flight
+
+        [[nodiscard]] bool fits(std::int64_t micro) const { return spent + reserved + micro <= limit.micro_usd; }
+        void settle(std::int64_t reservation, std::int64_t used, unix_ms now) {
+            reserved = std::max<std::int64_t>(reserved - reservation, 0);
+            roll(now, nullptr);
+            spent += used;
+        }
+        // A new period starts from zero; reservations in flight stay reserved.
+        void roll(unix_ms now, const std::function<std::int64_t(unix_ms)>* before) {
+            if (now < period_end) return;
+            std::tie(period_start, period_end) = period_of(limit.period, now);
+            spent = before ? (*before)(period_start) : 0;
+        }
+    };
+
+    struct state {
+        key_usage_limits_options options;
+        mutable Mutex mutex;
+        std::unordered_map<std::string, bucket> key_tokens, team_tokens;
+        std::unordered_map<std::string, budget> key_spend, team_spend;
+
+        explicit state(key_usage_limits_options o) : options(std::move(o)) {}
+
+        bucket& bucket_for(std::unordered_map<std::string, bucket>& buckets, const std::string& id, std::int64_t limit, nanos now) {
+            auto [it, created] = buckets.try_emplace(id);
+            bucket& b = it->second;
+            if (created) {
+                b.set_limit(limit);
+                b.due = now;
+            } else if (b.limit != limit) { // a limit changed in the directory: keep the debt, cut to the new window
+                const nanos debt = b.debt(now);
+                b.set_limit(limit);
+                b.due = now + std::min(debt, b.window);
+            }
+            return b;
+        }
+        budget& budget_for(std::unordered_map<std::string, budget>& budgets, std::string_view scope, const std::string& id,
+                           const budget_limit& limit, unix_ms now) {
+            auto [it, created] = budgets.try_emplace(id);
+            budget& b = it->second;
+            if (!created && b.limit.period != limit.period) b.period_end = 0; // a new kind of period: recount
+            b.limit = limit;
+            const std::function<std::int64_t(unix_ms)> before = [&](unix_ms start) -> std::int64_t {
+                return options.spent_before ? micro_usd_nearest(options.spent_before(scope, id, start)) : 0;
+            };
+            b.roll(now, &before);
+            return b;
+        }
+    };
+
+    void note_tokens(context& ctx, const bucket* kb, const bucket* tb, nanos now) const {
+        if (!kb && !tb) return;
+        const bool team = tb && (!kb || tb->remaining(now) < kb->remaining(now));
+        const bucket& shown = team ? *tb : *kb;
+        ctx.report_tokens = true;
+        ctx.token_limit = shown.limit;
+        ctx.tokens_remaining = shown.remaining(now);
+        ctx.tokens_reset = shown.debt(now);
+    }
+
+    static error over_budget(const std::string& who, const budget& b, std::int64_t need, unix_ms now) {
+        const auto usd = [](std::int64_t micro) {
+            char text[32];
+            std::snprintf(text, sizeof text, "$%.6f", static_cast<double>(micro) / 1e6);
+            return std::string{text};
+        };
+        const auto retry = std::clamp<std::int64_t>((b.period_end - now + 999) / 1000, 1, std::numeric_limits<int>::max());
+        return error{error_kind::rate_limited,
+                     who + " has spent " + usd(b.spent) + " of its " + usd(b.limit.micro_usd) + " " +
+                         (b.limit.period == "month" ? "monthly" : "daily") + " budget (" + usd(b.reserved) +
+                         " more is reserved by requests in flight), and this request may cost up to " + usd(need) +
+                         "; the budget resets at " + format_rfc3339(b.period_end),
+                     "insufficient_quota", "", static_cast<int>(retry)};
+    }
+
+    static std::optional<budget_limit> budget_of(const usage_limits& l) {
+        if (!l.budget_usd || !(*l.budget_usd >= 0)) return std::nullopt;
+        return budget_limit{micro_usd_nearest(*l.budget_usd), l.budget_period == "month" ? "month" : "day"};
+    }
+    static std::int64_t micro_usd_up(double usd) { return static_cast<std::int64_t>(std::ceil(usd * 1e6 - 1e-6)); }
+    static std::int64_t micro_usd_nearest(double usd) { return static_cast<std::int64_t>(std::llround(usd * 1e6)); }
+
+    static std::optional<std::int64_t> positive(std::optional<std::int64_t> limit) {
+        if (limit && *limit > 0) return std::min<std::int64_t>(*limit, 1'000'000'000);
+        return std::nullopt;
+    }
+
+    std::unique_ptr<state> state_;
+};
+
+using key_usage_limits_mt = key_usage_limits<std::mutex>;
+using key_usage_limits_st = key_usage_limits<null_mutex>;
+static_assert(middleware<key_usage_limits_mt>);
+static_assert(middleware_has_admit<key_usage_limits_mt>);
+static_assert(middleware_has_finish<key_usage_limits_mt>);
+
+} // namespace chatkit
