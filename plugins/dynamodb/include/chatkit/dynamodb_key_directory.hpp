@@ -28,6 +28,7 @@
 #include "chatkit/key_directory.hpp"
 
 #include <nlohmann/json.hpp>
+#include <openssl/evp.h>
 
 #include <algorithm>
 #include <charconv>
@@ -291,39 +292,23 @@ private:
         return k;
     }
 
-    // DynamoDB's JSON protocol carries binary attributes as base64 (RFC 4648 §4, with padding).
+    // DynamoDB's JSON protocol carries binary attributes as standard base64 (RFC 4648 §4, padded).
     static std::string base64(std::string_view bytes) {
-        static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        std::string out;
-        for (std::size_t i = 0; i < bytes.size(); i += 3) {
-            const std::size_t n = std::min<std::size_t>(3, bytes.size() - i);
-            std::uint32_t v = 0;
-            for (std::size_t j = 0; j < 3; ++j) v = v << 8 | (j < n ? static_cast<unsigned char>(bytes[i + j]) : 0u);
-            for (std::size_t j = 0; j < 4; ++j) out += j <= n ? alphabet[(v >> (18 - 6 * j)) & 63] : '=';
-        }
+        std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0'); // EVP_EncodeBlock writes a final NUL
+        const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                      reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+        out.resize(static_cast<std::size_t>(n));
         return out;
     }
     static std::optional<std::string> unbase64(std::string_view text) {
         if (text.size() % 4 != 0) return std::nullopt;
-        std::string out;
-        for (std::size_t i = 0; i < text.size(); i += 4) {
-            std::uint32_t v = 0;
-            int pad = 0;
-            for (std::size_t j = 0; j < 4; ++j) {
-                const char c = text[i + j];
-                int d = 0;
-                if (c == '=' && i + 4 == text.size() && j >= 2) ++pad; // padding: only at the very end
-                else if (pad > 0) return std::nullopt;
-                else if (c >= 'A' && c <= 'Z') d = c - 'A';
-                else if (c >= 'a' && c <= 'z') d = c - 'a' + 26;
-                else if (c >= '0' && c <= '9') d = c - '0' + 52;
-                else if (c == '+') d = 62;
-                else if (c == '/') d = 63;
-                else return std::nullopt;
-                v = v << 6 | static_cast<std::uint32_t>(d);
-            }
-            for (int j = 0; j < 3 - pad; ++j) out += static_cast<char>((v >> (16 - 8 * j)) & 0xff);
-        }
+        std::string out(text.size() / 4 * 3, '\0');
+        const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                      reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+        if (n < 0) return std::nullopt;
+        // EVP_DecodeBlock counts the bytes the '=' padding stands for; drop them.
+        const auto padding = text.empty() ? 0 : text.size() - text.find_last_not_of('=') - 1;
+        out.resize(static_cast<std::size_t>(n) - std::min<std::size_t>(padding, 2));
         return out;
     }
 
