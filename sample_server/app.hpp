@@ -138,8 +138,8 @@ inline store_type make_store(const config& c) {
     return chatkit::sqlite_store{chatkit::sqlite_options{.path = path}};
 }
 
-// CHAT_AUTH=keys: the authenticating middleware over the key directory of CHAT_DATABASE_URL. `default_model` is
-// the model of a chat that names none, checked against a key's model list.
+// CHAT_AUTH=keys: the authenticating middleware over the key directory of CHAT_DATABASE_URL.
+// `default_model` is the model of a chat that names none, checked against a key's model list.
 inline std::optional<auth_type> make_auth(const config& c, logger* log, std::string default_model) {
     if (c.auth != "keys") return std::nullopt;
     chatkit::api_key_auth_options o;
