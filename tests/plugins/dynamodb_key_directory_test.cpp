@@ -231,6 +231,28 @@ TEST_CASE("dynamodb_key_directory: a missing table is an unavailable error that 
     CHECK(created.error().kind == error_kind::unavailable);
 }
 
+TEST_CASE("dynamodb_key_directory: keys() skips items of other kinds, and an unreadable key item is an unavailable error") {
+    auto dir = make_directory();
+    REQUIRE(dir.create_team(team_record{"t", "", {}, 1}));
+    REQUIRE(dir.create_key(make_key("key_good", "t", 10)));
+    REQUIRE(dir.client().call("PutItem", {{"TableName", dir.options().table},
+                                          {"Item", {{"pk", {{"S", "usage#2026-12"}}}, {"count", {{"N", "3"}}}}}}));
+    auto keys = dir.keys();
+    REQUIRE(keys);
+    CHECK(keys->size() == 1);
+
+    // A key item without its digest cannot be checked against any key: the read fails, so the
+    // middleware keeps its last snapshot rather than silently dropping the key.
+    REQUIRE(dir.client().call("PutItem", {{"TableName", dir.options().table},
+                                          {"Item", {{"pk", {{"S", "key#key_broken"}}}, {"id", {{"S", "key_broken"}}},
+                                                    {"team_id", {{"S", "t"}}}, {"created_at", {{"N", "20"}}}}}}));
+    auto broken = dir.keys();
+    REQUIRE_FALSE(broken);
+    CHECK(broken.error().kind == error_kind::unavailable);
+    CHECK(broken.error().code == "store_malformed");
+    CHECK(broken.error().message.find("key#key_broken") != std::string::npos);
+}
+
 TEST_CASE("dynamodb_key_directory: the database URL names the keys table, TABLE-keys unless keys_table says otherwise") {
     auto plain = chatkit::parse_dynamodb_url("dynamodb://chat-history?region=eu-west-1");
     REQUIRE(plain);

@@ -204,6 +204,15 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, the teams and keys commands 
     CHECK_FALSE(entry.contains("key"));
     CHECK(list.output.find(key.substr(3)) == std::string::npos);
 
+    // --database-url wins over the environment, and its keys_table names the table outright.
+    const auto named = cli({"keys", "list", "--database-url", "dynamodb://elsewhere?region=us-east-1&keys_table=" + keys_table});
+    INFO(named.output);
+    REQUIRE(named.exit_code == 0);
+    CHECK(last_json(named.output)["id"] == key_id);
+    const auto missing = cli({"keys", "list", "--database-url", "dynamodb://elsewhere?region=us-east-1"});
+    CHECK(missing.exit_code == 1); // elsewhere-keys does not exist
+    CHECK(missing.output.find("elsewhere-keys") != std::string::npos);
+
     // Revoked from the command line while the server runs: refused within 5 s.
     const auto revoke = cli({"keys", "revoke", key_id});
     INFO(revoke.output);
