@@ -1,6 +1,6 @@
-// chatkit::dynamodb_key_directory against a real DynamoDB emulator (dynalite): teams and keys
-// written with conditions, keys read with their teams' limits across Scan pages, revocation, and
-// the URL that names the table.
+// chatkit::dynamodb_key_directory against real DynamoDB emulators (dynalite and moto_server, each
+// case on both): teams and keys written with conditions, keys read with their teams' limits across
+// Scan pages, revocation, and the URL that names the table.
 #include "chatkit/dynamodb_key_directory.hpp"
 
 #include "../support/aws_emulators.hpp"
@@ -23,6 +23,10 @@ test_support::emulator_process& dynalite() {
     static test_support::emulator_process e = test_support::start_dynalite();
     return e;
 }
+test_support::emulator_process& moto() {
+    static test_support::emulator_process e = test_support::start_moto();
+    return e;
+}
 
 std::string unique_table() {
     static std::atomic<int> n{0};
@@ -30,12 +34,12 @@ std::string unique_table() {
     return "keys-" + std::to_string(run) + "-" + std::to_string(++n);
 }
 
-// A directory on a new table of the emulator.
-dynamodb_key_directory make_directory(std::size_t scan_page_size = 0) {
+// A directory on a new table of the emulator named "dynalite" or "moto".
+dynamodb_key_directory make_directory(const std::string& emulator, std::size_t scan_page_size = 0) {
     dynamodb_key_directory_options o;
     o.table = unique_table();
     o.scan_page_size = scan_page_size;
-    dynamodb_key_directory dir{o, dynalite().aws_environment()};
+    dynamodb_key_directory dir{o, (emulator == "moto" ? moto() : dynalite()).aws_environment()};
     test_support::create_table(dir.client(), dynamodb_key_directory::create_table_input(o.table));
     return dir;
 }
@@ -63,7 +67,9 @@ nlohmann::json scan_all(dynamodb_key_directory& dir) {
 } // namespace
 
 TEST_CASE("dynamodb_key_directory: a team is created once; its id is refused a second time and team() reads it back") {
-    auto dir = make_directory();
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    INFO("on " << emulator);
+    auto dir = make_directory(emulator);
     team_record t{"research", "Research", {}, 1'700'000'000'000};
     t.limits.requests_per_minute = 600;
     t.limits.budget_usd = 49.5;
@@ -88,7 +94,9 @@ TEST_CASE("dynamodb_key_directory: a team is created once; its id is refused a s
 }
 
 TEST_CASE("dynamodb_key_directory: keys() returns each key's digest, never the key, with its team's limits joined") {
-    auto dir = make_directory();
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    INFO("on " << emulator);
+    auto dir = make_directory(emulator);
     team_record limited{"limited", "", {}, 1};
     limited.limits.requests_per_minute = 10;
     limited.limits.tokens_per_minute = 5000;
@@ -133,7 +141,9 @@ TEST_CASE("dynamodb_key_directory: keys() returns each key's digest, never the k
 }
 
 TEST_CASE("dynamodb_key_directory: a key id is never overwritten, and a key needs an existing team and a 32-byte digest") {
-    auto dir = make_directory();
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    INFO("on " << emulator);
+    auto dir = make_directory(emulator);
     REQUIRE(dir.create_team(team_record{"t", "", {}, 1}));
     REQUIRE(dir.create_key(make_key("key_one", "t", 10)));
 
@@ -160,7 +170,9 @@ TEST_CASE("dynamodb_key_directory: a key id is never overwritten, and a key need
 }
 
 TEST_CASE("dynamodb_key_directory: revoke_key returns the revocation time, keeps the first one, and refuses an unknown id") {
-    auto dir = make_directory();
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    INFO("on " << emulator);
+    auto dir = make_directory(emulator);
     REQUIRE(dir.create_team(team_record{"t", "", {}, 1}));
     REQUIRE(dir.create_key(make_key("key_r", "t", 10)));
 
@@ -184,7 +196,9 @@ TEST_CASE("dynamodb_key_directory: revoke_key returns the revocation time, keeps
 }
 
 TEST_CASE("dynamodb_key_directory: keys() follows LastEvaluatedKey across Scan pages and joins teams read on any page") {
-    auto dir = make_directory(4); // 4 items per Scan page
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    INFO("on " << emulator);
+    auto dir = make_directory(emulator, 4); // 4 items per Scan page
     for (int t = 0; t < 3; ++t) {
         team_record team{"team-" + std::to_string(t), "", {}, t};
         team.limits.requests_per_minute = 100 + t;
@@ -232,7 +246,9 @@ TEST_CASE("dynamodb_key_directory: a missing table is an unavailable error that 
 }
 
 TEST_CASE("dynamodb_key_directory: keys() skips items of other kinds, and an unreadable key item is an unavailable error") {
-    auto dir = make_directory();
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    INFO("on " << emulator);
+    auto dir = make_directory(emulator);
     REQUIRE(dir.create_team(team_record{"t", "", {}, 1}));
     REQUIRE(dir.create_key(make_key("key_good", "t", 10)));
     REQUIRE(dir.client().call("PutItem", {{"TableName", dir.options().table},
