@@ -4,11 +4,10 @@
 // docs/gateway.md walks through them.
 #pragma once
 
-#include "app.hpp"
 #include "config.hpp"
+#include "key_directory.hpp"
 
 #include <chatkit/api_keys.hpp>
-#include <chatkit/sqlite_key_directory.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -31,7 +30,8 @@ inline constexpr std::string_view usage =
     "                            [--models a,b] [--expires-in 30d]\n"
     "  sample_server keys list [--team ID]\n"
     "  sample_server keys revoke ID\n"
-    "Each also takes --database-url URL (default: CHAT_DATABASE_URL, else sqlite:chatkit.db).\n";
+    "Each also takes --database-url URL (default: CHAT_DATABASE_URL, else sqlite:chatkit.db): sqlite:PATH or\n"
+    "dynamodb://TABLE[?region=R&keys_table=KEYS] (keys in the table KEYS, by default TABLE-keys).\n";
 
 // Bad usage: exit code 2, with the usage text.
 struct usage_error : std::runtime_error {
@@ -183,7 +183,9 @@ inline void checked(chatkit::result<void> r) {
     if (!r) throw refused(r.error().message);
 }
 
-inline int teams(int argc, char** argv, chatkit::sqlite_key_directory& dir) {
+// `Directory`: sqlite_key_directory or dynamodb_key_directory, which have the same administration.
+template <class Directory>
+int teams(int argc, char** argv, Directory& dir) {
     const std::string_view verb = argc > 2 ? argv[2] : "";
     if (verb != "create") throw usage_error("unknown command 'teams " + std::string{verb} + "'");
     const auto a = parse(argc, argv, 3, {"--id", "--name", "--rpm", "--tpm", "--budget-usd", "--budget-period"});
@@ -201,7 +203,8 @@ inline int teams(int argc, char** argv, chatkit::sqlite_key_directory& dir) {
     return 0;
 }
 
-inline int keys(int argc, char** argv, chatkit::sqlite_key_directory& dir) {
+template <class Directory>
+int keys(int argc, char** argv, Directory& dir) {
     const std::string_view verb = argc > 2 ? argv[2] : "";
     if (verb == "create") {
         const auto a = parse(argc, argv, 3,
@@ -264,8 +267,10 @@ inline int run(int argc, char** argv) {
             if (arg.starts_with("--database-url=")) detail::set_database_url(c, arg.substr(15));
             else if (arg == "--database-url" && i + 1 < argc) detail::set_database_url(c, argv[i + 1]);
         }
-        chatkit::sqlite_key_directory dir{chatkit::sqlite_options{.path = sqlite_path(c, "sample_server " + command)}};
-        return std::string_view{argv[1]} == "teams" ? detail::teams(argc, argv, dir) : detail::keys(argc, argv, dir);
+        auto directory = make_key_directory(c, "sample_server " + command);
+        return directory.visit([&](auto& dir) {
+            return std::string_view{argv[1]} == "teams" ? detail::teams(argc, argv, dir) : detail::keys(argc, argv, dir);
+        });
     } catch (const usage_error& e) {
         std::fprintf(stderr, "sample_server %s: %s\n%s", command.c_str(), e.what(), std::string{usage}.c_str());
         return 2;

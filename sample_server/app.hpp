@@ -4,6 +4,7 @@
 
 #include "config.hpp"
 #include "default_pricing.hpp"
+#include "key_directory.hpp"
 #include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
@@ -38,8 +39,8 @@ using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit:
                                                 chatkit::bedrock_provider, chatkit::async_bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
-// CHAT_AUTH=keys: API keys from the SQLite file of the history (docs/gateway.md).
-using auth_type = chatkit::api_key_auth<chatkit::sqlite_key_directory>;
+// CHAT_AUTH=keys: API keys from the database of the history, SQLite or DynamoDB (docs/gateway.md).
+using auth_type = chatkit::api_key_auth<key_directory_type>;
 // The access log comes after the request id (its lines carry it) and before authentication and the
 // limits (a refused request is logged too); authentication comes before both limits, so they count
 // the authenticated key, not what the client claims. The key's and team's requests per minute
@@ -145,19 +146,8 @@ inline store_type make_store(const config& c) {
     return chatkit::sqlite_store{chatkit::sqlite_options{.path = path}};
 }
 
-// The SQLite file of CHAT_DATABASE_URL: where the history and the API keys live. Throws
-// config_error naming `what` for a database that is not SQLite: keys in DynamoDB come later.
-inline std::string sqlite_path(const config& c, std::string_view what) {
-    if (!c.database_url.starts_with("sqlite:"))
-        throw config_error(std::string{what} + " needs CHAT_DATABASE_URL=sqlite:PATH (it is '" + c.database_url +
-                           "'): API keys are kept in the SQLite database only for now, not in DynamoDB or with none");
-    std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
-    if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
-    return path;
-}
-
-// CHAT_AUTH=keys: the authenticating middleware over the SQLite key directory. `default_model` is
-// the model of a chat that names none, checked against a key's model list.
+// CHAT_AUTH=keys: the authenticating middleware over the key directory of CHAT_DATABASE_URL.
+// `default_model` is the model of a chat that names none, checked against a key's model list.
 inline std::optional<auth_type> make_auth(const config& c, logger* log, std::string default_model) {
     if (c.auth != "keys") return std::nullopt;
     chatkit::api_key_auth_options o;
@@ -166,7 +156,7 @@ inline std::optional<auth_type> make_auth(const config& c, logger* log, std::str
         o.on_refresh_error = [log](const chatkit::error& e) {
             log->error("cannot refresh the API keys; the last ones read stay in use", {{"error", e.message}});
         };
-    return auth_type{chatkit::sqlite_key_directory{chatkit::sqlite_options{.path = sqlite_path(c, "CHAT_AUTH=keys")}}, std::move(o)};
+    return auth_type{make_key_directory(c, "CHAT_AUTH=keys"), std::move(o)};
 }
 
 inline cache_type make_cache(const config& c) {
@@ -208,7 +198,7 @@ inline chatkit::service_options make_service_options(const config& c) {
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
     std::optional<chatkit::rate_limiter_mt> limiter;
     if (c.rate_limit != "off") limiter.emplace(*chatkit::rate_limit::parse(c.rate_limit));
-    if (c.auth == "keys") (void)sqlite_path(c, "CHAT_AUTH=keys"); // fail before anything starts
+    if (c.auth == "keys") (void)make_key_directory(c, "CHAT_AUTH=keys"); // fail before anything starts
     auto provider = make_provider(c, std::move(upstream));
     auto auth = make_auth(c, log, provider.models().front());
     // The limits of keys and teams come with the keys: enforced whenever keys are.

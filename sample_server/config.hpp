@@ -108,7 +108,7 @@ inline const std::vector<setting>& settings() {
         {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
          [](config& c, auto n, auto v) { c.port = parse_int<int>(n, v, 0, 65535); },
          [](const config& c) { return std::to_string(c.port); }},
-        {"CHAT_DATABASE_URL", "history store: sqlite:PATH, dynamodb://TABLE[?region=R&ttl_days=N], or none",
+        {"CHAT_DATABASE_URL", "history store (and API keys): sqlite:PATH, dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K], or none",
          [](config& c, auto n, auto v) {
              if (v.starts_with("dynamodb:")) {
                  if (auto parsed = chatkit::parse_dynamodb_url(v); !parsed)
@@ -119,7 +119,7 @@ inline const std::vector<setting>& settings() {
              c.database_url = v;
          },
          [](const config& c) { return c.database_url; }},
-        {"CHAT_AUTH", "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key; sqlite: database only)",
+        {"CHAT_AUTH", "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key, kept in the database; not with none)",
          [](config& c, auto n, auto v) { c.auth = one_of(n, v, {"none", "keys"}); },
          [](const config& c) { return c.auth; }},
         {"CHAT_PROVIDER", "auto (openai with an API key or its secret, else bedrock with AWS credentials, else echo), echo, openai or bedrock",

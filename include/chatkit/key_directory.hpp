@@ -1,5 +1,5 @@
 // The Key directory concept: where an authenticating middleware finds the API keys it accepts
-// (a SQLite table, later DynamoDB). Only a key's SHA-256 digest is ever stored or handed out;
+// (a SQLite table, a DynamoDB table). Only a key's SHA-256 digest is ever stored or handed out;
 // the key itself is shown once, when it is created, and never kept.
 #pragma once
 
@@ -12,7 +12,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace chatkit {
@@ -75,7 +77,8 @@ concept key_directory_has_keys = requires(D& d) {
 ///      its last snapshot and tries again at the next refresh.
 /// A directory must be movable (the middleware owns it). Creating, listing and revoking keys are
 /// not part of the concept: they are the administration of a particular storage (see
-/// chatkit::sqlite_key_directory), which the middleware never needs.
+/// chatkit::sqlite_key_directory and chatkit::dynamodb_key_directory), which the middleware
+/// never needs.
 template <class D>
 concept key_directory = std::movable<D> && detail::key_directory_has_keys<D>;
 
@@ -94,5 +97,28 @@ struct static_key_directory {
     result<std::vector<key_record>> keys() { return records; }
 };
 static_assert(key_directory<static_key_directory>);
+
+/// One of several directories, chosen at run time (by a configuration: SQLite or DynamoDB), as
+/// store_variant is for stores. It models key_directory; visit() reaches the directory it holds,
+/// for the administration members the concept leaves out.
+template <key_directory... Ds>
+class key_directory_variant {
+public:
+    template <class D>
+        requires(std::same_as<std::remove_cvref_t<D>, Ds> || ...)
+    key_directory_variant(D&& d) : v_(std::forward<D>(d)) {}
+
+    result<std::vector<key_record>> keys() {
+        return std::visit([](auto& d) { return d.keys(); }, v_);
+    }
+    template <class F>
+    decltype(auto) visit(F&& f) { return std::visit(std::forward<F>(f), v_); }
+    template <class D>
+    D* get_if() noexcept { return std::get_if<D>(&v_); }
+
+private:
+    std::variant<Ds...> v_;
+};
+static_assert(key_directory<key_directory_variant<static_key_directory>>);
 
 } // namespace chatkit

@@ -57,6 +57,7 @@ static_assert(chatkit::provider<chatkit::provider_variant<chatkit::null_provider
 static_assert(chatkit::store<chatkit::store_variant<chatkit::no_store>>);
 static_assert(chatkit::cache<chatkit::cache_variant<chatkit::no_cache>>);
 static_assert(chatkit::middleware<chatkit::optional_middleware<middleware_with_context>>);
+static_assert(chatkit::key_directory<chatkit::key_directory_variant<chatkit::static_key_directory>>);
 
 // A type missing a member, or returning the wrong type, is not.
 static_assert(!chatkit::provider<provider_without_stream>);
@@ -77,6 +78,26 @@ TEST_CASE("a variant of providers answers through the one it holds") {
     r.model = "m";
     CHECK(p.complete(r)->model == "m");
     CHECK(p.health().ok);
+}
+
+TEST_CASE("a variant of key directories reads the keys of the one it holds, and visit() reaches it") {
+    struct failing_directory {
+        chatkit::result<std::vector<chatkit::key_record>> keys() {
+            return chatkit::error{chatkit::error_kind::unavailable, "down", "store_unavailable"};
+        }
+    };
+    using directory = chatkit::key_directory_variant<chatkit::static_key_directory, failing_directory>;
+    chatkit::key_record k;
+    k.id = "key_a";
+    directory fixed{chatkit::static_key_directory{{k}}};
+    REQUIRE(fixed.keys());
+    CHECK(fixed.keys()->front().id == "key_a");
+    CHECK(fixed.visit([](auto& d) { return std::is_same_v<std::remove_cvref_t<decltype(d)>, chatkit::static_key_directory>; }));
+    REQUIRE(fixed.get_if<chatkit::static_key_directory>());
+    CHECK_FALSE(fixed.get_if<failing_directory>());
+    directory down{failing_directory{}};
+    REQUIRE_FALSE(down.keys());
+    CHECK(down.keys().error().kind == chatkit::error_kind::unavailable);
 }
 
 TEST_CASE("an optional middleware that is off lets requests through untouched") {

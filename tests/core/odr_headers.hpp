@@ -10,6 +10,8 @@
 #include <chatkit/aws/sigv4.hpp>
 #include <chatkit/beast_server.hpp>
 #include <chatkit/bedrock_provider.hpp>
+#include <chatkit/dynamodb_key_directory.hpp>
+#include <chatkit/dynamodb_store.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/httplib_client_pool.hpp>
 #include <chatkit/httplib_server.hpp>

@@ -2,22 +2,25 @@
 """Checks what cfn-lint cannot about deploy/template.yaml: least privilege of the function's
 role, the CHAT_* environment it gets, and the resources they point at.
 
-    check_template.py TEMPLATE STORE_HEADER              check; exit 1 listing every failure
-    check_template.py --self-test TEMPLATE STORE_HEADER  the template passes, and each mutation
-                                                         in MUTATIONS makes its check fail
-    check_template.py --plain TEMPLATE OUT.json          writes the template as plain CloudFormation
-                                                         (the SAM function as AWS::Lambda::Function)
+    check_template.py TEMPLATE STORE_HEADER KEYS_HEADER              check; exit 1 listing every failure
+    check_template.py --self-test TEMPLATE STORE_HEADER KEYS_HEADER  the template passes, and each
+                                                                     mutation in MUTATIONS makes its check fail
+    check_template.py --plain TEMPLATE OUT.json                      writes the template as plain CloudFormation
+                                                                     (the SAM function as AWS::Lambda::Function)
 
 --plain exists for cfn-lint: on a SAM template it skips some rules (W2001 unused parameters,
 W1020 needless Sub, ...), so the tests lint the plain rendering as well.
 
 STORE_HEADER is plugins/dynamodb/include/chatkit/dynamodb_store.hpp: the DynamoDB actions the role
 grants must be exactly those the store calls (`client_.call("PutItem", ...)`), and the table's keys
-and TTL attribute the ones it uses.
+and TTL attribute the ones it uses. KEYS_HEADER is dynamodb_key_directory.hpp: on the keys table
+the role may do exactly what its `keys()` calls (a server only reads keys; a workstation writes
+them), and only with CHAT_AUTH=keys.
 
 Needs python3 with PyYAML (Debian: python3-yaml).
 """
 
+import collections
 import copy
 import json
 import os
@@ -167,6 +170,26 @@ def store_facts(header_path):
     return {"actions": {"dynamodb:" + c for c in calls}, "text": text}
 
 
+def keys_read_facts(header_path):
+    """The DynamoDB actions of the key directory's keys(), the only member a server calls."""
+    try:
+        with open(header_path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise Failure(f"cannot read the key directory header {header_path}: {e}")
+    body = re.search(r"result<std::vector<key_record>> keys\(\) \{\n(.*?)\n    \}\n", text, re.S)
+    if not body:
+        raise Failure(f"found no `keys()` member in {header_path}: has the key directory moved?")
+    calls = set(re.findall(r'\.call\(\s*"([A-Za-z]+)"', body.group(1)))
+    if not calls:
+        raise Failure(f"keys() in {header_path} makes no `.call(\"Operation\"`: has it moved?")
+    return {"actions": {"dynamodb:" + c for c in calls}, "text": text}
+
+
+# The two headers the checks read: the history store's and the key directory's.
+Headers = collections.namedtuple("Headers", "store keys")
+
+
 class Failure(Exception):
     pass
 
@@ -281,18 +304,50 @@ def _(tpl, header):
                 raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {group_name}.Arn")
 
 
+def database_tables(tpl):
+    """((name, resource) of the history table, (name, resource) of the keys table), as the
+    function's CHAT_DATABASE_URL names them: dynamodb://${History}?...&keys_table=${Keys}."""
+    tables = resources_of(tpl, "AWS::DynamoDB::Table")
+    url = env_of(tpl).get("CHAT_DATABASE_URL")
+    text = url.get("Fn::Sub") if isinstance(url, dict) else url
+    if not isinstance(text, str) or not text.startswith("dynamodb://"):
+        raise Failure(f"CHAT_DATABASE_URL is {url!r}, not a dynamodb:// URL")
+    history = re.match(r"dynamodb://\$\{([A-Za-z0-9]+)\}(\?|$)", text)
+    if not history or history.group(1) not in tables:
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name a table of the stack as ${{Table}}")
+    keys = re.search(r"[?&]keys_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
+    if not keys or keys.group(1) not in tables or keys.group(1) == history.group(1):
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the keys table as keys_table=${{KeysTable}}")
+    if len(tables) != 2:
+        raise Failure(f"expected two DynamoDB tables (history, keys), found {sorted(tables)}")
+    return (history.group(1), tables[history.group(1)]), (keys.group(1), tables[keys.group(1)])
+
+
 @check("role-dynamodb")
 def _(tpl, header):
     _, role = role_of(tpl)
-    table_name, _ = the_one(tpl, "DynamoDB table", "AWS::DynamoDB::Table")
-    dynamodb = granted(role, "dynamodb")
-    wanted = store_facts(header)["actions"]
-    if set(dynamodb) != wanted:
-        raise Failure(f"dynamodb actions are {sorted(dynamodb)}; the store calls exactly {sorted(wanted)}")
-    for action, targets in dynamodb.items():
+    (history_name, _), (keys_name, _) = database_tables(tpl)
+    auth = env_of(tpl).get("CHAT_AUTH")
+    on_history, on_keys = set(), set()
+    for action, targets in granted(role, "dynamodb").items():
         for resource, cond in targets:
-            if not is_getatt(resource, table_name, "Arn") or cond:
-                raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {table_name}.Arn (no index, no other table)")
+            if is_getatt(resource, history_name, "Arn") and not cond:
+                on_history.add(action)
+            elif is_getatt(resource, keys_name, "Arn"):
+                # Reading keys is needed only with CHAT_AUTH=keys, so granted only then.
+                if not (isinstance(auth, dict) and cond and condition_on(tpl, cond) == (auth.get("Ref"), "keys")):
+                    raise Failure(f"{action} on {keys_name} is granted whatever CHAT_AUTH is (it must depend on CHAT_AUTH=keys)")
+                on_keys.add(action)
+            else:
+                raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {history_name}.Arn or "
+                              f"!GetAtt {keys_name}.Arn (no index, no other table, no condition on the history)")
+    wanted = store_facts(header.store)["actions"]
+    if on_history != wanted:
+        raise Failure(f"dynamodb actions on {history_name} are {sorted(on_history)}; the store calls exactly {sorted(wanted)}")
+    wanted = keys_read_facts(header.keys)["actions"]
+    if on_keys != wanted:
+        raise Failure(f"dynamodb actions on {keys_name} are {sorted(on_keys)}; a server reads keys with exactly "
+                      f"{sorted(wanted)} (writes are a workstation's)")
 
 
 @check("role-secret")
@@ -311,14 +366,11 @@ def _(tpl, header):
 
 @check("env-database-url")
 def _(tpl, header):
-    table_name, _ = the_one(tpl, "DynamoDB table", "AWS::DynamoDB::Table")
-    url = env_of(tpl).get("CHAT_DATABASE_URL")
-    text = url.get("Fn::Sub") if isinstance(url, dict) else url
-    if not isinstance(text, str) or not text.startswith("dynamodb://"):
-        raise Failure(f"CHAT_DATABASE_URL is {url!r}, not a dynamodb:// URL")
-    m = re.match(r"dynamodb://\$\{([A-Za-z0-9]+)\}(\?|$)", text)
-    if not m or m.group(1) != table_name:
-        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the table ${{{table_name}}}")
+    (history_name, _), _ = database_tables(tpl)
+    text = env_of(tpl)["CHAT_DATABASE_URL"]
+    text = text.get("Fn::Sub") if isinstance(text, dict) else text
+    if not text.startswith(f"dynamodb://${{{history_name}}}"):
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the table ${{{history_name}}}")
     if "${AWS::Region}" not in text:
         raise Failure(f"CHAT_DATABASE_URL {text!r} does not pin region=${{AWS::Region}}")
 
@@ -418,13 +470,13 @@ def _(tpl, header):
 
 @check("table-design")
 def _(tpl, header):
-    table_name, table = the_one(tpl, "DynamoDB table", "AWS::DynamoDB::Table")
+    (table_name, table), _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
     if keys != {"user_id": "HASH", "exchange_key": "RANGE"} or types != {"user_id": "S", "exchange_key": "S"}:
         raise Failure(f"{table_name} keys are {keys} {types}, not user_id (S, HASH) and exchange_key (S, RANGE)")
-    text = store_facts(header)["text"]
+    text = store_facts(header.store)["text"]
     for attribute in ("user_id", "exchange_key", "expires_at"):
         if f'"{attribute}"' not in text:
             raise Failure(f"the store no longer mentions {attribute!r}: the table design has drifted")
@@ -441,6 +493,40 @@ def _(tpl, header):
         raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
     if table.get("DeletionPolicy") != "Retain":
         raise Failure(f"{table_name} would be deleted with the stack, history and all")
+
+
+@check("keys-table-design")
+def _(tpl, header):
+    _, (table_name, table) = database_tables(tpl)
+    p = table.get("Properties", {})
+    keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
+    if keys != {"pk": "HASH"} or types != {"pk": "S"}:
+        raise Failure(f"{table_name} keys are {keys} {types}, not pk (S, HASH) alone")
+    text = keys_read_facts(header.keys)["text"]
+    for needle in ('"pk"', '"team#"', '"key#"'):
+        if needle not in text:
+            raise Failure(f"the key directory no longer mentions {needle}: the table design has drifted")
+    if p.get("GlobalSecondaryIndexes") or p.get("LocalSecondaryIndexes"):
+        raise Failure(f"{table_name} has an index the key directory never queries")
+    if p.get("TimeToLiveSpecification"):
+        raise Failure(f"{table_name} has a TTL: revoked keys must stay, so their ids keep naming them")
+    if (p.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is not True:
+        raise Failure(f"{table_name} has no point-in-time recovery")
+    if (p.get("SSESpecification") or {}).get("SSEEnabled") is not True:
+        raise Failure(f"{table_name} has no SSESpecification.SSEEnabled")
+    if p.get("BillingMode") != "PAY_PER_REQUEST":
+        raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
+    if table.get("DeletionPolicy") != "Retain":
+        raise Failure(f"{table_name} would be deleted with the stack, and every key with it")
+
+
+@check("env-auth")
+def _(tpl, header):
+    auth = env_of(tpl).get("CHAT_AUTH", "none")
+    param = (tpl.get("Parameters") or {}).get(auth.get("Ref")) if isinstance(auth, dict) else None
+    if not param or sorted(param.get("AllowedValues") or []) != ["keys", "none"]:
+        raise Failure(f"CHAT_AUTH is {auth!r}, not a parameter allowing exactly none and keys")
 
 
 @check("function-runtime")
@@ -544,9 +630,11 @@ def _(tpl, header):
 @check("outputs")
 def _(tpl, header):
     outputs = " ".join(str(o.get("Value")) for o in (tpl.get("Outputs") or {}).values())
-    for kind, types in (("HTTP API", ("AWS::ApiGatewayV2::Api",)), ("Function URL", ("AWS::Lambda::Url",)),
-                        ("table", ("AWS::DynamoDB::Table",)), ("secret", ("AWS::SecretsManager::Secret",))):
-        name, _ = the_one(tpl, kind, *types)
+    named = [(kind, the_one(tpl, kind, *types)[0]) for kind, types in (
+        ("HTTP API", ("AWS::ApiGatewayV2::Api",)), ("Function URL", ("AWS::Lambda::Url",)),
+        ("secret", ("AWS::SecretsManager::Secret",)))]
+    (history_name, _), (keys_name, _) = database_tables(tpl)
+    for kind, name in named + [("history table", history_name), ("keys table", keys_name)]:
         if f"'{name}'" not in outputs and f"{{{name}." not in outputs and f"${{{name}}}" not in outputs:
             raise Failure(f"no output gives the {kind} ({name})")
 
@@ -648,6 +736,36 @@ MUTATIONS = [
      lambda t: res(t, "LogGroup")["Properties"].__setitem__("LogGroupName", "/chatkit/logs")),
     ("log-group", "function not pointed at it",
      lambda t: res(t, "ChatFunction")["Properties"].pop("LoggingConfig")),
+    ("role-dynamodb", "keys read whatever CHAT_AUTH is",
+     lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+         copy.deepcopy(stmt(t, "ApiKeys")))),
+    ("role-dynamodb", "the function may write keys",
+     lambda t: stmt(t, "ApiKeys").__setitem__("Action", ["dynamodb:Scan", "dynamodb:PutItem"])),
+    ("role-dynamodb", "Scan missing on the keys table",
+     lambda t: stmt(t, "ApiKeys").__setitem__("Action", ["dynamodb:GetItem"])),
+    ("role-dynamodb", "keys table index ARN",
+     lambda t: stmt(t, "ApiKeys").__setitem__("Resource", {"Fn::Sub": "${KeysTable.Arn}/index/x"})),
+    ("env-database-url", "no keys_table in the URL",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL", {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}"})),
+    ("env-database-url", "keys_table naming the history table",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${HistoryTable}"})),
+    ("env-auth", "CHAT_AUTH fixed, not a parameter",
+     lambda t: env(t).__setitem__("CHAT_AUTH", "keys")),
+    ("keys-table-design", "a sort key",
+     lambda t: (res(t, "KeysTable")["Properties"]["KeySchema"].append({"AttributeName": "sk", "KeyType": "RANGE"}),
+                res(t, "KeysTable")["Properties"]["AttributeDefinitions"].append({"AttributeName": "sk", "AttributeType": "S"}))),
+    ("keys-table-design", "a TTL on the keys",
+     lambda t: res(t, "KeysTable")["Properties"].__setitem__("TimeToLiveSpecification",
+                                                             {"AttributeName": "expires_at", "Enabled": True})),
+    ("keys-table-design", "deleted with the stack",
+     lambda t: res(t, "KeysTable").pop("DeletionPolicy")),
+    ("keys-table-design", "provisioned billing",
+     lambda t: res(t, "KeysTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
+    ("keys-table-design", "no PITR",
+     lambda t: res(t, "KeysTable")["Properties"].pop("PointInTimeRecoverySpecification")),
+    ("outputs", "no keys table output",
+     lambda t: t["Outputs"].pop("KeysTableName")),
     ("table-design", "TTL off",
      lambda t: res(t, "HistoryTable")["Properties"]["TimeToLiveSpecification"].__setitem__("Enabled", False)),
     ("table-design", "no PITR",
@@ -709,19 +827,24 @@ def self_test(tpl, header):
         if check_id not in covered:
             bad += 1
             print(f"MISS [{check_id}] has no mutation that makes it fail")
-    # The store header is an input too: a store that starts calling Scan, or renames the TTL
-    # attribute, must fail the checks that read it.
-    with open(header, encoding="utf-8") as f:
-        store_text = f.read()
-    for check_id, what, edit in (
-            ("role-dynamodb", "the store also calls Scan",
+    # The headers are inputs too: a store that starts calling Scan, a key directory whose keys()
+    # starts calling GetItem, or a renamed attribute, must fail the checks that read them.
+    for check_id, what, which, edit in (
+            ("role-dynamodb", "the store also calls Scan", "store",
              lambda h: h + '\nvoid more() { client_.call("Scan", {}); }\n'),
-            ("table-design", "the store renames expires_at",
-             lambda h: h.replace('"expires_at"', '"expiry"'))):
+            ("table-design", "the store renames expires_at", "store",
+             lambda h: h.replace('"expires_at"', '"expiry"')),
+            ("role-dynamodb", "keys() also calls GetItem", "keys",
+             lambda h: h.replace("result<std::vector<key_record>> keys() {\n",
+                                 'result<std::vector<key_record>> keys() {\n        client_.call("GetItem", {});\n')),
+            ("keys-table-design", "the key directory renames pk", "keys",
+             lambda h: h.replace('"pk"', '"key_id"'))):
+        with open(getattr(header, which), encoding="utf-8") as f:
+            text = f.read()
         with tempfile.NamedTemporaryFile("w", suffix=".hpp", delete=False) as f:
-            f.write(edit(store_text))
+            f.write(edit(text))
         try:
-            caught = [why for cid, why in run_checks(tpl, f.name) if cid == check_id]
+            caught = [why for cid, why in run_checks(tpl, header._replace(**{which: f.name})) if cid == check_id]
         finally:
             os.unlink(f.name)
         if caught:
@@ -755,11 +878,11 @@ def main(argv):
             json.dump(plain_cloudformation(load(argv[2])), f, indent=1)
         return 0
     args = [a for a in argv[1:] if a != "--self-test"]
-    if len(args) != 2:
+    if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     tpl = load(args[0])
-    header = args[1]
+    header = Headers(store=args[1], keys=args[2])
     if "--self-test" in argv:
         return self_test(tpl, header)
     failures = run_checks(tpl, header)

@@ -302,7 +302,8 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     lambda_sandbox sandbox{zip_path};
     const auto bootstrap = sandbox.start(function_environment(
         runtime, {{"CHAT_PROVIDER", "openai"},
-                  {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30"},
+                  {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30&keys_table=chatkit-keys"},
+                  {"CHAT_AUTH", "none"}, // the template's default (ChatAuth); with none the keys table is never read
                   {"CHAT_OPENAI_API_KEY_SECRET_ARN", (*secret)["ARN"].get<std::string>()},
                   {"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"},
                   {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()},

@@ -1,14 +1,16 @@
 // sample_server on its AWS backends, configured as the deployment template configures the Lambda
-// function: history in DynamoDB (dynalite, started here) and the OpenAI key read from Secrets
-// Manager (moto_server, started here), relaying to a fake OpenAI upstream.
+// function: history and API keys in DynamoDB (dynalite, started here) and the OpenAI key read from
+// Secrets Manager (moto_server, started here), relaying to a fake OpenAI upstream.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_openai.hpp"
 #include "../support/server_process.hpp"
 
 #include <chatkit/aws/secrets_manager.hpp>
+#include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
 
 #include <catch2/catch.hpp>
+#include <openssl/sha.h>
 
 #include <atomic>
 #include <random>
@@ -79,6 +81,28 @@ httplib::Result chat(httplib::Client& c, const std::string& user, const std::str
     return c.Post("/chat", json{{"user_id", user}, {"content", text}}.dump(), "application/json");
 }
 
+httplib::Result chat_with_key(httplib::Client& c, const std::string& key) {
+    return c.Post("/chat", {{"Authorization", "Bearer " + key}}, json{{"user_id", "kim"}, {"content", "hello"}}.dump(),
+                  "application/json");
+}
+
+// The last line of a command's output, as JSON.
+json last_json(const std::string& output) {
+    const auto end = output.find_last_not_of('\n');
+    REQUIRE(end != std::string::npos);
+    const auto newline = output.rfind('\n', end);
+    const auto start = newline == std::string::npos ? 0 : newline + 1;
+    return json::parse(output.substr(start, end + 1 - start));
+}
+
+std::string sha256_hex(const std::string& text) {
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), d);
+    std::string out;
+    for (unsigned char c : d) out += "0123456789abcdef"[c >> 4], out += "0123456789abcdef"[c & 0xf];
+    return out;
+}
+
 } // namespace
 
 TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, history is kept in DynamoDB and outlives the server") {
@@ -117,6 +141,105 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, history is kept in DynamoDB 
     REQUIRE(items);
     REQUIRE((*items)["Items"].size() == 2);
     CHECK((*items)["Items"][0].contains("expires_at"));
+}
+
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, the teams and keys commands and CHAT_AUTH=keys use the table TABLE-keys") {
+    const auto table = create_table();
+    const auto keys_table = table + "-keys"; // the URL names no keys_table: the default
+    {
+        chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+        test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(keys_table));
+    }
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    const auto cli = [&](std::vector<std::string> args) { return test_support::run_to_exit(env, args); };
+
+    // The commands answer as they do on SQLite: the same JSON, the same exit codes.
+    const auto team = cli({"teams", "create", "--id", "team-d", "--name", "Lambda team", "--rpm", "100"});
+    INFO(team.output);
+    REQUIRE(team.exit_code == 0);
+    CHECK(last_json(team.output)["id"] == "team-d");
+    CHECK(last_json(team.output)["rpm"] == 100);
+    const auto again = cli({"teams", "create", "--id", "team-d"});
+    CHECK(again.exit_code == 1);
+    CHECK(again.output.find("team 'team-d' already exists") != std::string::npos);
+    const auto no_team = cli({"keys", "create", "--team", "nope"});
+    CHECK(no_team.exit_code == 1);
+    CHECK(no_team.output.find("no team 'nope'") != std::string::npos);
+    CHECK(cli({"keys", "create"}).exit_code == 2);
+
+    const auto made = cli({"keys", "create", "--team", "team-d", "--name", "ci"});
+    INFO(made.output);
+    REQUIRE(made.exit_code == 0);
+    const json created = last_json(made.output);
+    const std::string key = created["key"];
+    const std::string key_id = created["id"];
+    CHECK(key.starts_with("ck-"));
+    CHECK(created["team"] == "team-d");
+
+    auto server_env = env;
+    server_env["CHAT_AUTH"] = "keys";
+    server_process server{server_env};
+    auto c = server.client();
+    CHECK(c.Get("/health")->status == 200);
+    auto ok = chat_with_key(c, key);
+    REQUIRE(ok);
+    INFO(ok->body);
+    CHECK(ok->status == 200);
+    CHECK(json::parse(ok->body)["content"] == "hello");
+    for (const std::string& bad : {std::string{}, "ck-" + std::string(43, 'A'), key.substr(0, key.size() - 1) + "x"}) {
+        auto refused = bad.empty() ? chat(c, "kim", "hello") : chat_with_key(c, bad);
+        REQUIRE(refused);
+        CHECK(refused->status == 401);
+        CHECK(json::parse(refused->body)["error"]["code"] == "invalid_api_key");
+    }
+
+    // `keys list` shows the key without its secret.
+    const auto list = cli({"keys", "list", "--team", "team-d"});
+    REQUIRE(list.exit_code == 0);
+    const auto entry = last_json(list.output);
+    CHECK(entry["id"] == key_id);
+    CHECK(entry["revoked_at"].is_null());
+    CHECK_FALSE(entry.contains("key"));
+    CHECK(list.output.find(key.substr(3)) == std::string::npos);
+
+    // --database-url wins over the environment, and its keys_table names the table outright.
+    const auto named = cli({"keys", "list", "--database-url", "dynamodb://elsewhere?region=us-east-1&keys_table=" + keys_table});
+    INFO(named.output);
+    REQUIRE(named.exit_code == 0);
+    CHECK(last_json(named.output)["id"] == key_id);
+    const auto missing = cli({"keys", "list", "--database-url", "dynamodb://elsewhere?region=us-east-1"});
+    CHECK(missing.exit_code == 1); // elsewhere-keys does not exist
+    CHECK(missing.output.find("elsewhere-keys") != std::string::npos);
+
+    // Revoked from the command line while the server runs: refused within 5 s.
+    const auto revoke = cli({"keys", "revoke", key_id});
+    INFO(revoke.output);
+    REQUIRE(revoke.exit_code == 0);
+    CHECK(last_json(revoke.output)["revoked_at"].is_string());
+    const auto revoked_at = std::chrono::steady_clock::now();
+    bool refused = false;
+    while (!refused && std::chrono::steady_clock::now() - revoked_at < std::chrono::seconds(5)) {
+        auto r = chat_with_key(c, key);
+        REQUIRE(r);
+        refused = r->status == 401;
+        if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(refused);
+    CHECK(cli({"keys", "revoke", "key_unknown"}).exit_code == 1);
+
+    // The keys table holds neither the key nor its digest in hex; the log neither.
+    chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+    auto items = client.call("Scan", {{"TableName", keys_table}});
+    REQUIRE(items);
+    CHECK((*items)["Items"].size() == 2); // the team and the key
+    const std::string stored = items->dump();
+    CHECK(stored.find(key.substr(3)) == std::string::npos);
+    CHECK(stored.find(sha256_hex(key)) == std::string::npos);
+    server.stop();
+    CHECK(server.log().find(key.substr(3)) == std::string::npos);
+    CHECK(server.log().find(sha256_hex(key)) == std::string::npos);
 }
 
 TEST_CASE("the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN names, and a rotated key is used after CHAT_SECRET_REFRESH") {
@@ -162,7 +285,7 @@ TEST_CASE("a secret still empty after deploying makes /chat a 503 that says how 
     CHECK(fake.requests()[0].headers.find("Authorization")->second == "Bearer sk-filled-in-0003");
 }
 
-TEST_CASE("a bad dynamodb URL, or both a key and its secret, stop start-up with a message naming the variable") {
+TEST_CASE("a bad dynamodb URL, a missing keys table with CHAT_AUTH=keys, or both a key and its secret, stop start-up with a message") {
     auto r = test_support::run_to_exit({{"CHAT_DATABASE_URL", "dynamodb://x?region=us-east-1"}}, {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("CHAT_DATABASE_URL") != std::string::npos);
@@ -171,6 +294,16 @@ TEST_CASE("a bad dynamodb URL, or both a key and its secret, stop start-up with 
     r = test_support::run_to_exit({{"CHAT_DATABASE_URL", "dynamodb://chat?colour=blue"}}, {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("unknown parameter 'colour'") != std::string::npos);
+
+    // CHAT_AUTH=keys reads the keys before serving: a keys table that does not exist stops start-up.
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env.merge(std::map<std::string, std::string>{{"CHAT_DATABASE_URL", "dynamodb://" + create_table() + "?keys_table=no-such-keys"},
+                                                 {"CHAT_AUTH", "keys"}, {"CHAT_PROVIDER", "echo"}, {"CHAT_PORT", "0"}});
+    r = test_support::run_to_exit(env, {});
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK(r.output.find("cannot read the API keys") != std::string::npos);
+    CHECK(r.output.find("no-such-keys") != std::string::npos);
 
     r = test_support::run_to_exit({{"CHAT_PORT", "0"},
                                    {"OPENAI_API_KEY", "sk-plain-key-0004"},

@@ -1,11 +1,15 @@
 // The real `bootstrap` binary against a local Runtime API (protocols.md §5): API Gateway HTTP API
 // 2.0 and Function URL events (§6) in, buffered and streamed answers and error reports out, with
-// the echo provider and a real SQLite file.
+// the echo provider and a real SQLite file; API keys in DynamoDB (dynalite) as the deployment keeps
+// them.
+#include "../support/aws_emulators.hpp"
 #include "../support/fake_lambda_runtime.hpp"
 #include "../support/lambda_answers.hpp"
 #include "../support/lambda_events.hpp"
 #include "../support/lambda_sandbox.hpp"
 
+#include <chatkit/api_keys.hpp>
+#include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/lambda_runtime.hpp>
 
 #include <nlohmann/json.hpp>
@@ -303,4 +307,37 @@ TEST_CASE("an event without a request context is no Function URL event and no re
     const auto req = chatkit::lambda::request_from_event(odd);
     REQUIRE(req);
     CHECK(req->body == "{}");
+}
+
+TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a key from the keys table and refuses a request without one") {
+    static test_support::emulator_process dynalite = test_support::start_dynalite();
+    const std::string history = "history-" + std::to_string(std::random_device{}());
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
+    REQUIRE(keys.create_team(chatkit::team_record{"lambda-team", "", {}, chatkit::now_unix_ms()}));
+    const std::string key = chatkit::api_keys::generate_key();
+    chatkit::key_record record;
+    record.id = chatkit::api_keys::generate_key_id();
+    record.team_id = "lambda-team";
+    record.prefix = chatkit::api_keys::display_prefix(key);
+    record.digest = chatkit::api_keys::digest(key);
+    record.created_at = chatkit::now_unix_ms();
+    REQUIRE(keys.create_key(record));
+
+    // As the template configures the function, with the emulator for DynamoDB. The history table
+    // is never made: /v1/models reads no history, and only the keys are under test here.
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                          {"CHAT_AUTH", "keys"},
+                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}}};
+    const auto refused = runtime.push(gateway_event("GET", "/v1/models").dump());
+    const auto answer = buffered_answer(runtime.wait_for(refused));
+    CHECK(answer["statusCode"] == 401);
+    CHECK(json::parse(answer["body"].get<std::string>())["error"]["code"] == "invalid_api_key");
+
+    const auto allowed = runtime.push(gateway_event("GET", "/v1/models", "", std::nullopt, {{"x-api-key", key}}).dump());
+    const auto models = buffered_answer(runtime.wait_for(allowed));
+    INFO(models.dump());
+    CHECK(models["statusCode"] == 200);
+    CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
 }

@@ -40,10 +40,21 @@ struct dynamodb_options {
                                  // `expires_at` deletes them); 0: kept forever
     bool consistent_reads = true; // history shows an exchange as soon as its reply was acknowledged
     aws::json_client_options client{}; // region, endpoint (AWS_ENDPOINT_URL_DYNAMODB), timeouts, retries
+    // Not the store's: the table of API keys and teams of the same database
+    // (chatkit::dynamodb_key_directory), so that one URL says where everything lives, as a SQLite
+    // path does. parse_dynamodb_url fills in "TABLE-keys" when the URL names none.
+    std::string keys_table{};
 };
 
-// "dynamodb://TABLE?region=REGION&ttl_days=N" (both parameters optional) → options, or an
-// invalid_database_url error saying what is wrong.
+// DynamoDB's own rule for table names: 3-255 characters of A-Z a-z 0-9 _ - .
+inline bool valid_dynamodb_table_name(std::string_view name) {
+    return name.size() >= 3 && name.size() <= 255 && std::all_of(name.begin(), name.end(), [](char c) {
+               return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+           });
+}
+
+// "dynamodb://TABLE?region=REGION&ttl_days=N&keys_table=KEYS" (every parameter optional) →
+// options, or an invalid_database_url error saying what is wrong.
 inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
     constexpr std::string_view scheme = "dynamodb://";
     const auto bad = [whole = std::string{url}](std::string why) {
@@ -54,10 +65,7 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
     const auto q = url.find('?');
     dynamodb_options o;
     o.table = std::string{url.substr(0, q)};
-    // DynamoDB's own rule for table names.
-    if (o.table.size() < 3 || o.table.size() > 255 ||
-        !std::all_of(o.table.begin(), o.table.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; }))
-        return bad("the table name must be 3-255 characters of A-Z a-z 0-9 _ - .");
+    if (!valid_dynamodb_table_name(o.table)) return bad("the table name must be 3-255 characters of A-Z a-z 0-9 _ - .");
     httplib::Params params; // parsed and decoded as the HTTP adapter parses a query
     if (q != std::string_view::npos) httplib::detail::parse_query_text(std::string{url.substr(q + 1)}, params);
     for (const auto& [key, value] : params) {
@@ -70,7 +78,15 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
             if (ec != std::errc{} || end != value.data() + value.size() || days < 0 || days > 36'500)
                 return bad("ttl_days must be a whole number of days from 0 to 36500");
             o.ttl = std::chrono::hours{24 * days};
-        } else return bad("unknown parameter '" + std::string{key} + "' (known: region, ttl_days)");
+        } else if (key == "keys_table") {
+            if (!valid_dynamodb_table_name(value)) return bad("keys_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
+            o.keys_table = value;
+        } else return bad("unknown parameter '" + std::string{key} + "' (known: region, ttl_days, keys_table)");
+    }
+    if (o.keys_table.empty()) {
+        o.keys_table = o.table + "-keys";
+        if (!valid_dynamodb_table_name(o.keys_table))
+            return bad("the table name is too long to name its keys table TABLE-keys: give keys_table=NAME");
     }
     return o;
 }
