@@ -5,6 +5,7 @@
 #include <chatkit/api_keys.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
+#include <chatkit/minute_bucket.hpp>
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/eventstream.hpp>
 #include <chatkit/aws/sigv4.hpp>

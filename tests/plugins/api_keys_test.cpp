@@ -488,11 +488,11 @@ TEST_CASE("key_rate_limits: no limit set, or no caller, means no headers and nev
 
 TEST_CASE("key_rate_limits: reset durations are written as OpenAI writes them") {
     using std::chrono::milliseconds;
-    CHECK(limits_under_test::openai_duration(milliseconds{0}) == "0s");
-    CHECK(limits_under_test::openai_duration(milliseconds{120}) == "120ms");
-    CHECK(limits_under_test::openai_duration(milliseconds{5'500}) == "6s");
-    CHECK(limits_under_test::openai_duration(milliseconds{60'000}) == "1m0s");
-    CHECK(limits_under_test::openai_duration(milliseconds{61'001}) == "1m2s");
+    CHECK(chatkit::openai_duration(milliseconds{0}) == "0s");
+    CHECK(chatkit::openai_duration(milliseconds{120}) == "120ms");
+    CHECK(chatkit::openai_duration(milliseconds{5'500}) == "6s");
+    CHECK(chatkit::openai_duration(milliseconds{60'000}) == "1m0s");
+    CHECK(chatkit::openai_duration(milliseconds{61'001}) == "1m2s");
 }
 
 TEST_CASE("key_rate_limits: 50 requests on 10 threads against a key limit of 10 and a team limit of 15 let exactly 10 through") {

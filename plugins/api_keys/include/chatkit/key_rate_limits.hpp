@@ -9,6 +9,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
+#include "chatkit/minute_bucket.hpp"
 #include "chatkit/null_mutex.hpp"
 
 #include <algorithm>
@@ -57,8 +58,8 @@ public:
         const caller_identity& caller = req.caller;
         // Unauthenticated requests are the open paths (/health, /ready): never limited.
         if (!caller.authenticated()) return std::nullopt;
-        const auto key_limit = positive(caller.key_limits.requests_per_minute);
-        const auto team_limit = positive(caller.team_limits.requests_per_minute);
+        const auto key_limit = minute_bucket::positive(caller.key_limits.requests_per_minute);
+        const auto team_limit = minute_bucket::positive(caller.team_limits.requests_per_minute);
         if (!key_limit && !team_limit) return std::nullopt;
         const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
 
@@ -66,13 +67,13 @@ public:
         {
             state& s = *state_;
             std::lock_guard lock{s.mutex};
-            bucket* kb = key_limit ? &s.bucket_for(s.keys, caller.key_id, *key_limit, now) : nullptr;
-            bucket* tb = team_limit ? &s.bucket_for(s.teams, caller.team_id, *team_limit, now) : nullptr;
-            if (kb) key = kb->look(now);
-            if (tb) team = tb->look(now);
+            minute_bucket* kb = key_limit ? &s.bucket_for(s.keys, caller.key_id, *key_limit, now) : nullptr;
+            minute_bucket* tb = team_limit ? &s.bucket_for(s.teams, caller.team_id, *team_limit, now) : nullptr;
+            if (kb) key = look(*kb, now);
+            if (tb) team = look(*tb, now);
             if ((!kb || key.allowed) && (!tb || team.allowed)) { // requirement 2: take from both or neither
-                if (kb) key = kb->take(now);
-                if (tb) team = tb->take(now);
+                if (kb) key = take(*kb, now);
+                if (tb) team = take(*tb, now);
             }
         }
 
@@ -108,16 +109,6 @@ public:
         res.headers["x-ratelimit-reset-requests"] = openai_duration(ctx.reset);
     }
 
-    // OpenAI's duration format for x-ratelimit-reset-*: "120ms" under a second, else whole seconds
-    // rounded up, with minutes when there are any ("6s", "1m0s"); "0s" for a full bucket.
-    [[nodiscard]] static std::string openai_duration(std::chrono::nanoseconds d) {
-        if (d <= nanos::zero()) return "0s";
-        if (d < std::chrono::seconds{1}) return std::to_string(std::chrono::ceil<std::chrono::milliseconds>(d).count()) + "ms";
-        const std::int64_t s = std::chrono::ceil<std::chrono::seconds>(d).count();
-        if (s < 60) return std::to_string(s) + "s";
-        return std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s";
-    }
-
 private:
     using nanos = std::chrono::nanoseconds;
 
@@ -128,66 +119,32 @@ private:
         nanos retry{};              // until one request fits (when refused)
     };
 
-    // A token bucket kept as the time it is full again: `due - now` is its debt, and the requests
-    // left are (window - debt) / interval.
-    struct bucket {
-        std::int64_t limit = 0;
-        nanos interval{}; // time to earn one request: a minute / limit, floored
-        nanos window{};   // interval * limit: the bucket's capacity, in time
-        nanos due{};
-
-        void set_limit(std::int64_t l) {
-            limit = l;
-            interval = std::max(nanos{1}, nanos{std::chrono::duration_cast<nanos>(std::chrono::minutes{1}).count() / l});
-            window = interval * l;
-        }
-        decision look(nanos now) const {
-            const nanos debt = std::max(due - now, nanos::zero());
-            decision d;
-            d.allowed = debt + interval <= window;
-            d.remaining = (window - std::min(debt, window)) / interval;
-            d.reset = debt;
-            d.retry = d.allowed ? nanos::zero() : debt + interval - window;
-            return d;
-        }
-        decision take(nanos now) {
-            const nanos debt = std::max(due - now, nanos::zero()) + interval;
-            due = now + debt;
-            decision d = look(now); // what is left after this request, which was allowed
-            d.allowed = true;
-            d.retry = nanos::zero();
-            return d;
-        }
-    };
+    static decision look(const minute_bucket& b, nanos now) {
+        const nanos wait = b.wait_for(1, now);
+        return {wait == nanos::zero(), b.remaining(now), b.debt(now), wait};
+    }
+    static decision take(minute_bucket& b, nanos now) {
+        b.take(1, now);
+        decision d = look(b, now); // what is left after this request, which was allowed
+        d.allowed = true;
+        d.retry = nanos::zero();
+        return d;
+    }
 
     struct state {
         Mutex mutex;
-        std::unordered_map<std::string, bucket> keys;  // key id -> its bucket
-        std::unordered_map<std::string, bucket> teams; // team id -> its bucket
+        std::unordered_map<std::string, minute_bucket> keys;  // key id -> its bucket
+        std::unordered_map<std::string, minute_bucket> teams; // team id -> its bucket
 
         // The bucket of `id`, created full, or resized when its limit changed (requirement 3).
-        bucket& bucket_for(std::unordered_map<std::string, bucket>& buckets, const std::string& id, std::int64_t limit, nanos now) {
+        minute_bucket& bucket_for(std::unordered_map<std::string, minute_bucket>& buckets, const std::string& id, std::int64_t limit,
+                                  nanos now) {
             auto [it, created] = buckets.try_emplace(id);
-            bucket& b = it->second;
-            if (created) {
-                b.set_limit(limit);
-                b.due = now;
-            } else if (b.limit != limit) {
-                const nanos debt = std::max(b.due - now, nanos::zero());
-                b.set_limit(limit);
-                b.due = now + std::min(debt, b.window);
-            }
-            return b;
+            if (created) it->second = minute_bucket::full(limit, now);
+            else if (it->second.limit != limit) it->second.change_limit(limit, now);
+            return it->second;
         }
     };
-
-    // A limit of 0 or less is treated as no limit: the command line refuses it (--rpm must be 1 or
-    // more), so one can only come from a hand-edited row. Huge limits are capped to keep the
-    // interval of a request above a few nanoseconds.
-    static std::optional<std::int64_t> positive(std::optional<std::int64_t> limit) {
-        if (limit && *limit > 0) return std::min<std::int64_t>(*limit, 1'000'000'000);
-        return std::nullopt;
-    }
 
     std::unique_ptr<state> state_;
 };

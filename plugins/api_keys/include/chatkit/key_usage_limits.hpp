@@ -10,6 +10,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
+#include "chatkit/minute_bucket.hpp"
 #include "chatkit/null_mutex.hpp"
 
 #include <algorithm>
@@ -53,8 +54,8 @@ struct key_usage_limits_options {
 ///      be counted, and reporting it as $0 would let it spend without limit.
 ///   5. Cache hits cost nothing: the service prices them at $0, so their reservation is all
 ///      given back.
-/// Tokens per minute are a continuously refilled bucket (GCRA with a weight per request, as
-/// chatkit::key_rate_limits does for requests). Budgets are per UTC calendar day or month; a new
+/// Tokens per minute are a chatkit::minute_bucket, as requests per minute are in
+/// chatkit::key_rate_limits, taken and given back by many tokens at a time. Budgets are per UTC calendar day or month; a new
 /// period starts from zero.
 template <class Mutex = std::mutex, class Clock = std::chrono::steady_clock>
 class key_usage_limits {
@@ -81,8 +82,8 @@ public:
     std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx) {
         const caller_identity& caller = req.caller;
         if (!caller.authenticated()) return std::nullopt;
-        const auto key_tpm = positive(caller.key_limits.tokens_per_minute);
-        const auto team_tpm = positive(caller.team_limits.tokens_per_minute);
+        const auto key_tpm = minute_bucket::positive(caller.key_limits.tokens_per_minute);
+        const auto team_tpm = minute_bucket::positive(caller.team_limits.tokens_per_minute);
         const auto key_budget = budget_of(caller.key_limits);
         const auto team_budget = budget_of(caller.team_limits);
         if (!key_tpm && !team_tpm && !key_budget && !team_budget) return std::nullopt;
@@ -110,8 +111,8 @@ public:
         const unix_ms wall = now_unix_ms();
         state& s = *state_;
         std::lock_guard lock{s.mutex};
-        bucket* kb = key_tpm ? &s.bucket_for(s.key_tokens, caller.key_id, *key_tpm, now) : nullptr;
-        bucket* tb = team_tpm ? &s.bucket_for(s.team_tokens, caller.team_id, *team_tpm, now) : nullptr;
+        minute_bucket* kb = key_tpm ? &s.bucket_for(s.key_tokens, caller.key_id, *key_tpm, now) : nullptr;
+        minute_bucket* tb = team_tpm ? &s.bucket_for(s.team_tokens, caller.team_id, *team_tpm, now) : nullptr;
         budget* kd = key_budget ? s.budget_for(s.key_spend, "key", caller.key_id, *key_budget, wall) : nullptr;
         budget* td = team_budget ? s.budget_for(s.team_spend, "team", caller.team_id, *team_budget, wall) : nullptr;
         if ((key_budget && !kd) || (team_budget && !td))
@@ -195,16 +196,6 @@ public:
         return it == budgets.end() ? 0.0 : static_cast<double>(it->second.spent) / 1e6;
     }
 
-    // OpenAI's duration format for x-ratelimit-reset-*: "120ms" under a second, else whole seconds
-    // rounded up, with minutes when there are any ("6s", "1m0s"); "0s" for a full bucket.
-    [[nodiscard]] static std::string openai_duration(std::chrono::nanoseconds d) {
-        if (d <= nanos::zero()) return "0s";
-        if (d < std::chrono::seconds{1}) return std::to_string(std::chrono::ceil<std::chrono::milliseconds>(d).count()) + "ms";
-        const std::int64_t s = std::chrono::ceil<std::chrono::seconds>(d).count();
-        if (s < 60) return std::to_string(s) + "s";
-        return std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s";
-    }
-
     /// The start of the UTC calendar period ("day" or "month") holding `t`, and the next one's.
     static std::pair<unix_ms, unix_ms> period_of(std::string_view period, unix_ms t) {
         const std::time_t secs = static_cast<std::time_t>(t / 1000);
@@ -224,29 +215,6 @@ private:
     struct budget_limit {
         std::int64_t micro_usd;
         std::string period;
-    };
-
-    // A token bucket kept as the time it is full again (GCRA): `due - now` is its debt; a request
-    // of n tokens adds n intervals of debt, and fits while the debt stays within the window.
-    struct bucket {
-        std::int64_t limit = 0;
-        nanos interval{}; // time to earn one token: a minute / limit, floored
-        nanos window{};   // interval * limit
-        nanos due{};
-
-        void set_limit(std::int64_t l) {
-            limit = l;
-            interval = std::max(nanos{1}, nanos{std::chrono::duration_cast<nanos>(std::chrono::minutes{1}).count() / l});
-            window = interval * l;
-        }
-        nanos debt(nanos now) const { return std::max(due - now, nanos::zero()); }
-        // Zero when `n` tokens fit now, else how long until they do.
-        nanos wait_for(std::int64_t n, nanos now) const { return std::max(debt(now) + interval * n - window, nanos::zero()); }
-        void take(std::int64_t n, nanos now) { due = now + debt(now) + interval * n; }
-        void give_back(std::int64_t n, nanos now) {
-            if (n > 0) due = now + std::max(debt(now) - interval * n, nanos::zero());
-        }
-        std::int64_t remaining(nanos now) const { return (window - std::min(debt(now), window)) / interval; }
     };
 
     struct budget {
@@ -280,23 +248,17 @@ private:
     struct state {
         key_usage_limits_options options;
         mutable Mutex mutex;
-        std::unordered_map<std::string, bucket> key_tokens, team_tokens;
+        std::unordered_map<std::string, minute_bucket> key_tokens, team_tokens;
         std::unordered_map<std::string, budget> key_spend, team_spend;
 
         explicit state(key_usage_limits_options o) : options(std::move(o)) {}
 
-        bucket& bucket_for(std::unordered_map<std::string, bucket>& buckets, const std::string& id, std::int64_t limit, nanos now) {
+        minute_bucket& bucket_for(std::unordered_map<std::string, minute_bucket>& buckets, const std::string& id, std::int64_t limit,
+                                  nanos now) {
             auto [it, created] = buckets.try_emplace(id);
-            bucket& b = it->second;
-            if (created) {
-                b.set_limit(limit);
-                b.due = now;
-            } else if (b.limit != limit) { // a limit changed in the directory: keep the debt, cut to the new window
-                const nanos debt = b.debt(now);
-                b.set_limit(limit);
-                b.due = now + std::min(debt, b.window);
-            }
-            return b;
+            if (created) it->second = minute_bucket::full(limit, now);
+            else if (it->second.limit != limit) it->second.change_limit(limit, now); // changed in the directory
+            return it->second;
         }
         // The budget of `id` in its current period; null when what it spent before cannot be read.
         budget* budget_for(std::unordered_map<std::string, budget>& budgets, std::string_view scope, const std::string& id,
@@ -315,10 +277,10 @@ private:
         }
     };
 
-    void note_tokens(context& ctx, const bucket* kb, const bucket* tb, nanos now) const {
+    void note_tokens(context& ctx, const minute_bucket* kb, const minute_bucket* tb, nanos now) const {
         if (!kb && !tb) return;
         const bool team = tb && (!kb || tb->remaining(now) < kb->remaining(now));
-        const bucket& shown = team ? *tb : *kb;
+        const minute_bucket& shown = team ? *tb : *kb;
         ctx.report_tokens = true;
         ctx.token_limit = shown.limit;
         ctx.tokens_remaining = shown.remaining(now);
@@ -346,11 +308,6 @@ private:
     }
     static std::int64_t micro_usd_up(double usd) { return static_cast<std::int64_t>(std::ceil(usd * 1e6 - 1e-6)); }
     static std::int64_t micro_usd_nearest(double usd) { return static_cast<std::int64_t>(std::llround(usd * 1e6)); }
-
-    static std::optional<std::int64_t> positive(std::optional<std::int64_t> limit) {
-        if (limit && *limit > 0) return std::min<std::int64_t>(*limit, 1'000'000'000);
-        return std::nullopt;
-    }
 
     std::unique_ptr<state> state_;
 };
