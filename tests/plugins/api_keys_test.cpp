@@ -227,6 +227,7 @@ TEST_CASE("sqlite_key_directory: keys and teams round-trip, only the digest is s
     auto again = dir.create_team(team);
     REQUIRE_FALSE(again.has_value());
     CHECK(again.error().code == "team_exists");
+    CHECK(again.error().kind == chatkit::error_kind::conflict); // 409 over HTTP (POST /admin/teams)
 
     const std::string key = api_keys::generate_key();
     auto r = record_for(key, "key_abc", "team-a");
