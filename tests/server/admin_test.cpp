@@ -153,6 +153,7 @@ TEST_CASE("admin: the admin key makes a team and a key over HTTP; the key works 
     CHECK(admin_chat->status != 403);
     server.stop();
     check_secrets_not_in(server.log());
+    CHECK(server.log().find(key.substr(3)) == std::string::npos); // nor the key made over HTTP
     bool named = false;
     for (const auto& line : server.request_logs())
         if (line.value("path", "") == "/admin/teams" && line.value("key_id", "") == "admin") named = true;
