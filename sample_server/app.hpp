@@ -24,10 +24,15 @@
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>
+#include <chatkit/sqlite_usage_store.hpp>
+#include <chatkit/usage_recorder.hpp>
+#include <chatkit/usage_report.hpp>
 
 #include <algorithm>
 #include <fstream>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -49,7 +54,12 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
 // Tokens per minute and budgets (key_usage_limits) reserve at admission, once the chat body is
 // parsed, which is after every `before`: a request refused earlier reserves nothing.
+// Usage records (CHAT_USAGE=on, a SQLite database) are written after the last byte, like the access
+// log line; they are queued, never written on the request path.
+using usage_store_type = chatkit::sqlite_usage_store;
+using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
+                                     chatkit::optional_middleware<usage_recorder_type>,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
@@ -195,6 +205,43 @@ inline chatkit::service_options make_service_options(const config& c) {
     return o;
 }
 
+// The usage records' store: the SQLite file of the history when CHAT_USAGE=on; none otherwise (usage
+// records in DynamoDB come later).
+inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
+    if (c.usage != "on" || !c.database_url.starts_with("sqlite:")) return nullptr;
+    std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
+    if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
+    return std::make_shared<usage_store_type>(chatkit::sqlite_options{.path = path});
+}
+
+// GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; team names
+// come from the key directory when there is one.
+inline void add_usage_route(app_service& service, const config& c, std::shared_ptr<usage_store_type> usage) {
+    if (!usage) {
+        service.route("GET", "/v1/usage", [](chatkit::http_request& req, app_service::context&) {
+            return chatkit::error_response({chatkit::error_kind::not_found,
+                                            "usage is recorded with CHAT_USAGE=on and a SQLite CHAT_DATABASE_URL only", "usage_not_recorded"},
+                                           req.request_id);
+        });
+        return;
+    }
+    struct names {
+        std::mutex mutex; // one directory call at a time, as the key directory concept asks
+        std::optional<key_directory_type> directory;
+    };
+    auto lookup = std::make_shared<names>();
+    if (c.auth == "keys") lookup->directory.emplace(make_key_directory(c, "CHAT_AUTH=keys"));
+    service.route("GET", "/v1/usage", [usage, lookup](chatkit::http_request& req, app_service::context&) {
+        const auto team_name = [&lookup](const std::string& id) -> std::string {
+            const std::lock_guard lock{lookup->mutex};
+            if (!lookup->directory) return {};
+            auto team = lookup->directory->visit([&id](auto& d) { return d.team(id); });
+            return team && *team ? (*team)->name : std::string{};
+        };
+        return chatkit::usage_report_response(*usage, req, team_name);
+    });
+}
+
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
 // the service; `upstream`, when given, is the async client the providers call out through.
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
@@ -207,14 +254,32 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     auto provider = make_provider(c, std::move(upstream));
     auto auth = make_auth(c, log, provider.models().front());
     // The limits of keys and teams come with the keys: enforced whenever keys are.
+    auto usage = make_usage_store(c);
     std::optional<chatkit::key_rate_limits_mt> key_limits;
     std::optional<chatkit::key_usage_limits_mt> usage_limits;
     if (auth) {
         key_limits.emplace();
-        usage_limits.emplace();
+        chatkit::key_usage_limits_options o;
+        // A budget's spending survives a restart: read from the usage records once per key and period.
+        if (usage)
+            o.spent_before = [usage, log](std::string_view scope, const std::string& id, chatkit::unix_ms since) -> std::optional<double> {
+                auto spent = usage->spent_usd(scope, id, since);
+                if (spent) return *spent;
+                if (log) log->error("cannot read a budget's spending from the usage records", {{"error", spent.error().message}});
+                return std::nullopt;
+            };
+        usage_limits.emplace(std::move(o));
+    }
+    std::optional<usage_recorder_type> recorder;
+    if (usage) {
+        chatkit::usage_recorder_options o;
+        if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot write usage records", {{"error", e.message}}); };
+        recorder.emplace(usage, std::move(o));
     }
     app_service service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
-                        access_log{log}, std::move(auth), std::move(key_limits), std::move(usage_limits), std::move(limiter)};
+                        access_log{log}, std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
+                        std::move(limiter)};
+    add_usage_route(service, c, std::move(usage));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
     return service;
 }

@@ -15,6 +15,7 @@
 #include "chatkit/service.hpp"
 #include "chatkit/store.hpp"
 #include "chatkit/task.hpp"
+#include "chatkit/usage_store.hpp"
 #include "chatkit/usage_limits.hpp"
 #include "chatkit/version.hpp"
 #include "chatkit/worker_pool.hpp"

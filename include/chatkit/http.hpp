@@ -46,7 +46,8 @@ struct caller_identity {
     // database read.
     usage_limits key_limits{};
     usage_limits team_limits{};
-    bool admin = false; // the admin key: may administer teams and keys, and see every team's usage
+    // The deployment's admin key (CHAT_ADMIN_KEY): may administer keys and read any team's usage.
+    bool admin = false;
 
     [[nodiscard]] bool authenticated() const noexcept { return !key_id.empty(); }
 };

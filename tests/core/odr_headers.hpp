@@ -22,3 +22,6 @@
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>
+#include <chatkit/sqlite_usage_store.hpp>
+#include <chatkit/usage_recorder.hpp>
+#include <chatkit/usage_report.hpp>

@@ -66,7 +66,7 @@ nlohmann::json scan_all(dynamodb_key_directory& dir) {
 
 } // namespace
 
-TEST_CASE("dynamodb_key_directory: a team is created once; its id is refused a second time and team() reads it back") {
+TEST_CASE("dynamodb_key_directory: a team is created once, its id is refused a second time and team() reads it back") {
     const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
     INFO("on " << emulator);
     auto dir = make_directory(emulator);

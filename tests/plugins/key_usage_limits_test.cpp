@@ -173,7 +173,7 @@ TEST_CASE("key_usage_limits: a budgeted key may not use an unpriced model (403),
 TEST_CASE("key_usage_limits: what was spent before the process started counts against the budget, once per period") {
     int calls = 0;
     chatkit::key_usage_limits_options o;
-    o.spent_before = [&calls](std::string_view scope, const std::string& id, chatkit::unix_ms start) {
+    o.spent_before = [&calls](std::string_view scope, const std::string& id, chatkit::unix_ms start) -> std::optional<double> {
         ++calls;
         CHECK(scope == "team");
         CHECK(id == "t");
@@ -186,6 +186,23 @@ TEST_CASE("key_usage_limits: what was spent before the process started counts ag
     CHECK_FALSE(first.refused);
     CHECK(admit(limits, caller("key_a", "t", {}, team), bounds(0.04)).refused); // 0.95 + 0.04 + 0.04 > 1
     CHECK(calls == 1);
+}
+
+TEST_CASE("key_usage_limits: when what was spent cannot be read, the request is refused with 503 and the next one asks again") {
+    bool store_down = true;
+    chatkit::key_usage_limits_options o;
+    o.spent_before = [&store_down](std::string_view, const std::string&, chatkit::unix_ms) -> std::optional<double> {
+        if (store_down) return std::nullopt;
+        return 0.0;
+    };
+    usage_limits_under_test limits{o};
+    const chatkit::usage_limits key{.budget_usd = 1.0, .budget_period = "month"};
+    auto refused = admit(limits, caller("key_a", "t", key), bounds(0.1));
+    REQUIRE(refused.refused);
+    CHECK(refused.refused->kind == chatkit::error_kind::unavailable);
+    CHECK(refused.refused->code == "budget_unavailable");
+    store_down = false;
+    CHECK_FALSE(admit(limits, caller("key_a", "t", key), bounds(0.1)).refused);
 }
 
 TEST_CASE("key_usage_limits: budget periods are UTC calendar days and months") {

@@ -287,3 +287,107 @@ TEST_CASE("gateway: a pricing file that cannot be read or parsed stops start-up 
     CHECK(missing.exit_code != 0);
     CHECK_THAT(missing.output, Catch::Contains("cannot read"));
 }
+
+TEST_CASE("gateway: GET /v1/usage totals equal the sum of the answers' costs, for the caller's team only") {
+    temp_dir dir;
+    const auto db = dir.path() / "gw.db";
+    const auto prices = pricing_file(dir, 3.0, 15.0);
+    create_team(db, {"--id", "research", "--name", "Research"});
+    create_team(db, {"--id", "other"});
+    const std::string key = create_key(db, {"--team", "research"});
+    const std::string second = create_key(db, {"--team", "research"});
+    const std::string outsider = create_key(db, {"--team", "other"});
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_PRICING_FILE", prices.string()}}, db);
+    auto c = server.client();
+
+    double billed = 0;
+    std::int64_t tokens = 0;
+    for (int i = 0; i < 6; ++i) {
+        const bool stream = i % 2 == 1;
+        const json messages = {{{"role", "user"}, {"content", "request number " + std::to_string(i) + " with some words"}}};
+        json body = {{"model", "echo-1"}, {"messages", messages}, {"stream", stream}};
+        if (stream) body["stream_options"] = {{"include_usage", true}};
+        auto r = c.Post("/v1/chat/completions", bearer(i == 4 ? second : key), body.dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        json answer;
+        if (!stream) {
+            answer = json::parse(r->body);
+        } else {
+            for (std::size_t pos = 0; (pos = r->body.find("data: ", pos)) != std::string::npos;) {
+                const auto end = r->body.find("\n\n", pos);
+                const auto data = r->body.substr(pos + 6, end - pos - 6);
+                if (data != "[DONE]") answer = json::parse(data);
+                pos = end;
+            }
+        }
+        billed += answer["gateway_metadata"]["cost_usd"].get<double>();
+        tokens += answer["usage"]["total_tokens"].get<std::int64_t>();
+        CHECK(answer["gateway_metadata"]["team_id"] == "research");
+    }
+    REQUIRE(c.Post("/chat", bearer(outsider), json{{"content", "not research"}}.dump(), "application/json")->status == 200);
+
+    // The records are written off the request path, in batches: poll until all six are in.
+    json usage;
+    for (int i = 0; i < 100; ++i) {
+        auto r = c.Get("/v1/usage?days=7", bearer(key));
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        usage = json::parse(r->body);
+        if (usage["summary"]["total_requests"] == 6) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds{50});
+    }
+    INFO(usage.dump());
+    CHECK(usage["team_id"] == "research");
+    CHECK(usage["team_name"] == "Research");
+    CHECK(usage["period"]["days"] == 7);
+    CHECK(usage["summary"]["total_requests"] == 6);
+    CHECK(usage["summary"]["total_tokens"] == tokens);
+    CHECK(usage["summary"]["total_cost_usd"].get<double>() == Approx(billed));
+    CHECK(usage["summary"]["avg_daily_cost_usd"].get<double>() == Approx(billed / 7));
+    REQUIRE(usage["by_model"].size() == 1);
+    CHECK(usage["by_model"][0]["model"] == "echo-1");
+    CHECK(usage["by_model"][0]["requests"] == 6);
+    REQUIRE(usage["by_day"].size() >= 1);
+
+    // The other team sees its own request only, and may not ask for research's.
+    auto theirs = c.Get("/v1/usage", bearer(outsider));
+    REQUIRE(theirs);
+    const auto their_usage = json::parse(theirs->body);
+    CHECK(their_usage["team_id"] == "other");
+    CHECK(their_usage["period"]["days"] == 30);
+    auto forbidden = c.Get("/v1/usage?team=research", bearer(outsider));
+    REQUIRE(forbidden);
+    CHECK(forbidden->status == 403);
+    auto bad = c.Get("/v1/usage?days=0", bearer(key));
+    REQUIRE(bad);
+    CHECK(bad->status == 400);
+    auto anonymous = c.Get("/v1/usage");
+    REQUIRE(anonymous);
+    CHECK(anonymous->status == 401);
+}
+
+TEST_CASE("gateway: a budget's spending survives a restart, read back from the usage records") {
+    temp_dir dir;
+    const auto db = dir.path() / "gw.db";
+    const auto prices = pricing_file(dir, 1000, 1000); // $0.001 per token
+    const double worst = static_cast<double>(burst_reservation()) / 1000.0;
+    char budget[32];
+    // Room for four worst cases: three answers of 6 tokens spend $0.018, well under one worst case.
+    std::snprintf(budget, sizeof budget, "%.6f", 4 * worst);
+    create_team(db, {"--id", "t", "--budget-usd", budget, "--budget-period", "month"});
+    const std::string key = create_key(db, {"--team", "t"});
+    {
+        server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_PRICING_FILE", prices.string()}}, db);
+        auto c = server.client();
+        for (int i = 0; i < 3; ++i) REQUIRE(c.Post("/chat", bearer(key), burst_body(i), "application/json")->status == 200);
+        REQUIRE(server.stop() == 0); // a clean stop writes the queued records
+    }
+    // A new process: the records say $0.018 was spent this month, so four worst cases no longer fit
+    // in the budget together, and the fourth request in flight is refused.
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_PRICING_FILE", prices.string()}, {"CHAT_ECHO_DELAY_MS", "400"}}, db);
+    const auto outcome = burst(server, key, 4);
+    CHECK(outcome.ok == 3);
+    CHECK(outcome.limited == 1);
+    CHECK(all_equal(outcome.codes, "insufficient_quota"));
+}

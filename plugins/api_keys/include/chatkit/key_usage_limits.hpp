@@ -34,7 +34,9 @@ struct key_usage_limits_options {
     // must not reset a budget): called once per key or team and period, on the first request that
     // needs it, with "key" or "team", the id and the period's start. None: spending starts at 0.
     // It runs under the middleware's lock, so it should be quick (a usage store's indexed sum).
-    std::function<double(std::string_view scope, const std::string& id, unix_ms period_start)> spent_before{};
+    // Empty when it cannot tell (the store is down): the request is then refused with 503, rather
+    // than let through against a budget whose spending is unknown, and the next one asks again.
+    std::function<std::optional<double>(std::string_view scope, const std::string& id, unix_ms period_start)> spent_before{};
 };
 
 /// Requirements this middleware meets, and why:
@@ -110,8 +112,13 @@ public:
         std::lock_guard lock{s.mutex};
         bucket* kb = key_tpm ? &s.bucket_for(s.key_tokens, caller.key_id, *key_tpm, now) : nullptr;
         bucket* tb = team_tpm ? &s.bucket_for(s.team_tokens, caller.team_id, *team_tpm, now) : nullptr;
-        budget* kd = key_budget ? &s.budget_for(s.key_spend, "key", caller.key_id, *key_budget, wall) : nullptr;
-        budget* td = team_budget ? &s.budget_for(s.team_spend, "team", caller.team_id, *team_budget, wall) : nullptr;
+        budget* kd = key_budget ? s.budget_for(s.key_spend, "key", caller.key_id, *key_budget, wall) : nullptr;
+        budget* td = team_budget ? s.budget_for(s.team_spend, "team", caller.team_id, *team_budget, wall) : nullptr;
+        if ((key_budget && !kd) || (team_budget && !td))
+            return error{error_kind::unavailable,
+                         "cannot read what " + (key_budget && !kd ? "API key " + caller.key_id : "team '" + caller.team_id + "'") +
+                             " has spent this budget period; try again shortly",
+                         "budget_unavailable", "", 1};
 
         // Requirement 1: every check first, then every reservation.
         if (kd && !kd->fits(reserve_micro)) return over_budget("API key " + caller.key_id, *kd, reserve_micro, wall);
@@ -254,11 +261,19 @@ private:
             roll(now, nullptr);
             spent += used;
         }
-        // A new period starts from zero; reservations in flight stay reserved.
-        void roll(unix_ms now, const std::function<std::int64_t(unix_ms)>* before) {
-            if (now < period_end) return;
-            std::tie(period_start, period_end) = period_of(limit.period, now);
-            spent = before ? (*before)(period_start) : 0;
+        // A new period starts from what was spent in it before (zero, or what `before` reads);
+        // reservations in flight stay reserved. False when `before` cannot tell: the period is
+        // left unread, so the next request asks again.
+        bool roll(unix_ms now, const std::function<std::optional<std::int64_t>(unix_ms)>* before) {
+            if (now < period_end) return true;
+            const auto [start, end] = period_of(limit.period, now);
+            std::optional<std::int64_t> earlier = 0;
+            if (before) earlier = (*before)(start);
+            if (!earlier) return false;
+            period_start = start;
+            period_end = end;
+            spent = *earlier;
+            return true;
         }
     };
 
@@ -283,17 +298,20 @@ private:
             }
             return b;
         }
-        budget& budget_for(std::unordered_map<std::string, budget>& budgets, std::string_view scope, const std::string& id,
+        // The budget of `id` in its current period; null when what it spent before cannot be read.
+        budget* budget_for(std::unordered_map<std::string, budget>& budgets, std::string_view scope, const std::string& id,
                            const budget_limit& limit, unix_ms now) {
             auto [it, created] = budgets.try_emplace(id);
             budget& b = it->second;
             if (!created && b.limit.period != limit.period) b.period_end = 0; // a new kind of period: recount
             b.limit = limit;
-            const std::function<std::int64_t(unix_ms)> before = [&](unix_ms start) -> std::int64_t {
-                return options.spent_before ? micro_usd_nearest(options.spent_before(scope, id, start)) : 0;
+            const std::function<std::optional<std::int64_t>(unix_ms)> before = [&](unix_ms start) -> std::optional<std::int64_t> {
+                if (!options.spent_before) return 0;
+                const auto usd = options.spent_before(scope, id, start);
+                if (!usd) return std::nullopt;
+                return micro_usd_nearest(*usd);
             };
-            b.roll(now, &before);
-            return b;
+            return b.roll(now, &before) ? &b : nullptr;
         }
     };
 

@@ -82,6 +82,33 @@ inline constexpr std::string_view migrations[] = {
     );
     CREATE INDEX api_keys_by_team ON api_keys (team_id);
     )sql",
+    // One row per chat request as billed (chatkit::sqlite_usage_store, docs/gateway.md). team_id and
+    // key_id are '' without authentication; cost_usd is NULL for an unpriced model, never 0.
+    R"sql(
+    CREATE TABLE usage (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        time              INTEGER NOT NULL, -- unix ms, when the request finished
+        request_id        TEXT    NOT NULL,
+        team_id           TEXT    NOT NULL,
+        key_id            TEXT    NOT NULL,
+        model             TEXT    NOT NULL,
+        provider          TEXT    NOT NULL,
+        status            INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens     INTEGER NOT NULL,
+        reasoning_tokens  INTEGER NOT NULL,
+        cost_usd          REAL,
+        latency_ms        REAL    NOT NULL,
+        ttft_ms           REAL    NOT NULL,
+        cached            INTEGER NOT NULL,
+        streamed          INTEGER NOT NULL,
+        cancelled         INTEGER NOT NULL,
+        estimated         INTEGER NOT NULL
+    );
+    CREATE INDEX usage_by_team ON usage (team_id, time);
+    CREATE INDEX usage_by_key ON usage (key_id, time);
+    )sql",
 };
 
 struct close_db {
