@@ -278,3 +278,24 @@ TEST_CASE("admin: with CHAT_AUTH=keys and no CHAT_ADMIN_KEY, a team key gets 403
     check_error(c.Get("/admin/keys", bearer(key)), 403, "permission_denied");
     check_error(post(c, "/admin/teams", key, {{"id", "x"}}), 403, "permission_denied");
 }
+
+TEST_CASE("admin: the admin key may read another team's usage (GET /v1/usage?team=), a team key may not") {
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}, {"CHAT_USAGE", "on"}});
+    auto c = server.client();
+    REQUIRE(post(c, "/admin/teams", admin_key, {{"id", "a"}, {"name", "Team A"}})->status == 201);
+    REQUIRE(post(c, "/admin/teams", admin_key, {{"id", "b"}})->status == 201);
+    auto made = post(c, "/admin/keys", admin_key, {{"team", "b"}});
+    REQUIRE(made);
+    REQUIRE(made->status == 201);
+    const std::string team_b_key = json::parse(made->body)["key"];
+    REQUIRE(chat_status_within_5s(c, team_b_key, 200) == 200);
+
+    auto as_admin = c.Get("/v1/usage?team=a", bearer(admin_key));
+    REQUIRE(as_admin);
+    INFO(as_admin->body);
+    CHECK(as_admin->status == 200);
+    const auto report = json::parse(as_admin->body);
+    CHECK(report["team_id"] == "a");
+    CHECK(report["team_name"] == "Team A");
+    check_error(c.Get("/v1/usage?team=a", bearer(team_b_key)), 403, "permission_denied", "team");
+}
