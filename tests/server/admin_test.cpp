@@ -1,7 +1,8 @@
 // Administration over HTTP through the real sample_server binary: CHAT_ADMIN_KEY (in clear or as
 // sha256:<hex>) with CHAT_AUTH=keys, the /admin routes making teams and keys that the running
 // server then accepts, the refusals (no key, a team key, bad bodies, an existing team, an unknown
-// key, no CHAT_AUTH=keys), and neither the admin key nor its digest in the log.
+// key, no CHAT_AUTH=keys), neither the admin key nor its digest in the log, and the admin key
+// reading another team's usage.
 #include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
