@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import readline from 'node:readline';
@@ -145,4 +145,77 @@ test('with CHAT_AUTH=keys, a ck- key made by `sample_server keys create` works, 
     wrong.chat.completions.create({ model: 'fake-1', messages: [{ role: 'user', content: 'no' }] }),
     (err) => err instanceof OpenAI.AuthenticationError && err.status === 401 && err.code === 'invalid_api_key',
   );
+});
+
+test('a team budget that fits 10 worst cases: 50 concurrent SDK streams get 10 answers and 40 RateLimitError insufficient_quota, billed as /v1/usage reports', async () => {
+  const database = `sqlite:${join(dir, 'budget.db')}`;
+  const cli = (...args) => execFileSync(SAMPLE_SERVER, args, { env: { PATH: process.env.PATH, CHAT_DATABASE_URL: database } }).toString();
+  // $1 per 1,000 tokens, in and out.
+  const pricing = join(dir, 'prices.json');
+  writeFileSync(pricing, JSON.stringify({ models: { 'echo-1': { input: 1000, output: 1000 } } }));
+  const params = {
+    model: 'echo-1',
+    messages: [{ role: 'user', content: 'one two three' }],
+    max_tokens: 100,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+
+  // What one such request reserves, read from a probe key's token headers: its limit minus what
+  // is left right after the reservation (a new bucket starts full).
+  cli('teams', 'create', '--id', 'probe');
+  const probeKey = JSON.parse(cli('keys', 'create', '--team', 'probe', '--tpm', '1000000')).key;
+  const env = { CHAT_AUTH: 'keys', CHAT_DATABASE_URL: database, CHAT_PROVIDER: 'echo', CHAT_MODEL: '',
+                CHAT_PRICING_FILE: pricing, CHAT_ECHO_DELAY_MS: '400' };
+  const probe = await startServer(env, probeKey);
+  const { response: probed, data: probeStream } = await probe.chat.completions.create(params).withResponse();
+  for await (const chunk of probeStream) void chunk;
+  const reservation = 1000000 - Number(probed.headers.get('x-ratelimit-remaining-tokens'));
+  assert.ok(reservation > 100 && reservation < 1000, `reservation ${reservation}`);
+
+  cli('teams', 'create', '--id', 'budgeted', '--budget-usd', (10.5 * reservation / 1000).toFixed(6), '--budget-period', 'day');
+  const key = JSON.parse(cli('keys', 'create', '--team', 'budgeted')).key;
+  const client = new OpenAI({ baseURL: probe.baseURL, apiKey: key, maxRetries: 0 });
+  // The running server reads new keys every 2 s: wait until it knows this one (listing models costs nothing).
+  for (let i = 0; ; i += 1) {
+    if ((await fetch(`${probe.baseURL}/models`, { headers: { 'x-api-key': key } })).status === 200) break;
+    assert.ok(i < 100, 'the new key was not accepted within 5 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const outcomes = await Promise.all(Array.from({ length: 50 }, async () => {
+    try {
+      const stream = await client.chat.completions.create(params);
+      let last;
+      for await (const chunk of stream) last = chunk;
+      return { ok: true, last };
+    } catch (err) {
+      return { ok: false, err };
+    }
+  }));
+  const answers = outcomes.filter((o) => o.ok);
+  const refused = outcomes.filter((o) => !o.ok);
+  assert.equal(answers.length, 10, String(refused[0]?.err));
+  assert.equal(refused.length, 40);
+  for (const { err } of refused) {
+    assert.ok(err instanceof OpenAI.RateLimitError, String(err));
+    assert.equal(err.code, 'insufficient_quota');
+  }
+
+  // Each answer's cost is its usage at the price; the team's usage report adds up to them.
+  let billed = 0;
+  for (const { last } of answers) {
+    const { prompt_tokens, completion_tokens } = last.usage;
+    assert.equal(last.gateway_metadata.team_id, 'budgeted');
+    assert.ok(Math.abs(last.gateway_metadata.cost_usd - (prompt_tokens + completion_tokens) / 1000) < 1e-12);
+    billed += last.gateway_metadata.cost_usd;
+  }
+  let usage;
+  for (let i = 0; i < 100; i += 1) {
+    usage = await (await fetch(`${probe.baseURL}/usage?days=1`, { headers: { 'x-api-key': key } })).json();
+    if (usage.summary.total_requests === 50) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(usage.team_id, 'budgeted');
+  assert.equal(usage.summary.total_requests, 50); // the refused ones are recorded too, at no cost
+  assert.ok(Math.abs(usage.summary.total_cost_usd - billed) < 1e-9, `${usage.summary.total_cost_usd} vs ${billed}`);
 });
