@@ -5,14 +5,14 @@
 #pragma once
 
 #include "config.hpp"
+#include "key_admin.hpp"
 #include "key_directory.hpp"
 
 #include <chatkit/api_keys.hpp>
 
 #include <nlohmann/json.hpp>
 
-#include <charconv>
-#include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -75,88 +75,22 @@ inline arguments parse(int argc, char** argv, int first, std::initializer_list<s
     return a;
 }
 
-inline std::int64_t positive_int(std::string_view flag, const std::string& text) {
-    std::int64_t n = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-    if (ec != std::errc{} || end != text.data() + text.size() || n < 1)
-        throw usage_error(std::string{flag} + " must be a whole number of 1 or more, not '" + text + "'");
-    return n;
-}
-
-// --rpm, --tpm, --budget-usd and --budget-period, the last two together.
+// The limits flags, checked as the /admin routes check the same fields.
 inline chatkit::usage_limits limits(const arguments& a) {
-    chatkit::usage_limits l;
-    if (auto v = a.get("--rpm")) l.requests_per_minute = positive_int("--rpm", *v);
-    if (auto v = a.get("--tpm")) l.tokens_per_minute = positive_int("--tpm", *v);
-    const auto budget = a.get("--budget-usd");
-    const auto period = a.get("--budget-period");
-    if (budget.has_value() != period.has_value()) throw usage_error("--budget-usd and --budget-period go together");
-    if (budget) {
-        char* end = nullptr;
-        const double usd = std::strtod(budget->c_str(), &end);
-        if (budget->empty() || *end != '\0' || !std::isfinite(usd) || usd <= 0)
-            throw usage_error("--budget-usd must be a positive amount, not '" + *budget + "'");
-        if (*period != "day" && *period != "month") throw usage_error("--budget-period must be day or month");
-        l.budget_usd = usd;
-        l.budget_period = *period;
-    }
-    return l;
+    return key_admin::limits({"--rpm", a.get("--rpm")}, {"--tpm", a.get("--tpm")}, {"--budget-usd", a.get("--budget-usd")},
+                             {"--budget-period", a.get("--budget-period")});
 }
 
-// "30d", "12h", "45m" or "3600s" as milliseconds.
-inline std::int64_t duration_ms(const std::string& text) {
-    if (text.size() >= 2) {
-        const char unit = text.back();
-        const std::int64_t per = unit == 'd' ? 86'400'000 : unit == 'h' ? 3'600'000 : unit == 'm' ? 60'000 : unit == 's' ? 1000 : 0;
-        std::int64_t n = 0;
-        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size() - 1, n);
-        if (per && ec == std::errc{} && end == text.data() + text.size() - 1 && n >= 1 && n <= 36'500 * 86'400'000LL / per)
-            return n * per;
-    }
-    throw usage_error("--expires-in must be a duration such as 30d, 12h, 45m or 3600s, not '" + text + "'");
-}
-
-inline nlohmann::json optional_number(const std::optional<std::int64_t>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); }
-inline nlohmann::json optional_time(const std::optional<chatkit::unix_ms>& v) {
-    return v ? nlohmann::json(chatkit::format_rfc3339(*v)) : nlohmann::json(nullptr);
-}
-
-inline void add_limits(nlohmann::ordered_json& j, const chatkit::usage_limits& l) {
-    j["rpm"] = optional_number(l.requests_per_minute);
-    j["tpm"] = optional_number(l.tokens_per_minute);
-    j["budget_usd"] = l.budget_usd ? nlohmann::json(*l.budget_usd) : nlohmann::json(nullptr);
-    j["budget_period"] = l.budget_period.empty() ? nlohmann::json(nullptr) : nlohmann::json(l.budget_period);
-}
-
-// What `keys create` and `keys list` print of a key: never its digest.
-inline nlohmann::ordered_json key_json(const chatkit::key_record& k, const std::string* key) {
-    nlohmann::ordered_json j;
-    j["id"] = k.id;
-    if (key) j["key"] = *key;
-    j["team"] = k.team_id;
-    j["name"] = k.name;
-    j["prefix"] = k.prefix;
-    j["created_at"] = chatkit::format_rfc3339(k.created_at);
-    j["expires_at"] = optional_time(k.expires_at);
-    if (!key) j["revoked_at"] = optional_time(k.revoked_at);
-    add_limits(j, k.limits);
-    j["models"] = k.models.empty() ? nlohmann::json(nullptr) : nlohmann::json(k.models);
-    return j;
-}
-
+// "a,b" as a key's model list.
 inline std::vector<std::string> split_models(const std::string& text) {
     std::vector<std::string> out;
     std::size_t start = 0;
     while (start <= text.size()) {
         const auto comma = std::min(text.find(',', start), text.size());
-        std::string m = text.substr(start, comma - start);
-        while (!m.empty() && m.front() == ' ') m.erase(0, 1);
-        while (!m.empty() && m.back() == ' ') m.pop_back();
-        if (m.empty()) throw usage_error("--models must be a comma-separated list of model names, such as gpt-4o-mini,echo-1");
-        out.push_back(std::move(m));
+        out.push_back(text.substr(start, comma - start));
         start = comma + 1;
     }
-    return out;
+    return key_admin::models("--models", std::move(out));
 }
 
 // --database-url, checked as the server checks CHAT_DATABASE_URL.
@@ -194,12 +128,7 @@ int teams(int argc, char** argv, Directory& dir) {
     if (!id || id->empty()) throw usage_error("teams create needs --id");
     chatkit::team_record t{*id, a.get("--name").value_or(""), limits(a), chatkit::now_unix_ms()};
     checked(dir.create_team(t));
-    nlohmann::ordered_json j;
-    j["id"] = t.id;
-    j["name"] = t.name;
-    j["created_at"] = chatkit::format_rfc3339(t.created_at);
-    add_limits(j, t.limits);
-    print(j);
+    print(key_admin::team_json(t));
     return 0;
 }
 
@@ -212,19 +141,12 @@ int keys(int argc, char** argv, Directory& dir) {
         if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
         const auto team = a.get("--team");
         if (!team || team->empty()) throw usage_error("keys create needs --team");
-        chatkit::key_record k;
-        k.id = chatkit::api_keys::generate_key_id();
-        k.team_id = *team;
-        k.name = a.get("--name").value_or("");
-        k.limits = limits(a);
-        if (auto m = a.get("--models")) k.models = split_models(*m);
-        k.created_at = chatkit::now_unix_ms();
-        if (auto e = a.get("--expires-in")) k.expires_at = k.created_at + duration_ms(*e);
-        const std::string key = chatkit::api_keys::generate_key();
-        k.prefix = chatkit::api_keys::display_prefix(key);
-        k.digest = chatkit::api_keys::digest(key);
-        checked(dir.create_key(k));
-        print(key_json(k, &key)); // the only time the key is shown
+        key_admin::key_request request{.team = *team, .name = a.get("--name").value_or(""), .limits = limits(a)};
+        if (auto m = a.get("--models")) request.models = split_models(*m);
+        if (auto e = a.get("--expires-in")) request.expires_in_ms = key_admin::duration_ms("--expires-in", *e);
+        const auto issued = key_admin::issue_key(std::move(request));
+        checked(dir.create_key(issued.record));
+        print(key_admin::key_json(issued.record, &issued.key)); // the only time the key is shown
         return 0;
     }
     if (verb == "list") {
@@ -232,7 +154,7 @@ int keys(int argc, char** argv, Directory& dir) {
         if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
         const auto team = a.get("--team");
         for (const auto& k : checked(dir.keys()))
-            if (!team || k.team_id == *team) print(key_json(k, nullptr));
+            if (!team || k.team_id == *team) print(key_admin::key_json(k, nullptr));
         return 0;
     }
     if (verb == "revoke") {
@@ -272,6 +194,9 @@ inline int run(int argc, char** argv) {
             return std::string_view{argv[1]} == "teams" ? detail::teams(argc, argv, dir) : detail::keys(argc, argv, dir);
         });
     } catch (const usage_error& e) {
+        std::fprintf(stderr, "sample_server %s: %s\n%s", command.c_str(), e.what(), std::string{usage}.c_str());
+        return 2;
+    } catch (const key_admin::invalid_field& e) {
         std::fprintf(stderr, "sample_server %s: %s\n%s", command.c_str(), e.what(), std::string{usage}.c_str());
         return 2;
     } catch (const config_error& e) {

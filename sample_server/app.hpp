@@ -2,6 +2,7 @@
 // Shared by every front end of the same service (the HTTP server here, a Lambda bootstrap).
 #pragma once
 
+#include "admin_routes.hpp"
 #include "config.hpp"
 #include "default_pricing.hpp"
 #include "key_directory.hpp"
@@ -162,6 +163,7 @@ inline std::optional<auth_type> make_auth(const config& c, logger* log, std::str
     if (c.auth != "keys") return std::nullopt;
     chatkit::api_key_auth_options o;
     o.default_model = std::move(default_model);
+    o.admin_key_digest = c.admin_key_digest;
     if (log)
         o.on_refresh_error = [log](const chatkit::error& e) {
             log->error("cannot refresh the API keys; the last ones read stay in use", {{"error", e.message}});
@@ -246,6 +248,9 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     std::optional<chatkit::rate_limiter_mt> limiter;
     if (c.rate_limit != "off") limiter.emplace(*chatkit::rate_limit::parse(c.rate_limit));
     if (c.auth == "keys") (void)make_key_directory(c, "CHAT_AUTH=keys"); // fail before anything starts
+    // An admin key that nothing checks is a misconfiguration that would leave /admin off unnoticed.
+    if (!c.admin_key_digest.empty() && c.auth != "keys")
+        throw config_error("CHAT_ADMIN_KEY needs CHAT_AUTH=keys: without API keys, there is no administration over HTTP");
     auto provider = make_provider(c, std::move(upstream));
     auto auth = make_auth(c, log, provider.models().front());
     // The limits of keys and teams come with the keys: enforced whenever keys are.
@@ -275,6 +280,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
                         access_log{log}, std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
+    admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
     return service;
 }
 

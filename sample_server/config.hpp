@@ -2,6 +2,7 @@
 // wins over it. One table lists every setting, its default and its meaning; --help prints it.
 #pragma once
 
+#include <chatkit/api_keys.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/rate_limiter.hpp>
 
@@ -26,6 +27,7 @@ struct config {
     int port = 8000;
     std::string database_url = "sqlite:chatkit.db";
     std::string auth = "none";
+    std::string admin_key_digest; // CHAT_ADMIN_KEY's SHA-256 (32 raw bytes); empty: no admin key. Never the key.
     std::string provider = "auto";
     std::string model;
     std::string pricing_file;
@@ -87,6 +89,31 @@ inline std::string one_of(std::string_view name, std::string_view text, std::ini
     throw config_error(std::string{name} + "='" + std::string{text} + "' must be one of: " + list);
 }
 
+// CHAT_ADMIN_KEY as the digest api_key_auth compares: the key's SHA-256, or the one given as
+// "sha256:" and 64 hex digits. Its messages never quote the value: it is a secret, or stands for one.
+inline std::string admin_key_digest(std::string_view name, std::string_view value) {
+    if (value.empty()) return {};
+    if (value.starts_with("sha256:")) {
+        const std::string_view hex = value.substr(7);
+        std::string digest;
+        for (std::size_t i = 0; hex.size() == 2 * chatkit::api_keys::digest_bytes && i < hex.size(); i += 2) {
+            unsigned char byte = 0;
+            if (std::from_chars(hex.data() + i, hex.data() + i + 2, byte, 16).ptr != hex.data() + i + 2) break;
+            digest += static_cast<char>(byte);
+        }
+        if (digest.size() != chatkit::api_keys::digest_bytes)
+            throw config_error(std::string{name} + ": after 'sha256:' must come the 64 hex digits of the admin key's SHA-256 "
+                                                   "(printf %s \"$KEY\" | sha256sum)");
+        return digest;
+    }
+    // 32 characters at least, so that it cannot be guessed: a ck- key from `sample_server keys
+    // create` has 46, and `openssl rand -hex 32` gives 64.
+    if (value.size() < 32)
+        throw config_error(std::string{name} + " is too short: the admin key must have at least 32 characters (or give "
+                                               "sha256:<64 hex digits> of it)");
+    return chatkit::api_keys::digest(value);
+}
+
 } // namespace detail
 
 struct setting {
@@ -123,6 +150,9 @@ inline const std::vector<setting>& settings() {
         {"CHAT_AUTH", "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key, kept in the database; not with none)",
          [](config& c, auto n, auto v) { c.auth = one_of(n, v, {"none", "keys"}); },
          [](const config& c) { return c.auth; }},
+        {"CHAT_ADMIN_KEY", "with CHAT_AUTH=keys: the admin key (32 characters or more), or sha256:<64 hex> of it, that may call the /admin routes (a secret: prefer the environment to the flag; empty: none)",
+         [](config& c, auto n, auto v) { c.admin_key_digest = detail::admin_key_digest(n, v); },
+         [](const config&) { return std::string{}; }},
         {"CHAT_PROVIDER", "auto (openai with an API key or its secret, else bedrock with AWS credentials, else echo), echo, openai or bedrock",
          [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "bedrock"}); },
          [](const config& c) { return c.provider; }},

@@ -18,6 +18,7 @@ enum class error_kind {
     permission_denied,      // 403: a valid key that may not do this (e.g. use this model)
     not_found,              // 404
     method_not_allowed,     // 405
+    conflict,               // 409: what is to be created exists already (a team id)
     payload_too_large,      // 413
     unsupported_media_type, // 415
     rate_limited,           // 429
@@ -42,6 +43,7 @@ struct error {
     case error_kind::permission_denied: return 403;
     case error_kind::not_found: return 404;
     case error_kind::method_not_allowed: return 405;
+    case error_kind::conflict: return 409;
     case error_kind::payload_too_large: return 413;
     case error_kind::unsupported_media_type: return 415;
     case error_kind::rate_limited: return 429;
@@ -64,6 +66,7 @@ struct error {
     case error_kind::permission_denied: return "permission_error";
     case error_kind::not_found: return "not_found_error";
     case error_kind::method_not_allowed: return "method_not_allowed";
+    case error_kind::conflict: return "conflict_error";
     case error_kind::rate_limited: return "rate_limit_exceeded";
     case error_kind::upstream: return "upstream_error";
     case error_kind::unavailable: return "service_unavailable";

@@ -36,6 +36,8 @@ using header_map = std::map<std::string, std::string, case_insensitive_less>;
 // Who sent a request, as an authenticating middleware (chatkit::api_key_auth) proved it: the id of
 // the API key and of its team. Never filled from anything the client sends, so the rate limiter and
 // the history can trust it. Empty when no such middleware runs (authentication off).
+// The deployment's admin key (api_key_auth_options::admin_key_digest) is key_id "admin", no team
+// (team_id empty), no limits, and `admin` set: what administration routes check.
 struct caller_identity {
     std::string key_id{};
     std::string team_id{};

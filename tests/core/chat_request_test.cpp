@@ -103,6 +103,8 @@ TEST_CASE("errors map to their HTTP status and OpenAI error type") {
     CHECK(chatkit::http_status(error_kind::invalid_request) == 400);
     CHECK(chatkit::http_status(error_kind::not_found) == 404);
     CHECK(chatkit::http_status(error_kind::method_not_allowed) == 405);
+    CHECK(chatkit::http_status(error_kind::conflict) == 409);
+    CHECK(chatkit::error_type(error_kind::conflict) == "conflict_error");
     CHECK(chatkit::http_status(error_kind::payload_too_large) == 413);
     CHECK(chatkit::http_status(error_kind::unsupported_media_type) == 415);
     CHECK(chatkit::http_status(error_kind::rate_limited) == 429);

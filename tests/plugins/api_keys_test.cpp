@@ -219,6 +219,42 @@ TEST_CASE("api_key_auth: a key limited to some models gets 403 for another model
     CHECK_FALSE(auth.before(models, ctx).has_value());
 }
 
+TEST_CASE("api_key_auth: the admin key, known by its digest only, is caller \"admin\" of no team, with no limits and every model") {
+    const std::string admin = "an-admin-key-of-at-least-32-characters";
+    const std::string team_key = api_keys::generate_key();
+    auto r = record_for(team_key);
+    r.models = {"echo-1"};
+    chatkit::api_key_auth_options o;
+    o.admin_key_digest = api_keys::digest(admin);
+    auto auth = make_auth({r}, o);
+    chatkit::no_context ctx;
+
+    auto as_admin = chat_request("Bearer " + admin, R"({"model":"gpt-4o","content":"hi"})");
+    CHECK_FALSE(auth.before(as_admin, ctx).has_value()); // no model list
+    CHECK(as_admin.caller.admin);
+    CHECK(as_admin.caller.key_id == "admin");
+    CHECK(as_admin.caller.team_id.empty());
+    CHECK_FALSE(as_admin.caller.key_limits.requests_per_minute.has_value());
+    CHECK_FALSE(as_admin.caller.team_limits.budget_usd.has_value());
+
+    auto as_team = chat_request("Bearer " + team_key, R"({"model":"echo-1","content":"hi"})");
+    CHECK_FALSE(auth.before(as_team, ctx).has_value());
+    CHECK_FALSE(as_team.caller.admin);
+    // Neither the digest itself nor a near miss is the admin key.
+    for (const std::string& wrong : {api_keys::digest(admin), admin + "x", admin.substr(1)}) {
+        auto req = chat_request("Bearer " + wrong);
+        auto res = auth.before(req, ctx);
+        REQUIRE(res.has_value());
+        CHECK(res->status == 401);
+        CHECK_FALSE(req.caller.admin);
+    }
+    // Without an admin key configured, nothing is admin.
+    auto plain = make_auth({r});
+    auto req = chat_request("Bearer " + admin);
+    REQUIRE(plain.before(req, ctx).has_value());
+    CHECK_FALSE(req.caller.admin);
+}
+
 TEST_CASE("sqlite_key_directory: keys and teams round-trip, only the digest is stored, and revoking is recorded once") {
     temp_db file;
     chatkit::sqlite_key_directory dir{{.path = file.path()}};
@@ -227,6 +263,7 @@ TEST_CASE("sqlite_key_directory: keys and teams round-trip, only the digest is s
     auto again = dir.create_team(team);
     REQUIRE_FALSE(again.has_value());
     CHECK(again.error().code == "team_exists");
+    CHECK(again.error().kind == chatkit::error_kind::conflict); // 409 over HTTP (POST /admin/teams)
 
     const std::string key = api_keys::generate_key();
     auto r = record_for(key, "key_abc", "team-a");

@@ -79,7 +79,7 @@ TEST_CASE("dynamodb_key_directory: a team is created once, its id is refused a s
     team_record again{"research", "Someone else", {}, 1'700'000'000'001};
     auto refused = dir.create_team(again);
     REQUIRE_FALSE(refused);
-    CHECK(refused.error().kind == error_kind::invalid_request);
+    CHECK(refused.error().kind == error_kind::conflict);
     CHECK(refused.error().code == "team_exists");
 
     auto read = dir.team("research");

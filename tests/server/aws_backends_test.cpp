@@ -242,6 +242,77 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, the teams and keys commands 
     CHECK(server.log().find(sha256_hex(key)) == std::string::npos);
 }
 
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, the /admin routes make and revoke teams and keys the running server sees") {
+    const auto table = create_table();
+    {
+        chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+        test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(table + "-keys"));
+    }
+    const std::string admin_key = "adm-" + sha256_hex(unique("admin-")); // 68 characters
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    env["CHAT_AUTH"] = "keys";
+    env["CHAT_ADMIN_KEY"] = "sha256:" + sha256_hex(admin_key);
+    server_process server{env};
+    auto c = server.client();
+    const httplib::Headers admin{{"Authorization", "Bearer " + admin_key}};
+    const auto post = [&](const std::string& path, const json& body) { return c.Post(path, admin, body.dump(), "application/json"); };
+    const auto within_5s = [&](const std::string& key, int wanted) {
+        const auto start = std::chrono::steady_clock::now();
+        int status = 0;
+        while (status != wanted && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+            auto r = chat_with_key(c, key);
+            REQUIRE(r);
+            status = r->status;
+            if (status != wanted) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        return status;
+    };
+
+    auto team = post("/admin/teams", {{"id", "team-h"}, {"rpm", 50}});
+    REQUIRE(team);
+    INFO(team->body);
+    CHECK(team->status == 201);
+    auto again = post("/admin/teams", {{"id", "team-h"}});
+    REQUIRE(again);
+    CHECK(again->status == 409);
+    CHECK(json::parse(again->body)["error"]["code"] == "team_exists");
+    auto no_team = post("/admin/keys", {{"team", "nope"}});
+    REQUIRE(no_team);
+    CHECK(no_team->status == 400);
+    CHECK(json::parse(no_team->body)["error"]["param"] == "team");
+
+    auto made = post("/admin/keys", {{"team", "team-h"}, {"name", "ci"}, {"expires_in", "12h"}});
+    REQUIRE(made);
+    INFO(made->body);
+    REQUIRE(made->status == 201);
+    const std::string key = json::parse(made->body)["key"];
+    const std::string key_id = json::parse(made->body)["id"];
+    CHECK(within_5s(key, 200) == 200);
+
+    auto list = c.Get("/admin/keys?team=team-h", admin);
+    REQUIRE(list);
+    CHECK(list->status == 200);
+    const auto data = json::parse(list->body)["data"];
+    REQUIRE(data.size() == 1);
+    CHECK(data[0]["id"] == key_id);
+    CHECK(list->body.find(key.substr(3)) == std::string::npos);
+
+    auto revoked = post("/admin/keys/revoke", {{"id", key_id}});
+    REQUIRE(revoked);
+    INFO(revoked->body);
+    CHECK(revoked->status == 200);
+    CHECK(json::parse(revoked->body)["revoked_at"].is_string());
+    CHECK(within_5s(key, 401) == 401);
+    auto unknown = post("/admin/keys/revoke", {{"id", "key_unknown"}});
+    REQUIRE(unknown);
+    CHECK(unknown->status == 404);
+    server.stop();
+    CHECK(server.log().find(admin_key) == std::string::npos);
+    CHECK(server.log().find(sha256_hex(admin_key)) == std::string::npos);
+}
+
 TEST_CASE("the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN names, and a rotated key is used after CHAT_SECRET_REFRESH") {
     fake_openai fake;
     const auto arn = create_secret(R"({"api_key":"sk-from-secret-0001"})");

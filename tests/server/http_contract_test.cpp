@@ -388,7 +388,8 @@ TEST_CASE("--help lists every CHAT_ variable with its flag and default") {
     CHECK(r.exit_code == 0);
     for (const char* name : {"CHAT_HOST", "CHAT_PORT", "CHAT_DATABASE_URL", "CHAT_PROVIDER", "CHAT_MODEL", "CHAT_CACHE_SIZE",
                              "CHAT_CACHE_TTL", "CHAT_RATE_LIMIT", "CHAT_MAX_BODY_BYTES", "CHAT_THREADS", "CHAT_LOG_LEVEL",
-                             "CHAT_LOG_FORMAT", "CHAT_AUTH", "--auth", "[none]", "--max-body-bytes", "[60/minute]", "[sqlite:chatkit.db]"})
+                             "CHAT_LOG_FORMAT", "CHAT_AUTH", "--auth", "CHAT_ADMIN_KEY", "--admin-key", "[none]", "--max-body-bytes",
+                             "[60/minute]", "[sqlite:chatkit.db]"})
         CHECK(r.output.find(name) != std::string::npos);
 }
 

@@ -1,7 +1,7 @@
 // The real `bootstrap` binary against a local Runtime API (protocols.md §5): API Gateway HTTP API
 // 2.0 and Function URL events (§6) in, buffered and streamed answers and error reports out, with
 // the echo provider and a real SQLite file; API keys in DynamoDB (dynalite) as the deployment keeps
-// them.
+// them, and the /admin routes that make them.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_lambda_runtime.hpp"
 #include "../support/lambda_answers.hpp"
@@ -16,9 +16,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 #include <stop_token>
 #include <thread>
@@ -339,5 +341,49 @@ TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a k
     const auto models = buffered_answer(runtime.wait_for(allowed));
     INFO(models.dump());
     CHECK(models["statusCode"] == 200);
+    CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
+}
+
+TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key in DynamoDB, a team key gets 403") {
+    static test_support::emulator_process dynalite = test_support::start_dynalite();
+    const std::string history = "history-" + std::to_string(std::random_device{}());
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
+    const std::string admin_key = chatkit::api_keys::generate_key(); // a ck- key serves as an admin key too
+
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                          {"CHAT_AUTH", "keys"},
+                                          {"CHAT_ADMIN_KEY", admin_key},
+                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}}};
+    const auto call = [&](const std::string& method, const std::string& path, const std::string& key, std::optional<std::string> body) {
+        const auto id = runtime.push(gateway_event(method, path, "", std::move(body), {{"authorization", "Bearer " + key}}).dump());
+        return buffered_answer(runtime.wait_for(id));
+    };
+
+    const auto team = call("POST", "/admin/teams", admin_key, R"({"id":"lambda-team","rpm":10})");
+    INFO(team.dump());
+    CHECK(team["statusCode"] == 201);
+    const auto made = call("POST", "/admin/keys", admin_key, R"({"team":"lambda-team","name":"from lambda"})");
+    INFO(made.dump());
+    REQUIRE(made["statusCode"] == 201);
+    const std::string key = json::parse(made["body"].get<std::string>())["key"];
+    // The directory holds the new key, as the next instance (or the next refresh) reads it.
+    const auto stored = keys.keys();
+    REQUIRE(stored);
+    REQUIRE(stored->size() == 1);
+    CHECK(stored->front().team_id == "lambda-team");
+    CHECK(stored->front().digest == chatkit::api_keys::digest(key));
+
+    // Once this instance's snapshot has the key (2 s refresh), it may chat but not administer.
+    json refused;
+    for (int attempt = 0; attempt < 50; ++attempt) {
+        refused = call("GET", "/admin/keys", key, std::nullopt);
+        if (refused["statusCode"] != 401) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(refused["statusCode"] == 403);
+    CHECK(json::parse(refused["body"].get<std::string>())["error"]["code"] == "permission_denied");
+    CHECK(bootstrap.log().find(admin_key.substr(3)) == std::string::npos);
     CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
 }

@@ -45,6 +45,11 @@ struct api_key_auth_options {
     // Told when a background refresh fails (the last snapshot stays in use). The message comes from
     // the directory and never holds a key or a digest.
     std::function<void(const error&)> on_refresh_error{};
+    // The SHA-256 digest (32 raw bytes, api_keys::digest) of the deployment's admin key; empty:
+    // there is none. Only the digest is held, so the admin key itself need not be kept in clear.
+    // The admin key is in no directory: it is accepted as caller "admin" (caller_identity::admin),
+    // of no team, with no limits and every model.
+    std::string admin_key_digest{};
 };
 
 template <class Directory>
@@ -72,8 +77,13 @@ public:
         if (key.empty())
             return refuse(req, "missing API key: send it as 'Authorization: Bearer ck-...' or 'x-api-key: ck-...'");
         // Only the digest is compared, and never shown: neither the key nor it goes into a message.
+        const std::string digest = api_keys::digest(key);
+        if (!state_->options.admin_key_digest.empty() && api_keys::digests_equal(digest, state_->options.admin_key_digest)) {
+            req.caller = caller_identity{.key_id = "admin", .admin = true};
+            return std::nullopt; // no model list: the admin key may use every model
+        }
         const auto snap = snapshot();
-        const key_record* record = snap->find(api_keys::digest(key));
+        const key_record* record = snap->find(digest);
         if (!record) return refuse(req, "invalid API key");
         if (record->revoked_at) return refuse(req, "this API key has been revoked");
         if (!record->active_at(now_unix_ms())) return refuse(req, "this API key has expired");

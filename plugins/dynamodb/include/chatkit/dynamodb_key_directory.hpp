@@ -116,7 +116,7 @@ public:
         return out;
     }
 
-    // Fails with invalid_request ("team_exists") when the id is taken.
+    // Fails with conflict ("team_exists") when the id is taken.
     result<void> create_team(const team_record& t) {
         if (t.id.empty()) return error{error_kind::invalid_request, "a team id must be non-empty", "invalid_value", "id"};
         nlohmann::json item = {{"pk", {{"S", std::string{team_prefix} + t.id}}},
@@ -127,7 +127,7 @@ public:
         auto put = client_.call("PutItem", {{"TableName", options_.table}, {"Item", std::move(item)},
                                             {"ConditionExpression", "attribute_not_exists(pk)"}});
         if (!put && put.error().code == "ConditionalCheckFailedException")
-            return error{error_kind::invalid_request, "team '" + t.id + "' already exists", "team_exists"};
+            return error{error_kind::conflict, "team '" + t.id + "' already exists", "team_exists"};
         if (!put) return unavailable("create the team", std::move(put).error());
         return {};
     }
@@ -147,7 +147,7 @@ public:
     }
 
     // Stores a key record (its digest, never the key). Fails with invalid_request
-    // ("team_not_found") when its team does not exist, and ("key_exists") when the id is taken.
+    // ("team_not_found") when its team does not exist, and with conflict ("key_exists") when the id is taken.
     result<void> create_key(const key_record& k) {
         // As sqlite_key_directory: key ids hold no ':' (history is scoped "KEY_ID:USER_ID"), and a
         // digest of any other length could never match a presented key.
@@ -179,7 +179,7 @@ public:
         auto put = client_.call("PutItem", {{"TableName", options_.table}, {"Item", std::move(item)},
                                             {"ConditionExpression", "attribute_not_exists(pk)"}});
         if (!put && put.error().code == "ConditionalCheckFailedException")
-            return error{error_kind::invalid_request, "key '" + k.id + "' already exists", "key_exists", "id"};
+            return error{error_kind::conflict, "key '" + k.id + "' already exists", "key_exists", "id"};
         if (!put) return unavailable("create the key", std::move(put).error());
         return {};
     }

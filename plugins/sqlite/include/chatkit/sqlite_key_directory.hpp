@@ -81,7 +81,7 @@ public:
         return out;
     }
 
-    // Fails with invalid_request ("team_exists") when the id is taken.
+    // Fails with conflict ("team_exists") when the id is taken.
     result<void> create_team(const team_record& t) {
         const std::lock_guard lock{state_->mutex};
         auto st = prepare("INSERT INTO teams (id, name, rpm, tpm, budget_usd, budget_period, created_at) "
@@ -94,7 +94,7 @@ public:
         sqlite3_bind_int64(s, 7, t.created_at);
         const int rc = sqlite3_step(s);
         if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT)
-            return error{error_kind::invalid_request, "team '" + t.id + "' already exists", "team_exists"};
+            return error{error_kind::conflict, "team '" + t.id + "' already exists", "team_exists"};
         if (rc != SQLITE_DONE) return unavailable("create the team", rc);
         return {};
     }
