@@ -80,7 +80,7 @@ void check_secrets_not_in(const std::string& text) {
 
 } // namespace
 
-TEST_CASE("admin: the admin key makes a team and a key over HTTP; the key works within 5 s, is listed without its secret, "
+TEST_CASE("admin: the admin key makes a team and a key over HTTP, and the key works within 5 s, is listed without its secret, "
           "and is refused within 5 s of its revocation") {
     server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}});
     auto c = server.client();
@@ -161,7 +161,7 @@ TEST_CASE("admin: the admin key makes a team and a key over HTTP; the key works 
     CHECK(named);
 }
 
-TEST_CASE("admin: no key gets 401, a team key 403; bad bodies 400 naming the field, an existing team 409, an unknown key 404") {
+TEST_CASE("admin: no key gets 401, a team key 403, and bad bodies 400 naming the field, an existing team 409, an unknown key 404") {
     server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}});
     auto c = server.client();
     REQUIRE(post(c, "/admin/teams", admin_key, {{"id", "t"}})->status == 201);
@@ -223,7 +223,7 @@ TEST_CASE("admin: CHAT_ADMIN_KEY as sha256:<hex> of the key works, and neither t
     check_secrets_not_in(server.log());
 }
 
-TEST_CASE("admin: a malformed CHAT_ADMIN_KEY stops start-up naming the variable without quoting it; without CHAT_AUTH=keys "
+TEST_CASE("admin: a malformed CHAT_ADMIN_KEY stops start-up naming the variable without quoting it, and without CHAT_AUTH=keys "
           "CHAT_ADMIN_KEY stops start-up and /admin answers 404") {
     temp_dir dir;
     const std::map<std::string, std::string> base{{"CHAT_PORT", "0"}, {"CHAT_AUTH", "keys"},
