@@ -1,6 +1,7 @@
 // sample_server on its AWS backends, configured as the deployment template configures the Lambda
 // function: history and API keys in DynamoDB (dynalite, started here) and the OpenAI key read from
-// Secrets Manager (moto_server, started here), relaying to a fake OpenAI upstream.
+// Secrets Manager (moto_server, started here), relaying to a fake OpenAI upstream. Usage records
+// go to the usage table of the same database.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_openai.hpp"
 #include "../support/server_process.hpp"
@@ -8,11 +9,13 @@
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
+#include <chatkit/dynamodb_usage_store.hpp>
 
 #include <catch2/catch.hpp>
 #include <openssl/sha.h>
 
 #include <atomic>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -312,4 +315,91 @@ TEST_CASE("a bad dynamodb URL, a missing keys table with CHAT_AUTH=keys, or both
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("keep one") != std::string::npos);
     CHECK(r.output.find("sk-plain-key-0004") == std::string::npos);
+}
+
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/usage totals equal the sum of the answers' costs, read from TABLE-usage") {
+    const auto table = create_table();
+    {
+        chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+        test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(table + "-keys"));
+        test_support::create_table(client, chatkit::dynamodb_usage_store::create_table_input(table + "-usage"));
+    }
+    test_support::temp_dir dir;
+    const auto prices = dir.path() / "prices.json";
+    std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 3.0}, {"output", 15.0}}}}}}.dump();
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    const auto cli = [&](std::vector<std::string> args) { return test_support::run_to_exit(env, args); };
+    REQUIRE(cli({"teams", "create", "--id", "research", "--name", "Research"}).exit_code == 0);
+    REQUIRE(cli({"teams", "create", "--id", "other"}).exit_code == 0);
+    const auto made = cli({"keys", "create", "--team", "research"});
+    INFO(made.output);
+    REQUIRE(made.exit_code == 0);
+    const std::string key = last_json(made.output)["key"];
+    const std::string key_id = last_json(made.output)["id"];
+    const auto theirs = cli({"keys", "create", "--team", "other"});
+    REQUIRE(theirs.exit_code == 0);
+    const std::string outsider = last_json(theirs.output)["key"];
+
+    auto server_env = env;
+    server_env["CHAT_AUTH"] = "keys";
+    server_env["CHAT_PRICING_FILE"] = prices.string();
+    const httplib::Headers bearer{{"Authorization", "Bearer " + key}};
+    double billed = 0;
+    std::int64_t tokens = 0;
+    {
+        server_process server{server_env};
+        auto c = server.client();
+        for (int i = 0; i < 5; ++i) {
+            const json body = {{"model", "echo-1"},
+                               {"messages", {{{"role", "user"}, {"content", "request number " + std::to_string(i) + " on Lambda"}}}}};
+            auto r = c.Post("/v1/chat/completions", bearer, body.dump(), "application/json");
+            REQUIRE(r);
+            INFO(r->body);
+            REQUIRE(r->status == 200);
+            const auto answer = json::parse(r->body);
+            billed += answer["gateway_metadata"]["cost_usd"].get<double>();
+            tokens += answer["usage"]["total_tokens"].get<std::int64_t>();
+        }
+        REQUIRE(c.Post("/chat", {{"Authorization", "Bearer " + outsider}}, json{{"content", "not research"}}.dump(), "application/json")
+                    ->status == 200);
+
+        // The records are written off the request path, in batches: poll until all five are in.
+        json usage;
+        for (int i = 0; i < 100; ++i) {
+            auto r = c.Get("/v1/usage?days=7", bearer);
+            REQUIRE(r);
+            INFO(r->body);
+            REQUIRE(r->status == 200);
+            usage = json::parse(r->body);
+            if (usage["summary"]["total_requests"] == 5) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds{50});
+        }
+        INFO(usage.dump());
+        CHECK(usage["team_id"] == "research");
+        CHECK(usage["team_name"] == "Research");
+        CHECK(usage["summary"]["total_requests"] == 5);
+        CHECK(usage["summary"]["total_tokens"] == tokens);
+        CHECK(usage["summary"]["total_cost_usd"].get<double>() == Approx(billed));
+        REQUIRE(usage["by_model"].size() == 1);
+        CHECK(usage["by_model"][0]["model"] == "echo-1");
+        auto other = c.Get("/v1/usage", {{"Authorization", "Bearer " + outsider}});
+        REQUIRE(other);
+        CHECK(json::parse(other->body)["summary"]["total_requests"] == 1);
+        REQUIRE(server.stop() == 0);
+        CHECK(server.log().find(key.substr(3)) == std::string::npos);
+    }
+
+    // The items are in TABLE-usage, one per request, with the TTL attribute; the key's spending
+    // is there through the key index, as budgets read it after a restart.
+    chatkit::dynamodb_usage_store_options o;
+    o.table = table + "-usage";
+    chatkit::dynamodb_usage_store store{o, dynalite().aws_environment()};
+    auto items = store.client().call("Scan", {{"TableName", o.table}});
+    REQUIRE(items);
+    CHECK((*items)["Items"].size() == 6);
+    for (const auto& item : (*items)["Items"]) CHECK(item.contains("expires_at"));
+    CHECK(store.spent_usd("key", key_id, 0).value() == Approx(billed));
+    CHECK(store.spent_usd("team", "research", 0).value() == Approx(billed));
 }
