@@ -85,10 +85,11 @@ concept usage_store_has_spent = requires(U& u, std::string_view scope, std::stri
 
 /// A Usage store model provides:
 ///   1. `result<void> append(std::span<const usage_record>)` — stores a batch, all of it or none,
-///      durably before it returns. A store that cannot write a batch atomically (DynamoDB's
-///      BatchWriteItem) must make a failed batch safe to write again whole: each record stored
-///      once however often it is written. Why batches: the recorder writes many requests per commit, so
+///      durably before it returns. Why batches: the recorder writes many requests per commit, so
 ///      the durability cost (an fsync, a network round trip) is paid per batch, not per request.
+///      A store that cannot write a batch atomically (DynamoDB's BatchWriteItem) must make a
+///      failed batch safe to write again whole: each record stored once however often it is
+///      written, since the recorder writes a failed batch again.
 ///   2. `result<usage_summary> summarize(const usage_query&)` — one team's totals in a time range,
 ///      by model and by UTC day. Why in the store: it can aggregate where the records are (an
 ///      indexed GROUP BY) instead of shipping every record to the caller.
