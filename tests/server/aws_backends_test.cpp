@@ -15,6 +15,7 @@
 #include <openssl/sha.h>
 
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -402,4 +403,68 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/u
     for (const auto& item : (*items)["Items"]) CHECK(item.contains("expires_at"));
     CHECK(store.spent_usd("key", key_id, 0).value() == Approx(billed));
     CHECK(store.spent_usd("team", "research", 0).value() == Approx(billed));
+}
+
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, a key's and a team's budget spending survive a restart, read back from TABLE-usage") {
+    const auto table = create_table();
+    {
+        chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+        test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(table + "-keys"));
+        test_support::create_table(client, chatkit::dynamodb_usage_store::create_table_input(table + "-usage"));
+    }
+    test_support::temp_dir dir;
+    const auto prices = dir.path() / "prices.json";
+    std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 1000.0}, {"output", 1000.0}}}}}}.dump(); // $0.001 per token
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    const auto cli = [&](std::vector<std::string> args) { return test_support::run_to_exit(env, args); };
+
+    // A budget that fits one request's worst case (its body's bytes and 8, plus max_tokens, as
+    // gateway_test.cpp reckons it) and $0.004 more: one answer of 6 tokens ($0.006) leaves no room
+    // for a second, in this process or, if the spending is read back, in the next.
+    const std::string body = json{{"user_id", "u00"}, {"content", "one two three"}, {"max_tokens", 100}}.dump();
+    const double worst = static_cast<double>(body.size() + 8 + 100) / 1000.0;
+    char budget[32];
+    std::snprintf(budget, sizeof budget, "%.6f", worst + 0.004);
+    REQUIRE(cli({"teams", "create", "--id", "open"}).exit_code == 0);
+    REQUIRE(cli({"teams", "create", "--id", "capped", "--budget-usd", budget, "--budget-period", "month"}).exit_code == 0);
+    const auto made_key = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"keys", "create"});
+        const auto made = cli(args);
+        INFO(made.output);
+        REQUIRE(made.exit_code == 0);
+        return last_json(made.output)["key"].get<std::string>();
+    };
+    const std::string key_capped = made_key({"--team", "open", "--budget-usd", budget, "--budget-period", "day"}); // the key_id-sk index
+    const std::string team_capped = made_key({"--team", "capped"});                                                 // the team's partition
+
+    auto server_env = env;
+    server_env["CHAT_AUTH"] = "keys";
+    server_env["CHAT_PRICING_FILE"] = prices.string();
+    const auto post = [&body](server_process& server, const std::string& key) {
+        auto c = server.client();
+        auto r = c.Post("/chat", {{"Authorization", "Bearer " + key}}, body, "application/json");
+        REQUIRE(r);
+        return std::pair{r->status, r->body};
+    };
+    {
+        server_process server{server_env};
+        for (const auto& key : {key_capped, team_capped}) {
+            const auto [status, answer] = post(server, key);
+            INFO(answer);
+            REQUIRE(status == 200);
+            CHECK(json::parse(answer)["cost_usd"].get<double>() == Approx(0.006));
+            CHECK(post(server, key).first == 429); // the budget, in this process
+        }
+        REQUIRE(server.stop() == 0); // a clean stop writes the queued records
+    }
+    // A new process knows nothing but what TABLE-usage holds.
+    server_process restarted{server_env};
+    for (const auto& key : {key_capped, team_capped}) {
+        const auto [status, answer] = post(restarted, key);
+        INFO(answer);
+        CHECK(status == 429);
+        CHECK(json::parse(answer)["error"]["code"] == "insufficient_quota");
+    }
 }
