@@ -1,15 +1,19 @@
 // chatkit::dynamodb_usage_store against real DynamoDB emulators (dynalite and moto_server, each
 // case on both): the same records as the SQLite store's test, summed as the reference model sums
 // them, across Query pages; spending by key (through the index) and by team; the item as stored,
-// its TTL included; batches larger than one BatchWriteItem, written twice without duplicates.
+// its TTL included; batches larger than one BatchWriteItem, written twice without duplicates; and,
+// through a proxy in front of moto, DynamoDB's UnprocessedItems, sent again or given up on.
 #include "chatkit/dynamodb_usage_store.hpp"
 
 #include "../support/aws_emulators.hpp"
+#include "../support/dynamodb_proxy.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <mutex>
 #include <random>
+#include <vector>
 
 using chatkit::dynamodb_usage_store;
 using chatkit::dynamodb_usage_store_options;
@@ -267,4 +271,95 @@ TEST_CASE("dynamodb_usage_store: the database URL names the usage table, TABLE-u
     auto too_long = chatkit::parse_dynamodb_url("dynamodb://" + std::string(250, 'h') + "?keys_table=keys");
     REQUIRE_FALSE(too_long);
     CHECK(too_long.error().message.find("usage_table") != std::string::npos);
+}
+
+namespace {
+
+// A store that talks to moto through `proxy`, on a table created directly.
+dynamodb_usage_store store_behind(const test_support::dynamodb_proxy& proxy, const std::string& table, int unprocessed_retries) {
+    dynamodb_usage_store_options o;
+    o.table = table;
+    o.unprocessed_retries = unprocessed_retries;
+    o.unprocessed_backoff = std::chrono::milliseconds{1};
+    return dynamodb_usage_store{o, moto().aws_environment({{"AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint()}})};
+}
+
+// BatchWriteItem's answer with `count` of the request's puts (the last ones) as unprocessed.
+void answer_unprocessed(const std::string& request_body, std::size_t count, httplib::Response& res) {
+    const auto request = nlohmann::json::parse(request_body)["RequestItems"];
+    nlohmann::json unprocessed = nlohmann::json::object();
+    for (const auto& [table, puts] : request.items()) {
+        const auto from = puts.size() - std::min(count, puts.size());
+        unprocessed[table] = nlohmann::json(std::vector<nlohmann::json>(puts.begin() + static_cast<std::ptrdiff_t>(from), puts.end()));
+    }
+    res.status = 200;
+    res.set_content(nlohmann::json{{"UnprocessedItems", unprocessed}}.dump(), "application/x-amz-json-1.0");
+}
+
+} // namespace
+
+TEST_CASE("dynamodb_usage_store: UnprocessedItems are sent again until every record is written") {
+    const auto table = unique_table();
+    {
+        dynamodb_usage_store admin{{.table = table}, moto().aws_environment()};
+        test_support::create_table(admin.client(), dynamodb_usage_store::create_table_input(table));
+    }
+    // The first two BatchWriteItems are forwarded but answered as if their last 7 puts had not
+    // been processed (a throttled partition): the store sends those 7 again.
+    std::atomic<int> throttled{0};
+    std::vector<std::size_t> sizes;
+    std::mutex sizes_mutex;
+    test_support::dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const std::string& body, const auto& forward,
+                                                          httplib::Response& res) {
+                                           if (target != "DynamoDB_20120810.BatchWriteItem") return false;
+                                           {
+                                               std::lock_guard lock{sizes_mutex};
+                                               sizes.push_back(nlohmann::json::parse(body)["RequestItems"][table].size());
+                                           }
+                                           if (throttled++ >= 2) return false;
+                                           REQUIRE(forward());
+                                           answer_unprocessed(body, 7, res);
+                                           return true;
+                                       }};
+    auto store = store_behind(proxy, table, 6);
+    std::vector<usage_record> batch;
+    for (int i = 0; i < 30; ++i) batch.push_back(record("t", "k", "m", dec1 + i, 1, 1, 0.25));
+    REQUIRE(store.append(batch));
+    // 30 records: 25 (7 unprocessed), those 7 again (7 unprocessed), those 7 once more, then 5.
+    CHECK(sizes == std::vector<std::size_t>{25, 7, 7, 5});
+    CHECK(store.summarize({"t", dec1, dec1 + day})->total.requests == 30);
+    CHECK(store.summarize({"t", dec1, dec1 + day})->total.cost_usd == Approx(7.5));
+}
+
+TEST_CASE("dynamodb_usage_store: puts still unprocessed after the bounded retries are an unavailable error, and the batch can be written again") {
+    const auto table = unique_table();
+    {
+        dynamodb_usage_store admin{{.table = table}, moto().aws_environment()};
+        test_support::create_table(admin.client(), dynamodb_usage_store::create_table_input(table));
+    }
+    // Every BatchWriteItem is forwarded, but answered with all its puts but the first unprocessed.
+    std::atomic<bool> throttling{true};
+    test_support::dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const std::string& body, const auto& forward,
+                                                          httplib::Response& res) {
+                                           if (target != "DynamoDB_20120810.BatchWriteItem" || !throttling) return false;
+                                           REQUIRE(forward());
+                                           const auto n = nlohmann::json::parse(body)["RequestItems"][table].size();
+                                           answer_unprocessed(body, n - 1, res);
+                                           return true;
+                                       }};
+    auto store = store_behind(proxy, table, 2);
+    std::vector<usage_record> batch;
+    for (int i = 0; i < 10; ++i) batch.push_back(record("t", "k", "m", dec1 + i, 1, 1, 0.5));
+    auto failed = store.append(batch);
+    REQUIRE_FALSE(failed);
+    CHECK(failed.error().kind == error_kind::unavailable);
+    CHECK(failed.error().message.find(table) != std::string::npos);
+    CHECK(failed.error().message.find("unprocessed") != std::string::npos);
+    CHECK(proxy.count("DynamoDB_20120810.BatchWriteItem") == 3); // the first call and 2 retries
+
+    // The recorder writes the whole batch again once the table takes writes: every record once.
+    throttling = false;
+    REQUIRE(store.append(batch));
+    CHECK(scan_all(store).size() == 10);
+    CHECK(store.spent_usd("key", "k", 0).value() == Approx(5.0));
 }
