@@ -125,9 +125,17 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, history is kept in DynamoDB 
             REQUIRE(r);
             REQUIRE(r->status == 200);
         }
+        server.stop();
+        CHECK(server.log().find("cannot write usage records") != std::string::npos); // no TABLE-usage (below)
     }
     server_process restarted{env};
     auto c = restarted.client();
+    // This database has no usage table (TABLE-usage): chats work, the records' writes fail and
+    // are logged, and the report says the store is unavailable.
+    auto usage = c.Get("/v1/usage");
+    REQUIRE(usage);
+    CHECK(usage->status == 503);
+    CHECK(usage->body.find(table + "-usage") != std::string::npos);
     auto page = c.Get("/history/dana?limit=10");
     REQUIRE(page);
     REQUIRE(page->status == 200);
