@@ -145,9 +145,9 @@ public:
         return s;
     }
 
-    // A team's spending is read from its partition; a key's from the key_id-sk index (whose reads
-    // are eventually consistent: a record written a moment ago may be missed, as it may be still
-    // queued in the recorder anyway).
+    // A team's spending is read from its partition; a key's from the key_id-sk index. Every Query
+    // here is eventually consistent (an index allows no other, and they cost half the read units):
+    // a record written a moment ago may be missed, as it may still be queued in the recorder anyway.
     result<double> spent_usd(std::string_view scope, std::string_view id, unix_ms since) {
         nlohmann::json input = {{"TableName", options_.table}, {"ProjectionExpression", "cost_usd"}};
         if (scope == "team") {
