@@ -15,6 +15,7 @@
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/bedrock_provider.hpp>
 #include <chatkit/dynamodb_store.hpp>
+#include <chatkit/dynamodb_usage_store.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
@@ -54,9 +55,10 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
 // Tokens per minute and budgets (key_usage_limits) reserve at admission, once the chat body is
 // parsed, which is after every `before`: a request refused earlier reserves nothing.
-// Usage records (CHAT_USAGE=on, a SQLite database) are written after the last byte, like the access
-// log line; they are queued, never written on the request path.
-using usage_store_type = chatkit::sqlite_usage_store;
+// Usage records (CHAT_USAGE=on, in the SQLite file or the DynamoDB usage table of the database)
+// are written after the last byte, like the access log line; they are queued, never written on
+// the request path.
+using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_store, chatkit::dynamodb_usage_store>;
 using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
                                      chatkit::optional_middleware<usage_recorder_type>,
@@ -205,13 +207,23 @@ inline chatkit::service_options make_service_options(const config& c) {
     return o;
 }
 
-// The usage records' store: the SQLite file of the history when CHAT_USAGE=on; none otherwise (usage
-// records in DynamoDB come later).
+// The usage records' store when CHAT_USAGE=on: the SQLite file of the history, or the usage table
+// of a DynamoDB database (usage_table, TABLE-usage by default); none with CHAT_DATABASE_URL=none.
 inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
-    if (c.usage != "on" || !c.database_url.starts_with("sqlite:")) return nullptr;
+    if (c.usage != "on") return nullptr;
+    if (c.database_url.starts_with("dynamodb:")) {
+        auto database = chatkit::parse_dynamodb_url(c.database_url);
+        if (!database) throw config_error("CHAT_DATABASE_URL: " + database.error().message);
+        try {
+            return std::make_shared<usage_store_type>(chatkit::dynamodb_usage_store{chatkit::dynamodb_usage_store_options::of(*database)});
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_DATABASE_URL: "} + e.what());
+        }
+    }
+    if (!c.database_url.starts_with("sqlite:")) return nullptr;
     std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
     if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
-    return std::make_shared<usage_store_type>(chatkit::sqlite_options{.path = path});
+    return std::make_shared<usage_store_type>(chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = path}});
 }
 
 // GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; team names
@@ -220,7 +232,7 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
     if (!usage) {
         service.route("GET", "/v1/usage", [](chatkit::http_request& req, app_service::context&) {
             return chatkit::error_response({chatkit::error_kind::not_found,
-                                            "usage is recorded with CHAT_USAGE=on and a SQLite CHAT_DATABASE_URL only", "usage_not_recorded"},
+                                            "usage is recorded with CHAT_USAGE=on and a CHAT_DATABASE_URL other than none", "usage_not_recorded"},
                                            req.request_id);
         });
         return;

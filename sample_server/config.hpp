@@ -160,7 +160,7 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.model; }},
         {"CHAT_PRICING_FILE", "a JSON price table (USD per 1M tokens) merged over the shipped data/pricing.json (empty: the shipped one only)",
          [](config& c, auto, auto v) { c.pricing_file = v; }, [](const config& c) { return c.pricing_file; }},
-        {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite database; GET /v1/usage) or off",
+        {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite database or the DynamoDB usage table; GET /v1/usage) or off",
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
         {"CHAT_CACHE_SIZE", "cached answers kept (0: no cache)",
          [](config& c, auto n, auto v) { c.cache_size = parse_int<std::size_t>(n, v, 0, 10'000'000); },

@@ -17,6 +17,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 namespace chatkit {
@@ -85,6 +87,9 @@ concept usage_store_has_spent = requires(U& u, std::string_view scope, std::stri
 ///   1. `result<void> append(std::span<const usage_record>)` — stores a batch, all of it or none,
 ///      durably before it returns. Why batches: the recorder writes many requests per commit, so
 ///      the durability cost (an fsync, a network round trip) is paid per batch, not per request.
+///      A store that cannot write a batch atomically (DynamoDB's BatchWriteItem) must make a
+///      failed batch safe to write again whole: each record stored once however often it is
+///      written, since the recorder writes a failed batch again.
 ///   2. `result<usage_summary> summarize(const usage_query&)` — one team's totals in a time range,
 ///      by model and by UTC day. Why in the store: it can aggregate where the records are (an
 ///      indexed GROUP BY) instead of shipping every record to the caller.
@@ -151,5 +156,33 @@ private:
     }
 };
 static_assert(usage_store<memory_usage_store>);
+
+/// One of several Usage stores, chosen at run time (a SQLite file or a DynamoDB table, as the
+/// database URL says), itself a Usage store: the recorder, the report and budgets take one type.
+template <class... Us>
+class usage_store_variant {
+    static_assert((usage_store_check<Us>::value && ...));
+
+public:
+    template <class U>
+        requires(std::same_as<std::remove_cvref_t<U>, Us> || ...)
+    usage_store_variant(U&& u) : v_(std::forward<U>(u)) {}
+
+    result<void> append(std::span<const usage_record> batch) {
+        return std::visit([batch](auto& u) { return u.append(batch); }, v_);
+    }
+    result<usage_summary> summarize(const usage_query& q) {
+        return std::visit([&q](auto& u) { return u.summarize(q); }, v_);
+    }
+    result<double> spent_usd(std::string_view scope, std::string_view id, unix_ms since) {
+        return std::visit([=](auto& u) { return u.spent_usd(scope, id, since); }, v_);
+    }
+    template <class U>
+    U* get_if() noexcept { return std::get_if<U>(&v_); }
+
+private:
+    std::variant<Us...> v_;
+};
+static_assert(usage_store<usage_store_variant<memory_usage_store>>);
 
 } // namespace chatkit

@@ -13,6 +13,7 @@
 #include <chatkit/bedrock_provider.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
+#include <chatkit/dynamodb_usage_store.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/httplib_client_pool.hpp>
 #include <chatkit/httplib_server.hpp>

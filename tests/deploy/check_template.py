@@ -2,9 +2,9 @@
 """Checks what cfn-lint cannot about deploy/template.yaml: least privilege of the function's
 role, the CHAT_* environment it gets, and the resources they point at.
 
-    check_template.py TEMPLATE STORE_HEADER KEYS_HEADER              check; exit 1 listing every failure
-    check_template.py --self-test TEMPLATE STORE_HEADER KEYS_HEADER  the template passes, and each
-                                                                     mutation in MUTATIONS makes its check fail
+    check_template.py TEMPLATE STORE_HEADER KEYS_HEADER USAGE_HEADER              check; exit 1 listing every failure
+    check_template.py --self-test TEMPLATE STORE_HEADER KEYS_HEADER USAGE_HEADER  the template passes, and each
+                                                                                  mutation in MUTATIONS makes its check fail
     check_template.py --plain TEMPLATE OUT.json                      writes the template as plain CloudFormation
                                                                      (the SAM function as AWS::Lambda::Function)
 
@@ -15,7 +15,9 @@ STORE_HEADER is plugins/dynamodb/include/chatkit/dynamodb_store.hpp: the DynamoD
 grants must be exactly those the store calls (`client_.call("PutItem", ...)`), and the table's keys
 and TTL attribute the ones it uses. KEYS_HEADER is dynamodb_key_directory.hpp: on the keys table
 the role may do exactly what its `keys()` calls (a server only reads keys; a workstation writes
-them), and only with CHAT_AUTH=keys.
+them), and only with CHAT_AUTH=keys. USAGE_HEADER is dynamodb_usage_store.hpp: on the usage table
+the role may do exactly what the usage store calls, on the table and on the one index it queries,
+and the table's keys, index and TTL attribute are the ones it uses.
 
 Needs python3 with PyYAML (Debian: python3-yaml).
 """
@@ -186,8 +188,18 @@ def keys_read_facts(header_path):
     return {"actions": {"dynamodb:" + c for c in calls}, "text": text}
 
 
-# The two headers the checks read: the history store's and the key directory's.
-Headers = collections.namedtuple("Headers", "store keys")
+def usage_facts(header_path):
+    """The DynamoDB actions of the usage store, and the name of the index it queries."""
+    facts = store_facts(header_path)
+    index = re.search(r'key_index = "([A-Za-z0-9_.-]+)"', facts["text"])
+    if not index:
+        raise Failure(f"found no `key_index = \"NAME\"` in {header_path}: has the usage store moved?")
+    facts["index"] = index.group(1)
+    return facts
+
+
+# The three headers the checks read: the history store's, the key directory's and the usage store's.
+Headers = collections.namedtuple("Headers", "store keys usage")
 
 
 class Failure(Exception):
@@ -305,8 +317,8 @@ def _(tpl, header):
 
 
 def database_tables(tpl):
-    """((name, resource) of the history table, (name, resource) of the keys table), as the
-    function's CHAT_DATABASE_URL names them: dynamodb://${History}?...&keys_table=${Keys}."""
+    """((name, resource) of the history table, of the keys table, of the usage table), as the
+    function's CHAT_DATABASE_URL names them: dynamodb://${History}?...&keys_table=${Keys}&usage_table=${Usage}."""
     tables = resources_of(tpl, "AWS::DynamoDB::Table")
     url = env_of(tpl).get("CHAT_DATABASE_URL")
     text = url.get("Fn::Sub") if isinstance(url, dict) else url
@@ -318,17 +330,22 @@ def database_tables(tpl):
     keys = re.search(r"[?&]keys_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
     if not keys or keys.group(1) not in tables or keys.group(1) == history.group(1):
         raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the keys table as keys_table=${{KeysTable}}")
-    if len(tables) != 2:
-        raise Failure(f"expected two DynamoDB tables (history, keys), found {sorted(tables)}")
-    return (history.group(1), tables[history.group(1)]), (keys.group(1), tables[keys.group(1)])
+    usage = re.search(r"[?&]usage_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
+    if not usage or usage.group(1) not in tables or usage.group(1) in (history.group(1), keys.group(1)):
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the usage table as usage_table=${{UsageTable}}")
+    if len(tables) != 3:
+        raise Failure(f"expected three DynamoDB tables (history, keys, usage), found {sorted(tables)}")
+    return tuple((name, tables[name]) for name in (history.group(1), keys.group(1), usage.group(1)))
 
 
 @check("role-dynamodb")
 def _(tpl, header):
     _, role = role_of(tpl)
-    (history_name, _), (keys_name, _) = database_tables(tpl)
+    (history_name, _), (keys_name, _), (usage_name, _) = database_tables(tpl)
+    usage = usage_facts(header.usage)
+    usage_index = f"${{{usage_name}.Arn}}/index/{usage['index']}"
     auth = env_of(tpl).get("CHAT_AUTH")
-    on_history, on_keys = set(), set()
+    on_history, on_keys, on_usage, on_usage_index = set(), set(), set(), set()
     for action, targets in granted(role, "dynamodb").items():
         for resource, cond in targets:
             if is_getatt(resource, history_name, "Arn") and not cond:
@@ -338,9 +355,14 @@ def _(tpl, header):
                 if not (isinstance(auth, dict) and cond and condition_on(tpl, cond) == (auth.get("Ref"), "keys")):
                     raise Failure(f"{action} on {keys_name} is granted whatever CHAT_AUTH is (it must depend on CHAT_AUTH=keys)")
                 on_keys.add(action)
+            elif is_getatt(resource, usage_name, "Arn") and not cond:
+                on_usage.add(action)
+            elif isinstance(resource, dict) and resource.get("Fn::Sub") == usage_index and not cond:
+                on_usage_index.add(action)
             else:
-                raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {history_name}.Arn or "
-                              f"!GetAtt {keys_name}.Arn (no index, no other table, no condition on the history)")
+                raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {history_name}.Arn, "
+                              f"!GetAtt {keys_name}.Arn, !GetAtt {usage_name}.Arn or !Sub {usage_index} "
+                              f"(no other index, no other table, no condition on the history or the usage)")
     wanted = store_facts(header.store)["actions"]
     if on_history != wanted:
         raise Failure(f"dynamodb actions on {history_name} are {sorted(on_history)}; the store calls exactly {sorted(wanted)}")
@@ -348,6 +370,11 @@ def _(tpl, header):
     if on_keys != wanted:
         raise Failure(f"dynamodb actions on {keys_name} are {sorted(on_keys)}; a server reads keys with exactly "
                       f"{sorted(wanted)} (writes are a workstation's)")
+    if on_usage != usage["actions"]:
+        raise Failure(f"dynamodb actions on {usage_name} are {sorted(on_usage)}; the usage store calls exactly {sorted(usage['actions'])}")
+    # Of the usage store's calls only Query reads an index (a key's spending).
+    if on_usage_index != {"dynamodb:Query"} & usage["actions"]:
+        raise Failure(f"dynamodb actions on {usage_index} are {sorted(on_usage_index)}, not exactly Query")
 
 
 @check("role-secret")
@@ -366,7 +393,7 @@ def _(tpl, header):
 
 @check("env-database-url")
 def _(tpl, header):
-    (history_name, _), _ = database_tables(tpl)
+    (history_name, _), _, _ = database_tables(tpl)
     text = env_of(tpl)["CHAT_DATABASE_URL"]
     text = text.get("Fn::Sub") if isinstance(text, dict) else text
     if not text.startswith(f"dynamodb://${{{history_name}}}"):
@@ -470,7 +497,7 @@ def _(tpl, header):
 
 @check("table-design")
 def _(tpl, header):
-    (table_name, table), _ = database_tables(tpl)
+    (table_name, table), _, _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -497,7 +524,7 @@ def _(tpl, header):
 
 @check("keys-table-design")
 def _(tpl, header):
-    _, (table_name, table) = database_tables(tpl)
+    _, (table_name, table), _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -519,6 +546,41 @@ def _(tpl, header):
         raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
     if table.get("DeletionPolicy") != "Retain":
         raise Failure(f"{table_name} would be deleted with the stack, and every key with it")
+
+
+@check("usage-table-design")
+def _(tpl, header):
+    _, _, (table_name, table) = database_tables(tpl)
+    p = table.get("Properties", {})
+    keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
+    if keys != {"pk": "HASH", "sk": "RANGE"} or types != {"pk": "S", "sk": "S", "key_id": "S"}:
+        raise Failure(f"{table_name} keys are {keys} {types}, not pk (S, HASH) and sk (S, RANGE), with key_id (S) for the index")
+    facts = usage_facts(header.usage)
+    for needle in ('"pk"', '"sk"', '"key_id"', '"cost_usd"', '"expires_at"', '"team#"'):
+        if needle not in facts["text"]:
+            raise Failure(f"the usage store no longer mentions {needle}: the table design has drifted")
+    indexes = p.get("GlobalSecondaryIndexes") or []
+    if p.get("LocalSecondaryIndexes") or len(indexes) != 1:
+        raise Failure(f"{table_name} must have exactly one index, the global {facts['index']} the usage store queries")
+    index = indexes[0]
+    index_keys = {k.get("AttributeName"): k.get("KeyType") for k in index.get("KeySchema") or []}
+    projection = index.get("Projection") or {}
+    if index.get("IndexName") != facts["index"] or index_keys != {"key_id": "HASH", "sk": "RANGE"}:
+        raise Failure(f"{table_name}'s index is {index.get('IndexName')} {index_keys}, not {facts['index']} on key_id (HASH) and sk (RANGE)")
+    if projection.get("ProjectionType") != "ALL" and "cost_usd" not in (projection.get("NonKeyAttributes") or []):
+        raise Failure(f"{table_name}'s index does not project cost_usd, which a key's spending sums")
+    ttl = p.get("TimeToLiveSpecification") or {}
+    if ttl.get("AttributeName") != "expires_at" or ttl.get("Enabled") is not True:
+        raise Failure(f"{table_name} TTL is {ttl}, not enabled on expires_at (records would be kept forever)")
+    if (p.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is not True:
+        raise Failure(f"{table_name} has no point-in-time recovery")
+    if (p.get("SSESpecification") or {}).get("SSEEnabled") is not True:
+        raise Failure(f"{table_name} has no SSESpecification.SSEEnabled")
+    if p.get("BillingMode") != "PAY_PER_REQUEST":
+        raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
+    if table.get("DeletionPolicy") != "Retain":
+        raise Failure(f"{table_name} would be deleted with the stack, and what was billed with it")
 
 
 @check("env-auth")
@@ -633,8 +695,8 @@ def _(tpl, header):
     named = [(kind, the_one(tpl, kind, *types)[0]) for kind, types in (
         ("HTTP API", ("AWS::ApiGatewayV2::Api",)), ("Function URL", ("AWS::Lambda::Url",)),
         ("secret", ("AWS::SecretsManager::Secret",)))]
-    (history_name, _), (keys_name, _) = database_tables(tpl)
-    for kind, name in named + [("history table", history_name), ("keys table", keys_name)]:
+    (history_name, _), (keys_name, _), (usage_name, _) = database_tables(tpl)
+    for kind, name in named + [("history table", history_name), ("keys table", keys_name), ("usage table", usage_name)]:
         if f"'{name}'" not in outputs and f"{{{name}." not in outputs and f"${{{name}}}" not in outputs:
             raise Failure(f"no output gives the {kind} ({name})")
 
@@ -750,6 +812,42 @@ MUTATIONS = [
     ("env-database-url", "keys_table naming the history table",
      lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
                                   {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${HistoryTable}"})),
+    ("role-dynamodb", "the function may delete usage records",
+     lambda t: stmt(t, "Usage").__setitem__("Action", ["dynamodb:BatchWriteItem", "dynamodb:Query", "dynamodb:DeleteItem"])),
+    ("role-dynamodb", "BatchWriteItem missing on the usage table",
+     lambda t: stmt(t, "Usage").__setitem__("Action", ["dynamodb:Query"])),
+    ("role-dynamodb", "Query on every index of the usage table",
+     lambda t: stmt(t, "UsageByKey").__setitem__("Resource", {"Fn::Sub": "${UsageTable.Arn}/index/other"})),
+    ("role-dynamodb", "writes on the usage index",
+     lambda t: stmt(t, "UsageByKey").__setitem__("Action", ["dynamodb:Query", "dynamodb:BatchWriteItem"])),
+    ("role-dynamodb", "no Query on the usage index",
+     lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].remove(stmt(t, "UsageByKey"))),
+    ("env-database-url", "no usage_table in the URL",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}"})),
+    ("env-database-url", "usage_table naming the keys table",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}&usage_table=${KeysTable}"})),
+    ("usage-table-design", "TTL off",
+     lambda t: res(t, "UsageTable")["Properties"]["TimeToLiveSpecification"].__setitem__("Enabled", False)),
+    ("usage-table-design", "TTL on another attribute",
+     lambda t: res(t, "UsageTable")["Properties"]["TimeToLiveSpecification"].__setitem__("AttributeName", "ttl")),
+    ("usage-table-design", "no index",
+     lambda t: res(t, "UsageTable")["Properties"].pop("GlobalSecondaryIndexes")),
+    ("usage-table-design", "index renamed",
+     lambda t: res(t, "UsageTable")["Properties"]["GlobalSecondaryIndexes"][0].__setitem__("IndexName", "by-key")),
+    ("usage-table-design", "index without cost_usd",
+     lambda t: res(t, "UsageTable")["Properties"]["GlobalSecondaryIndexes"][0].__setitem__("Projection", {"ProjectionType": "KEYS_ONLY"})),
+    ("usage-table-design", "sort key renamed",
+     lambda t: res(t, "UsageTable")["Properties"]["KeySchema"][1].__setitem__("AttributeName", "time")),
+    ("usage-table-design", "no PITR",
+     lambda t: res(t, "UsageTable")["Properties"].pop("PointInTimeRecoverySpecification")),
+    ("usage-table-design", "deleted with the stack",
+     lambda t: res(t, "UsageTable").pop("DeletionPolicy")),
+    ("usage-table-design", "provisioned billing",
+     lambda t: res(t, "UsageTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
+    ("outputs", "no usage table output",
+     lambda t: t["Outputs"].pop("UsageTableName")),
     ("env-auth", "CHAT_AUTH fixed, not a parameter",
      lambda t: env(t).__setitem__("CHAT_AUTH", "keys")),
     ("keys-table-design", "a sort key",
@@ -838,7 +936,13 @@ def self_test(tpl, header):
              lambda h: h.replace("result<std::vector<key_record>> keys() {\n",
                                  'result<std::vector<key_record>> keys() {\n        client_.call("GetItem", {});\n')),
             ("keys-table-design", "the key directory renames pk", "keys",
-             lambda h: h.replace('"pk"', '"key_id"'))):
+             lambda h: h.replace('"pk"', '"key_id"')),
+            ("role-dynamodb", "the usage store also calls UpdateItem", "usage",
+             lambda h: h + '\nvoid more() { client_.call("UpdateItem", {}); }\n'),
+            ("role-dynamodb", "the usage store queries another index", "usage",
+             lambda h: h.replace('key_index = "key_id-sk"', 'key_index = "key_id-time"')),
+            ("usage-table-design", "the usage store renames expires_at", "usage",
+             lambda h: h.replace('"expires_at"', '"expiry"'))):
         with open(getattr(header, which), encoding="utf-8") as f:
             text = f.read()
         with tempfile.NamedTemporaryFile("w", suffix=".hpp", delete=False) as f:
@@ -878,11 +982,11 @@ def main(argv):
             json.dump(plain_cloudformation(load(argv[2])), f, indent=1)
         return 0
     args = [a for a in argv[1:] if a != "--self-test"]
-    if len(args) != 3:
+    if len(args) != 4:
         print(__doc__, file=sys.stderr)
         return 2
     tpl = load(args[0])
-    header = Headers(store=args[1], keys=args[2])
+    header = Headers(store=args[1], keys=args[2], usage=args[3])
     if "--self-test" in argv:
         return self_test(tpl, header)
     failures = run_checks(tpl, header)

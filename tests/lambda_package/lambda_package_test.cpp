@@ -13,6 +13,7 @@
 
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/dynamodb_store.hpp>
+#include <chatkit/dynamodb_usage_store.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -293,6 +294,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     auto moto = test_support::start_moto();
     chatkit::aws::json_client dynamodb{chatkit::dynamodb_store::service(), {}, dynalite.aws_environment()};
     test_support::create_table(dynamodb, chatkit::dynamodb_store::create_table_input("chatkit-history"));
+    test_support::create_table(dynamodb, chatkit::dynamodb_usage_store::create_table_input("chatkit-usage"));
     chatkit::aws::json_client secrets{chatkit::aws::secrets_manager_service(), {}, moto.aws_environment()};
     const auto secret = secrets.call("CreateSecret", {{"Name", "chatkit/openai"}, {"SecretString", R"({"api_key":"sk-in-secrets-manager"})"}});
     REQUIRE(secret);
@@ -302,7 +304,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     lambda_sandbox sandbox{zip_path};
     const auto bootstrap = sandbox.start(function_environment(
         runtime, {{"CHAT_PROVIDER", "openai"},
-                  {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30&keys_table=chatkit-keys"},
+                  {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30&keys_table=chatkit-keys&usage_table=chatkit-usage"},
                   {"CHAT_AUTH", "none"}, // the template's default (ChatAuth); with none the keys table is never read
                   {"CHAT_OPENAI_API_KEY_SECRET_ARN", (*secret)["ARN"].get<std::string>()},
                   {"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"},
@@ -342,4 +344,14 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     REQUIRE(items);
     CHECK((*items)["Items"].size() == 2);
     CHECK_FALSE(std::filesystem::exists(sandbox.root() / "tmp/chat.db"));
+
+    // One usage record per chat, written by the recorder's thread after each answer.
+    std::size_t recorded = 0;
+    for (int i = 0; i < 100 && recorded < 2; ++i) {
+        auto usage = dynamodb.call("Scan", {{"TableName", "chatkit-usage"}});
+        REQUIRE(usage);
+        recorded = (*usage)["Items"].size();
+        if (recorded < 2) std::this_thread::sleep_for(std::chrono::milliseconds{50});
+    }
+    CHECK(recorded == 2);
 }

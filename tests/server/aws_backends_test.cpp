@@ -1,6 +1,7 @@
 // sample_server on its AWS backends, configured as the deployment template configures the Lambda
 // function: history and API keys in DynamoDB (dynalite, started here) and the OpenAI key read from
-// Secrets Manager (moto_server, started here), relaying to a fake OpenAI upstream.
+// Secrets Manager (moto_server, started here), relaying to a fake OpenAI upstream. Usage records
+// go to the usage table of the same database.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_openai.hpp"
 #include "../support/server_process.hpp"
@@ -8,11 +9,14 @@
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
+#include <chatkit/dynamodb_usage_store.hpp>
 
 #include <catch2/catch.hpp>
 #include <openssl/sha.h>
 
 #include <atomic>
+#include <cstdio>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -121,9 +125,17 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, history is kept in DynamoDB 
             REQUIRE(r);
             REQUIRE(r->status == 200);
         }
+        server.stop();
+        CHECK(server.log().find("cannot write usage records") != std::string::npos); // no TABLE-usage (below)
     }
     server_process restarted{env};
     auto c = restarted.client();
+    // This database has no usage table (TABLE-usage): chats work, the records' writes fail and
+    // are logged, and the report says the store is unavailable.
+    auto usage = c.Get("/v1/usage");
+    REQUIRE(usage);
+    CHECK(usage->status == 503);
+    CHECK(usage->body.find(table + "-usage") != std::string::npos);
     auto page = c.Get("/history/dana?limit=10");
     REQUIRE(page);
     REQUIRE(page->status == 200);
@@ -383,4 +395,155 @@ TEST_CASE("a bad dynamodb URL, a missing keys table with CHAT_AUTH=keys, or both
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("keep one") != std::string::npos);
     CHECK(r.output.find("sk-plain-key-0004") == std::string::npos);
+}
+
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/usage totals equal the sum of the answers' costs, read from TABLE-usage") {
+    const auto table = create_table();
+    {
+        chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+        test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(table + "-keys"));
+        test_support::create_table(client, chatkit::dynamodb_usage_store::create_table_input(table + "-usage"));
+    }
+    test_support::temp_dir dir;
+    const auto prices = dir.path() / "prices.json";
+    std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 3.0}, {"output", 15.0}}}}}}.dump();
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    const auto cli = [&](std::vector<std::string> args) { return test_support::run_to_exit(env, args); };
+    REQUIRE(cli({"teams", "create", "--id", "research", "--name", "Research"}).exit_code == 0);
+    REQUIRE(cli({"teams", "create", "--id", "other"}).exit_code == 0);
+    const auto made = cli({"keys", "create", "--team", "research"});
+    INFO(made.output);
+    REQUIRE(made.exit_code == 0);
+    const std::string key = last_json(made.output)["key"];
+    const std::string key_id = last_json(made.output)["id"];
+    const auto theirs = cli({"keys", "create", "--team", "other"});
+    REQUIRE(theirs.exit_code == 0);
+    const std::string outsider = last_json(theirs.output)["key"];
+
+    auto server_env = env;
+    server_env["CHAT_AUTH"] = "keys";
+    server_env["CHAT_PRICING_FILE"] = prices.string();
+    const httplib::Headers bearer{{"Authorization", "Bearer " + key}};
+    double billed = 0;
+    std::int64_t tokens = 0;
+    {
+        server_process server{server_env};
+        auto c = server.client();
+        for (int i = 0; i < 5; ++i) {
+            const json body = {{"model", "echo-1"},
+                               {"messages", {{{"role", "user"}, {"content", "request number " + std::to_string(i) + " on Lambda"}}}}};
+            auto r = c.Post("/v1/chat/completions", bearer, body.dump(), "application/json");
+            REQUIRE(r);
+            INFO(r->body);
+            REQUIRE(r->status == 200);
+            const auto answer = json::parse(r->body);
+            billed += answer["gateway_metadata"]["cost_usd"].get<double>();
+            tokens += answer["usage"]["total_tokens"].get<std::int64_t>();
+        }
+        REQUIRE(c.Post("/chat", {{"Authorization", "Bearer " + outsider}}, json{{"content", "not research"}}.dump(), "application/json")
+                    ->status == 200);
+
+        // The records are written off the request path, in batches: poll until all five are in.
+        json usage;
+        for (int i = 0; i < 100; ++i) {
+            auto r = c.Get("/v1/usage?days=7", bearer);
+            REQUIRE(r);
+            INFO(r->body);
+            REQUIRE(r->status == 200);
+            usage = json::parse(r->body);
+            if (usage["summary"]["total_requests"] == 5) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds{50});
+        }
+        INFO(usage.dump());
+        CHECK(usage["team_id"] == "research");
+        CHECK(usage["team_name"] == "Research");
+        CHECK(usage["summary"]["total_requests"] == 5);
+        CHECK(usage["summary"]["total_tokens"] == tokens);
+        CHECK(usage["summary"]["total_cost_usd"].get<double>() == Approx(billed));
+        REQUIRE(usage["by_model"].size() == 1);
+        CHECK(usage["by_model"][0]["model"] == "echo-1");
+        auto other = c.Get("/v1/usage", {{"Authorization", "Bearer " + outsider}});
+        REQUIRE(other);
+        CHECK(json::parse(other->body)["summary"]["total_requests"] == 1);
+        REQUIRE(server.stop() == 0);
+        CHECK(server.log().find(key.substr(3)) == std::string::npos);
+    }
+
+    // The items are in TABLE-usage, one per request, with the TTL attribute; the key's spending
+    // is there through the key index, as budgets read it after a restart.
+    chatkit::dynamodb_usage_store_options o;
+    o.table = table + "-usage";
+    chatkit::dynamodb_usage_store store{o, dynalite().aws_environment()};
+    auto items = store.client().call("Scan", {{"TableName", o.table}});
+    REQUIRE(items);
+    CHECK((*items)["Items"].size() == 6);
+    for (const auto& item : (*items)["Items"]) CHECK(item.contains("expires_at"));
+    CHECK(store.spent_usd("key", key_id, 0).value() == Approx(billed));
+    CHECK(store.spent_usd("team", "research", 0).value() == Approx(billed));
+}
+
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, a key's and a team's budget spending survive a restart, read back from TABLE-usage") {
+    const auto table = create_table();
+    {
+        chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+        test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(table + "-keys"));
+        test_support::create_table(client, chatkit::dynamodb_usage_store::create_table_input(table + "-usage"));
+    }
+    test_support::temp_dir dir;
+    const auto prices = dir.path() / "prices.json";
+    std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 1000.0}, {"output", 1000.0}}}}}}.dump(); // $0.001 per token
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    const auto cli = [&](std::vector<std::string> args) { return test_support::run_to_exit(env, args); };
+
+    // A budget that fits one request's worst case (its body's bytes and 8, plus max_tokens, as
+    // gateway_test.cpp reckons it) and $0.004 more: one answer of 6 tokens ($0.006) leaves no room
+    // for a second, in this process or, if the spending is read back, in the next.
+    const std::string body = json{{"user_id", "u00"}, {"content", "one two three"}, {"max_tokens", 100}}.dump();
+    const double worst = static_cast<double>(body.size() + 8 + 100) / 1000.0;
+    char budget[32];
+    std::snprintf(budget, sizeof budget, "%.6f", worst + 0.004);
+    REQUIRE(cli({"teams", "create", "--id", "open"}).exit_code == 0);
+    REQUIRE(cli({"teams", "create", "--id", "capped", "--budget-usd", budget, "--budget-period", "month"}).exit_code == 0);
+    const auto made_key = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"keys", "create"});
+        const auto made = cli(args);
+        INFO(made.output);
+        REQUIRE(made.exit_code == 0);
+        return last_json(made.output)["key"].get<std::string>();
+    };
+    const std::string key_capped = made_key({"--team", "open", "--budget-usd", budget, "--budget-period", "day"}); // the key_id-sk index
+    const std::string team_capped = made_key({"--team", "capped"});                                                 // the team's partition
+
+    auto server_env = env;
+    server_env["CHAT_AUTH"] = "keys";
+    server_env["CHAT_PRICING_FILE"] = prices.string();
+    const auto post = [&body](server_process& server, const std::string& key) {
+        auto c = server.client();
+        auto r = c.Post("/chat", {{"Authorization", "Bearer " + key}}, body, "application/json");
+        REQUIRE(r);
+        return std::pair{r->status, r->body};
+    };
+    {
+        server_process server{server_env};
+        for (const auto& key : {key_capped, team_capped}) {
+            const auto [status, answer] = post(server, key);
+            INFO(answer);
+            REQUIRE(status == 200);
+            CHECK(json::parse(answer)["cost_usd"].get<double>() == Approx(0.006));
+            CHECK(post(server, key).first == 429); // the budget, in this process
+        }
+        REQUIRE(server.stop() == 0); // a clean stop writes the queued records
+    }
+    // A new process knows nothing but what TABLE-usage holds.
+    server_process restarted{server_env};
+    for (const auto& key : {key_capped, team_capped}) {
+        const auto [status, answer] = post(restarted, key);
+        INFO(answer);
+        CHECK(status == 429);
+        CHECK(json::parse(answer)["error"]["code"] == "insufficient_quota");
+    }
 }

@@ -1,7 +1,7 @@
 // The real `bootstrap` binary against a local Runtime API (protocols.md §5): API Gateway HTTP API
 // 2.0 and Function URL events (§6) in, buffered and streamed answers and error reports out, with
-// the echo provider and a real SQLite file; API keys in DynamoDB (dynalite) as the deployment keeps
-// them, and the /admin routes that make them.
+// the echo provider and a real SQLite file; API keys and usage records in DynamoDB (dynalite) as
+// the deployment keeps them, and the /admin routes that make keys.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_lambda_runtime.hpp"
 #include "../support/lambda_answers.hpp"
@@ -10,6 +10,8 @@
 
 #include <chatkit/api_keys.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
+#include <chatkit/dynamodb_store.hpp>
+#include <chatkit/dynamodb_usage_store.hpp>
 #include <chatkit/lambda_runtime.hpp>
 
 #include <nlohmann/json.hpp>
@@ -385,5 +387,52 @@ TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key
     CHECK(refused["statusCode"] == 403);
     CHECK(json::parse(refused["body"].get<std::string>())["error"]["code"] == "permission_denied");
     CHECK(bootstrap.log().find(admin_key.substr(3)) == std::string::npos);
+    CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
+}
+
+TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABLE-usage and GET /v1/usage reports it") {
+    static test_support::emulator_process dynalite = test_support::start_dynalite();
+    const std::string history = "history-" + std::to_string(std::random_device{}());
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    test_support::create_table(keys.client(), chatkit::dynamodb_store::create_table_input(history));
+    test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
+    test_support::create_table(keys.client(), chatkit::dynamodb_usage_store::create_table_input(history + "-usage"));
+    REQUIRE(keys.create_team(chatkit::team_record{"lambda-team", "Lambda", {}, chatkit::now_unix_ms()}));
+    const std::string key = chatkit::api_keys::generate_key();
+    chatkit::key_record record;
+    record.id = chatkit::api_keys::generate_key_id();
+    record.team_id = "lambda-team";
+    record.prefix = chatkit::api_keys::display_prefix(key);
+    record.digest = chatkit::api_keys::digest(key);
+    record.created_at = chatkit::now_unix_ms();
+    REQUIRE(keys.create_key(record));
+
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                          {"CHAT_AUTH", "keys"},
+                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}}};
+    const json auth = {{"x-api-key", key}};
+    const auto chat = runtime.push(gateway_event("POST", "/chat", "", json{{"content", "count these words"}}.dump(), auth).dump());
+    const auto answered = buffered_answer(runtime.wait_for(chat));
+    INFO(answered.dump());
+    REQUIRE(answered["statusCode"] == 200);
+    const auto tokens = json::parse(answered["body"].get<std::string>())["usage"]["total_tokens"].get<std::int64_t>();
+
+    // The record is written by the recorder's thread after the answer: ask until it is there.
+    json usage;
+    for (int i = 0; i < 50; ++i) {
+        const auto asked = runtime.push(gateway_event("GET", "/v1/usage", "days=1", std::nullopt, auth).dump());
+        const auto answer = buffered_answer(runtime.wait_for(asked));
+        INFO(answer.dump());
+        REQUIRE(answer["statusCode"] == 200);
+        usage = json::parse(answer["body"].get<std::string>());
+        if (usage["summary"]["total_requests"] == 1) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds{50});
+    }
+    INFO(usage.dump());
+    CHECK(usage["team_id"] == "lambda-team");
+    CHECK(usage["team_name"] == "Lambda");
+    CHECK(usage["summary"]["total_requests"] == 1);
+    CHECK(usage["summary"]["total_tokens"] == tokens);
     CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
 }

@@ -44,6 +44,9 @@ struct dynamodb_options {
     // (chatkit::dynamodb_key_directory), so that one URL says where everything lives, as a SQLite
     // path does. parse_dynamodb_url fills in "TABLE-keys" when the URL names none.
     std::string keys_table{};
+    // Likewise the table of usage records (chatkit::dynamodb_usage_store); "TABLE-usage" when the
+    // URL names none.
+    std::string usage_table{};
 };
 
 // DynamoDB's own rule for table names: 3-255 characters of A-Z a-z 0-9 _ - .
@@ -53,7 +56,8 @@ inline bool valid_dynamodb_table_name(std::string_view name) {
            });
 }
 
-// "dynamodb://TABLE?region=REGION&ttl_days=N&keys_table=KEYS" (every parameter optional) →
+// "dynamodb://TABLE?region=REGION&ttl_days=N&keys_table=KEYS&usage_table=USAGE" (every parameter
+// optional) →
 // options, or an invalid_database_url error saying what is wrong.
 inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
     constexpr std::string_view scheme = "dynamodb://";
@@ -81,12 +85,20 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
         } else if (key == "keys_table") {
             if (!valid_dynamodb_table_name(value)) return bad("keys_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
             o.keys_table = value;
-        } else return bad("unknown parameter '" + std::string{key} + "' (known: region, ttl_days, keys_table)");
+        } else if (key == "usage_table") {
+            if (!valid_dynamodb_table_name(value)) return bad("usage_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
+            o.usage_table = value;
+        } else return bad("unknown parameter '" + std::string{key} + "' (known: region, ttl_days, keys_table, usage_table)");
     }
     if (o.keys_table.empty()) {
         o.keys_table = o.table + "-keys";
         if (!valid_dynamodb_table_name(o.keys_table))
             return bad("the table name is too long to name its keys table TABLE-keys: give keys_table=NAME");
+    }
+    if (o.usage_table.empty()) {
+        o.usage_table = o.table + "-usage";
+        if (!valid_dynamodb_table_name(o.usage_table))
+            return bad("the table name is too long to name its usage table TABLE-usage: give usage_table=NAME");
     }
     return o;
 }
