@@ -380,7 +380,7 @@ private:
         std::string text = openai_api::completion_text(*answer);
         text.pop_back(); // the closing brace: gateway_metadata goes last
         text += R"(,"gateway_metadata":)";
-        text += dump_json(gateway_metadata(req, *answer));
+        append_gateway_metadata(text, req.caller, *answer);
         text += '}';
         auto res = json_text_response(200, std::move(text));
         res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
@@ -792,7 +792,28 @@ private:
                 {"cost_usd", c.cost_usd ? nlohmann::json(*c.cost_usd) : nlohmann::json(nullptr)},
                 {"cached", c.cached}};
     }
-    nlohmann::json gateway_metadata(const http_request& req, const completion& c) const { return gateway_metadata_of(req.caller, c); }
+    // The same object as text, for the unstreamed answer, which is written without a JSON tree
+    // (chatkit/json_text.hpp): the keys in the order nlohmann writes them, so both forms are equal.
+    void append_gateway_metadata(std::string& out, const caller_identity& caller, const completion& c) const {
+        auto id = [&out](const std::string& s) {
+            if (s.empty()) out += "null";
+            else append_json_string(out, s);
+        };
+        out += R"({"cached":)";
+        out += c.cached ? "true" : "false";
+        out += R"(,"cost_usd":)";
+        if (c.cost_usd) append_json(out, nlohmann::json(*c.cost_usd));
+        else out += "null";
+        out += R"(,"key_id":)";
+        id(caller.key_id);
+        out += R"(,"latency_ms":)";
+        append_json(out, nlohmann::json(c.latency_ms));
+        out += R"(,"provider":)";
+        append_json_string(out, provider_.name());
+        out += R"(,"team_id":)";
+        id(caller.team_id);
+        out += '}';
+    }
 
     // A stream that did not complete is billed for what the provider reported, else (when the
     // client left, or the provider failed after sending text) for an estimate of the prompt and of

@@ -593,6 +593,7 @@ TEST_CASE("/v1/chat/completions answers carry gateway_metadata: the caller, the 
     CHECK(meta["cost_usd"] == 9.0);
     CHECK(meta["cached"] == false);
     CHECK(meta["latency_ms"].is_number());
+    CHECK(meta.size() == 6);
     CHECK(body_of(res)["choices"][0]["message"]["content"] == "Hello, world"); // the OpenAI shape is intact
 
     // Without authentication the caller's ids are null.
