@@ -345,6 +345,23 @@ def start_chatkit(build, env, tmp, adapter=None, connections=0):
     return p, p.ready
 
 
+def start_gateway(build, relay_env, tmp, adapter, connections):
+    """sample_server with CHAT_AUTH=keys, a team and a key whose limits never refuse, and a price
+    for the mock's model (a budgeted key may use priced models only). Returns (server, port, key)."""
+    db = "sqlite:%s/gateway-%d.db" % (tmp, time.time_ns())
+    prices = Path(tmp) / "prices.json"
+    prices.write_text(json.dumps({"models": {"fake-1": {"input": 0.15, "output": 0.6}}}))
+    cli_env = {**os.environ, "CHAT_DATABASE_URL": db}
+    exe = str(build / "sample_server/sample_server")
+    limits = ["--rpm", "1000000000", "--tpm", "1000000000", "--budget-usd", "1000000", "--budget-period", "day"]
+    subprocess.run([exe, "teams", "create", "--id", "bench", *limits], env=cli_env, check=True, capture_output=True)
+    made = subprocess.run([exe, "keys", "create", "--team", "bench", *limits], env=cli_env, check=True, capture_output=True)
+    key = json.loads(made.stdout.decode().strip().splitlines()[-1])["key"]
+    server, port = start_chatkit(build, {**relay_env, "CHAT_DATABASE_URL": db, "CHAT_AUTH": "keys", "CHAT_USAGE": "on",
+                                         "CHAT_PRICING_FILE": str(prices)}, tmp, adapter=adapter, connections=connections)
+    return server, port, key
+
+
 def server_latency_ms(server, path):
     """p50 of the access log's latency_ms for `path`: the time spent inside the server."""
     values = []
@@ -582,16 +599,30 @@ def main():
                                  adapter=adapter)
             finally:
                 bare.stop()
-            chatkit, port = start_chatkit(build, relay_env, tmp, adapter=adapter, connections=args.connections * 2)
+            chatkit, port = start_chatkit(build, {**relay_env, "CHAT_USAGE": "off"}, tmp, adapter=adapter,
+                                          connections=args.connections * 2)
             try:
-                record("chatkit[%s] /v1/chat/completions (store on, cache off)" % adapter,
-                       measure(build, chatkit, port, "/v1/chat/completions", unique, args.connections, args.seconds),
-                       adapter=adapter)
+                stored = record("chatkit[%s] /v1/chat/completions (store on, cache off)" % adapter,
+                                measure(build, chatkit, port, "/v1/chat/completions", unique, args.connections, args.seconds),
+                                adapter=adapter)
                 record("chatkit[%s] /chat (store on, cache off)" % adapter,
                        measure(build, chatkit, port, "/chat", {"content": "question", "cache": False}, args.connections, args.seconds),
                        adapter=adapter)
             finally:
                 chatkit.stop()
+            # The same, as a gateway: every request with a ck- key (CHAT_AUTH=keys), through the key's
+            # requests-per-minute, tokens-per-minute and budget (set high enough never to refuse),
+            # priced, and recorded as a usage record. Against the row above, from the same run.
+            gateway, port, key = start_gateway(build, relay_env, tmp, adapter, args.connections * 2)
+            try:
+                gw = record("chatkit[%s] /v1/chat/completions (gateway: auth, key limits, usage records; store on)" % adapter,
+                            measure(build, gateway, port, "/v1/chat/completions", unique, args.connections, args.seconds,
+                                    headers=("Authorization: Bearer " + key,)),
+                            adapter=adapter)
+                gw["gateway_cpu_us_over_store"] = gw["cpu_us_per_req"] - stored["cpu_us_per_req"]
+                gw["store_cpu_us_per_req"] = stored["cpu_us_per_req"]
+            finally:
+                gateway.stop()
             through["added_p50_ms"] = through["p50_ms"] - direct["p50_ms"]
             through["added_p99_ms"] = through["p99_ms"] - direct["p99_ms"]
             through["throughput_vs_direct"] = through["rps"] / direct["rps"]
@@ -728,6 +759,10 @@ def write_reports(build, results):
         if "cpu_vs_nginx" in r:
             notes.append("- %s spends %.1f µs of CPU per relayed request, %.2fx nginx's %.1f µs (goal ≤ 2x: %s)." % (
                 who, r["cpu_us_per_req"], r["cpu_vs_nginx"], r["nginx_cpu_us_per_req"], "met" if r["cpu_vs_nginx"] <= 2 else "not met"))
+        if "gateway_cpu_us_over_store" in r:
+            notes.append("- %s as a gateway (a ck- key, its rpm, tpm and budget checked, every answer priced and recorded): "
+                         "%.1f µs of CPU per request, %+.1f µs over the same relay with the store on and the gateway off (%.1f µs)." % (
+                             who, r["cpu_us_per_req"], r["gateway_cpu_us_over_store"], r["store_cpu_us_per_req"]))
         if "throughput_vs_portkey" in r:
             notes.append("- %s's throughput is %.1fx the Portkey gateway's on the same mock." % (who, r["throughput_vs_portkey"]))
         if r.get("server_p50_ms") is not None:
