@@ -45,7 +45,10 @@ public:
         const auto models = j.is_object() ? j.find("models") : j.end();
         if (models == j.end() || !models->is_object()) return invalid("the pricing file needs a \"models\" object");
         price_table t;
-        for (const auto& [model, p] : models->items()) {
+        // No structured binding here: clang 14 cannot capture one in the lambda below.
+        for (const auto& item : models->items()) {
+            const std::string& model = item.key();
+            const nlohmann::json& p = item.value();
             if (!p.is_object()) return invalid("the price of '" + model + "' must be an object");
             model_price price;
             auto number = [&](const char* field, bool required) -> result<std::optional<double>> {

@@ -226,10 +226,26 @@ TEST_CASE("usage_recorder: records are written in batches, a full queue drops an
         for (int i = 0; i < 130; ++i) finish(recorder, chat_request(), chatkit::response_summary{});
         CHECK(recorder.dropped() == 30);
         store->down = false;
-        // Leaving the scope stops the recorder: the 100 queued records are written first.
+        // Leaving the scope stops the recorder: the 100 queued records are written first, even
+        // when the writer's last try failed just as the stop came.
     }
     CHECK(store->records.size() == 100);
     CHECK(store->batches >= 10);
+}
+
+TEST_CASE("usage_recorder: a store still down when the recorder stops gets a few more tries, then the rest is dropped and counted") {
+    auto store = std::make_shared<flaky_store>();
+    store->down = true;
+    std::atomic<int> errors{0};
+    {
+        chatkit::usage_recorder_options o;
+        o.retry_after = std::chrono::milliseconds{50};
+        o.on_error = [&errors](const chatkit::error&) { ++errors; };
+        chatkit::usage_recorder<flaky_store> recorder{store, o};
+        for (int i = 0; i < 5; ++i) finish(recorder, chat_request(), chatkit::response_summary{});
+    }
+    CHECK(store->records.empty());
+    CHECK(errors >= 2); // the failed try before the stop, and at least one after it
 }
 
 TEST_CASE("usage report: days from 1 to 366, a team's own usage, and another team's for the admin key only") {

@@ -10,6 +10,7 @@
 #include "chatkit/middleware.hpp"
 #include "chatkit/usage_store.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -44,8 +45,9 @@ struct usage_recorder_options {
 ///   1. No request waits on the store: `finish` appends to an in-memory queue under a mutex held
 ///      for a push. Why: an fsync or a network round trip per request would cap throughput.
 ///   2. Nothing acknowledged is lost on a clean stop: the destructor writes what is queued before
-///      it returns. A crash loses at most the records of the last moments (what was queued and not
-///      yet written), never a written one.
+///      it returns (a store that is down then gets a few more tries, then what is left is dropped
+///      and counted). A crash loses at most the records of the last moments (what was queued and
+///      not yet written), never a written one.
 ///   3. A store that is down does not lose records while it comes back: a failed batch stays
 ///      queued and is retried; only past `max_queued` are records dropped, and counted.
 ///   4. Records follow the order requests finished in; a batch is written whole or not at all
@@ -128,6 +130,7 @@ private:
         std::uint64_t queued_total = 0;  // records ever queued (dropped ones not counted)
         std::uint64_t written_total = 0; // records ever written
         std::uint64_t dropped = 0;
+        int failures_while_stopping = 0;
         std::jthread writer; // last: joined (by the destructor) before the rest goes
 
         state(std::shared_ptr<Store> s, usage_recorder_options o) : store(std::move(s)), options(std::move(o)) {}
@@ -169,7 +172,19 @@ private:
                 lock.unlock();
                 if (options.on_error) options.on_error(written.error());
                 lock.lock();
-                if (stop.stop_requested()) return; // the store is down at shutdown: nothing more to do
+                if (stop.stop_requested()) {
+                    // Stopping: a few more tries, briefly apart, then give up on what is left (a
+                    // store that stays down cannot hold the process's exit forever).
+                    if (++failures_while_stopping > 3) {
+                        dropped += queue.size();
+                        queue.clear();
+                        return;
+                    }
+                    lock.unlock();
+                    std::this_thread::sleep_for(std::min(options.retry_after, std::chrono::milliseconds{100}));
+                    lock.lock();
+                    continue;
+                }
                 wake.wait_for(lock, stop, options.retry_after, [] { return false; });
             }
         }
