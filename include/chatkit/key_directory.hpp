@@ -56,6 +56,18 @@ struct key_record {
     }
 };
 
+/// What every directory refuses to store (invalid_request naming the field), so that each
+/// checks the same: an id with ':' (history is scoped "KEY_ID:USER_ID", which stays unambiguous
+/// only while key ids hold none), and a digest that is not 32 bytes (it could never match a
+/// presented key's SHA-256).
+[[nodiscard]] inline std::optional<error> invalid_key_record(const key_record& k) {
+    if (k.id.empty() || k.id.find(':') != std::string::npos)
+        return error{error_kind::invalid_request, "a key id must be non-empty and hold no ':'", "invalid_value", "id"};
+    if (k.digest.size() != 32)
+        return error{error_kind::invalid_request, "a key's digest must be its 32-byte SHA-256", "invalid_value", "digest"};
+    return std::nullopt;
+}
+
 namespace detail {
 template <class D>
 concept key_directory_has_keys = requires(D& d) {

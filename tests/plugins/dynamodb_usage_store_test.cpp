@@ -5,6 +5,7 @@
 // through a proxy in front of moto, DynamoDB's UnprocessedItems, sent again or given up on.
 #include "chatkit/dynamodb_usage_store.hpp"
 
+#include "../support/usage_history.hpp"
 #include "../support/aws_emulators.hpp"
 #include "../support/dynamodb_proxy.hpp"
 
@@ -22,8 +23,9 @@ using chatkit::usage_record;
 
 namespace {
 
-constexpr chatkit::unix_ms day = 86'400'000;
-constexpr chatkit::unix_ms dec1 = 1'764'547'200'000; // 2025-12-01T00:00:00Z
+constexpr chatkit::unix_ms day = test_support::day_ms;
+using test_support::dec1;
+constexpr auto record = &test_support::usage_record_of;
 
 test_support::emulator_process& dynalite() {
     static test_support::emulator_process e = test_support::start_dynalite();
@@ -48,36 +50,6 @@ dynamodb_usage_store make_store(const std::string& emulator, std::size_t query_p
     dynamodb_usage_store store{o, (emulator == "moto" ? moto() : dynalite()).aws_environment()};
     test_support::create_table(store.client(), dynamodb_usage_store::create_table_input(o.table));
     return store;
-}
-
-usage_record record(std::string team, std::string key, std::string model, chatkit::unix_ms time, int prompt, int completion,
-                    std::optional<double> cost) {
-    usage_record r;
-    r.time = time;
-    r.request_id = "req-" + std::to_string(time);
-    r.team_id = std::move(team);
-    r.key_id = std::move(key);
-    r.model = std::move(model);
-    r.provider = "echo";
-    r.status = 200;
-    r.usage = {prompt, completion, 1, 0};
-    r.cost_usd = cost;
-    r.latency_ms = 12.5;
-    return r;
-}
-
-// The records of usage_test.cpp's SQLite case, and one made without authentication.
-std::vector<usage_record> sample_history() {
-    return {
-        record("t1", "key_a", "gpt-4o", dec1 + 1000, 100, 50, 0.001),
-        record("t1", "key_a", "gpt-4o", dec1 + day + 5, 10, 5, 0.0005),
-        record("t1", "key_b", "mini", dec1 + day + 6, 20, 20, 0.002),
-        record("t1", "key_b", "unpriced", dec1 + 2 * day, 7, 3, std::nullopt),
-        record("t1", "key_b", "unpriced", dec1 + 2 * day + 1, 0, 0, std::nullopt), // a failed request: no tokens, not "unpriced"
-        record("t2", "key_c", "gpt-4o", dec1 + day, 1000, 1000, 1.0),               // another team
-        record("t1", "key_a", "gpt-4o", dec1 + 9 * day, 1, 1, 5.0),                 // outside the range below
-        record("", "", "gpt-4o", dec1 + 3 * day, 4, 4, 0.25),                       // no authentication
-    };
 }
 
 void check_same(const chatkit::usage_summary& got, const chatkit::usage_summary& want) {
@@ -112,7 +84,7 @@ TEST_CASE("dynamodb_usage_store: a team's usage by model and by day, as the refe
     INFO("on " << emulator << ", pages of " << page_size);
     auto dynamodb = make_store(emulator, page_size);
     chatkit::memory_usage_store memory;
-    const auto history = sample_history();
+    const auto history = test_support::usage_history();
     REQUIRE(dynamodb.append(history));
     REQUIRE(memory.append(history));
 

@@ -4,6 +4,7 @@
 #include "chatkit/usage_recorder.hpp"
 #include "chatkit/usage_report.hpp"
 
+#include "../support/usage_history.hpp"
 #include "../support/temp_db.hpp"
 
 #include <catch2/catch.hpp>
@@ -16,36 +17,9 @@ using chatkit::usage_record;
 
 namespace {
 
-constexpr chatkit::unix_ms day = 86'400'000;
-constexpr chatkit::unix_ms dec1 = 1'764'547'200'000; // 2025-12-01T00:00:00Z
-
-usage_record record(std::string team, std::string key, std::string model, chatkit::unix_ms time, int prompt, int completion,
-                    std::optional<double> cost) {
-    usage_record r;
-    r.time = time;
-    r.request_id = "req-" + std::to_string(time);
-    r.team_id = std::move(team);
-    r.key_id = std::move(key);
-    r.model = std::move(model);
-    r.provider = "echo";
-    r.status = 200;
-    r.usage = {prompt, completion, 1, 0};
-    r.cost_usd = cost;
-    r.latency_ms = 12.5;
-    return r;
-}
-
-std::vector<usage_record> sample_history() {
-    return {
-        record("t1", "key_a", "gpt-4o", dec1 + 1000, 100, 50, 0.001),
-        record("t1", "key_a", "gpt-4o", dec1 + day + 5, 10, 5, 0.0005),
-        record("t1", "key_b", "mini", dec1 + day + 6, 20, 20, 0.002),
-        record("t1", "key_b", "unpriced", dec1 + 2 * day, 7, 3, std::nullopt),
-        record("t1", "key_b", "unpriced", dec1 + 2 * day + 1, 0, 0, std::nullopt), // a failed request: no tokens, not "unpriced"
-        record("t2", "key_c", "gpt-4o", dec1 + day, 1000, 1000, 1.0),               // another team
-        record("t1", "key_a", "gpt-4o", dec1 + 9 * day, 1, 1, 5.0),                 // outside the range below
-    };
-}
+constexpr chatkit::unix_ms day = test_support::day_ms;
+using test_support::dec1;
+constexpr auto record = &test_support::usage_record_of;
 
 } // namespace
 
@@ -53,7 +27,7 @@ TEST_CASE("sqlite_usage_store: a team's usage by model and by day, as the refere
     test_support::temp_db db;
     chatkit::sqlite_usage_store sqlite{chatkit::sqlite_options{.path = db.path()}};
     chatkit::memory_usage_store memory;
-    const auto history = sample_history();
+    const auto history = test_support::usage_history();
     REQUIRE(sqlite.append(history));
     REQUIRE(memory.append(history));
 

@@ -99,13 +99,17 @@ public:
             reserve_micro = micro_usd_up(*a.worst_case_usd);
         }
         const std::int64_t tokens = a.token_bound();
-        for (const auto& [limit, who] : {std::pair{key_tpm, "API key " + caller.key_id}, std::pair{team_tpm, "team '" + caller.team_id + "'"}})
+        // Who is named is built only for a refusal: the admission path itself allocates nothing.
+        for (const bool key_scope : {true, false}) {
+            const auto& limit = key_scope ? key_tpm : team_tpm;
             if (limit && tokens > *limit)
                 return error{error_kind::rate_limited,
                              "request too large: it may use up to " + std::to_string(tokens) + " tokens (prompt bound " +
                                  std::to_string(a.prompt_token_bound) + " + max_tokens " + std::to_string(a.max_completion_tokens) +
-                                 "), and " + who + " allows " + std::to_string(*limit) + " tokens per minute; lower max_tokens",
+                                 "), and " + (key_scope ? "API key " + caller.key_id : "team '" + caller.team_id + "'") + " allows " +
+                                 std::to_string(*limit) + " tokens per minute; lower max_tokens",
                              "rate_limit_exceeded", "max_tokens"};
+        }
 
         const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
         const unix_ms wall = now_unix_ms();

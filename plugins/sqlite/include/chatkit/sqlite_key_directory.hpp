@@ -115,12 +115,7 @@ public:
     // Stores a key record (its digest, never the key). Fails with invalid_request ("team_not_found")
     // when its team does not exist.
     result<void> create_key(const key_record& k) {
-        // The service scopes history as "KEY_ID:USER_ID", which stays unambiguous only while key
-        // ids hold no ':'. A digest of any other length could never match a presented key.
-        if (k.id.empty() || k.id.find(':') != std::string::npos)
-            return error{error_kind::invalid_request, "a key id must be non-empty and hold no ':'", "invalid_value", "id"};
-        if (k.digest.size() != 32)
-            return error{error_kind::invalid_request, "a key's digest must be its 32-byte SHA-256", "invalid_value", "digest"};
+        if (auto invalid = invalid_key_record(k)) return *invalid;
         {
             auto t = team(k.team_id);
             if (!t) return t.error();
