@@ -3,6 +3,7 @@
 
 #include "chatkit/cache.hpp"
 #include "chatkit/chat.hpp"
+#include "chatkit/counter_store.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/http.hpp"

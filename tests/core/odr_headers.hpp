@@ -5,12 +5,15 @@
 #include <chatkit/api_keys.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
+#include <chatkit/limit_terms.hpp>
+#include <chatkit/shared_key_limits.hpp>
 #include <chatkit/minute_bucket.hpp>
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/eventstream.hpp>
 #include <chatkit/aws/sigv4.hpp>
 #include <chatkit/beast_server.hpp>
 #include <chatkit/bedrock_provider.hpp>
+#include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/dynamodb_usage_store.hpp>

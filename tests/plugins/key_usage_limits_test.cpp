@@ -134,7 +134,7 @@ TEST_CASE("key_usage_limits: a budget reserves each request's worst case and is 
     CHECK(over.refused->kind == chatkit::error_kind::rate_limited);
     CHECK(over.refused->code == "insufficient_quota");
     CHECK_THAT(over.refused->message, Catch::Contains("API key key_a") && Catch::Contains("$1.000000 daily budget") &&
-                                          Catch::Contains("$1.000000 more is reserved") && Catch::Contains("resets at"));
+                                          Catch::Contains("requests in flight reserve $1.000000") && Catch::Contains("resets at"));
     REQUIRE(over.refused->retry_after_seconds);
     CHECK(*over.refused->retry_after_seconds <= 86400);
 
@@ -177,7 +177,7 @@ TEST_CASE("key_usage_limits: what was spent before the process started counts ag
         ++calls;
         CHECK(scope == "team");
         CHECK(id == "t");
-        CHECK(start == usage_limits_under_test::period_of("day", chatkit::now_unix_ms()).first);
+        CHECK(start == chatkit::limit_terms::budget_period("day", chatkit::now_unix_ms()).first);
         return 0.95;
     };
     usage_limits_under_test limits{o};
@@ -205,12 +205,11 @@ TEST_CASE("key_usage_limits: when what was spent cannot be read, the request is 
     CHECK_FALSE(admit(limits, caller("key_a", "t", key), bounds(0.1)).refused);
 }
 
-TEST_CASE("key_usage_limits: budget periods are UTC calendar days and months") {
-    using L = usage_limits_under_test;
+TEST_CASE("limit_terms: budget periods are UTC calendar days and months") {
     const chatkit::unix_ms t = 1'767'225'599'000; // 2025-12-31T23:59:59Z
-    CHECK(L::period_of("day", t) == std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'767'139'200'000, 1'767'225'600'000});
-    CHECK(L::period_of("month", t) == std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'764'547'200'000, 1'767'225'600'000});
-    CHECK(L::period_of("month", 1'767'225'600'000).first == 1'767'225'600'000); // 2026-01-01 starts a month
+    CHECK(chatkit::limit_terms::budget_period("day", t) == std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'767'139'200'000, 1'767'225'600'000});
+    CHECK(chatkit::limit_terms::budget_period("month", t) == std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'764'547'200'000, 1'767'225'600'000});
+    CHECK(chatkit::limit_terms::budget_period("month", 1'767'225'600'000).first == 1'767'225'600'000); // 2026-01-01 starts a month
 }
 
 TEST_CASE("key_usage_limits: 50 requests on 10 threads against a team budget that fits 10 let exactly 10 through") {

@@ -8,6 +8,7 @@
 
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/limit_terms.hpp"
 #include "chatkit/middleware.hpp"
 #include "chatkit/minute_bucket.hpp"
 #include "chatkit/null_mutex.hpp"
@@ -91,15 +92,11 @@ public:
         if (!key_refused && !team_refused) return std::nullopt;
         // Retry when every refusing bucket has a token again.
         const nanos wait = std::max(key_refused ? key.retry : nanos::zero(), team_refused ? team.retry : nanos::zero());
-        const auto retry = std::clamp<std::int64_t>(std::chrono::ceil<std::chrono::seconds>(wait).count(), 1,
-                                                    std::numeric_limits<int>::max());
-        std::string message = "rate limit exceeded: ";
-        if (key_refused) message += "API key " + caller.key_id + " allows " + std::to_string(*key_limit) + " requests per minute";
-        if (key_refused && team_refused) message += ", and ";
-        if (team_refused) message += "team '" + caller.team_id + "' allows " + std::to_string(*team_limit) + " requests per minute";
-        message += "; retry in " + std::to_string(retry) + " s";
-        return error_response(error{error_kind::rate_limited, std::move(message), "rate_limit_exceeded", "", static_cast<int>(retry)},
-                              req.request_id);
+        std::string refused;
+        if (key_refused) refused = limit_terms::requests_allowed(limit_terms::owner(true, caller), *key_limit);
+        if (key_refused && team_refused) refused += ", and ";
+        if (team_refused) refused += limit_terms::requests_allowed(limit_terms::owner(false, caller), *team_limit);
+        return error_response(limit_terms::requests_refusal(refused, limit_terms::retry_seconds(wait)), req.request_id);
     }
 
     void after(const http_request&, http_response& res, context& ctx) {

@@ -9,6 +9,7 @@
 #include "chatkit/clock.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/limit_terms.hpp"
 #include "chatkit/middleware.hpp"
 #include "chatkit/minute_bucket.hpp"
 #include "chatkit/null_mutex.hpp"
@@ -90,25 +91,14 @@ public:
 
         std::int64_t reserve_micro = 0;
         if (key_budget || team_budget) {
-            if (!a.worst_case_usd)
-                return error{error_kind::permission_denied,
-                             "model '" + a.model + "' has no price, and " +
-                                 (key_budget ? "API key " + caller.key_id : "team '" + caller.team_id + "'") +
-                                 " has a budget: a budgeted key may use priced models only",
-                             "model_not_priced", "model"};
-            reserve_micro = micro_usd_up(*a.worst_case_usd);
+            if (!a.worst_case_usd) return limit_terms::unpriced_refusal(a.model, limit_terms::owner(key_budget.has_value(), caller));
+            reserve_micro = limit_terms::micro_usd_up(*a.worst_case_usd);
         }
         const std::int64_t tokens = a.token_bound();
         // Who is named is built only for a refusal: the admission path itself allocates nothing.
         for (const bool key_scope : {true, false}) {
             const auto& limit = key_scope ? key_tpm : team_tpm;
-            if (limit && tokens > *limit)
-                return error{error_kind::rate_limited,
-                             "request too large: it may use up to " + std::to_string(tokens) + " tokens (prompt bound " +
-                                 std::to_string(a.prompt_token_bound) + " + max_tokens " + std::to_string(a.max_completion_tokens) +
-                                 "), and " + (key_scope ? "API key " + caller.key_id : "team '" + caller.team_id + "'") + " allows " +
-                                 std::to_string(*limit) + " tokens per minute; lower max_tokens",
-                             "rate_limit_exceeded", "max_tokens"};
+            if (limit && tokens > *limit) return limit_terms::tokens_too_large(limit_terms::owner(key_scope, caller), a, *limit);
         }
 
         const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
@@ -126,22 +116,15 @@ public:
                          "budget_unavailable", "", 1};
 
         // Requirement 1: every check first, then every reservation.
-        if (kd && !kd->fits(reserve_micro)) return over_budget("API key " + caller.key_id, *kd, reserve_micro, wall);
-        if (td && !td->fits(reserve_micro)) return over_budget("team '" + caller.team_id + "'", *td, reserve_micro, wall);
+        if (kd && !kd->fits(reserve_micro)) return over_budget(limit_terms::owner(true, caller), *kd, reserve_micro, wall);
+        if (td && !td->fits(reserve_micro)) return over_budget(limit_terms::owner(false, caller), *td, reserve_micro, wall);
         const nanos key_wait = kb ? kb->wait_for(tokens, now) : nanos::zero();
         const nanos team_wait = tb ? tb->wait_for(tokens, now) : nanos::zero();
         if (key_wait > nanos::zero() || team_wait > nanos::zero()) {
             const bool key_refused = key_wait > nanos::zero();
             note_tokens(ctx, kb, tb, now);
-            const auto retry = std::clamp<std::int64_t>(std::chrono::ceil<std::chrono::seconds>(std::max(key_wait, team_wait)).count(), 1,
-                                                        std::numeric_limits<int>::max());
-            return error{error_kind::rate_limited,
-                         "rate limit exceeded: " +
-                             (key_refused ? "API key " + caller.key_id + " allows " + std::to_string(*key_tpm)
-                                          : "team '" + caller.team_id + "' allows " + std::to_string(*team_tpm)) +
-                             " tokens per minute, and this request reserves up to " + std::to_string(tokens) + "; retry in " +
-                             std::to_string(retry) + " s",
-                         "rate_limit_exceeded", "", static_cast<int>(retry)};
+            return limit_terms::tokens_refusal(limit_terms::owner(key_refused, caller), key_refused ? *key_tpm : *team_tpm, tokens,
+                                               limit_terms::retry_seconds(std::max(key_wait, team_wait)));
         }
         if (kb) kb->take(tokens, now);
         if (tb) tb->take(tokens, now);
@@ -173,7 +156,7 @@ public:
         if (!ctx.reserved) return;
         ctx.reserved = false;
         const std::int64_t used_tokens = std::min<std::int64_t>(s.usage.total_tokens(), ctx.tokens);
-        const std::int64_t used_micro = s.cost_usd ? micro_usd_nearest(*s.cost_usd) : 0;
+        const std::int64_t used_micro = s.cost_usd ? limit_terms::micro_usd_nearest(*s.cost_usd) : 0;
         const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
         const unix_ms wall = now_unix_ms();
         state& st = *state_;
@@ -198,19 +181,6 @@ public:
         const auto& budgets = scope == "team" ? s.team_spend : s.key_spend;
         auto it = budgets.find(id);
         return it == budgets.end() ? 0.0 : static_cast<double>(it->second.spent) / 1e6;
-    }
-
-    /// The start of the UTC calendar period ("day" or "month") holding `t`, and the next one's.
-    static std::pair<unix_ms, unix_ms> period_of(std::string_view period, unix_ms t) {
-        const std::time_t secs = static_cast<std::time_t>(t / 1000);
-        std::tm tm{};
-        gmtime_r(&secs, &tm);
-        tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-        if (period == "month") tm.tm_mday = 1;
-        const unix_ms start = static_cast<unix_ms>(timegm(&tm)) * 1000;
-        if (period == "month") ++tm.tm_mon;
-        else ++tm.tm_mday;
-        return {start, static_cast<unix_ms>(timegm(&tm)) * 1000}; // timegm normalizes day 32, month 12
     }
 
 private:
@@ -238,7 +208,7 @@ private:
         // left unread, so the next request asks again.
         bool roll(unix_ms now, const std::function<std::optional<std::int64_t>(unix_ms)>* before) {
             if (now < period_end) return true;
-            const auto [start, end] = period_of(limit.period, now);
+            const auto [start, end] = limit_terms::budget_period(limit.period, now);
             std::optional<std::int64_t> earlier = 0;
             if (before) earlier = (*before)(start);
             if (!earlier) return false;
@@ -275,7 +245,7 @@ private:
                 if (!options.spent_before) return 0;
                 const auto usd = options.spent_before(scope, id, start);
                 if (!usd) return std::nullopt;
-                return micro_usd_nearest(*usd);
+                return limit_terms::micro_usd_nearest(*usd);
             };
             return b.roll(now, &before) ? &b : nullptr;
         }
@@ -292,26 +262,16 @@ private:
     }
 
     static error over_budget(const std::string& who, const budget& b, std::int64_t need, unix_ms now) {
-        const auto usd = [](std::int64_t micro) {
-            char text[32];
-            std::snprintf(text, sizeof text, "$%.6f", static_cast<double>(micro) / 1e6);
-            return std::string{text};
-        };
-        const auto retry = std::clamp<std::int64_t>((b.period_end - now + 999) / 1000, 1, std::numeric_limits<int>::max());
-        return error{error_kind::rate_limited,
-                     who + " has spent " + usd(b.spent) + " of its " + usd(b.limit.micro_usd) + " " +
-                         (b.limit.period == "month" ? "monthly" : "daily") + " budget (" + usd(b.reserved) +
-                         " more is reserved by requests in flight), and this request may cost up to " + usd(need) +
-                         "; the budget resets at " + format_rfc3339(b.period_end),
-                     "insufficient_quota", "", static_cast<int>(retry)};
+        return limit_terms::budget_refusal(who,
+                                           "has spent " + limit_terms::usd(b.spent) + " (and requests in flight reserve " +
+                                               limit_terms::usd(b.reserved) + ") of",
+                                           b.limit.micro_usd, b.limit.period, need, b.period_end, now);
     }
 
     static std::optional<budget_limit> budget_of(const usage_limits& l) {
         if (!l.budget_usd || !(*l.budget_usd >= 0)) return std::nullopt;
-        return budget_limit{micro_usd_nearest(*l.budget_usd), l.budget_period == "month" ? "month" : "day"};
+        return budget_limit{limit_terms::micro_usd_nearest(*l.budget_usd), l.budget_period == "month" ? "month" : "day"};
     }
-    static std::int64_t micro_usd_up(double usd) { return static_cast<std::int64_t>(std::ceil(usd * 1e6 - 1e-6)); }
-    static std::int64_t micro_usd_nearest(double usd) { return static_cast<std::int64_t>(std::llround(usd * 1e6)); }
 
     std::unique_ptr<state> state_;
 };

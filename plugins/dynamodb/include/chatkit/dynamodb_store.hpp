@@ -47,6 +47,9 @@ struct dynamodb_options {
     // Likewise the table of usage records (chatkit::dynamodb_usage_store); "TABLE-usage" when the
     // URL names none.
     std::string usage_table{};
+    // And the table of the limits' counters (chatkit::dynamodb_counter_store); "TABLE-limits" when
+    // the URL names none.
+    std::string limits_table{};
 };
 
 // DynamoDB's own rule for table names: 3-255 characters of A-Z a-z 0-9 _ - .
@@ -56,8 +59,8 @@ inline bool valid_dynamodb_table_name(std::string_view name) {
            });
 }
 
-// "dynamodb://TABLE?region=REGION&ttl_days=N&keys_table=KEYS&usage_table=USAGE" (every parameter
-// optional) →
+// "dynamodb://TABLE?region=REGION&ttl_days=N&keys_table=KEYS&usage_table=USAGE&limits_table=LIMITS"
+// (every parameter optional) →
 // options, or an invalid_database_url error saying what is wrong.
 inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
     constexpr std::string_view scheme = "dynamodb://";
@@ -88,7 +91,10 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
         } else if (key == "usage_table") {
             if (!valid_dynamodb_table_name(value)) return bad("usage_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
             o.usage_table = value;
-        } else return bad("unknown parameter '" + std::string{key} + "' (known: region, ttl_days, keys_table, usage_table)");
+        } else if (key == "limits_table") {
+            if (!valid_dynamodb_table_name(value)) return bad("limits_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
+            o.limits_table = value;
+        } else return bad("unknown parameter '" + std::string{key} + "' (known: region, ttl_days, keys_table, usage_table, limits_table)");
     }
     if (o.keys_table.empty()) {
         o.keys_table = o.table + "-keys";
@@ -99,6 +105,11 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
         o.usage_table = o.table + "-usage";
         if (!valid_dynamodb_table_name(o.usage_table))
             return bad("the table name is too long to name its usage table TABLE-usage: give usage_table=NAME");
+    }
+    if (o.limits_table.empty()) {
+        o.limits_table = o.table + "-limits";
+        if (!valid_dynamodb_table_name(o.limits_table))
+            return bad("the table name is too long to name its limits table TABLE-limits: give limits_table=NAME");
     }
     return o;
 }

@@ -1,0 +1,262 @@
+// shared_key_limits: the limits of keys and teams on counters that replicas share. Each case runs
+// two middlewares — two replicas — on one memory_counter_store, as the service calls them; the
+// DynamoDB store itself is tested in dynamodb_counter_store_test.cpp, and through the server in
+// tests/server/shared_limits_test.cpp.
+#include "chatkit/shared_key_limits.hpp"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using limits_under_test = chatkit::shared_key_limits<chatkit::memory_counter_store>;
+
+// 2026-01-01T00:00:10Z, moved by the tests.
+std::atomic<chatkit::unix_ms> wall{1'767'225'610'000};
+
+struct fleet {
+    std::shared_ptr<chatkit::memory_counter_store> counters = std::make_shared<chatkit::memory_counter_store>();
+    limits_under_test a{counters, options()};
+    limits_under_test b{counters, options()};
+
+    static chatkit::shared_key_limits_options options() {
+        chatkit::shared_key_limits_options o;
+        o.clock = [] { return wall.load(); };
+        return o;
+    }
+    limits_under_test& replica(std::size_t i) { return i % 2 ? b : a; }
+};
+
+chatkit::http_request caller(std::string key_id, std::string team_id, chatkit::usage_limits key, chatkit::usage_limits team = {}) {
+    chatkit::http_request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.request_id = "req-1";
+    req.caller = {.key_id = std::move(key_id), .team_id = std::move(team_id), .key_limits = std::move(key), .team_limits = std::move(team)};
+    return req;
+}
+
+// A request that may use 60 + 40 = 100 tokens and, priced, up to `usd`.
+chatkit::chat_admission bounds(std::optional<double> usd = std::nullopt) {
+    return {.model = "m", .prompt_token_bound = 60, .max_completion_tokens = 40, .worst_case_usd = usd};
+}
+
+// One request through one replica: `before`, then `admit`, held open until settle() (its finish).
+struct held {
+    limits_under_test* limits;
+    chatkit::http_request req;
+    limits_under_test::context ctx{};
+    std::optional<chatkit::http_response> refused{};
+
+    bool passed() const { return !refused; }
+    chatkit::http_response response() {
+        chatkit::http_response res = refused.value_or(chatkit::http_response{});
+        limits->after(req, res, ctx);
+        return res;
+    }
+    void settle(int tokens, std::optional<double> cost) {
+        chatkit::response_summary s;
+        s.usage = {tokens, 0};
+        s.cost_usd = cost;
+        limits->finish(req, s, ctx);
+    }
+};
+
+held send(limits_under_test& limits, chatkit::http_request req, std::optional<chatkit::chat_admission> a = std::nullopt) {
+    held h{&limits, std::move(req)};
+    h.refused = limits.before(h.req, h.ctx);
+    if (!h.refused && a)
+        if (auto e = limits.admit(h.req, *a, h.ctx)) h.refused = chatkit::error_response(*e, h.req.request_id);
+    return h;
+}
+
+std::string header_of(const chatkit::http_response& res, std::string_view name) {
+    auto it = res.headers.find(name);
+    return it == res.headers.end() ? std::string{} : it->second;
+}
+
+std::string code_of(const chatkit::http_response& res) { return nlohmann::json::parse(res.body)["error"]["code"]; }
+
+} // namespace
+
+TEST_CASE("shared_key_limits: 50 concurrent requests over two replicas against 10 per minute: exactly 10 pass") {
+    fleet f;
+    const chatkit::usage_limits rpm{.requests_per_minute = 10};
+    std::atomic<int> passed{0}, refused{0};
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < 50; ++i)
+        threads.emplace_back([&f, &rpm, &passed, &refused, i] {
+            auto h = send(f.replica(i), caller("key_a", "t", rpm));
+            (h.passed() ? passed : refused)++;
+            if (!h.passed()) {
+                const auto res = h.response();
+                if (res.status != 429 || code_of(res) != "rate_limit_exceeded" || header_of(res, "x-ratelimit-remaining-requests") != "0")
+                    refused += 1000; // fails the count below, naming nothing a thread cannot report
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(passed == 10);
+    CHECK(refused == 40);
+
+    // A refusal says who and when: the minute ends in 50 s.
+    auto late = send(f.b, caller("key_a", "t", rpm));
+    REQUIRE_FALSE(late.passed());
+    const auto res = late.response();
+    CHECK(header_of(res, "Retry-After") == "50");
+    CHECK(header_of(res, "x-ratelimit-limit-requests") == "10");
+    CHECK(header_of(res, "x-ratelimit-reset-requests") == "50s");
+    CHECK_THAT(nlohmann::json::parse(res.body)["error"]["message"].get<std::string>(),
+               Catch::Contains("API key key_a allows 10 requests per minute"));
+
+    // Another key is counted apart; the next minute starts from zero.
+    CHECK(send(f.a, caller("key_b", "t", rpm)).passed());
+    wall += 60'000;
+    auto next = send(f.a, caller("key_a", "t", rpm));
+    CHECK(next.passed());
+    CHECK(header_of(next.response(), "x-ratelimit-remaining-requests") == "9");
+}
+
+TEST_CASE("shared_key_limits: a team's requests are shared by its keys, and a refusal by the team takes nothing from the key") {
+    fleet f;
+    const chatkit::usage_limits team{.requests_per_minute = 3};
+    const chatkit::usage_limits key{.requests_per_minute = 5};
+    for (int i = 0; i < 3; ++i) CHECK(send(f.replica(static_cast<std::size_t>(i)), caller("key_" + std::to_string(i), "t", {}, team)).passed());
+    auto by_team = send(f.a, caller("key_a", "t", key, team));
+    REQUIRE_FALSE(by_team.passed());
+    CHECK_THAT(nlohmann::json::parse(by_team.response().body)["error"]["message"].get<std::string>(),
+               Catch::Contains("team 't' allows 3 requests per minute"));
+    // key_a's counter was given back: the key alone would still let 5 through in another team.
+    CHECK(f.counters->value("key#key_a#rpm#" + std::to_string(wall.load() / 60'000)) == 0);
+    for (int i = 0; i < 5; ++i) CHECK(send(f.b, caller("key_a", "u", key)).passed());
+    CHECK_FALSE(send(f.b, caller("key_a", "u", key)).passed());
+}
+
+TEST_CASE("shared_key_limits: tokens are reserved at their bound on one replica and given back by finish on another's counters") {
+    fleet f;
+    wall = 1'767'225'610'000;
+    const chatkit::usage_limits tpm{.tokens_per_minute = 1000};
+    std::vector<held> open;
+    for (std::size_t i = 0; i < 10; ++i) {
+        open.push_back(send(f.replica(i), caller("key_a", "t", tpm), bounds()));
+        REQUIRE(open.back().passed());
+        CHECK(header_of(open.back().response(), "x-ratelimit-remaining-tokens") == std::to_string(900 - 100 * static_cast<int>(i)));
+    }
+    auto refused = send(f.a, caller("key_a", "t", tpm), bounds());
+    REQUIRE_FALSE(refused.passed());
+    const auto res = refused.response();
+    CHECK(res.status == 429);
+    CHECK(header_of(res, "x-ratelimit-remaining-tokens") == "0");
+    CHECK(header_of(res, "Retry-After") == "50"); // the minute's end
+    // Three answers used 30 tokens each: 3 × 70 come back, enough for two more requests of 100.
+    for (std::size_t i = 0; i < 3; ++i) open[i].settle(30, std::nullopt);
+    CHECK(send(f.b, caller("key_a", "t", tpm), bounds()).passed());
+    CHECK(send(f.a, caller("key_a", "t", tpm), bounds()).passed());
+    CHECK_FALSE(send(f.b, caller("key_a", "t", tpm), bounds()).passed());
+    // More than a minute's worth can never fit: refused outright, naming max_tokens.
+    auto huge = send(f.a, caller("key_a", "t", {.tokens_per_minute = 50}), bounds());
+    REQUIRE_FALSE(huge.passed());
+    CHECK(nlohmann::json::parse(huge.response().body)["error"]["param"] == "max_tokens");
+}
+
+TEST_CASE("shared_key_limits: 50 concurrent requests over two replicas against a budget that fits 10 worst cases: exactly 10 pass, none overspends") {
+    fleet f;
+    wall = 1'767'225'610'000; // 2026-01-01T00:00:10Z
+    const chatkit::usage_limits team{.budget_usd = 1.0, .budget_period = "day"};
+    std::atomic<int> passed{0};
+    std::vector<held> open(50);
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < 50; ++i)
+        threads.emplace_back([&f, &team, &open, &passed, i] {
+            open[i] = send(f.replica(i), caller("key_" + std::to_string(i % 3), "t", {}, team), bounds(0.10));
+            if (open[i].passed()) ++passed;
+        });
+    for (auto& t : threads) t.join();
+    CHECK(passed == 10);
+    const std::string counter = "team#t#day#1767225600000";
+    CHECK(f.counters->value(counter) == 1'000'000);
+
+    // Each answer cost 2 cents: $0.80 comes back, room for 8 more worst cases.
+    for (auto& h : open)
+        if (h.passed()) h.settle(20, 0.02);
+    CHECK(f.counters->value(counter) == 200'000);
+    int more = 0;
+    while (send(f.replica(static_cast<std::size_t>(more)), caller("key_0", "t", {}, team), bounds(0.10)).passed()) ++more;
+    CHECK(more == 8);
+
+    auto over = send(f.a, caller("key_0", "t", {}, team), bounds(0.10));
+    const auto res = over.response();
+    CHECK(res.status == 429);
+    CHECK(code_of(res) == "insufficient_quota");
+    CHECK(header_of(res, "Retry-After") == std::to_string(24 * 3600 - 10)); // the day's end
+    CHECK_THAT(nlohmann::json::parse(res.body)["error"]["message"].get<std::string>(),
+               Catch::Contains("team 't' has spent or reserved $1.000000 of its $1.000000 daily budget") &&
+                   Catch::Contains("resets at 2026-01-02T00:00:00.000Z"));
+
+    // A cache hit costs nothing: its whole reservation comes back. A new day starts from zero.
+    wall += 24LL * 3600 * 1000;
+    auto hit = send(f.a, caller("key_0", "t", {}, team), bounds(0.10));
+    REQUIRE(hit.passed());
+    hit.settle(0, 0.0);
+    CHECK(f.counters->value("team#t#day#1767312000000") == 0);
+}
+
+TEST_CASE("shared_key_limits: a budgeted key cannot use an unpriced model") {
+    fleet f;
+    auto h = send(f.a, caller("key_a", "t", {.budget_usd = 5, .budget_period = "month"}), bounds(std::nullopt));
+    REQUIRE_FALSE(h.passed());
+    const auto res = h.response();
+    CHECK(res.status == 403);
+    CHECK(code_of(res) == "model_not_priced");
+}
+
+namespace {
+// A store that is down, or that refuses only settlements.
+struct broken_counters {
+    bool take_fails = true;
+    chatkit::result<chatkit::counters_taken> take(std::span<const chatkit::counter_add> adds) {
+        if (take_fails) return chatkit::error{chatkit::error_kind::unavailable, "DynamoDB is unreachable", "upstream_unreachable"};
+        return chatkit::counters_taken{true, 0, std::vector<std::int64_t>(adds.size(), 1)};
+    }
+    chatkit::result<void> add(std::span<const chatkit::counter_add>) {
+        return chatkit::error{chatkit::error_kind::unavailable, "DynamoDB is unreachable", "upstream_unreachable"};
+    }
+};
+} // namespace
+
+TEST_CASE("shared_key_limits: when the store cannot be reached, limited requests get 503 limits_unavailable, and a lost settlement is reported") {
+    auto counters = std::make_shared<broken_counters>();
+    std::vector<std::string> reported;
+    chatkit::shared_key_limits_options o;
+    o.on_error = [&reported](const chatkit::error& e) { reported.push_back(e.message); };
+    chatkit::shared_key_limits<broken_counters> limits{counters, o};
+    chatkit::shared_key_limits<broken_counters>::context ctx;
+    auto req = caller("key_a", "t", {.requests_per_minute = 5});
+    auto res = limits.before(req, ctx);
+    REQUIRE(res);
+    CHECK(res->status == 503);
+    CHECK(code_of(*res) == "limits_unavailable");
+    CHECK(header_of(*res, "Retry-After") == "1");
+
+    // A key without limits never touches the store.
+    auto open = caller("key_b", "t", {});
+    chatkit::shared_key_limits<broken_counters>::context open_ctx;
+    CHECK_FALSE(limits.before(open, open_ctx));
+
+    counters->take_fails = false;
+    auto tpm = caller("key_a", "t", {.tokens_per_minute = 1000});
+    chatkit::shared_key_limits<broken_counters>::context tctx;
+    auto a = bounds();
+    CHECK_FALSE(limits.admit(tpm, a, tctx));
+    CHECK(a.bounds_reserved);
+    chatkit::response_summary s;
+    s.usage = {10, 5};
+    limits.finish(tpm, s, tctx);
+    REQUIRE(reported.size() == 1);
+    CHECK(reported[0] == "DynamoDB is unreachable");
+}
