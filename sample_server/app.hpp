@@ -19,6 +19,8 @@
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
+#include <chatkit/shared_key_limits.hpp>
+#include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/rate_limiter.hpp>
@@ -55,6 +57,8 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
 // Tokens per minute and budgets (key_usage_limits) reserve at admission, once the chat body is
 // parsed, which is after every `before`: a request refused earlier reserves nothing.
+// With CHAT_LIMITS=shared, shared_key_limits replaces both: the same limits, counted in the
+// DynamoDB database's limits table, which every replica and Lambda instance shares.
 // Usage records (CHAT_USAGE=on, in the SQLite file or the DynamoDB usage table of the database)
 // are written after the last byte, like the access log line; they are queued, never written on
 // the request path.
@@ -64,6 +68,7 @@ using app_service = chatkit::service<provider_type, store_type, cache_type, chat
                                      chatkit::optional_middleware<usage_recorder_type>,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
+                                     chatkit::optional_middleware<chatkit::shared_key_limits<chatkit::dynamodb_counter_store>>,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
@@ -254,6 +259,21 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
     });
 }
 
+// CHAT_LIMITS=shared: the limits of keys and teams on counters in the DynamoDB database's limits
+// table (docs/gateway.md). "auto" means local here; the Lambda bootstrap decides it before.
+inline std::optional<chatkit::shared_key_limits<chatkit::dynamodb_counter_store>> make_shared_limits(const config& c, logger* log) {
+    if (c.limits != "shared") return std::nullopt;
+    auto database = c.database_url.starts_with("dynamodb:") ? chatkit::parse_dynamodb_url(c.database_url)
+                                                            : chatkit::result<chatkit::dynamodb_options>{chatkit::error{}};
+    if (!database)
+        throw config_error("CHAT_LIMITS=shared keeps its counters in DynamoDB: it needs CHAT_DATABASE_URL=dynamodb://TABLE (it is '" +
+                           c.database_url + "')");
+    chatkit::shared_key_limits_options o;
+    if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
+    return chatkit::shared_key_limits<chatkit::dynamodb_counter_store>{
+        std::make_shared<chatkit::dynamodb_counter_store>(chatkit::dynamodb_counter_store_options::of(*database)), std::move(o)};
+}
+
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
 // the service; `upstream`, when given, is the async client the providers call out through.
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
@@ -269,7 +289,8 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     auto usage = make_usage_store(c);
     std::optional<chatkit::key_rate_limits_mt> key_limits;
     std::optional<chatkit::key_usage_limits_mt> usage_limits;
-    if (auth) {
+    auto shared_limits = make_shared_limits(c, log);
+    if (auth && !shared_limits) {
         key_limits.emplace();
         chatkit::key_usage_limits_options o;
         // A budget's spending survives a restart: read from the usage records once per key and period.
@@ -290,7 +311,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     }
     app_service service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
                         access_log{log}, std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
-                        std::move(limiter)};
+                        auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
     return service;

@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    // Every instance of the function is a replica: on DynamoDB, the limits of keys and teams are
+    // counted in its limits table, so they hold for all of them at once.
+    if (cfg.limits == "auto") cfg.limits = cfg.database_url.starts_with("dynamodb:") ? "shared" : "local";
     sample_server::logger log{cfg, std::chrono::milliseconds{0}}; // one request at a time: no batching
     try {
         auto service = sample_server::make_service(cfg, &log);

@@ -32,6 +32,7 @@ struct config {
     std::string model;
     std::string pricing_file;
     std::string usage = "on";
+    std::string limits = "auto";
     std::size_t cache_size = 1024;
     std::chrono::seconds cache_ttl{3600};
     std::string rate_limit = "60/minute";
@@ -162,6 +163,8 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto, auto v) { c.pricing_file = v; }, [](const config& c) { return c.pricing_file; }},
         {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite database or the DynamoDB usage table; GET /v1/usage) or off",
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
+        {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (the DynamoDB database's limits table, one count for every replica; not with CHAT_SERVER=beast) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
+         [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
         {"CHAT_CACHE_SIZE", "cached answers kept (0: no cache)",
          [](config& c, auto n, auto v) { c.cache_size = parse_int<std::size_t>(n, v, 0, 10'000'000); },
          [](const config& c) { return std::to_string(c.cache_size); }},

@@ -7,6 +7,7 @@
 #include "../support/server_process.hpp"
 
 #include <chatkit/aws/secrets_manager.hpp>
+#include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/dynamodb_usage_store.hpp>
@@ -548,4 +549,167 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, a key's and a team's budget 
         CHECK(status == 429);
         CHECK(json::parse(answer)["error"]["code"] == "insufficient_quota");
     }
+}
+
+namespace {
+
+// A database with every table the deployment template makes: history, keys, usage and limits.
+std::string create_database() {
+    const auto table = create_table();
+    chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+    test_support::create_table(client, chatkit::dynamodb_key_directory::create_table_input(table + "-keys"));
+    test_support::create_table(client, chatkit::dynamodb_usage_store::create_table_input(table + "-usage"));
+    test_support::create_table(client, chatkit::dynamodb_counter_store::create_table_input(table + "-limits"));
+    return table;
+}
+
+// A per-minute limit counts UTC calendar minutes: a burst that straddled two would see two
+// windows. Waits, when the minute is in its last 15 s, for the next one to begin.
+void wait_for_a_fresh_minute() {
+    const auto into = chatkit::now_unix_ms() % 60'000;
+    if (into > 45'000) std::this_thread::sleep_for(std::chrono::milliseconds(60'000 - into + 200));
+}
+
+struct fleet_outcome {
+    int ok = 0, limited = 0, other = 0;
+    std::vector<std::string> codes; // of the 429s
+};
+
+// `count` chats at once, spread over `servers` in turn.
+fleet_outcome burst_over(const std::vector<server_process*>& servers, const std::string& key, const std::string& body, int count) {
+    std::atomic<int> ok{0}, limited{0}, other{0};
+    std::atomic<bool> go{false};
+    std::mutex codes_mutex;
+    std::vector<std::string> codes;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < count; ++i)
+        threads.emplace_back([&, i] {
+            auto c = servers[static_cast<std::size_t>(i) % servers.size()]->client();
+            while (!go) std::this_thread::yield();
+            auto r = c.Post("/chat", {{"Authorization", "Bearer " + key}}, body, "application/json");
+            if (!r) return void(++other);
+            if (r->status == 200) return void(++ok);
+            if (r->status != 429) return void(++other);
+            ++limited;
+            const auto error = json::parse(r->body, nullptr, false);
+            std::lock_guard lock{codes_mutex};
+            codes.push_back(error.is_discarded() ? std::string{"?"} : error["error"].value("code", "?"));
+        });
+    go = true;
+    for (auto& t : threads) t.join();
+    return {ok, limited, other, codes};
+}
+
+} // namespace
+
+TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce one limit: 50 requests over both against a team's 10 per minute get exactly 10 answers") {
+    const auto table = create_database();
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    REQUIRE(test_support::run_to_exit(env, {"teams", "create", "--id", "fleet", "--rpm", "10"}).exit_code == 0);
+    const auto made = test_support::run_to_exit(env, {"keys", "create", "--team", "fleet"});
+    REQUIRE(made.exit_code == 0);
+    const std::string key = last_json(made.output)["key"];
+
+    env["CHAT_AUTH"] = "keys";
+    env["CHAT_LIMITS"] = "shared";
+    env["CHAT_SERVER"] = "httplib";
+    server_process first{env}, second{env};
+    wait_for_a_fresh_minute();
+    const auto outcome = burst_over({&first, &second}, key, json{{"content", "hello"}}.dump(), 50);
+    CHECK(outcome.ok == 10);
+    CHECK(outcome.limited == 40);
+    CHECK(outcome.other == 0);
+    for (const auto& code : outcome.codes) CHECK(code == "rate_limit_exceeded");
+
+    // Either server now refuses the team, saying when its minute ends, with OpenAI's headers.
+    auto c = second.client();
+    auto refused = chat_with_key(c, key);
+    REQUIRE(refused);
+    CHECK(refused->status == 429);
+    CHECK(refused->get_header_value("x-ratelimit-limit-requests") == "10");
+    CHECK(refused->get_header_value("x-ratelimit-remaining-requests") == "0");
+    CHECK(std::stoi(refused->get_header_value("Retry-After")) <= 60);
+    CHECK_THAT(json::parse(refused->body)["error"]["message"].get<std::string>(),
+               Catch::Contains("team 'fleet' allows 10 requests per minute"));
+
+    // The count is one item of the limits table, named after the team and the minute.
+    chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+    auto items = client.call("Scan", {{"TableName", table + "-limits"}});
+    REQUIRE(items);
+    REQUIRE((*items)["Items"].size() >= 1);
+    const auto& item = (*items)["Items"][0];
+    CHECK(item["counter"]["S"].get<std::string>().starts_with("team#fleet#rpm#"));
+    CHECK(item["n"]["N"] == "10");
+    CHECK(first.log().find(key.substr(3)) == std::string::npos);
+}
+
+TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers against a budget that fits 10 worst cases: exactly 10 answers, and settled answers give the rest back") {
+    const auto table = create_database();
+    test_support::temp_dir dir;
+    const auto prices = dir.path() / "prices.json";
+    std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 1000.0}, {"output", 1000.0}}}}}}.dump(); // $0.001 per token
+    // A stream of three words lasts about a second: every request is admitted before any is settled.
+    const std::string body = json{{"user_id", "u00"}, {"content", "one two three"}, {"max_tokens", 100}, {"stream", true}}.dump();
+    const double worst = static_cast<double>(body.size() + 8 + 100) / 1000.0; // as gateway_test.cpp reckons a reservation
+    char budget[32];
+    std::snprintf(budget, sizeof budget, "%.6f", 10.5 * worst);
+
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
+    env["CHAT_PROVIDER"] = "echo";
+    REQUIRE(test_support::run_to_exit(env, {"teams", "create", "--id", "fleet", "--budget-usd", budget, "--budget-period", "day"}).exit_code == 0);
+    const auto made = test_support::run_to_exit(env, {"keys", "create", "--team", "fleet"});
+    REQUIRE(made.exit_code == 0);
+    const std::string key = last_json(made.output)["key"];
+
+    env["CHAT_AUTH"] = "keys";
+    env["CHAT_LIMITS"] = "shared";
+    env["CHAT_SERVER"] = "httplib";
+    env["CHAT_PRICING_FILE"] = prices.string();
+    env["CHAT_ECHO_DELAY_MS"] = "400";
+    env["CHAT_CACHE_SIZE"] = "0"; // every answer is paid for
+    server_process first{env}, second{env};
+    const auto outcome = burst_over({&first, &second}, key, body, 50);
+    CHECK(outcome.ok == 10);
+    CHECK(outcome.limited == 40);
+    CHECK(outcome.other == 0);
+    for (const auto& code : outcome.codes) CHECK(code == "insufficient_quota");
+
+    // Ten answers of 6 tokens spent $0.06; the rest of their reservations came back, so the other
+    // server admits another at once.
+    auto c = second.client();
+    auto r = c.Post("/chat", {{"Authorization", "Bearer " + key}}, body, "application/json");
+    REQUIRE(r);
+    INFO(r->body);
+    CHECK(r->status == 200);
+    chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
+    auto items = client.call("Scan", {{"TableName", table + "-limits"}});
+    REQUIRE(items);
+    REQUIRE((*items)["Items"].size() == 1);
+    CHECK((*items)["Items"][0]["counter"]["S"].get<std::string>().starts_with("team#fleet#day#"));
+    // 11 answers of $0.006 settled (the last one's settlement may still be on its way: it is
+    // written after the last byte).
+    for (int attempt = 0; attempt < 50; ++attempt) {
+        items = client.call("Scan", {{"TableName", table + "-limits"}});
+        if ((*items)["Items"][0]["n"]["N"] == "66000") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK((*items)["Items"][0]["n"]["N"] == "66000");
+}
+
+TEST_CASE("CHAT_LIMITS=shared needs a DynamoDB database and a server that may block: start-up says so") {
+    auto r = test_support::run_to_exit({{"CHAT_LIMITS", "shared"}, {"CHAT_AUTH", "keys"}, {"CHAT_SERVER", "httplib"}, {"CHAT_PORT", "0"}}, {});
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("CHAT_LIMITS=shared keeps its counters in DynamoDB") != std::string::npos);
+    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
+    env.merge(std::map<std::string, std::string>{{"CHAT_DATABASE_URL", "dynamodb://" + create_database()}, {"CHAT_LIMITS", "shared"},
+                                                 {"CHAT_SERVER", "beast"}, {"CHAT_PORT", "0"}, {"CHAT_PROVIDER", "echo"}});
+    r = test_support::run_to_exit(env, {});
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("CHAT_SERVER=httplib") != std::string::npos);
+    r = test_support::run_to_exit({{"CHAT_LIMITS", "everywhere"}}, {});
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("CHAT_LIMITS") != std::string::npos);
 }

@@ -9,6 +9,7 @@
 #include "../support/lambda_sandbox.hpp"
 
 #include <chatkit/api_keys.hpp>
+#include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/dynamodb_key_directory.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/dynamodb_usage_store.hpp>
@@ -351,6 +352,8 @@ TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key
     const std::string history = "history-" + std::to_string(std::random_device{}());
     chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
+    // The team has a limit: on DynamoDB the bootstrap counts it in the limits table.
+    test_support::create_table(keys.client(), chatkit::dynamodb_counter_store::create_table_input(history + "-limits"));
     const std::string admin_key = chatkit::api_keys::generate_key(); // a ck- key serves as an admin key too
 
     fake_lambda_runtime runtime;
@@ -435,4 +438,54 @@ TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABL
     CHECK(usage["summary"]["total_requests"] == 1);
     CHECK(usage["summary"]["total_tokens"] == tokens);
     CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
+}
+
+TEST_CASE("on a dynamodb:// database, the bootstrap's instances count one limit in TABLE-limits: two instances let a team's 3 per minute through, not 6") {
+    static test_support::emulator_process dynalite = test_support::start_dynalite();
+    const std::string history = "history-" + std::to_string(std::random_device{}());
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    test_support::create_table(keys.client(), chatkit::dynamodb_store::create_table_input(history));
+    test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
+    test_support::create_table(keys.client(), chatkit::dynamodb_usage_store::create_table_input(history + "-usage"));
+    test_support::create_table(keys.client(), chatkit::dynamodb_counter_store::create_table_input(history + "-limits"));
+    chatkit::team_record team{"lambda-team", "Lambda", {}, chatkit::now_unix_ms()};
+    team.limits.requests_per_minute = 3;
+    REQUIRE(keys.create_team(team));
+    const std::string key = chatkit::api_keys::generate_key();
+    chatkit::key_record record;
+    record.id = chatkit::api_keys::generate_key_id();
+    record.team_id = "lambda-team";
+    record.prefix = chatkit::api_keys::display_prefix(key);
+    record.digest = chatkit::api_keys::digest(key);
+    record.created_at = chatkit::now_unix_ms();
+    REQUIRE(keys.create_key(record));
+
+    // A per-minute limit counts UTC calendar minutes: keep the six requests inside one.
+    if (const auto into = chatkit::now_unix_ms() % 60'000; into > 45'000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(60'000 - into + 200));
+    fake_lambda_runtime runtime;
+    const std::map<std::string, std::string> env{{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                                 {"CHAT_AUTH", "keys"},
+                                                 {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}};
+    bootstrap_process first{runtime, env}, second{runtime, env};
+    std::vector<std::string> ids;
+    for (int i = 0; i < 6; ++i)
+        ids.push_back(runtime.push(gateway_event("POST", "/chat", "", json{{"content", "hello"}}.dump(), {{"x-api-key", key}}).dump()));
+    int ok = 0, limited = 0;
+    for (const auto& id : ids) {
+        const auto answer = buffered_answer(runtime.wait_for(id));
+        INFO(answer.dump());
+        if (answer["statusCode"] == 200) ++ok;
+        else if (answer["statusCode"] == 429) {
+            ++limited;
+            CHECK(json::parse(answer["body"].get<std::string>())["error"]["code"] == "rate_limit_exceeded");
+        }
+    }
+    CHECK(ok == 3);
+    CHECK(limited == 3);
+    auto items = keys.client().call("Scan", {{"TableName", history + "-limits"}});
+    REQUIRE(items);
+    REQUIRE((*items)["Items"].size() == 1);
+    CHECK((*items)["Items"][0]["counter"]["S"].get<std::string>().starts_with("team#lambda-team#rpm#"));
+    CHECK((*items)["Items"][0]["n"]["N"] == "3");
 }

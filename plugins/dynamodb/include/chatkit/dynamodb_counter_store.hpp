@@ -160,8 +160,9 @@ private:
     }
     static nlohmann::json number(std::int64_t n) { return {{"N", std::to_string(n)}}; }
 
-    static error unavailable(std::string_view what, error cause) {
-        return error{error_kind::unavailable, "cannot " + std::string{what} + " in DynamoDB: " + cause.message, "counters_unavailable"};
+    error unavailable(std::string_view what, error cause) const {
+        return error{error_kind::unavailable, "cannot " + std::string{what} + " in the DynamoDB table " + options_.table + ": " + cause.message,
+                     "counters_unavailable"};
     }
     static error malformed(std::string why) {
         return error{error_kind::unavailable, "DynamoDB's answer about a counter is malformed: " + std::move(why), "counters_unavailable"};
