@@ -42,13 +42,19 @@ int main(int argc, char** argv) {
     sample_server::logger log{cfg, std::chrono::milliseconds{0}}; // one request at a time: no batching
     try {
         auto service = sample_server::make_service(cfg, &log);
+        // An invocation's usage record is queued for the recorder's thread, which Lambda freezes
+        // with the instance: it is written before the next event is asked for, or it could be lost.
+        auto* recorder = service.middleware<chatkit::optional_middleware<sample_server::usage_recorder_type>>().get();
         chatkit::lambda_runtime runtime{
             service,
             chatkit::lambda_options{.runtime_api = runtime_api,
                                     .max_invocations = 0,
                                     .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
                                                         ? chatkit::function_url_mode::response_stream
-                                                        : chatkit::function_url_mode::buffered},
+                                                        : chatkit::function_url_mode::buffered,
+                                    .between_invocations = [recorder] {
+                                        if (recorder) (void)recorder->flush(std::chrono::seconds{5});
+                                    }},
             [&log](std::string_view problem) { log.error("lambda runtime", {{"error", problem}}); }};
         log.info("ready", {{"runtime_api", runtime_api},
                            {"provider", service.provider().name()},

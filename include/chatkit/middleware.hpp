@@ -144,6 +144,8 @@ public:
         return m_ ? m_->admit(req, a, ctx) : std::nullopt;
     }
     [[nodiscard]] bool enabled() const noexcept { return m_.has_value(); }
+    /// The middleware when enabled, else null: for what a program does with it between requests.
+    [[nodiscard]] M* get() noexcept { return m_ ? &*m_ : nullptr; }
 
 private:
     std::optional<M> m_;

@@ -33,6 +33,12 @@ struct lambda_options {
     std::string runtime_api;         // host:port without a scheme (§5.1); empty: $AWS_LAMBDA_RUNTIME_API
     std::size_t max_invocations = 0; // 0: serve until stopped
     function_url_mode function_url = function_url_mode::buffered; // AWS's default InvokeMode
+    // Called after each invocation's answer is posted, before asking for the next one: the last
+    // moment the instance surely runs, since Lambda may freeze it while /next waits and shut it
+    // down frozen. Work the answer left behind (usage records queued for a background writer)
+    // must finish here or may be lost. It adds to the invocation's billed duration, not to the
+    // client's wait.
+    std::function<void()> between_invocations{};
 };
 
 // Called with a line about a failure of the runtime itself (an unusable event, the Runtime API
@@ -180,6 +186,7 @@ public:
             if (const auto trace = next->get_header_value("Lambda-Runtime-Trace-Id"); !trace.empty())
                 ::setenv("_X_AMZN_TRACE_ID", trace.c_str(), 1); // §5.1: a custom runtime sets it per invoke
             if (!invoke(id, next->body)) return false;
+            if (options_.between_invocations) options_.between_invocations();
             ++served;
         }
         return true;

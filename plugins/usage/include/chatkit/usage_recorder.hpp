@@ -96,13 +96,18 @@ public:
         state_->push(std::move(r));
     }
 
-    /// Waits until every record queued so far is written (or `timeout` passes); true when written.
-    /// For tests and for a clean hand-over; requests never call it.
+    /// Waits until every record queued so far is written; true when they are. False when
+    /// `timeout` passes or as soon as a write fails (the records stay queued, retried as always):
+    /// a store that is down must not hold the caller for the whole timeout each time. For a
+    /// program's pauses (the Lambda runtime calls it before asking for the next event, since the
+    /// instance may be frozen then) and tests; requests never call it.
     bool flush(std::chrono::milliseconds timeout = std::chrono::seconds{10}) {
         std::unique_lock lock{state_->mutex};
         const std::uint64_t target = state_->queued_total;
+        const std::uint64_t failures = state_->failed_batches;
         state_->wake.notify_all();
-        return state_->written_cv.wait_for(lock, timeout, [&] { return state_->written_total >= target; });
+        state_->written_cv.wait_for(lock, timeout, [&] { return state_->written_total >= target || state_->failed_batches != failures; });
+        return state_->written_total >= target;
     }
 
     /// Records dropped because the queue was full (requirement 3).
@@ -129,6 +134,7 @@ private:
         std::vector<usage_record> queue;
         std::uint64_t queued_total = 0;  // records ever queued (dropped ones not counted)
         std::uint64_t written_total = 0; // records ever written
+        std::uint64_t failed_batches = 0; // appends that failed, for flush() to stop waiting
         std::uint64_t dropped = 0;
         int failures_while_stopping = 0;
         std::jthread writer; // last: joined (by the destructor) before the rest goes
@@ -169,6 +175,8 @@ private:
                 }
                 // Requirement 3: the batch was moved from; put it back as it was, first in line.
                 std::move(batch.begin(), batch.end(), queue.begin());
+                ++failed_batches;
+                written_cv.notify_all();
                 lock.unlock();
                 if (options.on_error) options.on_error(written.error());
                 lock.lock();
