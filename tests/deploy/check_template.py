@@ -2,9 +2,10 @@
 """Checks what cfn-lint cannot about deploy/template.yaml: least privilege of the function's
 role, the CHAT_* environment it gets, and the resources they point at.
 
-    check_template.py TEMPLATE STORE_HEADER KEYS_HEADER USAGE_HEADER              check; exit 1 listing every failure
-    check_template.py --self-test TEMPLATE STORE_HEADER KEYS_HEADER USAGE_HEADER  the template passes, and each
-                                                                                  mutation in MUTATIONS makes its check fail
+    check_template.py TEMPLATE STORE_HEADER KEYS_HEADER USAGE_HEADER LIMITS_HEADER   check; exit 1 listing every failure
+    check_template.py --self-test TEMPLATE STORE_HEADER KEYS_HEADER USAGE_HEADER LIMITS_HEADER
+                                                                     the template passes, and each mutation in
+                                                                     MUTATIONS makes its check fail
     check_template.py --plain TEMPLATE OUT.json                      writes the template as plain CloudFormation
                                                                      (the SAM function as AWS::Lambda::Function)
 
@@ -17,7 +18,10 @@ and TTL attribute the ones it uses. KEYS_HEADER is dynamodb_key_directory.hpp: o
 the role may do exactly what its `keys()` calls (a server only reads keys; a workstation writes
 them), and only with CHAT_AUTH=keys. USAGE_HEADER is dynamodb_usage_store.hpp: on the usage table
 the role may do exactly what the usage store calls, on the table and on the one index it queries,
-and the table's keys, index and TTL attribute are the ones it uses.
+and the table's keys, index and TTL attribute are the ones it uses. LIMITS_HEADER is
+dynamodb_counter_store.hpp: on the limits table the role may do exactly what the counter store
+calls, and only with CHAT_AUTH=keys (nothing is counted without keys), and the table's key and
+TTL attribute are the ones the store writes.
 
 Needs python3 with PyYAML (Debian: python3-yaml).
 """
@@ -198,8 +202,21 @@ def usage_facts(header_path):
     return facts
 
 
-# The three headers the checks read: the history store's, the key directory's and the usage store's.
-Headers = collections.namedtuple("Headers", "store keys usage")
+def limits_facts(header_path):
+    """The DynamoDB actions of the counter store, its table's partition key and TTL attribute."""
+    facts = store_facts(header_path)
+    key = re.search(r'\{"KeySchema", \{\{\{"AttributeName", "([A-Za-z0-9_]+)"\}, \{"KeyType", "HASH"\}\}\}\}', facts["text"])
+    ttl = re.search(r'"ADD n :amount SET ([A-Za-z0-9_]+) = :expires"', facts["text"])
+    if not key or not ttl:
+        raise Failure(f"found no KeySchema in create_table_input() or no `ADD n :amount SET ATTRIBUTE = :expires` "
+                      f"in {header_path}: has the counter store moved?")
+    facts["key"], facts["ttl"] = key.group(1), ttl.group(1)
+    return facts
+
+
+# The four headers the checks read: the history store's, the key directory's, the usage store's
+# and the counter store's (the limits).
+Headers = collections.namedtuple("Headers", "store keys usage limits")
 
 
 class Failure(Exception):
@@ -317,8 +334,9 @@ def _(tpl, header):
 
 
 def database_tables(tpl):
-    """((name, resource) of the history table, of the keys table, of the usage table), as the
-    function's CHAT_DATABASE_URL names them: dynamodb://${History}?...&keys_table=${Keys}&usage_table=${Usage}."""
+    """((name, resource) of the history table, of the keys table, of the usage table, of the limits
+    table), as the function's CHAT_DATABASE_URL names them:
+    dynamodb://${History}?...&keys_table=${Keys}&usage_table=${Usage}&limits_table=${Limits}."""
     tables = resources_of(tpl, "AWS::DynamoDB::Table")
     url = env_of(tpl).get("CHAT_DATABASE_URL")
     text = url.get("Fn::Sub") if isinstance(url, dict) else url
@@ -333,19 +351,22 @@ def database_tables(tpl):
     usage = re.search(r"[?&]usage_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
     if not usage or usage.group(1) not in tables or usage.group(1) in (history.group(1), keys.group(1)):
         raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the usage table as usage_table=${{UsageTable}}")
-    if len(tables) != 3:
-        raise Failure(f"expected three DynamoDB tables (history, keys, usage), found {sorted(tables)}")
-    return tuple((name, tables[name]) for name in (history.group(1), keys.group(1), usage.group(1)))
+    limits = re.search(r"[?&]limits_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
+    if not limits or limits.group(1) not in tables or limits.group(1) in (history.group(1), keys.group(1), usage.group(1)):
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the limits table as limits_table=${{LimitsTable}}")
+    if len(tables) != 4:
+        raise Failure(f"expected four DynamoDB tables (history, keys, usage, limits), found {sorted(tables)}")
+    return tuple((name, tables[name]) for name in (history.group(1), keys.group(1), usage.group(1), limits.group(1)))
 
 
 @check("role-dynamodb")
 def _(tpl, header):
     _, role = role_of(tpl)
-    (history_name, _), (keys_name, _), (usage_name, _) = database_tables(tpl)
+    (history_name, _), (keys_name, _), (usage_name, _), (limits_name, _) = database_tables(tpl)
     usage = usage_facts(header.usage)
     usage_index = f"${{{usage_name}.Arn}}/index/{usage['index']}"
     auth = env_of(tpl).get("CHAT_AUTH")
-    on_history, on_keys, on_usage, on_usage_index = set(), set(), set(), set()
+    on_history, on_keys, on_usage, on_usage_index, on_limits = set(), set(), set(), set(), set()
     for action, targets in granted(role, "dynamodb").items():
         for resource, cond in targets:
             if is_getatt(resource, history_name, "Arn") and not cond:
@@ -355,13 +376,19 @@ def _(tpl, header):
                 if not (isinstance(auth, dict) and cond and condition_on(tpl, cond) == (auth.get("Ref"), "keys")):
                     raise Failure(f"{action} on {keys_name} is granted whatever CHAT_AUTH is (it must depend on CHAT_AUTH=keys)")
                 on_keys.add(action)
+            elif is_getatt(resource, limits_name, "Arn"):
+                # The limits are counted only for API keys (CHAT_AUTH=keys), so granted only then.
+                if not (isinstance(auth, dict) and cond and condition_on(tpl, cond) == (auth.get("Ref"), "keys")):
+                    raise Failure(f"{action} on {limits_name} is granted whatever CHAT_AUTH is (it must depend on CHAT_AUTH=keys)")
+                on_limits.add(action)
             elif is_getatt(resource, usage_name, "Arn") and not cond:
                 on_usage.add(action)
             elif isinstance(resource, dict) and resource.get("Fn::Sub") == usage_index and not cond:
                 on_usage_index.add(action)
             else:
                 raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {history_name}.Arn, "
-                              f"!GetAtt {keys_name}.Arn, !GetAtt {usage_name}.Arn or !Sub {usage_index} "
+                              f"!GetAtt {keys_name}.Arn, !GetAtt {usage_name}.Arn, !Sub {usage_index} "
+                              f"or !GetAtt {limits_name}.Arn "
                               f"(no other index, no other table, no condition on the history or the usage)")
     wanted = store_facts(header.store)["actions"]
     if on_history != wanted:
@@ -375,6 +402,9 @@ def _(tpl, header):
     # Of the usage store's calls only Query reads an index (a key's spending).
     if on_usage_index != {"dynamodb:Query"} & usage["actions"]:
         raise Failure(f"dynamodb actions on {usage_index} are {sorted(on_usage_index)}, not exactly Query")
+    wanted = limits_facts(header.limits)["actions"]
+    if on_limits != wanted:
+        raise Failure(f"dynamodb actions on {limits_name} are {sorted(on_limits)}; the counter store calls exactly {sorted(wanted)}")
 
 
 @check("role-secret")
@@ -393,7 +423,7 @@ def _(tpl, header):
 
 @check("env-database-url")
 def _(tpl, header):
-    (history_name, _), _, _ = database_tables(tpl)
+    (history_name, _), _, _, _ = database_tables(tpl)
     text = env_of(tpl)["CHAT_DATABASE_URL"]
     text = text.get("Fn::Sub") if isinstance(text, dict) else text
     if not text.startswith(f"dynamodb://${{{history_name}}}"):
@@ -497,7 +527,7 @@ def _(tpl, header):
 
 @check("table-design")
 def _(tpl, header):
-    (table_name, table), _, _ = database_tables(tpl)
+    (table_name, table), _, _, _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -524,7 +554,7 @@ def _(tpl, header):
 
 @check("keys-table-design")
 def _(tpl, header):
-    _, (table_name, table), _ = database_tables(tpl)
+    _, (table_name, table), _, _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -550,7 +580,7 @@ def _(tpl, header):
 
 @check("usage-table-design")
 def _(tpl, header):
-    _, _, (table_name, table) = database_tables(tpl)
+    _, _, (table_name, table), _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -581,6 +611,27 @@ def _(tpl, header):
         raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
     if table.get("DeletionPolicy") != "Retain":
         raise Failure(f"{table_name} would be deleted with the stack, and what was billed with it")
+
+
+@check("limits-table-design")
+def _(tpl, header):
+    _, _, _, (table_name, table) = database_tables(tpl)
+    p = table.get("Properties", {})
+    facts = limits_facts(header.limits)
+    keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
+    if keys != {facts["key"]: "HASH"} or types != {facts["key"]: "S"}:
+        raise Failure(f"{table_name} keys are {keys} {types}, not {facts['key']} (S, HASH) alone, as the counter store's")
+    if p.get("GlobalSecondaryIndexes") or p.get("LocalSecondaryIndexes"):
+        raise Failure(f"{table_name} has an index the counter store never queries")
+    ttl = p.get("TimeToLiveSpecification") or {}
+    if ttl.get("AttributeName") != facts["ttl"] or ttl.get("Enabled") is not True:
+        raise Failure(f"{table_name} TTL is {ttl}, not enabled on {facts['ttl']}, where the counter store writes "
+                      f"the end of a counter's window (counters would be kept forever)")
+    if (p.get("SSESpecification") or {}).get("SSEEnabled") is not True:
+        raise Failure(f"{table_name} has no SSESpecification.SSEEnabled")
+    if p.get("BillingMode") != "PAY_PER_REQUEST":
+        raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
 
 
 @check("env-auth")
@@ -695,8 +746,9 @@ def _(tpl, header):
     named = [(kind, the_one(tpl, kind, *types)[0]) for kind, types in (
         ("HTTP API", ("AWS::ApiGatewayV2::Api",)), ("Function URL", ("AWS::Lambda::Url",)),
         ("secret", ("AWS::SecretsManager::Secret",)))]
-    (history_name, _), (keys_name, _), (usage_name, _) = database_tables(tpl)
-    for kind, name in named + [("history table", history_name), ("keys table", keys_name), ("usage table", usage_name)]:
+    (history_name, _), (keys_name, _), (usage_name, _), (limits_name, _) = database_tables(tpl)
+    for kind, name in named + [("history table", history_name), ("keys table", keys_name), ("usage table", usage_name),
+                               ("limits table", limits_name)]:
         if f"'{name}'" not in outputs and f"{{{name}." not in outputs and f"${{{name}}}" not in outputs:
             raise Failure(f"no output gives the {kind} ({name})")
 
@@ -848,6 +900,52 @@ MUTATIONS = [
      lambda t: res(t, "UsageTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
     ("outputs", "no usage table output",
      lambda t: t["Outputs"].pop("UsageTableName")),
+    ("role-dynamodb", "limits counted whatever CHAT_AUTH is",
+     lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+         copy.deepcopy(stmt(t, "Limits")))),
+    ("role-dynamodb", "the function may delete counters",
+     lambda t: stmt(t, "Limits")["Action"].append("dynamodb:DeleteItem")),
+    ("role-dynamodb", "GetItem missing on the limits table",
+     lambda t: stmt(t, "Limits").__setitem__("Action", ["dynamodb:UpdateItem"])),
+    ("role-dynamodb", "UpdateItem missing on the limits table",
+     lambda t: stmt(t, "Limits").__setitem__("Action", ["dynamodb:GetItem"])),
+    ("role-dynamodb", "the limits grant on the usage table",
+     lambda t: stmt(t, "Limits").__setitem__("Resource", {"Fn::GetAtt": ["UsageTable", "Arn"]})),
+    ("role-dynamodb", "limits table index ARN",
+     lambda t: stmt(t, "Limits").__setitem__("Resource", {"Fn::Sub": "${LimitsTable.Arn}/index/x"})),
+    ("env-database-url", "no limits_table in the URL",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}&usage_table=${UsageTable}"})),
+    ("env-database-url", "limits_table naming the usage table",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}"
+                                              "&usage_table=${UsageTable}&limits_table=${UsageTable}"})),
+    ("env-database-url", "a fifth table the URL does not name",
+     lambda t: t["Resources"].__setitem__("OtherTable", copy.deepcopy(res(t, "LimitsTable")))),
+    ("limits-table-design", "TTL off",
+     lambda t: res(t, "LimitsTable")["Properties"]["TimeToLiveSpecification"].__setitem__("Enabled", False)),
+    ("limits-table-design", "TTL on another attribute",
+     lambda t: res(t, "LimitsTable")["Properties"]["TimeToLiveSpecification"].__setitem__("AttributeName", "ttl")),
+    ("limits-table-design", "no TTL",
+     lambda t: res(t, "LimitsTable")["Properties"].pop("TimeToLiveSpecification")),
+    ("limits-table-design", "partition key renamed",
+     lambda t: (res(t, "LimitsTable")["Properties"]["KeySchema"][0].__setitem__("AttributeName", "pk"),
+                res(t, "LimitsTable")["Properties"]["AttributeDefinitions"][0].__setitem__("AttributeName", "pk"))),
+    ("limits-table-design", "a numeric partition key",
+     lambda t: res(t, "LimitsTable")["Properties"]["AttributeDefinitions"][0].__setitem__("AttributeType", "N")),
+    ("limits-table-design", "a sort key",
+     lambda t: (res(t, "LimitsTable")["Properties"]["KeySchema"].append({"AttributeName": "window", "KeyType": "RANGE"}),
+                res(t, "LimitsTable")["Properties"]["AttributeDefinitions"].append({"AttributeName": "window", "AttributeType": "N"}))),
+    ("limits-table-design", "an index",
+     lambda t: res(t, "LimitsTable")["Properties"].__setitem__("GlobalSecondaryIndexes", [
+         {"IndexName": "by-n", "KeySchema": [{"AttributeName": "counter", "KeyType": "HASH"}],
+          "Projection": {"ProjectionType": "KEYS_ONLY"}}])),
+    ("limits-table-design", "not encrypted",
+     lambda t: res(t, "LimitsTable")["Properties"].pop("SSESpecification")),
+    ("limits-table-design", "provisioned billing",
+     lambda t: res(t, "LimitsTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
+    ("outputs", "no limits table output",
+     lambda t: t["Outputs"].pop("LimitsTableName")),
     ("env-auth", "CHAT_AUTH fixed, not a parameter",
      lambda t: env(t).__setitem__("CHAT_AUTH", "keys")),
     ("keys-table-design", "a sort key",
@@ -926,7 +1024,8 @@ def self_test(tpl, header):
             bad += 1
             print(f"MISS [{check_id}] has no mutation that makes it fail")
     # The headers are inputs too: a store that starts calling Scan, a key directory whose keys()
-    # starts calling GetItem, or a renamed attribute, must fail the checks that read them.
+    # starts calling GetItem, a counter store that stops reading, or a renamed attribute, must fail
+    # the checks that read them.
     for check_id, what, which, edit in (
             ("role-dynamodb", "the store also calls Scan", "store",
              lambda h: h + '\nvoid more() { client_.call("Scan", {}); }\n'),
@@ -942,7 +1041,15 @@ def self_test(tpl, header):
             ("role-dynamodb", "the usage store queries another index", "usage",
              lambda h: h.replace('key_index = "key_id-sk"', 'key_index = "key_id-time"')),
             ("usage-table-design", "the usage store renames expires_at", "usage",
-             lambda h: h.replace('"expires_at"', '"expiry"'))):
+             lambda h: h.replace('"expires_at"', '"expiry"')),
+            ("role-dynamodb", "the counter store also calls TransactWriteItems", "limits",
+             lambda h: h + '\nvoid more() { client_.call("TransactWriteItems", {}); }\n'),
+            ("role-dynamodb", "the counter store no longer reads counters", "limits",
+             lambda h: h.replace('client_.call("GetItem"', 'client_.call("UpdateItem"')),
+            ("limits-table-design", "the counter store renames expires_at", "limits",
+             lambda h: h.replace("SET expires_at = :expires", "SET expiry = :expires")),
+            ("limits-table-design", "the counter store renames its key", "limits",
+             lambda h: h.replace('"counter"', '"name"'))):
         with open(getattr(header, which), encoding="utf-8") as f:
             text = f.read()
         with tempfile.NamedTemporaryFile("w", suffix=".hpp", delete=False) as f:
@@ -982,11 +1089,11 @@ def main(argv):
             json.dump(plain_cloudformation(load(argv[2])), f, indent=1)
         return 0
     args = [a for a in argv[1:] if a != "--self-test"]
-    if len(args) != 4:
+    if len(args) != 5:
         print(__doc__, file=sys.stderr)
         return 2
     tpl = load(args[0])
-    header = Headers(store=args[1], keys=args[2], usage=args[3])
+    header = Headers(store=args[1], keys=args[2], usage=args[3], limits=args[4])
     if "--self-test" in argv:
         return self_test(tpl, header)
     failures = run_checks(tpl, header)
