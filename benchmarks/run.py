@@ -337,7 +337,7 @@ def reported_adapter(server):
 
 def start_chatkit(build, env, tmp, adapter=None, connections=0):
     """sample_server on a free port; with `adapter`, CHAT_SERVER and the adapter's sizing are set."""
-    base = {"CHAT_PORT": "0", "CHAT_RATE_LIMIT": "off", "CHAT_LOG_LEVEL": "info",
+    base = {"CHAT_PORT": "0", "CHAT_RATE_LIMIT": "off", "CHAT_DRAIN_DELAY": "0", "CHAT_LOG_LEVEL": "info",
             "CHAT_DATABASE_URL": "sqlite:%s/bench-%d.db" % (tmp, time.time_ns())}
     if adapter:
         base.update(adapter_env(adapter, connections))

@@ -47,6 +47,7 @@ struct config {
     std::size_t max_connections = 20000;
     std::size_t max_header_bytes = 16 * 1024;
     std::chrono::seconds request_deadline{600};
+    std::chrono::seconds drain_delay{5};
     std::string log_level = "info";
     std::string log_format = "json";
     std::chrono::milliseconds echo_delay{0};
@@ -200,6 +201,9 @@ inline const std::vector<setting>& settings() {
         {"CHAT_KEEP_ALIVE_TIMEOUT", "seconds an idle kept-alive connection stays open",
          [](config& c, auto n, auto v) { c.keep_alive_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
          [](const config& c) { return std::to_string(c.keep_alive_timeout.count()); }},
+        {"CHAT_DRAIN_DELAY", "seconds between SIGTERM and closing the listener, while GET /ready answers 503 so load balancers stop sending (SIGINT, or a second signal, stops at once)",
+         [](config& c, auto n, auto v) { c.drain_delay = std::chrono::seconds{parse_int<long>(n, v, 0, 3600)}; },
+         [](const config& c) { return std::to_string(c.drain_delay.count()); }},
         {"CHAT_LOOPS", "beast: event-loop threads (0: one per core)",
          [](config& c, auto n, auto v) { c.loops = parse_int<std::size_t>(n, v, 0, 1024); },
          [](const config& c) { return std::to_string(c.loops); }},

@@ -150,6 +150,10 @@ public:
         out.number("prompt_tokens", s.usage.prompt_tokens);
         out.number("completion_tokens", s.usage.completion_tokens);
         out.number("ttft_ms", std::round(s.time_to_first_token_ms * 1000) / 1000);
+        // The gateway's own time: what the request took minus the wait on the provider.
+        if (s.upstream_ms > 0) out.number("upstream_ms", std::round(s.upstream_ms * 1000) / 1000);
+        out.number("overhead_ms", std::round(std::max(s.duration_ms - s.upstream_ms, 0.0) * 1000) / 1000);
+        if (s.upstream_ms > 0 || s.cached) out.text("provider", s.provider);
         out.boolean("cached", s.cached);
         // The cost at the configured prices; a request that used tokens of a model with no price
         // says so (unpriced=true) instead of logging $0.

@@ -114,6 +114,15 @@ int main(int argc, char** argv) {
             int signal = 0;
             sigwait(&stop_signals, &signal);
             if (signal == SIGUSR1) return; // the server ended on its own: just be joinable
+            // SIGTERM is how orchestrators stop a replica: keep serving for CHAT_DRAIN_DELAY with
+            // /ready at 503, so load balancers take it out of rotation before the listener closes.
+            if (signal == SIGTERM && cfg.drain_delay.count() > 0) {
+                service.drain();
+                log.info("draining: GET /ready answers 503 until the listener closes", {{"delay_s", cfg.drain_delay.count()}});
+                const timespec delay{static_cast<std::time_t>(cfg.drain_delay.count()), 0};
+                const int again = sigtimedwait(&stop_signals, nullptr, &delay);
+                if (again == SIGUSR1) return;
+            }
             log.info("stopping: finishing requests in flight", {{"signal", signal == SIGINT ? "SIGINT" : "SIGTERM"}});
             if (beast) beast->stop();
             else httplib->stop();

@@ -126,6 +126,7 @@ struct completion {
     token_usage usage{};
     double latency_ms = 0;
     double time_to_first_token_ms = 0; // streams: when the first delta arrived
+    double upstream_ms = 0;            // of latency_ms, the time spent waiting on the provider (0 for a cache hit)
     unix_ms created_at = 0;
     bool cached = false;
     // What the answer cost in USD at the service's prices (chatkit/pricing.hpp): 0 for a cache

@@ -76,6 +76,7 @@ struct response_meta {
     double time_to_first_token_ms = 0;
     std::string error_code{}; // an error answer's code ("invalid_value", "upstream_error", ...)
     std::optional<double> cost_usd{}; // at the service's prices; empty: unpriced or nothing used
+    double upstream_ms = 0;           // time spent waiting on the provider (for Server-Timing)
 };
 
 // What a middleware's `finish` learns about a request once its last byte has been sent (or the
@@ -96,6 +97,8 @@ struct response_summary {
                                        // empty when unpriced or when nothing was used
     bool usage_estimated = false;      // the usage is counted from the text delivered, not reported by
                                        // the provider (a stream the client left, or that failed midway)
+    double upstream_ms = 0;            // of duration_ms, the time spent waiting on the provider: the
+                                       // rest is the gateway's own overhead
 };
 
 // What an adapter calls for the requests it answers itself (malformed HTTP, limits), which never

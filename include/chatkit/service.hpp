@@ -3,6 +3,8 @@
 //   POST /chat                 a completion (JSON, or Server-Sent Events with "stream": true)
 //   GET  /history/{user_id}    a user's stored messages, paged back in time
 //   GET  /health               each component's status
+//   GET  /ready                whether to send this process traffic: 503 while draining
+//   GET  /                     the service's name, version and routes
 //   POST /v1/chat/completions  the same chat in the OpenAI wire format, for OpenAI clients
 //   GET  /v1/models            the provider's models, OpenAI-style
 // plus any routes the user adds. Adapters feed it requests; it never touches a socket.
@@ -33,8 +35,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cstdio>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -62,6 +66,12 @@ struct service_options {
     // upstream with this max_tokens. Below limits.max_tokens, so that a key with a modest
     // tokens-per-minute limit can still send requests without max_tokens.
     int default_max_tokens = 4096;
+    // Every answer carries `Server-Timing: gateway;dur=MS, upstream;dur=MS`: the gateway's own time
+    // and the provider's, so a client sees the overhead per request. For a stream, whose headers
+    // leave before the provider is called, only the gateway's time until then.
+    bool server_timing = true;
+    // What GET / calls the service.
+    std::string name = "chatkit";
 };
 
 template <class P, class S = no_store, class C = no_cache, class... Ms>
@@ -119,13 +129,18 @@ public:
         const std::string key = req.use_cache ? cache_key(req) : std::string{};
         std::optional<completion> answer;
         if (req.use_cache) {
-            if ((answer = co_await cache_get(key))) answer->cached = true;
+            if ((answer = co_await cache_get(key))) {
+                answer->cached = true;
+                answer->upstream_ms = 0; // the cached answer's own call, not this request's
+            }
         }
         const bool fresh_answer = !answer;
         if (fresh_answer) {
+            const auto called = std::chrono::steady_clock::now();
             auto fresh = co_await provider_complete(&req);
             if (!fresh) co_return stopped_error(req, std::move(fresh).error());
             answer = std::move(fresh).value();
+            answer->upstream_ms = elapsed_ms(called);
             fill_defaults(*answer, req);
         }
         answer->id = random_id("chatcmpl-", 24);
@@ -155,6 +170,12 @@ public:
         static_assert((std::same_as<M, Ms> || ...), "chatkit::service::middleware<M>: M is not one of the service's middlewares");
         return std::get<M>(middlewares_);
     }
+
+    /// From now on GET /ready answers 503, so that load balancers stop sending this process new
+    /// requests while it keeps serving; a program calls it on SIGTERM, some time before it stops
+    /// its server. Thread-safe.
+    void drain() noexcept { draining_->store(true, std::memory_order_relaxed); }
+    [[nodiscard]] bool draining() const noexcept { return draining_->load(std::memory_order_relaxed); }
 
 private:
     struct custom_route {
@@ -210,6 +231,7 @@ private:
             }
         }
         run_after<sizeof...(Ms)>(*req, *res, ctx, ran);
+        if (options_.server_timing) res->headers["Server-Timing"] = server_timing(elapsed_ms(st.started), res->meta.upstream_ms);
 
         auto& sum = st.summary;
         sum.status = res->status;
@@ -220,6 +242,7 @@ private:
         sum.time_to_first_token_ms = res->meta.time_to_first_token_ms;
         sum.error_code = res->meta.error_code;
         sum.cost_usd = res->meta.cost_usd;
+        sum.upstream_ms = res->meta.upstream_ms;
         sum.provider = provider_.name();
         if (!co_await start_response(sink, *req, *res, sum.streamed)) {
             sum.client_left = true;
@@ -323,6 +346,8 @@ private:
             co_return routed{wrong_method(req, "POST")};
         }
         if (req.path == "/health") co_return routed{is_get(req) ? handle_health() : wrong_method(req, "GET")};
+        if (req.path == "/ready") co_return routed{is_get(req) ? handle_ready() : wrong_method(req, "GET")};
+        if (req.path == "/") co_return routed{is_get(req) ? handle_root() : wrong_method(req, "GET")};
         // POST /v1/chat: the same route under the shorter name some gateway clients call.
         if (req.path == "/v1/chat/completions" || req.path == "/v1/chat") {
             if (req.method == "POST") co_return co_await handle_openai_chat(req_ptr, ctx, st);
@@ -486,9 +511,12 @@ private:
         bool fresh_answer = false;
         if (req.use_cache && (answer = co_await cache_get(key))) {
             answer->cached = true;
+            answer->upstream_ms = 0;
             if (!co_await out.write(answer->content)) co_return;
         } else {
+            const auto called = std::chrono::steady_clock::now();
             auto streamed = co_await provider_stream(req_ptr, &out);
+            st->summary.upstream_ms = elapsed_ms(called);
             if (st->summary.client_left || !streamed)
                 bill_unfinished(req, streamed ? &*streamed : nullptr, out.text_bytes, st->summary);
             if (st->summary.client_left) co_return; // an unacknowledged, partial reply is neither stored nor cached
@@ -499,6 +527,7 @@ private:
                 co_return;
             }
             answer = std::move(streamed).value();
+            answer->upstream_ms = st->summary.upstream_ms;
             fill_defaults(*answer, req);
             fresh_answer = true;
         }
@@ -547,6 +576,7 @@ private:
         st->summary.cached = res->meta.cached;
         st->summary.time_to_first_token_ms = res->meta.time_to_first_token_ms;
         st->summary.cost_usd = res->meta.cost_usd;
+        st->summary.upstream_ms = res->meta.upstream_ms;
     }
 
     // The provider's calls, by its form (chatkit/provider.hpp).
@@ -638,6 +668,7 @@ private:
             head.meta.time_to_first_token_ms = s.time_to_first_token_ms;
             head.meta.error_code = s.error_code;
             head.meta.cost_usd = s.cost_usd;
+            head.meta.upstream_ms = s.upstream_ms;
         }
 
         static http_response response_of(std::shared_ptr<blocking_bridge> self) {
@@ -723,6 +754,37 @@ private:
                                                 {"provider", std::get<2>(components)}}}});
     }
 
+    // Readiness: what /health checks, and not draining. A load balancer that sees 503 sends the
+    // request elsewhere; one that sees 200 may send this process traffic.
+    http_response handle_ready() {
+        if (draining()) return json_response(503, {{"status", "draining"}});
+        const auto components = std::tuple{store_.health(), cache_.health(), provider_.health()};
+        const bool ok = std::apply([](const auto&... c) { return (c.ok && ...); }, components);
+        if (ok) return json_response(200, {{"status", "ready"}});
+        return json_response(503, {{"status", "unavailable"},
+                                   {"components",
+                                    {{"store", std::get<0>(components)},
+                                     {"cache", std::get<1>(components)},
+                                     {"provider", std::get<2>(components)}}}});
+    }
+
+    http_response handle_root() const {
+        nlohmann::json routes = nlohmann::json::array();
+        for (const auto& r : routes_) routes.push_back(r.method + " " + r.path);
+        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "GET /v1/models", "GET /health", "GET /ready"})
+            routes.push_back(r);
+        return json_response(200, {{"name", options_.name}, {"version", options_.version}, {"routes", std::move(routes)}});
+    }
+
+    // "gateway;dur=0.042, upstream;dur=812.300": milliseconds, as the header's dur is.
+    static std::string server_timing(double total_ms, double upstream_ms) {
+        char text[96];
+        const double own = std::max(total_ms - upstream_ms, 0.0);
+        const int n = upstream_ms > 0 ? std::snprintf(text, sizeof text, "gateway;dur=%.3f, upstream;dur=%.3f", own, upstream_ms)
+                                      : std::snprintf(text, sizeof text, "gateway;dur=%.3f", own);
+        return std::string(text, static_cast<std::size_t>(std::max(n, 0)));
+    }
+
     result<nlohmann::json> parse_body(const http_request& req) const {
         if (req.body.size() > options_.max_body_bytes)
             return error{error_kind::payload_too_large,
@@ -779,7 +841,7 @@ private:
     }
 
     static response_meta meta_of(const completion& c) {
-        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd};
+        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd, c.upstream_ms};
     }
 
     // What the gateway adds to an OpenAI answer: who was billed, by which provider, for how much.
@@ -874,6 +936,7 @@ private:
     C cache_;
     std::tuple<Ms...> middlewares_;
     std::vector<custom_route> routes_{};
+    std::unique_ptr<std::atomic<bool>> draining_ = std::make_unique<std::atomic<bool>>(false); // a pointer: the service moves
 };
 
 } // namespace chatkit

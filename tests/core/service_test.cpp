@@ -722,3 +722,72 @@ TEST_CASE("a stream the client leaves is billed for the prompt and the text deli
     CHECK(rec2.seen->finished[0].usage.total_tokens() == 0);
     CHECK_FALSE(rec2.seen->finished[0].cost_usd);
 }
+
+TEST_CASE("every answer carries Server-Timing: the gateway's own time, and the provider's when it was called") {
+    scripted_provider p;
+    test_service svc{p, memory_store{}, map_cache{}};
+    const auto timing = [](const chatkit::http_response& res) {
+        const auto it = res.headers.find("Server-Timing");
+        REQUIRE(it != res.headers.end());
+        return it->second;
+    };
+    // "gateway;dur=D, upstream;dur=U": two metrics, each a name and a duration in milliseconds.
+    const auto parse = [](const std::string& header) {
+        std::map<std::string, double> metrics;
+        std::size_t at = 0;
+        while (at < header.size()) {
+            auto end = header.find(", ", at);
+            if (end == std::string::npos) end = header.size();
+            const auto item = header.substr(at, end - at);
+            const auto semi = item.find(";dur=");
+            REQUIRE(semi != std::string::npos);
+            metrics[item.substr(0, semi)] = std::stod(item.substr(semi + 5));
+            at = end + 2;
+        }
+        return metrics;
+    };
+    const auto answered = svc.handle(post_chat({{"user_id", "u"}, {"content", "hi"}}));
+    REQUIRE(answered.status == 200);
+    const auto first = parse(timing(answered));
+    CHECK(first.size() == 2);
+    CHECK(first.count("gateway") == 1);
+    CHECK(first.count("upstream") == 1);
+    CHECK(first.at("gateway") >= 0);
+    // A cache hit never reached the provider: the gateway's time alone.
+    const auto hit = parse(timing(svc.handle(post_chat({{"user_id", "u"}, {"content", "hi"}}))));
+    CHECK(hit.size() == 1);
+    CHECK(hit.count("gateway") == 1);
+    // Errors and other routes carry it too.
+    CHECK(parse(timing(svc.handle(get("/nope")))).count("gateway") == 1);
+
+    chatkit::service_options off;
+    off.server_timing = false;
+    test_service quiet{off, scripted_provider{}, memory_store{}, map_cache{}};
+    const auto plain = quiet.handle(get("/health"));
+    CHECK(plain.headers.find("Server-Timing") == plain.headers.end());
+}
+
+TEST_CASE("GET /ready is 200 while the components are up and 503 once the service drains; GET / names the routes") {
+    test_service svc{scripted_provider{}, memory_store{}, map_cache{}};
+    auto ready = svc.handle(get("/ready"));
+    CHECK(ready.status == 200);
+    CHECK(body_of(ready)["status"] == "ready");
+    svc.drain();
+    CHECK(svc.draining());
+    ready = svc.handle(get("/ready"));
+    CHECK(ready.status == 503);
+    CHECK(body_of(ready)["status"] == "draining");
+    // Draining changes readiness only: the process still answers everything else.
+    CHECK(svc.handle(get("/health")).status == 200);
+    CHECK(svc.handle(post_chat({{"content", "hi"}})).status == 200);
+
+    svc.route("GET", "/custom", [](chatkit::http_request&, auto&) { return chatkit::json_response(200, json::object()); });
+    const auto root = svc.handle(get("/"));
+    REQUIRE(root.status == 200);
+    const auto body = body_of(root);
+    CHECK(body["name"] == "chatkit");
+    CHECK(body["version"] == CHATKIT_VERSION);
+    const auto routes = body["routes"].get<std::vector<std::string>>();
+    CHECK(std::find(routes.begin(), routes.end(), "GET /custom") != routes.end());
+    CHECK(std::find(routes.begin(), routes.end(), "POST /v1/chat/completions") != routes.end());
+}

@@ -44,6 +44,7 @@ async function startServer(extraEnv, apiKey = 'client-key') {
     CHAT_PORT: '0',
     CHAT_DATABASE_URL: `sqlite:${join(dir, `chat-${children.length}.db`)}`,
     CHAT_RATE_LIMIT: 'off',
+    CHAT_DRAIN_DELAY: '0',
     OPENAI_API_KEY: 'sk-sdk-test-key',
     OPENAI_BASE_URL: upstream,
     CHAT_MODEL: 'fake-1',

@@ -354,6 +354,37 @@ TEST_CASE("SIGTERM lets a stream in flight finish, then the server exits 0") {
     CHECK(events.back().second["content"] == "a b c d e f");
 }
 
+TEST_CASE("after SIGTERM the server drains for CHAT_DRAIN_DELAY: /ready answers 503 while chats are still served, then it exits 0") {
+    server_process server{{{"CHAT_DRAIN_DELAY", "3"}}};
+    auto c = server.client();
+    auto ready = c.Get("/ready");
+    REQUIRE(ready);
+    CHECK(ready->status == 200);
+    CHECK(json::parse(ready->body)["status"] == "ready");
+    CHECK_FALSE(ready->get_header_value("Server-Timing").empty());
+
+    std::thread stopper([&server] { (void)server.stop(SIGTERM); });
+    // Until the process says it drains, /ready may still be 200: ask until it is 503.
+    int status = 0;
+    std::string body;
+    for (int attempt = 0; attempt < 200 && status != 503; ++attempt) {
+        if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (auto r = c.Get("/ready")) {
+            status = r->status;
+            body = r->body;
+        }
+    }
+    CHECK(status == 503);
+    CHECK(json::parse(body)["status"] == "draining");
+    // The process still serves while load balancers take it out of rotation.
+    auto chat = c.Post("/chat", json{{"content", "still here"}}.dump(), "application/json");
+    REQUIRE(chat);
+    CHECK(chat->status == 200);
+    CHECK(c.Get("/health")->status == 200);
+    stopper.join();
+    CHECK(server.log().find("draining") != std::string::npos);
+}
+
 TEST_CASE("a client that stalls mid-request does not pin a worker") {
     server_process server{{{"CHAT_THREADS", "1"}, {"CHAT_READ_TIMEOUT", "1"}, {"CHAT_KEEP_ALIVE_TIMEOUT", "1"}}};
     raw_connection stalled{server.port()};

@@ -87,7 +87,8 @@ public:
         std::map<std::string, std::string> full{{"CHAT_PORT", "0"},
                                                 {"CHAT_DATABASE_URL", "sqlite:" + database.string()},
                                                 {"CHAT_RATE_LIMIT", "off"},
-                                                {"CHAT_THREADS", "16"}};
+                                                {"CHAT_THREADS", "16"},
+                                                {"CHAT_DRAIN_DELAY", "0"}}; // stop() is prompt; the drain tests set one
         for (auto& [k, v] : env) full[k] = v;
         // CHATKIT_TEST_SERVER (httplib or beast) picks the HTTP adapter for tests that do not name one.
         if (const char* adapter = std::getenv("CHATKIT_TEST_SERVER"); adapter && !full.contains("CHAT_SERVER"))
