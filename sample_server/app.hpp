@@ -19,6 +19,7 @@
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
+#include <chatkit/cors.hpp>
 #include <chatkit/shared_key_limits.hpp>
 #include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/lru_cache.hpp>
@@ -51,7 +52,8 @@ using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cac
 // CHAT_AUTH=keys: API keys from the database of the history, SQLite or DynamoDB (docs/gateway.md).
 using auth_type = chatkit::api_key_auth<key_directory_type>;
 // The access log comes after the request id (its lines carry it) and before authentication and the
-// limits (a refused request is logged too); authentication comes before both limits, so they count
+// limits (a refused request is logged too); CORS (CHAT_CORS_ORIGINS) comes before authentication,
+// since browsers send preflights without the page's key, and marks refusals readable too; authentication comes before both limits, so they count
 // the authenticated key, not what the client claims. The key's and team's requests per minute
 // (CHAT_AUTH=keys) come before CHAT_RATE_LIMIT's per-client limiter: both apply, independently, and
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
@@ -65,6 +67,7 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_store, chatkit::dynamodb_usage_store>;
 using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
+                                     chatkit::optional_middleware<chatkit::cors>,
                                      chatkit::optional_middleware<usage_recorder_type>,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
@@ -309,8 +312,10 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot write usage records", {{"error", e.message}}); };
         recorder.emplace(usage, std::move(o));
     }
+    std::optional<chatkit::cors> cors;
+    if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
     app_service service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
-                        access_log{log}, std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
+                        access_log{log}, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chatkit/api_keys.hpp>
+#include <chatkit/cors.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/rate_limiter.hpp>
 
@@ -33,6 +34,9 @@ struct config {
     std::string pricing_file;
     std::string usage = "on";
     std::string limits = "auto";
+    std::vector<std::string> cors_origins{};
+    std::vector<std::string> cors_headers = chatkit::cors_options{}.headers;
+    std::chrono::seconds cors_max_age{600};
     std::size_t cache_size = 1024;
     std::chrono::seconds cache_ttl{3600};
     std::string rate_limit = "60/minute";
@@ -80,6 +84,12 @@ Int parse_int(std::string_view name, std::string_view text, Int min, Int max) {
         throw config_error(std::string{name} + "='" + std::string{text} + "' is not an integer from " +
                            std::to_string(min) + " to " + std::to_string(max));
     return value;
+}
+
+inline std::string join(const std::vector<std::string>& items) {
+    std::string out;
+    for (const auto& i : items) out += (out.empty() ? "" : ",") + i;
+    return out;
 }
 
 inline std::string one_of(std::string_view name, std::string_view text, std::initializer_list<std::string_view> allowed) {
@@ -166,6 +176,19 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
         {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (the DynamoDB database's limits table, one count for every replica; not with CHAT_SERVER=beast) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
+        {"CHAT_CORS_ORIGINS", "origins whose web pages may call the API, a comma list of scheme://host[:port], or * (empty: none)",
+         [](config& c, auto n, auto v) {
+             auto origins = chatkit::cors_options::parse_origins(v);
+             if (!origins) throw config_error(std::string{n} + ": " + origins.error().message);
+             c.cors_origins = std::move(*origins);
+         },
+         [](const config& c) { return detail::join(c.cors_origins); }},
+        {"CHAT_CORS_HEADERS", "request headers those pages may send, a comma list (Authorization must be named to send keys)",
+         [](config& c, auto, auto v) { c.cors_headers = chatkit::cors_options::split(v); },
+         [](const config& c) { return detail::join(c.cors_headers); }},
+        {"CHAT_CORS_MAX_AGE", "seconds a browser may reuse a preflight's answer",
+         [](config& c, auto n, auto v) { c.cors_max_age = std::chrono::seconds{parse_int<long>(n, v, 0, 86400)}; },
+         [](const config& c) { return std::to_string(c.cors_max_age.count()); }},
         {"CHAT_CACHE_SIZE", "cached answers kept (0: no cache)",
          [](config& c, auto n, auto v) { c.cache_size = parse_int<std::size_t>(n, v, 0, 10'000'000); },
          [](const config& c) { return std::to_string(c.cache_size); }},

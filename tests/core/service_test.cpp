@@ -767,7 +767,7 @@ TEST_CASE("every answer carries Server-Timing: the gateway's own time, and the p
     CHECK(plain.headers.find("Server-Timing") == plain.headers.end());
 }
 
-TEST_CASE("GET /ready is 200 while the components are up and 503 once the service drains; GET / names the routes") {
+TEST_CASE("GET /ready is 200 while the components are up and 503 once the service drains, and GET / names the routes") {
     test_service svc{scripted_provider{}, memory_store{}, map_cache{}};
     auto ready = svc.handle(get("/ready"));
     CHECK(ready.status == 200);

@@ -449,3 +449,37 @@ TEST_CASE("a flag overrides its environment variable") {
     CHECK(r.output.find("--port='eighty'") != std::string::npos); // the flag's value is the one judged
     CHECK(r.output.find("CHAT_PORT") == std::string::npos);
 }
+
+TEST_CASE("with CHAT_CORS_ORIGINS, a page on that origin may call the API: preflight 204 and answers marked, others are not") {
+    server_process server{{{"CHAT_CORS_ORIGINS", "http://page.example:8080, https://other.example"}, {"CHAT_CORS_MAX_AGE", "120"}}};
+    auto c = server.client();
+    httplib::Headers preflight{{"Origin", "http://page.example:8080"},
+                               {"Access-Control-Request-Method", "POST"},
+                               {"Access-Control-Request-Headers", "authorization, content-type"}};
+    auto pre = c.Options("/v1/chat/completions", preflight);
+    REQUIRE(pre);
+    CHECK(pre->status == 204);
+    CHECK(pre->get_header_value("Access-Control-Allow-Origin") == "http://page.example:8080");
+    CHECK(pre->get_header_value("Access-Control-Max-Age") == "120");
+    CHECK(pre->get_header_value("Access-Control-Allow-Headers").find("Authorization") != std::string::npos);
+
+    auto answer = c.Post("/v1/chat/completions", {{"Origin", "http://page.example:8080"}},
+                         json{{"messages", {{{"role", "user"}, {"content", "hi"}}}}}.dump(), "application/json");
+    REQUIRE(answer);
+    CHECK(answer->status == 200);
+    CHECK(answer->get_header_value("Access-Control-Allow-Origin") == "http://page.example:8080");
+    CHECK(answer->get_header_value("Vary").find("Origin") != std::string::npos);
+    CHECK(answer->get_header_value("Access-Control-Expose-Headers").find("X-Request-ID") != std::string::npos);
+
+    preflight.erase("Origin");
+    preflight.emplace("Origin", "https://evil.example");
+    auto refused = c.Options("/v1/chat/completions", preflight);
+    REQUIRE(refused);
+    CHECK(refused->status == 403);
+    CHECK(json::parse(refused->body)["error"]["code"] == "origin_not_allowed");
+
+    const auto bad = test_support::run_to_exit({{"CHAT_CORS_ORIGINS", "page.example"}}, {});
+    CHECK(bad.exit_code == 2);
+    CHECK(bad.output.find("CHAT_CORS_ORIGINS") != std::string::npos);
+    CHECK(bad.output.find("'page.example' is not an origin") != std::string::npos);
+}
