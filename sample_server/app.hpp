@@ -20,6 +20,7 @@
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
 #include <chatkit/cors.hpp>
+#include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/shared_key_limits.hpp>
 #include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/lru_cache.hpp>
@@ -67,7 +68,7 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_store, chatkit::dynamodb_usage_store>;
 using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
-                                     chatkit::optional_middleware<chatkit::cors>,
+                                     chatkit::optional_middleware<chatkit::prometheus_metrics>, chatkit::optional_middleware<chatkit::cors>,
                                      chatkit::optional_middleware<usage_recorder_type>,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
@@ -234,6 +235,20 @@ inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
     return std::make_shared<usage_store_type>(chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = path}});
 }
 
+// GET /metrics (docs/observability.md): what `metrics` counted. With CHAT_AUTH=keys only the admin
+// key may read it (what teams spend is in it); without, it is as open as the rest.
+inline void add_metrics_route(app_service& service, const config& c, std::optional<chatkit::prometheus_metrics> metrics) {
+    if (!metrics) return;
+    const bool keys_on = c.auth == "keys";
+    service.route("GET", "/metrics", [metrics = std::move(*metrics), keys_on](chatkit::http_request& req, app_service::context&) {
+        if (keys_on && !req.caller.admin)
+            return chatkit::error_response({chatkit::error_kind::permission_denied,
+                                            "only the admin key (CHAT_ADMIN_KEY) may read /metrics", "permission_denied"},
+                                           req.request_id);
+        return metrics.response();
+    });
+}
+
 // GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; team names
 // come from the key directory when there is one.
 inline void add_usage_route(app_service& service, const config& c, std::shared_ptr<usage_store_type> usage) {
@@ -312,12 +327,19 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot write usage records", {{"error", e.message}}); };
         recorder.emplace(usage, std::move(o));
     }
+    std::optional<chatkit::prometheus_metrics> metrics;
+    if (c.metrics == "on") {
+        chatkit::prometheus_metrics_options o;
+        for (const char* r : {"/v1/usage", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
+        metrics.emplace(std::move(o));
+    }
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
     app_service service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
-                        access_log{log}, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
+                        access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
+    add_metrics_route(service, c, std::move(metrics));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
     return service;
 }

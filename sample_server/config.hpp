@@ -34,6 +34,7 @@ struct config {
     std::string pricing_file;
     std::string usage = "on";
     std::string limits = "auto";
+    std::string metrics = "on";
     std::vector<std::string> cors_origins{};
     std::vector<std::string> cors_headers = chatkit::cors_options{}.headers;
     std::chrono::seconds cors_max_age{600};
@@ -176,6 +177,8 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
         {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (the DynamoDB database's limits table, one count for every replica; not with CHAT_SERVER=beast) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
+        {"CHAT_METRICS", "on (GET /metrics in the Prometheus text format; with CHAT_AUTH=keys, for the admin key only) or off",
+         [](config& c, auto n, auto v) { c.metrics = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.metrics; }},
         {"CHAT_CORS_ORIGINS", "origins whose web pages may call the API, a comma list of scheme://host[:port], or * (empty: none)",
          [](config& c, auto n, auto v) {
              auto origins = chatkit::cors_options::parse_origins(v);

@@ -5,6 +5,8 @@
 #include <chatkit/api_keys.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
+#include <chatkit/cors.hpp>
+#include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/limit_terms.hpp>
 #include <chatkit/shared_key_limits.hpp>
 #include <chatkit/minute_bucket.hpp>

@@ -9,6 +9,9 @@
 #include <openssl/sha.h>
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sys/wait.h>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -299,4 +302,61 @@ TEST_CASE("admin: the admin key may read another team's usage (GET /v1/usage?tea
     CHECK(report["team_id"] == "a");
     CHECK(report["team_name"] == "Team A");
     check_error(c.Get("/v1/usage?team=a", bearer(team_b_key)), 403, "permission_denied", "team");
+}
+
+namespace {
+// promtool's verdict on a scrape: its exit status and what it printed. promtool is Debian's
+// `prometheus` package; without it the check fails and says so.
+std::pair<int, std::string> promtool_check(const std::string& scrape) {
+    temp_dir dir;
+    const auto file = dir.path() / "scrape.txt";
+    std::ofstream{file} << scrape;
+    const std::string command = "promtool check metrics < " + file.string() + " 2>&1";
+    FILE* p = ::popen(command.c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buffer[4096];
+    while (const auto n = std::fread(buffer, 1, sizeof buffer, p)) out.append(buffer, n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+} // namespace
+
+TEST_CASE("GET /metrics: with keys, the admin key reads it and a team key gets 403, and the scrape passes promtool's checks") {
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}});
+    auto c = server.client();
+    REQUIRE(post(c, "/admin/teams", admin_key, {{"id", "team-m"}})->status == 201);
+    auto made = post(c, "/admin/keys", admin_key, {{"team", "team-m"}});
+    REQUIRE(made->status == 201);
+    const std::string key = json::parse(made->body)["key"];
+    REQUIRE(chat_status_within_5s(c, key, 200) == 200);
+    for (int i = 0; i < 3; ++i) CHECK(chat(c, key)->status == 200);
+
+    auto refused = c.Get("/metrics", bearer(key));
+    REQUIRE(refused);
+    CHECK(refused->status == 403);
+    CHECK(c.Get("/metrics")->status == 401);
+    auto scrape = c.Get("/metrics", bearer(admin_key));
+    REQUIRE(scrape);
+    REQUIRE(scrape->status == 200);
+    CHECK(scrape->get_header_value("Content-Type").starts_with("text/plain; version=0.0.4"));
+    const std::string& text = scrape->body;
+    CHECK(text.find(R"(chatkit_http_requests_total{route="/chat",method="POST",status="200"})") != std::string::npos);
+    CHECK(text.find(R"(chatkit_cost_usd_total{team="team-m",gen_ai_request_model="echo-1"})") != std::string::npos);
+    CHECK(text.find(key.substr(3)) == std::string::npos);
+    const auto [status, said] = promtool_check(text);
+    INFO(said);
+    CHECK(status == 0);
+}
+
+TEST_CASE("GET /metrics is open without keys, and absent with CHAT_METRICS=off") {
+    server_process open_server;
+    auto c = open_server.client();
+    CHECK(c.Post("/chat", json{{"content", "hi"}}.dump(), "application/json")->status == 200);
+    auto scrape = c.Get("/metrics");
+    REQUIRE(scrape);
+    CHECK(scrape->status == 200);
+    CHECK(scrape->body.find("gen_ai_client_token_usage_bucket") != std::string::npos);
+    server_process off{std::map<std::string, std::string>{{"CHAT_METRICS", "off"}}};
+    CHECK(off.client().Get("/metrics")->status == 404);
 }
