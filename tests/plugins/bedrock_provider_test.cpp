@@ -253,3 +253,18 @@ TEST_CASE("Bedrock fields of an unexpected type are read as absent, never thrown
                                         std::map<std::string, std::string>{});
     CHECK(f.e.kind == chatkit::error_kind::invalid_request);
 }
+
+TEST_CASE("Bedrock's prompt cache: cache reads and writes count in prompt_tokens, and reads are the cached tokens") {
+    using wire = chatkit::detail::bedrock_wire;
+    auto c = wire::parse_answer(R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn",)"
+                                R"("usage":{"inputTokens":14,"outputTokens":9,"totalTokens":143,"cacheReadInputTokens":100,"cacheWriteInputTokens":20}})");
+    REQUIRE(c);
+    CHECK(c->usage.prompt_tokens == 134);
+    CHECK(c->usage.cached_tokens == 100);
+    CHECK(c->usage.completion_tokens == 9);
+    // Without a cache, as before.
+    auto plain = wire::parse_answer(R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":14,"outputTokens":9,"totalTokens":23}})");
+    REQUIRE(plain);
+    CHECK(plain->usage.prompt_tokens == 14);
+    CHECK(plain->usage.cached_tokens == 0);
+}

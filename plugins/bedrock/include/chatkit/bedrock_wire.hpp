@@ -301,9 +301,17 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         return n < 0 ? 0 : static_cast<int>(std::min<std::int64_t>(n, std::numeric_limits<int>::max()));
     }
 
+    // Bedrock counts the prompt in three parts: inputTokens (read fresh), cacheReadInputTokens
+    // (read from the prompt cache) and cacheWriteInputTokens (written to it); token_usage's
+    // prompt_tokens is all of them, of which cached_tokens were read from the cache, as OpenAI
+    // reports it. A cache write is counted as ordinary input (the price table has no write price).
     static void read_usage(const nlohmann::json& j, token_usage& usage) {
         if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
-            usage.prompt_tokens = count_field(*u, "inputTokens");
+            const auto fresh = static_cast<std::int64_t>(count_field(*u, "inputTokens"));
+            const auto read = static_cast<std::int64_t>(count_field(*u, "cacheReadInputTokens"));
+            const auto written = static_cast<std::int64_t>(count_field(*u, "cacheWriteInputTokens"));
+            usage.prompt_tokens = static_cast<int>(std::min<std::int64_t>(fresh + read + written, std::numeric_limits<int>::max()));
+            usage.cached_tokens = static_cast<int>(read);
             usage.completion_tokens = count_field(*u, "outputTokens");
         }
     }
