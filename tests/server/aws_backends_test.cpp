@@ -570,6 +570,28 @@ void wait_for_a_fresh_minute() {
     if (into > 45'000) std::this_thread::sleep_for(std::chrono::milliseconds(60'000 - into + 200));
 }
 
+// What two replicas of a fleet share: a database with every table, a team made with `team_flags`
+// and a key of it, and the environment that runs a server on it with CHAT_LIMITS=shared.
+struct shared_fleet {
+    std::string table;
+    std::map<std::string, std::string> env;
+    std::string key;
+};
+shared_fleet make_fleet(std::vector<std::string> team_flags) {
+    shared_fleet f{create_database(), aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB"), {}};
+    f.env["CHAT_DATABASE_URL"] = "dynamodb://" + f.table + "?region=us-east-1";
+    f.env["CHAT_PROVIDER"] = "echo";
+    team_flags.insert(team_flags.begin(), {"teams", "create", "--id", "fleet"});
+    REQUIRE(test_support::run_to_exit(f.env, team_flags).exit_code == 0);
+    const auto made = test_support::run_to_exit(f.env, {"keys", "create", "--team", "fleet"});
+    REQUIRE(made.exit_code == 0);
+    f.key = last_json(made.output)["key"];
+    f.env["CHAT_AUTH"] = "keys";
+    f.env["CHAT_LIMITS"] = "shared";
+    f.env["CHAT_SERVER"] = "httplib";
+    return f;
+}
+
 struct fleet_outcome {
     int ok = 0, limited = 0, other = 0;
     std::vector<std::string> codes; // of the 429s
@@ -603,18 +625,7 @@ fleet_outcome burst_over(const std::vector<server_process*>& servers, const std:
 } // namespace
 
 TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce one limit: 50 requests over both against a team's 10 per minute get exactly 10 answers") {
-    const auto table = create_database();
-    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
-    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
-    env["CHAT_PROVIDER"] = "echo";
-    REQUIRE(test_support::run_to_exit(env, {"teams", "create", "--id", "fleet", "--rpm", "10"}).exit_code == 0);
-    const auto made = test_support::run_to_exit(env, {"keys", "create", "--team", "fleet"});
-    REQUIRE(made.exit_code == 0);
-    const std::string key = last_json(made.output)["key"];
-
-    env["CHAT_AUTH"] = "keys";
-    env["CHAT_LIMITS"] = "shared";
-    env["CHAT_SERVER"] = "httplib";
+    const auto [table, env, key] = make_fleet({"--rpm", "10"});
     server_process first{env}, second{env};
     wait_for_a_fresh_minute();
     const auto outcome = burst_over({&first, &second}, key, json{{"content", "hello"}}.dump(), 50);
@@ -646,7 +657,6 @@ TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce
 }
 
 TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers against a budget that fits 10 worst cases: exactly 10 answers, and settled answers give the rest back") {
-    const auto table = create_database();
     test_support::temp_dir dir;
     const auto prices = dir.path() / "prices.json";
     std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 1000.0}, {"output", 1000.0}}}}}}.dump(); // $0.001 per token
@@ -656,17 +666,7 @@ TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers agai
     char budget[32];
     std::snprintf(budget, sizeof budget, "%.6f", 10.5 * worst);
 
-    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
-    env["CHAT_DATABASE_URL"] = "dynamodb://" + table + "?region=us-east-1";
-    env["CHAT_PROVIDER"] = "echo";
-    REQUIRE(test_support::run_to_exit(env, {"teams", "create", "--id", "fleet", "--budget-usd", budget, "--budget-period", "day"}).exit_code == 0);
-    const auto made = test_support::run_to_exit(env, {"keys", "create", "--team", "fleet"});
-    REQUIRE(made.exit_code == 0);
-    const std::string key = last_json(made.output)["key"];
-
-    env["CHAT_AUTH"] = "keys";
-    env["CHAT_LIMITS"] = "shared";
-    env["CHAT_SERVER"] = "httplib";
+    auto [table, env, key] = make_fleet({"--budget-usd", budget, "--budget-period", "day"});
     env["CHAT_PRICING_FILE"] = prices.string();
     env["CHAT_ECHO_DELAY_MS"] = "400";
     env["CHAT_CACHE_SIZE"] = "0"; // every answer is paid for

@@ -81,6 +81,19 @@ private:
     test_support::child_process child_; // declared after dir_: killed before the directory goes
 };
 
+// A new key of `team` in `keys`, as `sample_server keys create` makes one; the key itself.
+std::string create_key(chatkit::dynamodb_key_directory& keys, const std::string& team) {
+    const std::string key = chatkit::api_keys::generate_key();
+    chatkit::key_record record;
+    record.id = chatkit::api_keys::generate_key_id();
+    record.team_id = team;
+    record.prefix = chatkit::api_keys::display_prefix(key);
+    record.digest = chatkit::api_keys::digest(key);
+    record.created_at = chatkit::now_unix_ms();
+    REQUIRE(keys.create_key(record));
+    return key;
+}
+
 std::string base64(std::string_view in) {
     static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     std::string out;
@@ -320,14 +333,7 @@ TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a k
     chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
     REQUIRE(keys.create_team(chatkit::team_record{"lambda-team", "", {}, chatkit::now_unix_ms()}));
-    const std::string key = chatkit::api_keys::generate_key();
-    chatkit::key_record record;
-    record.id = chatkit::api_keys::generate_key_id();
-    record.team_id = "lambda-team";
-    record.prefix = chatkit::api_keys::display_prefix(key);
-    record.digest = chatkit::api_keys::digest(key);
-    record.created_at = chatkit::now_unix_ms();
-    REQUIRE(keys.create_key(record));
+    const std::string key = create_key(keys, "lambda-team");
 
     // As the template configures the function, with the emulator for DynamoDB. The history table
     // is never made: /v1/models reads no history, and only the keys are under test here.
@@ -401,14 +407,7 @@ TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABL
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
     test_support::create_table(keys.client(), chatkit::dynamodb_usage_store::create_table_input(history + "-usage"));
     REQUIRE(keys.create_team(chatkit::team_record{"lambda-team", "Lambda", {}, chatkit::now_unix_ms()}));
-    const std::string key = chatkit::api_keys::generate_key();
-    chatkit::key_record record;
-    record.id = chatkit::api_keys::generate_key_id();
-    record.team_id = "lambda-team";
-    record.prefix = chatkit::api_keys::display_prefix(key);
-    record.digest = chatkit::api_keys::digest(key);
-    record.created_at = chatkit::now_unix_ms();
-    REQUIRE(keys.create_key(record));
+    const std::string key = create_key(keys, "lambda-team");
 
     fake_lambda_runtime runtime;
     bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
@@ -448,14 +447,7 @@ TEST_CASE("on a dynamodb:// database, the bootstrap's instances count one limit 
     chatkit::team_record team{"lambda-team", "Lambda", {}, chatkit::now_unix_ms()};
     team.limits.requests_per_minute = 3;
     REQUIRE(keys.create_team(team));
-    const std::string key = chatkit::api_keys::generate_key();
-    chatkit::key_record record;
-    record.id = chatkit::api_keys::generate_key_id();
-    record.team_id = "lambda-team";
-    record.prefix = chatkit::api_keys::display_prefix(key);
-    record.digest = chatkit::api_keys::digest(key);
-    record.created_at = chatkit::now_unix_ms();
-    REQUIRE(keys.create_key(record));
+    const std::string key = create_key(keys, "lambda-team");
 
     // A per-minute limit counts UTC calendar minutes: keep the six requests inside one.
     if (const auto into = chatkit::now_unix_ms() % 60'000; into > 45'000)
