@@ -26,11 +26,13 @@
 #include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>
 #include <chatkit/sqlite_usage_store.hpp>
+#include <chatkit/usage_dashboard.hpp>
 #include <chatkit/usage_recorder.hpp>
 #include <chatkit/usage_report.hpp>
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -226,15 +228,17 @@ inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
     return std::make_shared<usage_store_type>(chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = path}});
 }
 
-// GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; team names
-// come from the key directory when there is one.
+// GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; and
+// GET /v1/usage/dashboard, what the dashboard page draws. Team names come from the key directory
+// when there is one.
 inline void add_usage_route(app_service& service, const config& c, std::shared_ptr<usage_store_type> usage) {
     if (!usage) {
-        service.route("GET", "/v1/usage", [](chatkit::http_request& req, app_service::context&) {
-            return chatkit::error_response({chatkit::error_kind::not_found,
-                                            "usage is recorded with CHAT_USAGE=on and a CHAT_DATABASE_URL other than none", "usage_not_recorded"},
-                                           req.request_id);
-        });
+        for (const char* path : {"/v1/usage", "/v1/usage/dashboard"})
+            service.route("GET", path, [](chatkit::http_request& req, app_service::context&) {
+                return chatkit::error_response({chatkit::error_kind::not_found,
+                                                "usage is recorded with CHAT_USAGE=on and a CHAT_DATABASE_URL other than none", "usage_not_recorded"},
+                                               req.request_id);
+            });
         return;
     }
     struct names {
@@ -243,14 +247,17 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
     };
     auto lookup = std::make_shared<names>();
     if (c.auth == "keys") lookup->directory.emplace(make_key_directory(c, "CHAT_AUTH=keys"));
-    service.route("GET", "/v1/usage", [usage, lookup](chatkit::http_request& req, app_service::context&) {
-        const auto team_name = [&lookup](const std::string& id) -> std::string {
-            const std::lock_guard lock{lookup->mutex};
-            if (!lookup->directory) return {};
-            auto team = lookup->directory->visit([&id](auto& d) { return d.team(id); });
-            return team && *team ? (*team)->name : std::string{};
-        };
+    const std::function<std::string(const std::string&)> team_name = [lookup](const std::string& id) -> std::string {
+        const std::lock_guard lock{lookup->mutex};
+        if (!lookup->directory) return {};
+        auto team = lookup->directory->visit([&id](auto& d) { return d.team(id); });
+        return team && *team ? (*team)->name : std::string{};
+    };
+    service.route("GET", "/v1/usage", [usage, team_name](chatkit::http_request& req, app_service::context&) {
         return chatkit::usage_report_response(*usage, req, team_name);
+    });
+    service.route("GET", "/v1/usage/dashboard", [usage, team_name](chatkit::http_request& req, app_service::context&) {
+        return chatkit::usage_dashboard_response(*usage, req, team_name);
     });
 }
 
