@@ -321,7 +321,8 @@ private:
     result<void> for_each_item(nlohmann::json input, Each&& each, std::string_view operation = "Query") {
         if (options_.query_page_size > 0) input["Limit"] = options_.query_page_size;
         for (;;) {
-            auto page = client_.call(operation, input);
+            // Each operation named in full: the deployment template's checks read the calls made here.
+            auto page = operation == "Scan" ? client_.call("Scan", input) : client_.call("Query", input);
             if (!page) return unavailable("read usage records", std::move(page).error());
             const auto items = page->find("Items");
             if (items == page->end() || !items->is_array()) return malformed(std::string{operation} + " answered without Items");
