@@ -4,6 +4,7 @@
 
 #include "admin_routes.hpp"
 #include "config.hpp"
+#include "dashboard.hpp"
 #include "default_pricing.hpp"
 #include "key_directory.hpp"
 #include "log.hpp"
@@ -168,6 +169,7 @@ inline std::optional<auth_type> make_auth(const config& c, logger* log, std::str
     chatkit::api_key_auth_options o;
     o.default_model = std::move(default_model);
     o.admin_key_digest = c.admin_key_digest;
+    for (auto& path : dashboard_paths()) o.open_paths.push_back(std::move(path));
     if (log)
         o.on_refresh_error = [log](const chatkit::error& e) {
             log->error("cannot refresh the API keys; the last ones read stay in use", {{"error", e.message}});
@@ -300,6 +302,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
                         std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
+    add_dashboard_routes(service);
     return service;
 }
 

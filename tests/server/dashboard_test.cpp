@@ -192,3 +192,33 @@ TEST_CASE("dashboard data: without usage records (CHAT_USAGE=off) the route answ
     CHECK(r->status == 404);
     CHECK(json::parse(r->body)["error"]["code"] == "usage_not_recorded");
 }
+
+TEST_CASE("dashboard page: GET /dashboard and its files are served from the binary without a key, under a strict content security policy") {
+    server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}});
+    auto c = server.client();
+    for (const auto& [path, type] : std::vector<std::pair<std::string, std::string>>{{"/dashboard", "text/html"},
+                                                                                      {"/dashboard/dashboard.js", "text/javascript"},
+                                                                                      {"/dashboard/dashboard.css", "text/css"},
+                                                                                      {"/dashboard/uPlot.iife.min.js", "text/javascript"},
+                                                                                      {"/dashboard/uPlot.min.css", "text/css"}}) {
+        INFO(path);
+        auto r = c.Get(path);
+        REQUIRE(r);
+        CHECK(r->status == 200);
+        CHECK(r->get_header_value("Content-Type").starts_with(type));
+        CHECK(r->get_header_value("Content-Security-Policy").find("default-src 'none'") != std::string::npos);
+        CHECK(r->get_header_value("X-Content-Type-Options") == "nosniff");
+        CHECK(!r->body.empty());
+    }
+    auto page = c.Get("/dashboard");
+    REQUIRE(page);
+    CHECK(page->body.find("/dashboard/uPlot.iife.min.js") != std::string::npos);
+    CHECK(page->body.find("http") == std::string::npos); // nothing loaded from elsewhere
+    // Only these paths are open: the data still needs a key, and other methods are unknown routes.
+    auto data = c.Get("/v1/usage/dashboard");
+    REQUIRE(data);
+    CHECK(data->status == 401);
+    auto other = c.Get("/dashboard/secret.js");
+    REQUIRE(other);
+    CHECK(other->status == 401);
+}
