@@ -233,7 +233,7 @@
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
         axes: [
           { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
-          { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 60, values: (u, vals) => vals.map(fmt) },
+          { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, values: (u, vals) => vals.map(fmt), size: axisWidth },
         ],
         legend: { live: true },
         cursor: { points: { show: false } },
@@ -243,6 +243,17 @@
       el.setAttribute("aria-label", el.parentElement.querySelector("figcaption").textContent + " per " + (hourly ? "hour" : "day") +
         ", stacked by " + stack + ": " + gs.map((g, i) => g.name + " " + fmt(raw[i].reduce((a, b) => a + b, 0))).join(", "));
     }
+  }
+
+  // Wide enough for the longest tick label (small costs have many digits), measured in the axis font.
+  function axisWidth(u, values) {
+    if (!values) return 40;
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.font = u.axes[1].font[0];
+    const widest = Math.max(...values.map((v) => ctx.measureText(v).width));
+    ctx.restore();
+    return Math.ceil(widest / devicePixelRatio) + 18;
   }
 
   let resizeTimer = 0;
