@@ -4,6 +4,7 @@
 
 #include "admin_routes.hpp"
 #include "config.hpp"
+#include "dashboard.hpp"
 #include "default_pricing.hpp"
 #include "key_directory.hpp"
 #include "log.hpp"
@@ -30,11 +31,13 @@
 #include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>
 #include <chatkit/sqlite_usage_store.hpp>
+#include <chatkit/usage_dashboard.hpp>
 #include <chatkit/usage_recorder.hpp>
 #include <chatkit/usage_report.hpp>
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -175,6 +178,7 @@ inline std::optional<auth_type> make_auth(const config& c, logger* log, std::str
     chatkit::api_key_auth_options o;
     o.default_model = std::move(default_model);
     o.admin_key_digest = c.admin_key_digest;
+    for (auto& path : dashboard_paths()) o.open_paths.push_back(std::move(path));
     if (log)
         o.on_refresh_error = [log](const chatkit::error& e) {
             log->error("cannot refresh the API keys; the last ones read stay in use", {{"error", e.message}});
@@ -249,15 +253,17 @@ inline void add_metrics_route(app_service& service, const config& c, std::option
     });
 }
 
-// GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; team names
-// come from the key directory when there is one.
+// GET /v1/usage?days=N (docs/gateway.md): the caller's team, from the usage records; and
+// GET /v1/usage/dashboard, what the dashboard page draws. Team names come from the key directory
+// when there is one.
 inline void add_usage_route(app_service& service, const config& c, std::shared_ptr<usage_store_type> usage) {
     if (!usage) {
-        service.route("GET", "/v1/usage", [](chatkit::http_request& req, app_service::context&) {
-            return chatkit::error_response({chatkit::error_kind::not_found,
-                                            "usage is recorded with CHAT_USAGE=on and a CHAT_DATABASE_URL other than none", "usage_not_recorded"},
-                                           req.request_id);
-        });
+        for (const char* path : {"/v1/usage", "/v1/usage/dashboard"})
+            service.route("GET", path, [](chatkit::http_request& req, app_service::context&) {
+                return chatkit::error_response({chatkit::error_kind::not_found,
+                                                "usage is recorded with CHAT_USAGE=on and a CHAT_DATABASE_URL other than none", "usage_not_recorded"},
+                                               req.request_id);
+            });
         return;
     }
     struct names {
@@ -266,14 +272,17 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
     };
     auto lookup = std::make_shared<names>();
     if (c.auth == "keys") lookup->directory.emplace(make_key_directory(c, "CHAT_AUTH=keys"));
-    service.route("GET", "/v1/usage", [usage, lookup](chatkit::http_request& req, app_service::context&) {
-        const auto team_name = [&lookup](const std::string& id) -> std::string {
-            const std::lock_guard lock{lookup->mutex};
-            if (!lookup->directory) return {};
-            auto team = lookup->directory->visit([&id](auto& d) { return d.team(id); });
-            return team && *team ? (*team)->name : std::string{};
-        };
+    const std::function<std::string(const std::string&)> team_name = [lookup](const std::string& id) -> std::string {
+        const std::lock_guard lock{lookup->mutex};
+        if (!lookup->directory) return {};
+        auto team = lookup->directory->visit([&id](auto& d) { return d.team(id); });
+        return team && *team ? (*team)->name : std::string{};
+    };
+    service.route("GET", "/v1/usage", [usage, team_name](chatkit::http_request& req, app_service::context&) {
         return chatkit::usage_report_response(*usage, req, team_name);
+    });
+    service.route("GET", "/v1/usage/dashboard", [usage, team_name](chatkit::http_request& req, app_service::context&) {
+        return chatkit::usage_dashboard_response(*usage, req, team_name);
     });
 }
 
@@ -330,7 +339,8 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     std::optional<chatkit::prometheus_metrics> metrics;
     if (c.metrics == "on") {
         chatkit::prometheus_metrics_options o;
-        for (const char* r : {"/v1/usage", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
+        for (const char* r : {"/v1/usage", "/v1/usage/dashboard", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
+        for (auto& path : dashboard_paths()) o.routes.push_back(std::move(path));
         metrics.emplace(std::move(o));
     }
     std::optional<chatkit::cors> cors;
@@ -341,6 +351,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     add_usage_route(service, c, std::move(usage));
     add_metrics_route(service, c, std::move(metrics));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
+    add_dashboard_routes(service);
     return service;
 }
 

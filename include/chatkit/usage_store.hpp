@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -68,6 +69,17 @@ struct usage_query {
     unix_ms until = 0;
 };
 
+/// The records of a time range [since, until), of one team or of every team (a dashboard's
+/// breakdowns by team, key and hour, and its percentiles, need the records themselves).
+struct usage_range {
+    std::optional<std::string> team_id{}; // empty: every team's records, and those made without authentication
+    unix_ms since = 0;
+    unix_ms until = 0;
+};
+
+/// Called once per record of a range, in no particular order.
+using usage_record_visitor = std::function<void(const usage_record&)>;
+
 namespace detail {
 template <class U>
 concept usage_store_has_append = requires(U& u, std::span<const usage_record> records) {
@@ -80,6 +92,10 @@ concept usage_store_has_summarize = requires(U& u, const usage_query& q) {
 template <class U>
 concept usage_store_has_spent = requires(U& u, std::string_view scope, std::string_view id, unix_ms since) {
     { u.spent_usd(scope, id, since) } -> std::same_as<result<double>>;
+};
+template <class U>
+concept usage_store_has_for_each_record = requires(U& u, const usage_range& range, const usage_record_visitor& each) {
+    { u.for_each_record(range, each) } -> std::same_as<result<void>>;
 };
 } // namespace detail
 
@@ -97,10 +113,16 @@ concept usage_store_has_spent = requires(U& u, std::string_view scope, std::stri
 ///      the cost of the priced records of a key (scope "key") or a team ("team") since a time.
 ///      Why: a budget's spending must survive a restart; chatkit::key_usage_limits reads it once
 ///      per key and period.
-///   4. All three may block; they are called off the request path (the recorder's thread, a
+///   4. `result<void> for_each_record(const usage_range&, const usage_record_visitor& each)` — hands every
+///      record of a range (one team's, or every team's) to `each`, which must not call the store.
+///      Why: a dashboard breaks usage down by team, key and hour and takes latency percentiles,
+///      which no fixed summary serves; visiting, rather than returning a vector, lets the caller
+///      keep only what it aggregates. On an error, `each` may have seen some of the records.
+///   5. All four may block; they are called off the request path (the recorder's thread, a
 ///      custom route on the worker pool). Failures are `error_kind::unavailable` values.
 template <class U>
-concept usage_store = detail::usage_store_has_append<U> && detail::usage_store_has_summarize<U> && detail::usage_store_has_spent<U>;
+concept usage_store = detail::usage_store_has_append<U> && detail::usage_store_has_summarize<U> && detail::usage_store_has_spent<U> &&
+                      detail::usage_store_has_for_each_record<U>;
 
 template <class U>
 struct usage_store_check {
@@ -110,6 +132,8 @@ struct usage_store_check {
                   "chatkit::usage_store: missing `chatkit::result<chatkit::usage_summary> summarize(const chatkit::usage_query&)`");
     static_assert(detail::usage_store_has_spent<U>,
                   "chatkit::usage_store: missing `chatkit::result<double> spent_usd(std::string_view, std::string_view, chatkit::unix_ms)`");
+    static_assert(detail::usage_store_has_for_each_record<U>,
+                  "chatkit::usage_store: missing `chatkit::result<void> for_each_record(const chatkit::usage_range&, const chatkit::usage_record_visitor&)`");
     static constexpr bool value = usage_store<U>;
 };
 
@@ -132,6 +156,11 @@ struct memory_usage_store {
         std::stable_sort(s.by_model.begin(), s.by_model.end(), [](const auto& a, const auto& b) { return a.second.cost_usd > b.second.cost_usd; });
         std::sort(s.by_day.begin(), s.by_day.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
         return s;
+    }
+    result<void> for_each_record(const usage_range& range, const usage_record_visitor& each) const {
+        for (const auto& r : records)
+            if (r.time >= range.since && r.time < range.until && (!range.team_id || r.team_id == *range.team_id)) each(r);
+        return {};
     }
     result<double> spent_usd(std::string_view scope, std::string_view id, unix_ms since) const {
         double sum = 0;
@@ -176,6 +205,9 @@ public:
     }
     result<double> spent_usd(std::string_view scope, std::string_view id, unix_ms since) {
         return std::visit([=](auto& u) { return u.spent_usd(scope, id, since); }, v_);
+    }
+    result<void> for_each_record(const usage_range& range, const usage_record_visitor& each) {
+        return std::visit([&range, &each](auto& u) { return u.for_each_record(range, each); }, v_);
     }
     template <class U>
     U* get_if() noexcept { return std::get_if<U>(&v_); }

@@ -31,4 +31,5 @@
 #include <chatkit/sqlite_store.hpp>
 #include <chatkit/sqlite_usage_store.hpp>
 #include <chatkit/usage_recorder.hpp>
+#include <chatkit/usage_dashboard.hpp>
 #include <chatkit/usage_report.hpp>

@@ -23,6 +23,9 @@ dynamodb_counter_store.hpp: on the limits table the role may do exactly what the
 calls, and only with CHAT_AUTH=keys (nothing is counted without keys), and the table's key and
 TTL attribute are the ones the store writes.
 
+The CloudWatch dashboard must show the metrics the gateway design lists, of this stack's API,
+function and tables, in the stack's region.
+
 Needs python3 with PyYAML (Debian: python3-yaml).
 """
 
@@ -753,6 +756,66 @@ def _(tpl, header):
             raise Failure(f"no output gives the {kind} ({name})")
 
 
+DASHBOARD_PSEUDO = {"AWS::Region", "AWS::AccountId", "AWS::Partition", "AWS::StackName", "AWS::URLSuffix"}
+
+
+def dashboard_metrics(tpl):
+    """The metrics of the CloudWatch dashboard, as (namespace, metric, dimensions, stat), and its
+    body's variables, read from its !Sub text: ${X} stands for "SUB:X", and "." in a metric's
+    array for the item at the same place in the one before (CloudWatch's shorthand)."""
+    name, dash = the_one(tpl, "CloudWatch dashboard", "AWS::CloudWatch::Dashboard")
+    body = dash.get("Properties", {}).get("DashboardBody")
+    if not isinstance(body, dict) or not isinstance(body.get("Fn::Sub"), str):
+        raise Failure(f"{name}'s DashboardBody is not a !Sub of a JSON text")
+    text = body["Fn::Sub"]
+    try:
+        parsed = json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: "SUB:" + m.group(1), text))
+    except ValueError as e:
+        raise Failure(f"{name}'s DashboardBody is not JSON: {e}")
+    metrics = set()
+    for widget in parsed.get("widgets", []):
+        props = widget.get("properties", {})
+        if widget.get("type") != "metric":
+            continue
+        if props.get("region") != "SUB:AWS::Region":
+            raise Failure(f"a widget of {name} ({props.get('title')!r}) reads region {props.get('region')!r}, not the stack's")
+        before = []
+        for m in props.get("metrics", []):
+            options = m[-1] if m and isinstance(m[-1], dict) else {}
+            items = [x for x in m if not isinstance(x, dict)]
+            items = [before[i] if x == "." and i < len(before) else x for i, x in enumerate(items)]
+            before = items
+            metrics.add((items[0], items[1], tuple(items[2:]), options.get("stat", props.get("stat"))))
+    return name, set(re.findall(r"\$\{([^}]+)\}", text)), metrics
+
+
+@check("cloudwatch-dashboard")
+def _(tpl, header):
+    # The gateway design's dashboard: API requests, latency p50/p99, 4xx/5xx; the function's
+    # concurrency, errors and duration; every table's capacity and throttles. Each metric must
+    # name this stack's resources, or the page draws nothing and no one notices.
+    name, variables, metrics = dashboard_metrics(tpl)
+    unknown = sorted(v for v in variables if v not in (tpl.get("Resources") or {}) and v not in DASHBOARD_PSEUDO)
+    if unknown:
+        raise Failure(f"{name} names {unknown}, which are not resources of the template")
+    fn_name, _ = function_of(tpl)
+    api_name, _ = the_one(tpl, "HTTP API", "AWS::ApiGatewayV2::Api")
+    api, fn = ("ApiId", f"SUB:{api_name}"), ("FunctionName", f"SUB:{fn_name}")
+    wanted = [("AWS/ApiGateway", "Count", api, None), ("AWS/ApiGateway", "Latency", api, "p50"),
+              ("AWS/ApiGateway", "Latency", api, "p99"), ("AWS/ApiGateway", "4xx", api, None),
+              ("AWS/ApiGateway", "5xx", api, None), ("AWS/Lambda", "ConcurrentExecutions", fn, None),
+              ("AWS/Lambda", "Errors", fn, None), ("AWS/Lambda", "Throttles", fn, None),
+              ("AWS/Lambda", "Duration", fn, "p99")]
+    for table, _ in database_tables(tpl):
+        for metric in ("ConsumedReadCapacityUnits", "ConsumedWriteCapacityUnits", "ReadThrottleEvents", "WriteThrottleEvents"):
+            wanted.append(("AWS/DynamoDB", metric, ("TableName", f"SUB:{table}"), None))
+    missing = [w for w in wanted
+               if not any(m[:3] == w[:3] and (w[3] is None or m[3] == w[3]) for m in metrics)]
+    if missing:
+        raise Failure(f"{name} does not show " + ", ".join(
+            f"{ns} {metric}{' ' + stat if stat else ''} of {dims[1][4:]}" for ns, metric, dims, stat in missing))
+
+
 def run_checks(tpl, header):
     failures = []
     for check_id, fn in CHECKS:
@@ -781,6 +844,15 @@ def stmt(tpl, sid):
 
 def env(tpl):
     return res(tpl, "ChatFunction")["Properties"]["Environment"]["Variables"]
+
+
+def dashboard_edit(old, new):
+    """A mutation of the dashboard's body text: `old` replaced by `new` (which must change it)."""
+    def edit(t):
+        body = res(t, "Dashboard")["Properties"]["DashboardBody"]
+        assert old in body["Fn::Sub"], old
+        body["Fn::Sub"] = body["Fn::Sub"].replace(old, new)
+    return edit
 
 
 MUTATIONS = [
@@ -988,6 +1060,20 @@ MUTATIONS = [
      lambda t: env(t).pop("CHAT_FUNCTION_URL_INVOKE_MODE")),
     ("env-known-variables", "a misspelt variable",
      lambda t: env(t).__setitem__("CHAT_SECRETS_REFRESH", "60")),
+    ("cloudwatch-dashboard", "no dashboard",
+     lambda t: t["Resources"].pop("Dashboard")),
+    ("cloudwatch-dashboard", "latency without p99",
+     dashboard_edit('"Latency", "ApiId", "${HttpApi}", {"stat": "p99"', '"Latency", "ApiId", "${HttpApi}", {"stat": "p90"')),
+    ("cloudwatch-dashboard", "the usage table not watched",
+     dashboard_edit("${UsageTable}", "${KeysTable}")),
+    ("cloudwatch-dashboard", "no 5xx",
+     dashboard_edit('"5xx", "ApiId"', '"Count", "ApiId"')),
+    ("cloudwatch-dashboard", "a widget in a fixed region",
+     dashboard_edit('"title": "API requests", "region": "${AWS::Region}"', '"title": "API requests", "region": "us-east-1"')),
+    ("cloudwatch-dashboard", "a function that does not exist",
+     dashboard_edit("${ChatFunction}", "${Function}")),
+    ("cloudwatch-dashboard", "not JSON",
+     dashboard_edit('"widgets": [', '"widgets": [,')),
     ("http-api", "payload format 1.0",
      lambda t: res(t, "HttpApiIntegration")["Properties"].__setitem__("PayloadFormatVersion", "1.0")),
     ("http-api", "only GET /health routed",

@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <random>
@@ -122,6 +123,33 @@ TEST_CASE("dynamodb_usage_store: a team's usage by model and by day, as the refe
     CHECK(dynamodb.spent_usd("team", "t2", 0).value() == Approx(1.0));
     CHECK(dynamodb.spent_usd("team", "nobody", 0).value() == 0.0);
     CHECK(dynamodb.spent_usd("key", "", 0).value() == 0.0);
+}
+
+TEST_CASE("dynamodb_usage_store: a range's records, of one team (a Query) or of every team (a Scan), come back whole, across pages") {
+    const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
+    const std::size_t page_size = GENERATE(as<std::size_t>{}, 0, 2);
+    INFO("on " << emulator << ", pages of " << page_size);
+    auto dynamodb = make_store(emulator, page_size);
+    chatkit::memory_usage_store memory;
+    auto history = test_support::usage_history();
+    history[0].streamed = history[1].cached = history[2].cancelled = history[3].estimated = true;
+    history[0].time_to_first_token_ms = 3.25;
+    history[4].status = 429;
+    REQUIRE(dynamodb.append(history));
+    REQUIRE(memory.append(history));
+    auto records_of = [](auto& store, const chatkit::usage_range& range) {
+        std::vector<usage_record> out;
+        REQUIRE(store.for_each_record(range, [&out](const usage_record& r) { out.push_back(r); }));
+        std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.time < b.time; });
+        return out;
+    };
+    for (const auto& range : {chatkit::usage_range{"t1", dec1, dec1 + 5 * day}, chatkit::usage_range{std::nullopt, dec1, dec1 + 5 * day},
+                              chatkit::usage_range{"", dec1, dec1 + 5 * day}, chatkit::usage_range{std::nullopt, dec1 + 1000, dec1 + day},
+                              chatkit::usage_range{"t1", dec1 + day, dec1 + day}}) {
+        INFO("team " << range.team_id.value_or("(every team)") << ", from " << range.since << " to " << range.until);
+        CHECK(records_of(dynamodb, range) == records_of(memory, range));
+    }
+    CHECK(records_of(dynamodb, {std::nullopt, dec1, dec1 + 5 * day}).size() == 7);
 }
 
 TEST_CASE("dynamodb_usage_store: every field of a record is stored, an unpriced cost is absent, never 0, and expires_at is time + 90 days") {

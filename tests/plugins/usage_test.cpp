@@ -2,6 +2,7 @@
 // them off the request path, and the GET /v1/usage report built from them.
 #include "chatkit/sqlite_usage_store.hpp"
 #include "chatkit/usage_recorder.hpp"
+#include "chatkit/usage_dashboard.hpp"
 #include "chatkit/usage_report.hpp"
 
 #include "../support/usage_history.hpp"
@@ -10,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -98,6 +100,42 @@ TEST_CASE("sqlite_usage_store: every field of a record is stored, and an unprice
 
 namespace {
 
+// A range's records, in time order (stores hand them over in no particular order).
+template <class Store>
+std::vector<usage_record> records_of(Store& store, const chatkit::usage_range& range) {
+    std::vector<usage_record> out;
+    REQUIRE(store.for_each_record(range, [&out](const usage_record& r) { out.push_back(r); }));
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.time < b.time; });
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("sqlite_usage_store: a range's records, of one team or of every team, come back whole") {
+    test_support::temp_db db;
+    chatkit::sqlite_usage_store sqlite{chatkit::sqlite_options{.path = db.path()}};
+    chatkit::memory_usage_store memory;
+    auto history = test_support::usage_history();
+    history[0].streamed = history[1].cached = history[2].cancelled = history[3].estimated = true;
+    history[0].time_to_first_token_ms = 3.25;
+    history[4].status = 429;
+    REQUIRE(sqlite.append(history));
+    REQUIRE(memory.append(history));
+
+    const auto one = records_of(sqlite, {"t1", dec1, dec1 + 5 * day});
+    CHECK(one.size() == 5);
+    CHECK(one == records_of(memory, {"t1", dec1, dec1 + 5 * day}));
+    CHECK(one.front() == history[0]); // every field, an unpriced cost as none
+    CHECK(one.back().cost_usd == std::nullopt);
+    const auto all = records_of(sqlite, {std::nullopt, dec1, dec1 + 5 * day});
+    CHECK(all.size() == 7); // t1's five, t2's, and the one made without authentication
+    CHECK(all == records_of(memory, {std::nullopt, dec1, dec1 + 5 * day}));
+    CHECK(records_of(sqlite, {"", dec1, dec1 + 5 * day}).size() == 1);
+    CHECK(records_of(sqlite, {std::nullopt, dec1 + 1000, dec1 + day}).size() == 1); // [since, until)
+}
+
+namespace {
+
 // A store that fails while `down`, and counts its batches.
 struct flaky_store {
     std::mutex mutex;
@@ -114,6 +152,7 @@ struct flaky_store {
     }
     chatkit::result<chatkit::usage_summary> summarize(const chatkit::usage_query&) { return chatkit::usage_summary{}; }
     chatkit::result<double> spent_usd(std::string_view, std::string_view, chatkit::unix_ms) { return 0.0; }
+    chatkit::result<void> for_each_record(const chatkit::usage_range&, const chatkit::usage_record_visitor&) { return {}; }
 };
 
 chatkit::http_request chat_request(std::string path = "/v1/chat/completions", std::string method = "POST") {
@@ -266,4 +305,129 @@ TEST_CASE("usage report: days from 1 to 366, a team's own usage, and another tea
     REQUIRE(other.status == 200);
     CHECK(nlohmann::json::parse(other.body)["summary"]["total_cost_usd"] == 3.0);
     CHECK(nlohmann::json::parse(other.body)["team_name"].is_null());
+}
+
+TEST_CASE("usage dashboard: series per hour or day, breakdowns, rates and percentiles, with the totals of the usage report") {
+    chatkit::memory_usage_store store;
+    // A fixed period: the 7 days up to 2025-12-07T12:00Z, and the one day of 2025-12-07 to noon.
+    const chatkit::unix_ms now = dec1 + 6 * day + 12 * 3'600'000;
+    std::vector<usage_record> rs;
+    for (int i = 0; i < 10; ++i) {
+        auto r = record("t1", "key_a", "gpt-4o", dec1 + 6 * day + i * 60'000, 10, 10, 0.01);
+        r.latency_ms = i + 1; // 1..10 ms
+        r.time_to_first_token_ms = i < 5 ? 0.5 * (i + 1) : 0; // five streamed answers
+        r.cached = i == 0;
+        rs.push_back(r);
+    }
+    auto limited = record("t1", "key_b", "mini", dec1 + 6 * day + 3 * 3'600'000, 0, 0, std::nullopt);
+    limited.status = 429;
+    limited.latency_ms = 0.01;
+    rs.push_back(limited);
+    auto failed = record("t2", "key_c", "mini", dec1 + 2 * day, 5, 0, std::nullopt); // unpriced, failed
+    failed.status = 502;
+    rs.push_back(failed);
+    rs.push_back(record("t2", "key_c", "mini", dec1 + 3 * day, 100, 100, 2.0));
+    rs.push_back(record("t1", "key_a", "gpt-4o", dec1 - day, 1, 1, 9.0)); // before the period
+    REQUIRE(store.append(rs));
+    const auto names = [](const std::string& id) { return id == "t1" ? std::string{"Team One"} : std::string{}; };
+
+    chatkit::usage_dashboard_query week;
+    week.period = chatkit::usage_period::last_days(7, now);
+    auto all = chatkit::usage_dashboard_json(store, week, names).value();
+    CHECK(all["all_teams"] == true);
+    CHECK(all["period"]["bucket"] == "day");
+    CHECK(all["series"]["label"].size() == 7);
+    CHECK(all["series"]["label"][0] == "2025-12-01");
+    CHECK(all["series"]["time"][0] == dec1 / 1000);
+    CHECK(all["series"]["requests"] == nlohmann::json::parse("[0,0,1,1,0,0,11]"));
+    CHECK(all["summary"]["total_requests"] == 13);
+    CHECK(all["summary"]["total_cost_usd"].get<double>() == Approx(2.1));
+    CHECK(all["summary"]["unpriced_requests"] == 1); // the 502 used 5 tokens; the 429 none
+    CHECK(all["summary"]["errors"] == 2);
+    CHECK(all["summary"]["rate_limited"] == 1);
+    CHECK(all["summary"]["rate_limited_rate"].get<double>() == Approx(1.0 / 13));
+    CHECK(all["summary"]["cache_hits"] == 1);
+    CHECK(all["summary"]["cache_hit_ratio"].get<double>() == Approx(1.0 / 11));
+    // Nearest rank over the 11 answers' latencies: 1..10 ms and t2's 12.5 ms.
+    CHECK(all["latency_ms"] == nlohmann::json::parse(R"({"p50":6.0,"p90":10.0,"p99":12.5})"));
+    CHECK(all["ttft_ms"] == nlohmann::json::parse(R"({"p50":1.5,"p90":2.5,"p99":2.5})"));
+    REQUIRE(all["by_team"].size() == 2);
+    CHECK(all["by_team"][0]["team_id"] == "t2"); // the largest cost first
+    CHECK(all["by_team"][1]["team_name"] == "Team One");
+    CHECK(all["top_keys"][0]["key_id"] == "key_c");
+    CHECK(all["top_keys"][0]["team_id"] == "t2");
+    CHECK(all["series"]["by_model"].size() == 2);
+    CHECK(all["series"]["by_team"][1]["requests"][6] == 11);
+
+    // One team, as GET /v1/usage reports it for the same period.
+    auto t1 = week;
+    t1.team_id = "t1";
+    auto team = chatkit::usage_dashboard_json(store, t1, names).value();
+    auto report = chatkit::usage_report_json("t1", "Team One", week.period, store.summarize({"t1", week.period.since, week.period.until}).value());
+    for (const char* field : {"total_requests", "total_tokens", "total_cost_usd", "avg_daily_cost_usd", "unpriced_requests"})
+        CHECK(team["summary"][field] == report["summary"][field]);
+    CHECK(team["team_name"] == "Team One");
+    REQUIRE(team["by_model"].size() == report["by_model"].size());
+    for (std::size_t i = 0; i < report["by_model"].size(); ++i)
+        for (const char* field : {"model", "requests", "tokens", "cost_usd"}) CHECK(team["by_model"][i][field] == report["by_model"][i][field]);
+
+    // One model; and one day, by the hour up to the current one.
+    auto mini = week;
+    mini.model = "mini";
+    CHECK(chatkit::usage_dashboard_json(store, mini, names).value()["summary"]["total_requests"] == 3);
+    chatkit::usage_dashboard_query today;
+    today.period = chatkit::usage_period::last_days(1, now);
+    auto hours = chatkit::usage_dashboard_json(store, today, names).value();
+    CHECK(hours["period"]["bucket"] == "hour");
+    CHECK(hours["series"]["label"].size() == 12);
+    CHECK(hours["series"]["label"][3] == "2025-12-07T03:00Z");
+    CHECK(hours["series"]["requests"][0] == 10);
+    CHECK(hours["series"]["requests"][3] == 1);
+
+    // Nothing in the period: rates and percentiles are null, not 0.
+    chatkit::usage_dashboard_query empty;
+    empty.period = chatkit::usage_period::last_days(1, dec1 + 40 * day);
+    auto none = chatkit::usage_dashboard_json(store, empty, names).value();
+    CHECK(none["summary"]["error_rate"].is_null());
+    CHECK(none["summary"]["cache_hit_ratio"].is_null());
+    CHECK(none["latency_ms"]["p50"].is_null());
+}
+
+TEST_CASE("usage dashboard route: a team key sees its own team only, the admin key every team or one, bad input is a 400") {
+    chatkit::memory_usage_store store;
+    const auto now = chatkit::now_unix_ms();
+    REQUIRE(store.append(std::vector{record("t1", "key_a", "m", now - 1000, 10, 20, 0.5), record("t2", "key_c", "m", now - 1000, 1, 1, 3.0)}));
+    const auto names = [](const std::string&) { return std::string{}; };
+
+    auto req = chat_request("/v1/usage/dashboard", "GET");
+    auto own = nlohmann::json::parse(chatkit::usage_dashboard_response(store, req, names).body);
+    CHECK(own["team_id"] == "t1");
+    CHECK(own["summary"]["total_requests"] == 1);
+    CHECK(own["period"]["days"] == 30);
+    req.query["team"] = "t2";
+    auto refused = chatkit::usage_dashboard_response(store, req, names);
+    CHECK(refused.status == 403);
+    CHECK(nlohmann::json::parse(refused.body)["error"]["code"] == "permission_denied");
+    req.query["team"] = "t1";
+    CHECK(chatkit::usage_dashboard_response(store, req, names).status == 200);
+
+    req.caller = {};
+    req.caller.key_id = "admin";
+    req.caller.admin = true;
+    req.query.erase("team");
+    auto every = nlohmann::json::parse(chatkit::usage_dashboard_response(store, req, names).body);
+    CHECK(every["all_teams"] == true);
+    CHECK(every["summary"]["total_requests"] == 2);
+    req.query["team"] = "t2";
+    CHECK(nlohmann::json::parse(chatkit::usage_dashboard_response(store, req, names).body)["summary"]["total_cost_usd"] == 3.0);
+
+    for (const char* bad : {"0", "367", "x"}) {
+        req.query["days"] = bad;
+        CHECK(chatkit::usage_dashboard_response(store, req, names).status == 400);
+    }
+    req.query["days"] = "1";
+    req.query["model"] = "";
+    auto no_model = chatkit::usage_dashboard_response(store, req, names);
+    CHECK(no_model.status == 400);
+    CHECK(nlohmann::json::parse(no_model.body)["error"]["param"] == "model");
 }

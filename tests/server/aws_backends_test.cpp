@@ -400,7 +400,7 @@ TEST_CASE("a bad dynamodb URL, a missing keys table with CHAT_AUTH=keys, or both
     CHECK(r.output.find("sk-plain-key-0004") == std::string::npos);
 }
 
-TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/usage totals equal the sum of the answers' costs, read from TABLE-usage") {
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/usage totals equal the sum of the answers' costs, read from TABLE-usage, and the dashboard's data agrees") {
     const auto table = create_table();
     {
         chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
@@ -428,6 +428,8 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/u
     auto server_env = env;
     server_env["CHAT_AUTH"] = "keys";
     server_env["CHAT_PRICING_FILE"] = prices.string();
+    const std::string admin_key = "adm-" + std::string(40, 'd');
+    server_env["CHAT_ADMIN_KEY"] = admin_key;
     const httplib::Headers bearer{{"Authorization", "Bearer " + key}};
     double billed = 0;
     std::int64_t tokens = 0;
@@ -470,6 +472,22 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/u
         auto other = c.Get("/v1/usage", {{"Authorization", "Bearer " + outsider}});
         REQUIRE(other);
         CHECK(json::parse(other->body)["summary"]["total_requests"] == 1);
+
+        // The dashboard's data from the same table: one team's (a Query) as /v1/usage counts it,
+        // every team's (a Scan of the table) for the admin key.
+        auto own = c.Get("/v1/usage/dashboard?days=7", bearer);
+        REQUIRE(own);
+        INFO(own->body);
+        REQUIRE(own->status == 200);
+        CHECK(json::parse(own->body)["summary"]["total_requests"] == 5);
+        CHECK(json::parse(own->body)["summary"]["total_tokens"] == usage["summary"]["total_tokens"]);
+        CHECK(json::parse(own->body)["summary"]["total_cost_usd"].get<double>() == Approx(usage["summary"]["total_cost_usd"].get<double>()));
+        auto every = c.Get("/v1/usage/dashboard?days=7", {{"Authorization", "Bearer " + admin_key}});
+        REQUIRE(every);
+        INFO(every->body);
+        REQUIRE(every->status == 200);
+        CHECK(json::parse(every->body)["summary"]["total_requests"] == 6);
+        CHECK(json::parse(every->body)["by_team"].size() == 2);
         REQUIRE(server.stop() == 0);
         CHECK(server.log().find(key.substr(3)) == std::string::npos);
     }

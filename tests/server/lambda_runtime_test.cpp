@@ -122,6 +122,18 @@ TEST_CASE("GET /health through an API Gateway v2 event is answered with a buffer
     CHECK(json::parse(answer["body"].get<std::string>())["status"] == "ok");
 }
 
+TEST_CASE("GET /dashboard through an API Gateway v2 event is the dashboard page, as sample_server serves it") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto answer = buffered_answer(runtime.wait_for(runtime.push(gateway_event("GET", "/dashboard").dump())));
+    CHECK(answer["statusCode"] == 200);
+    CHECK(answer["headers"]["Content-Type"].get<std::string>().starts_with("text/html"));
+    CHECK(answer["body"].get<std::string>().find("/dashboard/uPlot.iife.min.js") != std::string::npos);
+    const auto script = buffered_answer(runtime.wait_for(runtime.push(gateway_event("GET", "/dashboard/uPlot.iife.min.js").dump())));
+    CHECK(script["statusCode"] == 200);
+    CHECK(script["body"].get<std::string>().find("uPlot") != std::string::npos);
+}
+
 TEST_CASE("POST /chat answers JSON with the content, and GET /history returns the exchange") {
     fake_lambda_runtime runtime;
     bootstrap_process bootstrap{runtime};

@@ -1,6 +1,6 @@
 // chatkit::dynamodb_usage_store: usage records in a DynamoDB table, for deployments whose history
 // is in DynamoDB (Lambda). A chatkit::usage_store: a batch is BatchWriteItem calls of 25 items,
-// reports are Queries of one team's partition aggregated in memory.
+// reports are Queries of one team's partition aggregated in memory (every team's records: a Scan).
 //
 // Table design: one item per record.
 //   pk            (S, partition key)  "team#<team id>"; "team#" for requests made without
@@ -143,6 +143,30 @@ public:
         std::stable_sort(s.by_model.begin(), s.by_model.end(), [](const auto& a, const auto& b) { return a.second.cost_usd > b.second.cost_usd; });
         s.by_day.assign(by_day.begin(), by_day.end()); // "YYYY-MM-DD" sorts oldest first
         return s;
+    }
+
+    // One team's records are a Query of its partition; every team's a Scan of the table filtered on
+    // time, which reads (and pays for) the whole table: a dashboard's occasional read, not a hot path.
+    result<void> for_each_record(const usage_range& range, const usage_record_visitor& each) {
+        if (range.until <= range.since) return {};
+        nlohmann::json input = {{"TableName", options_.table}};
+        std::string_view operation = "Query";
+        if (range.team_id) {
+            input["KeyConditionExpression"] = "pk = :pk AND sk BETWEEN :lo AND :hi"; // [since, until), as in summarize
+            input["ExpressionAttributeValues"] = {
+                {":pk", {{"S", partition(*range.team_id)}}}, {":lo", {{"S", time_key(range.since)}}}, {":hi", {{"S", time_key(range.until)}}}};
+        } else {
+            operation = "Scan";
+            input["FilterExpression"] = "#t >= :lo AND #t < :hi"; // "time" is a reserved word
+            input["ExpressionAttributeNames"] = {{"#t", "time"}};
+            input["ExpressionAttributeValues"] = {{":lo", number(range.since)}, {":hi", number(range.until)}};
+        }
+        return for_each_item(std::move(input), [&each](const nlohmann::json& item) {
+            auto r = from_item(item);
+            if (!r) return false;
+            each(*r);
+            return true;
+        }, operation);
     }
 
     // A team's spending is read from its partition; a key's from the key_id-sk index. Every Query
@@ -291,15 +315,17 @@ private:
         }
     }
 
-    // Runs a Query to its last page, handing each item to `each` (false: the item is unreadable).
+    // Runs a Query (or a Scan) to its last page, handing each item to `each` (false: the item is
+    // unreadable).
     template <class Each>
-    result<void> for_each_item(nlohmann::json input, Each&& each) {
+    result<void> for_each_item(nlohmann::json input, Each&& each, std::string_view operation = "Query") {
         if (options_.query_page_size > 0) input["Limit"] = options_.query_page_size;
         for (;;) {
-            auto page = client_.call("Query", input);
+            // Each operation named in full: the deployment template's checks read the calls made here.
+            auto page = operation == "Scan" ? client_.call("Scan", input) : client_.call("Query", input);
             if (!page) return unavailable("read usage records", std::move(page).error());
             const auto items = page->find("Items");
-            if (items == page->end() || !items->is_array()) return malformed("Query answered without Items");
+            if (items == page->end() || !items->is_array()) return malformed(std::string{operation} + " answered without Items");
             for (const auto& item : *items)
                 if (!each(item)) return malformed("the item '" + string_attr(item, "sk") + "' is not a chatkit usage record");
             // Pages end at Limit items or 1 MB; LastEvaluatedKey says where the next begins.

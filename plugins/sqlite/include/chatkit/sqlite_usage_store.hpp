@@ -1,6 +1,7 @@
 // chatkit::sqlite_usage_store: usage records in the same SQLite file as the history (table `usage`,
 // created by sqlite_store's migrations, whichever opens the file first). A chatkit::usage_store:
-// a batch is one transaction (the recorder's group commit), reports are indexed GROUP BYs.
+// a batch is one transaction (the recorder's group commit), reports are indexed GROUP BYs, and a
+// range's records are read back row by row.
 #pragma once
 
 #include "chatkit/error.hpp"
@@ -46,6 +47,13 @@ public:
                                           " FROM usage WHERE team_id = ?1 AND time >= ?2 AND time < ?3 GROUP BY model ORDER BY 4 DESC, model");
         s.by_day = prepare(r, path, "SELECT strftime('%Y-%m-%d', time / 1000, 'unixepoch') AS day, " + std::string{totals} +
                                         " FROM usage WHERE team_id = ?1 AND time >= ?2 AND time < ?3 GROUP BY day ORDER BY day");
+        // The whole range for every team has no index of its own (usage_by_team leads with the team):
+        // a dashboard's occasional read scans the table rather than every write paying for one more index.
+        constexpr std::string_view columns = "SELECT time, request_id, team_id, key_id, model, provider, status, prompt_tokens, "
+                                             "completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, "
+                                             "cached, streamed, cancelled, estimated FROM usage ";
+        s.records_of_team = prepare(r, path, std::string{columns} + "WHERE team_id = ?3 AND time >= ?1 AND time < ?2");
+        s.records_of_all = prepare(r, path, std::string{columns} + "WHERE time >= ?1 AND time < ?2");
         s.spent_by_key = prepare(r, path, "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE key_id = ?1 AND time >= ?2");
         s.spent_by_team = prepare(r, path, "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE team_id = ?1 AND time >= ?2");
     }
@@ -112,6 +120,39 @@ public:
         return out;
     }
 
+    result<void> for_each_record(const usage_range& range, const usage_record_visitor& each) {
+        using namespace sqlite_detail;
+        auto& s = *state_;
+        const std::lock_guard lock{s.read_mutex};
+        sqlite3_stmt* st = range.team_id ? s.records_of_team.get() : s.records_of_all.get();
+        statement_use use{st};
+        sqlite3_bind_int64(st, 1, range.since);
+        sqlite3_bind_int64(st, 2, range.until);
+        if (range.team_id) bind_text(st, 3, *range.team_id);
+        int rc = SQLITE_DONE;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            usage_record r;
+            r.time = sqlite3_column_int64(st, 0);
+            r.request_id = column_text(st, 1);
+            r.team_id = column_text(st, 2);
+            r.key_id = column_text(st, 3);
+            r.model = column_text(st, 4);
+            r.provider = column_text(st, 5);
+            r.status = sqlite3_column_int(st, 6);
+            r.usage = {sqlite3_column_int(st, 7), sqlite3_column_int(st, 8), sqlite3_column_int(st, 9), sqlite3_column_int(st, 10)};
+            if (sqlite3_column_type(st, 11) != SQLITE_NULL) r.cost_usd = sqlite3_column_double(st, 11);
+            r.latency_ms = sqlite3_column_double(st, 12);
+            r.time_to_first_token_ms = sqlite3_column_double(st, 13);
+            r.cached = sqlite3_column_int(st, 14) != 0;
+            r.streamed = sqlite3_column_int(st, 15) != 0;
+            r.cancelled = sqlite3_column_int(st, 16) != 0;
+            r.estimated = sqlite3_column_int(st, 17) != 0;
+            each(r);
+        }
+        if (rc != SQLITE_DONE) return unavailable(s.reader.get(), "read usage records from", rc);
+        return {};
+    }
+
     result<double> spent_usd(std::string_view scope, std::string_view id, unix_ms since) {
         using namespace sqlite_detail;
         auto& s = *state_;
@@ -129,7 +170,7 @@ private:
         std::string path;
         std::mutex write_mutex, read_mutex;
         sqlite_detail::db_handle writer, reader;
-        sqlite_detail::statement insert, by_model, by_day, spent_by_key, spent_by_team;
+        sqlite_detail::statement insert, by_model, by_day, records_of_team, records_of_all, spent_by_key, spent_by_team;
     };
 
     std::optional<error> group(sqlite3_stmt* st, const usage_query& q, std::vector<std::pair<std::string, usage_totals>>& out) {

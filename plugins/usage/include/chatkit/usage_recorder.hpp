@@ -175,11 +175,11 @@ private:
                 }
                 // Requirement 3: the batch was moved from; put it back as it was, first in line.
                 std::move(batch.begin(), batch.end(), queue.begin());
-                ++failed_batches;
-                written_cv.notify_all();
                 lock.unlock();
                 if (options.on_error) options.on_error(written.error());
                 lock.lock();
+                ++failed_batches; // after on_error: a flush() that returns on it finds the failure reported
+                written_cv.notify_all();
                 if (stop.stop_requested()) {
                     // Stopping: a few more tries, briefly apart, then give up on what is left (a
                     // store that stays down cannot hold the process's exit forever).
