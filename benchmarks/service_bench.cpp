@@ -5,6 +5,7 @@
 #include <chatkit/chatkit.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_store.hpp>
@@ -55,6 +56,12 @@ int main() {
                      chatkit::rate_limiter_mt>
         memory_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
                        chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}}};
+    // The same with GET /metrics's counting (sample_server's default): its cost is the difference.
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
+                     chatkit::rate_limiter_mt, chatkit::prometheus_metrics>
+        metered_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
+                        chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}},
+                        chatkit::prometheus_metrics{}};
     chatkit::service<chatkit::echo_provider, chatkit::sqlite_store, chatkit::lru_cache_mt, chatkit::request_id> full_service{
         chatkit::echo_provider{}, chatkit::sqlite_store{chatkit::sqlite_options{.path = db.string()}}, chatkit::lru_cache_mt{},
         chatkit::request_id{}};
@@ -65,6 +72,8 @@ int main() {
                             "null_provider, no_store, no_cache");
         bench::print_row("baseline: null models", baseline, baseline);
         bench::print_row("echo + request_id + rate_limiter, cache miss", measure(memory_service, threads, false), baseline);
+        bench::print_row("the same + prometheus_metrics, cache miss", measure(metered_service, threads, false), baseline);
+        bench::print_row("the same without metrics, again", measure(memory_service, threads, false), baseline);
         bench::print_row("echo + request_id + rate_limiter, cache hit", measure(memory_service, threads, true), baseline);
         bench::print_row("echo + sqlite (durable) + lru, cache miss", measure(full_service, threads, false), baseline);
     }
