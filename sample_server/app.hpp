@@ -98,7 +98,7 @@ inline std::string_view chosen_provider(const config& c) {
 
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
 // client on the server's loops) OpenAI and Bedrock are called through it.
-inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream) {
+inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log = nullptr) {
     if (chosen_provider(c) == "openai") {
         const bool from_secret = !c.openai_api_key_secret_arn.empty();
         if (from_secret && !c.openai_api_key.empty())
@@ -117,6 +117,9 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
                 secret.json_field = "api_key";
                 secret.refresh = c.secret_refresh;
                 secret.retry_after_failure = std::min(secret.retry_after_failure, c.secret_refresh);
+                // The whole story, ARN included, goes to the log; a client's 503 names no secret.
+                if (log)
+                    secret.on_error = [log](const chatkit::error& e) { log->error("cannot use the OpenAI key's secret", {{"error", e.message}}); };
                 chatkit::aws::cached_secret<> key{std::move(secret)};
                 (void)key.get(); // read during start-up (Lambda's init); a failure is retried by the first chat
                 o.api_key_source = [key]() mutable { return key.get(); };
@@ -310,7 +313,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     // An admin key that nothing checks is a misconfiguration that would leave /admin off unnoticed.
     if (!c.admin_key_digest.empty() && c.auth != "keys")
         throw config_error("CHAT_ADMIN_KEY needs CHAT_AUTH=keys: without API keys, there is no administration over HTTP");
-    auto provider = make_provider(c, std::move(upstream));
+    auto provider = make_provider(c, std::move(upstream), log);
     auto auth = make_auth(c, log, provider.models().front());
     // The limits of keys and teams come with the keys: enforced whenever keys are.
     auto usage = make_usage_store(c);

@@ -83,16 +83,24 @@ TEST_CASE("a JSON secret gives its named field, and one without a usable field i
     CHECK(empty.error().code == "secret_unusable");
     CHECK(empty.error().message.find("put-secret-value") != std::string::npos);
 
+    // What a caller gets (and a client may see) names no secret; on_error hears the whole story.
     const auto arn = create_secret(R"({"openai":"sk-wrong-field-value"})");
-    secret wrong_field{options_for(arn), moto().aws_environment()};
+    auto told = options_for(arn);
+    std::vector<std::string> logged;
+    told.on_error = [&logged](const chatkit::error& e) { logged.push_back(e.message); };
+    secret wrong_field{told, moto().aws_environment()};
     auto wrong = wrong_field.get();
     REQUIRE_FALSE(wrong);
-    CHECK(wrong.error().message.find(arn) != std::string::npos);
+    CHECK(wrong.error().message.find(arn) == std::string::npos);
+    CHECK(wrong.error().message.find("arn:") == std::string::npos);
     CHECK(wrong.error().message.find("\"api_key\"") != std::string::npos);
     CHECK(wrong.error().message.find("sk-wrong-field-value") == std::string::npos);
+    REQUIRE(logged.size() == 1);
+    CHECK(logged[0].find(arn) != std::string::npos);
+    CHECK(logged[0].find("sk-wrong-field-value") == std::string::npos);
 }
 
-TEST_CASE("a refresh that fails keeps the last value, and a secret never read is a 503 naming the secret") {
+TEST_CASE("a refresh that fails keeps the last value, and a secret never read is a 503 whose log line names the secret") {
     const auto arn = create_secret("sk-kept");
     secret key{options_for(arn), moto().aws_environment()};
     REQUIRE(key.get().value() == "sk-kept");
@@ -102,12 +110,17 @@ TEST_CASE("a refresh that fails keeps the last value, and a secret never read is
     manual_clock::advance(std::chrono::seconds{301});
     CHECK(key.get().value() == "sk-kept");
 
-    secret gone{options_for(arn), moto().aws_environment()};
+    auto logged_options = options_for(arn);
+    std::string logged;
+    logged_options.on_error = [&logged](const chatkit::error& e) { logged = e.message; };
+    secret gone{logged_options, moto().aws_environment()};
     auto missing = gone.get();
     REQUIRE_FALSE(missing);
     CHECK(missing.error().kind == error_kind::unavailable);
     CHECK(missing.error().code == "ResourceNotFoundException");
-    CHECK(missing.error().message.find(arn) != std::string::npos);
+    CHECK(missing.error().message.find(arn) == std::string::npos);
+    CHECK(missing.error().message.find("ResourceNotFoundException") != std::string::npos);
+    CHECK(logged.find(arn) != std::string::npos);
 }
 
 TEST_CASE("after a failed read the secret is asked again only once retry_after_failure has passed") {

@@ -360,6 +360,10 @@ TEST_CASE("a secret still empty after deploying makes /chat a 503 that says how 
     const auto error = json::parse(refused->body)["error"];
     CHECK(error["type"] == "service_unavailable");
     CHECK(error["message"].get<std::string>().find("put-secret-value") != std::string::npos);
+    // The client is not told which secret (its ARN names the account); the log is.
+    CHECK(refused->body.find(arn) == std::string::npos);
+    CHECK(refused->body.find("arn:") == std::string::npos);
+    CHECK(server.log().find("cannot use the OpenAI key's secret") != std::string::npos);
     CHECK(fake.requests().empty());
 
     put_secret(arn, R"({"api_key":"sk-filled-in-0003"})");

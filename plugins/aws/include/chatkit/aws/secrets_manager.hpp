@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -33,6 +34,10 @@ struct secret_options {
     std::chrono::seconds refresh{300};
     // After a failed read, callers get the last value (or the error) this long before the next try.
     std::chrono::seconds retry_after_failure{10};
+    // Told each failed read with the whole story: the secret's id and what Secrets Manager said
+    // (which may name the secret's and the caller's ARNs). For the deployment's log: what callers
+    // get, and so what may reach a client, names neither.
+    std::function<void(const error&)> on_error{};
     // A short deadline: a caller waits for the first read.
     json_client_options client = [] {
         json_client_options c;
@@ -108,23 +113,36 @@ private:
         }
 
         result<std::string> read() {
+            auto told = read_value();
+            if (!told && options.on_error) {
+                error logged = told.error();
+                logged.message = detail_;
+                options.on_error(logged);
+            }
+            return told;
+        }
+
+        // A failure's message for callers says what is wrong without naming the secret; detail_
+        // keeps the full one for on_error.
+        result<std::string> read_value() {
             const auto what = "secret " + options.secret_id + " (Secrets Manager)";
             auto answer = client.call("GetSecretValue", {{"SecretId", options.secret_id}});
             if (!answer) {
                 auto e = std::move(answer).error();
                 e.kind = error_kind::unavailable;
-                e.message = "cannot read " + what + ": " + e.message;
+                detail_ = "cannot read " + what + ": " + e.message;
+                e.message = "cannot read the secret that holds this key in Secrets Manager (" + e.code + "); the server's log names it";
                 return e;
             }
             const auto text = answer->find("SecretString");
             if (text == answer->end() || !text->is_string())
-                return unusable(what + " has no SecretString (a binary secret cannot be used)");
+                return unusable(what, " has no SecretString (a binary secret cannot be used)");
             std::string secret = text->get<std::string>();
             if (!options.json_field.empty()) {
                 if (const auto j = nlohmann::json::parse(secret, nullptr, false); j.is_object()) {
                     const auto field = j.find(options.json_field);
                     if (field == j.end() || !field->is_string())
-                        return unusable(what + " is a JSON object without a string \"" + options.json_field + "\"");
+                        return unusable(what, " is a JSON object without a string \"" + options.json_field + "\"");
                     secret = field->get<std::string>();
                 }
             }
@@ -132,11 +150,16 @@ private:
             const auto first = secret.find_first_not_of(" \t\r\n");
             secret = first == std::string::npos ? std::string{} : secret.substr(first, secret.find_last_not_of(" \t\r\n") - first + 1);
             if (secret.empty())
-                return unusable(what + " is empty: put the value in with aws secretsmanager put-secret-value");
+                return unusable(what, " is empty: put the value in with aws secretsmanager put-secret-value");
             return secret;
         }
 
-        static error unusable(std::string message) { return {error_kind::unavailable, std::move(message), "secret_unusable"}; }
+        error unusable(const std::string& what, const std::string& why) {
+            detail_ = what + why;
+            return {error_kind::unavailable, "the secret that holds this key in Secrets Manager" + why + " (the server's log names it)",
+                    "secret_unusable"};
+        }
+        std::string detail_; // the last failure, whole, for on_error (under the shared state's read)
 
         secret_options options;
         json_client client;
