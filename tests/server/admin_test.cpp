@@ -3,6 +3,7 @@
 // server then accepts, the refusals (no key, a team key, bad bodies, an existing team, an unknown
 // key, no CHAT_AUTH=keys), neither the admin key nor its digest in the log, and the admin key
 // reading another team's usage.
+#include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
@@ -19,26 +20,15 @@
 using nlohmann::json;
 using test_support::run_to_exit;
 using test_support::server_process;
+using test_support::hex;
+using test_support::sha256;
+using test_support::bearer;
 using test_support::temp_dir;
 
 namespace {
 
 // 44 characters: over the 32 CHAT_ADMIN_KEY needs.
 const std::string admin_key = "adm-Zq8vN3xKp5TtR2mW9cY4hJ7bL6fD1sG0eQaUoVi";
-
-std::string hex(const std::string& bytes) {
-    std::string out;
-    for (unsigned char c : bytes) out += "0123456789abcdef"[c >> 4], out += "0123456789abcdef"[c & 0xf];
-    return out;
-}
-
-std::string sha256(const std::string& text) {
-    std::string d(SHA256_DIGEST_LENGTH, '\0');
-    SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), reinterpret_cast<unsigned char*>(d.data()));
-    return d;
-}
-
-httplib::Headers bearer(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
 
 httplib::Result post(httplib::Client& c, const std::string& path, const std::string& key, const json& body) {
     return c.Post(path, bearer(key), body.dump(), "application/json");

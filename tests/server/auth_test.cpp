@@ -1,6 +1,7 @@
 // CHAT_AUTH=keys through the real sample_server binary: teams and keys made with its command line
 // in a temporary SQLite file, then requests with and without keys, a revocation seen by the running
 // server, history scoped to the key, and no key or digest in the file or the log.
+#include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
@@ -18,22 +19,14 @@
 using nlohmann::json;
 using test_support::run_to_exit;
 using test_support::server_process;
+using test_support::cli;
+using test_support::last_json;
+using test_support::hex;
+using test_support::sha256;
+using test_support::bearer;
 using test_support::temp_dir;
 
 namespace {
-
-// Runs `sample_server ARGS...` against `db`; returns its exit code and output.
-test_support::run_result cli(const std::filesystem::path& db, std::vector<std::string> args) {
-    return run_to_exit({{"CHAT_DATABASE_URL", "sqlite:" + db.string()}}, args);
-}
-
-// The last line of a command's output, as JSON.
-json last_json(const std::string& output) {
-    auto end = output.find_last_not_of('\n');
-    REQUIRE(end != std::string::npos);
-    const auto start = output.rfind('\n', end);
-    return json::parse(output.substr(start == std::string::npos ? 0 : start + 1, end + 1 - (start == std::string::npos ? 0 : start + 1)));
-}
 
 json create_key(const std::filesystem::path& db, const std::string& team, std::vector<std::string> extra = {}) {
     std::vector<std::string> args{"keys", "create", "--team", team};
@@ -49,23 +42,9 @@ std::string read_bytes(const std::filesystem::path& p) {
     return {std::istreambuf_iterator<char>{in}, {}};
 }
 
-std::string hex(const std::string& bytes) {
-    std::string out;
-    for (unsigned char c : bytes) out += "0123456789abcdef"[c >> 4], out += "0123456789abcdef"[c & 0xf];
-    return out;
-}
-
-std::string sha256(const std::string& text) {
-    std::string d(SHA256_DIGEST_LENGTH, '\0');
-    SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), reinterpret_cast<unsigned char*>(d.data()));
-    return d;
-}
-
 httplib::Result chat(httplib::Client& c, const httplib::Headers& headers, const std::string& user = "ada", const std::string& content = "hello") {
     return c.Post("/chat", headers, json{{"user_id", user}, {"content", content}}.dump(), "application/json");
 }
-
-httplib::Headers bearer(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
 
 void check_401(const httplib::Result& r) {
     REQUIRE(r);

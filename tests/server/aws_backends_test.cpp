@@ -4,6 +4,7 @@
 // go to the usage table of the same database.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_openai.hpp"
+#include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
 
 #include <chatkit/aws/secrets_manager.hpp>
@@ -25,6 +26,7 @@ using nlohmann::json;
 using test_support::emulator_process;
 using test_support::fake_openai;
 using test_support::server_process;
+using test_support::last_json;
 
 namespace {
 
@@ -89,15 +91,6 @@ httplib::Result chat(httplib::Client& c, const std::string& user, const std::str
 httplib::Result chat_with_key(httplib::Client& c, const std::string& key) {
     return c.Post("/chat", {{"Authorization", "Bearer " + key}}, json{{"user_id", "kim"}, {"content", "hello"}}.dump(),
                   "application/json");
-}
-
-// The last line of a command's output, as JSON.
-json last_json(const std::string& output) {
-    const auto end = output.find_last_not_of('\n');
-    REQUIRE(end != std::string::npos);
-    const auto newline = output.rfind('\n', end);
-    const auto start = newline == std::string::npos ? 0 : newline + 1;
-    return json::parse(output.substr(start, end + 1 - start));
 }
 
 std::string sha256_hex(const std::string& text) {

@@ -1,6 +1,7 @@
 // The usage dashboard's data (GET /v1/usage/dashboard) through the real sample_server binary
 // (CHAT_AUTH=keys, a priced echo model): the admin key sees every team or one, a team key its own
 // only, and the numbers equal GET /v1/usage's for the same period.
+#include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
@@ -15,41 +16,17 @@
 using nlohmann::json;
 using test_support::run_to_exit;
 using test_support::server_process;
+using test_support::cli;
+using test_support::last_json;
+using test_support::create_key;
+using test_support::create_team;
+using test_support::bearer;
 using test_support::temp_dir;
 
 namespace {
 
 // 44 characters: over the 32 CHAT_ADMIN_KEY needs.
 const std::string admin_key = "adm-Dq8vN3xKp5TtR2mW9cY4hJ7bL6fD1sG0eQaUoVi";
-
-test_support::run_result cli(const std::filesystem::path& db, std::vector<std::string> args) {
-    return run_to_exit({{"CHAT_DATABASE_URL", "sqlite:" + db.string()}}, args);
-}
-
-json last_json(const std::string& output) {
-    const auto end = output.find_last_not_of('\n');
-    REQUIRE(end != std::string::npos);
-    const auto nl = output.rfind('\n', end);
-    const auto start = nl == std::string::npos ? 0 : nl + 1;
-    return json::parse(output.substr(start, end + 1 - start));
-}
-
-std::string create_key(const std::filesystem::path& db, std::vector<std::string> args) {
-    args.insert(args.begin(), {"keys", "create"});
-    const auto r = cli(db, args);
-    INFO(r.output);
-    REQUIRE(r.exit_code == 0);
-    return last_json(r.output)["key"];
-}
-
-void create_team(const std::filesystem::path& db, std::vector<std::string> args) {
-    args.insert(args.begin(), {"teams", "create"});
-    const auto r = cli(db, args);
-    INFO(r.output);
-    REQUIRE(r.exit_code == 0);
-}
-
-httplib::Headers bearer(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
 
 json get_json(httplib::Client& c, const std::string& path, const std::string& key, int status = 200) {
     auto r = c.Get(path, bearer(key));

@@ -1,6 +1,7 @@
 // Tokens per minute, budgets and cost through the real sample_server binary (CHAT_AUTH=keys):
 // limits made with its command line, prices from a CHAT_PRICING_FILE, concurrent clients over
 // real HTTP. What a gateway's users are billed and refused by.
+#include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
@@ -21,36 +22,14 @@
 using nlohmann::json;
 using test_support::run_to_exit;
 using test_support::server_process;
+using test_support::cli;
+using test_support::last_json;
+using test_support::create_key;
+using test_support::create_team;
+using test_support::bearer;
 using test_support::temp_dir;
 
 namespace {
-
-test_support::run_result cli(const std::filesystem::path& db, std::vector<std::string> args) {
-    return run_to_exit({{"CHAT_DATABASE_URL", "sqlite:" + db.string()}}, args);
-}
-
-json last_json(const std::string& output) {
-    const auto end = output.find_last_not_of('\n');
-    REQUIRE(end != std::string::npos);
-    const auto nl = output.rfind('\n', end);
-    const auto start = nl == std::string::npos ? 0 : nl + 1;
-    return json::parse(output.substr(start, end + 1 - start));
-}
-
-std::string create_key(const std::filesystem::path& db, std::vector<std::string> args) {
-    args.insert(args.begin(), {"keys", "create"});
-    const auto r = cli(db, args);
-    INFO(r.output);
-    REQUIRE(r.exit_code == 0);
-    return last_json(r.output)["key"];
-}
-
-void create_team(const std::filesystem::path& db, std::vector<std::string> args) {
-    args.insert(args.begin(), {"teams", "create"});
-    const auto r = cli(db, args);
-    INFO(r.output);
-    REQUIRE(r.exit_code == 0);
-}
 
 // echo-1 at `input` and `output` USD per 1M tokens.
 std::filesystem::path pricing_file(const temp_dir& dir, double input, double output) {
@@ -58,8 +37,6 @@ std::filesystem::path pricing_file(const temp_dir& dir, double input, double out
     std::ofstream{path} << json{{"models", {{"echo-1", {{"input", input}, {"output", output}}}}}}.dump();
     return path;
 }
-
-httplib::Headers bearer(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
 
 // A streamed chat of three echoed words, as the burst sends it: fixed-width user ids, so every
 // body has the same size and so the same reservation.

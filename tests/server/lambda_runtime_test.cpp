@@ -81,6 +81,12 @@ private:
     test_support::child_process child_; // declared after dir_: killed before the directory goes
 };
 
+// One emulator for every DynamoDB case of this program, started by the first.
+test_support::emulator_process& dynalite() {
+    static test_support::emulator_process e = test_support::start_dynalite();
+    return e;
+}
+
 // A new key of `team` in `keys`, as `sample_server keys create` makes one; the key itself.
 std::string create_key(chatkit::dynamodb_key_directory& keys, const std::string& team) {
     const std::string key = chatkit::api_keys::generate_key();
@@ -340,9 +346,8 @@ TEST_CASE("an event without a request context is no Function URL event and no re
 }
 
 TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a key from the keys table and refuses a request without one") {
-    static test_support::emulator_process dynalite = test_support::start_dynalite();
     const std::string history = "history-" + std::to_string(std::random_device{}());
-    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite().aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
     REQUIRE(keys.create_team(chatkit::team_record{"lambda-team", "", {}, chatkit::now_unix_ms()}));
     const std::string key = create_key(keys, "lambda-team");
@@ -352,7 +357,7 @@ TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a k
     fake_lambda_runtime runtime;
     bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
                                           {"CHAT_AUTH", "keys"},
-                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}}};
+                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
     const auto refused = runtime.push(gateway_event("GET", "/v1/models").dump());
     const auto answer = buffered_answer(runtime.wait_for(refused));
     CHECK(answer["statusCode"] == 401);
@@ -366,9 +371,8 @@ TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a k
 }
 
 TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key in DynamoDB, a team key gets 403") {
-    static test_support::emulator_process dynalite = test_support::start_dynalite();
     const std::string history = "history-" + std::to_string(std::random_device{}());
-    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite().aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
     // The team has a limit: on DynamoDB the bootstrap counts it in the limits table.
     test_support::create_table(keys.client(), chatkit::dynamodb_counter_store::create_table_input(history + "-limits"));
@@ -378,7 +382,7 @@ TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key
     bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
                                           {"CHAT_AUTH", "keys"},
                                           {"CHAT_ADMIN_KEY", admin_key},
-                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}}};
+                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
     const auto call = [&](const std::string& method, const std::string& path, const std::string& key, std::optional<std::string> body) {
         const auto id = runtime.push(gateway_event(method, path, "", std::move(body), {{"authorization", "Bearer " + key}}).dump());
         return buffered_answer(runtime.wait_for(id));
@@ -412,9 +416,8 @@ TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key
 }
 
 TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABLE-usage and GET /v1/usage reports it") {
-    static test_support::emulator_process dynalite = test_support::start_dynalite();
     const std::string history = "history-" + std::to_string(std::random_device{}());
-    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite().aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_store::create_table_input(history));
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
     test_support::create_table(keys.client(), chatkit::dynamodb_usage_store::create_table_input(history + "-usage"));
@@ -424,7 +427,7 @@ TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABL
     fake_lambda_runtime runtime;
     bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
                                           {"CHAT_AUTH", "keys"},
-                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}}};
+                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
     const json auth = {{"x-api-key", key}};
     const auto chat = runtime.push(gateway_event("POST", "/chat", "", json{{"content", "count these words"}}.dump(), auth).dump());
     const auto answered = buffered_answer(runtime.wait_for(chat));
@@ -449,9 +452,8 @@ TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABL
 }
 
 TEST_CASE("on a dynamodb:// database, the bootstrap's instances count one limit in TABLE-limits: two instances let a team's 3 per minute through, not 6") {
-    static test_support::emulator_process dynalite = test_support::start_dynalite();
     const std::string history = "history-" + std::to_string(std::random_device{}());
-    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite.aws_environment()};
+    chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite().aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_store::create_table_input(history));
     test_support::create_table(keys.client(), chatkit::dynamodb_key_directory::create_table_input(history + "-keys"));
     test_support::create_table(keys.client(), chatkit::dynamodb_usage_store::create_table_input(history + "-usage"));
@@ -467,7 +469,7 @@ TEST_CASE("on a dynamodb:// database, the bootstrap's instances count one limit 
     fake_lambda_runtime runtime;
     const std::map<std::string, std::string> env{{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
                                                  {"CHAT_AUTH", "keys"},
-                                                 {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()}};
+                                                 {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}};
     bootstrap_process first{runtime, env}, second{runtime, env};
     std::vector<std::string> ids;
     for (int i = 0; i < 6; ++i)
