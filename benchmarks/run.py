@@ -305,6 +305,32 @@ def measure(build, server, port, path, body, connections, seconds, headers=()):
     return r
 
 
+def start_trace_collector():
+    """An OTLP/HTTP receiver that accepts every export and counts its bytes: the tracing rows'
+    collector. Exports come in batches (512 spans, or every 5 s), so Python keeps up."""
+    import http.server
+
+    received = {"exports": 0, "bytes": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", "0"))
+            self.rfile.read(n)
+            received["exports"] += 1
+            received["bytes"] += n
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, received
+
+
 def start_mock(build, env=None):
     p = process([str(build / "tests/support/fake_openai_server")], env=env, ready=first_json_with("port"), stdin=subprocess.PIPE)
     return p, p.ready
@@ -599,26 +625,42 @@ def main():
                                  adapter=adapter)
             finally:
                 bare.stop()
-            # What counting every request for GET /metrics costs: the relay with CHAT_METRICS on and
-            # off, alternated three times with fresh servers, medians compared. One run of each is
-            # not enough here: consecutive rows of the same server differ by more than the metrics
-            # cost (measured on 2026-12-03: 74, 64, 65 µs off against 53, 65, 64 µs on).
-            samples = {"on": [], "off": []}
-            for _ in range(3):
-                for metrics in ("off", "on"):
-                    s, port = start_chatkit(build, {**relay_env, "CHAT_DATABASE_URL": "none", "CHAT_METRICS": metrics}, tmp,
-                                            adapter=adapter, connections=args.connections * 2)
-                    try:
-                        samples[metrics].append(measure(build, s, port, "/v1/chat/completions", unique, args.connections,
-                                                        max(2, args.seconds // 2)))
-                    finally:
-                        s.stop()
+            # What counting every request for GET /metrics costs, and what tracing every request
+            # (OTLP/protobuf to a collector that accepts everything) costs: the relay with both
+            # off, with metrics on, and with tracing on, alternated three times with fresh servers,
+            # medians compared. One run of each is not enough here: consecutive rows of the same
+            # server differ by more than these costs (measured on 2026-12-03: 74, 64, 65 µs with
+            # metrics off against 53, 65, 64 µs on).
+            collector, collected = start_trace_collector()
+            modes = {"off": {"CHAT_METRICS": "off"},
+                     "metrics": {"CHAT_METRICS": "on"},
+                     "tracing": {"CHAT_METRICS": "off",
+                                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:%d" % collector.server_address[1]}}
+            samples = {mode: [] for mode in modes}
+            try:
+                for _ in range(3):
+                    for mode, extra in modes.items():
+                        s, port = start_chatkit(build, {**relay_env, "CHAT_DATABASE_URL": "none", **extra}, tmp,
+                                                adapter=adapter, connections=args.connections * 2)
+                        try:
+                            samples[mode].append(measure(build, s, port, "/v1/chat/completions", unique, args.connections,
+                                                         max(2, args.seconds // 2)))
+                        finally:
+                            s.stop()
+            finally:
+                collector.shutdown()
             median = lambda rows: sorted(r["cpu_us_per_req"] for r in rows)[1]
             plain = record("chatkit[%s] /v1/chat/completions (store off, cache off, metrics off; median of 3)" % adapter,
                            sorted(samples["off"], key=lambda r: r["cpu_us_per_req"])[1], adapter=adapter)
-            through["metrics_cpu_us"] = median(samples["on"]) - median(samples["off"])
-            through["metered_cpu_us_per_req"] = median(samples["on"])
+            traced = record("chatkit[%s] /v1/chat/completions (store off, cache off, tracing on; median of 3)" % adapter,
+                            sorted(samples["tracing"], key=lambda r: r["cpu_us_per_req"])[1], adapter=adapter)
+            through["metrics_cpu_us"] = median(samples["metrics"]) - median(samples["off"])
+            through["metered_cpu_us_per_req"] = median(samples["metrics"])
             through["unmetered_cpu_us_per_req"] = plain["cpu_us_per_req"]
+            through["tracing_cpu_us"] = traced["cpu_us_per_req"] - plain["cpu_us_per_req"]
+            through["traced_cpu_us_per_req"] = traced["cpu_us_per_req"]
+            through["trace_exports"] = collected["exports"]
+            through["trace_bytes"] = collected["bytes"]
             chatkit, port = start_chatkit(build, {**relay_env, "CHAT_USAGE": "off"}, tmp, adapter=adapter,
                                           connections=args.connections * 2)
             try:
@@ -783,6 +825,12 @@ def write_reports(build, results):
             notes.append("- %s relay with metrics on (the default): %.1f µs of CPU per request against %.1f µs with CHAT_METRICS=off "
                          "(%+.1f µs; medians of three alternated runs each)." % (
                              who, r["metered_cpu_us_per_req"], r["unmetered_cpu_us_per_req"], r["metrics_cpu_us"]))
+        if "tracing_cpu_us" in r:
+            notes.append("- %s relay with tracing on (OTLP/protobuf, every request sampled): %.1f µs of CPU per request against "
+                         "%.1f µs with tracing and metrics off (%+.1f µs; medians of three alternated runs each; "
+                         "%d exports, %.0f KB received by the collector)." % (
+                             who, r["traced_cpu_us_per_req"], r["unmetered_cpu_us_per_req"], r["tracing_cpu_us"],
+                             r["trace_exports"], r["trace_bytes"] / 1024))
         if "gateway_cpu_us_over_store" in r:
             notes.append("- %s as a gateway (a ck- key, its rpm, tpm and budget checked, every answer priced and recorded): "
                          "%.1f µs of CPU per request, %+.1f µs over the same relay with the store on and the gateway off (%.1f µs)." % (

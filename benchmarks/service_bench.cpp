@@ -5,12 +5,14 @@
 #include <chatkit/chatkit.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/otel_tracing.hpp>
 #include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_store.hpp>
 
 #include <filesystem>
+#include <thread>
 
 namespace {
 constexpr auto duration = std::chrono::milliseconds(1500);
@@ -62,6 +64,22 @@ int main() {
         metered_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
                         chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}},
                         chatkit::prometheus_metrics{}};
+    // The same with every request traced (otel_tracing, sampled always) to a collector in this
+    // process that accepts every export: the request path's cost (two spans built and queued)
+    // plus the exporter thread's share of the CPU.
+    httplib::Server collector;
+    collector.Post("/v1/traces", [](const httplib::Request&, httplib::Response& res) { res.set_content("", "application/x-protobuf"); });
+    const int collector_port = collector.bind_to_any_port("127.0.0.1");
+    std::thread collector_thread{[&] { collector.listen_after_bind(); }};
+    chatkit::otlp_exporter_options exporter_options;
+    exporter_options.endpoint = "http://127.0.0.1:" + std::to_string(collector_port) + "/v1/traces";
+    exporter_options.max_queue = 65536; // a burst of a few thousand requests a second must not drop
+    auto exporter = std::make_shared<chatkit::otlp_exporter>(exporter_options);
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
+                     chatkit::rate_limiter_mt, chatkit::otel_tracing>
+        traced_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
+                       chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}},
+                       chatkit::otel_tracing{exporter}};
     chatkit::service<chatkit::echo_provider, chatkit::sqlite_store, chatkit::lru_cache_mt, chatkit::request_id> full_service{
         chatkit::echo_provider{}, chatkit::sqlite_store{chatkit::sqlite_options{.path = db.string()}}, chatkit::lru_cache_mt{},
         chatkit::request_id{}};
@@ -74,9 +92,16 @@ int main() {
         bench::print_row("echo + request_id + rate_limiter, cache miss", measure(memory_service, threads, false), baseline);
         bench::print_row("the same + prometheus_metrics, cache miss", measure(metered_service, threads, false), baseline);
         bench::print_row("the same without metrics, again", measure(memory_service, threads, false), baseline);
+        bench::print_row("the same + otel_tracing (all sampled), cache miss", measure(traced_service, threads, false), baseline);
         bench::print_row("echo + request_id + rate_limiter, cache hit", measure(memory_service, threads, true), baseline);
         bench::print_row("echo + sqlite (durable) + lru, cache miss", measure(full_service, threads, false), baseline);
     }
+    (void)exporter->flush(std::chrono::seconds{10});
+    const auto traced = exporter->stats();
+    std::printf("traces: %llu spans exported, %llu dropped, %llu failed\n", static_cast<unsigned long long>(traced.exported),
+                static_cast<unsigned long long>(traced.dropped), static_cast<unsigned long long>(traced.failed));
+    collector.stop();
+    collector_thread.join();
     std::filesystem::remove(db);
     std::filesystem::remove(db.string() + "-wal");
     std::filesystem::remove(db.string() + "-shm");

@@ -26,6 +26,7 @@
 #include <chatkit/dynamodb_counter_store.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
+#include <chatkit/otel_tracing.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_key_directory.hpp>
@@ -65,12 +66,16 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // parsed, which is after every `before`: a request refused earlier reserves nothing.
 // With CHAT_LIMITS=shared, shared_key_limits replaces both: the same limits, counted in the
 // DynamoDB database's limits table, which every replica and Lambda instance shares.
+// Tracing (OTEL_EXPORTER_OTLP_ENDPOINT) comes right after the request id, which its spans carry:
+// its span then covers everything else, refusals included, and it names its own span in the
+// `traceparent` the provider sends upstream.
 // Usage records (CHAT_USAGE=on, in the SQLite file or the DynamoDB usage table of the database)
 // are written after the last byte, like the access log line; they are queued, never written on
 // the request path.
 using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_store, chatkit::dynamodb_usage_store>;
 using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
-using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id, access_log,
+using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
+                                     chatkit::optional_middleware<chatkit::otel_tracing>, access_log,
                                      chatkit::optional_middleware<chatkit::prometheus_metrics>, chatkit::optional_middleware<chatkit::cors>,
                                      chatkit::optional_middleware<usage_recorder_type>,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
@@ -304,6 +309,30 @@ inline std::optional<chatkit::shared_key_limits<chatkit::dynamodb_counter_store>
         std::make_shared<chatkit::dynamodb_counter_store>(chatkit::dynamodb_counter_store_options::of(*database)), std::move(o)};
 }
 
+// The exporter of the traces; an export that fails is logged at most once a minute (with how many
+// spans failed since), so that a collector that is down does not flood the log.
+inline std::shared_ptr<chatkit::otlp_exporter> make_trace_exporter(chatkit::otel_settings settings, logger* log) {
+    if (log) {
+        struct throttle {
+            std::mutex mutex;
+            std::chrono::steady_clock::time_point last{};
+            long suppressed = 0;
+        };
+        settings.exporter.on_error = [log, t = std::make_shared<throttle>()](std::string_view why) {
+            std::lock_guard lock{t->mutex};
+            const auto now = std::chrono::steady_clock::now();
+            if (t->last != std::chrono::steady_clock::time_point{} && now - t->last < std::chrono::minutes{1}) {
+                ++t->suppressed;
+                return;
+            }
+            log->warn("cannot export traces", {{"error", why}, {"failures_not_logged", t->suppressed}});
+            t->last = now;
+            t->suppressed = 0;
+        };
+    }
+    return std::make_shared<chatkit::otlp_exporter>(std::move(settings.exporter));
+}
+
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
 // the service; `upstream`, when given, is the async client the providers call out through.
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
@@ -346,10 +375,12 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         for (auto& path : dashboard_paths()) o.routes.push_back(std::move(path));
         metrics.emplace(std::move(o));
     }
+    std::optional<chatkit::otel_tracing> tracing;
+    if (c.tracing) tracing.emplace(make_trace_exporter(*c.tracing, log), chatkit::otel_tracing_options{.sampler = c.tracing->sampler});
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
     app_service service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
-                        access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
+                        std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     add_metrics_route(service, c, std::move(metrics));

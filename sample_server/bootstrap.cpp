@@ -45,6 +45,8 @@ int main(int argc, char** argv) {
         // An invocation's usage record is queued for the recorder's thread, which Lambda freezes
         // with the instance: it is written before the next event is asked for, or it could be lost.
         auto* recorder = service.middleware<chatkit::optional_middleware<sample_server::usage_recorder_type>>().get();
+        // So are its spans, for the exporter's thread.
+        auto* tracing = service.middleware<chatkit::optional_middleware<chatkit::otel_tracing>>().get();
         chatkit::lambda_runtime runtime{
             service,
             chatkit::lambda_options{.runtime_api = runtime_api,
@@ -52,8 +54,9 @@ int main(int argc, char** argv) {
                                     .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
                                                         ? chatkit::function_url_mode::response_stream
                                                         : chatkit::function_url_mode::buffered,
-                                    .between_invocations = [recorder] {
+                                    .between_invocations = [recorder, tracing] {
                                         if (recorder) (void)recorder->flush(std::chrono::seconds{5});
+                                        if (tracing) (void)tracing->exporter().flush(std::chrono::seconds{2});
                                     }},
             [&log](std::string_view problem) { log.error("lambda runtime", {{"error", problem}}); }};
         log.info("ready", {{"runtime_api", runtime_api},

@@ -5,7 +5,9 @@
 #include <chatkit/api_keys.hpp>
 #include <chatkit/cors.hpp>
 #include <chatkit/dynamodb_store.hpp>
+#include <chatkit/otel_environment.hpp>
 #include <chatkit/rate_limiter.hpp>
+#include <chatkit/version.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -68,6 +70,9 @@ struct config {
     std::string openai_azure_deployment;
     std::string openai_azure_api_version = "2024-10-21";
     std::string function_url_invoke_mode = "BUFFERED";
+    // Tracing, from OpenTelemetry's own OTEL_* variables (not CHAT_*: a deployment sets them once
+    // for all its services); none: off (docs/observability.md).
+    std::optional<chatkit::otel_settings> tracing;
 };
 
 // A bad value: start-up stops with this message, which names the variable.
@@ -335,6 +340,11 @@ inline config load_config(int argc, const char* const* argv, const std::function
         else if (const char* value = getenv(std::string{s.env}.c_str())) s.apply(c, s.env, value);
         else if (!s.fallback_env.empty())
             if (const char* value = getenv(std::string{s.fallback_env}.c_str())) s.apply(c, s.fallback_env, value);
+    }
+    try {
+        c.tracing = chatkit::otel_settings_from_environment(getenv, "chatkit", CHATKIT_VERSION);
+    } catch (const std::invalid_argument& e) {
+        throw config_error(e.what());
     }
     return c;
 }

@@ -8,6 +8,7 @@
 #include <chatkit/http.hpp>
 #include <chatkit/json_text.hpp>
 #include <chatkit/middleware.hpp>
+#include <chatkit/trace_context.hpp>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/pattern_formatter.h>
@@ -163,6 +164,9 @@ public:
         out.number("bytes_sent", s.bytes_sent);
         out.boolean("client_left", s.client_left);
         out.text("remote_addr", req.remote_addr);
+        // The trace this request belongs to (its traceparent: the client's, or tracing's own), so
+        // that a log line leads to its trace.
+        if (const auto trace = chatkit::parse_traceparent(req.header("traceparent"))) out.text("trace_id", chatkit::to_hex(trace->trace));
         // The authenticated key's id and team (CHAT_AUTH=keys): names, never the key or its digest.
         if (req.caller.authenticated()) {
             out.text("key_id", req.caller.key_id);

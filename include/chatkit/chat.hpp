@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <optional>
 #include <stop_token>
@@ -61,6 +62,10 @@ struct chat_request {
     bool stream = false;
     bool use_cache = true;  // a client opts out with "cache": false
     std::string request_id{}; // set by the service; a provider forwards it upstream
+    // A W3C Trace Context `traceparent` (00-TRACE-PARENT-FLAGS) a provider sends upstream, so
+    // that the upstream's spans join the client's trace. Set by the service from the request's
+    // header, which a tracing middleware rewrites to name its own span for the upstream call.
+    std::string traceparent{};
     // Requested when the client has left or the request's deadline has passed: a blocking provider
     // stops waiting on its upstream and returns. Set by the service.
     std::stop_token stop{};
@@ -127,6 +132,8 @@ struct completion {
     double latency_ms = 0;
     double time_to_first_token_ms = 0; // streams: when the first delta arrived
     double upstream_ms = 0;            // of latency_ms, the time spent waiting on the provider (0 for a cache hit)
+    // When the provider call began (none for a cache hit): where a trace's upstream span starts.
+    std::chrono::steady_clock::time_point upstream_started{};
     unix_ms created_at = 0;
     bool cached = false;
     // What the answer cost in USD at the service's prices (chatkit/pricing.hpp): 0 for a cache

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -77,6 +78,8 @@ struct response_meta {
     std::string error_code{}; // an error answer's code ("invalid_value", "upstream_error", ...)
     std::optional<double> cost_usd{}; // at the service's prices; empty: unpriced or nothing used
     double upstream_ms = 0;           // time spent waiting on the provider (for Server-Timing)
+    std::string finish_reason{};      // the answer's ("stop", "length", ...); empty when none
+    std::chrono::steady_clock::time_point upstream_started{}; // when the provider call began; none: no call
 };
 
 // What a middleware's `finish` learns about a request once its last byte has been sent (or the
@@ -99,6 +102,10 @@ struct response_summary {
                                        // the provider (a stream the client left, or that failed midway)
     double upstream_ms = 0;            // of duration_ms, the time spent waiting on the provider: the
                                        // rest is the gateway's own overhead
+    std::string finish_reason{};       // the answer's ("stop", "length", "tool_calls", ...); empty when none
+    // When the provider call began (with upstream_ms, a trace's upstream span); none when there
+    // was no call (a cache hit, a refusal).
+    std::chrono::steady_clock::time_point upstream_started{};
 };
 
 // What an adapter calls for the requests it answers itself (malformed HTTP, limits), which never

@@ -121,8 +121,15 @@ public:
         routes_.push_back({std::move(method), std::move(path), std::move(h)});
     }
 
+    // When a chat's provider call began and how long it took, also when it failed (a trace's
+    // upstream span, Server-Timing): what chat_async reports besides its answer.
+    struct upstream_timing {
+        std::chrono::steady_clock::time_point started{}; // none: no call (a cache hit)
+        double ms = 0;
+    };
+
     // The chat pipeline without HTTP: cache, provider, store. Sets latency, id and cached.
-    task<result<completion>> chat_async(chat_request req) {
+    task<result<completion>> chat_async(chat_request req, upstream_timing* timing = nullptr) {
         const auto started = std::chrono::steady_clock::now();
         if (req.request_id.empty()) req.request_id = random_id();
         req.stop = co_await current_stop_token();
@@ -132,15 +139,18 @@ public:
             if ((answer = co_await cache_get(key))) {
                 answer->cached = true;
                 answer->upstream_ms = 0; // the cached answer's own call, not this request's
+                answer->upstream_started = {};
             }
         }
         const bool fresh_answer = !answer;
         if (fresh_answer) {
             const auto called = std::chrono::steady_clock::now();
             auto fresh = co_await provider_complete(&req);
+            if (timing) *timing = {called, elapsed_ms(called)};
             if (!fresh) co_return stopped_error(req, std::move(fresh).error());
             answer = std::move(fresh).value();
             answer->upstream_ms = elapsed_ms(called);
+            answer->upstream_started = called;
             fill_defaults(*answer, req);
         }
         answer->id = random_id("chatcmpl-", 24);
@@ -243,6 +253,8 @@ private:
         sum.error_code = res->meta.error_code;
         sum.cost_usd = res->meta.cost_usd;
         sum.upstream_ms = res->meta.upstream_ms;
+        sum.finish_reason = res->meta.finish_reason;
+        sum.upstream_started = res->meta.upstream_started;
         sum.provider = provider_.name();
         if (!co_await start_response(sink, *req, *res, sum.streamed)) {
             sum.client_left = true;
@@ -373,12 +385,14 @@ private:
         auto chat_req = parse_chat_request(*parsed, options_.limits);
         if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
+        chat_req->traceparent = req.header("traceparent");
         chat_req->user_id = history_owner(req, chat_req->user_id);
         if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) co_return stream_answer(std::move(*chat_req), chatkit_framing{}, st);
 
-        auto answer = co_await chat_async(std::move(*chat_req));
-        if (!answer) co_return routed{error_response(answer.error(), req.request_id)};
+        upstream_timing timing;
+        auto answer = co_await chat_async(std::move(*chat_req), &timing);
+        if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
         auto res = json_response(200, answer_json(*answer, req.request_id));
         res.meta = meta_of(*answer);
         co_return routed{std::move(res)};
@@ -391,6 +405,7 @@ private:
         auto chat_req = openai_api::parse_request(*parsed, options_.limits);
         if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
         chat_req->request_id = req.request_id;
+        chat_req->traceparent = req.header("traceparent");
         chat_req->user_id = history_owner(req, chat_req->user_id);
         if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) {
@@ -400,8 +415,9 @@ private:
                                                    openai_api::wants_stream_usage(*parsed), this, &req.caller},
                                     st);
         }
-        auto answer = co_await chat_async(std::move(*chat_req));
-        if (!answer) co_return routed{error_response(answer.error(), req.request_id)};
+        upstream_timing timing;
+        auto answer = co_await chat_async(std::move(*chat_req), &timing);
+        if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
         std::string text = openai_api::completion_text(*answer);
         text.pop_back(); // the closing brace: gateway_metadata goes last
         text += R"(,"gateway_metadata":)";
@@ -512,11 +528,13 @@ private:
         if (req.use_cache && (answer = co_await cache_get(key))) {
             answer->cached = true;
             answer->upstream_ms = 0;
+            answer->upstream_started = {};
             if (!co_await out.write(answer->content)) co_return;
         } else {
             const auto called = std::chrono::steady_clock::now();
             auto streamed = co_await provider_stream(req_ptr, &out);
             st->summary.upstream_ms = elapsed_ms(called);
+            st->summary.upstream_started = called;
             if (st->summary.client_left || !streamed)
                 bill_unfinished(req, streamed ? &*streamed : nullptr, out.text_bytes, st->summary);
             if (st->summary.client_left) co_return; // an unacknowledged, partial reply is neither stored nor cached
@@ -541,6 +559,7 @@ private:
         sum.cached = answer->cached;
         sum.cost_usd = answer->cost_usd;
         sum.time_to_first_token_ms = answer->time_to_first_token_ms;
+        sum.finish_reason = answer->finish_reason;
         if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) {
             sum.error_code = saved.error().code;
             co_await st->send(framing->failure(saved.error(), req.request_id));
@@ -577,6 +596,8 @@ private:
         st->summary.time_to_first_token_ms = res->meta.time_to_first_token_ms;
         st->summary.cost_usd = res->meta.cost_usd;
         st->summary.upstream_ms = res->meta.upstream_ms;
+        st->summary.finish_reason = res->meta.finish_reason;
+        st->summary.upstream_started = res->meta.upstream_started;
     }
 
     // The provider's calls, by its form (chatkit/provider.hpp).
@@ -669,6 +690,8 @@ private:
             head.meta.error_code = s.error_code;
             head.meta.cost_usd = s.cost_usd;
             head.meta.upstream_ms = s.upstream_ms;
+            head.meta.finish_reason = s.finish_reason;
+            head.meta.upstream_started = s.upstream_started;
         }
 
         static http_response response_of(std::shared_ptr<blocking_bridge> self) {
@@ -776,6 +799,14 @@ private:
         return json_response(200, {{"name", options_.name}, {"version", options_.version}, {"routes", std::move(routes)}});
     }
 
+    // A failed chat's answer, with the time its provider call took (for Server-Timing and traces).
+    static http_response upstream_error_response(const error& e, std::string_view request_id, const upstream_timing& timing) {
+        auto res = error_response(e, request_id);
+        res.meta.upstream_started = timing.started;
+        res.meta.upstream_ms = timing.ms;
+        return res;
+    }
+
     // "gateway;dur=0.042, upstream;dur=812.300": milliseconds, as the header's dur is.
     static std::string server_timing(double total_ms, double upstream_ms) {
         char text[96];
@@ -841,7 +872,7 @@ private:
     }
 
     static response_meta meta_of(const completion& c) {
-        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd, c.upstream_ms};
+        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd, c.upstream_ms, c.finish_reason, c.upstream_started};
     }
 
     // What the gateway adds to an OpenAI answer: who was billed, by which provider, for how much.

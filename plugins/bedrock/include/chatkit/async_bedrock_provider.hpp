@@ -64,6 +64,7 @@ private:
         const std::string* payload;
         const delta_writer* out; // null: not streamed
         clock::time_point deadline;
+        const std::string* traceparent;
     };
 
     task<result<completion>> call(chat_request r, std::optional<delta_writer> out) {
@@ -72,7 +73,7 @@ private:
         if (!body) co_return std::move(body).error();
         const std::string payload = dump_json(*body);
         const std::string model_id = w.resolve_model(r.model);
-        const attempt_args args{&model_id, &payload, out ? &*out : nullptr, clock::now() + w.options.deadline};
+        const attempt_args args{&model_id, &payload, out ? &*out : nullptr, clock::now() + w.options.deadline, &r.traceparent};
         auto attempt = [this, args] { return attempt_once(args); };
         auto answer = co_await call_with_retries_async<completion>(retry_policy{.max_retries = w.options.max_retries}, args.deadline, attempt);
         w.health.record(answer);
@@ -96,7 +97,7 @@ private:
         req.origin = w.endpoint;
         req.target = aws::bedrock_model_path(*a.model_id, a.out ? "converse-stream" : "converse");
         req.body = *a.payload;
-        for (auto& [name, value] : w.request_headers(req.target, req.body, creds ? &*creds : nullptr))
+        for (auto& [name, value] : w.request_headers(req.target, req.body, creds ? &*creds : nullptr, *a.traceparent))
             req.headers.insert_or_assign(std::move(name), std::move(value));
         req.deadline = a.deadline;
         req.connect_timeout = w.options.connect_timeout;

@@ -67,14 +67,15 @@ private:
         const auto deadline = clock::now() + w.options.deadline;
         auto answer = call_with_retries<completion>(
             retry_policy{.max_retries = w.options.max_retries}, deadline,
-            [&] { return attempt_once(model_id, payload, sink, deadline, r.stop); }, r.stop);
+            [&] { return attempt_once(model_id, payload, sink, deadline, r.stop, r.traceparent); }, r.stop);
         w.health.record(answer);
         if (answer) answer->model = r.model.empty() ? w.options.model : r.model;
         return answer;
     }
 
     result<completion, upstream_failure> attempt_once(const std::string& model_id, const std::string& payload, const delta_sink* sink,
-                                                      clock::time_point deadline, const std::stop_token& stop) {
+                                                      clock::time_point deadline, const std::stop_token& stop,
+                                                      const std::string& traceparent) {
         auto& w = shared_->wire;
         httplib::Request req;
         req.method = "POST";
@@ -86,7 +87,7 @@ private:
             if (!got) return upstream_failure{got.error(), false};
             creds = std::move(got).value();
         }
-        for (const auto& [name, value] : w.request_headers(req.path, payload, creds ? &*creds : nullptr)) req.set_header(name, value);
+        for (const auto& [name, value] : w.request_headers(req.path, payload, creds ? &*creds : nullptr, traceparent)) req.set_header(name, value);
 
         static const delta_sink no_sink = [](std::string_view) { return true; };
         wire::stream_reader reader{sink ? *sink : no_sink};

@@ -190,12 +190,16 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         return std::string{stop_reason};
     }
 
-    // The headers of a call to `path`: the API key, or a SigV4 signature with `creds`.
+    // The headers of a call to `path`: the API key, or a SigV4 signature with `creds`. The
+    // trace context (`traceparent`) is sent unsigned, as AWS's SDKs send theirs: a signature
+    // covers only the headers it names.
     [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const std::string& path, const std::string& payload,
-                                                                                   const aws::credentials* creds) const {
+                                                                                   const aws::credentials* creds,
+                                                                                   std::string_view traceparent = {}) const {
         std::vector<std::pair<std::string, std::string>> h;
         h.emplace_back("Host", host);
         h.emplace_back("Content-Type", "application/json");
+        if (!traceparent.empty()) h.emplace_back("traceparent", std::string{traceparent});
         if (!options.bearer_token.empty()) {
             h.emplace_back("Authorization", "Bearer " + options.bearer_token);
             return h;

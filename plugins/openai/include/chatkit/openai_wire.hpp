@@ -95,6 +95,7 @@ public:
         if (!options.organization.empty()) h.emplace_back("OpenAI-Organization", options.organization);
         if (!options.project.empty()) h.emplace_back("OpenAI-Project", options.project);
         if (!r.request_id.empty()) h.emplace_back("X-Request-ID", r.request_id);
+        if (!r.traceparent.empty()) h.emplace_back("traceparent", r.traceparent);
         return h;
     }
 
