@@ -24,6 +24,11 @@
 #include <chatkit/httplib_server.hpp>
 #include <chatkit/lambda_runtime.hpp>
 #include <chatkit/openai_provider.hpp>
+#include <chatkit/otel_environment.hpp>
+#include <chatkit/otel_tracing.hpp>
+#include <chatkit/otlp_exporter.hpp>
+#include <chatkit/otlp_traces.hpp>
+#include <chatkit/trace_context.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
