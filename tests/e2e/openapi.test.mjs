@@ -4,7 +4,8 @@
 // so a new route cannot be left out; and real answers (chats plain and streamed in both formats,
 // history, probes, models, errors 400/401/403/404/405/409/413/415/429, the usage and /admin routes
 // with keys, /metrics, the pages) have a status the description lists for their operation, one of
-// its media types, and a body its schema accepts (ajv, JSON Schema 2020-12).
+// its media types, and a body its schema accepts (ajv, JSON Schema 2020-12). The request bodies the
+// server takes are ones their schema accepts, and some it refuses for their shape, ones it refuses.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -58,7 +59,7 @@ async function call(base, method, path, { key, body, type = 'application/json', 
   if (key) h.Authorization = `Bearer ${key}`;
   if (body !== undefined) h['Content-Type'] = type;
   const res = await fetch(base + path, { method, headers: h, body: typeof body === 'object' ? JSON.stringify(body) : body });
-  return { method, path, status: res.status, headers: res.headers, text: await res.text() };
+  return { method, path, sent: typeof body === 'object' ? body : undefined, status: res.status, headers: res.headers, text: await res.text() };
 }
 
 const mediaType = (t) => (t ?? '').split(';')[0].trim().toLowerCase();
@@ -72,6 +73,15 @@ function validate(schema, value, what) {
   if (!validators.has(key)) validators.set(key, ajv.compile({ ...toDefs(schema), $defs: toDefs(spec.components.schemas) }));
   const check = validators.get(key);
   assert.ok(check(value), `${what}: ${ajv.errorsText(check.errors)}\n${JSON.stringify(value).slice(0, 600)}`);
+}
+// A body the server refuses with 400 for its shape, and the request schema refuses too.
+async function refusedByBoth(base, path, body, key) {
+  const r = await call(base, 'POST', path, { body, key });
+  assert.equal(r.status, 400, `POST ${path} ${JSON.stringify(body)}: ${r.text}`);
+  conforms(r);
+  const schema = operationOf('POST', path).requestBody.content['application/json'].schema;
+  const check = ajv.compile({ ...toDefs(schema), $defs: toDefs(spec.components.schemas) });
+  assert.equal(check(body), false, `POST ${path}: the schema accepts ${JSON.stringify(body)}, which the server refuses`);
 }
 const named = (name) => ({ $ref: `#/components/schemas/${name}` });
 
@@ -125,6 +135,8 @@ function conforms(r) {
   assert.ok(op, `${r.method} ${path} has no operation in the description`);
   const doc = resolved(op.responses[String(r.status)]);
   assert.ok(doc, `${what}: the description lists ${Object.keys(op.responses).join(', ')}`);
+  // A request the server took is one the request body's schema accepts.
+  if (r.status < 300 && r.sent !== undefined) validate(op.requestBody.content['application/json'].schema, r.sent, `${what}: the request`);
   checkBody(doc, r, what);
 }
 
@@ -249,6 +261,11 @@ test('errors are the described envelope with the described statuses: 400, 404, 4
     assert.equal(r.status, status, `${r.method} ${r.path}: ${r.text}`);
     conforms(r);
   }
+  await refusedByBoth(open, '/chat', { content: 'hi', temperature: 3 });
+  await refusedByBoth(open, '/chat', { user_id: 'ada' });
+  await refusedByBoth(open, '/chat', { messages: [{ role: 'robot', content: 'hi' }] });
+  await refusedByBoth(open, '/v1/chat/completions', { messages: [] });
+  await refusedByBoth(open, '/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], n: 2 });
   const unknown = await call(open, 'GET', '/no/such/route');
   assert.equal(unknown.status, 404);
   conformsToComponent('NotFound', unknown);
@@ -282,7 +299,8 @@ test('with CHAT_AUTH=keys: the open routes, 401, the /admin routes, 403, 409, 42
   const again = await call(keyed, 'POST', '/admin/teams', { key: adminKey, body: { id: 'research' } });
   assert.equal(again.status, 409);
   conforms(again);
-  conforms(await call(keyed, 'POST', '/admin/teams', { key: adminKey, body: { id: 'x', colour: 'blue' } })); // 400: unknown field
+  await refusedByBoth(keyed, '/admin/teams', { id: 'x', colour: 'blue' }, adminKey);
+  await refusedByBoth(keyed, '/admin/keys', { team: 'research', rpm: 5, budget_period: 'week', budget_usd: 1 }, adminKey);
   const created = await call(keyed, 'POST', '/admin/keys', { key: adminKey, body: { team: 'research', name: 'notebook', models: ['echo-1'] } });
   assert.equal(created.status, 201, created.text);
   conforms(created);
