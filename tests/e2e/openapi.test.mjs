@@ -2,13 +2,15 @@
 // document (@seriousme/openapi-schema-validator) and the same as sample_server/openapi/openapi.json;
 // every route GET / lists has an operation in it and every operation is a route the server lists,
 // so a new route cannot be left out; and real answers (chats plain and streamed in both formats,
-// history, probes, models, errors 400/401/403/404/405/409/413/415/429, the usage and /admin routes
+// history, probes, models, errors 400/401/403/404/405/409/413/415/429, an upstream that cannot be
+// reached (502, the streams' error events, /health and /ready at 503), the usage and /admin routes
 // with keys, /metrics, the pages) have a status the description lists for their operation, one of
 // its media types, and a body its schema accepts (ajv, JSON Schema 2020-12). The request bodies the
 // server takes are ones their schema accepts, and some it refuses for their shape, ones it refuses.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +34,7 @@ const adminKey = 'adm-' + 'openapi'.repeat(6); // CHAT_ADMIN_KEY needs 32 charac
 const servers = [];
 let open; // CHAT_AUTH=none
 let keyed; // CHAT_AUTH=keys with an admin key
+let failing; // an OpenAI provider whose upstream refuses every connection
 let spec;
 let ajv;
 
@@ -107,23 +110,26 @@ function checkStream(schema, text, what) {
     }
     return event;
   });
-  assert.ok(events.length >= 2, `${what}: too few events in\n${text}`);
+  assert.ok(events.length >= 1, `${what}: no events in\n${text}`);
   if (componentName(schema.$ref) === 'ChatStream') {
     const data = { delta: 'ChatDelta', done: 'ChatAnswer', error: 'Error' };
     for (const e of events) {
       assert.ok(data[e.name], `${what}: an event named ${e.name}`);
       validate(named(data[e.name]), JSON.parse(e.data), `${what}, event ${e.name}`);
     }
-    assert.equal(events.at(-1).name, 'done', `${what}: the last event`);
+    assert.ok(['done', 'error'].includes(events.at(-1).name), `${what}: the last event is ${events.at(-1).name}`);
+    assert.ok(events.slice(0, -1).every((e) => e.name === 'delta'), `${what}: only deltas before the last event`);
   } else {
     assert.equal(componentName(schema.$ref), 'ChatCompletionStream');
-    assert.equal(events.at(-1).data, '[DONE]', `${what}: the last event`);
-    for (const e of events.slice(0, -1)) {
+    const last = events.at(-1).data;
+    for (const e of last === '[DONE]' ? events.slice(0, -1) : events) {
       assert.equal(e.name, null, `${what}: OpenAI's events have no names`);
       const chunk = JSON.parse(e.data);
       validate(named(chunk.error ? 'StreamError' : 'ChatCompletionChunk'), chunk, `${what}, a chunk`);
     }
+    assert.ok(last === '[DONE]' || JSON.parse(last).error, `${what}: the stream ends with [DONE] or an error`);
   }
+  return events;
 }
 
 // The answer `r` as the description says its operation answers: a listed status, a listed media
@@ -151,7 +157,7 @@ function checkBody(doc, r, what) {
   assert.ok(media, `${what}: Content-Type ${type} is not one of ${Object.keys(doc.content ?? {}).join(', ')}`);
   const schema = doc.content[media].schema;
   if (type === 'application/json') validate(schema, JSON.parse(r.text), what);
-  else if (type === 'text/event-stream') checkStream(schema, r.text, what);
+  else if (type === 'text/event-stream') r.events = checkStream(schema, r.text, what);
   else validate(schema, r.text, what);
   for (const name of Object.keys(doc.headers ?? {}))
     if (['X-Request-ID', 'WWW-Authenticate', 'Allow', 'Retry-After'].includes(name)) assert.ok(r.headers.get(name), `${what}: no ${name} header`);
@@ -168,6 +174,13 @@ function documentedRoutes() {
 before(async () => {
   open = await startServer({ CHAT_DATABASE_URL: `sqlite:${join(dir, 'open.db')}`, CHAT_MAX_BODY_BYTES: '4096' });
   keyed = await startServer({ CHAT_DATABASE_URL: `sqlite:${join(dir, 'keys.db')}`, CHAT_AUTH: 'keys', CHAT_ADMIN_KEY: adminKey });
+  // A port nothing listens on: a server's, closed.
+  const closed = createServer();
+  await new Promise((ok) => closed.listen(0, '127.0.0.1', ok));
+  const deadPort = closed.address().port;
+  await new Promise((ok) => closed.close(ok));
+  failing = await startServer({ CHAT_DATABASE_URL: 'none', CHAT_PROVIDER: 'openai', CHAT_OPENAI_BASE_URL: `http://127.0.0.1:${deadPort}/v1`,
+                                CHAT_UPSTREAM_MAX_RETRIES: '0' });
   const r = await call(open, 'GET', '/openapi.json');
   assert.equal(r.status, 200);
   spec = JSON.parse(r.text);
@@ -222,6 +235,7 @@ test('chats, plain and streamed, in chatkit\'s format and in OpenAI\'s, answer a
   });
   assert.equal(mediaType(streamed.headers.get('content-type')), 'text/event-stream');
   conforms(streamed);
+  assert.equal(streamed.events.at(-1).name, 'done');
   conforms(await call(open, 'POST', '/v1/chat/completions', { body: { model: 'echo-1', messages: [{ role: 'user', content: 'hi there' }], user: 'ada' } }));
   const chunks = await call(open, 'POST', '/v1/chat/completions', {
     body: { messages: [{ role: 'developer', content: 'Be brief.' }, { role: 'user', content: [{ type: 'text', text: 'three streamed words' }] }],
@@ -229,6 +243,8 @@ test('chats, plain and streamed, in chatkit\'s format and in OpenAI\'s, answer a
   });
   assert.equal(mediaType(chunks.headers.get('content-type')), 'text/event-stream');
   conforms(chunks);
+  assert.equal(chunks.events.at(-1).data, '[DONE]');
+  assert.ok(JSON.parse(chunks.events.at(-2).data).usage, 'include_usage: a chunk with the usage');
   conforms(await call(open, 'POST', '/v1/chat', { body: { messages: [{ role: 'user', content: 'the alias' }] } }));
 });
 
@@ -277,6 +293,30 @@ test('errors are the described envelope with the described statuses: 400, 404, 4
     assert.equal(r.status, 405);
     assert.equal(r.headers.get('allow'), allow);
     conformsToComponent('MethodNotAllowed', r);
+  }
+});
+
+test('an upstream that cannot be reached: 502, error events in both streams, then /health and /ready at 503, as described', async () => {
+  const plain = await call(failing, 'POST', '/chat', { body: { content: 'hi' } });
+  assert.equal(plain.status, 502, plain.text);
+  conforms(plain);
+  const openai = await call(failing, 'POST', '/v1/chat/completions', { body: { messages: [{ role: 'user', content: 'hi' }] } });
+  assert.equal(openai.status, 502, openai.text);
+  conforms(openai);
+  // A stream's status is sent before the provider is called: the failure is its last event.
+  const streamed = await call(failing, 'POST', '/chat', { body: { content: 'hi', stream: true } });
+  assert.equal(streamed.status, 200);
+  conforms(streamed);
+  assert.equal(streamed.events.at(-1).name, 'error');
+  const chunks = await call(failing, 'POST', '/v1/chat/completions', { body: { messages: [{ role: 'user', content: 'hi' }], stream: true } });
+  assert.equal(chunks.status, 200);
+  conforms(chunks);
+  assert.ok(JSON.parse(chunks.events.at(-1).data).error, chunks.text);
+  // Three calls in a row that could not reach the upstream: the provider is down.
+  for (const path of ['/health', '/ready']) {
+    const r = await call(failing, 'GET', path);
+    assert.equal(r.status, 503, `${path}: ${r.text}`);
+    conforms(r);
   }
 });
 
