@@ -341,16 +341,18 @@ test('with CHAT_AUTH=keys: the open routes, 401, the /admin routes, 403, 409, 42
   conforms(again);
   await refusedByBoth(keyed, '/admin/teams', { id: 'x', colour: 'blue' }, adminKey);
   await refusedByBoth(keyed, '/admin/keys', { team: 'research', rpm: 5, budget_period: 'week', budget_usd: 1 }, adminKey);
+  // The key limited to one request a minute first: a snapshot of the keys that holds the other,
+  // made after it, holds this one too.
+  const limitedKey = JSON.parse((await call(keyed, 'POST', '/admin/keys', { key: adminKey, body: { team: 'research', rpm: 1 } })).text).key;
   const created = await call(keyed, 'POST', '/admin/keys', { key: adminKey, body: { team: 'research', name: 'notebook', models: ['echo-1'] } });
   assert.equal(created.status, 201, created.text);
   conforms(created);
   const teamKey = JSON.parse(created.text).key;
-  const limitedKey = JSON.parse((await call(keyed, 'POST', '/admin/keys', { key: adminKey, body: { team: 'research', rpm: 1 } })).text).key;
   const listed = await call(keyed, 'GET', '/admin/keys?team=research', { key: adminKey });
   conforms(listed);
   assert.equal(JSON.parse(listed.text).data.length, 2);
 
-  // The server reads its keys every 2 s: wait until it knows the new ones.
+  // The server reads its keys every 2 s: wait until it knows the new ones (this one, the newer).
   let known;
   for (let i = 0; i < 100; ++i) {
     known = await call(keyed, 'GET', '/v1/models', { key: teamKey });
