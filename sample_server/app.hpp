@@ -3,6 +3,7 @@
 #pragma once
 
 #include "admin_routes.hpp"
+#include "api_docs.hpp"
 #include "config.hpp"
 #include "dashboard.hpp"
 #include "default_pricing.hpp"
@@ -187,6 +188,7 @@ inline std::optional<auth_type> make_auth(const config& c, logger* log, std::str
     o.default_model = std::move(default_model);
     o.admin_key_digest = c.admin_key_digest;
     for (auto& path : dashboard_paths()) o.open_paths.push_back(std::move(path));
+    for (auto& path : api_docs_paths()) o.open_paths.push_back(std::move(path));
     if (log)
         o.on_refresh_error = [log](const chatkit::error& e) {
             log->error("cannot refresh the API keys; the last ones read stay in use", {{"error", e.message}});
@@ -373,6 +375,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         chatkit::prometheus_metrics_options o;
         for (const char* r : {"/v1/usage", "/v1/usage/dashboard", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
         for (auto& path : dashboard_paths()) o.routes.push_back(std::move(path));
+        for (auto& path : api_docs_paths()) o.routes.push_back(std::move(path));
         metrics.emplace(std::move(o));
     }
     std::optional<chatkit::otel_tracing> tracing;
@@ -386,6 +389,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     add_metrics_route(service, c, std::move(metrics));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY
     add_dashboard_routes(service);
+    add_api_docs_routes(service);
     return service;
 }
 

@@ -140,6 +140,21 @@ TEST_CASE("GET /dashboard through an API Gateway v2 event is the dashboard page,
     CHECK(script["body"].get<std::string>().find("uPlot") != std::string::npos);
 }
 
+TEST_CASE("GET /openapi.json and the /docs page through API Gateway v2 events are what sample_server serves") {
+    fake_lambda_runtime runtime;
+    bootstrap_process bootstrap{runtime};
+    const auto answer = buffered_answer(runtime.wait_for(runtime.push(gateway_event("GET", "/openapi.json").dump())));
+    CHECK(answer["statusCode"] == 200);
+    CHECK(answer["headers"]["Content-Type"] == "application/json");
+    const auto spec = json::parse(answer["body"].get<std::string>());
+    CHECK(spec["openapi"] == "3.1.0");
+    CHECK(spec["paths"].contains("/v1/chat/completions"));
+    // Swagger UI's bundle, the largest answer either binary gives (1.7 MB), fits a buffered answer.
+    const auto bundle = buffered_answer(runtime.wait_for(runtime.push(gateway_event("GET", "/docs/swagger-ui-bundle.js").dump())));
+    CHECK(bundle["statusCode"] == 200);
+    CHECK(bundle["body"].get<std::string>().find("SwaggerUIBundle") != std::string::npos);
+}
+
 TEST_CASE("POST /chat answers JSON with the content, and GET /history returns the exchange") {
     fake_lambda_runtime runtime;
     bootstrap_process bootstrap{runtime};
