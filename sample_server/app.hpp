@@ -103,8 +103,15 @@ inline std::string_view chosen_provider(const config& c) {
 }
 
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
-// client on the server's loops) OpenAI and Bedrock are called through it.
-inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log = nullptr) {
+// client on the server's loops) OpenAI and Bedrock are called through it; with `metrics`, their
+// retries are counted there.
+inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log = nullptr,
+                                   const std::optional<chatkit::prometheus_metrics>& metrics = std::nullopt) {
+    // The provider's name, as service summaries give it, so retries and errors share their labels.
+    auto count_retries = [&metrics](std::string_view provider) -> std::function<void(const chatkit::upstream_failure&)> {
+        if (!metrics) return {};
+        return [m = *metrics, provider](const chatkit::upstream_failure& f) mutable { m.count_retry(provider, f.e); };
+    };
     if (chosen_provider(c) == "openai") {
         const bool from_secret = !c.openai_api_key_secret_arn.empty();
         if (from_secret && !c.openai_api_key.empty())
@@ -139,6 +146,7 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
         o.read_timeout = c.upstream_timeout;
         o.deadline = c.upstream_deadline;
         o.max_retries = c.upstream_max_retries;
+        o.on_retry = count_retries("openai");
         o.max_idle_connections = c.threads;
         o.azure_deployment = c.openai_azure_deployment;
         o.azure_api_version = c.openai_azure_api_version;
@@ -151,6 +159,7 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
         o.read_timeout = c.upstream_timeout;
         o.deadline = c.upstream_deadline;
         o.max_retries = c.upstream_max_retries;
+        o.on_retry = count_retries("bedrock");
         o.max_idle_connections = c.threads;
         if (auto token = chatkit::aws::process_environment().getenv("AWS_BEARER_TOKEN_BEDROCK")) o.bearer_token = *token;
         try {
@@ -166,7 +175,9 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
     return chatkit::echo_provider{echo};
 }
 
-inline store_type make_store(const config& c) {
+// With `metrics`, the SQLite store's group commits are measured there (DynamoDB writes an
+// exchange with one PutItem: it has no batch to measure).
+inline store_type make_store(const config& c, const std::optional<chatkit::prometheus_metrics>& metrics = std::nullopt) {
     if (c.database_url == "none") return chatkit::no_store{};
     if (c.database_url.starts_with("dynamodb:")) {
         try {
@@ -177,7 +188,12 @@ inline store_type make_store(const config& c) {
     }
     std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
     if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
-    return chatkit::sqlite_store{chatkit::sqlite_options{.path = path}};
+    chatkit::sqlite_options o{.path = path};
+    if (metrics)
+        o.on_commit = [m = *metrics](std::size_t batch, std::chrono::duration<double> took) mutable {
+            m.observe_store_commit(batch, took.count());
+        };
+    return chatkit::sqlite_store{std::move(o)};
 }
 
 // CHAT_AUTH=keys: the authenticating middleware over the key directory of CHAT_DATABASE_URL.
@@ -250,9 +266,10 @@ inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
 }
 
 // GET /metrics (docs/observability.md): what `metrics` counted. With CHAT_AUTH=keys only the admin
-// key may read it (what teams spend is in it); without, it is as open as the rest.
+// key may read it (what teams spend is in it); without, it is as open as the rest. With
+// CHAT_METRICS_PORT it is served there instead (metrics_listener.hpp), not here.
 inline void add_metrics_route(app_service& service, const config& c, std::optional<chatkit::prometheus_metrics> metrics) {
-    if (!metrics) return;
+    if (!metrics || c.metrics_port >= 0) return;
     const bool keys_on = c.auth == "keys";
     service.route("GET", "/metrics", [metrics = std::move(*metrics), keys_on](chatkit::http_request& req, app_service::context&) {
         if (keys_on && !req.caller.admin)
@@ -344,7 +361,15 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     // An admin key that nothing checks is a misconfiguration that would leave /admin off unnoticed.
     if (!c.admin_key_digest.empty() && c.auth != "keys")
         throw config_error("CHAT_ADMIN_KEY needs CHAT_AUTH=keys: without API keys, there is no administration over HTTP");
-    auto provider = make_provider(c, std::move(upstream), log);
+    std::optional<chatkit::prometheus_metrics> metrics;
+    if (c.metrics == "on") {
+        chatkit::prometheus_metrics_options o;
+        for (const char* r : {"/v1/usage", "/v1/usage/dashboard", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
+        for (auto& path : dashboard_paths()) o.routes.push_back(std::move(path));
+        for (auto& path : api_docs_paths()) o.routes.push_back(std::move(path));
+        metrics.emplace(std::move(o));
+    }
+    auto provider = make_provider(c, std::move(upstream), log, metrics);
     auto auth = make_auth(c, log, provider.models().front());
     // The limits of keys and teams come with the keys: enforced whenever keys are.
     auto usage = make_usage_store(c);
@@ -370,19 +395,11 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot write usage records", {{"error", e.message}}); };
         recorder.emplace(usage, std::move(o));
     }
-    std::optional<chatkit::prometheus_metrics> metrics;
-    if (c.metrics == "on") {
-        chatkit::prometheus_metrics_options o;
-        for (const char* r : {"/v1/usage", "/v1/usage/dashboard", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
-        for (auto& path : dashboard_paths()) o.routes.push_back(std::move(path));
-        for (auto& path : api_docs_paths()) o.routes.push_back(std::move(path));
-        metrics.emplace(std::move(o));
-    }
     std::optional<chatkit::otel_tracing> tracing;
     if (c.tracing) tracing.emplace(make_trace_exporter(*c.tracing, log), chatkit::otel_tracing_options{.sampler = c.tracing->sampler});
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
-    app_service service{make_service_options(c), std::move(provider), make_store(c), make_cache(c), chatkit::request_id{},
+    app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c), chatkit::request_id{},
                         std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));

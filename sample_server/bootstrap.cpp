@@ -30,6 +30,9 @@ int main(int argc, char** argv) {
     sample_server::config cfg;
     try {
         cfg = sample_server::load_config(argc, argv);
+        // Lambda delivers invocations, not connections: there is no second port to listen on.
+        if (cfg.metrics_port >= 0)
+            throw sample_server::config_error("CHAT_METRICS_PORT has no meaning in Lambda, which listens on no port: unset it");
     } catch (const sample_server::config_error& e) {
         std::fprintf(stderr, "bootstrap: %s\n", e.what());
         chatkit::lambda::report_init_error(runtime_api, "Runtime.InvalidConfiguration", e.what()); // §5.3

@@ -37,6 +37,7 @@ struct config {
     std::string usage = "on";
     std::string limits = "auto";
     std::string metrics = "on";
+    int metrics_port = -1; // -1: GET /metrics on the main port; else its own listener (0: any free port)
     std::vector<std::string> cors_origins{};
     std::vector<std::string> cors_headers = chatkit::cors_options{}.headers;
     std::chrono::seconds cors_max_age{600};
@@ -184,6 +185,9 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
         {"CHAT_METRICS", "on (GET /metrics in the Prometheus text format; with CHAT_AUTH=keys, for the admin key only) or off",
          [](config& c, auto n, auto v) { c.metrics = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.metrics; }},
+        {"CHAT_METRICS_PORT", "a TCP port of its own, on CHAT_HOST, that serves only GET /metrics, to anyone who can reach it (no key); the main port then serves no /metrics (empty: /metrics on the main port; 0: any free port)",
+         [](config& c, auto n, auto v) { c.metrics_port = v.empty() ? -1 : parse_int<int>(n, v, 0, 65535); },
+         [](const config& c) { return c.metrics_port < 0 ? std::string{} : std::to_string(c.metrics_port); }},
         {"CHAT_CORS_ORIGINS", "origins whose web pages may call the API, a comma list of scheme://host[:port], or * (empty: none)",
          [](config& c, auto n, auto v) {
              auto origins = chatkit::cors_options::parse_origins(v);
@@ -346,6 +350,11 @@ inline config load_config(int argc, const char* const* argv, const std::function
     } catch (const std::invalid_argument& e) {
         throw config_error(e.what());
     }
+    // Settings that make sense only together.
+    if (c.metrics_port >= 0 && c.metrics != "on")
+        throw config_error("CHAT_METRICS_PORT serves the metrics, but CHAT_METRICS=off turns them off: set one or the other");
+    if (c.metrics_port > 0 && c.metrics_port == c.port)
+        throw config_error("CHAT_METRICS_PORT=" + std::to_string(c.metrics_port) + " is CHAT_PORT too: give the metrics a port of their own");
     return c;
 }
 

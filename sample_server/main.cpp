@@ -3,6 +3,7 @@
 #include "app.hpp"
 #include "config.hpp"
 #include "log.hpp"
+#include "metrics_listener.hpp"
 
 #include <chatkit/beast_client.hpp>
 #include <chatkit/beast_server.hpp>
@@ -83,6 +84,12 @@ int main(int argc, char** argv) {
             http.keep_alive_timeout = cfg.keep_alive_timeout;
             port = httplib.emplace(service, http, log_refusal).bind();
         }
+        // CHAT_METRICS_PORT: serving from here on, stopped after the main server (it keeps
+        // answering scrapes while the main one drains).
+        std::optional<sample_server::metrics_listener> metrics_port;
+        if (cfg.metrics_port >= 0)
+            if (auto* metrics = service.middleware<chatkit::optional_middleware<chatkit::prometheus_metrics>>().get())
+                metrics_port.emplace(*metrics, cfg.host, cfg.metrics_port);
 
         const auto provider = sample_server::chosen_provider(cfg);
         if (provider == "echo")
@@ -108,6 +115,7 @@ int main(int argc, char** argv) {
                                {"cache_size", cfg.cache_size},
                                {"rate_limit", cfg.rate_limit},
                                {"threads", cfg.threads},
+                               {"metrics_port", metrics_port ? metrics_port->port() : -1},
                                {"version", CHATKIT_VERSION}});
 
         std::thread signal_waiter([&] {
@@ -132,6 +140,7 @@ int main(int argc, char** argv) {
         else served = httplib->listen();
         pthread_kill(signal_waiter.native_handle(), SIGUSR1); // wake the waiter if no signal came
         signal_waiter.join();
+        if (metrics_port) metrics_port->stop();
         log.info("stopped");
         return served ? 0 : 1;
     } catch (const sample_server::config_error& e) {

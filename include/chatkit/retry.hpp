@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -36,6 +37,11 @@ struct retry_policy {
     std::chrono::milliseconds first_delay{500};
     std::chrono::milliseconds max_delay{8'000};
     std::chrono::milliseconds max_server_delay{120'000}; // a longer Retry-After is not waited for
+    // Told of each failed attempt that will be retried, before the wait (not of the last failure,
+    // which is the call's answer): for a metric of retries by code. Runs on the calling thread or
+    // loop, so it must be cheap and must not block; keep what it captures small (the policy is
+    // copied per call).
+    std::function<void(const upstream_failure&)> on_retry{};
 };
 
 // 0.5 s · 2^n capped at 8 s by default, shortened by up to 25% so clients do not retry in step.
@@ -97,6 +103,7 @@ result<T> call_with_retries(const retry_policy& policy, std::chrono::steady_cloc
         upstream_failure f = std::move(outcome).error();
         const auto delay = retry_delay(policy, n, deadline, f);
         if (!delay) return std::move(f.e);
+        if (policy.on_retry) policy.on_retry(f);
         if (!wait_unless_stopped(*delay, stop))
             return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
     }
@@ -112,6 +119,7 @@ task<result<T>> call_with_retries_async(retry_policy policy, std::chrono::steady
         upstream_failure f = std::move(outcome).error();
         const auto delay = retry_delay(policy, n, deadline, f);
         if (!delay) co_return std::move(f.e);
+        if (policy.on_retry) policy.on_retry(f);
         const bool waited = co_await sleep_for(*delay);
         if (!waited) co_return error{error_kind::timeout, "the request was cancelled while waiting to retry", "request_cancelled"};
     }

@@ -12,6 +12,8 @@
 #include "../support/on_asio_loop.hpp"
 
 #include <map>
+#include <mutex>
+#include <vector>
 
 using nlohmann::json;
 using test_support::fake_bedrock;
@@ -157,9 +159,19 @@ TEST_CASE("consecutive turns of one role are merged, a conversation opening with
 TEMPLATE_TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-After", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
     auto o = fast_options();
+    std::mutex mutex; // the async form calls on_retry on its loop
+    std::vector<chatkit::error_kind> retried;
+    o.on_retry = [&](const chatkit::upstream_failure& f) {
+        const std::lock_guard lock{mutex};
+        retried.push_back(f.e.kind);
+    };
     TestType bedrock{o, test_env(fake)};
     CHECK(bedrock.complete(ask("x", "fake.throttle-once")));
     CHECK(fake.requests().size() == 2);
+    {
+        const std::lock_guard lock{mutex};
+        CHECK(retried == std::vector<chatkit::error_kind>{chatkit::error_kind::rate_limited});
+    }
 
     o.max_retries = 1;
     TestType impatient{o, test_env(fake)};

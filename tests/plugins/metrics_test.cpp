@@ -101,3 +101,50 @@ TEST_CASE("prometheus_metrics: a label set past max_series is counted as other, 
     // Histogram buckets are cumulative and end with +Inf equal to the count.
     CHECK(m.at(R"(gen_ai_server_time_to_first_token_seconds_bucket{gen_ai_request_model="other",le="+Inf"})") == 3);
 }
+
+TEST_CASE("prometheus_metrics: retries are counted by provider and a bounded code, and absent until the first one") {
+    chatkit::prometheus_metrics metrics;
+    CHECK(metrics.render().find("chatkit_upstream_retries_total") == std::string::npos);
+    using chatkit::error;
+    using chatkit::error_kind;
+    metrics.count_retry("openai", error{error_kind::rate_limited, "slow down", "rate_limit_exceeded"});
+    metrics.count_retry("openai", error{error_kind::rate_limited, "slow down", "upstream_429"});
+    metrics.count_retry("openai", error{error_kind::upstream, "cannot reach", "upstream_unreachable"});
+    metrics.count_retry("openai", error{error_kind::upstream, "HTTP 503", "upstream_503"});
+    metrics.count_retry("bedrock", error{error_kind::timeout, "slow", "upstream_timeout"});
+    metrics.count_retry("bedrock", error{error_kind::unavailable, "not ready", "ModelNotReadyException"});
+    // An upstream's own code (any text an OpenAI-compatible server sends) is not a label value.
+    metrics.count_retry("openai", error{error_kind::upstream, "boom", "server_error\"{x}"});
+    metrics.count_retry("openai", error{error_kind::upstream, "boom", "upstream_Not-Ours"});
+    const auto text = metrics.render();
+    const auto m = samples(text);
+    CHECK(m.at(R"(chatkit_upstream_retries_total{provider="openai",code="rate_limited"})") == 2);
+    CHECK(m.at(R"(chatkit_upstream_retries_total{provider="openai",code="upstream_unreachable"})") == 1);
+    CHECK(m.at(R"(chatkit_upstream_retries_total{provider="openai",code="upstream_503"})") == 1);
+    CHECK(m.at(R"(chatkit_upstream_retries_total{provider="openai",code="upstream_error"})") == 2);
+    CHECK(m.at(R"(chatkit_upstream_retries_total{provider="bedrock",code="upstream_timeout"})") == 1);
+    CHECK(m.at(R"(chatkit_upstream_retries_total{provider="bedrock",code="upstream_unavailable"})") == 1);
+    CHECK(text.find("# TYPE chatkit_upstream_retries_total counter") != std::string::npos);
+    CHECK(text.find("server_error") == std::string::npos);
+}
+
+TEST_CASE("prometheus_metrics: store commits fill a latency and a batch-size histogram") {
+    chatkit::prometheus_metrics metrics;
+    CHECK(metrics.render().find("chatkit_store_commit") == std::string::npos);
+    metrics.observe_store_commit(1, 0.002);
+    metrics.observe_store_commit(5, 0.004);
+    metrics.observe_store_commit(3, 0.5);
+    const auto text = metrics.render();
+    const auto m = samples(text);
+    CHECK(text.find("# TYPE chatkit_store_commit_seconds histogram") != std::string::npos);
+    CHECK(m.at("chatkit_store_commit_seconds_count") == 3);
+    CHECK(m.at("chatkit_store_commit_seconds_sum") == Approx(0.506));
+    CHECK(m.at(R"(chatkit_store_commit_seconds_bucket{le="0.0025"})") == 1);
+    CHECK(m.at(R"(chatkit_store_commit_seconds_bucket{le="0.005"})") == 2);
+    CHECK(m.at(R"(chatkit_store_commit_seconds_bucket{le="+Inf"})") == 3);
+    CHECK(m.at("chatkit_store_commit_batch_size_count") == 3);
+    CHECK(m.at("chatkit_store_commit_batch_size_sum") == 9);
+    CHECK(m.at(R"(chatkit_store_commit_batch_size_bucket{le="1"})") == 1);
+    CHECK(m.at(R"(chatkit_store_commit_batch_size_bucket{le="4"})") == 2);
+    CHECK(m.at(R"(chatkit_store_commit_batch_size_bucket{le="8"})") == 3);
+}

@@ -9,7 +9,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <mutex>
 #include <optional>
+#include <string>
+#include <vector>
 #include <thread>
 
 #include "../support/collected_deltas.hpp"
@@ -117,6 +120,40 @@ TEMPLATE_TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then s
     REQUIRE(c);
     CHECK(fake.requests().size() == 3);
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(1)); // the server's delay, not the backoff
+}
+
+TEMPLATE_TEST_CASE("on_retry hears of each retried failure, not of the one that ends the call", "", chatkit::openai_provider, async_openai) {
+    fake_openai fake;
+    auto o = options_for(fake);
+    std::mutex mutex; // the async form calls it on its loop
+    std::vector<std::string> heard;
+    o.on_retry = [&](const chatkit::upstream_failure& f) {
+        const std::lock_guard lock{mutex};
+        heard.push_back(f.e.code + (f.retry_after ? " after " + std::to_string(f.retry_after->count()) + "ms" : ""));
+    };
+    TestType openai{o};
+    auto limited = status_reply(429, "Rate limit reached", "requests", "rate_limit_exceeded");
+    limited.headers = {{"retry-after-ms", "5"}};
+    auto boom = status_reply(503, "overloaded", "server_error");
+    boom.headers = {{"retry-after-ms", "5"}};
+    fake.script({limited, boom});
+    REQUIRE(openai.complete(ask("hi")));
+    {
+        const std::lock_guard lock{mutex};
+        CHECK(heard == std::vector<std::string>{"rate_limit_exceeded after 5ms", "upstream_503 after 5ms"});
+        heard.clear();
+    }
+    // Two failures with one retry allowed: the first is retried and heard, the second is the answer.
+    fake.script({limited, limited});
+    auto o1 = options_for(fake);
+    o1.max_retries = 1;
+    o1.on_retry = o.on_retry;
+    TestType once{o1};
+    auto c = once.complete(ask("hi"));
+    REQUIRE_FALSE(c);
+    CHECK(c.error().kind == chatkit::error_kind::rate_limited);
+    const std::lock_guard lock{mutex};
+    CHECK(heard == std::vector<std::string>{"rate_limit_exceeded after 5ms"});
 }
 
 TEMPLATE_TEST_CASE("a 429 that outlives the retries becomes a 429 with Retry-After", "", chatkit::openai_provider, async_openai) {

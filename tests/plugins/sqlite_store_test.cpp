@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <list>
 #include <memory>
@@ -109,6 +110,55 @@ TEST_CASE("sqlite_store: under concurrent appends, each caller's rows are readab
     CHECK(failures == 0);
     CHECK(unseen == 0);
     CHECK(raw_db(file.path()).number("SELECT count(*) FROM messages") == threads * per_thread * 2);
+}
+
+TEST_CASE("sqlite_store: on_commit hears of every group commit, and its batches add up to the appends") {
+    temp_db file;
+    std::atomic<long> commits{0}, appends{0}, empty_batches{0}, negative_times{0};
+    sqlite_options o{.path = file.path(), .durable = false};
+    o.on_commit = [&](std::size_t batch, std::chrono::duration<double> took) {
+        ++commits;
+        appends += static_cast<long>(batch);
+        if (batch == 0) ++empty_batches;
+        if (took.count() < 0) ++negative_times;
+    };
+    sqlite_store store(std::move(o));
+    REQUIRE(store.append(make_exchange("alice", "alone")).has_value());
+    CHECK(commits == 1);
+    CHECK(appends == 1);
+    CHECK(store.append(chatkit::exchange{}).has_value()); // nothing to write: no commit
+    CHECK(commits == 1);
+
+    constexpr int threads = 8, per_thread = 25;
+    std::atomic<int> failures{0};
+    std::vector<std::thread> writers;
+    for (int t = 0; t < threads; ++t)
+        writers.emplace_back([&, t] {
+            for (int i = 0; i < per_thread; ++i)
+                if (!store.append(make_exchange("user-" + std::to_string(t), std::to_string(i)))) ++failures;
+        });
+    for (auto& w : writers) w.join();
+    CHECK(failures == 0);
+    CHECK(appends == 1 + threads * per_thread); // each append in exactly one reported commit
+    CHECK(commits >= 2);
+    CHECK(commits <= appends);
+    CHECK(empty_batches == 0);
+    CHECK(negative_times == 0);
+}
+
+TEST_CASE("sqlite_store: a commit that failed is not reported to on_commit") {
+    temp_db file;
+    std::atomic<int> commits{0};
+    sqlite_options o{.path = file.path(), .busy_timeout = std::chrono::milliseconds{20}};
+    o.on_commit = [&](std::size_t, std::chrono::duration<double>) { ++commits; };
+    sqlite_store store(std::move(o));
+    raw_db other(file.path());
+    other.exec("BEGIN IMMEDIATE");
+    REQUIRE_FALSE(store.append(make_exchange("alice", "locked")).has_value());
+    CHECK(commits == 0);
+    other.exec("COMMIT");
+    REQUIRE(store.append(make_exchange("alice", "after")).has_value());
+    CHECK(commits == 1);
 }
 
 TEST_CASE("sqlite_store: open sets the schema version, and reopening keeps it and the data") {

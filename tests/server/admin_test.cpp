@@ -4,6 +4,7 @@
 // key, no CHAT_AUTH=keys), neither the admin key nor its digest in the log, and the admin key
 // reading another team's usage.
 #include "../support/key_commands.hpp"
+#include "../support/promtool.hpp"
 #include "../support/server_process.hpp"
 
 #include <catch2/catch.hpp>
@@ -24,6 +25,7 @@ using test_support::hex;
 using test_support::sha256;
 using test_support::bearer;
 using test_support::temp_dir;
+using test_support::promtool_check;
 
 namespace {
 
@@ -293,24 +295,6 @@ TEST_CASE("admin: the admin key may read another team's usage (GET /v1/usage?tea
     CHECK(report["team_name"] == "Team A");
     check_error(c.Get("/v1/usage?team=a", bearer(team_b_key)), 403, "permission_denied", "team");
 }
-
-namespace {
-// promtool's verdict on a scrape: its exit status and what it printed. promtool is Debian's
-// `prometheus` package; without it the check fails and says so.
-std::pair<int, std::string> promtool_check(const std::string& scrape) {
-    temp_dir dir;
-    const auto file = dir.path() / "scrape.txt";
-    std::ofstream{file} << scrape;
-    const std::string command = "promtool check metrics < " + file.string() + " 2>&1";
-    FILE* p = ::popen(command.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buffer[4096];
-    while (const auto n = std::fread(buffer, 1, sizeof buffer, p)) out.append(buffer, n);
-    const int status = ::pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-} // namespace
 
 TEST_CASE("GET /metrics: with keys, the admin key reads it and a team key gets 403, and the scrape passes promtool's checks") {
     server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}});

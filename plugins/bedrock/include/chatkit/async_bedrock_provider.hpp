@@ -75,7 +75,10 @@ private:
         const std::string model_id = w.resolve_model(r.model);
         const attempt_args args{&model_id, &payload, out ? &*out : nullptr, clock::now() + w.options.deadline, &r.traceparent};
         auto attempt = [this, args] { return attempt_once(args); };
-        auto answer = co_await call_with_retries_async<completion>(retry_policy{.max_retries = w.options.max_retries}, args.deadline, attempt);
+        // A named policy, not a temporary in the co_await expression: GCC 12 mishandles temporaries
+        // with destructors (this one holds a std::function) there.
+        retry_policy policy{.max_retries = w.options.max_retries, .on_retry = w.options.on_retry};
+        auto answer = co_await call_with_retries_async<completion>(std::move(policy), args.deadline, attempt);
         w.health.record(answer);
         if (answer) answer->model = r.model.empty() ? w.options.model : r.model;
         co_return answer;

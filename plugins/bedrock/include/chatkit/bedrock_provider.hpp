@@ -66,7 +66,7 @@ private:
         const std::string model_id = w.resolve_model(r.model);
         const auto deadline = clock::now() + w.options.deadline;
         auto answer = call_with_retries<completion>(
-            retry_policy{.max_retries = w.options.max_retries}, deadline,
+            retry_policy{.max_retries = w.options.max_retries, .on_retry = w.options.on_retry}, deadline,
             [&] { return attempt_once(model_id, payload, sink, deadline, r.stop, r.traceparent); }, r.stop);
         w.health.record(answer);
         if (answer) answer->model = r.model.empty() ? w.options.model : r.model;

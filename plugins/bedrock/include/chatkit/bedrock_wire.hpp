@@ -24,6 +24,7 @@
 #include <map>
 #include <optional>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -78,6 +79,9 @@ struct bedrock_options {
     std::chrono::milliseconds read_timeout{60'000};
     std::chrono::milliseconds deadline{120'000};
     int max_retries = 3;
+    // Told of each failed attempt that will be retried (retry_policy::on_retry): e.g. to count
+    // retries by error code. Called on the calling thread or loop; it must be cheap.
+    std::function<void(const upstream_failure&)> on_retry{};
     std::size_t max_idle_connections = 64;
     std::string bearer_token{}; // AWS_BEARER_TOKEN_BEDROCK: an API key used instead of SigV4
 };

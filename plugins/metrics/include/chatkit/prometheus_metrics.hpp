@@ -1,8 +1,10 @@
 // A Middleware that counts what the service does, and renders it in the Prometheus text
 // exposition format (version 0.0.4) for GET /metrics: requests by route and status, durations and
 // the gateway's own overhead, time to first token, tokens by type and model and cost by team and
-// model (named after the OpenTelemetry GenAI conventions), cache hits, upstream errors, limit
-// refusals, streams in flight, and the process's memory, file descriptors and CPU.
+// model (named after the OpenTelemetry GenAI conventions), cache hits, upstream errors and retries,
+// limit refusals, streams in flight, the store's group commits, and the process's memory, file
+// descriptors and CPU. Retries and commits are told to it by the program that composes the
+// service (count_retry, observe_store_commit), so that this plugin depends on no provider or store.
 //
 // Written here rather than with prometheus-cpp (Debian's prometheus-cpp-dev): its histograms lock
 // a mutex per observation and its families look a label set up under a lock per call, so a
@@ -11,6 +13,7 @@
 // zip, for an exposition format of a few dozen lines.
 #pragma once
 
+#include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
 
@@ -20,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -106,6 +110,36 @@ public:
         else if (s.usage.total_tokens() > 0) st.unpriced.add(st, {model}, 1);
     }
 
+    /// One upstream attempt that failed and will be retried (a provider's `on_retry`), by provider
+    /// name and a code from a short list (retry_code), so an upstream's own codes cannot grow it.
+    void count_retry(std::string_view provider, const error& e) {
+        state& st = *state_;
+        std::lock_guard lock{st.mutex};
+        st.retries.add(st, {provider, retry_code(e)}, 1);
+    }
+
+    /// The label of a retried failure: `rate_limited` (a 429 or a throttling), `upstream_timeout`,
+    /// chatkit's own `upstream_*` code (`upstream_unreachable`, `upstream_503`, `upstream_truncated`...),
+    /// `upstream_unavailable`, else `upstream_error`.
+    [[nodiscard]] static std::string_view retry_code(const error& e) {
+        if (e.kind == error_kind::rate_limited) return "rate_limited";
+        if (e.kind == error_kind::timeout) return "upstream_timeout";
+        const bool ours = e.code.starts_with("upstream_") && e.code.size() <= 32 &&
+                          std::all_of(e.code.begin(), e.code.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+        if (ours) return e.code;
+        if (e.kind == error_kind::unavailable) return "upstream_unavailable";
+        return "upstream_error";
+    }
+
+    /// One group commit of a store (e.g. sqlite_options::on_commit): how many appends it answered
+    /// and how long its transaction took.
+    void observe_store_commit(std::size_t batch, double seconds) {
+        state& st = *state_;
+        std::lock_guard lock{st.mutex};
+        st.commit_seconds.observe(st, {}, seconds);
+        st.commit_batch.observe(st, {}, static_cast<double>(batch));
+    }
+
     /// The Prometheus text format of everything counted so far, and the process's figures.
     [[nodiscard]] std::string render() const {
         const state& st = *state_;
@@ -122,7 +156,10 @@ public:
             st.unpriced.render(out);
             st.cache.render(out);
             st.upstream_errors.render(out);
+            st.retries.render(out);
             st.limit_refusals.render(out);
+            st.commit_seconds.render(out);
+            st.commit_batch.render(out);
             gauge(out, "chatkit_streams_in_flight", "Streamed answers being sent now.", static_cast<double>(st.streams_in_flight));
         }
         process_figures(out);
@@ -254,6 +291,12 @@ private:
                                "counter", {"provider", "code"}};
         family limit_refusals{"chatkit_limit_refusals_total", "Chat requests refused by a limit or budget (429), by code.", "counter",
                               {"code"}};
+        family retries{"chatkit_upstream_retries_total", "Upstream attempts that failed and were retried, by provider and the failure's code.",
+                       "counter", {"provider", "code"}};
+        family commit_seconds{"chatkit_store_commit_seconds", "Time of one group commit of the history store (its transaction, fsync included).",
+                              "histogram", {}, {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
+        family commit_batch{"chatkit_store_commit_batch_size", "Appends answered by one group commit of the history store.", "histogram",
+                            {}, {1, 2, 4, 8, 16, 32, 64, 128, 256}};
     };
 
     std::string_view route_of(std::string_view path) const {
@@ -266,10 +309,13 @@ private:
     static std::vector<double> seconds_buckets() {
         return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
     }
+    // The shortest of 15 or 17 digits that reads back as `v`: a bucket bound 0.0025 is le="0.0025",
+    // not le="0.0025000000000000001", and a sum loses nothing.
     static std::string number(double v) {
         if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
         char text[32];
-        const int n = std::snprintf(text, sizeof text, "%.17g", v);
+        int n = std::snprintf(text, sizeof text, "%.15g", v);
+        if (std::strtod(text, nullptr) != v) n = std::snprintf(text, sizeof text, "%.17g", v);
         return std::string(text, static_cast<std::size_t>(std::max(n, 0)));
     }
     static std::string escape(std::string_view v) {

@@ -65,7 +65,10 @@ private:
         }
         const attempt_args args{&r, &body, out ? &*out : nullptr, deadline, &*key};
         auto attempt = [this, args] { return attempt_once(args); };
-        auto answer = co_await call_with_retries_async<completion>(retry_policy{.max_retries = w.options.max_retries}, deadline, attempt);
+        // A named policy, not a temporary in the co_await expression: GCC 12 mishandles temporaries
+        // with destructors (this one holds a std::function) there.
+        retry_policy policy{.max_retries = w.options.max_retries, .on_retry = w.options.on_retry};
+        auto answer = co_await call_with_retries_async<completion>(std::move(policy), deadline, attempt);
         w.health.record(answer);
         co_return answer;
     }

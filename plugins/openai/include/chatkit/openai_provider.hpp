@@ -55,7 +55,7 @@ private:
             return std::move(key).error();
         }
         auto answer = call_with_retries<completion>(
-            retry_policy{.max_retries = w.options.max_retries}, deadline, [&] { return attempt_once(r, body, sink, deadline, *key); },
+            retry_policy{.max_retries = w.options.max_retries, .on_retry = w.options.on_retry}, deadline, [&] { return attempt_once(r, body, sink, deadline, *key); },
             r.stop);
         w.health.record(answer);
         return answer;

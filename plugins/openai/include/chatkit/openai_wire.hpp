@@ -47,6 +47,9 @@ struct openai_options {
     std::chrono::milliseconds read_timeout{60'000}; // the longest silence while waiting for bytes
     std::chrono::milliseconds deadline{120'000};    // the whole call, retries included
     int max_retries = 2;
+    // Told of each failed attempt that will be retried (retry_policy::on_retry): e.g. to count
+    // retries by error code. Called on the calling thread or loop; it must be cheap.
+    std::function<void(const upstream_failure&)> on_retry{};
     std::size_t max_idle_connections = 64;
     // Azure OpenAI: base_url https://RESOURCE.openai.azure.com, the `api-key` header, and
     // /openai/deployments/{deployment}/chat/completions?api-version=...

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -31,6 +32,11 @@ struct sqlite_options {
     std::chrono::milliseconds busy_timeout{5000};
     bool durable = true; // true: synchronous=FULL, a commit survives power loss; false: NORMAL,
                          // a commit survives a crash of the process but maybe not of the machine
+    // Told of each group commit that succeeded: how many append() calls it answered and how long
+    // its transaction took (BEGIN to COMMIT, the fsync included), for metrics of batch size and
+    // commit latency. Called by the caller that wrote the batch, after the queue's lock is released
+    // and the batch's other callers are woken; it must be cheap and thread-safe.
+    std::function<void(std::size_t batch, std::chrono::duration<double> seconds)> on_commit{};
 };
 
 namespace sqlite_detail {
@@ -215,6 +221,7 @@ public:
         const std::string& path = options.path;
         if (path.empty() || path == ":memory:") fail(path, "cannot use", "sqlite_store needs a database file");
         auto& s = *state_;
+        s.on_commit = std::move(options.on_commit);
         s.writer = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, options.busy_timeout);
         sqlite3* w = s.writer.get();
         // Catches in-memory and temporary databases however they were named (e.g. URIs).
@@ -316,6 +323,7 @@ private:
         std::condition_variable queue_changed;
         std::vector<pending*> queue; // each entry lives on its caller's stack until `done`
         bool writing = false;
+        std::function<void(std::size_t, std::chrono::duration<double>)> on_commit;
     };
 
     static error unavailable(std::string_view action, const std::string& why) {
@@ -332,12 +340,14 @@ private:
     }
 
     // Called as leader with the lock held; takes the queue, writes it unlocked, reports to all.
+    // Returns with the lock released (on_commit runs unlocked, so it delays no other caller).
     void write_queue(std::unique_lock<std::mutex>& lock) {
         auto& s = *state_;
         s.writing = true;
         std::vector<pending*> batch;
         batch.swap(s.queue);
         lock.unlock();
+        const auto started = std::chrono::steady_clock::now();
         std::optional<error> failure;
         try {
             failure = write(batch);
@@ -346,6 +356,7 @@ private:
             roll_back();
             failure = error{error_kind::internal, "history store failed while saving"};
         }
+        const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
         lock.lock();
         for (pending* p : batch) {
             p->failure = failure;
@@ -353,6 +364,10 @@ private:
         }
         s.writing = false;
         s.queue_changed.notify_all(); // wakes this batch's callers, and one queued caller to lead
+        const std::size_t size = batch.size();
+        lock.unlock();
+        // `batch`'s entries may be gone now (their callers were woken), but its size is ours.
+        if (!failure && s.on_commit) s.on_commit(size, took);
     }
 
     // One transaction for the batch; an exchange's messages are inserted in a row, so their ids are
