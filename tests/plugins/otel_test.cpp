@@ -86,7 +86,7 @@ chatkit::otlp_exporter_options to(const receiver& r) {
     chatkit::otlp_exporter_options o;
     o.endpoint = "http://127.0.0.1:" + std::to_string(r.port) + "/v1/traces";
     o.encoding = chatkit::otlp_encoding::json;
-    o.resource.attributes.push_back({"service.name", std::string{"chatkit-test"}});
+    o.resource.attributes.emplace_back("service.name", "chatkit-test");
     return o;
 }
 
@@ -173,7 +173,7 @@ TEST_CASE("otel settings: tracing is off without an endpoint, and on with the st
     CHECK(s->sampler.ratio == 0.25);
     CHECK(s->sampler.parent_based);
     std::map<std::string, std::string> resource;
-    for (const auto& a : s->exporter.resource.attributes) resource[a.key] = std::get<std::string>(a.value);
+    for (const auto& [key, value] : s->exporter.resource.attributes) resource[key] = value;
     CHECK(resource["service.name"] == "gateway-eu"); // OTEL_SERVICE_NAME wins
     CHECK(resource["deployment.environment"] == "prod");
     CHECK(resource["service.version"] == "1.2.3");

@@ -141,13 +141,13 @@ Int positive(std::string_view text, std::string_view variable) {
     if (auto attrs = var("OTEL_RESOURCE_ATTRIBUTES"))
         for (auto& [k, v] : key_values(*attrs, "OTEL_RESOURCE_ATTRIBUTES")) {
             if (k == "service.name") name = v;
-            else e.resource.attributes.push_back({k, v});
+            else e.resource.attributes.emplace_back(k, v);
         }
     if (auto n = var("OTEL_SERVICE_NAME")) name = *n;
     e.resource.attributes.insert(e.resource.attributes.begin(), {"service.name", name});
-    if (!service_version.empty()) e.resource.attributes.push_back({"service.version", std::string{service_version}});
-    e.resource.attributes.push_back({"telemetry.sdk.name", std::string{"chatkit"}});
-    e.resource.attributes.push_back({"telemetry.sdk.language", std::string{"cpp"}});
+    if (!service_version.empty()) e.resource.attributes.emplace_back("service.version", std::string{service_version});
+    e.resource.attributes.emplace_back("telemetry.sdk.name", "chatkit");
+    e.resource.attributes.emplace_back("telemetry.sdk.language", "cpp");
     e.resource.scope_version = std::string{service_version};
 
     const std::string sampler = var("OTEL_TRACES_SAMPLER").value_or("parentbased_always_on");

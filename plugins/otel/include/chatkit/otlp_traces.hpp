@@ -24,7 +24,10 @@
 namespace chatkit {
 
 struct span_attribute {
-    std::string key;
+    // A name with static storage (a literal, as the semantic conventions' names are): spans are
+    // built per request, and an owned copy of names like "gen_ai.usage.input_tokens" would cost
+    // an allocation each.
+    std::string_view key;
     std::variant<std::string, std::int64_t, double, bool, std::vector<std::string>> value;
 };
 
@@ -48,7 +51,7 @@ struct span_data {
 /// What every span of a process shares: its resource (service.name, ...) and the
 /// instrumentation scope that made the spans.
 struct trace_resource {
-    std::vector<span_attribute> attributes{};
+    std::vector<std::pair<std::string, std::string>> attributes{}; // (key, string value)
     std::string scope_name = "chatkit";
     std::string scope_version{};
 };
@@ -61,11 +64,17 @@ public:
     std::string out;
 
     void varint(std::uint64_t v) {
+        char bytes[10];
+        out.append(bytes, encode_varint(v, bytes));
+    }
+    static std::size_t encode_varint(std::uint64_t v, char* bytes) {
+        std::size_t n = 0;
         while (v >= 0x80) {
-            out += static_cast<char>(v | 0x80);
+            bytes[n++] = static_cast<char>(v | 0x80);
             v >>= 7;
         }
-        out += static_cast<char>(v);
+        bytes[n++] = static_cast<char>(v);
+        return n;
     }
     void tag(int field, int wire) { varint(static_cast<std::uint64_t>(field) << 3 | static_cast<std::uint64_t>(wire)); }
     void uint_field(int field, std::uint64_t v) {
@@ -74,11 +83,15 @@ public:
     }
     void fixed64_field(int field, std::uint64_t v) {
         tag(field, 1);
-        for (int i = 0; i < 8; ++i) out += static_cast<char>(v >> (8 * i)); // little-endian
+        char bytes[8];
+        for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(v >> (8 * i)); // little-endian
+        out.append(bytes, 8);
     }
     void fixed32_field(int field, std::uint32_t v) {
         tag(field, 5);
-        for (int i = 0; i < 4; ++i) out += static_cast<char>(v >> (8 * i));
+        char bytes[4];
+        for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>(v >> (8 * i));
+        out.append(bytes, 4);
     }
     void double_field(int field, double v) {
         std::uint64_t bits;
@@ -94,12 +107,16 @@ public:
     void bytes_field(int field, const std::array<std::uint8_t, N>& v) {
         bytes_field(field, std::string_view{reinterpret_cast<const char*>(v.data()), N});
     }
-    // A nested message: written by `fill` into a writer of its own, then length-prefixed.
+    // A nested message: written by `fill` in place, then its length put in front of it. The
+    // length is known only afterwards; moving a message's bytes along by the few bytes of its
+    // length costs less than a buffer of its own per message (five levels, a few per attribute).
     template <class Fill>
     void message_field(int field, Fill&& fill) {
-        proto_writer inner;
-        fill(inner);
-        bytes_field(field, inner.out);
+        tag(field, 2);
+        const std::size_t start = out.size();
+        fill(*this);
+        char prefix[10];
+        out.insert(start, prefix, encode_varint(out.size() - start, prefix));
     }
 };
 
@@ -121,6 +138,13 @@ inline void write_attributes(proto_writer& w, int field, const std::vector<span_
         w.message_field(field, [&](proto_writer& kv) {
             kv.bytes_field(1, a.key);
             kv.message_field(2, [&](proto_writer& any) { write_value(any, a.value); });
+        });
+}
+inline void write_attributes(proto_writer& w, int field, const std::vector<std::pair<std::string, std::string>>& attributes) {
+    for (const auto& [key, value] : attributes)
+        w.message_field(field, [&](proto_writer& kv) {
+            kv.bytes_field(1, key);
+            kv.message_field(2, [&](proto_writer& any) { any.bytes_field(1, value); });
         });
 }
 
@@ -155,6 +179,19 @@ inline void append_json_value(std::string& out, const decltype(span_attribute::v
     out += '}';
 }
 
+inline void append_json_attributes(std::string& out, const std::vector<std::pair<std::string, std::string>>& attributes) {
+    out += '[';
+    for (std::size_t k = 0; k < attributes.size(); ++k) {
+        if (k) out += ',';
+        out += R"({"key":)";
+        append_json_string(out, attributes[k].first);
+        out += R"(,"value":{"stringValue":)";
+        append_json_string(out, attributes[k].second);
+        out += "}}";
+    }
+    out += ']';
+}
+
 inline void append_json_attributes(std::string& out, const std::vector<span_attribute>& attributes) {
     out += '[';
     for (std::size_t k = 0; k < attributes.size(); ++k) {
@@ -175,6 +212,7 @@ inline void append_json_attributes(std::string& out, const std::vector<span_attr
 [[nodiscard]] inline std::string otlp_protobuf(const trace_resource& resource, std::span<const span_data> spans) {
     using otlp_detail::proto_writer;
     proto_writer request;
+    request.out.reserve(256 + spans.size() * 512);
     // ExportTraceServiceRequest.resource_spans = 1
     request.message_field(1, [&](proto_writer& rs) {
         // ResourceSpans.resource = 1 (Resource.attributes = 1)
