@@ -352,6 +352,15 @@ inline std::shared_ptr<chatkit::otlp_exporter> make_trace_exporter(chatkit::otel
     return std::make_shared<chatkit::otlp_exporter>(std::move(settings.exporter));
 }
 
+// The trace exporter's counts in the Prometheus text format: a collector that is down shows as
+// failed spans, a queue too small for the load as dropped ones.
+inline void append_trace_figures(std::string& out, const chatkit::otlp_exporter_stats& s) {
+    out += "# HELP chatkit_trace_spans_total Spans the trace exporter handled: exported, dropped (queue full) or failed (the export failed).\n"
+           "# TYPE chatkit_trace_spans_total counter\n";
+    for (const auto& [outcome, n] : {std::pair{"exported", s.exported}, std::pair{"dropped", s.dropped}, std::pair{"failed", s.failed}})
+        out += std::string{"chatkit_trace_spans_total{outcome=\""} + outcome + "\"} " + std::to_string(n) + "\n";
+}
+
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
 // the service; `upstream`, when given, is the async client the providers call out through.
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
@@ -396,7 +405,11 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         recorder.emplace(usage, std::move(o));
     }
     std::optional<chatkit::otel_tracing> tracing;
-    if (c.tracing) tracing.emplace(make_trace_exporter(*c.tracing, log), chatkit::otel_tracing_options{.sampler = c.tracing->sampler});
+    if (c.tracing) {
+        auto exporter = make_trace_exporter(*c.tracing, log);
+        if (metrics) metrics->add_source([exporter](std::string& out) { append_trace_figures(out, exporter->stats()); });
+        tracing.emplace(std::move(exporter), chatkit::otel_tracing_options{.sampler = c.tracing->sampler});
+    }
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
     app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c), chatkit::request_id{},

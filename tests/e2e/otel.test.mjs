@@ -197,5 +197,11 @@ for (const protocol of ['http/protobuf', 'http/json']) {
     assert.ok(upstreamParents.has(upstreamSeen[0].traceparent), `upstream got ${upstreamSeen[0].traceparent}`);
     // Never the content.
     assert.ok(!JSON.stringify(ours.map((e) => e.decoded)).includes('private words'));
+    // The exporter's counts are in /metrics: every span that reached the collector, none lost.
+    const scrape = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const exported = Number(/^chatkit_trace_spans_total\{outcome="exported"\} (\d+)$/m.exec(scrape)?.[1]);
+    assert.ok(exported >= 4, `exported ${exported}`);
+    assert.match(scrape, /^chatkit_trace_spans_total\{outcome="dropped"\} 0$/m);
+    assert.match(scrape, /^chatkit_trace_spans_total\{outcome="failed"\} 0$/m);
   });
 }

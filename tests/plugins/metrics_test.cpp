@@ -148,3 +148,15 @@ TEST_CASE("prometheus_metrics: store commits fill a latency and a batch-size his
     CHECK(m.at(R"(chatkit_store_commit_batch_size_bucket{le="4"})") == 2);
     CHECK(m.at(R"(chatkit_store_commit_batch_size_bucket{le="8"})") == 3);
 }
+
+TEST_CASE("prometheus_metrics: a source added by the program is rendered in every scrape, as it is then") {
+    chatkit::prometheus_metrics metrics;
+    int calls = 0;
+    metrics.add_source([&calls](std::string& out) {
+        ++calls;
+        out += "# HELP outside_total Counted elsewhere.\n# TYPE outside_total counter\noutside_total " + std::to_string(calls) + "\n";
+    });
+    const chatkit::prometheus_metrics copy = metrics; // copies share their sources, as they share counts
+    CHECK_THAT(metrics.render(), Catch::EndsWith("outside_total 1\n"));
+    CHECK_THAT(copy.render(), Catch::EndsWith("outside_total 2\n"));
+}

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <initializer_list>
 #include <iterator>
 #include <optional>
@@ -140,6 +141,11 @@ public:
         st.commit_batch.observe(st, {}, static_cast<double>(batch));
     }
 
+    /// Adds figures counted elsewhere (a trace exporter's spans, a queue's depth) to every scrape:
+    /// `write` appends whole metric families in the text format, after chatkit's own, and is
+    /// called outside this middleware's lock. Call before serving: sources are not synchronized.
+    void add_source(std::function<void(std::string&)> write) { state_->sources.push_back(std::move(write)); }
+
     /// The Prometheus text format of everything counted so far, and the process's figures.
     [[nodiscard]] std::string render() const {
         const state& st = *state_;
@@ -163,6 +169,7 @@ public:
             gauge(out, "chatkit_streams_in_flight", "Streamed answers being sent now.", static_cast<double>(st.streams_in_flight));
         }
         process_figures(out);
+        for (const auto& write : st.sources) write(out);
         return out;
     }
 
@@ -270,6 +277,7 @@ private:
         explicit state(prometheus_metrics_options o) : options(std::move(o)) {}
         prometheus_metrics_options options;
         mutable std::mutex mutex;
+        std::vector<std::function<void(std::string&)>> sources; // add_source's
         std::int64_t streams_in_flight = 0;
         family requests{"chatkit_http_requests_total", "Requests answered, by route, method and status.", "counter",
                         {"route", "method", "status"}};
