@@ -361,6 +361,21 @@ inline void append_trace_figures(std::string& out, const chatkit::otlp_exporter_
         out += std::string{"chatkit_trace_spans_total{outcome=\""} + outcome + "\"} " + std::to_string(n) + "\n";
 }
 
+// The usage recorder's queue in the Prometheus text format: a store that is down shows as a
+// growing queue and failed writes, long before records are dropped.
+inline void append_usage_figures(std::string& out, const usage_recorder_type::stats& s) {
+    out += "# HELP chatkit_usage_records_total Usage records written to the usage store, or dropped because the queue was full.\n"
+           "# TYPE chatkit_usage_records_total counter\n"
+           "chatkit_usage_records_total{outcome=\"written\"} " + std::to_string(s.written) + "\n"
+           "chatkit_usage_records_total{outcome=\"dropped\"} " + std::to_string(s.dropped) + "\n"
+           "# HELP chatkit_usage_write_failures_total Batches of usage records whose write failed (they stay queued and are retried).\n"
+           "# TYPE chatkit_usage_write_failures_total counter\n"
+           "chatkit_usage_write_failures_total " + std::to_string(s.failed_writes) + "\n"
+           "# HELP chatkit_usage_queue_length Usage records waiting to be written.\n"
+           "# TYPE chatkit_usage_queue_length gauge\n"
+           "chatkit_usage_queue_length " + std::to_string(s.queued) + "\n";
+}
+
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
 // the service; `upstream`, when given, is the async client the providers call out through.
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
@@ -403,6 +418,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         chatkit::usage_recorder_options o;
         if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot write usage records", {{"error", e.message}}); };
         recorder.emplace(usage, std::move(o));
+        if (metrics) metrics->add_source([figures = recorder->figures_source()](std::string& out) { append_usage_figures(out, figures()); });
     }
     std::optional<chatkit::otel_tracing> tracing;
     if (c.tracing) {

@@ -224,13 +224,22 @@ TEST_CASE("usage_recorder: a store that is down loses nothing: the batch is retr
     // runtime calls it after every invocation, which a store that is down must not hold.
     CHECK_FALSE(recorder.flush(std::chrono::hours{1}));
     CHECK(errors > 0);
+    // What a metrics scrape reads: the queue holds them all, writes have failed, none is written.
+    const auto figures = recorder.figures_source();
+    auto moved = std::move(recorder); // the handle outlives the move into a service
+    CHECK(figures().queued == 50);
+    CHECK(figures().failed_writes > 0);
+    CHECK(figures().written == 0);
+    auto& recorder_now = moved;
     store->down = false;
     // A write that was failing as the store came back may still end flush() once.
-    bool written = recorder.flush();
-    for (int attempt = 0; !written && attempt < 5; ++attempt) written = recorder.flush();
+    bool written = recorder_now.flush();
+    for (int attempt = 0; !written && attempt < 5; ++attempt) written = recorder_now.flush();
     REQUIRE(written);
     CHECK(store->records.size() == 50);
-    CHECK(recorder.dropped() == 0);
+    CHECK(recorder_now.dropped() == 0);
+    CHECK(figures().written == 50);
+    CHECK(figures().queued == 0);
 }
 
 TEST_CASE("usage_recorder: records are written in batches, a full queue drops and counts, and stopping writes what is queued") {

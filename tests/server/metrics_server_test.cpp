@@ -231,3 +231,23 @@ TEST_CASE("metrics: the SQLite store's group commits are counted: one per append
     REQUIRE(history);
     CHECK(json::parse(history->body)["messages"].size() == 2 * chats);
 }
+
+TEST_CASE("metrics: the usage recorder's records are counted as written once its thread has written them, and the scrape stays valid") {
+    const std::string adapter = GENERATE(as<std::string>{}, "beast", "httplib");
+    INFO("CHAT_SERVER=" << adapter);
+    server_process server{{{"CHAT_SERVER", adapter}, {"CHAT_USAGE", "on"}}};
+    auto c = server.client();
+    constexpr int chats = 3;
+    for (int i = 0; i < chats; ++i) REQUIRE(chat(c, "count me " + std::to_string(i))->status == 200);
+    const std::string written = R"(chatkit_usage_records_total{outcome="written"})";
+    const auto text = scrape_when(c, written, chats);
+    const auto m = samples(text);
+    CHECK(sample(m, written) == chats);
+    CHECK(m.count(R"(chatkit_usage_records_total{outcome="dropped"})") == 1);
+    CHECK(sample(m, R"(chatkit_usage_records_total{outcome="dropped"})") == 0);
+    CHECK(sample(m, "chatkit_usage_write_failures_total") == 0);
+    CHECK(m.count("chatkit_usage_queue_length") == 1);
+    const auto [status, said] = promtool_check(text);
+    INFO(said);
+    CHECK(status == 0);
+}

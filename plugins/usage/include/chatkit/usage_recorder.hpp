@@ -59,7 +59,7 @@ class usage_recorder {
 public:
     // `store` is shared: the same store answers GET /v1/usage and budgets' spent_usd.
     explicit usage_recorder(std::shared_ptr<Store> store, usage_recorder_options options = {})
-        : state_(std::make_unique<state>(std::move(store), std::move(options))) {
+        : state_(std::make_shared<state>(std::move(store), std::move(options))) {
         state_->writer = std::jthread([s = state_.get()](std::stop_token stop) { s->write_until(stop); });
     }
     usage_recorder(usage_recorder&&) noexcept = default;
@@ -116,6 +116,20 @@ public:
         return state_->dropped;
     }
 
+    /// What the recorder has done so far, for a program's metrics.
+    struct stats {
+        std::size_t queued = 0;         // records waiting now
+        std::uint64_t written = 0;      // records written, ever
+        std::uint64_t dropped = 0;      // records dropped because the queue was full
+        std::uint64_t failed_writes = 0; // batches whose write failed (their records stay queued)
+    };
+    [[nodiscard]] stats figures() const { return state_->figures(); }
+    /// The same from a handle that stays valid once the recorder has moved (into a service): for
+    /// a metrics source set up before the service is built.
+    [[nodiscard]] std::function<stats()> figures_source() const {
+        return [s = std::shared_ptr<const state>(state_)] { return s->figures(); };
+    }
+
     [[nodiscard]] const std::shared_ptr<Store>& store() const noexcept { return state_->store; }
 
 private:
@@ -140,6 +154,11 @@ private:
         std::jthread writer; // last: joined (by the destructor) before the rest goes
 
         state(std::shared_ptr<Store> s, usage_recorder_options o) : store(std::move(s)), options(std::move(o)) {}
+
+        stats figures() const {
+            std::lock_guard lock{mutex};
+            return {queue.size(), written_total, dropped, failed_batches};
+        }
 
         void push(usage_record r) {
             {
@@ -198,7 +217,8 @@ private:
         }
     };
 
-    std::unique_ptr<state> state_;
+    // Shared only with figures_source()'s handles; the writer is stopped by ~usage_recorder.
+    std::shared_ptr<state> state_;
 };
 
 } // namespace chatkit
