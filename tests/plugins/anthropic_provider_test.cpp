@@ -364,3 +364,73 @@ TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and mar
     CHECK_FALSE(anthropic.health().ok);
     CHECK_THROWS_AS(chatkit::anthropic_provider(chatkit::anthropic_options{.base_url = "ftp://x"}), std::invalid_argument);
 }
+
+TEST_CASE("a stream's usage keeps each input part message_delta leaves out, and unknown events and non-text deltas are skipped") {
+    using wire = chatkit::detail::anthropic_wire;
+    std::string text;
+    const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
+    wire::stream_reader reader{sink};
+    chatkit::sse_parser parser;
+    parser.feed(R"(event: message_start
+data: {"type":"message_start","message":{"model":"claude-x","usage":{"input_tokens":5,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":1}}}
+
+event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}
+
+event: a_future_event
+data: {"type":"a_future_event","whatever":true}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"hi"}}
+
+event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"input_tokens":5,"cache_read_input_tokens":null,"output_tokens":7}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+)",
+                reader);
+    const wire w{chatkit::anthropic_options{}};
+    auto c = w.finish_stream(reader, "sk-ant-key");
+    REQUIRE(c);
+    CHECK(text == "hi");
+    CHECK(c->content == "hi");
+    CHECK(c->model == "claude-x");
+    CHECK(c->finish_reason == "length");
+    CHECK(c->usage.prompt_tokens == 5 + 10 + 100);
+    CHECK(c->usage.cached_tokens == 100);
+    CHECK(c->usage.completion_tokens == 7);
+}
+
+TEST_CASE("fields of an unexpected type in a stream, an answer or an error are never thrown on") {
+    using wire = chatkit::detail::anthropic_wire;
+    std::string text;
+    const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
+    wire::stream_reader reader{sink};
+    chatkit::sse_parser parser;
+    REQUIRE_NOTHROW(parser.feed("data: {\"type\":5}\n\n"
+                                "data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":7,\"text\":\"x\"}}\n\n"
+                                "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":1},\"usage\":{\"output_tokens\":\"many\"}}\n\n"
+                                "data: {\"type\":\"error\",\"error\":{\"type\":{},\"message\":[1]}}\n\n",
+                                reader));
+    CHECK(text.empty());
+    REQUIRE(reader.broken);
+    CHECK(*reader.broken == "upstream error mid-stream (error): unknown");
+
+    const wire w{chatkit::anthropic_options{}};
+    auto answer = w.parse_answer(R"({"content":[{"type":1,"text":"no"},{"type":"text","text":"yes"}],"stop_reason":null,"usage":{"input_tokens":-3}})");
+    REQUIRE(answer);
+    CHECK(answer->content == "yes");
+    CHECK(answer->usage.prompt_tokens == 0);
+    CHECK_FALSE(w.parse_answer("[]"));
+
+    const std::vector<std::pair<std::string, std::string>> no_headers;
+    const auto f = w.status_failure(500, R"({"type":"error","error":{"type":3,"message":{"a":1}}})", no_headers, "sk-ant-key");
+    CHECK(f.e.code == "upstream_500");
+    CHECK(f.e.message == "upstream error (HTTP 500): upstream answered HTTP 500");
+    CHECK(f.retryable);
+}

@@ -169,28 +169,46 @@ public:
         return std::string{stop_reason};
     }
 
-    // Anthropic counts input in three parts; chatkit's prompt count holds them all (cached
-    // tokens are a part of it, as in OpenAI's usage), its cached count the part read from cache.
-    static void read_usage(const nlohmann::json& usage, token_usage& u) {
-        if (!usage.is_object()) return;
-        const bool has_input = usage.contains("input_tokens") || usage.contains("cache_creation_input_tokens") ||
-                               usage.contains("cache_read_input_tokens");
-        if (has_input) {
-            const long input = token_count(usage, "input_tokens"), created = token_count(usage, "cache_creation_input_tokens"),
-                       read = token_count(usage, "cache_read_input_tokens");
-            u.prompt_tokens = static_cast<int>(std::min<long>(input + created + read, std::numeric_limits<int>::max()));
-            u.cached_tokens = static_cast<int>(read);
+    // Anthropic's usage object. A stream reports it in message_start and again, as counts so
+    // far, in message_delta, which may leave a part out: each part keeps its last reported value.
+    struct usage_counts {
+        std::int64_t input = 0, cache_creation = 0, cache_read = 0, output = 0;
+
+        void read(const nlohmann::json& usage) {
+            if (!usage.is_object()) return;
+            read_count(usage, "input_tokens", input);
+            read_count(usage, "cache_creation_input_tokens", cache_creation);
+            read_count(usage, "cache_read_input_tokens", cache_read);
+            read_count(usage, "output_tokens", output);
         }
-        if (usage.contains("output_tokens")) u.completion_tokens = static_cast<int>(token_count(usage, "output_tokens"));
-    }
+        // chatkit's prompt count holds all three input parts (cached tokens are a part of it,
+        // as in OpenAI's usage); its cached count is the part read from the cache.
+        [[nodiscard]] token_usage to_token_usage() const {
+            constexpr std::int64_t most = std::numeric_limits<int>::max();
+            token_usage u;
+            u.prompt_tokens = static_cast<int>(std::min(input + cache_creation + cache_read, most));
+            u.cached_tokens = static_cast<int>(std::min(cache_read, most));
+            u.completion_tokens = static_cast<int>(std::min(output, most));
+            return u;
+        }
+
+    private:
+        // A count that is absent or not a count leaves the part as it was (usage is advisory, not fatal).
+        static void read_count(const nlohmann::json& usage, const char* name, std::int64_t& into) {
+            const auto it = usage.find(name);
+            if (it == usage.end() || !it->is_number_integer()) return;
+            const auto n = it->get<std::int64_t>();
+            if (n >= 0) into = std::min<std::int64_t>(n, std::numeric_limits<int>::max());
+        }
+    };
 
     // Reads a Messages stream into a completion, passing each text delta on as it arrives.
     struct stream_reader {
         const delta_sink& sink;
         completion c{};
+        usage_counts usage{};
         std::optional<std::string> broken{}; // why the stream cannot be trusted
         std::string broken_code = "upstream_error";
-        bool started = false;     // message_start seen
         bool done = false;        // message_stop seen
         bool delivered = false;   // a delta reached the sink
         bool client_gone = false; // the sink said stop
@@ -199,32 +217,32 @@ public:
             if (broken || done || client_gone) return;
             const auto j = nlohmann::json::parse(m.data, nullptr, false);
             if (!j.is_object()) return void(broken = "upstream sent a malformed stream event");
-            const std::string type = j.value("type", m.event);
+            const std::string type = string_field(j, "type", m.event);
             if (type == "message_start") {
-                started = true;
                 const auto& message = j.contains("message") ? j["message"] : nlohmann::json{};
                 if (message.is_object()) {
                     if (message.contains("model") && message["model"].is_string()) c.model = message["model"].get<std::string>();
-                    if (message.contains("usage")) read_usage(message["usage"], c.usage);
+                    if (message.contains("usage")) usage.read(message["usage"]);
                 }
             } else if (type == "content_block_delta") {
                 const auto delta = j.contains("delta") ? j["delta"] : nlohmann::json{};
                 // Other deltas (input_json_delta, thinking_delta, signature_delta) carry no answer text.
-                if (!delta.is_object() || delta.value("type", "") != "text_delta" || !delta.contains("text") || !delta["text"].is_string()) return;
+                if (string_field(delta, "type") != "text_delta" || !delta.contains("text") || !delta["text"].is_string()) return;
                 const auto& text = delta["text"].get_ref<const std::string&>();
                 if (text.empty()) return;
                 c.content += text;
+                c.usage = usage.to_token_usage(); // what a client that leaves now was charged for so far
                 delivered = true;
                 if (!sink(text)) client_gone = true;
             } else if (type == "message_delta") {
                 if (const auto d = j.find("delta"); d != j.end() && d->is_object() && d->contains("stop_reason") && (*d)["stop_reason"].is_string())
                     c.finish_reason = finish_reason((*d)["stop_reason"].get<std::string>());
-                if (j.contains("usage")) read_usage(j["usage"], c.usage); // counts so far, not increments
+                if (j.contains("usage")) usage.read(j["usage"]); // counts so far, not increments
             } else if (type == "message_stop") {
                 done = true;
             } else if (type == "error") {
                 const auto e = j.contains("error") && j["error"].is_object() ? j["error"] : nlohmann::json::object();
-                const std::string kind = e.value("type", "error"), message = e.value("message", "unknown");
+                const std::string kind = string_field(e, "type", "error"), message = string_field(e, "message", "unknown");
                 broken = "upstream error mid-stream (" + kind + "): " + message;
                 broken_code = kind;
             }
@@ -241,6 +259,7 @@ public:
         if (!reader.done)
             return upstream_failure{{error_kind::upstream, "upstream stream ended before message_stop", "upstream_truncated"},
                                     !reader.delivered, {}, reader.delivered};
+        reader.c.usage = reader.usage.to_token_usage();
         return std::move(reader.c);
     }
 
@@ -251,11 +270,15 @@ public:
         if (!j.is_object() || !j.contains("content") || !j["content"].is_array()) return malformed;
         completion c;
         for (const auto& block : j["content"])
-            if (block.is_object() && block.value("type", "") == "text" && block.contains("text") && block["text"].is_string())
+            if (string_field(block, "type") == "text" && block.contains("text") && block["text"].is_string())
                 c.content += block["text"].get<std::string>();
         if (j.contains("model") && j["model"].is_string()) c.model = j["model"].get<std::string>();
         if (j.contains("stop_reason") && j["stop_reason"].is_string()) c.finish_reason = finish_reason(j["stop_reason"].get<std::string>());
-        if (j.contains("usage")) read_usage(j["usage"], c.usage);
+        if (j.contains("usage")) {
+            usage_counts counts;
+            counts.read(j["usage"]);
+            c.usage = counts.to_token_usage();
+        }
         return c;
     }
 
@@ -266,8 +289,8 @@ public:
     upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
         const auto body = nlohmann::json::parse(raw, nullptr, false);
         const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
-        const std::string type = e.contains("type") && e["type"].is_string() ? e["type"].get<std::string>() : std::string{};
-        std::string message = redact(e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : std::string{}, key);
+        const std::string type = string_field(e, "type");
+        std::string message = redact(string_field(e, "message"), key);
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
 
         upstream_failure f{{error_kind::upstream, message, type.empty() ? "upstream_" + std::to_string(status) : type}, false};
@@ -314,12 +337,12 @@ public:
         return std::nullopt;
     }
 
-    // A token count, 0 when absent or not a count (an upstream's usage is advisory, not fatal).
-    static long token_count(const nlohmann::json& usage, const char* name) {
-        const auto it = usage.find(name);
-        if (it == usage.end() || !it->is_number_integer()) return 0;
-        const auto n = it->get<std::int64_t>();
-        return n < 0 ? 0 : static_cast<long>(std::min<std::int64_t>(n, std::numeric_limits<int>::max()));
+    // A string member of an upstream's object, else `fallback`: never throws on a field of
+    // another type, as nlohmann's value() would.
+    static std::string string_field(const nlohmann::json& j, const char* name, std::string fallback = {}) {
+        if (!j.is_object()) return fallback;
+        const auto it = j.find(name);
+        return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
     }
 
     // Upstream messages sometimes quote the key they were given; it must not reach a client.
