@@ -109,6 +109,26 @@ TEST_CASE("CHAT_PROVIDER=anthropic streams /v1/chat/completions with usage inclu
     CHECK(sent.body["max_tokens"] == 321);
 }
 
+TEST_CASE("an answer naming Anthropic's dated snapshot is priced, cache reads at the cached rate") {
+    fake_anthropic fake;
+    fake_anthropic_reply snapshot;
+    snapshot.model = "claude-sonnet-4-5-20250929"; // what the real API answers to "claude-sonnet-4-5"
+    snapshot.cache_read_input_tokens = 1000;
+    fake.script({snapshot});
+    server_process server{relay_env(fake)};
+    auto c = server.client();
+    auto r = post_json(c, "/chat", {{"model", "claude-sonnet-4-5"}, {"content", "a b"}});
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    const auto body = json::parse(r->body);
+    CHECK(body["model"] == "claude-sonnet-4-5-20250929");
+    CHECK(body["usage"]["prompt_tokens"] == 1002);
+    CHECK(body["usage"]["prompt_tokens_details"]["cached_tokens"] == 1000);
+    REQUIRE(body["cost_usd"].is_number());
+    // USD per 1M tokens: 2 fresh input at 3.00, 1000 cached at 0.30, 3 output at 15.00.
+    CHECK(body["cost_usd"].get<double>() == Approx((2 * 3.00 + 1000 * 0.30 + 3 * 15.00) / 1e6));
+}
+
 TEST_CASE("through sample_server, Anthropic's faults and refused fields reach the client as clean errors") {
     fake_anthropic fake;
     server_process server{relay_env(fake, {{"CHAT_UPSTREAM_MAX_RETRIES", "1"}, {"CHAT_CACHE_SIZE", "0"}})};

@@ -35,6 +35,7 @@ struct fake_anthropic_reply {
     int cache_creation_input_tokens = 0;
     int cache_read_input_tokens = 0;
     std::string content;                             // the answer; empty: echo the last user message
+    std::string model;                               // the model the answer names; empty: the request's
 };
 
 // An error answer in Anthropic's envelope.
@@ -147,7 +148,7 @@ private:
             if (m.value("role", "") == "user") last_user = text_of(m["content"]);
         const std::string content = reply.content.empty() ? "echo: " + last_user : reply.content;
         const auto pieces = words(content);
-        const std::string model = body.value("model", "claude-fake");
+        const std::string model = reply.model.empty() ? body.value("model", "claude-fake") : reply.model;
         const int input_tokens = static_cast<int>(words(last_user).size());
         const int output_tokens = static_cast<int>(pieces.size());
         nlohmann::json usage = {{"input_tokens", input_tokens},
