@@ -11,7 +11,9 @@
 #include "log.hpp"
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/anthropic_provider.hpp>
 #include <chatkit/api_key_auth.hpp>
+#include <chatkit/async_anthropic_provider.hpp>
 #include <chatkit/async_bedrock_provider.hpp>
 #include <chatkit/async_openai_provider.hpp>
 #include <chatkit/aws/secrets_manager.hpp>
@@ -49,9 +51,10 @@
 
 namespace sample_server {
 
-// OpenAI and Bedrock in both forms: the async ones on the event-loop server's loops
+// OpenAI, Anthropic and Bedrock in both forms: the async ones on the event-loop server's loops
 // (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap.
 using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
+                                                chatkit::anthropic_provider, chatkit::async_anthropic_provider,
                                                 chatkit::bedrock_provider, chatkit::async_bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
@@ -92,19 +95,20 @@ inline bool bedrock_configured(const chatkit::aws::environment& env) {
     return static_cast<bool>(chatkit::aws::credentials_provider{env}.get());
 }
 
-// "echo", "openai" or "bedrock"; "auto" takes the first configured: an OpenAI API key (or the
-// secret holding it), then AWS credentials with a region, then the built-in echo. Decided once,
-// at start-up.
+// "echo", "openai", "anthropic" or "bedrock"; "auto" takes the first configured: an OpenAI API
+// key (or the secret holding it), then an Anthropic API key, then AWS credentials with a region,
+// then the built-in echo. Decided once, at start-up.
 inline std::string_view chosen_provider(const config& c) {
     if (c.provider != "auto") return c.provider;
     if (!c.openai_api_key.empty() || !c.openai_api_key_secret_arn.empty()) return "openai";
+    if (!c.anthropic_api_key.empty()) return "anthropic";
     static const bool bedrock = bedrock_configured(chatkit::aws::process_environment());
     return bedrock ? "bedrock" : "echo";
 }
 
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
-// client on the server's loops) OpenAI and Bedrock are called through it; with `metrics`, their
-// retries are counted there.
+// client on the server's loops) OpenAI, Anthropic and Bedrock are called through it; with
+// `metrics`, their retries are counted there.
 inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log = nullptr,
                                    const std::optional<chatkit::prometheus_metrics>& metrics = std::nullopt) {
     // The provider's name, as service summaries give it, so retries and errors share their labels.
@@ -152,6 +156,26 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
         o.azure_api_version = c.openai_azure_api_version;
         if (upstream) return chatkit::async_openai_provider{std::move(o), std::move(upstream)};
         return chatkit::openai_provider{std::move(o)};
+    }
+    if (chosen_provider(c) == "anthropic") {
+        if (c.anthropic_api_key.empty() && c.anthropic_base_url.starts_with("https://api.anthropic.com"))
+            throw config_error("CHAT_PROVIDER=anthropic needs CHAT_ANTHROPIC_API_KEY or ANTHROPIC_API_KEY");
+        chatkit::anthropic_options o;
+        o.base_url = c.anthropic_base_url;
+        o.api_key = c.anthropic_api_key;
+        if (!c.model.empty()) o.model = c.model;
+        o.default_max_tokens = std::min(c.default_max_tokens, c.max_tokens);
+        o.read_timeout = c.upstream_timeout;
+        o.deadline = c.upstream_deadline;
+        o.max_retries = c.upstream_max_retries;
+        o.on_retry = count_retries("anthropic");
+        o.max_idle_connections = c.threads;
+        try {
+            if (upstream) return chatkit::async_anthropic_provider{std::move(o), std::move(upstream)};
+            return chatkit::anthropic_provider{std::move(o)};
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_PROVIDER=anthropic: "} + e.what());
+        }
     }
     if (chosen_provider(c) == "bedrock") {
         chatkit::bedrock_options o;

@@ -70,6 +70,8 @@ struct config {
     int upstream_max_retries = 2;
     std::string openai_azure_deployment;
     std::string openai_azure_api_version = "2024-10-21";
+    std::string anthropic_api_key;
+    std::string anthropic_base_url = "https://api.anthropic.com";
     std::string function_url_invoke_mode = "BUFFERED";
     // Tracing, from OpenTelemetry's own OTEL_* variables (not CHAT_*: a deployment sets them once
     // for all its services); none: off (docs/observability.md).
@@ -172,8 +174,10 @@ inline const std::vector<setting>& settings() {
         {"CHAT_ADMIN_KEY", "with CHAT_AUTH=keys: the admin key (32 characters or more), or sha256:<64 hex> of it, that may call the /admin routes (a secret: prefer the environment to the flag; empty: none)",
          [](config& c, auto n, auto v) { c.admin_key_digest = detail::admin_key_digest(n, v); },
          [](const config&) { return std::string{}; }},
-        {"CHAT_PROVIDER", "auto (openai with an API key or its secret, else bedrock with AWS credentials, else echo), echo, openai or bedrock",
-         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "bedrock"}); },
+        {"CHAT_PROVIDER",
+         "auto (openai with an API key or its secret, else anthropic with an API key, else bedrock with AWS credentials, else echo), "
+         "echo, openai, anthropic or bedrock",
+         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "anthropic", "bedrock"}); },
          [](const config& c) { return c.provider; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
          [](const config& c) { return c.model; }},
@@ -224,7 +228,8 @@ inline const std::vector<setting>& settings() {
         {"CHAT_MAX_TOKENS", "largest max_tokens a request may ask for",
          [](config& c, auto n, auto v) { c.max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.max_tokens); }},
-        {"CHAT_DEFAULT_MAX_TOKENS", "max_tokens reserved for (and sent with) a request that names none, when its key has token limits or a budget",
+        {"CHAT_DEFAULT_MAX_TOKENS", "max_tokens reserved for (and sent with) a request that names none, when its key has token limits or a budget; "
+         "the anthropic provider sends it with every request that names none (its API requires one)",
          [](config& c, auto n, auto v) { c.default_max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.default_max_tokens); }},
         {"CHAT_THREADS", "worker threads: blocking provider and store calls (beast); one per kept-alive connection (httplib)",
@@ -279,7 +284,7 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.openai_organization; }},
         {"CHAT_OPENAI_PROJECT", "OpenAI-Project header", [](config& c, auto, auto v) { c.openai_project = v; },
          [](const config& c) { return c.openai_project; }},
-        {"CHAT_UPSTREAM_TIMEOUT", "seconds an upstream (OpenAI, Bedrock) may stay silent before a 504",
+        {"CHAT_UPSTREAM_TIMEOUT", "seconds an upstream (OpenAI, Anthropic, Bedrock) may stay silent before a 504",
          [](config& c, auto n, auto v) { c.upstream_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
          [](const config& c) { return std::to_string(c.upstream_timeout.count()); }},
         {"CHAT_UPSTREAM_DEADLINE", "seconds one chat may take upstream, retries included",
@@ -292,6 +297,15 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto, auto v) { c.openai_azure_deployment = v; }, [](const config& c) { return c.openai_azure_deployment; }},
         {"CHAT_OPENAI_AZURE_API_VERSION", "Azure OpenAI api-version",
          [](config& c, auto, auto v) { c.openai_azure_api_version = v; }, [](const config& c) { return c.openai_azure_api_version; }},
+        {"CHAT_ANTHROPIC_API_KEY", "Anthropic API key (a secret: prefer the environment to the flag)",
+         [](config& c, auto, auto v) { c.anthropic_api_key = v; }, [](const config&) { return std::string{}; }, "ANTHROPIC_API_KEY"},
+        {"CHAT_ANTHROPIC_BASE_URL", "Anthropic's API origin (its path /v1/messages is appended)",
+         [](config& c, auto n, auto v) {
+             if (!v.starts_with("http://") && !v.starts_with("https://"))
+                 throw config_error(std::string{n} + "='" + std::string{v} + "' must start with http:// or https://");
+             c.anthropic_base_url = v;
+         },
+         [](const config& c) { return c.anthropic_base_url; }, "ANTHROPIC_BASE_URL"},
         {"CHAT_FUNCTION_URL_INVOKE_MODE",
          "bootstrap only: the InvokeMode of the function's Function URL, BUFFERED or RESPONSE_STREAM (Lambda cannot tell)",
          [](config& c, auto n, auto v) { c.function_url_invoke_mode = one_of(n, v, {"BUFFERED", "RESPONSE_STREAM"}); },

@@ -10,6 +10,8 @@
 #include <chatkit/limit_terms.hpp>
 #include <chatkit/shared_key_limits.hpp>
 #include <chatkit/minute_bucket.hpp>
+#include <chatkit/anthropic_provider.hpp>
+#include <chatkit/async_anthropic_provider.hpp>
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/eventstream.hpp>
 #include <chatkit/aws/sigv4.hpp>

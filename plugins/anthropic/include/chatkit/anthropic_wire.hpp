@@ -1,0 +1,360 @@
+// What chatkit::anthropic_provider (blocking, over cpp-httplib) and
+// chatkit::async_anthropic_provider (over chatkit::http_client) share: the options and model
+// aliases, the Messages API body and headers, the reading of an answer and of its event stream,
+// and the mapping of Anthropic's errors. Wire format: Anthropic's Messages API reference
+// (messages, streaming, errors; docs/providers.md has the links) and the WHATWG SSE spec.
+#pragma once
+
+#include "chatkit/chat.hpp"
+#include "chatkit/error.hpp"
+#include "chatkit/health.hpp"
+#include "chatkit/json_text.hpp"
+#include "chatkit/provider.hpp"
+#include "chatkit/retry.hpp"
+#include "chatkit/sse.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace chatkit {
+
+// Names a deployment may use for a model → the id sent upstream. Plain data: add to it, or
+// replace it, in anthropic_options::aliases.
+using anthropic_model_aliases = std::map<std::string, std::string, std::less<>>;
+
+// The names one reference design uses. Claude 3 Sonnet and Claude 3.5 Sonnet are retired
+// upstream, so they name the current Sonnet.
+inline anthropic_model_aliases default_anthropic_aliases() {
+    return {{"claude-3-sonnet", "claude-sonnet-4-5"}, {"claude-3.5-sonnet", "claude-sonnet-4-5"}};
+}
+
+struct anthropic_options {
+    std::string base_url = "https://api.anthropic.com"; // the API's path, /v1/messages, is appended
+    std::string api_key{}; // sent upstream only; never logged, never put in an error message
+    // Asked for the key before each call instead of `api_key`, when set (a key that rotates); it
+    // must be safe from any thread and cheap (cache what it fetches).
+    std::function<result<std::string>()> api_key_source{};
+    std::string version = "2023-06-01"; // the anthropic-version header
+    std::string model = "claude-sonnet-4-5";
+    anthropic_model_aliases aliases = default_anthropic_aliases();
+    // The Messages API requires max_tokens; sent when the request has none.
+    int default_max_tokens = 4096;
+    std::chrono::milliseconds connect_timeout{5'000};
+    std::chrono::milliseconds read_timeout{60'000}; // the longest silence while waiting for bytes
+    std::chrono::milliseconds deadline{120'000};    // the whole call, retries included
+    int max_retries = 2;
+    // Told of each failed attempt that will be retried (retry_policy::on_retry): e.g. to count
+    // retries by error code. Called on the calling thread or loop; it must be cheap.
+    std::function<void(const upstream_failure&)> on_retry{};
+    std::size_t max_idle_connections = 64;
+};
+
+namespace detail {
+
+class anthropic_wire {
+public:
+    // Throws std::invalid_argument for a base URL it cannot use (a start-up error).
+    explicit anthropic_wire(anthropic_options o) : options(std::move(o)) {
+        const auto scheme_end = options.base_url.find("://");
+        if (scheme_end == std::string::npos) throw std::invalid_argument("Anthropic base URL must start with http:// or https://");
+        const auto scheme = options.base_url.substr(0, scheme_end);
+        if (scheme != "http" && scheme != "https") throw std::invalid_argument("Anthropic base URL must start with http:// or https://");
+        const auto path_start = options.base_url.find('/', scheme_end + 3);
+        origin = options.base_url.substr(0, path_start);
+        if (origin.size() <= scheme_end + 3) throw std::invalid_argument("Anthropic base URL has no host");
+        std::string prefix = path_start == std::string::npos ? "" : options.base_url.substr(path_start);
+        while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+        path = prefix + "/v1/messages";
+        if (options.default_max_tokens < 1) throw std::invalid_argument("Anthropic default max_tokens must be at least 1");
+    }
+
+    anthropic_options options;
+    std::string origin; // scheme://host[:port]
+    std::string path;   // the Messages API's path on that origin
+    upstream_health health;
+
+    [[nodiscard]] result<std::string> key() const { return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key}; }
+
+    // The model id sent upstream: the request's (or the default), through the aliases.
+    [[nodiscard]] std::string upstream_model(const chat_request& r) const {
+        const std::string& requested = r.model.empty() ? options.model : r.model;
+        const auto it = options.aliases.find(requested);
+        return it == options.aliases.end() ? requested : it->second;
+    }
+
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming, const std::string& key) const {
+        std::vector<std::pair<std::string, std::string>> h;
+        h.emplace_back("Content-Type", "application/json");
+        h.emplace_back("Accept", streaming ? "text/event-stream" : "application/json");
+        if (!key.empty()) h.emplace_back("x-api-key", key);
+        h.emplace_back("anthropic-version", options.version);
+        if (!r.request_id.empty()) h.emplace_back("X-Request-ID", r.request_id);
+        if (!r.traceparent.empty()) h.emplace_back("traceparent", r.traceparent);
+        return h;
+    }
+
+    // OpenAI request fields with no Anthropic counterpart that change nothing about the answer.
+    static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
+                                                            "max_completion_tokens" /* already in max_tokens */};
+
+    // A chat request → a Messages API body, or a 400 naming the field it cannot honour. System
+    // messages go to `system`; the API wants user and assistant turns to alternate, so
+    // consecutive turns of one role are merged.
+    [[nodiscard]] result<std::string> request_body(const chat_request& r, bool streaming) const {
+        nlohmann::json body = nlohmann::json::object();
+        body["model"] = upstream_model(r);
+        std::string system;
+        nlohmann::json messages = nlohmann::json::array();
+        for (std::size_t i = 0; i < r.messages.size(); ++i) {
+            const auto& m = r.messages[i];
+            const std::string at = "messages[" + std::to_string(i) + "]";
+            if (m.role == role::tool)
+                return invalid("the anthropic provider does not relay tool use yet (" + at + " is a tool message)", at + ".role",
+                               "unsupported_parameter");
+            if (m.extra.is_object() && !m.extra.empty())
+                return invalid("the anthropic provider takes text messages only: " + at + " has '" + m.extra.begin().key() + "'",
+                               at + "." + m.extra.begin().key(), "unsupported_parameter");
+            if (m.role == role::system) {
+                if (!system.empty()) system += "\n\n";
+                system += m.content;
+                continue;
+            }
+            const char* name = m.role == role::user ? "user" : "assistant";
+            if (!messages.empty() && messages.back()["role"] == name)
+                messages.back()["content"] = messages.back()["content"].get<std::string>() + "\n\n" + m.content;
+            else
+                messages.push_back({{"role", name}, {"content", m.content}});
+        }
+        if (messages.empty()) return invalid("an Anthropic conversation needs a user message", "messages", "invalid_conversation");
+        body["messages"] = std::move(messages);
+        if (!system.empty()) body["system"] = std::move(system);
+        body["max_tokens"] = r.max_tokens.value_or(options.default_max_tokens);
+        if (r.temperature) {
+            if (*r.temperature > 1.0) return invalid("Anthropic accepts a temperature from 0 to 1", "temperature");
+            body["temperature"] = *r.temperature;
+        }
+        if (r.user_id != anonymous_user) body["metadata"] = {{"user_id", r.user_id}};
+        for (const auto& [key, value] : r.extensions.items()) {
+            if (key == "stop" && value.is_string()) body["stop_sequences"] = nlohmann::json::array({value});
+            else if (key == "stop" && value.is_array()) body["stop_sequences"] = value;
+            else if (key == "top_p" && value.is_number()) body["top_p"] = value;
+            else if (key == "tools" || key == "tool_choice" || key == "parallel_tool_calls" || key == "functions" || key == "function_call")
+                return error{error_kind::invalid_request, "the anthropic provider does not relay tool use yet: '" + key + "' is not supported",
+                             "unsupported_parameter", key};
+            else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
+                return error{error_kind::invalid_request, "the anthropic provider cannot honour '" + key + "'", "unsupported_parameter", key};
+        }
+        if (streaming) body["stream"] = true;
+        return dump_json(body);
+    }
+
+    // Anthropic's stop reasons in OpenAI's vocabulary.
+    static std::string finish_reason(std::string_view stop_reason) {
+        if (stop_reason == "end_turn" || stop_reason == "stop_sequence" || stop_reason == "pause_turn") return "stop";
+        if (stop_reason == "max_tokens" || stop_reason == "model_context_window_exceeded") return "length";
+        if (stop_reason == "tool_use") return "tool_calls";
+        if (stop_reason == "refusal") return "content_filter";
+        return std::string{stop_reason};
+    }
+
+    // Anthropic's usage object. A stream reports it in message_start and again, as counts so
+    // far, in message_delta, which may leave a part out: each part keeps its last reported value.
+    struct usage_counts {
+        std::int64_t input = 0, cache_creation = 0, cache_read = 0, output = 0;
+
+        void read(const nlohmann::json& usage) {
+            if (!usage.is_object()) return;
+            read_count(usage, "input_tokens", input);
+            read_count(usage, "cache_creation_input_tokens", cache_creation);
+            read_count(usage, "cache_read_input_tokens", cache_read);
+            read_count(usage, "output_tokens", output);
+        }
+        // chatkit's prompt count holds all three input parts (cached tokens are a part of it,
+        // as in OpenAI's usage); its cached count is the part read from the cache.
+        [[nodiscard]] token_usage to_token_usage() const {
+            constexpr std::int64_t most = std::numeric_limits<int>::max();
+            token_usage u;
+            u.prompt_tokens = static_cast<int>(std::min(input + cache_creation + cache_read, most));
+            u.cached_tokens = static_cast<int>(std::min(cache_read, most));
+            u.completion_tokens = static_cast<int>(std::min(output, most));
+            return u;
+        }
+
+    private:
+        // A count that is absent or not a count leaves the part as it was (usage is advisory, not fatal).
+        static void read_count(const nlohmann::json& usage, const char* name, std::int64_t& into) {
+            const auto it = usage.find(name);
+            if (it == usage.end() || !it->is_number_integer()) return;
+            const auto n = it->get<std::int64_t>();
+            if (n >= 0) into = std::min<std::int64_t>(n, std::numeric_limits<int>::max());
+        }
+    };
+
+    // Reads a Messages stream into a completion, passing each text delta on as it arrives.
+    struct stream_reader {
+        const delta_sink& sink;
+        completion c{};
+        usage_counts usage{};
+        std::optional<std::string> broken{}; // why the stream cannot be trusted
+        std::string broken_code = "upstream_error";
+        bool done = false;        // message_stop seen
+        bool delivered = false;   // a delta reached the sink
+        bool client_gone = false; // the sink said stop
+
+        void operator()(const sse_message& m) {
+            if (broken || done || client_gone) return;
+            const auto j = nlohmann::json::parse(m.data, nullptr, false);
+            if (!j.is_object()) return void(broken = "upstream sent a malformed stream event");
+            const std::string type = string_field(j, "type", m.event);
+            if (type == "message_start") {
+                const auto& message = j.contains("message") ? j["message"] : nlohmann::json{};
+                if (message.is_object()) {
+                    if (message.contains("model") && message["model"].is_string()) c.model = message["model"].get<std::string>();
+                    if (message.contains("usage")) usage.read(message["usage"]);
+                }
+            } else if (type == "content_block_delta") {
+                const auto delta = j.contains("delta") ? j["delta"] : nlohmann::json{};
+                // Other deltas (input_json_delta, thinking_delta, signature_delta) carry no answer text.
+                if (string_field(delta, "type") != "text_delta" || !delta.contains("text") || !delta["text"].is_string()) return;
+                const auto& text = delta["text"].get_ref<const std::string&>();
+                if (text.empty()) return;
+                c.content += text;
+                c.usage = usage.to_token_usage(); // what a client that leaves now was charged for so far
+                delivered = true;
+                if (!sink(text)) client_gone = true;
+            } else if (type == "message_delta") {
+                if (const auto d = j.find("delta"); d != j.end() && d->is_object() && d->contains("stop_reason") && (*d)["stop_reason"].is_string())
+                    c.finish_reason = finish_reason((*d)["stop_reason"].get<std::string>());
+                if (j.contains("usage")) usage.read(j["usage"]); // counts so far, not increments
+            } else if (type == "message_stop") {
+                done = true;
+            } else if (type == "error") {
+                const auto e = j.contains("error") && j["error"].is_object() ? j["error"] : nlohmann::json::object();
+                const std::string kind = string_field(e, "type", "error"), message = string_field(e, "message", "unknown");
+                broken = "upstream error mid-stream (" + kind + "): " + message;
+                broken_code = kind;
+            }
+            // ping, content_block_start and content_block_stop change nothing here; an event type
+            // this code does not know is skipped, as Anthropic's versioning policy asks.
+        }
+    };
+
+    // A stream that ended: whole, truncated, or broken (the reader's verdict), as a completion.
+    // Before any delta reached the client, a failure may be retried.
+    result<completion, upstream_failure> finish_stream(stream_reader& reader, const std::string& key) const {
+        if (reader.broken)
+            return upstream_failure{{error_kind::upstream, redact(*reader.broken, key), reader.broken_code}, !reader.delivered, {}, reader.delivered};
+        if (!reader.done)
+            return upstream_failure{{error_kind::upstream, "upstream stream ended before message_stop", "upstream_truncated"},
+                                    !reader.delivered, {}, reader.delivered};
+        reader.c.usage = reader.usage.to_token_usage();
+        return std::move(reader.c);
+    }
+
+    // A `message` body into a completion: its text blocks joined.
+    static result<completion, upstream_failure> parse_answer(const std::string& raw) {
+        const upstream_failure malformed{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
+        const auto j = nlohmann::json::parse(raw, nullptr, false);
+        if (!j.is_object() || !j.contains("content") || !j["content"].is_array()) return malformed;
+        completion c;
+        for (const auto& block : j["content"])
+            if (string_field(block, "type") == "text" && block.contains("text") && block["text"].is_string())
+                c.content += block["text"].get<std::string>();
+        if (j.contains("model") && j["model"].is_string()) c.model = j["model"].get<std::string>();
+        if (j.contains("stop_reason") && j["stop_reason"].is_string()) c.finish_reason = finish_reason(j["stop_reason"].get<std::string>());
+        if (j.contains("usage")) {
+            usage_counts counts;
+            counts.read(j["usage"]);
+            c.usage = counts.to_token_usage();
+        }
+        return c;
+    }
+
+    // An error status: Anthropic's envelope {"type":"error","error":{"type","message"}} mapped to
+    // chatkit's kinds. Retried as Anthropic's SDKs retry: 408, 409, 429 and 5xx (529 is
+    // overloaded_error), after retry-after-ms or retry-after, unless x-should-retry says otherwise.
+    template <class Headers>
+    upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
+        const auto body = nlohmann::json::parse(raw, nullptr, false);
+        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
+        const std::string type = string_field(e, "type");
+        std::string message = redact(string_field(e, "message"), key);
+        if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
+
+        upstream_failure f{{error_kind::upstream, message, type.empty() ? "upstream_" + std::to_string(status) : type}, false};
+        if (status == 400 || status == 422) f.e.kind = error_kind::invalid_request;
+        else if (status == 401 || status == 403) {
+            f.e.message = "upstream rejected the credentials: " + message;
+            f.e.code = "upstream_credentials";
+        } else if (status == 404) f.e.kind = error_kind::not_found;
+        else if (status == 413) f.e.kind = error_kind::payload_too_large;
+        else if (status == 429) {
+            f.e.kind = error_kind::rate_limited;
+            f.retryable = true;
+        } else if (status == 408 || status == 409 || status >= 500) {
+            f.e.message = (status == 529 ? "upstream overloaded (HTTP 529): " : "upstream error (HTTP " + std::to_string(status) + "): ") + message;
+            f.retryable = true;
+        }
+        f.retry_after = retry_after(headers);
+        if (auto should = header(headers, "x-should-retry"); should == "true") f.retryable = true;
+        else if (should == "false") f.retryable = false;
+        return f;
+    }
+
+    template <class Headers>
+    static std::string header(const Headers& headers, const char* name) {
+        for (const auto& [key, value] : headers)
+            if (std::equal(key.begin(), key.end(), name, name + std::strlen(name),
+                           [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
+                return value;
+        return {};
+    }
+
+    // retry-after-ms, then retry-after in seconds, as Anthropic's SDKs read them. HTTP dates are not used.
+    template <class Headers>
+    static std::optional<std::chrono::milliseconds> retry_after(const Headers& headers) {
+        auto number = [](const std::string& text) -> std::optional<double> {
+            if (text.empty()) return std::nullopt;
+            char* end = nullptr;
+            const double v = std::strtod(text.c_str(), &end);
+            if (end == text.c_str() || *end != '\0' || !(v >= 0) || v > 1e9) return std::nullopt;
+            return v;
+        };
+        if (auto ms = number(header(headers, "retry-after-ms"))) return std::chrono::milliseconds(static_cast<long>(*ms));
+        if (auto s = number(header(headers, "retry-after"))) return std::chrono::milliseconds(static_cast<long>(*s * 1000));
+        return std::nullopt;
+    }
+
+    // A string member of an upstream's object, else `fallback`: never throws on a field of
+    // another type, as nlohmann's value() would.
+    static std::string string_field(const nlohmann::json& j, const char* name, std::string fallback = {}) {
+        if (!j.is_object()) return fallback;
+        const auto it = j.find(name);
+        return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
+    }
+
+    // Upstream messages sometimes quote the key they were given; it must not reach a client.
+    static std::string redact(std::string text, const std::string& key) {
+        if (key.size() < 4) return text;
+        for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at)) text.replace(at, key.size(), "[redacted]");
+        return text;
+    }
+};
+
+} // namespace detail
+} // namespace chatkit
