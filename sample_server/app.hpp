@@ -222,7 +222,8 @@ inline std::function<void(std::string_view)> warn_once_a_minute(logger* log, std
 }
 
 // CHAT_CACHE_SIZE entries in memory; with CHAT_REDIS_URL, in front of Redis (docs/fleet.md). A
-// Redis that does not answer at start-up is logged, not fatal: the cache misses until it does.
+// Redis that cannot be used at start-up (down, or the credentials refused) is logged, not fatal:
+// the cache misses until it can be.
 inline cache_type make_cache(const config& c, logger* log = nullptr) {
     chatkit::lru_cache_mt near{chatkit::lru_cache_options{.max_entries = c.cache_size}};
     if (c.redis_url.empty()) {
@@ -240,7 +241,7 @@ inline cache_type make_cache(const config& c, logger* log = nullptr) {
         o.on_error = [warn](const chatkit::error& e) { warn(e.message); };
     }
     chatkit::redis_cache far{std::move(o)};
-    if (auto ping = far.ping(); !ping && log) log->error("Redis does not answer at start-up; the cache misses until it does", {{"error", ping.error().message}});
+    if (auto ping = far.ping(); !ping && log) log->error("cannot use Redis at start-up; the cache misses until it can", {{"error", ping.error().message}});
     if (c.cache_size == 0) return far;
     // A far hit is kept near for a minute at most (less with a shorter CHAT_CACHE_TTL).
     return shared_cache_type{std::move(near), std::move(far), chatkit::two_level_cache_options{.near_fill_ttl = std::min(c.cache_ttl, std::chrono::seconds{60})}};

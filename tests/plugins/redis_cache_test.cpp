@@ -210,6 +210,29 @@ TEST_CASE("a Redis that stops costs misses, never a chat, and is used again once
     }));
 }
 
+TEST_CASE("after Redis restarts, the first command works: stale idle connections are replaced, not failed", "[redis_cache]") {
+    redis_server redis;
+    auto o = options_for(redis.url());
+    o.redis.max_connections = 4;
+    o.redis.connect_timeout = std::chrono::seconds{5};
+    chatkit::redis_cache cache{o};
+    std::vector<std::thread> warm; // several connections open and lying idle
+    for (int t = 0; t < 4; ++t)
+        warm.emplace_back([&cache, t] {
+            for (int i = 0; i < 50; ++i) cache.put("warm" + std::to_string(t), answer("w"), minute);
+        });
+    for (auto& w : warm) w.join();
+    REQUIRE(cache.stats().failures == 0);
+
+    redis.stop();
+    redis.start();
+    cache.put("k", answer("after the restart"), minute);
+    CHECK(cache.stats().failures == 0);
+    const auto hit = cache.get("k");
+    REQUIRE(hit);
+    CHECK(hit->content == "after the restart");
+}
+
 TEST_CASE("a Redis that hangs is timed out: the cache misses, and recovers when it answers again", "[redis_cache]") {
     redis_server redis;
     auto o = options_for(redis.url());

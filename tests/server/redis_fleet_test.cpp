@@ -105,7 +105,7 @@ TEST_CASE("a wrong Redis password is logged at start-up without the password, an
     const auto r = ask(a, "ada", "hello");
     REQUIRE(r);
     CHECK(r->status == 200);
-    CHECK(eventually([&] { return lines_with(a, "Redis does not answer at start-up") == 1; }));
+    CHECK(eventually([&] { return lines_with(a, "cannot use Redis at start-up") == 1; }));
     CHECK(lines_with(a, "WRONGPASS") >= 1);
     CHECK(a.log().find("wrong-password-5678") == std::string::npos);
 }

@@ -141,8 +141,9 @@ public:
     /// Runs one command, its arguments sent as they are (binary-safe). An error for: no
     /// connection (refused, timed out, the credentials refused, all busy), a command that timed
     /// out or lost its connection (the connection is then closed: the next call opens a fresh
-    /// one), or Redis's own error reply. A connection found broken on first use after lying idle
-    /// (Redis restarted meanwhile) is replaced once, at once.
+    /// one), or Redis's own error reply. A lost connection closes the idle ones too, and a call
+    /// whose connection was found broken after lying idle (Redis restarted meanwhile) is retried
+    /// once, at once, on a fresh one.
     result<redis_reply> command(std::initializer_list<std::string_view> args) {
         std::vector<const char*> argv;
         std::vector<std::size_t> lengths;
@@ -162,6 +163,8 @@ public:
                         s_->options.redacted_url() + (timed_out ? ": the command timed out" : ": the connection failed: " + std::string{context->errstr}),
                         "redis_unavailable"};
                 release(context, false);
+                // A lost connection (not a slow one) means Redis went away: the idle ones are as stale.
+                if (!timed_out) close_idle();
                 if (reused && !timed_out && attempt == 0) continue;
                 return e;
             }
@@ -249,6 +252,18 @@ private:
         }
         if (c) redisFree(c);
         s.freed.notify_one();
+    }
+
+    void close_idle() {
+        state& s = *s_;
+        std::vector<redisContext*> stale;
+        {
+            std::lock_guard lock{s.mutex};
+            stale.swap(s.idle);
+            s.open -= stale.size();
+        }
+        for (auto* c : stale) redisFree(c);
+        s.freed.notify_all();
     }
 
     // A new connection, authenticated and on its database, with the command timeout set.
