@@ -31,10 +31,12 @@
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/otel_tracing.hpp>
 #include <chatkit/rate_limiter.hpp>
+#include <chatkit/redis_cache.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_key_directory.hpp>
 #include <chatkit/sqlite_store.hpp>
 #include <chatkit/sqlite_usage_store.hpp>
+#include <chatkit/two_level_cache.hpp>
 #include <chatkit/usage_dashboard.hpp>
 #include <chatkit/usage_recorder.hpp>
 #include <chatkit/usage_report.hpp>
@@ -57,7 +59,9 @@ using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit:
                                                 chatkit::anthropic_provider, chatkit::async_anthropic_provider,
                                                 chatkit::bedrock_provider, chatkit::async_bedrock_provider>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
-using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache>;
+// CHAT_REDIS_URL adds Redis, shared by every replica: behind the in-memory LRU, or alone.
+using shared_cache_type = chatkit::two_level_cache<chatkit::lru_cache_mt, chatkit::redis_cache>;
+using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache, chatkit::redis_cache, shared_cache_type>;
 // CHAT_AUTH=keys: API keys from the database of the history, SQLite or DynamoDB (docs/gateway.md).
 using auth_type = chatkit::api_key_auth<key_directory_type>;
 // The access log comes after the request id (its lines carry it) and before authentication and the
@@ -236,9 +240,51 @@ inline std::optional<auth_type> make_auth(const config& c, logger* log, std::str
     return auth_type{make_key_directory(c, "CHAT_AUTH=keys"), std::move(o)};
 }
 
-inline cache_type make_cache(const config& c) {
-    if (c.cache_size == 0) return chatkit::no_cache{};
-    return chatkit::lru_cache_mt{chatkit::lru_cache_options{.max_entries = c.cache_size}};
+// `what` fails repeatedly while a dependency is down: logged at most once a minute, with how many
+// failures went unlogged since, so that an outage does not flood the log.
+inline std::function<void(std::string_view)> warn_once_a_minute(logger* log, std::string what) {
+    struct throttle {
+        std::mutex mutex;
+        std::chrono::steady_clock::time_point last{};
+        long suppressed = 0;
+    };
+    return [log, what = std::move(what), t = std::make_shared<throttle>()](std::string_view why) {
+        std::lock_guard lock{t->mutex};
+        const auto now = std::chrono::steady_clock::now();
+        if (t->last != std::chrono::steady_clock::time_point{} && now - t->last < std::chrono::minutes{1}) {
+            ++t->suppressed;
+            return;
+        }
+        log->warn(what, {{"error", why}, {"failures_not_logged", t->suppressed}});
+        t->last = now;
+        t->suppressed = 0;
+    };
+}
+
+// CHAT_CACHE_SIZE entries in memory; with CHAT_REDIS_URL, in front of Redis (docs/fleet.md). A
+// Redis that cannot be used at start-up (down, or the credentials refused) is logged, not fatal:
+// the cache misses until it can be.
+inline cache_type make_cache(const config& c, logger* log = nullptr) {
+    chatkit::lru_cache_mt near{chatkit::lru_cache_options{.max_entries = c.cache_size}};
+    if (c.redis_url.empty()) {
+        if (c.cache_size == 0) return chatkit::no_cache{};
+        return near;
+    }
+    auto redis = chatkit::parse_redis_url(c.redis_url);
+    if (!redis) throw config_error("CHAT_REDIS_URL: " + redis.error().message);
+    chatkit::redis_cache_options o;
+    o.redis = std::move(*redis);
+    // As many connections as worker threads may use at once, within reason for one Redis.
+    o.redis.max_connections = std::clamp<std::size_t>(c.threads, 1, 32);
+    if (log) {
+        auto warn = warn_once_a_minute(log, "the Redis cache fails; answers are not shared until it works again");
+        o.on_error = [warn](const chatkit::error& e) { warn(e.message); };
+    }
+    chatkit::redis_cache far{std::move(o)};
+    if (auto ping = far.ping(); !ping && log) log->error("cannot use Redis at start-up; the cache misses until it can", {{"error", ping.error().message}});
+    if (c.cache_size == 0) return far;
+    // A far hit is kept near for a minute at most (less with a shorter CHAT_CACHE_TTL).
+    return shared_cache_type{std::move(near), std::move(far), chatkit::two_level_cache_options{.near_fill_ttl = std::min(c.cache_ttl, std::chrono::seconds{60})}};
 }
 
 // The shipped price table (data/pricing.json, built in), with CHAT_PRICING_FILE's models over it.
@@ -355,24 +401,7 @@ inline std::optional<chatkit::shared_key_limits<chatkit::dynamodb_counter_store>
 // The exporter of the traces; an export that fails is logged at most once a minute (with how many
 // spans failed since), so that a collector that is down does not flood the log.
 inline std::shared_ptr<chatkit::otlp_exporter> make_trace_exporter(chatkit::otel_settings settings, logger* log) {
-    if (log) {
-        struct throttle {
-            std::mutex mutex;
-            std::chrono::steady_clock::time_point last{};
-            long suppressed = 0;
-        };
-        settings.exporter.on_error = [log, t = std::make_shared<throttle>()](std::string_view why) {
-            std::lock_guard lock{t->mutex};
-            const auto now = std::chrono::steady_clock::now();
-            if (t->last != std::chrono::steady_clock::time_point{} && now - t->last < std::chrono::minutes{1}) {
-                ++t->suppressed;
-                return;
-            }
-            log->warn("cannot export traces", {{"error", why}, {"failures_not_logged", t->suppressed}});
-            t->last = now;
-            t->suppressed = 0;
-        };
-    }
+    if (log) settings.exporter.on_error = warn_once_a_minute(log, "cannot export traces");
     return std::make_shared<chatkit::otlp_exporter>(std::move(settings.exporter));
 }
 
@@ -452,7 +481,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     }
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
-    app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c), chatkit::request_id{},
+    app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c, log), chatkit::request_id{},
                         std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));

@@ -7,6 +7,7 @@
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/otel_environment.hpp>
 #include <chatkit/rate_limiter.hpp>
+#include <chatkit/redis_connection_pool.hpp>
 #include <chatkit/version.hpp>
 
 #include <algorithm>
@@ -43,6 +44,9 @@ struct config {
     std::chrono::seconds cors_max_age{600};
     std::size_t cache_size = 1024;
     std::chrono::seconds cache_ttl{3600};
+    // CHAT_REDIS_URL: the cache every replica shares (a secret when it holds a password: never
+    // shown, logged or quoted in an error). Empty: none.
+    std::string redis_url;
     std::string rate_limit = "60/minute";
     std::size_t max_body_bytes = 1 << 20;
     std::size_t max_messages = 256;
@@ -211,6 +215,13 @@ inline const std::vector<setting>& settings() {
         {"CHAT_CACHE_TTL", "seconds a cached answer stays valid",
          [](config& c, auto n, auto v) { c.cache_ttl = std::chrono::seconds{parse_int<long>(n, v, 1, 31'536'000)}; },
          [](const config& c) { return std::to_string(c.cache_ttl.count()); }},
+        {"CHAT_REDIS_URL", "a Redis every replica shares for cached answers, redis://[user:password@]host[:port][/db], behind the in-memory cache of CHAT_CACHE_SIZE (0: Redis alone); rediss:// (TLS) is not supported (empty: none; a secret when it holds a password)",
+         [](config& c, auto n, auto v) {
+             if (!v.empty())
+                 if (auto parsed = chatkit::parse_redis_url(v); !parsed) throw config_error(std::string{n} + ": " + parsed.error().message);
+             c.redis_url = v;
+         },
+         [](const config& c) { return c.redis_url.empty() ? std::string{} : chatkit::parse_redis_url(c.redis_url)->redacted_url(); }},
         {"CHAT_RATE_LIMIT", "requests per client: N/second|minute|hour, or off",
          [](config& c, auto n, auto v) {
              if (v != "off" && !chatkit::rate_limit::parse(v))

@@ -32,6 +32,9 @@
 #include <chatkit/otlp_traces.hpp>
 #include <chatkit/trace_context.hpp>
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/redis_cache.hpp>
+#include <chatkit/redis_connection_pool.hpp>
+#include <chatkit/two_level_cache.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_key_directory.hpp>
