@@ -405,6 +405,15 @@ inline std::shared_ptr<chatkit::otlp_exporter> make_trace_exporter(chatkit::otel
     return std::make_shared<chatkit::otlp_exporter>(std::move(settings.exporter));
 }
 
+// The routes sample_server adds to the service's: named in metrics' labels and in span names
+// alike (any other path is "other" there and its method alone here).
+inline std::vector<std::string> added_routes() {
+    std::vector<std::string> routes{"/v1/usage", "/v1/usage/dashboard", "/admin/teams", "/admin/keys", "/admin/keys/revoke"};
+    for (auto& path : dashboard_paths()) routes.push_back(std::move(path));
+    for (auto& path : api_docs_paths()) routes.push_back(std::move(path));
+    return routes;
+}
+
 // The trace exporter's counts in the Prometheus text format: a collector that is down shows as
 // failed spans, a queue too small for the load as dropped ones.
 inline void append_trace_figures(std::string& out, const chatkit::otlp_exporter_stats& s) {
@@ -441,9 +450,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     std::optional<chatkit::prometheus_metrics> metrics;
     if (c.metrics == "on") {
         chatkit::prometheus_metrics_options o;
-        for (const char* r : {"/v1/usage", "/v1/usage/dashboard", "/admin/teams", "/admin/keys", "/admin/keys/revoke"}) o.routes.emplace_back(r);
-        for (auto& path : dashboard_paths()) o.routes.push_back(std::move(path));
-        for (auto& path : api_docs_paths()) o.routes.push_back(std::move(path));
+        for (auto& path : added_routes()) o.routes.push_back(std::move(path));
         metrics.emplace(std::move(o));
     }
     auto provider = make_provider(c, std::move(upstream), log, metrics);
@@ -477,7 +484,9 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     if (c.tracing) {
         auto exporter = make_trace_exporter(*c.tracing, log);
         if (metrics) metrics->add_source([exporter](std::string& out) { append_trace_figures(out, exporter->stats()); });
-        tracing.emplace(std::move(exporter), chatkit::otel_tracing_options{.sampler = c.tracing->sampler});
+        chatkit::otel_tracing_options o{.sampler = c.tracing->sampler};
+        for (auto& path : added_routes()) o.routes.push_back(std::move(path));
+        tracing.emplace(std::move(exporter), std::move(o));
     }
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});

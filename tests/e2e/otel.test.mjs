@@ -195,6 +195,13 @@ for (const protocol of ['http/protobuf', 'http/json']) {
     assert.ok(ours.every((e) => e.auth === 'collector secret'), 'OTEL_EXPORTER_OTLP_HEADERS are sent, percent-decoded');
     assert.equal(upstreamSeen.length, 1);
     assert.ok(upstreamParents.has(upstreamSeen[0].traceparent), `upstream got ${upstreamSeen[0].traceparent}`);
+    // A route sample_server adds is named in its span, as the service's own are.
+    const docsTrace = [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
+    const docs = await fetch(`http://127.0.0.1:${port}/openapi.json`, { headers: { traceparent: `00-${docsTrace}-${parentId}-01` } });
+    assert.equal(docs.status, 200);
+    await docs.arrayBuffer();
+    const [docsSpan] = await spansOfTrace(docsTrace, 1);
+    assert.equal(docsSpan.name, 'GET /openapi.json');
     // Never the content.
     assert.ok(!JSON.stringify(ours.map((e) => e.decoded)).includes('private words'));
     // The exporter's counts are in /metrics: every span that reached the collector, none lost.
