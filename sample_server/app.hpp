@@ -54,10 +54,14 @@
 namespace sample_server {
 
 // OpenAI, Anthropic and Bedrock in both forms: the async ones on the event-loop server's loops
-// (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap.
-using provider_type = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
+// (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap; with
+// CHAT_CONFIG, a router among several of them.
+template <class... Also>
+using providers_and = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
                                                 chatkit::anthropic_provider, chatkit::async_anthropic_provider,
-                                                chatkit::bedrock_provider, chatkit::async_bedrock_provider>;
+                                                chatkit::bedrock_provider, chatkit::async_bedrock_provider, Also...>;
+using member_provider_type = providers_and<>;
+using provider_type = providers_and<chatkit::router<member_provider_type>>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
 // CHAT_REDIS_URL adds Redis, shared by every replica: behind the in-memory LRU, or alone.
 using shared_cache_type = chatkit::two_level_cache<chatkit::lru_cache_mt, chatkit::redis_cache>;
@@ -110,15 +114,19 @@ inline std::string_view chosen_provider(const config& c) {
     return bedrock ? "bedrock" : "echo";
 }
 
+// One provider, of any variant `V` that holds them (a router's member, or the service's own).
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
 // client on the server's loops) OpenAI, Anthropic and Bedrock are called through it; with
-// `metrics`, their retries are counted there.
-inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log = nullptr,
-                                   const std::optional<chatkit::prometheus_metrics>& metrics = std::nullopt) {
+// `metrics`, their retries are counted there, under `label` (default: the provider's name).
+template <class V>
+V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log,
+                       const std::optional<chatkit::prometheus_metrics>& metrics, std::string label = {}) {
     // The provider's name, as service summaries give it, so retries and errors share their labels.
-    auto count_retries = [&metrics](std::string_view provider) -> std::function<void(const chatkit::upstream_failure&)> {
+    auto count_retries = [&metrics, &label](std::string_view provider) -> std::function<void(const chatkit::upstream_failure&)> {
         if (!metrics) return {};
-        return [m = *metrics, provider](const chatkit::upstream_failure& f) mutable { m.count_retry(provider, f.e); };
+        return [m = *metrics, name = label.empty() ? std::string{provider} : label](const chatkit::upstream_failure& f) mutable {
+            m.count_retry(name, f.e);
+        };
     };
     if (chosen_provider(c) == "openai") {
         const bool from_secret = !c.openai_api_key_secret_arn.empty();
@@ -201,6 +209,61 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
     if (!c.model.empty()) echo.model = c.model;
     echo.delay_per_word = c.echo_delay;
     return chatkit::echo_provider{echo};
+}
+
+// The settings of one CHAT_CONFIG provider, as if it were the only one: no key or model of the
+// process's own variables carries over (an OpenAI key must never reach another base URL).
+inline config member_config(const config& c, const provider_entry& e) {
+    config m = c;
+    m.provider = e.type == "azure" ? "openai" : e.type;
+    m.model = e.model;
+    m.openai_api_key.clear();
+    m.openai_api_key_secret_arn.clear();
+    m.openai_organization.clear();
+    m.openai_project.clear();
+    m.openai_azure_deployment.clear();
+    m.anthropic_api_key.clear();
+    if (m.provider == "openai") {
+        m.openai_api_key = e.api_key;
+        m.openai_api_key_secret_arn = e.api_key_secret_arn;
+        m.openai_base_url = e.base_url.empty() ? config{}.openai_base_url : e.base_url;
+        m.openai_azure_deployment = e.deployment;
+        if (!e.api_version.empty()) m.openai_azure_api_version = e.api_version;
+    } else if (m.provider == "anthropic") {
+        m.anthropic_api_key = e.api_key;
+        m.anthropic_base_url = e.base_url.empty() ? config{}.anthropic_base_url : e.base_url;
+    }
+    if (e.max_retries) m.upstream_max_retries = *e.max_retries;
+    if (e.timeout) m.upstream_timeout = *e.timeout;
+    return m;
+}
+
+// CHAT_CONFIG's router: each provider built as CHAT_PROVIDER would build it alone, and a fallback
+// counted (chatkit_upstream_fallbacks_total) and logged.
+inline chatkit::router<member_provider_type> make_router(const config& c, const std::shared_ptr<chatkit::http_client>& upstream, logger* log,
+                                                         const std::optional<chatkit::prometheus_metrics>& metrics) {
+    const routing_config& r = *c.routing;
+    std::vector<chatkit::router<member_provider_type>::member> members;
+    for (const auto& e : r.providers) {
+        try {
+            members.push_back({e.name, make_single_provider<member_provider_type>(member_config(c, e), upstream, log, metrics, e.name)});
+        } catch (const config_error& problem) {
+            throw config_error("CHAT_CONFIG=" + r.path + ":" + std::to_string(e.line) + ": provider '" + e.name + "': " + problem.what());
+        }
+    }
+    chatkit::router_options o = r.router;
+    o.on_fallback = [log, m = metrics](std::string_view from, std::string_view to, const chatkit::error& e) mutable {
+        if (m) m->count_fallback(from, to, e);
+        if (log) log->warn("provider failed; trying the next of the route", {{"provider", from}, {"next", to}, {"code", e.code}, {"error", e.message}});
+    };
+    return chatkit::router<member_provider_type>{std::move(members), r.models, std::move(o)};
+}
+
+// The service's provider: CHAT_CONFIG's router, or the one provider CHAT_PROVIDER chooses.
+inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log = nullptr,
+                                   const std::optional<chatkit::prometheus_metrics>& metrics = std::nullopt) {
+    if (c.routing) return make_router(c, upstream, log, metrics);
+    return make_single_provider<provider_type>(c, std::move(upstream), log, metrics);
 }
 
 // With `metrics`, the SQLite store's group commits are measured there (DynamoDB writes an

@@ -10,6 +10,8 @@
 #include <chatkit/redis_connection_pool.hpp>
 #include <chatkit/version.hpp>
 
+#include "routing_config.hpp"
+
 #include <algorithm>
 #include <cctype>
 
@@ -17,6 +19,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -33,6 +36,10 @@ struct config {
     std::string auth = "none";
     std::string admin_key_digest; // CHAT_ADMIN_KEY's SHA-256 (32 raw bytes); empty: no admin key. Never the key.
     std::string provider = "auto";
+    // CHAT_CONFIG: a file of providers and the models routed to them; when set, the router it
+    // describes is the provider, read and checked by load_config.
+    std::string config_file;
+    std::shared_ptr<const routing_config> routing;
     std::string model;
     std::string pricing_file;
     std::string usage = "on";
@@ -183,6 +190,9 @@ inline const std::vector<setting>& settings() {
          "echo, openai, anthropic or bedrock",
          [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "anthropic", "bedrock"}); },
          [](const config& c) { return c.provider; }},
+        {"CHAT_CONFIG", "a YAML (or JSON) file of providers and the models routed to them, with fallbacks and weights; replaces "
+         "CHAT_PROVIDER and CHAT_MODEL (docs/providers.md; empty: none)",
+         [](config& c, auto, auto v) { c.config_file = v; }, [](const config& c) { return c.config_file; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
          [](const config& c) { return c.model; }},
         {"CHAT_PRICING_FILE", "a JSON price table (USD per 1M tokens) merged over the shipped data/pricing.json (empty: the shipped one only)",
@@ -374,6 +384,15 @@ inline config load_config(int argc, const char* const* argv, const std::function
         c.tracing = chatkit::otel_settings_from_environment(getenv, "chatkit", CHATKIT_VERSION);
     } catch (const std::invalid_argument& e) {
         throw config_error(e.what());
+    }
+    if (!c.config_file.empty()) {
+        if (c.provider != "auto") throw config_error("CHAT_CONFIG names the providers: CHAT_PROVIDER=" + c.provider + " cannot be used with it");
+        if (!c.model.empty()) throw config_error("CHAT_CONFIG names the models (the first is the default): CHAT_MODEL cannot be used with it");
+        try {
+            c.routing = std::make_shared<const routing_config>(load_routing_config(c.config_file, getenv));
+        } catch (const routing_config_error& e) {
+            throw config_error(std::string{"CHAT_CONFIG="} + e.what());
+        }
     }
     // Settings that make sense only together.
     if (c.metrics_port >= 0 && c.metrics != "on")

@@ -92,7 +92,11 @@ int main(int argc, char** argv) {
                 metrics_port.emplace(*metrics, cfg.host, cfg.metrics_port);
 
         const auto provider = sample_server::chosen_provider(cfg);
-        if (provider == "echo")
+        if (cfg.routing) {
+            nlohmann::ordered_json providers = nlohmann::ordered_json::object();
+            for (const auto& p : cfg.routing->providers) providers[p.name] = p.type;
+            log.info("routing by model", {{"config", cfg.config_file}, {"providers", providers}, {"models", service.models()}});
+        } else if (provider == "echo")
             log.info("no real provider is configured; using the built-in echo provider, which answers with your last message");
         else if (provider == "openai")
             log.info("using the OpenAI provider", {{"base_url", cfg.openai_base_url}, {"api_key", !cfg.openai_api_key_secret_arn.empty() ? "from " + cfg.openai_api_key_secret_arn

@@ -141,6 +141,9 @@ struct completion {
     std::optional<double> cost_usd{};
     // Fields of the reply beyond its text (tool_calls, refusal, ...), relayed to OpenAI clients.
     nlohmann::json extra{};
+    // Which provider answered, when the service's provider chose among several (a router names
+    // its member); empty: the service's provider itself. Told to the client and the log.
+    std::string provider{};
 };
 
 inline void to_json(nlohmann::json& j, const completion& c) {

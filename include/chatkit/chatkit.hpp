@@ -13,6 +13,7 @@
 #include "chatkit/pricing.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/response_sink.hpp"
+#include "chatkit/router.hpp"
 #include "chatkit/service.hpp"
 #include "chatkit/store.hpp"
 #include "chatkit/task.hpp"

@@ -140,6 +140,7 @@ public:
                 answer->cached = true;
                 answer->upstream_ms = 0; // the cached answer's own call, not this request's
                 answer->upstream_started = {};
+                answer->provider.clear(); // no provider answered this request
             }
         }
         const bool fresh_answer = !answer;
@@ -255,7 +256,7 @@ private:
         sum.upstream_ms = res->meta.upstream_ms;
         sum.finish_reason = res->meta.finish_reason;
         sum.upstream_started = res->meta.upstream_started;
-        sum.provider = provider_.name();
+        sum.provider = res->meta.provider.empty() ? std::string{provider_.name()} : res->meta.provider;
         if (!co_await start_response(sink, *req, *res, sum.streamed)) {
             sum.client_left = true;
         } else if (!sum.streamed) {
@@ -394,7 +395,7 @@ private:
         auto answer = co_await chat_async(std::move(*chat_req), &timing);
         if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
         auto res = json_response(200, answer_json(*answer, req.request_id));
-        res.meta = meta_of(*answer);
+        describe_answer(res, *answer);
         co_return routed{std::move(res)};
     }
 
@@ -425,7 +426,7 @@ private:
         text += '}';
         auto res = json_text_response(200, std::move(text));
         res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
-        res.meta = meta_of(*answer);
+        describe_answer(res, *answer);
         co_return routed{std::move(res)};
     }
 
@@ -529,6 +530,7 @@ private:
             answer->cached = true;
             answer->upstream_ms = 0;
             answer->upstream_started = {};
+            answer->provider.clear();
             if (!co_await out.write(answer->content)) co_return;
         } else {
             const auto called = std::chrono::steady_clock::now();
@@ -560,6 +562,7 @@ private:
         sum.cost_usd = answer->cost_usd;
         sum.time_to_first_token_ms = answer->time_to_first_token_ms;
         sum.finish_reason = answer->finish_reason;
+        sum.provider = served_by(*answer);
         if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) {
             sum.error_code = saved.error().code;
             co_await st->send(framing->failure(saved.error(), req.request_id));
@@ -872,15 +875,25 @@ private:
     }
 
     static response_meta meta_of(const completion& c) {
-        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd, c.upstream_ms, c.finish_reason, c.upstream_started};
+        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd, c.upstream_ms, c.finish_reason, c.upstream_started,
+                c.provider};
     }
+    // An unstreamed answer's meta, and the provider that answered it in `x-chatkit-provider` (a
+    // stream's headers leave before a provider is chosen: its closing event names it instead).
+    static void describe_answer(http_response& res, const completion& c) {
+        res.meta = meta_of(c);
+        if (!c.provider.empty()) res.headers.emplace("x-chatkit-provider", c.provider);
+    }
+    // The name an answer is told and logged under: the router's member that answered, else the
+    // service's provider (also for a cache hit, as before routers).
+    std::string served_by(const completion& c) const { return c.provider.empty() ? std::string{provider_.name()} : c.provider; }
 
     // What the gateway adds to an OpenAI answer: who was billed, by which provider, for how much.
     nlohmann::json gateway_metadata_of(const caller_identity& caller, const completion& c) const {
         auto id = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
         return {{"team_id", id(caller.team_id)},
                 {"key_id", id(caller.key_id)},
-                {"provider", provider_.name()},
+                {"provider", served_by(c)},
                 {"latency_ms", c.latency_ms},
                 {"cost_usd", c.cost_usd ? nlohmann::json(*c.cost_usd) : nlohmann::json(nullptr)},
                 {"cached", c.cached}};
@@ -902,7 +915,7 @@ private:
         out += R"(,"latency_ms":)";
         append_json(out, nlohmann::json(c.latency_ms));
         out += R"(,"provider":)";
-        append_json_string(out, provider_.name());
+        append_json_string(out, served_by(c));
         out += R"(,"team_id":)";
         id(caller.team_id);
         out += '}';
@@ -941,6 +954,7 @@ private:
     // or with its default: the name the answer is priced and recorded under.
     void fill_defaults(completion& c, const chat_request& r) {
         if (c.model.empty()) c.model = r.model.empty() ? models().front() : r.model;
+        if (c.provider.empty()) c.provider = provider_.name();
     }
 
     static exchange make_exchange(const chat_request& r, const completion& c) {

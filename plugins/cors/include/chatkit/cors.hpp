@@ -25,11 +25,12 @@ struct cors_options {
     // How long a browser may reuse a preflight's answer.
     std::chrono::seconds max_age{600};
     // Response headers a page may read beyond the CORS-safelisted ones: the request id, the
-    // timing, the limits' state, the cache's verdict.
+    // timing, the limits' state, the cache's verdict, the provider that answered.
     std::vector<std::string> expose{"X-Request-ID",
                                     "Server-Timing",
                                     "Retry-After",
                                     "X-Cache",
+                                    "x-chatkit-provider",
                                     "x-ratelimit-limit-requests",
                                     "x-ratelimit-remaining-requests",
                                     "x-ratelimit-reset-requests",

@@ -1,10 +1,11 @@
 // A Middleware that counts what the service does, and renders it in the Prometheus text
 // exposition format (version 0.0.4) for GET /metrics: requests by route and status, durations and
 // the gateway's own overhead, time to first token, tokens by type and model and cost by team and
-// model (named after the OpenTelemetry GenAI conventions), cache hits, upstream errors and retries,
-// limit refusals, streams in flight, the store's group commits, and the process's memory, file
-// descriptors and CPU. Retries and commits are told to it by the program that composes the
-// service (count_retry, observe_store_commit), so that this plugin depends on no provider or store.
+// model (named after the OpenTelemetry GenAI conventions), cache hits, upstream errors, retries
+// and fallbacks, limit refusals, streams in flight, the store's group commits, and the process's
+// memory, file descriptors and CPU. Retries, fallbacks and commits are told to it by the program
+// that composes the service (count_retry, count_fallback, observe_store_commit), so that this
+// plugin depends on no provider or store.
 //
 // Written here rather than with prometheus-cpp (Debian's prometheus-cpp-dev): its histograms lock
 // a mutex per observation and its families look a label set up under a lock per call, so a
@@ -119,6 +120,14 @@ public:
         st.retries.add(st, {provider, retry_code(e)}, 1);
     }
 
+    /// A router's fallback (router_options::on_fallback): `from` failed, `to` is tried next.
+    /// Providers are the configured names, and the code comes from retry_code's short list.
+    void count_fallback(std::string_view from, std::string_view to, const error& e) {
+        state& st = *state_;
+        std::lock_guard lock{st.mutex};
+        st.fallbacks.add(st, {from, to, retry_code(e)}, 1);
+    }
+
     /// The label of a retried failure: `rate_limited` (a 429 or a throttling), `upstream_timeout`,
     /// chatkit's own `upstream_*` code (`upstream_unreachable`, `upstream_503`, `upstream_truncated`...),
     /// `upstream_unavailable`, else `upstream_error`.
@@ -163,6 +172,7 @@ public:
             st.cache.render(out);
             st.upstream_errors.render(out);
             st.retries.render(out);
+            st.fallbacks.render(out);
             st.limit_refusals.render(out);
             st.commit_seconds.render(out);
             st.commit_batch.render(out);
@@ -301,6 +311,9 @@ private:
                               {"code"}};
         family retries{"chatkit_upstream_retries_total", "Upstream attempts that failed and were retried, by provider and the failure's code.",
                        "counter", {"provider", "code"}};
+        family fallbacks{"chatkit_upstream_fallbacks_total",
+                         "Requests a router sent to the next provider of their route, by the provider that failed, the next one and the failure's code.",
+                         "counter", {"from", "to", "code"}};
         family commit_seconds{"chatkit_store_commit_seconds", "Time of one group commit of the history store (its transaction, fsync included).",
                               "histogram", {}, {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
         family commit_batch{"chatkit_store_commit_batch_size", "Appends answered by one group commit of the history store.", "histogram",
