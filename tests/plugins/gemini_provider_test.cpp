@@ -219,14 +219,29 @@ TEMPLATE_TEST_CASE("a 429 is retried after RetryInfo's retryDelay or Retry-After
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     auto limited = gemini_error_reply(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details.",
-                                      retry_info("0.3s"));
+                                      retry_info("0.05s"));
     fake.script({limited});
-    const auto started = std::chrono::steady_clock::now();
     auto c = gemini.complete(ask("hi"));
     REQUIRE(c);
     CHECK(c->content == "echo: hi");
-    CHECK(std::chrono::steady_clock::now() - started >= std::chrono::milliseconds(300)); // the upstream's delay, not a shorter backoff
     CHECK(fake.requests().size() == 2);
+
+    // A retryDelay longer than any retry waits for (retry_policy::max_server_delay) is not
+    // waited: the client gets the 429 at once, with the upstream's delay as its Retry-After.
+    fake.script({gemini_error_reply(429, "RESOURCE_EXHAUSTED", "Quota exceeded for metric: generate_content_free_tier_requests",
+                                    retry_info("200s"))});
+    auto later = gemini.complete(ask("hi"));
+    REQUIRE_FALSE(later);
+    CHECK(later.error().kind == chatkit::error_kind::rate_limited);
+    CHECK(later.error().retry_after_seconds == 200);
+    CHECK(fake.requests().size() == 3);
+    auto long_header = gemini_error_reply(429, "RESOURCE_EXHAUSTED", "Quota exceeded");
+    long_header.headers = {{"Retry-After", "300"}}; // the same from the Retry-After header
+    fake.script({long_header});
+    auto much_later = gemini.complete(ask("hi"));
+    REQUIRE_FALSE(much_later);
+    CHECK(much_later.error().retry_after_seconds == 300);
+    CHECK(fake.requests().size() == 4);
 
     auto header_limited = gemini_error_reply(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).");
     header_limited.headers = {{"Retry-After", "0.02"}};
@@ -234,7 +249,7 @@ TEMPLATE_TEST_CASE("a 429 is retried after RetryInfo's retryDelay or Retry-After
     collected got;
     REQUIRE(gemini.stream(ask("x"), got.sink()));
     CHECK(got.joined() == "echo: x");
-    CHECK(fake.requests().size() == 4);
+    CHECK(fake.requests().size() == 6);
 
     // Once the retries are spent, the client gets a 429 with the upstream's message and a Retry-After.
     auto slow = gemini_error_reply(429, "RESOURCE_EXHAUSTED", "Quota exceeded", retry_info("0.01s"));
@@ -245,7 +260,7 @@ TEMPLATE_TEST_CASE("a 429 is retried after RetryInfo's retryDelay or Retry-After
     CHECK(refused.error().code == "resource_exhausted");
     CHECK(refused.error().message == "Quota exceeded");
     CHECK(refused.error().retry_after_seconds == 1);
-    CHECK(fake.requests().size() == 7);
+    CHECK(fake.requests().size() == 9);
 }
 
 TEMPLATE_TEST_CASE("a 500 or 503 is retried, persistent failure becomes a 502 naming it", "", chatkit::gemini_provider, async_gemini) {
