@@ -43,7 +43,7 @@ std::vector<std::string> data_lines(const std::string& sse) {
 
 TEST_CASE("with only a Gemini key, auto picks Gemini and /v1/chat/completions relays to it") {
     fake_gemini fake{{}, secret_key};
-    server_process server{relay_env(fake)};
+    server_process server{relay_env(fake, {{"GOOGLE_API_KEY", "AIza-not-this-one"}})}; // GEMINI_API_KEY comes first
     CHECK(server.log().find("using the Gemini provider") != std::string::npos);
     auto c = server.client();
     const json ask = {{"model", "gemini-fake"},
