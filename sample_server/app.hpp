@@ -15,12 +15,14 @@
 #include <chatkit/api_key_auth.hpp>
 #include <chatkit/async_anthropic_provider.hpp>
 #include <chatkit/async_bedrock_provider.hpp>
+#include <chatkit/async_gemini_provider.hpp>
 #include <chatkit/async_openai_provider.hpp>
 #include <chatkit/aws/secrets_manager.hpp>
 #include <chatkit/bedrock_provider.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/dynamodb_usage_store.hpp>
 #include <chatkit/echo_provider.hpp>
+#include <chatkit/gemini_provider.hpp>
 #include <chatkit/key_rate_limits.hpp>
 #include <chatkit/key_usage_limits.hpp>
 #include <chatkit/cors.hpp>
@@ -53,12 +55,13 @@
 
 namespace sample_server {
 
-// OpenAI, Anthropic and Bedrock in both forms: the async ones on the event-loop server's loops
-// (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap; with
-// CHAT_CONFIG, a router among several of them.
+// OpenAI, Anthropic, Gemini and Bedrock in both forms: the async ones on the event-loop server's
+// loops (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap;
+// with CHAT_CONFIG, a router among several of them.
 template <class... Also>
 using providers_and = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
                                                 chatkit::anthropic_provider, chatkit::async_anthropic_provider,
+                                                chatkit::gemini_provider, chatkit::async_gemini_provider,
                                                 chatkit::bedrock_provider, chatkit::async_bedrock_provider, Also...>;
 using member_provider_type = providers_and<>;
 using provider_type = providers_and<chatkit::router<member_provider_type>>;
@@ -103,21 +106,22 @@ inline bool bedrock_configured(const chatkit::aws::environment& env) {
     return static_cast<bool>(chatkit::aws::credentials_provider{env}.get());
 }
 
-// "echo", "openai", "anthropic" or "bedrock"; "auto" takes the first configured: an OpenAI API
-// key (or the secret holding it), then an Anthropic API key, then AWS credentials with a region,
-// then the built-in echo. Decided once, at start-up.
+// "echo", "openai", "anthropic", "gemini" or "bedrock"; "auto" takes the first configured: an
+// OpenAI API key (or the secret holding it), then an Anthropic API key, then a Gemini API key,
+// then AWS credentials with a region, then the built-in echo. Decided once, at start-up.
 inline std::string_view chosen_provider(const config& c) {
     if (c.provider != "auto") return c.provider;
     if (!c.openai_api_key.empty() || !c.openai_api_key_secret_arn.empty()) return "openai";
     if (!c.anthropic_api_key.empty()) return "anthropic";
+    if (!c.gemini_api_key.empty()) return "gemini";
     static const bool bedrock = bedrock_configured(chatkit::aws::process_environment());
     return bedrock ? "bedrock" : "echo";
 }
 
 // One provider, of any variant `V` that holds them (a router's member, or the service's own).
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
-// client on the server's loops) OpenAI, Anthropic and Bedrock are called through it; with
-// `metrics`, their retries are counted there, under `label` (default: the provider's name).
+// client on the server's loops) OpenAI, Anthropic, Gemini and Bedrock are called through it;
+// with `metrics`, their retries are counted there, under `label` (default: the provider's name).
 template <class V>
 V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> upstream, logger* log,
                        const std::optional<chatkit::prometheus_metrics>& metrics, std::string label = {}) {
@@ -189,6 +193,25 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
             throw config_error(std::string{"CHAT_PROVIDER=anthropic: "} + e.what());
         }
     }
+    if (chosen_provider(c) == "gemini") {
+        if (c.gemini_api_key.empty() && c.gemini_base_url.starts_with("https://generativelanguage.googleapis.com"))
+            throw config_error("CHAT_PROVIDER=gemini needs CHAT_GEMINI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY");
+        chatkit::gemini_options o;
+        o.base_url = c.gemini_base_url;
+        o.api_key = c.gemini_api_key;
+        if (!c.model.empty()) o.model = c.model;
+        o.read_timeout = c.upstream_timeout;
+        o.deadline = c.upstream_deadline;
+        o.max_retries = c.upstream_max_retries;
+        o.on_retry = count_retries("gemini");
+        o.max_idle_connections = c.threads;
+        try {
+            if (upstream) return chatkit::async_gemini_provider{std::move(o), std::move(upstream)};
+            return chatkit::gemini_provider{std::move(o)};
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_PROVIDER=gemini: "} + e.what());
+        }
+    }
     if (chosen_provider(c) == "bedrock") {
         chatkit::bedrock_options o;
         if (!c.model.empty()) o.model = c.model;
@@ -223,6 +246,7 @@ inline config member_config(const config& c, const provider_entry& e) {
     m.openai_project.clear();
     m.openai_azure_deployment.clear();
     m.anthropic_api_key.clear();
+    m.gemini_api_key.clear();
     if (m.provider == "openai") {
         m.openai_api_key = e.api_key;
         m.openai_api_key_secret_arn = e.api_key_secret_arn;
@@ -232,6 +256,9 @@ inline config member_config(const config& c, const provider_entry& e) {
     } else if (m.provider == "anthropic") {
         m.anthropic_api_key = e.api_key;
         m.anthropic_base_url = e.base_url.empty() ? config{}.anthropic_base_url : e.base_url;
+    } else if (m.provider == "gemini") {
+        m.gemini_api_key = e.api_key;
+        m.gemini_base_url = e.base_url.empty() ? config{}.gemini_base_url : e.base_url;
     }
     if (e.max_retries) m.upstream_max_retries = *e.max_retries;
     if (e.timeout) m.upstream_timeout = *e.timeout;

@@ -83,6 +83,8 @@ struct config {
     std::string openai_azure_api_version = "2024-10-21";
     std::string anthropic_api_key;
     std::string anthropic_base_url = "https://api.anthropic.com";
+    std::string gemini_api_key;
+    std::string gemini_base_url = "https://generativelanguage.googleapis.com";
     std::string function_url_invoke_mode = "BUFFERED";
     // Tracing, from OpenTelemetry's own OTEL_* variables (not CHAT_*: a deployment sets them once
     // for all its services); none: off (docs/observability.md).
@@ -154,6 +156,7 @@ struct setting {
     std::function<void(config&, std::string_view name, std::string_view value)> apply;
     std::function<std::string(const config&)> show;
     std::string_view fallback_env{}; // read when `env` is unset (the OpenAI SDKs' own variables)
+    std::string_view second_fallback_env{}; // read when both are unset (GOOGLE_API_KEY after GEMINI_API_KEY)
 };
 
 inline const std::vector<setting>& settings() {
@@ -186,9 +189,9 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.admin_key_digest = detail::admin_key_digest(n, v); },
          [](const config&) { return std::string{}; }},
         {"CHAT_PROVIDER",
-         "auto (openai with an API key or its secret, else anthropic with an API key, else bedrock with AWS credentials, else echo), "
-         "echo, openai, anthropic or bedrock",
-         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "anthropic", "bedrock"}); },
+         "auto (openai with an API key or its secret, else anthropic with an API key, else gemini with an API key, else bedrock with "
+         "AWS credentials, else echo), echo, openai, anthropic, gemini or bedrock",
+         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "anthropic", "gemini", "bedrock"}); },
          [](const config& c) { return c.provider; }},
         {"CHAT_CONFIG", "a YAML (or JSON) file of providers and the models routed to them, with fallbacks and weights; replaces "
          "CHAT_PROVIDER and CHAT_MODEL (docs/providers.md; empty: none)",
@@ -305,7 +308,7 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.openai_organization; }},
         {"CHAT_OPENAI_PROJECT", "OpenAI-Project header", [](config& c, auto, auto v) { c.openai_project = v; },
          [](const config& c) { return c.openai_project; }},
-        {"CHAT_UPSTREAM_TIMEOUT", "seconds an upstream (OpenAI, Anthropic, Bedrock) may stay silent before a 504",
+        {"CHAT_UPSTREAM_TIMEOUT", "seconds an upstream (OpenAI, Anthropic, Gemini, Bedrock) may stay silent before a 504",
          [](config& c, auto n, auto v) { c.upstream_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
          [](const config& c) { return std::to_string(c.upstream_timeout.count()); }},
         {"CHAT_UPSTREAM_DEADLINE", "seconds one chat may take upstream, retries included",
@@ -327,6 +330,15 @@ inline const std::vector<setting>& settings() {
              c.anthropic_base_url = v;
          },
          [](const config& c) { return c.anthropic_base_url; }, "ANTHROPIC_BASE_URL"},
+        {"CHAT_GEMINI_API_KEY", "Gemini API key (a secret: prefer the environment to the flag)",
+         [](config& c, auto, auto v) { c.gemini_api_key = v; }, [](const config&) { return std::string{}; }, "GEMINI_API_KEY", "GOOGLE_API_KEY"},
+        {"CHAT_GEMINI_BASE_URL", "the Gemini API's origin (its path /v1beta/models/MODEL:generateContent is appended)",
+         [](config& c, auto n, auto v) {
+             if (!v.starts_with("http://") && !v.starts_with("https://"))
+                 throw config_error(std::string{n} + "='" + std::string{v} + "' must start with http:// or https://");
+             c.gemini_base_url = v;
+         },
+         [](const config& c) { return c.gemini_base_url; }},
         {"CHAT_FUNCTION_URL_INVOKE_MODE",
          "bootstrap only: the InvokeMode of the function's Function URL, BUFFERED or RESPONSE_STREAM (Lambda cannot tell)",
          [](config& c, auto n, auto v) { c.function_url_invoke_mode = one_of(n, v, {"BUFFERED", "RESPONSE_STREAM"}); },
@@ -350,7 +362,8 @@ inline std::string help_text() {
         std::string line = "  " + flag_name(s.env) + ", " + std::string{s.env};
         line.resize(std::max<std::size_t>(line.size() + 1, 44), ' ');
         text += line + std::string{s.description} + " [" + s.show(defaults) + "]";
-        if (!s.fallback_env.empty()) text += " (or " + std::string{s.fallback_env} + ")";
+        if (!s.second_fallback_env.empty()) text += " (or " + std::string{s.fallback_env} + ", then " + std::string{s.second_fallback_env} + ")";
+        else if (!s.fallback_env.empty()) text += " (or " + std::string{s.fallback_env} + ")";
         text += "\n";
     }
     return text;
@@ -377,8 +390,10 @@ inline config load_config(int argc, const char* const* argv, const std::function
         const auto flag = std::find_if(flags.rbegin(), flags.rend(), [&](const auto& f) { return f.first == &s; });
         if (flag != flags.rend()) s.apply(c, flag_name(s.env), flag->second);
         else if (const char* value = getenv(std::string{s.env}.c_str())) s.apply(c, s.env, value);
-        else if (!s.fallback_env.empty())
-            if (const char* value = getenv(std::string{s.fallback_env}.c_str())) s.apply(c, s.fallback_env, value);
+        else if (const char* fallback = s.fallback_env.empty() ? nullptr : getenv(std::string{s.fallback_env}.c_str()))
+            s.apply(c, s.fallback_env, fallback);
+        else if (!s.second_fallback_env.empty())
+            if (const char* value = getenv(std::string{s.second_fallback_env}.c_str())) s.apply(c, s.second_fallback_env, value);
     }
     try {
         c.tracing = chatkit::otel_settings_from_environment(getenv, "chatkit", CHATKIT_VERSION);

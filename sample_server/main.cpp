@@ -103,6 +103,8 @@ int main(int argc, char** argv) {
                                                                     : cfg.openai_api_key.empty() ? "none" : "set"}});
         else if (provider == "anthropic")
             log.info("using the Anthropic provider", {{"base_url", cfg.anthropic_base_url}, {"api_key", cfg.anthropic_api_key.empty() ? "none" : "set"}});
+        else if (provider == "gemini")
+            log.info("using the Gemini provider", {{"base_url", cfg.gemini_base_url}, {"api_key", cfg.gemini_api_key.empty() ? "none" : "set"}});
         else if (auto* bedrock = service.provider().get_if<chatkit::bedrock_provider>())
             log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
         else if (auto* async_bedrock = service.provider().get_if<chatkit::async_bedrock_provider>())

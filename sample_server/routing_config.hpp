@@ -22,7 +22,7 @@ namespace sample_server {
 // the file, which is often committed), at start-up.
 struct provider_entry {
     std::string name;
-    std::string type; // openai | azure | anthropic | bedrock | echo
+    std::string type; // openai | azure | anthropic | gemini | bedrock | echo
     std::string base_url;
     std::string api_key; // a secret: never shown, logged or quoted in an error
     std::string api_key_env;
@@ -50,7 +50,7 @@ struct routing_config_error : std::runtime_error {
 namespace routing_detail {
 
 inline const std::vector<std::string_view>& provider_types() {
-    static const std::vector<std::string_view> types{"openai", "azure", "anthropic", "bedrock", "echo"};
+    static const std::vector<std::string_view> types{"openai", "azure", "anthropic", "gemini", "bedrock", "echo"};
     return types;
 }
 
@@ -152,7 +152,7 @@ inline routing_config load_routing_config(const std::string& path, const std::fu
             e.api_key = key;
         }
         // The public APIs need a key; a base_url of one's own (a local server) may not.
-        const bool public_api = e.type == "azure" || ((e.type == "openai" || e.type == "anthropic") && e.base_url.empty());
+        const bool public_api = e.type == "azure" || ((e.type == "openai" || e.type == "anthropic" || e.type == "gemini") && e.base_url.empty());
         if (public_api && e.api_key_env.empty() && e.api_key_secret_arn.empty())
             in.fail(p, "provider '" + e.name + "' needs api_key_env: the variable that holds its key");
         if (!e.api_key_env.empty() && !e.api_key_secret_arn.empty())

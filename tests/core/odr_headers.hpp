@@ -12,6 +12,8 @@
 #include <chatkit/minute_bucket.hpp>
 #include <chatkit/anthropic_provider.hpp>
 #include <chatkit/async_anthropic_provider.hpp>
+#include <chatkit/gemini_provider.hpp>
+#include <chatkit/async_gemini_provider.hpp>
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/eventstream.hpp>
 #include <chatkit/aws/sigv4.hpp>

@@ -97,10 +97,11 @@ public:
         pid_ = fork();
         if (pid_ == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL); // a test that dies takes its server with it
-            std::vector<std::string> inherited; // start from a clean CHAT_*/OPENAI_*/ANTHROPIC_*/AWS_* slate
+            std::vector<std::string> inherited; // start from a clean CHAT_*/OPENAI_*/ANTHROPIC_*/GEMINI_*/GOOGLE_API_KEY/AWS_* slate
             for (char** e = environ; *e; ++e)
                 if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_") ||
-                    std::string_view{*e}.starts_with("ANTHROPIC_") || std::string_view{*e}.starts_with("AWS_"))
+                    std::string_view{*e}.starts_with("ANTHROPIC_") || std::string_view{*e}.starts_with("GEMINI_") ||
+                    std::string_view{*e}.starts_with("GOOGLE_API_KEY=") || std::string_view{*e}.starts_with("AWS_"))
                     inherited.emplace_back(*e, std::strchr(*e, '='));
             for (const auto& name : inherited) unsetenv(name.c_str());
             for (const auto& [k, v] : full) setenv(k.c_str(), v.c_str(), 1);
