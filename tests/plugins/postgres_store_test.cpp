@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -287,4 +288,51 @@ TEST_CASE("postgres_store: a URL without connect_timeout gets the configured one
     // A URL's own connect_timeout is accepted (libpq keeps the last value: the URL's).
     postgres_store explicit_timeout(options_for(url + "?connect_timeout=3"));
     CHECK(explicit_timeout.health().ok);
+}
+
+TEST_CASE("postgres_store: while another session holds the write lock, appends time out as unavailable, then go on") {
+    auto& server = shared_server();
+    const std::string db = server.create_database();
+    auto o = options_for(server.url(db));
+    o.connection.statement_timeout = std::chrono::milliseconds{200};
+    postgres_store store(std::move(o));
+    REQUIRE(store.append(make_exchange("alice", "before")).has_value());
+
+    // Another replica's writer, stuck inside its transaction: it holds the lock every writer takes.
+    const std::unique_ptr<PGconn, void (*)(PGconn*)> other{PQconnectdb(server.url(db).c_str()), PQfinish};
+    REQUIRE(PQstatus(other.get()) == CONNECTION_OK);
+    const auto run = [&](const std::string& sql) {
+        const std::unique_ptr<PGresult, void (*)(PGresult*)> r{PQexec(other.get(), sql.c_str()), PQclear};
+        REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+    };
+    run("SELECT pg_advisory_lock(" + std::to_string(chatkit::postgres_store_detail::write_lock) + ")");
+
+    auto secret = make_exchange("alice", "locked");
+    secret.messages[0].content = "my secret question";
+    auto failed = store.append(secret);
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(failed.error().kind == chatkit::error_kind::unavailable);
+    CHECK_THAT(failed.error().message, Catch::Contains("statement timeout"));
+    CHECK(failed.error().message.find("secret") == std::string::npos);
+
+    // Concurrent callers in a failing batch are all answered, none left waiting.
+    std::vector<int> outcomes(4, -1); // 0: unavailable, as expected
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < outcomes.size(); ++i)
+        threads.emplace_back([&, i] {
+            auto r = store.append(make_exchange("alice", "locked-" + std::to_string(i)));
+            outcomes[i] = r.has_value() ? 1 : r.error().kind == chatkit::error_kind::unavailable ? 0 : 2;
+        });
+    for (auto& t : threads) t.join();
+    CHECK(outcomes == std::vector<int>(4, 0));
+    CHECK(history_size(store, "alice") == 2); // reads take no lock
+    CHECK(store.health().ok);
+
+    run("SELECT pg_advisory_unlock(" + std::to_string(chatkit::postgres_store_detail::write_lock) + ")");
+    REQUIRE(store.append(make_exchange("alice", "after")).has_value());
+    auto page = store.history({"alice", 10, {}});
+    REQUIRE(page.has_value());
+    REQUIRE(page->messages.size() == 4); // the failed exchanges were rolled back, not half-written
+    CHECK(page->messages[0].content == "question before");
+    CHECK(page->messages[2].content == "question after");
 }

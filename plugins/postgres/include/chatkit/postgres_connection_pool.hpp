@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -178,25 +179,78 @@ public:
         /// A statement prepared on this connection the first time it runs here; parameters and
         /// results in binary.
         result<postgres_result> prepared(const postgres_statement& st, const std::vector<postgres_param>& params) {
-            const std::string name{st.name};
-            if (!c_->prepared.contains(name)) {
-                auto made = check(postgres_result{PQprepare(c_->conn, name.c_str(), std::string{st.sql}.c_str(),
-                                                            static_cast<int>(st.types.size()), st.types.data())});
-                if (!made) return made;
-                c_->prepared.insert(name);
+            if (auto made = prepare(st); !made) return std::move(made).error();
+            const binary_params b{params};
+            return check(postgres_result{PQexecPrepared(c_->conn, std::string{st.name}.c_str(), b.count(), b.values.data(),
+                                                        b.lengths.data(), b.formats.data(), 1)});
+        }
+
+        /// Prepared statements run in one round trip (libpq's pipeline mode): each is sent without
+        /// waiting for the answer to the one before. The first failure skips the rest (the server
+        /// ignores them up to the pipeline's end); its error is returned. On success, the result of
+        /// the last statement. Meant for small answers (INSERT, COMMIT): the server's answers wait
+        /// in its socket buffer until every statement is sent.
+        result<postgres_result> pipeline(const std::vector<std::pair<const postgres_statement*, std::vector<postgres_param>>>& calls) {
+            for (const auto& call : calls)
+                if (auto made = prepare(*call.first); !made) return std::move(made).error();
+            if (PQenterPipelineMode(c_->conn) != 1) return check(postgres_result{});
+            std::size_t sent = 0;
+            for (const auto& [st, params] : calls) {
+                const binary_params b{params};
+                if (PQsendQueryPrepared(c_->conn, std::string{st->name}.c_str(), b.count(), b.values.data(), b.lengths.data(),
+                                        b.formats.data(), 1) != 1)
+                    break;
+                ++sent;
             }
-            std::vector<const char*> values;
-            std::vector<int> lengths, formats(params.size(), 1);
-            for (const auto& p : params) {
-                values.push_back(p.data());
-                lengths.push_back(p.size());
+            const bool synced = PQpipelineSync(c_->conn) == 1;
+            std::optional<result<postgres_result>> failed;
+            postgres_result last;
+            // Each statement's answer is its result, then a null; a lost connection ends in nulls.
+            for (std::size_t i = 0; i < sent; ++i) {
+                postgres_result r{PQgetResult(c_->conn)};
+                if (!r) break; // the connection is gone
+                if (!failed) {
+                    if (auto checked = check(std::move(r)); checked) last = std::move(*checked);
+                    else failed = std::move(checked);
+                }
+                while (postgres_result extra{PQgetResult(c_->conn)}) {
+                }
             }
-            return check(postgres_result{PQexecPrepared(c_->conn, name.c_str(), static_cast<int>(params.size()), values.data(),
-                                                        lengths.data(), formats.data(), 1)});
+            if (synced && !broken())
+                while (postgres_result r{PQgetResult(c_->conn)})
+                    if (PQresultStatus(r.get()) == PGRES_PIPELINE_SYNC) break;
+            (void)PQexitPipelineMode(c_->conn); // fails only with answers unread: the connection is then broken
+            if (failed) return std::move(*failed);
+            if (sent < calls.size() || !synced || !last) return check(postgres_result{});
+            return last;
         }
 
     private:
         friend class postgres_connection_pool;
+
+        // Parameters in binary, as libpq takes them.
+        struct binary_params {
+            explicit binary_params(const std::vector<postgres_param>& params) : formats(params.size(), 1) {
+                for (const auto& p : params) {
+                    values.push_back(p.data());
+                    lengths.push_back(p.size());
+                }
+            }
+            [[nodiscard]] int count() const noexcept { return static_cast<int>(values.size()); }
+            std::vector<const char*> values;
+            std::vector<int> lengths, formats;
+        };
+
+        result<void> prepare(const postgres_statement& st) {
+            const std::string name{st.name};
+            if (c_->prepared.contains(name)) return {};
+            auto made = check(postgres_result{PQprepare(c_->conn, name.c_str(), std::string{st.sql}.c_str(),
+                                                        static_cast<int>(st.types.size()), st.types.data())});
+            if (!made) return std::move(made).error();
+            c_->prepared.insert(name);
+            return {};
+        }
+
         lease(postgres_connection_pool* pool, connection* c, bool reused) noexcept
             : pool_(pool), c_(c), reused_(reused) {}
 

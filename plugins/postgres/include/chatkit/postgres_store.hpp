@@ -68,6 +68,7 @@ inline constexpr std::int64_t write_lock = 0x636861746b697402;
 
 inline const postgres_statement lock_writes{"chatkit_lock_writes", "SELECT pg_advisory_xact_lock(7163082359978947586)"};
 static_assert(write_lock == 7163082359978947586);
+inline const postgres_statement commit{"chatkit_commit", "COMMIT"};
 inline const postgres_statement insert_message{
     "chatkit_insert_message",
     "INSERT INTO chatkit_messages (user_id, role, content, model, created_at, request_id) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -271,17 +272,19 @@ private:
         if (!begun) return unavailable("save the exchange", begun.error());
         auto& c = *held;
         auto step = [&]() -> result<void> {
-            if (auto r = c.prepared(lock_writes, {}); !r) return std::move(r).error();
+            // The rest of the transaction in one round trip: the lock, every insert, the COMMIT.
+            std::vector<std::pair<const postgres_statement*, std::vector<postgres_param>>> calls;
+            calls.emplace_back(&lock_writes, std::vector<postgres_param>{});
             for (const pending* p : batch) {
                 const exchange& e = *p->entry;
-                for (const message& m : e.messages) {
-                    const std::vector<postgres_param> params{std::string_view{e.user_id}, to_string(m.role),
-                                                             std::string_view{m.content}, std::string_view{e.model},
-                                                             std::int64_t{e.created_at}, std::string_view{e.request_id}};
-                    if (auto r = c.prepared(insert_message, params); !r) return std::move(r).error();
-                }
+                for (const message& m : e.messages)
+                    calls.emplace_back(&insert_message,
+                                       std::vector<postgres_param>{std::string_view{e.user_id}, to_string(m.role),
+                                                                   std::string_view{m.content}, std::string_view{e.model},
+                                                                   std::int64_t{e.created_at}, std::string_view{e.request_id}});
             }
-            auto r = c.exec("COMMIT");
+            calls.emplace_back(&commit, std::vector<postgres_param>{});
+            auto r = c.pipeline(calls);
             if (!r) return std::move(r).error();
             // COMMIT of a transaction that failed answers ROLLBACK, not an error.
             if (std::string_view{PQcmdStatus(r->get())} != "COMMIT")
