@@ -32,6 +32,9 @@
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/otel_tracing.hpp>
+#ifdef SAMPLE_SERVER_POSTGRES
+#include <chatkit/postgres_store.hpp>
+#endif
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/redis_cache.hpp>
 #include <chatkit/request_id.hpp>
@@ -65,7 +68,11 @@ using providers_and = chatkit::provider_variant<chatkit::echo_provider, chatkit:
                                                 chatkit::bedrock_provider, chatkit::async_bedrock_provider, Also...>;
 using member_provider_type = providers_and<>;
 using provider_type = providers_and<chatkit::router<member_provider_type>>;
-using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store, chatkit::no_store>;
+using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store,
+#ifdef SAMPLE_SERVER_POSTGRES
+                                          chatkit::postgres_store,
+#endif
+                                          chatkit::no_store>;
 // CHAT_REDIS_URL adds Redis, shared by every replica: behind the in-memory LRU, or alone.
 using shared_cache_type = chatkit::two_level_cache<chatkit::lru_cache_mt, chatkit::redis_cache>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache, chatkit::redis_cache, shared_cache_type>;
@@ -293,10 +300,28 @@ inline provider_type make_provider(const config& c, std::shared_ptr<chatkit::htt
     return make_single_provider<provider_type>(c, std::move(upstream), log, metrics);
 }
 
-// With `metrics`, the SQLite store's group commits are measured there (DynamoDB writes an
-// exchange with one PutItem: it has no batch to measure).
+// With `metrics`, the SQLite and PostgreSQL stores' group commits are measured there (DynamoDB
+// writes an exchange with one PutItem: it has no batch to measure).
 inline store_type make_store(const config& c, const std::optional<chatkit::prometheus_metrics>& metrics = std::nullopt) {
     if (c.database_url == "none") return chatkit::no_store{};
+#ifdef SAMPLE_SERVER_POSTGRES
+    if (is_postgres_url(c.database_url)) {
+        chatkit::postgres_store_options o;
+        o.connection.url = c.database_url;
+        // Writes share one connection (group commit); reads take one each. 16 at most per replica,
+        // so that a few replicas stay under PostgreSQL's default max_connections (100).
+        o.connection.max_connections = std::clamp<std::size_t>(c.threads, 1, 16);
+        if (metrics)
+            o.on_commit = [m = *metrics](std::size_t batch, std::chrono::duration<double> took) mutable {
+                m.observe_store_commit(batch, took.count());
+            };
+        try {
+            return chatkit::postgres_store{std::move(o)};
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_DATABASE_URL: "} + e.what());
+        }
+    }
+#endif
     if (c.database_url.starts_with("dynamodb:")) {
         try {
             return chatkit::dynamodb_store{chatkit::parse_dynamodb_url(c.database_url).value()};
@@ -407,7 +432,8 @@ inline chatkit::service_options make_service_options(const config& c) {
 }
 
 // The usage records' store when CHAT_USAGE=on: the SQLite file of the history, or the usage table
-// of a DynamoDB database (usage_table, TABLE-usage by default); none with CHAT_DATABASE_URL=none.
+// of a DynamoDB database (usage_table, TABLE-usage by default); none with CHAT_DATABASE_URL=none,
+// nor (not yet) with PostgreSQL.
 inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
     if (c.usage != "on") return nullptr;
     if (c.database_url.starts_with("dynamodb:")) {
@@ -448,7 +474,7 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
         for (const char* path : {"/v1/usage", "/v1/usage/dashboard"})
             service.route("GET", path, [](chatkit::http_request& req, app_service::context&) {
                 return chatkit::error_response({chatkit::error_kind::not_found,
-                                                "usage is recorded with CHAT_USAGE=on and a CHAT_DATABASE_URL other than none", "usage_not_recorded"},
+                                                "usage is recorded with CHAT_USAGE=on and CHAT_DATABASE_URL=sqlite:PATH or dynamodb://TABLE (not yet with PostgreSQL)", "usage_not_recorded"},
                                                req.request_id);
             });
         return;

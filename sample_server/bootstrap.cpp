@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
         log.info("ready", {{"runtime_api", runtime_api},
                            {"provider", service.provider().name()},
                            {"model", service.models().front()},
-                           {"database", cfg.database_url},
+                           {"database", sample_server::shown_database_url(cfg.database_url)},
                            {"version", CHATKIT_VERSION}});
         return runtime.run() ? 0 : 1;
     } catch (const sample_server::config_error& e) {

@@ -6,6 +6,11 @@
 #include <chatkit/cors.hpp>
 #include <chatkit/dynamodb_store.hpp>
 #include <chatkit/otel_environment.hpp>
+// PostgreSQL is in sample_server, not in the Lambda bootstrap (which keeps history in DynamoDB):
+// libpq would bring a dozen shared libraries (Kerberos, LDAP, GnuTLS) into its zip.
+#ifdef SAMPLE_SERVER_POSTGRES
+#include <chatkit/postgres_connection_pool.hpp>
+#endif
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/redis_connection_pool.hpp>
 #include <chatkit/version.hpp>
@@ -96,6 +101,26 @@ struct config_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// CHAT_DATABASE_URL=postgresql://... (or postgres://): the PostgreSQL store.
+inline bool is_postgres_url(std::string_view url) {
+    return url.starts_with("postgresql://") || url.starts_with("postgres://");
+}
+
+// CHAT_DATABASE_URL as it may be logged or shown: a PostgreSQL URL may hold a password (in its
+// user info, or as a password=... parameter), so it is shown without them and without its query.
+inline std::string shown_database_url(const std::string& url) {
+    if (!is_postgres_url(url)) return url;
+    const auto scheme_end = url.find("://") + 3;
+    std::string rest = url.substr(scheme_end);
+    rest = rest.substr(0, rest.find('?'));
+    const auto slash = rest.find('/');
+    if (const auto at = rest.rfind('@', slash); at != std::string::npos) {
+        const std::string user = rest.substr(0, std::min(at, rest.find(':')));
+        rest = user + "@" + rest.substr(at + 1);
+    }
+    return url.substr(0, scheme_end) + rest;
+}
+
 namespace detail {
 
 template <class Int>
@@ -171,17 +196,27 @@ inline const std::vector<setting>& settings() {
         {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
          [](config& c, auto n, auto v) { c.port = parse_int<int>(n, v, 0, 65535); },
          [](const config& c) { return std::to_string(c.port); }},
-        {"CHAT_DATABASE_URL", "history store (and API keys): sqlite:PATH, dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K], or none",
+        {"CHAT_DATABASE_URL", "history store (and API keys): sqlite:PATH, dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K], "
+                              "postgresql://USER:PASSWORD@HOST:PORT/DB (history only; a secret: never shown), or none",
          [](config& c, auto n, auto v) {
              if (v.starts_with("dynamodb:")) {
                  if (auto parsed = chatkit::parse_dynamodb_url(v); !parsed)
                      throw config_error(std::string{n} + "=" + parsed.error().message);
+             } else if (is_postgres_url(v)) {
+#ifdef SAMPLE_SERVER_POSTGRES
+                 // libpq's own parser, so what passes here is what the store connects with.
+                 if (auto parsed = chatkit::parse_postgres_url(std::string{v}); !parsed)
+                     throw config_error(std::string{n} + ": " + parsed.error().message);
+#else
+                 throw config_error(std::string{n} + ": this program has no PostgreSQL store (sample_server has)");
+#endif
              } else if (v != "none" && (!v.starts_with("sqlite:") || v.size() == 7)) {
-                 throw config_error(std::string{n} + "='" + std::string{v} + "' must be sqlite:PATH, dynamodb://TABLE or none");
+                 throw config_error(std::string{n} + "='" + std::string{v} +
+                                    "' must be sqlite:PATH, dynamodb://TABLE, postgresql://HOST/DB or none");
              }
              c.database_url = v;
          },
-         [](const config& c) { return c.database_url; }},
+         [](const config& c) { return shown_database_url(c.database_url); }},
         {"CHAT_AUTH", "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key, kept in the database; not with none)",
          [](config& c, auto n, auto v) { c.auth = one_of(n, v, {"none", "keys"}); },
          [](const config& c) { return c.auth; }},

@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
                                {"server", cfg.server},
                                {"provider", service.provider().name()},
                                {"model", service.models().front()},
-                               {"database", cfg.database_url},
+                               {"database", sample_server::shown_database_url(cfg.database_url)},
                                {"auth", cfg.auth},
                                {"cache_size", cfg.cache_size},
                                {"rate_limit", cfg.rate_limit},

@@ -34,6 +34,8 @@
 #include <chatkit/otlp_traces.hpp>
 #include <chatkit/trace_context.hpp>
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/postgres_connection_pool.hpp>
+#include <chatkit/postgres_store.hpp>
 #include <chatkit/redis_cache.hpp>
 #include <chatkit/redis_connection_pool.hpp>
 #include <chatkit/two_level_cache.hpp>
