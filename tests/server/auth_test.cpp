@@ -67,14 +67,17 @@ TEST_CASE("auth: keys made with the CLI open the server, while no key, a wrong k
         CHECK(last_json(team.output)["id"] == "team-a");
         CHECK(last_json(team.output)["rpm"] == 100);
     }
-    const json created = create_key(db, "team-a", {"--name", "ci", "--expires-in", "30d", "--tpm", "5000"});
+    // Room for the three chats below to hold their token reservations (about 4.1k each: the
+    // default max_tokens plus the prompt) at once: a reservation is settled by the finish hook,
+    // after the last byte, so the client may already be sending its next request.
+    const json created = create_key(db, "team-a", {"--name", "ci", "--expires-in", "30d", "--tpm", "50000"});
     const std::string key = created["key"];
     const std::string key_id = created["id"];
     CHECK(key.starts_with("ck-"));
     CHECK(key.size() >= 3 + 43);
     CHECK(key_id.starts_with("key_"));
     CHECK(created["team"] == "team-a");
-    CHECK(created["tpm"] == 5000);
+    CHECK(created["tpm"] == 50000);
     CHECK(created["expires_at"].is_string());
     CHECK(key.starts_with(created["prefix"].get<std::string>()));
 
