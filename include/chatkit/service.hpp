@@ -7,6 +7,7 @@
 //   GET  /                     the service's name, version and routes
 //   POST /v1/chat/completions  the same chat in the OpenAI wire format, for OpenAI clients
 //   GET  /v1/models            the provider's models, OpenAI-style
+//   POST /v1/messages          the same chat in the Anthropic Messages format, for Anthropic clients
 // plus any routes the user adds. Adapters feed it requests; it never touches a socket.
 //
 // The request lifecycle: `serve(request, sink)` is a task that runs the middlewares' `before`,
@@ -16,6 +17,7 @@
 // loop. `handle(request)` is the blocking form of the same lifecycle, for simple adapters.
 #pragma once
 
+#include "chatkit/anthropic_api.hpp"
 #include "chatkit/cache.hpp"
 #include "chatkit/chat.hpp"
 #include "chatkit/clock.hpp"
@@ -242,6 +244,8 @@ private:
             }
         }
         run_after<sizeof...(Ms)>(*req, *res, ctx, ran);
+        // Anthropic clients read only Anthropic's error envelope, whoever refused (a middleware too).
+        if (req->path == "/v1/messages") anthropic_api::to_anthropic_error(*res);
         if (options_.server_timing) res->headers["Server-Timing"] = server_timing(elapsed_ms(st.started), res->meta.upstream_ms);
 
         auto& sum = st.summary;
@@ -366,6 +370,10 @@ private:
             if (req.method == "POST") co_return co_await handle_openai_chat(req_ptr, ctx, st);
             co_return routed{wrong_method(req, "POST")};
         }
+        if (req.path == "/v1/messages") {
+            if (req.method == "POST") co_return co_await handle_anthropic_messages(req_ptr, ctx, st);
+            co_return routed{wrong_method(req, "POST")};
+        }
         if (req.path == "/v1/models")
             co_return routed{is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name(), options_.prices.get()))
                                          : wrong_method(req, "GET")};
@@ -430,6 +438,30 @@ private:
         co_return routed{std::move(res)};
     }
 
+    task<routed> handle_anthropic_messages(http_request* req_ptr, context* ctx, exchange_state* st) {
+        const http_request& req = *req_ptr;
+        auto parsed = parse_body(req);
+        if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
+        auto chat_req = anthropic_api::parse_request(*parsed, options_.limits);
+        if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
+        chat_req->request_id = req.request_id;
+        chat_req->traceparent = req.header("traceparent");
+        chat_req->user_id = history_owner(req, chat_req->user_id);
+        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        if (chat_req->stream) {
+            auto model = chat_req->model;
+            co_return stream_answer(std::move(*chat_req),
+                                    anthropic_framing{anthropic_api::event_writer{random_id("msg_", 24), std::move(model)}}, st);
+        }
+        upstream_timing timing;
+        auto answer = co_await chat_async(std::move(*chat_req), &timing);
+        if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
+        auto res = json_response(200, anthropic_api::message_object(*answer, random_id("msg_", 24)));
+        res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
+        describe_answer(res, *answer);
+        co_return routed{std::move(res)};
+    }
+
     // chatkit's own stream: `event: delta` per text delta, then `event: done` carrying the same
     // object as the JSON answer, or `event: error` carrying the error envelope.
     struct chatkit_framing {
@@ -467,6 +499,18 @@ private:
         static std::string failure(const error& e, std::string_view) { return openai_api::error_event(e); }
         static std::string internal_failure(std::string_view) {
             return openai_api::error_event({error_kind::internal, "internal error", "internal_error"});
+        }
+    };
+
+    // The Anthropic Messages stream: message_start ... message_stop, or an `error` event.
+    struct anthropic_framing {
+        anthropic_api::event_writer events;
+        std::string id = events.id();
+        std::string delta(std::string_view text) { return events.delta(text); }
+        std::string done(const completion& c, std::string_view) { return events.finish(c); }
+        static std::string failure(const error& e, std::string_view request_id) { return anthropic_api::error_event(e, request_id); }
+        static std::string internal_failure(std::string_view request_id) {
+            return failure({error_kind::internal, "internal error", "internal_error"}, request_id);
         }
     };
 
@@ -797,7 +841,7 @@ private:
     http_response handle_root() const {
         nlohmann::json routes = nlohmann::json::array();
         for (const auto& r : routes_) routes.push_back(r.method + " " + r.path);
-        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "GET /v1/models", "GET /health", "GET /ready"})
+        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "POST /v1/messages", "GET /v1/models", "GET /health", "GET /ready"})
             routes.push_back(r);
         return json_response(200, {{"name", options_.name}, {"version", options_.version}, {"routes", std::move(routes)}});
     }

@@ -1,7 +1,7 @@
 // GET /openapi.json against the real sample_server. The description is a valid OpenAPI 3.1
 // document (@seriousme/openapi-schema-validator) and the same as sample_server/openapi/openapi.json;
 // every route GET / lists has an operation in it and every operation is a route the server lists,
-// so a new route cannot be left out; and real answers (chats plain and streamed in both formats,
+// so a new route cannot be left out; and real answers (chats plain and streamed in all three formats,
 // history, probes, models, errors 400/401/403/404/405/409/413/415/429, an upstream that cannot be
 // reached (502, the streams' error events, /health and /ready at 503), the usage and /admin routes
 // with keys, /metrics, the pages) have a status the description lists for their operation, one of
@@ -100,7 +100,8 @@ function operationOf(method, path) {
 const resolved = (r) => (r?.$ref ? spec.components.responses[componentName(r.$ref)] : r);
 
 // The events of a stream in the description's terms: chatkit's names its events and ends with
-// `done`; OpenAI's has unnamed chunks and ends with [DONE].
+// `done`; Anthropic's names them by their type and ends with message_stop; OpenAI's has unnamed
+// chunks and ends with [DONE].
 function checkStream(schema, text, what) {
   const events = text.split('\n\n').filter((e) => e.length > 0).map((e) => {
     const event = { name: null, data: null };
@@ -119,6 +120,13 @@ function checkStream(schema, text, what) {
     }
     assert.ok(['done', 'error'].includes(events.at(-1).name), `${what}: the last event is ${events.at(-1).name}`);
     assert.ok(events.slice(0, -1).every((e) => e.name === 'delta'), `${what}: only deltas before the last event`);
+  } else if (componentName(schema.$ref) === 'MessagesStream') {
+    for (const e of events) {
+      const data = JSON.parse(e.data);
+      validate(named('MessagesStreamEvent'), data, `${what}, event ${e.name}`);
+      assert.equal(data.type, e.name, `${what}: an event's data has its name as type`);
+    }
+    assert.ok(['message_stop', 'error'].includes(events.at(-1).name), `${what}: the last event is ${events.at(-1).name}`);
   } else {
     assert.equal(componentName(schema.$ref), 'ChatCompletionStream');
     const last = events.at(-1).data;
@@ -227,7 +235,7 @@ test('every route GET / lists is in the description, and every operation of the 
   }
 });
 
-test('chats, plain and streamed, in chatkit\'s format and in OpenAI\'s, answer as described', async () => {
+test('chats, plain and streamed, in chatkit\'s format, OpenAI\'s and Anthropic\'s, answer as described', async () => {
   conforms(await call(open, 'POST', '/chat', { body: { user_id: 'ada', content: 'Hello there, chatkit' } }));
   conforms(await call(open, 'POST', '/chat', { body: { user_id: 'ada', content: 'Hello there, chatkit' } })); // a cache hit
   const streamed = await call(open, 'POST', '/chat', {
@@ -246,6 +254,13 @@ test('chats, plain and streamed, in chatkit\'s format and in OpenAI\'s, answer a
   assert.equal(chunks.events.at(-1).data, '[DONE]');
   assert.ok(JSON.parse(chunks.events.at(-2).data).usage, 'include_usage: a chunk with the usage');
   conforms(await call(open, 'POST', '/v1/chat', { body: { messages: [{ role: 'user', content: 'the alias' }] } }));
+  const message = { model: 'echo-1', max_tokens: 64, system: 'Be brief.', messages: [{ role: 'user', content: 'hi there' }] };
+  conforms(await call(open, 'POST', '/v1/messages', { body: message }));
+  conforms(await call(open, 'POST', '/v1/messages', { body: message })); // a cache hit
+  const events = await call(open, 'POST', '/v1/messages', { body: { ...message, stream: true } });
+  assert.equal(mediaType(events.headers.get('content-type')), 'text/event-stream');
+  conforms(events);
+  assert.equal(events.events.at(-1).name, 'message_stop');
 });
 
 test('history, probes, models, usage and metrics answer as described', async () => {
@@ -282,6 +297,9 @@ test('errors are the described envelope with the described statuses: 400, 404, 4
   await refusedByBoth(open, '/chat', { messages: [{ role: 'robot', content: 'hi' }] });
   await refusedByBoth(open, '/v1/chat/completions', { messages: [] });
   await refusedByBoth(open, '/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], n: 2 });
+  await refusedByBoth(open, '/v1/messages', { model: 'echo-1', messages: [{ role: 'user', content: 'hi' }] });
+  await refusedByBoth(open, '/v1/messages', { model: 'echo-1', max_tokens: 9, top_k: 5, messages: [{ role: 'user', content: 'hi' }] });
+  await refusedByBoth(open, '/v1/messages', { model: 'echo-1', max_tokens: 9, messages: [{ role: 'system', content: 'hi' }] });
   const unknown = await call(open, 'GET', '/no/such/route');
   assert.equal(unknown.status, 404);
   conformsToComponent('NotFound', unknown);
@@ -312,6 +330,15 @@ test('an upstream that cannot be reached: 502, error events in both streams, the
   assert.equal(chunks.status, 200);
   conforms(chunks);
   assert.ok(JSON.parse(chunks.events.at(-1).data).error, chunks.text);
+  const ask = { model: 'gpt-4o-mini', max_tokens: 9, messages: [{ role: 'user', content: 'hi' }] };
+  const message = await call(failing, 'POST', '/v1/messages', { body: ask });
+  assert.equal(message.status, 502, message.text);
+  conforms(message);
+  assert.equal(JSON.parse(message.text).error.type, 'api_error');
+  const events = await call(failing, 'POST', '/v1/messages', { body: { ...ask, stream: true } });
+  assert.equal(events.status, 200);
+  conforms(events);
+  assert.deepEqual(events.events.map((e) => e.name), ['error'], 'nothing of the message before the failure');
   // Three calls in a row that could not reach the upstream: the provider is down.
   for (const path of ['/health', '/ready']) {
     const r = await call(failing, 'GET', path);

@@ -1,6 +1,8 @@
 // A fake OpenAI upstream for tests: real HTTP on 127.0.0.1, the exact Chat Completions wire format
 // (JSON and SSE, protocols.md §1.6–1.8), and scripted faults. Unscripted requests are answered
-// with "echo: <last user message>", word by word when streaming.
+// with "echo: <last user message>", word by word when streaming; a request offering tools whose
+// last message is the user's gets a call of the first tool with {"q":"<that message>"}, and one
+// whose last message is a tool result gets "tool said: <result>".
 #pragma once
 
 #include <httplib.h>
@@ -118,7 +120,12 @@ private:
         if (body.is_object() && body["messages"].is_array())
             for (const auto& m : body["messages"])
                 if (m.value("role", "") == "user" && m["content"].is_string()) last_user = m["content"];
-        const std::string content = reply.content.empty() ? "echo: " + last_user : reply.content;
+        const bool offers_tools = body.is_object() && body.contains("tools") && body["tools"].is_array() && !body["tools"].empty();
+        const nlohmann::json* last = body.is_object() && body["messages"].is_array() && !body["messages"].empty() ? &body["messages"].back() : nullptr;
+        const bool after_tool = last && last->value("role", "") == "tool";
+        if (offers_tools && !after_tool && reply.content.empty()) return answer_tool_call(body, last_user, res);
+        std::string content = reply.content.empty() ? "echo: " + last_user : reply.content;
+        if (after_tool && reply.content.empty() && (*last)["content"].is_string()) content = "tool said: " + (*last)["content"].get<std::string>();
         const auto pieces = words(content);
         const std::string model = body.value("model", "fake-1");
         const nlohmann::json usage = {{"prompt_tokens", static_cast<int>(words(last_user).size())},
@@ -169,6 +176,45 @@ private:
             sink.done();
             return true;
         });
+    }
+
+    // A call of the request's first tool, as OpenAI sends one: content null and finish_reason
+    // tool_calls; streamed, the call's id and name come first and its arguments in two fragments.
+    static void answer_tool_call(const nlohmann::json& body, const std::string& last_user, httplib::Response& res) {
+        const std::string model = body.value("model", "fake-1");
+        const std::string name = body["tools"][0].value("function", nlohmann::json::object()).value("name", "");
+        const std::string arguments = nlohmann::json{{"q", last_user}}.dump();
+        const nlohmann::json usage = {{"prompt_tokens", static_cast<int>(words(last_user).size())}, {"completion_tokens", 7}, {"total_tokens", static_cast<int>(words(last_user).size()) + 7}};
+        const nlohmann::json call = {{"id", "call_fake_1"}, {"type", "function"}, {"function", {{"name", name}, {"arguments", arguments}}}};
+        if (!body.value("stream", false)) {
+            res.set_content(nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion"}, {"created", 1741569952}, {"model", model},
+                                           {"choices", {{{"index", 0},
+                                                         {"message", {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}, {"refusal", nullptr}}},
+                                                         {"logprobs", nullptr},
+                                                         {"finish_reason", "tool_calls"}}}},
+                                           {"usage", usage}}
+                                .dump(),
+                            "application/json");
+            return;
+        }
+        auto chunk = [&](nlohmann::json delta, nlohmann::json finish = nullptr) {
+            return "data: " + nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion.chunk"}, {"created", 1741569952}, {"model", model},
+                                             {"choices", {{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", std::move(finish)}}}}}
+                                  .dump() + "\n\n";
+        };
+        const std::size_t half = arguments.size() / 2;
+        std::string events =
+            chunk({{"role", "assistant"}, {"content", nullptr},
+                   {"tool_calls", {{{"index", 0}, {"id", "call_fake_1"}, {"type", "function"}, {"function", {{"name", name}, {"arguments", ""}}}}}}}) +
+            chunk({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", arguments.substr(0, half)}}}}}}}) +
+            chunk({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", arguments.substr(half)}}}}}}}) +
+            chunk(nlohmann::json::object(), "tool_calls");
+        const auto options = body.value("stream_options", nlohmann::json::object());
+        if (options.is_object() && options.value("include_usage", false))
+            events += "data: " + nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion.chunk"}, {"created", 1741569952}, {"model", model},
+                                                {"choices", nlohmann::json::array()}, {"usage", usage}}.dump() + "\n\n";
+        events += "data: [DONE]\n\n";
+        res.set_content(events, "text/event-stream");
     }
 
     // Reaches the listening socket, which cpp-httplib keeps protected.
