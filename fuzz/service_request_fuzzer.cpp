@@ -1,6 +1,7 @@
 // The service's request decoding and answer writing: a body from outside through /chat,
-// /v1/chat/completions, /v1/messages, /history and /v1/models, with and without a JSON Content-Type. Whatever
-// the bytes, the answer has a valid status and is JSON (every event of a stream too).
+// /v1/chat/completions, /v1/messages, /v1/responses, /history and /v1/models, with and without a
+// JSON Content-Type. Whatever the bytes, the answer has a valid status and is JSON (every event of
+// a stream too).
 #include <chatkit/chatkit.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/lru_cache.hpp>
@@ -29,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     static constexpr const char* paths[] = {"/chat", "/v1/chat/completions", "/history/fuzz", "/v1/models"};
     chatkit::http_request req;
     req.method = (data[0] & 4) ? "GET" : "POST";
-    req.path = (data[0] & 32) ? "/v1/messages" : paths[data[0] & 3];
+    req.path = (data[0] & 64) ? "/v1/responses" : (data[0] & 32) ? "/v1/messages" : paths[data[0] & 3];
     if (data[0] & 8) req.headers.emplace("Content-Type", "application/json");
     if (data[0] & 16) req.query.emplace("limit", std::string(reinterpret_cast<const char*>(data + 1), std::min<std::size_t>(size - 1, 4)));
     req.body.assign(reinterpret_cast<const char*>(data + 1), size - 1);

@@ -8,6 +8,7 @@
 //   POST /v1/chat/completions  the same chat in the OpenAI wire format, for OpenAI clients
 //   GET  /v1/models            the provider's models, OpenAI-style
 //   POST /v1/messages          the same chat in the Anthropic Messages format, for Anthropic clients
+//   POST /v1/responses         the same chat in the OpenAI Responses format, for Responses clients
 // plus any routes the user adds. Adapters feed it requests; it never touches a socket.
 //
 // The request lifecycle: `serve(request, sink)` is a task that runs the middlewares' `before`,
@@ -29,6 +30,7 @@
 #include "chatkit/provider.hpp"
 #include "chatkit/random_id.hpp"
 #include "chatkit/response_sink.hpp"
+#include "chatkit/responses_api.hpp"
 #include "chatkit/sse.hpp"
 #include "chatkit/store.hpp"
 #include "chatkit/task.hpp"
@@ -374,6 +376,10 @@ private:
             if (req.method == "POST") co_return co_await handle_anthropic_messages(req_ptr, ctx, st);
             co_return routed{wrong_method(req, "POST")};
         }
+        if (req.path == "/v1/responses") {
+            if (req.method == "POST") co_return co_await handle_responses(req_ptr, ctx, st);
+            co_return routed{wrong_method(req, "POST")};
+        }
         if (req.path == "/v1/models")
             co_return routed{is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name(), options_.prices.get()))
                                          : wrong_method(req, "GET")};
@@ -462,6 +468,31 @@ private:
         co_return routed{std::move(res)};
     }
 
+    task<routed> handle_responses(http_request* req_ptr, context* ctx, exchange_state* st) {
+        const http_request& req = *req_ptr;
+        auto parsed = parse_body(req);
+        if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
+        auto chat_req = responses_api::parse_request(*parsed, options_.limits);
+        if (!chat_req) co_return routed{error_response(chat_req.error(), req.request_id)};
+        chat_req->request_id = req.request_id;
+        chat_req->traceparent = req.header("traceparent");
+        chat_req->user_id = history_owner(req, chat_req->user_id);
+        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        responses_api::response_head head;
+        head.id = random_id("resp_", 24);
+        head.model = chat_req->model.empty() ? models().front() : chat_req->model;
+        head.created_at = now_unix_ms() / 1000;
+        head.request = std::move(parsed).value();
+        if (chat_req->stream) co_return stream_answer(std::move(*chat_req), responses_framing{responses_api::event_writer{std::move(head)}}, st);
+        upstream_timing timing;
+        auto answer = co_await chat_async(std::move(*chat_req), &timing);
+        if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
+        auto res = json_response(200, responses_api::response_object(*answer, std::move(head)));
+        res.headers.emplace("X-Cache", answer->cached ? "hit" : "miss");
+        describe_answer(res, *answer);
+        co_return routed{std::move(res)};
+    }
+
     // chatkit's own stream: `event: delta` per text delta, then `event: done` carrying the same
     // object as the JSON answer, or `event: error` carrying the error envelope.
     struct chatkit_framing {
@@ -514,6 +545,18 @@ private:
         }
     };
 
+    // The Responses stream: response.created ... response.completed, or response.failed.
+    struct responses_framing {
+        responses_api::event_writer events;
+        std::string id = events.id();
+        std::string delta(std::string_view text) { return events.delta(text); }
+        std::string done(const completion& c, std::string_view) { return events.finish(c); }
+        std::string failure(const error& e, std::string_view) { return events.failure(e); }
+        std::string internal_failure(std::string_view request_id) {
+            return failure({error_kind::internal, "internal error", "internal_error"}, request_id);
+        }
+    };
+
     template <class Framing>
     routed stream_answer(chat_request req, Framing framing, exchange_state* st) {
         http_response res;
@@ -554,7 +597,7 @@ private:
         }
         if (failed) {
             st->summary.error_code = "internal_error";
-            co_await st->send(Framing::internal_failure(req.request_id));
+            co_await st->send(framing.internal_failure(req.request_id));
         }
     }
 
@@ -841,7 +884,7 @@ private:
     http_response handle_root() const {
         nlohmann::json routes = nlohmann::json::array();
         for (const auto& r : routes_) routes.push_back(r.method + " " + r.path);
-        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "POST /v1/messages", "GET /v1/models", "GET /health", "GET /ready"})
+        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "POST /v1/messages", "POST /v1/responses", "GET /v1/models", "GET /health", "GET /ready"})
             routes.push_back(r);
         return json_response(200, {{"name", options_.name}, {"version", options_.version}, {"routes", std::move(routes)}});
     }

@@ -1,5 +1,5 @@
-// The official `openai` SDK, unchanged, against sample_server's OpenAI-compatible endpoint, which
-// relays to a fake OpenAI upstream speaking the exact wire format.
+// The official `openai` SDK, unchanged, against sample_server's OpenAI-compatible endpoints (Chat
+// Completions and Responses), which relay to a fake OpenAI upstream speaking the exact wire format.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -219,4 +219,74 @@ test('a team budget that fits 10 worst cases: 50 concurrent SDK streams get 10 a
   assert.equal(usage.team_id, 'budgeted');
   assert.equal(usage.summary.total_requests, 50); // the refused ones are recorded too, at no cost
   assert.ok(Math.abs(usage.summary.total_cost_usd - billed) < 1e-9, `${usage.summary.total_cost_usd} vs ${billed}`);
+});
+
+// The Responses API (what Codex speaks) on POST /v1/responses, translated to the same upstream.
+const weather = {
+  type: 'function',
+  name: 'get_weather',
+  description: 'The weather in a place',
+  parameters: { type: 'object', properties: { q: { type: 'string' } }, required: ['q'] },
+};
+
+test('responses.create answers with output_text, the instructions applied, and usage', async () => {
+  const response = await client.responses.create({ model: 'fake-1', instructions: 'be brief', input: 'hello from responses' });
+  assert.equal(response.object, 'response');
+  assert.match(response.id, /^resp_/);
+  assert.equal(response.status, 'completed');
+  assert.equal(response.instructions, 'be brief');
+  assert.equal(response.output_text, 'echo: hello from responses');
+  assert.equal(response.output[0].type, 'message');
+  assert.equal(response.usage.input_tokens, 3);
+  assert.equal(response.usage.output_tokens, 4);
+  assert.equal(response.usage.total_tokens, 7);
+});
+
+test('responses.stream delivers output_text deltas and a final response', async () => {
+  const stream = client.responses.stream({
+    model: 'fake-1',
+    input: [{ role: 'user', content: [{ type: 'input_text', text: 'stream these words please' }] }],
+  });
+  const deltas = [];
+  stream.on('response.output_text.delta', (event) => deltas.push(event.delta));
+  const response = await stream.finalResponse();
+  assert.ok(deltas.length >= 5, `expected one delta per word, got ${deltas.length}`);
+  assert.equal(deltas.join(''), 'echo: stream these words please');
+  assert.equal(response.status, 'completed');
+  assert.equal(response.output_text, 'echo: stream these words please');
+  assert.equal(response.usage.output_tokens, 5);
+});
+
+test('a function call comes back as a function_call item, and its output goes back upstream', async () => {
+  const first = await client.responses.create({ model: 'fake-1', tools: [weather], input: 'weather in Paris?' });
+  assert.equal(first.output.length, 1);
+  const [call] = first.output;
+  assert.equal(call.type, 'function_call');
+  assert.equal(call.name, 'get_weather');
+  assert.deepEqual(JSON.parse(call.arguments), { q: 'weather in Paris?' });
+
+  const second = await client.responses.create({
+    model: 'fake-1',
+    tools: [weather],
+    input: [{ role: 'user', content: 'weather in Paris?' }, ...first.output, { type: 'function_call_output', call_id: call.call_id, output: 'sunny' }],
+  });
+  assert.equal(second.output_text, 'tool said: sunny');
+});
+
+test('a streamed function call arrives whole in the final response', async () => {
+  const stream = client.responses.stream({ model: 'fake-1', tools: [weather], tool_choice: 'required', input: 'rain in Oslo?' });
+  const response = await stream.finalResponse();
+  const calls = response.output.filter((item) => item.type === 'function_call');
+  assert.equal(calls.length, 1);
+  assert.deepEqual(JSON.parse(calls[0].arguments), { q: 'rain in Oslo?' });
+});
+
+test('what /v1/responses cannot honour is BadRequestError naming the field', async () => {
+  for (const [extra, param] of [[{ store: true }, 'store'], [{ previous_response_id: 'resp_1' }, 'previous_response_id'],
+    [{ tools: [{ type: 'web_search' }] }, 'tools[0].type']]) {
+    await assert.rejects(
+      client.responses.create({ model: 'fake-1', input: 'x', ...extra }),
+      (err) => err instanceof OpenAI.BadRequestError && err.status === 400 && err.param === param,
+    );
+  }
 });

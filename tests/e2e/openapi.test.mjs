@@ -1,7 +1,7 @@
 // GET /openapi.json against the real sample_server. The description is a valid OpenAPI 3.1
 // document (@seriousme/openapi-schema-validator) and the same as sample_server/openapi/openapi.json;
 // every route GET / lists has an operation in it and every operation is a route the server lists,
-// so a new route cannot be left out; and real answers (chats plain and streamed in all three formats,
+// so a new route cannot be left out; and real answers (chats plain and streamed in all four formats,
 // history, probes, models, errors 400/401/403/404/405/409/413/415/429, an upstream that cannot be
 // reached (502, the streams' error events, /health and /ready at 503), the usage and /admin routes
 // with keys, /metrics, the pages) have a status the description lists for their operation, one of
@@ -100,8 +100,8 @@ function operationOf(method, path) {
 const resolved = (r) => (r?.$ref ? spec.components.responses[componentName(r.$ref)] : r);
 
 // The events of a stream in the description's terms: chatkit's names its events and ends with
-// `done`; Anthropic's names them by their type and ends with message_stop; OpenAI's has unnamed
-// chunks and ends with [DONE].
+// `done`; Anthropic's and OpenAI Responses' name them by their type and end with message_stop or
+// response.completed; OpenAI's Chat Completions has unnamed chunks and ends with [DONE].
 function checkStream(schema, text, what) {
   const events = text.split('\n\n').filter((e) => e.length > 0).map((e) => {
     const event = { name: null, data: null };
@@ -127,6 +127,16 @@ function checkStream(schema, text, what) {
       assert.equal(data.type, e.name, `${what}: an event's data has its name as type`);
     }
     assert.ok(['message_stop', 'error'].includes(events.at(-1).name), `${what}: the last event is ${events.at(-1).name}`);
+  } else if (componentName(schema.$ref) === 'ResponsesStream') {
+    events.forEach((e, i) => {
+      const data = JSON.parse(e.data);
+      validate(named('ResponsesStreamEvent'), data, `${what}, event ${e.name}`);
+      assert.equal(data.type, e.name, `${what}: an event's data has its name as type`);
+      assert.equal(data.sequence_number, i, `${what}: events are numbered from 0`);
+    });
+    assert.equal(events[0].name, 'response.created', `${what}: the first event`);
+    assert.ok(['response.completed', 'response.incomplete', 'response.failed'].includes(events.at(-1).name),
+      `${what}: the last event is ${events.at(-1).name}`);
   } else {
     assert.equal(componentName(schema.$ref), 'ChatCompletionStream');
     const last = events.at(-1).data;
@@ -235,7 +245,7 @@ test('every route GET / lists is in the description, and every operation of the 
   }
 });
 
-test('chats, plain and streamed, in chatkit\'s format, OpenAI\'s and Anthropic\'s, answer as described', async () => {
+test('chats, plain and streamed, in chatkit\'s format, OpenAI\'s two and Anthropic\'s, answer as described', async () => {
   conforms(await call(open, 'POST', '/chat', { body: { user_id: 'ada', content: 'Hello there, chatkit' } }));
   conforms(await call(open, 'POST', '/chat', { body: { user_id: 'ada', content: 'Hello there, chatkit' } })); // a cache hit
   const streamed = await call(open, 'POST', '/chat', {
@@ -261,6 +271,14 @@ test('chats, plain and streamed, in chatkit\'s format, OpenAI\'s and Anthropic\'
   assert.equal(mediaType(events.headers.get('content-type')), 'text/event-stream');
   conforms(events);
   assert.equal(events.events.at(-1).name, 'message_stop');
+  const response = { model: 'echo-1', instructions: 'Be brief.', input: 'hi there', store: false };
+  conforms(await call(open, 'POST', '/v1/responses', { body: response }));
+  conforms(await call(open, 'POST', '/v1/responses', { body: response })); // a cache hit
+  const items = await call(open, 'POST', '/v1/responses', {
+    body: { input: [{ role: 'user', content: [{ type: 'input_text', text: 'four streamed words' }] }], stream: true } });
+  assert.equal(mediaType(items.headers.get('content-type')), 'text/event-stream');
+  conforms(items);
+  assert.equal(items.events.at(-1).name, 'response.completed');
 });
 
 test('history, probes, models, usage and metrics answer as described', async () => {
@@ -298,6 +316,9 @@ test('errors are the described envelope with the described statuses: 400, 404, 4
   await refusedByBoth(open, '/v1/chat/completions', { messages: [] });
   await refusedByBoth(open, '/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], n: 2 });
   await refusedByBoth(open, '/v1/messages', { model: 'echo-1', messages: [{ role: 'user', content: 'hi' }] });
+  await refusedByBoth(open, '/v1/responses', { input: 'hi', store: true });
+  await refusedByBoth(open, '/v1/responses', { input: 'hi', previous_response_id: 'resp_1' });
+  await refusedByBoth(open, '/v1/responses', { model: 'echo-1' });
   await refusedByBoth(open, '/v1/messages', { model: 'echo-1', max_tokens: 9, top_k: 5, messages: [{ role: 'user', content: 'hi' }] });
   await refusedByBoth(open, '/v1/messages', { model: 'echo-1', max_tokens: 9, messages: [{ role: 'system', content: 'hi' }] });
   const unknown = await call(open, 'GET', '/no/such/route');
@@ -339,6 +360,13 @@ test('an upstream that cannot be reached: 502, error events in both streams, the
   assert.equal(events.status, 200);
   conforms(events);
   assert.deepEqual(events.events.map((e) => e.name), ['error'], 'nothing of the message before the failure');
+  const response = await call(failing, 'POST', '/v1/responses', { body: { input: 'hi' } });
+  assert.equal(response.status, 502, response.text);
+  conforms(response);
+  const failed = await call(failing, 'POST', '/v1/responses', { body: { input: 'hi', stream: true } });
+  assert.equal(failed.status, 200);
+  conforms(failed);
+  assert.equal(failed.events.at(-1).name, 'response.failed');
   // Three calls in a row that could not reach the upstream: the provider is down.
   for (const path of ['/health', '/ready']) {
     const r = await call(failing, 'GET', path);
