@@ -3,7 +3,8 @@
 // Anthropic's error envelope. The service uses it so that Anthropic clients (the official SDKs,
 // Claude Code) talk to any provider chatkit serves, translated through the same chat_request the
 // OpenAI surface fills: tool definitions, tool calls and tool results take their OpenAI form there
-// (what the OpenAI provider relays), and a provider that cannot honour them refuses with a 400.
+// (what the OpenAI and Anthropic providers relay), and a provider that cannot honour them refuses
+// with a 400.
 #pragma once
 
 #include "chatkit/chat.hpp"

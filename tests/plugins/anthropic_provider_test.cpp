@@ -315,34 +315,103 @@ TEMPLATE_TEST_CASE("a stream that ends without message_stop is an error, never a
     CHECK(partial.joined() == "echo:");
 }
 
-TEMPLATE_TEST_CASE("tool use and fields Anthropic cannot take are refused with a 400 naming them, before any call", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("tools, tool_choice and the tool-call history go upstream in Anthropic's form", "", chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
-    auto r = ask("weather?");
-    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
-    auto tools = anthropic.complete(r);
-    REQUIRE_FALSE(tools);
-    CHECK(tools.error().kind == chatkit::error_kind::invalid_request);
-    CHECK(tools.error().param == "tools");
-    CHECK(tools.error().message.find("'tools'") != std::string::npos);
+    auto r = ask("weather in Paris?");
+    r.extensions = {{"tools", json::array({{{"type", "function"},
+                                            {"function", {{"name", "get_weather"}, {"description", "the weather"}, {"parameters", {{"type", "object"}}}}}},
+                                           {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
+                    {"tool_choice", "required"},
+                    {"parallel_tool_calls", false}};
+    r.messages.push_back({chatkit::role::assistant, "let me look",
+                          {{"tool_calls", json::array({{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
+                                                       {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})}}});
+    r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "call_a"}}});
+    r.messages.push_back({chatkit::role::tool, "noon", {{"tool_call_id", "call_b"}}});
+    r.messages.push_back({chatkit::role::user, "and tomorrow?", {}});
+    auto c = anthropic.complete(r);
+    REQUIRE(c); // the fake, like the API, refuses tool results that answer no tool_use just before
+    const auto sent = fake.requests().back().body;
+    CHECK(sent["tools"] == json::array({{{"name", "get_weather"}, {"description", "the weather"}, {"input_schema", {{"type", "object"}}}},
+                                        {{"name", "get_time"}, {"input_schema", {{"type", "object"}}}}}));
+    CHECK(sent["tool_choice"] == json{{"type", "any"}, {"disable_parallel_tool_use", true}});
+    REQUIRE(sent["messages"].size() == 3);
+    CHECK(sent["messages"][1] == json{{"role", "assistant"},
+                                      {"content", {{{"type", "text"}, {"text", "let me look"}},
+                                                   {{"type", "tool_use"}, {"id", "call_a"}, {"name", "get_weather"}, {"input", {{"city", "Paris"}}}},
+                                                   {{"type", "tool_use"}, {"id", "call_b"}, {"name", "get_time"}, {"input", json::object()}}}}});
+    CHECK(sent["messages"][2] == json{{"role", "user"},
+                                      {"content", {{{"type", "tool_result"}, {"tool_use_id", "call_a"}, {"content", "sunny"}},
+                                                   {{"type", "tool_result"}, {"tool_use_id", "call_b"}, {"content", "noon"}},
+                                                   {{"type", "text"}, {"text", "and tomorrow?"}}}}});
+    CHECK(c->content == "tool said: sunnynoon");
 
-    r = ask("hi");
+    r.extensions = {{"tools", r.extensions["tools"]}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}};
+    REQUIRE(anthropic.complete(r));
+    CHECK(fake.requests().back().body["tool_choice"] == json{{"type", "tool"}, {"name", "get_time"}});
+}
+
+TEMPLATE_TEST_CASE("a tool_use answer comes back as OpenAI tool_calls, answered whole or streamed in pieces", "", chatkit::anthropic_provider, async_anthropic) {
+    fake_anthropic fake;
+    TestType anthropic{options_for(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    const json expected = {{{"id", "toolu_fake_1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
+
+    auto whole = anthropic.complete(r);
+    REQUIRE(whole);
+    CHECK(whole->finish_reason == "tool_calls");
+    CHECK(whole->content.empty());
+    CHECK(whole->extra["tool_calls"] == expected);
+
+    for (std::size_t cut : {std::size_t{0}, std::size_t{1}, std::size_t{7}}) {
+        fake_anthropic_reply pieces;
+        pieces.chunk_bytes = cut;
+        fake.script({pieces});
+        collected deltas;
+        auto streamed = anthropic.stream(r, deltas.sink());
+        REQUIRE(streamed);
+        CHECK(deltas.joined().empty());
+        CHECK(streamed->finish_reason == "tool_calls");
+        CHECK(streamed->extra["tool_calls"] == expected);
+        CHECK(streamed->usage.completion_tokens == 9);
+    }
+}
+
+TEMPLATE_TEST_CASE("fields and messages Anthropic cannot take are refused with a 400 naming them, before any call", "", chatkit::anthropic_provider, async_anthropic) {
+    fake_anthropic fake;
+    TestType anthropic{options_for(fake)};
+    auto refused = [&](chatkit::chat_request r) {
+        auto c = anthropic.complete(r);
+        REQUIRE_FALSE(c);
+        CHECK(c.error().kind == chatkit::error_kind::invalid_request);
+        return c.error().param;
+    };
+    auto r = ask("hi");
     r.extensions = {{"logprobs", true}};
-    auto logprobs = anthropic.complete(r);
-    REQUIRE_FALSE(logprobs);
-    CHECK(logprobs.error().param == "logprobs");
+    CHECK(refused(r) == "logprobs");
+    r.extensions = {{"functions", json::array()}};
+    CHECK(refused(r) == "functions");
+    r.extensions = {{"tools", json::array({{{"type", "web_search"}}})}};
+    CHECK(refused(r) == "tools[0]");
 
     r = ask("hi");
     r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array()}}});
-    auto history = anthropic.complete(r);
-    REQUIRE_FALSE(history);
-    CHECK(history.error().param == "messages[2].tool_calls");
+    CHECK(refused(r) == "messages[2].tool_calls");
+    r = ask("hi");
+    r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array({{{"id", "c"}, {"function", {{"name", "f"}, {"arguments", "[1]"}}}}})}}});
+    CHECK(refused(r) == "messages[2].tool_calls[0].function.arguments");
+    r = ask("hi");
+    r.messages[1].extra = {{"name", "bob"}};
+    CHECK(refused(r) == "messages[1].name");
+    r = ask("hi");
+    r.messages.push_back({chatkit::role::tool, "42", nullptr});
+    CHECK(refused(r) == "messages[2].tool_call_id");
 
     r = ask("hi");
     r.temperature = 1.5;
-    auto hot = anthropic.complete(r);
-    REQUIRE_FALSE(hot);
-    CHECK(hot.error().param == "temperature");
+    CHECK(refused(r) == "temperature");
     CHECK(fake.requests().empty());
     CHECK(anthropic.health().ok);
 }

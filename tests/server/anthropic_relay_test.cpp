@@ -1,5 +1,6 @@
 // sample_server relaying to Anthropic (a fake speaking the Messages API's exact wire format):
-// /v1/chat/completions answered whole and streamed, with the upstream's faults surfacing cleanly.
+// /v1/chat/completions answered whole and streamed, with the upstream's faults surfacing cleanly,
+// and tool use translated on every surface (OpenAI's two and Anthropic's own) and back.
 // Runs once with each HTTP server (CHAT_SERVER=beast: the async provider; httplib: the blocking one).
 #include "../support/fake_anthropic.hpp"
 #include "../support/server_process.hpp"
@@ -135,11 +136,11 @@ TEST_CASE("through sample_server, Anthropic's faults and refused fields reach th
     auto c = server.client();
     const json ask = {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
 
-    auto with_tools = ask;
-    with_tools["tools"] = json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}});
-    auto tools = post_json(c, "/v1/chat/completions", with_tools);
-    REQUIRE(tools->status == 400);
-    CHECK(json::parse(tools->body)["error"]["param"] == "tools");
+    auto with_logprobs = ask;
+    with_logprobs["logprobs"] = true;
+    auto logprobs = post_json(c, "/v1/chat/completions", with_logprobs);
+    REQUIRE(logprobs->status == 400);
+    CHECK(json::parse(logprobs->body)["error"]["param"] == "logprobs");
     CHECK(fake.requests().empty());
 
     auto overloaded = anthropic_error_reply(529, "overloaded_error", "Overloaded");
@@ -171,4 +172,71 @@ TEST_CASE("CHAT_PROVIDER=anthropic without a key for api.anthropic.com stops sta
     const auto r = test_support::run_to_exit({{"CHAT_PROVIDER", "anthropic"}, {"CHAT_PORT", "0"}}, {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("ANTHROPIC_API_KEY") != std::string::npos);
+}
+
+TEST_CASE("a tool call round-trips through Anthropic from every surface: Chat Completions, Responses and Messages") {
+    fake_anthropic fake;
+    server_process server{relay_env(fake, {{"CHAT_CACHE_SIZE", "0"}})};
+    auto c = server.client();
+    const json weather = {{"type", "function"}, {"function", {{"name", "get_weather"}, {"parameters", {{"type", "object"}}}}}};
+
+    // Chat Completions: tool_calls out, the tool message back in.
+    const json first = {{"tools", {weather}}, {"messages", {{{"role", "user"}, {"content", "weather in Rome?"}}}}};
+    auto call = post_json(c, "/v1/chat/completions", first);
+    REQUIRE(call->status == 200);
+    const auto choice = json::parse(call->body)["choices"][0];
+    CHECK(choice["finish_reason"] == "tool_calls");
+    const auto calls = choice["message"]["tool_calls"];
+    REQUIRE(calls.size() == 1);
+    CHECK(calls[0]["function"]["name"] == "get_weather");
+    CHECK(json::parse(calls[0]["function"]["arguments"].get<std::string>()) == json{{"q", "weather in Rome?"}});
+    CHECK(fake.requests().back().body["tools"][0]["input_schema"] == json{{"type", "object"}});
+    auto second = first;
+    second["messages"].push_back(choice["message"]);
+    second["messages"].push_back({{"role", "tool"}, {"tool_call_id", calls[0]["id"]}, {"content", "sunny"}});
+    auto answered = post_json(c, "/v1/chat/completions", second);
+    REQUIRE(answered->status == 200);
+    CHECK(json::parse(answered->body)["choices"][0]["message"]["content"] == "tool said: sunny");
+
+    // Responses: a function_call item out, its output back in; streamed too.
+    const json function = {{"type", "function"}, {"name", "get_weather"}, {"parameters", {{"type", "object"}}}};
+    auto response = post_json(c, "/v1/responses", {{"tools", {function}}, {"input", "weather in Oslo?"}});
+    REQUIRE(response->status == 200);
+    const auto item = json::parse(response->body)["output"][0];
+    CHECK(item["type"] == "function_call");
+    CHECK(json::parse(item["arguments"].get<std::string>()) == json{{"q", "weather in Oslo?"}});
+    auto followed = post_json(c, "/v1/responses", {{"tools", {function}},
+                                                   {"input", {{{"role", "user"}, {"content", "weather in Oslo?"}},
+                                                              item,
+                                                              {{"type", "function_call_output"}, {"call_id", item["call_id"]}, {"output", "snow"}}}}});
+    REQUIRE(followed->status == 200);
+    CHECK(json::parse(followed->body)["output"][0]["content"][0]["text"] == "tool said: snow");
+
+    // Messages: a tool_use block out (streamed: its input as input_json_delta), tool_result back in.
+    const json tool = {{"name", "get_weather"}, {"input_schema", {{"type", "object"}}}};
+    const json ask = {{"model", "claude-fake"}, {"max_tokens", 100}, {"tools", {tool}}, {"stream", true},
+                      {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
+    auto events = post_json(c, "/v1/messages", ask);
+    REQUIRE(events->status == 200);
+    std::string input;
+    std::string tool_id;
+    for (const auto& line : data_lines(events->body)) {
+        const auto e = json::parse(line);
+        if (e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use") tool_id = e["content_block"]["id"];
+        if (e["type"] == "content_block_delta" && e["delta"]["type"] == "input_json_delta") input += e["delta"]["partial_json"].get<std::string>();
+        if (e["type"] == "message_delta") CHECK(e["delta"]["stop_reason"] == "tool_use");
+    }
+    CHECK(json::parse(input) == json{{"q", "weather in Lima?"}});
+    auto result = ask;
+    result.erase("stream");
+    result["messages"].push_back({{"role", "assistant"}, {"content", {{{"type", "tool_use"}, {"id", tool_id}, {"name", "get_weather"}, {"input", json::parse(input)}}}}});
+    result["messages"].push_back({{"role", "user"}, {"content", {{{"type", "tool_result"}, {"tool_use_id", tool_id}, {"content", "warm"}}}}});
+    auto message = post_json(c, "/v1/messages", result);
+    REQUIRE(message->status == 200);
+    const auto body = json::parse(message->body);
+    CHECK(body["content"][0]["text"] == "tool said: warm");
+    CHECK(body["stop_reason"] == "end_turn");
+    // What went upstream is what the client sent, through chatkit's form and back.
+    CHECK(fake.requests().back().body["messages"][1]["content"][0] ==
+          json{{"type", "tool_use"}, {"id", tool_id}, {"name", "get_weather"}, {"input", {{"q", "weather in Lima?"}}}});
 }

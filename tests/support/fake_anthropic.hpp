@@ -2,7 +2,9 @@
 // format (a `message` body; the event stream message_start, content_block_start/delta/stop,
 // ping, message_delta, message_stop; the error envelope), the checks the real API makes on a
 // request's headers and shape, and scripted faults. Unscripted requests are answered with
-// "echo: <last user message>", word by word when streaming.
+// "echo: <last user message>", word by word when streaming; a request offering tools whose last
+// turn holds no tool result gets a tool_use of the first tool with {"q":"<that message>"}, and
+// one whose last turn holds tool results gets "tool said: <their texts>".
 #pragma once
 
 #include <httplib.h>
@@ -110,7 +112,35 @@ private:
                 return anthropic_error_reply(400, "invalid_request_error", "messages: roles must alternate between \"user\" and \"assistant\"");
             previous = role;
         }
+        // Each tool_result answers a tool_use of the assistant turn just before it, and comes first.
+        const auto& ms = body["messages"];
+        for (std::size_t i = 0; i < ms.size(); ++i) {
+            if (!ms[i]["content"].is_array()) continue;
+            bool text_seen = false;
+            for (const auto& block : ms[i]["content"]) {
+                if (block.value("type", "") != "tool_result") {
+                    text_seen = true;
+                    continue;
+                }
+                bool answered = false;
+                if (i > 0 && ms[i - 1]["content"].is_array())
+                    for (const auto& use : ms[i - 1]["content"])
+                        if (use.value("type", "") == "tool_use" && use.value("id", "") == block.value("tool_use_id", "")) answered = true;
+                if (!answered || text_seen)
+                    return anthropic_error_reply(400, "invalid_request_error",
+                                                 "messages." + std::to_string(i) + ": tool_result blocks must answer a tool_use of the previous message and come first");
+            }
+        }
         return std::nullopt;
+    }
+
+    // The tool_result texts of a turn, or nothing when it has none.
+    static std::optional<std::string> tool_results(const nlohmann::json& content) {
+        if (!content.is_array()) return std::nullopt;
+        std::optional<std::string> text;
+        for (const auto& block : content)
+            if (block.is_object() && block.value("type", "") == "tool_result") text = text.value_or("") + block.value("content", "");
+        return text;
     }
 
     static std::string text_of(const nlohmann::json& content) {
@@ -146,7 +176,10 @@ private:
         std::string last_user;
         for (const auto& m : body["messages"])
             if (m.value("role", "") == "user") last_user = text_of(m["content"]);
-        const std::string content = reply.content.empty() ? "echo: " + last_user : reply.content;
+        const auto results = tool_results(body["messages"].back()["content"]);
+        const bool offers_tools = body.contains("tools") && body["tools"].is_array() && !body["tools"].empty();
+        if (offers_tools && !results && reply.content.empty()) return answer_tool_use(body, last_user, reply, res);
+        const std::string content = !reply.content.empty() ? reply.content : results ? "tool said: " + *results : "echo: " + last_user;
         const auto pieces = words(content);
         const std::string model = reply.model.empty() ? body.value("model", "claude-fake") : reply.model;
         const int input_tokens = static_cast<int>(words(last_user).size());
@@ -210,6 +243,44 @@ private:
                 for (std::size_t at = 0; at < bytes.size(); at += step)
                     if (!sink.write(bytes.data() + at, std::min(step, bytes.size() - at))) return false;
             }
+            sink.done();
+            return true;
+        });
+    }
+
+    // A tool_use of the request's first tool, as Anthropic sends one; streamed, its input arrives
+    // in two input_json_delta fragments.
+    static void answer_tool_use(const nlohmann::json& body, const std::string& last_user, const fake_anthropic_reply& reply, httplib::Response& res) {
+        const std::string name = body["tools"][0].value("name", "");
+        const nlohmann::json input = {{"q", last_user}};
+        const nlohmann::json usage = {{"input_tokens", static_cast<int>(words(last_user).size())}, {"cache_creation_input_tokens", 0},
+                                      {"cache_read_input_tokens", 0}, {"output_tokens", 9}};
+        const std::string model = body.value("model", "claude-fake");
+        if (!body.value("stream", false)) {
+            res.set_content(nlohmann::json{{"id", "msg_fake"}, {"type", "message"}, {"role", "assistant"}, {"model", model},
+                                           {"content", {{{"type", "tool_use"}, {"id", "toolu_fake_1"}, {"name", name}, {"input", input}}}},
+                                           {"stop_reason", "tool_use"}, {"stop_sequence", nullptr}, {"usage", usage}}
+                                .dump(),
+                            "application/json");
+            return;
+        }
+        const std::string json_input = input.dump();
+        const std::size_t half = json_input.size() / 2;
+        std::string events =
+            event("message_start", {{"type", "message_start"},
+                                    {"message", {{"id", "msg_fake"}, {"type", "message"}, {"role", "assistant"}, {"content", nlohmann::json::array()},
+                                                 {"model", model}, {"stop_reason", nullptr}, {"stop_sequence", nullptr}, {"usage", usage}}}}) +
+            event("content_block_start", {{"type", "content_block_start"}, {"index", 0},
+                                          {"content_block", {{"type", "tool_use"}, {"id", "toolu_fake_1"}, {"name", name}, {"input", nlohmann::json::object()}}}}) +
+            event("content_block_delta", {{"type", "content_block_delta"}, {"index", 0}, {"delta", {{"type", "input_json_delta"}, {"partial_json", json_input.substr(0, half)}}}}) +
+            event("content_block_delta", {{"type", "content_block_delta"}, {"index", 0}, {"delta", {{"type", "input_json_delta"}, {"partial_json", json_input.substr(half)}}}}) +
+            event("content_block_stop", {{"type", "content_block_stop"}, {"index", 0}}) +
+            event("message_delta", {{"type", "message_delta"}, {"delta", {{"stop_reason", "tool_use"}, {"stop_sequence", nullptr}}}, {"usage", {{"output_tokens", 9}}}}) +
+            event("message_stop", {{"type", "message_stop"}});
+        const std::size_t step = reply.chunk_bytes ? reply.chunk_bytes : events.size();
+        res.set_chunked_content_provider("text/event-stream", [events, step](std::size_t, httplib::DataSink& sink) {
+            for (std::size_t at = 0; at < events.size(); at += step)
+                if (!sink.write(events.data() + at, std::min(step, events.size() - at))) return false;
             sink.done();
             return true;
         });

@@ -114,7 +114,9 @@ public:
 
     // A chat request → a Messages API body, or a 400 naming the field it cannot honour. System
     // messages go to `system`; the API wants user and assistant turns to alternate, so
-    // consecutive turns of one role are merged.
+    // consecutive turns of one role are merged. Tool use takes Anthropic's form: an assistant
+    // message's OpenAI `tool_calls` become `tool_use` blocks, `tool` messages `tool_result` blocks
+    // of the next user turn, and function tools Anthropic tools.
     [[nodiscard]] result<std::string> request_body(const chat_request& r, bool streaming) const {
         nlohmann::json body = nlohmann::json::object();
         body["model"] = upstream_model(r);
@@ -123,22 +125,25 @@ public:
         for (std::size_t i = 0; i < r.messages.size(); ++i) {
             const auto& m = r.messages[i];
             const std::string at = "messages[" + std::to_string(i) + "]";
-            if (m.role == role::tool)
-                return invalid("the anthropic provider does not relay tool use yet (" + at + " is a tool message)", at + ".role",
-                               "unsupported_parameter");
-            if (m.extra.is_object() && !m.extra.empty())
-                return invalid("the anthropic provider takes text messages only: " + at + " has '" + m.extra.begin().key() + "'",
-                               at + "." + m.extra.begin().key(), "unsupported_parameter");
+            auto content = message_content(m, at);
+            if (!content) return std::move(content).error();
             if (m.role == role::system) {
                 if (!system.empty()) system += "\n\n";
                 system += m.content;
                 continue;
             }
-            const char* name = m.role == role::user ? "user" : "assistant";
-            if (!messages.empty() && messages.back()["role"] == name)
-                messages.back()["content"] = messages.back()["content"].get<std::string>() + "\n\n" + m.content;
-            else
-                messages.push_back({{"role", name}, {"content", m.content}});
+            const char* name = m.role == role::assistant ? "assistant" : "user"; // a tool result is the user's turn
+            if (messages.empty() || messages.back()["role"] != name) {
+                messages.push_back({{"role", name}, {"content", std::move(content).value()}});
+                continue;
+            }
+            auto& previous = messages.back()["content"];
+            if (previous.is_string() && content->is_string()) {
+                previous = previous.get<std::string>() + "\n\n" + content->get<std::string>();
+            } else {
+                previous = as_blocks(std::move(previous));
+                for (auto& block : as_blocks(std::move(content).value())) previous.push_back(std::move(block));
+            }
         }
         if (messages.empty()) return invalid("an Anthropic conversation needs a user message", "messages", "invalid_conversation");
         body["messages"] = std::move(messages);
@@ -153,14 +158,106 @@ public:
             if (key == "stop" && value.is_string()) body["stop_sequences"] = nlohmann::json::array({value});
             else if (key == "stop" && value.is_array()) body["stop_sequences"] = value;
             else if (key == "top_p" && value.is_number()) body["top_p"] = value;
-            else if (key == "tools" || key == "tool_choice" || key == "parallel_tool_calls" || key == "functions" || key == "function_call")
-                return error{error_kind::invalid_request, "the anthropic provider does not relay tool use yet: '" + key + "' is not supported",
+            else if (key == "tools") {
+                auto tools = tools_of(value);
+                if (!tools) return std::move(tools).error();
+                body["tools"] = std::move(tools).value();
+            } else if (key == "tool_choice") {
+                auto choice = tool_choice_of(value);
+                if (!choice) return std::move(choice).error();
+                if (!choice->is_null()) body["tool_choice"] = std::move(choice).value();
+            } else if (key == "parallel_tool_calls" && value.is_boolean()) {
+                continue; // below, once tool_choice is known
+            } else if (key == "functions" || key == "function_call")
+                return error{error_kind::invalid_request, "the anthropic provider relays tools, not the deprecated '" + key + "'",
                              "unsupported_parameter", key};
             else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
                 return error{error_kind::invalid_request, "the anthropic provider cannot honour '" + key + "'", "unsupported_parameter", key};
         }
+        if (auto parallel = r.extensions.find("parallel_tool_calls"); parallel != r.extensions.end() && *parallel == false && body.contains("tools")) {
+            if (!body.contains("tool_choice")) body["tool_choice"] = {{"type", "auto"}};
+            if (body["tool_choice"]["type"] != "none") body["tool_choice"]["disable_parallel_tool_use"] = true;
+        }
         if (streaming) body["stream"] = true;
         return dump_json(body);
+    }
+
+    // A message's Messages API content: its text, or blocks when it carries tool use. Any other
+    // OpenAI field (a name, image parts) cannot be relayed and is refused by name; a null one (the
+    // `refusal: null` clients echo back with an assistant message) is absent.
+    static result<nlohmann::json> message_content(const message& m, const std::string& at) {
+        if (m.extra.is_object())
+            for (const auto& [key, value] : m.extra.items())
+                if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) && !(key == "tool_call_id" && m.role == role::tool))
+                    return invalid("the anthropic provider cannot relay '" + key + "' in " + at, at + "." + key, "unsupported_parameter");
+        if (m.role == role::tool) {
+            const auto id = m.extra.is_object() ? m.extra.find("tool_call_id") : m.extra.end();
+            if (!m.extra.is_object() || id == m.extra.end() || !id->is_string())
+                return invalid(at + " is a tool message without a tool_call_id", at + ".tool_call_id", "invalid_type");
+            return nlohmann::json::array({{{"type", "tool_result"}, {"tool_use_id", *id}, {"content", m.content}}});
+        }
+        if (!m.extra.is_object() || !m.extra.contains("tool_calls")) return nlohmann::json(m.content);
+        const auto& calls = m.extra["tool_calls"];
+        if (!calls.is_array()) return invalid(at + ".tool_calls must be an array", at + ".tool_calls", "invalid_type");
+        nlohmann::json blocks = nlohmann::json::array();
+        if (!m.content.empty()) blocks.push_back({{"type", "text"}, {"text", m.content}});
+        for (std::size_t j = 0; j < calls.size(); ++j) {
+            const auto& call = calls[j];
+            const std::string cat = at + ".tool_calls[" + std::to_string(j) + "]";
+            const auto fn = call.is_object() ? call.find("function") : call.end();
+            if (!call.is_object() || string_field(call, "id").empty() || fn == call.end() || string_field(*fn, "name").empty())
+                return invalid(cat + " needs an id and a function name", cat, "invalid_type");
+            // Anthropic takes the input as an object; OpenAI carries it as JSON text (empty for a
+            // call without arguments).
+            const std::string arguments = string_field(*fn, "arguments");
+            auto input = nlohmann::json::parse(arguments.empty() ? std::string{"{}"} : arguments, nullptr, false);
+            if (!input.is_object()) return invalid(cat + ".function.arguments must be a JSON object", cat + ".function.arguments");
+            blocks.push_back({{"type", "tool_use"}, {"id", call["id"]}, {"name", (*fn)["name"]}, {"input", std::move(input)}});
+        }
+        if (blocks.empty()) return invalid(at + " has neither text nor tool calls", at + ".tool_calls", "invalid_value");
+        return blocks;
+    }
+
+    static nlohmann::json as_blocks(nlohmann::json content) {
+        if (content.is_array()) return content;
+        nlohmann::json blocks = nlohmann::json::array();
+        if (content.is_string() && !content.get_ref<const std::string&>().empty()) blocks.push_back({{"type", "text"}, {"text", std::move(content)}});
+        return blocks;
+    }
+
+    // OpenAI function tools as Anthropic tools: parameters become input_schema.
+    static result<nlohmann::json> tools_of(const nlohmann::json& tools) {
+        if (!tools.is_array()) return invalid("'tools' must be an array", "tools", "invalid_type");
+        nlohmann::json out = nlohmann::json::array();
+        for (std::size_t i = 0; i < tools.size(); ++i) {
+            const auto& t = tools[i];
+            const std::string at = "tools[" + std::to_string(i) + "]";
+            const auto fn = t.is_object() ? t.find("function") : t.end();
+            if (!t.is_object() || string_field(t, "type") != "function" || fn == t.end() || string_field(*fn, "name").empty())
+                return invalid("the anthropic provider relays function tools only: " + at + " is not one", at, "unsupported_parameter");
+            nlohmann::json tool = {{"name", (*fn)["name"]}};
+            if (fn->contains("description") && (*fn)["description"].is_string()) tool["description"] = (*fn)["description"];
+            tool["input_schema"] = fn->contains("parameters") && (*fn)["parameters"].is_object() ? (*fn)["parameters"]
+                                                                                              : nlohmann::json{{"type", "object"}};
+            out.push_back(std::move(tool));
+        }
+        return out;
+    }
+
+    // OpenAI's tool_choice in Anthropic's form; null when there is nothing to send.
+    static result<nlohmann::json> tool_choice_of(const nlohmann::json& choice) {
+        if (choice == "auto") return nlohmann::json{{"type", "auto"}};
+        if (choice == "required") return nlohmann::json{{"type", "any"}};
+        if (choice == "none") return nlohmann::json{{"type", "none"}};
+        if (choice.is_object() && string_field(choice, "type") == "function" && choice.contains("function") &&
+            !string_field(choice["function"], "name").empty())
+            return nlohmann::json{{"type", "tool"}, {"name", choice["function"]["name"]}};
+        return invalid("the anthropic provider takes tool_choice auto, required, none or a function", "tool_choice", "unsupported_parameter");
+    }
+
+    // Anthropic's tool_use blocks (their input an object) as OpenAI tool_calls (arguments as text).
+    static nlohmann::json tool_call(const std::string& id, const std::string& name, std::string arguments) {
+        return {{"id", id}, {"type", "function"}, {"function", {{"name", name}, {"arguments", std::move(arguments)}}}};
     }
 
     // Anthropic's stop reasons in OpenAI's vocabulary.
@@ -215,6 +312,28 @@ public:
         bool done = false;        // message_stop seen
         bool delivered = false;   // a delta reached the sink
         bool client_gone = false; // the sink said stop
+        // tool_use blocks by index: their id, name and input JSON as its fragments arrive.
+        struct tool_block {
+            std::int64_t index;
+            std::string id, name, input;
+        };
+        std::vector<tool_block> tools{};
+        static constexpr std::size_t max_tools = 128; // an upstream's bound, not a client's
+
+        tool_block* tool_at(const nlohmann::json& j) {
+            const auto i = j.find("index");
+            if (i == j.end() || !i->is_number_integer()) return nullptr;
+            for (auto& t : tools)
+                if (t.index == i->get<std::int64_t>()) return &t;
+            return nullptr;
+        }
+        // The tool calls read, in OpenAI's form, once the stream is whole.
+        void finish_tools() {
+            if (tools.empty()) return;
+            nlohmann::json calls = nlohmann::json::array();
+            for (auto& t : tools) calls.push_back(tool_call(t.id, t.name, t.input.empty() ? "{}" : std::move(t.input)));
+            c.extra = {{"tool_calls", std::move(calls)}};
+        }
 
         void operator()(const sse_message& m) {
             if (broken || done || client_gone) return;
@@ -227,9 +346,17 @@ public:
                     if (message.contains("model") && message["model"].is_string()) c.model = message["model"].get<std::string>();
                     if (message.contains("usage")) usage.read(message["usage"]);
                 }
+            } else if (type == "content_block_start") {
+                const auto block = j.contains("content_block") ? j["content_block"] : nlohmann::json{};
+                if (string_field(block, "type") != "tool_use" || !j.contains("index") || !j["index"].is_number_integer() || tools.size() >= max_tools) return;
+                tools.push_back({j["index"].get<std::int64_t>(), string_field(block, "id"), string_field(block, "name"), {}});
             } else if (type == "content_block_delta") {
                 const auto delta = j.contains("delta") ? j["delta"] : nlohmann::json{};
-                // Other deltas (input_json_delta, thinking_delta, signature_delta) carry no answer text.
+                if (string_field(delta, "type") == "input_json_delta") {
+                    if (auto* tool = tool_at(j)) tool->input += string_field(delta, "partial_json");
+                    return;
+                }
+                // Other deltas (thinking_delta, signature_delta) carry no answer text.
                 if (string_field(delta, "type") != "text_delta" || !delta.contains("text") || !delta["text"].is_string()) return;
                 const auto& text = delta["text"].get_ref<const std::string&>();
                 if (text.empty()) return;
@@ -249,7 +376,7 @@ public:
                 broken = "upstream error mid-stream (" + kind + "): " + message;
                 broken_code = kind;
             }
-            // ping, content_block_start and content_block_stop change nothing here; an event type
+            // ping, content_block_stop and other blocks' starts change nothing here; an event type
             // this code does not know is skipped, as Anthropic's versioning policy asks.
         }
     };
@@ -263,18 +390,25 @@ public:
             return upstream_failure{{error_kind::upstream, "upstream stream ended before message_stop", "upstream_truncated"},
                                     !reader.delivered, {}, reader.delivered};
         reader.c.usage = reader.usage.to_token_usage();
+        reader.finish_tools();
         return std::move(reader.c);
     }
 
-    // A `message` body into a completion: its text blocks joined.
+    // A `message` body into a completion: its text blocks joined, its tool_use blocks as tool_calls.
     static result<completion, upstream_failure> parse_answer(const std::string& raw) {
         const upstream_failure malformed{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
         const auto j = nlohmann::json::parse(raw, nullptr, false);
         if (!j.is_object() || !j.contains("content") || !j["content"].is_array()) return malformed;
         completion c;
-        for (const auto& block : j["content"])
-            if (string_field(block, "type") == "text" && block.contains("text") && block["text"].is_string())
-                c.content += block["text"].get<std::string>();
+        nlohmann::json calls = nlohmann::json::array();
+        for (const auto& block : j["content"]) {
+            const std::string type = string_field(block, "type");
+            if (type == "text" && block.contains("text") && block["text"].is_string()) c.content += block["text"].get<std::string>();
+            else if (type == "tool_use")
+                calls.push_back(tool_call(string_field(block, "id"), string_field(block, "name"),
+                                          block.contains("input") && block["input"].is_object() ? dump_json(block["input"]) : "{}"));
+        }
+        if (!calls.empty()) c.extra = {{"tool_calls", std::move(calls)}};
         if (j.contains("model") && j["model"].is_string()) c.model = j["model"].get<std::string>();
         if (j.contains("stop_reason") && j["stop_reason"].is_string()) c.finish_reason = finish_reason(j["stop_reason"].get<std::string>());
         if (j.contains("usage")) {
