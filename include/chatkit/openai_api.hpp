@@ -213,7 +213,13 @@ public:
         std::string out;
         if (!role_sent_) out += delta("");
         nlohmann::json delta = nlohmann::json::object();
-        if (c.extra.is_object() && c.extra.contains("tool_calls")) delta["tool_calls"] = c.extra["tool_calls"];
+        // A streamed tool call names its place by `index`: the SDKs assemble calls by it.
+        if (c.extra.is_object() && c.extra.contains("tool_calls") && c.extra["tool_calls"].is_array()) {
+            auto calls = c.extra["tool_calls"];
+            for (std::size_t i = 0; i < calls.size(); ++i)
+                if (calls[i].is_object()) calls[i]["index"] = i;
+            delta["tool_calls"] = std::move(calls);
+        }
         model_ = c.model;
         auto last = base();
         last["choices"] = {{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}};

@@ -262,3 +262,25 @@ TEST_CASE("the chat.completion written as text is the same object as its tree") 
         CHECK(text.starts_with(R"({"id":)")); // OpenAI's field order, as its SDKs' fixtures have it
     }
 }
+
+TEST_CASE("a streamed tool call carries its index, by which the SDKs assemble calls") {
+    chatkit::openai_api::chunk_writer writer{"chatcmpl-x", "m", 0};
+    chatkit::completion c;
+    c.model = "m";
+    c.finish_reason = "tool_calls";
+    c.extra = {{"tool_calls", {{{"id", "call_1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}},
+                               {{"id", "call_2"}, {"type", "function"}, {"function", {{"name", "g"}, {"arguments", R"({"a":1})"}}}}}}};
+    std::vector<json> chunks;
+    chatkit::sse_parser parser;
+    parser.feed(writer.finish(c, false), [&](const chatkit::sse_message& m) {
+        if (m.data != "[DONE]") chunks.push_back(json::parse(m.data));
+    });
+    REQUIRE(chunks.size() == 2);
+    const auto& calls = chunks[1]["choices"][0]["delta"]["tool_calls"];
+    REQUIRE(calls.size() == 2);
+    CHECK(calls[0]["index"] == 0);
+    CHECK(calls[1]["index"] == 1);
+    CHECK(calls[1]["id"] == "call_2");
+    CHECK(calls[1]["function"]["arguments"] == R"({"a":1})");
+    CHECK(chunks[1]["choices"][0]["finish_reason"] == "tool_calls");
+}

@@ -290,3 +290,17 @@ test('what /v1/responses cannot honour is BadRequestError naming the field', asy
     );
   }
 });
+
+test('a streamed tool call is assembled by the SDK\'s stream helper', async () => {
+  const stream = client.chat.completions.stream({
+    model: 'fake-1',
+    messages: [{ role: 'user', content: 'weather in Kyiv?' }],
+    tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object' } } }],
+  });
+  const completion = await stream.finalChatCompletion();
+  const choice = completion.choices[0];
+  assert.equal(choice.finish_reason, 'tool_calls');
+  assert.equal(choice.message.tool_calls.length, 1);
+  assert.equal(choice.message.tool_calls[0].function.name, 'get_weather');
+  assert.deepEqual(JSON.parse(choice.message.tool_calls[0].function.arguments), { q: 'weather in Kyiv?' });
+});

@@ -280,3 +280,102 @@ TEST_CASE("Bedrock's prompt cache: cache reads and writes count in prompt_tokens
     CHECK(plain->usage.prompt_tokens == 14);
     CHECK(plain->usage.cached_tokens == 0);
 }
+
+TEST_CASE("tools, tool_choice and a tool-call history take Converse's form, with the request id in requestMetadata") {
+    auto r = ask("weather in Paris?");
+    r.request_id = "req-42";
+    r.extensions = {{"tools", json::array({{{"type", "function"},
+                                            {"function", {{"name", "get_weather"}, {"description", "the weather"}, {"parameters", {{"type", "object"}}}}}},
+                                           {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
+                    {"tool_choice", "required"},
+                    {"parallel_tool_calls", true}};
+    r.messages.push_back({chatkit::role::assistant, "",
+                          {{"tool_calls", json::array({{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
+                                                       {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})},
+                           {"refusal", nullptr}}});
+    r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "call_a"}}});
+    r.messages.push_back({chatkit::role::tool, "noon", {{"tool_call_id", "call_b"}}});
+    r.messages.push_back({chatkit::role::user, "and tomorrow?", {}});
+    auto body = chatkit::bedrock_provider::converse_body(r);
+    REQUIRE(body);
+    CHECK((*body)["toolConfig"] == json::parse(R"({"tools":[
+        {"toolSpec":{"name":"get_weather","description":"the weather","inputSchema":{"json":{"type":"object"}}}},
+        {"toolSpec":{"name":"get_time","inputSchema":{"json":{"type":"object"}}}}],"toolChoice":{"any":{}}})"));
+    CHECK((*body)["messages"] == json::parse(R"([
+        {"role":"user","content":[{"text":"weather in Paris?"}]},
+        {"role":"assistant","content":[{"toolUse":{"toolUseId":"call_a","name":"get_weather","input":{"city":"Paris"}}},
+                                       {"toolUse":{"toolUseId":"call_b","name":"get_time","input":{}}}]},
+        {"role":"user","content":[{"toolResult":{"toolUseId":"call_a","content":[{"text":"sunny"}]}},
+                                  {"toolResult":{"toolUseId":"call_b","content":[{"text":"noon"}]}},
+                                  {"text":"and tomorrow?"}]}])"));
+    CHECK((*body)["requestMetadata"] == json{{"chatkit_request_id", "req-42"}});
+
+    r.extensions["tool_choice"] = {{"type", "function"}, {"function", {{"name", "get_time"}}}};
+    CHECK((*chatkit::bedrock_provider::converse_body(r))["toolConfig"]["toolChoice"] == json{{"tool", {{"name", "get_time"}}}});
+
+    auto refused = [](chatkit::chat_request q) {
+        auto b = chatkit::bedrock_provider::converse_body(q);
+        REQUIRE_FALSE(b);
+        CHECK(b.error().kind == chatkit::error_kind::invalid_request);
+        return b.error().param;
+    };
+    auto none = r;
+    none.extensions["tool_choice"] = "none";
+    CHECK(refused(none) == "tool_choice");
+    auto serial = r;
+    serial.extensions["parallel_tool_calls"] = false;
+    CHECK(refused(serial) == "parallel_tool_calls");
+    auto forgotten = r;
+    forgotten.extensions.erase("tools");
+    CHECK(refused(forgotten) == "tools"); // Bedrock refuses tool blocks without a toolConfig
+    auto malformed = r;
+    malformed.messages[2].extra["tool_calls"][0]["function"]["arguments"] = "[1]";
+    CHECK(refused(malformed) == "messages[2].tool_calls[0].function.arguments");
+}
+
+TEMPLATE_TEST_CASE("a toolUse answer comes back as OpenAI tool_calls, whole or streamed, and the results go back", "", chatkit::bedrock_provider, async_bedrock) {
+    fake_bedrock fake{{fake_key}};
+    TestType bedrock{fast_options(), test_env(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    const json expected = {{{"id", "tooluse_fake_1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
+
+    auto whole = bedrock.complete(r);
+    REQUIRE(whole);
+    CHECK(whole->finish_reason == "tool_calls");
+    CHECK(whole->content.empty());
+    CHECK(whole->extra["tool_calls"] == expected);
+
+    collected deltas;
+    auto streamed = bedrock.stream(r, deltas.sink());
+    REQUIRE(streamed);
+    CHECK(deltas.deltas.empty());
+    CHECK(streamed->finish_reason == "tool_calls");
+    // The fragments are passed on as Bedrock wrote them: the same input, perhaps spelt differently.
+    const json call = streamed->extra["tool_calls"][0];
+    const std::string arguments = call["function"]["arguments"];
+    CHECK(call["id"] == "tooluse_fake_1");
+    CHECK(call["function"]["name"] == "get_weather");
+    CHECK(json::parse(arguments) == json{{"q", "weather in Oslo?"}});
+    CHECK(streamed->usage.completion_tokens == 9);
+
+    r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", expected}}});
+    r.messages.push_back({chatkit::role::tool, "snow", {{"tool_call_id", "tooluse_fake_1"}}});
+    auto answered = bedrock.complete(r); // the fake checks the result answers the toolUse before it
+    REQUIRE(answered);
+    CHECK(answered->content == "tool said: snow");
+    for (const auto& seen : fake.requests()) CHECK(seen["signature_ok"] == true);
+}
+
+TEMPLATE_TEST_CASE("a stream that ends without its metadata event is an error, not zero usage", "", chatkit::bedrock_provider, async_bedrock) {
+    fake_bedrock fake{{fake_key}};
+    auto o = fast_options();
+    o.max_retries = 0;
+    TestType bedrock{o, test_env(fake)};
+    collected got;
+    auto c = bedrock.stream(ask("a b", "fake.no-metadata"), got.sink());
+    REQUIRE_FALSE(c);
+    CHECK(c.error().code == "upstream_truncated");
+    CHECK(c.error().message.find("metadata") != std::string::npos);
+    CHECK(got.joined() == "echo: a b"); // the text arrived; only the accounting is missing
+}

@@ -89,3 +89,40 @@ TEST_CASE("CHAT_PROVIDER=bedrock without a region stops start-up with a clear me
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("AWS_REGION") != std::string::npos);
 }
+
+TEST_CASE("a tool call round-trips through Bedrock from /v1/messages and /v1/chat/completions, the request id in requestMetadata") {
+    fake_bedrock fake{{std::string{access_key} + "=" + secret_key}};
+    server_process server{bedrock_env(fake, {{"CHAT_PROVIDER", "bedrock"}, {"CHAT_CACHE_SIZE", "0"}})};
+    auto c = server.client();
+    // Anthropic's Messages in: a tool_use block out, the tool_result back in.
+    const json tool = {{"name", "get_weather"}, {"input_schema", {{"type", "object"}}}};
+    json ask = {{"model", "nova-lite"}, {"max_tokens", 100}, {"tools", {tool}}, {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
+    auto first = c.Post("/v1/messages", {{"X-Request-ID", "bedrock-tools-1"}}, ask.dump(), "application/json");
+    REQUIRE(first->status == 200);
+    const auto message = json::parse(first->body);
+    CHECK(message["stop_reason"] == "tool_use");
+    REQUIRE(message["content"].size() == 1);
+    const auto use = message["content"][0];
+    CHECK(use["type"] == "tool_use");
+    CHECK(use["input"] == json{{"q", "weather in Lima?"}});
+    ask["messages"].push_back({{"role", "assistant"}, {"content", message["content"]}});
+    ask["messages"].push_back({{"role", "user"}, {"content", {{{"type", "tool_result"}, {"tool_use_id", use["id"]}, {"content", "warm"}}}}});
+    auto second = post_json(c, "/v1/messages", ask);
+    REQUIRE(second->status == 200);
+    CHECK(json::parse(second->body)["content"][0]["text"] == "tool said: warm");
+
+    // OpenAI's Chat Completions, streamed: the call arrives in the closing chunk's tool_calls.
+    const json openai = {{"stream", true},
+                         {"tools", {{{"type", "function"}, {"function", {{"name", "get_weather"}}}}}},
+                         {"messages", {{{"role", "user"}, {"content", "weather in Rome?"}}}}};
+    auto streamed = post_json(c, "/v1/chat/completions", openai);
+    REQUIRE(streamed->status == 200);
+    CHECK(streamed->body.find(R"("tool_calls":[{"function":{"arguments":")") != std::string::npos);
+    CHECK(streamed->body.find(R"(weather in Rome?\"}","name":"get_weather"},"id":"tooluse_fake_1","index":0,"type":"function"}])") != std::string::npos);
+    CHECK(streamed->body.find(R"("finish_reason":"tool_calls")") != std::string::npos);
+
+    const auto seen = fake.requests();
+    CHECK(seen[0]["body"]["requestMetadata"] == json{{"chatkit_request_id", "bedrock-tools-1"}});
+    CHECK(seen[0]["body"]["toolConfig"]["tools"][0]["toolSpec"]["name"] == "get_weather");
+    for (const auto& s : seen) CHECK(s["signature_ok"] == true);
+}

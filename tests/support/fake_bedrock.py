@@ -3,14 +3,19 @@
 
 Every request's SigV4 signature is recomputed by botocore, independently of chatkit's signer, and
 a mismatch is answered like Bedrock does (403 InvalidSignatureException). Answers are
-"echo: <last user text>", as JSON (protocols.md §2.3) or as real event-stream frames (§2.5, §3).
+"echo: <last user text>", as JSON (protocols.md §2.3) or as real event-stream frames (§2.5, §3);
+a request with a toolConfig whose last turn holds no toolResult gets a toolUse of the first tool
+with {"q": "<last user text>"}, and one whose last turn holds toolResults "tool said: <their
+texts>". Like Bedrock, it refuses toolUse or toolResult blocks without a toolConfig, and a
+toolResult that answers no toolUse of the turn before.
 
 Faults are scripted by the model id (the part before any ':'), e.g. `fake.throttle-once`:
   throttle-once, throttle-always, notready-once, notready-always, unavailable-once,
   unavailable-always, internal-always, validation, denied, not-found, model-timeout, model-error,
   unrecognized, slow (3 s before answering),
   stream-throttle (a throttlingException frame after the first delta), stream-cut (the connection
-  drops after the first delta), corrupt-frame (a frame with a bad CRC after the first delta).
+  drops after the first delta), corrupt-frame (a frame with a bad CRC after the first delta),
+  no-metadata (the stream ends after messageStop, without its metadata event).
 Prints {"port": N} on stdout, then serves until stdin closes.
 GET /_requests answers the requests seen so far (path, headers, body, signature_ok).
 """
@@ -147,11 +152,28 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "slow":
             time.sleep(3)
 
+        messages = request.get("messages", [])
+        has_tool_blocks = any("toolUse" in b or "toolResult" in b for m in messages for b in m.get("content", []))
+        if has_tool_blocks and "toolConfig" not in request:
+            return self.reply(400, {"message": "The toolConfig field must be defined when using toolUse and toolResult content blocks."},
+                              "ValidationException")
+        for i, m in enumerate(messages):
+            for b in m.get("content", []):
+                if "toolResult" in b:
+                    used = [u["toolUse"]["toolUseId"] for u in (messages[i - 1].get("content", []) if i > 0 else []) if "toolUse" in u]
+                    if b["toolResult"].get("toolUseId") not in used:
+                        return self.reply(400, {"message": "The number of toolResult blocks at messages.%d.content exceeds the number of toolUse blocks of previous turn." % i},
+                                          "ValidationException")
         last_user = ""
-        for m in request.get("messages", []):
+        for m in messages:
             if m.get("role") == "user":
                 last_user = " ".join(block["text"] for block in m.get("content", []) if "text" in block)
-        words = ("echo: " + last_user).split()
+        results = [c.get("text", "") for b in (messages[-1].get("content", []) if messages else []) if "toolResult" in b
+                   for c in b["toolResult"].get("content", [])]
+        tools = request.get("toolConfig", {}).get("tools", [])
+        if tools and not results:
+            return self.tool_use(parts[3], tools[0]["toolSpec"]["name"], last_user)
+        words = (("tool said: " + "".join(results)) if results else ("echo: " + last_user)).split()
         usage = {"inputTokens": len(last_user.split()), "outputTokens": len(words),
                  "totalTokens": len(last_user.split()) + len(words)}
         if parts[3] == "converse":
@@ -173,8 +195,32 @@ class Handler(BaseHTTPRequestHandler):
                 break
         else:
             frames += [event("contentBlockStop", {"contentBlockIndex": 0, "p": "abcdefghijklmnopqrstuvwx"}),
-                       event("messageStop", {"stopReason": "end_turn", "p": "abcdefghijklmno"}),
-                       event("metadata", {"usage": usage, "metrics": {"latencyMs": 232}, "p": "abc"})]
+                       event("messageStop", {"stopReason": "end_turn", "p": "abcdefghijklmno"})]
+            if fault != "no-metadata":
+                frames.append(event("metadata", {"usage": usage, "metrics": {"latencyMs": 232}, "p": "abc"}))
+        self.send_frames(frames, fault == "stream-cut")
+
+    def tool_use(self, operation, name, last_user):
+        """A toolUse of `name`, as Converse answers one; streamed, its input arrives in two fragments."""
+        tool_input = {"q": last_user}
+        usage = {"inputTokens": len(last_user.split()), "outputTokens": 9, "totalTokens": len(last_user.split()) + 9}
+        if operation == "converse":
+            return self.reply(200, {"output": {"message": {"role": "assistant", "content": [
+                {"toolUse": {"toolUseId": "tooluse_fake_1", "name": name, "input": tool_input}}]}},
+                "stopReason": "tool_use", "usage": usage, "metrics": {"latencyMs": 12}})
+        text = json.dumps(tool_input)
+        half = len(text) // 2
+        self.send_frames([
+            event("messageStart", {"role": "assistant"}),
+            event("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_fake_1", "name": name}}}),
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": text[:half]}}}),
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": text[half:]}}}),
+            event("contentBlockStop", {"contentBlockIndex": 0}),
+            event("messageStop", {"stopReason": "tool_use"}),
+            event("metadata", {"usage": usage, "metrics": {"latencyMs": 40}}),
+        ], False)
+
+    def send_frames(self, frames, cut):
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.amazon.eventstream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -183,7 +229,7 @@ class Handler(BaseHTTPRequestHandler):
         for data in frames:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
-        if fault == "stream-cut":
+        if cut:
             self.close_connection = True
             return  # no terminating chunk: the client sees the body end early
         self.wfile.write(b"0\r\n\r\n")

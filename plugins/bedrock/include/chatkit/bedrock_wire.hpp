@@ -12,6 +12,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/http.hpp"
+#include "chatkit/json_text.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/retry.hpp"
 
@@ -141,33 +142,39 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
                                                             "max_completion_tokens" /* already in max_tokens */};
 
     // chatkit messages → a Converse body: system messages go to `system`; the conversation must
-    // open with a user turn and alternate, so consecutive turns of one role are merged.
+    // open with a user turn and alternate, so consecutive turns of one role are merged. Tool use
+    // takes Converse's form: an assistant message's OpenAI `tool_calls` become `toolUse` blocks,
+    // `tool` messages `toolResult` blocks of the next user turn, and function tools `toolConfig`.
+    // The request id goes in `requestMetadata`, where Bedrock's invocation logs show it.
     static result<nlohmann::json> converse_body(const chat_request& r) {
         using detail::invalid;
         nlohmann::json body = nlohmann::json::object();
         nlohmann::json system = nlohmann::json::array(), messages = nlohmann::json::array();
+        bool tool_history = false;
         for (std::size_t i = 0; i < r.messages.size(); ++i) {
             const auto& m = r.messages[i];
             const std::string at = "messages[" + std::to_string(i) + "]";
-            if (m.role == role::tool) return invalid("the bedrock provider cannot take tool messages (" + at + ")", at, "unsupported_parameter");
-            if (m.extra.is_object() && !m.extra.empty())
-                return invalid("the bedrock provider takes text messages only: " + at + " has '" + m.extra.begin().key() + "'",
-                               at + "." + m.extra.begin().key(), "unsupported_parameter");
+            auto content = content_blocks(m, at);
+            if (!content) return std::move(content).error();
             if (m.role == role::system) {
                 system.push_back({{"text", m.content}});
                 continue;
             }
-            const char* name = m.role == role::user ? "user" : "assistant";
+            if (m.role == role::tool || (m.extra.is_object() && m.extra.contains("tool_calls"))) tool_history = true;
+            const char* name = m.role == role::assistant ? "assistant" : "user"; // a tool result is the user's turn
             if (messages.empty() && m.role != role::user)
                 return invalid("a Bedrock conversation must start with a user message", at, "invalid_conversation");
-            if (!messages.empty() && messages.back()["role"] == name) messages.back()["content"].push_back({{"text", m.content}});
-            else messages.push_back({{"role", name}, {"content", {{{"text", m.content}}}}});
+            if (!messages.empty() && messages.back()["role"] == name)
+                for (auto& block : *content) messages.back()["content"].push_back(std::move(block));
+            else
+                messages.push_back({{"role", name}, {"content", std::move(content).value()}});
         }
         if (messages.empty()) return invalid("a Bedrock conversation needs a user message", "messages", "invalid_conversation");
         body["messages"] = std::move(messages);
         if (!system.empty()) body["system"] = std::move(system);
 
         nlohmann::json config = nlohmann::json::object();
+        nlohmann::json tool_config = nlohmann::json::object();
         if (r.max_tokens) config["maxTokens"] = *r.max_tokens;
         if (r.temperature) {
             if (*r.temperature > 1.0) return invalid("Bedrock accepts a temperature from 0 to 1", "temperature");
@@ -177,12 +184,104 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
             if (key == "top_p" && value.is_number()) config["topP"] = value;
             else if (key == "stop" && (value.is_string() || value.is_array()))
                 config["stopSequences"] = value.is_string() ? nlohmann::json::array({value}) : value;
-            else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
-                return error{error_kind::invalid_request, "the bedrock provider cannot honour '" + key + "'",
+            else if (key == "tools") {
+                auto tools = tools_of(value);
+                if (!tools) return std::move(tools).error();
+                tool_config["tools"] = std::move(tools).value();
+            } else if (key == "tool_choice") {
+                auto choice = tool_choice_of(value);
+                if (!choice) return std::move(choice).error();
+                tool_config["toolChoice"] = std::move(choice).value();
+            } else if (key == "parallel_tool_calls" && value == true) {
+                continue; // what Converse does anyway
+            } else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
+                return error{error_kind::invalid_request,
+                             key == "parallel_tool_calls" ? "the bedrock provider cannot turn parallel tool calls off"
+                                                          : "the bedrock provider cannot honour '" + key + "'",
                              "unsupported_parameter", key};
         }
+        if (tool_config.contains("toolChoice") && !tool_config.contains("tools")) tool_config.erase("toolChoice");
+        // Bedrock refuses toolUse and toolResult blocks without a toolConfig: say so before the call.
+        if (tool_history && !tool_config.contains("tools"))
+            return invalid("a conversation with tool calls needs the 'tools' that were offered (Bedrock requires them)", "tools", "missing_field");
         if (!config.empty()) body["inferenceConfig"] = std::move(config);
+        if (!tool_config.empty()) body["toolConfig"] = std::move(tool_config);
+        if (!r.request_id.empty()) body["requestMetadata"] = {{"chatkit_request_id", r.request_id}};
         return body;
+    }
+
+    // A message's Converse content blocks. A field beyond role, text and tool use (a name, image
+    // parts) cannot be relayed and is refused by name; a null one is absent.
+    static result<nlohmann::json> content_blocks(const message& m, const std::string& at) {
+        using detail::invalid;
+        if (m.extra.is_object())
+            for (const auto& [key, value] : m.extra.items())
+                if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) && !(key == "tool_call_id" && m.role == role::tool))
+                    return invalid("the bedrock provider cannot relay '" + key + "' in " + at, at + "." + key, "unsupported_parameter");
+        if (m.role == role::tool) {
+            const auto id = m.extra.is_object() ? m.extra.find("tool_call_id") : m.extra.end();
+            if (!m.extra.is_object() || id == m.extra.end() || !id->is_string())
+                return invalid(at + " is a tool message without a tool_call_id", at + ".tool_call_id", "invalid_type");
+            return nlohmann::json::array({{{"toolResult", {{"toolUseId", *id}, {"content", {{{"text", m.content}}}}}}}});
+        }
+        nlohmann::json blocks = nlohmann::json::array();
+        const bool calls = m.extra.is_object() && m.extra.contains("tool_calls");
+        if (!calls || !m.content.empty()) blocks.push_back({{"text", m.content}});
+        if (!calls) return blocks;
+        const auto& list = m.extra["tool_calls"];
+        if (!list.is_array()) return invalid(at + ".tool_calls must be an array", at + ".tool_calls", "invalid_type");
+        for (std::size_t j = 0; j < list.size(); ++j) {
+            const auto& call = list[j];
+            const std::string cat = at + ".tool_calls[" + std::to_string(j) + "]";
+            const auto fn = call.is_object() ? call.find("function") : call.end();
+            if (!call.is_object() || string_field(call, "id", "").empty() || fn == call.end() || string_field(*fn, "name", "").empty())
+                return invalid(cat + " needs an id and a function name", cat, "invalid_type");
+            // Converse takes the input as an object; OpenAI carries it as JSON text (empty for a
+            // call without arguments).
+            const std::string arguments = string_field(*fn, "arguments", "");
+            auto input = nlohmann::json::parse(arguments.empty() ? std::string{"{}"} : arguments, nullptr, false);
+            if (!input.is_object()) return invalid(cat + ".function.arguments must be a JSON object", cat + ".function.arguments");
+            blocks.push_back({{"toolUse", {{"toolUseId", call["id"]}, {"name", (*fn)["name"]}, {"input", std::move(input)}}}});
+        }
+        if (blocks.empty()) return invalid(at + " has neither text nor tool calls", at + ".tool_calls", "invalid_value");
+        return blocks;
+    }
+
+    // OpenAI function tools as Converse toolSpecs: parameters become inputSchema.json.
+    static result<nlohmann::json> tools_of(const nlohmann::json& tools) {
+        using detail::invalid;
+        if (!tools.is_array() || tools.empty()) return invalid("'tools' must be a non-empty array", "tools", "invalid_type");
+        nlohmann::json out = nlohmann::json::array();
+        for (std::size_t i = 0; i < tools.size(); ++i) {
+            const auto& t = tools[i];
+            const std::string at = "tools[" + std::to_string(i) + "]";
+            const auto fn = t.is_object() ? t.find("function") : t.end();
+            if (!t.is_object() || string_field(t, "type", "") != "function" || fn == t.end() || string_field(*fn, "name", "").empty())
+                return invalid("the bedrock provider relays function tools only: " + at + " is not one", at, "unsupported_parameter");
+            nlohmann::json spec = {{"name", (*fn)["name"]}};
+            if (fn->contains("description") && (*fn)["description"].is_string()) spec["description"] = (*fn)["description"];
+            spec["inputSchema"] = {{"json", fn->contains("parameters") && (*fn)["parameters"].is_object() ? (*fn)["parameters"]
+                                                                                                      : nlohmann::json{{"type", "object"}}}};
+            out.push_back({{"toolSpec", std::move(spec)}});
+        }
+        return out;
+    }
+
+    // OpenAI's tool_choice as Converse's. Converse has no "none": sending the tools with it would
+    // let the model call them, so it is refused rather than dropped.
+    static result<nlohmann::json> tool_choice_of(const nlohmann::json& choice) {
+        if (choice == "auto") return nlohmann::json{{"auto", nlohmann::json::object()}};
+        if (choice == "required") return nlohmann::json{{"any", nlohmann::json::object()}};
+        if (choice.is_object() && string_field(choice, "type", "") == "function" && choice.contains("function") &&
+            !string_field(choice["function"], "name", "").empty())
+            return nlohmann::json{{"tool", {{"name", choice["function"]["name"]}}}};
+        return detail::invalid("the bedrock provider takes tool_choice auto, required or a function (Converse has no 'none')", "tool_choice",
+                               "unsupported_parameter");
+    }
+
+    // Converse's toolUse blocks (their input an object) as OpenAI tool_calls (arguments as text).
+    static nlohmann::json tool_call(const std::string& id, const std::string& name, std::string arguments) {
+        return {{"id", id}, {"type", "function"}, {"function", {{"name", name}, {"arguments", std::move(arguments)}}}};
     }
 
     // Bedrock's stop reasons in OpenAI's vocabulary.
@@ -241,6 +340,27 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         completion c{};
         std::optional<upstream_failure> failed{};
         bool delivered = false, client_gone = false, stopped = false, metadata = false;
+        // toolUse blocks by contentBlockIndex: their id, name and input JSON as its fragments arrive.
+        struct tool_block {
+            std::int64_t index;
+            std::string id, name, input;
+        };
+        std::vector<tool_block> tools{};
+        static constexpr std::size_t max_tools = 128; // an upstream's bound, not a client's
+
+        tool_block* tool_at(const nlohmann::json& payload) {
+            const auto i = payload.find("contentBlockIndex");
+            if (i == payload.end() || !i->is_number_integer()) return nullptr;
+            for (auto& t : tools)
+                if (t.index == i->get<std::int64_t>()) return &t;
+            return nullptr;
+        }
+        void finish_tools() {
+            if (tools.empty()) return;
+            nlohmann::json calls = nlohmann::json::array();
+            for (auto& t : tools) calls.push_back(tool_call(t.id, t.name, t.input.empty() ? "{}" : std::move(t.input)));
+            c.extra = {{"tool_calls", std::move(calls)}};
+        }
 
         void operator()(const aws::event_message& m) {
             if (failed || client_gone) return;
@@ -269,9 +389,16 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
                 failed = upstream_failure{{error_kind::upstream, "Bedrock sent a malformed event", "upstream_malformed"}, false, {}, delivered};
                 return;
             }
-            if (*event == "contentBlockDelta") {
+            if (*event == "contentBlockStart") {
+                const auto start = payload.contains("start") ? payload["start"] : nlohmann::json{};
+                const auto i = payload.find("contentBlockIndex");
+                if (!start.is_object() || !start.contains("toolUse") || i == payload.end() || !i->is_number_integer() || tools.size() >= max_tools) return;
+                tools.push_back({i->get<std::int64_t>(), string_field(start["toolUse"], "toolUseId", ""), string_field(start["toolUse"], "name", ""), {}});
+            } else if (*event == "contentBlockDelta") {
                 const auto& delta = payload.contains("delta") ? payload["delta"] : nlohmann::json{};
-                if (delta.is_object() && delta.contains("text") && delta["text"].is_string()) {
+                if (delta.is_object() && delta.contains("toolUse")) {
+                    if (auto* tool = tool_at(payload)) tool->input += string_field(delta["toolUse"], "input", "");
+                } else if (delta.is_object() && delta.contains("text") && delta["text"].is_string()) {
                     const auto& text = delta["text"].get_ref<const std::string&>();
                     c.content += text;
                     delivered = true;
@@ -287,11 +414,17 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         }
     };
 
-    // A stream that ended: whole only when messageStop came and no error frame did.
+    // A stream that ended: whole only when messageStop and then the metadata event (the usage)
+    // came and no error frame did. Without its metadata the usage is unknown, and billing it as
+    // zero would be wrong, so the stream is an error.
     static result<completion, upstream_failure> finish_stream(stream_reader& reader) {
         if (reader.failed) return std::move(*reader.failed);
         if (!reader.stopped)
             return upstream_failure{{error_kind::upstream, "Bedrock stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
+        if (!reader.metadata)
+            return upstream_failure{{error_kind::upstream, "Bedrock stream ended without its metadata event (the usage)", "upstream_truncated"},
+                                    !reader.delivered, {}, reader.delivered};
+        reader.finish_tools();
         return std::move(reader.c);
     }
 
@@ -363,8 +496,16 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
             content = &j["output"]["message"]["content"];
         if (!content) return upstream_failure{{error_kind::upstream, "Bedrock sent a malformed answer", "upstream_malformed"}, false};
         completion c;
-        for (const auto& block : *content)
+        nlohmann::json calls = nlohmann::json::array();
+        for (const auto& block : *content) {
             if (block.is_object() && block.contains("text") && block["text"].is_string()) c.content += block["text"].get<std::string>();
+            else if (block.is_object() && block.contains("toolUse") && block["toolUse"].is_object()) {
+                const auto& use = block["toolUse"];
+                calls.push_back(tool_call(string_field(use, "toolUseId", ""), string_field(use, "name", ""),
+                                          use.contains("input") && use["input"].is_object() ? dump_json(use["input"]) : "{}"));
+            }
+        }
+        if (!calls.empty()) c.extra = {{"tool_calls", std::move(calls)}};
         c.finish_reason = finish_reason(string_field(j, "stopReason", "end_turn"));
         read_usage(j, c.usage);
         return c;
