@@ -417,6 +417,70 @@ TEMPLATE_TEST_CASE("a client that stops reading ends the stream early with what 
     CHECK(fake.requests().size() == 1);
 }
 
+TEMPLATE_TEST_CASE("tools, tool_choice and a tool-call history go upstream in Gemini's form", "", chatkit::gemini_provider, async_gemini) {
+    fake_gemini fake;
+    TestType gemini{options_for(fake)};
+    auto r = ask("weather in Paris?");
+    r.extensions = {{"tools", json::array({{{"type", "function"},
+                                            {"function", {{"name", "get_weather"}, {"description", "the weather"},
+                                                          {"parameters", {{"type", "object"}, {"additionalProperties", false}}}}}},
+                                           {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
+                    {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}};
+    r.messages.push_back({chatkit::role::assistant, "let me look",
+                          {{"tool_calls", json::array({{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
+                                                       {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})},
+                           {"refusal", nullptr}}});
+    r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "call_a"}}});
+    r.messages.push_back({chatkit::role::tool, "noon", {{"tool_call_id", "call_b"}}});
+    auto c = gemini.complete(r);
+    REQUIRE(c); // the fake, like the API, wants as many function responses as the turn before made calls
+    CHECK(c->content == "tool said: sunnynoon");
+    const auto sent = fake.requests().back().body;
+    CHECK(sent["tools"] == json::parse(R"([{"functionDeclarations":[
+        {"name":"get_weather","description":"the weather","parametersJsonSchema":{"type":"object","additionalProperties":false}},
+        {"name":"get_time"}]}])"));
+    CHECK(sent["toolConfig"] == json::parse(R"({"functionCallingConfig":{"mode":"ANY","allowedFunctionNames":["get_time"]}})"));
+    REQUIRE(sent["contents"].size() == 3);
+    CHECK(sent["contents"][1] == json::parse(R"({"role":"model","parts":[{"text":"let me look"},
+        {"functionCall":{"name":"get_weather","args":{"city":"Paris"}}},{"functionCall":{"name":"get_time","args":{}}}]})"));
+    CHECK(sent["contents"][2] == json::parse(R"({"role":"user","parts":[
+        {"functionResponse":{"name":"get_weather","response":{"result":"sunny"}}},
+        {"functionResponse":{"name":"get_time","response":{"result":"noon"}}}]})"));
+
+    for (auto [choice, mode] : {std::pair<json, const char*>{"auto", "AUTO"}, {"required", "ANY"}, {"none", "NONE"}}) {
+        auto q = ask("hi");
+        q.extensions = {{"tools", r.extensions["tools"]}, {"tool_choice", choice}};
+        REQUIRE(gemini.complete(q));
+        CHECK(fake.requests().back().body["toolConfig"]["functionCallingConfig"] == json{{"mode", mode}});
+    }
+}
+
+TEMPLATE_TEST_CASE("a functionCall answer comes back as OpenAI tool_calls with an id, whole or streamed in pieces", "", chatkit::gemini_provider, async_gemini) {
+    fake_gemini fake;
+    TestType gemini{options_for(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    const json expected = {{{"id", "call_0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
+
+    auto whole = gemini.complete(r);
+    REQUIRE(whole);
+    CHECK(whole->finish_reason == "tool_calls"); // Gemini says STOP
+    CHECK(whole->content.empty());
+    CHECK(whole->extra["tool_calls"] == expected);
+
+    for (std::size_t cut : {std::size_t{0}, std::size_t{1}, std::size_t{9}}) {
+        fake_gemini_reply pieces;
+        pieces.chunk_bytes = cut;
+        fake.script({pieces});
+        collected deltas;
+        auto streamed = gemini.stream(r, deltas.sink());
+        REQUIRE(streamed);
+        CHECK(deltas.joined().empty());
+        CHECK(streamed->finish_reason == "tool_calls");
+        CHECK(streamed->extra["tool_calls"] == expected);
+    }
+}
+
 TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 400 naming them, before any call", "", chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
@@ -427,7 +491,13 @@ TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 40
         REQUIRE_FALSE(c);
         CHECK(c.error().kind == chatkit::error_kind::invalid_request);
         CHECK(c.error().param == field);
-        CHECK(c.error().message == std::string{"the gemini provider does not relay tool use yet: '"} + field + "' is not supported");
+    }
+    {
+        auto r = ask("weather?");
+        r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}})}, {"parallel_tool_calls", false}};
+        CHECK(gemini.complete(r).error().param == "parallel_tool_calls");
+        r.extensions = {{"tools", json::array({{{"type", "web_search"}}})}};
+        CHECK(gemini.complete(r).error().param == "tools[0]");
     }
     for (const char* field : {"response_format", "logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "prediction", "modalities"}) {
         auto r = ask("hi");
@@ -449,7 +519,10 @@ TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 40
 
     r = ask("hi");
     r.messages.push_back({chatkit::role::tool, "42", {}});
-    CHECK(gemini.complete(r).error().param == "messages[2].role");
+    CHECK(gemini.complete(r).error().param == "messages[2].tool_call_id");
+    r = ask("hi");
+    r.messages.push_back({chatkit::role::tool, "42", {{"tool_call_id", "nobody"}}}); // Gemini names a result by its call's function
+    CHECK(gemini.complete(r).error().param == "messages[2].tool_call_id");
 
     r = ask("look");
     r.messages[1].extra = {{"images", json::array({"data:image/png;base64,AAAA"})}};

@@ -159,11 +159,11 @@ TEST_CASE("through sample_server, Gemini's faults, a blocked prompt and refused 
     auto c = server.client();
     const json ask = {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
 
-    auto with_tools = ask;
-    with_tools["tools"] = json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}});
-    auto tools = post_json(c, "/v1/chat/completions", with_tools);
-    REQUIRE(tools->status == 400);
-    CHECK(json::parse(tools->body)["error"]["param"] == "tools");
+    auto with_logprobs = ask;
+    with_logprobs["logprobs"] = true;
+    auto logprobs = post_json(c, "/v1/chat/completions", with_logprobs);
+    REQUIRE(logprobs->status == 400);
+    CHECK(json::parse(logprobs->body)["error"]["param"] == "logprobs");
     auto with_format = ask;
     with_format["response_format"] = {{"type", "json_object"}};
     auto format = post_json(c, "/v1/chat/completions", with_format);
@@ -217,4 +217,34 @@ TEST_CASE("CHAT_PROVIDER=gemini without a key for generativelanguage.googleapis.
     const auto r = test_support::run_to_exit({{"CHAT_PROVIDER", "gemini"}, {"CHAT_PORT", "0"}}, {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("GEMINI_API_KEY") != std::string::npos);
+}
+
+TEST_CASE("a tool call round-trips through Gemini from /v1/chat/completions and /v1/messages") {
+    fake_gemini fake;
+    server_process server{relay_env(fake, {{"CHAT_CACHE_SIZE", "0"}})};
+    auto c = server.client();
+    const json first = {{"tools", {{{"type", "function"}, {"function", {{"name", "get_weather"}, {"parameters", {{"type", "object"}}}}}}}},
+                        {"messages", {{{"role", "user"}, {"content", "weather in Rome?"}}}}};
+    auto call = post_json(c, "/v1/chat/completions", first);
+    REQUIRE(call->status == 200);
+    const auto choice = json::parse(call->body)["choices"][0];
+    CHECK(choice["finish_reason"] == "tool_calls");
+    const auto calls = choice["message"]["tool_calls"];
+    REQUIRE(calls.size() == 1);
+    CHECK(json::parse(calls[0]["function"]["arguments"].get<std::string>()) == json{{"q", "weather in Rome?"}});
+    auto second = first;
+    second["messages"].push_back(choice["message"]);
+    second["messages"].push_back({{"role", "tool"}, {"tool_call_id", calls[0]["id"]}, {"content", "sunny"}});
+    auto answered = post_json(c, "/v1/chat/completions", second);
+    REQUIRE(answered->status == 200);
+    CHECK(json::parse(answered->body)["choices"][0]["message"]["content"] == "tool said: sunny");
+
+    // Anthropic's Messages in, streamed: the call becomes a tool_use block.
+    const json ask = {{"model", "gemini-fake"}, {"max_tokens", 100}, {"stream", true},
+                      {"tools", {{{"name", "get_weather"}, {"input_schema", {{"type", "object"}}}}}},
+                      {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
+    auto events = post_json(c, "/v1/messages", ask);
+    REQUIRE(events->status == 200);
+    CHECK(events->body.find(R"("content_block":{"id":"call_0","input":{},"name":"get_weather","type":"tool_use"})") != std::string::npos);
+    CHECK(events->body.find(R"("stop_reason":"tool_use")") != std::string::npos);
 }

@@ -3,7 +3,9 @@
 // :streamGenerateContent?alt=sse sends one per SSE event, CR LF framed, with no end marker;
 // Google's error envelope), the checks the real API makes on a request's key and shape, and
 // scripted faults. Unscripted requests are answered with "echo: <last user message>", word by
-// word when streaming.
+// word when streaming; a request declaring functions whose last turn holds no functionResponse
+// gets a functionCall of the first with {"q":"<last user message>"} (without an id, as Gemini
+// often sends it), and one whose last turn holds functionResponses "tool said: <their results>".
 #pragma once
 
 #include <httplib.h>
@@ -144,12 +146,56 @@ private:
             if (role != "user" && role != "model") return gemini_error_reply(400, "INVALID_ARGUMENT", "Please use a valid role: user, model.");
             if (!c.contains("parts") || !c["parts"].is_array() || c["parts"].empty())
                 return gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents.parts: contents.parts must not be empty.\n");
-            for (const auto& p : c["parts"])
+            for (const auto& p : c["parts"]) {
+                if (p.is_object() && p.size() == 1 && p.contains("functionCall") && p["functionCall"].is_object() &&
+                    p["functionCall"].contains("name") && p["functionCall"].value("args", nlohmann::json::object()).is_object())
+                    continue;
+                if (p.is_object() && p.size() == 1 && p.contains("functionResponse") && p["functionResponse"].is_object() &&
+                    p["functionResponse"].contains("name") && p["functionResponse"].value("response", nlohmann::json()).is_object())
+                    continue;
                 if (!p.is_object() || !p.contains("text") || !p["text"].is_string() || p["text"].get<std::string>().empty())
                     return gemini_error_reply(400, "INVALID_ARGUMENT",
                                               "Unable to submit request because it has an empty text parameter. Add a value to the parameter and try again.");
+            }
+        }
+        // Function responses answer the function calls of the turn before, one for one.
+        const auto& contents = body["contents"];
+        for (std::size_t i = 0; i < contents.size(); ++i) {
+            std::size_t responses = 0, calls = 0;
+            for (const auto& p : contents[i]["parts"]) responses += p.contains("functionResponse");
+            if (responses == 0) continue;
+            if (i > 0)
+                for (const auto& p : contents[i - 1]["parts"]) calls += p.contains("functionCall");
+            if (responses != calls)
+                return gemini_error_reply(400, "INVALID_ARGUMENT",
+                                          "Please ensure that the number of function response parts is equal to the number of function call parts of the function call turn.");
+        }
+        if (body.contains("tools")) {
+            for (const auto& tool : body["tools"])
+                for (const auto& [name, value] : tool.items()) {
+                    if (name != "functionDeclarations") return unknown_field("tools[0]." + name);
+                    for (const auto& d : value) {
+                        for (const auto& [field, v] : d.items())
+                            if (field != "name" && field != "description" && field != "parameters" && field != "parametersJsonSchema")
+                                return unknown_field("tools[0].function_declarations[0]." + field);
+                        if (!d.contains("name")) return gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.tools[0].function_declarations[0].name: Name cannot be empty.\n");
+                    }
+                }
+        }
+        if (body.contains("toolConfig")) {
+            const std::string mode = body["toolConfig"].value("functionCallingConfig", nlohmann::json::object()).value("mode", "");
+            if (mode != "AUTO" && mode != "ANY" && mode != "NONE")
+                return gemini_error_reply(400, "INVALID_ARGUMENT", "Invalid value at 'tool_config.function_calling_config.mode'");
         }
         return std::nullopt;
+    }
+
+    // The results of the functionResponse parts of a turn, or nothing when it has none.
+    static std::optional<std::string> function_results(const nlohmann::json& content) {
+        std::optional<std::string> results;
+        for (const auto& p : content["parts"])
+            if (p.contains("functionResponse")) results = results.value_or("") + p["functionResponse"]["response"].value("result", "");
+        return results;
     }
 
     static std::string text_of(const nlohmann::json& content) {
@@ -186,7 +232,9 @@ private:
         std::string last_user;
         for (const auto& c : body["contents"])
             if (c.value("role", "") == "user") last_user = text_of(c);
-        const std::string content = reply.content.empty() ? "echo: " + last_user : reply.content;
+        const auto results = function_results(body["contents"].back());
+        const bool declares = body.contains("tools") && !body["tools"].empty() && body["tools"][0].contains("functionDeclarations");
+        const std::string content = !reply.content.empty() ? reply.content : results ? "tool said: " + *results : "echo: " + last_user;
         const auto pieces = words(content);
         const int prompt_tokens = static_cast<int>(words(last_user).size()) + reply.cached_tokens;
         const int candidates_tokens = static_cast<int>(pieces.size());
@@ -213,6 +261,14 @@ private:
             if (reply.model_version != "-") blocked["modelVersion"] = model;
         }
         const nlohmann::json thought = {{"text", "Let me think."}, {"thought", true}};
+
+        if (declares && !results && reply.content.empty() && blocked.is_null()) {
+            const nlohmann::json call = {{"functionCall", {{"name", body["tools"][0]["functionDeclarations"][0]["name"]}, {"args", {{"q", last_user}}}}}};
+            const auto answer = response(nlohmann::json::array({call}), "STOP", usage(7, true));
+            if (method == "generateContent") return res.set_content(answer.dump(2), "application/json; charset=UTF-8");
+            if (alt != "sse") return res.set_content(nlohmann::json::array({answer}).dump(2), "application/json; charset=UTF-8");
+            return res.set_content(event(answer), "text/event-stream");
+        }
 
         if (method == "generateContent") {
             if (!blocked.is_null()) return res.set_content(blocked.dump(2), "application/json; charset=UTF-8");

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -101,30 +102,68 @@ public:
     // OpenAI request fields with no Gemini counterpart that change nothing about the answer.
     static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
                                                             "max_completion_tokens" /* already in max_tokens */};
-    // OpenAI's tool-use fields: Gemini has function calling, but its shapes are not relayed yet.
-    static constexpr std::string_view tool_fields[] = {"tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"};
-
     // A chat request → a generateContent body, or a 400 naming the field it cannot honour.
     // System messages become systemInstruction's parts; user and assistant turns become contents
-    // with the roles "user" and "model", one text part each.
+    // with the roles "user" and "model". Tool use takes Gemini's form: an assistant message's
+    // OpenAI `tool_calls` become `functionCall` parts, `tool` messages `functionResponse` parts
+    // (named by the call they answer, as Gemini matches them by name) of one user turn, and
+    // function tools `functionDeclarations`.
     [[nodiscard]] result<std::string> request_body(const chat_request& r) const {
         if (!valid_model_id(upstream_model(r)))
             return invalid("a Gemini model id has letters, digits, '.', '-' and '_' only", "model", "invalid_model");
         nlohmann::json system_parts = nlohmann::json::array();
         nlohmann::json contents = nlohmann::json::array();
+        std::map<std::string, std::string, std::less<>> call_names; // tool_call id → function name
+        bool last_is_results = false; // the last content holds functionResponse parts
         for (std::size_t i = 0; i < r.messages.size(); ++i) {
             const auto& m = r.messages[i];
             const std::string at = "messages[" + std::to_string(i) + "]";
-            if (m.role == role::tool)
-                return invalid("the gemini provider does not relay tool use yet (" + at + " is a tool message)", at + ".role", "unsupported_parameter");
-            if (m.extra.is_object() && !m.extra.empty())
-                return invalid("the gemini provider takes text messages only: " + at + " has '" + m.extra.begin().key() + "'",
-                               at + "." + m.extra.begin().key(), "unsupported_parameter");
+            if (m.extra.is_object())
+                for (const auto& [key, value] : m.extra.items())
+                    if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) && !(key == "tool_call_id" && m.role == role::tool))
+                        return invalid("the gemini provider cannot relay '" + key + "' in " + at, at + "." + key, "unsupported_parameter");
+            if (m.role == role::tool) {
+                const auto id = m.extra.is_object() ? m.extra.find("tool_call_id") : m.extra.end();
+                if (!m.extra.is_object() || id == m.extra.end() || !id->is_string())
+                    return invalid(at + " is a tool message without a tool_call_id", at + ".tool_call_id", "invalid_type");
+                const auto name = call_names.find(id->get_ref<const std::string&>());
+                if (name == call_names.end())
+                    return invalid(at + " answers no tool call of an earlier assistant message", at + ".tool_call_id", "invalid_value");
+                nlohmann::json part = {{"functionResponse", {{"name", name->second}, {"response", {{"result", m.content}}}}}};
+                if (last_is_results) contents.back()["parts"].push_back(std::move(part));
+                else contents.push_back({{"role", "user"}, {"parts", nlohmann::json::array({std::move(part)})}});
+                last_is_results = true;
+                continue;
+            }
+            last_is_results = false;
+            const bool calls = m.extra.is_object() && m.extra.contains("tool_calls");
             // Gemini refuses a part with empty text ("empty text parameter").
-            if (m.content.empty()) return invalid("Gemini refuses an empty message: " + at + " has no content", at + ".content", "empty_message");
-            const nlohmann::json parts = nlohmann::json::array({{{"text", m.content}}});
-            if (m.role == role::system) system_parts.push_back(parts[0]);
-            else contents.push_back({{"role", m.role == role::user ? "user" : "model"}, {"parts", parts}});
+            if (m.content.empty() && !calls) return invalid("Gemini refuses an empty message: " + at + " has no content", at + ".content", "empty_message");
+            nlohmann::json parts = nlohmann::json::array();
+            if (!m.content.empty()) parts.push_back({{"text", m.content}});
+            if (calls) {
+                const auto& list = m.extra["tool_calls"];
+                if (!list.is_array()) return invalid(at + ".tool_calls must be an array", at + ".tool_calls", "invalid_type");
+                for (std::size_t j = 0; j < list.size(); ++j) {
+                    const auto& call = list[j];
+                    const std::string cat = at + ".tool_calls[" + std::to_string(j) + "]";
+                    const auto fn = call.is_object() ? call.find("function") : call.end();
+                    if (!call.is_object() || string_field(call, "id").empty() || fn == call.end() || string_field(*fn, "name").empty())
+                        return invalid(cat + " needs an id and a function name", cat, "invalid_type");
+                    // Gemini takes the arguments as an object; OpenAI carries them as JSON text.
+                    const std::string arguments = string_field(*fn, "arguments");
+                    auto args = nlohmann::json::parse(arguments.empty() ? std::string{"{}"} : arguments, nullptr, false);
+                    if (!args.is_object()) return invalid(cat + ".function.arguments must be a JSON object", cat + ".function.arguments");
+                    call_names[string_field(call, "id")] = string_field(*fn, "name");
+                    parts.push_back({{"functionCall", {{"name", (*fn)["name"]}, {"args", std::move(args)}}}});
+                }
+                if (parts.empty()) return invalid(at + " has neither text nor tool calls", at + ".tool_calls", "invalid_value");
+            }
+            if (m.role == role::system) {
+                for (auto& part : parts) system_parts.push_back(std::move(part));
+                continue;
+            }
+            contents.push_back({{"role", m.role == role::user ? "user" : "model"}, {"parts", std::move(parts)}});
         }
         if (contents.empty()) return invalid("a Gemini conversation needs a user message", "messages", "invalid_conversation");
 
@@ -140,14 +179,56 @@ public:
             else if (key == "stop" && value.is_null()) continue;
             else if (key == "top_p" && value.is_number()) config["topP"] = value;
             else if (key == "seed" && value.is_number_integer()) config["seed"] = value;
-            else if (std::find(std::begin(tool_fields), std::end(tool_fields), key) != std::end(tool_fields))
-                return error{error_kind::invalid_request, "the gemini provider does not relay tool use yet: '" + key + "' is not supported",
+            else if (key == "tools") {
+                auto tools = tools_of(value);
+                if (!tools) return std::move(tools).error();
+                body["tools"] = nlohmann::json::array({{{"functionDeclarations", std::move(tools).value()}}});
+            } else if (key == "tool_choice") {
+                auto choice = tool_choice_of(value);
+                if (!choice) return std::move(choice).error();
+                body["toolConfig"] = {{"functionCallingConfig", std::move(choice).value()}};
+            } else if (key == "parallel_tool_calls" && value == true) {
+                continue; // what Gemini does anyway
+            } else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
+                return error{error_kind::invalid_request,
+                             key == "parallel_tool_calls" ? "the gemini provider cannot turn parallel tool calls off"
+                                                          : "the gemini provider cannot honour '" + key + "'",
                              "unsupported_parameter", key};
-            else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
-                return error{error_kind::invalid_request, "the gemini provider cannot honour '" + key + "'", "unsupported_parameter", key};
         }
+        if (body.contains("toolConfig") && !body.contains("tools")) body.erase("toolConfig");
         if (!config.empty()) body["generationConfig"] = std::move(config);
         return dump_json(body);
+    }
+
+    // OpenAI function tools as Gemini function declarations. The parameters go as
+    // parametersJsonSchema, which takes JSON Schema as OpenAI clients write it (the older
+    // `parameters` takes only an OpenAPI subset and refuses, e.g., additionalProperties).
+    static result<nlohmann::json> tools_of(const nlohmann::json& tools) {
+        if (!tools.is_array() || tools.empty()) return invalid("'tools' must be a non-empty array", "tools", "invalid_type");
+        nlohmann::json out = nlohmann::json::array();
+        for (std::size_t i = 0; i < tools.size(); ++i) {
+            const auto& t = tools[i];
+            const std::string at = "tools[" + std::to_string(i) + "]";
+            const auto fn = t.is_object() ? t.find("function") : t.end();
+            if (!t.is_object() || string_field(t, "type") != "function" || fn == t.end() || string_field(*fn, "name").empty())
+                return invalid("the gemini provider relays function tools only: " + at + " is not one", at, "unsupported_parameter");
+            nlohmann::json declaration = {{"name", (*fn)["name"]}};
+            if (fn->contains("description") && (*fn)["description"].is_string()) declaration["description"] = (*fn)["description"];
+            if (fn->contains("parameters") && (*fn)["parameters"].is_object()) declaration["parametersJsonSchema"] = (*fn)["parameters"];
+            out.push_back(std::move(declaration));
+        }
+        return out;
+    }
+
+    // OpenAI's tool_choice as Gemini's functionCallingConfig.
+    static result<nlohmann::json> tool_choice_of(const nlohmann::json& choice) {
+        if (choice == "auto") return nlohmann::json{{"mode", "AUTO"}};
+        if (choice == "required") return nlohmann::json{{"mode", "ANY"}};
+        if (choice == "none") return nlohmann::json{{"mode", "NONE"}};
+        if (choice.is_object() && string_field(choice, "type") == "function" && choice.contains("function") &&
+            !string_field(choice["function"], "name").empty())
+            return nlohmann::json{{"mode", "ANY"}, {"allowedFunctionNames", {choice["function"]["name"]}}};
+        return invalid("the gemini provider takes tool_choice auto, required, none or a function", "tool_choice", "unsupported_parameter");
     }
 
     // Gemini's finish reasons in OpenAI's vocabulary; one this code does not know, lowercased.
@@ -198,6 +279,7 @@ public:
     // What one GenerateContentResponse (an answer, or one chunk of a stream) says.
     struct response_view {
         std::string text;                          // candidates[0]'s text parts, thoughts skipped
+        nlohmann::json calls = nlohmann::json::array(); // its functionCall parts, as OpenAI tool_calls
         std::optional<std::string> finish_reason;  // candidates[0].finishReason, mapped
         std::optional<usage_counts> usage;         // when it carries usageMetadata
         std::string model_version;                 // modelVersion, when present
@@ -235,8 +317,26 @@ public:
             if (!part.is_object()) continue;
             if (const auto thought = part.find("thought"); thought != part.end() && thought->is_boolean() && thought->get<bool>()) continue;
             if (const auto text = part.find("text"); text != part.end() && text->is_string()) v.text += text->get_ref<const std::string&>();
+            if (const auto call = part.find("functionCall"); call != part.end() && call->is_object()) {
+                const auto args = call->find("args");
+                v.calls.push_back({{"id", string_field(*call, "id")}, // Gemini may leave it out: numbered once the answer is whole
+                                   {"type", "function"},
+                                   {"function", {{"name", string_field(*call, "name")},
+                                                 {"arguments", args != call->end() && args->is_object() ? dump_json(*args) : std::string{"{}"}}}}});
+            }
         }
         return v;
+    }
+
+    // Function calls into the completion: each without an id from Gemini gets one (a client must
+    // name the call its result answers), and the finish reason says a tool is to be called, as
+    // OpenAI's does (Gemini answers STOP).
+    static void attach_calls(completion& c, nlohmann::json calls) {
+        if (calls.empty()) return;
+        for (std::size_t i = 0; i < calls.size(); ++i)
+            if (calls[i]["id"] == "") calls[i]["id"] = "call_" + std::to_string(i);
+        c.extra = {{"tool_calls", std::move(calls)}};
+        if (c.finish_reason == "stop" || c.finish_reason.empty()) c.finish_reason = "tool_calls";
     }
 
     // A prompt Gemini blocked: the client's to change, so a 400 naming the reason.
@@ -255,6 +355,8 @@ public:
         bool finished = false;         // a finishReason seen
         bool delivered = false;        // a delta reached the sink
         bool client_gone = false;      // the sink said stop
+        nlohmann::json calls = nlohmann::json::array(); // function calls so far (Gemini sends each whole)
+        static constexpr std::size_t max_calls = 128;   // an upstream's bound, not a client's
 
         void operator()(const sse_message& m) {
             if (broken || client_gone) return;
@@ -270,6 +372,8 @@ public:
                 c.finish_reason = *v.finish_reason;
                 finished = true;
             }
+            for (auto& call : v.calls)
+                if (calls.size() < max_calls) calls.push_back(std::move(call));
             if (v.text.empty()) return;
             c.content += v.text;
             c.usage = usage.to_token_usage(); // what a client that leaves now was charged for so far
@@ -292,10 +396,11 @@ public:
             return upstream_failure{{error_kind::upstream, "upstream stream ended before a finish reason", "upstream_truncated"},
                                     !reader.delivered, {}, reader.delivered};
         reader.c.usage = reader.usage.to_token_usage();
+        attach_calls(reader.c, std::move(reader.calls));
         return std::move(reader.c);
     }
 
-    // A GenerateContentResponse body into a completion: candidates[0]'s text. `model` is the
+    // A GenerateContentResponse body into a completion: candidates[0]'s text and function calls. `model` is the
     // requested one, kept when the answer names no modelVersion.
     static result<completion, upstream_failure> parse_answer(const std::string& raw, const std::string& model, const std::string& key) {
         const auto j = nlohmann::json::parse(raw, nullptr, false);
@@ -312,6 +417,7 @@ public:
         c.content = std::move(v.text);
         if (v.finish_reason) c.finish_reason = *v.finish_reason;
         if (v.usage) c.usage = v.usage->to_token_usage();
+        attach_calls(c, std::move(v.calls));
         return c;
     }
 
