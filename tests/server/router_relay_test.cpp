@@ -1,7 +1,8 @@
 // sample_server with CHAT_CONFIG: a router over two OpenAI upstreams and an Anthropic one (fakes
 // speaking their exact wire formats). Routing by model, the fallback matrix (refused connection,
-// timeout, 429, 500, a stream failing before and after its first byte), the answer naming its
-// provider, /health by provider, the fallbacks metric, and bad files stopping start-up.
+// timeout, 429, 500, a stream failing before and after its first byte; on the Anthropic and
+// Responses surfaces too), the answer naming its provider, /health by provider, the fallbacks
+// metric, and bad files stopping start-up.
 // Runs once with each HTTP server (beast: async members; httplib: blocking ones).
 #include "../support/fake_anthropic.hpp"
 #include "../support/fake_openai.hpp"
@@ -185,6 +186,41 @@ TEST_CASE("a failure before the first byte falls back to the next provider, answ
     CHECK(metrics.find(R"(chatkit_upstream_fallbacks_total{from="primary",to="backup",code="upstream_timeout"} 2)") != std::string::npos);
     CHECK(metrics.find(R"(chatkit_upstream_fallbacks_total{from="dead",to="backup",code="upstream_unreachable"} 2)") != std::string::npos);
     CHECK(g.server->log().find("provider failed; trying the next of the route") != std::string::npos);
+}
+
+TEST_CASE("the Anthropic and Responses surfaces fall back too: a streamed 429 before the first byte is answered by the next provider") {
+    gateway g;
+    auto c = g.server->client();
+    const json message = {{"model", "gpt-4o-mini"}, {"max_tokens", 50}, {"cache", false}, {"messages", {{{"role", "user"}, {"content", "a b c"}}}}};
+    const json response = {{"model", "gpt-4o-mini"}, {"cache", false}, {"input", "a b c"}};
+    for (const bool stream : {false, true}) {
+        INFO((stream ? "streamed" : "whole"));
+        g.primary.script({status_reply(429, "Rate limit reached", "requests", "rate_limit_exceeded"),
+                          status_reply(429, "Rate limit reached", "requests", "rate_limit_exceeded")});
+        const auto backup_calls = g.backup.requests().size();
+        auto m = message;
+        auto r = response;
+        m["stream"] = stream;
+        r["stream"] = stream;
+        auto anthropic = c.Post("/v1/messages", m.dump(), "application/json");
+        auto responses = c.Post("/v1/responses", r.dump(), "application/json");
+        REQUIRE(anthropic);
+        REQUIRE(responses);
+        CHECK(anthropic->status == 200);
+        CHECK(responses->status == 200);
+        CHECK(g.backup.requests().size() == backup_calls + 2);
+        if (stream) {
+            CHECK(anthropic->body.find("event: message_stop") != std::string::npos);
+            CHECK(anthropic->body.find("event: error") == std::string::npos);
+            CHECK(responses->body.find("event: response.completed") != std::string::npos);
+            CHECK(responses->body.find(R"("text":"echo: a b c")") != std::string::npos);
+        } else {
+            CHECK(anthropic->get_header_value("x-chatkit-provider") == "backup");
+            CHECK(json::parse(anthropic->body)["content"][0]["text"] == "echo: a b c");
+            CHECK(responses->get_header_value("x-chatkit-provider") == "backup");
+            CHECK(json::parse(responses->body)["output"][0]["content"][0]["text"] == "echo: a b c");
+        }
+    }
 }
 
 TEST_CASE("a stream that fails after its first byte ends in an error, with no second answer spliced in") {
