@@ -1,5 +1,7 @@
 // The service's own cost per request, in process (no sockets): POST /chat through handle() with
-// the real plugins, against the same service made of null models as the baseline.
+// the real plugins, against the same service made of null models as the baseline; then the same
+// chat on each surface (chatkit's, OpenAI's two, Anthropic's) against /chat: what translating a
+// wire format costs.
 #include "bench_clock.hpp"
 
 #include <chatkit/chatkit.hpp>
@@ -37,6 +39,49 @@ chatkit::http_request chat_request(const std::string& body) {
     req.headers.emplace("Content-Type", "application/json");
     req.body = body;
     return req;
+}
+
+// The same conversation (a system prompt, a distinct question) in each surface's format.
+struct surface {
+    const char* name;
+    const char* path;
+    nlohmann::json (*body)(const std::string& question);
+};
+const surface surfaces[] = {
+    {"POST /chat", "/chat",
+     [](const std::string& q) {
+         return nlohmann::json{{"user_id", "bench"}, {"cache", false},
+                               {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", q}}}}};
+     }},
+    {"POST /v1/chat/completions", "/v1/chat/completions",
+     [](const std::string& q) {
+         return nlohmann::json{{"model", "echo-1"}, {"user", "bench"}, {"cache", false},
+                               {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", q}}}}};
+     }},
+    {"POST /v1/messages", "/v1/messages",
+     [](const std::string& q) {
+         return nlohmann::json{{"model", "echo-1"}, {"max_tokens", 256}, {"cache", false}, {"metadata", {{"user_id", "bench"}}},
+                               {"system", "You are a helpful assistant."}, {"messages", {{{"role", "user"}, {"content", q}}}}};
+     }},
+    {"POST /v1/responses", "/v1/responses",
+     [](const std::string& q) {
+         return nlohmann::json{{"model", "echo-1"}, {"user", "bench"}, {"cache", false}, {"store", false},
+                               {"instructions", "You are a helpful assistant."}, {"input", q}};
+     }},
+};
+
+template <class Service>
+bench::figure measure_surface(Service& svc, const surface& on) {
+    std::vector<chatkit::http_request> requests;
+    for (int n = 0; n < 4096; ++n) {
+        auto req = chat_request(on.body("question number " + std::to_string(n)).dump());
+        req.path = on.path;
+        requests.push_back(std::move(req));
+    }
+    return bench::run_for(duration, 1, [&](int, long n) {
+        auto res = svc.handle(requests[static_cast<std::size_t>(n) % requests.size()]);
+        if (res.status != 200) std::abort();
+    });
 }
 
 template <class Service>
@@ -95,6 +140,11 @@ int main() {
         bench::print_row("the same + otel_tracing (all sampled), cache miss", measure(traced_service, threads, false), baseline);
         bench::print_row("echo + request_id + rate_limiter, cache hit", measure(memory_service, threads, true), baseline);
         bench::print_row("echo + sqlite (durable) + lru, cache miss", measure(full_service, threads, false), baseline);
+    }
+    {
+        const auto baseline = measure_surface(memory_service, surfaces[0]);
+        bench::print_header("The same chat on each surface, echo + request_id + rate_limiter, cache miss, 1 thread", "POST /chat");
+        for (const auto& on : surfaces) bench::print_row(on.name, on.path == surfaces[0].path ? baseline : measure_surface(memory_service, on), baseline);
     }
     (void)exporter->flush(std::chrono::seconds{10});
     const auto traced = exporter->stats();
