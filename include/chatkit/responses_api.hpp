@@ -219,10 +219,14 @@ inline result<nlohmann::json> response_format_of(const nlohmann::json& text) {
         if (!format) return std::move(format).error();
         if (!format->is_null()) req.extensions["response_format"] = std::move(format).value();
     }
+    // reasoning.summary asks for summaries of the hidden reasoning, and include's
+    // reasoning.encrypted_content for the reasoning itself to send back: neither changes the
+    // answer, and no provider behind Chat Completions returns them, so they are accepted and the
+    // response carries no reasoning items (Codex asks for both with reasoning models).
     if (auto it = body.find("reasoning"); it != body.end() && !it->is_null()) {
         if (!it->is_object()) return invalid("'reasoning' must be an object", "reasoning", "invalid_type");
         for (const auto& [key, value] : it->items()) {
-            if (value.is_null()) continue;
+            if (value.is_null() || key == "summary" || key == "generate_summary") continue;
             if (key != "effort") return detail::unsupported("'reasoning." + key + "'", "reasoning." + key);
             if (!value.is_string()) return invalid("'reasoning.effort' must be a string", "reasoning.effort", "invalid_type");
             req.extensions["reasoning_effort"] = value;
@@ -232,7 +236,8 @@ inline result<nlohmann::json> response_format_of(const nlohmann::json& text) {
         return detail::unsupported("'truncation: auto' (the whole input is sent; nothing is dropped)", "truncation");
     if (auto it = body.find("include"); it != body.end() && !it->is_null()) {
         if (!it->is_array()) return invalid("'include' must be an array", "include", "invalid_type");
-        if (!it->empty()) return detail::unsupported("'include' of " + it->front().dump(), "include");
+        for (const auto& what : *it)
+            if (what != "reasoning.encrypted_content") return detail::unsupported("'include' of " + what.dump(), "include");
     }
     if (auto it = body.find("metadata"); it != body.end() && !it->is_null() && !it->is_object())
         return invalid("'metadata' must be an object", "metadata", "invalid_type");

@@ -137,8 +137,8 @@ TEST_CASE("a Responses request the gateway cannot honour is refused by name") {
     CHECK(refused(R"({"model":"m","input":"x","background":true})") == "background");
     CHECK(refused(R"({"model":"m","input":"x","max_output_tokens":0})") == "max_output_tokens");
     CHECK(refused(R"({"model":"m","input":"x","tools":[{"type":"web_search"}]})") == "tools[0].type");
-    CHECK(refused(R"({"model":"m","input":"x","include":["reasoning.encrypted_content"]})") == "include");
-    CHECK(refused(R"({"model":"m","input":"x","reasoning":{"summary":"auto"}})") == "reasoning.summary");
+    CHECK(refused(R"({"model":"m","input":"x","include":["message.output_text.logprobs"]})") == "include");
+    CHECK(refused(R"({"model":"m","input":"x","reasoning":{"mode":"deep"}})") == "reasoning.mode");
     CHECK(refused(R"({"model":"m","input":[{"type":"reasoning","summary":[]}]})") == "input[0].type");
     CHECK(refused(R"({"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"x"}]}]})") == "input[0].content[0]");
     CHECK(refused(R"({"model":"m","input":[{"role":"tool","content":"x"}]})") == "input[0].role");
@@ -270,4 +270,16 @@ TEST_CASE("Responses errors use the OpenAI envelope") {
     get.method = "GET";
     get.path = "/v1/responses";
     CHECK(svc.handle(get).status == 405);
+}
+
+TEST_CASE("what Codex sends with a reasoning model is accepted: a summary and the encrypted reasoning are asked for, none is returned") {
+    auto r = chatkit::responses_api::parse_request(json::parse(R"({
+        "model":"m","instructions":"you are codex","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"fix it"}]}],
+        "tools":[{"type":"function","name":"shell","parameters":{"type":"object"},"strict":false}],"tool_choice":"auto",
+        "parallel_tool_calls":false,"reasoning":{"effort":"medium","summary":"auto"},"store":false,"stream":true,
+        "include":["reasoning.encrypted_content"],"prompt_cache_key":"session-1"})"));
+    REQUIRE(r);
+    CHECK(r->extensions["reasoning_effort"] == "medium");
+    CHECK_FALSE(r->extensions.contains("reasoning"));
+    CHECK(r->extensions["prompt_cache_key"] == "session-1");
 }

@@ -304,3 +304,21 @@ test('a streamed tool call is assembled by the SDK\'s stream helper', async () =
   assert.equal(choice.message.tool_calls[0].function.name, 'get_weather');
   assert.deepEqual(JSON.parse(choice.message.tool_calls[0].function.arguments), { q: 'weather in Kyiv?' });
 });
+
+test('what Codex sends with a reasoning model is answered: reasoning summary, encrypted reasoning, store false, a cache key', async () => {
+  const response = await client.responses.create({
+    model: 'fake-1',
+    instructions: 'You are a coding agent.',
+    input: [{ type: 'message', role: 'user', content: [{ type: 'input_text', text: 'fix the build' }] }],
+    tools: [weather],
+    tool_choice: 'auto',
+    parallel_tool_calls: false,
+    reasoning: { effort: 'low', summary: 'auto' },
+    store: false,
+    include: ['reasoning.encrypted_content'],
+    prompt_cache_key: 'session-1',
+  });
+  assert.equal(response.status, 'completed');
+  assert.equal(response.output[0].type, 'function_call');
+  assert.ok(response.output.every((item) => item.type !== 'reasoning'));
+});

@@ -347,9 +347,11 @@ TEMPLATE_TEST_CASE("tools, tool_choice and the tool-call history go upstream in 
                                                    {{"type", "text"}, {"text", "and tomorrow?"}}}}});
     CHECK(c->content == "tool said: sunnynoon");
 
-    r.extensions = {{"tools", r.extensions["tools"]}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}};
+    r.extensions = {{"tools", r.extensions["tools"]}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}},
+                    {"prompt_cache_key", "session-1"}, {"safety_identifier", "user-1"}}; // hints Codex sends: accepted, not relayed
     REQUIRE(anthropic.complete(r));
     CHECK(fake.requests().back().body["tool_choice"] == json{{"type", "tool"}, {"name", "get_time"}});
+    CHECK_FALSE(fake.requests().back().body.contains("prompt_cache_key"));
 }
 
 TEMPLATE_TEST_CASE("a tool_use answer comes back as OpenAI tool_calls, answered whole or streamed in pieces", "", chatkit::anthropic_provider, async_anthropic) {

@@ -110,7 +110,9 @@ public:
 
     // OpenAI request fields with no Anthropic counterpart that change nothing about the answer.
     static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
-                                                            "max_completion_tokens" /* already in max_tokens */};
+                                                            "max_completion_tokens" /* already in max_tokens */,
+                                                            // OpenAI's prompt-cache and abuse-monitoring hints (Codex sends the first)
+                                                            "prompt_cache_key", "safety_identifier"};
 
     // A chat request → a Messages API body, or a 400 naming the field it cannot honour. System
     // messages go to `system`; the API wants user and assistant turns to alternate, so

@@ -139,7 +139,9 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
 
     // Request fields Bedrock's Converse can express; any other OpenAI field is refused.
     static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
-                                                            "max_completion_tokens" /* already in max_tokens */};
+                                                            "max_completion_tokens" /* already in max_tokens */,
+                                                            // OpenAI's prompt-cache and abuse-monitoring hints (Codex sends the first)
+                                                            "prompt_cache_key", "safety_identifier"};
 
     // chatkit messages → a Converse body: system messages go to `system`; the conversation must
     // open with a user turn and alternate, so consecutive turns of one role are merged. Tool use

@@ -101,7 +101,9 @@ public:
 
     // OpenAI request fields with no Gemini counterpart that change nothing about the answer.
     static constexpr std::string_view ignorable_fields[] = {"metadata", "store", "service_tier", "stream_options",
-                                                            "max_completion_tokens" /* already in max_tokens */};
+                                                            "max_completion_tokens" /* already in max_tokens */,
+                                                            // OpenAI's prompt-cache and abuse-monitoring hints (Codex sends the first)
+                                                            "prompt_cache_key", "safety_identifier"};
     // A chat request → a generateContent body, or a 400 naming the field it cannot honour.
     // System messages become systemInstruction's parts; user and assistant turns become contents
     // with the roles "user" and "model". Tool use takes Gemini's form: an assistant message's
