@@ -303,10 +303,11 @@ inline void to_anthropic_error(http_response& res) {
     return sse_event("error", dump_json(error_body(http_status(e.kind), e.message, request_id)));
 }
 
-/// Frames one completion as the Messages stream: message_start, content_block_start, ping, a
-/// content_block_delta per text delta, content_block_stop, then any tool_use blocks, message_delta
-/// with the stop reason and usage, message_stop. The head is sent with the first delta (or at the
-/// end of an answer without text), so a failure before it leaves only an `error` event.
+/// Frames one completion as the Messages stream: message_start and ping, then content blocks
+/// one at a time (a text block growing by text_delta, a tool_use block growing by
+/// input_json_delta, each closed by content_block_stop when the next begins), message_delta with
+/// the stop reason and usage, message_stop. The head is sent with the first delta (or at the end
+/// of an answer without one), so a failure before it leaves only an `error` event.
 class event_writer {
 public:
     event_writer(std::string id, std::string model) : id_(std::move(id)), model_(std::move(model)) {}
@@ -314,33 +315,53 @@ public:
 
     std::string delta(std::string_view text) {
         std::string out = head();
-        if (!text_open_) {
-            text_open_ = true;
-            out += sse_event("content_block_start", R"({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})");
+        if (open_ != block::text) {
+            out += close_block();
+            open_block(block::text);
+            out += "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":";
+            out.append(std::to_string(index_)).append(",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
         }
-        out += "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":";
+        out += "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":";
+        out.append(std::to_string(index_)).append(",\"delta\":{\"type\":\"text_delta\",\"text\":");
         out.append(dump_json(nlohmann::json(text))).append("}}\n\n");
+        return out;
+    }
+
+    // A tool call's piece: its first opens a tool_use block (input {} as Anthropic starts one);
+    // its arguments arrive as input_json_delta fragments.
+    std::string tool_call(const tool_call_delta& piece) {
+        std::string out = head();
+        if (open_ != block::tool || piece.index != call_) {
+            out += close_block();
+            open_block(block::tool);
+            call_ = piece.index;
+            calls_streamed_ = true;
+            const nlohmann::json start = {{"type", "tool_use"}, {"id", piece.id}, {"name", piece.name}, {"input", nlohmann::json::object()}};
+            out += sse_event("content_block_start", dump_json({{"type", "content_block_start"}, {"index", index_}, {"content_block", start}}));
+        }
+        if (!piece.arguments.empty())
+            out += sse_event("content_block_delta", dump_json({{"type", "content_block_delta"},
+                                                               {"index", index_},
+                                                               {"delta", {{"type", "input_json_delta"}, {"partial_json", piece.arguments}}}}));
         return out;
     }
 
     std::string finish(const completion& c) {
         model_ = c.model;
         std::string out = head();
-        int index = 0;
-        if (text_open_) {
-            out += sse_event("content_block_stop", R"({"type":"content_block_stop","index":0})");
-            index = 1;
-        }
-        for (auto& block : tool_use_blocks(c)) {
-            const std::string input = dump_json(block["input"]);
-            block["input"] = nlohmann::json::object();
-            out += sse_event("content_block_start", dump_json({{"type", "content_block_start"}, {"index", index}, {"content_block", block}}));
-            out += sse_event("content_block_delta", dump_json({{"type", "content_block_delta"},
-                                                               {"index", index},
-                                                               {"delta", {{"type", "input_json_delta"}, {"partial_json", input}}}}));
-            out += sse_event("content_block_stop", dump_json({{"type", "content_block_stop"}, {"index", index}}));
-            ++index;
-        }
+        out += close_block();
+        // Tool calls not streamed as they came (a cached answer's, a blocking provider's) come whole.
+        if (!calls_streamed_)
+            for (auto& block : tool_use_blocks(c)) {
+                const std::string input = dump_json(block["input"]);
+                block["input"] = nlohmann::json::object();
+                open_block(block::tool);
+                out += sse_event("content_block_start", dump_json({{"type", "content_block_start"}, {"index", index_}, {"content_block", block}}));
+                out += sse_event("content_block_delta", dump_json({{"type", "content_block_delta"},
+                                                                   {"index", index_},
+                                                                   {"delta", {{"type", "input_json_delta"}, {"partial_json", input}}}}));
+                out += close_block();
+            }
         out += sse_event("message_delta", dump_json({{"type", "message_delta"},
                                                      {"delta", {{"stop_reason", stop_reason(c.finish_reason)}, {"stop_sequence", nullptr}}},
                                                      {"usage", usage_object(c.usage)}}));
@@ -359,9 +380,24 @@ private:
                sse_event("ping", R"({"type":"ping"})");
     }
 
+    enum class block { none, text, tool };
+    void open_block(block kind) {
+        open_ = kind;
+        index_ = next_index_++;
+    }
+    std::string close_block() {
+        if (open_ == block::none) return {};
+        open_ = block::none;
+        return "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":" + std::to_string(index_) + "}\n\n";
+    }
+
     std::string id_, model_;
     bool started_ = false;
-    bool text_open_ = false;
+    block open_ = block::none;
+    int index_ = 0;      // the open block's
+    int next_index_ = 0; // the next block's
+    std::size_t call_ = 0; // the tool call the open tool_use block shows
+    bool calls_streamed_ = false;
 };
 
 } // namespace chatkit::anthropic_api

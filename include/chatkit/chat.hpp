@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -144,6 +145,19 @@ struct completion {
     // Which provider answered, when the service's provider chose among several (a router names
     // its member); empty: the service's provider itself. Told to the client and the log.
     std::string provider{};
+};
+
+// One piece of a tool call, streamed as the model produces it. The first piece of a call names
+// it (`id`, `name`); every piece may add the next fragment of its JSON `arguments` text. A
+// call's pieces come together and calls come in order (index 0, 1, ...), because Anthropic's and
+// the Responses API's streams can only show one call at a time. The completion returned at the
+// end still lists the whole calls in `extra["tool_calls"]`: what is stored, cached and answered
+// to a client that does not stream.
+struct tool_call_delta {
+    std::size_t index = 0; // which call of the answer
+    std::string id{};
+    std::string name{};
+    std::string arguments{};
 };
 
 inline void to_json(nlohmann::json& j, const completion& c) {

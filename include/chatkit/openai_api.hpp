@@ -206,6 +206,29 @@ public:
         out.append(text_prefix_).append(dump_json(nlohmann::json(text))).append(text_suffix_);
         return out;
     }
+    // A tool call's piece as OpenAI streams it: the call's first chunk carries its index, id,
+    // type and name with the first arguments; the next carry the index and more arguments.
+    std::string tool_call(const tool_call_delta& piece) {
+        std::string out;
+        if (!role_sent_) {
+            role_sent_ = true;
+            nlohmann::json delta = {{"role", "assistant"}, {"content", nullptr}};
+            out += chunk({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+        }
+        nlohmann::json call = {{"index", piece.index}};
+        nlohmann::json function = {{"arguments", piece.arguments}};
+        if (!calls_streamed_ || piece.index != last_call_) {
+            call["id"] = piece.id;
+            call["type"] = "function";
+            function["name"] = piece.name;
+        }
+        call["function"] = std::move(function);
+        calls_streamed_ = true;
+        last_call_ = piece.index;
+        nlohmann::json delta = {{"tool_calls", nlohmann::json::array({std::move(call)})}};
+        return out + chunk({{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+    }
+
     // The closing chunks: the finish reason, the usage when asked for, then [DONE]. A gateway's
     // metadata (an object; null for none) rides on the last chunk before [DONE]: the usage chunk
     // when there is one, so that it comes after the usage.
@@ -213,8 +236,9 @@ public:
         std::string out;
         if (!role_sent_) out += delta("");
         nlohmann::json delta = nlohmann::json::object();
-        // A streamed tool call names its place by `index`: the SDKs assemble calls by it.
-        if (c.extra.is_object() && c.extra.contains("tool_calls") && c.extra["tool_calls"].is_array()) {
+        // Tool calls not streamed as they came (a cached answer's, a blocking provider's) come
+        // whole here. A streamed tool call names its place by `index`: the SDKs assemble calls by it.
+        if (!calls_streamed_ && c.extra.is_object() && c.extra.contains("tool_calls") && c.extra["tool_calls"].is_array()) {
             auto calls = c.extra["tool_calls"];
             for (std::size_t i = 0; i < calls.size(); ++i)
                 if (calls[i].is_object()) calls[i]["index"] = i;
@@ -257,6 +281,8 @@ private:
     std::string id_, model_;
     unix_ms created_;
     bool role_sent_ = false;
+    bool calls_streamed_ = false; // tool calls went out piece by piece
+    std::size_t last_call_ = 0;   // the index of the call streamed last
 };
 
 // An error inside a stream: the HTTP status is already 200, so it travels as an event whose JSON

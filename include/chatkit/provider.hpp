@@ -20,6 +20,9 @@ namespace chatkit {
 // gone away: the provider should stop generating and return promptly.
 using delta_sink = std::function<bool(std::string_view)>;
 
+// Receives one piece of a streamed tool call, as delta_sink receives text.
+using tool_call_sink = std::function<bool(const tool_call_delta&)>;
+
 // What an asynchronous provider writes its stream's deltas to. `co_await out.write(text)`
 // suspends while the client's socket is full and yields false once the client is gone: stop and
 // return promptly.
@@ -31,6 +34,12 @@ public:
         // The same without suspending, for a blocking provider run inline where there is no
         // worker pool (the blocking adapters' bridge, whose writes complete at once).
         virtual bool write_now(std::string_view text) = 0;
+        // A tool call's piece, valid until the write first suspends (as `text` is). A target that
+        // does not show calls as they come may ignore them: the completion carries them whole.
+        virtual task<bool> write_tool_call(const tool_call_delta& piece) {
+            (void)piece;
+            co_return true;
+        }
 
     protected:
         ~target() = default;
@@ -38,9 +47,53 @@ public:
     explicit delta_writer(target* t) noexcept : t_(t) {}
     [[nodiscard]] task<bool> write(std::string_view text) const { return t_->write(text); }
     [[nodiscard]] bool write_now(std::string_view text) const { return t_->write_now(text); }
+    // `co_await out.write_tool_call(piece)` with a named piece: GCC 12 mishandles a temporary with
+    // a destructor inside a co_await expression.
+    [[nodiscard]] task<bool> write_tool_call(const tool_call_delta& piece) const { return t_->write_tool_call(piece); }
 
 private:
     target* t_;
+};
+
+// What a stream reader found in one read from upstream, text and tool-call pieces in their
+// order, held until the provider writes them (awaiting the client's socket) before its next
+// read. The readers are shared with the blocking form, which calls sinks; this collects what
+// those sinks receive.
+class delta_batch {
+public:
+    delta_batch() = default;
+    delta_batch(const delta_batch&) = delete; // the sinks point at it
+    delta_batch& operator=(const delta_batch&) = delete;
+
+    [[nodiscard]] const delta_sink& text_sink() const noexcept { return text_; }
+    [[nodiscard]] const tool_call_sink& tool_sink() const noexcept { return tools_; }
+    [[nodiscard]] bool empty() const noexcept { return pieces_.empty(); }
+
+    // Writes what was collected, in order, and forgets it; false as soon as the client is gone.
+    task<bool> write_to(delta_writer out) {
+        for (auto& piece : pieces_) {
+            bool ok = false;
+            if (const auto* text = std::get_if<std::string>(&piece)) ok = co_await out.write(*text);
+            else ok = co_await out.write_tool_call(std::get<tool_call_delta>(piece));
+            if (!ok) {
+                pieces_.clear();
+                co_return false;
+            }
+        }
+        pieces_.clear();
+        co_return true;
+    }
+
+private:
+    std::vector<std::variant<std::string, tool_call_delta>> pieces_;
+    delta_sink text_ = [this](std::string_view d) {
+        pieces_.emplace_back(std::string{d});
+        return true;
+    };
+    tool_call_sink tools_ = [this](const tool_call_delta& d) {
+        pieces_.emplace_back(d);
+        return true;
+    };
 };
 
 namespace detail {
@@ -91,7 +144,9 @@ concept provider_has_health = requires(P& p) {
 /// The asynchronous form replaces 2 and 3 with coroutines that run on the request's event loop
 /// and must never block it (await I/O instead):
 ///   2'. `task<result<completion>> complete(chat_request)`
-///   3'. `task<result<completion>> stream(chat_request, delta_writer)` — `co_await out.write(d)`.
+///   3'. `task<result<completion>> stream(chat_request, delta_writer)` — `co_await out.write(d)`,
+///       and `co_await out.write_tool_call(piece)` for each piece of a tool call as it arrives
+///       (a blocking provider's tool calls reach the client whole, with the completion).
 ///   Both take their arguments by value (they outlive the caller's expression) and see the
 ///   request's stop token through `co_await chatkit::current_stop_token()`.
 /// A blocking provider runs on the service's worker pool and sees the stop token as

@@ -305,6 +305,17 @@ inline nlohmann::json message_item(std::string_view id, std::string_view status,
     return {{"id", id}, {"type", "message"}, {"status", status}, {"role", "assistant"}, {"content", std::move(content)}};
 }
 
+// A function_call item, the `n`th of the response.
+inline nlohmann::json function_call_item(std::string_view response_id, std::size_t n, std::string call_id, std::string name,
+                                         std::string arguments) {
+    return {{"id", "fc_" + std::string{response_id.substr(std::min<std::size_t>(5, response_id.size()))} + "_" + std::to_string(n)},
+            {"type", "function_call"},
+            {"status", "completed"},
+            {"call_id", std::move(call_id)},
+            {"name", std::move(name)},
+            {"arguments", std::move(arguments)}};
+}
+
 // The completion's OpenAI tool_calls as function_call items.
 inline std::vector<nlohmann::json> function_calls(const completion& c, std::string_view response_id) {
     std::vector<nlohmann::json> items;
@@ -312,12 +323,7 @@ inline std::vector<nlohmann::json> function_calls(const completion& c, std::stri
     for (const auto& call : c.extra["tool_calls"]) {
         if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) continue;
         const auto& fn = call["function"];
-        items.push_back({{"id", "fc_" + std::string{response_id.substr(std::min<std::size_t>(5, response_id.size()))} + "_" + std::to_string(items.size())},
-                         {"type", "function_call"},
-                         {"status", "completed"},
-                         {"call_id", call.value("id", "")},
-                         {"name", fn.value("name", "")},
-                         {"arguments", fn.value("arguments", "")}});
+        items.push_back(function_call_item(response_id, items.size(), call.value("id", ""), fn.value("name", ""), fn.value("arguments", "")));
     }
     return items;
 }
@@ -347,10 +353,12 @@ inline std::string message_id(std::string_view response_id) {
     return out;
 }
 
-/// Frames one completion as the Responses stream: response.created and response.in_progress, a
-/// message item whose output_text part grows by response.output_text.delta, then a
-/// function_call item per tool call (its arguments in one delta), then response.completed (or
-/// response.incomplete) with the whole response. Every event is named by its type and numbered.
+/// Frames one completion as the Responses stream: response.created and response.in_progress,
+/// then output items one at a time (a message item whose output_text part grows by
+/// response.output_text.delta, a function_call item whose arguments grow by
+/// response.function_call_arguments.delta, each finished when the next begins), then
+/// response.completed (or response.incomplete) with the whole response. Every event is named by
+/// its type and numbered.
 class event_writer {
 public:
     explicit event_writer(response_head head) : head_(std::move(head)) {}
@@ -358,48 +366,67 @@ public:
 
     std::string delta(std::string_view text) {
         std::string out = start();
-        if (!text_open_) {
-            text_open_ = true;
-            out += event({{"type", "response.output_item.added"}, {"output_index", 0},
-                          {"item", detail::message_item(detail::message_id(head_.id), "in_progress", nlohmann::json::array())}});
-            out += event({{"type", "response.content_part.added"}, {"item_id", detail::message_id(head_.id)}, {"output_index", 0},
+        if (open_ != item::message) {
+            out += close_item();
+            open_ = item::message;
+            // The first message item has the id a non-streamed answer gives it; a later one (text
+            // after a tool call) a numbered one.
+            item_id_ = detail::message_id(head_.id);
+            if (messages_++ > 0) item_id_ += "_" + std::to_string(output_.size());
+            text_.clear();
+            out += event({{"type", "response.output_item.added"}, {"output_index", output_.size()},
+                          {"item", detail::message_item(item_id_, "in_progress", nlohmann::json::array())}});
+            out += event({{"type", "response.content_part.added"}, {"item_id", item_id_}, {"output_index", output_.size()},
                           {"content_index", 0}, {"part", detail::text_part("")}});
         }
         text_ += text;
-        out += event({{"type", "response.output_text.delta"}, {"item_id", detail::message_id(head_.id)}, {"output_index", 0},
+        out += event({{"type", "response.output_text.delta"}, {"item_id", item_id_}, {"output_index", output_.size()},
                       {"content_index", 0}, {"delta", text}, {"logprobs", nlohmann::json::array()}});
+        return out;
+    }
+
+    // A tool call's piece: its first adds a function_call item, its arguments arrive as deltas.
+    std::string tool_call(const tool_call_delta& piece) {
+        std::string out = start();
+        if (open_ != item::function_call || piece.index != call_) {
+            out += close_item();
+            open_ = item::function_call;
+            call_ = piece.index;
+            calls_streamed_ = true;
+            call_item_ = detail::function_call_item(head_.id, piece.index, piece.id, piece.name, "");
+            call_item_["status"] = "in_progress";
+            item_id_ = call_item_["id"].get<std::string>();
+            out += event({{"type", "response.output_item.added"}, {"output_index", output_.size()}, {"item", call_item_}});
+        }
+        if (!piece.arguments.empty()) {
+            call_item_["arguments"] = call_item_["arguments"].get<std::string>() + piece.arguments;
+            out += event({{"type", "response.function_call_arguments.delta"}, {"item_id", item_id_}, {"output_index", output_.size()},
+                          {"delta", piece.arguments}});
+        }
         return out;
     }
 
     std::string finish(const completion& c) {
         if (!c.model.empty()) head_.model = c.model;
         std::string out = start();
-        nlohmann::json output = nlohmann::json::array();
-        const std::string mid = detail::message_id(head_.id);
-        if (text_open_) {
-            out += event({{"type", "response.output_text.done"}, {"item_id", mid}, {"output_index", 0}, {"content_index", 0},
-                          {"text", text_}, {"logprobs", nlohmann::json::array()}});
-            out += event({{"type", "response.content_part.done"}, {"item_id", mid}, {"output_index", 0}, {"content_index", 0},
-                          {"part", detail::text_part(text_)}});
-            auto item = detail::message_item(mid, "completed", nlohmann::json::array({detail::text_part(text_)}));
-            out += event({{"type", "response.output_item.done"}, {"output_index", 0}, {"item", item}});
-            output.push_back(std::move(item));
-        }
-        for (auto& item : detail::function_calls(c, head_.id)) {
-            const auto index = output.size();
-            auto added = item;
-            added["status"] = "in_progress";
-            added["arguments"] = "";
-            out += event({{"type", "response.output_item.added"}, {"output_index", index}, {"item", std::move(added)}});
-            out += event({{"type", "response.function_call_arguments.delta"}, {"item_id", item["id"]}, {"output_index", index},
-                          {"delta", item["arguments"]}});
-            out += event({{"type", "response.function_call_arguments.done"}, {"item_id", item["id"]}, {"output_index", index},
-                          {"name", item["name"]}, {"arguments", item["arguments"]}});
-            out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", item}});
-            output.push_back(std::move(item));
-        }
+        out += close_item();
+        // Tool calls not streamed as they came (a cached answer's, a blocking provider's) come whole.
+        if (!calls_streamed_)
+            for (auto& item : detail::function_calls(c, head_.id)) {
+                const auto index = output_.size();
+                auto added = item;
+                added["status"] = "in_progress";
+                added["arguments"] = "";
+                out += event({{"type", "response.output_item.added"}, {"output_index", index}, {"item", std::move(added)}});
+                out += event({{"type", "response.function_call_arguments.delta"}, {"item_id", item["id"]}, {"output_index", index},
+                              {"delta", item["arguments"]}});
+                out += event({{"type", "response.function_call_arguments.done"}, {"item_id", item["id"]}, {"output_index", index},
+                              {"name", item["name"]}, {"arguments", item["arguments"]}});
+                out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", item}});
+                output_.push_back(std::move(item));
+            }
         auto [status, incomplete] = detail::outcome(c);
-        auto response = detail::response_object(head_, status, std::move(output), usage_object(c.usage));
+        auto response = detail::response_object(head_, status, output_, usage_object(c.usage));
         response["incomplete_details"] = std::move(incomplete);
         out += event({{"type", status == "completed" ? "response.completed" : "response.incomplete"}, {"response", std::move(response)}});
         return out;
@@ -431,11 +458,42 @@ private:
         return sse_event(name, dump_json(data));
     }
 
+    enum class item { none, message, function_call };
+
+    // Finishes the open item: its done events, and its place in the response's output.
+    std::string close_item() {
+        std::string out;
+        const auto index = output_.size();
+        if (open_ == item::message) {
+            out += event({{"type", "response.output_text.done"}, {"item_id", item_id_}, {"output_index", index}, {"content_index", 0},
+                          {"text", text_}, {"logprobs", nlohmann::json::array()}});
+            out += event({{"type", "response.content_part.done"}, {"item_id", item_id_}, {"output_index", index}, {"content_index", 0},
+                          {"part", detail::text_part(text_)}});
+            auto done = detail::message_item(item_id_, "completed", nlohmann::json::array({detail::text_part(text_)}));
+            out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", done}});
+            output_.push_back(std::move(done));
+        } else if (open_ == item::function_call) {
+            call_item_["status"] = "completed";
+            out += event({{"type", "response.function_call_arguments.done"}, {"item_id", item_id_}, {"output_index", index},
+                          {"name", call_item_["name"]}, {"arguments", call_item_["arguments"]}});
+            out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", call_item_}});
+            output_.push_back(std::move(call_item_));
+        }
+        open_ = item::none;
+        return out;
+    }
+
     response_head head_;
-    std::string text_;
+    nlohmann::json output_ = nlohmann::json::array(); // the items finished so far
+    item open_ = item::none;
+    std::string item_id_;       // the open item's
+    std::string text_;          // the open message item's text
+    nlohmann::json call_item_;  // the open function_call item
+    std::size_t call_ = 0;      // the tool call it shows
+    int messages_ = 0;
     std::int64_t sequence_ = 0;
     bool started_ = false;
-    bool text_open_ = false;
+    bool calls_streamed_ = false;
 };
 
 } // namespace chatkit::responses_api

@@ -178,6 +178,10 @@ private:
             wrote = true;
             return out.write_now(text);
         }
+        task<bool> write_tool_call(const tool_call_delta& piece) override {
+            wrote = true;
+            return out.write_tool_call(piece);
+        }
     };
 
     // `out` by value: the task starts after its caller returned (coroutine parameters by value).

@@ -506,6 +506,7 @@ private:
         std::string done(const completion& c, std::string_view request_id) {
             return sse_event("done", dump_json(answer_json(c, request_id)));
         }
+        static std::string tool_call(const tool_call_delta&) { return {}; } // /chat takes no tools
         static std::string failure(const error& e, std::string_view request_id) {
             auto body = to_envelope(e);
             body["request_id"] = request_id;
@@ -524,6 +525,7 @@ private:
         const caller_identity* caller = nullptr; // the request's: it outlives the stream
         std::string id = chunks.id();
         std::string delta(std::string_view text) { return chunks.delta(text); }
+        std::string tool_call(const tool_call_delta& piece) { return chunks.tool_call(piece); }
         std::string done(const completion& c, std::string_view) {
             return chunks.finish(c, include_usage, owner->gateway_metadata_of(*caller, c));
         }
@@ -538,6 +540,7 @@ private:
         anthropic_api::event_writer events;
         std::string id = events.id();
         std::string delta(std::string_view text) { return events.delta(text); }
+        std::string tool_call(const tool_call_delta& piece) { return events.tool_call(piece); }
         std::string done(const completion& c, std::string_view) { return events.finish(c); }
         static std::string failure(const error& e, std::string_view request_id) { return anthropic_api::error_event(e, request_id); }
         static std::string internal_failure(std::string_view request_id) {
@@ -550,6 +553,7 @@ private:
         responses_api::event_writer events;
         std::string id = events.id();
         std::string delta(std::string_view text) { return events.delta(text); }
+        std::string tool_call(const tool_call_delta& piece) { return events.tool_call(piece); }
         std::string done(const completion& c, std::string_view) { return events.finish(c); }
         std::string failure(const error& e, std::string_view) { return events.failure(e); }
         std::string internal_failure(std::string_view request_id) {
@@ -583,6 +587,11 @@ private:
         }
         task<bool> write(std::string_view text) override { return st->send(frame(text)); }
         bool write_now(std::string_view text) override { return st->send_now(frame(text)); }
+        task<bool> write_tool_call(const tool_call_delta& piece) override {
+            if (first_token_ms < 0) first_token_ms = elapsed_ms(started);
+            text_bytes += piece.arguments.size();
+            return st->send(framing->tool_call(piece));
+        }
     };
 
     // The streamed form of chat(): cache, provider stream, durable store, then the closing event.

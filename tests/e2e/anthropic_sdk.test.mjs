@@ -155,7 +155,7 @@ test('a tool call comes back as tool_use, and the tool result goes back upstream
   assert.equal(second.content[0].text, 'tool said: sunny');
 });
 
-test('a streamed tool call arrives as a tool_use block whose input the SDK assembles', async () => {
+test('a streamed tool call arrives as a tool_use block whose input the SDK assembles from fragments as they come', async () => {
   const stream = client.messages.stream({
     model: 'fake-1',
     max_tokens: 100,
@@ -163,7 +163,12 @@ test('a streamed tool call arrives as a tool_use block whose input the SDK assem
     tool_choice: { type: 'any' },
     messages: [{ role: 'user', content: 'rain in Oslo?' }],
   });
+  // the upstream (the OpenAI fake) sends the arguments in two fragments: each is passed on
+  const fragments = [];
+  stream.on('inputJson', (partial) => fragments.push(partial));
   const message = await stream.finalMessage();
+  assert.ok(fragments.length >= 2, `fragments: ${JSON.stringify(fragments)}`);
+  assert.deepEqual(JSON.parse(fragments.join('')), { q: 'rain in Oslo?' });
   assert.equal(message.stop_reason, 'tool_use');
   const uses = message.content.filter((b) => b.type === 'tool_use');
   assert.equal(uses.length, 1);

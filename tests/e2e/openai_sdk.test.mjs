@@ -273,9 +273,13 @@ test('a function call comes back as a function_call item, and its output goes ba
   assert.equal(second.output_text, 'tool said: sunny');
 });
 
-test('a streamed function call arrives whole in the final response', async () => {
+test('a streamed function call arrives in argument deltas as the upstream sends them, whole in the final response', async () => {
   const stream = client.responses.stream({ model: 'fake-1', tools: [weather], tool_choice: 'required', input: 'rain in Oslo?' });
+  const deltas = [];
+  stream.on('response.function_call_arguments.delta', (event) => deltas.push(event.delta));
   const response = await stream.finalResponse();
+  assert.ok(deltas.length >= 2, `deltas: ${JSON.stringify(deltas)}`); // the fake sends the arguments in two fragments
+  assert.deepEqual(JSON.parse(deltas.join('')), { q: 'rain in Oslo?' });
   const calls = response.output.filter((item) => item.type === 'function_call');
   assert.equal(calls.length, 1);
   assert.deepEqual(JSON.parse(calls[0].arguments), { q: 'rain in Oslo?' });
@@ -297,7 +301,10 @@ test('a streamed tool call is assembled by the SDK\'s stream helper', async () =
     messages: [{ role: 'user', content: 'weather in Kyiv?' }],
     tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object' } } }],
   });
+  const fragments = [];
+  stream.on('tool_calls.function.arguments.delta', (event) => fragments.push(event.arguments_delta));
   const completion = await stream.finalChatCompletion();
+  assert.ok(fragments.length >= 2, `fragments: ${JSON.stringify(fragments)}`); // passed on as the upstream sent them
   const choice = completion.choices[0];
   assert.equal(choice.finish_reason, 'tool_calls');
   assert.equal(choice.message.tool_calls.length, 1);

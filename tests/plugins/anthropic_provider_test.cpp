@@ -381,6 +381,23 @@ TEMPLATE_TEST_CASE("a tool_use answer comes back as OpenAI tool_calls, answered 
     }
 }
 
+TEST_CASE("the async provider passes a tool_use block on as it streams: named first, then its input_json_delta fragments") {
+    fake_anthropic fake;
+    async_anthropic anthropic{options_for(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    collected got;
+    auto streamed = anthropic.stream(r, got.sink(), got.tool_sink());
+    REQUIRE(streamed);
+    REQUIRE(got.tool_pieces.size() >= 2);
+    CHECK(got.tool_pieces[0].id == "toolu_fake_1");
+    CHECK(got.tool_pieces[0].name == "get_weather");
+    CHECK(got.tool_pieces[0].arguments.empty()); // content_block_start carries no input yet
+    for (const auto& p : got.tool_pieces) CHECK(p.index == 0);
+    CHECK(got.arguments_of(0) == R"({"q":"weather in Oslo?"})");
+    CHECK(streamed->extra["tool_calls"][0]["function"]["arguments"] == got.arguments_of(0));
+}
+
 TEMPLATE_TEST_CASE("fields and messages Anthropic cannot take are refused with a 400 naming them, before any call", "", chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};

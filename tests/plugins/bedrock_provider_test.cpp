@@ -367,6 +367,22 @@ TEMPLATE_TEST_CASE("a toolUse answer comes back as OpenAI tool_calls, whole or s
     for (const auto& seen : fake.requests()) CHECK(seen["signature_ok"] == true);
 }
 
+TEST_CASE("the async provider passes a toolUse block on as it streams: named first, then its input fragments") {
+    fake_bedrock fake{{fake_key}};
+    async_bedrock bedrock{fast_options(), test_env(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    collected got;
+    auto streamed = bedrock.stream(r, got.sink(), got.tool_sink());
+    REQUIRE(streamed);
+    REQUIRE(got.tool_pieces.size() >= 2);
+    CHECK(got.tool_pieces[0].id == "tooluse_fake_1");
+    CHECK(got.tool_pieces[0].name == "get_weather");
+    for (const auto& p : got.tool_pieces) CHECK(p.index == 0);
+    CHECK(json::parse(got.arguments_of(0)) == json{{"q", "weather in Oslo?"}});
+    CHECK(streamed->extra["tool_calls"][0]["function"]["arguments"] == got.arguments_of(0));
+}
+
 TEMPLATE_TEST_CASE("a stream that ends without its metadata event is an error, not zero usage", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
     auto o = fast_options();

@@ -481,6 +481,22 @@ TEMPLATE_TEST_CASE("a functionCall answer comes back as OpenAI tool_calls with a
     }
 }
 
+TEST_CASE("the async provider passes each functionCall on as it arrives, whole, with the id the answer gives it") {
+    fake_gemini fake;
+    async_gemini gemini{options_for(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    collected got;
+    auto streamed = gemini.stream(r, got.sink(), got.tool_sink());
+    REQUIRE(streamed);
+    REQUIRE(got.tool_pieces.size() == 1); // Gemini sends a call whole
+    CHECK(got.tool_pieces[0].index == 0);
+    CHECK(got.tool_pieces[0].id == "call_0");
+    CHECK(got.tool_pieces[0].name == "get_weather");
+    CHECK(got.tool_pieces[0].arguments == R"({"q":"weather in Oslo?"})");
+    CHECK(streamed->extra["tool_calls"][0]["id"] == "call_0");
+}
+
 TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 400 naming them, before any call", "", chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};

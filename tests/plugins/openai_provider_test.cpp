@@ -388,6 +388,46 @@ TEMPLATE_TEST_CASE("tools and the tool-call history go upstream exactly as the c
     CHECK(sent["messages"][3] == json{{"role", "tool"}, {"content", "sunny"}, {"tool_call_id", "c0"}});
 }
 
+TEST_CASE("the async provider passes a streamed tool call on piece by piece, as it arrives") {
+    fake_openai fake;
+    async_openai openai{options_for(fake)};
+    auto r = ask("weather in Oslo?");
+    r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
+    collected got;
+    auto streamed = openai.stream(r, got.sink(), got.tool_sink());
+    REQUIRE(streamed);
+    // the fake sends the call's id and name, then its arguments in two fragments
+    REQUIRE(got.tool_pieces.size() == 3);
+    CHECK(got.tool_pieces[0].id == "call_fake_1");
+    CHECK(got.tool_pieces[0].name == "get_weather");
+    for (std::size_t i = 1; i < 3; ++i) {
+        CHECK(got.tool_pieces[i].index == 0);
+        CHECK(got.tool_pieces[i].id.empty()); // named once, by the first piece
+        CHECK_FALSE(got.tool_pieces[i].arguments.empty());
+    }
+    CHECK(got.arguments_of(0) == R"({"q":"weather in Oslo?"})");
+    CHECK(streamed->extra["tool_calls"][0]["function"]["arguments"] == got.arguments_of(0)); // and whole, for the store
+}
+
+TEST_CASE("a stream whose tool-call pieces come out of order is refused, not shown garbled") {
+    std::vector<chatkit::tool_call_delta> pieces;
+    const chatkit::delta_sink text = [](std::string_view) { return true; };
+    const chatkit::tool_call_sink tools = [&](const chatkit::tool_call_delta& d) { return pieces.push_back(d), true; };
+    chatkit::detail::openai_wire::stream_reader reader{text};
+    reader.tool_sink = &tools;
+    chatkit::sse_parser parser;
+    parser.feed(R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{"}}]}}]})"
+                "\n\n"
+                R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]}}]})"
+                "\n\n"
+                R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]})"
+                "\n\n",
+                reader);
+    CHECK(pieces.size() == 2);
+    REQUIRE(reader.broken);
+    CHECK(reader.broken->find("out of order") != std::string::npos);
+}
+
 TEMPLATE_TEST_CASE("HTTPS verifies the upstream's certificate: an untrusted one is refused before any request", "", chatkit::openai_provider, async_openai) {
     test_support::untrusted_tls_server untrusted;
     chatkit::openai_options o;

@@ -1,6 +1,8 @@
 // sample_server with CHAT_PROVIDER=bedrock and AWS environment credentials, relaying to a fake
 // Bedrock Runtime (reached through AWS_ENDPOINT_URL_BEDROCK_RUNTIME) that verifies every
 // signature with botocore.
+#include <chatkit/sse.hpp>
+
 #include "../support/fake_bedrock.hpp"
 #include "../support/server_process.hpp"
 
@@ -111,15 +113,35 @@ TEST_CASE("a tool call round-trips through Bedrock from /v1/messages and /v1/cha
     REQUIRE(second->status == 200);
     CHECK(json::parse(second->body)["content"][0]["text"] == "tool said: warm");
 
-    // OpenAI's Chat Completions, streamed: the call arrives in the closing chunk's tool_calls.
+    // OpenAI's Chat Completions, streamed: the call arrives in tool_calls pieces as Bedrock
+    // streams it, named by its first piece, its arguments in the fragments that follow.
     const json openai = {{"stream", true},
                          {"tools", {{{"type", "function"}, {"function", {{"name", "get_weather"}}}}}},
                          {"messages", {{{"role", "user"}, {"content", "weather in Rome?"}}}}};
     auto streamed = post_json(c, "/v1/chat/completions", openai);
     REQUIRE(streamed->status == 200);
-    CHECK(streamed->body.find(R"("tool_calls":[{"function":{"arguments":")") != std::string::npos);
-    CHECK(streamed->body.find(R"(weather in Rome?\"}","name":"get_weather"},"id":"tooluse_fake_1","index":0,"type":"function"}])") != std::string::npos);
-    CHECK(streamed->body.find(R"("finish_reason":"tool_calls")") != std::string::npos);
+    std::vector<json> pieces;
+    std::string finish_reason;
+    chatkit::sse_parser parser;
+    parser.feed(streamed->body, [&](const chatkit::sse_message& m) {
+        if (m.data == "[DONE]") return;
+        const auto chunk = json::parse(m.data);
+        if (chunk["choices"].empty()) return;
+        const auto& choice = chunk["choices"][0];
+        if (choice["delta"].contains("tool_calls"))
+            for (const auto& p : choice["delta"]["tool_calls"]) pieces.push_back(p);
+        if (choice["finish_reason"].is_string()) finish_reason = choice["finish_reason"];
+    });
+    REQUIRE(pieces.size() >= 2);
+    CHECK(pieces[0]["id"] == "tooluse_fake_1");
+    CHECK(pieces[0]["function"]["name"] == "get_weather");
+    std::string arguments;
+    for (const auto& p : pieces) {
+        CHECK(p["index"] == 0);
+        arguments += p["function"]["arguments"].get<std::string>();
+    }
+    CHECK(json::parse(arguments) == json{{"q", "weather in Rome?"}});
+    CHECK(finish_reason == "tool_calls");
 
     const auto seen = fake.requests();
     CHECK(seen[0]["body"]["requestMetadata"] == json{{"chatkit_request_id", "bedrock-tools-1"}});

@@ -21,6 +21,22 @@ struct collected_deltas {
         for (const auto& d : deltas) s += d;
         return s;
     }
+
+    // Tool-call pieces, as an async provider passes them on.
+    std::vector<chatkit::tool_call_delta> tool_pieces;
+    chatkit::tool_call_sink tool_sink() {
+        return [this](const chatkit::tool_call_delta& d) {
+            tool_pieces.push_back(d);
+            return true;
+        };
+    }
+    // A call's arguments, joined from its pieces.
+    std::string arguments_of(std::size_t index) const {
+        std::string s;
+        for (const auto& p : tool_pieces)
+            if (p.index == index) s += p.arguments;
+        return s;
+    }
 };
 
 } // namespace test_support

@@ -42,6 +42,11 @@ public:
         writer_to_sink target{&sink};
         return run(r, [this, &target](chatkit::chat_request req) { return provider_.stream(std::move(req), chatkit::delta_writer{&target}); });
     }
+    // The same, with tool-call pieces passed to `tools` as the provider writes them.
+    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink, const chatkit::tool_call_sink& tools) {
+        writer_to_sink target{&sink, &tools};
+        return run(r, [this, &target](chatkit::chat_request req) { return provider_.stream(std::move(req), chatkit::delta_writer{&target}); });
+    }
 
     P& provider() noexcept { return provider_; }
     const P& provider() const noexcept { return provider_; }
@@ -49,10 +54,12 @@ public:
 
 private:
     struct writer_to_sink final : chatkit::delta_writer::target {
-        explicit writer_to_sink(const chatkit::delta_sink* s) : sink(s) {}
+        explicit writer_to_sink(const chatkit::delta_sink* s, const chatkit::tool_call_sink* t = nullptr) : sink(s), tools(t) {}
         const chatkit::delta_sink* sink;
+        const chatkit::tool_call_sink* tools;
         chatkit::task<bool> write(std::string_view text) override { co_return (*sink)(text); }
         bool write_now(std::string_view text) override { return (*sink)(text); }
+        chatkit::task<bool> write_tool_call(const chatkit::tool_call_delta& piece) override { co_return tools ? (*tools)(piece) : true; }
     };
 
     template <class Call>

@@ -321,6 +321,8 @@ public:
         };
         std::vector<tool_block> tools{};
         static constexpr std::size_t max_tools = 128; // an upstream's bound, not a client's
+        // Where tool calls' pieces go as they arrive; none: they reach the client whole, at the end.
+        const tool_call_sink* tool_sink = nullptr;
 
         tool_block* tool_at(const nlohmann::json& j) {
             const auto i = j.find("index");
@@ -328,6 +330,13 @@ public:
             for (auto& t : tools)
                 if (t.index == i->get<std::int64_t>()) return &t;
             return nullptr;
+        }
+        // Anthropic streams one block at a time, so its calls' pieces come in order.
+        void pass_on(const tool_block& t, tool_call_delta piece) {
+            if (!tool_sink) return;
+            piece.index = static_cast<std::size_t>(&t - tools.data());
+            delivered = true;
+            if (!(*tool_sink)(piece)) client_gone = true;
         }
         // The tool calls read, in OpenAI's form, once the stream is whole.
         void finish_tools() {
@@ -352,10 +361,15 @@ public:
                 const auto block = j.contains("content_block") ? j["content_block"] : nlohmann::json{};
                 if (string_field(block, "type") != "tool_use" || !j.contains("index") || !j["index"].is_number_integer() || tools.size() >= max_tools) return;
                 tools.push_back({j["index"].get<std::int64_t>(), string_field(block, "id"), string_field(block, "name"), {}});
+                pass_on(tools.back(), {.id = tools.back().id, .name = tools.back().name});
             } else if (type == "content_block_delta") {
                 const auto delta = j.contains("delta") ? j["delta"] : nlohmann::json{};
                 if (string_field(delta, "type") == "input_json_delta") {
-                    if (auto* tool = tool_at(j)) tool->input += string_field(delta, "partial_json");
+                    if (auto* tool = tool_at(j)) {
+                        std::string fragment = string_field(delta, "partial_json");
+                        tool->input += fragment;
+                        if (!fragment.empty()) pass_on(*tool, {.arguments = std::move(fragment)});
+                    }
                     return;
                 }
                 // Other deltas (thinking_delta, signature_delta) carry no answer text.

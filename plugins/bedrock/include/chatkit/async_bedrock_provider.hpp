@@ -117,23 +117,16 @@ private:
         }
 
         // Frames are decoded as they arrive; their deltas are written before the next read.
-        std::vector<std::string> deltas;
-        const delta_sink collect = [&deltas](std::string_view d) {
-            deltas.emplace_back(d);
-            return true;
-        };
-        wire::stream_reader reader{collect};
+        delta_batch batch;
+        wire::stream_reader reader{batch.text_sink()};
+        reader.tool_sink = &batch.tool_sink();
         aws::eventstream_decoder decoder;
         for (;;) {
             auto piece = co_await response->read();
             if (!piece) co_return transport_failure(piece.error(), reader.delivered);
             if (piece->empty()) break;
             auto fed = decoder.feed(*piece, reader);
-            for (const auto& d : deltas) {
-                const bool ok = co_await a.out->write(d);
-                if (!ok) co_return std::move(reader.c); // nobody is listening; the service drops it
-            }
-            deltas.clear();
+            if (!co_await batch.write_to(*a.out)) co_return std::move(reader.c); // nobody is listening; the service drops it
             if (!fed)
                 co_return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + fed.error().message, "upstream_malformed"},
                                            !reader.delivered, {}, reader.delivered};

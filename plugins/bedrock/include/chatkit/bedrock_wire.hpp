@@ -349,6 +349,8 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         };
         std::vector<tool_block> tools{};
         static constexpr std::size_t max_tools = 128; // an upstream's bound, not a client's
+        // Where tool calls' pieces go as they arrive; none: they reach the client whole, at the end.
+        const tool_call_sink* tool_sink = nullptr;
 
         tool_block* tool_at(const nlohmann::json& payload) {
             const auto i = payload.find("contentBlockIndex");
@@ -356,6 +358,13 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
             for (auto& t : tools)
                 if (t.index == i->get<std::int64_t>()) return &t;
             return nullptr;
+        }
+        // Bedrock streams one content block at a time, so its calls' pieces come in order.
+        void pass_on(const tool_block& t, tool_call_delta piece) {
+            if (!tool_sink) return;
+            piece.index = static_cast<std::size_t>(&t - tools.data());
+            delivered = true;
+            if (!(*tool_sink)(piece)) client_gone = true;
         }
         void finish_tools() {
             if (tools.empty()) return;
@@ -396,10 +405,15 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
                 const auto i = payload.find("contentBlockIndex");
                 if (!start.is_object() || !start.contains("toolUse") || i == payload.end() || !i->is_number_integer() || tools.size() >= max_tools) return;
                 tools.push_back({i->get<std::int64_t>(), string_field(start["toolUse"], "toolUseId", ""), string_field(start["toolUse"], "name", ""), {}});
+                pass_on(tools.back(), {.id = tools.back().id, .name = tools.back().name});
             } else if (*event == "contentBlockDelta") {
                 const auto& delta = payload.contains("delta") ? payload["delta"] : nlohmann::json{};
                 if (delta.is_object() && delta.contains("toolUse")) {
-                    if (auto* tool = tool_at(payload)) tool->input += string_field(delta["toolUse"], "input", "");
+                    if (auto* tool = tool_at(payload)) {
+                        std::string fragment = string_field(delta["toolUse"], "input", "");
+                        tool->input += fragment;
+                        if (!fragment.empty()) pass_on(*tool, {.arguments = std::move(fragment)});
+                    }
                 } else if (delta.is_object() && delta.contains("text") && delta["text"].is_string()) {
                     const auto& text = delta["text"].get_ref<const std::string&>();
                     c.content += text;

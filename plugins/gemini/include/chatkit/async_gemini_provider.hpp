@@ -105,12 +105,9 @@ private:
 
         // The reader parses each piece into deltas; they are written (awaiting the client's
         // socket) before the next piece is read, so a slow client slows the upstream read.
-        std::vector<std::string> deltas;
-        const delta_sink collect = [&deltas](std::string_view d) {
-            deltas.emplace_back(d);
-            return true;
-        };
-        wire::stream_reader reader{collect};
+        delta_batch batch;
+        wire::stream_reader reader{batch.text_sink()};
+        reader.tool_sink = &batch.tool_sink();
         reader.c.model = model;
         sse_parser parser;
         for (;;) {
@@ -121,11 +118,7 @@ private:
             }
             if (piece->empty()) break;
             parser.feed(*piece, reader);
-            for (const auto& d : deltas) {
-                const bool ok = co_await a.out->write(d);
-                if (!ok) co_return std::move(reader.c); // nobody is listening; the service drops it (and the connection closes)
-            }
-            deltas.clear();
+            if (!co_await batch.write_to(*a.out)) co_return std::move(reader.c); // nobody is listening; the service drops it (and the connection closes)
             if (reader.broken) break;
         }
         co_return w.finish_stream(reader, *a.key);

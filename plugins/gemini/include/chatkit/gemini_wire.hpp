@@ -359,6 +359,8 @@ public:
         bool client_gone = false;      // the sink said stop
         nlohmann::json calls = nlohmann::json::array(); // function calls so far (Gemini sends each whole)
         static constexpr std::size_t max_calls = 128;   // an upstream's bound, not a client's
+        // Where tool calls go as they arrive (each in one piece); none: they reach the client at the end.
+        const tool_call_sink* tool_sink = nullptr;
 
         void operator()(const sse_message& m) {
             if (broken || client_gone) return;
@@ -374,13 +376,23 @@ public:
                 c.finish_reason = *v.finish_reason;
                 finished = true;
             }
-            for (auto& call : v.calls)
-                if (calls.size() < max_calls) calls.push_back(std::move(call));
-            if (v.text.empty()) return;
-            c.content += v.text;
-            c.usage = usage.to_token_usage(); // what a client that leaves now was charged for so far
-            delivered = true;
-            if (!sink(v.text)) client_gone = true;
+            if (!v.text.empty()) {
+                c.content += v.text;
+                c.usage = usage.to_token_usage(); // what a client that leaves now was charged for so far
+                delivered = true;
+                if (!sink(v.text)) client_gone = true;
+            }
+            for (auto& call : v.calls) {
+                if (calls.size() >= max_calls) break;
+                if (call["id"] == "") call["id"] = "call_" + std::to_string(calls.size()); // as attach_calls names it
+                calls.push_back(std::move(call));
+                if (!tool_sink || client_gone) continue;
+                const auto& fn = calls.back()["function"];
+                delivered = true;
+                if (!(*tool_sink)({calls.size() - 1, calls.back()["id"].get<std::string>(), fn["name"].get<std::string>(),
+                                   fn["arguments"].get<std::string>()}))
+                    client_gone = true;
+            }
         }
     };
 

@@ -169,6 +169,9 @@ public:
         bool delivered = false;              // a delta reached the sink
         bool client_gone = false;            // the sink said stop
         nlohmann::json tool_calls = nlohmann::json::array();
+        // Where tool calls' pieces go as they arrive; none: they reach the client whole, at the end.
+        const tool_call_sink* tool_sink = nullptr;
+        std::optional<std::size_t> live_call{}; // the index of the call whose pieces were passed on last
 
         // Each chunk is read with simdjson, without a tree (see parse_answer); tool-call
         // fragments, rare and merged across chunks, become nlohmann values.
@@ -227,12 +230,31 @@ public:
                 auto& merged = tool_calls[index];
                 if (call.contains("id") && call["id"].is_string()) merged["id"] = call["id"];
                 if (call.contains("type") && call["type"].is_string()) merged["type"] = call["type"];
+                std::string fragment;
                 if (auto f = call.find("function"); f != call.end() && f->is_object()) {
                     if (f->contains("name") && (*f)["name"].is_string()) merged["function"]["name"] = (*f)["name"];
-                    if (f->contains("arguments") && (*f)["arguments"].is_string())
-                        merged["function"]["arguments"] = merged["function"]["arguments"].get<std::string>() + (*f)["arguments"].get<std::string>();
+                    if (f->contains("arguments") && (*f)["arguments"].is_string()) {
+                        fragment = (*f)["arguments"].get<std::string>();
+                        merged["function"]["arguments"] = merged["function"]["arguments"].get<std::string>() + fragment;
+                    }
                 }
+                if (tool_sink) pass_on(index, merged, std::move(fragment));
             }
+        }
+
+        // A call's piece to the client. Its first piece names it (OpenAI sends id and name first);
+        // pieces of an earlier call after a later one's cannot be shown in order (see
+        // tool_call_delta), which OpenAI never does, so the stream is refused rather than garbled.
+        void pass_on(std::size_t index, const nlohmann::json& merged, std::string fragment) {
+            if (live_call && index < *live_call) return void(broken = "upstream sent pieces of its tool calls out of order");
+            tool_call_delta piece{.index = index, .arguments = std::move(fragment)};
+            if (!live_call || index != *live_call) {
+                piece.id = merged["id"].get<std::string>();
+                piece.name = merged["function"]["name"].get<std::string>();
+            }
+            live_call = index;
+            delivered = true;
+            if (!(*tool_sink)(piece)) client_gone = true;
         }
     };
 
