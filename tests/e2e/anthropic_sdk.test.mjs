@@ -1,12 +1,14 @@
 // The official `@anthropic-ai/sdk`, unchanged, against sample_server's POST /v1/messages, which
 // translates to the OpenAI wire format of a fake OpenAI upstream: what Claude Code and other
-// Anthropic clients see when a team points ANTHROPIC_BASE_URL at its gateway.
+// Anthropic clients see when a team points ANTHROPIC_BASE_URL at its gateway. The last tests go
+// through the Anthropic, Gemini and Bedrock providers to their fakes instead.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import readline from 'node:readline';
 
 let Anthropic;
@@ -18,14 +20,16 @@ try {
 
 const SAMPLE_SERVER = process.env.SAMPLE_SERVER;
 const FAKE_OPENAI_SERVER = process.env.FAKE_OPENAI_SERVER;
-assert.ok(SAMPLE_SERVER && FAKE_OPENAI_SERVER, 'SAMPLE_SERVER and FAKE_OPENAI_SERVER must name the binaries');
+const FAKE_PROVIDER_SERVER = process.env.FAKE_PROVIDER_SERVER;
+assert.ok(SAMPLE_SERVER && FAKE_OPENAI_SERVER && FAKE_PROVIDER_SERVER,
+  'SAMPLE_SERVER, FAKE_OPENAI_SERVER and FAKE_PROVIDER_SERVER must name the binaries');
 
 const children = [];
 const dir = mkdtempSync(join(tmpdir(), 'chatkit-anthropic-sdk-'));
 
 // Starts a program and resolves with the first stdout line that `pick` accepts.
-function start(cmd, env, pick) {
-  const child = spawn(cmd, [], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+function start(cmd, env, pick, args = []) {
+  const child = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'inherit'] });
   children.push(child);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${cmd} did not start`)), 20000);
@@ -210,3 +214,53 @@ test('with CHAT_AUTH=keys, a ck- key works as the x-api-key the SDK sends, and a
   await assert.rejects(wrong.messages.create({ model: 'fake-1', max_tokens: 10, messages: [{ role: 'user', content: 'no' }] }),
     (err) => err instanceof Anthropic.AuthenticationError && err.status === 401 && err.error?.error?.type === 'authentication_error');
 });
+
+const fakeBedrock = fileURLToPath(new URL('../support/fake_bedrock.py', import.meta.url));
+
+// The same client through sample_server to the other providers, each behind a fake speaking its
+// exact wire format: text whole and streamed, and a streamed tool call with its result sent back.
+for (const [kind, env] of [
+  ['anthropic', (url) => ({ CHAT_PROVIDER: 'anthropic', ANTHROPIC_API_KEY: 'sk-ant-e2e', ANTHROPIC_BASE_URL: url, CHAT_MODEL: 'claude-fake' })],
+  ['gemini', (url) => ({ CHAT_PROVIDER: 'gemini', GEMINI_API_KEY: 'AIza-e2e', CHAT_GEMINI_BASE_URL: url, CHAT_MODEL: 'gemini-fake' })],
+  ['bedrock', (url) => ({ CHAT_PROVIDER: 'bedrock', AWS_ACCESS_KEY_ID: 'AKIAE2ETEST', AWS_SECRET_ACCESS_KEY: 'e2e-secret', AWS_REGION: 'us-west-2',
+    AWS_ENDPOINT_URL_BEDROCK_RUNTIME: url, CHAT_MODEL: 'nova-lite' })],
+]) {
+  test(`through the ${kind} provider: text whole and streamed, and a streamed tool call round trip`, async () => {
+    // Bedrock's fake is botocore's, checking every signature; the others are C++ fakes.
+    const fakePort = kind === 'bedrock'
+      ? await start('python3', { PATH: process.env.PATH }, (j) => j.port, [fakeBedrock, 'AKIAE2ETEST=e2e-secret'])
+      : await start(FAKE_PROVIDER_SERVER, { PATH: process.env.PATH, FAKE_PROVIDER: kind }, (j) => j.port);
+    const via = await startServer({ ...env(`http://127.0.0.1:${fakePort}`) });
+    const model = { anthropic: 'claude-fake', gemini: 'gemini-fake', bedrock: 'nova-lite' }[kind];
+
+    const message = await via.messages.create({ model, max_tokens: 100, messages: [{ role: 'user', content: 'hello there' }] });
+    assert.deepEqual(message.content, [{ type: 'text', text: 'echo: hello there' }]);
+    assert.equal(message.stop_reason, 'end_turn');
+    assert.ok(message.usage.input_tokens > 0 && message.usage.output_tokens > 0);
+
+    const texts = [];
+    const stream = via.messages.stream({ model, max_tokens: 100, messages: [{ role: 'user', content: 'stream it please' }] });
+    stream.on('text', (t) => texts.push(t));
+    const streamed = await stream.finalMessage();
+    assert.ok(texts.length > 1, `text deltas: ${JSON.stringify(texts)}`);
+    assert.equal(texts.join(''), 'echo: stream it please');
+    assert.ok(streamed.usage.output_tokens > 0);
+
+    const ask = { model, max_tokens: 100, tools: [weather], messages: [{ role: 'user', content: 'rain in Oslo?' }] };
+    const fragments = [];
+    const toolStream = via.messages.stream(ask);
+    toolStream.on('inputJson', (partial) => fragments.push(partial));
+    const called = await toolStream.finalMessage();
+    assert.equal(called.stop_reason, 'tool_use');
+    const use = called.content.find((b) => b.type === 'tool_use');
+    assert.equal(use.name, 'get_weather');
+    assert.deepEqual(use.input, { q: 'rain in Oslo?' });
+    assert.deepEqual(JSON.parse(fragments.join('')), { q: 'rain in Oslo?' });
+    const answered = await via.messages.create({
+      ...ask,
+      messages: [...ask.messages, { role: 'assistant', content: called.content },
+        { role: 'user', content: [{ type: 'tool_result', tool_use_id: use.id, content: 'sunny' }] }],
+    });
+    assert.equal(answered.content[0].text, 'tool said: sunny');
+  });
+}

@@ -1,11 +1,13 @@
 // The official `openai` SDK, unchanged, against sample_server's OpenAI-compatible endpoints (Chat
-// Completions and Responses), which relay to a fake OpenAI upstream speaking the exact wire format.
+// Completions and Responses), which relay to a fake OpenAI upstream speaking the exact wire format,
+// and Responses through the Anthropic, Gemini and Bedrock providers to their fakes.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import readline from 'node:readline';
 
 let OpenAI;
@@ -17,14 +19,16 @@ try {
 
 const SAMPLE_SERVER = process.env.SAMPLE_SERVER;
 const FAKE_OPENAI_SERVER = process.env.FAKE_OPENAI_SERVER;
-assert.ok(SAMPLE_SERVER && FAKE_OPENAI_SERVER, 'SAMPLE_SERVER and FAKE_OPENAI_SERVER must name the binaries');
+const FAKE_PROVIDER_SERVER = process.env.FAKE_PROVIDER_SERVER;
+assert.ok(SAMPLE_SERVER && FAKE_OPENAI_SERVER && FAKE_PROVIDER_SERVER,
+  'SAMPLE_SERVER, FAKE_OPENAI_SERVER and FAKE_PROVIDER_SERVER must name the binaries');
 
 const children = [];
 const dir = mkdtempSync(join(tmpdir(), 'chatkit-sdk-'));
 
 // Starts a program and resolves with the first stdout line that `pick` accepts.
-function start(cmd, env, pick) {
-  const child = spawn(cmd, [], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+function start(cmd, env, pick, args = []) {
+  const child = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'inherit'] });
   children.push(child);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${cmd} did not start`)), 20000);
@@ -329,3 +333,51 @@ test('what Codex sends with a reasoning model is answered: reasoning summary, en
   assert.equal(response.output[0].type, 'function_call');
   assert.ok(response.output.every((item) => item.type !== 'reasoning'));
 });
+
+const fakeBedrock = fileURLToPath(new URL('../support/fake_bedrock.py', import.meta.url));
+
+// responses through sample_server to the other providers, each behind a fake speaking its exact
+// wire format: text whole and streamed, and a streamed function call with its output sent back.
+for (const [kind, env] of [
+  ['anthropic', (url) => ({ CHAT_PROVIDER: 'anthropic', ANTHROPIC_API_KEY: 'sk-ant-e2e', ANTHROPIC_BASE_URL: url, CHAT_MODEL: 'claude-fake' })],
+  ['gemini', (url) => ({ CHAT_PROVIDER: 'gemini', GEMINI_API_KEY: 'AIza-e2e', CHAT_GEMINI_BASE_URL: url, CHAT_MODEL: 'gemini-fake' })],
+  ['bedrock', (url) => ({ CHAT_PROVIDER: 'bedrock', AWS_ACCESS_KEY_ID: 'AKIAE2ETEST', AWS_SECRET_ACCESS_KEY: 'e2e-secret', AWS_REGION: 'us-west-2',
+    AWS_ENDPOINT_URL_BEDROCK_RUNTIME: url, CHAT_MODEL: 'nova-lite' })],
+]) {
+  test(`responses through the ${kind} provider: text whole and streamed, and a streamed function call round trip`, async () => {
+    // Bedrock's fake is botocore's, checking every signature; the others are C++ fakes.
+    const fakePort = kind === 'bedrock'
+      ? await start('python3', { PATH: process.env.PATH }, (j) => j.port, [fakeBedrock, 'AKIAE2ETEST=e2e-secret'])
+      : await start(FAKE_PROVIDER_SERVER, { PATH: process.env.PATH, FAKE_PROVIDER: kind }, (j) => j.port);
+    const via = await startServer(env(`http://127.0.0.1:${fakePort}`));
+    const model = { anthropic: 'claude-fake', gemini: 'gemini-fake', bedrock: 'nova-lite' }[kind];
+
+    const whole = await via.responses.create({ model, instructions: 'be brief', input: 'hello there' });
+    assert.equal(whole.status, 'completed');
+    assert.equal(whole.output_text, 'echo: hello there');
+    assert.ok(whole.usage.input_tokens > 0 && whole.usage.output_tokens > 0);
+
+    const deltas = [];
+    const stream = via.responses.stream({ model, input: 'stream it please' });
+    stream.on('response.output_text.delta', (event) => deltas.push(event.delta));
+    const streamed = await stream.finalResponse();
+    assert.ok(deltas.length > 1, `text deltas: ${JSON.stringify(deltas)}`);
+    assert.equal(streamed.output_text, 'echo: stream it please');
+
+    const argumentDeltas = [];
+    const toolStream = via.responses.stream({ model, tools: [weather], input: 'rain in Oslo?' });
+    toolStream.on('response.function_call_arguments.delta', (event) => argumentDeltas.push(event.delta));
+    const called = await toolStream.finalResponse();
+    const call = called.output.find((item) => item.type === 'function_call');
+    assert.equal(call.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.arguments), { q: 'rain in Oslo?' });
+    assert.equal(argumentDeltas.join(''), call.arguments);
+    const answered = await via.responses.create({
+      model,
+      tools: [weather],
+      input: [{ role: 'user', content: 'rain in Oslo?' }, { type: 'function_call', call_id: call.call_id, name: call.name, arguments: call.arguments },
+        { type: 'function_call_output', call_id: call.call_id, output: 'sunny' }],
+    });
+    assert.equal(answered.output_text, 'tool said: sunny');
+  });
+}
