@@ -114,15 +114,40 @@ inline bool bedrock_configured(const chatkit::aws::environment& env) {
 }
 
 // "echo", "openai", "anthropic", "gemini" or "bedrock"; "auto" takes the first configured: an
-// OpenAI API key (or the secret holding it), then an Anthropic API key, then a Gemini API key,
-// then AWS credentials with a region, then the built-in echo. Decided once, at start-up.
+// OpenAI API key (or the secret holding it), then an Anthropic API key (or its secret), then a
+// Gemini API key (or its secret), then AWS credentials with a region, then the built-in echo.
+// Decided once, at start-up.
 inline std::string_view chosen_provider(const config& c) {
     if (c.provider != "auto") return c.provider;
     if (!c.openai_api_key.empty() || !c.openai_api_key_secret_arn.empty()) return "openai";
-    if (!c.anthropic_api_key.empty()) return "anthropic";
-    if (!c.gemini_api_key.empty()) return "gemini";
+    if (!c.anthropic_api_key.empty() || !c.anthropic_api_key_secret_arn.empty()) return "anthropic";
+    if (!c.gemini_api_key.empty() || !c.gemini_api_key_secret_arn.empty()) return "gemini";
     static const bool bedrock = bedrock_configured(chatkit::aws::process_environment());
     return bedrock ? "bedrock" : "echo";
+}
+
+// A provider's API key read from the AWS Secrets Manager secret `arn` names (`variable`, for
+// messages), kept and read again every CHAT_SECRET_REFRESH. Read once now, so that start-up (a
+// Lambda's init) pays for it; a failure then is retried by the first chat.
+inline std::function<chatkit::result<std::string>()> key_from_secret(const config& c, const std::string& arn, std::string_view variable,
+                                                                     std::string_view provider, logger* log) {
+    try {
+        chatkit::aws::secret_options secret;
+        secret.secret_id = arn;
+        secret.json_field = "api_key";
+        secret.refresh = c.secret_refresh;
+        secret.retry_after_failure = std::min(secret.retry_after_failure, c.secret_refresh);
+        // The whole story, ARN included, goes to the log; a client's 503 names no secret.
+        if (log)
+            secret.on_error = [log, what = "cannot use the " + std::string{provider} + " key's secret"](const chatkit::error& e) {
+                log->error(what, {{"error", e.message}});
+            };
+        chatkit::aws::cached_secret<> key{std::move(secret)};
+        (void)key.get();
+        return [key]() mutable { return key.get(); };
+    } catch (const std::invalid_argument& e) {
+        throw config_error(std::string{variable} + ": " + e.what());
+    }
 }
 
 // One provider, of any variant `V` that holds them (a router's member, or the service's own).
@@ -150,23 +175,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         chatkit::openai_options o;
         o.base_url = c.openai_base_url;
         o.api_key = c.openai_api_key;
-        if (from_secret) {
-            try {
-                chatkit::aws::secret_options secret;
-                secret.secret_id = c.openai_api_key_secret_arn;
-                secret.json_field = "api_key";
-                secret.refresh = c.secret_refresh;
-                secret.retry_after_failure = std::min(secret.retry_after_failure, c.secret_refresh);
-                // The whole story, ARN included, goes to the log; a client's 503 names no secret.
-                if (log)
-                    secret.on_error = [log](const chatkit::error& e) { log->error("cannot use the OpenAI key's secret", {{"error", e.message}}); };
-                chatkit::aws::cached_secret<> key{std::move(secret)};
-                (void)key.get(); // read during start-up (Lambda's init); a failure is retried by the first chat
-                o.api_key_source = [key]() mutable { return key.get(); };
-            } catch (const std::invalid_argument& e) {
-                throw config_error(std::string{"CHAT_OPENAI_API_KEY_SECRET_ARN: "} + e.what());
-            }
-        }
+        if (from_secret) o.api_key_source = key_from_secret(c, c.openai_api_key_secret_arn, "CHAT_OPENAI_API_KEY_SECRET_ARN", "OpenAI", log);
         o.organization = c.openai_organization;
         o.project = c.openai_project;
         if (!c.model.empty()) o.model = c.model;
@@ -181,11 +190,17 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         return chatkit::openai_provider{std::move(o)};
     }
     if (chosen_provider(c) == "anthropic") {
-        if (c.anthropic_api_key.empty() && c.anthropic_base_url.starts_with("https://api.anthropic.com"))
-            throw config_error("CHAT_PROVIDER=anthropic needs CHAT_ANTHROPIC_API_KEY or ANTHROPIC_API_KEY");
+        const bool from_secret = !c.anthropic_api_key_secret_arn.empty();
+        if (from_secret && !c.anthropic_api_key.empty())
+            throw config_error("both an Anthropic key (CHAT_ANTHROPIC_API_KEY or ANTHROPIC_API_KEY) and CHAT_ANTHROPIC_API_KEY_SECRET_ARN "
+                               "are set: keep one");
+        if (!from_secret && c.anthropic_api_key.empty() && c.anthropic_base_url.starts_with("https://api.anthropic.com"))
+            throw config_error("CHAT_PROVIDER=anthropic needs CHAT_ANTHROPIC_API_KEY, ANTHROPIC_API_KEY or CHAT_ANTHROPIC_API_KEY_SECRET_ARN");
         chatkit::anthropic_options o;
         o.base_url = c.anthropic_base_url;
         o.api_key = c.anthropic_api_key;
+        if (from_secret)
+            o.api_key_source = key_from_secret(c, c.anthropic_api_key_secret_arn, "CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "Anthropic", log);
         if (!c.model.empty()) o.model = c.model;
         o.default_max_tokens = std::min(c.default_max_tokens, c.max_tokens);
         o.read_timeout = c.upstream_timeout;
@@ -201,11 +216,16 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         }
     }
     if (chosen_provider(c) == "gemini") {
-        if (c.gemini_api_key.empty() && c.gemini_base_url.starts_with("https://generativelanguage.googleapis.com"))
-            throw config_error("CHAT_PROVIDER=gemini needs CHAT_GEMINI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY");
+        const bool from_secret = !c.gemini_api_key_secret_arn.empty();
+        if (from_secret && !c.gemini_api_key.empty())
+            throw config_error("both a Gemini key (CHAT_GEMINI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY) and CHAT_GEMINI_API_KEY_SECRET_ARN "
+                               "are set: keep one");
+        if (!from_secret && c.gemini_api_key.empty() && c.gemini_base_url.starts_with("https://generativelanguage.googleapis.com"))
+            throw config_error("CHAT_PROVIDER=gemini needs CHAT_GEMINI_API_KEY, GEMINI_API_KEY, GOOGLE_API_KEY or CHAT_GEMINI_API_KEY_SECRET_ARN");
         chatkit::gemini_options o;
         o.base_url = c.gemini_base_url;
         o.api_key = c.gemini_api_key;
+        if (from_secret) o.api_key_source = key_from_secret(c, c.gemini_api_key_secret_arn, "CHAT_GEMINI_API_KEY_SECRET_ARN", "Gemini", log);
         if (!c.model.empty()) o.model = c.model;
         o.read_timeout = c.upstream_timeout;
         o.deadline = c.upstream_deadline;
@@ -253,7 +273,9 @@ inline config member_config(const config& c, const provider_entry& e) {
     m.openai_project.clear();
     m.openai_azure_deployment.clear();
     m.anthropic_api_key.clear();
+    m.anthropic_api_key_secret_arn.clear();
     m.gemini_api_key.clear();
+    m.gemini_api_key_secret_arn.clear();
     if (m.provider == "openai") {
         m.openai_api_key = e.api_key;
         m.openai_api_key_secret_arn = e.api_key_secret_arn;
@@ -262,9 +284,11 @@ inline config member_config(const config& c, const provider_entry& e) {
         if (!e.api_version.empty()) m.openai_azure_api_version = e.api_version;
     } else if (m.provider == "anthropic") {
         m.anthropic_api_key = e.api_key;
+        m.anthropic_api_key_secret_arn = e.api_key_secret_arn;
         m.anthropic_base_url = e.base_url.empty() ? config{}.anthropic_base_url : e.base_url;
     } else if (m.provider == "gemini") {
         m.gemini_api_key = e.api_key;
+        m.gemini_api_key_secret_arn = e.api_key_secret_arn;
         m.gemini_base_url = e.base_url.empty() ? config{}.gemini_base_url : e.base_url;
     }
     if (e.max_retries) m.upstream_max_retries = *e.max_retries;

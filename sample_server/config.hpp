@@ -87,8 +87,10 @@ struct config {
     std::string openai_azure_deployment;
     std::string openai_azure_api_version = "2024-10-21";
     std::string anthropic_api_key;
+    std::string anthropic_api_key_secret_arn;
     std::string anthropic_base_url = "https://api.anthropic.com";
     std::string gemini_api_key;
+    std::string gemini_api_key_secret_arn;
     std::string gemini_base_url = "https://generativelanguage.googleapis.com";
     std::string function_url_invoke_mode = "BUFFERED";
     // Tracing, from OpenTelemetry's own OTEL_* variables (not CHAT_*: a deployment sets them once
@@ -358,6 +360,9 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto, auto v) { c.openai_azure_api_version = v; }, [](const config& c) { return c.openai_azure_api_version; }},
         {"CHAT_ANTHROPIC_API_KEY", "Anthropic API key (a secret: prefer the environment to the flag)",
          [](config& c, auto, auto v) { c.anthropic_api_key = v; }, [](const config&) { return std::string{}; }, "ANTHROPIC_API_KEY"},
+        {"CHAT_ANTHROPIC_API_KEY_SECRET_ARN",
+         "AWS Secrets Manager secret holding the Anthropic key (the bare key, or JSON with \"api_key\"), instead of the key itself",
+         [](config& c, auto, auto v) { c.anthropic_api_key_secret_arn = v; }, [](const config& c) { return c.anthropic_api_key_secret_arn; }},
         {"CHAT_ANTHROPIC_BASE_URL", "Anthropic's API origin (its path /v1/messages is appended)",
          [](config& c, auto n, auto v) {
              if (!v.starts_with("http://") && !v.starts_with("https://"))
@@ -367,6 +372,9 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.anthropic_base_url; }, "ANTHROPIC_BASE_URL"},
         {"CHAT_GEMINI_API_KEY", "Gemini API key (a secret: prefer the environment to the flag)",
          [](config& c, auto, auto v) { c.gemini_api_key = v; }, [](const config&) { return std::string{}; }, "GEMINI_API_KEY", "GOOGLE_API_KEY"},
+        {"CHAT_GEMINI_API_KEY_SECRET_ARN",
+         "AWS Secrets Manager secret holding the Gemini key (the bare key, or JSON with \"api_key\"), instead of the key itself",
+         [](config& c, auto, auto v) { c.gemini_api_key_secret_arn = v; }, [](const config& c) { return c.gemini_api_key_secret_arn; }},
         {"CHAT_GEMINI_BASE_URL", "the Gemini API's origin (its path /v1beta/models/MODEL:generateContent is appended)",
          [](config& c, auto n, auto v) {
              if (!v.starts_with("http://") && !v.starts_with("https://"))

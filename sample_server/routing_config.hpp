@@ -26,7 +26,7 @@ struct provider_entry {
     std::string base_url;
     std::string api_key; // a secret: never shown, logged or quoted in an error
     std::string api_key_env;
-    std::string api_key_secret_arn; // openai, azure: the key from AWS Secrets Manager instead
+    std::string api_key_secret_arn; // openai, azure, anthropic, gemini: the key from AWS Secrets Manager instead
     std::string model;              // its default model, for a route that names none
     std::string deployment;         // azure
     std::string api_version;        // azure
@@ -157,8 +157,8 @@ inline routing_config load_routing_config(const std::string& path, const std::fu
             in.fail(p, "provider '" + e.name + "' needs api_key_env: the variable that holds its key");
         if (!e.api_key_env.empty() && !e.api_key_secret_arn.empty())
             in.fail(p, "provider '" + e.name + "' has both api_key_env and api_key_secret_arn: keep one");
-        if (!e.api_key_secret_arn.empty() && e.type != "openai" && e.type != "azure")
-            in.fail(p["api_key_secret_arn"], "provider '" + e.name + "': api_key_secret_arn is for openai and azure providers");
+        if (!e.api_key_secret_arn.empty() && e.type != "openai" && e.type != "azure" && e.type != "anthropic" && e.type != "gemini")
+            in.fail(p["api_key_secret_arn"], "provider '" + e.name + "': api_key_secret_arn is for openai, azure, anthropic and gemini providers");
         e.model = in.text(p, "model", false, "");
         e.deployment = in.text(p, "deployment", e.type == "azure", "provider '" + e.name + "' (azure)");
         e.api_version = in.text(p, "api_version", false, "");

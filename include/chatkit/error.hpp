@@ -34,6 +34,10 @@ struct error {
     std::string code{};                         // machine-readable detail, e.g. "invalid_temperature"
     std::string param{};                        // the offending request field, when there is one
     std::optional<int> retry_after_seconds{}; // for 429/503: becomes the Retry-After header
+    // Which provider failed, when the service's provider chose among several (a router names
+    // the member it tried last); empty otherwise. For the log, metrics and usage records: the
+    // client's answer never shows it.
+    std::string provider{};
 };
 
 [[nodiscard]] constexpr int http_status(error_kind kind) noexcept {

@@ -80,7 +80,7 @@ struct response_meta {
     double upstream_ms = 0;           // time spent waiting on the provider (for Server-Timing)
     std::string finish_reason{};      // the answer's ("stop", "length", ...); empty when none
     std::chrono::steady_clock::time_point upstream_started{}; // when the provider call began; none: no call
-    std::string provider{}; // the provider that answered (`x-chatkit-provider`); empty: none did (a cache hit, an error)
+    std::string provider{}; // the provider that answered (`x-chatkit-provider`), or a router's member that failed last (for the log); empty: none (a cache hit)
 };
 
 // What a middleware's `finish` learns about a request once its last byte has been sent (or the

@@ -216,6 +216,7 @@ private:
             tried += (tried.empty() ? "" : ", ") + m.name;
             if (!fallback || delivered || stop.stop_requested() || n + 1 == plan->size()) {
                 if (n > 0) e.message += " (" + (asked.empty() ? std::string{"the default model"} : asked) + ": tried " + tried + ")";
+                e.provider = m.name;
                 co_return e;
             }
             if (options_.on_fallback) options_.on_fallback(m.name, members_[(*plan)[n + 1].member].name, e);

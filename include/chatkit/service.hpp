@@ -639,6 +639,7 @@ private:
             if (!streamed) {
                 auto e = stopped_error(req, std::move(streamed).error());
                 st->summary.error_code = e.code;
+                if (!e.provider.empty()) st->summary.provider = e.provider;
                 co_await st->send(framing->failure(e, req.request_id));
                 co_return;
             }
@@ -901,6 +902,7 @@ private:
     // A failed chat's answer, with the time its provider call took (for Server-Timing and traces).
     static http_response upstream_error_response(const error& e, std::string_view request_id, const upstream_timing& timing) {
         auto res = error_response(e, request_id);
+        res.meta.provider = e.provider; // a router's member, for the log and metrics
         res.meta.upstream_started = timing.started;
         res.meta.upstream_ms = timing.ms;
         return res;

@@ -347,3 +347,36 @@ TEST_CASE("the service names the member that answered: x-chatkit-provider, gatew
     auto h = json::parse(svc.handle(health).body);
     CHECK(h["components"]["provider"]["parts"]["backup"]["status"] == "ok");
 }
+
+namespace {
+// Keeps each request's summary, as the log, metrics and usage middlewares see it.
+struct summary_log {
+    std::shared_ptr<std::vector<chatkit::response_summary>> seen = std::make_shared<std::vector<chatkit::response_summary>>();
+    std::optional<chatkit::http_response> before(chatkit::http_request&, chatkit::no_context&) { return std::nullopt; }
+    void after(const chatkit::http_request&, chatkit::http_response&, chatkit::no_context&) {}
+    void finish(const chatkit::http_request&, const chatkit::response_summary& s, chatkit::no_context&) { seen->push_back(s); }
+};
+} // namespace
+
+TEST_CASE("a request every member failed is logged under the member tried last, not the router") {
+    fleet f;
+    summary_log log;
+    chatkit::service svc{f.make(usual_routes()), discard_store{}, chatkit::no_cache{}, log};
+    f.does["primary"]->fails = server_error;
+    f.does["backup"]->fails = server_error;
+    const json ask = {{"model", "gpt-4o-mini"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+    auto whole = svc.handle(post("/v1/chat/completions", ask));
+    CHECK(whole.status == 502);
+    CHECK_FALSE(whole.headers.contains("x-chatkit-provider")); // no member answered
+    auto streamed_ask = ask;
+    streamed_ask["stream"] = true;
+    auto streamed = svc.handle(post("/v1/chat/completions", streamed_ask));
+    std::string body;
+    streamed.stream([&](std::string_view c) { return body.append(c), true; }, streamed.meta);
+    CHECK(body.find("upstream") != std::string::npos);
+    REQUIRE(log.seen->size() == 2);
+    for (const auto& s : *log.seen) {
+        CHECK(s.provider == "backup");
+        CHECK_FALSE(s.error_code.empty());
+    }
+}

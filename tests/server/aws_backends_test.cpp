@@ -3,6 +3,8 @@
 // Secrets Manager (moto_server, started here), relaying to a fake OpenAI upstream. Usage records
 // go to the usage table of the same database.
 #include "../support/aws_emulators.hpp"
+#include "../support/fake_anthropic.hpp"
+#include "../support/fake_gemini.hpp"
 #include "../support/fake_openai.hpp"
 #include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
@@ -340,6 +342,46 @@ TEST_CASE("the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN n
     CHECK(sent[1].headers.find("Authorization")->second == "Bearer sk-rotated-0002");
     CHECK(server.log().find("sk-from-secret") == std::string::npos);
     CHECK(server.log().find("sk-rotated") == std::string::npos);
+}
+
+TEST_CASE("the Anthropic and Gemini keys come from the secrets CHAT_ANTHROPIC_API_KEY_SECRET_ARN and CHAT_GEMINI_API_KEY_SECRET_ARN name") {
+    auto with_secret = [](std::map<std::string, std::string> more) {
+        auto env = aws_env(moto(), "AWS_ENDPOINT_URL_SECRETS_MANAGER");
+        more.merge(std::map<std::string, std::string>{{"CHAT_CACHE_SIZE", "0"}, {"CHAT_DATABASE_URL", "none"}});
+        env.merge(more);
+        return env;
+    };
+    SECTION("anthropic") {
+        test_support::fake_anthropic fake;
+        const auto arn = create_secret(R"({"api_key":"sk-ant-from-secret-0005"})");
+        server_process server{with_secret({{"CHAT_ANTHROPIC_API_KEY_SECRET_ARN", arn}, {"ANTHROPIC_BASE_URL", fake.base_url()}})};
+        CHECK(server.log().find("using the Anthropic provider") != std::string::npos); // auto picks Anthropic for the secret
+        CHECK(server.log().find("\"api_key\":\"from " + arn + "\"") != std::string::npos);
+        auto c = server.client();
+        REQUIRE(chat(c, "gil", "hello")->status == 200);
+        REQUIRE(fake.requests().size() == 1);
+        CHECK(fake.requests()[0].headers.find("x-api-key")->second == "sk-ant-from-secret-0005");
+        CHECK(server.log().find("sk-ant-from-secret") == std::string::npos);
+    }
+    SECTION("gemini") {
+        test_support::fake_gemini fake{{}, "AIza-from-secret-0006"}; // refuses any other key
+        const auto arn = create_secret("AIza-from-secret-0006"); // the bare key
+        server_process server{with_secret({{"CHAT_GEMINI_API_KEY_SECRET_ARN", arn}, {"CHAT_GEMINI_BASE_URL", fake.base_url()}})};
+        CHECK(server.log().find("using the Gemini provider") != std::string::npos);
+        auto c = server.client();
+        REQUIRE(chat(c, "hal", "hello")->status == 200);
+        REQUIRE(fake.requests().size() == 1);
+        CHECK(server.log().find("AIza-from-secret") == std::string::npos);
+    }
+    SECTION("a key and its secret both set stop start-up") {
+        auto r = test_support::run_to_exit({{"CHAT_PORT", "0"},
+                                            {"ANTHROPIC_API_KEY", "sk-ant-plain-0007"},
+                                            {"CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:k"}},
+                                           {});
+        CHECK(r.exit_code == 2);
+        CHECK(r.output.find("keep one") != std::string::npos);
+        CHECK(r.output.find("sk-ant-plain-0007") == std::string::npos);
+    }
 }
 
 TEST_CASE("a secret still empty after deploying makes /chat a 503 that says how to fill it, and the key put later is used") {
