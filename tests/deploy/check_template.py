@@ -435,15 +435,30 @@ def _(tpl, header):
         raise Failure(f"CHAT_DATABASE_URL {text!r} does not pin region=${{AWS::Region}}")
 
 
+# Each provider that reads its key from the stack's secret, by the variable that names the secret.
+SECRET_ARN_VARIABLES = {"CHAT_OPENAI_API_KEY_SECRET_ARN": "openai", "CHAT_ANTHROPIC_API_KEY_SECRET_ARN": "anthropic",
+                        "CHAT_GEMINI_API_KEY_SECRET_ARN": "gemini"}
+
+
 @check("env-secret-arn")
 def _(tpl, header):
     secret_name, secret = the_one(tpl, "secret", "AWS::SecretsManager::Secret")
-    arn = env_of(tpl).get("CHAT_OPENAI_API_KEY_SECRET_ARN")
-    values = branches(arn)
-    if not values or any(not is_ref(v, secret_name) for v, _ in values):
-        raise Failure(f"CHAT_OPENAI_API_KEY_SECRET_ARN is {arn!r}, not !Ref {secret_name}")
-    if any(c != secret.get("Condition") for _, c in values):
-        raise Failure(f"CHAT_OPENAI_API_KEY_SECRET_ARN and {secret_name} exist under different conditions")
+    env = env_of(tpl)
+    set_when = set()
+    for variable, provider in SECRET_ARN_VARIABLES.items():
+        arn = env.get(variable)
+        values = branches(arn)
+        if not values or any(not is_ref(v, secret_name) for v, _ in values):
+            raise Failure(f"{variable} is {arn!r}, not !Ref {secret_name}")
+        for _, cond in values:
+            if not cond or condition_on(tpl, cond) != ("Provider", provider):
+                raise Failure(f"{variable} is set when Provider is not {provider}")
+            set_when.add(cond)
+    # The secret exists exactly when one of those variables is set.
+    cond = (tpl.get("Conditions") or {}).get(secret.get("Condition"))
+    alternatives = cond.get("Fn::Or") if isinstance(cond, dict) else None
+    if not isinstance(alternatives, list) or {a.get("Condition") for a in alternatives if isinstance(a, dict)} != set_when:
+        raise Failure(f"{secret_name} does not exist exactly when a provider reads its key from it")
     # The secret's own value in the template must not be a key either.
     for text in literals(secret.get("Properties", {})):
         if KEY_LIKE.search(text):
@@ -890,15 +905,19 @@ MUTATIONS = [
      lambda t: stmt(t, "History").__setitem__("Resource", [{"Fn::GetAtt": ["HistoryTable", "Arn"]},
                                                            {"Fn::Sub": "${HistoryTable.Arn}/index/x"}])),
     ("role-secret", "secretsmanager:ListSecrets added",
-     lambda t: stmt(t, "OpenAIKey").__setitem__("Action", ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"])),
+     lambda t: stmt(t, "ProviderKey").__setitem__("Action", ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"])),
     ("role-secret", "GetSecretValue on a name pattern",
-     lambda t: stmt(t, "OpenAIKey").__setitem__("Resource", {"Fn::Sub": "arn:aws:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:openai"})),
+     lambda t: stmt(t, "ProviderKey").__setitem__("Resource", {"Fn::Sub": "arn:aws:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:openai"})),
     ("env-database-url", "sqlite on /tmp",
      lambda t: env(t).__setitem__("CHAT_DATABASE_URL", "sqlite:/tmp/chat.db")),
     ("env-database-url", "another table",
      lambda t: env(t).__setitem__("CHAT_DATABASE_URL", {"Fn::Sub": "dynamodb://other-table?region=${AWS::Region}"})),
     ("env-secret-arn", "ARN of another secret",
      lambda t: env(t).__setitem__("CHAT_OPENAI_API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:x")),
+    ("env-secret-arn", "the Anthropic key's secret named when Provider is gemini",
+     lambda t: env(t).__setitem__("CHAT_ANTHROPIC_API_KEY_SECRET_ARN", {"Fn::If": ["UseGemini", {"Ref": "ApiKeySecret"}, {"Ref": "AWS::NoValue"}]})),
+    ("env-secret-arn", "a secret that exists for openai alone",
+     lambda t: res(t, "ApiKeySecret").__setitem__("Condition", "UseOpenAI")),
     ("env-secret-arn", "a key in the secret's template value",
      lambda t: res(t, "ApiKeySecret")["Properties"].__setitem__("SecretString", '{"api_key":"sk-proj-abcdefghijkl"}')),
     ("env-no-key", "OPENAI_API_KEY in the environment",
