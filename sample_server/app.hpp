@@ -626,6 +626,8 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         if (metrics) metrics->add_source([exporter](std::string& out) { append_trace_figures(out, exporter->stats()); });
         chatkit::otel_tracing_options o{.sampler = c.tracing->sampler};
         for (auto& path : added_routes()) o.routes.push_back(std::move(path));
+        if (c.routing)
+            for (const auto& p : c.routing->providers) o.provider_types[p.name] = p.type;
         tracing.emplace(std::move(exporter), std::move(o));
     }
     std::optional<chatkit::cors> cors;

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chatkit/chatkit.hpp>
+#include <chatkit/chat_routes.hpp>
 #include <chatkit/api_key_auth.hpp>
 #include <chatkit/api_keys.hpp>
 #include <chatkit/key_rate_limits.hpp>

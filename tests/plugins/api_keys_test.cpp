@@ -197,6 +197,16 @@ TEST_CASE("api_key_auth: a key limited to some models gets 403 for another model
     openai.path = "/v1/chat/completions";
     CHECK_FALSE(auth.before(openai, ctx).has_value());
 
+    // Every chat surface is checked: one of them left open would let the key use any model.
+    for (const char* path : {"/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses"}) {
+        auto elsewhere = chat_request("Bearer " + key, R"({"model":"gpt-4o","max_tokens":5,"input":"hi","messages":[]})");
+        elsewhere.path = path;
+        INFO(path);
+        auto refused = auth.before(elsewhere, ctx);
+        REQUIRE(refused.has_value());
+        CHECK(refused->status == 403);
+    }
+
     auto other = chat_request("Bearer " + key, R"({"model":"gpt-4o","content":"hi"})");
     auto res = auth.before(other, ctx);
     REQUIRE(res.has_value());

@@ -60,19 +60,25 @@ TEST_CASE("prometheus_metrics: requests, cache hits, tokens, cost-free answers a
     CHECK(svc.handle(request("POST", "/chat", R"({"content":"greedy"})")).status == 429);
     CHECK(svc.handle(request("GET", "/no/such/path")).status == 404);
     CHECK(svc.handle(request("GET", "/history/ada")).status == 200);
+    // The Anthropic and Responses surfaces are routes of their own, not "other".
+    CHECK(svc.handle(request("POST", "/v1/messages", R"({"model":"echo-1","max_tokens":9,"messages":[{"role":"user","content":"six"}]})")).status == 200);
+    CHECK(svc.handle(request("POST", "/v1/responses", R"({"input":"seven"})")).status == 200);
 
     const auto m = samples(metrics.render());
+    CHECK(m.at(R"(chatkit_http_requests_total{route="/v1/messages",method="POST",status="200"})") == 1);
+    CHECK(m.at(R"(chatkit_http_requests_total{route="/v1/responses",method="POST",status="200"})") == 1);
     CHECK(m.at(R"(chatkit_http_requests_total{route="/chat",method="POST",status="200"})") == 3);
     CHECK(m.at(R"(chatkit_http_requests_total{route="/chat",method="POST",status="429"})") == 1);
     CHECK(m.at(R"(chatkit_http_requests_total{route="other",method="GET",status="404"})") == 1);
     CHECK(m.at(R"(chatkit_http_requests_total{route="/history/{user_id}",method="GET",status="200"})") == 1);
     CHECK(m.at(R"(chatkit_cache_requests_total{result="hit"})") == 1);
-    CHECK(m.at(R"(chatkit_cache_requests_total{result="miss"})") == 2);
+    CHECK(m.at(R"(chatkit_cache_requests_total{result="miss"})") == 4);
     CHECK(m.at(R"(chatkit_limit_refusals_total{code="rate_limit_exceeded"})") == 1);
-    // Three answers of three input words each, with 3, 3 and 2 output words.
-    CHECK(m.at(R"(gen_ai_client_token_usage_count{gen_ai_token_type="input",gen_ai_request_model="echo-1"})") == 3);
-    CHECK(m.at(R"(gen_ai_client_token_usage_sum{gen_ai_token_type="output",gen_ai_request_model="echo-1"})") == 8);
-    CHECK(m.at(R"(gen_ai_client_token_usage_bucket{gen_ai_token_type="output",gen_ai_request_model="echo-1",le="+Inf"})") == 3);
+    // Five answers from the provider: three through /chat with 3, 3 and 2 output words, and one
+    // word each through /v1/messages and /v1/responses, whose usage counts as any chat's.
+    CHECK(m.at(R"(gen_ai_client_token_usage_count{gen_ai_token_type="input",gen_ai_request_model="echo-1"})") == 5);
+    CHECK(m.at(R"(gen_ai_client_token_usage_sum{gen_ai_token_type="output",gen_ai_request_model="echo-1"})") == 10);
+    CHECK(m.at(R"(gen_ai_client_token_usage_bucket{gen_ai_token_type="output",gen_ai_request_model="echo-1",le="+Inf"})") == 5);
     CHECK(m.at(R"(gen_ai_server_request_duration_seconds_count{route="/chat"})") == 4);
     CHECK(m.at(R"(chatkit_gateway_overhead_seconds_count{route="/chat"})") == 4);
     CHECK(m.at("chatkit_streams_in_flight") == 0); // the stream was raised and lowered
@@ -81,7 +87,7 @@ TEST_CASE("prometheus_metrics: requests, cache hits, tokens, cost-free answers a
     CHECK(m.count("process_cpu_seconds_total") == 1);
     // No price table: the provider's answers are unpriced, never counted as $0; the cache hit
     // cost nothing, and says so.
-    CHECK(m.at(R"(chatkit_unpriced_requests_total{gen_ai_request_model="echo-1"})") == 2);
+    CHECK(m.at(R"(chatkit_unpriced_requests_total{gen_ai_request_model="echo-1"})") == 4);
     CHECK(m.at(R"(chatkit_cost_usd_total{team="none",gen_ai_request_model="echo-1"})") == 0);
 }
 

@@ -3,6 +3,7 @@
 // here; tests/e2e/otel.test.mjs decodes both encodings with OpenTelemetry's own decoder).
 #include <chatkit/otel_environment.hpp>
 #include <chatkit/otel_tracing.hpp>
+#include <chatkit/router.hpp>
 #include <chatkit/service.hpp>
 
 #include <catch2/catch.hpp>
@@ -321,6 +322,29 @@ TEST_CASE("otel tracing: a failed upstream call is an error in both spans") {
         CHECK(s["status"]["code"] == 2);
         CHECK(attributes(s)["error.type"]["stringValue"] == "upstream_unreachable");
     }
+}
+
+TEST_CASE("otel tracing: gen_ai.provider.name is the API that answered, a router's member named by its type") {
+    receiver collector;
+    auto exporter = std::make_shared<chatkit::otlp_exporter>(to(collector));
+    using router = chatkit::router<recording_provider>;
+    std::vector<router::member> members{{"claude-main", recording_provider{}}};
+    std::vector<chatkit::model_route> routes{{"*", {{{"claude-main"}}}}};
+    chatkit::otel_tracing_options o;
+    o.provider_types = {{"claude-main", "anthropic"}};
+    chatkit::service<router, chatkit::no_store, chatkit::no_cache, chatkit::otel_tracing> svc{
+        router{std::move(members), std::move(routes)}, chatkit::no_store{}, chatkit::no_cache{}, chatkit::otel_tracing{exporter, o}};
+    auto req = chat();
+    req.path = "/v1/messages"; // named by its route too
+    req.body = R"({"model":"gpt-x","max_tokens":50,"messages":[{"role":"user","content":"hi"}]})";
+    REQUIRE(svc.handle(req).status == 200);
+    REQUIRE(exporter->flush(std::chrono::seconds{10}));
+    const auto spans = collector.spans();
+    REQUIRE(spans.size() == 2);
+    const auto& server = spans[0]["kind"] == 2 ? spans[0] : spans[1];
+    const auto& client = spans[0]["kind"] == 3 ? spans[0] : spans[1];
+    CHECK(server["name"] == "POST /v1/messages");
+    CHECK(attributes(client)["gen_ai.provider.name"]["stringValue"] == "anthropic");
 }
 
 TEST_CASE("otlp exporter: a collector that is down costs counted failures, and a full queue drops spans") {

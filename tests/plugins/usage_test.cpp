@@ -189,12 +189,14 @@ TEST_CASE("usage_recorder: one record per chat request, with what the summary sa
     finish(recorder, chat_request(), s);
     finish(recorder, chat_request("/chat"), s);
     finish(recorder, chat_request("/v1/chat"), s);
+    finish(recorder, chat_request("/v1/messages"), s);  // the Anthropic and Responses surfaces
+    finish(recorder, chat_request("/v1/responses"), s); // bill as every chat does
     finish(recorder, chat_request("/health", "GET"), s);       // not a chat route
     finish(recorder, chat_request("/v1/models", "GET"), s);    // not a chat route
     finish(recorder, chat_request("/chat", "GET"), s);         // a 405, not a chat
     REQUIRE(recorder.flush());
     std::lock_guard lock{store->mutex};
-    REQUIRE(store->records.size() == 3);
+    REQUIRE(store->records.size() == 5);
     const auto& r = store->records[0];
     CHECK(r.request_id == "req-1");
     CHECK(r.team_id == "t1");

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "chatkit/api_keys.hpp"
+#include "chatkit/chat_routes.hpp"
 #include "chatkit/clock.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
@@ -169,9 +170,7 @@ private:
         return state_->current;
     }
 
-    static bool is_chat(const http_request& req) {
-        return req.method == "POST" && (req.path == "/chat" || req.path == "/v1/chat/completions");
-    }
+    static bool is_chat(const http_request& req) { return req.method == "POST" && is_chat_route(req.path); }
 
     // 403 when the request's model is not one the key may use. A body that is not a JSON object is
     // let through: the service answers it with its own 400.

@@ -14,6 +14,7 @@
 // zip, for an exposition format of a few dozen lines.
 #pragma once
 
+#include "chatkit/chat_routes.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
@@ -45,7 +46,8 @@ namespace chatkit {
 struct prometheus_metrics_options {
     // The paths counted under their own name; any other is counted as route="other", so that a
     // client probing random paths cannot grow the series. "/history/..." is "/history/{user_id}".
-    std::vector<std::string> routes{"/chat", "/v1/chat/completions", "/v1/chat", "/v1/models", "/health", "/ready", "/", "/metrics"};
+    std::vector<std::string> routes{"/chat",   "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses",
+                                    "/v1/models", "/health",            "/ready",   "/",            "/metrics"};
     // The most label sets kept per metric; past it new ones are counted as "other" (models and
     // teams come from requests and the key directory, so bound them).
     std::size_t max_series = 1000;
@@ -84,7 +86,7 @@ public:
     void finish(const http_request& req, const response_summary& s, context& ctx) {
         state& st = *state_;
         const std::string_view route = route_of(req.path);
-        const bool chat = route == "/chat" || route == "/v1/chat/completions" || route == "/v1/chat";
+        const bool chat = is_chat_route(route);
         const double seconds = s.duration_ms / 1000;
         char status[12];
         const auto status_size = std::snprintf(status, sizeof status, "%d", s.status);

@@ -17,6 +17,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,7 +49,11 @@ struct otel_tracing_options {
     trace_sampler sampler{};
     // The paths named in span names and http.route; any other is traced as its method alone,
     // keeping span names low-cardinality. "/history/..." is "/history/{user_id}".
-    std::vector<std::string> routes{"/chat", "/v1/chat/completions", "/v1/chat", "/v1/models", "/health", "/ready", "/", "/metrics"};
+    std::vector<std::string> routes{"/chat",   "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses",
+                                    "/v1/models", "/health",            "/ready",   "/",            "/metrics"};
+    // A router's member names, each with its provider's type ("openai", "azure", "anthropic",
+    // "gemini", "bedrock"): gen_ai.provider.name names the API that answered, not the member.
+    std::map<std::string, std::string, std::less<>> provider_types{};
 };
 
 /// Requirements this middleware meets, and why:
@@ -188,9 +193,13 @@ private:
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
     }
 
-    // gen_ai.provider.name's well-known values where chatkit's name differs.
-    static std::string provider_name(std::string_view name) {
+    // gen_ai.provider.name's well-known values where chatkit's name differs; a router's member
+    // by its type.
+    std::string provider_name(std::string_view name) const {
+        if (const auto t = options_.provider_types.find(name); t != options_.provider_types.end()) name = t->second;
         if (name == "bedrock") return "aws.bedrock";
+        if (name == "gemini") return "gcp.gemini";
+        if (name == "azure") return "azure.ai.openai";
         return std::string{name};
     }
 

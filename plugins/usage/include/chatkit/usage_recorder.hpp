@@ -4,6 +4,7 @@
 // the durability cost is paid per batch.
 #pragma once
 
+#include "chatkit/chat_routes.hpp"
 #include "chatkit/clock.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
@@ -29,7 +30,7 @@ namespace chatkit {
 
 struct usage_recorder_options {
     // The routes whose requests are recorded (POST only): the chat routes, whose answers use tokens.
-    std::vector<std::string> paths{"/chat", "/v1/chat/completions", "/v1/chat"};
+    std::vector<std::string> paths{chat_routes.begin(), chat_routes.end()};
     // Records written per append at most; a longer queue takes several.
     std::size_t max_batch = 500;
     // Records queued at most. Past it a new record is dropped and counted (dropped()), so that a
