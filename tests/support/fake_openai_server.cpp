@@ -3,18 +3,12 @@
 // SIGTERM arrives. Optional: FAKE_OPENAI_DELAY_MS (before each answer), FAKE_OPENAI_CHUNK_DELAY_MS
 // (between stream chunks), FAKE_OPENAI_CONTENT (the answer), FAKE_OPENAI_THREADS (connections).
 #include "fake_openai.hpp"
+#include "fake_program.hpp"
 
-#include <csignal>
 #include <cstdlib>
-#include <cstdio>
-#include <iostream>
 
 int main() {
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+    const sigset_t stop = test_support::block_stop_signals();
     auto number = [](const char* name, long fallback) {
         const char* v = std::getenv(name);
         return v ? std::atol(v) : fallback;
@@ -24,14 +18,5 @@ int main() {
     defaults.delay_between = std::chrono::milliseconds(number("FAKE_OPENAI_CHUNK_DELAY_MS", 0));
     if (const char* content = std::getenv("FAKE_OPENAI_CONTENT")) defaults.content = content;
     test_support::fake_openai fake{defaults, static_cast<std::size_t>(number("FAKE_OPENAI_THREADS", 64))};
-    std::printf("{\"port\":%d}\n", fake.port());
-    std::fflush(stdout);
-    std::thread stdin_watch([] {
-        for (char c; std::cin.get(c);) {
-        }
-        kill(getpid(), SIGTERM);
-    });
-    stdin_watch.detach();
-    int signal = 0;
-    sigwait(&stop, &signal);
+    test_support::announce_and_serve(fake.port(), stop);
 }
