@@ -67,7 +67,6 @@ public:
 
     [[nodiscard]] const delta_sink& text_sink() const noexcept { return text_; }
     [[nodiscard]] const tool_call_sink& tool_sink() const noexcept { return tools_; }
-    [[nodiscard]] bool empty() const noexcept { return pieces_.empty(); }
 
     // Writes what was collected, in order, and forgets it; false as soon as the client is gone.
     task<bool> write_to(delta_writer out) {
