@@ -452,6 +452,9 @@ inline chatkit::service_options make_service_options(const config& c) {
     o.max_body_bytes = c.max_body_bytes;
     o.cache_ttl = c.cache_ttl;
     o.prices = make_prices(c);
+    o.conversations.context_messages = c.context_messages;
+    o.conversations.context_tokens = c.context_tokens;
+    o.keep_abandoned_turns = c.keep_abandoned_turns == "on";
     return o;
 }
 

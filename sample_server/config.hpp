@@ -64,6 +64,11 @@ struct config {
     std::size_t max_messages = 256;
     int max_tokens = 32768;
     int default_max_tokens = 4096;
+    // A conversation's context window (chatkit::conversations_api::limits) and whether a streamed
+    // turn the client left is stored as far as it was sent.
+    std::size_t context_messages = 50;
+    std::int64_t context_tokens = 16000;
+    std::string keep_abandoned_turns = "off";
     std::size_t threads = 64;
     std::chrono::seconds read_timeout{10};
     std::chrono::seconds keep_alive_timeout{5};
@@ -198,8 +203,9 @@ inline const std::vector<setting>& settings() {
         {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
          [](config& c, auto n, auto v) { c.port = parse_int<int>(n, v, 0, 65535); },
          [](const config& c) { return std::to_string(c.port); }},
-        {"CHAT_DATABASE_URL", "history store (and API keys): sqlite:PATH, dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K], "
-                              "postgresql://USER:PASSWORD@HOST:PORT/DB (history only; a secret: never shown), or none",
+        {"CHAT_DATABASE_URL", "history and conversations store (and API keys): sqlite:PATH, "
+                              "dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K&conversations_table=C], "
+                              "postgresql://USER:PASSWORD@HOST:PORT/DB (history and conversations; a secret: never shown), or none",
          [](config& c, auto n, auto v) {
              if (v.starts_with("dynamodb:")) {
                  if (auto parsed = chatkit::parse_dynamodb_url(v); !parsed)
@@ -293,6 +299,15 @@ inline const std::vector<setting>& settings() {
          "the anthropic provider sends it with every request that names none (its API requires one)",
          [](config& c, auto n, auto v) { c.default_max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.default_max_tokens); }},
+        {"CHAT_CONTEXT_MESSAGES", "most earlier messages of a conversation sent with its next turn (the oldest dropped first)",
+         [](config& c, auto n, auto v) { c.context_messages = parse_int<std::size_t>(n, v, 0, 10'000); },
+         [](const config& c) { return std::to_string(c.context_messages); }},
+        {"CHAT_CONTEXT_TOKENS", "about how many tokens of a conversation's earlier messages are sent with its next turn (estimated from their bytes)",
+         [](config& c, auto n, auto v) { c.context_tokens = parse_int<std::int64_t>(n, v, 0, 10'000'000); },
+         [](const config& c) { return std::to_string(c.context_tokens); }},
+        {"CHAT_KEEP_ABANDONED_TURNS", "on: a conversation's streamed turn the client left is stored as far as it was sent; off: nothing partial is stored",
+         [](config& c, auto n, auto v) { c.keep_abandoned_turns = one_of(n, v, {"on", "off"}); },
+         [](const config& c) { return c.keep_abandoned_turns; }},
         {"CHAT_THREADS", "worker threads: blocking provider and store calls (beast); one per kept-alive connection (httplib)",
          [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 100'000); },
          [](const config& c) { return std::to_string(c.threads); }},

@@ -3,6 +3,8 @@
 
 #include "chatkit/cache.hpp"
 #include "chatkit/chat.hpp"
+#include "chatkit/conversation_store.hpp"
+#include "chatkit/conversations_api.hpp"
 #include "chatkit/counter_store.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
@@ -16,6 +18,7 @@
 #include "chatkit/router.hpp"
 #include "chatkit/service.hpp"
 #include "chatkit/store.hpp"
+#include "chatkit/store_variant.hpp"
 #include "chatkit/task.hpp"
 #include "chatkit/usage_store.hpp"
 #include "chatkit/usage_limits.hpp"

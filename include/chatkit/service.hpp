@@ -9,6 +9,8 @@
 //   GET  /v1/models            the provider's models, OpenAI-style
 //   POST /v1/messages          the same chat in the Anthropic Messages format, for Anthropic clients
 //   POST /v1/responses         the same chat in the OpenAI Responses format, for Responses clients
+//   /api/v1/conversations...   conversations, their messages (whole or streamed) and feedback,
+//                              when the Store keeps them (chatkit/conversation_store.hpp)
 // plus any routes the user adds. Adapters feed it requests; it never touches a socket.
 //
 // The request lifecycle: `serve(request, sink)` is a task that runs the middlewares' `before`,
@@ -22,6 +24,8 @@
 #include "chatkit/cache.hpp"
 #include "chatkit/chat.hpp"
 #include "chatkit/clock.hpp"
+#include "chatkit/conversation_store.hpp"
+#include "chatkit/conversations_api.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
@@ -76,6 +80,11 @@ struct service_options {
     bool server_timing = true;
     // What GET / calls the service.
     std::string name = "chatkit";
+    // The conversation routes' bounds and context window.
+    conversations_api::limits conversations{};
+    // A conversation's streamed turn the client left before its end is stored (the question and
+    // the text it was sent) when true; by default nothing partial is stored.
+    bool keep_abandoned_turns = false;
 };
 
 template <class P, class S = no_store, class C = no_cache, class... Ms>
@@ -134,6 +143,44 @@ public:
 
     // The chat pipeline without HTTP: cache, provider, store. Sets latency, id and cached.
     task<result<completion>> chat_async(chat_request req, upstream_timing* timing = nullptr) {
+        return chat_pipeline(std::move(req), timing, nullptr);
+    }
+    result<completion> chat(chat_request req) { return sync_wait(chat_async(std::move(req))); }
+
+    // The provider's models: its `models()` when it has one (the first is its default).
+    std::vector<std::string> models() {
+        if constexpr (requires { provider_.models(); }) return provider_.models();
+        else return {std::string{provider_.name()}};
+    }
+
+    [[nodiscard]] const service_options& options() const noexcept { return options_; }
+    P& provider() noexcept { return provider_; }
+    S& store() noexcept { return store_; }
+    C& cache() noexcept { return cache_; }
+    template <class M>
+    M& middleware() noexcept {
+        static_assert((std::same_as<M, Ms> || ...), "chatkit::service::middleware<M>: M is not one of the service's middlewares");
+        return std::get<M>(middlewares_);
+    }
+
+    /// From now on GET /ready answers 503, so that load balancers stop sending this process new
+    /// requests while it keeps serving; a program calls it on SIGTERM, some time before it stops
+    /// its server. Thread-safe.
+    void drain() noexcept { draining_->store(true, std::memory_order_relaxed); }
+    [[nodiscard]] bool draining() const noexcept { return draining_->load(std::memory_order_relaxed); }
+
+private:
+    // What a conversation's turn records besides the answer: which conversation, the user's
+    // message, and the id its answer will have.
+    struct conversation_turn {
+        conversation_ref conversation;
+        conversation_message question;
+        std::string answer_id;
+    };
+
+    // chat_async's pipeline; a conversation's turn is recorded in its conversation, any other
+    // chat in its user's history.
+    task<result<completion>> chat_pipeline(chat_request req, upstream_timing* timing, const conversation_turn* turn) {
         const auto started = std::chrono::steady_clock::now();
         if (req.request_id.empty()) req.request_id = random_id();
         req.stop = co_await current_stop_token();
@@ -161,38 +208,16 @@ public:
         answer->id = random_id("chatcmpl-", 24);
         answer->created_at = now_unix_ms();
         answer->cost_usd = price(*answer);
-        if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) co_return std::move(saved).error();
+        const double latency_ms = elapsed_ms(started);
+        if (auto saved = co_await record(&req, &*answer, turn, latency_ms, 0); !saved) co_return std::move(saved).error();
         // Cached only once acknowledged: a retry after a failed append must not look like a hit.
         if (fresh_answer && req.use_cache) co_await cache_put(key, *answer);
-        answer->latency_ms = elapsed_ms(started);
+        answer->latency_ms = turn ? latency_ms : elapsed_ms(started); // a turn's answer tells what was stored
         answer->time_to_first_token_ms = answer->latency_ms;
         co_return std::move(*answer);
     }
-    result<completion> chat(chat_request req) { return sync_wait(chat_async(std::move(req))); }
 
-    // The provider's models: its `models()` when it has one (the first is its default).
-    std::vector<std::string> models() {
-        if constexpr (requires { provider_.models(); }) return provider_.models();
-        else return {std::string{provider_.name()}};
-    }
 
-    [[nodiscard]] const service_options& options() const noexcept { return options_; }
-    P& provider() noexcept { return provider_; }
-    S& store() noexcept { return store_; }
-    C& cache() noexcept { return cache_; }
-    template <class M>
-    M& middleware() noexcept {
-        static_assert((std::same_as<M, Ms> || ...), "chatkit::service::middleware<M>: M is not one of the service's middlewares");
-        return std::get<M>(middlewares_);
-    }
-
-    /// From now on GET /ready answers 503, so that load balancers stop sending this process new
-    /// requests while it keeps serving; a program calls it on SIGTERM, some time before it stops
-    /// its server. Thread-safe.
-    void drain() noexcept { draining_->store(true, std::memory_order_relaxed); }
-    [[nodiscard]] bool draining() const noexcept { return draining_->load(std::memory_order_relaxed); }
-
-private:
     struct custom_route {
         std::string method, path;
         handler fn;
@@ -383,6 +408,10 @@ private:
         if (req.path == "/v1/models")
             co_return routed{is_get(req) ? json_response(200, openai_api::models_list(models(), provider_.name(), options_.prices.get()))
                                          : wrong_method(req, "GET")};
+        if (req.path.starts_with(conversations_api::prefix)) {
+            if constexpr (conversation_store<S>) co_return co_await handle_conversations(req_ptr, ctx, st);
+            else co_return routed{not_found(req)};
+        }
         if (req.path.starts_with("/history/")) {
             const std::string_view user_id = std::string_view{req.path}.substr(9);
             if (user_id.empty() || user_id.find('/') != std::string_view::npos) co_return routed{not_found(req)};
@@ -561,6 +590,27 @@ private:
         }
     };
 
+    // A conversation's streamed turn: `data: {"content":...,"done":false}` per delta, then a
+    // closing `done` event naming the stored answer (chatkit/conversations_api.hpp).
+    struct conversation_framing {
+        conversation_turn turn;
+        bool keep_text = false; // for keep_abandoned_turns: what the client was sent
+        std::string delivered{};
+        std::string id = turn.answer_id;
+        std::string delta(std::string_view text) {
+            if (keep_text) delivered.append(text);
+            return conversations_api::delta_event(text);
+        }
+        static std::string tool_call(const tool_call_delta&) { return {}; } // the route takes no tools
+        std::string done(const completion& c, std::string_view) {
+            return conversations_api::done_event(turn.answer_id, turn.conversation.id, c.usage, c.cost_usd);
+        }
+        static std::string failure(const error& e, std::string_view request_id) { return conversations_api::error_event(e, request_id); }
+        static std::string internal_failure(std::string_view request_id) {
+            return failure({error_kind::internal, "internal error", "internal_error"}, request_id);
+        }
+    };
+
     template <class Framing>
     routed stream_answer(chat_request req, Framing framing, exchange_state* st) {
         http_response res;
@@ -635,7 +685,10 @@ private:
             st->summary.upstream_started = called;
             if (st->summary.client_left || !streamed)
                 bill_unfinished(req, streamed ? &*streamed : nullptr, out.text_bytes, st->summary);
-            if (st->summary.client_left) co_return; // an unacknowledged, partial reply is neither stored nor cached
+            if (st->summary.client_left) { // an unacknowledged, partial reply is neither stored nor cached
+                if constexpr (requires { framing->turn; }) co_await keep_abandoned_turn(&req, framing, st);
+                co_return;
+            }
             if (!streamed) {
                 auto e = stopped_error(req, std::move(streamed).error());
                 st->summary.error_code = e.code;
@@ -660,7 +713,11 @@ private:
         sum.time_to_first_token_ms = answer->time_to_first_token_ms;
         sum.finish_reason = answer->finish_reason;
         sum.provider = served_by(*answer);
-        if (auto saved = co_await store_append(make_exchange(req, *answer)); !saved) {
+        const auto* turn = [framing]() -> const conversation_turn* {
+            if constexpr (requires { framing->turn; }) return &framing->turn;
+            else return nullptr;
+        }();
+        if (auto saved = co_await record(req_ptr, &*answer, turn, elapsed_ms(out.started), answer->time_to_first_token_ms); !saved) {
             sum.error_code = saved.error().code;
             co_await st->send(framing->failure(saved.error(), req.request_id));
             co_return;
@@ -668,6 +725,22 @@ private:
         if (fresh_answer && req.use_cache) co_await cache_put(key, *answer);
         answer->latency_ms = elapsed_ms(out.started);
         co_await st->send(framing->done(*answer, req.request_id));
+    }
+
+    // With keep_abandoned_turns, a conversation's turn the client left is stored as far as it
+    // was sent, so the conversation shows what its user saw. Nothing when nothing was sent.
+    template <class Framing>
+    task<void> keep_abandoned_turn(const chat_request* req, Framing* framing, exchange_state* st) {
+        if (!options_.keep_abandoned_turns || framing->delivered.empty()) co_return;
+        completion partial;
+        partial.content = framing->delivered;
+        partial.model = st->summary.model;
+        partial.usage = st->summary.usage;
+        partial.cost_usd = st->summary.cost_usd;
+        partial.provider = st->summary.provider;
+        partial.finish_reason = "abandoned";
+        partial.created_at = now_unix_ms();
+        co_await record(req, &partial, &framing->turn, elapsed_ms(st->started), 0); // the client is gone: nobody to tell
     }
 
     // A route's body in the older form, a blocking `stream(write, meta)` callback: run on the pool
@@ -742,6 +815,36 @@ private:
     task<result<history_page>> store_history(history_query q) {
         if constexpr (async_store<S>) return store_.history(std::move(q));
         else return call_plugin(&store_, [this, q = std::move(q)] { return store_.history(q); });
+    }
+    // A ConversationStore's member (blocking: on the pool unless the store cannot block).
+    template <class F>
+    task<std::invoke_result_t<F&>> on_store(F f) { return call_plugin(&store_, std::move(f)); }
+
+    // Makes an answered chat durable: in its conversation for a conversation's turn, else in the
+    // user's history. The service acknowledges nothing before this succeeds.
+    task<result<void>> record(const chat_request* req, const completion* c, const conversation_turn* turn, double latency_ms,
+                              double first_token_ms) {
+        if constexpr (conversation_store<S>) {
+            if (turn) {
+                conversation_append a{turn->conversation, {turn->question, conversation_message{}}, c->created_at};
+                auto& answer = a.messages.back();
+                answer.id = turn->answer_id;
+                answer.conversation_id = turn->conversation.id;
+                answer.role = role::assistant;
+                answer.content = c->content;
+                answer.provider = served_by(*c);
+                answer.model = c->model;
+                answer.usage = c->usage;
+                answer.cost_usd = c->cost_usd;
+                answer.latency_ms = latency_ms;
+                answer.time_to_first_token_ms = first_token_ms > 0 ? first_token_ms : latency_ms;
+                answer.request_id = req->request_id;
+                answer.created_at = c->created_at;
+                return on_store([this, a = std::move(a)] { return store_.append_to_conversation(a); });
+            }
+        }
+        (void)turn, (void)latency_ms, (void)first_token_ms;
+        return store_append(make_exchange(*req, *c));
     }
 
     // A provider's failure once the request was stopped is reported as what stopped it.
@@ -845,6 +948,257 @@ private:
         co_return history_response(user_id, *page);
     }
 
+    // /api/v1/conversations...: routes by path and method; every answer in chatkit's envelope.
+    task<routed> handle_conversations(http_request* req_ptr, context* ctx, exchange_state* st) {
+        using kind = conversations_api::target::kind;
+        const http_request& req = *req_ptr;
+        const auto target = conversations_api::parse_path(req.path);
+        if (target.route == kind::none) co_return routed{not_found(req)};
+        const bool get = is_get(req), post = req.method == "POST";
+        std::optional<task<http_response>> answer; // the route's (lazy), awaited below: never inside braces (GCC 12)
+        std::string_view allowed = "GET, POST";
+        if (target.route == kind::collection) {
+            if (post) answer = create_conversation(req_ptr);
+            else if (get) answer = list_conversations(req_ptr);
+        } else {
+            auto id = conversations_api::parse_id(target.id, "id");
+            if (!id) co_return routed{error_response(id.error(), req.request_id)};
+            conversation_ref ref{conversation_owner(req), std::move(*id)};
+            switch (target.route) {
+            case kind::conversation:
+                allowed = "GET, PATCH, DELETE";
+                if (get) answer = show_conversation(req_ptr, std::move(ref));
+                else if (req.method == "PATCH") answer = update_conversation(req_ptr, std::move(ref));
+                else if (req.method == "DELETE") answer = delete_conversation(req_ptr, std::move(ref));
+                break;
+            case kind::messages:
+                if (post) co_return co_await conversation_turn_route(req_ptr, ctx, st, std::move(ref), false);
+                if (get) answer = list_conversation_messages(req_ptr, std::move(ref));
+                break;
+            case kind::stream:
+                if (post || get) co_return co_await conversation_turn_route(req_ptr, ctx, st, std::move(ref), true);
+                break;
+            case kind::feedback:
+                if (post) answer = add_feedback(req_ptr, std::move(ref));
+                else if (get) answer = list_feedback(req_ptr, std::move(ref));
+                break;
+            default: break;
+            }
+        }
+        if (!answer) co_return routed{wrong_method(req, allowed)};
+        auto res = co_await std::move(*answer);
+        co_return routed{std::move(res)};
+    }
+
+    // With authentication on, a conversation belongs to the calling key's team (the admin key's
+    // own scope when it has none); without, to everyone. Another scope's conversations do not
+    // exist for the caller: 404, never 403.
+    static std::string conversation_owner(const http_request& req) {
+        if (!req.caller.authenticated()) return {};
+        return "team:" + req.caller.team_id;
+    }
+
+    task<http_response> create_conversation(const http_request* req_ptr) {
+        const http_request& req = *req_ptr;
+        auto parsed = parse_body(req);
+        if (!parsed) co_return error_response(parsed.error(), req.request_id);
+        auto c = conversations_api::parse_create(*parsed, options_.limits, options_.conversations);
+        if (!c) co_return error_response(c.error(), req.request_id);
+        c->id = conversations_api::make_uuid();
+        c->owner = conversation_owner(req);
+        c->created_at = c->updated_at = now_unix_ms();
+        auto call = [&] { return store_.create_conversation(*c); };
+        auto created = co_await on_store(call);
+        if (!created) co_return error_response(created.error(), req.request_id);
+        co_return json_response(201, *c);
+    }
+
+    task<http_response> list_conversations(const http_request* req_ptr) {
+        const http_request& req = *req_ptr;
+        conversation_query q;
+        q.owner = conversation_owner(req);
+        const auto user = req.query.find("user_id");
+        if (user == req.query.end() || user->second.empty())
+            co_return error_response(detail::invalid("'user_id' is required", "user_id", "missing_field"), req.request_id);
+        q.user_id = user->second;
+        auto limit = conversations_api::parse_limit(req.query, options_.conversations.default_page, options_.conversations.max_page);
+        if (!limit) co_return error_response(limit.error(), req.request_id);
+        q.limit = *limit;
+        if (auto it = req.query.find("cursor"); it != req.query.end()) q.cursor = it->second;
+        auto call = [&] { return store_.conversations(q); };
+        auto page = co_await on_store(call);
+        if (!page) co_return error_response(page.error(), req.request_id);
+        co_return conversation_list_response(*page);
+    }
+    static http_response conversation_list_response(const conversation_page& page) {
+        return json_response(200, {{"conversations", page.conversations},
+                                   {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nullptr}});
+    }
+
+    // The conversation, its totals, and its first page of messages (oldest first; `?limit=`,
+    // `next_cursor` continues at .../messages?cursor=).
+    task<http_response> show_conversation(const http_request* req_ptr, conversation_ref ref) {
+        const http_request& req = *req_ptr;
+        auto limit = conversations_api::parse_limit(req.query, options_.history_default_limit, options_.history_max_limit);
+        if (!limit) co_return error_response(limit.error(), req.request_id);
+        auto find = [&] { return store_.find_conversation(ref); };
+        auto c = co_await on_store(find);
+        if (!c) co_return error_response(c.error(), req.request_id);
+        const conversation_message_query q{ref, *limit, {}, false};
+        auto read = [&] { return store_.conversation_messages(q); };
+        auto page = co_await on_store(read);
+        if (!page) co_return error_response(page.error(), req.request_id);
+        co_return conversation_response(*c, *page);
+    }
+    static http_response conversation_response(const conversation& c, const conversation_message_page& page) {
+        nlohmann::json j = c;
+        j["messages"] = page.messages;
+        j["next_cursor"] = page.next_cursor ? nlohmann::json(*page.next_cursor) : nullptr;
+        j["total_tokens"] = c.totals.total_tokens;
+        j["total_cost_usd"] = c.totals.total_cost_usd;
+        j["message_count"] = c.totals.message_count;
+        return json_response(200, j);
+    }
+
+    task<http_response> update_conversation(const http_request* req_ptr, conversation_ref ref) {
+        const http_request& req = *req_ptr;
+        auto parsed = parse_body(req);
+        if (!parsed) co_return error_response(parsed.error(), req.request_id);
+        auto u = conversations_api::parse_update(*parsed, options_.conversations);
+        if (!u) co_return error_response(u.error(), req.request_id);
+        u->conversation = ref;
+        u->at = now_unix_ms();
+        auto call = [&] { return store_.update_conversation(*u); };
+        auto updated = co_await on_store(call);
+        if (!updated) co_return error_response(updated.error(), req.request_id);
+        co_return json_response(200, *updated);
+    }
+
+    task<http_response> delete_conversation(const http_request* req_ptr, conversation_ref ref) {
+        auto call = [&] { return store_.delete_conversation(ref); };
+        auto deleted = co_await on_store(call);
+        if (!deleted) co_return error_response(deleted.error(), req_ptr->request_id);
+        http_response res;
+        res.status = 204;
+        co_return res;
+    }
+
+    task<http_response> list_conversation_messages(const http_request* req_ptr, conversation_ref ref) {
+        const http_request& req = *req_ptr;
+        auto limit = conversations_api::parse_limit(req.query, options_.history_default_limit, options_.history_max_limit);
+        if (!limit) co_return error_response(limit.error(), req.request_id);
+        conversation_message_query q{ref, *limit, {}, false};
+        if (auto it = req.query.find("cursor"); it != req.query.end()) q.after = it->second;
+        auto call = [&] { return store_.conversation_messages(q); };
+        auto page = co_await on_store(call);
+        if (!page) co_return error_response(page.error(), req.request_id);
+        co_return message_list_response(ref.id, *page);
+    }
+    static http_response message_list_response(std::string_view conversation_id, const conversation_message_page& page) {
+        return json_response(200, {{"conversation_id", conversation_id},
+                                   {"messages", page.messages},
+                                   {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nullptr}});
+    }
+
+    task<http_response> add_feedback(const http_request* req_ptr, conversation_ref ref) {
+        const http_request& req = *req_ptr;
+        auto parsed = parse_body(req);
+        if (!parsed) co_return error_response(parsed.error(), req.request_id);
+        auto f = conversations_api::parse_feedback(*parsed, options_.conversations);
+        if (!f) co_return error_response(f.error(), req.request_id);
+        feedback_submission submission{ref.owner, std::move(*f)};
+        submission.feedback.id = conversations_api::make_uuid();
+        submission.feedback.conversation_id = ref.id;
+        submission.feedback.created_at = now_unix_ms();
+        auto call = [&] { return store_.add_feedback(submission); };
+        auto added = co_await on_store(call);
+        if (!added) co_return error_response(added.error(), req.request_id);
+        co_return json_response(201, submission.feedback);
+    }
+
+    task<http_response> list_feedback(const http_request* req_ptr, conversation_ref ref) {
+        auto call = [&] { return store_.conversation_feedback(ref); };
+        auto all = co_await on_store(call);
+        if (!all) co_return error_response(all.error(), req_ptr->request_id);
+        co_return feedback_list_response(ref.id, *all);
+    }
+    static http_response feedback_list_response(std::string_view conversation_id, const std::vector<feedback>& all) {
+        return json_response(200, {{"conversation_id", conversation_id}, {"feedback", all}});
+    }
+
+    // POST .../messages, and GET or POST .../stream: the next turn, sent with the conversation's
+    // context window, admitted as any chat (limits, budgets), answered whole or streamed, and
+    // stored in the conversation before the client is told.
+    task<routed> conversation_turn_route(http_request* req_ptr, context* ctx, exchange_state* st, conversation_ref ref, bool stream) {
+        const http_request& req = *req_ptr;
+        result<conversations_api::turn_request> turn_req = error{};
+        if (req.method == "POST") {
+            auto parsed = parse_body(req);
+            if (!parsed) co_return routed{error_response(parsed.error(), req.request_id)};
+            turn_req = conversations_api::parse_turn(*parsed, options_.limits, options_.conversations);
+        } else {
+            turn_req = conversations_api::parse_turn_query(req.query, options_.limits, options_.conversations);
+        }
+        if (!turn_req) co_return routed{error_response(turn_req.error(), req.request_id)};
+        auto find = [&] { return store_.find_conversation(ref); };
+        auto c = co_await on_store(find);
+        if (!c) co_return routed{error_response(c.error(), req.request_id)};
+        const conversation_message_query window{ref, options_.conversations.context_messages, {}, true};
+        auto read = [&] { return store_.conversation_messages(window); };
+        auto earlier = co_await on_store(read);
+        if (!earlier) co_return routed{error_response(earlier.error(), req.request_id)};
+
+        chat_request chat;
+        chat.messages = conversations_api::context_window(*c, earlier->messages, turn_req->message, options_.conversations);
+        chat.model = turn_req->model;
+        chat.temperature = turn_req->temperature;
+        chat.max_tokens = turn_req->max_tokens;
+        chat.request_id = req.request_id;
+        chat.traceparent = req.header("traceparent");
+        chat.user_id = history_owner(req, c->user_id);
+        chat.stream = stream;
+        // Never from the cache: each turn is a new answer with its own cost, as the conversation's
+        // totals count it, even when an identical context was answered before.
+        chat.use_cache = false;
+        if (auto refused = admit(req, chat, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+
+        conversation_turn turn{ref, {}, conversations_api::make_uuid()};
+        turn.question.id = conversations_api::make_uuid();
+        turn.question.conversation_id = ref.id;
+        turn.question.role = role::user;
+        turn.question.content = std::move(turn_req->message);
+        turn.question.request_id = req.request_id;
+        turn.question.created_at = now_unix_ms();
+        if (stream) {
+            conversation_framing framing{std::move(turn), options_.keep_abandoned_turns};
+            co_return stream_answer(std::move(chat), std::move(framing), st);
+        }
+        upstream_timing timing;
+        auto answer = co_await chat_pipeline(std::move(chat), &timing, &turn);
+        if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
+        auto res = turn_response(turn, *answer, served_by(*answer));
+        describe_answer(res, *answer);
+        co_return routed{std::move(res)};
+    }
+    static http_response turn_response(const conversation_turn& turn, const completion& c, const std::string& provider) {
+        conversation_message m;
+        m.id = turn.answer_id;
+        m.conversation_id = turn.conversation.id;
+        m.role = role::assistant;
+        m.content = c.content;
+        m.provider = provider;
+        m.model = c.model;
+        m.usage = c.usage;
+        m.cost_usd = c.cost_usd;
+        m.latency_ms = c.latency_ms;
+        m.time_to_first_token_ms = c.time_to_first_token_ms;
+        m.created_at = c.created_at;
+        return json_response(200, {{"message", m},
+                                   {"conversation_id", turn.conversation.id},
+                                   {"usage", c.usage},
+                                   {"cost_usd", c.cost_usd ? nlohmann::json(*c.cost_usd) : nlohmann::json(nullptr)}});
+    }
+
     // With authentication on (chatkit::api_key_auth), a user id names a user of the calling key only:
     // the history, and the cache, of "ada" under key A are not those of "ada" under key B, so no
     // key can read or write another key's history by claiming its user ids. The store sees
@@ -896,6 +1250,13 @@ private:
         for (const auto& r : routes_) routes.push_back(r.method + " " + r.path);
         for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "POST /v1/messages", "POST /v1/responses", "GET /v1/models", "GET /health", "GET /ready"})
             routes.push_back(r);
+        if constexpr (conversation_store<S>)
+            for (const char* r : {"POST /api/v1/conversations", "GET /api/v1/conversations", "GET /api/v1/conversations/{id}",
+                                  "PATCH /api/v1/conversations/{id}", "DELETE /api/v1/conversations/{id}",
+                                  "POST /api/v1/conversations/{id}/messages", "GET /api/v1/conversations/{id}/messages",
+                                  "GET /api/v1/conversations/{id}/stream", "POST /api/v1/conversations/{id}/stream",
+                                  "POST /api/v1/conversations/{id}/feedback", "GET /api/v1/conversations/{id}/feedback"})
+                routes.push_back(r);
         return json_response(200, {{"name", options_.name}, {"version", options_.version}, {"routes", std::move(routes)}});
     }
 
@@ -1066,6 +1427,7 @@ private:
     static nlohmann::json answer_json(const completion& c, std::string_view request_id) {
         nlohmann::json j = c;
         j["request_id"] = request_id;
+        j["timestamp"] = j["created_at"]; // the serverless chat design's name for the same instant
         return j;
     }
 

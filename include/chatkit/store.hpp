@@ -10,7 +10,6 @@
 #include <concepts>
 #include <optional>
 #include <string>
-#include <variant>
 #include <vector>
 
 namespace chatkit {
@@ -94,7 +93,7 @@ concept store_has_async_history = requires(S& s, history_query q) {
 ///   2'. `task<result<history_page>> history(history_query)`.
 /// They take their arguments by value and see the request's stop token through
 /// `co_await chatkit::current_stop_token()`. A blocking store runs on the worker pool, unless it
-/// declares `static constexpr bool nonblocking = true;` (store_variant tells the service at run
+/// declares `static constexpr bool nonblocking = true;` (chatkit::store_variant tells the service at run
 /// time, through `holds_nonblocking()`, when the store it holds made that declaration).
 template <class S>
 concept blocking_store = detail::store_has_append<S> && detail::store_has_history<S> && detail::store_has_health<S>;
@@ -126,34 +125,5 @@ struct no_store {
     component_health health() { return {.ok = true, .detail = "disabled"}; }
 };
 static_assert(store<no_store>);
-
-/// One of several blocking stores chosen at run time (e.g. from CHAT_DATABASE_URL), still a Store.
-template <blocking_store... Ss>
-class store_variant {
-public:
-    static constexpr bool nonblocking = (declared_nonblocking<Ss> && ...);
-    // Whether the store it holds declared itself nonblocking: the service then calls it inline.
-    [[nodiscard]] bool holds_nonblocking() const noexcept {
-        return std::visit([](const auto& x) { return declared_nonblocking<std::remove_cvref_t<decltype(x)>>; }, v_);
-    }
-    template <class S>
-        requires(std::same_as<std::remove_cvref_t<S>, Ss> || ...)
-    store_variant(S&& s) : v_(std::forward<S>(s)) {}
-
-    result<void> append(const exchange& e) {
-        return std::visit([&](auto& s) { return s.append(e); }, v_);
-    }
-    result<history_page> history(const history_query& q) {
-        return std::visit([&](auto& s) { return s.history(q); }, v_);
-    }
-    component_health health() {
-        return std::visit([](auto& s) { return s.health(); }, v_);
-    }
-    template <class S>
-    S* get_if() noexcept { return std::get_if<S>(&v_); }
-
-private:
-    std::variant<Ss...> v_;
-};
 
 } // namespace chatkit

@@ -5,7 +5,8 @@
 // history, probes, models, errors 400/401/403/404/405/409/413/415/429, an upstream that cannot be
 // reached (502, the streams' error events, /health and /ready at 503), the usage and /admin routes
 // with keys, /metrics, the pages) have a status the description lists for their operation, one of
-// its media types, and a body its schema accepts (ajv, JSON Schema 2020-12). The request bodies the
+// its media types, and a body its schema accepts (ajv, JSON Schema 2020-12); so do the conversation
+// routes (every operation, their stream, their errors, and team scoping with keys). The request bodies the
 // server takes are ones their schema accepts, and some it refuses for their shape, ones it refuses.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -78,13 +79,14 @@ function validate(schema, value, what) {
   assert.ok(check(value), `${what}: ${ajv.errorsText(check.errors)}\n${JSON.stringify(value).slice(0, 600)}`);
 }
 // A body the server refuses with 400 for its shape, and the request schema refuses too.
-async function refusedByBoth(base, path, body, key) {
-  const r = await call(base, 'POST', path, { body, key });
-  assert.equal(r.status, 400, `POST ${path} ${JSON.stringify(body)}: ${r.text}`);
+async function refusedByBoth(base, path, body, key, method = 'POST') {
+  const r = await call(base, method, path, { body, key });
+  assert.equal(r.status, 400, `${method} ${path} ${JSON.stringify(body)}: ${r.text}`);
   conforms(r);
-  const schema = operationOf('POST', path).requestBody.content['application/json'].schema;
+  const schema = operationOf(method, path).requestBody.content['application/json'].schema;
   const check = ajv.compile({ ...toDefs(schema), $defs: toDefs(spec.components.schemas) });
-  assert.equal(check(body), false, `POST ${path}: the schema accepts ${JSON.stringify(body)}, which the server refuses`);
+  assert.equal(check(body), false, `${method} ${path}: the schema accepts ${JSON.stringify(body)}, which the server refuses`);
+  return r;
 }
 const named = (name) => ({ $ref: `#/components/schemas/${name}` });
 
@@ -120,6 +122,13 @@ function checkStream(schema, text, what) {
     }
     assert.ok(['done', 'error'].includes(events.at(-1).name), `${what}: the last event is ${events.at(-1).name}`);
     assert.ok(events.slice(0, -1).every((e) => e.name === 'delta'), `${what}: only deltas before the last event`);
+  } else if (componentName(schema.$ref) === 'ConversationStream') {
+    events.forEach((e, i) => {
+      assert.equal(e.name, null, `${what}: a conversation's events have no names`);
+      const data = JSON.parse(e.data);
+      validate(named('ConversationStreamEvent'), data, `${what}, event ${i}`);
+      assert.equal(data.done, i === events.length - 1, `${what}: only the last event is done`);
+    });
   } else if (componentName(schema.$ref) === 'MessagesStream') {
     for (const e of events) {
       const data = JSON.parse(e.data);
@@ -170,6 +179,10 @@ function conformsToComponent(name, r) {
 }
 
 function checkBody(doc, r, what) {
+  if (!doc.content) { // 204: no body
+    assert.equal(r.text, '', `${what}: the description lists no body`);
+    return;
+  }
   const type = mediaType(r.headers.get('content-type'));
   const media = Object.keys(doc.content ?? {}).find((m) => mediaType(m) === type);
   assert.ok(media, `${what}: Content-Type ${type} is not one of ${Object.keys(doc.content ?? {}).join(', ')}`);
@@ -441,12 +454,242 @@ test('with CHAT_AUTH=keys: the open routes, 401, the /admin routes, 403, 409, 42
   conforms(unknownKey);
 });
 
+// An error answer with its status and code, as its operation describes it.
+function failsWith(r, status, code) {
+  assert.equal(r.status, status, `${r.method} ${r.path}: ${r.text}`);
+  assert.equal(JSON.parse(r.text).error.code, code, `${r.method} ${r.path}: ${r.text}`);
+  conforms(r);
+  return r;
+}
+
+test('the conversation routes answer as described', async () => {
+  const base = '/api/v1/conversations';
+  const created = await call(open, 'POST', base, {
+    body: { user_id: 'carol', title: 'Customer Support Chat', metadata: { source: 'web', system_prompt: 'Be brief.' } } });
+  assert.equal(created.status, 201, created.text);
+  conforms(created);
+  const conversation = JSON.parse(created.text);
+  const id = conversation.id;
+  const path = (rest = '') => `${base}/${id}${rest}`;
+  const untitled = await call(open, 'POST', base, { body: { user_id: 'carol', title: null, metadata: null } });
+  assert.equal(untitled.status, 201, untitled.text);
+  conforms(untitled);
+  assert.equal(JSON.parse(untitled.text).title, null);
+
+  // list, newest first, a page at a time
+  const first = await call(open, 'GET', `${base}?user_id=carol&limit=1`);
+  conforms(first);
+  const firstPage = JSON.parse(first.text);
+  assert.equal(firstPage.conversations[0].id, JSON.parse(untitled.text).id);
+  assert.ok(firstPage.next_cursor, 'two conversations in pages of one: there is an older page');
+  const second = await call(open, 'GET', `${base}?user_id=carol&limit=1&cursor=${encodeURIComponent(firstPage.next_cursor)}`);
+  conforms(second);
+  assert.equal(JSON.parse(second.text).conversations[0].id, id);
+  conforms(await call(open, 'GET', `${base}?user_id=nobody`));
+
+  const patched = await call(open, 'PATCH', path(), { body: { title: 'Renamed' } });
+  assert.equal(patched.status, 200, patched.text);
+  conforms(patched);
+  assert.equal(JSON.parse(patched.text).title, 'Renamed');
+  assert.deepEqual(JSON.parse(patched.text).metadata, conversation.metadata);
+
+  // a turn answered whole, then streamed by GET and by POST
+  const turn = await call(open, 'POST', path('/messages'), { body: { message: 'What is the weather like today?', temperature: 0.7, max_tokens: 150 } });
+  assert.equal(turn.status, 200, turn.text);
+  conforms(turn);
+  const answer = JSON.parse(turn.text);
+  assert.equal(answer.message.role, 'assistant');
+  assert.equal(answer.conversation_id, id);
+  const byGet = await call(open, 'GET', path('/stream?message=one%20two%20three&max_tokens=50'));
+  assert.equal(byGet.status, 200, byGet.text);
+  assert.equal(mediaType(byGet.headers.get('content-type')), 'text/event-stream');
+  conforms(byGet);
+  const done = JSON.parse(byGet.events.at(-1).data);
+  assert.equal(done.conversation_id, id);
+  assert.equal(byGet.events.slice(0, -1).map((e) => JSON.parse(e.data).content).join(''), 'one two three');
+  const byPost = await call(open, 'POST', path('/stream'), { body: { message: 'four five', model: null } });
+  assert.equal(byPost.status, 200, byPost.text);
+  conforms(byPost);
+  assert.ok(JSON.parse(byPost.events.at(-1).data).message_id);
+
+  const shown = await call(open, 'GET', path());
+  conforms(shown);
+  const detail = JSON.parse(shown.text);
+  assert.equal(detail.message_count, 6);
+  assert.equal(detail.messages.length, 6);
+  assert.equal(detail.messages[0].prompt_tokens, null, "a user's message has no usage");
+  assert.deepEqual(detail.messages[1], answer.message, 'what the turn answered is what was stored');
+  assert.equal(detail.messages[3].id, done.message_id);
+  conforms(await call(open, 'GET', path('?limit=2')));
+  const page = await call(open, 'GET', path('/messages?limit=4'));
+  conforms(page);
+  const cursor = JSON.parse(page.text).next_cursor;
+  assert.ok(cursor, 'six messages in pages of four: there is a newer page');
+  const rest = await call(open, 'GET', path(`/messages?limit=4&cursor=${encodeURIComponent(cursor)}`));
+  conforms(rest);
+  assert.equal(JSON.parse(rest.text).messages.length, 2);
+
+  const feedback = await call(open, 'POST', path('/feedback'), {
+    body: { message_id: answer.message.id, feedback_type: 'thumbs_up', rating: 5, comment: 'Very helpful response!' } });
+  assert.equal(feedback.status, 201, feedback.text);
+  conforms(feedback);
+  const flag = await call(open, 'POST', path('/feedback'), { body: { message_id: done.message_id.toUpperCase(), feedback_type: 'flag' } });
+  assert.equal(flag.status, 201, flag.text);
+  conforms(flag);
+  const listed = await call(open, 'GET', path('/feedback'));
+  conforms(listed);
+  assert.deepEqual(JSON.parse(listed.text).feedback, [JSON.parse(feedback.text), JSON.parse(flag.text)]);
+
+  // errors: each with its status and code, as described
+  const unknown = '0b6f6a8e-3c1d-4e2f-9a7b-5c4d3e2f1a0b';
+  failsWith(await call(open, 'GET', `${base}/${unknown}`), 404, 'conversation_not_found');
+  failsWith(await call(open, 'PATCH', `${base}/${unknown}`, { body: { title: 'x' } }), 404, 'conversation_not_found');
+  failsWith(await call(open, 'POST', `${base}/${unknown}/messages`, { body: { message: 'hi' } }), 404, 'conversation_not_found');
+  failsWith(await call(open, 'GET', `${base}/${unknown}/stream?message=hi`), 404, 'conversation_not_found');
+  failsWith(await call(open, 'GET', `${base}/${unknown}/feedback`), 404, 'conversation_not_found');
+  failsWith(await call(open, 'POST', path('/feedback'), { body: { message_id: unknown, feedback_type: 'flag' } }), 404, 'message_not_found');
+  failsWith(await call(open, 'GET', `${base}/not-a-uuid`), 400, 'invalid_id');
+  failsWith(await call(open, 'DELETE', `${base}/123`), 400, 'invalid_id');
+  failsWith(await call(open, 'GET', base), 400, 'missing_field');
+  failsWith(await call(open, 'GET', `${base}?user_id=carol&limit=101`), 400, 'invalid_value');
+  failsWith(await call(open, 'GET', `${base}?user_id=carol&cursor=zzz`), 400, 'invalid_cursor');
+  failsWith(await call(open, 'GET', path('/messages?limit=0')), 400, 'invalid_value');
+  failsWith(await call(open, 'GET', path('/stream')), 400, 'missing_field');
+  failsWith(await call(open, 'GET', path('/stream?message=hi&colour=red')), 400, 'unknown_field');
+  failsWith(await call(open, 'POST', path('/stream'), { body: { message: '' } }), 400, 'empty_message'); // before the stream: JSON
+  const refused = [
+    [base, {}, 'missing_field'],
+    [base, { user_id: 'carol', colour: 'red' }, 'unknown_field'],
+    [base, { user_id: 'carol', title: 5 }, 'invalid_type'],
+    [base, { user_id: 'carol', title: 'x'.repeat(501) }, 'invalid_value'],
+    [base, { user_id: 'carol', metadata: 'web' }, 'invalid_type'],
+    [path('/messages'), { message: '' }, 'empty_message'],
+    [path('/messages'), { message: ' \n' }, 'empty_message'],
+    [path('/messages'), {}, 'missing_field'],
+    [path('/messages'), { message: 'hi', temperature: 3 }, 'invalid_value'],
+    [path('/messages'), { message: 'hi', stream: true }, 'unknown_field'],
+    [path('/stream'), { message: 'hi', max_tokens: 'x' }, 'invalid_type'],
+    [path('/feedback'), { message_id: answer.message.id, feedback_type: 'meh' }, 'invalid_value'],
+    [path('/feedback'), { message_id: answer.message.id, feedback_type: 'flag', rating: 6 }, 'invalid_value'],
+    [path('/feedback'), { message_id: answer.message.id, feedback_type: 'flag', rating: 2.5 }, 'invalid_type'],
+    [path('/feedback'), { message_id: 'nope', feedback_type: 'flag' }, 'invalid_id'],
+    [path('/feedback'), { feedback_type: 'flag' }, 'missing_field'],
+  ];
+  for (const [where, body, code] of refused)
+    assert.equal(JSON.parse((await refusedByBoth(open, where, body)).text).error.code, code, `POST ${where} ${JSON.stringify(body)}`);
+  for (const [body, code] of [[{ user_id: 'mallory' }, 'unknown_field'], [{ title: [] }, 'invalid_type'], [{ metadata: 1 }, 'invalid_type']])
+    assert.equal(JSON.parse((await refusedByBoth(open, path(), body, undefined, 'PATCH')).text).error.code, code, `PATCH ${JSON.stringify(body)}`);
+  failsWith(await call(open, 'POST', path('/messages'), { body: { message: 'x'.repeat(8000) } }), 413, 'body_too_large');
+  failsWith(await call(open, 'POST', base, { body: '{"user_id":"carol"}', type: 'text/plain' }), 415, 'unsupported_media_type');
+  for (const [method, where, allow] of [['PUT', path(), 'GET, PATCH, DELETE'], ['DELETE', base, 'GET, POST'], ['PATCH', path('/messages'), 'GET, POST'],
+                                        ['DELETE', path('/stream'), 'GET, POST'], ['PUT', path('/feedback'), 'GET, POST']]) {
+    const r = await call(open, method, where);
+    assert.equal(r.status, 405, `${method} ${where}: ${r.text}`);
+    assert.equal(r.headers.get('allow'), allow);
+    conformsToComponent('MethodNotAllowed', r);
+  }
+  const nowhere = await call(open, 'GET', path('/nothing'));
+  assert.equal(nowhere.status, 404);
+  conformsToComponent('NotFound', nowhere);
+  // none of it changed the conversation
+  const after = JSON.parse((await call(open, 'GET', path())).text);
+  assert.equal(after.message_count, 6);
+  assert.equal(after.title, 'Renamed');
+
+  const deleted = await call(open, 'DELETE', path());
+  assert.equal(deleted.status, 204, deleted.text);
+  conforms(deleted);
+  failsWith(await call(open, 'GET', path()), 404, 'conversation_not_found');
+  failsWith(await call(open, 'GET', path('/messages')), 404, 'conversation_not_found');
+  failsWith(await call(open, 'DELETE', path()), 404, 'conversation_not_found');
+
+  // With keys: a team's conversation, which another team's key cannot see (404, never 403); no
+  // key: 401; a key limited to other models: 403 for a turn; a key's requests a minute: 429.
+  for (const team of ['support', 'sales']) {
+    const r = await call(keyed, 'POST', '/admin/teams', { key: adminKey, body: { id: team } });
+    assert.equal(r.status, 201, r.text);
+  }
+  const newKey = async (body) => {
+    const r = await call(keyed, 'POST', '/admin/keys', { key: adminKey, body });
+    assert.equal(r.status, 201, r.text);
+    return JSON.parse(r.text).key;
+  };
+  const support = await newKey({ team: 'support' });
+  const limitedModels = await newKey({ team: 'support', models: ['only-this'] });
+  const oneAMinute = await newKey({ team: 'support', rpm: 1 });
+  const sales = await newKey({ team: 'sales' }); // the newest: once the server knows it, it knows them all
+  let known;
+  for (let i = 0; i < 100; ++i) {
+    known = await call(keyed, 'GET', `${base}?user_id=dan`, { key: sales });
+    if (known.status !== 401) break;
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
+  assert.equal(known.status, 200, known.text);
+  conforms(known);
+
+  const refusedWithout = await call(keyed, 'POST', base, { body: { user_id: 'dan' } });
+  failsWith(refusedWithout, 401, 'invalid_api_key');
+  assert.equal(refusedWithout.headers.get('www-authenticate'), 'Bearer');
+  const teams = await call(keyed, 'POST', base, { key: support, body: { user_id: 'dan', title: 'Support only' } });
+  assert.equal(teams.status, 201, teams.text);
+  conforms(teams);
+  const teamPath = (rest = '') => `${base}/${JSON.parse(teams.text).id}${rest}`;
+  const teamTurn = await call(keyed, 'POST', teamPath('/messages'), { key: support, body: { message: 'team secret' } });
+  assert.equal(teamTurn.status, 200, teamTurn.text);
+  conforms(teamTurn);
+  const teamStream = await call(keyed, 'GET', teamPath('/stream?message=streamed%20secret'), { key: support });
+  assert.equal(teamStream.status, 200, teamStream.text);
+  conforms(teamStream);
+  conforms(await call(keyed, 'GET', teamPath(), { key: support }));
+  failsWith(await call(keyed, 'GET', teamPath(), { key: sales }), 404, 'conversation_not_found');
+  failsWith(await call(keyed, 'POST', teamPath('/messages'), { key: sales, body: { message: 'let me in' } }), 404, 'conversation_not_found');
+  failsWith(await call(keyed, 'GET', teamPath('/stream?message=x'), { key: sales }), 404, 'conversation_not_found');
+  failsWith(await call(keyed, 'PATCH', teamPath(), { key: sales, body: { title: 'mine now' } }), 404, 'conversation_not_found');
+  failsWith(await call(keyed, 'DELETE', teamPath(), { key: sales }), 404, 'conversation_not_found');
+  assert.equal(JSON.parse((await call(keyed, 'GET', `${base}?user_id=dan`, { key: sales })).text).conversations.length, 0);
+  assert.equal(JSON.parse((await call(keyed, 'GET', `${base}?user_id=dan`, { key: support })).text).conversations.length, 1);
+  failsWith(await call(keyed, 'POST', teamPath('/messages'), { key: limitedModels, body: { message: 'hi' } }), 403, 'model_not_allowed');
+  failsWith(await call(keyed, 'GET', teamPath('/stream?message=hi&model=echo-1'), { key: limitedModels }), 403, 'model_not_allowed');
+  const once = await call(keyed, 'POST', teamPath('/messages'), { key: oneAMinute, body: { message: 'once' } });
+  assert.equal(once.status, 200, once.text);
+  const twice = await call(keyed, 'POST', teamPath('/stream'), { key: oneAMinute, body: { message: 'twice' } });
+  assert.equal(twice.status, 429, twice.text);
+  assert.ok(Number(twice.headers.get('retry-after')) >= 1);
+  conforms(twice);
+  const kept = JSON.parse((await call(keyed, 'GET', teamPath(), { key: support })).text);
+  assert.equal(kept.title, 'Support only');
+  assert.equal(kept.message_count, 6);
+
+  // An upstream that cannot be reached: 502 for a whole turn, the stream's error event for a
+  // streamed one, and nothing stored.
+  const closed = createServer();
+  await new Promise((ok) => closed.listen(0, '127.0.0.1', ok));
+  const deadPort = closed.address().port;
+  await new Promise((ok) => closed.close(ok));
+  const unreachable = await startServer({ CHAT_DATABASE_URL: `sqlite:${join(dir, 'unreachable.db')}`, CHAT_PROVIDER: 'openai',
+                                          CHAT_OPENAI_BASE_URL: `http://127.0.0.1:${deadPort}/v1`, CHAT_UPSTREAM_MAX_RETRIES: '0' });
+  const lonely = JSON.parse((await call(unreachable, 'POST', base, { body: { user_id: 'erin' } })).text).id;
+  const failed = await call(unreachable, 'POST', `${base}/${lonely}/messages`, { body: { message: 'hi' } });
+  assert.equal(failed.status, 502, failed.text);
+  conforms(failed);
+  for (const [method, body, where] of [['GET', undefined, '/stream?message=hi'], ['POST', { message: 'hi' }, '/stream']]) {
+    const streamed = await call(unreachable, method, `${base}/${lonely}${where}`, { body });
+    assert.equal(streamed.status, 200, streamed.text);
+    conforms(streamed);
+    assert.ok(JSON.parse(streamed.events.at(-1).data).error, streamed.text);
+  }
+  const nothing = await call(unreachable, 'GET', `${base}/${lonely}`);
+  conforms(nothing);
+  assert.equal(JSON.parse(nothing.text).message_count, 0);
+});
+
 test('every GET route GET / lists answers the admin key as described', async () => {
   const routes = JSON.parse((await call(keyed, 'GET', '/', { key: adminKey })).text).routes;
   const gets = routes.filter((r) => r.startsWith('GET ') && !r.includes('{')).map((r) => r.slice(4));
   assert.ok(gets.length >= 15, gets.join(' '));
+  const required = { '/api/v1/conversations': '?user_id=ada' }; // a route's required query parameters
   for (const path of gets) {
-    const r = await call(keyed, 'GET', path, { key: adminKey });
+    const r = await call(keyed, 'GET', path + (required[path] ?? ''), { key: adminKey });
     assert.equal(r.status, 200, `${path}: ${r.text.slice(0, 300)}`);
     conforms(r);
   }

@@ -1,6 +1,7 @@
 #include "chatkit/sqlite_store.hpp"
 
 #include "chatkit/random_id.hpp"
+#include "conversation_store_conformance.hpp"
 #include "store_conformance.hpp"
 
 #include "../support/temp_db.hpp"
@@ -30,7 +31,7 @@ using test_support::temp_db;
 // A plain connection to the same file, to look at it the way another process would.
 struct raw_db {
     explicit raw_db(const std::string& path) {
-        REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+        REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) == SQLITE_OK);
     }
     raw_db(const raw_db&) = delete;
     raw_db& operator=(const raw_db&) = delete;
@@ -61,6 +62,62 @@ TEST_CASE("sqlite_store passes the store conformance checks") {
     std::list<temp_db> files; // outlives every store made below
     chatkit_test::check_store_conformance<sqlite_store>(
         [&] { return sqlite_store(sqlite_options{.path = files.emplace_back().path()}); });
+}
+
+TEST_CASE("sqlite_store passes the conversation store conformance checks") {
+    std::list<temp_db> files;
+    chatkit_test::check_conversation_store_conformance<sqlite_store>(
+        [&] { return sqlite_store(sqlite_options{.path = files.emplace_back().path(), .durable = false}); });
+}
+
+TEST_CASE("sqlite_store: a file of the schema before conversations is migrated with its history, keys and usage intact") {
+    temp_db file;
+    {
+        raw_db old(file.path());
+        for (std::size_t v = 0; v < 3; ++v) old.exec(std::string(chatkit::sqlite_detail::migrations[v]).c_str());
+        old.exec("PRAGMA user_version = 3");
+        old.exec("INSERT INTO messages (user_id, role, content, model, created_at, request_id) "
+                 "VALUES ('alice', 'user', 'kept question', 'm', 1, 'r1'), ('alice', 'assistant', 'kept answer', 'm', 1, 'r1')");
+        old.exec("INSERT INTO teams (id, created_at) VALUES ('t1', 1)");
+        old.exec("INSERT INTO usage (time, request_id, team_id, key_id, model, provider, status, prompt_tokens, completion_tokens, "
+                 "cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, cached, streamed, cancelled, estimated) "
+                 "VALUES (1, 'r1', 't1', 'k1', 'm', 'echo', 200, 1, 2, 0, 0, NULL, 1, 1, 0, 0, 0, 0)");
+    }
+    sqlite_store store({.path = file.path()});
+    CHECK(raw_db(file.path()).number("PRAGMA user_version") == static_cast<long>(std::size(chatkit::sqlite_detail::migrations)));
+    auto page = store.history({"alice", 10, {}});
+    REQUIRE(page.has_value());
+    REQUIRE(page->messages.size() == 2);
+    CHECK(page->messages[0].content == "kept question");
+    CHECK(page->messages[1].content == "kept answer");
+    CHECK(raw_db(file.path()).number("SELECT COUNT(*) FROM teams") == 1);
+    CHECK(raw_db(file.path()).number("SELECT COUNT(*) FROM usage") == 1);
+    auto c = chatkit_test::make_conversation("", "alice", 5);
+    REQUIRE(store.create_conversation(c).has_value());
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 6)).has_value());
+    CHECK(history_size(store, "alice") == 2); // a conversation's turns are not the flat history's
+}
+
+TEST_CASE("sqlite_store: conversations, messages and feedback survive closing and reopening the file") {
+    temp_db file;
+    auto c = chatkit_test::make_conversation("team:a", "ada", 1, "Kept");
+    const auto turn = chatkit_test::make_turn(c, "1", 2);
+    {
+        sqlite_store store({.path = file.path()});
+        REQUIRE(store.create_conversation(c).has_value());
+        REQUIRE(store.append_to_conversation(turn).has_value());
+        REQUIRE(store.add_feedback({c.owner, {chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_up", 5, {}, 3}})
+                    .has_value());
+    }
+    sqlite_store reopened({.path = file.path()});
+    auto found = reopened.find_conversation({c.owner, c.id});
+    REQUIRE(found.has_value());
+    CHECK(found->title == std::optional<std::string>{"Kept"});
+    CHECK(found->totals.message_count == 2);
+    CHECK(chatkit_test::all_messages(reopened, {c.owner, c.id}, 10).size() == 2);
+    auto feedback = reopened.conversation_feedback({c.owner, c.id});
+    REQUIRE(feedback.has_value());
+    CHECK(feedback->size() == 1);
 }
 
 TEST_CASE("sqlite_store: history survives closing and reopening the file") {

@@ -399,8 +399,8 @@ private:
                 typed = typed || boost::beast::iequals(name, "Content-Type");
                 head.append(name).append(": ").append(value).append("\r\n");
             }
-            if (!typed) head += "Content-Type: application/json\r\n";
             const bool bodiless = res.status / 100 == 1 || res.status == 204 || res.status == 304; // RFC 9110 §8.6
+            if (!typed && !bodiless) head += "Content-Type: application/json\r\n"; // no body, nothing to type
             if (!streamed && !bodiless) {
                 head += "Content-Length: ";
                 append_json_int(head, res.body.size());

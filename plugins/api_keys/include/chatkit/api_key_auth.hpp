@@ -170,15 +170,19 @@ private:
         return state_->current;
     }
 
-    static bool is_chat(const http_request& req) { return req.method == "POST" && is_chat_route(req.path); }
+    static bool is_chat(const http_request& req) { return is_chat_request(req.method, req.path); }
 
     // 403 when the request's model is not one the key may use. A body that is not a JSON object is
     // let through: the service answers it with its own 400.
     std::optional<http_response> check_model(const http_request& req, const key_record& record) const {
-        const auto body = nlohmann::json::parse(req.body, nullptr, false);
-        if (body.is_discarded() || !body.is_object()) return std::nullopt;
         std::string model = state_->options.default_model;
-        if (auto it = body.find("model"); it != body.end() && it->is_string()) model = it->get<std::string>();
+        if (req.method == "GET") { // a conversation's stream, its turn in the query
+            if (auto it = req.query.find("model"); it != req.query.end()) model = it->second;
+        } else {
+            const auto body = nlohmann::json::parse(req.body, nullptr, false);
+            if (body.is_discarded() || !body.is_object()) return std::nullopt;
+            if (auto it = body.find("model"); it != body.end() && it->is_string()) model = it->get<std::string>();
+        }
         if (!model.empty() && record.allows_model(model)) return std::nullopt;
         std::string allowed;
         for (const auto& m : record.models) allowed += (allowed.empty() ? "" : ", ") + m;

@@ -45,7 +45,8 @@ namespace chatkit {
 
 struct prometheus_metrics_options {
     // The paths counted under their own name; any other is counted as route="other", so that a
-    // client probing random paths cannot grow the series. "/history/..." is "/history/{user_id}".
+    // client probing random paths cannot grow the series. "/history/..." is "/history/{user_id}", a
+    // conversation's path its template ("/api/v1/conversations/{id}/stream").
     std::vector<std::string> routes{"/chat",   "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses",
                                     "/v1/models", "/health",            "/ready",   "/",            "/metrics"};
     // The most label sets kept per metric; past it new ones are counted as "other" (models and
@@ -326,6 +327,7 @@ private:
         for (const auto& r : state_->options.routes)
             if (r == path) return r;
         if (path.starts_with("/history/")) return "/history/{user_id}";
+        if (const auto conversation = conversation_route_of(path); !conversation.empty()) return conversation;
         return "other";
     }
 

@@ -9,6 +9,7 @@
 // Message content (prompts and answers) is never recorded: spans carry counts and names only.
 #pragma once
 
+#include "chatkit/chat_routes.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/middleware.hpp"
 #include "chatkit/otlp_exporter.hpp"
@@ -48,7 +49,8 @@ struct trace_sampler {
 struct otel_tracing_options {
     trace_sampler sampler{};
     // The paths named in span names and http.route; any other is traced as its method alone,
-    // keeping span names low-cardinality. "/history/..." is "/history/{user_id}".
+    // keeping span names low-cardinality. "/history/..." is "/history/{user_id}", a
+    // conversation's path its template ("/api/v1/conversations/{id}/stream").
     std::vector<std::string> routes{"/chat",   "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses",
                                     "/v1/models", "/health",            "/ready",   "/",            "/metrics"};
     // A router's member names, each with its provider's type ("openai", "azure", "anthropic",
@@ -207,6 +209,7 @@ private:
         for (const auto& r : options_.routes)
             if (path == r) return r;
         if (path.starts_with("/history/")) return "/history/{user_id}";
+        if (const auto conversation = conversation_route_of(path); !conversation.empty()) return conversation;
         return {};
     }
 };

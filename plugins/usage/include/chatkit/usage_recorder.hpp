@@ -29,7 +29,8 @@
 namespace chatkit {
 
 struct usage_recorder_options {
-    // The routes whose requests are recorded (POST only): the chat routes, whose answers use tokens.
+    // The routes whose requests are recorded (POST, and GET of a conversation's stream), by their
+    // templates (chatkit::route_template): the chat routes, whose answers use tokens.
     std::vector<std::string> paths{chat_routes.begin(), chat_routes.end()};
     // Records written per append at most; a longer queue takes several.
     std::size_t max_batch = 500;
@@ -77,7 +78,7 @@ public:
     void after(const http_request&, http_response&, no_context&) {}
 
     void finish(const http_request& req, const response_summary& s, no_context&) {
-        if (req.method != "POST" || !recorded(req.path)) return;
+        if ((req.method != "POST" && !is_chat_request(req.method, req.path)) || !recorded(route_template(req.path))) return;
         usage_record r;
         r.time = now_unix_ms();
         r.request_id = req.request_id;
@@ -134,7 +135,7 @@ public:
     [[nodiscard]] const std::shared_ptr<Store>& store() const noexcept { return state_->store; }
 
 private:
-    bool recorded(const std::string& path) const {
+    bool recorded(std::string_view path) const {
         for (const auto& p : state_->options.paths)
             if (p == path) return true;
         return false;
