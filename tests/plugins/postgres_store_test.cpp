@@ -1,5 +1,6 @@
 #include "chatkit/postgres_store.hpp"
 
+#include "conversation_store_conformance.hpp"
 #include "store_conformance.hpp"
 
 #include "../support/postgres_server.hpp"
@@ -51,6 +52,127 @@ TEST_CASE("postgres_store passes the store conformance checks") {
     auto& server = shared_server();
     chatkit_test::check_store_conformance<postgres_store>(
         [&] { return postgres_store(options_for(server.url(server.create_database()))); });
+}
+
+TEST_CASE("postgres_store passes the conversation store conformance checks") {
+    auto& server = shared_server();
+    chatkit_test::check_conversation_store_conformance<postgres_store>(
+        [&] { return postgres_store(options_for(server.url(server.create_database()))); });
+}
+
+TEST_CASE("postgres_store: a database an older chatkit made keeps its history through the conversations migration") {
+    auto& server = shared_server();
+    const std::string db = server.create_database();
+    const long latest = static_cast<long>(std::size(chatkit::postgres_store_detail::migrations));
+    {
+        // The schema as the release before conversations left it, with history in it.
+        chatkit::postgres_connection_pool pool{options_for(server.url(db)).connection};
+        chatkit::postgres_store_detail::migrate(pool, latest - 1);
+    }
+    CHECK(server.number("SELECT max(version) FROM chatkit_schema_version", db) == latest - 1);
+    CHECK(server.query("SELECT to_regclass('chatkit_conversations')", db).empty());
+    server.query("INSERT INTO chatkit_messages (user_id, role, content, model, created_at, request_id) VALUES "
+                 "('alice'::bytea, 'user', 'question old'::bytea, 'm'::bytea, 1, 'req-old'::bytea), "
+                 "('alice'::bytea, 'assistant', 'answer old'::bytea, 'm'::bytea, 1, 'req-old'::bytea)",
+                 db);
+
+    postgres_store store(options_for(server.url(db)));
+    CHECK(server.number("SELECT max(version) FROM chatkit_schema_version", db) == latest);
+    auto page = store.history({"alice", 10, {}});
+    REQUIRE(page.has_value());
+    REQUIRE(page->messages.size() == 2);
+    CHECK(page->messages[0].content == "question old");
+    CHECK(page->messages[1].content == "answer old");
+    // New history continues after the old ids, and conversations work beside it.
+    REQUIRE(store.append(make_exchange("alice", "new")).has_value());
+    CHECK(history_size(store, "alice") == 4);
+    auto c = chatkit_test::make_conversation("", "alice", 1'700'000'000'000);
+    REQUIRE(store.create_conversation(c).has_value());
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)).has_value());
+    CHECK(server.number("SELECT count(*) FROM chatkit_conversation_messages", db) == 2);
+    CHECK(history_size(store, "alice") == 4); // a conversation's turns are not the user's history
+}
+
+TEST_CASE("postgres_store: deleting a conversation cascades to its rows, and to no other's") {
+    auto& server = shared_server();
+    const std::string db = server.create_database();
+    postgres_store store(options_for(server.url(db)));
+    auto doomed = chatkit_test::make_conversation("team:a", "ada", 1);
+    auto kept = chatkit_test::make_conversation("team:a", "ada", 2);
+    for (const auto* c : {&doomed, &kept}) {
+        REQUIRE(store.create_conversation(*c).has_value());
+        const auto turn = chatkit_test::make_turn(*c, "1", 3);
+        REQUIRE(store.append_to_conversation(turn).has_value());
+        REQUIRE(store.add_feedback({c->owner, {chatkit::conversations_api::make_uuid(), c->id, turn.messages[1].id, "flag", {}, {}, 4}})
+                    .has_value());
+    }
+    REQUIRE(store.delete_conversation({"team:a", doomed.id}).has_value());
+    const auto rows = [&](const std::string& table, const std::string& id) {
+        return server.number("SELECT count(*) FROM " + table + " WHERE conversation_id = '" + id + "'", db);
+    };
+    CHECK(rows("chatkit_conversation_messages", doomed.id) == 0);
+    CHECK(rows("chatkit_feedback", doomed.id) == 0);
+    CHECK(rows("chatkit_conversation_messages", kept.id) == 2);
+    CHECK(rows("chatkit_feedback", kept.id) == 1);
+}
+
+TEST_CASE("postgres_store: conversation values PostgreSQL's text cannot hold are refused or match nothing, never a 503") {
+    auto& server = shared_server();
+    postgres_store store(options_for(server.url(server.create_database())));
+    const std::string nul(1, '\0'), bad_utf8 = "\xC3\x28";
+    auto c = chatkit_test::make_conversation("", "ada", 1);
+    for (const auto& title : {nul, bad_utf8}) {
+        auto titled = c;
+        titled.title = "t" + title;
+        auto r = store.create_conversation(titled);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().kind == chatkit::error_kind::invalid_request);
+        CHECK(r.error().param == "title");
+    }
+    auto nul_metadata = c;
+    nul_metadata.metadata = {{"k", "a" + nul}};
+    auto refused = store.create_conversation(nul_metadata);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().param == "metadata");
+    c.metadata = {{"k", "a backslash and u0000: \\u0000"}, {"emoji", "\xF0\x9F\x98\x80"}}; // no NUL: stored as is
+    REQUIRE(store.create_conversation(c).has_value());
+    auto found = store.find_conversation({"", c.id});
+    REQUIRE(found.has_value());
+    CHECK(found->metadata == c.metadata);
+
+    // A message's content is bytes: any round-trips.
+    auto turn = chatkit_test::make_turn(c, "1", 2);
+    turn.messages[1].content = "half a char \xE2\x82 and a NUL" + nul;
+    REQUIRE(store.append_to_conversation(turn).has_value());
+    auto messages = store.conversation_messages({{"", c.id}, 10, {}, false});
+    REQUIRE(messages.has_value());
+    REQUIRE(messages->messages.size() == 2);
+    CHECK(messages->messages[1].content == turn.messages[1].content);
+
+    auto listed = store.conversations({nul, "ada", 10, {}});
+    REQUIRE(listed.has_value());
+    CHECK(listed->conversations.empty());
+    auto by_user = store.conversations({"", bad_utf8, 10, {}});
+    REQUIRE(by_user.has_value());
+    CHECK(by_user->conversations.empty());
+    for (const auto& id : {std::string{"not-a-uuid"}, c.id + nul}) {
+        auto r = store.find_conversation({"", id});
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().kind == chatkit::error_kind::not_found);
+    }
+    auto wrong_owner = store.find_conversation({bad_utf8, c.id});
+    REQUIRE_FALSE(wrong_owner.has_value());
+    CHECK(wrong_owner.error().kind == chatkit::error_kind::not_found);
+    auto feedback = store.add_feedback({"", {chatkit::conversations_api::make_uuid(), c.id, "not-a-uuid", "flag", {}, {}, 3}});
+    REQUIRE_FALSE(feedback.has_value());
+    CHECK(feedback.error().code == "message_not_found");
+    for (const char* cursor : {"1", "_1", "1_", "1_0", "x_1", "1_1_1", "+1_1"}) {
+        INFO(cursor);
+        auto r = store.conversations({"", "ada", 10, cursor});
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == "invalid_cursor");
+    }
+    CHECK(store.conversations({"", "ada", 10, "-5_1"}).has_value()); // a well-formed cursor, before any row
 }
 
 TEST_CASE("postgres_store: migrations run once, whether two stores start at once or one starts again") {
@@ -173,6 +295,21 @@ TEST_CASE("postgres_store: PostgreSQL restarted mid-run gives clean unavailable 
     const auto health = store.health();
     CHECK_FALSE(health.ok);
     CHECK_FALSE(mentions_password(health.detail));
+    {
+        auto c = chatkit_test::make_conversation("", "alice", 1);
+        auto expect_unavailable = [](const auto& r) {
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().kind == chatkit::error_kind::unavailable);
+            CHECK(r.error().code == "store_unavailable");
+            CHECK_FALSE(mentions_password(r.error().message));
+        };
+        expect_unavailable(store.create_conversation(c));
+        expect_unavailable(store.find_conversation({"", c.id}));
+        expect_unavailable(store.conversations({"", "alice", 10, {}}));
+        expect_unavailable(store.append_to_conversation(chatkit_test::make_turn(c, "1", 2)));
+        expect_unavailable(store.conversation_messages({{"", c.id}, 10, {}, true}));
+        expect_unavailable(store.conversation_feedback({"", c.id}));
+    }
 
     server.start();
     REQUIRE(store.append(make_exchange("alice", "after")).has_value());
@@ -182,6 +319,9 @@ TEST_CASE("postgres_store: PostgreSQL restarted mid-run gives clean unavailable 
     CHECK(page->messages[0].content == "question before");
     CHECK(page->messages[2].content == "question after");
     CHECK(store.health().ok);
+    auto c = chatkit_test::make_conversation("", "alice", 1);
+    REQUIRE(store.create_conversation(c).has_value());
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 2)).has_value());
 }
 
 TEST_CASE("postgres_store: writers running through a restart lose nothing they were told was saved") {
@@ -335,4 +475,68 @@ TEST_CASE("postgres_store: while another session holds the write lock, appends t
     REQUIRE(page->messages.size() == 4); // the failed exchanges were rolled back, not half-written
     CHECK(page->messages[0].content == "question before");
     CHECK(page->messages[2].content == "question after");
+}
+
+TEST_CASE("postgres_store: while another session locks a conversation, its writes time out as unavailable and write nothing") {
+    auto& server = shared_server();
+    const std::string db = server.create_database();
+    auto o = options_for(server.url(db));
+    o.connection.statement_timeout = std::chrono::milliseconds{200};
+    postgres_store store(std::move(o));
+    auto c = chatkit_test::make_conversation("", "ada", 1);
+    auto other = chatkit_test::make_conversation("", "ada", 2);
+    REQUIRE(store.create_conversation(c).has_value());
+    REQUIRE(store.create_conversation(other).has_value());
+    const auto first = chatkit_test::make_turn(c, "1", 3);
+    REQUIRE(store.append_to_conversation(first).has_value());
+
+    // Another session inside its transaction, holding the conversation's row.
+    const std::unique_ptr<PGconn, void (*)(PGconn*)> locker{PQconnectdb(server.url(db).c_str()), PQfinish};
+    REQUIRE(PQstatus(locker.get()) == CONNECTION_OK);
+    const auto run = [&](const std::string& sql) {
+        const std::unique_ptr<PGresult, void (*)(PGresult*)> r{PQexec(locker.get(), sql.c_str()), PQclear};
+        const auto status = PQresultStatus(r.get());
+        REQUIRE((status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK));
+    };
+    run("BEGIN");
+    run("SELECT 1 FROM chatkit_conversations WHERE id = '" + c.id + "' FOR UPDATE");
+
+    auto secret = chatkit_test::make_turn(c, "locked", 4);
+    secret.messages[0].content = "my secret question";
+    for (const auto& r : {store.append_to_conversation(secret),
+                          store.add_feedback({"", {chatkit::conversations_api::make_uuid(), c.id, first.messages[1].id, "flag", {}, {}, 5}}),
+                          store.delete_conversation({"", c.id})}) {
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().kind == chatkit::error_kind::unavailable);
+        CHECK_THAT(r.error().message, Catch::Contains("statement timeout"));
+        CHECK(r.error().message.find("secret") == std::string::npos);
+    }
+    // Reads take no row lock, and other conversations do not wait.
+    auto found = store.find_conversation({"", c.id});
+    REQUIRE(found.has_value());
+    CHECK(found->totals.message_count == 2);
+    CHECK(store.append_to_conversation(chatkit_test::make_turn(other, "1", 6)).has_value());
+
+    run("ROLLBACK");
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "2", 7)).has_value());
+    auto messages = store.conversation_messages({{"", c.id}, 10, {}, false});
+    REQUIRE(messages.has_value());
+    REQUIRE(messages->messages.size() == 4); // the timed-out append left nothing behind
+    CHECK(messages->messages[2].content == "question 2");
+    auto feedback = store.conversation_feedback({"", c.id});
+    REQUIRE(feedback.has_value());
+    CHECK(feedback->empty());
+}
+
+TEST_CASE("postgres_connection_pool: a server error's message quotes no row values") {
+    auto& server = shared_server();
+    chatkit::postgres_connection_pool pool{options_for(server.url(server.create_database())).connection};
+    auto lease = pool.acquire();
+    REQUIRE(lease.has_value());
+    REQUIRE(lease->exec("CREATE TEMP TABLE t (x text CHECK (x <> 'secret-row-value'))").has_value());
+    // PostgreSQL's DETAIL would say "Failing row contains (secret-row-value)".
+    auto r = lease->exec("INSERT INTO t VALUES ('secret-row-value')");
+    REQUIRE_FALSE(r.has_value());
+    CHECK_THAT(r.error().message, Catch::Contains("violates check constraint"));
+    CHECK(r.error().message.find("secret-row-value") == std::string::npos);
 }

@@ -9,6 +9,7 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -46,13 +47,19 @@ struct postgres_result_deleter {
 using postgres_result = std::unique_ptr<PGresult, postgres_result_deleter>;
 
 /// One parameter of a prepared statement, sent in binary: the bytes as they are (bytea, text),
-/// or an int8 in network byte order.
+/// an int8 or a float8 in network byte order, or NULL.
 class postgres_param {
 public:
-    postgres_param(std::string_view bytes) noexcept : data_(bytes.data()), size_(bytes.size()) {} // NOLINT: implicit on purpose
+    // An empty view may have no data, which libpq would take for NULL: it is sent as "".
+    postgres_param(std::string_view bytes) noexcept : data_(bytes.data() ? bytes.data() : ""), size_(bytes.size()) {} // NOLINT: implicit on purpose
     postgres_param(std::int64_t value) noexcept : size_(8) {                                     // NOLINT
         for (int i = 0; i < 8; ++i) int8_[i] = static_cast<char>(static_cast<std::uint64_t>(value) >> (56 - 8 * i));
         data_ = int8_;
+    }
+    // Named, not constructors: an int would convert to int8 and to double alike.
+    [[nodiscard]] static postgres_param null() noexcept { return postgres_param{}; }
+    [[nodiscard]] static postgres_param float8(double value) noexcept { // IEEE 754 bits, as int8's bytes
+        return postgres_param{static_cast<std::int64_t>(std::bit_cast<std::uint64_t>(value))};
     }
     postgres_param(const postgres_param& other) noexcept { *this = other; }
     postgres_param& operator=(const postgres_param& other) noexcept {
@@ -66,6 +73,8 @@ public:
     [[nodiscard]] int size() const noexcept { return static_cast<int>(size_); }
 
 private:
+    postgres_param() noexcept = default; // NULL: libpq sends a null value pointer as NULL
+
     const char* data_ = nullptr;
     std::size_t size_ = 0;
     char int8_[8]{};
@@ -78,6 +87,10 @@ private:
     for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
     return static_cast<std::int64_t>(v);
 }
+/// A float8 column of a binary result.
+[[nodiscard]] inline double postgres_float8(const PGresult* r, int row, int column) noexcept {
+    return std::bit_cast<double>(static_cast<std::uint64_t>(postgres_int8(r, row, column)));
+}
 [[nodiscard]] inline std::string postgres_bytes(const PGresult* r, int row, int column) {
     return {PQgetvalue(r, row, column), static_cast<std::size_t>(PQgetlength(r, row, column))};
 }
@@ -86,7 +99,7 @@ private:
 struct postgres_statement {
     std::string_view name;
     std::string_view sql;
-    std::vector<Oid> types{}; // of the parameters: 17 bytea, 25 text, 20 int8
+    std::vector<Oid> types{}; // of the parameters: 17 bytea, 25 text, 20 int8, 701 float8
 };
 
 /// The connection URL's parts that are not secret (host, port, database, user), to name the
@@ -185,17 +198,27 @@ public:
                                                         b.lengths.data(), b.formats.data(), 1)});
         }
 
+        using calls = std::vector<std::pair<const postgres_statement*, std::vector<postgres_param>>>;
+
         /// Prepared statements run in one round trip (libpq's pipeline mode): each is sent without
         /// waiting for the answer to the one before. The first failure skips the rest (the server
         /// ignores them up to the pipeline's end); its error is returned. On success, the result of
         /// the last statement. Meant for small answers (INSERT, COMMIT): the server's answers wait
         /// in its socket buffer until every statement is sent.
-        result<postgres_result> pipeline(const std::vector<std::pair<const postgres_statement*, std::vector<postgres_param>>>& calls) {
-            for (const auto& call : calls)
+        result<postgres_result> pipeline(const calls& list) {
+            auto all = pipeline_all(list);
+            if (!all) return std::move(all).error();
+            return std::move(all->back());
+        }
+
+        /// As pipeline, but on success the result of every statement, in order.
+        result<std::vector<postgres_result>> pipeline_all(const calls& list) {
+            if (list.empty()) return error{error_kind::internal, "an empty pipeline", "store_misuse"};
+            for (const auto& call : list)
                 if (auto made = prepare(*call.first); !made) return std::move(made).error();
-            if (PQenterPipelineMode(c_->conn) != 1) return check(postgres_result{});
+            if (PQenterPipelineMode(c_->conn) != 1) return check(postgres_result{}).error();
             std::size_t sent = 0;
-            for (const auto& [st, params] : calls) {
+            for (const auto& [st, params] : list) {
                 const binary_params b{params};
                 if (PQsendQueryPrepared(c_->conn, std::string{st->name}.c_str(), b.count(), b.values.data(), b.lengths.data(),
                                         b.formats.data(), 1) != 1)
@@ -204,13 +227,13 @@ public:
             }
             const bool synced = PQpipelineSync(c_->conn) == 1;
             std::optional<result<postgres_result>> failed;
-            postgres_result last;
+            std::vector<postgres_result> all;
             // Each statement's answer is its result, then a null; a lost connection ends in nulls.
             for (std::size_t i = 0; i < sent; ++i) {
                 postgres_result r{PQgetResult(c_->conn)};
                 if (!r) break; // the connection is gone
                 if (!failed) {
-                    if (auto checked = check(std::move(r)); checked) last = std::move(*checked);
+                    if (auto checked = check(std::move(r)); checked) all.push_back(std::move(*checked));
                     else failed = std::move(checked);
                 }
                 while (postgres_result extra{PQgetResult(c_->conn)}) {
@@ -220,9 +243,9 @@ public:
                 while (postgres_result r{PQgetResult(c_->conn)})
                     if (PQresultStatus(r.get()) == PGRES_PIPELINE_SYNC) break;
             (void)PQexitPipelineMode(c_->conn); // fails only with answers unread: the connection is then broken
-            if (failed) return std::move(*failed);
-            if (sent < calls.size() || !synced || !last) return check(postgres_result{});
-            return last;
+            if (failed) return std::move(*failed).error();
+            if (sent < list.size() || !synced || all.size() < list.size()) return check(postgres_result{}).error();
+            return all;
         }
 
     private:
@@ -371,6 +394,9 @@ private:
             postgres_detail::replace_all(why, s_->target.password, "***");
             return error{error_kind::unavailable, "PostgreSQL " + described() + ": cannot connect: " + why, "store_unavailable"};
         }
+        // Errors without DETAIL: it may quote a row's values ("Failing row contains (...)"), and
+        // these messages reach logs and clients.
+        PQsetErrorVerbosity(c->conn, PQERRORS_TERSE);
         const std::string set = "SET statement_timeout = " + std::to_string(o.statement_timeout.count());
         postgres_result r{PQexec(c->conn, set.c_str())};
         if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
