@@ -14,7 +14,12 @@ W1020 needless Sub, ...), so the tests lint the plain rendering as well.
 
 STORE_HEADER is plugins/dynamodb/include/chatkit/dynamodb_store.hpp: the DynamoDB actions the role
 grants must be exactly those the store calls (`client_.call("PutItem", ...)`), and the table's keys
-and TTL attribute the ones it uses. KEYS_HEADER is dynamodb_key_directory.hpp: on the keys table
+and TTL attribute the ones it uses. The same header holds the store's conversations, in a second
+table: on it the role must grant exactly the actions of its `conversations_call("Operation", ...)`
+calls, a TransactWriteItems counted as the actions IAM authorizes its items by (a Put needs
+PutItem, an Update UpdateItem, a ConditionCheck ConditionCheckItem; there is no IAM action
+dynamodb:TransactWriteItems), plus Query on the one index it queries, whatever CHAT_AUTH is; and
+the table's keys and index must be those of its create_conversations_table_input(). KEYS_HEADER is dynamodb_key_directory.hpp: on the keys table
 the role may do exactly what its `keys()` calls (a server only reads keys; a workstation writes
 them), and only with CHAT_AUTH=keys. USAGE_HEADER is dynamodb_usage_store.hpp: on the usage table
 the role may do exactly what the usage store calls, on the table and on the one index it queries,
@@ -217,6 +222,49 @@ def limits_facts(header_path):
     return facts
 
 
+# TransactWriteItems and TransactGetItems are not IAM actions (cfn-lint's W3037 refuses
+# dynamodb:TransactWriteItems): IAM authorizes each item of a transaction as the single-item
+# action it stands for, a ConditionCheck as ConditionCheckItem.
+TRANSACTION_CALLS = ("TransactWriteItems", "TransactGetItems")
+TRANSACTION_ITEM_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                            "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+
+
+def conversations_facts(header_path):
+    """What the store does on its conversations table: the IAM actions of its conversations_call()s
+    (a transaction counted as its items' actions), the index it queries (None: none), and the
+    table its create_conversations_table_input() describes: keys, attribute types, index."""
+    text = store_facts(header_path)["text"]
+    calls = set(re.findall(r'conversations_call\(\s*"([A-Za-z]+)"', text))
+    if not calls:
+        raise Failure(f"found no `conversations_call(\"Operation\"` in {header_path}: have the conversations moved?")
+    actions = {"dynamodb:" + c for c in calls if c not in TRANSACTION_CALLS}
+    if calls & set(TRANSACTION_CALLS):
+        kinds = set(re.findall(r'\["(' + "|".join(TRANSACTION_ITEM_ACTIONS) + r')"\]\s*=', text))
+        if not kinds:
+            raise Failure(f"{header_path} calls {sorted(calls & set(TRANSACTION_CALLS))} but makes no transaction item "
+                          f"(`x[\"Put\"] = ...`): has the store moved?")
+        actions |= {"dynamodb:" + TRANSACTION_ITEM_ACTIONS[k] for k in kinds}
+    index = re.search(r'conversations_index = "([A-Za-z0-9_.-]+)"', text)
+    body = re.search(r"create_conversations_table_input\(const std::string& table\) \{\n(.*?)\n    \}\n", text, re.S)
+    if not index or not body:
+        raise Failure(f"found no `conversations_index = \"NAME\"` or no create_conversations_table_input() in "
+                      f"{header_path}: has the store moved?")
+    # Whether a member queries the index: `{"IndexName", conversations_index}` outside this function.
+    queried = re.search(r'\{"IndexName", conversations_index\}', text.replace(body.group(1), "")) is not None
+    body = body.group(1).replace("conversations_index", f'"{index.group(1)}"')
+    types = dict(re.findall(r'\{\{"AttributeName", "([A-Za-z0-9_]+)"\}, \{"AttributeType", "([SNB])"\}\}', body))
+    schemas = [dict(re.findall(r'key\("([A-Za-z0-9_]+)", "(HASH|RANGE)"\)', ks))
+               for ks in re.findall(r'\{"KeySchema", \{(.*?)\}\}', body)]
+    names = re.findall(r'\{"IndexName", "([A-Za-z0-9_.-]+)"\}', body)
+    projections = re.findall(r'\{"ProjectionType", "([A-Z_]+)"\}', body)
+    if not types or len(schemas) != 1 + len(names) or len(projections) != len(names):
+        raise Failure(f"cannot read the keys and indexes of create_conversations_table_input() in {header_path}: "
+                      f"has it changed shape?")
+    return {"actions": actions, "index": index.group(1) if queried else None, "types": types, "keys": schemas[0],
+            "indexes": {n: (k, p) for n, k, p in zip(names, schemas[1:], projections)}, "text": text}
+
+
 # The four headers the checks read: the history store's, the key directory's, the usage store's
 # and the counter store's (the limits).
 Headers = collections.namedtuple("Headers", "store keys usage limits")
@@ -338,8 +386,9 @@ def _(tpl, header):
 
 def database_tables(tpl):
     """((name, resource) of the history table, of the keys table, of the usage table, of the limits
-    table), as the function's CHAT_DATABASE_URL names them:
-    dynamodb://${History}?...&keys_table=${Keys}&usage_table=${Usage}&limits_table=${Limits}."""
+    table, of the conversations table), as the function's CHAT_DATABASE_URL names them:
+    dynamodb://${History}?...&keys_table=${Keys}&usage_table=${Usage}&limits_table=${Limits}
+    &conversations_table=${Conversations}."""
     tables = resources_of(tpl, "AWS::DynamoDB::Table")
     url = env_of(tpl).get("CHAT_DATABASE_URL")
     text = url.get("Fn::Sub") if isinstance(url, dict) else url
@@ -357,19 +406,28 @@ def database_tables(tpl):
     limits = re.search(r"[?&]limits_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
     if not limits or limits.group(1) not in tables or limits.group(1) in (history.group(1), keys.group(1), usage.group(1)):
         raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the limits table as limits_table=${{LimitsTable}}")
-    if len(tables) != 4:
-        raise Failure(f"expected four DynamoDB tables (history, keys, usage, limits), found {sorted(tables)}")
-    return tuple((name, tables[name]) for name in (history.group(1), keys.group(1), usage.group(1), limits.group(1)))
+    conversations = re.search(r"[?&]conversations_table=\$\{([A-Za-z0-9]+)\}(&|$)", text)
+    if not conversations or conversations.group(1) not in tables or conversations.group(1) in (
+            history.group(1), keys.group(1), usage.group(1), limits.group(1)):
+        raise Failure(f"CHAT_DATABASE_URL {text!r} does not name the conversations table as "
+                      f"conversations_table=${{ConversationsTable}}")
+    if len(tables) != 5:
+        raise Failure(f"expected five DynamoDB tables (history, keys, usage, limits, conversations), found {sorted(tables)}")
+    return tuple((name, tables[name]) for name in (history.group(1), keys.group(1), usage.group(1), limits.group(1),
+                                                   conversations.group(1)))
 
 
 @check("role-dynamodb")
 def _(tpl, header):
     _, role = role_of(tpl)
-    (history_name, _), (keys_name, _), (usage_name, _), (limits_name, _) = database_tables(tpl)
+    (history_name, _), (keys_name, _), (usage_name, _), (limits_name, _), (conv_name, _) = database_tables(tpl)
     usage = usage_facts(header.usage)
     usage_index = f"${{{usage_name}.Arn}}/index/{usage['index']}"
+    conv = conversations_facts(header.store)
+    conv_index = f"${{{conv_name}.Arn}}/index/{conv['index']}" if conv["index"] else None
     auth = env_of(tpl).get("CHAT_AUTH")
     on_history, on_keys, on_usage, on_usage_index, on_limits = set(), set(), set(), set(), set()
+    on_conv, on_conv_index = set(), set()
     for action, targets in granted(role, "dynamodb").items():
         for resource, cond in targets:
             if is_getatt(resource, history_name, "Arn") and not cond:
@@ -388,11 +446,18 @@ def _(tpl, header):
                 on_usage.add(action)
             elif isinstance(resource, dict) and resource.get("Fn::Sub") == usage_index and not cond:
                 on_usage_index.add(action)
+            elif is_getatt(resource, conv_name, "Arn") and not cond:
+                # Conversations are served whatever CHAT_AUTH is, so granted always.
+                on_conv.add(action)
+            elif conv_index and isinstance(resource, dict) and resource.get("Fn::Sub") == conv_index and not cond:
+                on_conv_index.add(action)
             else:
                 raise Failure(f"{action} is granted on {resource!r}, not exactly !GetAtt {history_name}.Arn, "
-                              f"!GetAtt {keys_name}.Arn, !GetAtt {usage_name}.Arn, !Sub {usage_index} "
-                              f"or !GetAtt {limits_name}.Arn "
-                              f"(no other index, no other table, no condition on the history or the usage)")
+                              f"!GetAtt {keys_name}.Arn, !GetAtt {usage_name}.Arn, !Sub {usage_index}, "
+                              f"!GetAtt {limits_name}.Arn, !GetAtt {conv_name}.Arn"
+                              f"{f' or !Sub {conv_index}' if conv_index else ' (whose index the store never queries)'} "
+                              f"(no other index, no other table, no condition on the history, the usage or the "
+                              f"conversations)")
     wanted = store_facts(header.store)["actions"]
     if on_history != wanted:
         raise Failure(f"dynamodb actions on {history_name} are {sorted(on_history)}; the store calls exactly {sorted(wanted)}")
@@ -408,6 +473,12 @@ def _(tpl, header):
     wanted = limits_facts(header.limits)["actions"]
     if on_limits != wanted:
         raise Failure(f"dynamodb actions on {limits_name} are {sorted(on_limits)}; the counter store calls exactly {sorted(wanted)}")
+    if on_conv != conv["actions"]:
+        raise Failure(f"dynamodb actions on {conv_name} are {sorted(on_conv)}; the store's conversations need exactly "
+                      f"{sorted(conv['actions'])} (a transaction as its items' actions)")
+    # Of the conversation calls only Query reads an index (a user's conversations).
+    if on_conv_index != ({"dynamodb:Query"} & conv["actions"] if conv_index else set()):
+        raise Failure(f"dynamodb actions on {conv_index} are {sorted(on_conv_index)}, not exactly Query")
 
 
 @check("role-secret")
@@ -426,7 +497,7 @@ def _(tpl, header):
 
 @check("env-database-url")
 def _(tpl, header):
-    (history_name, _), _, _, _ = database_tables(tpl)
+    (history_name, _), _, _, _, _ = database_tables(tpl)
     text = env_of(tpl)["CHAT_DATABASE_URL"]
     text = text.get("Fn::Sub") if isinstance(text, dict) else text
     if not text.startswith(f"dynamodb://${{{history_name}}}"):
@@ -545,7 +616,7 @@ def _(tpl, header):
 
 @check("table-design")
 def _(tpl, header):
-    (table_name, table), _, _, _ = database_tables(tpl)
+    (table_name, table), _, _, _, _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -572,7 +643,7 @@ def _(tpl, header):
 
 @check("keys-table-design")
 def _(tpl, header):
-    _, (table_name, table), _, _ = database_tables(tpl)
+    _, (table_name, table), _, _, _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -598,7 +669,7 @@ def _(tpl, header):
 
 @check("usage-table-design")
 def _(tpl, header):
-    _, _, (table_name, table), _ = database_tables(tpl)
+    _, _, (table_name, table), _, _ = database_tables(tpl)
     p = table.get("Properties", {})
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
     types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
@@ -633,7 +704,7 @@ def _(tpl, header):
 
 @check("limits-table-design")
 def _(tpl, header):
-    _, _, _, (table_name, table) = database_tables(tpl)
+    _, _, _, (table_name, table), _ = database_tables(tpl)
     p = table.get("Properties", {})
     facts = limits_facts(header.limits)
     keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
@@ -650,6 +721,41 @@ def _(tpl, header):
         raise Failure(f"{table_name} has no SSESpecification.SSEEnabled")
     if p.get("BillingMode") != "PAY_PER_REQUEST":
         raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
+
+
+@check("conversations-table-design")
+def _(tpl, header):
+    _, _, _, _, (table_name, table) = database_tables(tpl)
+    p = table.get("Properties", {})
+    facts = conversations_facts(header.store)
+    keys = {k.get("AttributeName"): k.get("KeyType") for k in p.get("KeySchema") or []}
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in p.get("AttributeDefinitions") or []}
+    if keys != facts["keys"] or types != facts["types"]:
+        raise Failure(f"{table_name} keys are {keys} {types}, not {facts['keys']} {facts['types']}, "
+                      f"as create_conversations_table_input() has them")
+    indexes = {}
+    for index in p.get("GlobalSecondaryIndexes") or []:
+        projection = index.get("Projection") or {}
+        if projection.get("NonKeyAttributes"):
+            raise Failure(f"{table_name}'s index {index.get('IndexName')} projects only some attributes")
+        indexes[index.get("IndexName")] = ({k.get("AttributeName"): k.get("KeyType") for k in index.get("KeySchema") or []},
+                                           projection.get("ProjectionType", "KEYS_ONLY"))
+    if p.get("LocalSecondaryIndexes") or indexes != facts["indexes"]:
+        raise Failure(f"{table_name}'s indexes are {indexes}, not {facts['indexes']} as create_conversations_table_input() "
+                      f"has them (a conversation listing reads every attribute from the index)")
+    for needle in ('"CONV#"', '"#META"', '"MSG#"', '"MID#"', '"FB#"'):
+        if needle not in facts["text"]:
+            raise Failure(f"the store no longer mentions {needle}: the conversations table design has drifted")
+    if p.get("TimeToLiveSpecification"):
+        raise Failure(f"{table_name} has a TTL: the store writes no expiry, a conversation lives until it is deleted")
+    if (p.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is not True:
+        raise Failure(f"{table_name} has no point-in-time recovery")
+    if (p.get("SSESpecification") or {}).get("SSEEnabled") is not True:
+        raise Failure(f"{table_name} has no SSESpecification.SSEEnabled")
+    if p.get("BillingMode") != "PAY_PER_REQUEST":
+        raise Failure(f"{table_name} is not on-demand (PAY_PER_REQUEST)")
+    if table.get("DeletionPolicy") != "Retain" or table.get("UpdateReplacePolicy") != "Retain":
+        raise Failure(f"{table_name} would be deleted with the stack or on replacement, every conversation with it")
 
 
 @check("env-auth")
@@ -764,9 +870,9 @@ def _(tpl, header):
     named = [(kind, the_one(tpl, kind, *types)[0]) for kind, types in (
         ("HTTP API", ("AWS::ApiGatewayV2::Api",)), ("Function URL", ("AWS::Lambda::Url",)),
         ("secret", ("AWS::SecretsManager::Secret",)))]
-    (history_name, _), (keys_name, _), (usage_name, _), (limits_name, _) = database_tables(tpl)
+    (history_name, _), (keys_name, _), (usage_name, _), (limits_name, _), (conv_name, _) = database_tables(tpl)
     for kind, name in named + [("history table", history_name), ("keys table", keys_name), ("usage table", usage_name),
-                               ("limits table", limits_name)]:
+                               ("limits table", limits_name), ("conversations table", conv_name)]:
         if f"'{name}'" not in outputs and f"{{{name}." not in outputs and f"${{{name}}}" not in outputs:
             raise Failure(f"no output gives the {kind} ({name})")
 
@@ -1011,7 +1117,7 @@ MUTATIONS = [
      lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
                                   {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}"
                                               "&usage_table=${UsageTable}&limits_table=${UsageTable}"})),
-    ("env-database-url", "a fifth table the URL does not name",
+    ("env-database-url", "a sixth table the URL does not name",
      lambda t: t["Resources"].__setitem__("OtherTable", copy.deepcopy(res(t, "LimitsTable")))),
     ("limits-table-design", "TTL off",
      lambda t: res(t, "LimitsTable")["Properties"]["TimeToLiveSpecification"].__setitem__("Enabled", False)),
@@ -1037,6 +1143,75 @@ MUTATIONS = [
      lambda t: res(t, "LimitsTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
     ("outputs", "no limits table output",
      lambda t: t["Outputs"].pop("LimitsTableName")),
+    ("role-dynamodb", "the function may Scan conversations",
+     lambda t: stmt(t, "Conversations")["Action"].append("dynamodb:Scan")),
+    ("role-dynamodb", "ConditionCheckItem missing (a feedback's transaction would be refused)",
+     lambda t: stmt(t, "Conversations")["Action"].remove("dynamodb:ConditionCheckItem")),
+    ("role-dynamodb", "DeleteItem missing on the conversations table",
+     lambda t: stmt(t, "Conversations")["Action"].remove("dynamodb:DeleteItem")),
+    ("role-dynamodb", "BatchWriteItem missing on the conversations table",
+     lambda t: stmt(t, "Conversations")["Action"].remove("dynamodb:BatchWriteItem")),
+    ("role-dynamodb", "dynamodb:TransactWriteItems, which IAM does not know, granted",
+     lambda t: stmt(t, "Conversations")["Action"].append("dynamodb:TransactWriteItems")),
+    ("role-dynamodb", "conversations granted only with CHAT_AUTH=keys",
+     lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].__setitem__(
+         1, {"Fn::If": ["UseApiKeys", copy.deepcopy(stmt(t, "Conversations")), {"Ref": "AWS::NoValue"}]})),
+    ("role-dynamodb", "the conversations grant on the history table",
+     lambda t: stmt(t, "Conversations").__setitem__("Resource", {"Fn::GetAtt": ["HistoryTable", "Arn"]})),
+    ("role-dynamodb", "Query on every index of the conversations table",
+     lambda t: stmt(t, "ConversationsByUser").__setitem__("Resource", {"Fn::Sub": "${ConversationsTable.Arn}/index/*"})),
+    ("role-dynamodb", "Query on another index of the conversations table",
+     lambda t: stmt(t, "ConversationsByUser").__setitem__("Resource", {"Fn::Sub": "${ConversationsTable.Arn}/index/gsi2"})),
+    ("role-dynamodb", "writes on the conversations index",
+     lambda t: stmt(t, "ConversationsByUser").__setitem__("Action", ["dynamodb:Query", "dynamodb:PutItem"])),
+    ("role-dynamodb", "no Query on the conversations index",
+     lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].remove(
+         stmt(t, "ConversationsByUser"))),
+    ("env-database-url", "no conversations_table in the URL",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}"
+                                              "&usage_table=${UsageTable}&limits_table=${LimitsTable}"})),
+    ("env-database-url", "conversations_table naming the history table",
+     lambda t: env(t).__setitem__("CHAT_DATABASE_URL",
+                                  {"Fn::Sub": "dynamodb://${HistoryTable}?region=${AWS::Region}&keys_table=${KeysTable}"
+                                              "&usage_table=${UsageTable}&limits_table=${LimitsTable}"
+                                              "&conversations_table=${HistoryTable}"})),
+    ("conversations-table-design", "sort key renamed",
+     lambda t: (res(t, "ConversationsTable")["Properties"]["KeySchema"][1].__setitem__("AttributeName", "sort"),
+                res(t, "ConversationsTable")["Properties"]["AttributeDefinitions"][1].__setitem__("AttributeName", "sort"))),
+    ("conversations-table-design", "no sort key",
+     lambda t: (res(t, "ConversationsTable")["Properties"]["KeySchema"].pop(1),
+                res(t, "ConversationsTable")["Properties"]["AttributeDefinitions"].pop(1))),
+    ("conversations-table-design", "a numeric partition key",
+     lambda t: res(t, "ConversationsTable")["Properties"]["AttributeDefinitions"][0].__setitem__("AttributeType", "N")),
+    ("conversations-table-design", "no index",
+     lambda t: res(t, "ConversationsTable")["Properties"].pop("GlobalSecondaryIndexes")),
+    ("conversations-table-design", "index renamed",
+     lambda t: res(t, "ConversationsTable")["Properties"]["GlobalSecondaryIndexes"][0].__setitem__("IndexName", "by-user")),
+    ("conversations-table-design", "index keys swapped",
+     lambda t: res(t, "ConversationsTable")["Properties"]["GlobalSecondaryIndexes"][0].__setitem__("KeySchema", [
+         {"AttributeName": "gsi1sk", "KeyType": "HASH"}, {"AttributeName": "gsi1pk", "KeyType": "RANGE"}])),
+    ("conversations-table-design", "index projecting keys only",
+     lambda t: res(t, "ConversationsTable")["Properties"]["GlobalSecondaryIndexes"][0].__setitem__(
+         "Projection", {"ProjectionType": "KEYS_ONLY"})),
+    ("conversations-table-design", "a second index",
+     lambda t: res(t, "ConversationsTable")["Properties"]["GlobalSecondaryIndexes"].append(
+         {"IndexName": "gsi2", "KeySchema": [{"AttributeName": "sk", "KeyType": "HASH"}], "Projection": {"ProjectionType": "ALL"}})),
+    ("conversations-table-design", "a TTL",
+     lambda t: res(t, "ConversationsTable")["Properties"].__setitem__("TimeToLiveSpecification",
+                                                                      {"AttributeName": "expires_at", "Enabled": True})),
+    ("conversations-table-design", "no PITR",
+     lambda t: res(t, "ConversationsTable")["Properties"].pop("PointInTimeRecoverySpecification")),
+    ("conversations-table-design", "not encrypted",
+     lambda t: res(t, "ConversationsTable")["Properties"].pop("SSESpecification")),
+    ("conversations-table-design", "provisioned billing",
+     lambda t: res(t, "ConversationsTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
+    ("conversations-table-design", "deleted with the stack",
+     lambda t: res(t, "ConversationsTable").pop("DeletionPolicy")),
+    ("conversations-table-design", "deleted when replaced",
+     lambda t: res(t, "ConversationsTable").__setitem__("UpdateReplacePolicy", "Delete")),
+    ("outputs", "no conversations table output",
+     lambda t: t["Outputs"].pop("ConversationsTableName")),
     ("env-auth", "CHAT_AUTH fixed, not a parameter",
      lambda t: env(t).__setitem__("CHAT_AUTH", "keys")),
     ("keys-table-design", "a sort key",
@@ -1085,6 +1260,10 @@ MUTATIONS = [
      dashboard_edit('"Latency", "ApiId", "${HttpApi}", {"stat": "p99"', '"Latency", "ApiId", "${HttpApi}", {"stat": "p90"')),
     ("cloudwatch-dashboard", "the usage table not watched",
      dashboard_edit("${UsageTable}", "${KeysTable}")),
+    ("cloudwatch-dashboard", "the conversations table not watched",
+     dashboard_edit("${ConversationsTable}", "${HistoryTable}")),
+    ("cloudwatch-dashboard", "the conversations table's throttled writes not watched",
+     dashboard_edit('"WriteThrottleEvents", "TableName", "${ConversationsTable}"', '"WriteThrottleEvents", "TableName", "${HistoryTable}"')),
     ("cloudwatch-dashboard", "no 5xx",
      dashboard_edit('"5xx", "ApiId"', '"Count", "ApiId"')),
     ("cloudwatch-dashboard", "a widget in a fixed region",
@@ -1154,7 +1333,23 @@ def self_test(tpl, header):
             ("limits-table-design", "the counter store renames expires_at", "limits",
              lambda h: h.replace("SET expires_at = :expires", "SET expiry = :expires")),
             ("limits-table-design", "the counter store renames its key", "limits",
-             lambda h: h.replace('"counter"', '"name"'))):
+             lambda h: h.replace('"counter"', '"name"')),
+            ("role-dynamodb", "the conversations also call Scan", "store",
+             lambda h: h + '\nvoid more() { conversations_call("Scan", {}); }\n'),
+            ("role-dynamodb", "the conversations stop calling BatchWriteItem", "store",
+             lambda h: h.replace('conversations_call("BatchWriteItem"', 'conversations_call("DeleteItem"')),
+            ("role-dynamodb", "no ConditionCheck in any transaction", "store",
+             lambda h: h.replace('["ConditionCheck"] =', '["Put"] =')),
+            ("role-dynamodb", "the conversations query another index", "store",
+             lambda h: h.replace('conversations_index = "gsi1"', 'conversations_index = "by-user"')),
+            ("role-dynamodb", "the conversations no longer query an index", "store",
+             lambda h: re.sub(r'\{"IndexName", conversations_index\},\s*(\{"KeyConditionExpression")', r"\1", h)),
+            ("conversations-table-design", "the store renames gsi1sk", "store",
+             lambda h: h.replace('"gsi1sk"', '"gsi1_sort"')),
+            ("conversations-table-design", "the store's index projects keys only", "store",
+             lambda h: h.replace('{"ProjectionType", "ALL"}', '{"ProjectionType", "KEYS_ONLY"}')),
+            ("conversations-table-design", "the store's partition key is a number", "store",
+             lambda h: h.replace('{{"AttributeName", "pk"}, {"AttributeType", "S"}}', '{{"AttributeName", "pk"}, {"AttributeType", "N"}}'))):
         with open(getattr(header, which), encoding="utf-8") as f:
             text = f.read()
         with tempfile.NamedTemporaryFile("w", suffix=".hpp", delete=False) as f:

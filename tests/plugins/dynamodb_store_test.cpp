@@ -1,16 +1,21 @@
 // chatkit::dynamodb_store against real DynamoDB emulators (dynalite and moto_server), plus a proxy
-// in front of one that injects DynamoDB's own error answers (throttling, a lost answer).
+// in front of one that injects DynamoDB's own error answers (throttling, a lost answer). Its
+// conversations need TransactWriteItems, which dynalite lacks: they are tested on moto, and on
+// dynalite only the members that make no transaction.
 #include "chatkit/dynamodb_store.hpp"
 
 #include "../support/aws_emulators.hpp"
 #include "../support/dynamodb_proxy.hpp"
+#include "conversation_store_conformance.hpp"
 #include "store_conformance.hpp"
 
 #include <catch2/catch.hpp>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -41,6 +46,17 @@ dynamodb_store make_store(const test_support::emulator_process& emulator, std::c
     o.ttl = ttl;
     dynamodb_store store{o, emulator.aws_environment()};
     create_table(store.client(), o.table);
+    return store;
+}
+
+// A store on a new history table and a new conversations table of the emulator.
+dynamodb_store make_conversation_store(const test_support::emulator_process& emulator) {
+    dynamodb_options o;
+    o.table = unique_table();
+    o.conversations_table = o.table + "-conversations";
+    dynamodb_store store{o, emulator.aws_environment()};
+    create_table(store.client(), o.table);
+    test_support::create_table(store.client(), dynamodb_store::create_conversations_table_input(o.conversations_table));
     return store;
 }
 
@@ -76,6 +92,29 @@ nlohmann::json scan(test_support::emulator_process& emulator, const std::string&
     return (*items)["Items"];
 }
 
+// A conversations table created directly on moto, and a store that reaches it through the proxy.
+std::string created_conversations_table() {
+    const auto table = unique_table();
+    dynamodb_store admin{{.table = table}, moto().aws_environment()};
+    test_support::create_table(admin.client(), dynamodb_store::create_conversations_table_input(table));
+    return table;
+}
+dynamodb_store conversation_store_behind(const dynamodb_proxy& proxy, const std::string& conversations_table, int max_retries = 5) {
+    dynamodb_options o;
+    o.table = "history-unused";
+    o.conversations_table = conversations_table;
+    o.client.retries.max_retries = max_retries;
+    o.client.retries.first_delay = std::chrono::milliseconds{1};
+    return dynamodb_store{o, moto().aws_environment({{"AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint()}})};
+}
+
+// The conversations table's items by sort key.
+std::map<std::string, nlohmann::json> conversation_items(test_support::emulator_process& emulator, const std::string& table) {
+    std::map<std::string, nlohmann::json> by_sk;
+    for (const auto& item : scan(emulator, table)) by_sk[item["pk"]["S"].get<std::string>() + " " + item["sk"]["S"].get<std::string>()] = item;
+    return by_sk;
+}
+
 } // namespace
 
 TEST_CASE("dynamodb store passes the store conformance tests on dynalite") {
@@ -84,6 +123,10 @@ TEST_CASE("dynamodb store passes the store conformance tests on dynalite") {
 
 TEST_CASE("dynamodb store passes the store conformance tests on moto") {
     chatkit_test::check_store_conformance<dynamodb_store>([] { return make_store(moto()); });
+}
+
+TEST_CASE("dynamodb store passes the conversation store conformance tests on moto") {
+    chatkit_test::check_conversation_store_conformance<dynamodb_store>([] { return make_conversation_store(moto()); });
 }
 
 TEST_CASE("dynamodb store writes one item per exchange in the documented layout") {
@@ -311,4 +354,276 @@ TEST_CASE("dynamodb URLs name a table and optional region and ttl") {
         CHECK(r.error().code == "invalid_database_url");
         CHECK(r.error().message.starts_with(std::string{"'"} + bad + "'")); // quotes the URL as given
     }
+}
+
+// ---- Conversations (the single-table design of dynamodb_store.hpp) ----
+
+TEST_CASE("dynamodb store writes a conversation in the documented single-table layout") {
+    auto store = make_conversation_store(moto());
+    auto c = chatkit_test::make_conversation("team:a", "ada", 1'700'000'000'123, "Support");
+    REQUIRE(store.create_conversation(c));
+    const auto turn = chatkit_test::make_turn(c, "1", 1'700'000'000'200);
+    REQUIRE(store.append_to_conversation(turn));
+    const chatkit::feedback fb{chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_up", 5, "good", 1'700'000'000'300};
+    REQUIRE(store.add_feedback({c.owner, fb}));
+
+    const auto items = conversation_items(moto(), store.options().conversations_table);
+    REQUIRE(items.size() == 6); // #META, two messages, their two MID items, one feedback
+    const std::string pk = "CONV#" + c.id;
+    const auto& meta = items.at(pk + " #META");
+    CHECK(meta["owner"]["S"] == "team:a");
+    CHECK(meta["user_id"]["S"] == "ada");
+    CHECK(meta["title"]["S"] == "Support");
+    CHECK(nlohmann::json::parse(meta["metadata"]["S"].get<std::string>()) == c.metadata);
+    CHECK(meta["created_at"]["N"] == "1700000000123");
+    CHECK(meta["updated_at"]["N"] == "1700000000200");
+    CHECK(meta["message_count"]["N"] == "2");
+    CHECK(meta["total_tokens"]["N"] == "15");
+    CHECK(std::stod(meta["total_cost_usd"]["N"].get<std::string>()) == Approx(0.25));
+    CHECK(meta["gsi1pk"]["S"] == "6:team:a#ada");
+    const std::string listed = meta["gsi1sk"]["S"];
+    CHECK(listed.size() == 38);
+    CHECK(listed.starts_with("1700000000123-"));
+
+    std::vector<std::string> message_sks;
+    for (const auto& [key, item] : items)
+        if (item["sk"]["S"].get<std::string>().starts_with("MSG#")) message_sks.push_back(item["sk"]["S"]);
+    REQUIRE(message_sks.size() == 2);
+    CHECK(message_sks[0].size() == 4 + 24 + 3);
+    CHECK(message_sks[0].substr(0, 28) == message_sks[1].substr(0, 28)); // one order per append
+    CHECK(message_sks[0].ends_with("#00"));
+    CHECK(message_sks[1].ends_with("#01"));
+    const auto& question = items.at(pk + " " + message_sks[0]);
+    CHECK(question["id"]["S"] == turn.messages[0].id);
+    CHECK(question["role"]["S"] == "user");
+    CHECK_FALSE(question.contains("prompt_tokens"));
+    CHECK_FALSE(question.contains("provider"));
+    const auto& answer = items.at(pk + " " + message_sks[1]);
+    CHECK(answer["role"]["S"] == "assistant");
+    CHECK(answer["prompt_tokens"]["N"] == "10");
+    CHECK(answer["completion_tokens"]["N"] == "5");
+    CHECK(answer["cost_usd"]["N"] == "0.25");
+    CHECK(answer["ttft_ms"]["N"] == "3.25");
+    CHECK(answer["provider"]["S"] == "provider-1");
+    for (std::size_t i = 0; i < 2; ++i)
+        CHECK(items.at(pk + " MID#" + turn.messages[i].id)["msg_sk"]["S"] == message_sks[i]);
+
+    const auto feedback = std::find_if(items.begin(), items.end(), [](const std::pair<const std::string, nlohmann::json>& kv) { return kv.second["sk"]["S"].get<std::string>().starts_with("FB#"); });
+    REQUIRE(feedback != items.end());
+    CHECK(feedback->second["id"]["S"] == fb.id);
+    CHECK(feedback->second["message_id"]["S"] == turn.messages[1].id);
+    CHECK(feedback->second["rating"]["N"] == "5");
+    CHECK(feedback->second["comment"]["S"] == "good");
+
+    CHECK(scan(moto(), store.options().table).empty()); // the history table is not touched
+
+    // The message cursor is the message's sort key without MSG#.
+    auto page = store.conversation_messages({{c.owner, c.id}, 1, {}, false});
+    REQUIRE(page);
+    REQUIRE(page->next_cursor);
+    CHECK(*page->next_cursor == message_sks[0].substr(4));
+}
+
+TEST_CASE("dynamodb store keeps owners and users apart in its listing index, whatever they contain") {
+    auto store = make_conversation_store(moto());
+    const auto one = chatkit_test::make_conversation("a#b", "c", 1'700'000'000'000);
+    const auto two = chatkit_test::make_conversation("a", "b#c", 1'700'000'000'000);
+    REQUIRE(store.create_conversation(one));
+    REQUIRE(store.create_conversation(two));
+    auto first = store.conversations({"a#b", "c", 10, {}});
+    auto second = store.conversations({"a", "b#c", 10, {}});
+    REQUIRE(first);
+    REQUIRE(second);
+    REQUIRE(first->conversations.size() == 1);
+    CHECK(first->conversations[0].id == one.id);
+    REQUIRE(second->conversations.size() == 1);
+    CHECK(second->conversations[0].id == two.id);
+}
+
+TEST_CASE("dynamodb store deletes every item of a conversation, across batches and query pages") {
+    auto store = make_conversation_store(moto());
+    auto doomed = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    auto kept = chatkit_test::make_conversation("", "ada", 1'700'000'000'001);
+    REQUIRE(store.create_conversation(doomed));
+    REQUIRE(store.create_conversation(kept));
+    for (int i = 0; i < 20; ++i) { // 81 items: more than three BatchWriteItem calls
+        const auto turn = chatkit_test::make_turn(doomed, std::to_string(i), 1'700'000'000'100 + i);
+        REQUIRE(store.append_to_conversation(turn));
+        REQUIRE(store.add_feedback({"", {chatkit::conversations_api::make_uuid(), doomed.id, turn.messages[0].id, "flag", {}, {}, 0}}));
+    }
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(kept, "k", 1'700'000'000'200)));
+    REQUIRE(conversation_items(moto(), store.options().conversations_table).size() == 1 + 20 * 5 + 5);
+
+    REQUIRE(store.delete_conversation({"", doomed.id}));
+    const auto left = conversation_items(moto(), store.options().conversations_table);
+    CHECK(left.size() == 5);
+    for (const auto& [key, item] : left) CHECK(item["pk"]["S"] == "CONV#" + kept.id);
+}
+
+TEST_CASE("dynamodb store hides a conversation whose delete failed half-way, and a retried delete finishes it") {
+    const auto table = created_conversations_table();
+    {
+        dynamodb_store direct{{.table = "history-unused", .conversations_table = table}, moto().aws_environment()};
+        auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+        c.id = "11111111-1111-4111-8111-111111111111";
+        REQUIRE(direct.create_conversation(c));
+        REQUIRE(direct.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)));
+    }
+    const chatkit::conversation_ref ref{"", "11111111-1111-4111-8111-111111111111"};
+    dynamodb_proxy proxy{moto().port(), [](const std::string& target, const auto&, httplib::Response& res) {
+                             if (target != "DynamoDB_20120810.BatchWriteItem") return false;
+                             aws_error(res, 400, "ValidationException", "refused for the test");
+                             return true;
+                         }};
+    auto store = conversation_store_behind(proxy, table);
+    auto deleted = store.delete_conversation(ref);
+    REQUIRE_FALSE(deleted);
+    CHECK(deleted.error().kind == error_kind::unavailable);
+    CHECK(deleted.error().message.find(table) != std::string::npos);
+
+    CHECK(store.find_conversation(ref).error().code == "conversation_not_found");
+    CHECK(store.conversation_messages({ref, 10, {}, false}).error().code == "conversation_not_found");
+    CHECK(store.conversation_feedback(ref).error().code == "conversation_not_found");
+    CHECK(store.append_to_conversation(chatkit_test::make_turn({.id = ref.id, .owner = ""}, "2", 0)).error().code ==
+          "conversation_not_found");
+    auto listed = store.conversations({"", "ada", 10, {}});
+    REQUIRE(listed);
+    CHECK(listed->conversations.empty());
+    CHECK(conversation_items(moto(), table).size() == 5); // nothing was deleted yet
+
+    dynamodb_store direct{{.table = "history-unused", .conversations_table = table}, moto().aws_environment()};
+    REQUIRE(direct.delete_conversation(ref)); // the retry
+    CHECK(scan(moto(), table).empty());
+}
+
+TEST_CASE("dynamodb store stores an append whose answer was lost once") {
+    // The first TransactWriteItems reaches the table but its answer is a 500: the retry is
+    // cancelled by the message Puts' conditions, and the store recognises its own messages.
+    const auto table = created_conversations_table();
+    std::atomic<bool> lost{false};
+    dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const auto& forward, httplib::Response& res) {
+                             if (target != "DynamoDB_20120810.TransactWriteItems" || lost.exchange(true)) return false;
+                             REQUIRE(forward());
+                             aws_error(res, 500, "InternalServerError", "Internal server error");
+                             return true;
+                         }};
+    auto store = conversation_store_behind(proxy, table);
+    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    REQUIRE(store.create_conversation(c));
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)));
+    CHECK(proxy.count("DynamoDB_20120810.TransactWriteItems") == 2);
+    auto found = store.find_conversation({"", c.id});
+    REQUIRE(found);
+    CHECK(found->totals.message_count == 2); // added once
+    CHECK(conversation_items(moto(), table).size() == 5);
+}
+
+TEST_CASE("dynamodb store tries a transaction again after a conflict with another one") {
+    const auto table = created_conversations_table();
+    std::atomic<int> conflicts{0};
+    dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const auto&, httplib::Response& res) {
+                             if (target != "DynamoDB_20120810.TransactWriteItems" || conflicts >= 2) return false;
+                             ++conflicts;
+                             aws_error(res, 400, "TransactionCanceledException",
+                                       "Transaction cancelled, please refer cancellation reasons for specific reasons "
+                                       "[TransactionConflict, None, None, None, None]");
+                             return true;
+                         }};
+    auto store = conversation_store_behind(proxy, table);
+    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    REQUIRE(store.create_conversation(c));
+    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)));
+    CHECK(proxy.count("DynamoDB_20120810.TransactWriteItems") == 3);
+    CHECK(store.find_conversation({"", c.id})->totals.message_count == 2);
+}
+
+TEST_CASE("dynamodb store refuses a message larger than an item with 413 and writes nothing") {
+    auto store = make_conversation_store(moto());
+    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    REQUIRE(store.create_conversation(c));
+    auto turn = chatkit_test::make_turn(c, "big", 1'700'000'000'001);
+    turn.messages[1].content = std::string(410'000, 'x');
+    auto saved = store.append_to_conversation(turn);
+    REQUIRE_FALSE(saved);
+    CHECK(saved.error().kind == error_kind::payload_too_large);
+    CHECK(saved.error().code == "message_too_large");
+    CHECK(store.find_conversation({"", c.id})->totals.message_count == 0);
+    CHECK(conversation_items(moto(), store.options().conversations_table).size() == 1);
+
+    turn.messages[1].content = std::string(400'000, 'x'); // fits
+    REQUIRE(store.append_to_conversation(turn));
+    const auto all = chatkit_test::all_messages(store, {"", c.id}, 10);
+    REQUIRE(all.size() == 2);
+    CHECK(all[1].content.size() == 400'000);
+}
+
+TEST_CASE("dynamodb store without a conversations table keeps none and calls nothing") {
+    dynamodb_options o;
+    o.table = "chat";
+    o.client.endpoint = "http://127.0.0.1:1"; // nothing listens: any call would fail
+    o.client.retries.max_retries = 0;
+    dynamodb_store store{o, dynalite().aws_environment()};
+    CHECK_FALSE(store.keeps_conversations());
+    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    auto created = store.create_conversation(c);
+    REQUIRE_FALSE(created);
+    CHECK(created.error().kind == error_kind::not_found);
+    CHECK(created.error().code == "conversations_unsupported");
+    auto listed = store.conversations({"", "ada", 10, {}});
+    REQUIRE(listed);
+    CHECK(listed->conversations.empty());
+    CHECK(store.find_conversation({"", c.id}).error().code == "conversation_not_found");
+    CHECK(store.append_to_conversation(chatkit_test::make_turn(c, "1", 0)).error().code == "conversation_not_found");
+    CHECK(store.add_feedback({"", {"f", c.id, "m", "flag", {}, {}, 0}}).error().code == "conversation_not_found");
+    CHECK(store.health().ok); // no call failed
+}
+
+TEST_CASE("dynamodb store serves the conversation members without transactions on dynalite, and fails appends as unavailable") {
+    // dynalite has no TransactWriteItems; everything else is its own validation of the calls.
+    auto store = make_conversation_store(dynalite());
+    std::vector<chatkit::conversation> made;
+    for (int i = 0; i < 3; ++i) {
+        made.push_back(chatkit_test::make_conversation("team:a", "ada", 1'700'000'000'000 + i, "c" + std::to_string(i)));
+        REQUIRE(store.create_conversation(made.back()));
+    }
+    auto page = store.conversations({"team:a", "ada", 2, {}});
+    REQUIRE(page);
+    REQUIRE(page->conversations.size() == 2);
+    CHECK(page->conversations[0].id == made[2].id);
+    REQUIRE(page->next_cursor);
+    auto rest = store.conversations({"team:a", "ada", 2, *page->next_cursor});
+    REQUIRE(rest);
+    REQUIRE(rest->conversations.size() == 1);
+    CHECK(rest->conversations[0].id == made[0].id);
+    CHECK_FALSE(rest->next_cursor);
+
+    auto updated = store.update_conversation({{"team:a", made[0].id}, std::optional<std::string>{}, nlohmann::json{{"k", 1}}, 5});
+    REQUIRE(updated);
+    CHECK_FALSE(updated->title);
+    CHECK(updated->metadata == nlohmann::json{{"k", 1}});
+    CHECK(store.update_conversation({{"team:b", made[0].id}, {}, {}, 6}).error().code == "conversation_not_found");
+    CHECK(store.delete_conversation({"team:b", made[0].id}).error().code == "conversation_not_found");
+    auto messages = store.conversation_messages({{"team:a", made[0].id}, 10, {}, false});
+    REQUIRE(messages);
+    CHECK(messages->messages.empty());
+
+    auto appended = store.append_to_conversation(chatkit_test::make_turn(made[0], "1", 7));
+    REQUIRE_FALSE(appended);
+    CHECK(appended.error().kind == error_kind::unavailable); // never a 404 for a store failure
+
+    REQUIRE(store.delete_conversation({"team:a", made[0].id}));
+    CHECK(store.find_conversation({"team:a", made[0].id}).error().code == "conversation_not_found");
+    CHECK(conversation_items(dynalite(), store.options().conversations_table).size() == 2);
+}
+
+TEST_CASE("dynamodb URLs may name a conversations table, which has no default") {
+    auto o = chatkit::parse_dynamodb_url("dynamodb://chat?conversations_table=chat-conversations");
+    REQUIRE(o);
+    CHECK(o->conversations_table == "chat-conversations");
+    auto plain = chatkit::parse_dynamodb_url("dynamodb://chat");
+    REQUIRE(plain);
+    CHECK(plain->conversations_table.empty());
+    auto bad = chatkit::parse_dynamodb_url("dynamodb://chat?conversations_table=a/b");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == "invalid_database_url");
 }
