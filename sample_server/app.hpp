@@ -29,6 +29,7 @@
 #include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/shared_key_limits.hpp>
 #include <chatkit/dynamodb_counter_store.hpp>
+#include <chatkit/redis_counter_store.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/otel_tracing.hpp>
@@ -75,6 +76,8 @@ using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamo
                                           chatkit::no_store>;
 // CHAT_REDIS_URL adds Redis, shared by every replica: behind the in-memory LRU, or alone.
 using shared_cache_type = chatkit::two_level_cache<chatkit::lru_cache_mt, chatkit::redis_cache>;
+// Where CHAT_LIMITS=shared counts: Redis (CHAT_REDIS_URL) or the DynamoDB database's limits table.
+using shared_counters = chatkit::counter_store_variant<chatkit::dynamodb_counter_store, chatkit::redis_counter_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache, chatkit::redis_cache, shared_cache_type>;
 // CHAT_AUTH=keys: API keys from the database of the history, SQLite or DynamoDB (docs/gateway.md).
 using auth_type = chatkit::api_key_auth<key_directory_type>;
@@ -102,7 +105,7 @@ using app_service = chatkit::service<provider_type, store_type, cache_type, chat
                                      chatkit::optional_middleware<usage_recorder_type>,
                                      chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
-                                     chatkit::optional_middleware<chatkit::shared_key_limits<chatkit::dynamodb_counter_store>>,
+                                     chatkit::optional_middleware<chatkit::shared_key_limits<shared_counters>>,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
@@ -526,19 +529,34 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
     });
 }
 
-// CHAT_LIMITS=shared: the limits of keys and teams on counters in the DynamoDB database's limits
-// table (docs/gateway.md). "auto" means local here; the Lambda bootstrap decides it before.
-inline std::optional<chatkit::shared_key_limits<chatkit::dynamodb_counter_store>> make_shared_limits(const config& c, logger* log) {
+// CHAT_LIMITS=shared: the limits of keys and teams on counters every replica shares, in Redis
+// when CHAT_REDIS_URL names one (a round trip of a fraction of a millisecond), else in the
+// DynamoDB database's limits table (docs/gateway.md). "auto" means local here; the Lambda
+// bootstrap decides it before.
+inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_limits(const config& c, logger* log) {
     if (c.limits != "shared") return std::nullopt;
+    chatkit::shared_key_limits_options o;
+    if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
+    if (!c.redis_url.empty()) {
+        auto redis = chatkit::parse_redis_url(c.redis_url);
+        if (!redis) throw config_error("CHAT_REDIS_URL: " + redis.error().message);
+        chatkit::redis_counter_store_options ro;
+        ro.redis = std::move(*redis);
+        ro.redis.max_connections = std::clamp<std::size_t>(c.threads, 1, 32);
+        chatkit::redis_counter_store counters{std::move(ro)};
+        // A Redis down at start-up is logged, not fatal: limited requests get 503 until it is back.
+        if (auto ping = counters.ping(); !ping && log)
+            log->error("cannot use Redis for the shared limits at start-up; limited requests get 503 until it can", {{"error", ping.error().message}});
+        return chatkit::shared_key_limits<shared_counters>{std::make_shared<shared_counters>(std::move(counters)), std::move(o)};
+    }
     auto database = c.database_url.starts_with("dynamodb:") ? chatkit::parse_dynamodb_url(c.database_url)
                                                             : chatkit::result<chatkit::dynamodb_options>{chatkit::error{}};
     if (!database)
-        throw config_error("CHAT_LIMITS=shared keeps its counters in DynamoDB: it needs CHAT_DATABASE_URL=dynamodb://TABLE (it is '" +
-                           c.database_url + "')");
-    chatkit::shared_key_limits_options o;
-    if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
-    return chatkit::shared_key_limits<chatkit::dynamodb_counter_store>{
-        std::make_shared<chatkit::dynamodb_counter_store>(chatkit::dynamodb_counter_store_options::of(*database)), std::move(o)};
+        throw config_error("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB: it needs CHAT_REDIS_URL=redis://... or "
+                           "CHAT_DATABASE_URL=dynamodb://TABLE (it is '" + c.database_url + "')");
+    return chatkit::shared_key_limits<shared_counters>{
+        std::make_shared<shared_counters>(chatkit::dynamodb_counter_store{chatkit::dynamodb_counter_store_options::of(*database)}),
+        std::move(o)};
 }
 
 // The exporter of the traces; an export that fails is logged at most once a minute (with how many

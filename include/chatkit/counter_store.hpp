@@ -2,7 +2,8 @@
 // while it stays within its limit. chatkit::shared_key_limits keeps the requests and tokens per
 // minute and the budgets of API keys and teams in one, so that N replicas (or N Lambda
 // instances) enforce one limit, not N of them. A store lives where the replicas meet: a DynamoDB
-// table (chatkit::dynamodb_counter_store), later Redis; memory_counter_store below is the model.
+// table (chatkit::dynamodb_counter_store) or Redis (chatkit::redis_counter_store);
+// memory_counter_store below is the model, counter_store_variant picks one at run time.
 #pragma once
 
 #include "chatkit/clock.hpp"
@@ -15,6 +16,8 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace chatkit {
@@ -140,5 +143,32 @@ private:
     std::size_t swept_size_ = 0;
 };
 static_assert(counter_store<memory_counter_store>);
+
+/// One of several counter stores, chosen at run time (where a program's configuration says the
+/// replicas meet); itself a counter store, so chatkit::shared_key_limits takes it as any other.
+template <counter_store... Stores>
+class counter_store_variant {
+public:
+    template <class S>
+        requires(std::same_as<S, Stores> || ...)
+    counter_store_variant(S store) : held_(std::in_place_type<S>, std::move(store)) {} // NOLINT: implicit on purpose
+
+    result<counters_taken> take(std::span<const counter_add> adds) {
+        return std::visit([adds](auto& s) { return s.take(adds); }, held_);
+    }
+    result<void> add(std::span<const counter_add> adds) {
+        return std::visit([adds](auto& s) { return s.add(adds); }, held_);
+    }
+
+    /// The store held, if it is an S.
+    template <class S>
+    [[nodiscard]] S* get_if() noexcept {
+        return std::get_if<S>(&held_);
+    }
+
+private:
+    std::variant<Stores...> held_;
+};
+static_assert(counter_store<counter_store_variant<memory_counter_store>>);
 
 } // namespace chatkit

@@ -756,10 +756,10 @@ TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers agai
     CHECK((*items)["Items"][0]["n"]["N"] == "66000");
 }
 
-TEST_CASE("CHAT_LIMITS=shared needs a DynamoDB database and a server that may block: start-up says so") {
+TEST_CASE("CHAT_LIMITS=shared needs Redis or a DynamoDB database, and a server that may block: start-up says so") {
     auto r = test_support::run_to_exit({{"CHAT_LIMITS", "shared"}, {"CHAT_AUTH", "keys"}, {"CHAT_SERVER", "httplib"}, {"CHAT_PORT", "0"}}, {});
     CHECK(r.exit_code == 2);
-    CHECK(r.output.find("CHAT_LIMITS=shared keeps its counters in DynamoDB") != std::string::npos);
+    CHECK(r.output.find("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB") != std::string::npos);
     auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
     env.merge(std::map<std::string, std::string>{{"CHAT_DATABASE_URL", "dynamodb://" + create_database()}, {"CHAT_LIMITS", "shared"},
                                                  {"CHAT_SERVER", "beast"}, {"CHAT_PORT", "0"}, {"CHAT_PROVIDER", "echo"}});

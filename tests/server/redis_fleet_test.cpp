@@ -1,13 +1,23 @@
 // Two sample_server replicas sharing one real Redis (CHAT_REDIS_URL), as behind a load balancer:
 // an answer cached through one is a hit on the other; a Redis that stops costs misses, never a
 // chat, is logged once (not per request), and is used again when it is back; a bad URL stops the
-// start-up with a message that names the variable and never the password.
+// start-up with a message that names the variable and never the password. With
+// CHAT_LIMITS=shared, the limits of keys and teams are one count in Redis for both replicas.
+#include "../support/key_commands.hpp"
 #include "../support/redis_server.hpp"
 #include "../support/server_process.hpp"
 
+#include <chatkit/clock.hpp>
+
 #include <catch2/catch.hpp>
 
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 using nlohmann::json;
 using test_support::redis_server;
@@ -121,4 +131,159 @@ TEST_CASE("a bad CHAT_REDIS_URL stops the start-up, naming the variable and neve
     }
     const auto tls = test_support::run_to_exit({{"CHAT_REDIS_URL", "rediss://cache:6380"}}, {});
     CHECK(tls.output.find("TLS") != std::string::npos);
+}
+
+namespace {
+
+// A per-minute limit counts UTC calendar minutes: a burst that straddled two would see two
+// windows. Waits, when the minute is in its last 15 s, for the next one to begin.
+void wait_for_a_fresh_minute() {
+    const auto into = chatkit::now_unix_ms() % 60'000;
+    if (into > 45'000) std::this_thread::sleep_for(std::chrono::milliseconds(60'000 - into + 200));
+}
+
+// What two replicas with shared limits share: the keys (a SQLite file both open), a team made with
+// `team_flags` and a key of it, and Redis for the counters.
+struct shared_fleet {
+    test_support::temp_dir dir{};
+    std::map<std::string, std::string> env{};
+    std::string key{};
+};
+void make_fleet(shared_fleet& f, const redis_server& redis, std::vector<std::string> team_flags) {
+    const auto db = f.dir.path() / "keys.db";
+    team_flags.insert(team_flags.begin(), {"--id", "fleet"});
+    test_support::create_team(db, team_flags);
+    f.key = test_support::create_key(db, {"--team", "fleet"});
+    f.env = {{"CHAT_DATABASE_URL", "sqlite:" + db.string()},
+             {"CHAT_AUTH", "keys"},
+             {"CHAT_LIMITS", "shared"},
+             {"CHAT_SERVER", "httplib"},
+             {"CHAT_REDIS_URL", redis.url()},
+             {"CHAT_CACHE_SIZE", "0"}}; // every answer is asked for, and paid for
+}
+
+struct fleet_outcome {
+    int ok = 0, limited = 0, other = 0;
+    std::vector<std::string> codes; // of the 429s
+};
+
+// `count` chats at once, spread over `servers` in turn.
+fleet_outcome burst_over(const std::vector<server_process*>& servers, const std::string& key, const std::string& body, int count) {
+    std::atomic<int> ok{0}, limited{0}, other{0};
+    std::atomic<bool> go{false};
+    std::mutex codes_mutex;
+    std::vector<std::string> codes;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < count; ++i)
+        threads.emplace_back([&, i] {
+            auto c = servers[static_cast<std::size_t>(i) % servers.size()]->client();
+            while (!go) std::this_thread::yield();
+            auto r = c.Post("/chat", test_support::bearer(key), body, "application/json");
+            if (!r) return void(++other);
+            if (r->status == 200) return void(++ok);
+            if (r->status != 429) return void(++other);
+            ++limited;
+            const auto error = json::parse(r->body, nullptr, false);
+            std::lock_guard lock{codes_mutex};
+            codes.push_back(error.is_discarded() ? std::string{"?"} : error["error"].value("code", "?"));
+        });
+    go = true;
+    for (auto& t : threads) t.join();
+    return {ok, limited, other, codes};
+}
+
+} // namespace
+
+TEST_CASE("with CHAT_LIMITS=shared on Redis, 40 concurrent requests over two replicas against a team's 10 per minute get exactly 10 answers") {
+    redis_server redis;
+    shared_fleet f;
+    make_fleet(f, redis, {"--rpm", "10"});
+    server_process a{f.env}, b{f.env};
+    wait_for_a_fresh_minute();
+    const auto outcome = burst_over({&a, &b}, f.key, json{{"user_id", "u"}, {"content", "hello"}}.dump(), 40);
+    CHECK(outcome.ok == 10);
+    CHECK(outcome.limited == 30);
+    CHECK(outcome.other == 0);
+    for (const auto& code : outcome.codes) CHECK(code == "rate_limit_exceeded");
+
+    // Either replica now refuses the team, with the local limiter's headers and words.
+    auto c = b.client();
+    auto refused = c.Post("/chat", test_support::bearer(f.key), json{{"content", "again"}}.dump(), "application/json");
+    REQUIRE(refused);
+    CHECK(refused->status == 429);
+    CHECK(refused->get_header_value("x-ratelimit-limit-requests") == "10");
+    CHECK(refused->get_header_value("x-ratelimit-remaining-requests") == "0");
+    CHECK(std::stoi(refused->get_header_value("Retry-After")) <= 60);
+    CHECK_THAT(json::parse(refused->body)["error"]["message"].get<std::string>(), Catch::Contains("team 'fleet' allows 10 requests per minute"));
+    CHECK(a.log().find(f.key.substr(3)) == std::string::npos);
+}
+
+TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hold exactly across two replicas, and settled answers give the rest back") {
+    redis_server redis;
+    test_support::temp_dir prices_dir;
+    const auto prices = prices_dir.path() / "prices.json";
+    std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 1000.0}, {"output", 1000.0}}}}}}.dump(); // $0.001 per token
+    // A stream of three words lasts about a second: every request is admitted before any is settled.
+    const std::string body = json{{"user_id", "u00"}, {"content", "one two three"}, {"max_tokens", 100}, {"stream", true}}.dump();
+    const double worst = static_cast<double>(body.size() + 8 + 100) / 1000.0; // as gateway_test.cpp reckons a reservation
+    char budget[32];
+    std::snprintf(budget, sizeof budget, "%.6f", 10.5 * worst);
+
+    SECTION("a budget that fits 10 worst cases") {
+        shared_fleet f;
+        make_fleet(f, redis, {"--budget-usd", budget, "--budget-period", "day"});
+        f.env["CHAT_PRICING_FILE"] = prices.string();
+        f.env["CHAT_ECHO_DELAY_MS"] = "400";
+        server_process a{f.env}, b{f.env};
+        const auto outcome = burst_over({&a, &b}, f.key, body, 40);
+        CHECK(outcome.ok == 10);
+        CHECK(outcome.limited == 30);
+        CHECK(outcome.other == 0);
+        for (const auto& code : outcome.codes) CHECK(code == "insufficient_quota");
+        // Ten answers of 6 tokens spent $0.06; the rest of their reservations came back, so the
+        // other replica admits another at once (its settlement is written after the last byte).
+        auto c = b.client();
+        bool admitted = false;
+        for (int attempt = 0; attempt < 50 && !admitted; ++attempt) {
+            auto r = c.Post("/chat", test_support::bearer(f.key), body, "application/json");
+            REQUIRE(r);
+            admitted = r->status == 200;
+            if (!admitted) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        CHECK(admitted);
+    }
+    SECTION("a token limit that fits 10 worst cases") {
+        const auto bound = static_cast<long long>(body.size() + 8 + 100); // prompt bound + max_tokens
+        shared_fleet f;
+        make_fleet(f, redis, {"--tpm", std::to_string(10 * bound + bound / 2)});
+        f.env["CHAT_ECHO_DELAY_MS"] = "400";
+        server_process a{f.env}, b{f.env};
+        wait_for_a_fresh_minute();
+        const auto outcome = burst_over({&a, &b}, f.key, body, 40);
+        CHECK(outcome.ok == 10);
+        CHECK(outcome.limited == 30);
+        CHECK(outcome.other == 0);
+        for (const auto& code : outcome.codes) CHECK(code == "rate_limit_exceeded");
+    }
+}
+
+TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down refuses limited requests with 503, and they are admitted when it is back") {
+    redis_server redis;
+    shared_fleet f;
+    make_fleet(f, redis, {"--rpm", "1000"});
+    server_process a{f.env};
+    const std::string body = json{{"content", "hello"}}.dump();
+    auto c = a.client();
+    REQUIRE(c.Post("/chat", test_support::bearer(f.key), body, "application/json")->status == 200);
+    redis.stop();
+    auto down = c.Post("/chat", test_support::bearer(f.key), body, "application/json");
+    REQUIRE(down);
+    CHECK(down->status == 503);
+    CHECK(json::parse(down->body)["error"]["code"] == "limits_unavailable");
+    CHECK(down->get_header_value("Retry-After") == "1");
+    redis.start();
+    CHECK(eventually([&] {
+        auto r = c.Post("/chat", test_support::bearer(f.key), body, "application/json");
+        return r && r->status == 200;
+    }));
 }

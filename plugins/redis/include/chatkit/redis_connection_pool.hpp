@@ -18,6 +18,7 @@
 #include <initializer_list>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -145,8 +146,14 @@ public:
     /// whose connection was found broken after lying idle (Redis restarted meanwhile) is retried
     /// once, at once, on a fresh one.
     result<redis_reply> command(std::initializer_list<std::string_view> args) {
+        return command(std::span<const std::string_view>{args.begin(), args.size()});
+    }
+    /// The same, with arguments counted at run time (a script's keys and values).
+    result<redis_reply> command(std::span<const std::string_view> args) {
         std::vector<const char*> argv;
         std::vector<std::size_t> lengths;
+        argv.reserve(args.size());
+        lengths.reserve(args.size());
         for (auto a : args) {
             argv.push_back(a.data());
             lengths.push_back(a.size());
