@@ -245,7 +245,7 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto, auto v) { c.pricing_file = v; }, [](const config& c) { return c.pricing_file; }},
         {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite database or the DynamoDB usage table; GET /v1/usage) or off",
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
-        {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica; not with CHAT_SERVER=beast) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
+        {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
         {"CHAT_METRICS", "on (GET /metrics in the Prometheus text format; with CHAT_AUTH=keys, for the admin key only) or off",
          [](config& c, auto n, auto v) { c.metrics = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.metrics; }},

@@ -47,11 +47,6 @@ int main(int argc, char** argv) {
 
     sample_server::logger log{cfg};
     try {
-        // The shared limits call Redis or DynamoDB from a middleware, which would stall an event
-        // loop (and every connection on it) for each round trip.
-        if (cfg.server == "beast" && cfg.limits == "shared")
-            throw sample_server::config_error("CHAT_LIMITS=shared waits on Redis or DynamoDB on the request path, which would block an event loop: "
-                                              "run it with CHAT_SERVER=httplib (or in the Lambda bootstrap)");
         // Behind the event-loop server, providers call their upstreams on the same loops.
         std::shared_ptr<chatkit::http_client> upstream;
         if (cfg.server == "beast") upstream = std::make_shared<chatkit::beast_client>();

@@ -62,6 +62,12 @@ concept middleware_has_admit = requires(M& m, const http_request& req, chat_admi
     { m.admit(req, a, ctx) } -> std::convertible_to<std::optional<error>>;
 };
 
+/// Whether M says at run time that its hooks may block (requirement 6 below).
+template <class M>
+concept middleware_may_block = requires(const M& m, const http_request& req) {
+    { m.blocks(req) } -> std::convertible_to<bool>;
+};
+
 /// Whether M declares the optional `finish` hook (requirement 4 below).
 template <class M>
 concept middleware_has_finish = requires(M& m, const http_request& req, const response_summary& s, context_of_t<M>& ctx) {
@@ -91,6 +97,12 @@ concept middleware_has_finish = requires(M& m, const http_request& req, const re
 ///      parsed body has, and parsing it again in `before` would cost a second JSON parse per
 ///      request. What `admit` reserves, `finish` settles with the real usage; a middleware that
 ///      reserved sets `bounds_reserved`, so that the bounds hold upstream.
+///   6. optionally `bool blocks(const http_request&) const` — true when its hooks may wait on the
+///      network for this request (counters shared through Redis or DynamoDB), asked before any
+///      hook runs: the service then runs that request's hooks of every middleware (`before`,
+///      `admit`, `finish`) on its worker pool, one hop each, never on an event loop. Why a
+///      run-time answer: a middleware that configuration switched off, or a request it will not
+///      count (a health probe without a key), must cost no hop.
 /// Threading: one instance serves every request concurrently; per-request state goes in
 /// `context`, shared state must be synchronized by the middleware.
 template <class M>
@@ -137,6 +149,11 @@ public:
         requires middleware_has_finish<M>
     {
         if (m_) m_->finish(req, s, ctx);
+    }
+    [[nodiscard]] bool blocks(const http_request& req) const
+        requires middleware_may_block<M>
+    {
+        return m_ && m_->blocks(req);
     }
     std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx)
         requires middleware_has_admit<M>

@@ -259,7 +259,14 @@ private:
         if (req->request_id.empty()) req->request_id = random_id();
         context ctx;
         std::size_t ran = 0; // middlewares whose before() ran: they get after() and finish()
-        std::optional<http_response> res = run_before<0>(*req, ctx, ran);
+        const bool blocking = middlewares_block(*req);
+        std::optional<http_response> res;
+        if (blocking) {
+            auto call = [this, req, &ctx, &ran] { return run_before<0>(*req, ctx, ran); };
+            res = co_await run_blocking(call);
+        } else {
+            res = run_before<0>(*req, ctx, ran);
+        }
         std::optional<task<void>> body;
         if (!res) {
             try {
@@ -299,7 +306,12 @@ private:
         }
         if (sink->peer_closed()) sum.client_left = true;
         sum.duration_ms = elapsed_ms(st.started);
-        run_finish<sizeof...(Ms)>(*req, sum, ctx, ran);
+        if (blocking) {
+            auto call = [this, req, &sum, &ctx, ran] { run_finish<sizeof...(Ms)>(*req, sum, ctx, ran); };
+            co_await run_blocking(call);
+        } else {
+            run_finish<sizeof...(Ms)>(*req, sum, ctx, ran);
+        }
         sink->finished(sum);
     }
 
@@ -330,6 +342,24 @@ private:
             }
             run_after<I - 1>(req, res, ctx, ran);
         }
+    }
+
+    // Middleware requirement 6: whether any middleware says its hooks may block now; the service
+    // then runs the hooks on the worker pool.
+    [[nodiscard]] bool middlewares_block(const http_request& req) const {
+        return std::apply([&req](const auto&... m) { return (blocks(m, req) || ...); }, middlewares_);
+    }
+    template <class M>
+    static bool blocks(const M& m, const http_request& req) {
+        if constexpr (middleware_may_block<M>) return m.blocks(req);
+        else return false;
+    }
+
+    // admit() below, on the worker pool when a middleware may block.
+    task<std::optional<error>> admit_chat(const http_request* req, chat_request* chat, context* ctx) {
+        if (!middlewares_block(*req)) co_return admit(*req, *chat, *ctx);
+        auto call = [this, req, chat, ctx] { return admit(*req, *chat, *ctx); };
+        co_return co_await run_blocking(call);
     }
 
     // Middleware requirement 5: the chat request's bounds, to every middleware with an `admit`.
@@ -431,7 +461,8 @@ private:
         chat_req->request_id = req.request_id;
         chat_req->traceparent = req.header("traceparent");
         chat_req->user_id = history_owner(req, chat_req->user_id);
-        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        auto refused = co_await admit_chat(req_ptr, &*chat_req, ctx);
+        if (refused) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) co_return stream_answer(std::move(*chat_req), chatkit_framing{}, st);
 
         upstream_timing timing;
@@ -451,7 +482,8 @@ private:
         chat_req->request_id = req.request_id;
         chat_req->traceparent = req.header("traceparent");
         chat_req->user_id = history_owner(req, chat_req->user_id);
-        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        auto refused = co_await admit_chat(req_ptr, &*chat_req, ctx);
+        if (refused) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) {
             const auto model = chat_req->model.empty() ? models().front() : chat_req->model;
             co_return stream_answer(std::move(*chat_req),
@@ -482,7 +514,8 @@ private:
         chat_req->request_id = req.request_id;
         chat_req->traceparent = req.header("traceparent");
         chat_req->user_id = history_owner(req, chat_req->user_id);
-        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        auto refused = co_await admit_chat(req_ptr, &*chat_req, ctx);
+        if (refused) co_return routed{error_response(*refused, req.request_id)};
         if (chat_req->stream) {
             auto model = chat_req->model;
             co_return stream_answer(std::move(*chat_req),
@@ -506,7 +539,8 @@ private:
         chat_req->request_id = req.request_id;
         chat_req->traceparent = req.header("traceparent");
         chat_req->user_id = history_owner(req, chat_req->user_id);
-        if (auto refused = admit(req, *chat_req, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        auto refused = co_await admit_chat(req_ptr, &*chat_req, ctx);
+        if (refused) co_return routed{error_response(*refused, req.request_id)};
         responses_api::response_head head;
         head.id = random_id("resp_", 24);
         head.model = chat_req->model.empty() ? models().front() : chat_req->model;
@@ -1160,7 +1194,8 @@ private:
         // Never from the cache: each turn is a new answer with its own cost, as the conversation's
         // totals count it, even when an identical context was answered before.
         chat.use_cache = false;
-        if (auto refused = admit(req, chat, *ctx)) co_return routed{error_response(*refused, req.request_id)};
+        auto refused = co_await admit_chat(req_ptr, &chat, ctx);
+        if (refused) co_return routed{error_response(*refused, req.request_id)};
 
         conversation_turn turn{ref, {}, conversations_api::make_uuid()};
         turn.question.id = conversations_api::make_uuid();

@@ -551,3 +551,51 @@ TEST_CASE("a store chosen at run time runs inline when the store it holds cannot
     CHECK(*durable.off_loop == 1); // a store that may block (an fsync) never runs on the loop
     CHECK(*durable.on_loop == 0);
 }
+
+namespace {
+
+// A middleware whose hooks may block when told so (Middleware requirement 6): it records whether
+// each hook ran on the loop thread.
+struct blocking_counter {
+    test_support::test_loop* loop = nullptr;
+    bool may_block = true;
+    std::shared_ptr<std::atomic<int>> on_loop = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<std::atomic<int>> off_loop = std::make_shared<std::atomic<int>>(0);
+    void note() const { ++*(loop->on_loop_thread() ? on_loop : off_loop); }
+
+    [[nodiscard]] bool blocks(const chatkit::http_request&) const { return may_block; }
+    std::optional<chatkit::http_response> before(chatkit::http_request&, chatkit::no_context&) {
+        note();
+        return std::nullopt;
+    }
+    void after(const chatkit::http_request&, chatkit::http_response&, chatkit::no_context&) {}
+    std::optional<chatkit::error> admit(const chatkit::http_request&, chatkit::chat_admission&, chatkit::no_context&) {
+        note();
+        return std::nullopt;
+    }
+    void finish(const chatkit::http_request&, const chatkit::response_summary&, chatkit::no_context&) { note(); }
+};
+static_assert(chatkit::middleware_may_block<blocking_counter>);
+
+} // namespace
+
+TEST_CASE("a middleware that says its hooks may block has before, admit and finish run on the pool, never on the loop") {
+    test_support::test_loop loop;
+    chatkit::worker_pool pool{1};
+    for (const bool may_block : {true, false}) {
+        CAPTURE(may_block);
+        blocking_counter counter;
+        counter.loop = &loop;
+        counter.may_block = may_block;
+        chatkit::service<async_echo, chatkit::no_store, chatkit::no_cache, blocking_counter> svc{
+            chatkit::service_options{}, async_echo{}, chatkit::no_store{}, chatkit::no_cache{}, counter};
+        recording_sink plain, streamed;
+        serve(svc, chat({{"content", "one"}}), plain, &loop, &pool);
+        serve(svc, chat({{"content", "two"}, {"stream", true}}), streamed, &loop, &pool);
+        REQUIRE(plain.status == 200);
+        REQUIRE(streamed.status == 200);
+        // before, admit and finish of each request: 6 hooks, where the middleware said.
+        CHECK(*counter.on_loop == (may_block ? 0 : 6));
+        CHECK(*counter.off_loop == (may_block ? 6 : 0));
+    }
+}

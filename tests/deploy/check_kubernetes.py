@@ -164,7 +164,6 @@ def facts_of(texts):
     if not body:
         raise Failure("found no make_key_directory() in sample_server/key_directory.hpp: has it moved?")
     facts["key_databases"] = set(re.findall(r'database_url\.starts_with\("([a-z]+:)"\)', body.group(0)))
-    facts["limits_shared_needs_httplib"] = 'cfg.server == "beast" && cfg.limits == "shared"' in texts["main"]
     return facts
 
 
@@ -390,8 +389,8 @@ def _(m, facts):
             raise Failure("CHAT_METRICS_PORT with CHAT_METRICS=off: sample_server refuses to start")
         if get("CHAT_METRICS_PORT") == get("CHAT_PORT"):
             raise Failure("CHAT_METRICS_PORT equals CHAT_PORT: sample_server refuses to start")
-    if facts["limits_shared_needs_httplib"] and get("CHAT_LIMITS") == "shared" and get("CHAT_SERVER") == "beast":
-        raise Failure("CHAT_LIMITS=shared with CHAT_SERVER=beast: sample_server refuses to start (sample_server/main.cpp)")
+    if get("CHAT_LIMITS") == "shared" and not get("CHAT_REDIS_URL") and not get("CHAT_DATABASE_URL").startswith("dynamodb:"):
+        raise Failure("CHAT_LIMITS=shared without CHAT_REDIS_URL or a dynamodb:// database: sample_server refuses to start")
     if get("CHAT_CONFIG") and (get("CHAT_PROVIDER") not in ("", "auto") or get("CHAT_MODEL")):
         raise Failure("CHAT_CONFIG with CHAT_PROVIDER or CHAT_MODEL: sample_server refuses to start")
 
@@ -612,7 +611,7 @@ MUTATIONS = [
     ("starts-up", "an admin key without API keys",
      lambda m: sec(m).__setitem__("CHAT_ADMIN_KEY", "REPLACE_WITH_AN_ADMIN_KEY_OF_32_CHARACTERS")),
     ("starts-up", "a metrics port with the metrics off", lambda m: cm(m).__setitem__("CHAT_METRICS", "off")),
-    ("starts-up", "shared limits on the event-loop server", lambda m: cm(m).__setitem__("CHAT_LIMITS", "shared")),
+    ("starts-up", "shared limits with nowhere to count", lambda m: (cm(m).__setitem__("CHAT_LIMITS", "shared"), sec(m).pop("CHAT_REDIS_URL"))),
     ("fleet-shared-state", "one replica", lambda m: obj(m, "Deployment")["spec"].__setitem__("replicas", 1)),
     ("fleet-shared-state", "a SQLite file each", lambda m: sec(m).pop("CHAT_DATABASE_URL")),
     ("fleet-shared-state", "no Redis", lambda m: sec(m).pop("CHAT_REDIS_URL")),

@@ -682,7 +682,8 @@ fleet_outcome burst_over(const std::vector<server_process*>& servers, const std:
 } // namespace
 
 TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce one limit: 50 requests over both against a team's 10 per minute get exactly 10 answers") {
-    const auto [table, env, key] = make_fleet({"--rpm", "10"});
+    auto [table, env, key] = make_fleet({"--rpm", "10"});
+    env["CHAT_SERVER"] = "beast"; // the checks run on its worker pool
     server_process first{env}, second{env};
     wait_for_a_fresh_minute();
     const auto outcome = burst_over({&first, &second}, key, json{{"content", "hello"}}.dump(), 50);
@@ -756,16 +757,10 @@ TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers agai
     CHECK((*items)["Items"][0]["n"]["N"] == "66000");
 }
 
-TEST_CASE("CHAT_LIMITS=shared needs Redis or a DynamoDB database, and a server that may block: start-up says so") {
+TEST_CASE("CHAT_LIMITS=shared needs Redis or a DynamoDB database: start-up says so") {
     auto r = test_support::run_to_exit({{"CHAT_LIMITS", "shared"}, {"CHAT_AUTH", "keys"}, {"CHAT_SERVER", "httplib"}, {"CHAT_PORT", "0"}}, {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB") != std::string::npos);
-    auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
-    env.merge(std::map<std::string, std::string>{{"CHAT_DATABASE_URL", "dynamodb://" + create_database()}, {"CHAT_LIMITS", "shared"},
-                                                 {"CHAT_SERVER", "beast"}, {"CHAT_PORT", "0"}, {"CHAT_PROVIDER", "echo"}});
-    r = test_support::run_to_exit(env, {});
-    CHECK(r.exit_code == 2);
-    CHECK(r.output.find("CHAT_SERVER=httplib") != std::string::npos);
     r = test_support::run_to_exit({{"CHAT_LIMITS", "everywhere"}}, {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("CHAT_LIMITS") != std::string::npos);

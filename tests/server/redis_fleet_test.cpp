@@ -149,7 +149,7 @@ struct shared_fleet {
     std::map<std::string, std::string> env{};
     std::string key{};
 };
-void make_fleet(shared_fleet& f, const redis_server& redis, std::vector<std::string> team_flags) {
+void make_fleet(shared_fleet& f, const redis_server& redis, std::vector<std::string> team_flags, const std::string& server = "beast") {
     const auto db = f.dir.path() / "keys.db";
     team_flags.insert(team_flags.begin(), {"--id", "fleet"});
     test_support::create_team(db, team_flags);
@@ -157,7 +157,7 @@ void make_fleet(shared_fleet& f, const redis_server& redis, std::vector<std::str
     f.env = {{"CHAT_DATABASE_URL", "sqlite:" + db.string()},
              {"CHAT_AUTH", "keys"},
              {"CHAT_LIMITS", "shared"},
-             {"CHAT_SERVER", "httplib"},
+             {"CHAT_SERVER", server}, // beast: the checks run on its worker pool
              {"CHAT_REDIS_URL", redis.url()},
              {"CHAT_CACHE_SIZE", "0"}}; // every answer is asked for, and paid for
 }
@@ -195,9 +195,11 @@ fleet_outcome burst_over(const std::vector<server_process*>& servers, const std:
 } // namespace
 
 TEST_CASE("with CHAT_LIMITS=shared on Redis, 40 concurrent requests over two replicas against a team's 10 per minute get exactly 10 answers") {
+    const std::string server = GENERATE(as<std::string>{}, "beast", "httplib");
+    INFO("CHAT_SERVER=" << server);
     redis_server redis;
     shared_fleet f;
-    make_fleet(f, redis, {"--rpm", "10"});
+    make_fleet(f, redis, {"--rpm", "10"}, server);
     server_process a{f.env}, b{f.env};
     wait_for_a_fresh_minute();
     const auto outcome = burst_over({&a, &b}, f.key, json{{"user_id", "u"}, {"content", "hello"}}.dump(), 40);

@@ -6,6 +6,7 @@
 // process; it answers a client exactly as they do (chatkit/limit_terms.hpp), headers included.
 #pragma once
 
+#include "chatkit/api_keys.hpp"
 #include "chatkit/clock.hpp"
 #include "chatkit/counter_store.hpp"
 #include "chatkit/error.hpp"
@@ -52,6 +53,9 @@ struct shared_key_limits_options {
 ///      Retry-After, never let through unlimited, since the limits are what a budget's owner pays
 ///      for. A settlement that fails is reported to `on_error` and counts as spent.
 ///   6. A budgeted key cannot use an unpriced model (403 `model_not_priced`), as locally.
+///   7. Never on an event loop: a check is a network round trip (the Counter store's requirement
+///      4), so `blocks()` says so for a request with a key and the service runs its hooks on the
+///      worker pool.
 /// Writes per request: one conditional add per limit that is set (0 to 6), and one add per
 /// reserved counter at the end. A store may do them in one round trip.
 template <counter_store Counters>
@@ -74,6 +78,10 @@ public:
 
     explicit shared_key_limits(std::shared_ptr<Counters> counters, shared_key_limits_options options = {})
         : counters_(std::move(counters)), options_(std::move(options)) {}
+
+    // Requirement 7 (the Middleware concept's requirement 6): only a request that presents a key
+    // can be counted; a health probe or a metrics scrape without one costs no hop.
+    [[nodiscard]] bool blocks(const http_request& req) const noexcept { return !api_keys::presented_key(req).empty(); }
 
     std::optional<http_response> before(http_request& req, context& ctx) {
         const caller_identity& caller = req.caller;
@@ -258,5 +266,6 @@ private:
 static_assert(middleware<shared_key_limits<memory_counter_store>>);
 static_assert(middleware_has_admit<shared_key_limits<memory_counter_store>>);
 static_assert(middleware_has_finish<shared_key_limits<memory_counter_store>>);
+static_assert(middleware_may_block<shared_key_limits<memory_counter_store>>);
 
 } // namespace chatkit
