@@ -81,7 +81,12 @@ inline constexpr std::string_view migrations[] = {
         title      text,
         metadata   jsonb  NOT NULL,
         created_at bigint NOT NULL, -- unix ms
-        updated_at bigint NOT NULL  -- unix ms
+        updated_at bigint NOT NULL, -- unix ms
+        -- Running totals, added to by each append in its transaction: read in O(1) however long
+        -- the conversation is (a sum over its messages would grow with every turn).
+        message_count  bigint NOT NULL DEFAULT 0,
+        total_tokens   bigint NOT NULL DEFAULT 0,
+        total_cost_usd float8 NOT NULL DEFAULT 0
     );
     CREATE INDEX chatkit_conversations_by_user
         ON chatkit_conversations (owner, user_id, created_at DESC, seq DESC);
@@ -151,13 +156,8 @@ inline const postgres_statement insert_conversation{
     {25, 25, 25, 25, 25, 20, 20}};
 inline const postgres_statement select_conversation{
     "chatkit_select_conversation",
-    "SELECT c.id::text, c.owner, c.user_id, c.title, c.metadata::text, c.created_at, c.updated_at, c.seq, "
-    "t.messages, t.tokens, t.cost FROM chatkit_conversations c CROSS JOIN LATERAL ("
-    "SELECT count(*) AS messages, "
-    "coalesce(sum(coalesce(m.prompt_tokens, 0)::int8 + coalesce(m.completion_tokens, 0)), 0)::int8 AS tokens, "
-    "coalesce(sum(m.cost_usd), 0)::float8 AS cost "
-    "FROM chatkit_conversation_messages m WHERE m.conversation_id = c.id) t "
-    "WHERE c.id = $1::uuid AND c.owner = $2",
+    "SELECT id::text, owner, user_id, title, metadata::text, created_at, updated_at, seq, "
+    "message_count, total_tokens, total_cost_usd FROM chatkit_conversations WHERE id = $1::uuid AND owner = $2",
     {25, 25}};
 inline const postgres_statement conversation_exists{
     "chatkit_conversation_exists", "SELECT 1 FROM chatkit_conversations WHERE id = $1::uuid AND owner = $2", {25, 25}};
@@ -181,8 +181,10 @@ inline const postgres_statement remove_conversation{
 // COMMIT, so their messages' seq follow commit order (a cursor never skips one) and an
 // exchange's messages stay next to each other. Appends to other conversations do not wait.
 inline const postgres_statement touch_conversation{
-    "chatkit_touch_conversation", "UPDATE chatkit_conversations SET updated_at = $3 WHERE id = $1::uuid AND owner = $2",
-    {25, 25, 20}};
+    "chatkit_touch_conversation",
+    "UPDATE chatkit_conversations SET updated_at = $3, message_count = message_count + $4, total_tokens = total_tokens + $5, "
+    "total_cost_usd = total_cost_usd + $6 WHERE id = $1::uuid AND owner = $2",
+    {25, 25, 20, 20, 20, 701}};
 inline const postgres_statement insert_conversation_message{
     "chatkit_insert_conversation_message",
     "INSERT INTO chatkit_conversation_messages (id, conversation_id, role, content, provider, model, prompt_tokens, "
@@ -502,8 +504,16 @@ public:
                                                              nullable(m.latency_ms), nullable(m.time_to_first_token_ms),
                                                              std::string_view{m.request_id}, m.created_at});
         }
+        std::int64_t total_tokens = 0;
+        double total_cost = 0;
+        for (const auto& m : a.messages) {
+            if (m.usage) total_tokens += m.usage->total_tokens();
+            if (m.cost_usd) total_cost += *m.cost_usd;
+        }
         return transact("save the conversation's messages",
-                        {{&touch_conversation, {std::string_view{ref.id}, std::string_view{ref.owner}, a.at}}},
+                        {{&touch_conversation,
+                          {std::string_view{ref.id}, std::string_view{ref.owner}, a.at, static_cast<std::int64_t>(a.messages.size()),
+                           total_tokens, postgres_param::float8(total_cost)}}},
                         [&](results r) -> result<calls> {
                             if (affected(r[0]) == 0) return detail::conversation_not_found(); // nothing is written
                             return std::move(inserts);

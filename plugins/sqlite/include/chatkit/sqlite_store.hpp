@@ -129,7 +129,12 @@ inline constexpr std::string_view migrations[] = {
         title      TEXT,
         metadata   TEXT    NOT NULL,
         created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
+        updated_at INTEGER NOT NULL,
+        -- Running totals, added to by each append in its transaction: a turn reads them in O(1)
+        -- however long the conversation is (a SUM over its messages grows with every turn).
+        message_count  INTEGER NOT NULL DEFAULT 0,
+        total_tokens   INTEGER NOT NULL DEFAULT 0,
+        total_cost_usd REAL    NOT NULL DEFAULT 0
     );
     CREATE INDEX conversations_by_user ON conversations (owner, user_id, seq);
     CREATE TABLE conversation_messages (
@@ -296,7 +301,9 @@ public:
         cw.insert_conversation = prepare(w, path,
                                          "INSERT INTO conversations (id, owner, user_id, title, metadata, created_at, updated_at) "
                                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-        cw.touch = prepare(w, path, "UPDATE conversations SET updated_at = ?3 WHERE id = ?1 AND owner = ?2");
+        cw.touch = prepare(w, path,
+                           "UPDATE conversations SET updated_at = ?3, message_count = message_count + ?4, "
+                           "total_tokens = total_tokens + ?5, total_cost_usd = total_cost_usd + ?6 WHERE id = ?1 AND owner = ?2");
         cw.update = prepare(w, path,
                             "UPDATE conversations SET title = CASE WHEN ?3 THEN ?4 ELSE title END, "
                             "metadata = CASE WHEN ?5 THEN ?6 ELSE metadata END, updated_at = ?7 WHERE id = ?1 AND owner = ?2");
@@ -323,9 +330,7 @@ public:
         cr.one = prepare(r, path,
                          "SELECT seq, id, owner, user_id, title, metadata, created_at, updated_at FROM conversations "
                          "WHERE id = ?1 AND owner = ?2");
-        cr.totals = prepare(r, path,
-                            "SELECT COUNT(*), COALESCE(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)), 0), "
-                            "COALESCE(SUM(cost_usd), 0) FROM conversation_messages WHERE conversation_id = ?1");
+        cr.totals = prepare(r, path, "SELECT message_count, total_tokens, total_cost_usd FROM conversations WHERE id = ?1");
         cr.page = prepare(r, path,
                           "SELECT seq, id, owner, user_id, title, metadata, created_at, updated_at FROM conversations "
                           "WHERE owner = ?1 AND user_id = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4");
@@ -496,6 +501,15 @@ public:
                 rc = bind_text(st, 1, a.conversation.id);
                 if (rc == SQLITE_OK) rc = bind_text(st, 2, a.conversation.owner);
                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, a.at);
+                std::int64_t tokens = 0;
+                double cost = 0;
+                for (const auto& m : a.messages) {
+                    if (m.usage) tokens += m.usage->total_tokens();
+                    if (m.cost_usd) cost += *m.cost_usd;
+                }
+                if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, static_cast<std::int64_t>(a.messages.size()));
+                if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, tokens);
+                if (rc == SQLITE_OK) rc = sqlite3_bind_double(st, 6, cost);
                 if (rc == SQLITE_OK) rc = sqlite3_step(st);
             }
             if (rc != SQLITE_DONE) return rc;
