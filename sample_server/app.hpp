@@ -537,6 +537,11 @@ inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_li
     if (c.limits != "shared") return std::nullopt;
     chatkit::shared_key_limits_options o;
     if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
+    o.fall_back_to_local = c.limits_fallback == "local";
+    if (log && o.fall_back_to_local) {
+        auto warn = warn_once_a_minute(log, "the shared limits cannot be reached; counting in this process until they can");
+        o.on_fallback = [warn](const chatkit::error& e) { warn(e.message); };
+    }
     if (!c.redis_url.empty()) {
         auto redis = chatkit::parse_redis_url(c.redis_url);
         if (!redis) throw config_error("CHAT_REDIS_URL: " + redis.error().message);

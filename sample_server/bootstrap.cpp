@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
     // Every instance of the function is a replica: on DynamoDB, the limits of keys and teams are
     // counted in its limits table, so they hold for all of them at once.
     if (cfg.limits == "auto") cfg.limits = cfg.database_url.starts_with("dynamodb:") ? "shared" : "local";
+    // A function's instances are many and short-lived: a count of one instance's own would bound
+    // nothing, so unless told otherwise a limits table that cannot be reached refuses (503).
+    if (!std::getenv("CHAT_LIMITS_FALLBACK")) cfg.limits_fallback = "refuse";
     sample_server::logger log{cfg, std::chrono::milliseconds{0}}; // one request at a time: no batching
     try {
         auto service = sample_server::make_service(cfg, &log);

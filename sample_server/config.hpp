@@ -49,6 +49,7 @@ struct config {
     std::string pricing_file;
     std::string usage = "on";
     std::string limits = "auto";
+    std::string limits_fallback = "local"; // CHAT_LIMITS=shared with its store unreachable: local or refuse
     std::string metrics = "on";
     int metrics_port = -1; // -1: GET /metrics on the main port; else its own listener (0: any free port)
     std::vector<std::string> cors_origins{};
@@ -247,6 +248,8 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
         {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
+        {"CHAT_LIMITS_FALLBACK", "with CHAT_LIMITS=shared, while Redis or DynamoDB cannot be reached: local (count in this process until it can; logged once a minute) or refuse (503 for every limited request)",
+         [](config& c, auto n, auto v) { c.limits_fallback = one_of(n, v, {"local", "refuse"}); }, [](const config& c) { return c.limits_fallback; }},
         {"CHAT_METRICS", "on (GET /metrics in the Prometheus text format; with CHAT_AUTH=keys, for the admin key only) or off",
          [](config& c, auto n, auto v) { c.metrics = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.metrics; }},
         {"CHAT_METRICS_PORT", "a TCP port of its own, on CHAT_HOST, that serves only GET /metrics, to anyone who can reach it (no key); the main port then serves no /metrics (empty: /metrics on the main port; 0: any free port)",

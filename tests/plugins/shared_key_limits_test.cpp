@@ -260,3 +260,52 @@ TEST_CASE("shared_key_limits: when the store cannot be reached, limited requests
     REQUIRE(reported.size() == 1);
     CHECK(reported[0] == "DynamoDB is unreachable");
 }
+
+TEST_CASE("shared_key_limits: with fall_back_to_local, a store that cannot be reached is replaced by this process's count, reported, and settled where it was reserved") {
+    auto counters = std::make_shared<broken_counters>();
+    std::vector<std::string> fell_back, lost;
+    chatkit::shared_key_limits_options o;
+    o.fall_back_to_local = true;
+    o.on_fallback = [&fell_back](const chatkit::error& e) { fell_back.push_back(e.message); };
+    o.on_error = [&lost](const chatkit::error& e) { lost.push_back(e.message); };
+    chatkit::shared_key_limits<broken_counters> limits{counters, o};
+
+    // Two requests a minute: both served while the store is down, the third refused, by the
+    // local count.
+    for (int i = 0; i < 3; ++i) {
+        chatkit::shared_key_limits<broken_counters>::context ctx;
+        auto req = caller("key_a", "t", {.requests_per_minute = 2});
+        auto res = limits.before(req, ctx);
+        CAPTURE(i);
+        if (i < 2) {
+            CHECK_FALSE(res);
+        } else {
+            REQUIRE(res);
+            CHECK(res->status == 429);
+            CHECK(code_of(*res) == "rate_limit_exceeded");
+        }
+    }
+    CHECK(fell_back.size() == 3);
+    CHECK(fell_back[0] == "DynamoDB is unreachable");
+
+    // A reservation made locally is settled locally: the store, which refuses settlements, is not
+    // asked, and nothing is reported lost.
+    auto tpm = caller("key_a", "t", {.tokens_per_minute = 1000});
+    chatkit::shared_key_limits<broken_counters>::context tctx;
+    auto a = bounds();
+    CHECK_FALSE(limits.admit(tpm, a, tctx));
+    CHECK(tctx.reserved_locally);
+    chatkit::response_summary s;
+    s.usage = {10, 5};
+    limits.finish(tpm, s, tctx);
+    CHECK(lost.empty());
+
+    // Once the store answers again, it counts, and its own reservations are settled in it.
+    counters->take_fails = false;
+    chatkit::shared_key_limits<broken_counters>::context back;
+    auto b = bounds();
+    CHECK_FALSE(limits.admit(tpm, b, back));
+    CHECK_FALSE(back.reserved_locally);
+    limits.finish(tpm, s, back);
+    CHECK(lost.size() == 1); // this store refuses settlements: reported, as without the fallback
+}

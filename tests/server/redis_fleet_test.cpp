@@ -269,23 +269,44 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hol
     }
 }
 
-TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down refuses limited requests with 503, and they are admitted when it is back") {
+TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by each replica's own count (logged once), or refuses with CHAT_LIMITS_FALLBACK=refuse") {
     redis_server redis;
     shared_fleet f;
-    make_fleet(f, redis, {"--rpm", "1000"});
-    server_process a{f.env};
+    make_fleet(f, redis, {"--rpm", "3"});
     const std::string body = json{{"content", "hello"}}.dump();
-    auto c = a.client();
-    REQUIRE(c.Post("/chat", test_support::bearer(f.key), body, "application/json")->status == 200);
-    redis.stop();
-    auto down = c.Post("/chat", test_support::bearer(f.key), body, "application/json");
-    REQUIRE(down);
-    CHECK(down->status == 503);
-    CHECK(json::parse(down->body)["error"]["code"] == "limits_unavailable");
-    CHECK(down->get_header_value("Retry-After") == "1");
-    redis.start();
-    CHECK(eventually([&] {
-        auto r = c.Post("/chat", test_support::bearer(f.key), body, "application/json");
-        return r && r->status == 200;
-    }));
+    const auto chat = [&](server_process& s) { return s.client().Post("/chat", test_support::bearer(f.key), body, "application/json"); };
+
+    SECTION("the default: counted locally while Redis is down") {
+        server_process a{f.env};
+        wait_for_a_fresh_minute(); // the local count below must stay in one minute
+        REQUIRE(chat(a)->status == 200); // counted in Redis
+        redis.stop();
+        // This replica alone now counts its 3 a minute, from zero: 3 answers, then 429.
+        for (int i = 0; i < 3; ++i) CHECK(chat(a)->status == 200);
+        auto refused = chat(a);
+        REQUIRE(refused);
+        CHECK(refused->status == 429);
+        CHECK(eventually([&] { return lines_with(a, "the shared limits cannot be reached") == 1; })); // once a minute, not per request
+        redis.start(); // empty: the minute's count in Redis starts again
+        CHECK(eventually([&] {
+            auto r = chat(a);
+            return r && r->status == 200;
+        }));
+    }
+    SECTION("CHAT_LIMITS_FALLBACK=refuse: 503 while Redis is down") {
+        f.env["CHAT_LIMITS_FALLBACK"] = "refuse";
+        server_process a{f.env};
+        REQUIRE(chat(a)->status == 200);
+        redis.stop();
+        auto down = chat(a);
+        REQUIRE(down);
+        CHECK(down->status == 503);
+        CHECK(json::parse(down->body)["error"]["code"] == "limits_unavailable");
+        CHECK(down->get_header_value("Retry-After") == "1");
+        redis.start();
+        CHECK(eventually([&] {
+            auto r = chat(a);
+            return r && r->status == 200;
+        }));
+    }
 }

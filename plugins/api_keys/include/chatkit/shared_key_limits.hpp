@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +35,14 @@ struct shared_key_limits_options {
     // A settlement the store could not write (the reservation then stays counted until its window
     // ends): for the deployment's log.
     std::function<void(const error&)> on_error{};
+    // When the store cannot be reached: false refuses every limited request with 503 (requirement
+    // 5); true counts in this process's memory instead until it can be reached, so each replica
+    // enforces the limits alone meanwhile (up to N times a limit over N replicas), which keeps a
+    // gateway serving through a Redis outage.
+    bool fall_back_to_local = false;
+    // Each check that fell back, with the store's error (from the request's thread): to count it
+    // and to log it, throttled.
+    std::function<void(const error&)> on_fallback{};
 };
 
 /// Requirements this middleware meets, and why:
@@ -51,7 +60,9 @@ struct shared_key_limits_options {
 ///      minute's limit can pass across a minute's boundary (never more than the limit inside one).
 ///   5. The store unreachable: the request is refused with 503 `limits_unavailable` and
 ///      Retry-After, never let through unlimited, since the limits are what a budget's owner pays
-///      for. A settlement that fails is reported to `on_error` and counts as spent.
+///      for; or, with `fall_back_to_local`, counted in this process's memory until the store is
+///      back, and settled where it was reserved. A settlement that fails is reported to
+///      `on_error` and counts as spent.
 ///   6. A budgeted key cannot use an unpriced model (403 `model_not_priced`), as locally.
 ///   7. Never on an event loop: a check is a network round trip (the Counter store's requirement
 ///      4), so `blocks()` says so for a request with a key and the service runs its hooks on the
@@ -69,6 +80,7 @@ public:
         // Tokens and budgets: what admit() reserved, for finish() to settle; the first
         // `token_counters` are tokens per minute, the rest budgets.
         std::vector<counter_add> reserved{};
+        bool reserved_locally = false; // in the fallback store (requirement 5): settled there
         std::size_t token_counters = 0;
         std::int64_t tokens = 0, micro_usd = 0;
         bool report_tokens = false;
@@ -99,7 +111,8 @@ public:
             adds.push_back({counter_name(k, caller, "rpm", m.index), 1, *limit, m.end + minute_counter_kept});
             key_scope.push_back(k);
         }
-        auto taken = counters_->take(adds);
+        bool locally = false;
+        auto taken = take(adds, locally);
         if (!taken) return error_response(unavailable(taken.error()), req.request_id);
         const std::size_t shown = taken->taken ? tightest(adds, taken->values) : taken->refused;
         ctx.report_requests = true;
@@ -151,7 +164,7 @@ public:
                             end + budget_counter_kept});
             kinds.push_back({k, true, end});
         }
-        auto taken = counters_->take(adds);
+        auto taken = take(adds, ctx.reserved_locally);
         if (!taken) return unavailable(taken.error());
         if (!taken->taken) {
             const std::size_t i = taken->refused;
@@ -199,7 +212,8 @@ public:
             settle[i].amount = i < ctx.token_counters ? used_tokens - ctx.tokens : used_micro - ctx.micro_usd;
         std::erase_if(settle, [](const counter_add& c) { return c.amount == 0; });
         if (settle.empty()) return;
-        if (auto added = counters_->add(settle); !added && options_.on_error) options_.on_error(added.error());
+        auto added = ctx.reserved_locally ? local_->add(settle) : counters_->add(settle);
+        if (!added && options_.on_error) options_.on_error(added.error());
     }
 
     [[nodiscard]] Counters& counters() noexcept { return *counters_; }
@@ -254,12 +268,22 @@ private:
         ctx.tokens_remaining = std::max<std::int64_t>(adds[shown].limit - values[shown], 0);
         ctx.tokens_reset = until(end, now);
     }
+    // The shared store's answer; with fall_back_to_local, this process's while it cannot be reached.
+    result<counters_taken> take(std::span<const counter_add> adds, bool& locally) {
+        auto taken = counters_->take(adds);
+        locally = false;
+        if (taken || !options_.fall_back_to_local) return taken;
+        if (options_.on_fallback) options_.on_fallback(taken.error());
+        locally = true;
+        return local_->take(adds);
+    }
     static error unavailable(const error& cause) {
         return error{error_kind::unavailable, "the shared limits cannot be checked right now (" + cause.message + "); try again shortly",
                      "limits_unavailable", "", 1};
     }
 
     std::shared_ptr<Counters> counters_;
+    std::shared_ptr<memory_counter_store> local_ = std::make_shared<memory_counter_store>(); // requirement 5's fallback
     shared_key_limits_options options_;
 };
 
