@@ -6,6 +6,7 @@
 #include "../support/fake_anthropic.hpp"
 #include "../support/fake_gemini.hpp"
 #include "../support/fake_openai.hpp"
+#include "../support/fleet_burst.hpp"
 #include "../support/key_commands.hpp"
 #include "../support/server_process.hpp"
 
@@ -27,7 +28,9 @@
 using nlohmann::json;
 using test_support::emulator_process;
 using test_support::fake_openai;
+using test_support::burst_over;
 using test_support::server_process;
+using test_support::wait_for_a_fresh_minute;
 using test_support::last_json;
 
 namespace {
@@ -620,13 +623,6 @@ std::string create_database() {
     return table;
 }
 
-// A per-minute limit counts UTC calendar minutes: a burst that straddled two would see two
-// windows. Waits, when the minute is in its last 15 s, for the next one to begin.
-void wait_for_a_fresh_minute() {
-    const auto into = chatkit::now_unix_ms() % 60'000;
-    if (into > 45'000) std::this_thread::sleep_for(std::chrono::milliseconds(60'000 - into + 200));
-}
-
 // What two replicas of a fleet share: a database with every table, a team made with `team_flags`
 // and a key of it, and the environment that runs a server on it with CHAT_LIMITS=shared.
 struct shared_fleet {
@@ -649,35 +645,6 @@ shared_fleet make_fleet(std::vector<std::string> team_flags) {
     return f;
 }
 
-struct fleet_outcome {
-    int ok = 0, limited = 0, other = 0;
-    std::vector<std::string> codes; // of the 429s
-};
-
-// `count` chats at once, spread over `servers` in turn.
-fleet_outcome burst_over(const std::vector<server_process*>& servers, const std::string& key, const std::string& body, int count) {
-    std::atomic<int> ok{0}, limited{0}, other{0};
-    std::atomic<bool> go{false};
-    std::mutex codes_mutex;
-    std::vector<std::string> codes;
-    std::vector<std::thread> threads;
-    for (int i = 0; i < count; ++i)
-        threads.emplace_back([&, i] {
-            auto c = servers[static_cast<std::size_t>(i) % servers.size()]->client();
-            while (!go) std::this_thread::yield();
-            auto r = c.Post("/chat", {{"Authorization", "Bearer " + key}}, body, "application/json");
-            if (!r) return void(++other);
-            if (r->status == 200) return void(++ok);
-            if (r->status != 429) return void(++other);
-            ++limited;
-            const auto error = json::parse(r->body, nullptr, false);
-            std::lock_guard lock{codes_mutex};
-            codes.push_back(error.is_discarded() ? std::string{"?"} : error["error"].value("code", "?"));
-        });
-    go = true;
-    for (auto& t : threads) t.join();
-    return {ok, limited, other, codes};
-}
 
 } // namespace
 

@@ -3,6 +3,7 @@
 // chat, is logged once (not per request), and is used again when it is back; a bad URL stops the
 // start-up with a message that names the variable and never the password. With
 // CHAT_LIMITS=shared, the limits of keys and teams are one count in Redis for both replicas.
+#include "../support/fleet_burst.hpp"
 #include "../support/key_commands.hpp"
 #include "../support/redis_server.hpp"
 #include "../support/server_process.hpp"
@@ -11,17 +12,17 @@
 
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cstdio>
 #include <fstream>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 using nlohmann::json;
 using test_support::redis_server;
+using test_support::burst_over;
 using test_support::server_process;
+using test_support::wait_for_a_fresh_minute;
 
 namespace {
 
@@ -135,13 +136,6 @@ TEST_CASE("a bad CHAT_REDIS_URL stops the start-up, naming the variable and neve
 
 namespace {
 
-// A per-minute limit counts UTC calendar minutes: a burst that straddled two would see two
-// windows. Waits, when the minute is in its last 15 s, for the next one to begin.
-void wait_for_a_fresh_minute() {
-    const auto into = chatkit::now_unix_ms() % 60'000;
-    if (into > 45'000) std::this_thread::sleep_for(std::chrono::milliseconds(60'000 - into + 200));
-}
-
 // What two replicas with shared limits share: the keys (a SQLite file both open), a team made with
 // `team_flags` and a key of it, and Redis for the counters.
 struct shared_fleet {
@@ -162,35 +156,6 @@ void make_fleet(shared_fleet& f, const redis_server& redis, std::vector<std::str
              {"CHAT_CACHE_SIZE", "0"}}; // every answer is asked for, and paid for
 }
 
-struct fleet_outcome {
-    int ok = 0, limited = 0, other = 0;
-    std::vector<std::string> codes; // of the 429s
-};
-
-// `count` chats at once, spread over `servers` in turn.
-fleet_outcome burst_over(const std::vector<server_process*>& servers, const std::string& key, const std::string& body, int count) {
-    std::atomic<int> ok{0}, limited{0}, other{0};
-    std::atomic<bool> go{false};
-    std::mutex codes_mutex;
-    std::vector<std::string> codes;
-    std::vector<std::thread> threads;
-    for (int i = 0; i < count; ++i)
-        threads.emplace_back([&, i] {
-            auto c = servers[static_cast<std::size_t>(i) % servers.size()]->client();
-            while (!go) std::this_thread::yield();
-            auto r = c.Post("/chat", test_support::bearer(key), body, "application/json");
-            if (!r) return void(++other);
-            if (r->status == 200) return void(++ok);
-            if (r->status != 429) return void(++other);
-            ++limited;
-            const auto error = json::parse(r->body, nullptr, false);
-            std::lock_guard lock{codes_mutex};
-            codes.push_back(error.is_discarded() ? std::string{"?"} : error["error"].value("code", "?"));
-        });
-    go = true;
-    for (auto& t : threads) t.join();
-    return {ok, limited, other, codes};
-}
 
 } // namespace
 
