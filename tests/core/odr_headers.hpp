@@ -39,6 +39,7 @@
 #include <chatkit/postgres_store.hpp>
 #include <chatkit/redis_cache.hpp>
 #include <chatkit/redis_connection_pool.hpp>
+#include <chatkit/redis_counter_store.hpp>
 #include <chatkit/two_level_cache.hpp>
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/request_id.hpp>
