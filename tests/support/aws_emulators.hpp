@@ -1,5 +1,5 @@
 // Real AWS emulators for tests, each started on 127.0.0.1 and an ephemeral port and stopped with
-// the test (or killed with it): moto_server (Python; DynamoDB, Secrets Manager and more) and
+// the test (or killed with it): moto (Python; DynamoDB, Secrets Manager and more) and
 // dynalite (npm; DynamoDB, on the same LevelDB-backed validation rules as the service).
 #pragma once
 
@@ -115,10 +115,12 @@ private:
     int port_ = 0;
 };
 
-// moto_server: its werkzeug banner on stderr names the port it got.
+// moto, served one request at a time as DynamoDB applies each atomically (moto_server.py says
+// why); its werkzeug banner on stderr names the port it got.
 inline emulator_process start_moto() {
+    const std::filesystem::path root{CHATKIT_SOURCE_DIR};
     return emulator_process{"moto_server",
-                            {"moto_server", "-H", "127.0.0.1", "-p", "0"},
+                            {"python3", (root / "tests/support/moto_server.py").string(), "0"},
                             {},
                             std::regex{R"(Running on http://127\.0\.0\.1:(\d+))"},
                             true};
