@@ -9,6 +9,7 @@
 #include "chatkit/error.hpp"
 #include "chatkit/json_text.hpp"
 #include "chatkit/pricing.hpp"
+#include "chatkit/random_id.hpp"
 #include "chatkit/sse.hpp"
 
 #include <nlohmann/json.hpp>
@@ -18,7 +19,6 @@
 #include <map>
 #include <cstdint>
 #include <optional>
-#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,21 +65,14 @@ struct target {
     return {};
 }
 
-// A random (version 4) UUID, lowercase: ids a client cannot guess, as the design's.
+// A random (version 4) UUID, lowercase: random_id's 32 hex digits with the version and variant
+// set and the dashes put in.
 [[nodiscard]] inline std::string make_uuid() {
-    thread_local std::mt19937_64 engine{(std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()};
-    static constexpr char digits[] = "0123456789abcdef";
-    const std::uint64_t halves[2] = {engine(), engine()};
-    std::string out;
-    out.reserve(36);
-    for (int i = 0; i < 32; ++i) {
-        unsigned nibble = static_cast<unsigned>(halves[i / 16] >> ((i % 16) * 4)) & 0xf;
-        if (i == 12) nibble = 4;                    // version 4
-        if (i == 16) nibble = 0x8 | (nibble & 0x3); // variant 10xx
-        if (i == 8 || i == 12 || i == 16 || i == 20) out += '-';
-        out += digits[nibble];
-    }
-    return out;
+    std::string hex = random_id({}, 32);
+    hex[12] = '4';                                                          // version 4
+    const int nibble = hex[16] <= '9' ? hex[16] - '0' : hex[16] - 'a' + 10; // variant 10xx
+    hex[16] = "89ab"[nibble & 0x3];
+    return hex.substr(0, 8) + '-' + hex.substr(8, 4) + '-' + hex.substr(12, 4) + '-' + hex.substr(16, 4) + '-' + hex.substr(20);
 }
 
 // 8-4-4-4-12 hex digits, either case; stores keep the lowercase form.

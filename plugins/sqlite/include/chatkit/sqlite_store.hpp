@@ -328,9 +328,8 @@ public:
         auto& cr = s.conversation_reads;
         sqlite3* r = s.reader.get();
         cr.one = prepare(r, path,
-                         "SELECT seq, id, owner, user_id, title, metadata, created_at, updated_at FROM conversations "
-                         "WHERE id = ?1 AND owner = ?2");
-        cr.totals = prepare(r, path, "SELECT message_count, total_tokens, total_cost_usd FROM conversations WHERE id = ?1");
+                         "SELECT seq, id, owner, user_id, title, metadata, created_at, updated_at, "
+                         "message_count, total_tokens, total_cost_usd FROM conversations WHERE id = ?1 AND owner = ?2");
         cr.page = prepare(r, path,
                           "SELECT seq, id, owner, user_id, title, metadata, created_at, updated_at FROM conversations "
                           "WHERE owner = ?1 AND user_id = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4");
@@ -438,17 +437,8 @@ public:
     }
 
     result<conversation> find_conversation(const conversation_ref& r) {
-        auto& s = *state_;
-        const std::lock_guard lock(s.read_mutex);
-        auto c = read_conversation(r);
-        if (!c) return c;
-        sqlite3_stmt* st = s.conversation_reads.totals.get();
-        const sqlite_detail::statement_use use(st);
-        sqlite_detail::bind_text(st, 1, r.id);
-        if (const int rc = sqlite3_step(st); rc != SQLITE_ROW)
-            return unavailable("read a conversation", sqlite_detail::describe(s.reader.get(), rc));
-        c->totals = {sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_double(st, 2)};
-        return c;
+        const std::lock_guard lock(state_->read_mutex);
+        return read_conversation(r); // with its totals
     }
 
     result<conversation> update_conversation(const conversation_update& u) {
@@ -700,7 +690,9 @@ private:
         const int rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) return detail::conversation_not_found();
         if (rc != SQLITE_ROW) return unavailable("read a conversation", sqlite_detail::describe(s.reader.get(), rc));
-        return conversation_row(st);
+        auto c = conversation_row(st);
+        if (c) c->totals = {sqlite3_column_int64(st, 8), sqlite3_column_int64(st, 9), sqlite3_column_double(st, 10)};
+        return c;
     }
     // Columns: seq, id, owner, user_id, title, metadata, created_at, updated_at.
     static result<conversation> conversation_row(sqlite3_stmt* st) {
@@ -751,7 +743,7 @@ private:
         sqlite_detail::db_handle reader;
         sqlite_detail::statement select_page, select_one;
         struct {
-            sqlite_detail::statement one, totals, page, messages_after, messages_newest, feedback;
+            sqlite_detail::statement one, page, messages_after, messages_newest, feedback;
         } conversation_reads;
         std::mutex read_mutex; // guards reader and its statements (opened NOMUTEX)
         std::mutex queue_mutex;
