@@ -117,7 +117,7 @@ inline void checked(chatkit::result<void> r) {
     if (!r) throw refused(r.error().message);
 }
 
-// `Directory`: sqlite_key_directory or dynamodb_key_directory, which have the same administration.
+// `Directory`: sqlite_key_directory, dynamodb_key_directory or postgres_key_directory, which have the same administration.
 template <class Directory>
 int teams(int argc, char** argv, Directory& dir) {
     const std::string_view verb = argc > 2 ? argv[2] : "";

@@ -35,6 +35,7 @@
 #include <chatkit/otel_tracing.hpp>
 #ifdef SAMPLE_SERVER_POSTGRES
 #include <chatkit/postgres_store.hpp>
+#include <chatkit/postgres_usage_store.hpp>
 #endif
 #include <chatkit/rate_limiter.hpp>
 #include <chatkit/redis_cache.hpp>
@@ -48,6 +49,7 @@
 #include <chatkit/usage_report.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -79,7 +81,7 @@ using shared_cache_type = chatkit::two_level_cache<chatkit::lru_cache_mt, chatki
 // Where CHAT_LIMITS=shared counts: Redis (CHAT_REDIS_URL) or the DynamoDB database's limits table.
 using shared_counters = chatkit::counter_store_variant<chatkit::dynamodb_counter_store, chatkit::redis_counter_store>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache, chatkit::redis_cache, shared_cache_type>;
-// CHAT_AUTH=keys: API keys from the database of the history, SQLite or DynamoDB (docs/gateway.md).
+// CHAT_AUTH=keys: API keys from the database of the history, SQLite, DynamoDB or PostgreSQL (docs/gateway.md).
 using auth_type = chatkit::api_key_auth<key_directory_type>;
 // The access log comes after the request id (its lines carry it) and before authentication and the
 // limits (a refused request is logged too); CORS (CHAT_CORS_ORIGINS) comes before authentication,
@@ -94,10 +96,15 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // Tracing (OTEL_EXPORTER_OTLP_ENDPOINT) comes right after the request id, which its spans carry:
 // its span then covers everything else, refusals included, and it names its own span in the
 // `traceparent` the provider sends upstream.
-// Usage records (CHAT_USAGE=on, in the SQLite file or the DynamoDB usage table of the database)
+// Usage records (CHAT_USAGE=on, in the SQLite file, the PostgreSQL database or the DynamoDB usage table)
 // are written after the last byte, like the access log line; they are queued, never written on
 // the request path.
-using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_store, chatkit::dynamodb_usage_store>;
+using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_store, chatkit::dynamodb_usage_store
+#ifdef SAMPLE_SERVER_POSTGRES
+                                                      ,
+                                                      chatkit::postgres_usage_store
+#endif
+                                                      >;
 using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
 using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
                                      chatkit::optional_middleware<chatkit::otel_tracing>, access_log,
@@ -403,10 +410,23 @@ inline std::function<void(std::string_view)> warn_once_a_minute(logger* log, std
     };
 }
 
+// The Redis cache's counts in the Prometheus text format: a Redis that is down or slow shows as
+// failed commands, and a fleet that shares little as misses, long before anyone reads the log.
+inline void append_redis_cache_figures(std::string& out, const chatkit::redis_cache_stats& s) {
+    out += "# HELP chatkit_redis_cache_lookups_total Lookups in the Redis cache: hits, and misses (absent or expired).\n"
+           "# TYPE chatkit_redis_cache_lookups_total counter\n"
+           "chatkit_redis_cache_lookups_total{outcome=\"hit\"} " + std::to_string(s.hits) + "\n"
+           "chatkit_redis_cache_lookups_total{outcome=\"miss\"} " + std::to_string(s.misses) + "\n"
+           "# HELP chatkit_redis_cache_failures_total Redis cache commands that failed: each was a miss or a dropped put.\n"
+           "# TYPE chatkit_redis_cache_failures_total counter\n"
+           "chatkit_redis_cache_failures_total " + std::to_string(s.failures) + "\n";
+}
+
 // CHAT_CACHE_SIZE entries in memory; with CHAT_REDIS_URL, in front of Redis (docs/fleet.md). A
 // Redis that cannot be used at start-up (down, or the credentials refused) is logged, not fatal:
-// the cache misses until it can be.
-inline cache_type make_cache(const config& c, logger* log = nullptr) {
+// the cache misses until it can be. With `metrics` (a handle: copies share what they count), the
+// Redis cache's counts are scraped there.
+inline cache_type make_cache(const config& c, logger* log = nullptr, std::optional<chatkit::prometheus_metrics> metrics = std::nullopt) {
     chatkit::lru_cache_mt near{chatkit::lru_cache_options{.max_entries = c.cache_size}};
     if (c.redis_url.empty()) {
         if (c.cache_size == 0) return chatkit::no_cache{};
@@ -424,6 +444,8 @@ inline cache_type make_cache(const config& c, logger* log = nullptr) {
     }
     chatkit::redis_cache far{std::move(o)};
     if (auto ping = far.ping(); !ping && log) log->error("cannot use Redis at start-up; the cache misses until it can", {{"error", ping.error().message}});
+    // A copy shares the cache's counters (and its pool): it reads them wherever the cache moves.
+    if (metrics) metrics->add_source([counted = far](std::string& out) { append_redis_cache_figures(out, counted.stats()); });
     if (c.cache_size == 0) return far;
     // A far hit is kept near for a minute at most (less with a shorter CHAT_CACHE_TTL).
     return shared_cache_type{std::move(near), std::move(far), chatkit::two_level_cache_options{.near_fill_ttl = std::min(c.cache_ttl, std::chrono::seconds{60})}};
@@ -461,11 +483,23 @@ inline chatkit::service_options make_service_options(const config& c) {
     return o;
 }
 
-// The usage records' store when CHAT_USAGE=on: the SQLite file of the history, or the usage table
-// of a DynamoDB database (usage_table, TABLE-usage by default); none with CHAT_DATABASE_URL=none,
-// nor (not yet) with PostgreSQL.
+// The usage records' store when CHAT_USAGE=on: the SQLite file or PostgreSQL database of the
+// history, or the usage table of a DynamoDB database (usage_table, TABLE-usage by default); none
+// with CHAT_DATABASE_URL=none.
 inline std::shared_ptr<usage_store_type> make_usage_store(const config& c) {
     if (c.usage != "on") return nullptr;
+#ifdef SAMPLE_SERVER_POSTGRES
+    if (is_postgres_url(c.database_url)) {
+        chatkit::postgres_options o;
+        o.url = c.database_url;
+        o.max_connections = 2; // the recorder's one writer, and a report
+        try {
+            return std::make_shared<usage_store_type>(chatkit::postgres_usage_store{std::move(o)});
+        } catch (const std::invalid_argument& e) {
+            throw config_error(std::string{"CHAT_DATABASE_URL: "} + e.what());
+        }
+    }
+#endif
     if (c.database_url.starts_with("dynamodb:")) {
         auto database = chatkit::parse_dynamodb_url(c.database_url);
         if (!database) throw config_error("CHAT_DATABASE_URL: " + database.error().message);
@@ -504,7 +538,7 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
         for (const char* path : {"/v1/usage", "/v1/usage/dashboard"})
             service.route("GET", path, [](chatkit::http_request& req, app_service::context&) {
                 return chatkit::error_response({chatkit::error_kind::not_found,
-                                                "usage is recorded with CHAT_USAGE=on and CHAT_DATABASE_URL=sqlite:PATH or dynamodb://TABLE (not yet with PostgreSQL)", "usage_not_recorded"},
+                                                "usage is recorded with CHAT_USAGE=on and a database (CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB)", "usage_not_recorded"},
                                                req.request_id);
             });
         return;
@@ -533,14 +567,29 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
 // when CHAT_REDIS_URL names one (a round trip of a fraction of a millisecond), else in the
 // DynamoDB database's limits table (docs/gateway.md). "auto" means local here; the Lambda
 // bootstrap decides it before.
-inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_limits(const config& c, logger* log) {
+// With `metrics` and CHAT_LIMITS_FALLBACK=local, the checks counted in this process because the
+// shared counters could not be reached are counted there (with refuse, they are the 503s).
+inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_limits(const config& c, logger* log,
+                                                                                      std::optional<chatkit::prometheus_metrics> metrics = std::nullopt) {
     if (c.limits != "shared") return std::nullopt;
     chatkit::shared_key_limits_options o;
     if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
     o.fall_back_to_local = c.limits_fallback == "local";
-    if (log && o.fall_back_to_local) {
-        auto warn = warn_once_a_minute(log, "the shared limits cannot be reached; counting in this process until they can");
-        o.on_fallback = [warn](const chatkit::error& e) { warn(e.message); };
+    if (o.fall_back_to_local) {
+        auto fell_back = std::make_shared<std::atomic<std::uint64_t>>(0);
+        if (metrics)
+            metrics->add_source([fell_back](std::string& out) {
+                out += "# HELP chatkit_shared_limits_fallbacks_total Limit checks counted in this process because the shared counters "
+                       "(Redis or DynamoDB) could not be reached.\n"
+                       "# TYPE chatkit_shared_limits_fallbacks_total counter\n"
+                       "chatkit_shared_limits_fallbacks_total " + std::to_string(fell_back->load()) + "\n";
+            });
+        auto warn = log ? warn_once_a_minute(log, "the shared limits cannot be reached; counting in this process until they can")
+                        : std::function<void(std::string_view)>{};
+        o.on_fallback = [warn, fell_back](const chatkit::error& e) {
+            ++*fell_back;
+            if (warn) warn(e.message);
+        };
     }
     if (!c.redis_url.empty()) {
         auto redis = chatkit::parse_redis_url(c.redis_url);
@@ -625,7 +674,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     auto usage = make_usage_store(c);
     std::optional<chatkit::key_rate_limits_mt> key_limits;
     std::optional<chatkit::key_usage_limits_mt> usage_limits;
-    auto shared_limits = make_shared_limits(c, log);
+    auto shared_limits = make_shared_limits(c, log, metrics);
     if (auth && !shared_limits) {
         key_limits.emplace();
         chatkit::key_usage_limits_options o;
@@ -658,7 +707,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     }
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
-    app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c, log), chatkit::request_id{},
+    app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c, log, metrics), chatkit::request_id{},
                         std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));

@@ -36,7 +36,9 @@
 #include <chatkit/trace_context.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/postgres_connection_pool.hpp>
+#include <chatkit/postgres_key_directory.hpp>
 #include <chatkit/postgres_store.hpp>
+#include <chatkit/postgres_usage_store.hpp>
 #include <chatkit/redis_cache.hpp>
 #include <chatkit/redis_connection_pool.hpp>
 #include <chatkit/redis_counter_store.hpp>

@@ -164,6 +164,11 @@ def facts_of(texts):
     if not body:
         raise Failure("found no make_key_directory() in sample_server/key_directory.hpp: has it moved?")
     facts["key_databases"] = set(re.findall(r'database_url\.starts_with\("([a-z]+:)"\)', body.group(0)))
+    if "is_postgres_url(c.database_url)" in body.group(0):
+        postgres = re.search(r"inline bool is_postgres_url\(std::string_view url\) \{\n\s*return ([^;]+);", texts["config"])
+        if not postgres:
+            raise Failure("found no is_postgres_url() in sample_server/config.hpp: has it moved?")
+        facts["key_databases"] |= set(re.findall(r'starts_with\("([a-z]+:)//"\)', postgres.group(1)))
     return facts
 
 
@@ -607,7 +612,7 @@ MUTATIONS = [
     ("env-allowed-values", "a drain delay with a unit", lambda m: cm(m).__setitem__("CHAT_DRAIN_DELAY", "10s")),
     ("env-allowed-values", "rediss://", lambda m: sec(m).__setitem__("CHAT_REDIS_URL", "rediss://:REPLACE_WITH_X@redis:6379/0")),
     ("env-allowed-values", "a mysql database", lambda m: sec(m).__setitem__("CHAT_DATABASE_URL", "mysql://u:REPLACE_WITH_X@db/chatkit")),
-    ("starts-up", "API keys on PostgreSQL", lambda m: cm(m).__setitem__("CHAT_AUTH", "keys")),
+    ("starts-up", "API keys with no database", lambda m: (cm(m).__setitem__("CHAT_AUTH", "keys"), sec(m).__setitem__("CHAT_DATABASE_URL", "none"))),
     ("starts-up", "an admin key without API keys",
      lambda m: sec(m).__setitem__("CHAT_ADMIN_KEY", "REPLACE_WITH_AN_ADMIN_KEY_OF_32_CHARACTERS")),
     ("starts-up", "a metrics port with the metrics off", lambda m: cm(m).__setitem__("CHAT_METRICS", "off")),

@@ -7,6 +7,8 @@
 
 #include "chatkit/random_id.hpp"
 
+#include "key_directory_conformance.hpp"
+
 #include "../support/manual_clock.hpp"
 
 #include "../support/temp_db.hpp"
@@ -19,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -263,6 +266,11 @@ TEST_CASE("api_key_auth: the admin key, known by its digest only, is caller \"ad
     auto req = chat_request("Bearer " + admin);
     REQUIRE(plain.before(req, ctx).has_value());
     CHECK_FALSE(req.caller.admin);
+}
+
+TEST_CASE("sqlite_key_directory passes the key directory conformance checks") {
+    std::list<temp_db> files;
+    chatkit_test::check_key_directory_conformance([&] { return chatkit::sqlite_key_directory{{.path = files.emplace_back().path()}}; });
 }
 
 TEST_CASE("sqlite_key_directory: keys and teams round-trip, only the digest is stored, and revoking is recorded once") {

@@ -5,6 +5,8 @@
 #include "chatkit/usage_dashboard.hpp"
 #include "chatkit/usage_report.hpp"
 
+#include "usage_store_conformance.hpp"
+
 #include "../support/usage_history.hpp"
 #include "../support/temp_db.hpp"
 
@@ -13,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <list>
 #include <thread>
 
 using chatkit::usage_record;
@@ -25,54 +28,21 @@ constexpr auto record = &test_support::usage_record_of;
 
 } // namespace
 
-TEST_CASE("sqlite_usage_store: a team's usage by model and by day, as the reference model sums it") {
+TEST_CASE("sqlite_usage_store passes the usage store conformance checks") {
+    std::list<test_support::temp_db> files;
+    chatkit_test::check_usage_store_conformance([&] { return chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = files.emplace_back().path()}}; });
+}
+
+TEST_CASE("memory_usage_store, the reference model, passes the usage store conformance checks") {
+    chatkit_test::check_usage_store_conformance([] { return chatkit::memory_usage_store{}; });
+}
+
+TEST_CASE("sqlite_usage_store: a second handle on the same file reads what the first wrote") {
     test_support::temp_db db;
-    chatkit::sqlite_usage_store sqlite{chatkit::sqlite_options{.path = db.path()}};
-    chatkit::memory_usage_store memory;
-    const auto history = test_support::usage_history();
-    REQUIRE(sqlite.append(history));
-    REQUIRE(memory.append(history));
-
-    const chatkit::usage_query q{"t1", dec1, dec1 + 5 * day};
-    auto got = sqlite.summarize(q);
-    auto want = memory.summarize(q);
-    REQUIRE(got);
-    REQUIRE(want);
-    CHECK(got->total.requests == 5);
-    CHECK(got->total.tokens == 100 + 50 + 10 + 5 + 40 + 10);
-    CHECK(got->total.cost_usd == Approx(0.0035));
-    CHECK(got->total.unpriced_requests == 1);
-    CHECK(got->total.requests == want->total.requests);
-    CHECK(got->total.tokens == want->total.tokens);
-    CHECK(got->total.unpriced_requests == want->total.unpriced_requests);
-    REQUIRE(got->by_model.size() == 3);
-    CHECK(got->by_model[0].first == "mini"); // the largest cost first
-    CHECK(got->by_model[1].first == "gpt-4o");
-    CHECK(got->by_model[1].second.requests == 2);
-    CHECK(got->by_model[1].second.cost_usd == Approx(0.0015));
-    CHECK(got->by_model[2].first == "unpriced");
-    CHECK(got->by_model[2].second.cost_usd == 0.0);
-    REQUIRE(got->by_day.size() == 3);
-    CHECK(got->by_day[0].first == "2025-12-01");
-    CHECK(got->by_day[1].first == "2025-12-02");
-    CHECK(got->by_day[1].second.requests == 2);
-    CHECK(got->by_day[2].first == "2025-12-03");
-    REQUIRE(want->by_day.size() == got->by_day.size());
-    for (std::size_t i = 0; i < got->by_day.size(); ++i) {
-        CHECK(got->by_day[i].first == want->by_day[i].first);
-        CHECK(got->by_day[i].second.tokens == want->by_day[i].second.tokens);
-    }
-
-    // Spending, per key and per team, since a time: what budgets read after a restart.
-    CHECK(sqlite.spent_usd("key", "key_a", dec1).value() == Approx(5.0015));
-    CHECK(sqlite.spent_usd("key", "key_a", dec1 + day).value() == Approx(5.0005));
-    CHECK(sqlite.spent_usd("team", "t2", 0).value() == Approx(1.0));
-    CHECK(sqlite.spent_usd("team", "nobody", 0).value() == 0.0);
-    CHECK(memory.spent_usd("key", "key_a", dec1).value() == Approx(5.0015));
-
-    // A second handle on the same file reads what the first wrote: the records are in the file.
+    chatkit::sqlite_usage_store first{chatkit::sqlite_options{.path = db.path()}};
+    REQUIRE(first.append(test_support::usage_history()));
     chatkit::sqlite_usage_store reopened{chatkit::sqlite_options{.path = db.path()}};
-    CHECK(reopened.summarize(q)->total.requests == 5);
+    CHECK(reopened.summarize({"t1", dec1, dec1 + 5 * day})->total.requests == 5);
 }
 
 TEST_CASE("sqlite_usage_store: every field of a record is stored, and an unpriced cost stays NULL, never 0") {
@@ -96,42 +66,6 @@ TEST_CASE("sqlite_usage_store: every field of a record is stored, and an unprice
     CHECK(std::string{reinterpret_cast<const char*>(sqlite3_column_text(st, 5))} == "echo");
     sqlite3_finalize(st);
     sqlite3_close(raw);
-}
-
-namespace {
-
-// A range's records, in time order (stores hand them over in no particular order).
-template <class Store>
-std::vector<usage_record> records_of(Store& store, const chatkit::usage_range& range) {
-    std::vector<usage_record> out;
-    REQUIRE(store.for_each_record(range, [&out](const usage_record& r) { out.push_back(r); }));
-    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.time < b.time; });
-    return out;
-}
-
-} // namespace
-
-TEST_CASE("sqlite_usage_store: a range's records, of one team or of every team, come back whole") {
-    test_support::temp_db db;
-    chatkit::sqlite_usage_store sqlite{chatkit::sqlite_options{.path = db.path()}};
-    chatkit::memory_usage_store memory;
-    auto history = test_support::usage_history();
-    history[0].streamed = history[1].cached = history[2].cancelled = history[3].estimated = true;
-    history[0].time_to_first_token_ms = 3.25;
-    history[4].status = 429;
-    REQUIRE(sqlite.append(history));
-    REQUIRE(memory.append(history));
-
-    const auto one = records_of(sqlite, {"t1", dec1, dec1 + 5 * day});
-    CHECK(one.size() == 5);
-    CHECK(one == records_of(memory, {"t1", dec1, dec1 + 5 * day}));
-    CHECK(one.front() == history[0]); // every field, an unpriced cost as none
-    CHECK(one.back().cost_usd == std::nullopt);
-    const auto all = records_of(sqlite, {std::nullopt, dec1, dec1 + 5 * day});
-    CHECK(all.size() == 7); // t1's five, t2's, and the one made without authentication
-    CHECK(all == records_of(memory, {std::nullopt, dec1, dec1 + 5 * day}));
-    CHECK(records_of(sqlite, {"", dec1, dec1 + 5 * day}).size() == 1);
-    CHECK(records_of(sqlite, {std::nullopt, dec1 + 1000, dec1 + day}).size() == 1); // [since, until)
 }
 
 namespace {

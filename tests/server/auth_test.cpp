@@ -255,11 +255,11 @@ TEST_CASE("auth: the CLI refuses bad usage with exit code 2, and CHAT_AUTH=keys 
     // With no database there is nowhere to keep keys (DynamoDB: tests/server/aws_backends_test.cpp).
     const auto cli_run = run_to_exit({{"CHAT_DATABASE_URL", "none"}}, {"keys", "list"});
     CHECK(cli_run.exit_code == 2);
-    CHECK(cli_run.output.find("sample_server keys list needs CHAT_DATABASE_URL=sqlite:PATH or dynamodb://TABLE") != std::string::npos);
+    CHECK(cli_run.output.find("sample_server keys list needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is 'none')") != std::string::npos);
     const auto start = run_to_exit({{"CHAT_DATABASE_URL", "none"}, {"CHAT_AUTH", "keys"}, {"CHAT_PORT", "0"}}, {});
     INFO(start.output);
     CHECK(start.exit_code == 2);
-    CHECK(start.output.find("CHAT_AUTH=keys needs CHAT_DATABASE_URL=sqlite:PATH or dynamodb://TABLE") != std::string::npos);
+    CHECK(start.output.find("CHAT_AUTH=keys needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is 'none')") != std::string::npos);
 }
 
 TEST_CASE("auth: with CHAT_AUTH=none on a non-loopback address the server warns at start-up") {

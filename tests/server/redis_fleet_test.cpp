@@ -5,6 +5,7 @@
 // CHAT_LIMITS=shared, the limits of keys and teams are one count in Redis for both replicas.
 #include "../support/fleet_burst.hpp"
 #include "../support/key_commands.hpp"
+#include "../support/promtool.hpp"
 #include "../support/redis_server.hpp"
 #include "../support/server_process.hpp"
 
@@ -49,6 +50,16 @@ bool cached(const httplib::Result& r) {
     return json::parse(r->body)["cached"].get<bool>();
 }
 
+// One sample's value from a replica's GET /metrics (the Prometheus text format), -1 when absent.
+double metric(const server_process& server, const std::string& sample, const httplib::Headers& headers = {}) {
+    auto r = server.client().Get("/metrics", headers);
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    const auto at = r->body.find("\n" + sample + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(r->body.substr(at + sample.size() + 2));
+}
+
 std::size_t lines_with(const server_process& server, const std::string& text) {
     std::size_t n = 0;
     for (const auto& line : server.log_lines()) n += line.find(text) != std::string::npos;
@@ -68,6 +79,13 @@ TEST_CASE("an answer cached through one replica is a hit on the other") {
     const auto on_b = ask(b, "ada", "shared across the fleet?");
     CHECK(cached(on_b));
     CHECK(json::parse(on_b->body)["content"] == json::parse(first->body)["content"]);
+    // Counted where an operator looks: A's lookup missed Redis, B's hit it.
+    CHECK(metric(a, "chatkit_redis_cache_lookups_total{outcome=\"miss\"}") == 1);
+    CHECK(metric(b, "chatkit_redis_cache_lookups_total{outcome=\"hit\"}") == 1);
+    CHECK(metric(b, "chatkit_redis_cache_failures_total") == 0);
+    const auto [status, said] = test_support::promtool_check(b.client().Get("/metrics")->body);
+    INFO(said);
+    CHECK(status == 0); // the added families are valid exposition text
 
     // Per user: the same question from someone else is not answered from ada's entry.
     CHECK_FALSE(cached(ask(b, "bob", "shared across the fleet?")));
@@ -101,6 +119,7 @@ TEST_CASE("replicas keep answering while Redis is down, log it once, and share a
     CHECK(cached(ask(a, "ada", "warm-up")));
     CHECK(eventually([&] { return lines_with(a, "the Redis cache fails") >= 1; }));
     CHECK(lines_with(a, "the Redis cache fails") == 1); // once a minute, not once per failure
+    CHECK(metric(a, "chatkit_redis_cache_failures_total") >= 5); // but every failure is counted
 
     redis.start(); // empty
     REQUIRE(eventually([&] {
@@ -242,9 +261,13 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by
     const auto chat = [&](server_process& s) { return s.client().Post("/chat", test_support::bearer(f.key), body, "application/json"); };
 
     SECTION("the default: counted locally while Redis is down") {
+        const std::string admin_key(40, 'a'); // /metrics needs it with keys on
+        f.env["CHAT_ADMIN_KEY"] = admin_key;
+        const auto fallbacks = [&](server_process& s) { return metric(s, "chatkit_shared_limits_fallbacks_total", test_support::bearer(admin_key)); };
         server_process a{f.env};
         wait_for_a_fresh_minute(); // the local count below must stay in one minute
         REQUIRE(chat(a)->status == 200); // counted in Redis
+        CHECK(fallbacks(a) == 0);
         redis.stop();
         // This replica alone now counts its 3 a minute, from zero: 3 answers, then 429.
         for (int i = 0; i < 3; ++i) CHECK(chat(a)->status == 200);
@@ -252,6 +275,7 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by
         REQUIRE(refused);
         CHECK(refused->status == 429);
         CHECK(eventually([&] { return lines_with(a, "the shared limits cannot be reached") == 1; })); // once a minute, not per request
+        CHECK(fallbacks(a) == 4); // but each check is counted
         redis.start(); // empty: the minute's count in Redis starts again
         CHECK(eventually([&] {
             auto r = chat(a);

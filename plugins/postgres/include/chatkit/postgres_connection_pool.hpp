@@ -319,6 +319,23 @@ public:
         }
     }
 
+    /// Runs `f(lease&)` on a connection. One that lay idle may have broken unnoticed (the server
+    /// restarted): when `f` fails on it broken, the idle ones are dropped and `f` runs once more on
+    /// a fresh connection. Only for work that changed nothing when it failed (a read, a single
+    /// statement that is all or nothing, or a transaction whose BEGIN failed).
+    template <class F>
+    auto with_connection(F&& f) -> decltype(f(std::declval<lease&>())) {
+        for (int attempt = 0;; ++attempt) {
+            auto held = acquire();
+            if (!held) return std::move(held).error();
+            auto r = f(*held);
+            if (r || !held->broken()) return r;
+            const bool retry = held->reused() && attempt == 0;
+            close_idle();
+            if (!retry) return r;
+        }
+    }
+
     /// Closes the idle connections: after one was found broken (the server restarted), the others,
     /// opened before, are as stale.
     void close_idle() {

@@ -121,6 +121,60 @@ inline constexpr std::string_view migrations[] = {
     -- The cascade from a deleted message looks its feedback up by message.
     CREATE INDEX chatkit_feedback_by_message ON chatkit_feedback (message_id);
     )sql",
+    // API keys and teams (chatkit::postgres_key_directory) and usage records
+    // (chatkit::postgres_usage_store). A key is stored by its SHA-256 digest, never the key. A
+    // usage record's strings are bytea for the reason messages' content is: they come from
+    // requests, and one value a text column refuses (a NUL in a model name) must not fail the
+    // other records of its batch. Flags are booleans; times unix ms; a NULL cost is unpriced.
+    R"sql(
+    CREATE TABLE chatkit_teams (
+        id            text   PRIMARY KEY,
+        name          text   NOT NULL,
+        rpm           bigint,
+        tpm           bigint,
+        budget_usd    double precision,
+        budget_period text,
+        created_at    bigint NOT NULL -- unix ms
+    );
+    CREATE TABLE chatkit_api_keys (
+        id            text   PRIMARY KEY,
+        team_id       text   NOT NULL REFERENCES chatkit_teams (id),
+        name          text   NOT NULL,
+        prefix        text   NOT NULL,
+        digest        bytea  NOT NULL,
+        created_at    bigint NOT NULL, -- unix ms
+        expires_at    bigint,
+        revoked_at    bigint,
+        rpm           bigint,
+        tpm           bigint,
+        budget_usd    double precision,
+        budget_period text,
+        models        jsonb -- a JSON array of model names; NULL: any model
+    );
+    CREATE TABLE chatkit_usage (
+        seq               bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        time              bigint  NOT NULL, -- unix ms
+        request_id        bytea   NOT NULL,
+        team_id           bytea   NOT NULL,
+        key_id            bytea   NOT NULL,
+        model             bytea   NOT NULL,
+        provider          bytea   NOT NULL,
+        status            integer NOT NULL,
+        prompt_tokens     integer NOT NULL,
+        completion_tokens integer NOT NULL,
+        cached_tokens     integer NOT NULL,
+        reasoning_tokens  integer NOT NULL,
+        cost_usd          double precision,
+        latency_ms        double precision NOT NULL,
+        ttft_ms           double precision NOT NULL,
+        cached            boolean NOT NULL,
+        streamed          boolean NOT NULL,
+        cancelled         boolean NOT NULL,
+        estimated         boolean NOT NULL
+    );
+    CREATE INDEX chatkit_usage_by_team ON chatkit_usage (team_id, time);
+    CREATE INDEX chatkit_usage_by_key ON chatkit_usage (key_id, time);
+    )sql",
 };
 
 // Advisory lock keys ("chatkit" and a number), held until the end of their transaction.
@@ -755,22 +809,10 @@ private:
         return conversation_unavailable(action, why);
     }
 
-    // Runs `f` on a connection. A connection that lay idle may have broken unnoticed (the server
-    // restarted): when `f` finds it broken, the idle ones are dropped and `f` runs once more on a
-    // fresh connection. Only for work that changed nothing when it failed (a read, or a
-    // transaction whose BEGIN failed).
+    // Retries once on a fresh connection (postgres_connection_pool::with_connection says when).
     template <class F>
     auto with_retry(F&& f) -> decltype(f(std::declval<postgres_connection_pool::lease&>())) {
-        auto& pool = state_->pool;
-        for (int attempt = 0;; ++attempt) {
-            auto lease = pool.acquire();
-            if (!lease) return std::move(lease).error();
-            auto r = f(*lease);
-            if (r || !lease->broken()) return r;
-            const bool retry = lease->reused() && attempt == 0;
-            pool.close_idle();
-            if (!retry) return r;
-        }
+        return state_->pool.with_connection(std::forward<F>(f));
     }
 
     // Called as leader with the lock held; takes the queue, writes it unlocked, reports to all.

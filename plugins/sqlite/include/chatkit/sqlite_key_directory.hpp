@@ -113,7 +113,7 @@ public:
     }
 
     // Stores a key record (its digest, never the key). Fails with invalid_request ("team_not_found")
-    // when its team does not exist.
+    // when its team does not exist, and with conflict ("key_exists") when its id is taken.
     result<void> create_key(const key_record& k) {
         if (auto invalid = invalid_key_record(k)) return *invalid;
         {
@@ -139,6 +139,9 @@ public:
         if (k.models.empty()) sqlite3_bind_null(s, 13);
         else sqlite_detail::bind_text(s, 13, models);
         const int rc = sqlite3_step(s);
+        // A key is never overwritten; a taken id is the caller's to fix, not an outage.
+        if ((rc & 0xff) == SQLITE_CONSTRAINT && sqlite3_extended_errcode(state_->db.get()) == SQLITE_CONSTRAINT_PRIMARYKEY)
+            return error{error_kind::conflict, "a key with id '" + k.id + "' exists already", "key_exists", "id"};
         // SQLite's messages name the constraint, never the bound values: no digest can leak.
         if (rc != SQLITE_DONE) return unavailable("create the key", rc);
         return {};
