@@ -1,6 +1,6 @@
 // bootstrap: sample_server's service as an AWS Lambda custom runtime (provided.al2023), behind an
 // API Gateway HTTP API or a Function URL. Same CHAT_* configuration and composition as
-// sample_server; the Runtime API address comes from AWS_LAMBDA_RUNTIME_API (protocols.md §5.1).
+// sample_server; the Runtime API address comes from AWS_LAMBDA_RUNTIME_API (docs/protocols.md §5.1).
 // On Lambda only /tmp is writable and each instance has its own: keep history in DynamoDB
 // (CHAT_DATABASE_URL=dynamodb://TABLE); sqlite:/tmp/chat.db holds one instance's share at most.
 #include "app.hpp"

@@ -80,7 +80,7 @@ struct error {
     return "server_error";
 }
 
-// {"error":{"message","type","param","code"}} — the OpenAI envelope (protocols.md §1.8).
+// {"error":{"message","type","param","code"}} — the OpenAI envelope (docs/protocols.md §1.8).
 [[nodiscard]] inline nlohmann::json to_envelope(const error& e) {
     auto null_if_empty = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
     return {{"error",

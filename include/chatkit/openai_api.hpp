@@ -1,4 +1,4 @@
-// The OpenAI Chat Completions wire format on the serving side (protocols.md §1): a request body
+// The OpenAI Chat Completions wire format on the serving side (docs/protocols.md §1): a request body
 // into a chat_request, a completion into `chat.completion`, and the `chat.completion.chunk`
 // events of a stream. The service uses it for POST /v1/chat/completions and GET /v1/models, so
 // any OpenAI client can talk to a chatkit service unchanged.
@@ -124,7 +124,7 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
 
 [[nodiscard]] inline nlohmann::json usage_object(const token_usage& u) { return u; }
 
-// The `chat.completion` object (protocols.md §1.6), as a tree.
+// The `chat.completion` object (docs/protocols.md §1.6), as a tree.
 [[nodiscard]] inline nlohmann::json completion_object(const completion& c) {
     nlohmann::json message = {{"role", "assistant"}, {"content", c.content}, {"refusal", nullptr}};
     if (c.extra.is_object())
@@ -183,7 +183,7 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
     return out;
 }
 
-// Frames one completion as `chat.completion.chunk` events (protocols.md §1.7).
+// Frames one completion as `chat.completion.chunk` events (docs/protocols.md §1.7).
 class chunk_writer {
 public:
     chunk_writer(std::string id, std::string model, unix_ms created) : id_(std::move(id)), model_(std::move(model)), created_(created / 1000) {}
@@ -286,10 +286,10 @@ private:
 };
 
 // An error inside a stream: the HTTP status is already 200, so it travels as an event whose JSON
-// has an "error" key, which the official SDKs raise (protocols.md §1.7).
+// has an "error" key, which the official SDKs raise (docs/protocols.md §1.7).
 [[nodiscard]] inline std::string error_event(const error& e) { return sse_event("", dump_json(to_envelope(e))); }
 
-// `GET /v1/models` (protocols.md §1.9).
+// `GET /v1/models` (docs/protocols.md §1.9).
 // With a price table, each model also carries its `pricing` in USD per 1,000 tokens (null when
 // it has no price), a gateway's extension that OpenAI clients ignore.
 [[nodiscard]] inline nlohmann::json models_list(const std::vector<std::string>& ids, std::string_view owner,

@@ -1,6 +1,6 @@
 // Retrying an upstream call the way the official SDKs do: only what may succeed next time, only
 // before any byte reached the client, within a total deadline, after the server's requested delay
-// or an exponential backoff with jitter (protocols.md §1.8, §2.4).
+// or an exponential backoff with jitter (docs/protocols.md §1.8, §2.4).
 #pragma once
 
 #include "chatkit/error.hpp"

@@ -1,5 +1,5 @@
 // Server-Sent Events, both ways: framing the events the service sends, and an incremental parser
-// for the streams providers receive (WHATWG HTML §9.2.5–9.2.6; protocols.md §7).
+// for the streams providers receive (WHATWG HTML §9.2.5–9.2.6; docs/protocols.md §7).
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// The event-stream framing (protocols.md §3) against the smithy-typescript vectors and two
+// The event-stream framing (docs/protocols.md §3) against the smithy-typescript vectors and two
 // constructed Bedrock frames: exact decoding whatever the chunking, checksum failures that stop the
 // stream, byte-for-byte re-encoding, and lengths that must fail before anything is buffered.
 #include <chatkit/aws/eventstream.hpp>

@@ -1,4 +1,4 @@
-// SigV4 (protocols.md §4) against the official AWS vectors, a botocore-generated Bedrock vector, the
+// SigV4 (docs/protocols.md §4) against the official AWS vectors, a botocore-generated Bedrock vector, the
 // openai-python bedrock-mantle fixture, and a property test that signs ~200 random Bedrock requests
 // with botocore itself (tests/plugins/botocore_sign.py) and demands identical Authorization headers.
 #include <chatkit/aws/sigv4.hpp>

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Signs requests with botocore, the reference for chatkit's SigV4 (protocols.md §4), for the
+"""Signs requests with botocore, the reference for chatkit's SigV4 (docs/protocols.md §4), for the
 property test in aws_sigv4_test.cpp.
 
 usage: botocore_sign.py CASES.json OUT.json

@@ -1,4 +1,4 @@
-// The real `bootstrap` binary against a local Runtime API (protocols.md §5): API Gateway HTTP API
+// The real `bootstrap` binary against a local Runtime API (docs/protocols.md §5): API Gateway HTTP API
 // 2.0 and Function URL events (§6) in, buffered and streamed answers and error reports out, with
 // the echo provider and a real SQLite file; API keys and usage records in DynamoDB (dynalite) as
 // the deployment keeps them, and the /admin routes that make keys.

@@ -3,7 +3,7 @@
 
 Every request's SigV4 signature is recomputed by botocore, independently of chatkit's signer, and
 a mismatch is answered like Bedrock does (403 InvalidSignatureException). Answers are
-"echo: <last user text>", as JSON (protocols.md §2.3) or as real event-stream frames (§2.5, §3);
+"echo: <last user text>", as JSON (docs/protocols.md §2.3) or as real event-stream frames (§2.5, §3);
 a request with a toolConfig whose last turn holds no toolResult gets a toolUse of the first tool
 with {"q": "<last user text>"}, and one whose last turn holds toolResults "tool said: <their
 texts>". Like Bedrock, it refuses toolUse or toolResult blocks without a toolConfig, and a
@@ -40,7 +40,7 @@ LOCK = threading.Lock()
 
 
 def frame(headers, payload):
-    """One event-stream message (protocols.md §3.1): prelude, prelude CRC, headers, payload, CRC."""
+    """One event-stream message (docs/protocols.md §3.1): prelude, prelude CRC, headers, payload, CRC."""
     encoded = b""
     for name, value in headers.items():
         raw = value.encode()

@@ -1,4 +1,4 @@
-// A local AWS Lambda Runtime API (protocols.md §5.2) for tests: hands out queued events from
+// A local AWS Lambda Runtime API (docs/protocols.md §5.2) for tests: hands out queued events from
 // /next with the headers Lambda sends, and records what the runtime posts to /response, /error
 // and /init/error (headers and body; a streamed response arrives whole once its last chunk has).
 #pragma once

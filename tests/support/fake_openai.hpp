@@ -1,5 +1,5 @@
 // A fake OpenAI upstream for tests: real HTTP on 127.0.0.1, the exact Chat Completions wire format
-// (JSON and SSE, protocols.md §1.6–1.8), and scripted faults. Unscripted requests are answered
+// (JSON and SSE, docs/protocols.md §1.6–1.8), and scripted faults. Unscripted requests are answered
 // with "echo: <last user message>", word by word when streaming; a request offering tools whose
 // last message is the user's gets a call of the first tool with {"q":"<that message>"}, and one
 // whose last message is a tool result gets "tool said: <result>".

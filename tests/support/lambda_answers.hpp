@@ -1,5 +1,5 @@
 // Catch2 checks of what a Lambda runtime posted to a fake_lambda_runtime: buffered v2 response
-// objects (protocols.md §6.2) and response-streaming bodies behind the HTTP integration prelude
+// objects (docs/protocols.md §6.2) and response-streaming bodies behind the HTTP integration prelude
 // (§5.4).
 #pragma once
 

@@ -1,4 +1,4 @@
-// Real-shaped events for the Lambda tests (protocols.md §6): API Gateway HTTP API payload 2.0 and
+// Real-shaped events for the Lambda tests (docs/protocols.md §6): API Gateway HTTP API payload 2.0 and
 // Function URL events, as the Runtime API hands them out from /next.
 #pragma once
 
@@ -9,7 +9,7 @@
 
 namespace test_support {
 
-// An API Gateway HTTP API payload 2.0 event, shaped like protocols.md §6.1.
+// An API Gateway HTTP API payload 2.0 event, shaped like docs/protocols.md §6.1.
 inline nlohmann::json gateway_event(const std::string& method, const std::string& raw_path, const std::string& query = "",
                                     std::optional<std::string> body = std::nullopt,
                                     nlohmann::json headers = nlohmann::json::object()) {

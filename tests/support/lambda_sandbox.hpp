@@ -25,7 +25,7 @@
 
 namespace test_support {
 
-// The environment Lambda gives a provided.al2023 function (protocols.md §5.1; PATH, LANG, TZ and
+// The environment Lambda gives a provided.al2023 function (docs/protocols.md §5.1; PATH, LANG, TZ and
 // LD_LIBRARY_PATH as Lambda's base images set them), with fake credentials, plus `extra`.
 inline std::map<std::string, std::string> lambda_environment(const std::string& runtime_api,
                                                              const std::map<std::string, std::string>& extra = {}) {

@@ -1,5 +1,5 @@
 // Serves a chatkit service as an AWS Lambda custom runtime (provided.al2023): the Runtime API loop
-// of docs protocols.md §5, with API Gateway HTTP API 2.0 / Function URL events (§6) translated to
+// of docs/protocols.md §5, with API Gateway HTTP API 2.0 / Function URL events (§6) translated to
 // and from the neutral http_request/http_response; answers to a response-streaming Function URL
 // sent in streaming mode, all others buffered.
 #pragma once

@@ -2,7 +2,7 @@
 // (over chatkit::http_client) share: the options, the generateContent body and headers, the
 // reading of an answer and of its event stream (streamGenerateContent?alt=sse), and the mapping
 // of Google's error envelope. docs/providers.md ("The Gemini provider") describes the mapping;
-// the event stream follows the WHATWG SSE rules (protocols.md §7).
+// the event stream follows the WHATWG SSE rules (docs/protocols.md §7).
 #pragma once
 
 #include "chatkit/chat.hpp"

@@ -1,4 +1,4 @@
-// The AWS event-stream binary framing (application/vnd.amazon.eventstream, protocols.md §3) that
+// The AWS event-stream binary framing (application/vnd.amazon.eventstream, docs/protocols.md §3) that
 // Bedrock ConverseStream answers with: an incremental decoder that takes bytes as they arrive, in
 // chunks of any size, and an encoder for tests and fake servers.
 #pragma once

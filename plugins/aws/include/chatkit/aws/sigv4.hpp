@@ -1,4 +1,4 @@
-// AWS Signature Version 4, header-based (protocols.md §4): signs one HTTP request for a service such
+// AWS Signature Version 4, header-based (docs/protocols.md §4): signs one HTTP request for a service such
 // as Bedrock Runtime (signing name "bedrock", §2.1). Pure computation over OpenSSL's SHA-256/HMAC;
 // the caller puts the returned headers on the request it sends, byte for byte as signed.
 #pragma once
