@@ -68,13 +68,31 @@ struct held {
     }
 };
 
+// A chat request is admitted as the service admits it (with `a`, else bounds()); any other
+// request only goes through `before`.
 held send(limits_under_test& limits, chatkit::http_request req, std::optional<chatkit::chat_admission> a = std::nullopt) {
     held h{&limits, std::move(req)};
     h.refused = limits.before(h.req, h.ctx);
-    if (!h.refused && a)
-        if (auto e = limits.admit(h.req, *a, h.ctx)) h.refused = chatkit::error_response(*e, h.req.request_id);
+    if (!h.refused && chatkit::is_chat_request(h.req.method, h.req.path)) {
+        auto admission = a.value_or(bounds());
+        if (auto e = limits.admit(h.req, admission, h.ctx)) h.refused = chatkit::error_response(*e, h.req.request_id);
+    }
     return h;
 }
+
+// Counts the round trips a store is asked for.
+struct counted_store {
+    chatkit::memory_counter_store inner;
+    std::atomic<int> takes{0}, adds{0};
+    chatkit::result<chatkit::counters_taken> take(std::span<const chatkit::counter_add> a) {
+        ++takes;
+        return inner.take(a);
+    }
+    chatkit::result<void> add(std::span<const chatkit::counter_add> a) {
+        ++adds;
+        return inner.add(a);
+    }
+};
 
 std::string header_of(const chatkit::http_response& res, std::string_view name) {
     auto it = res.headers.find(name);
@@ -237,11 +255,20 @@ TEST_CASE("shared_key_limits: when the store cannot be reached, limited requests
     chatkit::shared_key_limits<broken_counters> limits{counters, o};
     chatkit::shared_key_limits<broken_counters>::context ctx;
     auto req = caller("key_a", "t", {.requests_per_minute = 5});
+    req.method = "GET"; // checked before routing; a chat request's check is at admission
+    req.path = "/v1/models";
     auto res = limits.before(req, ctx);
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK(code_of(*res) == "limits_unavailable");
     CHECK(header_of(*res, "Retry-After") == "1");
+    auto chat = caller("key_a", "t", {.requests_per_minute = 5});
+    chatkit::shared_key_limits<broken_counters>::context chat_ctx;
+    CHECK_FALSE(limits.before(chat, chat_ctx));
+    auto chat_bounds = bounds();
+    auto refused = limits.admit(chat, chat_bounds, chat_ctx);
+    REQUIRE(refused);
+    CHECK(refused->code == "limits_unavailable");
 
     // A key without limits never touches the store.
     auto open = caller("key_b", "t", {});
@@ -275,6 +302,8 @@ TEST_CASE("shared_key_limits: with fall_back_to_local, a store that cannot be re
     for (int i = 0; i < 3; ++i) {
         chatkit::shared_key_limits<broken_counters>::context ctx;
         auto req = caller("key_a", "t", {.requests_per_minute = 2});
+        req.method = "GET"; // checked before routing
+        req.path = "/v1/models";
         auto res = limits.before(req, ctx);
         CAPTURE(i);
         if (i < 2) {
@@ -308,4 +337,62 @@ TEST_CASE("shared_key_limits: with fall_back_to_local, a store that cannot be re
     CHECK_FALSE(back.reserved_locally);
     limits.finish(tpm, s, back);
     CHECK(lost.size() == 1); // this store refuses settlements: reported, as without the fallback
+}
+
+TEST_CASE("shared_key_limits: a chat request with every limit set costs one take before its answer and one add after, other requests one take") {
+    auto store = std::make_shared<counted_store>();
+    using counted_limits = chatkit::shared_key_limits<counted_store>;
+    counted_limits limits{store, fleet::options()};
+    const chatkit::usage_limits all{.requests_per_minute = 10, .tokens_per_minute = 1000, .budget_usd = 5.0};
+    const chatkit::usage_limits team{.requests_per_minute = 20, .tokens_per_minute = 2000, .budget_usd = 50.0};
+    auto req = caller("key_rt", "t_rt", all, team);
+    counted_limits::context ctx;
+    REQUIRE_FALSE(limits.before(req, ctx));
+    CHECK(store->takes == 0); // a chat request's requests per minute wait for admit
+    auto a = bounds(0.01);
+    REQUIRE_FALSE(limits.admit(req, a, ctx));
+    CHECK(store->takes == 1); // 2 request counters, 2 token counters, 2 budgets: one take
+    CHECK(a.bounds_reserved);
+    chatkit::http_response res;
+    limits.after(req, res, ctx);
+    CHECK(header_of(res, "x-ratelimit-remaining-requests") == "9");
+    CHECK(header_of(res, "x-ratelimit-remaining-tokens") == "900");
+    chatkit::response_summary s;
+    s.usage = {30, 0};
+    s.cost_usd = 0.001;
+    limits.finish(req, s, ctx);
+    CHECK(store->adds == 1); // the tokens and money not used, given back at once; the request stays counted
+    const auto minute = std::to_string(wall.load() / 60'000);
+    CHECK(store->inner.value("key#key_rt#rpm#" + minute) == 1);
+    CHECK(store->inner.value("key#key_rt#tpm#" + minute) == 30);
+
+    auto models = caller("key_rt", "t_rt", all, team);
+    models.method = "GET";
+    models.path = "/v1/models";
+    counted_limits::context other;
+    REQUIRE_FALSE(limits.before(models, other));
+    CHECK(store->takes == 2);
+    CHECK(store->inner.value("key#key_rt#rpm#" + minute) == 2);
+}
+
+TEST_CASE("shared_key_limits: a chat request refused by its requests per minute reserves no tokens, and one refused by its tokens takes no request") {
+    fleet f;
+    const chatkit::usage_limits key{.requests_per_minute = 1, .tokens_per_minute = 150};
+    const auto minute = std::to_string(wall.load() / 60'000);
+    auto first = send(f.a, caller("key_x", "t", key));
+    REQUIRE(first.passed()); // 1 request, 100 tokens reserved
+    auto second = send(f.b, caller("key_x", "t", key));
+    REQUIRE_FALSE(second.passed());
+    const auto res = second.response();
+    CHECK(res.status == 429);
+    CHECK_THAT(nlohmann::json::parse(res.body)["error"]["message"].get<std::string>(), Catch::Contains("allows 1 requests per minute"));
+    CHECK(f.counters->value("key#key_x#tpm#" + minute) == 100); // nothing more reserved
+
+    const chatkit::usage_limits roomy{.requests_per_minute = 5, .tokens_per_minute = 150};
+    auto third = send(f.b, caller("key_y", "t", roomy));
+    REQUIRE(third.passed());
+    auto fourth = send(f.a, caller("key_y", "t", roomy)); // 100 more tokens would exceed 150
+    REQUIRE_FALSE(fourth.passed());
+    CHECK_THAT(nlohmann::json::parse(fourth.response().body)["error"]["message"].get<std::string>(), Catch::Contains("tokens per minute"));
+    CHECK(f.counters->value("key#key_y#rpm#" + minute) == 1); // the refused request took no request
 }

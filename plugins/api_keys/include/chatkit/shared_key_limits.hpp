@@ -7,6 +7,7 @@
 #pragma once
 
 #include "chatkit/api_keys.hpp"
+#include "chatkit/chat_routes.hpp"
 #include "chatkit/clock.hpp"
 #include "chatkit/counter_store.hpp"
 #include "chatkit/error.hpp"
@@ -67,8 +68,13 @@ struct shared_key_limits_options {
 ///   7. Never on an event loop: a check is a network round trip (the Counter store's requirement
 ///      4), so `blocks()` says so for a request with a key and the service runs its hooks on the
 ///      worker pool.
-/// Writes per request: one conditional add per limit that is set (0 to 6), and one add per
-/// reserved counter at the end. A store may do them in one round trip.
+///   8. One round trip before the answer: for a chat request (chatkit::is_chat_request), the
+///      requests-per-minute check waits for `admit` and goes to the store with the tokens and
+///      budget reservation, in one take; other requests are checked in `before`. A chat request
+///      refused before admission (a malformed body, an unknown conversation) counts against no
+///      limit, which is what the service's own 400 or 404 costs anyway.
+/// Writes per request: one conditional add per limit that is set (0 to 6), in one take, and one
+/// add per reserved counter at the end, after the last byte. A store does each in one round trip.
 template <counter_store Counters>
 class shared_key_limits {
 public:
@@ -97,33 +103,18 @@ public:
 
     std::optional<http_response> before(http_request& req, context& ctx) {
         const caller_identity& caller = req.caller;
-        if (!caller.authenticated()) return std::nullopt;
-        const auto key_rpm = minute_bucket::positive(caller.key_limits.requests_per_minute);
-        const auto team_rpm = minute_bucket::positive(caller.team_limits.requests_per_minute);
-        if (!key_rpm && !team_rpm) return std::nullopt;
+        if (!caller.authenticated() || is_chat_request(req.method, req.path)) return std::nullopt; // requirement 8: in admit
         const unix_ms now = options_.clock();
         const minute m = minute_of(now);
         std::vector<counter_add> adds;
         std::vector<bool> key_scope;
-        for (const bool k : {true, false}) {
-            const auto& limit = k ? key_rpm : team_rpm;
-            if (!limit) continue;
-            adds.push_back({counter_name(k, caller, "rpm", m.index), 1, *limit, m.end + minute_counter_kept});
-            key_scope.push_back(k);
-        }
+        add_requests(caller, m, adds, key_scope);
+        if (adds.empty()) return std::nullopt;
         bool locally = false;
         auto taken = take(adds, locally);
         if (!taken) return error_response(unavailable(taken.error()), req.request_id);
-        const std::size_t shown = taken->taken ? tightest(adds, taken->values) : taken->refused;
-        ctx.report_requests = true;
-        ctx.request_limit = adds[shown].limit;
-        ctx.requests_remaining = std::max<std::int64_t>(adds[shown].limit - taken->values[shown], 0);
-        ctx.requests_reset = until(m.end, now);
-        if (taken->taken) return std::nullopt;
-        return error_response(limit_terms::requests_refusal(
-                                  limit_terms::requests_allowed(limit_terms::owner(key_scope[shown], caller), adds[shown].limit),
-                                  limit_terms::retry_seconds(until(m.end, now))),
-                              req.request_id);
+        if (auto refused = note_requests(ctx, caller, adds, key_scope, *taken, now, m.end)) return error_response(*refused, req.request_id);
+        return std::nullopt;
     }
 
     std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx) {
@@ -132,7 +123,20 @@ public:
         const auto key_tpm = minute_bucket::positive(caller.key_limits.tokens_per_minute);
         const auto team_tpm = minute_bucket::positive(caller.team_limits.tokens_per_minute);
         const bool key_budget = has_budget(caller.key_limits), team_budget = has_budget(caller.team_limits);
-        if (!key_tpm && !team_tpm && !key_budget && !team_budget) return std::nullopt;
+        const unix_ms now = options_.clock();
+        const minute m = minute_of(now);
+        // Requirement 8: the requests per minute first, in the same take as the reservation.
+        std::vector<counter_add> adds;
+        std::vector<bool> request_scope;
+        add_requests(caller, m, adds, request_scope);
+        const std::size_t requests = adds.size();
+        if (!key_tpm && !team_tpm && !key_budget && !team_budget) {
+            if (requests == 0) return std::nullopt;
+            bool locally = false;
+            auto taken = take(adds, locally);
+            if (!taken) return unavailable(taken.error());
+            return note_requests(ctx, caller, adds, request_scope, *taken, now, m.end);
+        }
 
         std::int64_t reserve_micro = 0;
         if (key_budget || team_budget) {
@@ -145,9 +149,6 @@ public:
             if (limit && tokens > *limit) return limit_terms::tokens_too_large(limit_terms::owner(k, caller), a, *limit);
         }
 
-        const unix_ms now = options_.clock();
-        const minute m = minute_of(now);
-        std::vector<counter_add> adds;
         std::vector<what> kinds;
         for (const bool k : {true, false}) {
             const auto& limit = k ? key_tpm : team_tpm;
@@ -166,6 +167,17 @@ public:
         }
         auto taken = take(adds, ctx.reserved_locally);
         if (!taken) return unavailable(taken.error());
+        if (requests > 0) {
+            // The request counters' verdict and headers; a refusal there took nothing anywhere.
+            const counters_taken of_requests{taken->taken || taken->refused >= requests, std::min(taken->refused, requests),
+                                             {taken->values.begin(), taken->values.begin() + static_cast<std::ptrdiff_t>(requests)}};
+            if (auto refused = note_requests(ctx, caller, std::span{adds}.first(requests), request_scope, of_requests, now, m.end))
+                return refused;
+            // What is reserved, and settled in finish(), is the tokens and budgets after them.
+            adds.erase(adds.begin(), adds.begin() + static_cast<std::ptrdiff_t>(requests));
+            taken->values.erase(taken->values.begin(), taken->values.begin() + static_cast<std::ptrdiff_t>(requests));
+            if (!taken->taken) taken->refused -= requests;
+        }
         if (!taken->taken) {
             const std::size_t i = taken->refused;
             const std::string owner = limit_terms::owner(kinds[i].key_scope, caller);
@@ -233,6 +245,29 @@ private:
         unix_ms end; // of the counter's window
     };
 
+    // The requests-per-minute counters that are set, key's first, one request each.
+    void add_requests(const caller_identity& caller, const minute& m, std::vector<counter_add>& adds, std::vector<bool>& key_scope) const {
+        for (const bool k : {true, false}) {
+            const auto limit = minute_bucket::positive(k ? caller.key_limits.requests_per_minute : caller.team_limits.requests_per_minute);
+            if (!limit) continue;
+            adds.push_back({counter_name(k, caller, "rpm", m.index), 1, *limit, m.end + minute_counter_kept});
+            key_scope.push_back(k);
+        }
+    }
+    // The x-ratelimit-*-requests headers from the request counters' values, and the refusal when
+    // one of them refused.
+    static std::optional<error> note_requests(context& ctx, const caller_identity& caller, std::span<const counter_add> adds,
+                                              const std::vector<bool>& key_scope, const counters_taken& taken, unix_ms now, unix_ms end) {
+        const std::size_t shown = taken.taken ? tightest(adds, taken.values) : taken.refused;
+        ctx.report_requests = true;
+        ctx.request_limit = adds[shown].limit;
+        ctx.requests_remaining = std::max<std::int64_t>(adds[shown].limit - taken.values[shown], 0);
+        ctx.requests_reset = until(end, now);
+        if (taken.taken) return std::nullopt;
+        return limit_terms::requests_refusal(limit_terms::requests_allowed(limit_terms::owner(key_scope[shown], caller), adds[shown].limit),
+                                             limit_terms::retry_seconds(until(end, now)));
+    }
+
     static minute minute_of(unix_ms now) {
         const std::int64_t index = now / 60'000;
         return {index, (index + 1) * 60'000};
@@ -250,7 +285,7 @@ private:
     }
     static bool has_budget(const usage_limits& l) { return l.budget_usd && *l.budget_usd >= 0; }
     // The counter with the fewest units left after the reservation (requests or tokens).
-    static std::size_t tightest(const std::vector<counter_add>& adds, const std::vector<std::int64_t>& values) {
+    static std::size_t tightest(std::span<const counter_add> adds, const std::vector<std::int64_t>& values) {
         std::size_t best = 0;
         for (std::size_t i = 1; i < adds.size(); ++i)
             if (adds[i].limit - values[i] < adds[best].limit - values[best]) best = i;
