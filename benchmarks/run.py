@@ -71,6 +71,26 @@ def proc_children(pid):
     return kids
 
 
+def cpu_seconds_of(pids, children=False):
+    """proc_stat_cpu_seconds summed over `pids`. With `children`, each one's children count too:
+    those alive now (utime + stime) and those it has waited for (cutime + cstime, fields 16 and
+    17), so a child that exits between two readings keeps its CPU time in the difference. A
+    PostgreSQL cluster is its postmaster with children: one backend per connection, and the
+    checkpointer, WAL writer, autovacuum workers."""
+    total = 0.0
+    for pid in pids:
+        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if children:
+            total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+            for kid in proc_children(pid):
+                try:
+                    total += proc_stat_cpu_seconds(kid)
+                except (OSError, IndexError, ValueError):
+                    pass  # gone since: its time is in the parent's cutime once reaped
+    return total
+
+
 def proc_fd_count(pid):
     try:
         return len(os.listdir("/proc/%d/fd" % pid))
@@ -159,9 +179,12 @@ class nginx_proxy(process):
     """nginx in the foreground with its own config in a temporary directory, relaying to the mock.
 
     One worker; its CPU time is what a request costs (the master only supervises). RSS counts the
-    master and the worker."""
+    master and the worker. `upstream_port` is one port, or a list of ports: the servers of the
+    upstream block, taken in turn (round robin), each over kept-alive connections."""
 
     def __init__(self, upstream_port, connections, buffering=True):
+        ports = upstream_port if isinstance(upstream_port, (list, tuple)) else [upstream_port]
+        servers = "\n".join("        server 127.0.0.1:%d;" % p for p in ports)
         self.dir = tempfile.mkdtemp(prefix="chatkit-bench-nginx-")
         os.chmod(self.dir, 0o755)  # the worker runs as nobody when we are root
         self.port = free_port()
@@ -187,7 +210,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 75s;
     upstream mock {{
-        server 127.0.0.1:{upstream_port};
+{servers}
         keepalive 128;
         keepalive_requests 1000000;
         keepalive_timeout 4s;  # below the mock's 5 s, so nginx never reuses a connection it closed
@@ -305,6 +328,19 @@ def measure(build, server, port, path, body, connections, seconds, headers=()):
     return r
 
 
+def measure_split(build, parts, port, path, body, connections, seconds, headers=()):
+    """measure() for a system of several processes: `parts` maps a name to a function that returns
+    that part's CPU seconds so far (cpu_seconds_of its pids). cpu_us_per_req is the sum of the
+    parts, cpu_us_per_req_by each part's."""
+    before = {name: cpu() for name, cpu in parts.items()}
+    r = loadgen(build, port, path, body, connections, seconds, headers)
+    n = max(r["completed"], 1)
+    r["cpu_us_per_req_by"] = {name: 1e6 * (cpu() - before[name]) / n for name, cpu in parts.items()}
+    r["cpu_us_per_req"] = sum(r["cpu_us_per_req_by"].values())
+    r["cpu_s_per_1k"] = r["cpu_us_per_req"] / 1000
+    return r
+
+
 def start_trace_collector():
     """An OTLP/HTTP receiver that accepts every export and counts its bytes: the tracing rows'
     collector. Exports come in batches (512 spans, or every 5 s), so Python keeps up."""
@@ -371,20 +407,31 @@ def start_chatkit(build, env, tmp, adapter=None, connections=0):
     return p, p.ready
 
 
-def start_gateway(build, relay_env, tmp, adapter, connections):
-    """sample_server with CHAT_AUTH=keys, a team and a key whose limits never refuse, and a price
-    for the mock's model (a budgeted key may use priced models only). Returns (server, port, key)."""
-    db = "sqlite:%s/gateway-%d.db" % (tmp, time.time_ns())
+def create_bench_key(build, db, tmp):
+    """A team and a key whose limits never refuse, made in the database `db` (a CHAT_DATABASE_URL)
+    with sample_server's `teams create` and `keys create`, and a price for the mock's model (a
+    budgeted key may use priced models only). Returns (key, gateway environment)."""
     prices = Path(tmp) / "prices.json"
     prices.write_text(json.dumps({"models": {"fake-1": {"input": 0.15, "output": 0.6}}}))
     cli_env = {**os.environ, "CHAT_DATABASE_URL": db}
     exe = str(build / "sample_server/sample_server")
     limits = ["--rpm", "1000000000", "--tpm", "1000000000", "--budget-usd", "1000000", "--budget-period", "day"]
-    subprocess.run([exe, "teams", "create", "--id", "bench", *limits], env=cli_env, check=True, capture_output=True)
-    made = subprocess.run([exe, "keys", "create", "--team", "bench", *limits], env=cli_env, check=True, capture_output=True)
+    for argv in ([exe, "teams", "create", "--id", "bench", *limits], [exe, "keys", "create", "--team", "bench", *limits]):
+        made = subprocess.run(argv, env=cli_env, capture_output=True)
+        if made.returncode != 0:
+            raise RuntimeError("%s failed (%d): %s%s" % (" ".join(argv[1:3]), made.returncode, made.stdout.decode(errors="replace"),
+                                                        made.stderr.decode(errors="replace")))
     key = json.loads(made.stdout.decode().strip().splitlines()[-1])["key"]
-    server, port = start_chatkit(build, {**relay_env, "CHAT_DATABASE_URL": db, "CHAT_AUTH": "keys", "CHAT_USAGE": "on",
-                                         "CHAT_PRICING_FILE": str(prices)}, tmp, adapter=adapter, connections=connections)
+    return key, {"CHAT_DATABASE_URL": db, "CHAT_AUTH": "keys", "CHAT_USAGE": "on", "CHAT_PRICING_FILE": str(prices)}
+
+
+def start_gateway(build, relay_env, tmp, adapter, connections, db=None):
+    """sample_server with CHAT_AUTH=keys, a team and a key whose limits never refuse, and a price
+    for the mock's model, on the SQLite file `db` (default: a new one in `tmp`). Returns (server,
+    port, key)."""
+    db = db or "sqlite:%s/gateway-%d.db" % (tmp, time.time_ns())
+    key, gateway_env = create_bench_key(build, db, tmp)
+    server, port = start_chatkit(build, {**relay_env, **gateway_env}, tmp, adapter=adapter, connections=connections)
     return server, port, key
 
 
@@ -550,6 +597,230 @@ def start_slow_mock(build, n):
     return p, p.ready
 
 
+def postgres_bindir():
+    """PostgreSQL's server programs, which Debian keeps off PATH: /usr/lib/postgresql/<major>/bin,
+    the newest, or CHATKIT_PG_BINDIR (as tests/support/postgres_server.hpp finds them). None when
+    initdb or pg_ctl is missing."""
+    if os.environ.get("CHATKIT_PG_BINDIR"):
+        candidates = [Path(os.environ["CHATKIT_PG_BINDIR"])]
+    else:
+        candidates = sorted((b for b in Path("/usr/lib/postgresql").glob("*/bin") if b.parent.name.isdigit()),
+                            key=lambda b: int(b.parent.name), reverse=True)
+    for b in candidates:
+        if os.access(b / "initdb", os.X_OK) and os.access(b / "pg_ctl", os.X_OK):
+            return b
+    return None
+
+
+class postgres_cluster:
+    """A throw-away PostgreSQL cluster, as the tests' (tests/support/postgres_server.hpp): initdb into
+    a temporary directory, the server on 127.0.0.1 and a free port with its Unix socket in that
+    directory, started and stopped with pg_ctl. TCP connections are trusted (no password). fsync
+    stays on: the fleet's commits are as durable as the SQLite row's. PostgreSQL refuses to run as
+    root: as root, its programs run as `nobody` (setgroups, setgid, setuid, as the tests do).
+    stop() stops it and removes the directory."""
+
+    def __init__(self, bindir):
+        self.bindir = Path(bindir)
+        self.dir = tempfile.mkdtemp(prefix="chatkit-bench-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.pid = None
+        self.as_user = {}
+        try:
+            if os.geteuid() == 0:
+                import pwd
+                try:
+                    pw = pwd.getpwnam("nobody")
+                except KeyError:
+                    raise RuntimeError("running as root, and there is no user 'nobody' to run PostgreSQL as")
+                os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+                self.as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+            self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+            self.run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "postgres.log"), "-w", "-t", "60", "-o",
+                     "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" % (self.port, self.dir), "start")
+            self.pid = int(Path(self.data, "postmaster.pid").read_text().split()[0])
+        except BaseException:
+            self.stop()
+            raise
+
+    def run(self, program, *args):
+        """One of the cluster's programs, as its owner, in its directory; raises with its output on failure."""
+        with tempfile.TemporaryFile("w+") as out:
+            done = subprocess.run([str(self.bindir / program), *args], cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=120, **self.as_user)
+            out.seek(0)
+            text = out.read()
+        if done.returncode != 0:
+            log = Path(self.dir, "postgres.log")
+            raise RuntimeError("%s failed (%d): %s%s" % (program, done.returncode, text[-2000:],
+                                                         log.read_text(errors="replace")[-2000:] if log.exists() else ""))
+        return text
+
+    def create_database(self, name):
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return "postgresql://postgres@127.0.0.1:%d/%s" % (self.port, name)
+
+    def version(self):
+        return self.run("postgres", "--version").strip().split(" ", 2)[-1]
+
+    def cpu_seconds(self):
+        """The postmaster and every process it has forked: backends, checkpointer, WAL writer, ..."""
+        return cpu_seconds_of([self.pid], children=True)
+
+    def stop(self):
+        pid_file = os.path.join(self.data, "postmaster.pid")
+        if os.path.exists(pid_file):
+            pid = self.pid or int(Path(pid_file).read_text().split()[0])
+            try:
+                self.run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
+            except Exception as e:
+                print("  note: pg_ctl stop failed, killing the postmaster: %s" % str(e).strip()[:300], flush=True)
+                try:
+                    os.kill(pid, signal.SIGQUIT)  # immediate shutdown: the postmaster takes its children with it
+                except ProcessLookupError:
+                    pass
+            # pg_ctl daemonized it: init reaps it, a moment after it exits.
+            deadline = time.time() + 20
+            while os.path.exists("/proc/%d" % pid) and time.time() < deadline:
+                time.sleep(0.05)
+        self.pid = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_redis():
+    """A throw-away redis-server on 127.0.0.1 and a free port, keeping nothing on disk."""
+    port = free_port()
+    p = process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 20)
+    except RuntimeError as e:
+        p.stop()
+        raise RuntimeError("%s:\n%s" % (e, p.read_log()))
+    return p, port
+
+
+def log_problems(server):
+    """The distinct messages of a sample_server's warning and error log lines."""
+    seen = []
+    for line in server.read_log().splitlines():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("level") in ("warning", "warn", "error", "critical") and j.get("msg") not in seen:
+            seen.append(j.get("msg"))
+    return seen
+
+
+def requests_served(server, path):
+    """How many requests for `path` the server's access log shows."""
+    n = 0
+    for line in server.read_log().splitlines():
+        if "request" in line:
+            try:
+                j = json.loads(line)
+            except ValueError:
+                continue
+            n += j.get("msg") == "request" and j.get("path") == path
+    return n
+
+
+def fleet_scenario(build, adapter, args, tmp, record, results, nginx_ver):
+    """Two sample_server replicas behind nginx (round robin, kept-alive upstream connections), their
+    key limits counted in Redis (CHAT_LIMITS=shared) and their history, keys and usage records in
+    PostgreSQL, against one sample_server on SQLite; both as a gateway (a ck- key whose limits never
+    refuse, every answer priced and recorded), relaying to the mock, on the same machine in the same
+    run. CPU per request is split by process: replicas, nginx (master and worker), redis-server, and
+    PostgreSQL (the postmaster and every process it forks)."""
+    bindir = postgres_bindir()
+    missing = [name for name, found in (("redis-server", shutil.which("redis-server")),
+                                        ("PostgreSQL (initdb, pg_ctl)", bindir), ("nginx", nginx_ver)) if not found]
+    if missing:
+        print("  %s not installed: skipped" % ", ".join(missing), flush=True)
+        results["fleet"] = {"skipped": "not installed: " + ", ".join(missing)}
+        return
+    path = "/v1/chat/completions"
+    body = dict(ASK, messages=[{"role": "user", "content": "question"}], cache=False)
+    entry = results["fleet"] = {"replicas": 2, "adapter": adapter}
+    one_name = "one chatkit[%s] on SQLite (gateway: auth, key limits, usage records)" % adapter
+    fleet_name = "fleet: nginx -> 2 x chatkit[%s], Redis limits, PostgreSQL store (gateway)" % adapter
+    mock = redis = pg = proxy = None
+    replicas = []
+    try:
+        mock, mock_port = start_mock(build, {"FAKE_OPENAI_THREADS": str(args.connections * 2)})
+        relay_env = {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % mock_port,
+                     "CHAT_CACHE_SIZE": "0"}
+        redis, redis_port = start_redis()
+        pg = postgres_cluster(bindir)
+        entry["versions"] = {"redis": subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2].removeprefix("v="),
+                             "postgresql": pg.version(), "nginx": nginx_ver}
+
+        # One process on SQLite: the gateway row of section 2-3, on its own file.
+        one, port, key = start_gateway(build, relay_env, tmp, adapter, args.connections * 2, db="sqlite:%s/one.db" % tmp)
+        try:
+            base = record(one_name, measure_split(build, {"sample_server": lambda: cpu_seconds_of(one.pids())}, port, path, body,
+                                                  args.connections, args.seconds, headers=("Authorization: Bearer " + key,)),
+                          adapter=adapter, peak_rss_mb=one.peak_rss_mb(), log_problems=log_problems(one))
+        finally:
+            one.stop()
+        entry["one"] = base
+
+        # The fleet: the team and key made once in PostgreSQL, then the replicas, then nginx.
+        key, gateway_env = create_bench_key(build, pg.create_database("chatkit_bench"), tmp)
+        fleet_env = {**relay_env, **gateway_env, "CHAT_REDIS_URL": "redis://127.0.0.1:%d/0" % redis_port, "CHAT_LIMITS": "shared"}
+        for _ in range(2):
+            replicas.append(start_chatkit(build, fleet_env, tmp, adapter=adapter, connections=args.connections * 2)[0])
+        proxy = nginx_proxy([r.ready for r in replicas], connections=4 * args.connections + 256)
+        parts = {"replicas": lambda: cpu_seconds_of([r.proc.pid for r in replicas]),
+                 "nginx": lambda: cpu_seconds_of(proxy.pids()),
+                 "redis": lambda: cpu_seconds_of(redis.pids()),
+                 "postgres": pg.cpu_seconds}
+        r = measure_split(build, parts, proxy.port, path, body, args.connections, args.seconds,
+                          headers=("Authorization: Bearer " + key,))
+        fleet = record(fleet_name, r, adapter=adapter, peak_rss_mb=sum(x.peak_rss_mb() for x in replicas),
+                       requests_by_replica=[requests_served(x, path) for x in replicas],
+                       log_problems=[m for x in replicas for m in log_problems(x)])
+        entry["fleet"] = fleet
+        entry["cpu_vs_one"] = fleet["cpu_us_per_req"] / max(base["cpu_us_per_req"], 1e-9)
+        entry["throughput_vs_one"] = fleet["rps"] / max(base["rps"], 1e-9)
+        print("  CPU us/req by process: one process %s; fleet %s; requests per replica %s" % (
+            ", ".join("%s %.1f" % kv for kv in base["cpu_us_per_req_by"].items()),
+            ", ".join("%s %.1f" % kv for kv in fleet["cpu_us_per_req_by"].items()),
+            "/".join(str(n) for n in fleet["requests_by_replica"])), flush=True)
+
+        # Durable appends on the same cluster (fsync on), next to SQLite's 64 writers in the same run.
+        pg_bench = build / "benchmarks/postgres_store_bench"
+        if pg_bench.exists():
+            for x in replicas:  # nothing else writing
+                x.stop()
+            replicas.clear()
+            done = subprocess.run([str(pg_bench), pg.create_database("chatkit_appends")], capture_output=True, text=True, timeout=300)
+            entry["postgres_store_table"] = done.stdout + done.stderr
+            print(done.stdout + done.stderr, flush=True)
+        else:
+            print("  %s not built: PostgreSQL appends skipped" % pg_bench, flush=True)
+    except Exception as e:  # a part this machine cannot run is a result, not a crash of the suite
+        record(fleet_name if "one" in entry else one_name, {"errors": 1, "failure": str(e)}, adapter=adapter)
+        entry["failure"] = str(e)
+    finally:
+        if proxy:
+            proxy.stop()
+        for x in replicas:
+            x.stop()
+        if pg:
+            pg.stop()
+        if redis:
+            redis.stop()
+        if mock:
+            mock.stop()
+
+
+# The sections of the suite, by number; --only takes either.
+SECTIONS = {"1": "direct", "2": "chatkit", "3": "chatkit", "4": "peers", "5": "streams", "6": "stalled", "7": "store", "8": "fleet"}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=str(ROOT / "build/bench"))
@@ -561,7 +832,22 @@ def main():
     parser.add_argument("--stalled", type=int, default=10000, help="stalled connections in the /health scenario (0: skip it)")
     parser.add_argument("--servers", default=",".join(ADAPTERS),
                         help="sample_server HTTP adapters to measure, each selected with CHAT_SERVER")
+    parser.add_argument("--only", default=None, metavar="SECTIONS",
+                        help="run only these sections, by name or number (%s; default: all)" % ", ".join(
+                            "%s=%s" % (n, name) for n, name in SECTIONS.items()))
     args = parser.parse_args()
+    only = None
+    if args.only is not None:
+        only = set()
+        for word in (x.strip() for x in args.only.split(",") if x.strip()):
+            if word not in SECTIONS and word not in SECTIONS.values():
+                parser.error("unknown section %r in --only (known: %s)" % (word, ", ".join(dict.fromkeys(SECTIONS.values()))))
+            only.add(SECTIONS.get(word, word))
+        if "chatkit" in only:
+            only.add("direct")  # the chatkit rows' added latency is measured against it
+
+    def want(section):
+        return only is None or section in only
     servers = [x for x in args.servers.split(",") if x]
     for name in servers:
         if name not in ADAPTERS:
@@ -604,15 +890,17 @@ def main():
             print("  note: sample_server started with CHAT_SERVER=%s reports %s" % (
                 adapter, "adapter %r" % named if named else "no adapter in its 'listening' line (it may ignore CHAT_SERVER)"), flush=True)
 
-    mock, mock_port = start_mock(build, {"FAKE_OPENAI_THREADS": str(args.connections * 2)})
+    mock, mock_port = (start_mock(build, {"FAKE_OPENAI_THREADS": str(args.connections * 2)})
+                       if want("direct") or want("chatkit") or want("peers") else (None, 0))
     throughs = {}
     try:
-        print("1. direct: load generator -> mock upstream", flush=True)
-        direct = record("direct (mock upstream)", measure(build, mock, mock_port, "/v1/chat/completions", ask, args.connections, args.seconds))
+        if want("direct"):
+            print("1. direct: load generator -> mock upstream", flush=True)
+            direct = record("direct (mock upstream)", measure(build, mock, mock_port, "/v1/chat/completions", ask, args.connections, args.seconds))
 
         relay_env = {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % mock_port,
                      "CHAT_CACHE_SIZE": "0"}
-        for adapter in servers:
+        for adapter in (servers if want("chatkit") else ()):
             print("2-3. through chatkit [%s]" % adapter, flush=True)
             unique = dict(ask, messages=[{"role": "user", "content": "question"}], cache=False)
             # The pure relay (the issue's ≤ 20 µs row): no store, no cache.
@@ -700,46 +988,51 @@ def main():
             finally:
                 cached.stop()
 
-        print("4. peers: nginx (pure proxy) and the Portkey gateway", flush=True)
-        if nginx_ver:
-            try:
-                proxy = nginx_proxy(mock_port, connections=4 * args.connections + 256)
+        if want("peers"):
+            print("4. peers: nginx (pure proxy) and the Portkey gateway", flush=True)
+            if nginx_ver:
                 try:
-                    nx = record("nginx %s (pure proxy) -> mock upstream" % nginx_ver,
-                                measure(build, proxy, proxy.port, "/v1/chat/completions", ask, args.connections, args.seconds),
-                                threads=proxy.threads(), peer="nginx")
+                    proxy = nginx_proxy(mock_port, connections=4 * args.connections + 256)
+                    try:
+                        nx = record("nginx %s (pure proxy) -> mock upstream" % nginx_ver,
+                                    measure(build, proxy, proxy.port, "/v1/chat/completions", ask, args.connections, args.seconds),
+                                    threads=proxy.threads(), peer="nginx")
+                    finally:
+                        proxy.stop()
+                    for adapter, through in throughs.items():
+                        through["cpu_vs_nginx"] = through["cpu_us_per_req"] / max(nx["cpu_us_per_req"], 1e-9)
+                        through["nginx_cpu_us_per_req"] = nx["cpu_us_per_req"]
+                except Exception as e:
+                    record("nginx (pure proxy) -> mock upstream", {"errors": 1, "failure": str(e)}, peer="nginx")
+            else:
+                print("  nginx not installed: skipped", flush=True)
+
+            portkey_start = ROOT / "benchmarks/node_modules/@portkey-ai/gateway/build/start-server.js"
+            if shutil.which("node") and portkey_start.exists():
+                pk_port = free_port()
+                # Portkey listens on every interface; the preload pins it to 127.0.0.1.
+                portkey = process(["node", "--require", str(ROOT / "benchmarks/loopback_only.cjs"), str(portkey_start),
+                                   "--headless", "--port=%d" % pk_port])
+                wait_for_port(pk_port)
+                try:
+                    pk = record("Portkey gateway 1.15.2 -> mock upstream",
+                                measure(build, portkey, pk_port, "/v1/chat/completions", ask, args.connections, args.seconds,
+                                        headers=("x-portkey-provider: openai", "x-portkey-custom-host: http://127.0.0.1:%d/v1" % mock_port,
+                                                 "Authorization: Bearer sk-bench")))
+                    for through in throughs.values():
+                        through["throughput_vs_portkey"] = through["rps"] / max(pk["rps"], 1e-9)
                 finally:
-                    proxy.stop()
-                for adapter, through in throughs.items():
-                    through["cpu_vs_nginx"] = through["cpu_us_per_req"] / max(nx["cpu_us_per_req"], 1e-9)
-                    through["nginx_cpu_us_per_req"] = nx["cpu_us_per_req"]
-            except Exception as e:
-                record("nginx (pure proxy) -> mock upstream", {"errors": 1, "failure": str(e)}, peer="nginx")
-        else:
-            print("  nginx not installed: skipped", flush=True)
-
-        portkey_start = ROOT / "benchmarks/node_modules/@portkey-ai/gateway/build/start-server.js"
-        if shutil.which("node") and portkey_start.exists():
-            pk_port = free_port()
-            # Portkey listens on every interface; the preload pins it to 127.0.0.1.
-            portkey = process(["node", "--require", str(ROOT / "benchmarks/loopback_only.cjs"), str(portkey_start),
-                               "--headless", "--port=%d" % pk_port])
-            wait_for_port(pk_port)
-            try:
-                pk = record("Portkey gateway 1.15.2 -> mock upstream",
-                            measure(build, portkey, pk_port, "/v1/chat/completions", ask, args.connections, args.seconds,
-                                    headers=("x-portkey-provider: openai", "x-portkey-custom-host: http://127.0.0.1:%d/v1" % mock_port,
-                                             "Authorization: Bearer sk-bench")))
-                for through in throughs.values():
-                    through["throughput_vs_portkey"] = through["rps"] / max(pk["rps"], 1e-9)
-            finally:
-                portkey.stop()
-        else:
-            print("  Portkey gateway not installed (npm ci --prefix benchmarks): skipped", flush=True)
+                    portkey.stop()
+            else:
+                print("  Portkey gateway not installed (npm ci --prefix benchmarks): skipped", flush=True)
     finally:
-        mock.stop()
+        if mock:
+            mock.stop()
 
-    print("5. concurrent streams (50 chunks, 100 ms apart)", flush=True)
+    if want("streams"):
+        print("5. concurrent streams (50 chunks, 100 ms apart)", flush=True)
+    else:
+        stream_counts = nginx_streams = []
     for n in stream_counts:
         for adapter in servers:
             name = "%d concurrent streams through chatkit[%s]" % (n, adapter)
@@ -774,18 +1067,24 @@ def main():
     if nginx_streams and not nginx_ver:
         print("  nginx not installed: its stream rows are skipped", flush=True)
 
-    if args.stalled > 0:
+    if args.stalled > 0 and want("stalled"):
         print("6. /health with %d stalled connections (half a request header each)" % args.stalled, flush=True)
         for adapter in servers:
             stalled_scenario(build, adapter, args.stalled, tmp, record)
 
-    print("7. store: durable appends", flush=True)
-    store_bench = build / "benchmarks/store_bench"
-    if store_bench.exists():
-        store = subprocess.run([str(store_bench)], capture_output=True, text=True)
-        results["store_table"] = store.stdout
-    else:
-        print("  %s not built: skipped" % store_bench, flush=True)
+    if want("store"):
+        print("7. store: durable appends", flush=True)
+        store_bench = build / "benchmarks/store_bench"
+        if store_bench.exists():
+            store = subprocess.run([str(store_bench)], capture_output=True, text=True)
+            results["store_table"] = store.stdout
+        else:
+            print("  %s not built: skipped" % store_bench, flush=True)
+
+    if want("fleet"):
+        print("8. fleet: two replicas behind nginx, Redis limits and the PostgreSQL store, next to one process on SQLite "
+              "(same run)", flush=True)
+        fleet_scenario(build, servers[0] if servers else ADAPTERS[0], args, tmp, record, results, nginx_ver)
 
     shutil.rmtree(tmp, ignore_errors=True)
     write_reports(build, results)
@@ -858,7 +1157,21 @@ def write_reports(build, results):
                          "by the end, %d still open." % (
                              who, r["stalled_connected"], r["stalled"], r["stalled_accepted"], health, r["baseline_p50_ms"],
                              r["baseline_p99_ms"], r["threads"], r["rss_mb"], r["stalled_dropped_by_server"], r["stalled_still_open"]))
-    text = "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n\n" + results.get("store_table", "")
+    fleet = results.get("fleet", {})
+    if fleet.get("skipped"):
+        notes.append("- fleet: skipped (%s)." % fleet["skipped"])
+    if "one" in fleet and "fleet" in fleet:
+        split = lambda r: ", ".join("%s %.1f" % kv for kv in r["cpu_us_per_req_by"].items())
+        notes.append("- Two replicas behind nginx, limits in Redis, history, keys and usage in PostgreSQL: %.1f µs of CPU per request "
+                     "in all (%s), %.2fx one process on SQLite (%.1f µs); %.0f req/s, %.0f%% of its throughput; requests per "
+                     "replica %s." % (fleet["fleet"]["cpu_us_per_req"], split(fleet["fleet"]), fleet["cpu_vs_one"],
+                                      fleet["one"]["cpu_us_per_req"], fleet["fleet"]["rps"], 100 * fleet["throughput_vs_one"],
+                                      "/".join(str(n) for n in fleet["fleet"]["requests_by_replica"])))
+        for row in ("one", "fleet"):
+            if fleet[row].get("log_problems"):
+                notes.append("- %s logged: %s." % (fleet[row]["scenario"], "; ".join(fleet[row]["log_problems"])[:500]))
+    text = ("\n".join(rows) + "\n\n" + "\n".join(notes) + "\n\n" + results.get("store_table", "") +
+            (results.get("fleet") or {}).get("postgres_store_table", ""))
     (build / "results.md").write_text(text)
     (build / "results.json").write_text(json.dumps(results, indent=2))
     print("\n" + text)
