@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace chatkit {
@@ -223,12 +224,26 @@ inline std::string describe(sqlite3* db, int rc) {
     throw std::runtime_error("chatkit::sqlite_store: " + std::string(what) + " '" + path + "': " + std::string(why));
 }
 
+// The busy handler of every connection: polls every 250 µs until `timeout_ms` (the pointer's
+// value) is spent. SQLite's own (sqlite3_busy_timeout) backs off to sleeps of up to 100 ms, so a
+// writer waiting behind a steady one wakes too late for the gaps between its commits and starves:
+// the usage records' writer, behind the history's group commits a millisecond or two apart, fell
+// hundreds of records behind under load, and a crash lost them. `count` (calls so far) stands for
+// the time waited; sleeps run long, never short, so the timeout is never cut.
+inline int wait_for_the_lock(void* timeout_ms, int count) {
+    constexpr std::int64_t poll_us = 250;
+    if (static_cast<std::int64_t>(count) * poll_us >= static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(timeout_ms)) * 1000) return 0;
+    std::this_thread::sleep_for(std::chrono::microseconds{poll_us});
+    return 1;
+}
+
 inline db_handle open_db(const std::string& path, int flags, std::chrono::milliseconds busy_timeout) {
     sqlite3* raw = nullptr;
     const int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
     db_handle db(raw); // closed on every path, even when open failed
     if (rc != SQLITE_OK) fail(path, "cannot open", db ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc));
-    sqlite3_busy_timeout(db.get(), static_cast<int>(std::clamp<std::int64_t>(busy_timeout.count(), 0, INT32_MAX)));
+    const auto timeout_ms = static_cast<std::intptr_t>(std::clamp<std::int64_t>(busy_timeout.count(), 0, INT32_MAX));
+    sqlite3_busy_handler(db.get(), wait_for_the_lock, reinterpret_cast<void*>(timeout_ms));
     return db;
 }
 
