@@ -709,8 +709,13 @@ def log_problems(server):
             j = json.loads(line)
         except ValueError:
             continue
-        if j.get("level") in ("warning", "warn", "error", "critical") and j.get("msg") not in seen:
-            seen.append(j.get("msg"))
+        if j.get("level") not in ("warning", "warn", "error", "critical"):
+            continue
+        # An access-log line is an error for a 5xx: name the request, not just "request".
+        what = j.get("msg") if j.get("msg") != "request" else "request %s %s %s: %s" % (
+            j.get("status"), j.get("method"), j.get("path"), j.get("error", j.get("code", "")))
+        if what not in seen:
+            seen.append(what)
     return seen
 
 
@@ -749,7 +754,8 @@ def fleet_scenario(build, adapter, args, tmp, record, results, nginx_ver):
     mock = redis = pg = proxy = None
     replicas = []
     try:
-        mock, mock_port = start_mock(build, {"FAKE_OPENAI_THREADS": str(args.connections * 2)})
+        # Two replicas each keep their own upstream connections: the mock serves one per thread.
+        mock, mock_port = start_mock(build, {"FAKE_OPENAI_THREADS": str(args.connections * 4)})
         relay_env = {"CHAT_PROVIDER": "openai", "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % mock_port,
                      "CHAT_CACHE_SIZE": "0"}
         redis, redis_port = start_redis()
