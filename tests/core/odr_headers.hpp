@@ -35,6 +35,7 @@
 #include <chatkit/otlp_traces.hpp>
 #include <chatkit/trace_context.hpp>
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/pii_redaction.hpp>
 #include <chatkit/postgres_connection_pool.hpp>
 #include <chatkit/postgres_key_directory.hpp>
 #include <chatkit/postgres_store.hpp>
