@@ -747,10 +747,8 @@ private:
         sum.time_to_first_token_ms = answer->time_to_first_token_ms;
         sum.finish_reason = answer->finish_reason;
         sum.provider = served_by(*answer);
-        const auto* turn = [framing]() -> const conversation_turn* {
-            if constexpr (requires { framing->turn; }) return &framing->turn;
-            else return nullptr;
-        }();
+        const conversation_turn* turn = nullptr;
+        if constexpr (requires { framing->turn; }) turn = &framing->turn;
         if (auto saved = co_await record(req_ptr, &*answer, turn, elapsed_ms(out.started), answer->time_to_first_token_ms); !saved) {
             sum.error_code = saved.error().code;
             co_await st->send(framing->failure(saved.error(), req.request_id));
