@@ -33,6 +33,7 @@
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
 #include <chatkit/otel_tracing.hpp>
+#include <chatkit/pii_redaction.hpp>
 #ifdef SAMPLE_SERVER_POSTGRES
 #include <chatkit/postgres_store.hpp>
 #include <chatkit/postgres_usage_store.hpp>
@@ -110,7 +111,8 @@ using app_service = chatkit::service<provider_type, store_type, cache_type, chat
                                      chatkit::optional_middleware<chatkit::otel_tracing>, access_log,
                                      chatkit::optional_middleware<chatkit::prometheus_metrics>, chatkit::optional_middleware<chatkit::cors>,
                                      chatkit::optional_middleware<usage_recorder_type>,
-                                     chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
+                                     chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::pii_redaction>,
+                                     chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
                                      chatkit::optional_middleware<chatkit::shared_key_limits<shared_counters>>,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
@@ -137,10 +139,12 @@ inline std::string_view chosen_provider(const config& c) {
 }
 
 // A provider's API key read from the AWS Secrets Manager secret `arn` names (`variable`, for
-// messages), kept and read again every CHAT_SECRET_REFRESH. Read once now, so that start-up (a
-// Lambda's init) pays for it; a failure then is retried by the first chat.
-inline std::function<chatkit::result<std::string>()> key_from_secret(const config& c, const std::string& arn, std::string_view variable,
-                                                                     std::string_view provider, logger* log) {
+// messages), kept and read again every CHAT_SECRET_REFRESH, or at once after the upstream refused
+// it (a key rotated in the secret and revoked upstream). Read once now, so that start-up (a
+// Lambda's init) pays for it; a failure then is retried by the first chat. Sets the provider
+// options' api_key_source and on_key_rejected.
+template <class Options>
+void key_from_secret(Options& o, const config& c, const std::string& arn, std::string_view variable, std::string_view provider, logger* log) {
     try {
         chatkit::aws::secret_options secret;
         secret.secret_id = arn;
@@ -154,7 +158,11 @@ inline std::function<chatkit::result<std::string>()> key_from_secret(const confi
             };
         chatkit::aws::cached_secret<> key{std::move(secret)};
         (void)key.get();
-        return [key]() mutable { return key.get(); };
+        o.api_key_source = [key]() mutable { return key.get(); };
+        o.on_key_rejected = [key, log, what = "the " + std::string{provider} + " upstream refused the key from its secret (HTTP 401): reading the secret again"](
+                                const std::string& rejected) mutable {
+            if (key.expire(rejected) && log) log->warn(what);
+        };
     } catch (const std::invalid_argument& e) {
         throw config_error(std::string{variable} + ": " + e.what());
     }
@@ -185,7 +193,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         chatkit::openai_options o;
         o.base_url = c.openai_base_url;
         o.api_key = c.openai_api_key;
-        if (from_secret) o.api_key_source = key_from_secret(c, c.openai_api_key_secret_arn, "CHAT_OPENAI_API_KEY_SECRET_ARN", "OpenAI", log);
+        if (from_secret) key_from_secret(o, c, c.openai_api_key_secret_arn, "CHAT_OPENAI_API_KEY_SECRET_ARN", "OpenAI", log);
         o.organization = c.openai_organization;
         o.project = c.openai_project;
         if (!c.model.empty()) o.model = c.model;
@@ -210,7 +218,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         o.base_url = c.anthropic_base_url;
         o.api_key = c.anthropic_api_key;
         if (from_secret)
-            o.api_key_source = key_from_secret(c, c.anthropic_api_key_secret_arn, "CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "Anthropic", log);
+            key_from_secret(o, c, c.anthropic_api_key_secret_arn, "CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "Anthropic", log);
         if (!c.model.empty()) o.model = c.model;
         o.default_max_tokens = std::min(c.default_max_tokens, c.max_tokens);
         o.read_timeout = c.upstream_timeout;
@@ -235,7 +243,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         chatkit::gemini_options o;
         o.base_url = c.gemini_base_url;
         o.api_key = c.gemini_api_key;
-        if (from_secret) o.api_key_source = key_from_secret(c, c.gemini_api_key_secret_arn, "CHAT_GEMINI_API_KEY_SECRET_ARN", "Gemini", log);
+        if (from_secret) key_from_secret(o, c, c.gemini_api_key_secret_arn, "CHAT_GEMINI_API_KEY_SECRET_ARN", "Gemini", log);
         if (!c.model.empty()) o.model = c.model;
         o.read_timeout = c.upstream_timeout;
         o.deadline = c.upstream_deadline;
@@ -705,10 +713,18 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
             for (const auto& p : c.routing->providers) o.provider_types[p.name] = p.type;
         tracing.emplace(std::move(exporter), std::move(o));
     }
+    // CHAT_PII_MODE: after authentication (a caller without a key gets 401 first) and before the
+    // limits (a refused request costs nothing), the cache, the provider and the store.
+    std::optional<chatkit::pii_redaction> pii;
+    if (c.pii_mode != "off") {
+        chatkit::pii_redaction_options o;
+        o.default_mode = *chatkit::parse_pii_mode(c.pii_mode);
+        pii.emplace(std::move(o));
+    }
     std::optional<chatkit::cors> cors;
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
     app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c, log, metrics), chatkit::request_id{},
-                        std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(key_limits), std::move(usage_limits),
+                        std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(pii), std::move(key_limits), std::move(usage_limits),
                         auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     add_metrics_route(service, c, std::move(metrics));

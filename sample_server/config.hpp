@@ -48,6 +48,7 @@ struct config {
     std::string model;
     std::string pricing_file;
     std::string usage = "on";
+    std::string pii_mode = "off"; // CHAT_PII_MODE: chatkit::pii_redaction's mode for every chat route
     std::string limits = "auto";
     std::string limits_fallback = "local"; // CHAT_LIMITS=shared with its store unreachable: local or refuse
     std::string metrics = "on";
@@ -244,8 +245,10 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.model; }},
         {"CHAT_PRICING_FILE", "a JSON price table (USD per 1M tokens) merged over the shipped data/pricing.json (empty: the shipped one only)",
          [](config& c, auto, auto v) { c.pricing_file = v; }, [](const config& c) { return c.pricing_file; }},
-        {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite database or the DynamoDB usage table; GET /v1/usage) or off",
+        {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite or PostgreSQL database or the DynamoDB usage table; GET /v1/usage) or off",
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
+        {"CHAT_PII_MODE", "personal data and secrets in chat messages (e-mails, phones, cards, IBANs, SSNs, IP addresses, API keys): off, count (x-chatkit-pii header), mask (placeholders before the provider, cache and history) or refuse (400 pii_detected)",
+         [](config& c, auto n, auto v) { c.pii_mode = one_of(n, v, {"off", "count", "mask", "refuse"}); }, [](const config& c) { return c.pii_mode; }},
         {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
         {"CHAT_LIMITS_FALLBACK", "with CHAT_LIMITS=shared, while Redis or DynamoDB cannot be reached: local (count in this process until it can; logged once a minute) or refuse (503 for every limited request)",

@@ -160,3 +160,26 @@ TEST_CASE("threads reading a cold secret at once all get its value") {
     for (auto& t : readers) t.join();
     CHECK(right == 8);
 }
+
+TEST_CASE("a key the upstream refused is read again at once, but only once per value") {
+    const auto arn = create_secret("sk-old");
+    secret key{options_for(arn), moto().aws_environment()};
+    REQUIRE(key.get().value() == "sk-old");
+
+    CHECK_FALSE(key.expire("sk-something-else")); // a key no longer held: nothing to do
+    put_value(arn, "sk-new");
+    CHECK(key.get().value() == "sk-old"); // refresh is 300 s away
+
+    CHECK(key.expire("sk-old"));
+    CHECK(key.get().value() == "sk-new"); // read again without the clock moving
+    CHECK(key.get().value() == "sk-new");
+
+    // The new key refused too, and a fresh read gives it again: one read brought forward, not one per 401.
+    CHECK(key.expire("sk-new"));
+    CHECK(key.get().value() == "sk-new");
+    put_value(arn, "sk-newest");
+    CHECK_FALSE(key.expire("sk-new"));
+    CHECK(key.get().value() == "sk-new");
+    manual_clock::advance(std::chrono::seconds{301});
+    CHECK(key.get().value() == "sk-newest"); // the regular refresh still comes
+}

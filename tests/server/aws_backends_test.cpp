@@ -387,6 +387,58 @@ TEST_CASE("the Anthropic and Gemini keys come from the secrets CHAT_ANTHROPIC_AP
     }
 }
 
+TEST_CASE("a key the upstream refuses (401, or Gemini's API_KEY_INVALID) makes the server read its secret again for the next request") {
+    SECTION("openai") {
+        fake_openai fake;
+        const auto arn = create_secret(R"({"api_key":"sk-before-0008"})");
+        auto env = secret_env(fake, arn);
+        env["CHAT_SECRET_REFRESH"] = "3600"; // without the 401, the rotated key would wait an hour
+        server_process server{env};
+        auto c = server.client();
+        REQUIRE(chat(c, "ivy", "one")->status == 200);
+
+        put_secret(arn, R"({"api_key":"sk-after-0009"})"); // rotated, and the old key revoked upstream
+        fake.script({test_support::status_reply(401, "Incorrect API key provided: sk-befo****0008.", "invalid_request_error", "invalid_api_key")});
+        auto refused = chat(c, "ivy", "two");
+        REQUIRE(refused);
+        CHECK(refused->status == 502);
+        CHECK(refused->body.find("sk-before-0008") == std::string::npos); // OpenAI's message shows a masked key; never the whole one
+        REQUIRE(chat(c, "ivy", "three")->status == 200);
+
+        const auto sent = fake.requests();
+        REQUIRE(sent.size() == 3);
+        CHECK(sent[1].headers.find("Authorization")->second == "Bearer sk-before-0008");
+        CHECK(sent[2].headers.find("Authorization")->second == "Bearer sk-after-0009");
+        CHECK(server.log().find("refused the key from its secret") != std::string::npos);
+        CHECK(server.log().find("sk-before") == std::string::npos);
+        CHECK(server.log().find("sk-after") == std::string::npos);
+    }
+    SECTION("gemini") {
+        test_support::fake_gemini fake{{}, "AIza-before-0010"};
+        const auto arn = create_secret("AIza-before-0010");
+        auto env = aws_env(moto(), "AWS_ENDPOINT_URL_SECRETS_MANAGER");
+        env.merge(std::map<std::string, std::string>{{"CHAT_GEMINI_API_KEY_SECRET_ARN", arn},
+                                                     {"CHAT_GEMINI_BASE_URL", fake.base_url()},
+                                                     {"CHAT_SECRET_REFRESH", "3600"},
+                                                     {"CHAT_CACHE_SIZE", "0"},
+                                                     {"CHAT_DATABASE_URL", "none"}});
+        server_process server{env};
+        auto c = server.client();
+        REQUIRE(chat(c, "jo", "one")->status == 200);
+
+        put_secret(arn, "AIza-after-0011");
+        fake.accept_only("AIza-after-0011"); // Google answers the old key with 400 API_KEY_INVALID
+        auto refused = chat(c, "jo", "two");
+        REQUIRE(refused);
+        CHECK(refused->status == 502);
+        REQUIRE(chat(c, "jo", "three")->status == 200);
+        const auto sent = fake.requests();
+        REQUIRE(sent.size() == 3);
+        CHECK(sent[2].headers.find("x-goog-api-key")->second == "AIza-after-0011");
+        CHECK(server.log().find("AIza-") == std::string::npos);
+    }
+}
+
 TEST_CASE("a secret still empty after deploying makes /chat a 503 that says how to fill it, and the key put later is used") {
     fake_openai fake;
     const auto arn = create_secret(R"({"api_key":""})"); // as deploy/template.yaml creates it

@@ -84,6 +84,12 @@ public:
     // As the provider takes it: the origin, without /v1beta.
     std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
+    // From now on only `key` is accepted, as when a key is rotated and the old one revoked.
+    void accept_only(std::string key) {
+        std::lock_guard lock{mutex_};
+        key_ = std::move(key);
+    }
+
     void script(std::vector<fake_gemini_reply> replies) {
         std::lock_guard lock{mutex_};
         for (auto& r : replies) script_.push_back(std::move(r));
@@ -120,7 +126,11 @@ private:
                                       "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or "
                                       "other form of API consumer identity to call this API.");
         const std::string key = req.get_header_value("x-goog-api-key");
-        if (key.empty() || (!key_.empty() && key != key_))
+        const std::string accepted = [this] {
+            std::lock_guard lock{mutex_};
+            return key_;
+        }();
+        if (key.empty() || (!accepted.empty() && key != accepted))
             return gemini_error_reply(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
                                       nlohmann::json::array({{{"@type", "type.googleapis.com/google.rpc.ErrorInfo"},
                                                               {"reason", "API_KEY_INVALID"},

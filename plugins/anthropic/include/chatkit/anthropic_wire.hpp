@@ -49,6 +49,9 @@ struct anthropic_options {
     // Asked for the key before each call instead of `api_key`, when set (a key that rotates); it
     // must be safe from any thread and cheap (cache what it fetches).
     std::function<result<std::string>()> api_key_source{};
+    // Told the key the upstream refused with HTTP 401, so that a key source can read its key again
+    // early (cached_secret::expire). Called on the calling thread; must not block.
+    std::function<void(const std::string& rejected_key)> on_key_rejected{};
     std::string version = "2023-06-01"; // the anthropic-version header
     std::string model = "claude-sonnet-4-5";
     anthropic_model_aliases aliases = default_anthropic_aliases();
@@ -440,6 +443,7 @@ public:
     // overloaded_error), after retry-after-ms or retry-after, unless x-should-retry says otherwise.
     template <class Headers>
     upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
+        if (status == 401 && options.on_key_rejected) options.on_key_rejected(key);
         const auto body = nlohmann::json::parse(raw, nullptr, false);
         const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
         const std::string type = string_field(e, "type");

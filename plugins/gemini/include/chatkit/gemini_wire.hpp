@@ -40,6 +40,9 @@ struct gemini_options {
     // Asked for the key before each call instead of `api_key`, when set (a key that rotates); it
     // must be safe from any thread and cheap (cache what it fetches).
     std::function<result<std::string>()> api_key_source{};
+    // Told the key the upstream refused (HTTP 401, or Google's 400 API_KEY_INVALID), so that a key source can read its key again
+    // early (cached_secret::expire). Called on the calling thread; must not block.
+    std::function<void(const std::string& rejected_key)> on_key_rejected{};
     std::string api_version = "v1beta"; // the path's version segment
     std::string model = "gemini-2.5-flash";
     std::chrono::milliseconds connect_timeout{5'000};
@@ -443,6 +446,7 @@ public:
         auto body = nlohmann::json::parse(raw, nullptr, false);
         if (body.is_array() && !body.empty()) body = body[0]; // the envelope, as a stream without alt=sse wraps it
         const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
+        if ((status == 401 || error_reason(e) == "API_KEY_INVALID") && options.on_key_rejected) options.on_key_rejected(key);
         const std::string google_status = string_field(e, "status");
         std::string message = redact(string_field(e, "message"), key);
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);

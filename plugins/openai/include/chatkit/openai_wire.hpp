@@ -40,6 +40,9 @@ struct openai_options {
     // from Secrets Manager (chatkit/aws/secrets_manager.hpp). Its error fails the call as it is
     // and counts against health(); it must be safe from any thread and cheap (cache what it fetches).
     std::function<result<std::string>()> api_key_source{};
+    // Told the key the upstream refused with HTTP 401, so that a key source can read its key again
+    // early (cached_secret::expire). Called on the calling thread; must not block.
+    std::function<void(const std::string& rejected_key)> on_key_rejected{};
     std::string organization{}; // OpenAI-Organization header, when set
     std::string project{};      // OpenAI-Project header, when set
     std::string model = "gpt-4o-mini";
@@ -271,6 +274,7 @@ public:
     // Maps an upstream error status to chatkit's kinds, keeping the upstream's message.
     template <class Headers>
     upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
+        if (status == 401 && options.on_key_rejected) options.on_key_rejected(key);
         const auto body = nlohmann::json::parse(raw, nullptr, false);
         const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
         auto text = [&](const char* key) { return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : std::string{}; };

@@ -5,6 +5,7 @@
 //   aws::cached_secret key{{.secret_id = arn, .json_field = "api_key"}};
 //   openai_options o;
 //   o.api_key_source = [key]() mutable { return key.get(); };
+//   o.on_key_rejected = [key](const std::string& k) mutable { key.expire(k); };
 #pragma once
 
 #include "chatkit/aws/json_client.hpp"
@@ -93,6 +94,20 @@ public:
         return s.current();
     }
 
+    // The upstream refused `rejected` (an HTTP 401): if that is still the value held, the next
+    // get() reads the secret again at once instead of after `refresh`, so a key rotated in
+    // Secrets Manager and revoked upstream costs one failed request, not up to `refresh` of them.
+    // Once per value: while a fresh read gives the same refused key, further 401s do not turn
+    // every request into a call to Secrets Manager. Returns whether a read was brought forward.
+    bool expire(const std::string& rejected) {
+        auto& s = *s_;
+        std::lock_guard lock{s.mutex};
+        if (!s.value || *s.value != rejected || s.expired_value == rejected) return false;
+        s.expired_value = rejected;
+        s.next_read = Clock::now();
+        return true;
+    }
+
     [[nodiscard]] const std::string& secret_id() const noexcept { return s_->options.secret_id; }
 
 private:
@@ -167,6 +182,7 @@ private:
         std::condition_variable read_done;
         bool reading = false;
         std::optional<std::string> value;
+        std::optional<std::string> expired_value; // the value expire() last brought a read forward for
         std::optional<error> failure;
         std::optional<typename Clock::time_point> next_read;
     };
