@@ -5,6 +5,8 @@
 // chroot(2) needs root (CAP_SYS_CHROOT); without it starting fails with an exception that says so.
 #pragma once
 
+#include "kept_logs.hpp"
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -61,7 +63,7 @@ public:
     child_process(const std::filesystem::path& program, const std::map<std::string, std::string>& env,
                   const std::filesystem::path& log, const std::filesystem::path& root = {},
                   const std::filesystem::path& cwd = {})
-        : log_(log) {
+        : log_(log), env_(env) {
         // Everything the child needs is prepared before fork: between fork and execve it only makes
         // system calls (the parent has threads).
         const std::string path = program.string(), root_dir = root.string(), work_dir = cwd.string();
@@ -122,6 +124,7 @@ public:
             ::kill(pid_, SIGKILL);
             ::waitpid(pid_, nullptr, 0);
         }
+        keep_log(log_, env_);
     }
     child_process(const child_process&) = delete;
     child_process& operator=(const child_process&) = delete;
@@ -151,6 +154,7 @@ public:
 
 private:
     std::filesystem::path log_;
+    std::map<std::string, std::string> env_; // for keep_log
     pid_t pid_ = -1;
 };
 

@@ -3,6 +3,8 @@
 // sends a signal and reports the exit status.
 #pragma once
 
+#include "kept_logs.hpp"
+
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -72,6 +74,7 @@ inline run_result run_to_exit(const std::map<std::string, std::string>& env, con
     }
     int status = 0;
     waitpid(pid, &status, 0);
+    keep_log(out, env);
     std::ifstream in{out};
     std::stringstream text;
     text << in.rdbuf();
@@ -90,6 +93,7 @@ public:
                                                 {"CHAT_THREADS", "16"},
                                                 {"CHAT_DRAIN_DELAY", "0"}}; // stop() is prompt; the drain tests set one
         for (auto& [k, v] : env) full[k] = v;
+        env_ = full;
         // CHATKIT_TEST_SERVER (httplib or beast) picks the HTTP adapter for tests that do not name one.
         if (const char* adapter = std::getenv("CHATKIT_TEST_SERVER"); adapter && !full.contains("CHAT_SERVER"))
             full["CHAT_SERVER"] = adapter;
@@ -132,6 +136,7 @@ public:
 
     ~server_process() {
         if (pid_ > 0) stop(SIGKILL);
+        keep_log(log_path_, env_);
     }
     server_process(const server_process&) = delete;
     server_process& operator=(const server_process&) = delete;
@@ -192,6 +197,7 @@ public:
 private:
     temp_dir dir_;
     std::filesystem::path log_path_;
+    std::map<std::string, std::string> env_; // what it was started with, for keep_log
     pid_t pid_ = -1;
     int port_ = 0;
 };
