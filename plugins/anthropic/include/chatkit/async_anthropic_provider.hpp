@@ -108,6 +108,8 @@ private:
         wire::stream_reader reader{batch.text_sink()};
         reader.tool_sink = &batch.tool_sink();
         sse_parser parser;
+        // A stream is bounded as a whole answer is: the completion holds all of its text.
+        std::size_t streamed = 0;
         for (;;) {
             auto piece = co_await response->read();
             if (!piece) {
@@ -115,6 +117,8 @@ private:
                 co_return transport_failure(piece.error(), reader.delivered);
             }
             if (piece->empty()) break;
+            if ((streamed += piece->size()) > max_answer_bytes)
+                co_return transport_failure(client_error{client_error_kind::too_large, "response body over the limit"}, reader.delivered);
             parser.feed(*piece, reader);
             if (!co_await batch.write_to(*a.out)) co_return std::move(reader.c); // nobody is listening; the service drops it (and the connection closes)
             if (reader.broken) break;

@@ -169,6 +169,7 @@ public:
         completion c{};
         std::optional<std::string> broken{}; // why the stream cannot be trusted
         bool done = false;                   // [DONE] seen
+        bool finished = false;               // a finish_reason seen (completion's own default is "stop")
         bool delivered = false;              // a delta reached the sink
         bool client_gone = false;            // the sink said stop
         nlohmann::json tool_calls = nlohmann::json::array();
@@ -195,7 +196,6 @@ public:
             if (simdjson::dom::object usage; !j["usage"].get_object().get(usage)) {
                 c.usage.prompt_tokens = token_count(usage["prompt_tokens"]);
                 c.usage.completion_tokens = token_count(usage["completion_tokens"]);
-            read_usage_details(usage, c.usage);
                 read_usage_details(usage, c.usage);
             }
             simdjson::dom::array choices;
@@ -204,7 +204,10 @@ public:
                 simdjson::dom::object choice;
                 if (item.get_object().get(choice)) continue;
                 if (std::int64_t index = 0; !choice["index"].get_int64().get(index) && index != 0) continue; // we ask for one choice
-                if (std::string_view reason; !choice["finish_reason"].get_string().get(reason)) c.finish_reason = reason;
+                if (std::string_view reason; !choice["finish_reason"].get_string().get(reason)) {
+                    c.finish_reason = reason;
+                    finished = true;
+                }
                 simdjson::dom::object delta;
                 if (choice["delta"].get_object().get(delta)) continue;
                 if (simdjson::dom::array calls; !delta["tool_calls"].get_array().get(calls))
@@ -264,10 +267,9 @@ public:
     // A stream that ended: whole, truncated, or broken (the reader's verdict), as a completion.
     result<completion, upstream_failure> finish_stream(stream_reader& reader, const std::string& key) const {
         if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken, key), "upstream_error"}, !reader.delivered, {}, reader.delivered};
-        if (!reader.done && reader.c.finish_reason.empty())
+        if (!reader.done && !reader.finished)
             return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
         if (!reader.tool_calls.empty()) reader.c.extra = {{"tool_calls", reader.tool_calls}};
-        if (reader.c.finish_reason.empty()) reader.c.finish_reason = "stop";
         return std::move(reader.c);
     }
 
