@@ -772,7 +772,7 @@ private:
         partial.provider = st->summary.provider;
         partial.finish_reason = "abandoned";
         partial.created_at = now_unix_ms();
-        co_await record(req, &partial, &framing->turn, elapsed_ms(st->started), 0); // the client is gone: nobody to tell
+        (void)co_await record(req, &partial, &framing->turn, elapsed_ms(st->started), 0); // the client is gone: nobody to tell
     }
 
     // A route's body in the older form, a blocking `stream(write, meta)` callback: run on the pool

@@ -141,10 +141,11 @@ inline void write_attributes(proto_writer& w, int field, const std::vector<span_
         });
 }
 inline void write_attributes(proto_writer& w, int field, const std::vector<std::pair<std::string, std::string>>& attributes) {
-    for (const auto& [key, value] : attributes)
+    // Not a structured binding: clang before 16 cannot capture one in a lambda.
+    for (const auto& attribute : attributes)
         w.message_field(field, [&](proto_writer& kv) {
-            kv.bytes_field(1, key);
-            kv.message_field(2, [&](proto_writer& any) { any.bytes_field(1, value); });
+            kv.bytes_field(1, attribute.first);
+            kv.message_field(2, [&](proto_writer& any) { any.bytes_field(1, attribute.second); });
         });
 }
 
