@@ -98,7 +98,7 @@ int main() {
     const auto db = std::filesystem::temp_directory_path() / "chatkit-service-bench.db";
     std::filesystem::remove(db);
 
-    chatkit::service<chatkit::null_provider> null_service;
+    chatkit::service<chatkit::no_provider> null_service;
     chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
                      chatkit::rate_limiter_mt>
         memory_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
@@ -132,7 +132,7 @@ int main() {
     for (int threads : {1, 2}) {
         const auto baseline = measure(null_service, threads, false);
         bench::print_header(("POST /chat through service::handle, " + std::to_string(threads) + " thread(s)").c_str(),
-                            "null_provider, no_store, no_cache");
+                            "no_provider, no_store, no_cache");
         bench::print_row("baseline: null models", baseline, baseline);
         bench::print_row("echo + request_id + rate_limiter, cache miss", measure(memory_service, threads, false), baseline);
         bench::print_row("the same + prometheus_metrics, cache miss", measure(metered_service, threads, false), baseline);

@@ -185,11 +185,11 @@ TEST_CASE("composed into a service, reverse_provider streams Server-Sent Events"
 // The wiring sample_server uses for run-time choice (app.hpp): a provider_variant is itself a
 // Provider, so the service is compiled once for every provider it may hold.
 namespace {
-using provider_type = chatkit::provider_variant<chatkit::null_provider, example::reverse_provider>;
+using provider_type = chatkit::provider_variant<chatkit::no_provider, example::reverse_provider>;
 
 provider_type make_provider(std::string_view configured) {
     if (configured == "reverse") return example::reverse_provider{};
-    return chatkit::null_provider{};
+    return chatkit::no_provider{};
 }
 } // namespace
 

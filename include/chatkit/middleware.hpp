@@ -123,11 +123,12 @@ struct middleware_check {
 };
 
 /// The reference model: does nothing.
-struct null_middleware {
+struct no_middleware {
     std::optional<http_response> before(http_request&, no_context&) { return std::nullopt; }
     void after(const http_request&, http_response&, no_context&) {}
 };
-static_assert(middleware<null_middleware>);
+static_assert(middleware<no_middleware>);
+using null_middleware [[deprecated("renamed chatkit::no_middleware")]] = no_middleware;
 
 /// A middleware switched on or off at run time (e.g. rate limiting when configured); when off,
 /// it lets every request through untouched.

@@ -223,14 +223,16 @@ task<result<completion>> call_stream(P* p, const chat_request* req, delta_writer
 
 /// The reference model: answers every request with an empty completion, instantly. Also the
 /// baseline the benchmarks measure the service's own overhead against.
-struct null_provider {
+struct no_provider {
     static constexpr bool nonblocking = true;
     std::string_view name() const { return "null"; }
     result<completion> complete(const chat_request& r) { return completion{.model = r.model}; }
     result<completion> stream(const chat_request& r, const delta_sink&) { return complete(r); }
     component_health health() { return {}; }
 };
-static_assert(provider<null_provider>);
+static_assert(provider<no_provider>);
+// The null models are spelled no_ (no_store, no_cache, no_middleware); the old name still compiles.
+using null_provider [[deprecated("renamed chatkit::no_provider")]] = no_provider;
 
 /// One of several providers, chosen at run time (e.g. from configuration) and still a Provider:
 /// `provider_variant<echo_provider, openai_provider>`. Of the blocking form when every alternative

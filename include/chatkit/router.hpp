@@ -310,6 +310,6 @@ private:
     std::unique_ptr<member_state[]> state_; // a pointer: atomics do not move, the router does
 };
 
-static_assert(async_provider<router<null_provider>>);
+static_assert(async_provider<router<no_provider>>);
 
 } // namespace chatkit

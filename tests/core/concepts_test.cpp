@@ -48,12 +48,12 @@ struct middleware_with_context {
 } // namespace
 
 // The reference models and the stand-ins are models.
-static_assert(chatkit::provider<chatkit::null_provider>);
+static_assert(chatkit::provider<chatkit::no_provider>);
 static_assert(chatkit::store<chatkit::no_store>);
 static_assert(chatkit::cache<chatkit::no_cache>);
-static_assert(chatkit::middleware<chatkit::null_middleware>);
+static_assert(chatkit::middleware<chatkit::no_middleware>);
 static_assert(chatkit::middleware<middleware_with_context>);
-static_assert(chatkit::provider<chatkit::provider_variant<chatkit::null_provider>>);
+static_assert(chatkit::provider<chatkit::provider_variant<chatkit::no_provider>>);
 static_assert(chatkit::store<chatkit::store_variant<chatkit::no_store>>);
 static_assert(chatkit::cache<chatkit::cache_variant<chatkit::no_cache>>);
 static_assert(chatkit::middleware<chatkit::optional_middleware<middleware_with_context>>);
@@ -69,10 +69,10 @@ static_assert(chatkit::key_directory<chatkit::static_key_directory>);
 static_assert(!chatkit::key_directory<key_directory_without_keys>);
 static_assert(!chatkit::key_directory<key_directory_with_wrong_return>);
 static_assert(std::is_same_v<chatkit::context_of_t<middleware_with_context>, middleware_with_context::context>);
-static_assert(std::is_same_v<chatkit::context_of_t<chatkit::null_middleware>, chatkit::no_context>);
+static_assert(std::is_same_v<chatkit::context_of_t<chatkit::no_middleware>, chatkit::no_context>);
 
 TEST_CASE("a variant of providers answers through the one it holds") {
-    chatkit::provider_variant<chatkit::null_provider> p{chatkit::null_provider{}};
+    chatkit::provider_variant<chatkit::no_provider> p{chatkit::no_provider{}};
     CHECK(p.name() == "null");
     chat_request r;
     r.model = "m";

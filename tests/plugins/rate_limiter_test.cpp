@@ -245,8 +245,8 @@ TEST_CASE("a flood of distinct clients within one refill period stays under max_
 }
 
 TEST_CASE("the limiter composes into a service: headers on 200s, 429 to the client", "[rate_limiter][service]") {
-    chatkit::service<chatkit::null_provider, chatkit::no_store, chatkit::no_cache, chatkit::rate_limiter_st> svc{
-        chatkit::null_provider{}, chatkit::no_store{}, chatkit::no_cache{},
+    chatkit::service<chatkit::no_provider, chatkit::no_store, chatkit::no_cache, chatkit::rate_limiter_st> svc{
+        chatkit::no_provider{}, chatkit::no_store{}, chatkit::no_cache{},
         chatkit::rate_limiter_st{chatkit::rate_limit{2, std::chrono::hours{1}}}};
     auto chat = [] {
         chatkit::http_request req;

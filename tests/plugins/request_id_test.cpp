@@ -30,14 +30,14 @@ TEST_CASE("valid ids are 1-128 characters of [A-Za-z0-9._-]") {
 }
 
 TEST_CASE("the service echoes a valid client id in the header and body") {
-    chatkit::service<chatkit::null_provider, chatkit::no_store, chatkit::no_cache, chatkit::request_id> svc;
+    chatkit::service<chatkit::no_provider, chatkit::no_store, chatkit::no_cache, chatkit::request_id> svc;
     auto res = svc.handle(with_id("trace-42"));
     CHECK(res.headers.at("X-Request-ID") == "trace-42");
     CHECK(nlohmann::json::parse(res.body)["request_id"] == "trace-42");
 }
 
 TEST_CASE("an invalid or missing id is replaced by a fresh one, distinct per request") {
-    chatkit::service<chatkit::null_provider, chatkit::no_store, chatkit::no_cache, chatkit::request_id> svc;
+    chatkit::service<chatkit::no_provider, chatkit::no_store, chatkit::no_cache, chatkit::request_id> svc;
     auto a = svc.handle(with_id("bad id!"));
     auto b = svc.handle(with_id(""));
     const auto id_a = a.headers.at("X-Request-ID");
@@ -48,7 +48,7 @@ TEST_CASE("an invalid or missing id is replaced by a fresh one, distinct per req
 }
 
 TEST_CASE("error answers carry the request id too") {
-    chatkit::service<chatkit::null_provider, chatkit::no_store, chatkit::no_cache, chatkit::request_id> svc;
+    chatkit::service<chatkit::no_provider, chatkit::no_store, chatkit::no_cache, chatkit::request_id> svc;
     auto req = with_id("err-1");
     req.path = "/missing";
     auto res = svc.handle(req);

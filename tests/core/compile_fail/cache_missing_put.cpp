@@ -6,4 +6,4 @@ struct no_put {
     chatkit::component_health health() { return {}; }
 };
 
-chatkit::service<chatkit::null_provider, chatkit::no_store, no_put> svc;
+chatkit::service<chatkit::no_provider, chatkit::no_store, no_put> svc;

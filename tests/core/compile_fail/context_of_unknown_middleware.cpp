@@ -6,6 +6,6 @@ struct other {
 };
 
 int main() {
-    chatkit::request_context<chatkit::null_middleware> ctx;
+    chatkit::request_context<chatkit::no_middleware> ctx;
     ctx.get<other>();
 }

@@ -6,4 +6,4 @@ struct no_history {
     chatkit::component_health health() { return {}; }
 };
 
-chatkit::service<chatkit::null_provider, no_history> svc;
+chatkit::service<chatkit::no_provider, no_history> svc;
