@@ -21,7 +21,7 @@ void require(bool ok) {
 }
 void check_answer(const chatkit::completion& c) {
     require(nlohmann::json::accept(chatkit::openai_api::completion_text(c)));
-    chatkit::openai_api::chunk_writer chunks{"chatcmpl-fuzz", c.model, 0};
+    chatkit::openai_api::completion_chunks chunks{"chatcmpl-fuzz", c.model, 0};
     const auto delta = chunks.delta(c.content);
     require(delta.starts_with("data: ") && nlohmann::json::accept(delta.substr(6, delta.size() - 8)));
 }

@@ -184,9 +184,9 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
 }
 
 // Frames one completion as `chat.completion.chunk` events (docs/protocols.md §1.7).
-class chunk_writer {
+class completion_chunks {
 public:
-    chunk_writer(std::string id, std::string model, unix_ms created) : id_(std::move(id)), model_(std::move(model)), created_(created / 1000) {}
+    completion_chunks(std::string id, std::string model, unix_ms created) : id_(std::move(id)), model_(std::move(model)), created_(created / 1000) {}
 
     [[nodiscard]] const std::string& id() const noexcept { return id_; }
 

@@ -487,7 +487,7 @@ private:
         if (chat_req->stream) {
             const auto model = chat_req->model.empty() ? models().front() : chat_req->model;
             co_return stream_answer(std::move(*chat_req),
-                                    openai_framing{openai_api::chunk_writer{random_id("chatcmpl-", 24), model, now_unix_ms()},
+                                    openai_framing{openai_api::completion_chunks{random_id("chatcmpl-", 24), model, now_unix_ms()},
                                                    openai_api::wants_stream_usage(*parsed), this, &req.caller},
                                     st);
         }
@@ -582,7 +582,7 @@ private:
 
     // The OpenAI stream: `chat.completion.chunk` events, then `data: [DONE]`.
     struct openai_framing {
-        openai_api::chunk_writer chunks;
+        openai_api::completion_chunks chunks;
         bool include_usage = false;
         const service* owner = nullptr;
         const caller_identity* caller = nullptr; // the request's: it outlives the stream

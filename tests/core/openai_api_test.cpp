@@ -264,7 +264,7 @@ TEST_CASE("the chat.completion written as text is the same object as its tree") 
 }
 
 TEST_CASE("a streamed tool call carries its index, by which the SDKs assemble calls") {
-    chatkit::openai_api::chunk_writer writer{"chatcmpl-x", "m", 0};
+    chatkit::openai_api::completion_chunks writer{"chatcmpl-x", "m", 0};
     chatkit::completion c;
     c.model = "m";
     c.finish_reason = "tool_calls";

@@ -49,7 +49,7 @@ public:
 
     // What one request to an upstream gave: a 200 body consumed as it arrived, or the status,
     // headers and body of anything else, or how the transport failed.
-    struct exchange {
+    struct round_trip {
         bool sent = false;                      // the response arrived complete
         httplib::Error error = httplib::Error::Success;
         int status = 0;
@@ -65,9 +65,9 @@ public:
     // connection is reused only when the exchange ended cleanly and `keep` agrees. A stop request
     // shuts the connection down at once, even while it waits for the first byte.
     template <class OnChunk>
-    exchange send(httplib::Request& req, std::chrono::steady_clock::time_point deadline, OnChunk&& on_chunk,
+    round_trip send(httplib::Request& req, std::chrono::steady_clock::time_point deadline, OnChunk&& on_chunk,
                   bool stream_200, std::size_t max_body = 64u << 20, const std::stop_token& stop = {}) {
-        exchange out;
+        round_trip out;
         bool stopped = false;
         req.response_handler = [&](const httplib::Response& res) {
             out.status = res.status;
