@@ -1,8 +1,16 @@
-// A scripted OpenAI Chat Completions upstream that can break HTTP on purpose, for the fault matrix
-// (tests/server/fault_matrix_test.cpp). It answers POST /v1/chat/completions as the real API does
-// (a chat.completion object, or a text/event-stream of chat.completion.chunk events ending with
-// `data: [DONE]`, the answer being "echo: <last user message>" word by word), except for the
-// fault scripted for each request.
+// A scripted chat upstream that can break HTTP on purpose, for the fault matrix
+// (tests/server/fault_matrix_test.cpp). It speaks one of three wire formats, chosen when it is
+// made, and answers as the real API does, the answer being "echo: <last user message>" word by
+// word, except for the fault scripted for each request:
+// - wire::openai: POST /v1/chat/completions, a chat.completion object, or a text/event-stream of
+//   chat.completion.chunk events ending with `data: [DONE]`;
+// - wire::anthropic: POST /v1/messages, a `message` object, or the events message_start,
+//   content_block_start, ping, content_block_delta (text_delta)..., content_block_stop,
+//   message_delta (stop_reason, usage), message_stop;
+// - wire::gemini: POST /v1beta/models/{model}:generateContent, a GenerateContentResponse, or
+//   :streamGenerateContent?alt=sse, one GenerateContentResponse per `data:` event (CR LF framed),
+//   the last carrying the finishReason.
+// The faults are the same for all three; only the bytes that carry them differ.
 //
 // It is written on raw POSIX sockets because cpp-httplib (the fake_openai.hpp server) can only
 // send well-formed HTTP: it cannot stall before the status line, cut a chunk in half, reset the
@@ -36,18 +44,21 @@
 
 namespace test_support {
 
+// The API whose wire format the upstream speaks.
+enum class wire { openai, anthropic, gemini };
+
 enum class fault {
     none,              // a correct answer
     refuse,            // nobody listens: connect() gets ECONNREFUSED (see fault_upstream::refuse)
     stall,             // accept, read the request, never send the status line
-    reset_mid_stream,  // headers and the first two events (or half the JSON body), then RST
+    reset_mid_stream,  // headers and the events up to the first delta (or half the JSON body), then RST
     truncated_chunked, // Transfer-Encoding: chunked, the connection closed inside a chunk
-    ends_early,        // well-formed HTTP that ends before the answer does: no finish_reason, no [DONE]
+    ends_early,        // well-formed HTTP that ends before the answer does (see ends_early_events)
     malformed_json,    // 200 application/json whose body is not JSON
     malformed_sse,     // 200 text/event-stream with a `data:` line that is not JSON after the first delta
-    rate_limited,      // 429, Retry-After: 1, OpenAI's error envelope
+    rate_limited,      // 429 and the wire's envelope; a delay of 1 s (Retry-After, or Gemini's retryDelay)
     server_error,      // 500 with the envelope
-    overloaded,        // 503 with the envelope
+    overloaded,        // 503 (Anthropic: 529) with the envelope
     drip,              // the correct answer, one byte at a time, slower than any deadline allows
     oversized,         // a correct answer of 65 MiB
 };
@@ -63,9 +74,9 @@ class fault_upstream {
 public:
     std::chrono::milliseconds stall_for{4000};  // more than any CHAT_UPSTREAM_TIMEOUT a test sets
     std::chrono::milliseconds drip_every{500};  // shorter than CHAT_UPSTREAM_TIMEOUT: only the deadline can cut it
-    std::size_t oversized_bytes = 65u << 20;    // the OpenAI provider keeps at most 64 MiB of an answer
+    std::size_t oversized_bytes = 65u << 20;    // each provider keeps at most 64 MiB of an answer
 
-    fault_upstream() {
+    explicit fault_upstream(wire w = wire::openai) : wire_{w} {
         open_listener(0);
         acceptor_ = std::thread([this] { accept_loop(); });
     }
@@ -84,7 +95,21 @@ public:
     fault_upstream& operator=(const fault_upstream&) = delete;
 
     int port() const { return port_; }
-    std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1"; }
+    wire speaks() const { return wire_; }
+    // As each provider's base URL setting takes it: OpenAI's includes /v1, the others' are the origin.
+    std::string base_url() const {
+        const std::string origin = "http://127.0.0.1:" + std::to_string(port_);
+        return wire_ == wire::openai ? origin + "/v1" : origin;
+    }
+    // The (lowercased) header that carries the API key.
+    static const char* key_header(wire w) {
+        switch (w) {
+        case wire::anthropic: return "x-api-key";
+        case wire::gemini: return "x-goog-api-key";
+        case wire::openai: break;
+        }
+        return "authorization";
+    }
 
     // The next requests meet these faults, in order; later ones get correct answers.
     void script(std::vector<fault> faults) {
@@ -278,11 +303,29 @@ private:
         return out.str();
     }
 
-    // OpenAI's error envelope. Its message quotes the key the request carried: the real API masks
-    // keys, but a proxy in between may not, and the key must still never reach a client.
-    static std::string envelope(const recorded_request& r, const std::string& message, const char* type, const char* code) {
-        const auto auth = r.headers.find("authorization");
-        const std::string quoted = auth == r.headers.end() ? std::string{} : " (" + auth->second + ")";
+    // The key the request carried, as sent (OpenAI's with its "Bearer "), or empty.
+    std::string key_of(const recorded_request& r) const {
+        const auto k = r.headers.find(key_header(wire_));
+        return k == r.headers.end() ? std::string{} : k->second;
+    }
+
+    // The wire's error envelope. Its message quotes the key the request carried: the real APIs
+    // mask keys, but a proxy in between may not, and the key must still never reach a client.
+    // `type` is OpenAI's type, Anthropic's error type or Google's status; `code` is OpenAI's.
+    std::string envelope(const recorded_request& r, int status, const std::string& message, const char* type, const char* code) const {
+        const std::string key = key_of(r);
+        const std::string quoted = key.empty() ? std::string{} : " (" + key + ")";
+        switch (wire_) {
+        case wire::anthropic:
+            return nlohmann::json{{"type", "error"}, {"error", {{"type", type}, {"message", message + quoted}}}, {"request_id", "req_fault"}}.dump();
+        case wire::gemini: {
+            nlohmann::json e = {{"code", status}, {"message", message + quoted}, {"status", type}};
+            if (status == 429) // Google gives its delay here, not in a Retry-After header
+                e["details"] = nlohmann::json::array({{{"@type", "type.googleapis.com/google.rpc.RetryInfo"}, {"retryDelay", "1s"}}});
+            return nlohmann::json{{"error", e}}.dump(2);
+        }
+        case wire::openai: break;
+        }
         return nlohmann::json{{"error", {{"message", message + quoted}, {"type", type}, {"param", nullptr},
                                          {"code", code ? nlohmann::json(code) : nlohmann::json(nullptr)}}}}
             .dump();
@@ -291,6 +334,32 @@ private:
     static std::string status_answer(int status, const char* reason, const std::string& body, const std::string& extra_headers = {}) {
         return "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: application/json\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n" + extra_headers + "x-request-id: req_fault\r\n\r\n" + body;
+    }
+
+    // The answer to a rate_limited, server_error or overloaded fault, as each API sends it.
+    std::string error_answer(const recorded_request& r, fault f) const {
+        switch (wire_) {
+        case wire::anthropic:
+            if (f == fault::rate_limited)
+                return status_answer(429, "Too Many Requests", envelope(r, 429, "Number of requests has exceeded your rate limit", "rate_limit_error", nullptr),
+                                     "retry-after: 1\r\n");
+            if (f == fault::server_error) return status_answer(500, "Internal Server Error", envelope(r, 500, "Internal server error", "api_error", nullptr));
+            return status_answer(529, "Overloaded", envelope(r, 529, "Overloaded", "overloaded_error", nullptr));
+        case wire::gemini:
+            if (f == fault::rate_limited)
+                return status_answer(429, "Too Many Requests", envelope(r, 429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED", nullptr));
+            if (f == fault::server_error)
+                return status_answer(500, "Internal Server Error", envelope(r, 500, "An internal error has occurred. Please retry.", "INTERNAL", nullptr));
+            return status_answer(503, "Service Unavailable", envelope(r, 503, "The model is overloaded. Please try again later.", "UNAVAILABLE", nullptr));
+        case wire::openai: break;
+        }
+        if (f == fault::rate_limited)
+            return status_answer(429, "Too Many Requests", envelope(r, 429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+                                 "Retry-After: 1\r\n");
+        if (f == fault::server_error)
+            return status_answer(500, "Internal Server Error",
+                                 envelope(r, 500, "The server had an error while processing your request.", "server_error", nullptr));
+        return status_answer(503, "Service Unavailable", envelope(r, 503, "The engine is currently overloaded, please try again later.", "server_error", nullptr));
     }
 
     static std::string json_head(std::size_t length) {
@@ -304,21 +373,42 @@ private:
     struct answer_parts {
         std::string model;
         std::vector<std::string> pieces; // the content, as a model streams it
-        nlohmann::json usage;
+        int prompt = 0;                  // tokens, a word each
+        nlohmann::json usage;            // OpenAI's
     };
 
-    static answer_parts parts_of(const recorded_request& r) {
+    // Gemini streams to another path; the others say so in the body.
+    bool is_streamed(const recorded_request& r) const {
+        if (wire_ == wire::gemini) return r.target.find(":streamGenerateContent") != std::string::npos;
+        return r.body.is_object() && r.body.value("stream", false);
+    }
+
+    answer_parts parts_of(const recorded_request& r) const {
         answer_parts a;
-        a.model = r.body.is_object() ? r.body.value("model", "fault-1") : "fault-1";
         std::string last_user;
-        if (r.body.is_object() && r.body.contains("messages") && r.body["messages"].is_array())
-            for (const auto& m : r.body["messages"])
-                if (m.value("role", "") == "user" && m.contains("content") && m["content"].is_string()) last_user = m["content"];
+        if (wire_ == wire::gemini) {
+            // The model is a path segment: /v1beta/models/{model}:method.
+            const auto from = r.target.find("/models/");
+            const auto to = from == std::string::npos ? from : r.target.find(':', from);
+            a.model = to == std::string::npos ? "fault-1" : r.target.substr(from + 8, to - from - 8);
+            if (r.body.is_object() && r.body.contains("contents") && r.body["contents"].is_array())
+                for (const auto& c : r.body["contents"]) {
+                    if (!c.is_object() || c.value("role", "") != "user" || !c.contains("parts") || !c["parts"].is_array()) continue;
+                    last_user.clear();
+                    for (const auto& p : c["parts"])
+                        if (p.is_object() && p.contains("text") && p["text"].is_string()) last_user += p["text"].get<std::string>();
+                }
+        } else { // OpenAI's messages and Anthropic's alike, as a plain text conversation sends them
+            a.model = r.body.is_object() ? r.body.value("model", "fault-1") : "fault-1";
+            if (r.body.is_object() && r.body.contains("messages") && r.body["messages"].is_array())
+                for (const auto& m : r.body["messages"])
+                    if (m.value("role", "") == "user" && m.contains("content") && m["content"].is_string()) last_user = m["content"];
+        }
         std::istringstream in{"echo: " + last_user};
         for (std::string w; in >> w;) a.pieces.push_back(a.pieces.empty() ? w : " " + w);
-        const int prompt = static_cast<int>(std::count(last_user.begin(), last_user.end(), ' ')) + 1;
-        a.usage = {{"prompt_tokens", prompt}, {"completion_tokens", static_cast<int>(a.pieces.size())},
-                   {"total_tokens", prompt + static_cast<int>(a.pieces.size())}};
+        a.prompt = static_cast<int>(std::count(last_user.begin(), last_user.end(), ' ')) + 1;
+        a.usage = {{"prompt_tokens", a.prompt}, {"completion_tokens", static_cast<int>(a.pieces.size())},
+                   {"total_tokens", a.prompt + static_cast<int>(a.pieces.size())}};
         return a;
     }
 
@@ -332,6 +422,36 @@ private:
             .dump();
     }
 
+    static nlohmann::json anthropic_usage(const answer_parts& a, int output) {
+        return {{"input_tokens", a.prompt}, {"cache_creation_input_tokens", 0}, {"cache_read_input_tokens", 0}, {"output_tokens", output}};
+    }
+
+    // A GenerateContentResponse of one text part; `finish` null while the answer goes on. Its
+    // usageMetadata holds the totals so far, as Google's do.
+    static nlohmann::json gemini_response(const answer_parts& a, const std::string& text, const char* finish, int completion) {
+        nlohmann::json candidate = {{"content", {{"parts", nlohmann::json::array({{{"text", text}}})}, {"role", "model"}}}, {"index", 0}};
+        if (finish) candidate["finishReason"] = finish;
+        return {{"candidates", nlohmann::json::array({candidate})},
+                {"usageMetadata", {{"promptTokenCount", a.prompt}, {"candidatesTokenCount", completion}, {"totalTokenCount", a.prompt + completion}}},
+                {"modelVersion", a.model},
+                {"responseId", "fault-response"}};
+    }
+
+    // The whole answer of a non-streamed request.
+    std::string whole_json(const answer_parts& a, const std::string& content) const {
+        switch (wire_) {
+        case wire::anthropic:
+            return nlohmann::json{{"id", "msg_fault"}, {"type", "message"}, {"role", "assistant"}, {"model", a.model},
+                                  {"content", nlohmann::json::array({{{"type", "text"}, {"text", content}}})},
+                                  {"stop_reason", "end_turn"}, {"stop_sequence", nullptr},
+                                  {"usage", anthropic_usage(a, static_cast<int>(a.pieces.size()))}}
+                .dump();
+        case wire::gemini: return gemini_response(a, content, "STOP", static_cast<int>(a.pieces.size())).dump();
+        case wire::openai: break;
+        }
+        return completion_json(a, content);
+    }
+
     static std::string chunk_event(const std::string& model, nlohmann::json choices, nlohmann::json extra = nlohmann::json::object()) {
         nlohmann::json j = {{"id", "chatcmpl-fault"}, {"object", "chat.completion.chunk"}, {"created", 1741569952},
                             {"model", model}, {"choices", std::move(choices)}};
@@ -341,19 +461,114 @@ private:
     static std::string delta_event(const std::string& model, const std::string& text) {
         return chunk_event(model, {{{"index", 0}, {"delta", {{"content", text}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
     }
+    static std::string anthropic_event(const std::string& type, nlohmann::json data) {
+        data["type"] = type;
+        return "event: " + type + "\ndata: " + data.dump() + "\n\n";
+    }
+    static std::string gemini_event(const nlohmann::json& data) { return "data: " + data.dump() + "\r\n\r\n"; }
 
-    // The events of a correct stream: role, the deltas, the finish, the usage when asked, [DONE].
-    static std::vector<std::string> stream_events(const recorded_request& r, const answer_parts& a) {
-        std::vector<std::string> events;
-        events.push_back(chunk_event(a.model, {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}},
-                                                 {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
-        for (const auto& p : a.pieces) events.push_back(delta_event(a.model, p));
-        events.push_back(chunk_event(a.model, {{{"index", 0}, {"delta", nlohmann::json::object()}, {"logprobs", nullptr}, {"finish_reason", "stop"}}}));
-        const auto options = r.body.is_object() ? r.body.value("stream_options", nlohmann::json::object()) : nlohmann::json::object();
-        if (options.is_object() && options.value("include_usage", false))
-            events.push_back(chunk_event(a.model, nlohmann::json::array(), {{"usage", a.usage}}));
-        events.push_back("data: [DONE]\n\n");
-        return events;
+    // The event of one piece of text; `so_far` counts the pieces up to it.
+    std::string text_event(const answer_parts& a, const std::string& text, int so_far) const {
+        switch (wire_) {
+        case wire::anthropic:
+            return anthropic_event("content_block_delta", {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", text}}}});
+        case wire::gemini: return gemini_event(gemini_response(a, text, nullptr, so_far));
+        case wire::openai: break;
+        }
+        return delta_event(a.model, text);
+    }
+
+    // A correct stream: the events before the first delta, the deltas, the events that end it.
+    struct stream_parts {
+        std::vector<std::string> head, deltas, tail;
+        std::vector<std::string> all() const {
+            std::vector<std::string> out = head;
+            out.insert(out.end(), deltas.begin(), deltas.end());
+            out.insert(out.end(), tail.begin(), tail.end());
+            return out;
+        }
+    };
+
+    stream_parts stream_of(const recorded_request& r, const answer_parts& a) const {
+        stream_parts s;
+        const int n = static_cast<int>(a.pieces.size());
+        switch (wire_) {
+        case wire::openai: {
+            // The role, the deltas, the finish, the usage when asked, [DONE].
+            s.head.push_back(chunk_event(a.model, {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}},
+                                                     {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
+            for (const auto& p : a.pieces) s.deltas.push_back(delta_event(a.model, p));
+            s.tail.push_back(chunk_event(a.model, {{{"index", 0}, {"delta", nlohmann::json::object()}, {"logprobs", nullptr}, {"finish_reason", "stop"}}}));
+            const auto options = r.body.is_object() ? r.body.value("stream_options", nlohmann::json::object()) : nlohmann::json::object();
+            if (options.is_object() && options.value("include_usage", false))
+                s.tail.push_back(chunk_event(a.model, nlohmann::json::array(), {{"usage", a.usage}}));
+            s.tail.push_back("data: [DONE]\n\n");
+            break;
+        }
+        case wire::anthropic: {
+            s.head.push_back(anthropic_event("message_start", {{"message", {{"id", "msg_fault"}, {"type", "message"}, {"role", "assistant"},
+                                                                            {"content", nlohmann::json::array()}, {"model", a.model},
+                                                                            {"stop_reason", nullptr}, {"stop_sequence", nullptr},
+                                                                            {"usage", anthropic_usage(a, 1)}}}}));
+            s.head.push_back(anthropic_event("content_block_start", {{"index", 0}, {"content_block", {{"type", "text"}, {"text", ""}}}}));
+            s.head.push_back(anthropic_event("ping", nlohmann::json::object()));
+            for (int i = 0; i < n; ++i) s.deltas.push_back(text_event(a, a.pieces[static_cast<std::size_t>(i)], i + 1));
+            s.tail.push_back(anthropic_event("content_block_stop", {{"index", 0}}));
+            s.tail.push_back(anthropic_event("message_delta", {{"delta", {{"stop_reason", "end_turn"}, {"stop_sequence", nullptr}}},
+                                                               {"usage", {{"output_tokens", n}}}}));
+            s.tail.push_back(anthropic_event("message_stop", nlohmann::json::object()));
+            break;
+        }
+        case wire::gemini:
+            // No end marker: the last piece carries the finishReason.
+            for (int i = 0; i + 1 < n; ++i) s.deltas.push_back(text_event(a, a.pieces[static_cast<std::size_t>(i)], i + 1));
+            if (n > 0) s.tail.push_back(gemini_event(gemini_response(a, a.pieces.back(), "STOP", n)));
+            break;
+        }
+        return s;
+    }
+
+    // What a stream that ends early but cleanly sends, on each wire missing what marks the end:
+    // OpenAI, two deltas and no finish_reason or [DONE]; Anthropic, everything but message_stop
+    // (so the stop_reason does come); Gemini, every piece but the last, so no finishReason.
+    std::vector<std::string> ends_early_events(const stream_parts& s) const {
+        std::vector<std::string> out = s.head;
+        switch (wire_) {
+        case wire::openai: out.insert(out.end(), s.deltas.begin(), s.deltas.begin() + std::min<std::ptrdiff_t>(2, std::ssize(s.deltas))); break;
+        case wire::anthropic:
+            out = s.all();
+            out.pop_back();
+            break;
+        case wire::gemini: out.insert(out.end(), s.deltas.begin(), s.deltas.end()); break;
+        }
+        return out;
+    }
+
+    // A `data:` line that is not JSON, quoting the key as a broken proxy might.
+    std::string bad_event(const recorded_request& r) const {
+        switch (wire_) {
+        case wire::anthropic:
+            return "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\": not json " + key_of(r) + "\n\n";
+        case wire::gemini: return "data: {\"candidates\":[{\"content\": not json " + key_of(r) + "\r\n\r\n";
+        case wire::openai: break;
+        }
+        return "data: {\"choices\":[{\"delta\": not json " + key_of(r) + "\n\n";
+    }
+
+    // A body that starts as the wire's answer and is not JSON.
+    std::string not_json(const recorded_request& r) const {
+        switch (wire_) {
+        case wire::anthropic: return "{\"id\":\"msg_fault\",\"type\":\"message\",\"content\":[{\"type\": oops, proxy said " + key_of(r) + " <html>";
+        case wire::gemini: return "{\"candidates\":[{\"content\": oops, proxy said " + key_of(r) + " <html>";
+        case wire::openai: break;
+        }
+        return "{\"id\":\"chatcmpl-fault\",\"choices\":[{\"message\": oops, proxy said " + key_of(r) + " <html>";
+    }
+
+    static std::string joined(const std::vector<std::string>& events, std::size_t from = 0, std::size_t to = std::string::npos) {
+        std::string out;
+        for (std::size_t e = from; e < std::min(to, events.size()); ++e) out += events[e];
+        return out;
     }
 
     // Closes with SO_LINGER {1, 0}: the peer gets a RST, not a FIN. The short pause first lets the
@@ -366,17 +581,19 @@ private:
 
     // Answers one request; false when the connection must end (every fault ends it).
     bool answer(int fd, const recorded_request& r, fault f) {
-        const bool streamed = r.body.is_object() && r.body.value("stream", false);
+        const bool streamed = is_streamed(r);
         const answer_parts a = parts_of(r);
         std::string content;
         for (const auto& p : a.pieces) content += p;
-        const auto events = stream_events(r, a);
+        const stream_parts parts = stream_of(r, a);
+        const auto events = parts.all();
+        const std::size_t first = parts.head.size() + 1; // the events up to and with the first delta
 
         switch (f) {
         case fault::none:
         case fault::refuse: { // refusing happens before any request; one that arrives is answered
             if (!streamed) {
-                const std::string body = completion_json(a, content);
+                const std::string body = whole_json(a, content);
                 return send_all(fd, json_head(body.size()) + body);
             }
             std::string out = sse_head;
@@ -388,10 +605,12 @@ private:
             return false;
         case fault::reset_mid_stream: {
             if (!streamed) {
-                const std::string body = completion_json(a, content);
+                const std::string body = whole_json(a, content);
                 send_all(fd, json_head(body.size()) + body.substr(0, body.size() / 2));
             } else {
-                send_all(fd, std::string{sse_head} + chunked(events[0]) + chunked(events[1]));
+                std::string out = sse_head;
+                for (std::size_t e = 0; e < first; ++e) out += chunked(events[e]);
+                send_all(fd, out);
             }
             reset(fd);
             return false;
@@ -401,10 +620,10 @@ private:
             std::string cut; // the chunk that is cut in half
             if (!streamed) {
                 out = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nx-request-id: req_fault\r\n\r\n";
-                cut = completion_json(a, content);
+                cut = whole_json(a, content);
             } else {
-                out = std::string{sse_head} + chunked(events[0] + events[1]);
-                for (std::size_t e = 2; e < events.size(); ++e) cut += events[e];
+                out = std::string{sse_head} + chunked(joined(events, 0, first));
+                cut = joined(events, first);
             }
             std::ostringstream size;
             size << std::hex << cut.size();
@@ -413,53 +632,42 @@ private:
             return false;
         }
         case fault::ends_early: {
-            // Streamed: two deltas, then the last chunk, as a proxy that gives up cleanly sends it.
-            // Not streamed: half the JSON, its end marked only by closing the connection.
+            // Streamed: see ends_early_events, then the last chunk, as a proxy that gives up cleanly
+            // sends it. Not streamed: half the JSON, its end marked only by closing the connection.
             if (!streamed) {
-                const std::string body = completion_json(a, content);
+                const std::string body = whole_json(a, content);
                 send_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nx-request-id: req_fault\r\n\r\n" +
                                  body.substr(0, body.size() / 2));
             } else {
-                send_all(fd, std::string{sse_head} + chunked(events[0] + events[1] + events[2]) + "0\r\n\r\n");
+                send_all(fd, std::string{sse_head} + chunked(joined(ends_early_events(parts))) + "0\r\n\r\n");
             }
             return false;
         }
         case fault::malformed_json: {
-            const auto auth = r.headers.find("authorization");
-            const std::string body = "{\"id\":\"chatcmpl-fault\",\"choices\":[{\"message\": oops, proxy said " +
-                                     (auth == r.headers.end() ? std::string{} : auth->second) + " <html>";
+            const std::string body = not_json(r);
             send_all(fd, json_head(body.size()) + body);
             return false;
         }
         case fault::malformed_sse: {
             // What a streamed request was promised, also sent to a non-streamed one: either way
             // the answer cannot be read as a completion.
-            const auto auth = r.headers.find("authorization");
-            std::string out = std::string{sse_head} + chunked(events[0]) + chunked(events[1]) +
-                              chunked("data: {\"choices\":[{\"delta\": not json " +
-                                      (auth == r.headers.end() ? std::string{} : auth->second) + "\n\n");
-            for (std::size_t e = 2; e < events.size(); ++e) out += chunked(events[e]);
+            std::string out = sse_head;
+            for (std::size_t e = 0; e < first; ++e) out += chunked(events[e]);
+            out += chunked(bad_event(r));
+            for (std::size_t e = first; e < events.size(); ++e) out += chunked(events[e]);
             send_all(fd, out + "0\r\n\r\n");
             return false;
         }
         case fault::rate_limited:
-            send_all(fd, status_answer(429, "Too Many Requests",
-                                       envelope(r, "Rate limit reached for requests", "requests", "rate_limit_exceeded"),
-                                       "Retry-After: 1\r\n"));
-            return false;
         case fault::server_error:
-            send_all(fd, status_answer(500, "Internal Server Error",
-                                       envelope(r, "The server had an error while processing your request.", "server_error", nullptr)));
-            return false;
         case fault::overloaded:
-            send_all(fd, status_answer(503, "Service Unavailable",
-                                       envelope(r, "The engine is currently overloaded, please try again later.", "server_error", nullptr)));
+            send_all(fd, error_answer(r, f));
             return false;
         case fault::drip: {
             // The head at once, as a real server sends it, then the body a byte at a time.
             std::string body;
             if (!streamed) {
-                body = completion_json(a, content);
+                body = whole_json(a, content);
                 if (!send_all(fd, json_head(body.size()))) return false;
             } else {
                 for (const auto& e : events) body += chunked(e);
@@ -481,8 +689,8 @@ private:
     void send_oversized(int fd, const answer_parts& a, bool streamed) const {
         const std::string filler(1u << 20, 'a');
         if (!streamed) {
-            // {"...","content":"aaa...aaa","refusal":null}...}: the filler goes between the quotes.
-            const std::string whole = completion_json(a, "@");
+            // {"...","text":"aaa...aaa",...}: the filler goes between the quotes of the content.
+            const std::string whole = whole_json(a, "@");
             const auto at = whole.find('@');
             const std::string before = whole.substr(0, at), after = whole.substr(at + 1);
             const std::size_t fill = oversized_bytes - before.size() - after.size();
@@ -492,16 +700,18 @@ private:
             send_all(fd, after);
             return;
         }
-        // Deltas of 64 KiB, each its own chunk.
-        const std::string event = delta_event(a.model, filler.substr(0, 64u << 10));
-        if (!send_all(fd, std::string{sse_head} + chunked(stream_events({}, a).front()))) return;
+        // Deltas of 64 KiB, each its own chunk, between the stream's usual head and tail.
+        const stream_parts parts = stream_of({}, a);
+        const std::string event = text_event(a, filler.substr(0, 64u << 10), 1);
+        std::string head = sse_head;
+        if (!parts.head.empty()) head += chunked(joined(parts.head)); // an empty chunk would end the body
+        if (!send_all(fd, head)) return;
         for (std::size_t sent = 0; sent < oversized_bytes; sent += event.size())
             if (!send_all(fd, chunked(event))) return;
-        const std::string finish =
-            chunk_event(a.model, {{{"index", 0}, {"delta", nlohmann::json::object()}, {"logprobs", nullptr}, {"finish_reason", "stop"}}}) +
-            "data: [DONE]\n\n";
-        send_all(fd, chunked(finish) + "0\r\n\r\n");
+        send_all(fd, chunked(joined(parts.tail)) + "0\r\n\r\n");
     }
+
+    const wire wire_;
 
     std::atomic<bool> stop_{false};
     std::atomic<bool> want_listening_{true};
