@@ -1,4 +1,4 @@
-// The fault-injection matrix for the OpenAI, Anthropic and Gemini upstreams
+// The fault-injection matrix for the OpenAI, Anthropic, Gemini and Bedrock upstreams
 // (docs/reliability.md#fault-matrix): sample_server relays /chat to
 // tests/support/fault_upstream.hpp, speaking the provider's wire format, which breaks an answer in
 // one way. Each cell (a provider, a fault, a non-streamed or a streamed request) checks what a user
@@ -6,9 +6,10 @@
 // - the status and chatkit's error envelope (streamed: a 200 whose last event is `error`, with
 //   no `done`), as docs/providers.md lists them for each provider;
 // - no partial answer in the history;
-// - the planted API key in no answer and no log line;
+// - the planted API key (Bedrock: the AWS secret access key) in no answer and no log line;
 // - the server still serving: /health is 200 and the next chat is answered;
-// - the key sent in the provider's header, to the provider's path.
+// - the key sent in the provider's header (Bedrock: a SigV4 signature by the access key id), to
+//   the provider's path.
 #include "../support/fault_upstream.hpp"
 #include "../support/server_process.hpp"
 
@@ -26,6 +27,9 @@ using test_support::wire;
 namespace {
 
 constexpr const char* planted_key = "sk-fault-PLANTED-5f1e2d3c4b5a69788796";
+// Bedrock signs with an access key id and the planted key as the secret access key, which is
+// never sent: only the signature it makes is.
+constexpr const char* aws_access_key_id = "AKIDFAULTMATRIX";
 
 // One attempt, a 1 s silence limit and a 3 s budget: every cell ends in a few seconds.
 std::map<std::string, std::string> env_for(const fault_upstream& up, int retries = 0) {
@@ -40,6 +44,10 @@ std::map<std::string, std::string> env_for(const fault_upstream& up, int retries
         env.insert({{"CHAT_PROVIDER", "anthropic"}, {"ANTHROPIC_API_KEY", planted_key}, {"ANTHROPIC_BASE_URL", up.base_url()}});
         break;
     case wire::gemini: env.insert({{"CHAT_PROVIDER", "gemini"}, {"GEMINI_API_KEY", planted_key}, {"CHAT_GEMINI_BASE_URL", up.base_url()}}); break;
+    case wire::bedrock:
+        env.insert({{"CHAT_PROVIDER", "bedrock"}, {"AWS_ACCESS_KEY_ID", aws_access_key_id}, {"AWS_SECRET_ACCESS_KEY", planted_key},
+                    {"AWS_REGION", "us-west-2"}, {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", up.base_url()}});
+        break;
     }
     return env;
 }
@@ -51,13 +59,21 @@ void check_requests(const fault_upstream& up) {
     for (const auto& req : up.requests()) {
         INFO(req.method << " " << req.target);
         CHECK(req.method == "POST");
-        CHECK(req.headers.at(fault_upstream::key_header(w)) == key);
+        if (w == wire::bedrock) {
+            const std::string auth = req.headers.at(fault_upstream::key_header(w));
+            CHECK(auth.starts_with(std::string{"AWS4-HMAC-SHA256 Credential="} + aws_access_key_id + "/"));
+            CHECK(auth.find("/us-west-2/bedrock/aws4_request") != std::string::npos);
+            CHECK(auth.find(planted_key) == std::string::npos);
+        } else {
+            CHECK(req.headers.at(fault_upstream::key_header(w)) == key);
+        }
         switch (w) {
         case wire::openai: CHECK(req.target == "/v1/chat/completions"); break;
         case wire::anthropic: CHECK(req.target == "/v1/messages"); break;
         case wire::gemini:
             CHECK((req.target == "/v1beta/models/fault-1:generateContent" || req.target == "/v1beta/models/fault-1:streamGenerateContent?alt=sse"));
             break;
+        case wire::bedrock: CHECK((req.target == "/model/fault-1/converse" || req.target == "/model/fault-1/converse-stream")); break;
         }
     }
 }
@@ -94,7 +110,7 @@ struct expected {
     int status;
     std::string type;
     std::vector<std::string> codes; // any of these
-    std::optional<std::string> retry_after{};
+    std::optional<std::string> retry_after{}; // "": present, of any value
 };
 
 void check_envelope(const json& body, const expected& want) {
@@ -157,7 +173,8 @@ void run_cell(wire w, fault f, const std::string& user, bool stream, const expec
         CHECK(r->status == want.status);
         CHECK(r->get_header_value("Content-Type").starts_with("application/json"));
         check_envelope(json::parse(r->body, nullptr, false), want);
-        if (want.retry_after) CHECK(r->get_header_value("Retry-After") == *want.retry_after);
+        if (want.retry_after && want.retry_after->empty()) CHECK(!r->get_header_value("Retry-After").empty());
+        else if (want.retry_after) CHECK(r->get_header_value("Retry-After") == *want.retry_after);
     } else {
         CHECK(r->status == 200); // sent before the provider was called
         CHECK(r->get_header_value("Content-Type").starts_with("text/event-stream"));
@@ -456,3 +473,80 @@ TEST_CASE("fault matrix: Gemini, an answer over the 64 MiB limit, streamed") {
 TEST_CASE("fault matrix: Gemini, with one retry, a 429 then a good answer is a 200") { run_retried(wire::gemini, fault::rate_limited, "g-retry429"); }
 TEST_CASE("fault matrix: Gemini, with one retry, a 500 then a good answer is a 200") { run_retried(wire::gemini, fault::server_error, "g-retry500"); }
 TEST_CASE("fault matrix: Gemini, with one retry, a 503 then a good answer is a 200") { run_retried(wire::gemini, fault::overloaded, "g-retry503"); }
+
+// The Bedrock cells: Converse and ConverseStream, the stream in AWS event-stream frames. The codes
+// are those docs/providers.md's Bedrock error table gives: the x-amzn-ErrorType for an API error
+// (a ServiceUnavailableException is a 503 of type service_unavailable), upstream_malformed for a
+// frame that is not JSON or is corrupt. The planted key is the secret access key: it signs every
+// request and must reach no answer and no log line. Skipped, to keep these cells short: the
+// 65 MiB fault (the stream bound is the one the other providers' cells cover).
+
+#ifdef CHATKIT_FAULT_UPSTREAM_BEDROCK // a build without chatkit::aws has no Bedrock provider either
+TEST_CASE("fault matrix: Bedrock, connection refused, non-streamed") { run_cell(wire::bedrock, fault::refuse, "b-refused-plain", false, unreachable); }
+TEST_CASE("fault matrix: Bedrock, connection refused, streamed") { run_cell(wire::bedrock, fault::refuse, "b-refused-stream", true, unreachable); }
+TEST_CASE("fault matrix: Bedrock, stall before the status line, non-streamed") { run_cell(wire::bedrock, fault::stall, "b-stall-plain", false, timed_out); }
+TEST_CASE("fault matrix: Bedrock, stall before the status line, streamed") { run_cell(wire::bedrock, fault::stall, "b-stall-stream", true, timed_out); }
+TEST_CASE("fault matrix: Bedrock, connection reset mid-answer, non-streamed") {
+    run_cell(wire::bedrock, fault::reset_mid_stream, "b-reset-plain", false, unreachable);
+}
+TEST_CASE("fault matrix: Bedrock, connection reset mid-answer, streamed") { run_cell(wire::bedrock, fault::reset_mid_stream, "b-reset-stream", true, broken); }
+TEST_CASE("fault matrix: Bedrock, chunked body cut inside a chunk, non-streamed") {
+    run_cell(wire::bedrock, fault::truncated_chunked, "b-cut-plain", false, unreachable);
+}
+TEST_CASE("fault matrix: Bedrock, chunked body cut inside a chunk, streamed") { run_cell(wire::bedrock, fault::truncated_chunked, "b-cut-stream", true, broken); }
+TEST_CASE("fault matrix: Bedrock, answer ends cleanly before it is complete, non-streamed") {
+    run_cell(wire::bedrock, fault::ends_early, "b-early-plain", false, malformed);
+}
+// Every frame but messageStop and metadata: the deltas and contentBlockStop do not make it whole.
+TEST_CASE("fault matrix: Bedrock, stream ends cleanly without messageStop and metadata, streamed") {
+    run_cell(wire::bedrock, fault::ends_early, "b-early-stream", true, {502, "upstream_error", {"upstream_truncated"}});
+}
+TEST_CASE("fault matrix: Bedrock, 200 with a body that is not JSON, non-streamed") {
+    run_cell(wire::bedrock, fault::malformed_json, "b-badjson-plain", false, malformed);
+}
+TEST_CASE("fault matrix: Bedrock, 200 with a body that is not JSON, streamed") {
+    run_cell(wire::bedrock, fault::malformed_json, "b-badjson-stream", true, {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
+}
+// Converse asked for JSON and got event-stream frames.
+TEST_CASE("fault matrix: Bedrock, event-stream frame whose payload is not JSON, non-streamed") {
+    run_cell(wire::bedrock, fault::malformed_sse, "b-badframe-plain", false, malformed);
+}
+TEST_CASE("fault matrix: Bedrock, event-stream frame whose payload is not JSON, streamed") {
+    run_cell(wire::bedrock, fault::malformed_sse, "b-badframe-stream", true, malformed);
+}
+TEST_CASE("fault matrix: Bedrock, event-stream frame with a bad CRC, non-streamed") {
+    run_cell(wire::bedrock, fault::corrupt_frame, "b-crc-plain", false, malformed);
+}
+TEST_CASE("fault matrix: Bedrock, event-stream frame with a bad CRC, streamed") {
+    run_cell(wire::bedrock, fault::corrupt_frame, "b-crc-stream", true, malformed);
+}
+// Bedrock sends no delay header: the Retry-After the client gets is chatkit's own.
+TEST_CASE("fault matrix: Bedrock, 429 ThrottlingException, non-streamed") {
+    run_cell(wire::bedrock, fault::rate_limited, "b-limited-plain", false, {429, "rate_limit_exceeded", {"ThrottlingException"}, ""});
+}
+TEST_CASE("fault matrix: Bedrock, 429 ThrottlingException, streamed") {
+    run_cell(wire::bedrock, fault::rate_limited, "b-limited-stream", true, {429, "rate_limit_exceeded", {"ThrottlingException"}});
+}
+TEST_CASE("fault matrix: Bedrock, 500 InternalServerException, non-streamed") {
+    run_cell(wire::bedrock, fault::server_error, "b-e500-plain", false, {502, "upstream_error", {"InternalServerException"}});
+}
+TEST_CASE("fault matrix: Bedrock, 500 InternalServerException, streamed") {
+    run_cell(wire::bedrock, fault::server_error, "b-e500-stream", true, {502, "upstream_error", {"InternalServerException"}});
+}
+TEST_CASE("fault matrix: Bedrock, 503 ServiceUnavailableException, non-streamed") {
+    run_cell(wire::bedrock, fault::overloaded, "b-e503-plain", false, {503, "service_unavailable", {"ServiceUnavailableException"}});
+}
+TEST_CASE("fault matrix: Bedrock, 503 ServiceUnavailableException, streamed") {
+    run_cell(wire::bedrock, fault::overloaded, "b-e503-stream", true, {503, "service_unavailable", {"ServiceUnavailableException"}});
+}
+// A frame at a time would not do: the bytes of each frame (and of its chunk) drip in one by one.
+TEST_CASE("fault matrix: Bedrock, a byte at a time, slower than the deadline, non-streamed") {
+    run_cell(wire::bedrock, fault::drip, "b-drip-plain", false, timed_out);
+}
+TEST_CASE("fault matrix: Bedrock, a byte at a time, slower than the deadline, streamed") {
+    run_cell(wire::bedrock, fault::drip, "b-drip-stream", true, timed_out);
+}
+TEST_CASE("fault matrix: Bedrock, with one retry, a 429 then a good answer is a 200") { run_retried(wire::bedrock, fault::rate_limited, "b-retry429"); }
+TEST_CASE("fault matrix: Bedrock, with one retry, a 500 then a good answer is a 200") { run_retried(wire::bedrock, fault::server_error, "b-retry500"); }
+TEST_CASE("fault matrix: Bedrock, with one retry, a 503 then a good answer is a 200") { run_retried(wire::bedrock, fault::overloaded, "b-retry503"); }
+#endif

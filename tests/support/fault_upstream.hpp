@@ -9,8 +9,11 @@
 //   message_delta (stop_reason, usage), message_stop;
 // - wire::gemini: POST /v1beta/models/{model}:generateContent, a GenerateContentResponse, or
 //   :streamGenerateContent?alt=sse, one GenerateContentResponse per `data:` event (CR LF framed),
-//   the last carrying the finishReason.
-// The faults are the same for all three; only the bytes that carry them differ.
+//   the last carrying the finishReason;
+// - wire::bedrock: POST /model/{modelId}/converse, a Converse answer, or /converse-stream, the
+//   application/vnd.amazon.eventstream frames (chatkit::aws::encode_event) messageStart,
+//   contentBlockDelta..., contentBlockStop, messageStop, metadata.
+// The faults are the same for all four; only the bytes that carry them differ.
 //
 // It is written on raw POSIX sockets because cpp-httplib (the fake_openai.hpp server) can only
 // send well-formed HTTP: it cannot stall before the status line, cut a chunk in half, reset the
@@ -18,6 +21,12 @@
 // poll of at most 100 ms that also watches the stop flag, so the destructor never waits long and a
 // test can never hang on it.
 #pragma once
+
+// Bedrock's frames need chatkit::aws (linked by the test when the build has it).
+#if __has_include(<chatkit/aws/eventstream.hpp>)
+#include <chatkit/aws/eventstream.hpp>
+#define CHATKIT_FAULT_UPSTREAM_BEDROCK 1
+#endif
 
 #include <nlohmann/json.hpp>
 
@@ -45,7 +54,7 @@
 namespace test_support {
 
 // The API whose wire format the upstream speaks.
-enum class wire { openai, anthropic, gemini };
+enum class wire { openai, anthropic, gemini, bedrock };
 
 enum class fault {
     none,              // a correct answer
@@ -56,6 +65,8 @@ enum class fault {
     ends_early,        // well-formed HTTP that ends before the answer does (see ends_early_events)
     malformed_json,    // 200 application/json whose body is not JSON
     malformed_sse,     // 200 text/event-stream with a `data:` line that is not JSON after the first delta
+                       // (Bedrock: an event-stream frame whose payload is not JSON)
+    corrupt_frame,     // Bedrock: an event-stream frame with a bad CRC after the first delta (others: as malformed_sse)
     rate_limited,      // 429 and the wire's envelope; a delay of 1 s (Retry-After, or Gemini's retryDelay)
     server_error,      // 500 with the envelope
     overloaded,        // 503 (Anthropic: 529) with the envelope
@@ -101,12 +112,14 @@ public:
         const std::string origin = "http://127.0.0.1:" + std::to_string(port_);
         return wire_ == wire::openai ? origin + "/v1" : origin;
     }
-    // The (lowercased) header that carries the API key.
+    // The (lowercased) header that carries the API key (Bedrock: the SigV4 signature, which names
+    // the access key id; the secret key itself is never sent).
     static const char* key_header(wire w) {
         switch (w) {
         case wire::anthropic: return "x-api-key";
         case wire::gemini: return "x-goog-api-key";
-        case wire::openai: break;
+        case wire::openai:
+        case wire::bedrock: break;
         }
         return "authorization";
     }
@@ -324,6 +337,7 @@ private:
                 e["details"] = nlohmann::json::array({{{"@type", "type.googleapis.com/google.rpc.RetryInfo"}, {"retryDelay", "1s"}}});
             return nlohmann::json{{"error", e}}.dump(2);
         }
+        case wire::bedrock: return nlohmann::json{{"message", message + quoted}}.dump(); // the type is in x-amzn-ErrorType
         case wire::openai: break;
         }
         return nlohmann::json{{"error", {{"message", message + quoted}, {"type", type}, {"param", nullptr},
@@ -351,6 +365,20 @@ private:
             if (f == fault::server_error)
                 return status_answer(500, "Internal Server Error", envelope(r, 500, "An internal error has occurred. Please retry.", "INTERNAL", nullptr));
             return status_answer(503, "Service Unavailable", envelope(r, 503, "The model is overloaded. Please try again later.", "UNAVAILABLE", nullptr));
+        case wire::bedrock: {
+            // As Bedrock sends them: the type in x-amzn-ErrorType (with its :namespace suffix), no delay header.
+            const auto typed = [](const char* type) {
+                return std::string{"x-amzn-ErrorType: "} + type + ":http://internal.amazon.com/coral/com.amazon.bedrock/\r\n";
+            };
+            if (f == fault::rate_limited)
+                return status_answer(429, "Too Many Requests", envelope(r, 429, "Too many requests, please wait before trying again.", nullptr, nullptr),
+                                     typed("ThrottlingException"));
+            if (f == fault::server_error)
+                return status_answer(500, "Internal Server Error", envelope(r, 500, "The server encountered an internal error.", nullptr, nullptr),
+                                     typed("InternalServerException"));
+            return status_answer(503, "Service Unavailable", envelope(r, 503, "The service is temporarily unavailable.", nullptr, nullptr),
+                                 typed("ServiceUnavailableException"));
+        }
         case wire::openai: break;
         }
         if (f == fault::rate_limited)
@@ -369,6 +397,11 @@ private:
     static constexpr const char* sse_head =
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
         "Cache-Control: no-cache\r\nx-request-id: req_fault\r\n\r\n";
+    static constexpr const char* eventstream_head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.amazon.eventstream\r\nTransfer-Encoding: chunked\r\n"
+        "x-amzn-RequestId: req_fault\r\n\r\n";
+    // The head of a streamed answer: an event stream, or Bedrock's binary one.
+    std::string stream_head() const { return wire_ == wire::bedrock ? eventstream_head : sse_head; }
 
     struct answer_parts {
         std::string model;
@@ -377,9 +410,10 @@ private:
         nlohmann::json usage;            // OpenAI's
     };
 
-    // Gemini streams to another path; the others say so in the body.
+    // Gemini and Bedrock stream to another path; the others say so in the body.
     bool is_streamed(const recorded_request& r) const {
         if (wire_ == wire::gemini) return r.target.find(":streamGenerateContent") != std::string::npos;
+        if (wire_ == wire::bedrock) return r.target.ends_with("/converse-stream");
         return r.body.is_object() && r.body.value("stream", false);
     }
 
@@ -397,6 +431,18 @@ private:
                     last_user.clear();
                     for (const auto& p : c["parts"])
                         if (p.is_object() && p.contains("text") && p["text"].is_string()) last_user += p["text"].get<std::string>();
+                }
+        } else if (wire_ == wire::bedrock) {
+            // The model is a path segment: /model/{modelId}/converse(-stream); messages hold text blocks.
+            const auto from = r.target.find("/model/");
+            const auto to = from == std::string::npos ? from : r.target.find('/', from + 7);
+            a.model = to == std::string::npos ? "fault-1" : r.target.substr(from + 7, to - from - 7);
+            if (r.body.is_object() && r.body.contains("messages") && r.body["messages"].is_array())
+                for (const auto& m : r.body["messages"]) {
+                    if (!m.is_object() || m.value("role", "") != "user" || !m.contains("content") || !m["content"].is_array()) continue;
+                    last_user.clear();
+                    for (const auto& b : m["content"])
+                        if (b.is_object() && b.contains("text") && b["text"].is_string()) last_user += b["text"].get<std::string>();
                 }
         } else { // OpenAI's messages and Anthropic's alike, as a plain text conversation sends them
             a.model = r.body.is_object() ? r.body.value("model", "fault-1") : "fault-1";
@@ -447,6 +493,12 @@ private:
                                   {"usage", anthropic_usage(a, static_cast<int>(a.pieces.size()))}}
                 .dump();
         case wire::gemini: return gemini_response(a, content, "STOP", static_cast<int>(a.pieces.size())).dump();
+        case wire::bedrock:
+            return nlohmann::json{{"output", {{"message", {{"role", "assistant"}, {"content", nlohmann::json::array({{{"text", content}}})}}}}},
+                                  {"stopReason", "end_turn"},
+                                  {"usage", bedrock_usage(a)},
+                                  {"metrics", {{"latencyMs", 42}}}}
+                .dump();
         case wire::openai: break;
         }
         return completion_json(a, content);
@@ -466,6 +518,20 @@ private:
         return "event: " + type + "\ndata: " + data.dump() + "\n\n";
     }
     static std::string gemini_event(const nlohmann::json& data) { return "data: " + data.dump() + "\r\n\r\n"; }
+    // One event-stream frame of a ConverseStream event; `payload` as sent (JSON, unless a fault says otherwise).
+    static std::string bedrock_frame(const std::string& type, std::string payload) {
+#ifdef CHATKIT_FAULT_UPSTREAM_BEDROCK
+        return chatkit::aws::encode_event({{{":event-type", type}, {":content-type", std::string{"application/json"}}, {":message-type", std::string{"event"}}},
+                                           std::move(payload)});
+#else
+        throw std::logic_error("fault_upstream: built without chatkit::aws, cannot frame " + type + " (" + payload + ")");
+#endif
+    }
+    static std::string bedrock_event(const std::string& type, const nlohmann::json& data) { return bedrock_frame(type, data.dump()); }
+    static nlohmann::json bedrock_usage(const answer_parts& a) {
+        const int n = static_cast<int>(a.pieces.size());
+        return {{"inputTokens", a.prompt}, {"outputTokens", n}, {"totalTokens", a.prompt + n}};
+    }
 
     // The event of one piece of text; `so_far` counts the pieces up to it.
     std::string text_event(const answer_parts& a, const std::string& text, int so_far) const {
@@ -473,6 +539,7 @@ private:
         case wire::anthropic:
             return anthropic_event("content_block_delta", {{"index", 0}, {"delta", {{"type", "text_delta"}, {"text", text}}}});
         case wire::gemini: return gemini_event(gemini_response(a, text, nullptr, so_far));
+        case wire::bedrock: return bedrock_event("contentBlockDelta", {{"delta", {{"text", text}}}, {"contentBlockIndex", 0}});
         case wire::openai: break;
         }
         return delta_event(a.model, text);
@@ -524,13 +591,21 @@ private:
             for (int i = 0; i + 1 < n; ++i) s.deltas.push_back(text_event(a, a.pieces[static_cast<std::size_t>(i)], i + 1));
             if (n > 0) s.tail.push_back(gemini_event(gemini_response(a, a.pieces.back(), "STOP", n)));
             break;
+        case wire::bedrock:
+            s.head.push_back(bedrock_event("messageStart", {{"role", "assistant"}}));
+            for (int i = 0; i < n; ++i) s.deltas.push_back(text_event(a, a.pieces[static_cast<std::size_t>(i)], i + 1));
+            s.tail.push_back(bedrock_event("contentBlockStop", {{"contentBlockIndex", 0}}));
+            s.tail.push_back(bedrock_event("messageStop", {{"stopReason", "end_turn"}}));
+            s.tail.push_back(bedrock_event("metadata", {{"usage", bedrock_usage(a)}, {"metrics", {{"latencyMs", 42}}}}));
+            break;
         }
         return s;
     }
 
     // What a stream that ends early but cleanly sends, on each wire missing what marks the end:
     // OpenAI, two deltas and no finish_reason or [DONE]; Anthropic, everything but message_stop
-    // (so the stop_reason does come); Gemini, every piece but the last, so no finishReason.
+    // (so the stop_reason does come); Gemini, every piece but the last, so no finishReason;
+    // Bedrock, every frame but messageStop and metadata.
     std::vector<std::string> ends_early_events(const stream_parts& s) const {
         std::vector<std::string> out = s.head;
         switch (wire_) {
@@ -540,6 +615,10 @@ private:
             out.pop_back();
             break;
         case wire::gemini: out.insert(out.end(), s.deltas.begin(), s.deltas.end()); break;
+        case wire::bedrock:
+            out = s.all();
+            out.resize(out.size() - 2);
+            break;
         }
         return out;
     }
@@ -550,6 +629,7 @@ private:
         case wire::anthropic:
             return "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\": not json " + key_of(r) + "\n\n";
         case wire::gemini: return "data: {\"candidates\":[{\"content\": not json " + key_of(r) + "\r\n\r\n";
+        case wire::bedrock: return bedrock_frame("contentBlockDelta", "{\"delta\":{\"text\": not json " + key_of(r));
         case wire::openai: break;
         }
         return "data: {\"choices\":[{\"delta\": not json " + key_of(r) + "\n\n";
@@ -560,6 +640,7 @@ private:
         switch (wire_) {
         case wire::anthropic: return "{\"id\":\"msg_fault\",\"type\":\"message\",\"content\":[{\"type\": oops, proxy said " + key_of(r) + " <html>";
         case wire::gemini: return "{\"candidates\":[{\"content\": oops, proxy said " + key_of(r) + " <html>";
+        case wire::bedrock: return "{\"output\":{\"message\":{\"content\": oops, proxy said " + key_of(r) + " <html>";
         case wire::openai: break;
         }
         return "{\"id\":\"chatcmpl-fault\",\"choices\":[{\"message\": oops, proxy said " + key_of(r) + " <html>";
@@ -596,7 +677,7 @@ private:
                 const std::string body = whole_json(a, content);
                 return send_all(fd, json_head(body.size()) + body);
             }
-            std::string out = sse_head;
+            std::string out = stream_head();
             for (const auto& e : events) out += chunked(e);
             return send_all(fd, out + "0\r\n\r\n");
         }
@@ -608,7 +689,7 @@ private:
                 const std::string body = whole_json(a, content);
                 send_all(fd, json_head(body.size()) + body.substr(0, body.size() / 2));
             } else {
-                std::string out = sse_head;
+                std::string out = stream_head();
                 for (std::size_t e = 0; e < first; ++e) out += chunked(events[e]);
                 send_all(fd, out);
             }
@@ -622,7 +703,7 @@ private:
                 out = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nx-request-id: req_fault\r\n\r\n";
                 cut = whole_json(a, content);
             } else {
-                out = std::string{sse_head} + chunked(joined(events, 0, first));
+                out = stream_head() + chunked(joined(events, 0, first));
                 cut = joined(events, first);
             }
             std::ostringstream size;
@@ -639,7 +720,7 @@ private:
                 send_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nx-request-id: req_fault\r\n\r\n" +
                                  body.substr(0, body.size() / 2));
             } else {
-                send_all(fd, std::string{sse_head} + chunked(joined(ends_early_events(parts))) + "0\r\n\r\n");
+                send_all(fd, stream_head() + chunked(joined(ends_early_events(parts))) + "0\r\n\r\n");
             }
             return false;
         }
@@ -648,12 +729,20 @@ private:
             send_all(fd, json_head(body.size()) + body);
             return false;
         }
-        case fault::malformed_sse: {
+        case fault::malformed_sse:
+        case fault::corrupt_frame: {
             // What a streamed request was promised, also sent to a non-streamed one: either way
             // the answer cannot be read as a completion.
-            std::string out = sse_head;
+            std::string out = stream_head();
             for (std::size_t e = 0; e < first; ++e) out += chunked(events[e]);
-            out += chunked(bad_event(r));
+            if (f == fault::corrupt_frame && wire_ == wire::bedrock) {
+                // A well-formed delta frame whose message CRC (its last byte) is wrong.
+                std::string frame = text_event(a, " corrupt", 2);
+                frame.back() = static_cast<char>(frame.back() ^ 0x5a);
+                out += chunked(frame);
+            } else {
+                out += chunked(bad_event(r));
+            }
             for (std::size_t e = first; e < events.size(); ++e) out += chunked(events[e]);
             send_all(fd, out + "0\r\n\r\n");
             return false;
@@ -672,7 +761,7 @@ private:
             } else {
                 for (const auto& e : events) body += chunked(e);
                 body += "0\r\n\r\n";
-                if (!send_all(fd, sse_head)) return false;
+                if (!send_all(fd, stream_head())) return false;
             }
             for (char c : body)
                 if (!pause(drip_every) || !send_all(fd, std::string_view{&c, 1})) break;
@@ -703,7 +792,7 @@ private:
         // Deltas of 64 KiB, each its own chunk, between the stream's usual head and tail.
         const stream_parts parts = stream_of({}, a);
         const std::string event = text_event(a, filler.substr(0, 64u << 10), 1);
-        std::string head = sse_head;
+        std::string head = stream_head();
         if (!parts.head.empty()) head += chunked(joined(parts.head)); // an empty chunk would end the body
         if (!send_all(fd, head)) return;
         for (std::size_t sent = 0; sent < oversized_bytes; sent += event.size())
