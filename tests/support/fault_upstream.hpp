@@ -417,33 +417,36 @@ private:
         return r.body.is_object() && r.body.value("stream", false);
     }
 
+    // The path segment after `prefix`, up to `end`: the model, for the wires that put it in the path.
+    static std::string segment_after(const std::string& target, std::string_view prefix, char end) {
+        const auto from = target.find(prefix);
+        const auto to = from == std::string::npos ? from : target.find(end, from + prefix.size());
+        return to == std::string::npos ? "fault-1" : target.substr(from + prefix.size(), to - from - prefix.size());
+    }
+
+    // The text of the last user turn, for the wires whose turns hold an array of text blocks
+    // (Gemini: contents[].parts[]; Bedrock: messages[].content[]).
+    static std::string last_user_blocks(const nlohmann::json& body, const char* turns, const char* blocks) {
+        std::string last_user;
+        if (!body.is_object() || !body.contains(turns) || !body[turns].is_array()) return last_user;
+        for (const auto& t : body[turns]) {
+            if (!t.is_object() || t.value("role", "") != "user" || !t.contains(blocks) || !t[blocks].is_array()) continue;
+            last_user.clear();
+            for (const auto& b : t[blocks])
+                if (b.is_object() && b.contains("text") && b["text"].is_string()) last_user += b["text"].get<std::string>();
+        }
+        return last_user;
+    }
+
     answer_parts parts_of(const recorded_request& r) const {
         answer_parts a;
         std::string last_user;
-        if (wire_ == wire::gemini) {
-            // The model is a path segment: /v1beta/models/{model}:method.
-            const auto from = r.target.find("/models/");
-            const auto to = from == std::string::npos ? from : r.target.find(':', from);
-            a.model = to == std::string::npos ? "fault-1" : r.target.substr(from + 8, to - from - 8);
-            if (r.body.is_object() && r.body.contains("contents") && r.body["contents"].is_array())
-                for (const auto& c : r.body["contents"]) {
-                    if (!c.is_object() || c.value("role", "") != "user" || !c.contains("parts") || !c["parts"].is_array()) continue;
-                    last_user.clear();
-                    for (const auto& p : c["parts"])
-                        if (p.is_object() && p.contains("text") && p["text"].is_string()) last_user += p["text"].get<std::string>();
-                }
-        } else if (wire_ == wire::bedrock) {
-            // The model is a path segment: /model/{modelId}/converse(-stream); messages hold text blocks.
-            const auto from = r.target.find("/model/");
-            const auto to = from == std::string::npos ? from : r.target.find('/', from + 7);
-            a.model = to == std::string::npos ? "fault-1" : r.target.substr(from + 7, to - from - 7);
-            if (r.body.is_object() && r.body.contains("messages") && r.body["messages"].is_array())
-                for (const auto& m : r.body["messages"]) {
-                    if (!m.is_object() || m.value("role", "") != "user" || !m.contains("content") || !m["content"].is_array()) continue;
-                    last_user.clear();
-                    for (const auto& b : m["content"])
-                        if (b.is_object() && b.contains("text") && b["text"].is_string()) last_user += b["text"].get<std::string>();
-                }
+        if (wire_ == wire::gemini) { // /v1beta/models/{model}:method
+            a.model = segment_after(r.target, "/models/", ':');
+            last_user = last_user_blocks(r.body, "contents", "parts");
+        } else if (wire_ == wire::bedrock) { // /model/{modelId}/converse(-stream)
+            a.model = segment_after(r.target, "/model/", '/');
+            last_user = last_user_blocks(r.body, "messages", "content");
         } else { // OpenAI's messages and Anthropic's alike, as a plain text conversation sends them
             a.model = r.body.is_object() ? r.body.value("model", "fault-1") : "fault-1";
             if (r.body.is_object() && r.body.contains("messages") && r.body["messages"].is_array())
