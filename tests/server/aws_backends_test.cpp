@@ -414,6 +414,33 @@ TEST_CASE("a key the upstream refuses (401, or Gemini's API_KEY_INVALID) makes t
         CHECK(server.log().find("sk-before") == std::string::npos);
         CHECK(server.log().find("sk-after") == std::string::npos);
     }
+    SECTION("anthropic") {
+        test_support::fake_anthropic fake;
+        const auto arn = create_secret(R"({"api_key":"sk-ant-before-0012"})");
+        auto env = aws_env(moto(), "AWS_ENDPOINT_URL_SECRETS_MANAGER");
+        env.merge(std::map<std::string, std::string>{{"CHAT_ANTHROPIC_API_KEY_SECRET_ARN", arn},
+                                                     {"ANTHROPIC_BASE_URL", fake.base_url()},
+                                                     {"CHAT_SECRET_REFRESH", "3600"},
+                                                     {"CHAT_CACHE_SIZE", "0"},
+                                                     {"CHAT_DATABASE_URL", "none"}});
+        server_process server{env};
+        auto c = server.client();
+        REQUIRE(chat(c, "kim", "one")->status == 200);
+
+        put_secret(arn, R"({"api_key":"sk-ant-after-0013"})");
+        fake.script({test_support::anthropic_error_reply(401, "authentication_error", "invalid x-api-key")});
+        auto refused = chat(c, "kim", "two");
+        REQUIRE(refused);
+        CHECK(refused->status == 502);
+        REQUIRE(chat(c, "kim", "three")->status == 200);
+        const auto sent = fake.requests();
+        REQUIRE(sent.size() == 3);
+        CHECK(sent[1].headers.find("x-api-key")->second == "sk-ant-before-0012");
+        CHECK(sent[2].headers.find("x-api-key")->second == "sk-ant-after-0013");
+        server.stop();
+        CHECK(server.log().find("refused the key from its secret") != std::string::npos);
+        CHECK(server.log().find("sk-ant-") == std::string::npos);
+    }
     SECTION("gemini") {
         test_support::fake_gemini fake{{}, "AIza-before-0010"};
         const auto arn = create_secret("AIza-before-0010");
