@@ -7,7 +7,7 @@
 
 #include "chatkit/random_id.hpp"
 
-#include "key_directory_conformance.hpp"
+#include <chatkit/testing/key_directory.hpp>
 
 #include "../support/manual_clock.hpp"
 
@@ -270,7 +270,7 @@ TEST_CASE("api_key_auth: the admin key, known by its digest only, is caller \"ad
 
 TEST_CASE("sqlite_key_directory passes the key directory conformance checks") {
     std::list<temp_db> files;
-    chatkit_test::check_key_directory_conformance([&] { return chatkit::sqlite_key_directory{{.path = files.emplace_back().path()}}; });
+    chatkit::testing::check_key_directory_conformance([&] { return chatkit::sqlite_key_directory{{.path = files.emplace_back().path()}}; });
 }
 
 TEST_CASE("sqlite_key_directory: keys and teams round-trip, only the digest is stored, and revoking is recorded once") {

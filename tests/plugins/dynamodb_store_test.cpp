@@ -6,8 +6,8 @@
 
 #include "../support/aws_emulators.hpp"
 #include "../support/dynamodb_proxy.hpp"
-#include "conversation_store_conformance.hpp"
-#include "store_conformance.hpp"
+#include <chatkit/testing/conversation_store.hpp>
+#include <chatkit/testing/store.hpp>
 
 #include <catch2/catch.hpp>
 #include <httplib.h>
@@ -118,21 +118,21 @@ std::map<std::string, nlohmann::json> conversation_items(test_support::emulator_
 } // namespace
 
 TEST_CASE("dynamodb store passes the store conformance tests on dynalite") {
-    chatkit_test::check_store_conformance<dynamodb_store>([] { return make_store(dynalite()); });
+    chatkit::testing::check_store_conformance<dynamodb_store>([] { return make_store(dynalite()); });
 }
 
 TEST_CASE("dynamodb store passes the store conformance tests on moto") {
-    chatkit_test::check_store_conformance<dynamodb_store>([] { return make_store(moto()); });
+    chatkit::testing::check_store_conformance<dynamodb_store>([] { return make_store(moto()); });
 }
 
 TEST_CASE("dynamodb store passes the conversation store conformance tests on moto") {
-    chatkit_test::check_conversation_store_conformance<dynamodb_store>([] { return make_conversation_store(moto()); });
+    chatkit::testing::check_conversation_store_conformance<dynamodb_store>([] { return make_conversation_store(moto()); });
 }
 
 TEST_CASE("dynamodb store writes one item per exchange in the documented layout") {
     auto store = make_store(dynalite(), std::chrono::hours{24 * 30});
     const auto created = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1", created)));
+    REQUIRE(store.append(chatkit::testing::make_exchange("alice", "1", created)));
     const auto items = scan(dynalite(), store.options().table);
     REQUIRE(items.size() == 1);
     const auto& item = items[0];
@@ -157,8 +157,8 @@ TEST_CASE("dynamodb store writes one item per exchange in the documented layout"
 TEST_CASE("dynamodb store leaves expired exchanges out of history before DynamoDB deletes them") {
     auto store = make_store(dynalite(), std::chrono::hours{24});
     const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    REQUIRE(store.append(chatkit_test::make_exchange("bob", "old", now_ms - 2 * 86'400'000)));  // expired a day ago
-    REQUIRE(store.append(chatkit_test::make_exchange("bob", "new", now_ms)));
+    REQUIRE(store.append(chatkit::testing::make_exchange("bob", "old", now_ms - 2 * 86'400'000)));  // expired a day ago
+    REQUIRE(store.append(chatkit::testing::make_exchange("bob", "new", now_ms)));
     REQUIRE(scan(dynalite(), store.options().table).size() == 2); // both still in the table
     auto page = store.history({"bob", 10, {}});
     REQUIRE(page);
@@ -169,7 +169,7 @@ TEST_CASE("dynamodb store leaves expired exchanges out of history before DynamoD
 
 TEST_CASE("dynamodb store without a ttl writes no expires_at") {
     auto store = make_store(dynalite());
-    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1")));
+    REQUIRE(store.append(chatkit::testing::make_exchange("alice", "1")));
     const auto items = scan(dynalite(), store.options().table);
     REQUIRE(items.size() == 1);
     CHECK_FALSE(items[0].contains("expires_at"));
@@ -179,11 +179,11 @@ TEST_CASE("dynamodb store pages across DynamoDB's own query pages") {
     // Exchanges of ~300 KB: a 1 MB Query page holds three, so reading 20 messages takes several.
     auto store = make_store(dynalite());
     for (int i = 0; i < 10; ++i) {
-        auto e = chatkit_test::make_exchange("alice", std::to_string(i));
+        auto e = chatkit::testing::make_exchange("alice", std::to_string(i));
         e.messages[1].content = std::string(300'000, static_cast<char>('a' + i));
         REQUIRE(store.append(e));
     }
-    const auto all = chatkit_test::read_all(store, "alice", 7);
+    const auto all = chatkit::testing::read_all(store, "alice", 7);
     REQUIRE(all.size() == 20);
     for (int i = 0; i < 10; ++i) {
         CHECK(all[2 * i].content == "question " + std::to_string(i));
@@ -193,7 +193,7 @@ TEST_CASE("dynamodb store pages across DynamoDB's own query pages") {
 
 TEST_CASE("dynamodb store refuses an exchange larger than an item with 413") {
     auto store = make_store(dynalite());
-    auto e = chatkit_test::make_exchange("alice", "big");
+    auto e = chatkit::testing::make_exchange("alice", "big");
     e.messages[1].content = std::string(500'000, 'x');
     auto saved = store.append(e);
     REQUIRE_FALSE(saved);
@@ -203,7 +203,7 @@ TEST_CASE("dynamodb store refuses an exchange larger than an item with 413") {
 
 TEST_CASE("dynamodb store reports a missing table as unavailable and names it") {
     dynamodb_store store{{.table = "no-such-table"}, dynalite().aws_environment()};
-    auto saved = store.append(chatkit_test::make_exchange("alice", "1"));
+    auto saved = store.append(chatkit::testing::make_exchange("alice", "1"));
     REQUIRE_FALSE(saved);
     CHECK(saved.error().kind == error_kind::unavailable);
     CHECK(saved.error().code == "ResourceNotFoundException");
@@ -224,7 +224,7 @@ TEST_CASE("dynamodb store retries throttled writes and reads") {
                              return true;
                          }};
     auto store = store_behind(proxy, table);
-    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1")));
+    REQUIRE(store.append(chatkit::testing::make_exchange("alice", "1")));
     CHECK(proxy.count("DynamoDB_20120810.PutItem") == 5); // four throttled, then through
     auto page = store.history({"alice", 10, {}});
     REQUIRE(page);
@@ -238,7 +238,7 @@ TEST_CASE("dynamodb store gives up on endless throttling with 503 and Retry-Afte
                              return true;
                          }};
     auto store = store_behind(proxy, table, 2);
-    auto saved = store.append(chatkit_test::make_exchange("alice", "1"));
+    auto saved = store.append(chatkit::testing::make_exchange("alice", "1"));
     REQUIRE_FALSE(saved);
     CHECK(saved.error().kind == error_kind::unavailable);
     CHECK(saved.error().retry_after_seconds.has_value());
@@ -258,7 +258,7 @@ TEST_CASE("dynamodb store counts a write whose answer was lost once, not twice")
                              return true;
                          }};
     auto store = store_behind(proxy, table);
-    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1")));
+    REQUIRE(store.append(chatkit::testing::make_exchange("alice", "1")));
     CHECK(proxy.count("DynamoDB_20120810.PutItem") == 2);
     CHECK(proxy.count("DynamoDB_20120810.GetItem") == 1);
     CHECK(scan(moto(), table).size() == 1);
@@ -281,7 +281,7 @@ TEST_CASE("dynamodb store keeps a lost-answer write when it cannot read it back,
                              return true;
                          }};
     auto store = store_behind(proxy, table);
-    REQUIRE(store.append(chatkit_test::make_exchange("alice", "1")));
+    REQUIRE(store.append(chatkit::testing::make_exchange("alice", "1")));
     CHECK(proxy.count("DynamoDB_20120810.GetItem") == 1);
     CHECK(proxy.count("DynamoDB_20120810.PutItem") == 2); // the first, its retry; no write under a fresh key
     CHECK(scan(moto(), table).size() == 1);
@@ -297,7 +297,7 @@ TEST_CASE("dynamodb store health follows reachability") {
     dynamodb_store down{o, dynalite().aws_environment()};
     CHECK(down.health().ok);
     for (int i = 0; i < 3; ++i) {
-        auto saved = down.append(chatkit_test::make_exchange("alice", "1"));
+        auto saved = down.append(chatkit::testing::make_exchange("alice", "1"));
         REQUIRE_FALSE(saved);
         CHECK(saved.error().kind == error_kind::unavailable);
         CHECK(saved.error().code == "upstream_unreachable");
@@ -313,7 +313,7 @@ TEST_CASE("dynamodb store without credentials is down and says why") {
     };
     dynamodb_store store{{.table = "chat"}, env};
     CHECK_FALSE(store.health().ok);
-    auto saved = store.append(chatkit_test::make_exchange("alice", "1"));
+    auto saved = store.append(chatkit::testing::make_exchange("alice", "1"));
     REQUIRE_FALSE(saved);
     CHECK(saved.error().kind == error_kind::unavailable);
     CHECK(saved.error().code == "upstream_credentials");
@@ -360,9 +360,9 @@ TEST_CASE("dynamodb URLs name a table and optional region and ttl") {
 
 TEST_CASE("dynamodb store writes a conversation in the documented single-table layout") {
     auto store = make_conversation_store(moto());
-    auto c = chatkit_test::make_conversation("team:a", "ada", 1'700'000'000'123, "Support");
+    auto c = chatkit::testing::make_conversation("team:a", "ada", 1'700'000'000'123, "Support");
     REQUIRE(store.create_conversation(c));
-    const auto turn = chatkit_test::make_turn(c, "1", 1'700'000'000'200);
+    const auto turn = chatkit::testing::make_turn(c, "1", 1'700'000'000'200);
     REQUIRE(store.append_to_conversation(turn));
     const chatkit::feedback fb{chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_up", 5, "good", 1'700'000'000'300};
     REQUIRE(store.add_feedback({c.owner, fb}));
@@ -426,8 +426,8 @@ TEST_CASE("dynamodb store writes a conversation in the documented single-table l
 
 TEST_CASE("dynamodb store keeps owners and users apart in its listing index, whatever they contain") {
     auto store = make_conversation_store(moto());
-    const auto one = chatkit_test::make_conversation("a#b", "c", 1'700'000'000'000);
-    const auto two = chatkit_test::make_conversation("a", "b#c", 1'700'000'000'000);
+    const auto one = chatkit::testing::make_conversation("a#b", "c", 1'700'000'000'000);
+    const auto two = chatkit::testing::make_conversation("a", "b#c", 1'700'000'000'000);
     REQUIRE(store.create_conversation(one));
     REQUIRE(store.create_conversation(two));
     auto first = store.conversations({"a#b", "c", 10, {}});
@@ -442,16 +442,16 @@ TEST_CASE("dynamodb store keeps owners and users apart in its listing index, wha
 
 TEST_CASE("dynamodb store deletes every item of a conversation, across batches and query pages") {
     auto store = make_conversation_store(moto());
-    auto doomed = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
-    auto kept = chatkit_test::make_conversation("", "ada", 1'700'000'000'001);
+    auto doomed = chatkit::testing::make_conversation("", "ada", 1'700'000'000'000);
+    auto kept = chatkit::testing::make_conversation("", "ada", 1'700'000'000'001);
     REQUIRE(store.create_conversation(doomed));
     REQUIRE(store.create_conversation(kept));
     for (int i = 0; i < 20; ++i) { // 81 items: more than three BatchWriteItem calls
-        const auto turn = chatkit_test::make_turn(doomed, std::to_string(i), 1'700'000'000'100 + i);
+        const auto turn = chatkit::testing::make_turn(doomed, std::to_string(i), 1'700'000'000'100 + i);
         REQUIRE(store.append_to_conversation(turn));
         REQUIRE(store.add_feedback({"", {chatkit::conversations_api::make_uuid(), doomed.id, turn.messages[0].id, "flag", {}, {}, 0}}));
     }
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(kept, "k", 1'700'000'000'200)));
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(kept, "k", 1'700'000'000'200)));
     REQUIRE(conversation_items(moto(), store.options().conversations_table).size() == 1 + 20 * 5 + 5);
 
     REQUIRE(store.delete_conversation({"", doomed.id}));
@@ -464,10 +464,10 @@ TEST_CASE("dynamodb store hides a conversation whose delete failed half-way, and
     const auto table = created_conversations_table();
     {
         dynamodb_store direct{{.table = "history-unused", .conversations_table = table}, moto().aws_environment()};
-        auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+        auto c = chatkit::testing::make_conversation("", "ada", 1'700'000'000'000);
         c.id = "11111111-1111-4111-8111-111111111111";
         REQUIRE(direct.create_conversation(c));
-        REQUIRE(direct.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)));
+        REQUIRE(direct.append_to_conversation(chatkit::testing::make_turn(c, "1", 1'700'000'000'001)));
     }
     const chatkit::conversation_ref ref{"", "11111111-1111-4111-8111-111111111111"};
     dynamodb_proxy proxy{moto().port(), [](const std::string& target, const auto&, httplib::Response& res) {
@@ -484,7 +484,7 @@ TEST_CASE("dynamodb store hides a conversation whose delete failed half-way, and
     CHECK(store.find_conversation(ref).error().code == "conversation_not_found");
     CHECK(store.conversation_messages({ref, 10, {}, false}).error().code == "conversation_not_found");
     CHECK(store.conversation_feedback(ref).error().code == "conversation_not_found");
-    CHECK(store.append_to_conversation(chatkit_test::make_turn({.id = ref.id, .owner = ""}, "2", 0)).error().code ==
+    CHECK(store.append_to_conversation(chatkit::testing::make_turn({.id = ref.id, .owner = ""}, "2", 0)).error().code ==
           "conversation_not_found");
     auto listed = store.conversations({"", "ada", 10, {}});
     REQUIRE(listed);
@@ -508,9 +508,9 @@ TEST_CASE("dynamodb store stores an append whose answer was lost once") {
                              return true;
                          }};
     auto store = conversation_store_behind(proxy, table);
-    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    const auto c = chatkit::testing::make_conversation("", "ada", 1'700'000'000'000);
     REQUIRE(store.create_conversation(c));
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)));
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 1'700'000'000'001)));
     CHECK(proxy.count("DynamoDB_20120810.TransactWriteItems") == 2);
     auto found = store.find_conversation({"", c.id});
     REQUIRE(found);
@@ -530,18 +530,18 @@ TEST_CASE("dynamodb store tries a transaction again after a conflict with anothe
                              return true;
                          }};
     auto store = conversation_store_behind(proxy, table);
-    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    const auto c = chatkit::testing::make_conversation("", "ada", 1'700'000'000'000);
     REQUIRE(store.create_conversation(c));
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)));
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 1'700'000'000'001)));
     CHECK(proxy.count("DynamoDB_20120810.TransactWriteItems") == 3);
     CHECK(store.find_conversation({"", c.id})->totals.message_count == 2);
 }
 
 TEST_CASE("dynamodb store refuses a message larger than an item with 413 and writes nothing") {
     auto store = make_conversation_store(moto());
-    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    const auto c = chatkit::testing::make_conversation("", "ada", 1'700'000'000'000);
     REQUIRE(store.create_conversation(c));
-    auto turn = chatkit_test::make_turn(c, "big", 1'700'000'000'001);
+    auto turn = chatkit::testing::make_turn(c, "big", 1'700'000'000'001);
     turn.messages[1].content = std::string(410'000, 'x');
     auto saved = store.append_to_conversation(turn);
     REQUIRE_FALSE(saved);
@@ -552,7 +552,7 @@ TEST_CASE("dynamodb store refuses a message larger than an item with 413 and wri
 
     turn.messages[1].content = std::string(400'000, 'x'); // fits
     REQUIRE(store.append_to_conversation(turn));
-    const auto all = chatkit_test::all_messages(store, {"", c.id}, 10);
+    const auto all = chatkit::testing::all_messages(store, {"", c.id}, 10);
     REQUIRE(all.size() == 2);
     CHECK(all[1].content.size() == 400'000);
 }
@@ -564,7 +564,7 @@ TEST_CASE("dynamodb store without a conversations table keeps none and calls not
     o.client.retries.max_retries = 0;
     dynamodb_store store{o, dynalite().aws_environment()};
     CHECK_FALSE(store.keeps_conversations());
-    const auto c = chatkit_test::make_conversation("", "ada", 1'700'000'000'000);
+    const auto c = chatkit::testing::make_conversation("", "ada", 1'700'000'000'000);
     auto created = store.create_conversation(c);
     REQUIRE_FALSE(created);
     CHECK(created.error().kind == error_kind::not_found);
@@ -573,7 +573,7 @@ TEST_CASE("dynamodb store without a conversations table keeps none and calls not
     REQUIRE(listed);
     CHECK(listed->conversations.empty());
     CHECK(store.find_conversation({"", c.id}).error().code == "conversation_not_found");
-    CHECK(store.append_to_conversation(chatkit_test::make_turn(c, "1", 0)).error().code == "conversation_not_found");
+    CHECK(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 0)).error().code == "conversation_not_found");
     CHECK(store.add_feedback({"", {"f", c.id, "m", "flag", {}, {}, 0}}).error().code == "conversation_not_found");
     CHECK(store.health().ok); // no call failed
 }
@@ -583,7 +583,7 @@ TEST_CASE("dynamodb store serves the conversation members without transactions o
     auto store = make_conversation_store(dynalite());
     std::vector<chatkit::conversation> made;
     for (int i = 0; i < 3; ++i) {
-        made.push_back(chatkit_test::make_conversation("team:a", "ada", 1'700'000'000'000 + i, "c" + std::to_string(i)));
+        made.push_back(chatkit::testing::make_conversation("team:a", "ada", 1'700'000'000'000 + i, "c" + std::to_string(i)));
         REQUIRE(store.create_conversation(made.back()));
     }
     auto page = store.conversations({"team:a", "ada", 2, {}});
@@ -607,7 +607,7 @@ TEST_CASE("dynamodb store serves the conversation members without transactions o
     REQUIRE(messages);
     CHECK(messages->messages.empty());
 
-    auto appended = store.append_to_conversation(chatkit_test::make_turn(made[0], "1", 7));
+    auto appended = store.append_to_conversation(chatkit::testing::make_turn(made[0], "1", 7));
     REQUIRE_FALSE(appended);
     CHECK(appended.error().kind == error_kind::unavailable); // never a 404 for a store failure
 

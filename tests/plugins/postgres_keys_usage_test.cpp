@@ -6,10 +6,11 @@
 #include "chatkit/postgres_key_directory.hpp"
 #include "chatkit/postgres_usage_store.hpp"
 
-#include "key_directory_conformance.hpp"
-#include "usage_store_conformance.hpp"
+#include <chatkit/testing/key_directory.hpp>
+#include <chatkit/testing/usage_store.hpp>
 
 #include "../support/postgres_server.hpp"
+#include "../support/usage_history.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -42,12 +43,12 @@ chatkit::postgres_options options_for(const std::string& url) {
 
 TEST_CASE("postgres_key_directory passes the key directory conformance checks") {
     auto& server = shared_server();
-    chatkit_test::check_key_directory_conformance([&] { return postgres_key_directory(options_for(server.url(server.create_database()))); });
+    chatkit::testing::check_key_directory_conformance([&] { return postgres_key_directory(options_for(server.url(server.create_database()))); });
 }
 
 TEST_CASE("postgres_usage_store passes the usage store conformance checks") {
     auto& server = shared_server();
-    chatkit_test::check_usage_store_conformance([&] { return postgres_usage_store(options_for(server.url(server.create_database()))); });
+    chatkit::testing::check_usage_store_conformance([&] { return postgres_usage_store(options_for(server.url(server.create_database()))); });
 }
 
 TEST_CASE("postgres keys and usage: what one replica writes, another reads, and the database holds no key") {
@@ -84,10 +85,10 @@ TEST_CASE("postgres_usage_store: a range longer than a page comes back whole, on
     std::vector<chatkit::usage_record> batch;
     for (int i = 0; i < n; ++i) batch.push_back(test_support::usage_record_of(i % 2 ? "odd" : "even", "k", "m", dec1 + i, 1, 1, 0.5));
     REQUIRE(store.append(batch));
-    const auto all = chatkit_test::records_of(store, {std::nullopt, dec1, dec1 + n});
+    const auto all = chatkit::testing::records_of(store, {std::nullopt, dec1, dec1 + n});
     REQUIRE(all.size() == static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) CHECK(all[static_cast<std::size_t>(i)].time == dec1 + i);
-    CHECK(chatkit_test::records_of(store, {"odd", dec1, dec1 + n}).size() == static_cast<std::size_t>(n / 2));
+    CHECK(chatkit::testing::records_of(store, {"odd", dec1, dec1 + n}).size() == static_cast<std::size_t>(n / 2));
 }
 
 TEST_CASE("postgres_usage_store: strings are stored byte for byte, so a NUL or bad UTF-8 in a model name fails no batch") {
@@ -96,7 +97,7 @@ TEST_CASE("postgres_usage_store: strings are stored byte for byte, so a NUL or b
     auto odd = test_support::usage_record_of("t", "k", std::string{"gpt\0x\xff", 6}, dec1, 1, 2, 0.1);
     auto plain = test_support::usage_record_of("t", "k", "gpt-4o", dec1 + 1, 1, 2, 0.1);
     REQUIRE(store.append(std::vector{odd, plain}));
-    const auto got = chatkit_test::records_of(store, {"t", dec1, dec1 + 2});
+    const auto got = chatkit::testing::records_of(store, {"t", dec1, dec1 + 2});
     REQUIRE(got.size() == 2);
     CHECK(got[0] == odd);
     CHECK(got[1] == plain);

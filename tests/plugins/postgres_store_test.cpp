@@ -1,7 +1,7 @@
 #include "chatkit/postgres_store.hpp"
 
-#include "conversation_store_conformance.hpp"
-#include "store_conformance.hpp"
+#include <chatkit/testing/conversation_store.hpp>
+#include <chatkit/testing/store.hpp>
 
 #include "../support/postgres_server.hpp"
 
@@ -21,7 +21,7 @@ namespace {
 
 using chatkit::postgres_store;
 using chatkit::postgres_store_options;
-using chatkit_test::make_exchange;
+using chatkit::testing::make_exchange;
 using test_support::postgres_server;
 
 // One cluster for the tests that leave it running (initdb costs a second or two); each test takes
@@ -50,13 +50,13 @@ bool mentions_password(const std::string& text) { return text.find(postgres_serv
 
 TEST_CASE("postgres_store passes the store conformance checks") {
     auto& server = shared_server();
-    chatkit_test::check_store_conformance<postgres_store>(
+    chatkit::testing::check_store_conformance<postgres_store>(
         [&] { return postgres_store(options_for(server.url(server.create_database()))); });
 }
 
 TEST_CASE("postgres_store passes the conversation store conformance checks") {
     auto& server = shared_server();
-    chatkit_test::check_conversation_store_conformance<postgres_store>(
+    chatkit::testing::check_conversation_store_conformance<postgres_store>(
         [&] { return postgres_store(options_for(server.url(server.create_database()))); });
 }
 
@@ -86,9 +86,9 @@ TEST_CASE("postgres_store: a database an older chatkit made keeps its history th
     // New history continues after the old ids, and conversations work beside it.
     REQUIRE(store.append(make_exchange("alice", "new")).has_value());
     CHECK(history_size(store, "alice") == 4);
-    auto c = chatkit_test::make_conversation("", "alice", 1'700'000'000'000);
+    auto c = chatkit::testing::make_conversation("", "alice", 1'700'000'000'000);
     REQUIRE(store.create_conversation(c).has_value());
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 1'700'000'000'001)).has_value());
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 1'700'000'000'001)).has_value());
     CHECK(server.number("SELECT count(*) FROM chatkit_conversation_messages", db) == 2);
     CHECK(history_size(store, "alice") == 4); // a conversation's turns are not the user's history
 }
@@ -97,11 +97,11 @@ TEST_CASE("postgres_store: deleting a conversation cascades to its rows, and to 
     auto& server = shared_server();
     const std::string db = server.create_database();
     postgres_store store(options_for(server.url(db)));
-    auto doomed = chatkit_test::make_conversation("team:a", "ada", 1);
-    auto kept = chatkit_test::make_conversation("team:a", "ada", 2);
+    auto doomed = chatkit::testing::make_conversation("team:a", "ada", 1);
+    auto kept = chatkit::testing::make_conversation("team:a", "ada", 2);
     for (const auto* c : {&doomed, &kept}) {
         REQUIRE(store.create_conversation(*c).has_value());
-        const auto turn = chatkit_test::make_turn(*c, "1", 3);
+        const auto turn = chatkit::testing::make_turn(*c, "1", 3);
         REQUIRE(store.append_to_conversation(turn).has_value());
         REQUIRE(store.add_feedback({c->owner, {chatkit::conversations_api::make_uuid(), c->id, turn.messages[1].id, "flag", {}, {}, 4}})
                     .has_value());
@@ -120,7 +120,7 @@ TEST_CASE("postgres_store: conversation values PostgreSQL's text cannot hold are
     auto& server = shared_server();
     postgres_store store(options_for(server.url(server.create_database())));
     const std::string nul(1, '\0'), bad_utf8 = "\xC3\x28";
-    auto c = chatkit_test::make_conversation("", "ada", 1);
+    auto c = chatkit::testing::make_conversation("", "ada", 1);
     for (const auto& title : {nul, bad_utf8}) {
         auto titled = c;
         titled.title = "t" + title;
@@ -141,7 +141,7 @@ TEST_CASE("postgres_store: conversation values PostgreSQL's text cannot hold are
     CHECK(found->metadata == c.metadata);
 
     // A message's content is bytes: any round-trips.
-    auto turn = chatkit_test::make_turn(c, "1", 2);
+    auto turn = chatkit::testing::make_turn(c, "1", 2);
     turn.messages[1].content = "half a char \xE2\x82 and a NUL" + nul;
     REQUIRE(store.append_to_conversation(turn).has_value());
     auto messages = store.conversation_messages({{"", c.id}, 10, {}, false});
@@ -296,7 +296,7 @@ TEST_CASE("postgres_store: PostgreSQL restarted mid-run gives clean unavailable 
     CHECK_FALSE(health.ok);
     CHECK_FALSE(mentions_password(health.detail));
     {
-        auto c = chatkit_test::make_conversation("", "alice", 1);
+        auto c = chatkit::testing::make_conversation("", "alice", 1);
         auto expect_unavailable = [](const auto& r) {
             REQUIRE_FALSE(r.has_value());
             CHECK(r.error().kind == chatkit::error_kind::unavailable);
@@ -306,7 +306,7 @@ TEST_CASE("postgres_store: PostgreSQL restarted mid-run gives clean unavailable 
         expect_unavailable(store.create_conversation(c));
         expect_unavailable(store.find_conversation({"", c.id}));
         expect_unavailable(store.conversations({"", "alice", 10, {}}));
-        expect_unavailable(store.append_to_conversation(chatkit_test::make_turn(c, "1", 2)));
+        expect_unavailable(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 2)));
         expect_unavailable(store.conversation_messages({{"", c.id}, 10, {}, true}));
         expect_unavailable(store.conversation_feedback({"", c.id}));
     }
@@ -319,9 +319,9 @@ TEST_CASE("postgres_store: PostgreSQL restarted mid-run gives clean unavailable 
     CHECK(page->messages[0].content == "question before");
     CHECK(page->messages[2].content == "question after");
     CHECK(store.health().ok);
-    auto c = chatkit_test::make_conversation("", "alice", 1);
+    auto c = chatkit::testing::make_conversation("", "alice", 1);
     REQUIRE(store.create_conversation(c).has_value());
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 2)).has_value());
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 2)).has_value());
 }
 
 TEST_CASE("postgres_store: writers running through a restart lose nothing they were told was saved") {
@@ -369,7 +369,7 @@ TEST_CASE("postgres_store: writers running through a restart lose nothing they w
     // Every acknowledged exchange is stored, whole.
     std::set<std::string> stored;
     for (int t = 0; t < threads; ++t) {
-        auto all = chatkit_test::read_all(store, "user-" + std::to_string(t), 1000);
+        auto all = chatkit::testing::read_all(store, "user-" + std::to_string(t), 1000);
         for (std::size_t i = 0; i + 1 < all.size(); i += 2) {
             CHECK(all[i].request_id == all[i + 1].request_id);
             stored.insert(all[i].request_id);
@@ -483,11 +483,11 @@ TEST_CASE("postgres_store: while another session locks a conversation, its write
     auto o = options_for(server.url(db));
     o.connection.statement_timeout = std::chrono::milliseconds{200};
     postgres_store store(std::move(o));
-    auto c = chatkit_test::make_conversation("", "ada", 1);
-    auto other = chatkit_test::make_conversation("", "ada", 2);
+    auto c = chatkit::testing::make_conversation("", "ada", 1);
+    auto other = chatkit::testing::make_conversation("", "ada", 2);
     REQUIRE(store.create_conversation(c).has_value());
     REQUIRE(store.create_conversation(other).has_value());
-    const auto first = chatkit_test::make_turn(c, "1", 3);
+    const auto first = chatkit::testing::make_turn(c, "1", 3);
     REQUIRE(store.append_to_conversation(first).has_value());
 
     // Another session inside its transaction, holding the conversation's row.
@@ -501,7 +501,7 @@ TEST_CASE("postgres_store: while another session locks a conversation, its write
     run("BEGIN");
     run("SELECT 1 FROM chatkit_conversations WHERE id = '" + c.id + "' FOR UPDATE");
 
-    auto secret = chatkit_test::make_turn(c, "locked", 4);
+    auto secret = chatkit::testing::make_turn(c, "locked", 4);
     secret.messages[0].content = "my secret question";
     for (const auto& r : {store.append_to_conversation(secret),
                           store.add_feedback({"", {chatkit::conversations_api::make_uuid(), c.id, first.messages[1].id, "flag", {}, {}, 5}}),
@@ -515,10 +515,10 @@ TEST_CASE("postgres_store: while another session locks a conversation, its write
     auto found = store.find_conversation({"", c.id});
     REQUIRE(found.has_value());
     CHECK(found->totals.message_count == 2);
-    CHECK(store.append_to_conversation(chatkit_test::make_turn(other, "1", 6)).has_value());
+    CHECK(store.append_to_conversation(chatkit::testing::make_turn(other, "1", 6)).has_value());
 
     run("ROLLBACK");
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "2", 7)).has_value());
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(c, "2", 7)).has_value());
     auto messages = store.conversation_messages({{"", c.id}, 10, {}, false});
     REQUIRE(messages.has_value());
     REQUIRE(messages->messages.size() == 4); // the timed-out append left nothing behind

@@ -1,8 +1,8 @@
 #include "chatkit/sqlite_store.hpp"
 
 #include "chatkit/random_id.hpp"
-#include "conversation_store_conformance.hpp"
-#include "store_conformance.hpp"
+#include <chatkit/testing/conversation_store.hpp>
+#include <chatkit/testing/store.hpp>
 
 #include "../support/temp_db.hpp"
 
@@ -23,7 +23,7 @@ namespace {
 
 using chatkit::sqlite_options;
 using chatkit::sqlite_store;
-using chatkit_test::make_exchange;
+using chatkit::testing::make_exchange;
 namespace fs = std::filesystem;
 
 using test_support::temp_db;
@@ -60,13 +60,13 @@ std::size_t history_size(sqlite_store& store, const std::string& user_id) {
 
 TEST_CASE("sqlite_store passes the store conformance checks") {
     std::list<temp_db> files; // outlives every store made below
-    chatkit_test::check_store_conformance<sqlite_store>(
+    chatkit::testing::check_store_conformance<sqlite_store>(
         [&] { return sqlite_store(sqlite_options{.path = files.emplace_back().path()}); });
 }
 
 TEST_CASE("sqlite_store passes the conversation store conformance checks") {
     std::list<temp_db> files;
-    chatkit_test::check_conversation_store_conformance<sqlite_store>(
+    chatkit::testing::check_conversation_store_conformance<sqlite_store>(
         [&] { return sqlite_store(sqlite_options{.path = files.emplace_back().path(), .durable = false}); });
 }
 
@@ -92,16 +92,16 @@ TEST_CASE("sqlite_store: a file of the schema before conversations is migrated w
     CHECK(page->messages[1].content == "kept answer");
     CHECK(raw_db(file.path()).number("SELECT COUNT(*) FROM teams") == 1);
     CHECK(raw_db(file.path()).number("SELECT COUNT(*) FROM usage") == 1);
-    auto c = chatkit_test::make_conversation("", "alice", 5);
+    auto c = chatkit::testing::make_conversation("", "alice", 5);
     REQUIRE(store.create_conversation(c).has_value());
-    REQUIRE(store.append_to_conversation(chatkit_test::make_turn(c, "1", 6)).has_value());
+    REQUIRE(store.append_to_conversation(chatkit::testing::make_turn(c, "1", 6)).has_value());
     CHECK(history_size(store, "alice") == 2); // a conversation's turns are not the flat history's
 }
 
 TEST_CASE("sqlite_store: conversations, messages and feedback survive closing and reopening the file") {
     temp_db file;
-    auto c = chatkit_test::make_conversation("team:a", "ada", 1, "Kept");
-    const auto turn = chatkit_test::make_turn(c, "1", 2);
+    auto c = chatkit::testing::make_conversation("team:a", "ada", 1, "Kept");
+    const auto turn = chatkit::testing::make_turn(c, "1", 2);
     {
         sqlite_store store({.path = file.path()});
         REQUIRE(store.create_conversation(c).has_value());
@@ -114,7 +114,7 @@ TEST_CASE("sqlite_store: conversations, messages and feedback survive closing an
     REQUIRE(found.has_value());
     CHECK(found->title == std::optional<std::string>{"Kept"});
     CHECK(found->totals.message_count == 2);
-    CHECK(chatkit_test::all_messages(reopened, {c.owner, c.id}, 10).size() == 2);
+    CHECK(chatkit::testing::all_messages(reopened, {c.owner, c.id}, 10).size() == 2);
     auto feedback = reopened.conversation_feedback({c.owner, c.id});
     REQUIRE(feedback.has_value());
     CHECK(feedback->size() == 1);

@@ -5,7 +5,7 @@
 #include "chatkit/usage_dashboard.hpp"
 #include "chatkit/usage_report.hpp"
 
-#include "usage_store_conformance.hpp"
+#include <chatkit/testing/usage_store.hpp>
 
 #include "../support/usage_history.hpp"
 #include "../support/temp_db.hpp"
@@ -30,11 +30,11 @@ constexpr auto record = &test_support::usage_record_of;
 
 TEST_CASE("sqlite_usage_store passes the usage store conformance checks") {
     std::list<test_support::temp_db> files;
-    chatkit_test::check_usage_store_conformance([&] { return chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = files.emplace_back().path()}}; });
+    chatkit::testing::check_usage_store_conformance([&] { return chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = files.emplace_back().path()}}; });
 }
 
 TEST_CASE("memory_usage_store, the reference model, passes the usage store conformance checks") {
-    chatkit_test::check_usage_store_conformance([] { return chatkit::memory_usage_store{}; });
+    chatkit::testing::check_usage_store_conformance([] { return chatkit::memory_usage_store{}; });
 }
 
 TEST_CASE("sqlite_usage_store: a second handle on the same file reads what the first wrote") {

@@ -4,15 +4,15 @@
 // check_key_directory_conformance(make) from a TEST_CASE, where make() returns a new, empty one.
 #pragma once
 
-#include "chatkit/api_keys.hpp"
-#include "chatkit/key_directory.hpp"
+#include <chatkit/api_keys.hpp>
+#include <chatkit/key_directory.hpp>
 
 #include <catch2/catch.hpp>
 
 #include <string>
 #include <vector>
 
-namespace chatkit_test {
+namespace chatkit::testing {
 
 template <class Make>
 void check_key_directory_conformance(Make make) {
@@ -126,4 +126,4 @@ void check_key_directory_conformance(Make make) {
     }
 }
 
-} // namespace chatkit_test
+} // namespace chatkit::testing

@@ -3,8 +3,8 @@
 // make() returns a new, empty store; each section gets its own.
 #pragma once
 
-#include "chatkit/conversation_store.hpp"
-#include "chatkit/conversations_api.hpp"
+#include <chatkit/conversation_store.hpp>
+#include <chatkit/conversations_api.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-namespace chatkit_test {
+namespace chatkit::testing {
 
 inline chatkit::conversation make_conversation(std::string owner, std::string user_id, chatkit::unix_ms at,
                                                std::optional<std::string> title = std::nullopt) {
@@ -387,4 +387,4 @@ void check_conversation_store_conformance(MakeStore make) {
     }
 }
 
-} // namespace chatkit_test
+} // namespace chatkit::testing

@@ -1,9 +1,11 @@
-// The behaviour every chatkit::store model must have, as Catch2 sections. A store's test file
-// calls check_store_conformance<its_store>(make) from a TEST_CASE, where make() returns a new,
-// empty store; each section gets its own.
+// The behaviour every chatkit::store model must have (chatkit/store.hpp), as Catch2 sections. A
+// store's test file calls check_store_conformance<its_store>(make) from a TEST_CASE, where make()
+// returns a new, empty store; each section gets its own. Both forms are checked: a blocking store
+// directly, an asynchronous one through chatkit::sync_wait.
 #pragma once
 
-#include "chatkit/store.hpp"
+#include <chatkit/store.hpp>
+#include <chatkit/task.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -15,7 +17,19 @@
 #include <utility>
 #include <vector>
 
-namespace chatkit_test {
+namespace chatkit::testing {
+
+// append() and history() of either form, awaited when the store is asynchronous.
+template <class Store>
+result<void> store_append(Store& store, const exchange& e) {
+    if constexpr (blocking_store<Store>) return store.append(e);
+    else return sync_wait(store.append(e));
+}
+template <class Store>
+result<history_page> store_history(Store& store, const history_query& q) {
+    if constexpr (blocking_store<Store>) return store.history(q);
+    else return sync_wait(store.history(q));
+}
 
 // An exchange whose every field carries `tag`, so a test can tell exchanges apart.
 inline chatkit::exchange make_exchange(std::string user_id, const std::string& tag,
@@ -34,7 +48,7 @@ std::vector<chatkit::stored_message> read_all(Store& store, const std::string& u
     std::vector<chatkit::stored_message> all;
     chatkit::history_query query{user_id, limit, {}};
     for (std::size_t page_count = 1;; ++page_count) {
-        auto page = store.history(query);
+        auto page = store_history(store, query);
         REQUIRE(page.has_value());
         REQUIRE(page->messages.size() <= limit);
         all.insert(all.begin(), page->messages.begin(), page->messages.end());
@@ -49,13 +63,13 @@ std::vector<chatkit::stored_message> read_all(Store& store, const std::string& u
 
 template <class Store, class MakeStore>
 void check_store_conformance(MakeStore make) {
-    static_assert(chatkit::store<Store>);
+    static_assert(chatkit::store<Store>, "check_store_conformance: Store is not a chatkit::store (see chatkit/store.hpp)");
     using chatkit::role;
 
     SECTION("append then history returns the exchange's messages, oldest first, with every field") {
         Store store = make();
-        REQUIRE(store.append(make_exchange("alice", "1", 1'700'000'000'123)).has_value());
-        auto page = store.history({"alice", 10, {}});
+        REQUIRE(store_append(store, make_exchange("alice", "1", 1'700'000'000'123)).has_value());
+        auto page = store_history(store, {"alice", 10, {}});
         REQUIRE(page.has_value());
         REQUIRE(page->messages.size() == 2);
         const auto& q = page->messages[0];
@@ -76,8 +90,8 @@ void check_store_conformance(MakeStore make) {
 
     SECTION("later exchanges come after earlier ones") {
         Store store = make();
-        for (const char* tag : {"1", "2", "3"}) REQUIRE(store.append(make_exchange("alice", tag)).has_value());
-        auto page = store.history({"alice", 10, {}});
+        for (const char* tag : {"1", "2", "3"}) REQUIRE(store_append(store, make_exchange("alice", tag)).has_value());
+        auto page = store_history(store, {"alice", 10, {}});
         REQUIRE(page.has_value());
         std::vector<std::string> contents;
         for (const auto& m : page->messages) contents.push_back(m.content);
@@ -91,8 +105,8 @@ void check_store_conformance(MakeStore make) {
                                    std::string(1, '\0') + "after a NUL";
         chatkit::exchange e = make_exchange("o'brien", "x");
         e.messages = {{role::system, tricky}, {role::user, ""}, {role::assistant, std::string(100'000, 'z')}};
-        REQUIRE(store.append(e).has_value());
-        auto page = store.history({"o'brien", 10, {}});
+        REQUIRE(store_append(store, e).has_value());
+        auto page = store_history(store, {"o'brien", 10, {}});
         REQUIRE(page.has_value());
         REQUIRE(page->messages.size() == 3);
         CHECK(page->messages[0].role == role::system);
@@ -103,12 +117,12 @@ void check_store_conformance(MakeStore make) {
 
     SECTION("a user sees only their own history") {
         Store store = make();
-        REQUIRE(store.append(make_exchange("alice", "a")).has_value());
-        REQUIRE(store.append(make_exchange("bob", "b")).has_value());
-        REQUIRE(store.append(make_exchange("alice", "c")).has_value());
-        auto alice = store.history({"alice", 10, {}});
-        auto bob = store.history({"bob", 10, {}});
-        auto carol = store.history({"carol", 10, {}});
+        REQUIRE(store_append(store, make_exchange("alice", "a")).has_value());
+        REQUIRE(store_append(store, make_exchange("bob", "b")).has_value());
+        REQUIRE(store_append(store, make_exchange("alice", "c")).has_value());
+        auto alice = store_history(store, {"alice", 10, {}});
+        auto bob = store_history(store, {"bob", 10, {}});
+        auto carol = store_history(store, {"carol", 10, {}});
         REQUIRE(alice.has_value());
         REQUIRE(bob.has_value());
         REQUIRE(carol.has_value());
@@ -123,15 +137,15 @@ void check_store_conformance(MakeStore make) {
 
     SECTION("limit returns the newest messages and a cursor when older ones remain") {
         Store store = make();
-        for (const char* tag : {"1", "2", "3"}) REQUIRE(store.append(make_exchange("alice", tag)).has_value());
-        auto page = store.history({"alice", 3, {}});
+        for (const char* tag : {"1", "2", "3"}) REQUIRE(store_append(store, make_exchange("alice", tag)).has_value());
+        auto page = store_history(store, {"alice", 3, {}});
         REQUIRE(page.has_value());
         REQUIRE(page->messages.size() == 3);
         CHECK(page->messages[0].content == "answer 2");
         CHECK(page->messages[2].content == "answer 3");
         CHECK(page->next_cursor.has_value());
 
-        auto exact = store.history({"alice", 6, {}});
+        auto exact = store_history(store, {"alice", 6, {}});
         REQUIRE(exact.has_value());
         CHECK(exact->messages.size() == 6);
         CHECK_FALSE(exact->next_cursor.has_value()); // all fit exactly: nothing older remains
@@ -139,8 +153,8 @@ void check_store_conformance(MakeStore make) {
 
     SECTION("paging back with next_cursor visits every message once, in order") {
         Store store = make();
-        for (int i = 0; i < 7; ++i) REQUIRE(store.append(make_exchange("alice", std::to_string(i))).has_value());
-        REQUIRE(store.append(make_exchange("bob", "noise")).has_value());
+        for (int i = 0; i < 7; ++i) REQUIRE(store_append(store, make_exchange("alice", std::to_string(i))).has_value());
+        REQUIRE(store_append(store, make_exchange("bob", "noise")).has_value());
         const auto everything = read_all(store, "alice", 100);
         REQUIRE(everything.size() == 14);
         for (std::size_t limit : {3, 4, 7}) {
@@ -161,8 +175,8 @@ void check_store_conformance(MakeStore make) {
 
     SECTION("a malformed cursor is an invalid request") {
         Store store = make();
-        REQUIRE(store.append(make_exchange("alice", "1")).has_value());
-        auto page = store.history({"alice", 10, "not a cursor!"});
+        REQUIRE(store_append(store, make_exchange("alice", "1")).has_value());
+        auto page = store_history(store, {"alice", 10, "not a cursor!"});
         REQUIRE_FALSE(page.has_value());
         CHECK(page.error().kind == chatkit::error_kind::invalid_request);
         CHECK(page.error().param == "before");
@@ -178,13 +192,13 @@ void check_store_conformance(MakeStore make) {
         for (int t = 0; t < threads; ++t)
             writers.emplace_back([&, t] {
                 for (int i = 0; i < per_thread; ++i)
-                    if (!store.append(make_exchange("shared", std::to_string(t) + "-" + std::to_string(i))))
+                    if (!store_append(store, make_exchange("shared", std::to_string(t) + "-" + std::to_string(i))))
                         ++failures;
             });
         // Reads during the writes must work too (Catch2 assertions are not thread-safe: count).
         std::thread reader([&] {
             while (writing)
-                if (!store.history({"shared", 20, {}})) ++read_failures;
+                if (!store_history(store, {"shared", 20, {}})) ++read_failures;
         });
         for (auto& w : writers) w.join();
         writing = false;
@@ -213,4 +227,4 @@ void check_store_conformance(MakeStore make) {
     }
 }
 
-} // namespace chatkit_test
+} // namespace chatkit::testing
