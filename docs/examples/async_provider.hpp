@@ -7,6 +7,7 @@
 #include <chatkit/provider.hpp>
 #include <chatkit/task.hpp>
 
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@ public:
 
     // Parameters by value: a coroutine outlives its caller's expression (GCC 12 guidance).
     chatkit::task<chatkit::result<chatkit::completion>> complete(chatkit::chat_request r) {
+        if (auto refused = refusal(r)) co_return *refused; // an error is a value, never thrown
         chatkit::completion c = start(r);
         for (const auto& w : reversed_words(r)) c.content += w;
         c.usage.completion_tokens = static_cast<int>(reversed_words(r).size());
@@ -26,6 +28,7 @@ public:
     }
 
     chatkit::task<chatkit::result<chatkit::completion>> stream(chatkit::chat_request r, chatkit::delta_writer out) {
+        if (auto refused = refusal(r)) co_return *refused;
         chatkit::completion c = start(r);
         const std::stop_token stop = co_await chatkit::current_stop_token();
         for (const auto& w : reversed_words(r)) {
@@ -40,6 +43,17 @@ public:
     chatkit::component_health health() { return {}; }
 
 private:
+    // It answers the last message, which must be the user's, and honours no OpenAI extension field.
+    static std::optional<chatkit::error> refusal(const chatkit::chat_request& r) {
+        if (r.messages.empty() || r.messages.back().role != chatkit::role::user)
+            return chatkit::error{chatkit::error_kind::invalid_request, "the last message must be the user's", "no_user_message",
+                                  "messages"};
+        for (const auto& [field, value] : r.extensions.items())
+            if (!value.is_null())
+                return chatkit::error{chatkit::error_kind::invalid_request, "async_reverse_provider cannot honour '" + field + "'",
+                                      "unsupported_parameter", field};
+        return std::nullopt;
+    }
     static chatkit::completion start(const chatkit::chat_request& r) {
         chatkit::completion c;
         c.model = r.model.empty() ? "async-reverse-1" : r.model;

@@ -4,6 +4,7 @@
 #include "async_provider.hpp"
 
 #include <chatkit/service.hpp>
+#include <chatkit/testing/provider.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -66,4 +67,17 @@ TEST_CASE("the async example provider stops when the request is cancelled") {
     chatkit::sync_wait(svc.serve(post("/chat", {{"content", "x y z"}, {"stream", true}}), &sink), chatkit::task_env{stop.get_token()});
     CHECK(sink.body.find("event: error") != std::string::npos);
     CHECK(sink.body.find("request_cancelled") != std::string::npos);
+}
+
+TEST_CASE("the async example provider passes the provider conformance checks") {
+    chatkit::testing::provider_kit_options options;
+    auto system_only = options.request;
+    system_only.messages.pop_back();
+    auto with_tools = options.request;
+    with_tools.extensions["tools"] = json::array();
+    options.refusals = {{"no user message", system_only}, {"an unhonoured 'tools'", with_tools}};
+    // Its tasks run to their end on this thread (chatkit::sync_wait); a provider whose client needs
+    // an event loop passes options.run to run them on one.
+    chatkit::testing::check_provider_conformance<example::async_reverse_provider>([] { return example::async_reverse_provider{}; },
+                                                                                  options);
 }

@@ -3,6 +3,7 @@
 #include "reverse_provider.hpp"
 
 #include <chatkit/service.hpp>
+#include <chatkit/testing/provider.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -115,13 +116,17 @@ TEST_CASE("reverse_provider streams one word per delta, and the deltas join to t
     CHECK(joined == answer->content);
 }
 
-TEST_CASE("reverse_provider stops streaming when the sink reports the client gone") {
-    example::reverse_provider provider;
-    int calls = 0;
-    const auto answer = provider.stream(ask("one two three"), [&](std::string_view) { return ++calls < 2; });
-    REQUIRE(answer);
-    CHECK(calls == 2);
-    CHECK(answer->content == "three");
+// What every provider must do, checked by the provider kit (chatkit/testing/provider.hpp): an
+// answer with content, model, finish reason and usage; a stream whose deltas join to it and that
+// stops when the client leaves; refusals as error values; health; concurrent calls.
+TEST_CASE("reverse_provider passes the provider conformance checks") {
+    chatkit::testing::provider_kit_options options; // its request: a system prompt and a sentence
+    auto system_only = options.request;
+    system_only.messages.pop_back();
+    auto with_stop = options.request;
+    with_stop.extensions["stop"] = "\n";
+    options.refusals = {{"no user message", system_only}, {"an unhonoured 'stop'", with_stop}};
+    chatkit::testing::check_provider_conformance<example::reverse_provider>([] { return example::reverse_provider{}; }, options);
 }
 
 TEST_CASE("composed into a service, reverse_provider answers POST /chat through handle()") {

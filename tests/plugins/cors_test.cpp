@@ -3,6 +3,7 @@
 #include <chatkit/cors.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/service.hpp>
+#include <chatkit/testing/middleware.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -106,4 +107,25 @@ TEST_CASE("cors: origins are parsed from a comma list, and a malformed one is na
         REQUIRE_FALSE(refused);
         CHECK_THAT(refused.error().message, Catch::Contains(bad));
     }
+}
+
+TEST_CASE("cors passes the middleware conformance checks") {
+    chatkit::testing::middleware_kit_options options;
+    auto preflight = [](std::string origin) {
+        auto req = chatkit::testing::kit_request("OPTIONS", "/v1/chat/completions");
+        req.headers.emplace("Origin", std::move(origin));
+        req.headers.emplace("Access-Control-Request-Method", "POST");
+        return req;
+    };
+    auto chat_from = [](std::string origin) {
+        auto req = chatkit::testing::kit_request("POST", "/chat", R"({"content":"hi"})");
+        req.headers.emplace("Origin", std::move(origin));
+        return req;
+    };
+    options.cases.push_back({"a chat from an allowed origin", chat_from("https://app.example")});
+    options.cases.push_back({"a chat from another origin", chat_from("https://evil.example")});
+    options.cases.push_back({"a preflight from an allowed origin", preflight("https://app.example"), /*answered_in_before=*/true});
+    options.cases.push_back({"a preflight from another origin", preflight("https://evil.example"), /*answered_in_before=*/true});
+    chatkit::testing::check_middleware_conformance<chatkit::cors>(
+        [] { return chatkit::cors{chatkit::cors_options{.origins = {"https://app.example"}}}; }, options);
 }

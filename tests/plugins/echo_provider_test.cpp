@@ -1,6 +1,7 @@
 // The echo provider is the embedded default: deterministic answers, word-by-word streams and
 // token counts a client can predict.
 #include <chatkit/echo_provider.hpp>
+#include <chatkit/testing/provider.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -53,14 +54,6 @@ TEST_CASE("echo honours max_tokens with finish_reason length, and the requested 
     CHECK(echo.complete(r)->model == "asked-for");
 }
 
-TEST_CASE("echo stops streaming when the client goes away") {
-    chatkit::echo_provider echo;
-    int delivered = 0;
-    auto c = echo.stream(ask({{chatkit::role::user, "a b c d e"}}), [&](std::string_view) { return ++delivered < 2; });
-    CHECK(delivered == 2);
-    CHECK(c->content == "a");
-}
-
 TEST_CASE("echo with no user message answers with nothing") {
     chatkit::echo_provider echo;
     auto c = echo.complete(ask({{chatkit::role::system, "only a system prompt"}}));
@@ -81,4 +74,14 @@ TEST_CASE("echo refuses request fields it cannot honour, and ignores those that 
     CHECK(refused.error().param == "tools");
     CHECK(refused.error().message == "the echo provider cannot honour 'tools'");
     CHECK(echo.models() == std::vector<std::string>{"echo-1"});
+}
+
+TEST_CASE("echo passes the provider conformance checks") {
+    chatkit::testing::provider_kit_options options;
+    for (const char* field : {"tools", "response_format", "stop"}) {
+        auto r = options.request;
+        r.extensions[field] = nlohmann::json::array();
+        options.refusals.push_back({std::string{"an unhonoured '"} + field + "'", r, chatkit::error_kind::invalid_request});
+    }
+    chatkit::testing::check_provider_conformance<chatkit::echo_provider>([] { return chatkit::echo_provider{}; }, options);
 }

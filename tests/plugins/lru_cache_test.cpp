@@ -1,4 +1,5 @@
 #include <chatkit/lru_cache.hpp>
+#include <chatkit/testing/cache.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -6,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,27 +27,11 @@ chatkit::completion answer(std::string content) {
 
 } // namespace
 
-TEST_CASE("a stored completion comes back from get", "[lru_cache]") {
-    test_cache cache;
-    auto stored = answer("hello");
-    stored.usage = {3, 5};
-    cache.put("k", stored, minute);
-
-    auto hit = cache.get("k");
-    REQUIRE(hit);
-    CHECK(hit->content == "hello");
-    CHECK(hit->id == "chatcmpl-1");
-    CHECK(hit->model == "m");
-    CHECK(hit->finish_reason == "stop");
-    CHECK(hit->usage == chatkit::token_usage{3, 5});
-}
-
-TEST_CASE("an absent key misses", "[lru_cache]") {
-    test_cache cache;
-    CHECK_FALSE(cache.get("nope"));
-    cache.put("k", answer("a"), minute);
-    CHECK_FALSE(cache.get("K"));
-    CHECK_FALSE(cache.get("k "));
+// Round trips, exact keys, per-user keys, replacement, TTL (on the manual clock) and threads.
+TEST_CASE("lru_cache passes the cache conformance checks", "[lru_cache]") {
+    using kit_cache = chatkit::lru_cache<std::mutex, manual_clock>;
+    chatkit::testing::check_cache_conformance<kit_cache>([] { return kit_cache{}; },
+                                                        {.pass_time = [](std::chrono::seconds d) { manual_clock::advance(d); }});
 }
 
 TEST_CASE("an entry expires after its TTL and is then erased", "[lru_cache]") {

@@ -4,6 +4,7 @@
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/service.hpp>
+#include <chatkit/testing/middleware.hpp>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -165,4 +166,8 @@ TEST_CASE("prometheus_metrics: a source added by the program is rendered in ever
     const chatkit::prometheus_metrics copy = metrics; // copies share their sources, as they share counts
     CHECK_THAT(metrics.render(), Catch::EndsWith("outside_total 1\n"));
     CHECK_THAT(copy.render(), Catch::EndsWith("outside_total 2\n"));
+}
+
+TEST_CASE("prometheus_metrics passes the middleware conformance checks") {
+    chatkit::testing::check_middleware_conformance<chatkit::prometheus_metrics>([] { return chatkit::prometheus_metrics{}; });
 }

@@ -4,6 +4,7 @@
 #include <chatkit/chatkit.hpp>
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/redis_cache.hpp>
+#include <chatkit/testing/cache.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -87,6 +88,18 @@ TEST_CASE("a stored answer comes back whole from Redis, and an unknown key misse
     CHECK(stats.hits == 1);
     CHECK(stats.misses == 2);
     CHECK(stats.failures == 0);
+}
+
+// Round trips, exact and per-user keys, replacement, TTL (on Redis's clock: the kit sleeps) and
+// threads. Each check gets an empty cache: a key prefix of its own in one Redis.
+TEST_CASE("redis_cache passes the cache conformance checks", "[redis_cache]") {
+    redis_server redis;
+    int made = 0;
+    chatkit::testing::check_cache_conformance<chatkit::redis_cache>([&redis, &made] {
+        auto o = options_for(redis.url());
+        o.key_prefix = "kit-" + std::to_string(++made) + ":";
+        return chatkit::redis_cache{o};
+    });
 }
 
 TEST_CASE("an entry carries its TTL in Redis and expires by Redis's clock", "[redis_cache]") {

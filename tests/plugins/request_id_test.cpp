@@ -2,6 +2,7 @@
 // the header and the body of every answer, errors included.
 #include <chatkit/request_id.hpp>
 #include <chatkit/service.hpp>
+#include <chatkit/testing/middleware.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -55,4 +56,11 @@ TEST_CASE("error answers carry the request id too") {
     CHECK(res.status == 404);
     CHECK(res.headers.at("X-Request-ID") == "err-1");
     CHECK(nlohmann::json::parse(res.body)["request_id"] == "err-1");
+}
+
+TEST_CASE("request_id passes the middleware conformance checks") {
+    chatkit::testing::middleware_kit_options options;
+    options.cases.push_back({"a client's own id", with_id("client-7")});
+    options.cases.push_back({"a client's invalid id", with_id("not valid!")});
+    chatkit::testing::check_middleware_conformance<chatkit::request_id>([] { return chatkit::request_id{}; }, options);
 }
