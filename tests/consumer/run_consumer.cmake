@@ -4,7 +4,8 @@
 #   cmake -DMODE=subdirectory|package -DAPP_SOURCE_DIR=... -DWORK_DIR=... -DGENERATOR=...
 #         -DCXX_COMPILER=... [-DMAKE_PROGRAM=...] [-DBUILD_TYPE=...] [-DPREFIX_PATH=a|b]
 #         [-DCHATKIT_SOURCE_DIR=...] [-DPREFIX=...] -P run_consumer.cmake
-#     configures, builds and runs the consumer project in tests/consumer/app, from scratch.
+#     configures, builds and runs the consumer project in tests/consumer/app, from scratch: the
+#     app, and the test of its third-party plugin against chatkit's conformance kit.
 cmake_minimum_required(VERSION 3.20)
 
 function(step name)
@@ -56,3 +57,4 @@ endif()
 step(configure "${CMAKE_COMMAND}" ${args} "-DCMAKE_PREFIX_PATH=${prefix_path}") # quoted: one argument
 step(build "${CMAKE_COMMAND}" --build "${build_dir}")
 step(run "${build_dir}/consumer_app" "${data_dir}")
+step(kit "${build_dir}/acme_shout_test") # a third-party plugin against chatkit's installed conformance kit
