@@ -6,6 +6,7 @@
 #include <chatkit/async_openai_provider.hpp>
 #include <chatkit/beast_client.hpp>
 #include <chatkit/openai_provider.hpp>
+#include <chatkit/testing/provider.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -107,6 +108,17 @@ TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upst
     const auto sent = fake.requests().back();
     CHECK(sent.body["stream"] == true);
     CHECK(sent.body["stream_options"]["include_usage"] == true);
+}
+
+// What every provider must do (chatkit/testing/provider.hpp), against the fake upstream: answers,
+// streams in order, stops when the client leaves, refuses as a value, serves threads at once.
+TEMPLATE_TEST_CASE("the OpenAI provider passes the provider conformance checks", "", chatkit::openai_provider, async_openai) {
+    fake_openai fake;
+    chatkit::testing::provider_kit_options options;
+    auto refused = options.request;
+    refused.messages.back().content = "fake: refuse"; // the fake answers it with a 400
+    options.refusals = {{"the upstream refuses the request (400)", refused, chatkit::error_kind::invalid_request}};
+    chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{options_for(fake)}; }, options);
 }
 
 TEMPLATE_TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then succeeds", "", chatkit::openai_provider, async_openai) {

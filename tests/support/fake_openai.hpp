@@ -2,7 +2,8 @@
 // (JSON and SSE, docs/protocols.md §1.6–1.8), and scripted faults. Unscripted requests are answered
 // with "echo: <last user message>", word by word when streaming; a request offering tools whose
 // last message is the user's gets a call of the first tool with {"q":"<that message>"}, and one
-// whose last message is a tool result gets "tool said: <result>".
+// whose last message is a tool result gets "tool said: <result>"; a user message of exactly
+// "fake: refuse" gets a 400.
 #pragma once
 
 #include <httplib.h>
@@ -108,6 +109,10 @@ private:
                 script_.pop_front();
             }
         }
+        // A request whose user says exactly "fake: refuse" is refused with a 400, as an upstream
+        // refuses what it cannot serve (the provider conformance kit's refusal).
+        if (reply.status == 200 && req.body.find(R"("content":"fake: refuse")") != std::string::npos)
+            reply = status_reply(400, "the fake refuses this request", "invalid_request_error", "refused");
         std::this_thread::sleep_for(reply.delay_before);
         for (const auto& [k, v] : reply.headers) res.set_header(k, v);
         res.set_header("x-request-id", "req_fake");
