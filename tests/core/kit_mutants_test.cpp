@@ -9,9 +9,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -129,21 +133,32 @@ void check_faulty_middleware() {
     chatkit::testing::check_middleware_conformance<faulty_middleware<Fault>>([] { return faulty_middleware<Fault>{}; });
 }
 
-// A store that keeps every user's messages in one list: users see each other's history.
-class unscoped_store {
+// An in-memory store (cursors are positions in a user's list), and what its broken variant changes:
+// one list for every user, so that users see each other's history.
+enum class store_fault { none, mixes_users };
+
+template <store_fault Fault>
+class faulty_store {
 public:
     chatkit::result<void> append(const chatkit::exchange& e) {
         std::lock_guard lock{s_->m};
+        auto& list = s_->users[Fault == store_fault::mixes_users ? std::string{} : e.user_id];
         for (const auto& m : e.messages)
-            s_->all.push_back({std::to_string(s_->all.size() + 1), m.role, m.content, e.model, e.created_at, e.request_id});
+            list.push_back({std::to_string(++s_->last_id), m.role, m.content, e.model, e.created_at, e.request_id});
         return {};
     }
     chatkit::result<chatkit::history_page> history(const chatkit::history_query& q) {
+        std::size_t end = static_cast<std::size_t>(-1);
+        if (!q.before.empty() && (q.before.find_first_not_of("0123456789") != std::string::npos || q.before.size() > 9))
+            return chatkit::error{chatkit::error_kind::invalid_request, "not a cursor", "invalid_cursor", "before"};
+        if (!q.before.empty()) end = std::stoul(q.before);
         std::lock_guard lock{s_->m};
-        if (!q.before.empty()) return chatkit::error{chatkit::error_kind::invalid_request, "no", "invalid_cursor", "before"};
+        const auto& list = s_->users[Fault == store_fault::mixes_users ? std::string{} : q.user_id];
+        end = std::min(end, list.size());
+        const std::size_t begin = end > q.limit ? end - q.limit : 0;
         chatkit::history_page page;
-        const std::size_t begin = s_->all.size() > q.limit ? s_->all.size() - q.limit : 0;
-        page.messages.assign(s_->all.begin() + static_cast<std::ptrdiff_t>(begin), s_->all.end());
+        page.messages.assign(list.begin() + static_cast<std::ptrdiff_t>(begin), list.begin() + static_cast<std::ptrdiff_t>(end));
+        if (begin > 0) page.next_cursor = std::to_string(begin);
         return page;
     }
     chatkit::component_health health() { return {}; }
@@ -151,10 +166,38 @@ public:
 private:
     struct state {
         std::mutex m;
-        std::vector<chatkit::stored_message> all;
+        std::map<std::string, std::vector<chatkit::stored_message>> users;
+        std::uint64_t last_id = 0;
     };
     std::shared_ptr<state> s_ = std::make_shared<state>();
 };
+
+// The asynchronous form of a correct cache and a correct store: the kits await them.
+class async_cache {
+public:
+    chatkit::task<std::optional<chatkit::completion>> get(std::string key) { co_return inner_.get(key); }
+    chatkit::task<void> put(std::string key, chatkit::completion value, std::chrono::seconds ttl) {
+        inner_.put(key, value, ttl);
+        co_return;
+    }
+    chatkit::component_health health() { return inner_.health(); }
+    void pass(std::chrono::seconds d) { inner_.pass(d); }
+
+private:
+    faulty_cache<cache_fault::none> inner_;
+};
+static_assert(chatkit::async_cache<async_cache> && !chatkit::blocking_cache<async_cache>);
+
+class async_store {
+public:
+    chatkit::task<chatkit::result<void>> append(chatkit::exchange e) { co_return inner_.append(e); }
+    chatkit::task<chatkit::result<chatkit::history_page>> history(chatkit::history_query q) { co_return inner_.history(q); }
+    chatkit::component_health health() { return inner_.health(); }
+
+private:
+    faulty_store<store_fault::none> inner_;
+};
+static_assert(chatkit::async_store<async_store> && !chatkit::blocking_store<async_store>);
 
 } // namespace
 
@@ -163,6 +206,17 @@ TEST_CASE("kit: correct models pass") {
     check_faulty_cache<cache_fault::none>();
     check_faulty_provider<provider_fault::none>();
     check_faulty_middleware<middleware_fault::none>();
+    chatkit::testing::check_store_conformance<faulty_store<store_fault::none>>([] { return faulty_store<store_fault::none>{}; });
+}
+
+TEST_CASE("kit: correct asynchronous caches and stores pass") {
+    async_cache shared; // copies share state: the clock the kit moves is the cache's
+    auto make = [&shared] {
+        shared = async_cache{};
+        return shared;
+    };
+    chatkit::testing::check_cache_conformance<async_cache>(make, {.pass_time = [&shared](std::chrono::seconds d) { shared.pass(d); }});
+    chatkit::testing::check_store_conformance<async_store>([] { return async_store{}; });
 }
 
 TEST_CASE("kit mutant: a cache that drops extra") { check_faulty_cache<cache_fault::drops_extra>(); }
@@ -174,5 +228,5 @@ TEST_CASE("kit mutant: a provider whose stream differs from complete") { check_f
 TEST_CASE("kit mutant: a middleware that drops a streamed answer") { check_faulty_middleware<middleware_fault::drops_stream>(); }
 TEST_CASE("kit mutant: a middleware that throws on a body that is not JSON") { check_faulty_middleware<middleware_fault::throws_on_bad_json>(); }
 TEST_CASE("kit mutant: a store that mixes users") {
-    chatkit::testing::check_store_conformance<unscoped_store>([] { return unscoped_store{}; });
+    chatkit::testing::check_store_conformance<faulty_store<store_fault::mixes_users>>([] { return faulty_store<store_fault::mixes_users>{}; });
 }
