@@ -39,6 +39,7 @@
 #include <chatkit/postgres_usage_store.hpp>
 #endif
 #include <chatkit/rate_limiter.hpp>
+#include <chatkit/shared_rate_limiter.hpp>
 #include <chatkit/redis_cache.hpp>
 #include <chatkit/request_id.hpp>
 #include <chatkit/sqlite_key_directory.hpp>
@@ -92,8 +93,10 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
 // Tokens per minute and budgets (key_usage_limits) reserve at admission, once the chat body is
 // parsed, which is after every `before`: a request refused earlier reserves nothing.
-// With CHAT_LIMITS=shared, shared_key_limits replaces both: the same limits, counted in the
-// DynamoDB database's limits table, which every replica and Lambda instance shares.
+// With CHAT_LIMITS=shared, shared_key_limits replaces both and shared_rate_limiter replaces the
+// per-client limiter: the same limits, counted in Redis or the DynamoDB database's limits table,
+// which every replica and Lambda instance shares. A chat request then makes one round trip for
+// its key's and team's limits (in admit) and one for its client's (in before).
 // Tracing (OTEL_EXPORTER_OTLP_ENDPOINT) comes right after the request id, which its spans carry:
 // its span then covers everything else, refusals included, and it names its own span in the
 // `traceparent` the provider sends upstream.
@@ -115,6 +118,7 @@ using app_service = chatkit::service<provider_type, store_type, cache_type, chat
                                      chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
                                      chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
                                      chatkit::optional_middleware<chatkit::shared_key_limits<shared_counters>>,
+                                     chatkit::optional_middleware<chatkit::shared_rate_limiter<shared_counters>>,
                                      chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
@@ -571,19 +575,25 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
     });
 }
 
-// CHAT_LIMITS=shared: the limits of keys and teams on counters every replica shares, in Redis
-// when CHAT_REDIS_URL names one (a round trip of a fraction of a millisecond), else in the
-// DynamoDB database's limits table (docs/gateway.md). "auto" means local here; the Lambda
-// bootstrap decides it before.
+// CHAT_LIMITS=shared: the counters every replica shares, in Redis when CHAT_REDIS_URL names one (a
+// round trip of a fraction of a millisecond), else in the DynamoDB database's limits table
+// (docs/gateway.md), with what to do while they cannot be reached. "auto" means local here; the
+// Lambda bootstrap decides it before. The limits of keys and teams and CHAT_RATE_LIMIT's
+// per-client limit count there alike.
+struct shared_limits_setup {
+    std::shared_ptr<shared_counters> counters;
+    bool fall_back_to_local = false;
+    std::function<void(const chatkit::error&)> on_fallback{};
+};
+
 // With `metrics` and CHAT_LIMITS_FALLBACK=local, the checks counted in this process because the
 // shared counters could not be reached are counted there (with refuse, they are the 503s).
-inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_limits(const config& c, logger* log,
-                                                                                      std::optional<chatkit::prometheus_metrics> metrics = std::nullopt) {
+inline std::optional<shared_limits_setup> make_shared_limits_setup(const config& c, logger* log,
+                                                                   std::optional<chatkit::prometheus_metrics> metrics = std::nullopt) {
     if (c.limits != "shared") return std::nullopt;
-    chatkit::shared_key_limits_options o;
-    if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
-    o.fall_back_to_local = c.limits_fallback == "local";
-    if (o.fall_back_to_local) {
+    shared_limits_setup setup;
+    setup.fall_back_to_local = c.limits_fallback == "local";
+    if (setup.fall_back_to_local) {
         auto fell_back = std::make_shared<std::atomic<std::uint64_t>>(0);
         if (metrics)
             metrics->add_source([fell_back](std::string& out) {
@@ -594,7 +604,7 @@ inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_li
             });
         auto warn = log ? warn_once_a_minute(log, "the shared limits cannot be reached; counting in this process until they can")
                         : std::function<void(std::string_view)>{};
-        o.on_fallback = [warn, fell_back](const chatkit::error& e) {
+        setup.on_fallback = [warn, fell_back](const chatkit::error& e) {
             ++*fell_back;
             if (warn) warn(e.message);
         };
@@ -609,16 +619,24 @@ inline std::optional<chatkit::shared_key_limits<shared_counters>> make_shared_li
         // A Redis down at start-up is logged, not fatal: limited requests get 503 until it is back.
         if (auto ping = counters.ping(); !ping && log)
             log->error("cannot use Redis for the shared limits at start-up; limited requests get 503 until it can", {{"error", ping.error().message}});
-        return chatkit::shared_key_limits<shared_counters>{std::make_shared<shared_counters>(std::move(counters)), std::move(o)};
+        setup.counters = std::make_shared<shared_counters>(std::move(counters));
+        return setup;
     }
     auto database = c.database_url.starts_with("dynamodb:") ? chatkit::parse_dynamodb_url(c.database_url)
                                                             : chatkit::result<chatkit::dynamodb_options>{chatkit::error{}};
     if (!database)
         throw config_error("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB: it needs CHAT_REDIS_URL=redis://... or "
                            "CHAT_DATABASE_URL=dynamodb://TABLE (it is '" + c.database_url + "')");
-    return chatkit::shared_key_limits<shared_counters>{
-        std::make_shared<shared_counters>(chatkit::dynamodb_counter_store{chatkit::dynamodb_counter_store_options::of(*database)}),
-        std::move(o)};
+    setup.counters = std::make_shared<shared_counters>(chatkit::dynamodb_counter_store{chatkit::dynamodb_counter_store_options::of(*database)});
+    return setup;
+}
+
+inline chatkit::shared_key_limits<shared_counters> make_shared_key_limits(const shared_limits_setup& setup, logger* log) {
+    chatkit::shared_key_limits_options o;
+    if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
+    o.fall_back_to_local = setup.fall_back_to_local;
+    o.on_fallback = setup.on_fallback;
+    return chatkit::shared_key_limits<shared_counters>{setup.counters, std::move(o)};
 }
 
 // The exporter of the traces; an export that fails is logged at most once a minute (with how many
@@ -664,8 +682,6 @@ inline void append_usage_figures(std::string& out, const usage_recorder_type::st
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
 // the service; `upstream`, when given, is the async client the providers call out through.
 inline app_service make_service(const config& c, logger* log, std::shared_ptr<chatkit::http_client> upstream = nullptr) {
-    std::optional<chatkit::rate_limiter_mt> limiter;
-    if (c.rate_limit != "off") limiter.emplace(*chatkit::rate_limit::parse(c.rate_limit));
     if (c.auth == "keys") (void)make_key_directory(c, "CHAT_AUTH=keys"); // fail before anything starts
     // An admin key that nothing checks is a misconfiguration that would leave /admin off unnoticed.
     if (!c.admin_key_digest.empty() && c.auth != "keys")
@@ -682,8 +698,23 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     auto usage = make_usage_store(c);
     std::optional<chatkit::key_rate_limits_mt> key_limits;
     std::optional<chatkit::key_usage_limits_mt> usage_limits;
-    auto shared_limits = make_shared_limits(c, log, metrics);
-    if (auth && !shared_limits) {
+    auto shared = make_shared_limits_setup(c, log, metrics);
+    std::optional<chatkit::shared_key_limits<shared_counters>> shared_limits;
+    if (auth && shared) shared_limits.emplace(make_shared_key_limits(*shared, log));
+    // CHAT_RATE_LIMIT counts where the keys' limits do: in this process, or with CHAT_LIMITS=shared
+    // on the counters the replicas share.
+    std::optional<chatkit::rate_limiter_mt> limiter;
+    std::optional<chatkit::shared_rate_limiter<shared_counters>> shared_limiter;
+    if (c.rate_limit != "off") {
+        const auto limit = *chatkit::rate_limit::parse(c.rate_limit);
+        if (shared)
+            shared_limiter.emplace(shared->counters, limit,
+                                   chatkit::shared_rate_limiter_options{.fall_back_to_local = shared->fall_back_to_local,
+                                                                        .on_fallback = shared->on_fallback});
+        else
+            limiter.emplace(limit);
+    }
+    if (auth && !shared) {
         key_limits.emplace();
         chatkit::key_usage_limits_options o;
         // A budget's spending survives a restart: read from the usage records once per key and period.
@@ -725,7 +756,7 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
     app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c, log, metrics), chatkit::request_id{},
                         std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(pii), std::move(key_limits), std::move(usage_limits),
-                        auth ? std::move(shared_limits) : std::nullopt, std::move(limiter)};
+                        std::move(shared_limits), std::move(shared_limiter), std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     add_metrics_route(service, c, std::move(metrics));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY

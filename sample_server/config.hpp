@@ -249,7 +249,7 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
         {"CHAT_PII_MODE", "personal data and secrets in chat messages (e-mails, phones, cards, IBANs, SSNs, IP addresses, API keys): off, count (x-chatkit-pii header), mask (placeholders before the provider, cache and history) or refuse (400 pii_detected)",
          [](config& c, auto n, auto v) { c.pii_mode = one_of(n, v, {"off", "count", "mask", "refuse"}); }, [](const config& c) { return c.pii_mode; }},
-        {"CHAT_LIMITS", "where the limits of API keys and teams are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
+        {"CHAT_LIMITS", "where the limits of API keys and teams and CHAT_RATE_LIMIT are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
          [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
         {"CHAT_LIMITS_FALLBACK", "with CHAT_LIMITS=shared, while Redis or DynamoDB cannot be reached: local (count in this process until it can; logged once a minute) or refuse (503 for every limited request)",
          [](config& c, auto n, auto v) { c.limits_fallback = one_of(n, v, {"local", "refuse"}); }, [](const config& c) { return c.limits_fallback; }},

@@ -25,8 +25,8 @@ them), and only with CHAT_AUTH=keys. USAGE_HEADER is dynamodb_usage_store.hpp: o
 the role may do exactly what the usage store calls, on the table and on the one index it queries,
 and the table's keys, index and TTL attribute are the ones it uses. LIMITS_HEADER is
 dynamodb_counter_store.hpp: on the limits table the role may do exactly what the counter store
-calls, and only with CHAT_AUTH=keys (nothing is counted without keys), and the table's key and
-TTL attribute are the ones the store writes.
+calls, and only with CHAT_AUTH=keys or a CHAT_RATE_LIMIT that is not off (nothing is counted
+otherwise), and the table's key and TTL attribute are the ones the store writes.
 
 The CloudWatch dashboard must show the metrics the gateway design lists, of this stack's API,
 function and tables, in the stack's region.
@@ -118,6 +118,28 @@ def condition_on(tpl, name):
         if isinstance(a, dict) and "Ref" in a and isinstance(b, str):
             return a["Ref"], b
     return None
+
+
+def counts_limits(tpl, name, auth, rate):
+    """Whether the condition `name` holds exactly when CHAT_AUTH is keys or CHAT_RATE_LIMIT is not
+    off: Fn::Or of a condition CHAT_AUTH == keys and one Fn::Not [CHAT_RATE_LIMIT == off]."""
+    if not (isinstance(auth, dict) and isinstance(rate, dict)):
+        return False
+    cond = (tpl.get("Conditions") or {}).get(name)
+    if not (isinstance(cond, dict) and isinstance(cond.get("Fn::Or"), list) and len(cond["Fn::Or"]) == 2):
+        return False
+    found_keys = found_rate = False
+    for part in cond["Fn::Or"]:
+        inner = part.get("Condition") if isinstance(part, dict) else None
+        if inner and condition_on(tpl, inner) == (auth.get("Ref"), "keys"):
+            found_keys = True
+            continue
+        negated = (tpl.get("Conditions") or {}).get(inner) if inner else None
+        if isinstance(negated, dict) and isinstance(negated.get("Fn::Not"), list) and len(negated["Fn::Not"]) == 1:
+            eq = negated["Fn::Not"][0]
+            if isinstance(eq, dict) and eq.get("Fn::Equals") in ([rate, "off"], ["off", rate]):
+                found_rate = True
+    return found_keys and found_rate
 
 
 def branches(value, condition=None):
@@ -438,9 +460,11 @@ def _(tpl, header):
                     raise Failure(f"{action} on {keys_name} is granted whatever CHAT_AUTH is (it must depend on CHAT_AUTH=keys)")
                 on_keys.add(action)
             elif is_getatt(resource, limits_name, "Arn"):
-                # The limits are counted only for API keys (CHAT_AUTH=keys), so granted only then.
-                if not (isinstance(auth, dict) and cond and condition_on(tpl, cond) == (auth.get("Ref"), "keys")):
-                    raise Failure(f"{action} on {limits_name} is granted whatever CHAT_AUTH is (it must depend on CHAT_AUTH=keys)")
+                # Limits are counted only for API keys (CHAT_AUTH=keys) and for a per-client rate
+                # limit (CHAT_RATE_LIMIT not off), so granted only then.
+                if not (cond and counts_limits(tpl, cond, auth, env_of(tpl).get("CHAT_RATE_LIMIT"))):
+                    raise Failure(f"{action} on {limits_name} is granted whatever CHAT_AUTH and CHAT_RATE_LIMIT are "
+                                  "(it must depend on CHAT_AUTH=keys or a rate limit)")
                 on_limits.add(action)
             elif is_getatt(resource, usage_name, "Arn") and not cond:
                 on_usage.add(action)
@@ -1097,6 +1121,8 @@ MUTATIONS = [
      lambda t: res(t, "UsageTable")["Properties"].__setitem__("BillingMode", "PROVISIONED")),
     ("outputs", "no usage table output",
      lambda t: t["Outputs"].pop("UsageTableName")),
+    ("role-dynamodb", "limits counted with the rate limit off and no keys",
+     lambda t: t["Conditions"].__setitem__("CountsLimits", {"Condition": "UseApiKeys"}) if "CountsLimits" in t["Conditions"] else None),
     ("role-dynamodb", "limits counted whatever CHAT_AUTH is",
      lambda t: res(t, "FunctionRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
          copy.deepcopy(stmt(t, "Limits")))),

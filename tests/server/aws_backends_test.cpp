@@ -722,6 +722,7 @@ shared_fleet make_fleet(std::vector<std::string> team_flags) {
     f.key = last_json(made.output)["key"];
     f.env["CHAT_AUTH"] = "keys";
     f.env["CHAT_LIMITS"] = "shared";
+    f.env["CHAT_RATE_LIMIT"] = "off"; // the team's limits alone: the limits table holds only theirs
     f.env["CHAT_SERVER"] = "httplib";
     return f;
 }

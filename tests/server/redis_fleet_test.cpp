@@ -2,7 +2,8 @@
 // an answer cached through one is a hit on the other; a Redis that stops costs misses, never a
 // chat, is logged once (not per request), and is used again when it is back; a bad URL stops the
 // start-up with a message that names the variable and never the password. With
-// CHAT_LIMITS=shared, the limits of keys and teams are one count in Redis for both replicas.
+// CHAT_LIMITS=shared, the limits of keys and teams and CHAT_RATE_LIMIT's per-client limit are one
+// count in Redis for both replicas.
 #include "../support/fleet_burst.hpp"
 #include "../support/key_commands.hpp"
 #include "../support/promtool.hpp"
@@ -15,6 +16,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -202,6 +204,44 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, 40 concurrent requests over two rep
     CHECK(std::stoi(refused->get_header_value("Retry-After")) <= 60);
     CHECK_THAT(json::parse(refused->body)["error"]["message"].get<std::string>(), Catch::Contains("team 'fleet' allows 10 requests per minute"));
     CHECK(a.log().find(f.key.substr(3)) == std::string::npos);
+}
+
+TEST_CASE("with CHAT_LIMITS=shared on Redis, CHAT_RATE_LIMIT's 10 per minute is 10 for a client over two replicas, not 10 each") {
+    redis_server redis;
+    test_support::temp_dir dir;
+    const std::map<std::string, std::string> env{{"CHAT_DATABASE_URL", "sqlite:" + (dir.path() / "chat.db").string()},
+                                                 {"CHAT_LIMITS", "shared"},
+                                                 {"CHAT_RATE_LIMIT", "10/minute"},
+                                                 {"CHAT_REDIS_URL", redis.url()},
+                                                 {"CHAT_CACHE_SIZE", "0"}};
+    server_process a{env}, b{env};
+    wait_for_a_fresh_minute();
+    // No CHAT_AUTH: the client is the key it sends (here never checked), as for the local limiter.
+    const auto outcome = burst_over({&a, &b}, "sk-client-one", json{{"user_id", "u"}, {"content", "hello"}}.dump(), 40);
+    CHECK(outcome.ok == 10);
+    CHECK(outcome.limited == 30);
+    CHECK(outcome.other == 0);
+    for (const auto& code : outcome.codes) CHECK(code == "rate_limit_exceeded");
+
+    auto c = a.client();
+    auto refused = c.Post("/chat", test_support::bearer("sk-client-one"), json{{"user_id", "u"}, {"content", "again"}}.dump(), "application/json");
+    REQUIRE(refused);
+    CHECK(refused->status == 429);
+    CHECK(refused->get_header_value("X-RateLimit-Limit") == "10");
+    CHECK(refused->get_header_value("X-RateLimit-Remaining") == "0");
+    CHECK(std::stoi(refused->get_header_value("Retry-After")) <= 60);
+    // Another client has its own 10; /health is never counted.
+    auto other = c.Post("/chat", test_support::bearer("sk-client-two"), json{{"user_id", "u"}, {"content", "hi"}}.dump(), "application/json");
+    REQUIRE(other);
+    CHECK(other->status == 200);
+    CHECK(other->get_header_value("X-RateLimit-Remaining") == "9");
+    auto health = c.Get("/health");
+    REQUIRE(health);
+    CHECK(health->status == 200);
+    CHECK_FALSE(health->has_header("X-RateLimit-Limit"));
+    // Redis holds the clients' counters under a hash of their keys, never the keys.
+    CHECK(redis.command({"KEYS", "*keyhash:*"}) == "2 elements");
+    CHECK(redis.command({"KEYS", "*sk-client*"}) == "0 elements");
 }
 
 TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hold exactly across two replicas, and settled answers give the rest back") {

@@ -60,14 +60,56 @@ struct rate_limit {
     friend bool operator==(const rate_limit&, const rate_limit&) = default;
 };
 
+/// The name a rate limiter counts a request's client under, and whether it is counted at all; the
+/// local limiter (chatkit::rate_limiter) and the fleet's (chatkit::shared_rate_limiter) agree on both.
+namespace rate_limited {
+
+/// GET /health is never limited: a load balancer's probe must not use up a client's requests.
+[[nodiscard]] inline bool exempt(const http_request& req) {
+    return req.path == "/health" && (req.method == "GET" || req.method == "HEAD");
+}
+
+/// API keys are cut to this length when used as a client's name, bounding each bucket's size.
+inline constexpr std::size_t max_key_bytes = 256;
+
+namespace detail {
+inline bool iequals(std::string_view a, std::string_view b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](unsigned char x, unsigned char y) {
+        return std::tolower(x) == std::tolower(y);
+    });
+}
+inline std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+} // namespace detail
+
+/// The authenticated key when an authenticating middleware ran before the limiter (req.caller: a
+/// client cannot invent it, so inventing keys cannot dodge the limit). Without authentication,
+/// the API key the client sends (Authorization: Bearer, X-API-Key, or Azure's api-key), else the
+/// peer address. The prefixes ("id:", "key:", "ip:") keep the three from ever naming the same client.
+[[nodiscard]] inline std::string client(const http_request& req) {
+    if (req.caller.authenticated()) return "id:" + req.caller.key_id;
+    std::string_view key;
+    // The auth scheme is case-insensitive (RFC 9110 §11.1).
+    if (auto auth = detail::trim(req.header("Authorization")); auth.size() > 7 && detail::iequals(auth.substr(0, 7), "bearer "))
+        key = detail::trim(auth.substr(7));
+    if (key.empty()) key = detail::trim(req.header("X-API-Key"));
+    if (key.empty()) key = detail::trim(req.header("api-key"));
+    if (key.empty()) return "ip:" + req.remote_addr;
+    return "key:" + std::string{key.substr(0, max_key_bytes)};
+}
+
+} // namespace rate_limited
+
 template <class Mutex = std::mutex, class Clock = std::chrono::steady_clock>
 class rate_limiter {
 public:
     // Past this many tracked clients the ones closest to a full bucket are forgotten (which only
     // ever lets them through sooner), so a flood of distinct clients cannot exhaust memory.
     static constexpr std::size_t default_max_clients = 100'000;
-    // API keys are cut to this length when used as a client's name, bounding each bucket's size.
-    static constexpr std::size_t max_key_bytes = 256;
+    static constexpr std::size_t max_key_bytes = rate_limited::max_key_bytes;
 
     // What before() decided, for after() to report.
     struct context {
@@ -90,8 +132,8 @@ public:
     rate_limiter& operator=(rate_limiter&&) noexcept = default;
 
     std::optional<http_response> before(http_request& req, context& ctx) {
-        if (is_exempt(req)) return std::nullopt;
-        std::string client = client_key(req);
+        if (rate_limited::exempt(req)) return std::nullopt;
+        std::string client = rate_limited::client(req);
         const nanos now = std::chrono::duration_cast<nanos>(Clock::now().time_since_epoch());
 
         // The bucket is kept as the time it will be full again (GCRA, the token bucket in integer
@@ -161,38 +203,6 @@ private:
         if (limit.per < std::chrono::seconds{1} || limit.per > std::chrono::hours{24 * 366})
             throw std::invalid_argument("chatkit::rate_limiter: the period must be from 1 second to 1 year");
         return limit;
-    }
-
-    static bool is_exempt(const http_request& req) {
-        return req.path == "/health" && (req.method == "GET" || req.method == "HEAD");
-    }
-
-    static bool iequals(std::string_view a, std::string_view b) {
-        return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](unsigned char x, unsigned char y) {
-            return std::tolower(x) == std::tolower(y);
-        });
-    }
-
-    static std::string_view trim(std::string_view s) {
-        while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-        while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-        return s;
-    }
-
-    // The authenticated key when an authenticating middleware ran before this one (req.caller:
-    // a client cannot invent it, so inventing keys cannot dodge the limit). Without
-    // authentication, the API key the client sends (Authorization: Bearer, X-API-Key, or Azure's
-    // api-key), else the peer address. The prefixes keep the three from ever naming the same bucket.
-    static std::string client_key(const http_request& req) {
-        if (req.caller.authenticated()) return "id:" + req.caller.key_id;
-        std::string_view key;
-        // The auth scheme is case-insensitive (RFC 9110 §11.1).
-        if (auto auth = trim(req.header("Authorization")); auth.size() > 7 && iequals(auth.substr(0, 7), "bearer "))
-            key = trim(auth.substr(7));
-        if (key.empty()) key = trim(req.header("X-API-Key"));
-        if (key.empty()) key = trim(req.header("api-key"));
-        if (key.empty()) return "ip:" + req.remote_addr;
-        return "key:" + std::string{key.substr(0, max_key_bytes)};
     }
 
     static std::int64_t ceil_seconds(nanos d) { return std::chrono::ceil<std::chrono::seconds>(d).count(); }
