@@ -3,6 +3,7 @@
 // whose provider, answer and stored history never see the address.
 #include <chatkit/echo_provider.hpp>
 #include <chatkit/pii_redaction.hpp>
+#include <chatkit/testing/middleware.hpp>
 #include <chatkit/service.hpp>
 
 #include <catch2/catch.hpp>
@@ -513,4 +514,27 @@ TEST_CASE("pii: through a service in refuse mode, nothing reaches the store") {
     CHECK(res.body.find("4111") == std::string::npos);
     std::lock_guard lock{store.s->mutex};
     CHECK(store.s->exchanges.empty());
+}
+
+TEST_CASE("pii_redaction passes the middleware conformance checks, refusing and masking") {
+    using chatkit::testing::kit_request;
+    const auto with_email = kit_request("POST", "/chat", R"({"user_id":"ada","content":"write to ada@example.com"})");
+    const auto clean = kit_request("POST", "/chat", R"({"user_id":"ada","content":"hello"})");
+    auto in_mode = [](chatkit::pii_mode mode) {
+        chatkit::pii_redaction_options o;
+        o.default_mode = mode;
+        return chatkit::pii_redaction{o};
+    };
+    SECTION("refuse") {
+        chatkit::testing::middleware_kit_options options;
+        options.cases = {{"a clean chat", clean}, {"a chat with an e-mail address", with_email, /*answered_in_before=*/true}};
+        chatkit::testing::check_middleware_conformance<chatkit::pii_redaction>(
+            [&in_mode] { return in_mode(chatkit::pii_mode::refuse); }, options);
+    }
+    SECTION("mask") {
+        chatkit::testing::middleware_kit_options options;
+        options.cases = {{"a clean chat", clean}, {"a chat with an e-mail address", with_email}};
+        chatkit::testing::check_middleware_conformance<chatkit::pii_redaction>(
+            [&in_mode] { return in_mode(chatkit::pii_mode::mask); }, options);
+    }
 }
