@@ -277,7 +277,7 @@ inline const std::vector<setting>& settings() {
         {"CHAT_CACHE_TTL", "seconds a cached answer stays valid",
          [](config& c, auto n, auto v) { c.cache_ttl = std::chrono::seconds{parse_int<long>(n, v, 1, 31'536'000)}; },
          [](const config& c) { return std::to_string(c.cache_ttl.count()); }},
-        {"CHAT_REDIS_URL", "a Redis every replica shares for cached answers, redis://[user:password@]host[:port][/db], behind the in-memory cache of CHAT_CACHE_SIZE (0: Redis alone); rediss:// (TLS) is not supported (empty: none; a secret when it holds a password)",
+        {"CHAT_REDIS_URL", "a Redis every replica shares for cached answers, redis://[user:password@]host[:port][/db], or rediss://... for TLS (the certificate checked against OpenSSL's trust store, which SSL_CERT_FILE can name), behind the in-memory cache of CHAT_CACHE_SIZE (0: Redis alone) (empty: none; a secret when it holds a password)",
          [](config& c, auto n, auto v) {
              if (!v.empty())
                  if (auto parsed = chatkit::parse_redis_url(v); !parsed) throw config_error(std::string{n} + ": " + parsed.error().message);

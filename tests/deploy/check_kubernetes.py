@@ -370,8 +370,8 @@ def _(m, facts):
     if not (db == "none" or db.startswith(("sqlite:", "dynamodb://", "postgresql://", "postgres://"))):
         raise Failure(f"CHAT_DATABASE_URL={db!r} is none of sqlite:PATH, dynamodb://TABLE, postgresql://...")
     redis = setting(m, facts, "CHAT_REDIS_URL")
-    if redis and not redis.startswith("redis://"):
-        raise Failure(f"CHAT_REDIS_URL={redis!r}: only redis:// is accepted (rediss://, TLS, is refused)")
+    if redis and not redis.startswith(("redis://", "rediss://")):
+        raise Failure(f"CHAT_REDIS_URL={redis!r}: only redis:// and rediss:// (TLS) are accepted")
     for name in facts["settings"]:
         if name.endswith("_BASE_URL"):
             value = setting(m, facts, name)
@@ -610,7 +610,7 @@ MUTATIONS = [
     ("env-allowed-values", "an unknown log format", lambda m: cm(m).__setitem__("CHAT_LOG_FORMAT", "logfmt")),
     ("env-allowed-values", "a drain delay out of range", lambda m: cm(m).__setitem__("CHAT_DRAIN_DELAY", "5000")),
     ("env-allowed-values", "a drain delay with a unit", lambda m: cm(m).__setitem__("CHAT_DRAIN_DELAY", "10s")),
-    ("env-allowed-values", "rediss://", lambda m: sec(m).__setitem__("CHAT_REDIS_URL", "rediss://:REPLACE_WITH_X@redis:6379/0")),
+    ("env-allowed-values", "a redis URL of another scheme", lambda m: sec(m).__setitem__("CHAT_REDIS_URL", "valkey://:REPLACE_WITH_X@redis:6379/0")),
     ("env-allowed-values", "a mysql database", lambda m: sec(m).__setitem__("CHAT_DATABASE_URL", "mysql://u:REPLACE_WITH_X@db/chatkit")),
     ("starts-up", "API keys with no database", lambda m: (cm(m).__setitem__("CHAT_AUTH", "keys"), sec(m).__setitem__("CHAT_DATABASE_URL", "none"))),
     ("starts-up", "an admin key without API keys",

@@ -320,8 +320,15 @@ TEST_CASE("bad redis URLs are refused with a reason that never quotes the passwo
         REQUIRE_FALSE(o);
         CHECK(o.error().message.find("hunter2") == std::string::npos);
     }
-    const auto tls = chatkit::parse_redis_url("rediss://u:hunter2@host:6380");
-    REQUIRE_FALSE(tls);
-    CHECK(tls.error().message.find("TLS") != std::string::npos);
-    CHECK(tls.error().message.find("hunter2") == std::string::npos);
+}
+
+TEST_CASE("rediss:// URLs ask for TLS and show as rediss:// without the password", "[redis_cache]") {
+    const auto o = chatkit::parse_redis_url("rediss://u:hunter2@cache.internal:6380/2");
+    REQUIRE(o);
+    CHECK(o->tls);
+    CHECK(o->host == "cache.internal");
+    CHECK(o->port == 6380);
+    CHECK(o->db == 2);
+    CHECK(o->redacted_url() == "rediss://u@cache.internal:6380/2");
+    CHECK_FALSE(chatkit::parse_redis_url("redis://cache:6379")->tls);
 }

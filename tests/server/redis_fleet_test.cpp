@@ -144,15 +144,43 @@ TEST_CASE("a wrong Redis password is logged at start-up without the password, an
 
 TEST_CASE("a bad CHAT_REDIS_URL stops the start-up, naming the variable and never the password") {
     for (const char* url : {"redis://app:hunter2-secret@cache:notaport/0", "http://app:hunter2-secret@cache:6379",
-                            "rediss://app:hunter2-secret@cache:6380/0"}) {
+                            "rediss://app:hunter2-secret@cache:port/0"}) {
         const auto r = test_support::run_to_exit({{"CHAT_REDIS_URL", url}, {"CHAT_PORT", "0"}}, {});
         INFO(r.output);
         CHECK(r.exit_code == 2);
         CHECK(r.output.find("CHAT_REDIS_URL") != std::string::npos);
         CHECK(r.output.find("hunter2-secret") == std::string::npos);
     }
-    const auto tls = test_support::run_to_exit({{"CHAT_REDIS_URL", "rediss://cache:6380"}}, {});
-    CHECK(tls.output.find("TLS") != std::string::npos);
+}
+
+TEST_CASE("over rediss://, replicas share answers and limits through Redis's TLS port, and refuse a certificate they do not trust") {
+    redis_server redis{redis_server::with_tls{}, "tls-secret-77"};
+    test_support::temp_dir dir;
+    // OpenSSL's default trust store, pointed at the test's certificate as a deployment points it at its CA.
+    const std::map<std::string, std::string> env{{"CHAT_REDIS_URL", redis.tls_url()},
+                                                 {"SSL_CERT_FILE", redis.tls_ca_file().string()},
+                                                 {"CHAT_DATABASE_URL", "sqlite:" + (dir.path() / "chat.db").string()},
+                                                 {"CHAT_LIMITS", "shared"},
+                                                 {"CHAT_RATE_LIMIT", "3/minute"}};
+    server_process a{env}, b{env};
+    wait_for_a_fresh_minute();
+    CHECK_FALSE(cached(ask(a, "ada", "over TLS?")));
+    CHECK(cached(ask(b, "ada", "over TLS?")));
+    CHECK(ask(a, "ada", "third")->status == 200);
+    const auto fourth = ask(b, "ada", "fourth");
+    REQUIRE(fourth);
+    CHECK(fourth->status == 429); // 3 a minute, counted once for both replicas
+
+    // Without the certificate trusted, the start-up check says why, and chats are still answered.
+    auto untrusted = env;
+    untrusted.erase("SSL_CERT_FILE");
+    untrusted["SSL_CERT_DIR"] = dir.path().string(); // an empty store, whatever the machine trusts
+    untrusted["CHAT_LIMITS"] = "local";
+    server_process c{untrusted};
+    CHECK(ask(c, "bob", "anyone there?")->status == 200);
+    c.stop();
+    CHECK(lines_with(c, "certificate") >= 1);
+    CHECK(c.log().find("tls-secret-77") == std::string::npos);
 }
 
 namespace {
