@@ -7,6 +7,8 @@
 #include <chatkit/async_anthropic_provider.hpp>
 #include <chatkit/beast_client.hpp>
 
+#include <chatkit/testing/provider.hpp>
+
 #include <catch2/catch.hpp>
 
 #include "../support/collected_deltas.hpp"
@@ -45,6 +47,18 @@ struct async_anthropic : test_support::on_asio_loop<chatkit::async_anthropic_pro
 };
 
 } // namespace
+
+// What every provider must do (chatkit/testing/provider.hpp), against the fake upstream: answers,
+// streams in order, stops when the client leaves, refuses what it cannot honour as a value, serves
+// threads at once.
+TEMPLATE_TEST_CASE("the Anthropic provider passes the provider conformance checks", "", chatkit::anthropic_provider, async_anthropic) {
+    fake_anthropic fake;
+    chatkit::testing::provider_kit_options options;
+    auto logit_bias = options.request;
+    logit_bias.extensions["logit_bias"] = {{"50256", -100}};
+    options.refusals = {{"an unhonoured 'logit_bias'", logit_bias, chatkit::error_kind::invalid_request}};
+    chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{options_for(fake)}; }, options);
+}
 
 TEMPLATE_TEST_CASE("a completion goes out as a Messages API request and comes back with usage", "", chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;

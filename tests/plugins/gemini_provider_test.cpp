@@ -8,6 +8,8 @@
 #include <chatkit/beast_client.hpp>
 #include <chatkit/gemini_provider.hpp>
 
+#include <chatkit/testing/provider.hpp>
+
 #include <catch2/catch.hpp>
 
 #include "../support/collected_deltas.hpp"
@@ -51,6 +53,18 @@ json retry_info(const char* delay) {
 }
 
 } // namespace
+
+// What every provider must do (chatkit/testing/provider.hpp), against the fake upstream: answers,
+// streams in order, stops when the client leaves, refuses what it cannot honour as a value, serves
+// threads at once.
+TEMPLATE_TEST_CASE("the Gemini provider passes the provider conformance checks", "", chatkit::gemini_provider, async_gemini) {
+    fake_gemini fake;
+    chatkit::testing::provider_kit_options options;
+    auto logit_bias = options.request;
+    logit_bias.extensions["logit_bias"] = {{"50256", -100}};
+    options.refusals = {{"an unhonoured 'logit_bias'", logit_bias, chatkit::error_kind::invalid_request}};
+    chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{options_for(fake)}; }, options);
+}
 
 TEMPLATE_TEST_CASE("a completion goes out as a generateContent request and comes back with usage", "", chatkit::gemini_provider, async_gemini) {
     fake_gemini fake{{}, secret_key};
