@@ -6,6 +6,8 @@
 #include <chatkit/beast_client.hpp>
 #include <chatkit/bedrock_provider.hpp>
 
+#include <chatkit/testing/provider.hpp>
+
 #include <catch2/catch.hpp>
 
 #include "../support/collected_deltas.hpp"
@@ -68,6 +70,18 @@ struct async_bedrock : test_support::on_asio_loop<chatkit::async_bedrock_provide
 };
 
 } // namespace
+
+// What every provider must do (chatkit/testing/provider.hpp), against the fake Bedrock: answers,
+// streams in order, stops when the client leaves, refuses what it cannot honour as a value, serves
+// threads at once.
+TEMPLATE_TEST_CASE("the Bedrock provider passes the provider conformance checks", "", chatkit::bedrock_provider, async_bedrock) {
+    fake_bedrock fake{{fake_key}};
+    chatkit::testing::provider_kit_options options;
+    auto logit_bias = options.request;
+    logit_bias.extensions["logit_bias"] = {{"50256", -100}};
+    options.refusals = {{"an unhonoured 'logit_bias'", logit_bias, chatkit::error_kind::invalid_request}};
+    chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{fast_options(), test_env(fake)}; }, options);
+}
 
 TEMPLATE_TEST_CASE("Converse: a signed request that botocore verifies, and the answer with usage", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
