@@ -93,10 +93,10 @@ using auth_type = chatkit::api_key_auth<key_directory_type>;
 // a request the per-client limiter refuses has already taken from the key's and team's buckets.
 // Tokens per minute and budgets (key_usage_limits) reserve at admission, once the chat body is
 // parsed, which is after every `before`: a request refused earlier reserves nothing.
-// With CHAT_LIMITS=shared, shared_key_limits replaces both and shared_rate_limiter replaces the
-// per-client limiter: the same limits, counted in Redis or the DynamoDB database's limits table,
-// which every replica and Lambda instance shares. A chat request then makes one round trip for
-// its key's and team's limits (in admit) and one for its client's (in before).
+// With CHAT_LIMITS=shared, shared_key_limits replaces both, and counts the per-client limit too, in
+// the same take (one round trip before a chat's answer for all three); without keys,
+// shared_rate_limiter replaces the per-client limiter. Both count in Redis or the DynamoDB
+// database's limits table, which every replica and Lambda instance shares.
 // Tracing (OTEL_EXPORTER_OTLP_ENDPOINT) comes right after the request id, which its spans carry:
 // its span then covers everything else, refusals included, and it names its own span in the
 // `traceparent` the provider sends upstream.
@@ -631,8 +631,10 @@ inline std::optional<shared_limits_setup> make_shared_limits_setup(const config&
     return setup;
 }
 
-inline chatkit::shared_key_limits<shared_counters> make_shared_key_limits(const shared_limits_setup& setup, logger* log) {
+inline chatkit::shared_key_limits<shared_counters> make_shared_key_limits(const shared_limits_setup& setup, logger* log,
+                                                                          std::optional<chatkit::rate_limit> client_limit) {
     chatkit::shared_key_limits_options o;
+    o.client_limit = client_limit;
     if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot settle a shared limit", {{"error", e.message}}); };
     o.fall_back_to_local = setup.fall_back_to_local;
     o.on_fallback = setup.on_fallback;
@@ -698,22 +700,22 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     auto usage = make_usage_store(c);
     std::optional<chatkit::key_rate_limits_mt> key_limits;
     std::optional<chatkit::key_usage_limits_mt> usage_limits;
+    // CHAT_RATE_LIMIT counts where the keys' limits do: in this process, or with CHAT_LIMITS=shared
+    // on the counters the replicas share, where with keys it goes in the same take as the key's
+    // and team's limits (one round trip for all three).
+    const auto client_limit = c.rate_limit == "off" ? std::nullopt : chatkit::rate_limit::parse(c.rate_limit);
     auto shared = make_shared_limits_setup(c, log, metrics);
     std::optional<chatkit::shared_key_limits<shared_counters>> shared_limits;
-    if (auth && shared) shared_limits.emplace(make_shared_key_limits(*shared, log));
-    // CHAT_RATE_LIMIT counts where the keys' limits do: in this process, or with CHAT_LIMITS=shared
-    // on the counters the replicas share.
-    std::optional<chatkit::rate_limiter_mt> limiter;
     std::optional<chatkit::shared_rate_limiter<shared_counters>> shared_limiter;
-    if (c.rate_limit != "off") {
-        const auto limit = *chatkit::rate_limit::parse(c.rate_limit);
-        if (shared)
-            shared_limiter.emplace(shared->counters, limit,
-                                   chatkit::shared_rate_limiter_options{.fall_back_to_local = shared->fall_back_to_local,
-                                                                        .on_fallback = shared->on_fallback});
-        else
-            limiter.emplace(limit);
-    }
+    std::optional<chatkit::rate_limiter_mt> limiter;
+    if (shared && auth)
+        shared_limits.emplace(make_shared_key_limits(*shared, log, client_limit));
+    else if (shared && client_limit)
+        shared_limiter.emplace(shared->counters, *client_limit,
+                               chatkit::shared_rate_limiter_options{.fall_back_to_local = shared->fall_back_to_local,
+                                                                    .on_fallback = shared->on_fallback});
+    else if (client_limit)
+        limiter.emplace(*client_limit);
     if (auth && !shared) {
         key_limits.emplace();
         chatkit::key_usage_limits_options o;

@@ -396,3 +396,65 @@ TEST_CASE("shared_key_limits: a chat request refused by its requests per minute 
     CHECK_THAT(nlohmann::json::parse(fourth.response().body)["error"]["message"].get<std::string>(), Catch::Contains("tokens per minute"));
     CHECK(f.counters->value("key#key_y#rpm#" + minute) == 1); // the refused request took no request
 }
+
+TEST_CASE("shared_key_limits with a client limit: the client, the key and the team in one take, each refusal taking nothing from the others") {
+    wall = 1'767'225'610'000; // 10 s into a minute
+    auto store = std::make_shared<counted_store>();
+    chatkit::shared_key_limits_options o;
+    o.clock = [] { return wall.load(); };
+    o.client_limit = chatkit::rate_limit{3, std::chrono::minutes{1}};
+    chatkit::shared_key_limits<counted_store> a{store, o}, b{store, o};
+    const chatkit::usage_limits team{.requests_per_minute = 10, .tokens_per_minute = 1000};
+    auto chat = [&](chatkit::shared_key_limits<counted_store>& limits) {
+        auto req = caller("key_a", "t", {}, team);
+        chatkit::shared_key_limits<counted_store>::context ctx;
+        std::optional<chatkit::http_response> refused = limits.before(req, ctx);
+        if (!refused) {
+            auto admission = bounds();
+            if (auto e = limits.admit(req, admission, ctx)) refused = chatkit::error_response(*e, req.request_id);
+        }
+        chatkit::http_response res = refused.value_or(chatkit::http_response{});
+        limits.after(req, res, ctx);
+        if (!refused) limits.finish(req, chatkit::response_summary{}, ctx);
+        return res;
+    };
+    const std::string team_rpm = "team#t#rpm#" + std::to_string(wall / 60'000);
+
+    // Three chats over both replicas: one take each before the answer (and one settle after).
+    for (int i = 0; i < 3; ++i) {
+        const auto res = chat(i % 2 ? b : a);
+        CHECK(res.status == 200);
+        CHECK(header_of(res, "X-RateLimit-Limit") == "3");
+        CHECK(header_of(res, "X-RateLimit-Remaining") == std::to_string(2 - i));
+        CHECK(header_of(res, "x-ratelimit-remaining-requests") == std::to_string(9 - i));
+    }
+    CHECK(store->takes == 3);
+
+    // The client's fourth: refused as shared_rate_limiter refuses, and the team's count untouched.
+    const auto fourth = chat(b);
+    CHECK(fourth.status == 429);
+    CHECK(header_of(fourth, "Retry-After") == "50");
+    CHECK(header_of(fourth, "X-RateLimit-Remaining") == "0");
+    CHECK(nlohmann::json::parse(fourth.body)["error"]["message"] == "rate limit of 3/minute exceeded; retry in 50 s");
+    CHECK(store->inner.value(team_rpm) == 3);
+    CHECK(store->takes == 4);
+
+    // A team refusal takes nothing from the client either: another key of the team, a full team.
+    REQUIRE(store->inner.add(std::vector<chatkit::counter_add>{{team_rpm, 7, 0, wall + 3'600'000}}));
+    auto other = caller("key_b", "t", {}, team);
+    chatkit::shared_key_limits<counted_store>::context ctx;
+    REQUIRE_FALSE(a.before(other, ctx));
+    auto admission = bounds();
+    const auto refused = a.admit(other, admission, ctx);
+    REQUIRE(refused);
+    CHECK_THAT(refused->message, Catch::Contains("team 't' allows 10 requests per minute"));
+    CHECK(store->inner.value("client#id:key_b#60#" + std::to_string(wall / 60'000)) == 0);
+
+    // A health probe (which authentication lets through without a key) is neither counted nor a round trip.
+    chatkit::http_request health;
+    health.method = "GET";
+    health.path = "/health";
+    CHECK_FALSE(a.blocks(health));
+    CHECK_FALSE(a.before(health, ctx));
+    CHECK(store->takes == 5);
+}

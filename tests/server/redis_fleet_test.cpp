@@ -272,6 +272,45 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, CHAT_RATE_LIMIT's 10 per minute is 
     CHECK(redis.command({"KEYS", "*sk-client*"}) == "0 elements");
 }
 
+TEST_CASE("with CHAT_LIMITS=shared on Redis and keys, a chat makes one round trip for its client's, key's and team's requests per minute") {
+    redis_server redis;
+    shared_fleet f;
+    make_fleet(f, redis, {"--rpm", "100"});
+    f.env["CHAT_RATE_LIMIT"] = "5/minute";
+    server_process a{f.env}, b{f.env};
+    wait_for_a_fresh_minute();
+    for (auto* s : {&a, &b}) { // connections made and scripts loaded before counting
+        auto c = s->client();
+        REQUIRE(c.Get("/health"));
+    }
+    REQUIRE(redis.command({"CONFIG", "RESETSTAT"}) == "OK");
+    int ok = 0, limited = 0;
+    for (int i = 0; i < 8; ++i) {
+        auto c = (i % 2 ? b : a).client();
+        auto r = c.Post("/chat", test_support::bearer(f.key), json{{"content", "count me " + std::to_string(i)}}.dump(), "application/json");
+        REQUIRE(r);
+        if (r->status == 200) ++ok;
+        if (r->status == 429) {
+            ++limited;
+            CHECK(json::parse(r->body)["error"]["message"] == json("rate limit of 5/minute exceeded; retry in " + r->get_header_value("Retry-After") + " s"));
+        }
+    }
+    CHECK(ok == 5); // the client's 5 a minute, over both replicas
+    CHECK(limited == 3);
+    // Each chat's limits went to Redis in one script call: 8 chats, 8 EVALSHA (and a SCRIPT LOAD
+    // per replica at most), nothing after the answers (no tokens to settle).
+    const std::string stats = redis.command({"INFO", "commandstats"});
+    auto calls = [&](const std::string& command) {
+        const auto at = stats.find("cmdstat_" + command + ":calls=");
+        return at == std::string::npos ? 0 : std::stoi(stats.substr(at + command.size() + 15));
+    };
+    CHECK(calls("evalsha") == 8);
+    CHECK(calls("eval") == 0);
+    CHECK(calls("incrby") == 10); // inside the scripts: the client and the team, for each of the 5 answered; a refusal adds nothing
+    // The team counted only what the client's limit let through.
+    CHECK(redis.command({"KEYS", "*team#fleet#rpm#*"}) == "1 elements");
+}
+
 TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hold exactly across two replicas, and settled answers give the rest back") {
     redis_server redis;
     test_support::temp_dir prices_dir;

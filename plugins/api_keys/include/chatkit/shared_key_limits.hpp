@@ -15,6 +15,7 @@
 #include "chatkit/limit_terms.hpp"
 #include "chatkit/middleware.hpp"
 #include "chatkit/minute_bucket.hpp"
+#include "chatkit/shared_rate_limiter.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -44,6 +45,9 @@ struct shared_key_limits_options {
     // Each check that fell back, with the store's error (from the request's thread): to count it
     // and to log it, throttled.
     std::function<void(const error&)> on_fallback{};
+    // A per-client limit (what chatkit::shared_rate_limiter counts alone: CHAT_RATE_LIMIT), counted
+    // in the same take as the key's and team's limits (requirement 9).
+    std::optional<rate_limit> client_limit{};
 };
 
 /// Requirements this middleware meets, and why:
@@ -73,12 +77,18 @@ struct shared_key_limits_options {
 ///      budget reservation, in one take; other requests are checked in `before`. A chat request
 ///      refused before admission (a malformed body, an unknown conversation) counts against no
 ///      limit, which is what the service's own 400 or 404 costs anyway.
-/// Writes per request: one conditional add per limit that is set (0 to 6), in one take, and one
+///   9. A per-client limit (`client_limit`) is one more counter in the same take, not a round trip
+///      of its own: for a chat request with a key, the client's, the key's and the team's counts
+///      all go in admit's one take. It answers as chatkit::shared_rate_limiter does
+///      (X-RateLimit-*, "rate limit of N/minute exceeded"); a request it refuses takes nothing
+///      from the key or team, and a request they refuse takes nothing from it.
+/// Writes per request: one conditional add per limit that is set (0 to 7), in one take, and one
 /// add per reserved counter at the end, after the last byte. A store does each in one round trip.
 template <counter_store Counters>
 class shared_key_limits {
 public:
     struct context {
+        client_window::standing client{}; // requirement 9
         // Requests: the tighter counter, for the x-ratelimit-*-requests headers.
         bool report_requests = false;
         std::int64_t request_limit = 0, requests_remaining = 0;
@@ -94,25 +104,36 @@ public:
         std::chrono::nanoseconds tokens_reset{};
     };
 
+    // Throws std::invalid_argument for a client_limit of 0 requests, or a period under a second or over a year.
     explicit shared_key_limits(std::shared_ptr<Counters> counters, shared_key_limits_options options = {})
-        : counters_(std::move(counters)), options_(std::move(options)) {}
+        : counters_(std::move(counters)), options_(std::move(options)) {
+        if (options_.client_limit) options_.client_limit = client_window::checked(*options_.client_limit);
+    }
 
     // Requirement 7 (the Middleware concept's requirement 6): only a request that presents a key
-    // can be counted; a health probe or a metrics scrape without one costs no hop.
-    [[nodiscard]] bool blocks(const http_request& req) const noexcept { return !api_keys::presented_key(req).empty(); }
+    // can be counted, or with a client limit any request but a health probe.
+    [[nodiscard]] bool blocks(const http_request& req) const noexcept {
+        return options_.client_limit ? !rate_limited::exempt(req) : !api_keys::presented_key(req).empty();
+    }
 
     std::optional<http_response> before(http_request& req, context& ctx) {
         const caller_identity& caller = req.caller;
-        if (!caller.authenticated() || is_chat_request(req.method, req.path)) return std::nullopt; // requirement 8: in admit
+        if (caller.authenticated() && is_chat_request(req.method, req.path)) return std::nullopt; // requirement 8: in admit
         const unix_ms now = options_.clock();
+        const auto client = client_window_of(req, now);
+        if (!caller.authenticated() && !client) return std::nullopt;
         const minute m = minute_of(now);
         std::vector<counter_add> adds;
         std::vector<bool> key_scope;
-        add_requests(caller, m, adds, key_scope);
+        if (client) adds.push_back(client->counter());
+        if (caller.authenticated()) add_requests(caller, m, adds, key_scope);
         if (adds.empty()) return std::nullopt;
         bool locally = false;
         auto taken = take(adds, locally);
         if (!taken) return error_response(unavailable(taken.error()), req.request_id);
+        if (client)
+            if (auto refused = split_client(*client, ctx, adds, *taken)) return error_response(*refused, req.request_id);
+        if (adds.empty()) return std::nullopt;
         if (auto refused = note_requests(ctx, caller, adds, key_scope, *taken, now, m.end)) return error_response(*refused, req.request_id);
         return std::nullopt;
     }
@@ -125,16 +146,22 @@ public:
         const bool key_budget = has_budget(caller.key_limits), team_budget = has_budget(caller.team_limits);
         const unix_ms now = options_.clock();
         const minute m = minute_of(now);
-        // Requirement 8: the requests per minute first, in the same take as the reservation.
+        // Requirement 8: the requests per minute first, in the same take as the reservation, and
+        // requirement 9: the client's count before them.
+        const auto client = client_window_of(req, now);
         std::vector<counter_add> adds;
         std::vector<bool> request_scope;
+        if (client) adds.push_back(client->counter());
         add_requests(caller, m, adds, request_scope);
-        const std::size_t requests = adds.size();
+        const std::size_t requests = adds.size() - (client ? 1 : 0);
         if (!key_tpm && !team_tpm && !key_budget && !team_budget) {
-            if (requests == 0) return std::nullopt;
+            if (adds.empty()) return std::nullopt;
             bool locally = false;
             auto taken = take(adds, locally);
             if (!taken) return unavailable(taken.error());
+            if (client)
+                if (auto refused = split_client(*client, ctx, adds, *taken)) return refused;
+            if (requests == 0) return std::nullopt;
             return note_requests(ctx, caller, adds, request_scope, *taken, now, m.end);
         }
 
@@ -167,6 +194,8 @@ public:
         }
         auto taken = take(adds, ctx.reserved_locally);
         if (!taken) return unavailable(taken.error());
+        if (client)
+            if (auto refused = split_client(*client, ctx, adds, *taken)) return refused;
         if (requests > 0) {
             // The request counters' verdict and headers; a refusal there took nothing anywhere.
             const counters_taken of_requests{taken->taken || taken->refused >= requests, std::min(taken->refused, requests),
@@ -200,6 +229,7 @@ public:
     }
 
     void after(const http_request&, http_response& res, context& ctx) {
+        if (options_.client_limit) client_window::report(ctx.client, *options_.client_limit, res);
         if (ctx.report_requests) {
             res.headers["x-ratelimit-limit-requests"] = std::to_string(ctx.request_limit);
             res.headers["x-ratelimit-remaining-requests"] = std::to_string(ctx.requests_remaining);
@@ -244,6 +274,23 @@ private:
         bool key_scope, budget;
         unix_ms end; // of the counter's window
     };
+
+    // Requirement 9: the client's window, when there is a client limit and the request counts.
+    std::optional<client_window> client_window_of(const http_request& req, unix_ms now) const {
+        if (!options_.client_limit || rate_limited::exempt(req)) return std::nullopt;
+        return client_window{req, *options_.client_limit, now};
+    }
+    // The client's verdict from the first counter of a take, which is then removed from `adds` and
+    // `taken` so that what follows reads the key's and team's counters alone. When another counter
+    // refused, the store reports no value for the client's: it was not counted, and gets no headers.
+    static std::optional<error> split_client(const client_window& client, context& ctx, std::vector<counter_add>& adds, counters_taken& taken) {
+        if (taken.taken || taken.refused == 0)
+            if (auto refused = client.note(ctx.client, taken.taken, taken.values.front())) return refused;
+        adds.erase(adds.begin());
+        taken.values.erase(taken.values.begin());
+        if (!taken.taken) --taken.refused;
+        return std::nullopt;
+    }
 
     // The requests-per-minute counters that are set, key's first, one request each.
     void add_requests(const caller_identity& caller, const minute& m, std::vector<counter_add>& adds, std::vector<bool>& key_scope) const {
