@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -199,6 +200,45 @@ private:
 };
 static_assert(chatkit::async_store<async_store> && !chatkit::blocking_store<async_store>);
 
+// The asynchronous form of a correct provider: word by word, each delta awaited.
+// It counts the tasks it makes, in `calls`.
+class async_words_provider {
+public:
+    explicit async_words_provider(std::atomic<int>* calls) : calls_(calls) {}
+    std::string_view name() const { return "async-words"; }
+    chatkit::task<chatkit::result<chatkit::completion>> complete(chatkit::chat_request r) {
+        ++*calls_;
+        return complete_task(std::move(r));
+    }
+    chatkit::task<chatkit::result<chatkit::completion>> stream(chatkit::chat_request r, chatkit::delta_writer out) {
+        ++*calls_;
+        return stream_task(std::move(r), out);
+    }
+    chatkit::component_health health() { return {}; }
+
+private:
+    chatkit::task<chatkit::result<chatkit::completion>> complete_task(chatkit::chat_request r) { co_return inner_.complete(r); }
+    chatkit::task<chatkit::result<chatkit::completion>> stream_task(chatkit::chat_request r, chatkit::delta_writer out) {
+        if (!r.extensions.empty()) co_return inner_.complete(r); // the same refusal
+        chatkit::completion c;
+        c.model = "faulty-1";
+        c.usage.prompt_tokens = 1;
+        const std::string text = r.messages.back().content;
+        for (std::size_t pos = 0; pos < text.size();) {
+            const auto end = std::min(text.find(' ', pos + 1), text.size());
+            const std::string delta = text.substr(pos, end - pos);
+            pos = end;
+            if (!co_await out.write(delta)) break;
+            c.content += delta;
+            ++c.usage.completion_tokens;
+        }
+        co_return c;
+    }
+    std::atomic<int>* calls_;
+    faulty_provider<provider_fault::none> inner_;
+};
+static_assert(chatkit::async_provider<async_words_provider> && !chatkit::blocking_provider<async_words_provider>);
+
 } // namespace
 
 // The correct models pass every section: the mutants below fail for their fault alone.
@@ -207,6 +247,20 @@ TEST_CASE("kit: correct models pass") {
     check_faulty_provider<provider_fault::none>();
     check_faulty_middleware<middleware_fault::none>();
     chatkit::testing::check_store_conformance<faulty_store<store_fault::none>>([] { return faulty_store<store_fault::none>{}; });
+}
+
+TEST_CASE("kit: a correct asynchronous provider passes with its tasks run through options.run") {
+    std::atomic<int> calls{0}, runs{0}; // the tasks the provider made, and those the kit ran through options.run
+    chatkit::testing::provider_kit_options options;
+    auto refused = options.request;
+    refused.extensions["tools"] = nlohmann::json::array();
+    options.refusals = {{"tools", refused}};
+    options.run = [&runs](chatkit::task<chatkit::result<chatkit::completion>> t) {
+        ++runs;
+        return chatkit::sync_wait(std::move(t));
+    };
+    chatkit::testing::check_provider_conformance<async_words_provider>([&calls] { return async_words_provider{&calls}; }, options);
+    CHECK(runs.load() == calls.load()); // in each section: every task it made was run through options.run
 }
 
 TEST_CASE("kit: correct asynchronous caches and stores pass") {

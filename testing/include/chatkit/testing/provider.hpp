@@ -47,6 +47,9 @@ struct provider_kit_options {
     // complete() and stream() give the same answer to the same request (a local model, a fake
     // upstream): the kit then compares them, and concurrent answers with a lone one.
     bool deterministic = true;
+    // The concurrency check's rounds per thread (8 threads), each a complete(), a stream() and a
+    // health(): fewer for a provider whose fake upstream is slow to answer.
+    int concurrent_rounds = 25;
     // How an asynchronous provider's tasks are run to their end (on the loop its client needs).
     // By default chatkit::sync_wait, on the calling thread.
     std::function<result<completion>(task<result<completion>>)> run = [](task<result<completion>> t) {
@@ -191,12 +194,12 @@ void check_provider_conformance(MakeProvider make, provider_kit_options options 
         auto p = make();
         const auto lone = provider_complete(p, options.request, options);
         REQUIRE(lone.has_value());
-        constexpr int threads = 8, rounds = 25;
+        constexpr int threads = 8;
         std::atomic<int> failed{0}, different{0}, thrown{0};
         std::vector<std::thread> workers;
         for (int t = 0; t < threads; ++t)
             workers.emplace_back([&p, &options, &lone, &failed, &different, &thrown] {
-                for (int i = 0; i < rounds; ++i) {
+                for (int i = 0; i < options.concurrent_rounds; ++i) {
                     try {
                         const auto whole = provider_complete(p, options.request, options);
                         const auto s = provider_stream(p, options.request, options);
