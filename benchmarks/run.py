@@ -701,6 +701,31 @@ def start_redis():
     return p, port
 
 
+def redis_command(port, *args):
+    """One command to the Redis on 127.0.0.1:`port`, its reply (a bulk or simple string) as text."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(("*%d\r\n" % len(args) + "".join("$%d\r\n%s\r\n" % (len(a.encode()), a) for a in args)).encode())
+        data = b""
+        while True:
+            data += s.recv(65536)
+            if data.startswith(b"$"):
+                head, _, rest = data.partition(b"\r\n")
+                if len(rest) >= int(head[1:]) + 2:
+                    return rest[:int(head[1:])].decode()
+            elif data.endswith(b"\r\n"):
+                return data[1:-2].decode()
+
+
+def redis_calls(port):
+    """Calls by command since the last CONFIG RESETSTAT ({"evalsha": n, ...}), from INFO commandstats."""
+    calls = {}
+    for line in redis_command(port, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, stats = line[len("cmdstat_"):].partition(":")
+            calls[name] = int(dict(kv.split("=") for kv in stats.split(","))["calls"])
+    return calls
+
+
 def log_problems(server):
     """The distinct messages of a sample_server's warning and error log lines."""
     seen = []
@@ -783,8 +808,16 @@ def fleet_scenario(build, adapter, args, tmp, record, results, nginx_ver):
                  "nginx": lambda: cpu_seconds_of(proxy.pids()),
                  "redis": lambda: cpu_seconds_of(redis.pids()),
                  "postgres": pg.cpu_seconds}
+        redis_command(redis_port, "CONFIG", "RESETSTAT")
         r = measure_split(build, parts, proxy.port, path, body, args.connections, args.seconds,
                           headers=("Authorization: Bearer " + key,))
+        # Round trips to Redis per request: a take before each answer, and the settlements after
+        # the last byte, merged and written in batches (coalescing_counter_store).
+        time.sleep(0.2)  # the last batch of settlements
+        calls = redis_calls(redis_port)
+        # (INFO counts the commands a script runs too: its GETs and INCRBYs are not round trips.)
+        r["redis_round_trips_per_req"] = sum(n for c, n in calls.items() if c in ("evalsha", "eval", "script|load")) / max(r["completed"], 1)
+        r["redis_calls"] = calls
         fleet = record(fleet_name, r, adapter=adapter, peak_rss_mb=sum(x.peak_rss_mb() for x in replicas),
                        requests_by_replica=[requests_served(x, path) for x in replicas],
                        log_problems=[m for x in replicas for m in log_problems(x)])
@@ -795,6 +828,9 @@ def fleet_scenario(build, adapter, args, tmp, record, results, nginx_ver):
             ", ".join("%s %.1f" % kv for kv in base["cpu_us_per_req_by"].items()),
             ", ".join("%s %.1f" % kv for kv in fleet["cpu_us_per_req_by"].items()),
             "/".join(str(n) for n in fleet["requests_by_replica"])), flush=True)
+        print("  Redis round trips per request: %.3f (%d requests; calls, those inside scripts included: %s)" % (
+            r["redis_round_trips_per_req"], r["completed"],
+            ", ".join("%s %d" % kv for kv in sorted(r["redis_calls"].items()) if kv[0] != "info")), flush=True)
 
         # Durable appends on the same cluster (fsync on), next to SQLite's 64 writers in the same run.
         pg_bench = build / "benchmarks/postgres_store_bench"

@@ -29,6 +29,7 @@
 #include <chatkit/prometheus_metrics.hpp>
 #include <chatkit/shared_key_limits.hpp>
 #include <chatkit/dynamodb_counter_store.hpp>
+#include <chatkit/coalescing_counter_store.hpp>
 #include <chatkit/redis_counter_store.hpp>
 #include <chatkit/lru_cache.hpp>
 #include <chatkit/openai_provider.hpp>
@@ -80,8 +81,11 @@ using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamo
                                           chatkit::no_store>;
 // CHAT_REDIS_URL adds Redis, shared by every replica: behind the in-memory LRU, or alone.
 using shared_cache_type = chatkit::two_level_cache<chatkit::lru_cache_mt, chatkit::redis_cache>;
-// Where CHAT_LIMITS=shared counts: Redis (CHAT_REDIS_URL) or the DynamoDB database's limits table.
-using shared_counters = chatkit::counter_store_variant<chatkit::dynamodb_counter_store, chatkit::redis_counter_store>;
+// Where CHAT_LIMITS=shared counts: Redis (CHAT_REDIS_URL) or the DynamoDB database's limits table;
+// settlements after the last byte are merged and written in the background, so a request's one
+// round trip to the counters is its take.
+using shared_counter_stores = chatkit::counter_store_variant<chatkit::dynamodb_counter_store, chatkit::redis_counter_store>;
+using shared_counters = chatkit::coalescing_counter_store<shared_counter_stores>;
 using cache_type = chatkit::cache_variant<chatkit::lru_cache_mt, chatkit::no_cache, chatkit::redis_cache, shared_cache_type>;
 // CHAT_AUTH=keys: API keys from the database of the history, SQLite, DynamoDB or PostgreSQL (docs/gateway.md).
 using auth_type = chatkit::api_key_auth<key_directory_type>;
@@ -586,6 +590,16 @@ struct shared_limits_setup {
     std::function<void(const chatkit::error&)> on_fallback{};
 };
 
+// Settlements are written every 20 ms at most; one that fails stays held and is logged (once a minute).
+inline chatkit::coalescing_counter_store_options settling(logger* log) {
+    chatkit::coalescing_counter_store_options o;
+    if (log) {
+        auto warn = warn_once_a_minute(log, "cannot settle the shared limits; kept, and written again with the next settlements");
+        o.on_error = [warn](const chatkit::error& e) { warn(e.message); };
+    }
+    return o;
+}
+
 // With `metrics` and CHAT_LIMITS_FALLBACK=local, the checks counted in this process because the
 // shared counters could not be reached are counted there (with refuse, they are the 503s).
 inline std::optional<shared_limits_setup> make_shared_limits_setup(const config& c, logger* log,
@@ -619,7 +633,7 @@ inline std::optional<shared_limits_setup> make_shared_limits_setup(const config&
         // A Redis down at start-up is logged, not fatal: limited requests get 503 until it is back.
         if (auto ping = counters.ping(); !ping && log)
             log->error("cannot use Redis for the shared limits at start-up; limited requests get 503 until it can", {{"error", ping.error().message}});
-        setup.counters = std::make_shared<shared_counters>(std::move(counters));
+        setup.counters = std::make_shared<shared_counters>(shared_counter_stores{std::move(counters)}, settling(log));
         return setup;
     }
     auto database = c.database_url.starts_with("dynamodb:") ? chatkit::parse_dynamodb_url(c.database_url)
@@ -627,7 +641,8 @@ inline std::optional<shared_limits_setup> make_shared_limits_setup(const config&
     if (!database)
         throw config_error("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB: it needs CHAT_REDIS_URL=redis://... or "
                            "CHAT_DATABASE_URL=dynamodb://TABLE (it is '" + c.database_url + "')");
-    setup.counters = std::make_shared<shared_counters>(chatkit::dynamodb_counter_store{chatkit::dynamodb_counter_store_options::of(*database)});
+    setup.counters = std::make_shared<shared_counters>(
+        shared_counter_stores{chatkit::dynamodb_counter_store{chatkit::dynamodb_counter_store_options::of(*database)}}, settling(log));
     return setup;
 }
 

@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
         // An invocation's usage record is queued for the recorder's thread, which Lambda freezes
         // with the instance: it is written before the next event is asked for, or it could be lost.
         auto* recorder = service.middleware<chatkit::optional_middleware<sample_server::usage_recorder_type>>().get();
-        // So are its spans, for the exporter's thread.
+        // So are its spans, for the exporter's thread, and the settlements of the shared limits.
         auto* tracing = service.middleware<chatkit::optional_middleware<chatkit::otel_tracing>>().get();
+        auto* limits = service.middleware<chatkit::optional_middleware<chatkit::shared_key_limits<sample_server::shared_counters>>>().get();
         chatkit::lambda_runtime runtime{
             service,
             chatkit::lambda_options{.runtime_api = runtime_api,
@@ -60,7 +61,8 @@ int main(int argc, char** argv) {
                                     .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
                                                         ? chatkit::function_url_mode::response_stream
                                                         : chatkit::function_url_mode::buffered,
-                                    .between_invocations = [recorder, tracing] {
+                                    .between_invocations = [recorder, tracing, limits] {
+                                        if (limits) (void)limits->counters().flush();
                                         if (recorder) (void)recorder->flush(std::chrono::seconds{5});
                                         if (tracing) (void)tracing->exporter().flush(std::chrono::seconds{2});
                                     }},
