@@ -31,6 +31,8 @@ struct middleware_case {
     std::optional<bool> blocks{};     // what blocks() must say for it, for a middleware that declares blocks()
 };
 
+// A request as an adapter hands it to the service: from 127.0.0.1, with an id, and a JSON body
+// when there is one.
 inline http_request kit_request(std::string method, std::string path, std::string body = {}) {
     http_request req;
     req.method = std::move(method);

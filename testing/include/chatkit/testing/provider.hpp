@@ -30,6 +30,7 @@ struct provider_refusal {
     error_kind kind = error_kind::invalid_request;
 };
 
+// A chat as the service hands it to a provider: a system prompt, then the user's `content`.
 inline chat_request kit_chat(std::string content) {
     chat_request r;
     r.user_id = "kit-user";
