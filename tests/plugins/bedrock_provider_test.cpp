@@ -221,6 +221,26 @@ TEMPLATE_TEST_CASE("every Bedrock error maps to its status", "", chatkit::bedroc
     CHECK(bedrock.complete(ask("x", "fake.unavailable-once")));
 }
 
+TEMPLATE_TEST_CASE("a refusal of the credentials reaches the client without account ids, access key ids or SigV4's canonical request", "",
+                   chatkit::bedrock_provider, async_bedrock) {
+    fake_bedrock fake{{fake_key}};
+    auto o = fast_options();
+    o.max_retries = 1;
+    TestType bedrock{o, test_env(fake)};
+    auto denied = bedrock.complete(ask("x", "fake.denied-arn"));
+    REQUIRE_FALSE(denied);
+    CHECK(denied.error().code == "upstream_credentials");
+    CHECK(denied.error().message ==
+          "Bedrock rejected the credentials: User: arn:aws:sts::************:assumed-role/chatkit-fn/AKIA**************** is not "
+          "authorized to perform: bedrock:InvokeModel on resource: arn:aws:bedrock:us-east-1::foundation-model/fake.denied-arn");
+    auto signature = bedrock.complete(ask("x", "fake.signature-detail"));
+    REQUIRE_FALSE(signature);
+    CHECK(signature.error().message ==
+          "Bedrock rejected the credentials: The request signature we calculated does not match the signature you provided. "
+          "Check your AWS Secret Access Key and signing method. Consult the service documentation for details.");
+    CHECK(signature.error().message.find("FwoGZXIvYXdz") == std::string::npos);
+}
+
 TEMPLATE_TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream after the delta", "", chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
     TestType bedrock{fast_options(), test_env(fake)};

@@ -12,7 +12,7 @@ toolResult that answers no toolUse of the turn before.
 Faults are scripted by the model id (the part before any ':'), e.g. `fake.throttle-once`:
   throttle-once, throttle-always, notready-once, notready-always, unavailable-once,
   unavailable-always, internal-always, validation, denied, not-found, model-timeout, model-error,
-  unrecognized, slow (3 s before answering),
+  unrecognized, denied-arn, signature-detail, slow (3 s before answering),
   stream-throttle (a throttlingException frame after the first delta), stream-cut (the connection
   drops after the first delta), corrupt-frame (a frame with a bad CRC after the first delta),
   no-metadata (the stream ends after messageStop, without its metadata event).
@@ -140,6 +140,17 @@ class Handler(BaseHTTPRequestHandler):
             "model-timeout": (408, "ModelTimeoutException", "The model took too long to respond."),
             "model-error": (424, "ModelErrorException", "The model returned an error."),
             "unrecognized": (403, "UnrecognizedClientException", "The security token included in the request is invalid."),
+            # What AWS says about who was refused, and how a signature should have been made:
+            # an account id, an access key id and a session token a gateway must not pass on.
+            "denied-arn": (403, "AccessDeniedException",
+                           "User: arn:aws:sts::123456789012:assumed-role/chatkit-fn/AKIAIOSFODNN7EXAMPLE is not authorized to perform: "
+                           "bedrock:InvokeModel on resource: arn:aws:bedrock:us-east-1::foundation-model/fake.denied-arn"),
+            "signature-detail": (403, "InvalidSignatureException",
+                                 "The request signature we calculated does not match the signature you provided. Check your AWS "
+                                 "Secret Access Key and signing method. Consult the service documentation for details.\n\n"
+                                 "The Canonical String for this request should have been\n'POST\n/model/fake.signature-detail/converse\n\n"
+                                 "host:bedrock-runtime.us-east-1.amazonaws.com\nx-amz-security-token:FwoGZXIvYXdzEXAMPLESESSIONTOKEN\n'\n\n"
+                                 "The String-to-Sign should have been\n'AWS4-HMAC-SHA256\n20261206T000000Z\n'"),
         }
         once = {"throttle-once": plain["throttle-always"], "notready-once": plain["notready-always"],
                 "unavailable-once": plain["unavailable-always"]}

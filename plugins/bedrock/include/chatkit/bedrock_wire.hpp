@@ -473,12 +473,46 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         }
     }
 
+    // What an AWS error message may carry that the gateway's clients, to whom it is passed on, must
+    // not see: SigV4's explanation of a signature mismatch (the canonical request, whose signed
+    // headers include the session token), access key ids, and the account id in ARNs
+    // ("User: arn:aws:sts::123456789012:assumed-role/..."). The rest stays: it says what to fix.
+    static std::string redacted(std::string text) {
+        if (const auto cut = text.find("The Canonical String"); cut != std::string::npos) {
+            text.erase(cut);
+            while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+        }
+        auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+        // Access key ids: a four-letter kind (AKIA long-term, ASIA temporary, ...) and 16 more.
+        for (std::size_t i = 0; i + 20 <= text.size(); ++i) {
+            const std::string_view head{text.data() + i, 4};
+            if ((i > 0 && word(text[i - 1])) || (i + 20 < text.size() && word(text[i + 20]))) continue;
+            if (head != "AKIA" && head != "ASIA" && head != "AIDA" && head != "AROA" && head != "AIPA" && head != "ANPA" && head != "APKA") continue;
+            if (!std::all_of(text.begin() + static_cast<std::ptrdiff_t>(i) + 4, text.begin() + static_cast<std::ptrdiff_t>(i) + 20,
+                             [](char c) { return std::isupper(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)); }))
+                continue;
+            text.replace(i + 4, 16, "****************");
+            i += 19;
+        }
+        // ARNs: arn:partition:service:region:ACCOUNT:resource.
+        for (std::size_t at = text.find("arn:"); at != std::string::npos; at = text.find("arn:", at + 4)) {
+            if (at > 0 && word(text[at - 1])) continue;
+            std::size_t field = at;
+            for (int colons = 0; colons < 4 && field != std::string::npos; ++colons) field = text.find(':', field + 1);
+            if (field == std::string::npos) break;
+            std::size_t end = field + 1;
+            while (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) ++end;
+            if (end - field - 1 == 12) text.replace(field + 1, 12, "************");
+        }
+        return text;
+    }
+
     // A modelled error, from the X-Amzn-ErrorType header or an exception frame's type (§2.4, §2.5).
     static upstream_failure classify(std::string kind, const std::string& message, int status) {
         if (auto colon = kind.find(':'); colon != std::string::npos) kind.erase(colon);
         if (auto hash = kind.find('#'); hash != std::string::npos) kind.erase(0, hash + 1);
         if (!kind.empty()) kind[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(kind[0])));
-        const std::string text = message.empty() ? "Bedrock answered HTTP " + std::to_string(status) : message;
+        const std::string text = message.empty() ? "Bedrock answered HTTP " + std::to_string(status) : redacted(message);
         auto fail = [&](error_kind k, std::string msg, bool retryable) {
             return upstream_failure{{k, std::move(msg), kind.empty() ? "bedrock_" + std::to_string(status) : kind}, retryable};
         };
