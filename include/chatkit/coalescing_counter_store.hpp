@@ -58,6 +58,12 @@ public:
         : s_(std::make_unique<state>(std::move(store), std::move(options))) {
         s_->writer = std::jthread{[s = s_.get()](std::stop_token stop) { s->run(stop); }};
     }
+    /// The store behind made in place, for one that cannot be moved (memory_counter_store).
+    template <class... Args>
+    explicit coalescing_counter_store(std::in_place_t, coalescing_counter_store_options options, Args&&... args)
+        : s_(std::make_unique<state>(std::move(options), std::forward<Args>(args)...)) {
+        s_->writer = std::jthread{[s = s_.get()](std::stop_token stop) { s->run(stop); }};
+    }
     coalescing_counter_store(coalescing_counter_store&&) noexcept = default;
     coalescing_counter_store& operator=(coalescing_counter_store&&) noexcept = default;
 
@@ -100,6 +106,8 @@ private:
 
     struct state {
         state(Store s, coalescing_counter_store_options o) : store(std::move(s)), options(std::move(o)) {}
+        template <class... Args>
+        explicit state(coalescing_counter_store_options o, Args&&... args) : store(std::forward<Args>(args)...), options(std::move(o)) {}
         // The writer is stopped (and writes what is left) before the rest goes.
         ~state() {
             writer.request_stop();

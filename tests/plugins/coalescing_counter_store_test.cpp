@@ -121,3 +121,11 @@ TEST_CASE("coalescing_counter_store: settlements from many threads add up exactl
     CHECK(b.counters->value("n") == 4000);
     CHECK(*b.adds <= 4000);
 }
+
+TEST_CASE("coalescing_counter_store: a store that cannot be moved is made in place behind it", "[coalescing]") {
+    chatkit::coalescing_counter_store<chatkit::memory_counter_store> store{std::in_place, {.interval = std::chrono::seconds{60}}};
+    REQUIRE(store.add(std::vector{settle("n", 5), settle("n", -2)}));
+    CHECK(store.inner().value("n") == 0);
+    REQUIRE(store.flush());
+    CHECK(store.inner().value("n") == 3);
+}
