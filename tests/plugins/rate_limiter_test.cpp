@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "../support/manual_clock.hpp"
+#include "limiter_calls.hpp"
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -18,37 +19,11 @@ using test_support::manual_clock;
 using test_limiter = chatkit::rate_limiter<chatkit::null_mutex, manual_clock>;
 static_assert(chatkit::middleware<test_limiter>);
 
-chatkit::http_request request_from(std::string addr, std::string path = "/chat") {
-    chatkit::http_request req;
-    req.method = path == "/health" ? "GET" : "POST";
-    req.path = std::move(path);
-    req.remote_addr = std::move(addr);
-    req.request_id = "req-1";
-    return req;
-}
-
-// One request through the limiter as the service runs it: before(), then after() on the answer.
-struct outcome {
-    chatkit::http_response response;
-    bool refused = false;
-};
-outcome send(test_limiter& limiter, chatkit::http_request req) {
-    test_limiter::context ctx;
-    outcome out;
-    if (auto early = limiter.before(req, ctx)) {
-        out.response = std::move(*early);
-        out.refused = true;
-    }
-    limiter.after(req, out.response, ctx);
-    return out;
-}
-
-std::string header(const chatkit::http_response& res, std::string_view name) {
-    auto it = res.headers.find(name);
-    return it == res.headers.end() ? std::string{"<absent>"} : it->second;
-}
-
-chatkit::rate_limit per_minute(std::uint32_t n) { return {n, std::chrono::minutes{1}}; }
+using limiter_calls::header;
+using limiter_calls::outcome;
+using limiter_calls::per_minute;
+using limiter_calls::request_from;
+outcome send(test_limiter& limiter, chatkit::http_request req) { return limiter_calls::send(limiter, std::move(req)); }
 
 } // namespace
 

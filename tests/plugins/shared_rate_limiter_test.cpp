@@ -4,6 +4,8 @@
 // one Redis in tests/server/redis_fleet_test.cpp.
 #include "chatkit/shared_rate_limiter.hpp"
 
+#include "limiter_calls.hpp"
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -55,35 +57,10 @@ chatkit::shared_rate_limiter_options options(bool fall_back = false, std::atomic
     return o;
 }
 
-chatkit::http_request from(std::string addr, std::string path = "/chat") {
-    chatkit::http_request req;
-    req.method = path == "/health" ? "GET" : "POST";
-    req.path = std::move(path);
-    req.remote_addr = std::move(addr);
-    req.request_id = "req-1";
-    return req;
-}
-
-struct outcome {
-    chatkit::http_response response;
-    bool refused = false;
-    std::string header(std::string_view name) const {
-        auto it = response.headers.find(name);
-        return it == response.headers.end() ? std::string{"<absent>"} : it->second;
-    }
-};
-outcome send(limiter& l, chatkit::http_request req) {
-    limiter::context ctx;
-    outcome out;
-    if (auto early = l.before(req, ctx)) {
-        out.response = std::move(*early);
-        out.refused = true;
-    }
-    l.after(req, out.response, ctx);
-    return out;
-}
-
-chatkit::rate_limit per_minute(std::uint32_t n) { return {n, std::chrono::minutes{1}}; }
+using limiter_calls::per_minute;
+using limiter_calls::send;
+chatkit::http_request from(std::string addr, std::string path = "/chat") { return limiter_calls::request_from(std::move(addr), std::move(path)); }
+std::string header_of(const limiter_calls::outcome& out, std::string_view name) { return limiter_calls::header(out.response, name); }
 
 } // namespace
 
@@ -112,16 +89,16 @@ TEST_CASE("shared_rate_limiter: the answers carry X-RateLimit-* and a refusal is
     auto counters = std::make_shared<watched_counters>();
     limiter a{counters, per_minute(2), options()}, b{counters, per_minute(2), options()};
     auto first = send(a, from("10.0.0.7"));
-    CHECK(first.header("X-RateLimit-Limit") == "2");
-    CHECK(first.header("X-RateLimit-Remaining") == "1");
-    CHECK(first.header("X-RateLimit-Reset") == "50");
-    CHECK(send(b, from("10.0.0.7")).header("X-RateLimit-Remaining") == "0");
+    CHECK(header_of(first, "X-RateLimit-Limit") == "2");
+    CHECK(header_of(first, "X-RateLimit-Remaining") == "1");
+    CHECK(header_of(first, "X-RateLimit-Reset") == "50");
+    CHECK(header_of(send(b, from("10.0.0.7")), "X-RateLimit-Remaining") == "0");
 
     auto third = send(a, from("10.0.0.7"));
     REQUIRE(third.refused);
     CHECK(third.response.status == 429);
-    CHECK(third.header("Retry-After") == "50");
-    CHECK(third.header("X-RateLimit-Remaining") == "0");
+    CHECK(header_of(third, "Retry-After") == "50");
+    CHECK(header_of(third, "X-RateLimit-Remaining") == "0");
     const auto body = nlohmann::json::parse(third.response.body);
     CHECK(body["error"]["code"] == "rate_limit_exceeded");
     CHECK(body["error"]["message"] == "rate limit of 2/minute exceeded; retry in 50 s");
@@ -139,7 +116,7 @@ TEST_CASE("shared_rate_limiter: GET /health is neither counted nor sent to the s
     for (int i = 0; i < 3; ++i) {
         auto out = send(a, from("10.0.0.7", "/health"));
         CHECK_FALSE(out.refused);
-        CHECK(out.header("X-RateLimit-Limit") == "<absent>");
+        CHECK(header_of(out, "X-RateLimit-Limit") == "<absent>");
     }
     CHECK(counters->names().empty());
     CHECK_FALSE(send(a, from("10.0.0.7")).refused);
@@ -174,7 +151,7 @@ TEST_CASE("shared_rate_limiter: a store that cannot be reached gets 503, or with
         auto out = send(a, from("10.0.0.7"));
         REQUIRE(out.refused);
         CHECK(out.response.status == 503);
-        CHECK(out.header("Retry-After") == "1");
+        CHECK(header_of(out, "Retry-After") == "1");
         const auto body = nlohmann::json::parse(out.response.body);
         CHECK(body["error"]["code"] == "limits_unavailable");
         CHECK_THAT(body["error"]["message"].get<std::string>(), Catch::Contains("connection refused"));

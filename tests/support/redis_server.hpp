@@ -35,22 +35,8 @@ class redis_server {
 public:
     struct with_tls {};
 
-    explicit redis_server(std::string password = {}) : password_(std::move(password)) {
-        std::random_device rd;
-        dir_ = std::filesystem::temp_directory_path() / ("chatkit-redis-" + std::to_string(rd()) + std::to_string(rd()));
-        std::filesystem::create_directories(dir_);
-        port_ = free_port();
-        start();
-    }
-    redis_server(with_tls, std::string password = {}) : password_(std::move(password)) {
-        std::random_device rd;
-        dir_ = std::filesystem::temp_directory_path() / ("chatkit-redis-" + std::to_string(rd()) + std::to_string(rd()));
-        std::filesystem::create_directories(dir_);
-        make_certificate();
-        port_ = free_port();
-        tls_port_ = free_port();
-        start();
-    }
+    explicit redis_server(std::string password = {}) : redis_server(false, std::move(password)) {}
+    redis_server(with_tls, std::string password = {}) : redis_server(true, std::move(password)) {}
     ~redis_server() {
         stop();
         std::error_code ec;
@@ -147,6 +133,18 @@ public:
     }
 
 private:
+    redis_server(bool tls, std::string password) : password_(std::move(password)) {
+        std::random_device rd;
+        dir_ = std::filesystem::temp_directory_path() / ("chatkit-redis-" + std::to_string(rd()) + std::to_string(rd()));
+        std::filesystem::create_directories(dir_);
+        if (tls) {
+            make_certificate();
+            tls_port_ = free_port();
+        }
+        port_ = free_port();
+        start();
+    }
+
     static int free_port() {
         const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
         sockaddr_in addr{};

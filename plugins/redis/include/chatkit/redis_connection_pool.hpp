@@ -204,9 +204,17 @@ public:
     }
 
     // Sends one command and reads its reply.
-    result<redis_reply, failure> round_trip(int argc, const char** argv, const std::size_t* lengths) {
+    result<redis_reply, failure> round_trip(std::span<const std::string_view> args) {
+        std::vector<const char*> argv;
+        std::vector<std::size_t> lengths;
+        argv.reserve(args.size());
+        lengths.reserve(args.size());
+        for (auto a : args) {
+            argv.push_back(a.data());
+            lengths.push_back(a.size());
+        }
         char* formatted = nullptr;
-        const int size = redisFormatCommandArgv(&formatted, argc, argv, lengths);
+        const int size = redisFormatCommandArgv(&formatted, static_cast<int>(argv.size()), argv.data(), lengths.data());
         if (size < 0) return fail(false, "cannot format the command");
         std::unique_ptr<char, void (*)(char*)> command{formatted, redisFreeCommand};
         for (std::size_t sent = 0; sent < static_cast<std::size_t>(size);) {
@@ -364,19 +372,11 @@ public:
     }
     /// The same, with arguments counted at run time (a script's keys and values).
     result<redis_reply> command(std::span<const std::string_view> args) {
-        std::vector<const char*> argv;
-        std::vector<std::size_t> lengths;
-        argv.reserve(args.size());
-        lengths.reserve(args.size());
-        for (auto a : args) {
-            argv.push_back(a.data());
-            lengths.push_back(a.size());
-        }
         for (int attempt = 0;; ++attempt) {
             auto conn = acquire();
             if (!conn) return std::move(conn).error();
             auto [link, reused] = std::move(*conn);
-            auto reply = link->round_trip(static_cast<int>(argv.size()), argv.data(), lengths.data());
+            auto reply = link->round_trip(args);
             if (!reply) {
                 const bool timed_out = reply.error().timed_out;
                 error e{timed_out ? error_kind::timeout : error_kind::unavailable,
@@ -490,13 +490,7 @@ private:
         link c = detail::redis_link::open(o, tls, why);
         if (!c) return fail(std::move(why));
         auto run = [&](std::initializer_list<std::string_view> args) -> result<void> {
-            std::vector<const char*> argv;
-            std::vector<std::size_t> lengths;
-            for (auto a : args) {
-                argv.push_back(a.data());
-                lengths.push_back(a.size());
-            }
-            auto reply = c->round_trip(static_cast<int>(argv.size()), argv.data(), lengths.data());
+            auto reply = c->round_trip(std::span<const std::string_view>{args.begin(), args.size()});
             if (!reply) return fail("the connection failed: " + reply.error().why);
             // Redis's error replies quote no argument (AUTH's says WRONGPASS or NOAUTH), so they may be shown.
             if ((*reply)->type == REDIS_REPLY_ERROR) return fail(std::string{(*reply)->str, (*reply)->len});
