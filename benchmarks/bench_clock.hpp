@@ -46,8 +46,8 @@ inline void print_row(const std::string& name, const figure& f, const figure& ba
 inline void print_header(const char* title, const char* baseline) {
     std::printf("\n%s (ratio: against %s, same run)\n\n", title, baseline);
     std::printf("| %-44s | %12s | %10s | %8s |\n", "scenario", "ops/s", "us/op", "ratio");
-    std::printf("|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(14, '-').c_str(),
-                std::string(12, '-').c_str(), std::string(10, '-').c_str());
+    std::printf("|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(14, '-').c_str(), std::string(12, '-').c_str(),
+                std::string(10, '-').c_str());
 }
 
 } // namespace bench

@@ -37,9 +37,9 @@ struct options {
     std::vector<std::string> headers;
     int connections = 64;
     double seconds = 10;
-    long max_requests = 0;      // > 0: stop after this many answers
-    int streams = 0;            // > 0: stream mode
-    std::string stream_end;     // the text that closes a complete stream
+    long max_requests = 0;  // > 0: stop after this many answers
+    int streams = 0;        // > 0: stream mode
+    std::string stream_end; // the text that closes a complete stream
     double timeout_seconds = 120;
 };
 
@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
     request += "\r\n" + o.body;
 
     const bool streaming = o.streams > 0;
-    const int count = streaming ? o.streams
+    const int count = streaming            ? o.streams
                       : o.max_requests > 0 ? static_cast<int>(std::min<long>(o.connections, o.max_requests))
                                            : o.connections;
     const int ep = epoll_create1(0);
@@ -244,11 +244,11 @@ int main(int argc, char** argv) {
     }
     const double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
     if (streaming) errors += open; // streams still open at the timeout did not complete
-    long unanswered = 0; // requests sent (or being sent) and not answered when the run ended
+    long unanswered = 0;           // requests sent (or being sent) and not answered when the run ended
     if (!streaming)
         for (const auto& c : conns) unanswered += c.busy && !c.done ? 1 : 0;
     std::printf("{\"completed\":%ld,\"errors\":%ld,\"non_2xx\":%ld,\"unanswered\":%ld,\"seconds\":%.3f,\"rps\":%.1f,"
                 "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f}\n",
-                completed, errors, non_2xx, unanswered, elapsed, static_cast<double>(completed) / elapsed,
-                percentile(latencies_ms, 0.50), percentile(latencies_ms, 0.90), percentile(latencies_ms, 0.99));
+                completed, errors, non_2xx, unanswered, elapsed, static_cast<double>(completed) / elapsed, percentile(latencies_ms, 0.50),
+                percentile(latencies_ms, 0.90), percentile(latencies_ms, 0.99));
 }

@@ -53,8 +53,7 @@ void mask_tree(nlohmann::json& j, const chatkit::pii_scan_options& o, bool text)
     } else if (j.is_array()) {
         for (auto& v : j) mask_tree(v, o, text);
     } else if (j.is_object()) {
-        for (auto& [k, v] : j.items())
-            mask_tree(v, o, std::find(o.text_keys.begin(), o.text_keys.end(), k) != o.text_keys.end());
+        for (auto& [k, v] : j.items()) mask_tree(v, o, std::find(o.text_keys.begin(), o.text_keys.end(), k) != o.text_keys.end());
     }
 }
 
@@ -68,20 +67,23 @@ void run(const char* title, const std::string& body, const std::string& with_pii
     std::size_t sink = 0;
     const auto baseline = bench::run_for(duration, 1, [&](int, long) { sink += nlohmann::json::parse(body).size(); });
     bench::print_row("nlohmann::json::parse (baseline)", baseline, baseline);
-    bench::print_row("pii count: walk + scan, no PII", bench::run_for(duration, 1, [&](int, long) {
-                         sink += chatkit::pii_scan_json(body, options, false).counts.total();
-                     }), baseline);
-    bench::print_row("pii mask: walk + scan, no PII", bench::run_for(duration, 1, [&](int, long) {
-                         sink += chatkit::pii_scan_json(body, options, true).masked.has_value();
-                     }), baseline);
-    bench::print_row("pii mask: walk + scan + rebuild, with PII", bench::run_for(duration, 1, [&](int, long) {
-                         sink += chatkit::pii_scan_json(with_pii, options, true).masked->size();
-                     }), baseline);
-    bench::print_row("nlohmann parse + mask tree + dump, with PII", bench::run_for(duration, 1, [&](int, long) {
-                         auto j = nlohmann::json::parse(with_pii);
-                         mask_tree(j, options, false);
-                         sink += j.dump().size();
-                     }), baseline);
+    bench::print_row("pii count: walk + scan, no PII",
+                     bench::run_for(duration, 1, [&](int, long) { sink += chatkit::pii_scan_json(body, options, false).counts.total(); }),
+                     baseline);
+    bench::print_row(
+        "pii mask: walk + scan, no PII",
+        bench::run_for(duration, 1, [&](int, long) { sink += chatkit::pii_scan_json(body, options, true).masked.has_value(); }), baseline);
+    bench::print_row(
+        "pii mask: walk + scan + rebuild, with PII",
+        bench::run_for(duration, 1, [&](int, long) { sink += chatkit::pii_scan_json(with_pii, options, true).masked->size(); }), baseline);
+    bench::print_row("nlohmann parse + mask tree + dump, with PII",
+                     bench::run_for(duration, 1,
+                                    [&](int, long) {
+                                        auto j = nlohmann::json::parse(with_pii);
+                                        mask_tree(j, options, false);
+                                        sink += j.dump().size();
+                                    }),
+                     baseline);
     std::printf("\n(bodies: %zu bytes without PII; %zu bytes with %llu findings)\n", body.size(), with_pii.size(),
                 static_cast<unsigned long long>(chatkit::pii_scan_json(with_pii, options, false).counts.total()));
     if (sink == 0) std::abort();
@@ -101,9 +103,12 @@ int main() {
     std::size_t sink = 0;
     const auto baseline = bench::run_for(duration, 1, [&](int, long) { sink += nlohmann::json::parse(hostile).size(); });
     bench::print_row("nlohmann::json::parse (baseline)", baseline, baseline);
-    bench::print_row("pii mask: walk + scan + rebuild", bench::run_for(duration, 1, [&](int, long) {
-                         auto r = chatkit::pii_scan_json(hostile, chatkit::pii_scan_options{}, true);
-                         sink += r.counts.total();
-                     }), baseline);
+    bench::print_row("pii mask: walk + scan + rebuild",
+                     bench::run_for(duration, 1,
+                                    [&](int, long) {
+                                        auto r = chatkit::pii_scan_json(hostile, chatkit::pii_scan_options{}, true);
+                                        sink += r.counts.total();
+                                    }),
+                     baseline);
     if (sink == 0) std::abort();
 }

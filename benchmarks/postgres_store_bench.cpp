@@ -17,7 +17,9 @@ namespace {
 constexpr auto duration = std::chrono::milliseconds(3000);
 
 chatkit::exchange exchange_of(int writer, long n) {
-    return {"user-" + std::to_string(writer), "req-" + std::to_string(n), "echo-1",
+    return {"user-" + std::to_string(writer),
+            "req-" + std::to_string(n),
+            "echo-1",
             {{chatkit::role::user, "a question of typical length, a sentence or two"},
              {chatkit::role::assistant, "an answer of typical length, a little longer than the question"}},
             chatkit::now_unix_ms()};

@@ -23,9 +23,8 @@ percentiles measure(int port) {
     std::vector<double> micros;
     micros.reserve(requests);
     for (int i = 0; i < warmup + requests; ++i) {
-        const auto body = nlohmann::json{{"model", "fake-1"},
-                                         {"messages", {{{"role", "user"}, {"content", "question " + std::to_string(i)}}}}}
-                              .dump();
+        const auto body =
+            nlohmann::json{{"model", "fake-1"}, {"messages", {{{"role", "user"}, {"content", "question " + std::to_string(i)}}}}}.dump();
         const auto start = std::chrono::steady_clock::now();
         auto r = client.Post("/v1/chat/completions", body, "application/json");
         const auto took = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
@@ -54,8 +53,8 @@ int main() {
     std::printf("| %-40s | %8s | %8s | %8s | %9s | %9s |\n", "path", "p50", "p90", "p99", "added p50", "added p99");
     std::printf("|------------------------------------------|----------|----------|----------|-----------|-----------|\n");
     row("direct: client -> fake upstream", direct, direct);
-    const std::map<std::string, std::string> relay{{"CHAT_PROVIDER", "openai"}, {"OPENAI_API_KEY", "sk-bench"},
-                                                   {"OPENAI_BASE_URL", fake.base_url()}, {"CHAT_CACHE_SIZE", "0"}};
+    const std::map<std::string, std::string> relay{
+        {"CHAT_PROVIDER", "openai"}, {"OPENAI_API_KEY", "sk-bench"}, {"OPENAI_BASE_URL", fake.base_url()}, {"CHAT_CACHE_SIZE", "0"}};
     for (const std::string adapter : {"beast", "httplib"}) {
         {
             auto env = relay;

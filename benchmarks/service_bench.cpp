@@ -25,8 +25,9 @@ std::vector<std::string> make_bodies(bool use_cache) {
     for (int n = 0; n < (use_cache ? 1 : 4096); ++n)
         bodies.push_back(nlohmann::json{{"user_id", "bench"},
                                         {"cache", use_cache},
-                                        {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}},
-                                                      {{"role", "user"}, {"content", "question number " + std::to_string(n)}}}}}
+                                        {"messages",
+                                         {{{"role", "system"}, {"content", "You are a helpful assistant."}},
+                                          {{"role", "user"}, {"content", "question number " + std::to_string(n)}}}}}
                              .dump());
     return bodies;
 }
@@ -50,23 +51,33 @@ struct surface {
 const surface surfaces[] = {
     {"POST /chat", "/chat",
      [](const std::string& q) {
-         return nlohmann::json{{"user_id", "bench"}, {"cache", false},
-                               {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", q}}}}};
+         return nlohmann::json{
+             {"user_id", "bench"},
+             {"cache", false},
+             {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", q}}}}};
      }},
     {"POST /v1/chat/completions", "/v1/chat/completions",
      [](const std::string& q) {
-         return nlohmann::json{{"model", "echo-1"}, {"user", "bench"}, {"cache", false},
-                               {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", q}}}}};
+         return nlohmann::json{
+             {"model", "echo-1"},
+             {"user", "bench"},
+             {"cache", false},
+             {"messages", {{{"role", "system"}, {"content", "You are a helpful assistant."}}, {{"role", "user"}, {"content", q}}}}};
      }},
     {"POST /v1/messages", "/v1/messages",
      [](const std::string& q) {
-         return nlohmann::json{{"model", "echo-1"}, {"max_tokens", 256}, {"cache", false}, {"metadata", {{"user_id", "bench"}}},
-                               {"system", "You are a helpful assistant."}, {"messages", {{{"role", "user"}, {"content", q}}}}};
+         return nlohmann::json{{"model", "echo-1"},
+                               {"max_tokens", 256},
+                               {"cache", false},
+                               {"metadata", {{"user_id", "bench"}}},
+                               {"system", "You are a helpful assistant."},
+                               {"messages", {{{"role", "user"}, {"content", q}}}}};
      }},
     {"POST /v1/responses", "/v1/responses",
      [](const std::string& q) {
-         return nlohmann::json{{"model", "echo-1"}, {"user", "bench"}, {"cache", false}, {"store", false},
-                               {"instructions", "You are a helpful assistant."}, {"input", q}};
+         return nlohmann::json{
+             {"model", "echo-1"}, {"user", "bench"}, {"cache", false}, {"store", false}, {"instructions", "You are a helpful assistant."},
+             {"input", q}};
      }},
 };
 
@@ -99,14 +110,16 @@ int main() {
     std::filesystem::remove(db);
 
     chatkit::service<chatkit::no_provider> null_service;
-    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
-                     chatkit::rate_limiter_mt>
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id, chatkit::rate_limiter_mt>
         memory_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
                        chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}}};
     // The same with GET /metrics's counting (sample_server's default): its cost is the difference.
-    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
-                     chatkit::rate_limiter_mt, chatkit::prometheus_metrics>
-        metered_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id, chatkit::rate_limiter_mt,
+                     chatkit::prometheus_metrics>
+        metered_service{chatkit::echo_provider{},
+                        chatkit::no_store{},
+                        chatkit::lru_cache_mt{},
+                        chatkit::request_id{},
                         chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}},
                         chatkit::prometheus_metrics{}};
     // The same with every request traced (otel_tracing, sampled always) to a collector in this
@@ -120,9 +133,12 @@ int main() {
     exporter_options.endpoint = "http://127.0.0.1:" + std::to_string(collector_port) + "/v1/traces";
     exporter_options.max_queue = 65536; // a burst of a few thousand requests a second must not drop
     auto exporter = std::make_shared<chatkit::otlp_exporter>(exporter_options);
-    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id,
-                     chatkit::rate_limiter_mt, chatkit::otel_tracing>
-        traced_service{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_mt{}, chatkit::request_id{},
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::request_id, chatkit::rate_limiter_mt,
+                     chatkit::otel_tracing>
+        traced_service{chatkit::echo_provider{},
+                       chatkit::no_store{},
+                       chatkit::lru_cache_mt{},
+                       chatkit::request_id{},
                        chatkit::rate_limiter_mt{chatkit::rate_limit{1'000'000'000, std::chrono::seconds{1}}},
                        chatkit::otel_tracing{exporter}};
     chatkit::service<chatkit::echo_provider, chatkit::sqlite_store, chatkit::lru_cache_mt, chatkit::request_id> full_service{
@@ -144,7 +160,8 @@ int main() {
     {
         const auto baseline = measure_surface(memory_service, surfaces[0]);
         bench::print_header("The same chat on each surface, echo + request_id + rate_limiter, cache miss, 1 thread", "POST /chat");
-        for (const auto& on : surfaces) bench::print_row(on.name, on.path == surfaces[0].path ? baseline : measure_surface(memory_service, on), baseline);
+        for (const auto& on : surfaces)
+            bench::print_row(on.name, on.path == surfaces[0].path ? baseline : measure_surface(memory_service, on), baseline);
     }
     (void)exporter->flush(std::chrono::seconds{10});
     const auto traced = exporter->stats();

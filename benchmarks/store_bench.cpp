@@ -14,7 +14,9 @@ bench::figure appends(bool durable, int writers) {
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db.string() + suffix);
     chatkit::sqlite_store store{chatkit::sqlite_options{.path = db.string(), .durable = durable}};
     const auto figure = bench::run_for(duration, writers, [&](int t, long n) {
-        chatkit::exchange e{"user-" + std::to_string(t), "req-" + std::to_string(n), "echo-1",
+        chatkit::exchange e{"user-" + std::to_string(t),
+                            "req-" + std::to_string(n),
+                            "echo-1",
                             {{chatkit::role::user, "a question of typical length, a sentence or two"},
                              {chatkit::role::assistant, "an answer of typical length, a little longer than the question"}},
                             chatkit::now_unix_ms()};

@@ -16,7 +16,8 @@ namespace {
 using service_type = chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_st>;
 
 service_type& service() {
-    static service_type s{chatkit::echo_provider{}, chatkit::no_store{}, chatkit::lru_cache_st{chatkit::lru_cache_options{.max_entries = 64}}};
+    static service_type s{chatkit::echo_provider{}, chatkit::no_store{},
+                          chatkit::lru_cache_st{chatkit::lru_cache_options{.max_entries = 64}}};
     return s;
 }
 

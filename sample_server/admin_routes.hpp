@@ -47,8 +47,7 @@ inline nlohmann::json object_body(const chatkit::http_request& req, std::initial
     auto body = nlohmann::json::parse(req.body, nullptr, false);
     if (body.is_discarded() || !body.is_object()) throw invalid_field("", "the body must be a JSON object");
     for (const auto& [name, value] : body.items())
-        if (std::find(known.begin(), known.end(), name) == known.end())
-            throw invalid_field(name, "unknown field '" + name + "'");
+        if (std::find(known.begin(), known.end(), name) == known.end()) throw invalid_field(name, "unknown field '" + name + "'");
     return body;
 }
 
@@ -86,8 +85,8 @@ inline chatkit::http_response json_answer(int status, const nlohmann::ordered_js
 
 inline chatkit::http_response team_create(const chatkit::http_request& req, directory_access& access) {
     const auto body = object_body(req, {"id", "name", "rpm", "tpm", "budget_usd", "budget_period"});
-    chatkit::team_record t{required_string(body, "id", "the new team's id"), string_field(body, "name").value_or(""),
-                           limits(body), chatkit::now_unix_ms()};
+    chatkit::team_record t{required_string(body, "id", "the new team's id"), string_field(body, "name").value_or(""), limits(body),
+                           chatkit::now_unix_ms()};
     const std::lock_guard lock{access.mutex};
     if (auto done = access.directory.visit([&](auto& dir) { return dir.create_team(t); }); !done)
         return chatkit::error_response(done.error(), req.request_id); // an existing team: 409
@@ -95,8 +94,7 @@ inline chatkit::http_response team_create(const chatkit::http_request& req, dire
 }
 
 inline chatkit::http_response key_create(const chatkit::http_request& req, directory_access& access) {
-    const auto body =
-        object_body(req, {"team", "name", "rpm", "tpm", "budget_usd", "budget_period", "models", "expires_in"});
+    const auto body = object_body(req, {"team", "name", "rpm", "tpm", "budget_usd", "budget_period", "models", "expires_in"});
     key_admin::key_request request{.team = required_string(body, "team", "the id of the key's team"),
                                    .name = string_field(body, "name").value_or(""),
                                    .limits = limits(body)};
@@ -159,15 +157,16 @@ inline chatkit::http_response key_revoke(const chatkit::http_request& req, direc
 inline std::optional<chatkit::http_response> refusal(const chatkit::http_request& req, bool keys_on, bool admin_key_set) {
     using chatkit::error_kind;
     if (!keys_on)
-        return chatkit::error_response({error_kind::not_found,
-                                        "no route for " + req.method + " " + req.path +
-                                            ": administration over HTTP needs CHAT_AUTH=keys and CHAT_ADMIN_KEY",
-                                        "not_found"},
-                                       req.request_id);
+        return chatkit::error_response(
+            {error_kind::not_found,
+             "no route for " + req.method + " " + req.path + ": administration over HTTP needs CHAT_AUTH=keys and CHAT_ADMIN_KEY",
+             "not_found"},
+            req.request_id);
     if (!req.caller.admin)
         return chatkit::error_response({error_kind::permission_denied,
-                                        admin_key_set ? "only the admin key (CHAT_ADMIN_KEY) may call " + req.path
-                                                      : "only the admin key may call " + req.path + ", and this server has none (CHAT_ADMIN_KEY)",
+                                        admin_key_set
+                                            ? "only the admin key (CHAT_ADMIN_KEY) may call " + req.path
+                                            : "only the admin key may call " + req.path + ", and this server has none (CHAT_ADMIN_KEY)",
                                         "permission_denied"},
                                        req.request_id);
     return std::nullopt;
@@ -190,8 +189,7 @@ void add(Service& service, const config& c) {
             try {
                 return fn(req, *access);
             } catch (const key_admin::invalid_field& e) {
-                return chatkit::error_response({chatkit::error_kind::invalid_request, e.what(), "invalid_value", e.field},
-                                               req.request_id);
+                return chatkit::error_response({chatkit::error_kind::invalid_request, e.what(), "invalid_value", e.field}, req.request_id);
             }
         });
     };

@@ -36,26 +36,25 @@ void add_api_docs_routes(Service& service) {
             std::string text;
         };
         auto body = std::make_shared<joined>();
-        service.route("GET", std::string{asset.path},
-                      [body, &asset](chatkit::http_request&, typename Service::context&) {
-                          std::call_once(body->once, [&] {
-                              for (const auto part : asset.parts) body->text.append(part);
-                          });
-                          chatkit::http_response res;
-                          res.status = 200;
-                          res.headers["Content-Type"] = std::string{asset.content_type};
-                          res.body = body->text;
-                          // Revalidated each time: the files change with the binary, not with their names.
-                          res.headers["Cache-Control"] = "no-cache";
-                          res.headers["X-Content-Type-Options"] = "nosniff";
-                          res.headers["Referrer-Policy"] = "no-referrer";
-                          // Only this server's own files and API: a key typed into "Authorize" lives in
-                          // the page. Swagger UI sets inline styles and draws its icons as data: images.
-                          res.headers["Content-Security-Policy"] =
-                              "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-                          return res;
-                      });
+        service.route("GET", std::string{asset.path}, [body, &asset](chatkit::http_request&, typename Service::context&) {
+            std::call_once(body->once, [&] {
+                for (const auto part : asset.parts) body->text.append(part);
+            });
+            chatkit::http_response res;
+            res.status = 200;
+            res.headers["Content-Type"] = std::string{asset.content_type};
+            res.body = body->text;
+            // Revalidated each time: the files change with the binary, not with their names.
+            res.headers["Cache-Control"] = "no-cache";
+            res.headers["X-Content-Type-Options"] = "nosniff";
+            res.headers["Referrer-Policy"] = "no-referrer";
+            // Only this server's own files and API: a key typed into "Authorize" lives in
+            // the page. Swagger UI sets inline styles and draws its icons as data: images.
+            res.headers["Content-Security-Policy"] =
+                "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+            return res;
+        });
     }
 }
 

@@ -68,10 +68,10 @@ namespace sample_server {
 // loops (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap;
 // with CHAT_CONFIG, a router among several of them.
 template <class... Also>
-using providers_and = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider,
-                                                chatkit::anthropic_provider, chatkit::async_anthropic_provider,
-                                                chatkit::gemini_provider, chatkit::async_gemini_provider,
-                                                chatkit::bedrock_provider, chatkit::async_bedrock_provider, Also...>;
+using providers_and =
+    chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider, chatkit::anthropic_provider,
+                              chatkit::async_anthropic_provider, chatkit::gemini_provider, chatkit::async_gemini_provider,
+                              chatkit::bedrock_provider, chatkit::async_bedrock_provider, Also...>;
 using member_provider_type = providers_and<>;
 using provider_type = providers_and<chatkit::router<member_provider_type>>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store,
@@ -114,16 +114,13 @@ using usage_store_type = chatkit::usage_store_variant<chatkit::sqlite_usage_stor
 #endif
                                                       >;
 using usage_recorder_type = chatkit::usage_recorder<usage_store_type>;
-using app_service = chatkit::service<provider_type, store_type, cache_type, chatkit::request_id,
-                                     chatkit::optional_middleware<chatkit::otel_tracing>, access_log,
-                                     chatkit::optional_middleware<chatkit::prometheus_metrics>, chatkit::optional_middleware<chatkit::cors>,
-                                     chatkit::optional_middleware<usage_recorder_type>,
-                                     chatkit::optional_middleware<auth_type>, chatkit::optional_middleware<chatkit::pii_redaction>,
-                                     chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
-                                     chatkit::optional_middleware<chatkit::key_usage_limits_mt>,
-                                     chatkit::optional_middleware<chatkit::shared_key_limits<shared_counters>>,
-                                     chatkit::optional_middleware<chatkit::shared_rate_limiter<shared_counters>>,
-                                     chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
+using app_service = chatkit::service<
+    provider_type, store_type, cache_type, chatkit::request_id, chatkit::optional_middleware<chatkit::otel_tracing>, access_log,
+    chatkit::optional_middleware<chatkit::prometheus_metrics>, chatkit::optional_middleware<chatkit::cors>,
+    chatkit::optional_middleware<usage_recorder_type>, chatkit::optional_middleware<auth_type>,
+    chatkit::optional_middleware<chatkit::pii_redaction>, chatkit::optional_middleware<chatkit::key_rate_limits_mt>,
+    chatkit::optional_middleware<chatkit::key_usage_limits_mt>, chatkit::optional_middleware<chatkit::shared_key_limits<shared_counters>>,
+    chatkit::optional_middleware<chatkit::shared_rate_limiter<shared_counters>>, chatkit::optional_middleware<chatkit::rate_limiter_mt>>;
 
 // Whether Bedrock can be called: a region, and credentials the SDK chain finds (environment,
 // ~/.aws files, container endpoint) or a Bedrock API key.
@@ -152,7 +149,8 @@ inline std::string_view chosen_provider(const config& c) {
 // Lambda's init) pays for it; a failure then is retried by the first chat. Sets the provider
 // options' api_key_source and on_key_rejected.
 template <class Options>
-void key_from_secret(Options& o, const config& c, const std::string& arn, std::string_view variable, std::string_view provider, logger* log) {
+void key_from_secret(Options& o, const config& c, const std::string& arn, std::string_view variable, std::string_view provider,
+                     logger* log) {
     try {
         chatkit::aws::secret_options secret;
         secret.secret_id = arn;
@@ -167,10 +165,12 @@ void key_from_secret(Options& o, const config& c, const std::string& arn, std::s
         chatkit::aws::cached_secret<> key{std::move(secret)};
         (void)key.get();
         o.api_key_source = [key]() mutable { return key.get(); };
-        o.on_key_rejected = [key, log, what = "the " + std::string{provider} + " upstream refused the key from its secret (HTTP 401): reading the secret again"](
-                                const std::string& rejected) mutable {
-            if (key.expire(rejected) && log) log->warn(what);
-        };
+        o.on_key_rejected =
+            [key, log,
+             what = "the " + std::string{provider} +
+                    " upstream refused the key from its secret (HTTP 401): reading the secret again"](const std::string& rejected) mutable {
+                if (key.expire(rejected) && log) log->warn(what);
+            };
     } catch (const std::invalid_argument& e) {
         throw config_error(std::string{variable} + ": " + e.what());
     }
@@ -221,12 +221,12 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
             throw config_error("both an Anthropic key (CHAT_ANTHROPIC_API_KEY or ANTHROPIC_API_KEY) and CHAT_ANTHROPIC_API_KEY_SECRET_ARN "
                                "are set: keep one");
         if (!from_secret && c.anthropic_api_key.empty() && c.anthropic_base_url.starts_with("https://api.anthropic.com"))
-            throw config_error("CHAT_PROVIDER=anthropic needs CHAT_ANTHROPIC_API_KEY, ANTHROPIC_API_KEY or CHAT_ANTHROPIC_API_KEY_SECRET_ARN");
+            throw config_error(
+                "CHAT_PROVIDER=anthropic needs CHAT_ANTHROPIC_API_KEY, ANTHROPIC_API_KEY or CHAT_ANTHROPIC_API_KEY_SECRET_ARN");
         chatkit::anthropic_options o;
         o.base_url = c.anthropic_base_url;
         o.api_key = c.anthropic_api_key;
-        if (from_secret)
-            key_from_secret(o, c, c.anthropic_api_key_secret_arn, "CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "Anthropic", log);
+        if (from_secret) key_from_secret(o, c, c.anthropic_api_key_secret_arn, "CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "Anthropic", log);
         if (!c.model.empty()) o.model = c.model;
         o.default_max_tokens = std::min(c.default_max_tokens, c.max_tokens);
         o.read_timeout = c.upstream_timeout;
@@ -244,10 +244,12 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
     if (chosen_provider(c) == "gemini") {
         const bool from_secret = !c.gemini_api_key_secret_arn.empty();
         if (from_secret && !c.gemini_api_key.empty())
-            throw config_error("both a Gemini key (CHAT_GEMINI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY) and CHAT_GEMINI_API_KEY_SECRET_ARN "
-                               "are set: keep one");
+            throw config_error(
+                "both a Gemini key (CHAT_GEMINI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY) and CHAT_GEMINI_API_KEY_SECRET_ARN "
+                "are set: keep one");
         if (!from_secret && c.gemini_api_key.empty() && c.gemini_base_url.starts_with("https://generativelanguage.googleapis.com"))
-            throw config_error("CHAT_PROVIDER=gemini needs CHAT_GEMINI_API_KEY, GEMINI_API_KEY, GOOGLE_API_KEY or CHAT_GEMINI_API_KEY_SECRET_ARN");
+            throw config_error(
+                "CHAT_PROVIDER=gemini needs CHAT_GEMINI_API_KEY, GEMINI_API_KEY, GOOGLE_API_KEY or CHAT_GEMINI_API_KEY_SECRET_ARN");
         chatkit::gemini_options o;
         o.base_url = c.gemini_base_url;
         o.api_key = c.gemini_api_key;
@@ -324,8 +326,8 @@ inline config member_config(const config& c, const provider_entry& e) {
 
 // CHAT_CONFIG's router: each provider built as CHAT_PROVIDER would build it alone, and a fallback
 // counted (chatkit_upstream_fallbacks_total) and logged.
-inline chatkit::router<member_provider_type> make_router(const config& c, const std::shared_ptr<chatkit::http_client>& upstream, logger* log,
-                                                         const std::optional<chatkit::prometheus_metrics>& metrics) {
+inline chatkit::router<member_provider_type> make_router(const config& c, const std::shared_ptr<chatkit::http_client>& upstream,
+                                                         logger* log, const std::optional<chatkit::prometheus_metrics>& metrics) {
     const routing_config& r = *c.routing;
     std::vector<chatkit::router<member_provider_type>::member> members;
     for (const auto& e : r.providers) {
@@ -338,7 +340,9 @@ inline chatkit::router<member_provider_type> make_router(const config& c, const 
     chatkit::router_options o = r.router;
     o.on_fallback = [log, m = metrics](std::string_view from, std::string_view to, const chatkit::error& e) mutable {
         if (m) m->count_fallback(from, to, e);
-        if (log) log->warn("provider failed; trying the next of the route", {{"provider", from}, {"next", to}, {"code", e.code}, {"error", e.message}});
+        if (log)
+            log->warn("provider failed; trying the next of the route",
+                      {{"provider", from}, {"next", to}, {"code", e.code}, {"error", e.message}});
     };
     return chatkit::router<member_provider_type>{std::move(members), r.models, std::move(o)};
 }
@@ -431,11 +435,16 @@ inline std::function<void(std::string_view)> warn_once_a_minute(logger* log, std
 inline void append_redis_cache_figures(std::string& out, const chatkit::redis_cache_stats& s) {
     out += "# HELP chatkit_redis_cache_lookups_total Lookups in the Redis cache: hits, and misses (absent or expired).\n"
            "# TYPE chatkit_redis_cache_lookups_total counter\n"
-           "chatkit_redis_cache_lookups_total{outcome=\"hit\"} " + std::to_string(s.hits) + "\n"
-           "chatkit_redis_cache_lookups_total{outcome=\"miss\"} " + std::to_string(s.misses) + "\n"
+           "chatkit_redis_cache_lookups_total{outcome=\"hit\"} " +
+           std::to_string(s.hits) +
+           "\n"
+           "chatkit_redis_cache_lookups_total{outcome=\"miss\"} " +
+           std::to_string(s.misses) +
+           "\n"
            "# HELP chatkit_redis_cache_failures_total Redis cache commands that failed: each was a miss or a dropped put.\n"
            "# TYPE chatkit_redis_cache_failures_total counter\n"
-           "chatkit_redis_cache_failures_total " + std::to_string(s.failures) + "\n";
+           "chatkit_redis_cache_failures_total " +
+           std::to_string(s.failures) + "\n";
 }
 
 // CHAT_CACHE_SIZE entries in memory; with CHAT_REDIS_URL, in front of Redis (docs/fleet.md). A
@@ -459,12 +468,14 @@ inline cache_type make_cache(const config& c, logger* log = nullptr, std::option
         o.on_error = [warn](const chatkit::error& e) { warn(e.message); };
     }
     chatkit::redis_cache far{std::move(o)};
-    if (auto ping = far.ping(); !ping && log) log->error("cannot use Redis at start-up; the cache misses until it can", {{"error", ping.error().message}});
+    if (auto ping = far.ping(); !ping && log)
+        log->error("cannot use Redis at start-up; the cache misses until it can", {{"error", ping.error().message}});
     // A copy shares the cache's counters (and its pool): it reads them wherever the cache moves.
     if (metrics) metrics->add_source([counted = far](std::string& out) { append_redis_cache_figures(out, counted.stats()); });
     if (c.cache_size == 0) return far;
     // A far hit is kept near for a minute at most (less with a shorter CHAT_CACHE_TTL).
-    return shared_cache_type{std::move(near), std::move(far), chatkit::two_level_cache_options{.near_fill_ttl = std::min(c.cache_ttl, std::chrono::seconds{60})}};
+    return shared_cache_type{std::move(near), std::move(far),
+                             chatkit::two_level_cache_options{.near_fill_ttl = std::min(c.cache_ttl, std::chrono::seconds{60})}};
 }
 
 // The shipped price table (data/pricing.json, built in), with CHAT_PRICING_FILE's models over it.
@@ -539,9 +550,9 @@ inline void add_metrics_route(app_service& service, const config& c, std::option
     const bool keys_on = c.auth == "keys";
     service.route("GET", "/metrics", [metrics = std::move(*metrics), keys_on](chatkit::http_request& req, app_service::context&) {
         if (keys_on && !req.caller.admin)
-            return chatkit::error_response({chatkit::error_kind::permission_denied,
-                                            "only the admin key (CHAT_ADMIN_KEY) may read /metrics", "permission_denied"},
-                                           req.request_id);
+            return chatkit::error_response(
+                {chatkit::error_kind::permission_denied, "only the admin key (CHAT_ADMIN_KEY) may read /metrics", "permission_denied"},
+                req.request_id);
         return metrics.response();
     });
 }
@@ -554,7 +565,9 @@ inline void add_usage_route(app_service& service, const config& c, std::shared_p
         for (const char* path : {"/v1/usage", "/v1/usage/dashboard"})
             service.route("GET", path, [](chatkit::http_request& req, app_service::context&) {
                 return chatkit::error_response({chatkit::error_kind::not_found,
-                                                "usage is recorded with CHAT_USAGE=on and a database (CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB)", "usage_not_recorded"},
+                                                "usage is recorded with CHAT_USAGE=on and a database (CHAT_DATABASE_URL=sqlite:PATH, "
+                                                "dynamodb://TABLE or postgresql://HOST/DB)",
+                                                "usage_not_recorded"},
                                                req.request_id);
             });
         return;
@@ -614,7 +627,8 @@ inline std::optional<shared_limits_setup> make_shared_limits_setup(const config&
                 out += "# HELP chatkit_shared_limits_fallbacks_total Limit checks counted in this process because the shared counters "
                        "(Redis or DynamoDB) could not be reached.\n"
                        "# TYPE chatkit_shared_limits_fallbacks_total counter\n"
-                       "chatkit_shared_limits_fallbacks_total " + std::to_string(fell_back->load()) + "\n";
+                       "chatkit_shared_limits_fallbacks_total " +
+                       std::to_string(fell_back->load()) + "\n";
             });
         auto warn = log ? warn_once_a_minute(log, "the shared limits cannot be reached; counting in this process until they can")
                         : std::function<void(std::string_view)>{};
@@ -632,7 +646,8 @@ inline std::optional<shared_limits_setup> make_shared_limits_setup(const config&
         chatkit::redis_counter_store counters{std::move(ro)};
         // A Redis down at start-up is logged, not fatal: limited requests get 503 until it is back.
         if (auto ping = counters.ping(); !ping && log)
-            log->error("cannot use Redis for the shared limits at start-up; limited requests get 503 until it can", {{"error", ping.error().message}});
+            log->error("cannot use Redis for the shared limits at start-up; limited requests get 503 until it can",
+                       {{"error", ping.error().message}});
         setup.counters = std::make_shared<shared_counters>(shared_counter_stores{std::move(counters)}, settling(log));
         return setup;
     }
@@ -640,7 +655,8 @@ inline std::optional<shared_limits_setup> make_shared_limits_setup(const config&
                                                             : chatkit::result<chatkit::dynamodb_options>{chatkit::error{}};
     if (!database)
         throw config_error("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB: it needs CHAT_REDIS_URL=redis://... or "
-                           "CHAT_DATABASE_URL=dynamodb://TABLE (it is '" + c.database_url + "')");
+                           "CHAT_DATABASE_URL=dynamodb://TABLE (it is '" +
+                           c.database_url + "')");
     setup.counters = std::make_shared<shared_counters>(
         shared_counter_stores{chatkit::dynamodb_counter_store{chatkit::dynamodb_counter_store_options::of(*database)}}, settling(log));
     return setup;
@@ -675,8 +691,9 @@ inline std::vector<std::string> added_routes() {
 // The trace exporter's counts in the Prometheus text format: a collector that is down shows as
 // failed spans, a queue too small for the load as dropped ones.
 inline void append_trace_figures(std::string& out, const chatkit::otlp_exporter_stats& s) {
-    out += "# HELP chatkit_trace_spans_total Spans the trace exporter handled: exported, dropped (queue full) or failed (the export failed).\n"
-           "# TYPE chatkit_trace_spans_total counter\n";
+    out +=
+        "# HELP chatkit_trace_spans_total Spans the trace exporter handled: exported, dropped (queue full) or failed (the export failed).\n"
+        "# TYPE chatkit_trace_spans_total counter\n";
     for (const auto& [outcome, n] : {std::pair{"exported", s.exported}, std::pair{"dropped", s.dropped}, std::pair{"failed", s.failed}})
         out += std::string{"chatkit_trace_spans_total{outcome=\""} + outcome + "\"} " + std::to_string(n) + "\n";
 }
@@ -686,14 +703,21 @@ inline void append_trace_figures(std::string& out, const chatkit::otlp_exporter_
 inline void append_usage_figures(std::string& out, const usage_recorder_type::stats& s) {
     out += "# HELP chatkit_usage_records_total Usage records written to the usage store, or dropped because the queue was full.\n"
            "# TYPE chatkit_usage_records_total counter\n"
-           "chatkit_usage_records_total{outcome=\"written\"} " + std::to_string(s.written) + "\n"
-           "chatkit_usage_records_total{outcome=\"dropped\"} " + std::to_string(s.dropped) + "\n"
+           "chatkit_usage_records_total{outcome=\"written\"} " +
+           std::to_string(s.written) +
+           "\n"
+           "chatkit_usage_records_total{outcome=\"dropped\"} " +
+           std::to_string(s.dropped) +
+           "\n"
            "# HELP chatkit_usage_write_failures_total Batches of usage records whose write failed (they stay queued and are retried).\n"
            "# TYPE chatkit_usage_write_failures_total counter\n"
-           "chatkit_usage_write_failures_total " + std::to_string(s.failed_writes) + "\n"
+           "chatkit_usage_write_failures_total " +
+           std::to_string(s.failed_writes) +
+           "\n"
            "# HELP chatkit_usage_queue_length Usage records waiting to be written.\n"
            "# TYPE chatkit_usage_queue_length gauge\n"
-           "chatkit_usage_queue_length " + std::to_string(s.queued) + "\n";
+           "chatkit_usage_queue_length " +
+           std::to_string(s.queued) + "\n";
 }
 
 // Throws when a component cannot start (e.g. the SQLite file cannot be opened). `log` must outlive
@@ -723,14 +747,12 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
     std::optional<chatkit::shared_key_limits<shared_counters>> shared_limits;
     std::optional<chatkit::shared_rate_limiter<shared_counters>> shared_limiter;
     std::optional<chatkit::rate_limiter_mt> limiter;
-    if (shared && auth)
-        shared_limits.emplace(make_shared_key_limits(*shared, log, client_limit));
+    if (shared && auth) shared_limits.emplace(make_shared_key_limits(*shared, log, client_limit));
     else if (shared && client_limit)
-        shared_limiter.emplace(shared->counters, *client_limit,
-                               chatkit::shared_rate_limiter_options{.fall_back_to_local = shared->fall_back_to_local,
-                                                                    .on_fallback = shared->on_fallback});
-    else if (client_limit)
-        limiter.emplace(*client_limit);
+        shared_limiter.emplace(
+            shared->counters, *client_limit,
+            chatkit::shared_rate_limiter_options{.fall_back_to_local = shared->fall_back_to_local, .on_fallback = shared->on_fallback});
+    else if (client_limit) limiter.emplace(*client_limit);
     if (auth && !shared) {
         key_limits.emplace();
         chatkit::key_usage_limits_options o;
@@ -749,7 +771,8 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         chatkit::usage_recorder_options o;
         if (log) o.on_error = [log](const chatkit::error& e) { log->error("cannot write usage records", {{"error", e.message}}); };
         recorder.emplace(usage, std::move(o));
-        if (metrics) metrics->add_source([figures = recorder->figures_source()](std::string& out) { append_usage_figures(out, figures()); });
+        if (metrics)
+            metrics->add_source([figures = recorder->figures_source()](std::string& out) { append_usage_figures(out, figures()); });
     }
     std::optional<chatkit::otel_tracing> tracing;
     if (c.tracing) {
@@ -770,10 +793,13 @@ inline app_service make_service(const config& c, logger* log, std::shared_ptr<ch
         pii.emplace(std::move(o));
     }
     std::optional<chatkit::cors> cors;
-    if (!c.cors_origins.empty()) cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
-    app_service service{make_service_options(c), std::move(provider), make_store(c, metrics), make_cache(c, log, metrics), chatkit::request_id{},
-                        std::move(tracing), access_log{log}, metrics, std::move(cors), std::move(recorder), std::move(auth), std::move(pii), std::move(key_limits), std::move(usage_limits),
-                        std::move(shared_limits), std::move(shared_limiter), std::move(limiter)};
+    if (!c.cors_origins.empty())
+        cors.emplace(chatkit::cors_options{.origins = c.cors_origins, .headers = c.cors_headers, .max_age = c.cors_max_age});
+    app_service service{make_service_options(c), std::move(provider),     make_store(c, metrics),   make_cache(c, log, metrics),
+                        chatkit::request_id{},   std::move(tracing),      access_log{log},          metrics,
+                        std::move(cors),         std::move(recorder),     std::move(auth),          std::move(pii),
+                        std::move(key_limits),   std::move(usage_limits), std::move(shared_limits), std::move(shared_limiter),
+                        std::move(limiter)};
     add_usage_route(service, c, std::move(usage));
     add_metrics_route(service, c, std::move(metrics));
     admin_routes::add(service, c); // /admin: teams and keys over HTTP, for CHAT_ADMIN_KEY

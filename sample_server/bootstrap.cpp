@@ -54,19 +54,22 @@ int main(int argc, char** argv) {
         // So are its spans, for the exporter's thread, and the settlements of the shared limits.
         auto* tracing = service.middleware<chatkit::optional_middleware<chatkit::otel_tracing>>().get();
         auto* limits = service.middleware<chatkit::optional_middleware<chatkit::shared_key_limits<sample_server::shared_counters>>>().get();
-        chatkit::lambda_runtime runtime{
-            service,
-            chatkit::lambda_options{.runtime_api = runtime_api,
-                                    .max_invocations = 0,
-                                    .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
-                                                        ? chatkit::function_url_mode::response_stream
-                                                        : chatkit::function_url_mode::buffered,
-                                    .between_invocations = [recorder, tracing, limits] {
-                                        if (limits) (void)limits->counters().flush();
-                                        if (recorder) (void)recorder->flush(std::chrono::seconds{5});
-                                        if (tracing) (void)tracing->exporter().flush(std::chrono::seconds{2});
-                                    }},
-            [&log](std::string_view problem) { log.error("lambda runtime", {{"error", problem}}); }};
+        chatkit::lambda_runtime runtime{service,
+                                        chatkit::lambda_options{.runtime_api = runtime_api,
+                                                                .max_invocations = 0,
+                                                                .function_url = cfg.function_url_invoke_mode == "RESPONSE_STREAM"
+                                                                                    ? chatkit::function_url_mode::response_stream
+                                                                                    : chatkit::function_url_mode::buffered,
+                                                                .between_invocations =
+                                                                    [recorder, tracing, limits] {
+                                                                        if (limits) (void)limits->counters().flush();
+                                                                        if (recorder) (void)recorder->flush(std::chrono::seconds{5});
+                                                                        if (tracing)
+                                                                            (void)tracing->exporter().flush(std::chrono::seconds{2});
+                                                                    }},
+                                        [&log](std::string_view problem) {
+                                            log.error("lambda runtime", {{"error", problem}});
+                                        }};
         log.info("ready", {{"runtime_api", runtime_api},
                            {"provider", service.provider().name()},
                            {"model", service.models().front()},

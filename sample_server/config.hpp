@@ -111,9 +111,7 @@ struct config_error : std::runtime_error {
 };
 
 // CHAT_DATABASE_URL=postgresql://... (or postgres://): the PostgreSQL store.
-inline bool is_postgres_url(std::string_view url) {
-    return url.starts_with("postgresql://") || url.starts_with("postgres://");
-}
+inline bool is_postgres_url(std::string_view url) { return url.starts_with("postgresql://") || url.starts_with("postgres://"); }
 
 // CHAT_DATABASE_URL as it may be logged or shown: a PostgreSQL URL may hold a password (in its
 // user info, or as a password=... parameter), so it is shown without them and without its query.
@@ -137,8 +135,8 @@ Int parse_int(std::string_view name, std::string_view text, Int min, Int max) {
     Int value{};
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
     if (ec != std::errc{} || end != text.data() + text.size() || value < min || value > max)
-        throw config_error(std::string{name} + "='" + std::string{text} + "' is not an integer from " +
-                           std::to_string(min) + " to " + std::to_string(max));
+        throw config_error(std::string{name} + "='" + std::string{text} + "' is not an integer from " + std::to_string(min) + " to " +
+                           std::to_string(max));
     return value;
 }
 
@@ -189,7 +187,7 @@ struct setting {
     std::string_view description; // for --help
     std::function<void(config&, std::string_view name, std::string_view value)> apply;
     std::function<std::string(const config&)> show;
-    std::string_view fallback_env{}; // read when `env` is unset (the OpenAI SDKs' own variables)
+    std::string_view fallback_env{};        // read when `env` is unset (the OpenAI SDKs' own variables)
     std::string_view second_fallback_env{}; // read when both are unset (GOOGLE_API_KEY after GEMINI_API_KEY)
 };
 
@@ -198,16 +196,18 @@ inline const std::vector<setting>& settings() {
     using detail::parse_int;
     static const std::vector<setting> table = {
         {"CHAT_SERVER", "HTTP server: beast (event loops) or httplib (a thread per connection)",
-         [](config& c, auto n, auto v) { c.server = one_of(n, v, {"beast", "httplib"}); },
+         [](config& c, auto n, auto v) {
+             c.server = one_of(n, v, {"beast", "httplib"});
+         },
          [](const config& c) { return c.server; }},
-        {"CHAT_HOST", "address to listen on", [](config& c, auto, auto v) { c.host = v; },
-         [](const config& c) { return c.host; }},
+        {"CHAT_HOST", "address to listen on", [](config& c, auto, auto v) { c.host = v; }, [](const config& c) { return c.host; }},
         {"CHAT_PORT", "TCP port (0: any free port, printed at start-up)",
          [](config& c, auto n, auto v) { c.port = parse_int<int>(n, v, 0, 65535); },
          [](const config& c) { return std::to_string(c.port); }},
-        {"CHAT_DATABASE_URL", "history and conversations store (and API keys): sqlite:PATH, "
-                              "dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K&conversations_table=C], "
-                              "postgresql://USER:PASSWORD@HOST:PORT/DB (history and conversations; a secret: never shown), or none",
+        {"CHAT_DATABASE_URL",
+         "history and conversations store (and API keys): sqlite:PATH, "
+         "dynamodb://TABLE[?region=R&ttl_days=N&keys_table=K&conversations_table=C], "
+         "postgresql://USER:PASSWORD@HOST:PORT/DB (history and conversations; a secret: never shown), or none",
          [](config& c, auto n, auto v) {
              if (v.starts_with("dynamodb:")) {
                  if (auto parsed = chatkit::parse_dynamodb_url(v); !parsed)
@@ -227,35 +227,70 @@ inline const std::vector<setting>& settings() {
              c.database_url = v;
          },
          [](const config& c) { return shown_database_url(c.database_url); }},
-        {"CHAT_AUTH", "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key, kept in the database; not with none)",
-         [](config& c, auto n, auto v) { c.auth = one_of(n, v, {"none", "keys"}); },
+        {"CHAT_AUTH",
+         "none (anyone who can reach the server may use it) or keys (every route but /health needs an API key, kept in the database; not "
+         "with none)",
+         [](config& c, auto n, auto v) {
+             c.auth = one_of(n, v, {"none", "keys"});
+         },
          [](const config& c) { return c.auth; }},
-        {"CHAT_ADMIN_KEY", "with CHAT_AUTH=keys: the admin key (32 characters or more), or sha256:<64 hex> of it, that may call the /admin routes (a secret: prefer the environment to the flag; empty: none)",
+        {"CHAT_ADMIN_KEY",
+         "with CHAT_AUTH=keys: the admin key (32 characters or more), or sha256:<64 hex> of it, that may call the /admin routes (a secret: "
+         "prefer the environment to the flag; empty: none)",
          [](config& c, auto n, auto v) { c.admin_key_digest = detail::admin_key_digest(n, v); },
          [](const config&) { return std::string{}; }},
         {"CHAT_PROVIDER",
          "auto (openai with an API key or its secret, else anthropic with an API key, else gemini with an API key, else bedrock with "
          "AWS credentials, else echo), echo, openai, anthropic, gemini or bedrock",
-         [](config& c, auto n, auto v) { c.provider = one_of(n, v, {"auto", "echo", "openai", "anthropic", "gemini", "bedrock"}); },
+         [](config& c, auto n, auto v) {
+             c.provider = one_of(n, v, {"auto", "echo", "openai", "anthropic", "gemini", "bedrock"});
+         },
          [](const config& c) { return c.provider; }},
-        {"CHAT_CONFIG", "a YAML (or JSON) file of providers and the models routed to them, with fallbacks and weights; replaces "
+        {"CHAT_CONFIG",
+         "a YAML (or JSON) file of providers and the models routed to them, with fallbacks and weights; replaces "
          "CHAT_PROVIDER and CHAT_MODEL (docs/providers.md; empty: none)",
          [](config& c, auto, auto v) { c.config_file = v; }, [](const config& c) { return c.config_file; }},
         {"CHAT_MODEL", "default model (empty: the provider's default)", [](config& c, auto, auto v) { c.model = v; },
          [](const config& c) { return c.model; }},
-        {"CHAT_PRICING_FILE", "a JSON price table (USD per 1M tokens) merged over the shipped data/pricing.json (empty: the shipped one only)",
+        {"CHAT_PRICING_FILE",
+         "a JSON price table (USD per 1M tokens) merged over the shipped data/pricing.json (empty: the shipped one only)",
          [](config& c, auto, auto v) { c.pricing_file = v; }, [](const config& c) { return c.pricing_file; }},
-        {"CHAT_USAGE", "on (a usage record per chat request, in the SQLite or PostgreSQL database or the DynamoDB usage table; GET /v1/usage) or off",
-         [](config& c, auto n, auto v) { c.usage = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.usage; }},
-        {"CHAT_PII_MODE", "personal data and secrets in chat messages (e-mails, phones, cards, IBANs, SSNs, IP addresses, API keys): off, count (x-chatkit-pii header), mask (placeholders before the provider, cache and history) or refuse (400 pii_detected)",
-         [](config& c, auto n, auto v) { c.pii_mode = one_of(n, v, {"off", "count", "mask", "refuse"}); }, [](const config& c) { return c.pii_mode; }},
-        {"CHAT_LIMITS", "where the limits of API keys and teams and CHAT_RATE_LIMIT are counted: local (this process), shared (in Redis with CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap on DynamoDB, else local)",
-         [](config& c, auto n, auto v) { c.limits = one_of(n, v, {"auto", "local", "shared"}); }, [](const config& c) { return c.limits; }},
-        {"CHAT_LIMITS_FALLBACK", "with CHAT_LIMITS=shared, while Redis or DynamoDB cannot be reached: local (count in this process until it can; logged once a minute) or refuse (503 for every limited request)",
-         [](config& c, auto n, auto v) { c.limits_fallback = one_of(n, v, {"local", "refuse"}); }, [](const config& c) { return c.limits_fallback; }},
+        {"CHAT_USAGE",
+         "on (a usage record per chat request, in the SQLite or PostgreSQL database or the DynamoDB usage table; GET /v1/usage) or off",
+         [](config& c, auto n, auto v) {
+             c.usage = one_of(n, v, {"on", "off"});
+         },
+         [](const config& c) { return c.usage; }},
+        {"CHAT_PII_MODE",
+         "personal data and secrets in chat messages (e-mails, phones, cards, IBANs, SSNs, IP addresses, API keys): off, count "
+         "(x-chatkit-pii header), mask (placeholders before the provider, cache and history) or refuse (400 pii_detected)",
+         [](config& c, auto n, auto v) {
+             c.pii_mode = one_of(n, v, {"off", "count", "mask", "refuse"});
+         },
+         [](const config& c) { return c.pii_mode; }},
+        {"CHAT_LIMITS",
+         "where the limits of API keys and teams and CHAT_RATE_LIMIT are counted: local (this process), shared (in Redis with "
+         "CHAT_REDIS_URL, else the DynamoDB database's limits table: one count for every replica) or auto (shared in the Lambda bootstrap "
+         "on DynamoDB, else local)",
+         [](config& c, auto n, auto v) {
+             c.limits = one_of(n, v, {"auto", "local", "shared"});
+         },
+         [](const config& c) { return c.limits; }},
+        {"CHAT_LIMITS_FALLBACK",
+         "with CHAT_LIMITS=shared, while Redis or DynamoDB cannot be reached: local (count in this process until it can; logged once a "
+         "minute) or refuse (503 for every limited request)",
+         [](config& c, auto n, auto v) {
+             c.limits_fallback = one_of(n, v, {"local", "refuse"});
+         },
+         [](const config& c) { return c.limits_fallback; }},
         {"CHAT_METRICS", "on (GET /metrics in the Prometheus text format; with CHAT_AUTH=keys, for the admin key only) or off",
-         [](config& c, auto n, auto v) { c.metrics = one_of(n, v, {"on", "off"}); }, [](const config& c) { return c.metrics; }},
-        {"CHAT_METRICS_PORT", "a TCP port of its own, on CHAT_HOST, that serves only GET /metrics, to anyone who can reach it (no key); the main port then serves no /metrics (empty: /metrics on the main port; 0: any free port)",
+         [](config& c, auto n, auto v) {
+             c.metrics = one_of(n, v, {"on", "off"});
+         },
+         [](const config& c) { return c.metrics; }},
+        {"CHAT_METRICS_PORT",
+         "a TCP port of its own, on CHAT_HOST, that serves only GET /metrics, to anyone who can reach it (no key); the main port then "
+         "serves no /metrics (empty: /metrics on the main port; 0: any free port)",
          [](config& c, auto n, auto v) { c.metrics_port = v.empty() ? -1 : parse_int<int>(n, v, 0, 65535); },
          [](const config& c) { return c.metrics_port < 0 ? std::string{} : std::to_string(c.metrics_port); }},
         {"CHAT_CORS_ORIGINS", "origins whose web pages may call the API, a comma list of scheme://host[:port], or * (empty: none)",
@@ -277,7 +312,10 @@ inline const std::vector<setting>& settings() {
         {"CHAT_CACHE_TTL", "seconds a cached answer stays valid",
          [](config& c, auto n, auto v) { c.cache_ttl = std::chrono::seconds{parse_int<long>(n, v, 1, 31'536'000)}; },
          [](const config& c) { return std::to_string(c.cache_ttl.count()); }},
-        {"CHAT_REDIS_URL", "a Redis every replica shares for cached answers, redis://[user:password@]host[:port][/db], or rediss://... for TLS (the certificate checked against OpenSSL's trust store, which SSL_CERT_FILE can name), behind the in-memory cache of CHAT_CACHE_SIZE (0: Redis alone) (empty: none; a secret when it holds a password)",
+        {"CHAT_REDIS_URL",
+         "a Redis every replica shares for cached answers, redis://[user:password@]host[:port][/db], or rediss://... for TLS (the "
+         "certificate checked against OpenSSL's trust store, which SSL_CERT_FILE can name), behind the in-memory cache of CHAT_CACHE_SIZE "
+         "(0: Redis alone) (empty: none; a secret when it holds a password)",
          [](config& c, auto n, auto v) {
              if (!v.empty())
                  if (auto parsed = chatkit::parse_redis_url(v); !parsed) throw config_error(std::string{n} + ": " + parsed.error().message);
@@ -287,8 +325,7 @@ inline const std::vector<setting>& settings() {
         {"CHAT_RATE_LIMIT", "requests per client: N/second|minute|hour, or off",
          [](config& c, auto n, auto v) {
              if (v != "off" && !chatkit::rate_limit::parse(v))
-                 throw config_error(std::string{n} + "='" + std::string{v} +
-                                    "' must look like 60/minute (N/second|minute|hour) or be off");
+                 throw config_error(std::string{n} + "='" + std::string{v} + "' must look like 60/minute (N/second|minute|hour) or be off");
              c.rate_limit = v;
          },
          [](const config& c) { return c.rate_limit; }},
@@ -301,18 +338,23 @@ inline const std::vector<setting>& settings() {
         {"CHAT_MAX_TOKENS", "largest max_tokens a request may ask for",
          [](config& c, auto n, auto v) { c.max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.max_tokens); }},
-        {"CHAT_DEFAULT_MAX_TOKENS", "max_tokens reserved for (and sent with) a request that names none, when its key has token limits or a budget; "
+        {"CHAT_DEFAULT_MAX_TOKENS",
+         "max_tokens reserved for (and sent with) a request that names none, when its key has token limits or a budget; "
          "the anthropic provider sends it with every request that names none (its API requires one)",
          [](config& c, auto n, auto v) { c.default_max_tokens = parse_int<int>(n, v, 1, 10'000'000); },
          [](const config& c) { return std::to_string(c.default_max_tokens); }},
         {"CHAT_CONTEXT_MESSAGES", "most earlier messages of a conversation sent with its next turn (the oldest dropped first)",
          [](config& c, auto n, auto v) { c.context_messages = parse_int<std::size_t>(n, v, 0, 10'000); },
          [](const config& c) { return std::to_string(c.context_messages); }},
-        {"CHAT_CONTEXT_TOKENS", "about how many tokens of a conversation's earlier messages are sent with its next turn (estimated from their bytes)",
+        {"CHAT_CONTEXT_TOKENS",
+         "about how many tokens of a conversation's earlier messages are sent with its next turn (estimated from their bytes)",
          [](config& c, auto n, auto v) { c.context_tokens = parse_int<std::int64_t>(n, v, 0, 10'000'000); },
          [](const config& c) { return std::to_string(c.context_tokens); }},
-        {"CHAT_KEEP_ABANDONED_TURNS", "on: a conversation's streamed turn the client left is stored as far as it was sent; off: nothing partial is stored",
-         [](config& c, auto n, auto v) { c.keep_abandoned_turns = one_of(n, v, {"on", "off"}); },
+        {"CHAT_KEEP_ABANDONED_TURNS",
+         "on: a conversation's streamed turn the client left is stored as far as it was sent; off: nothing partial is stored",
+         [](config& c, auto n, auto v) {
+             c.keep_abandoned_turns = one_of(n, v, {"on", "off"});
+         },
          [](const config& c) { return c.keep_abandoned_turns; }},
         {"CHAT_THREADS", "worker threads: blocking provider and store calls (beast); one per kept-alive connection (httplib)",
          [](config& c, auto n, auto v) { c.threads = parse_int<std::size_t>(n, v, 1, 100'000); },
@@ -323,7 +365,9 @@ inline const std::vector<setting>& settings() {
         {"CHAT_KEEP_ALIVE_TIMEOUT", "seconds an idle kept-alive connection stays open",
          [](config& c, auto n, auto v) { c.keep_alive_timeout = std::chrono::seconds{parse_int<long>(n, v, 1, 3600)}; },
          [](const config& c) { return std::to_string(c.keep_alive_timeout.count()); }},
-        {"CHAT_DRAIN_DELAY", "seconds between SIGTERM and closing the listener, while GET /ready answers 503 so load balancers stop sending (SIGINT, or a second signal, stops at once)",
+        {"CHAT_DRAIN_DELAY",
+         "seconds between SIGTERM and closing the listener, while GET /ready answers 503 so load balancers stop sending (SIGINT, or a "
+         "second signal, stops at once)",
          [](config& c, auto n, auto v) { c.drain_delay = std::chrono::seconds{parse_int<long>(n, v, 0, 3600)}; },
          [](const config& c) { return std::to_string(c.drain_delay.count()); }},
         {"CHAT_LOOPS", "beast: event-loop threads (0: one per core)",
@@ -339,10 +383,14 @@ inline const std::vector<setting>& settings() {
          [](config& c, auto n, auto v) { c.request_deadline = std::chrono::seconds{parse_int<long>(n, v, 1, 86'400)}; },
          [](const config& c) { return std::to_string(c.request_deadline.count()); }},
         {"CHAT_LOG_LEVEL", "trace, debug, info, warn, error or off",
-         [](config& c, auto n, auto v) { c.log_level = one_of(n, v, {"trace", "debug", "info", "warn", "error", "off"}); },
+         [](config& c, auto n, auto v) {
+             c.log_level = one_of(n, v, {"trace", "debug", "info", "warn", "error", "off"});
+         },
          [](const config& c) { return c.log_level; }},
         {"CHAT_LOG_FORMAT", "json (one object per line) or text",
-         [](config& c, auto n, auto v) { c.log_format = one_of(n, v, {"json", "text"}); },
+         [](config& c, auto n, auto v) {
+             c.log_format = one_of(n, v, {"json", "text"});
+         },
          [](const config& c) { return c.log_format; }},
         {"CHAT_ECHO_DELAY_MS", "echo provider: pause between streamed words, in ms",
          [](config& c, auto n, auto v) { c.echo_delay = std::chrono::milliseconds{parse_int<long>(n, v, 0, 60'000)}; },
@@ -377,13 +425,14 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return std::to_string(c.upstream_max_retries); }},
         {"CHAT_OPENAI_AZURE_DEPLOYMENT", "Azure OpenAI deployment (turns on Azure mode)",
          [](config& c, auto, auto v) { c.openai_azure_deployment = v; }, [](const config& c) { return c.openai_azure_deployment; }},
-        {"CHAT_OPENAI_AZURE_API_VERSION", "Azure OpenAI api-version",
-         [](config& c, auto, auto v) { c.openai_azure_api_version = v; }, [](const config& c) { return c.openai_azure_api_version; }},
+        {"CHAT_OPENAI_AZURE_API_VERSION", "Azure OpenAI api-version", [](config& c, auto, auto v) { c.openai_azure_api_version = v; },
+         [](const config& c) { return c.openai_azure_api_version; }},
         {"CHAT_ANTHROPIC_API_KEY", "Anthropic API key (a secret: prefer the environment to the flag)",
          [](config& c, auto, auto v) { c.anthropic_api_key = v; }, [](const config&) { return std::string{}; }, "ANTHROPIC_API_KEY"},
         {"CHAT_ANTHROPIC_API_KEY_SECRET_ARN",
          "AWS Secrets Manager secret holding the Anthropic key (the bare key, or JSON with \"api_key\"), instead of the key itself",
-         [](config& c, auto, auto v) { c.anthropic_api_key_secret_arn = v; }, [](const config& c) { return c.anthropic_api_key_secret_arn; }},
+         [](config& c, auto, auto v) { c.anthropic_api_key_secret_arn = v; },
+         [](const config& c) { return c.anthropic_api_key_secret_arn; }},
         {"CHAT_ANTHROPIC_BASE_URL", "Anthropic's API origin (its path /v1/messages is appended)",
          [](config& c, auto n, auto v) {
              if (!v.starts_with("http://") && !v.starts_with("https://"))
@@ -392,7 +441,8 @@ inline const std::vector<setting>& settings() {
          },
          [](const config& c) { return c.anthropic_base_url; }, "ANTHROPIC_BASE_URL"},
         {"CHAT_GEMINI_API_KEY", "Gemini API key (a secret: prefer the environment to the flag)",
-         [](config& c, auto, auto v) { c.gemini_api_key = v; }, [](const config&) { return std::string{}; }, "GEMINI_API_KEY", "GOOGLE_API_KEY"},
+         [](config& c, auto, auto v) { c.gemini_api_key = v; }, [](const config&) { return std::string{}; }, "GEMINI_API_KEY",
+         "GOOGLE_API_KEY"},
         {"CHAT_GEMINI_API_KEY_SECRET_ARN",
          "AWS Secrets Manager secret holding the Gemini key (the bare key, or JSON with \"api_key\"), instead of the key itself",
          [](config& c, auto, auto v) { c.gemini_api_key_secret_arn = v; }, [](const config& c) { return c.gemini_api_key_secret_arn; }},
@@ -405,7 +455,9 @@ inline const std::vector<setting>& settings() {
          [](const config& c) { return c.gemini_base_url; }},
         {"CHAT_FUNCTION_URL_INVOKE_MODE",
          "bootstrap only: the InvokeMode of the function's Function URL, BUFFERED or RESPONSE_STREAM (Lambda cannot tell)",
-         [](config& c, auto n, auto v) { c.function_url_invoke_mode = one_of(n, v, {"BUFFERED", "RESPONSE_STREAM"}); },
+         [](config& c, auto n, auto v) {
+             c.function_url_invoke_mode = one_of(n, v, {"BUFFERED", "RESPONSE_STREAM"});
+         },
          [](const config& c) { return c.function_url_invoke_mode; }},
     };
     return table;
@@ -426,7 +478,8 @@ inline std::string help_text() {
         std::string line = "  " + flag_name(s.env) + ", " + std::string{s.env};
         line.resize(std::max<std::size_t>(line.size() + 1, 44), ' ');
         text += line + std::string{s.description} + " [" + s.show(defaults) + "]";
-        if (!s.second_fallback_env.empty()) text += " (or " + std::string{s.fallback_env} + ", then " + std::string{s.second_fallback_env} + ")";
+        if (!s.second_fallback_env.empty())
+            text += " (or " + std::string{s.fallback_env} + ", then " + std::string{s.second_fallback_env} + ")";
         else if (!s.fallback_env.empty()) text += " (or " + std::string{s.fallback_env} + ")";
         text += "\n";
     }
@@ -465,8 +518,10 @@ inline config load_config(int argc, const char* const* argv, const std::function
         throw config_error(e.what());
     }
     if (!c.config_file.empty()) {
-        if (c.provider != "auto") throw config_error("CHAT_CONFIG names the providers: CHAT_PROVIDER=" + c.provider + " cannot be used with it");
-        if (!c.model.empty()) throw config_error("CHAT_CONFIG names the models (the first is the default): CHAT_MODEL cannot be used with it");
+        if (c.provider != "auto")
+            throw config_error("CHAT_CONFIG names the providers: CHAT_PROVIDER=" + c.provider + " cannot be used with it");
+        if (!c.model.empty())
+            throw config_error("CHAT_CONFIG names the models (the first is the default): CHAT_MODEL cannot be used with it");
         try {
             c.routing = std::make_shared<const routing_config>(load_routing_config(c.config_file, getenv));
         } catch (const routing_config_error& e) {
@@ -477,7 +532,8 @@ inline config load_config(int argc, const char* const* argv, const std::function
     if (c.metrics_port >= 0 && c.metrics != "on")
         throw config_error("CHAT_METRICS_PORT serves the metrics, but CHAT_METRICS=off turns them off: set one or the other");
     if (c.metrics_port > 0 && c.metrics_port == c.port)
-        throw config_error("CHAT_METRICS_PORT=" + std::to_string(c.metrics_port) + " is CHAT_PORT too: give the metrics a port of their own");
+        throw config_error("CHAT_METRICS_PORT=" + std::to_string(c.metrics_port) +
+                           " is CHAT_PORT too: give the metrics a port of their own");
     return c;
 }
 

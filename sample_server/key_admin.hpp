@@ -74,8 +74,7 @@ inline std::int64_t duration_ms(std::string_view name, const std::string& text) 
         const std::int64_t per = unit == 'd' ? 86'400'000 : unit == 'h' ? 3'600'000 : unit == 'm' ? 60'000 : unit == 's' ? 1000 : 0;
         std::int64_t n = 0;
         const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size() - 1, n);
-        if (per && ec == std::errc{} && end == text.data() + text.size() - 1 && n >= 1 && n <= 36'500 * 86'400'000LL / per)
-            return n * per;
+        if (per && ec == std::errc{} && end == text.data() + text.size() - 1 && n >= 1 && n <= 36'500 * 86'400'000LL / per) return n * per;
     }
     throw invalid_field(name, std::string{name} + " must be a duration such as 30d, 12h, 45m or 3600s, not '" + text + "'");
 }

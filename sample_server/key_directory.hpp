@@ -54,7 +54,8 @@ inline key_directory_type make_key_directory(const config& c, std::string_view w
 #endif
     if (!c.database_url.starts_with("sqlite:"))
         throw config_error(std::string{what} + " needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is '" +
-                           shown_database_url(c.database_url) + "'): API keys are kept in the database, and with none there is no database");
+                           shown_database_url(c.database_url) +
+                           "'): API keys are kept in the database, and with none there is no database");
     std::string path = c.database_url.substr(std::string_view{"sqlite:"}.size());
     if (path.starts_with("//")) path.erase(0, 2); // sqlite:///abs/path.db
     return chatkit::sqlite_key_directory{chatkit::sqlite_options{.path = path}};

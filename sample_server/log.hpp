@@ -124,16 +124,23 @@ public:
         log_->flush_on(spdlog::level::off); // the sink writes each batch out whole; a flush would wait for it
     }
 
-    void log(spdlog::level::level_enum level, std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
+    void log(spdlog::level::level_enum level, std::string_view msg,
+             const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
         if (!log_->should_log(level)) return;
         line out{json_, level, msg};
         for (const auto& [key, value] : fields.items()) out.value(key, value);
         log_->log(level, spdlog::string_view_t{out.finish()});
     }
 
-    void info(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::info, msg, fields); }
-    void warn(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::warn, msg, fields); }
-    void error(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) { log(spdlog::level::err, msg, fields); }
+    void info(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
+        log(spdlog::level::info, msg, fields);
+    }
+    void warn(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
+        log(spdlog::level::warn, msg, fields);
+    }
+    void error(std::string_view msg, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
+        log(spdlog::level::err, msg, fields);
+    }
 
     // The access log: one line per request, once its last byte is out (a stream's line carries
     // its real usage). Written field by field rather than through a JSON tree: the tree made this

@@ -94,16 +94,23 @@ int main(int argc, char** argv) {
         } else if (provider == "echo")
             log.info("no real provider is configured; using the built-in echo provider, which answers with your last message");
         else if (provider == "openai")
-            log.info("using the OpenAI provider", {{"base_url", cfg.openai_base_url}, {"api_key", !cfg.openai_api_key_secret_arn.empty() ? "from " + cfg.openai_api_key_secret_arn
-                                                                    : cfg.openai_api_key.empty() ? "none" : "set"}});
+            log.info("using the OpenAI provider",
+                     {{"base_url", cfg.openai_base_url},
+                      {"api_key", !cfg.openai_api_key_secret_arn.empty() ? "from " + cfg.openai_api_key_secret_arn
+                                  : cfg.openai_api_key.empty()           ? "none"
+                                                                         : "set"}});
         else if (provider == "anthropic")
-            log.info("using the Anthropic provider", {{"base_url", cfg.anthropic_base_url},
-                                                      {"api_key", !cfg.anthropic_api_key_secret_arn.empty() ? "from " + cfg.anthropic_api_key_secret_arn
-                                                                  : cfg.anthropic_api_key.empty() ? "none" : "set"}});
+            log.info("using the Anthropic provider",
+                     {{"base_url", cfg.anthropic_base_url},
+                      {"api_key", !cfg.anthropic_api_key_secret_arn.empty() ? "from " + cfg.anthropic_api_key_secret_arn
+                                  : cfg.anthropic_api_key.empty()           ? "none"
+                                                                            : "set"}});
         else if (provider == "gemini")
-            log.info("using the Gemini provider", {{"base_url", cfg.gemini_base_url},
-                                                   {"api_key", !cfg.gemini_api_key_secret_arn.empty() ? "from " + cfg.gemini_api_key_secret_arn
-                                                               : cfg.gemini_api_key.empty() ? "none" : "set"}});
+            log.info("using the Gemini provider",
+                     {{"base_url", cfg.gemini_base_url},
+                      {"api_key", !cfg.gemini_api_key_secret_arn.empty() ? "from " + cfg.gemini_api_key_secret_arn
+                                  : cfg.gemini_api_key.empty()           ? "none"
+                                                                         : "set"}});
         else if (auto* bedrock = service.provider().get_if<chatkit::bedrock_provider>())
             log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
         else if (auto* async_bedrock = service.provider().get_if<chatkit::async_bedrock_provider>())

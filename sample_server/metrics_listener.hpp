@@ -26,7 +26,8 @@ struct metrics_endpoint {
         if (req.path == "/metrics" && (req.method == "GET" || req.method == "HEAD")) return metrics.response();
         const auto id = chatkit::random_id();
         if (req.path == "/metrics") {
-            auto refused = chatkit::error_response({chatkit::error_kind::method_not_allowed, "/metrics answers GET only", "method_not_allowed"}, id);
+            auto refused = chatkit::error_response(
+                {chatkit::error_kind::method_not_allowed, "/metrics answers GET only", "method_not_allowed"}, id);
             refused.headers["Allow"] = "GET, HEAD";
             return refused;
         }

@@ -126,12 +126,14 @@ inline routing_config load_routing_config(const std::string& path, const std::fu
     if (!providers || !providers.IsSequence() || providers.size() == 0) in.fail(root, "'providers' must be a list of one provider or more");
     std::set<std::string> names;
     for (const auto& p : providers) {
-        in.expect_map(p, "a provider", {"name", "type", "base_url", "api_key_env", "api_key_secret_arn", "model", "deployment",
-                                        "api_version", "max_retries", "timeout_seconds"});
+        in.expect_map(p, "a provider",
+                      {"name", "type", "base_url", "api_key_env", "api_key_secret_arn", "model", "deployment", "api_version", "max_retries",
+                       "timeout_seconds"});
         provider_entry e;
         e.line = p.Mark().line + 1;
         e.name = in.text(p, "name", true, "a provider");
-        if (e.name.find('/') != std::string::npos) in.fail(p["name"], "a provider's name may not contain '/' (clients ask for provider/model)");
+        if (e.name.find('/') != std::string::npos)
+            in.fail(p["name"], "a provider's name may not contain '/' (clients ask for provider/model)");
         if (!names.insert(e.name).second) in.fail(p["name"], "provider '" + e.name + "' is defined twice");
         e.type = in.text(p, "type", true, "provider '" + e.name + "'");
         bool known = false;
@@ -152,13 +154,15 @@ inline routing_config load_routing_config(const std::string& path, const std::fu
             e.api_key = key;
         }
         // The public APIs need a key; a base_url of one's own (a local server) may not.
-        const bool public_api = e.type == "azure" || ((e.type == "openai" || e.type == "anthropic" || e.type == "gemini") && e.base_url.empty());
+        const bool public_api = e.type == "azure" ||
+                                ((e.type == "openai" || e.type == "anthropic" || e.type == "gemini") && e.base_url.empty());
         if (public_api && e.api_key_env.empty() && e.api_key_secret_arn.empty())
             in.fail(p, "provider '" + e.name + "' needs api_key_env: the variable that holds its key");
         if (!e.api_key_env.empty() && !e.api_key_secret_arn.empty())
             in.fail(p, "provider '" + e.name + "' has both api_key_env and api_key_secret_arn: keep one");
         if (!e.api_key_secret_arn.empty() && e.type != "openai" && e.type != "azure" && e.type != "anthropic" && e.type != "gemini")
-            in.fail(p["api_key_secret_arn"], "provider '" + e.name + "': api_key_secret_arn is for openai, azure, anthropic and gemini providers");
+            in.fail(p["api_key_secret_arn"],
+                    "provider '" + e.name + "': api_key_secret_arn is for openai, azure, anthropic and gemini providers");
         e.model = in.text(p, "model", false, "");
         e.deployment = in.text(p, "deployment", e.type == "azure", "provider '" + e.name + "' (azure)");
         e.api_version = in.text(p, "api_version", false, "");
@@ -190,7 +194,8 @@ inline routing_config load_routing_config(const std::string& path, const std::fu
                 r.model = in.text(t, "model", false, "");
                 if (auto w = in.integer(t, "weight", 1, 1'000'000)) r.weight = static_cast<unsigned>(*w);
             }
-            if (!names.contains(r.provider)) in.fail(t, "model '" + route.name + "' routes to '" + r.provider + "', which is not among the providers");
+            if (!names.contains(r.provider))
+                in.fail(t, "model '" + route.name + "' routes to '" + r.provider + "', which is not among the providers");
             if (r.model.empty()) r.model = upstream_model;
             return r;
         };

@@ -33,7 +33,7 @@ TEST_CASE("a full map_cache keeps what it has and misses the rest") {
 
 TEST_CASE("composed into a service, map_cache answers the same question of the same user from the cache") {
     chatkit::service<chatkit::no_provider, chatkit::no_store, example::map_cache> svc{chatkit::no_provider{}, chatkit::no_store{},
-                                                                                       example::map_cache{}};
+                                                                                      example::map_cache{}};
     auto cached = [&svc](const std::string& user) { // POST /chat answers say whether they came from the cache
         chatkit::http_request chat;
         chat.method = "POST";

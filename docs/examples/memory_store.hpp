@@ -40,8 +40,8 @@ public:
     chatkit::result<chatkit::history_page> history(const chatkit::history_query& q) {
         std::optional<std::size_t> before;
         if (!q.before.empty() && !(before = parse_cursor(q.before))) // an error is a value: 400 with this code and param
-            return chatkit::error{chatkit::error_kind::invalid_request, "'before' is not a cursor of this store",
-                                  "invalid_cursor", "before"};
+            return chatkit::error{chatkit::error_kind::invalid_request, "'before' is not a cursor of this store", "invalid_cursor",
+                                  "before"};
         std::lock_guard lock{state_->mutex};
         chatkit::history_page page;
         const auto user = state_->users.find(q.user_id);
@@ -49,8 +49,7 @@ public:
         const auto& messages = user->second;
         const std::size_t end = std::min(before.value_or(messages.size()), messages.size());
         const std::size_t begin = end > q.limit ? end - q.limit : 0;
-        page.messages.assign(messages.begin() + static_cast<std::ptrdiff_t>(begin),
-                             messages.begin() + static_cast<std::ptrdiff_t>(end));
+        page.messages.assign(messages.begin() + static_cast<std::ptrdiff_t>(begin), messages.begin() + static_cast<std::ptrdiff_t>(end));
         if (begin > 0) page.next_cursor = std::to_string(begin);
         return page;
     }

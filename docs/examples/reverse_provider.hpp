@@ -29,9 +29,7 @@ public:
 
     chatkit::result<chatkit::completion> complete(const chatkit::chat_request& r) { return run(r, nullptr); }
 
-    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink) {
-        return run(r, &sink);
-    }
+    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink) { return run(r, &sink); }
 
     // Nothing can be down in a local computation; a remote provider would report its upstream here.
     chatkit::component_health health() { return {}; }
@@ -56,14 +54,14 @@ private:
         for (const auto& m : r.messages)
             if (m.role == chatkit::role::user) last_user = &m;
         if (!last_user) // an error is a value: the service answers 400 with this message and param
-            return chatkit::error{chatkit::error_kind::invalid_request, "reverse_provider needs a user message",
-                                  "no_user_message", "messages"};
+            return chatkit::error{chatkit::error_kind::invalid_request, "reverse_provider needs a user message", "no_user_message",
+                                  "messages"};
         // OpenAI clients may send fields chatkit does not model (tools, stop, seed, ...); they arrive
         // in `extensions`. This provider honours none of them, so it refuses them, never ignores them.
         for (const auto& [field, value] : r.extensions.items())
             if (!value.is_null())
-                return chatkit::error{chatkit::error_kind::invalid_request,
-                                      "reverse_provider cannot honour '" + field + "'", "unsupported_parameter", field};
+                return chatkit::error{chatkit::error_kind::invalid_request, "reverse_provider cannot honour '" + field + "'",
+                                      "unsupported_parameter", field};
 
         chatkit::completion c;
         c.model = r.model.empty() ? options_.model : r.model;

@@ -36,7 +36,12 @@ chatkit::http_request post_chat(const json& body) {
 // Runs a streamed response to its end; returns the (event, data) pairs of its SSE blocks.
 std::vector<std::pair<std::string, json>> sse_events(chatkit::http_response& res) {
     std::string text;
-    res.stream([&](std::string_view chunk) { text.append(chunk); return true; }, res.meta);
+    res.stream(
+        [&](std::string_view chunk) {
+            text.append(chunk);
+            return true;
+        },
+        res.meta);
     std::vector<std::pair<std::string, json>> events;
     for (std::size_t pos = 0, end; (end = text.find("\n\n", pos)) != std::string::npos; pos = end + 2) {
         const std::string block = text.substr(pos, end - pos);

@@ -26,8 +26,8 @@ using chatkit::detail::invalid;
 
 // Request fields this surface translates; any other is refused by name, never dropped (a field the
 // client relies on, such as `thinking` or `top_k`, would otherwise change the answer unnoticed).
-inline constexpr std::string_view known_fields[] = {"model", "messages", "max_tokens", "system", "temperature", "top_p",
-                                                    "stop_sequences", "stream", "metadata", "tools", "tool_choice", "cache"};
+inline constexpr std::string_view known_fields[] = {"model",          "messages", "max_tokens", "system", "temperature", "top_p",
+                                                    "stop_sequences", "stream",   "metadata",   "tools",  "tool_choice", "cache"};
 
 namespace detail {
 
@@ -76,7 +76,8 @@ inline result<void> append_message(const nlohmann::json& m, const std::string& a
             return invalid(bat + " must be an object with a type", bat, "invalid_type");
         const auto& type = b["type"].get_ref<const std::string&>();
         if (type == "text") {
-            if (!b.contains("text") || !b["text"].is_string()) return invalid(bat + ".text must be a string", bat + ".text", "invalid_type");
+            if (!b.contains("text") || !b["text"].is_string())
+                return invalid(bat + ".text must be a string", bat + ".text", "invalid_type");
             text += b["text"].get<std::string>();
         } else if (type == "tool_use" && who == role::assistant) {
             if (!b.contains("id") || !b["id"].is_string() || !b.contains("name") || !b["name"].is_string())
@@ -110,8 +111,10 @@ inline result<nlohmann::json> tools_of(const nlohmann::json& tools) {
         if (!t.is_object() || !t.contains("name") || !t["name"].is_string())
             return invalid(at + " needs a string name", at + ".name", "invalid_type");
         // Server tools (web search, code execution, ...) carry a versioned type and run at Anthropic.
-        if (t.contains("type") && !t["type"].is_null() && t["type"] != "custom") return unsupported("the server tool '" + t.value("type", "") + "'", at + ".type");
-        nlohmann::json fn = {{"name", t["name"]}, {"parameters", t.contains("input_schema") ? t["input_schema"] : nlohmann::json::object()}};
+        if (t.contains("type") && !t["type"].is_null() && t["type"] != "custom")
+            return unsupported("the server tool '" + t.value("type", "") + "'", at + ".type");
+        nlohmann::json fn = {{"name", t["name"]},
+                             {"parameters", t.contains("input_schema") ? t["input_schema"] : nlohmann::json::object()}};
         if (t.contains("description") && t["description"].is_string()) fn["description"] = t["description"];
         out.push_back({{"type", "function"}, {"function", std::move(fn)}});
     }
@@ -121,7 +124,8 @@ inline result<nlohmann::json> tools_of(const nlohmann::json& tools) {
 inline result<nlohmann::json> tool_choice_of(const nlohmann::json& choice) {
     if (!choice.is_object() || !choice.contains("type") || !choice["type"].is_string())
         return invalid("'tool_choice' must be an object with a type", "tool_choice", "invalid_type");
-    if (choice.value("disable_parallel_tool_use", false)) return unsupported("'disable_parallel_tool_use'", "tool_choice.disable_parallel_tool_use");
+    if (choice.value("disable_parallel_tool_use", false))
+        return unsupported("'disable_parallel_tool_use'", "tool_choice.disable_parallel_tool_use");
     const auto& type = choice["type"].get_ref<const std::string&>();
     if (type == "auto") return nlohmann::json("auto");
     if (type == "any") return nlohmann::json("required");
@@ -164,7 +168,8 @@ inline result<nlohmann::json> tool_choice_of(const nlohmann::json& choice) {
             for (std::size_t i = 0; i < s->size(); ++i) {
                 const auto& b = (*s)[i];
                 if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") || !b["text"].is_string())
-                    return invalid("system[" + std::to_string(i) + "] must be a text block", "system[" + std::to_string(i) + "]", "invalid_type");
+                    return invalid("system[" + std::to_string(i) + "] must be a text block", "system[" + std::to_string(i) + "]",
+                                   "invalid_type");
                 if (!text.empty()) text += "\n\n";
                 text += b["text"].get<std::string>();
             }
@@ -185,7 +190,8 @@ inline result<nlohmann::json> tool_choice_of(const nlohmann::json& choice) {
             return std::move(added).error();
 
     if (auto it = body.find("top_p"); it != body.end() && !it->is_null()) {
-        if (!it->is_number() || it->get<double>() < 0 || it->get<double>() > 1) return invalid("'top_p' must be a number from 0 to 1", "top_p");
+        if (!it->is_number() || it->get<double>() < 0 || it->get<double>() > 1)
+            return invalid("'top_p' must be a number from 0 to 1", "top_p");
         req.extensions["top_p"] = *it;
     }
     if (auto it = body.find("stop_sequences"); it != body.end() && !it->is_null()) {
@@ -336,13 +342,16 @@ public:
             open_block(block::tool);
             call_ = piece.index;
             calls_streamed_ = true;
-            const nlohmann::json start = {{"type", "tool_use"}, {"id", piece.id}, {"name", piece.name}, {"input", nlohmann::json::object()}};
-            out += sse_event("content_block_start", dump_json({{"type", "content_block_start"}, {"index", index_}, {"content_block", start}}));
+            const nlohmann::json start = {
+                {"type", "tool_use"}, {"id", piece.id}, {"name", piece.name}, {"input", nlohmann::json::object()}};
+            out += sse_event("content_block_start",
+                             dump_json({{"type", "content_block_start"}, {"index", index_}, {"content_block", start}}));
         }
         if (!piece.arguments.empty())
-            out += sse_event("content_block_delta", dump_json({{"type", "content_block_delta"},
-                                                               {"index", index_},
-                                                               {"delta", {{"type", "input_json_delta"}, {"partial_json", piece.arguments}}}}));
+            out += sse_event("content_block_delta",
+                             dump_json({{"type", "content_block_delta"},
+                                        {"index", index_},
+                                        {"delta", {{"type", "input_json_delta"}, {"partial_json", piece.arguments}}}}));
         return out;
     }
 
@@ -356,7 +365,8 @@ public:
                 const std::string input = dump_json(block["input"]);
                 block["input"] = nlohmann::json::object();
                 open_block(block::tool);
-                out += sse_event("content_block_start", dump_json({{"type", "content_block_start"}, {"index", index_}, {"content_block", block}}));
+                out += sse_event("content_block_start",
+                                 dump_json({{"type", "content_block_start"}, {"index", index_}, {"content_block", block}}));
                 out += sse_event("content_block_delta", dump_json({{"type", "content_block_delta"},
                                                                    {"index", index_},
                                                                    {"delta", {{"type", "input_json_delta"}, {"partial_json", input}}}}));
@@ -373,9 +383,14 @@ private:
     std::string head() {
         if (started_) return {};
         started_ = true;
-        nlohmann::json message = {{"id", id_},       {"type", "message"},         {"role", "assistant"},
-                                  {"model", model_}, {"content", nlohmann::json::array()}, {"stop_reason", nullptr},
-                                  {"stop_sequence", nullptr}, {"usage", usage_object({})}};
+        nlohmann::json message = {{"id", id_},
+                                  {"type", "message"},
+                                  {"role", "assistant"},
+                                  {"model", model_},
+                                  {"content", nlohmann::json::array()},
+                                  {"stop_reason", nullptr},
+                                  {"stop_sequence", nullptr},
+                                  {"usage", usage_object({})}};
         return sse_event("message_start", dump_json({{"type", "message_start"}, {"message", std::move(message)}})) +
                sse_event("ping", R"({"type":"ping"})");
     }
@@ -394,8 +409,8 @@ private:
     std::string id_, model_;
     bool started_ = false;
     block open_ = block::none;
-    int index_ = 0;      // the open block's
-    int next_index_ = 0; // the next block's
+    int index_ = 0;        // the open block's
+    int next_index_ = 0;   // the next block's
     std::size_t call_ = 0; // the tool call the open tool_use block shows
     bool calls_streamed_ = false;
 };

@@ -64,8 +64,7 @@ struct cache_check<C> {
 };
 template <class C>
 struct cache_check {
-    static_assert(detail::cache_has_get<C>,
-                  "chatkit::cache: missing `std::optional<chatkit::completion> get(std::string_view)`");
+    static_assert(detail::cache_has_get<C>, "chatkit::cache: missing `std::optional<chatkit::completion> get(std::string_view)`");
     static_assert(detail::cache_has_put<C>,
                   "chatkit::cache: missing `put(std::string_view, const chatkit::completion&, std::chrono::seconds)`");
     static_assert(detail::cache_has_health<C>, "chatkit::cache: missing `chatkit::component_health health()`");
@@ -104,7 +103,9 @@ public:
         return std::visit([](auto& c) { return c.health(); }, v_);
     }
     template <class C>
-    C* get_if() noexcept { return std::get_if<C>(&v_); }
+    C* get_if() noexcept {
+        return std::get_if<C>(&v_);
+    }
 
 private:
     std::variant<Cs...> v_;

@@ -61,7 +61,7 @@ struct chat_request {
     std::optional<int> max_tokens{};     // 1–request_limits::max_tokens
     std::string user_id{anonymous_user};
     bool stream = false;
-    bool use_cache = true;  // a client opts out with "cache": false
+    bool use_cache = true;    // a client opts out with "cache": false
     std::string request_id{}; // set by the service; a provider forwards it upstream
     // A W3C Trace Context `traceparent` (00-TRACE-PARENT-FLAGS) a provider sends upstream, so
     // that the upstream's spans join the client's trace. Set by the service from the request's
@@ -89,9 +89,7 @@ struct token_usage {
 };
 
 inline void to_json(nlohmann::json& j, const token_usage& u) {
-    j = {{"prompt_tokens", u.prompt_tokens},
-         {"completion_tokens", u.completion_tokens},
-         {"total_tokens", u.total_tokens()}};
+    j = {{"prompt_tokens", u.prompt_tokens}, {"completion_tokens", u.completion_tokens}, {"total_tokens", u.total_tokens()}};
     if (u.cached_tokens > 0) j["prompt_tokens_details"] = {{"cached_tokens", u.cached_tokens}};
     if (u.reasoning_tokens > 0) j["completion_tokens_details"] = {{"reasoning_tokens", u.reasoning_tokens}};
 }
@@ -118,10 +116,8 @@ inline void append_usage(std::string& out, const token_usage& u) {
 inline void from_json(const nlohmann::json& j, token_usage& u) {
     j.at("prompt_tokens").get_to(u.prompt_tokens);
     j.at("completion_tokens").get_to(u.completion_tokens);
-    if (auto d = j.find("prompt_tokens_details"); d != j.end() && d->is_object())
-        u.cached_tokens = d->value("cached_tokens", 0);
-    if (auto d = j.find("completion_tokens_details"); d != j.end() && d->is_object())
-        u.reasoning_tokens = d->value("reasoning_tokens", 0);
+    if (auto d = j.find("prompt_tokens_details"); d != j.end() && d->is_object()) u.cached_tokens = d->value("cached_tokens", 0);
+    if (auto d = j.find("completion_tokens_details"); d != j.end() && d->is_object()) u.reasoning_tokens = d->value("reasoning_tokens", 0);
 }
 
 struct completion {
@@ -193,8 +189,7 @@ inline bool has_control_characters(std::string_view s) {
 
 // Validates a POST /chat body: the full form {"messages":[...], ...} or the short form
 // {"user_id":"...","content":"..."}. Unknown fields are ignored, as OpenAI clients expect.
-[[nodiscard]] inline result<chat_request> parse_chat_request(const nlohmann::json& body,
-                                                             const request_limits& limits = {}) {
+[[nodiscard]] inline result<chat_request> parse_chat_request(const nlohmann::json& body, const request_limits& limits = {}) {
     using detail::invalid;
     if (!body.is_object()) return invalid("request body must be a JSON object", "");
     chat_request req;
@@ -203,8 +198,7 @@ inline bool has_control_characters(std::string_view s) {
         if (!it->is_array()) return invalid("'messages' must be an array", "messages", "invalid_type");
         if (it->empty()) return invalid("'messages' must not be empty", "messages", "empty_messages");
         if (it->size() > limits.max_messages)
-            return invalid("'messages' has " + std::to_string(it->size()) + " items; the limit is " +
-                               std::to_string(limits.max_messages),
+            return invalid("'messages' has " + std::to_string(it->size()) + " items; the limit is " + std::to_string(limits.max_messages),
                            "messages", "too_many_messages");
         req.messages.reserve(it->size());
         for (std::size_t i = 0; i < it->size(); ++i) {
@@ -217,8 +211,7 @@ inline bool has_control_characters(std::string_view s) {
             if (!parsed_role || *parsed_role == role::tool)
                 return invalid(at + ".role must be one of system, user, assistant", at + ".role", "invalid_role");
             auto c = m.find("content");
-            if (c == m.end() || !c->is_string())
-                return invalid(at + ".content must be a string", at + ".content", "invalid_type");
+            if (c == m.end() || !c->is_string()) return invalid(at + ".content must be a string", at + ".content", "invalid_type");
             req.messages.push_back({*parsed_role, c->get<std::string>()});
         }
     } else if (auto c = body.find("content"); c != body.end()) {
@@ -252,8 +245,8 @@ inline bool has_control_characters(std::string_view s) {
         req.user_id = it->get<std::string>();
         // No '/': the id is a path segment of GET /history/{user_id}, where an escaped slash is
         // decoded before routing, so such a user's history could never be read.
-        if (req.user_id.empty() || req.user_id.size() > limits.max_user_id_bytes ||
-            detail::has_control_characters(req.user_id) || req.user_id.find('/') != std::string::npos)
+        if (req.user_id.empty() || req.user_id.size() > limits.max_user_id_bytes || detail::has_control_characters(req.user_id) ||
+            req.user_id.find('/') != std::string::npos)
             return invalid("'user_id' must be 1 to " + std::to_string(limits.max_user_id_bytes) +
                                " bytes without control characters or '/'",
                            "user_id");

@@ -15,9 +15,8 @@ inline constexpr std::string_view conversation_stream_route = "/api/v1/conversat
 /// `/chat`, OpenAI's Chat Completions (and its `/v1/chat` alias), Anthropic's Messages, OpenAI's
 /// Responses, and a conversation's turn (POST .../messages; GET or POST .../stream): every route
 /// the service answers through its provider, by its template (see route_template).
-inline constexpr std::array<std::string_view, 7> chat_routes{"/chat",        "/v1/chat/completions",       "/v1/chat",
-                                                             "/v1/messages", "/v1/responses",              conversation_messages_route,
-                                                             conversation_stream_route};
+inline constexpr std::array<std::string_view, 7> chat_routes{
+    "/chat", "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses", conversation_messages_route, conversation_stream_route};
 
 [[nodiscard]] constexpr bool is_chat_route(std::string_view route) noexcept {
     return std::find(chat_routes.begin(), chat_routes.end(), route) != chat_routes.end();

@@ -118,8 +118,8 @@ struct feedback_submission {
 namespace detail {
 template <class S>
 concept keeps_conversations = requires(S& s, const conversation& c, const conversation_ref& r, const conversation_query& q,
-                                       const conversation_update& u, const conversation_append& a,
-                                       const conversation_message_query& mq, const feedback_submission& f) {
+                                       const conversation_update& u, const conversation_append& a, const conversation_message_query& mq,
+                                       const feedback_submission& f) {
     { s.create_conversation(c) } -> std::same_as<result<void>>;
     { s.conversations(q) } -> std::same_as<result<conversation_page>>;
     { s.find_conversation(r) } -> std::same_as<result<conversation>>;
@@ -161,9 +161,7 @@ template <class S>
 concept conversation_store = blocking_store<S> && detail::keeps_conversations<S>;
 
 namespace detail {
-inline error conversation_not_found() {
-    return error{error_kind::not_found, "no such conversation", "conversation_not_found", "id"};
-}
+inline error conversation_not_found() { return error{error_kind::not_found, "no such conversation", "conversation_not_found", "id"}; }
 inline error message_not_found() {
     return error{error_kind::not_found, "no such message in this conversation", "message_not_found", "message_id"};
 }
@@ -180,9 +178,7 @@ struct no_conversations : no_store {
     result<conversation> update_conversation(const conversation_update&) { return detail::conversation_not_found(); }
     result<void> delete_conversation(const conversation_ref&) { return detail::conversation_not_found(); }
     result<void> append_to_conversation(const conversation_append&) { return detail::conversation_not_found(); }
-    result<conversation_message_page> conversation_messages(const conversation_message_query&) {
-        return detail::conversation_not_found();
-    }
+    result<conversation_message_page> conversation_messages(const conversation_message_query&) { return detail::conversation_not_found(); }
     result<void> add_feedback(const feedback_submission&) { return detail::conversation_not_found(); }
     result<std::vector<feedback>> conversation_feedback(const conversation_ref&) { return detail::conversation_not_found(); }
 };

@@ -30,7 +30,7 @@ using query_map = std::map<std::string, std::string, std::less<>>; // http_reque
 
 // What the routes accept; every bound explicit, as request_limits is.
 struct limits {
-    std::size_t max_title_bytes = 500;     // the design's VARCHAR(500)
+    std::size_t max_title_bytes = 500;      // the design's VARCHAR(500)
     std::size_t max_metadata_bytes = 16384; // as JSON text
     std::size_t max_message_bytes = 1 << 20;
     std::size_t max_comment_bytes = 4096;
@@ -98,8 +98,7 @@ struct target {
 
 // The id of a path or a body, as stores keep it; a 400 naming `param` when it is no UUID.
 [[nodiscard]] inline result<std::string> parse_id(std::string_view text, std::string param) {
-    if (!is_uuid(text))
-        return error{error_kind::invalid_request, "'" + param + "' must be a UUID", "invalid_id", std::move(param)};
+    if (!is_uuid(text)) return error{error_kind::invalid_request, "'" + param + "' must be a UUID", "invalid_id", std::move(param)};
     return lowercase(text);
 }
 
@@ -211,7 +210,8 @@ struct turn_request {
         }
     }
     if (!has_message) return invalid("'message' is required", "message", "missing_field");
-    if (t.message.find_first_not_of(" \t\r\n") == std::string::npos) return invalid("'message' must not be empty", "message", "empty_message");
+    if (t.message.find_first_not_of(" \t\r\n") == std::string::npos)
+        return invalid("'message' must not be empty", "message", "empty_message");
     if (t.message.size() > l.max_message_bytes)
         return invalid("'message' must be at most " + std::to_string(l.max_message_bytes) + " bytes", "message");
     as_chat["messages"] = nlohmann::json::array({{{"role", "user"}, {"content", "-"}}});
@@ -225,8 +225,7 @@ struct turn_request {
 
 // GET .../stream?message=...&model=...&temperature=...&max_tokens=...: the same turn from a
 // query string (an EventSource can only GET). Numbers are read as JSON numbers.
-[[nodiscard]] inline result<turn_request> parse_turn_query(const query_map& query,
-                                                           const request_limits& rl, const limits& l) {
+[[nodiscard]] inline result<turn_request> parse_turn_query(const query_map& query, const request_limits& rl, const limits& l) {
     nlohmann::json body = nlohmann::json::object();
     for (const auto& [key, value] : query) {
         if (key == "temperature" || key == "max_tokens") {
@@ -280,8 +279,7 @@ struct turn_request {
 }
 
 // A page size from `?limit=`: 1 to max, the default when absent.
-[[nodiscard]] inline result<std::size_t> parse_limit(const query_map& query, std::size_t fallback,
-                                                     std::size_t max) {
+[[nodiscard]] inline result<std::size_t> parse_limit(const query_map& query, std::size_t fallback, std::size_t max) {
     const auto it = query.find("limit");
     if (it == query.end()) return fallback;
     std::size_t n = 0;

@@ -31,8 +31,8 @@ enum class error_kind {
 struct error {
     error_kind kind = error_kind::internal;
     std::string message{};
-    std::string code{};                         // machine-readable detail, e.g. "invalid_temperature"
-    std::string param{};                        // the offending request field, when there is one
+    std::string code{};                       // machine-readable detail, e.g. "invalid_temperature"
+    std::string param{};                      // the offending request field, when there is one
     std::optional<int> retry_after_seconds{}; // for 429/503: becomes the Retry-After header
     // Which provider failed, when the service's provider chose among several (a router names
     // the member it tried last); empty otherwise. For the log, metrics and usage records: the
@@ -84,10 +84,7 @@ struct error {
 [[nodiscard]] inline nlohmann::json to_envelope(const error& e) {
     auto null_if_empty = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
     return {{"error",
-             {{"message", e.message},
-              {"type", error_type(e.kind)},
-              {"param", null_if_empty(e.param)},
-              {"code", null_if_empty(e.code)}}}};
+             {{"message", e.message}, {"type", error_type(e.kind)}, {"param", null_if_empty(e.param)}, {"code", null_if_empty(e.code)}}}};
 }
 
 // A value or an error. Minimal on purpose: std::expected arrives with C++23.

@@ -75,12 +75,13 @@ struct response_meta {
     token_usage usage{};
     bool cached = false;
     double time_to_first_token_ms = 0;
-    std::string error_code{}; // an error answer's code ("invalid_value", "upstream_error", ...)
-    std::optional<double> cost_usd{}; // at the service's prices; empty: unpriced or nothing used
-    double upstream_ms = 0;           // time spent waiting on the provider (for Server-Timing)
-    std::string finish_reason{};      // the answer's ("stop", "length", ...); empty when none
+    std::string error_code{};                                 // an error answer's code ("invalid_value", "upstream_error", ...)
+    std::optional<double> cost_usd{};                         // at the service's prices; empty: unpriced or nothing used
+    double upstream_ms = 0;                                   // time spent waiting on the provider (for Server-Timing)
+    std::string finish_reason{};                              // the answer's ("stop", "length", ...); empty when none
     std::chrono::steady_clock::time_point upstream_started{}; // when the provider call began; none: no call
-    std::string provider{}; // the provider that answered (`x-chatkit-provider`), or a router's member that failed last (for the log); empty: none (a cache hit)
+    std::string
+        provider{}; // the provider that answered (`x-chatkit-provider`), or a router's member that failed last (for the log); empty: none (a cache hit)
 };
 
 // What a middleware's `finish` learns about a request once its last byte has been sent (or the

@@ -30,7 +30,7 @@
 namespace chatkit {
 
 struct client_request {
-    std::string origin;   // scheme://host[:port]; connections are pooled per origin
+    std::string origin; // scheme://host[:port]; connections are pooled per origin
     std::string method = "POST";
     std::string target;   // origin-form: the path and query
     header_map headers{}; // Host, Content-Length and Connection are the client's business

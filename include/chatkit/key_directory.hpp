@@ -29,11 +29,11 @@ struct team_record {
 
 /// One API key, as stored: never the key itself.
 struct key_record {
-    std::string id{};        // "key_" + random hex: what logs, history and the CLI name the key by; never holds ':'
+    std::string id{}; // "key_" + random hex: what logs, history and the CLI name the key by; never holds ':'
     std::string team_id{};
     std::string name{};
-    std::string prefix{};    // the key's first characters ("ck-AbC1"), to recognize it in a list
-    std::string digest{};    // SHA-256 of the whole key: 32 raw bytes
+    std::string prefix{}; // the key's first characters ("ck-AbC1"), to recognize it in a list
+    std::string digest{}; // SHA-256 of the whole key: 32 raw bytes
     unix_ms created_at = 0;
     std::optional<unix_ms> expires_at{};
     std::optional<unix_ms> revoked_at{};
@@ -44,9 +44,7 @@ struct key_record {
     std::vector<std::string> models{}; // the models the key may use; empty: any
 
     /// Whether the key is accepted at `now`: neither revoked nor past its expiry.
-    [[nodiscard]] bool active_at(unix_ms now) const noexcept {
-        return !revoked_at && (!expires_at || now < *expires_at);
-    }
+    [[nodiscard]] bool active_at(unix_ms now) const noexcept { return !revoked_at && (!expires_at || now < *expires_at); }
     /// Whether the key may use `model` (every model when its list is empty).
     [[nodiscard]] bool allows_model(std::string_view model) const noexcept {
         if (models.empty()) return true;
@@ -124,9 +122,13 @@ public:
         return std::visit([](auto& d) { return d.keys(); }, v_);
     }
     template <class F>
-    decltype(auto) visit(F&& f) { return std::visit(std::forward<F>(f), v_); }
+    decltype(auto) visit(F&& f) {
+        return std::visit(std::forward<F>(f), v_);
+    }
     template <class D>
-    D* get_if() noexcept { return std::get_if<D>(&v_); }
+    D* get_if() noexcept {
+        return std::get_if<D>(&v_);
+    }
 
 private:
     std::variant<Ds...> v_;

@@ -44,10 +44,10 @@ concept middleware_has_after = requires(M& m, const http_request& req, http_resp
 /// The most a chat request may use, known once its body is parsed: what a middleware's `admit`
 /// reserves against token limits and budgets (requirement 5 below).
 struct chat_admission {
-    std::string model{};                     // the model asked for, or the provider's default
-    std::int64_t prompt_token_bound = 0;     // chatkit::prompt_token_bound: never below the real count
-    std::int64_t max_completion_tokens = 0;  // the request's max_tokens, else service_options::default_max_tokens
-    std::optional<double> worst_case_usd{};  // both at the model's price; none: the model is unpriced
+    std::string model{};                    // the model asked for, or the provider's default
+    std::int64_t prompt_token_bound = 0;    // chatkit::prompt_token_bound: never below the real count
+    std::int64_t max_completion_tokens = 0; // the request's max_tokens, else service_options::default_max_tokens
+    std::optional<double> worst_case_usd{}; // both at the model's price; none: the model is unpriced
     // Set by a middleware that reserved against these bounds. When the request named no
     // max_tokens, the service then sends max_completion_tokens upstream as its max_tokens, so the
     // answer cannot outgrow what was reserved.
@@ -106,8 +106,7 @@ concept middleware_has_finish = requires(M& m, const http_request& req, const re
 /// Threading: one instance serves every request concurrently; per-request state goes in
 /// `context`, shared state must be synchronized by the middleware.
 template <class M>
-concept middleware = std::default_initializable<context_of_t<M>> && detail::middleware_has_before<M> &&
-                     detail::middleware_has_after<M>;
+concept middleware = std::default_initializable<context_of_t<M>> && detail::middleware_has_before<M> && detail::middleware_has_after<M>;
 
 template <class M>
 struct middleware_check {
@@ -140,25 +139,15 @@ public:
     optional_middleware() = default;
     optional_middleware(std::optional<M> m) : m_(std::move(m)) {}
 
-    std::optional<http_response> before(http_request& req, context& ctx) {
-        return m_ ? m_->before(req, ctx) : std::nullopt;
-    }
+    std::optional<http_response> before(http_request& req, context& ctx) { return m_ ? m_->before(req, ctx) : std::nullopt; }
     void after(const http_request& req, http_response& res, context& ctx) {
         if (m_) m_->after(req, res, ctx);
     }
-    void finish(const http_request& req, const response_summary& s, context& ctx)
-        requires middleware_has_finish<M>
-    {
+    void finish(const http_request& req, const response_summary& s, context& ctx) requires middleware_has_finish<M> {
         if (m_) m_->finish(req, s, ctx);
     }
-    [[nodiscard]] bool blocks(const http_request& req) const
-        requires middleware_may_block<M>
-    {
-        return m_ && m_->blocks(req);
-    }
-    std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx)
-        requires middleware_has_admit<M>
-    {
+    [[nodiscard]] bool blocks(const http_request& req) const requires middleware_may_block<M> { return m_ && m_->blocks(req); }
+    std::optional<error> admit(const http_request& req, chat_admission& a, context& ctx) requires middleware_has_admit<M> {
         return m_ ? m_->admit(req, a, ctx) : std::nullopt;
     }
     [[nodiscard]] bool enabled() const noexcept { return m_.has_value(); }
@@ -185,8 +174,7 @@ class request_context {
 public:
     template <class M>
     context_of_t<M>& get() {
-        static_assert((std::same_as<M, Ms> || ...),
-                      "chatkit::request_context::get<M>: M is not one of the service's middlewares");
+        static_assert((std::same_as<M, Ms> || ...), "chatkit::request_context::get<M>: M is not one of the service's middlewares");
         return std::get<detail::index_of<M, Ms...>()>(contexts_);
     }
     template <std::size_t I>

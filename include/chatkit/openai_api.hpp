@@ -23,9 +23,8 @@ namespace chatkit::openai_api {
 using chatkit::detail::invalid;
 
 // Request fields the core reads itself; every other field is kept in chat_request::extensions.
-inline constexpr std::string_view modelled_fields[] = {"messages", "model", "temperature", "max_tokens",
-                                                       "max_completion_tokens", "stream", "stream_options",
-                                                       "user", "cache", "n"};
+inline constexpr std::string_view modelled_fields[] = {"messages", "model",          "temperature", "max_tokens", "max_completion_tokens",
+                                                       "stream",   "stream_options", "user",        "cache",      "n"};
 
 namespace content {
 // A message's text: a string, or the text parts of a content array. Non-text parts (images,
@@ -67,9 +66,9 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
     auto parsed = parse_chat_request(common, limits);
     if (!parsed) {
         auto e = std::move(parsed).error();
-        if (e.param == "user_id") e = invalid("'user' must be 1 to " + std::to_string(limits.max_user_id_bytes) +
-                                                  " bytes without control characters or '/'",
-                                              "user");
+        if (e.param == "user_id")
+            e = invalid("'user' must be 1 to " + std::to_string(limits.max_user_id_bytes) + " bytes without control characters or '/'",
+                        "user");
         return e;
     }
     chat_request req = std::move(parsed).value();
@@ -79,8 +78,7 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
     if (messages == body.end() || !messages->is_array()) return invalid("'messages' must be an array", "messages", "invalid_type");
     if (messages->empty()) return invalid("'messages' must not be empty", "messages", "empty_messages");
     if (messages->size() > limits.max_messages)
-        return invalid("'messages' has " + std::to_string(messages->size()) + " items; the limit is " +
-                           std::to_string(limits.max_messages),
+        return invalid("'messages' has " + std::to_string(messages->size()) + " items; the limit is " + std::to_string(limits.max_messages),
                        "messages", "too_many_messages");
     for (std::size_t i = 0; i < messages->size(); ++i) {
         const auto& m = (*messages)[i];
@@ -186,7 +184,8 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
 // Frames one completion as `chat.completion.chunk` events (docs/protocols.md §1.7).
 class completion_chunks {
 public:
-    completion_chunks(std::string id, std::string model, unix_ms created) : id_(std::move(id)), model_(std::move(model)), created_(created / 1000) {}
+    completion_chunks(std::string id, std::string model, unix_ms created)
+        : id_(std::move(id)), model_(std::move(model)), created_(created / 1000) {}
 
     [[nodiscard]] const std::string& id() const noexcept { return id_; }
 
@@ -260,7 +259,8 @@ public:
 
 private:
     nlohmann::json base() const {
-        return {{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}, {"system_fingerprint", nullptr}};
+        return {
+            {"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}, {"system_fingerprint", nullptr}};
     }
     std::string chunk(nlohmann::json choices) {
         auto j = base();
@@ -269,8 +269,8 @@ private:
     }
     void build_text_frame() {
         static constexpr std::string_view marker = "\x01chatkit-text\x01"; // dumps as "\u0001chatkit-text\u0001"
-        const std::string frame =
-            chunk({{{"index", 0}, {"delta", {{"content", marker}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+        const std::string frame = chunk(
+            {{{"index", 0}, {"delta", {{"content", marker}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
         const std::string dumped = dump_json(nlohmann::json(marker));
         const auto at = frame.find(dumped);
         text_prefix_ = frame.substr(0, at);

@@ -137,9 +137,7 @@ private:
 /// A rough token count of text, when no tokenizer is at hand: one token per four bytes, rounded
 /// up (OpenAI's rule of thumb for English). Bills a stream whose provider never reported its
 /// usage, marked as estimated.
-[[nodiscard]] inline std::int64_t estimate_tokens(std::size_t bytes) noexcept {
-    return static_cast<std::int64_t>((bytes + 3) / 4);
-}
+[[nodiscard]] inline std::int64_t estimate_tokens(std::size_t bytes) noexcept { return static_cast<std::int64_t>((bytes + 3) / 4); }
 
 /// The most prompt tokens a request of `body_bytes` with `messages` messages can be: every token
 /// of every tokenizer chatkit's providers use stands for at least one byte of text, and each

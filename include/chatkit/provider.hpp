@@ -153,11 +153,11 @@ concept provider_has_health = requires(P& p) {
 /// it should close its upstream call and return. One that never blocks may declare
 /// `static constexpr bool nonblocking = true;` to be called on the loop.
 template <class P>
-concept blocking_provider = detail::provider_has_name<P> && detail::provider_has_complete<P> &&
-                            detail::provider_has_stream<P> && detail::provider_has_health<P>;
+concept blocking_provider = detail::provider_has_name<P> && detail::provider_has_complete<P> && detail::provider_has_stream<P> &&
+    detail::provider_has_health<P>;
 template <class P>
-concept async_provider = detail::provider_has_name<P> && detail::provider_has_async_complete<P> &&
-                         detail::provider_has_async_stream<P> && detail::provider_has_health<P>;
+concept async_provider = detail::provider_has_name<P> && detail::provider_has_async_complete<P> && detail::provider_has_async_stream<P> &&
+    detail::provider_has_health<P>;
 template <class P>
 concept provider = blocking_provider<P> || async_provider<P>;
 
@@ -252,27 +252,19 @@ public:
     std::string_view name() const {
         return std::visit([](const auto& p) -> std::string_view { return p.name(); }, v_);
     }
-    result<completion> complete(const chat_request& r)
-        requires(!any_async)
-    {
+    result<completion> complete(const chat_request& r) requires(!any_async) {
         return std::visit([&](auto& p) { return p.complete(r); }, v_);
     }
-    result<completion> stream(const chat_request& r, const delta_sink& sink)
-        requires(!any_async)
-    {
+    result<completion> stream(const chat_request& r, const delta_sink& sink) requires(!any_async) {
         return std::visit([&](auto& p) { return p.stream(r, sink); }, v_);
     }
-    task<result<completion>> complete(chat_request r)
-        requires any_async
-    {
+    task<result<completion>> complete(chat_request r) requires any_async {
         const chat_request* req = &r;
         auto pick = [req](auto& p) { return call_complete(&p, req); };
         auto call = std::visit(pick, v_);
         co_return co_await std::move(call);
     }
-    task<result<completion>> stream(chat_request r, delta_writer out)
-        requires any_async
-    {
+    task<result<completion>> stream(chat_request r, delta_writer out) requires any_async {
         const chat_request* req = &r;
         auto pick = [req, out](auto& p) { return call_stream(&p, req, out); };
         auto call = std::visit(pick, v_);
@@ -282,13 +274,17 @@ public:
         return std::visit([](auto& p) { return p.health(); }, v_);
     }
     std::vector<std::string> models() const {
-        return std::visit([](const auto& p) -> std::vector<std::string> {
-            if constexpr (requires { p.models(); }) return p.models();
-            else return {std::string{p.name()}};
-        }, v_);
+        return std::visit(
+            [](const auto& p) -> std::vector<std::string> {
+                if constexpr (requires { p.models(); }) return p.models();
+                else return {std::string{p.name()}};
+            },
+            v_);
     }
     template <class P>
-    P* get_if() noexcept { return std::get_if<P>(&v_); }
+    P* get_if() noexcept {
+        return std::get_if<P>(&v_);
+    }
 
 private:
     std::variant<Ps...> v_;

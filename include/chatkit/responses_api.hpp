@@ -25,11 +25,28 @@ namespace chatkit::responses_api {
 using chatkit::detail::invalid;
 
 // Request fields this surface translates or accepts; any other is refused by name, never dropped.
-inline constexpr std::string_view known_fields[] = {
-    "model",       "input",      "instructions",        "max_output_tokens", "temperature",      "top_p",     "stream",
-    "tools",       "tool_choice", "parallel_tool_calls", "store",             "metadata",         "user",      "text",
-    "reasoning",   "truncation", "include",             "stream_options",    "prompt_cache_key", "safety_identifier",
-    "service_tier", "cache"};
+inline constexpr std::string_view known_fields[] = {"model",
+                                                    "input",
+                                                    "instructions",
+                                                    "max_output_tokens",
+                                                    "temperature",
+                                                    "top_p",
+                                                    "stream",
+                                                    "tools",
+                                                    "tool_choice",
+                                                    "parallel_tool_calls",
+                                                    "store",
+                                                    "metadata",
+                                                    "user",
+                                                    "text",
+                                                    "reasoning",
+                                                    "truncation",
+                                                    "include",
+                                                    "stream_options",
+                                                    "prompt_cache_key",
+                                                    "safety_identifier",
+                                                    "service_tier",
+                                                    "cache"};
 
 namespace detail {
 
@@ -49,7 +66,8 @@ inline result<std::string> text_of(const nlohmann::json& content, const std::str
         if (type != "input_text" && type != "output_text")
             return type.empty() ? invalid(pat + " must be an object with a type", pat, "invalid_type")
                                 : unsupported("a '" + type + "' content part", pat);
-        if (!part.contains("text") || !part["text"].is_string()) return invalid(pat + ".text must be a string", pat + ".text", "invalid_type");
+        if (!part.contains("text") || !part["text"].is_string())
+            return invalid(pat + ".text must be a string", pat + ".text", "invalid_type");
         text += part["text"].get<std::string>();
     }
     return text;
@@ -77,7 +95,8 @@ inline result<void> append_item(const nlohmann::json& item, const std::string& a
         for (const char* field : {"call_id", "name", "arguments"})
             if (!item.contains(field) || !item[field].is_string())
                 return invalid(at + "." + field + " must be a string", at + "." + field, "invalid_type");
-        nlohmann::json call = {{"id", item["call_id"]}, {"type", "function"}, {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}};
+        nlohmann::json call = {
+            {"id", item["call_id"]}, {"type", "function"}, {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}};
         const bool joins = !out.empty() && out.back().role == role::assistant && out.back().content.empty() &&
                            out.back().extra.is_object() && out.back().extra.contains("tool_calls");
         if (joins) out.back().extra["tool_calls"].push_back(std::move(call));
@@ -104,7 +123,8 @@ inline result<nlohmann::json> tools_of(const nlohmann::json& tools) {
     for (std::size_t i = 0; i < tools.size(); ++i) {
         const auto& t = tools[i];
         const std::string at = "tools[" + std::to_string(i) + "]";
-        if (!t.is_object() || !t.contains("type") || !t["type"].is_string()) return invalid(at + " needs a type", at + ".type", "invalid_type");
+        if (!t.is_object() || !t.contains("type") || !t["type"].is_string())
+            return invalid(at + " needs a type", at + ".type", "invalid_type");
         // Hosted tools (web search, file search, computer use, MCP, ...) run at OpenAI, not here.
         if (t["type"] != "function") return unsupported("the tool type '" + t["type"].get<std::string>() + "'", at + ".type");
         if (!t.contains("name") || !t["name"].is_string()) return invalid(at + ".name must be a string", at + ".name", "invalid_type");
@@ -165,8 +185,11 @@ inline result<nlohmann::json> response_format_of(const nlohmann::json& text) {
     auto parsed = parse_chat_request(common, limits);
     if (!parsed) {
         auto e = std::move(parsed).error();
-        if (e.param == "max_tokens") e = invalid("'max_output_tokens' must be an integer from 1 to " + std::to_string(limits.max_tokens), "max_output_tokens");
-        if (e.param == "user_id") e = invalid("'user' must be 1 to " + std::to_string(limits.max_user_id_bytes) + " bytes without control characters or '/'", "user");
+        if (e.param == "max_tokens")
+            e = invalid("'max_output_tokens' must be an integer from 1 to " + std::to_string(limits.max_tokens), "max_output_tokens");
+        if (e.param == "user_id")
+            e = invalid("'user' must be 1 to " + std::to_string(limits.max_user_id_bytes) + " bytes without control characters or '/'",
+                        "user");
         return e;
     }
     chat_request req = std::move(parsed).value();
@@ -174,7 +197,8 @@ inline result<nlohmann::json> response_format_of(const nlohmann::json& text) {
 
     if (auto it = body.find("store"); it != body.end() && !it->is_null()) {
         if (!it->is_boolean()) return invalid("'store' must be a boolean", "store", "invalid_type");
-        if (*it == true) return detail::unsupported("'store: true' (responses are not stored for later retrieval; send store: false)", "store");
+        if (*it == true)
+            return detail::unsupported("'store: true' (responses are not stored for later retrieval; send store: false)", "store");
     }
     if (auto it = body.find("instructions"); it != body.end() && !it->is_null()) {
         if (!it->is_string()) return invalid("'instructions' must be a string", "instructions", "invalid_type");
@@ -197,7 +221,8 @@ inline result<nlohmann::json> response_format_of(const nlohmann::json& text) {
     }
 
     if (auto it = body.find("top_p"); it != body.end() && !it->is_null()) {
-        if (!it->is_number() || it->get<double>() < 0 || it->get<double>() > 1) return invalid("'top_p' must be a number from 0 to 1", "top_p");
+        if (!it->is_number() || it->get<double>() < 0 || it->get<double>() > 1)
+            return invalid("'top_p' must be a number from 0 to 1", "top_p");
         req.extensions["top_p"] = *it;
     }
     if (auto it = body.find("tools"); it != body.end() && !it->is_null()) {
@@ -283,8 +308,10 @@ inline nlohmann::json response_object(const response_head& h, std::string_view s
             {"output", std::move(output)},
             {"parallel_tool_calls", field("parallel_tool_calls", true)},
             {"previous_response_id", nullptr},
-            {"reasoning", {{"effort", r.contains("reasoning") && r["reasoning"].is_object() ? r["reasoning"].value("effort", nlohmann::json()) : nlohmann::json()},
-                           {"summary", nullptr}}},
+            {"reasoning",
+             {{"effort",
+               r.contains("reasoning") && r["reasoning"].is_object() ? r["reasoning"].value("effort", nlohmann::json()) : nlohmann::json()},
+              {"summary", nullptr}}},
             {"store", false},
             {"temperature", field("temperature", 1.0)},
             {"text", field("text", {{"format", {{"type", "text"}}}})},
@@ -323,7 +350,8 @@ inline std::vector<nlohmann::json> function_calls(const completion& c, std::stri
     for (const auto& call : c.extra["tool_calls"]) {
         if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) continue;
         const auto& fn = call["function"];
-        items.push_back(function_call_item(response_id, items.size(), call.value("id", ""), fn.value("name", ""), fn.value("arguments", "")));
+        items.push_back(
+            function_call_item(response_id, items.size(), call.value("id", ""), fn.value("name", ""), fn.value("arguments", "")));
     }
     return items;
 }
@@ -345,7 +373,8 @@ inline std::string message_id(std::string_view response_id) {
     if (!c.model.empty()) h.model = c.model;
     nlohmann::json output = nlohmann::json::array();
     if (!c.content.empty())
-        output.push_back(detail::message_item(detail::message_id(h.id), "completed", nlohmann::json::array({detail::text_part(c.content)})));
+        output.push_back(
+            detail::message_item(detail::message_id(h.id), "completed", nlohmann::json::array({detail::text_part(c.content)})));
     for (auto& item : detail::function_calls(c, h.id)) output.push_back(std::move(item));
     auto [status, incomplete] = detail::outcome(c);
     auto out = detail::response_object(h, status, std::move(output), usage_object(c.usage));
@@ -374,14 +403,22 @@ public:
             item_id_ = detail::message_id(head_.id);
             if (messages_++ > 0) item_id_ += "_" + std::to_string(output_.size());
             text_.clear();
-            out += event({{"type", "response.output_item.added"}, {"output_index", output_.size()},
+            out += event({{"type", "response.output_item.added"},
+                          {"output_index", output_.size()},
                           {"item", detail::message_item(item_id_, "in_progress", nlohmann::json::array())}});
-            out += event({{"type", "response.content_part.added"}, {"item_id", item_id_}, {"output_index", output_.size()},
-                          {"content_index", 0}, {"part", detail::text_part("")}});
+            out += event({{"type", "response.content_part.added"},
+                          {"item_id", item_id_},
+                          {"output_index", output_.size()},
+                          {"content_index", 0},
+                          {"part", detail::text_part("")}});
         }
         text_ += text;
-        out += event({{"type", "response.output_text.delta"}, {"item_id", item_id_}, {"output_index", output_.size()},
-                      {"content_index", 0}, {"delta", text}, {"logprobs", nlohmann::json::array()}});
+        out += event({{"type", "response.output_text.delta"},
+                      {"item_id", item_id_},
+                      {"output_index", output_.size()},
+                      {"content_index", 0},
+                      {"delta", text},
+                      {"logprobs", nlohmann::json::array()}});
         return out;
     }
 
@@ -400,7 +437,9 @@ public:
         }
         if (!piece.arguments.empty()) {
             call_item_["arguments"] = call_item_["arguments"].get<std::string>() + piece.arguments;
-            out += event({{"type", "response.function_call_arguments.delta"}, {"item_id", item_id_}, {"output_index", output_.size()},
+            out += event({{"type", "response.function_call_arguments.delta"},
+                          {"item_id", item_id_},
+                          {"output_index", output_.size()},
                           {"delta", piece.arguments}});
         }
         return out;
@@ -418,10 +457,15 @@ public:
                 added["status"] = "in_progress";
                 added["arguments"] = "";
                 out += event({{"type", "response.output_item.added"}, {"output_index", index}, {"item", std::move(added)}});
-                out += event({{"type", "response.function_call_arguments.delta"}, {"item_id", item["id"]}, {"output_index", index},
+                out += event({{"type", "response.function_call_arguments.delta"},
+                              {"item_id", item["id"]},
+                              {"output_index", index},
                               {"delta", item["arguments"]}});
-                out += event({{"type", "response.function_call_arguments.done"}, {"item_id", item["id"]}, {"output_index", index},
-                              {"name", item["name"]}, {"arguments", item["arguments"]}});
+                out += event({{"type", "response.function_call_arguments.done"},
+                              {"item_id", item["id"]},
+                              {"output_index", index},
+                              {"name", item["name"]},
+                              {"arguments", item["arguments"]}});
                 out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", item}});
                 output_.push_back(std::move(item));
             }
@@ -465,17 +509,27 @@ private:
         std::string out;
         const auto index = output_.size();
         if (open_ == item::message) {
-            out += event({{"type", "response.output_text.done"}, {"item_id", item_id_}, {"output_index", index}, {"content_index", 0},
-                          {"text", text_}, {"logprobs", nlohmann::json::array()}});
-            out += event({{"type", "response.content_part.done"}, {"item_id", item_id_}, {"output_index", index}, {"content_index", 0},
+            out += event({{"type", "response.output_text.done"},
+                          {"item_id", item_id_},
+                          {"output_index", index},
+                          {"content_index", 0},
+                          {"text", text_},
+                          {"logprobs", nlohmann::json::array()}});
+            out += event({{"type", "response.content_part.done"},
+                          {"item_id", item_id_},
+                          {"output_index", index},
+                          {"content_index", 0},
                           {"part", detail::text_part(text_)}});
             auto done = detail::message_item(item_id_, "completed", nlohmann::json::array({detail::text_part(text_)}));
             out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", done}});
             output_.push_back(std::move(done));
         } else if (open_ == item::function_call) {
             call_item_["status"] = "completed";
-            out += event({{"type", "response.function_call_arguments.done"}, {"item_id", item_id_}, {"output_index", index},
-                          {"name", call_item_["name"]}, {"arguments", call_item_["arguments"]}});
+            out += event({{"type", "response.function_call_arguments.done"},
+                          {"item_id", item_id_},
+                          {"output_index", index},
+                          {"name", call_item_["name"]},
+                          {"arguments", call_item_["arguments"]}});
             out += event({{"type", "response.output_item.done"}, {"output_index", index}, {"item", call_item_}});
             output_.push_back(std::move(call_item_));
         }
@@ -486,10 +540,10 @@ private:
     response_head head_;
     nlohmann::json output_ = nlohmann::json::array(); // the items finished so far
     item open_ = item::none;
-    std::string item_id_;       // the open item's
-    std::string text_;          // the open message item's text
-    nlohmann::json call_item_;  // the open function_call item
-    std::size_t call_ = 0;      // the tool call it shows
+    std::string item_id_;      // the open item's
+    std::string text_;         // the open message item's text
+    nlohmann::json call_item_; // the open function_call item
+    std::size_t call_ = 0;     // the tool call it shows
     int messages_ = 0;
     std::int64_t sequence_ = 0;
     bool started_ = false;

@@ -29,7 +29,7 @@ struct upstream_failure {
     error e;
     bool retryable = false;
     std::optional<std::chrono::milliseconds> retry_after{}; // the server's own delay, when it gave one
-    bool delivered = false;                                  // bytes already reached the client
+    bool delivered = false;                                 // bytes already reached the client
 };
 
 struct retry_policy {
@@ -73,21 +73,24 @@ inline upstream_failure client_failure(const client_error& e, bool delivered, st
     const std::string who{upstream};
     switch (e.kind) {
     case client_error_kind::cancelled:
-        return {{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"}, false, {}, delivered};
+        return {
+            {error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"}, false, {}, delivered};
     case client_error_kind::past_deadline:
         return {{error_kind::timeout, who + " did not finish within the deadline", "upstream_timeout"}, false, {}, delivered};
     case client_error_kind::tls_verification:
         return {{error_kind::upstream, who + "'s TLS certificate verification failed", "upstream_tls"}, false};
     case client_error_kind::too_large:
-        return {{error_kind::upstream, who + "'s answer is over " + std::to_string(max_answer_bytes >> 20) + " MiB", "upstream_error"}, false};
-    default:
-        break;
+        return {{error_kind::upstream, who + "'s answer is over " + std::to_string(max_answer_bytes >> 20) + " MiB", "upstream_error"},
+                false};
+    default: break;
     }
-    if (delivered) return {{error_kind::upstream, who + " connection broke mid-stream (" + e.detail + ")", "upstream_error"}, false, {}, true};
+    if (delivered)
+        return {{error_kind::upstream, who + " connection broke mid-stream (" + e.detail + ")", "upstream_error"}, false, {}, true};
     if (e.kind == client_error_kind::connect_timeout)
         return {{error_kind::timeout, "could not connect to " + who + " in time", "upstream_timeout"}, true};
     if (e.kind == client_error_kind::read_timeout)
-        return {{error_kind::timeout, who + " did not answer within " + std::to_string(read_timeout.count()) + " ms", "upstream_timeout"}, true};
+        return {{error_kind::timeout, who + " did not answer within " + std::to_string(read_timeout.count()) + " ms", "upstream_timeout"},
+                true};
     return {{error_kind::upstream, "cannot reach " + who + " (" + e.detail + ")", "upstream_unreachable"}, true};
 }
 
@@ -134,8 +137,8 @@ public:
 
     template <class T>
     void record(const result<T>& outcome) {
-        const bool operator_fault = !outcome && (outcome.error().code == "upstream_unreachable" ||
-                                                 outcome.error().code == "upstream_credentials");
+        const bool operator_fault = !outcome &&
+                                    (outcome.error().code == "upstream_unreachable" || outcome.error().code == "upstream_credentials");
         record(operator_fault, operator_fault ? std::string_view{outcome.error().message} : std::string_view{});
     }
     void record(bool operator_fault, std::string_view why) {

@@ -105,7 +105,8 @@ public:
                 for (const auto& t : group) {
                     if (!index_of(t.provider))
                         throw std::invalid_argument("model '" + route.name + "' names provider '" + t.provider + "', which is not defined");
-                    if (t.weight == 0) throw std::invalid_argument("model '" + route.name + "' gives provider '" + t.provider + "' weight 0");
+                    if (t.weight == 0)
+                        throw std::invalid_argument("model '" + route.name + "' gives provider '" + t.provider + "' weight 0");
                 }
             }
         }
@@ -123,7 +124,8 @@ public:
         std::vector<bool> up(members_.size());
         for (std::size_t i = 0; i < members_.size(); ++i) {
             auto part = members_[i].provider.health();
-            if (part.ok && cooling(i)) part = {false, "skipped for a cool-down after " + std::to_string(options_.cooldown_after) + " failures in a row"};
+            if (part.ok && cooling(i))
+                part = {false, "skipped for a cool-down after " + std::to_string(options_.cooldown_after) + " failures in a row"};
             up[i] = part.ok;
             h.parts.emplace_back(members_[i].name, std::move(part));
         }

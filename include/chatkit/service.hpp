@@ -98,15 +98,15 @@ public:
     using context = request_context<Ms...>;
     using handler = std::function<http_response(http_request&, context&)>;
 
-    service()
-        requires(std::default_initializable<P> && std::default_initializable<S> && std::default_initializable<C> &&
-                 (std::default_initializable<Ms> && ...))
-    = default;
+    // clang-format off: clang-format 14 reads the && of a requires clause as an rvalue reference
+    service() requires(std::default_initializable<P>&& std::default_initializable<S>&& std::default_initializable<C> &&
+                       (std::default_initializable<Ms> && ...)) = default;
+    // clang-format on
     explicit service(P provider, S store = S{}, C cache = C{}, Ms... middlewares)
         : service(service_options{}, std::move(provider), std::move(store), std::move(cache), std::move(middlewares)...) {}
     service(service_options options, P provider, S store, C cache, Ms... middlewares)
-        : options_(std::move(options)), provider_(std::move(provider)), store_(std::move(store)),
-          cache_(std::move(cache)), middlewares_(std::move(middlewares)...) {}
+        : options_(std::move(options)), provider_(std::move(provider)), store_(std::move(store)), cache_(std::move(cache)),
+          middlewares_(std::move(middlewares)...) {}
 
     // The entry point: answers one request through the adapter's sink and finishes once the last
     // byte has been sent (or the client left). Never throws: an exception escaping a plugin
@@ -130,9 +130,7 @@ public:
 
     // Adds a route, matched on the exact path before the built-in ones. Call before serving. A
     // handler is plain code: it runs on the worker pool, so it may block.
-    void route(std::string method, std::string path, handler h) {
-        routes_.push_back({std::move(method), std::move(path), std::move(h)});
-    }
+    void route(std::string method, std::string path, handler h) { routes_.push_back({std::move(method), std::move(path), std::move(h)}); }
 
     // When a chat's provider call began and how long it took, also when it failed (a trace's
     // upstream span, Server-Timing): what chat_async reports besides its answer.
@@ -216,7 +214,6 @@ private:
         answer->time_to_first_token_ms = answer->latency_ms;
         co_return std::move(*answer);
     }
-
 
     struct custom_route {
         std::string method, path;
@@ -368,7 +365,8 @@ private:
             chat_admission a;
             a.model = chat.model.empty() ? models().front() : chat.model;
             a.prompt_token_bound = prompt_token_bound(req.body.size(), chat.messages.size());
-            a.max_completion_tokens = chat.max_tokens ? *chat.max_tokens : std::min(options_.default_max_tokens, options_.limits.max_tokens);
+            a.max_completion_tokens = chat.max_tokens ? *chat.max_tokens
+                                                      : std::min(options_.default_max_tokens, options_.limits.max_tokens);
             if (options_.prices) a.worst_case_usd = options_.prices->worst_case_usd(a.model, a.prompt_token_bound, a.max_completion_tokens);
             auto refused = run_admit<0>(req, a, ctx);
             if (!refused && a.bounds_reserved && !chat.max_tokens) chat.max_tokens = static_cast<int>(a.max_completion_tokens);
@@ -546,7 +544,8 @@ private:
         head.model = chat_req->model.empty() ? models().front() : chat_req->model;
         head.created_at = now_unix_ms() / 1000;
         head.request = std::move(parsed).value();
-        if (chat_req->stream) co_return stream_answer(std::move(*chat_req), responses_framing{responses_api::event_writer{std::move(head)}}, st);
+        if (chat_req->stream)
+            co_return stream_answer(std::move(*chat_req), responses_framing{responses_api::event_writer{std::move(head)}}, st);
         upstream_timing timing;
         auto answer = co_await chat_async(std::move(*chat_req), &timing);
         if (!answer) co_return routed{upstream_error_response(answer.error(), req.request_id, timing)};
@@ -717,8 +716,7 @@ private:
             auto streamed = co_await provider_stream(req_ptr, &out);
             st->summary.upstream_ms = elapsed_ms(called);
             st->summary.upstream_started = called;
-            if (st->summary.client_left || !streamed)
-                bill_unfinished(req, streamed ? &*streamed : nullptr, out.text_bytes, st->summary);
+            if (st->summary.client_left || !streamed) bill_unfinished(req, streamed ? &*streamed : nullptr, out.text_bytes, st->summary);
             if (st->summary.client_left) { // an unacknowledged, partial reply is neither stored nor cached
                 if constexpr (requires { framing->turn; }) co_await keep_abandoned_turn(&req, framing, st);
                 co_return;
@@ -837,7 +835,9 @@ private:
     }
     task<void> cache_put(std::string key, completion value) {
         if constexpr (async_cache<C>) return cache_.put(std::move(key), std::move(value), options_.cache_ttl);
-        else return call_plugin(&cache_, [this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
+        else
+            return call_plugin(&cache_,
+                               [this, key = std::move(key), value = std::move(value)] { cache_.put(key, value, options_.cache_ttl); });
     }
     // A durable append (an fsync) never runs on a loop thread, unless the store says it cannot block.
     task<result<void>> store_append(exchange e) {
@@ -850,7 +850,9 @@ private:
     }
     // A ConversationStore's member (blocking: on the pool unless the store cannot block).
     template <class F>
-    task<std::invoke_result_t<F&>> on_store(F f) { return call_plugin(&store_, std::move(f)); }
+    task<std::invoke_result_t<F&>> on_store(F f) {
+        return call_plugin(&store_, std::move(f));
+    }
 
     // Makes an answered chat durable: in its conversation for a conversation's turn, else in the
     // user's history. The service acknowledges nothing before this succeeds.
@@ -957,20 +959,19 @@ private:
         const std::string_view user_id = std::string_view{req.path}.substr(9);
         const auto& limits = options_.limits;
         if (user_id.size() > limits.max_user_id_bytes || detail::has_control_characters(user_id))
-            co_return error_response(detail::invalid("user_id must be 1 to " + std::to_string(limits.max_user_id_bytes) +
-                                                      " bytes without control characters",
-                                                  "user_id"),
-                                  req.request_id);
+            co_return error_response(
+                detail::invalid("user_id must be 1 to " + std::to_string(limits.max_user_id_bytes) + " bytes without control characters",
+                                "user_id"),
+                req.request_id);
         history_query query{history_owner(req, user_id), options_.history_default_limit, {}};
         if (auto it = req.query.find("limit"); it != req.query.end()) {
             std::size_t n = 0;
             const auto& s = it->second;
             auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
             if (ec != std::errc{} || end != s.data() + s.size() || n < 1 || n > options_.history_max_limit)
-                co_return error_response(detail::invalid("'limit' must be an integer from 1 to " +
-                                                          std::to_string(options_.history_max_limit),
-                                                      "limit"),
-                                      req.request_id);
+                co_return error_response(
+                    detail::invalid("'limit' must be an integer from 1 to " + std::to_string(options_.history_max_limit), "limit"),
+                    req.request_id);
             query.limit = n;
         }
         if (auto it = req.query.find("before"); it != req.query.end()) query.before = it->second;
@@ -1063,8 +1064,8 @@ private:
         co_return conversation_list_response(*page);
     }
     static http_response conversation_list_response(const conversation_page& page) {
-        return json_response(200, {{"conversations", page.conversations},
-                                   {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nullptr}});
+        return json_response(
+            200, {{"conversations", page.conversations}, {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nullptr}});
     }
 
     // The conversation, its totals, and its first page of messages (oldest first; `?limit=`,
@@ -1255,13 +1256,13 @@ private:
     http_response handle_health() {
         const auto components = std::tuple{store_.health(), cache_.health(), provider_.health()};
         const bool ok = std::apply([](const auto&... c) { return (c.ok && ...); }, components);
-        return json_response(ok ? 200 : 503, {{"status", ok ? "ok" : "unavailable"},
-                                              {"version", options_.version},
-                                              {"provider", provider_.name()},
-                                              {"components",
-                                               {{"store", std::get<0>(components)},
-                                                {"cache", std::get<1>(components)},
-                                                {"provider", std::get<2>(components)}}}});
+        return json_response(
+            ok ? 200 : 503,
+            {{"status", ok ? "ok" : "unavailable"},
+             {"version", options_.version},
+             {"provider", provider_.name()},
+             {"components",
+              {{"store", std::get<0>(components)}, {"cache", std::get<1>(components)}, {"provider", std::get<2>(components)}}}});
     }
 
     // Readiness: what /health checks, and not draining. A load balancer that sees 503 sends the
@@ -1271,17 +1272,17 @@ private:
         const auto components = std::tuple{store_.health(), cache_.health(), provider_.health()};
         const bool ok = std::apply([](const auto&... c) { return (c.ok && ...); }, components);
         if (ok) return json_response(200, {{"status", "ready"}});
-        return json_response(503, {{"status", "unavailable"},
-                                   {"components",
-                                    {{"store", std::get<0>(components)},
-                                     {"cache", std::get<1>(components)},
-                                     {"provider", std::get<2>(components)}}}});
+        return json_response(
+            503, {{"status", "unavailable"},
+                  {"components",
+                   {{"store", std::get<0>(components)}, {"cache", std::get<1>(components)}, {"provider", std::get<2>(components)}}}});
     }
 
     http_response handle_root() const {
         nlohmann::json routes = nlohmann::json::array();
         for (const auto& r : routes_) routes.push_back(r.method + " " + r.path);
-        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "POST /v1/messages", "POST /v1/responses", "GET /v1/models", "GET /health", "GET /ready"})
+        for (const char* r : {"POST /chat", "GET /history/{user_id}", "POST /v1/chat/completions", "POST /v1/messages",
+                              "POST /v1/responses", "GET /v1/models", "GET /health", "GET /ready"})
             routes.push_back(r);
         if constexpr (conversation_store<S>)
             for (const char* r : {"POST /api/v1/conversations", "GET /api/v1/conversations", "GET /api/v1/conversations/{id}",
@@ -1313,19 +1314,18 @@ private:
 
     result<nlohmann::json> parse_body(const http_request& req) const {
         if (req.body.size() > options_.max_body_bytes)
-            return error{error_kind::payload_too_large,
-                         "request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes", "body_too_large"};
+            return error{error_kind::payload_too_large, "request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes",
+                         "body_too_large"};
         if (auto type = req.header("Content-Type"); !type.empty() && !is_json_media_type(type))
-            return error{error_kind::unsupported_media_type, "Content-Type must be application/json",
-                         "unsupported_media_type"};
+            return error{error_kind::unsupported_media_type, "Content-Type must be application/json", "unsupported_media_type"};
         try {
             return nlohmann::json::parse(req.body);
         } catch (const nlohmann::json::parse_error& e) {
             // Never echo the body back: it may hold secrets, and it may not be valid UTF-8.
             if (std::string_view{e.what()}.find("UTF-8") != std::string_view::npos)
                 return error{error_kind::invalid_request, "request body is not valid UTF-8", "invalid_utf8"};
-            return error{error_kind::invalid_request,
-                         "request body is not valid JSON (at byte " + std::to_string(e.byte) + ")", "invalid_json"};
+            return error{error_kind::invalid_request, "request body is not valid JSON (at byte " + std::to_string(e.byte) + ")",
+                         "invalid_json"};
         }
     }
 
@@ -1344,15 +1344,14 @@ private:
     static bool is_get(const http_request& req) { return req.method == "GET" || req.method == "HEAD"; }
 
     static http_response wrong_method(const http_request& req, std::string_view allowed) {
-        auto res = error_response({error_kind::method_not_allowed,
-                                   "method " + req.method + " is not allowed on " + req.path, "method_not_allowed"},
-                                  req.request_id);
+        auto res = error_response(
+            {error_kind::method_not_allowed, "method " + req.method + " is not allowed on " + req.path, "method_not_allowed"},
+            req.request_id);
         res.headers["Allow"] = allowed == "GET" ? "GET, HEAD" : std::string{allowed};
         return res;
     }
     static http_response not_found(const http_request& req) {
-        return error_response({error_kind::not_found, "no route for " + req.method + " " + req.path, "not_found"},
-                              req.request_id);
+        return error_response({error_kind::not_found, "no route for " + req.method + " " + req.path, "not_found"}, req.request_id);
     }
     static http_response internal_error(const http_request& req) {
         return error_response({error_kind::internal, "internal error", "internal_error"}, req.request_id);
@@ -1367,8 +1366,8 @@ private:
     }
 
     static response_meta meta_of(const completion& c) {
-        return {c.model, c.usage, c.cached, c.time_to_first_token_ms, {}, c.cost_usd, c.upstream_ms, c.finish_reason, c.upstream_started,
-                c.provider};
+        return {c.model,    c.usage,       c.cached,        c.time_to_first_token_ms, {},
+                c.cost_usd, c.upstream_ms, c.finish_reason, c.upstream_started,       c.provider};
     }
     // An unstreamed answer's meta, and the provider that answered it in `x-chatkit-provider` (a
     // stream's headers leave before a provider is chosen: its closing event names it instead).
@@ -1416,8 +1415,7 @@ private:
     // A stream that did not complete is billed for what the provider reported, else (when the
     // client left, or the provider failed after sending text) for an estimate of the prompt and of
     // the text delivered, marked as estimated. A provider that failed before any text bills nothing.
-    void bill_unfinished(const chat_request& req, const completion* partial, std::size_t delivered_bytes,
-                         response_summary& sum) {
+    void bill_unfinished(const chat_request& req, const completion* partial, std::size_t delivered_bytes, response_summary& sum) {
         sum.model = partial && !partial->model.empty() ? partial->model : req.model.empty() ? models().front() : req.model;
         if (partial && partial->usage.total_tokens() > 0) {
             sum.usage = partial->usage;
@@ -1450,11 +1448,7 @@ private:
     }
 
     static exchange make_exchange(const chat_request& r, const completion& c) {
-        return {r.user_id,
-                r.request_id,
-                c.model,
-                {r.messages.back(), message{role::assistant, c.content, {}}},
-                c.created_at};
+        return {r.user_id, r.request_id, c.model, {r.messages.back(), message{role::assistant, c.content, {}}}, c.created_at};
     }
 
     static nlohmann::json answer_json(const completion& c, std::string_view request_id) {

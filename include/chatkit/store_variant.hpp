@@ -67,7 +67,9 @@ public:
     }
 
     template <class S>
-    S* get_if() noexcept { return std::get_if<S>(&v_); }
+    S* get_if() noexcept {
+        return std::get_if<S>(&v_);
+    }
 
 private:
     template <class F>

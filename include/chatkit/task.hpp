@@ -92,9 +92,7 @@ struct result_slot {
     std::optional<T> value{};
     template <class U = T>
         requires std::constructible_from<T, U&&>
-    void return_value(U&& v) {
-        value.emplace(std::forward<U>(v));
-    }
+    void return_value(U&& v) { value.emplace(std::forward<U>(v)); }
     T take() { return std::move(*value); }
 };
 template <>

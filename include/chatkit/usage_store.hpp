@@ -26,9 +26,9 @@ namespace chatkit {
 
 /// One chat request, as billed.
 struct usage_record {
-    unix_ms time = 0;            // when the request finished (its last byte, or the client left)
+    unix_ms time = 0; // when the request finished (its last byte, or the client left)
     std::string request_id{};
-    std::string team_id{};       // empty without authentication
+    std::string team_id{}; // empty without authentication
     std::string key_id{};
     std::string model{};
     std::string provider{};
@@ -39,8 +39,8 @@ struct usage_record {
     double time_to_first_token_ms = 0;
     bool cached = false;
     bool streamed = false;
-    bool cancelled = false;      // the client left before the answer was complete
-    bool estimated = false;      // usage counted from the text delivered, not reported by the provider
+    bool cancelled = false; // the client left before the answer was complete
+    bool estimated = false; // usage counted from the text delivered, not reported by the provider
 
     friend bool operator==(const usage_record&, const usage_record&) = default;
 };
@@ -122,7 +122,7 @@ concept usage_store_has_for_each_record = requires(U& u, const usage_range& rang
 ///      custom route on the worker pool). Failures are `error_kind::unavailable` values.
 template <class U>
 concept usage_store = detail::usage_store_has_append<U> && detail::usage_store_has_summarize<U> && detail::usage_store_has_spent<U> &&
-                      detail::usage_store_has_for_each_record<U>;
+    detail::usage_store_has_for_each_record<U>;
 
 template <class U>
 struct usage_store_check {
@@ -130,10 +130,11 @@ struct usage_store_check {
                   "chatkit::usage_store: missing `chatkit::result<void> append(std::span<const chatkit::usage_record>)`");
     static_assert(detail::usage_store_has_summarize<U>,
                   "chatkit::usage_store: missing `chatkit::result<chatkit::usage_summary> summarize(const chatkit::usage_query&)`");
-    static_assert(detail::usage_store_has_spent<U>,
-                  "chatkit::usage_store: missing `chatkit::result<double> spent_usd(std::string_view, std::string_view, chatkit::unix_ms)`");
-    static_assert(detail::usage_store_has_for_each_record<U>,
-                  "chatkit::usage_store: missing `chatkit::result<void> for_each_record(const chatkit::usage_range&, const chatkit::usage_record_visitor&)`");
+    static_assert(
+        detail::usage_store_has_spent<U>,
+        "chatkit::usage_store: missing `chatkit::result<double> spent_usd(std::string_view, std::string_view, chatkit::unix_ms)`");
+    static_assert(detail::usage_store_has_for_each_record<U>, "chatkit::usage_store: missing `chatkit::result<void> for_each_record(const "
+                                                              "chatkit::usage_range&, const chatkit::usage_record_visitor&)`");
     static constexpr bool value = usage_store<U>;
 };
 
@@ -153,7 +154,8 @@ struct memory_usage_store {
             add(slot(s.by_model, r.model), r);
             add(slot(s.by_day, format_rfc3339(r.time).substr(0, 10)), r);
         }
-        std::stable_sort(s.by_model.begin(), s.by_model.end(), [](const auto& a, const auto& b) { return a.second.cost_usd > b.second.cost_usd; });
+        std::stable_sort(s.by_model.begin(), s.by_model.end(),
+                         [](const auto& a, const auto& b) { return a.second.cost_usd > b.second.cost_usd; });
         std::sort(s.by_day.begin(), s.by_day.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
         return s;
     }
@@ -210,7 +212,9 @@ public:
         return std::visit([&range, &each](auto& u) { return u.for_each_record(range, each); }, v_);
     }
     template <class U>
-    U* get_if() noexcept { return std::get_if<U>(&v_); }
+    U* get_if() noexcept {
+        return std::get_if<U>(&v_);
+    }
 
 private:
     std::variant<Us...> v_;

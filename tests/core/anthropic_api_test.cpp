@@ -21,7 +21,8 @@ struct recording_provider {
         c.model = r.model.empty() ? "rec-large" : r.model;
         if (r.extensions.contains("tools")) {
             c.finish_reason = "tool_calls";
-            c.extra = {{"tool_calls", {{{"id", "call_1"}, {"type", "function"}, {"function", {{"name", "lookup"}, {"arguments", R"({"q":"x"})"}}}}}}};
+            c.extra = {{"tool_calls",
+                        {{{"id", "call_1"}, {"type", "function"}, {"function", {{"name", "lookup"}, {"arguments", R"({"q":"x"})"}}}}}}};
         } else {
             c.content = "ok then";
             c.finish_reason = r.max_tokens == 2 ? "length" : "stop";
@@ -144,7 +145,8 @@ TEST_CASE("a Messages request the gateway cannot honour is refused by name, neve
                     "messages":[{"role":"user","content":"x"}]})") == "tools[0].type");
     CHECK(param(R"({"model":"m","max_tokens":5,"metadata":{"session":"s"},"messages":[{"role":"user","content":"x"}]})") ==
           "metadata.session");
-    auto code = chatkit::anthropic_api::parse_request(json::parse(R"({"model":"m","max_tokens":5,"top_k":5,"messages":[{"role":"user","content":"x"}]})"));
+    auto code = chatkit::anthropic_api::parse_request(
+        json::parse(R"({"model":"m","max_tokens":5,"top_k":5,"messages":[{"role":"user","content":"x"}]})"));
     CHECK(code.error().code == "unsupported_parameter");
 }
 
@@ -160,7 +162,8 @@ TEST_CASE("a non-streamed answer is the exact Messages object, with cached token
     CHECK(body["content"] == json::array({{{"type", "text"}, {"text", "ok then"}}}));
     CHECK(body["stop_reason"] == "end_turn");
     CHECK(body["stop_sequence"].is_null());
-    CHECK(body["usage"] == json{{"input_tokens", 8}, {"output_tokens", 2}, {"cache_creation_input_tokens", 0}, {"cache_read_input_tokens", 4}});
+    CHECK(body["usage"] ==
+          json{{"input_tokens", 8}, {"output_tokens", 2}, {"cache_creation_input_tokens", 0}, {"cache_read_input_tokens", 4}});
 
     auto short_answer = hello;
     short_answer["max_tokens"] = 2;

@@ -112,6 +112,7 @@ TEST_CASE("errors map to their HTTP status and OpenAI error type") {
     CHECK(chatkit::http_status(error_kind::unavailable) == 503);
     CHECK(chatkit::http_status(error_kind::timeout) == 504);
     const auto envelope = chatkit::to_envelope({error_kind::invalid_request, "bad", "invalid_value", "temperature"});
-    CHECK(envelope == json::parse(R"({"error":{"message":"bad","type":"invalid_request_error","param":"temperature","code":"invalid_value"}})"));
+    CHECK(envelope ==
+          json::parse(R"({"error":{"message":"bad","type":"invalid_request_error","param":"temperature","code":"invalid_value"}})"));
     CHECK(chatkit::to_envelope({error_kind::internal, "x"})["error"]["param"].is_null());
 }

@@ -68,7 +68,8 @@ void check_faulty_cache() {
         shared = faulty_cache<Fault>{};
         return shared;
     };
-    chatkit::testing::check_cache_conformance<faulty_cache<Fault>>(make, {.pass_time = [&shared](std::chrono::seconds d) { shared.pass(d); }});
+    chatkit::testing::check_cache_conformance<faulty_cache<Fault>>(make,
+                                                                   {.pass_time = [&shared](std::chrono::seconds d) { shared.pass(d); }});
 }
 
 // A word-by-word provider, and what its broken variants change.
@@ -280,7 +281,10 @@ TEST_CASE("kit mutant: a provider that streams on after the client left") { chec
 TEST_CASE("kit mutant: a provider that throws its refusals") { check_faulty_provider<provider_fault::throws_refusal>(); }
 TEST_CASE("kit mutant: a provider whose stream differs from complete") { check_faulty_provider<provider_fault::stream_differs>(); }
 TEST_CASE("kit mutant: a middleware that drops a streamed answer") { check_faulty_middleware<middleware_fault::drops_stream>(); }
-TEST_CASE("kit mutant: a middleware that throws on a body that is not JSON") { check_faulty_middleware<middleware_fault::throws_on_bad_json>(); }
+TEST_CASE("kit mutant: a middleware that throws on a body that is not JSON") {
+    check_faulty_middleware<middleware_fault::throws_on_bad_json>();
+}
 TEST_CASE("kit mutant: a store that mixes users") {
-    chatkit::testing::check_store_conformance<faulty_store<store_fault::mixes_users>>([] { return faulty_store<store_fault::mixes_users>{}; });
+    chatkit::testing::check_store_conformance<faulty_store<store_fault::mixes_users>>(
+        [] { return faulty_store<store_fault::mixes_users>{}; });
 }

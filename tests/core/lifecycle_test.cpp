@@ -382,8 +382,8 @@ TEST_CASE("an async provider runs on the loop thread, complete and stream") {
     CHECK(json::parse(sink.body)["content"] == "abc");
 
     recording_sink stream_sink;
-    serve(svc, chat({{"messages", {{{"role", "user"}, {"content", "abc"}}}}, {"stream", true}}, "/v1/chat/completions"),
-          stream_sink, &loop, &pool);
+    serve(svc, chat({{"messages", {{{"role", "user"}, {"content", "abc"}}}}, {"stream", true}}, "/v1/chat/completions"), stream_sink, &loop,
+          &pool);
     REQUIRE(stream_sink.chunks.size() >= 4);
     CHECK(stream_sink.chunks.back().ends_with("data: [DONE]\n\n"));
     CHECK(*provider.off_loop == 0);
@@ -442,7 +442,8 @@ struct async_map_store {
         chatkit::history_page page;
         for (const auto& e : *saved)
             if (e.user_id == q.user_id)
-                for (const auto& m : e.messages) page.messages.push_back({std::to_string(page.messages.size()), m.role, m.content, e.model, e.created_at, e.request_id});
+                for (const auto& m : e.messages)
+                    page.messages.push_back({std::to_string(page.messages.size()), m.role, m.content, e.model, e.created_at, e.request_id});
         co_return page;
     }
     chatkit::component_health health() { return {}; }
@@ -479,8 +480,8 @@ TEST_CASE("an async store and an async cache are awaited on the loop thread: app
     store.loop = &loop;
     async_map_cache cache;
     cache.loop = &loop;
-    chatkit::service<async_echo, async_map_store, async_map_cache, summary_middleware> svc{
-        chatkit::service_options{}, async_echo{}, store, cache, summary_middleware{}};
+    chatkit::service<async_echo, async_map_store, async_map_cache, summary_middleware> svc{chatkit::service_options{}, async_echo{}, store,
+                                                                                           cache, summary_middleware{}};
 
     recording_sink first;
     serve(svc, chat({{"content", "remember me"}, {"user_id", "ann"}}), first, &loop, &pool);

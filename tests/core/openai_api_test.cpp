@@ -116,7 +116,8 @@ TEST_CASE("invalid OpenAI requests name the offending field") {
     CHECK(param(R"({"messages":[{"role":"user","content":"x"}],"user":""})") == "user");
     CHECK(param(R"({"messages":[{"role":"user","content":"x"}],"temperature":9})") == "temperature");
     CHECK(param(R"({"messages":[{"role":"user","content":"x"}],"stream_options":true})") == "stream_options");
-    auto one = chatkit::openai_api::parse_request(json::parse(R"({"messages":[{"role":"user","content":"x"}],"n":1,"stop":null,"seed":null})"));
+    auto one = chatkit::openai_api::parse_request(
+        json::parse(R"({"messages":[{"role":"user","content":"x"}],"n":1,"stop":null,"seed":null})"));
     REQUIRE(one);
     CHECK(one->extensions.empty()); // n:1 is the default, and null means absent
 }
@@ -215,7 +216,6 @@ TEST_CASE("GET /v1/models lists the provider's models") {
     CHECK(body["data"][0] == json{{"id", "rec-large"}, {"object", "model"}, {"created", 0}, {"owned_by", "recording"}});
 }
 
-
 TEST_CASE("the cache key covers pass-through fields: a different seed or tool list is a miss") {
     chatkit::service<recording_provider, chatkit::no_store, map_cache> svc;
     auto ask = hello;
@@ -231,8 +231,8 @@ TEST_CASE("the cache key covers pass-through fields: a different seed or tool li
 
 TEST_CASE("strings written without a tree are escaped exactly as nlohmann dumps them") {
     for (const std::string& s : {std::string{}, std::string{"plain ascii, 123"}, std::string{"quote \" and backslash \\"},
-                                std::string{"tab\tnew line\ncontrol \x01 del \x7f"}, std::string{"caf\xc3\xa9 \xe2\x9c\x93"},
-                                std::string{"broken \xff\xfe utf-8"}, std::string{"nul \0 inside", 13}}) {
+                                 std::string{"tab\tnew line\ncontrol \x01 del \x7f"}, std::string{"caf\xc3\xa9 \xe2\x9c\x93"},
+                                 std::string{"broken \xff\xfe utf-8"}, std::string{"nul \0 inside", 13}}) {
         std::string out;
         chatkit::append_json_string(out, s);
         CHECK(out == chatkit::dump_json(json(s)));
@@ -268,8 +268,9 @@ TEST_CASE("a streamed tool call carries its index, by which the SDKs assemble ca
     chatkit::completion c;
     c.model = "m";
     c.finish_reason = "tool_calls";
-    c.extra = {{"tool_calls", {{{"id", "call_1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}},
-                               {{"id", "call_2"}, {"type", "function"}, {"function", {{"name", "g"}, {"arguments", R"({"a":1})"}}}}}}};
+    c.extra = {{"tool_calls",
+                {{{"id", "call_1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}},
+                 {{"id", "call_2"}, {"type", "function"}, {"function", {{"name", "g"}, {"arguments", R"({"a":1})"}}}}}}};
     std::vector<json> chunks;
     chatkit::sse_parser parser;
     parser.feed(writer.finish(c, false), [&](const chatkit::sse_message& m) {

@@ -111,8 +111,9 @@ TEST_CASE("a Responses request maps instructions, message items, function calls 
     CHECK(r->messages[4].extra["tool_call_id"] == "c1");
     CHECK(r->messages[5].content == "43");
     CHECK(r->messages[6].content == "so 42");
-    CHECK(r->extensions["tools"][0] == json{{"type", "function"},
-                                            {"function", {{"name", "lookup"}, {"description", "finds"}, {"parameters", {{"type", "object"}}}, {"strict", true}}}});
+    CHECK(r->extensions["tools"][0] ==
+          json{{"type", "function"},
+               {"function", {{"name", "lookup"}, {"description", "finds"}, {"parameters", {{"type", "object"}}}, {"strict", true}}}});
     CHECK(r->extensions["tool_choice"] == json{{"type", "function"}, {"function", {{"name", "lookup"}}}});
     CHECK(r->extensions["parallel_tool_calls"] == false);
     CHECK(r->extensions["response_format"] ==
@@ -140,7 +141,8 @@ TEST_CASE("a Responses request the gateway cannot honour is refused by name") {
     CHECK(refused(R"({"model":"m","input":"x","include":["message.output_text.logprobs"]})") == "include");
     CHECK(refused(R"({"model":"m","input":"x","reasoning":{"mode":"deep"}})") == "reasoning.mode");
     CHECK(refused(R"({"model":"m","input":[{"type":"reasoning","summary":[]}]})") == "input[0].type");
-    CHECK(refused(R"({"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"x"}]}]})") == "input[0].content[0]");
+    CHECK(refused(R"({"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"x"}]}]})") ==
+          "input[0].content[0]");
     CHECK(refused(R"({"model":"m","input":[{"role":"tool","content":"x"}]})") == "input[0].role");
     auto code = chatkit::responses_api::parse_request(json::parse(R"({"model":"m","input":"x","store":true})"));
     CHECK(code.error().code == "unsupported_parameter");
@@ -233,11 +235,11 @@ TEST_CASE("a streamed tool call is a function_call item with its arguments") {
     ask["tools"] = json::array({{{"type", "function"}, {"name", "lookup"}}});
     auto res = svc.handle(post(ask));
     const auto events = events_of(res);
-    CHECK(types_of(events) ==
-          std::vector<std::string>{"response.created", "response.in_progress", "response.output_item.added", "response.function_call_arguments.delta",
-                                   "response.function_call_arguments.done", "response.output_item.done", "response.output_item.added",
-                                   "response.function_call_arguments.delta", "response.function_call_arguments.done",
-                                   "response.output_item.done", "response.completed"});
+    CHECK(types_of(events) == std::vector<std::string>{"response.created", "response.in_progress", "response.output_item.added",
+                                                       "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                                                       "response.output_item.done", "response.output_item.added",
+                                                       "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                                                       "response.output_item.done", "response.completed"});
     CHECK(events[2]["item"]["arguments"] == "");
     CHECK(events[3]["delta"] == R"({"q":"x"})");
     CHECK(events[6]["output_index"] == 1);

@@ -76,8 +76,7 @@ struct fleet {
 };
 
 std::vector<chatkit::model_route> usual_routes() {
-    return {{"gpt-4o-mini", {{{"primary"}}, {{"backup"}}}},
-            {"sonnet", {{{"claude", "claude-sonnet-4-5"}}}}};
+    return {{"gpt-4o-mini", {{{"primary"}}, {{"backup"}}}}, {"sonnet", {{{"claude", "claude-sonnet-4-5"}}}}};
 }
 
 chatkit::chat_request ask(std::string model) {
@@ -122,7 +121,7 @@ TEST_CASE("the router sends each model to its route, with aliases and provider/m
     auto b = complete(r, "sonnet");
     REQUIRE(b.has_value());
     CHECK(b->provider == "claude");
-    CHECK(b->model == "claude-sonnet-4-5"); // the alias is sent upstream as its model id
+    CHECK(b->model == "claude-sonnet-4-5");                // the alias is sent upstream as its model id
     auto c = complete(r, "backup/meta-llama/llama-3-70b"); // provider/model: the rest is the model, slashes and all
     REQUIRE(c.has_value());
     CHECK(c->provider == "backup");

@@ -74,8 +74,8 @@ struct memory_store {
         for (const auto& e : s->exchanges)
             if (e.user_id == q.user_id)
                 for (const auto& m : e.messages)
-                    page.messages.push_back({std::to_string(page.messages.size() + 1), m.role, m.content, e.model,
-                                             e.created_at, e.request_id});
+                    page.messages.push_back(
+                        {std::to_string(page.messages.size() + 1), m.role, m.content, e.model, e.created_at, e.request_id});
         page.next_cursor = "older";
         return page;
     }
@@ -85,7 +85,6 @@ struct memory_store {
     }
 };
 static_assert(chatkit::store<memory_store>);
-
 
 chatkit::http_request post_chat(const json& body, std::string content_type = "application/json") {
     chatkit::http_request req;
@@ -110,11 +109,13 @@ std::string drain(chatkit::http_response& res, std::size_t accept_chunks = SIZE_
     REQUIRE(res.is_stream());
     std::string out;
     std::size_t n = 0;
-    res.stream([&](std::string_view chunk) {
-        if (n++ >= accept_chunks) return false;
-        out += chunk;
-        return true;
-    }, res.meta);
+    res.stream(
+        [&](std::string_view chunk) {
+            if (n++ >= accept_chunks) return false;
+            out += chunk;
+            return true;
+        },
+        res.meta);
     return out;
 }
 
@@ -274,7 +275,12 @@ TEST_CASE("unknown routes are 404 and wrong methods 405 with Allow") {
 TEST_CASE("bad bodies get 400, 413 or 415 with a JSON error, never a crash") {
     chatkit::service_options options;
     options.max_body_bytes = 64;
-    test_service svc{options, scripted_provider{}, memory_store{}, map_cache{}, };
+    test_service svc{
+        options,
+        scripted_provider{},
+        memory_store{},
+        map_cache{},
+    };
 
     check_error(svc.handle(post_chat({{"content", std::string(100, 'x')}})), 413, "invalid_request_error");
     check_error(svc.handle(post_chat({{"content", "hi"}}, "text/plain")), 415, "invalid_request_error");
@@ -606,8 +612,8 @@ TEST_CASE("a stream carries gateway_metadata in its last chunk, after the usage,
     test_service svc{priced(), scripted_provider{}, memory_store{}, map_cache{}};
     const json messages = {{{"role", "user"}, {"content", "hi"}}};
     SECTION("with stream_options.include_usage: on the usage chunk") {
-        auto res = svc.handle(post_openai({{"messages", messages}, {"stream", true}, {"cache", false},
-                                           {"stream_options", {{"include_usage", true}}}}));
+        auto res = svc.handle(
+            post_openai({{"messages", messages}, {"stream", true}, {"cache", false}, {"stream_options", {{"include_usage", true}}}}));
         const auto chunks = openai_chunks(drain(res));
         REQUIRE(chunks.size() >= 2);
         CHECK(chunks.back()["usage"]["total_tokens"] == 6);

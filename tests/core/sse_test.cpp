@@ -42,7 +42,8 @@ TEST_CASE("data lines join with newlines, one leading space is dropped, comments
 }
 
 TEST_CASE("event names, CR and CRLF line ends, and a leading BOM are understood") {
-    auto events = parse("\xEF\xBB\xBF" "event: delta\r\ndata: a\r\n\r\nevent: done\rdata: b\r\r");
+    auto events = parse("\xEF\xBB\xBF"
+                        "event: delta\r\ndata: a\r\n\r\nevent: done\rdata: b\r\r");
     REQUIRE(events.size() == 2);
     CHECK(events[0].event == "delta");
     CHECK(events[0].data == "a");
@@ -57,11 +58,11 @@ TEST_CASE("an event with no data is not dispatched, and its name does not leak i
 }
 
 TEST_CASE("an OpenAI stream parses identically however it is cut, even inside UTF-8 and CRLF") {
-    const std::string stream =
-        "data: {\"choices\":[{\"delta\":{\"content\":\"Gr\xC3\xBC\xC3\x9F" "e \xF0\x9F\x91\x8B\"}}]}\r\n\r\n"
-        ": keep-alive\n\n"
-        "data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n"
-        "data: [DONE]\n\n";
+    const std::string stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Gr\xC3\xBC\xC3\x9F"
+                               "e \xF0\x9F\x91\x8B\"}}]}\r\n\r\n"
+                               ": keep-alive\n\n"
+                               "data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n"
+                               "data: [DONE]\n\n";
     const auto whole = parse(stream);
     REQUIRE(whole.size() == 3);
     CHECK(whole[2].data == "[DONE]");

@@ -120,13 +120,15 @@ json assemble(const std::vector<event>& chunks) {
             while (calls.size() <= i) calls.push_back({{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
             if (piece.contains("id")) calls[i]["id"] = piece["id"];
             if (piece["function"].contains("name")) calls[i]["function"]["name"] = piece["function"]["name"];
-            calls[i]["function"]["arguments"] = calls[i]["function"]["arguments"].get<std::string>() + piece["function"]["arguments"].get<std::string>();
+            calls[i]["function"]["arguments"] = calls[i]["function"]["arguments"].get<std::string>() +
+                                                piece["function"]["arguments"].get<std::string>();
         }
     }
     return calls;
 }
 
-const json chat_ask = {{"model", "tools-1"}, {"stream", true}, {"messages", {{{"role", "user"}, {"content", "look it up"}}}}, {"tools", tools}};
+const json chat_ask = {
+    {"model", "tools-1"}, {"stream", true}, {"messages", {{{"role", "user"}, {"content", "look it up"}}}}, {"tools", tools}};
 
 } // namespace
 
@@ -159,14 +161,18 @@ TEST_CASE("Chat Completions: a cached answer's tool calls come whole in the last
 
 TEST_CASE("Messages: a text block, then a tool_use block per call whose input grows by input_json_delta") {
     tools_service svc;
-    json ask = {{"model", "tools-1"}, {"max_tokens", 64}, {"stream", true}, {"messages", {{{"role", "user"}, {"content", "look it up"}}}},
-                {"tools", {{{"name", "lookup"}, {"input_schema", {{"type", "object"}}}}, {{"name", "fetch"}, {"input_schema", {{"type", "object"}}}}}}};
+    json ask = {
+        {"model", "tools-1"},
+        {"max_tokens", 64},
+        {"stream", true},
+        {"messages", {{{"role", "user"}, {"content", "look it up"}}}},
+        {"tools",
+         {{{"name", "lookup"}, {"input_schema", {{"type", "object"}}}}, {{"name", "fetch"}, {"input_schema", {{"type", "object"}}}}}}};
     const auto events = stream_of(svc, post("/v1/messages", ask));
-    CHECK(names_of(events) == std::vector<std::string>{"message_start", "ping",
-                                                       "content_block_start", "content_block_delta", "content_block_stop",
-                                                       "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-                                                       "content_block_start", "content_block_delta", "content_block_stop",
-                                                       "message_delta", "message_stop"});
+    CHECK(names_of(events) == std::vector<std::string>{"message_start", "ping", "content_block_start", "content_block_delta",
+                                                       "content_block_stop", "content_block_start", "content_block_delta",
+                                                       "content_block_delta", "content_block_stop", "content_block_start",
+                                                       "content_block_delta", "content_block_stop", "message_delta", "message_stop"});
     for (const auto& e : events) CHECK(e.name == e.data["type"]);
     CHECK(events[2].data["index"] == 0);
     CHECK(events[3].data["delta"] == json{{"type", "text_delta"}, {"text", "Let me look."}});
@@ -174,8 +180,8 @@ TEST_CASE("Messages: a text block, then a tool_use block per call whose input gr
     CHECK(events[5].data["index"] == 1);
     CHECK(events[5].data["content_block"] == json{{"type", "tool_use"}, {"id", "call_a"}, {"name", "lookup"}, {"input", json::object()}});
     // the SDK joins a block's partial_json and parses it at content_block_stop
-    CHECK(json::parse(events[6].data["delta"]["partial_json"].get<std::string>() + events[7].data["delta"]["partial_json"].get<std::string>()) ==
-          json{{"q", "x"}});
+    CHECK(json::parse(events[6].data["delta"]["partial_json"].get<std::string>() +
+                      events[7].data["delta"]["partial_json"].get<std::string>()) == json{{"q", "x"}});
     CHECK(events[8].data["index"] == 1);
     CHECK(events[9].data["index"] == 2);
     CHECK(events[9].data["content_block"]["id"] == "call_b");
@@ -186,16 +192,17 @@ TEST_CASE("Messages: a text block, then a tool_use block per call whose input gr
 
 TEST_CASE("Responses: a message item, then a function_call item per call whose arguments grow by deltas") {
     tools_service svc;
-    json ask = {{"model", "tools-1"}, {"stream", true}, {"input", "look it up"},
+    json ask = {{"model", "tools-1"},
+                {"stream", true},
+                {"input", "look it up"},
                 {"tools", {{{"type", "function"}, {"name", "lookup"}}, {{"type", "function"}, {"name", "fetch"}}}}};
     const auto events = stream_of(svc, post("/v1/responses", ask));
     CHECK(names_of(events) ==
-          std::vector<std::string>{"response.created", "response.in_progress",
-                                   "response.output_item.added", "response.content_part.added", "response.output_text.delta",
-                                   "response.output_text.done", "response.content_part.done", "response.output_item.done",
-                                   "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
-                                   "response.function_call_arguments.done", "response.output_item.done",
-                                   "response.output_item.added", "response.function_call_arguments.delta",
+          std::vector<std::string>{"response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+                                   "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+                                   "response.output_item.done", "response.output_item.added", "response.function_call_arguments.delta",
+                                   "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                                   "response.output_item.done", "response.output_item.added", "response.function_call_arguments.delta",
                                    "response.function_call_arguments.done", "response.output_item.done", "response.completed"});
     for (std::size_t i = 0; i < events.size(); ++i) CHECK(events[i].data["sequence_number"] == i);
     const auto& added = events[8].data;
@@ -214,7 +221,8 @@ TEST_CASE("Responses: a message item, then a function_call item per call whose a
     CHECK(output[1] == events[12].data["item"]);
     CHECK(output[2]["arguments"] == R"({"id":7})");
     collecting_sink whole;
-    chatkit::sync_wait(svc.serve(post("/v1/responses", json{{"model", "tools-1"}, {"input", "look it up"}, {"tools", ask["tools"]}}), &whole));
+    chatkit::sync_wait(
+        svc.serve(post("/v1/responses", json{{"model", "tools-1"}, {"input", "look it up"}, {"tools", ask["tools"]}}), &whole));
     const auto body = json::parse(whole.body);
     REQUIRE(body["output"].size() == 3);
     for (std::size_t i = 1; i < 3; ++i) {

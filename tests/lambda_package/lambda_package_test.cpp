@@ -53,8 +53,7 @@ const std::filesystem::path zip_path{LAMBDA_ZIP_PATH};
 constexpr const char* loader = "/var/task/lib/ld-linux-x86-64.so.2";
 
 // What Lambda sets, plus the two settings a zip deployment of sample_server needs.
-std::map<std::string, std::string> function_environment(const fake_lambda_runtime& runtime,
-                                                        std::map<std::string, std::string> extra = {}) {
+std::map<std::string, std::string> function_environment(const fake_lambda_runtime& runtime, std::map<std::string, std::string> extra = {}) {
     extra.try_emplace("CHAT_DATABASE_URL", "sqlite:/tmp/chat.db"); // only /tmp is writable on Lambda
     extra.try_emplace("CHAT_PROVIDER", "echo");
     return lambda_environment(runtime.address(), extra);
@@ -119,8 +118,7 @@ elf_paths read_elf_paths(const std::filesystem::path& file) {
         std::memcpy(&segments[i], at(header.e_phoff + i * header.e_phentsize, sizeof(Elf64_Phdr)), sizeof(Elf64_Phdr));
     const auto file_offset = [&](Elf64_Addr address) -> std::size_t { // a virtual address in the file
         for (const auto& s : segments)
-            if (s.p_type == PT_LOAD && address >= s.p_vaddr && address < s.p_vaddr + s.p_filesz)
-                return address - s.p_vaddr + s.p_offset;
+            if (s.p_type == PT_LOAD && address >= s.p_vaddr && address < s.p_vaddr + s.p_filesz) return address - s.p_vaddr + s.p_offset;
         throw std::runtime_error(file.string() + ": address outside every loaded segment");
     };
     elf_paths paths;
@@ -160,11 +158,11 @@ TEST_CASE("lambda.zip holds an executable bootstrap at its root and its loader a
     CHECK(modes["bootstrap"] == "-rwxr-xr-x");
     REQUIRE(modes.count("lib/ld-linux-x86-64.so.2") == 1);
     CHECK(modes["lib/ld-linux-x86-64.so.2"] == "-rwxr-xr-x"); // the kernel execs the interpreter too
-    for (const auto* lib : {"lib/libc.so.6", "lib/libstdc++.so.6", "lib/libssl.so.3", "lib/libcrypto.so.3"})
-        CHECK(modes.count(lib) == 1);
+    for (const auto* lib : {"lib/libc.so.6", "lib/libstdc++.so.6", "lib/libssl.so.3", "lib/libcrypto.so.3"}) CHECK(modes.count(lib) == 1);
     // SQLite, yaml-cpp, hiredis, spdlog and fmt are linked into bootstrap (sample_server/CMakeLists.txt):
     // their shared libraries would only add to the zip. The chroot cases below keep history in SQLite.
-    for (const auto* lib : {"lib/libsqlite3.so.0", "lib/libyaml-cpp.so.0.7", "lib/libhiredis.so.0.14", "lib/libspdlog.so.1.10", "lib/libfmt.so.9"})
+    for (const auto* lib :
+         {"lib/libsqlite3.so.0", "lib/libyaml-cpp.so.0.7", "lib/libhiredis.so.0.14", "lib/libspdlog.so.1.10", "lib/libfmt.so.9"})
         CHECK(modes.count(lib) == 0);
 
     lambda_sandbox sandbox{zip_path};
@@ -191,8 +189,8 @@ TEST_CASE("lambda.zip unpacked in an empty chroot answers /health, /chat, /histo
     CHECK(body_of(health_answer)["status"] == "ok");
     CHECK(body_of(health_answer)["components"]["store"]["status"] == "ok");
 
-    const auto chat = buffered_answer(
-        invoke(runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "hello from the chroot"}}.dump())));
+    const auto chat = buffered_answer(invoke(
+        runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "hello from the chroot"}}.dump())));
     REQUIRE(chat["statusCode"] == 200);
     CHECK(chat["headers"]["Content-Type"] == "application/json");
     CHECK(body_of(chat)["content"] == "hello from the chroot");
@@ -229,7 +227,8 @@ TEST_CASE("lambda.zip unpacked in an empty chroot streams a chat through a Funct
     const auto bootstrap = sandbox.start(function_environment(runtime, {{"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"}}));
     const auto posted = invoke(
         runtime, bootstrap,
-        function_url_event("POST", "/chat", json{{"messages", {{{"role", "user"}, {"content", "one two three"}}}}, {"stream", true}}.dump()));
+        function_url_event("POST", "/chat",
+                           json{{"messages", {{{"role", "user"}, {"content", "one two three"}}}}, {"stream", true}}.dump()));
     const auto [prelude, sse] = test_support::streamed(posted);
     CHECK(prelude["statusCode"] == 200);
     CHECK(prelude["headers"]["Content-Type"] == "text/event-stream");
@@ -253,12 +252,13 @@ TEST_CASE("lambda.zip unpacked in an empty chroot resolves an upstream's name th
     std::filesystem::create_directories(sandbox.root() / "etc");
     std::ofstream{sandbox.root() / "etc/hosts"} << "127.0.0.1 localhost\n127.0.0.1 openai.internal.test\n";
     std::ofstream{sandbox.root() / "etc/nsswitch.conf"} << "hosts: files dns\n";
-    const auto bootstrap = sandbox.start(function_environment(
-        runtime, {{"CHAT_PROVIDER", "openai"},
-                  {"OPENAI_API_KEY", "sk-test"},
-                  {"OPENAI_BASE_URL", "http://openai.internal.test:" + std::to_string(upstream.port()) + "/v1"},
-                  {"CHAT_UPSTREAM_MAX_RETRIES", "0"}}));
-    const auto answer = buffered_answer(invoke(runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"content", "by name"}}.dump())));
+    const auto bootstrap = sandbox.start(
+        function_environment(runtime, {{"CHAT_PROVIDER", "openai"},
+                                       {"OPENAI_API_KEY", "sk-test"},
+                                       {"OPENAI_BASE_URL", "http://openai.internal.test:" + std::to_string(upstream.port()) + "/v1"},
+                                       {"CHAT_UPSTREAM_MAX_RETRIES", "0"}}));
+    const auto answer = buffered_answer(
+        invoke(runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"content", "by name"}}.dump())));
     INFO(answer.dump());
     REQUIRE(answer["statusCode"] == 200);
     CHECK(body_of(answer)["content"] == "echo: by name");
@@ -292,7 +292,8 @@ TEST_CASE("lambda.zip unpacked in an empty chroot verifies HTTPS upstreams again
     }
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template.yaml configures it, keeps history in DynamoDB and reads the OpenAI key from Secrets Manager") {
+TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template.yaml configures it, keeps history in DynamoDB and reads "
+          "the OpenAI key from Secrets Manager") {
     // The emulators listen on 127.0.0.1, which the chroot shares (a chroot has its own files, not
     // its own network).
     auto dynalite = test_support::start_dynalite();
@@ -303,22 +304,24 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     // The default CHAT_RATE_LIMIT counts every instance's requests there (CHAT_LIMITS=auto is shared on DynamoDB).
     test_support::create_table(dynamodb, chatkit::dynamodb_counter_store::create_table_input("chatkit-history-limits"));
     chatkit::aws::json_client secrets{chatkit::aws::secrets_manager_service(), {}, moto.aws_environment()};
-    const auto secret = secrets.call("CreateSecret", {{"Name", "chatkit/openai"}, {"SecretString", R"({"api_key":"sk-in-secrets-manager"})"}});
+    const auto secret = secrets.call("CreateSecret",
+                                     {{"Name", "chatkit/openai"}, {"SecretString", R"({"api_key":"sk-in-secrets-manager"})"}});
     REQUIRE(secret);
 
     fake_lambda_runtime runtime;
     test_support::fake_openai upstream;
     lambda_sandbox sandbox{zip_path};
     const auto bootstrap = sandbox.start(function_environment(
-        runtime, {{"CHAT_PROVIDER", "openai"},
-                  {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30&keys_table=chatkit-keys&usage_table=chatkit-usage"},
-                  {"CHAT_AUTH", "none"}, // the template's default (ChatAuth); with none the keys table is never read
-                  {"CHAT_OPENAI_API_KEY_SECRET_ARN", (*secret)["ARN"].get<std::string>()},
-                  {"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"},
-                  {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()},
-                  {"AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint()},
-                  {"OPENAI_BASE_URL", upstream.base_url()},
-                  {"CHAT_UPSTREAM_MAX_RETRIES", "0"}}));
+        runtime,
+        {{"CHAT_PROVIDER", "openai"},
+         {"CHAT_DATABASE_URL", "dynamodb://chatkit-history?region=us-east-1&ttl_days=30&keys_table=chatkit-keys&usage_table=chatkit-usage"},
+         {"CHAT_AUTH", "none"}, // the template's default (ChatAuth); with none the keys table is never read
+         {"CHAT_OPENAI_API_KEY_SECRET_ARN", (*secret)["ARN"].get<std::string>()},
+         {"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"},
+         {"AWS_ENDPOINT_URL_DYNAMODB", dynalite.endpoint()},
+         {"AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint()},
+         {"OPENAI_BASE_URL", upstream.base_url()},
+         {"CHAT_UPSTREAM_MAX_RETRIES", "0"}}));
 
     const auto health = buffered_answer(invoke(runtime, bootstrap, gateway_event("GET", "/health")));
     INFO(health.dump());
@@ -331,8 +334,9 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
     REQUIRE(upstream.requests().size() == 1);
     CHECK(upstream.requests()[0].headers.find("Authorization")->second == "Bearer sk-in-secrets-manager");
 
-    const auto streamed_chat = invoke(runtime, bootstrap,
-                                      function_url_event("POST", "/chat", json{{"user_id", "gus"}, {"content", "and streamed"}, {"stream", true}}.dump()));
+    const auto streamed_chat = invoke(
+        runtime, bootstrap,
+        function_url_event("POST", "/chat", json{{"user_id", "gus"}, {"content", "and streamed"}, {"stream", true}}.dump()));
     const auto [prelude, sse] = test_support::streamed(streamed_chat);
     CHECK(prelude["statusCode"] == 200);
     CHECK(sse.find("event: done") != std::string::npos);

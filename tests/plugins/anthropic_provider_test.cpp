@@ -60,16 +60,14 @@ TEMPLATE_TEST_CASE("the Anthropic provider passes the provider conformance check
     chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{options_for(fake)}; }, options);
 }
 
-TEMPLATE_TEST_CASE("a completion goes out as a Messages API request and comes back with usage", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("a completion goes out as a Messages API request and comes back with usage", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     auto r = ask("hello there");
-    r.messages = {{chatkit::role::system, "be brief", {}},
-                  {chatkit::role::user, "first", {}},
-                  {chatkit::role::user, "hello there", {}},
-                  {chatkit::role::system, "and kind", {}},
-                  {chatkit::role::assistant, "noted", {}},
-                  {chatkit::role::user, "hello there", {}}};
+    r.messages = {{chatkit::role::system, "be brief", {}},  {chatkit::role::user, "first", {}},
+                  {chatkit::role::user, "hello there", {}}, {chatkit::role::system, "and kind", {}},
+                  {chatkit::role::assistant, "noted", {}},  {chatkit::role::user, "hello there", {}}};
     r.temperature = 0.3;
     r.max_tokens = 50;
     r.user_id = "alice";
@@ -103,7 +101,8 @@ TEMPLATE_TEST_CASE("a completion goes out as a Messages API request and comes ba
     CHECK_FALSE(sent.headers.contains("Authorization"));
 }
 
-TEMPLATE_TEST_CASE("max_tokens, which the Messages API requires, is the configured default when the request has none", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("max_tokens, which the Messages API requires, is the configured default when the request has none", "",
+                   chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;
     auto o = options_for(fake);
     o.default_max_tokens = 777;
@@ -128,7 +127,8 @@ TEMPLATE_TEST_CASE("a model alias names the current upstream model", "", chatkit
     }
 }
 
-TEMPLATE_TEST_CASE("usage counts cache writes and reads in the prompt and reports the reads as cached", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("usage counts cache writes and reads in the prompt and reports the reads as cached", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     fake_anthropic_reply cached;
@@ -149,7 +149,8 @@ TEMPLATE_TEST_CASE("usage counts cache writes and reads in the prompt and report
     CHECK(s->usage.completion_tokens == 4);
 }
 
-TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     for (std::size_t chunk_bytes : {0u, 1u, 2u, 3u, 7u, 64u}) {
@@ -174,11 +175,15 @@ TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upst
     CHECK(sent.headers.find("Accept")->second == "text/event-stream");
 }
 
-TEMPLATE_TEST_CASE("stop reasons map to chatkit's finish reasons, answered whole or streamed", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("stop reasons map to chatkit's finish reasons, answered whole or streamed", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
-    const std::vector<std::pair<std::string, std::string>> cases = {
-        {"end_turn", "stop"}, {"stop_sequence", "stop"}, {"max_tokens", "length"}, {"tool_use", "tool_calls"}, {"refusal", "content_filter"}};
+    const std::vector<std::pair<std::string, std::string>> cases = {{"end_turn", "stop"},
+                                                                    {"stop_sequence", "stop"},
+                                                                    {"max_tokens", "length"},
+                                                                    {"tool_use", "tool_calls"},
+                                                                    {"refusal", "content_filter"}};
     for (const auto& [stop_reason, finish_reason] : cases) {
         fake_anthropic_reply reply;
         reply.stop_reason = stop_reason;
@@ -214,7 +219,8 @@ TEMPLATE_TEST_CASE("a 429 is retried after the upstream's retry-after, then succ
     CHECK(fake.requests().size() == 5);
 }
 
-TEMPLATE_TEST_CASE("a 529 overloaded_error is retried, persistent overload becomes a 502 naming it", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("a 529 overloaded_error is retried, persistent overload becomes a 502 naming it", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     auto overloaded = anthropic_error_reply(529, "overloaded_error", "Overloaded");
@@ -241,7 +247,8 @@ TEMPLATE_TEST_CASE("a 529 overloaded_error is retried, persistent overload becom
     CHECK(fake.requests().size() == 7);
 }
 
-TEMPLATE_TEST_CASE("a 401 is not retried, says the credentials were refused, and never echoes the key", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("a 401 is not retried, says the credentials were refused, and never echoes the key", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     fake.script({anthropic_error_reply(401, "authentication_error", std::string{"invalid x-api-key: "} + secret_key)});
@@ -269,7 +276,8 @@ TEMPLATE_TEST_CASE("a 401 is not retried, says the credentials were refused, and
     CHECK(fake.requests().size() == 4); // none of these is retried
 }
 
-TEMPLATE_TEST_CASE("without a key the upstream refuses the call and the provider says so", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("without a key the upstream refuses the call and the provider says so", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     auto o = options_for(fake);
     o.api_key.clear();
@@ -280,7 +288,8 @@ TEMPLATE_TEST_CASE("without a key the upstream refuses the call and the provider
     CHECK(c.error().message.find("x-api-key header is required") != std::string::npos);
 }
 
-TEMPLATE_TEST_CASE("an error event mid-stream fails the stream after its deltas, and is retried before any", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("an error event mid-stream fails the stream after its deltas, and is retried before any", "",
+                   chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     fake_anthropic_reply late;
@@ -305,7 +314,8 @@ TEMPLATE_TEST_CASE("an error event mid-stream fails the stream after its deltas,
     CHECK(fake.requests().size() == 3);
 }
 
-TEMPLATE_TEST_CASE("a stream that ends without message_stop is an error, never a silent truncation", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("a stream that ends without message_stop is an error, never a silent truncation", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     auto o = options_for(fake);
     o.max_retries = 0;
@@ -329,18 +339,25 @@ TEMPLATE_TEST_CASE("a stream that ends without message_stop is an error, never a
     CHECK(partial.joined() == "echo:");
 }
 
-TEMPLATE_TEST_CASE("tools, tool_choice and the tool-call history go upstream in Anthropic's form", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("tools, tool_choice and the tool-call history go upstream in Anthropic's form", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     auto r = ask("weather in Paris?");
-    r.extensions = {{"tools", json::array({{{"type", "function"},
-                                            {"function", {{"name", "get_weather"}, {"description", "the weather"}, {"parameters", {{"type", "object"}}}}}},
-                                           {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
-                    {"tool_choice", "required"},
-                    {"parallel_tool_calls", false}};
-    r.messages.push_back({chatkit::role::assistant, "let me look",
-                          {{"tool_calls", json::array({{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
-                                                       {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})}}});
+    r.extensions = {
+        {"tools",
+         json::array({{{"type", "function"},
+                       {"function", {{"name", "get_weather"}, {"description", "the weather"}, {"parameters", {{"type", "object"}}}}}},
+                      {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
+        {"tool_choice", "required"},
+        {"parallel_tool_calls", false}};
+    r.messages.push_back(
+        {chatkit::role::assistant,
+         "let me look",
+         {{"tool_calls",
+           json::array(
+               {{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
+                {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})}}});
     r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "call_a"}}});
     r.messages.push_back({chatkit::role::tool, "noon", {{"tool_call_id", "call_b"}}});
     r.messages.push_back({chatkit::role::user, "and tomorrow?", {}});
@@ -352,28 +369,35 @@ TEMPLATE_TEST_CASE("tools, tool_choice and the tool-call history go upstream in 
     CHECK(sent["tool_choice"] == json{{"type", "any"}, {"disable_parallel_tool_use", true}});
     REQUIRE(sent["messages"].size() == 3);
     CHECK(sent["messages"][1] == json{{"role", "assistant"},
-                                      {"content", {{{"type", "text"}, {"text", "let me look"}},
-                                                   {{"type", "tool_use"}, {"id", "call_a"}, {"name", "get_weather"}, {"input", {{"city", "Paris"}}}},
-                                                   {{"type", "tool_use"}, {"id", "call_b"}, {"name", "get_time"}, {"input", json::object()}}}}});
+                                      {"content",
+                                       {{{"type", "text"}, {"text", "let me look"}},
+                                        {{"type", "tool_use"}, {"id", "call_a"}, {"name", "get_weather"}, {"input", {{"city", "Paris"}}}},
+                                        {{"type", "tool_use"}, {"id", "call_b"}, {"name", "get_time"}, {"input", json::object()}}}}});
     CHECK(sent["messages"][2] == json{{"role", "user"},
-                                      {"content", {{{"type", "tool_result"}, {"tool_use_id", "call_a"}, {"content", "sunny"}},
-                                                   {{"type", "tool_result"}, {"tool_use_id", "call_b"}, {"content", "noon"}},
-                                                   {{"type", "text"}, {"text", "and tomorrow?"}}}}});
+                                      {"content",
+                                       {{{"type", "tool_result"}, {"tool_use_id", "call_a"}, {"content", "sunny"}},
+                                        {{"type", "tool_result"}, {"tool_use_id", "call_b"}, {"content", "noon"}},
+                                        {{"type", "text"}, {"text", "and tomorrow?"}}}}});
     CHECK(c->content == "tool said: sunnynoon");
 
-    r.extensions = {{"tools", r.extensions["tools"]}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}},
-                    {"prompt_cache_key", "session-1"}, {"safety_identifier", "user-1"}}; // hints Codex sends: accepted, not relayed
+    r.extensions = {{"tools", r.extensions["tools"]},
+                    {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}},
+                    {"prompt_cache_key", "session-1"},
+                    {"safety_identifier", "user-1"}}; // hints Codex sends: accepted, not relayed
     REQUIRE(anthropic.complete(r));
     CHECK(fake.requests().back().body["tool_choice"] == json{{"type", "tool"}, {"name", "get_time"}});
     CHECK_FALSE(fake.requests().back().body.contains("prompt_cache_key"));
 }
 
-TEMPLATE_TEST_CASE("a tool_use answer comes back as OpenAI tool_calls, answered whole or streamed in pieces", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("a tool_use answer comes back as OpenAI tool_calls, answered whole or streamed in pieces", "",
+                   chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     auto r = ask("weather in Oslo?");
     r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
-    const json expected = {{{"id", "toolu_fake_1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
+    const json expected = {{{"id", "toolu_fake_1"},
+                            {"type", "function"},
+                            {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
 
     auto whole = anthropic.complete(r);
     REQUIRE(whole);
@@ -412,7 +436,8 @@ TEST_CASE("the async provider passes a tool_use block on as it streams: named fi
     CHECK(streamed->extra["tool_calls"][0]["function"]["arguments"] == got.arguments_of(0));
 }
 
-TEMPLATE_TEST_CASE("fields and messages Anthropic cannot take are refused with a 400 naming them, before any call", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("fields and messages Anthropic cannot take are refused with a 400 naming them, before any call", "",
+                   chatkit::anthropic_provider, async_anthropic) {
     fake_anthropic fake;
     TestType anthropic{options_for(fake)};
     auto refused = [&](chatkit::chat_request r) {
@@ -433,7 +458,9 @@ TEMPLATE_TEST_CASE("fields and messages Anthropic cannot take are refused with a
     r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array()}}});
     CHECK(refused(r) == "messages[2].tool_calls");
     r = ask("hi");
-    r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array({{{"id", "c"}, {"function", {{"name", "f"}, {"arguments", "[1]"}}}}})}}});
+    r.messages.push_back({chatkit::role::assistant,
+                          "",
+                          {{"tool_calls", json::array({{{"id", "c"}, {"function", {{"name", "f"}, {"arguments", "[1]"}}}}})}}});
     CHECK(refused(r) == "messages[2].tool_calls[0].function.arguments");
     r = ask("hi");
     r.messages[1].extra = {{"name", "bob"}};
@@ -449,7 +476,8 @@ TEMPLATE_TEST_CASE("fields and messages Anthropic cannot take are refused with a
     CHECK(anthropic.health().ok);
 }
 
-TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::anthropic_provider, async_anthropic) {
+TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::anthropic_provider,
+                   async_anthropic) {
     chatkit::anthropic_options o;
     {
         fake_anthropic gone; // take a free port, then free it
@@ -514,17 +542,19 @@ TEST_CASE("fields of an unexpected type in a stream, an answer or an error are n
     const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
     wire::stream_reader reader{sink};
     chatkit::sse_parser parser;
-    REQUIRE_NOTHROW(parser.feed("data: {\"type\":5}\n\n"
-                                "data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":7,\"text\":\"x\"}}\n\n"
-                                "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":1},\"usage\":{\"output_tokens\":\"many\"}}\n\n"
-                                "data: {\"type\":\"error\",\"error\":{\"type\":{},\"message\":[1]}}\n\n",
-                                reader));
+    REQUIRE_NOTHROW(
+        parser.feed("data: {\"type\":5}\n\n"
+                    "data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":7,\"text\":\"x\"}}\n\n"
+                    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":1},\"usage\":{\"output_tokens\":\"many\"}}\n\n"
+                    "data: {\"type\":\"error\",\"error\":{\"type\":{},\"message\":[1]}}\n\n",
+                    reader));
     CHECK(text.empty());
     REQUIRE(reader.broken);
     CHECK(*reader.broken == "upstream error mid-stream (error): unknown");
 
     const wire w{chatkit::anthropic_options{}};
-    auto answer = w.parse_answer(R"({"content":[{"type":1,"text":"no"},{"type":"text","text":"yes"}],"stop_reason":null,"usage":{"input_tokens":-3}})");
+    auto answer = w.parse_answer(
+        R"({"content":[{"type":1,"text":"no"},{"type":"text","text":"yes"}],"stop_reason":null,"usage":{"input_tokens":-3}})");
     REQUIRE(answer);
     CHECK(answer->content == "yes");
     CHECK(answer->usage.prompt_tokens == 0);

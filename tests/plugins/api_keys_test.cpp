@@ -146,8 +146,8 @@ TEST_CASE("api_key_auth: a valid key passes and names its caller, while missing,
     CHECK_FALSE(auth.before(by_x, ctx).has_value());
     CHECK(by_x.caller.key_id == "key_good");
 
-    for (const std::string& header : {std::string{}, "Bearer " + api_keys::generate_key(), "Bearer " + revoked,
-                                      "Bearer " + expired, std::string{"Bearer not-a-key"}, "Basic " + good}) {
+    for (const std::string& header : {std::string{}, "Bearer " + api_keys::generate_key(), "Bearer " + revoked, "Bearer " + expired,
+                                      std::string{"Bearer not-a-key"}, "Basic " + good}) {
         INFO("Authorization: " << header);
         auto req = chat_request(header);
         req.request_id = "rid-1";
@@ -412,7 +412,9 @@ http_request limited_request(std::string key_id, std::string team_id, std::optio
     req.method = "POST";
     req.path = "/chat";
     req.request_id = "req-1";
-    req.caller = {.key_id = std::move(key_id), .team_id = std::move(team_id), .key_limits = {.requests_per_minute = key_rpm},
+    req.caller = {.key_id = std::move(key_id),
+                  .team_id = std::move(team_id),
+                  .key_limits = {.requests_per_minute = key_rpm},
                   .team_limits = {.requests_per_minute = team_rpm}};
     return req;
 }

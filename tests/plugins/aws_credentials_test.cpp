@@ -91,10 +91,11 @@ struct container_endpoint {
             authorizations.push_back(req.get_header_value("Authorization"));
             res.status = status;
             if (!body_override.empty()) return res.set_content(body_override, "application/json");
-            nlohmann::json body = {{"AccessKeyId", "AKID-" + std::to_string(n)},
-                                   {"SecretAccessKey", "CONTAINER-SECRET-" + std::to_string(n)},
-                                   {"Token", std::string(session_secret) + "-" + std::to_string(n)},
-                                   {"Expiration", iso8601(std::chrono::system_clock::now() + std::chrono::seconds(expires_in_seconds.load()))}};
+            nlohmann::json body = {
+                {"AccessKeyId", "AKID-" + std::to_string(n)},
+                {"SecretAccessKey", "CONTAINER-SECRET-" + std::to_string(n)},
+                {"Token", std::string(session_secret) + "-" + std::to_string(n)},
+                {"Expiration", iso8601(std::chrono::system_clock::now() + std::chrono::seconds(expires_in_seconds.load()))}};
             res.set_content(body.dump(), "application/json");
         });
         port = server.bind_to_any_port("127.0.0.1");
@@ -141,8 +142,8 @@ aws_session_token = SESSION-TOKEN-FwoGZXIvYXdzE-dev
 TEST_CASE("environment variables win over the shared credentials file") {
     temp_dir home;
     home.write(".aws/credentials", credentials_file);
-    credentials_provider p{fake_env({{"AWS_ACCESS_KEY_ID", "AKID-ENV"}, {"AWS_SECRET_ACCESS_KEY", env_secret}, {"AWS_SESSION_TOKEN", session_secret}},
-                                    home.home())};
+    credentials_provider p{fake_env(
+        {{"AWS_ACCESS_KEY_ID", "AKID-ENV"}, {"AWS_SECRET_ACCESS_KEY", env_secret}, {"AWS_SESSION_TOKEN", session_secret}}, home.home())};
     CHECK(p.source() == "none");
     auto c = p.get();
     REQUIRE(c);
@@ -231,8 +232,10 @@ TEST_CASE("region: AWS_REGION, then AWS_DEFAULT_REGION, then the profile's regio
 
 TEST_CASE("endpoint override: the service's variable, then AWS_ENDPOINT_URL") {
     using chatkit::aws::endpoint_override;
-    CHECK(endpoint_override(fake_env({{"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://a"}, {"AWS_ENDPOINT_URL", "http://b"}}, ""), "BEDROCK_RUNTIME") == "http://a");
-    CHECK(endpoint_override(fake_env({{"AWS_ENDPOINT_URL_S3", "http://s3"}, {"AWS_ENDPOINT_URL", "http://b"}}, ""), "BEDROCK_RUNTIME") == "http://b");
+    CHECK(endpoint_override(fake_env({{"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://a"}, {"AWS_ENDPOINT_URL", "http://b"}}, ""),
+                            "BEDROCK_RUNTIME") == "http://a");
+    CHECK(endpoint_override(fake_env({{"AWS_ENDPOINT_URL_S3", "http://s3"}, {"AWS_ENDPOINT_URL", "http://b"}}, ""), "BEDROCK_RUNTIME") ==
+          "http://b");
     CHECK_FALSE(endpoint_override(fake_env({{"AWS_ENDPOINT_URL_S3", "http://s3"}}, ""), "BEDROCK_RUNTIME"));
     CHECK_FALSE(endpoint_override(fake_env({{"AWS_ENDPOINT_URL", "http://b"}, {"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"}}, ""), "S3"));
 }
@@ -240,7 +243,8 @@ TEST_CASE("endpoint override: the service's variable, then AWS_ENDPOINT_URL") {
 TEST_CASE("container credentials: the token is sent and the JSON with its expiration is parsed") {
     temp_dir home;
     container_endpoint endpoint;
-    credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
+    credentials_provider p{
+        fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
     const auto before = std::chrono::system_clock::now();
     auto c = p.get();
     REQUIRE(c);
@@ -285,7 +289,7 @@ TEST_CASE("container credentials are refreshed before they expire") {
     REQUIRE(first);
     CHECK(first->access_key_id == "AKID-1");
     CHECK(endpoint.authorization(0).empty()); // no token configured: no Authorization header
-    auto second = p.get(); // still valid, but within refresh_before of expiry
+    auto second = p.get();                    // still valid, but within refresh_before of expiry
     REQUIRE(second);
     CHECK(second->access_key_id == "AKID-2");
     CHECK(endpoint.requests == 2);
@@ -317,7 +321,8 @@ TEST_CASE("expired credentials are not returned when the refresh fails") {
     temp_dir home;
     container_endpoint endpoint;
     endpoint.expires_in_seconds = -10;
-    credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
+    credentials_provider p{
+        fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
     REQUIRE(p.get());
     endpoint.status = 503;
     auto c = p.get();
@@ -332,8 +337,10 @@ TEST_CASE("expired credentials are not returned when the refresh fails") {
 TEST_CASE("a container response with secrets but bad JSON is rejected without quoting it") {
     temp_dir home;
     container_endpoint endpoint;
-    endpoint.body_override = std::string("{\"AccessKeyId\":\"AKID\",\"SecretAccessKey\":\"CONTAINER-SECRET-9\",\"Token\":\"") + session_secret + "\"";
-    credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
+    endpoint.body_override = std::string("{\"AccessKeyId\":\"AKID\",\"SecretAccessKey\":\"CONTAINER-SECRET-9\",\"Token\":\"") +
+                             session_secret + "\"";
+    credentials_provider p{
+        fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
     auto c = p.get();
     REQUIRE_FALSE(c);
     CHECK(c.error().message.find("AccessKeyId/SecretAccessKey") != std::string::npos);
@@ -342,10 +349,11 @@ TEST_CASE("a container response with secrets but bad JSON is rejected without qu
 
 TEST_CASE("FULL_URI over plain http to a non-loopback host is refused") {
     temp_dir home;
-    for (const std::string url : {"http://example.com/creds", "http://10.0.0.1/creds", "http://169.254.170.2.evil.example/creds", "http://[fe80::1]/creds",
-                                  "ftp://127.0.0.1/creds"}) {
+    for (const std::string url : {"http://example.com/creds", "http://10.0.0.1/creds", "http://169.254.170.2.evil.example/creds",
+                                  "http://[fe80::1]/creds", "ftp://127.0.0.1/creds"}) {
         INFO(url);
-        credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", url}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
+        credentials_provider p{
+            fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", url}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}}, home.home())};
         auto c = p.get();
         REQUIRE_FALSE(c);
         CHECK(c.error().code == "aws_container_uri_refused");
@@ -372,9 +380,10 @@ TEST_CASE("plain http to any loopback address is allowed") {
 TEST_CASE("https to the container endpoint verifies the server certificate") {
     test_support::untrusted_tls_server untrusted;
     temp_dir home;
-    credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", "https://127.0.0.1:" + std::to_string(untrusted.port()) + "/creds"},
-                                     {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}},
-                                    home.home())};
+    credentials_provider p{
+        fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", "https://127.0.0.1:" + std::to_string(untrusted.port()) + "/creds"},
+                  {"AWS_CONTAINER_AUTHORIZATION_TOKEN", bearer}},
+                 home.home())};
     auto c = p.get();
     REQUIRE_FALSE(c);
     CHECK(c.error().code == "aws_container_credentials_failed");
@@ -400,7 +409,8 @@ TEST_CASE("an empty token file sends no Authorization header") {
     temp_dir home;
     container_endpoint endpoint;
     const auto token_file = home.write("token", "");
-    credentials_provider p{fake_env({{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file}}, home.home())};
+    credentials_provider p{fake_env(
+        {{"AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url()}, {"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file}}, home.home())};
     REQUIRE(p.get());
     CHECK(endpoint.authorization(0).empty());
 }

@@ -142,8 +142,7 @@ std::string prelude(std::uint32_t total, std::uint32_t headers) {
 
 // A message with valid CRCs around an arbitrary headers section.
 std::string frame_with_raw_headers(const std::string& headers, const std::string& payload) {
-    std::string m = prelude(static_cast<std::uint32_t>(16 + headers.size() + payload.size()),
-                            static_cast<std::uint32_t>(headers.size()));
+    std::string m = prelude(static_cast<std::uint32_t>(16 + headers.size() + payload.size()), static_cast<std::uint32_t>(headers.size()));
     m += headers;
     m += payload;
     aws::eventstream_detail::write_be(m, aws::eventstream_detail::crc32_of(m), 4);
@@ -152,9 +151,7 @@ std::string frame_with_raw_headers(const std::string& headers, const std::string
 
 } // namespace
 
-TEST_CASE("eventstream: CRC is the standard CRC-32, not CRC-32C") {
-    CHECK(aws::eventstream_detail::crc32_of("123456789") == 0xCBF43926u);
-}
+TEST_CASE("eventstream: CRC is the standard CRC-32, not CRC-32C") { CHECK(aws::eventstream_detail::crc32_of("123456789") == 0xCBF43926u); }
 
 TEST_CASE("eventstream: every positive vector decodes to exactly its JSON description") {
     const auto names = vector_names("positive");
@@ -210,8 +207,7 @@ TEST_CASE("eventstream: all_headers carries each of the ten wire types with its 
     CHECK(std::get<aws::event_timestamp>(h[6].second).time_since_epoch().count() == 8675309);
     CHECK(std::get<std::int16_t>(h[7].second) == 42);
     CHECK(std::get<std::int64_t>(h[8].second) == 42424242);
-    CHECK(std::get<aws::event_uuid>(h[9].second) ==
-          aws::event_uuid{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
+    CHECK(std::get<aws::event_uuid>(h[9].second) == aws::event_uuid{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
     CHECK(got.messages[0].header_string("int16") == nullptr); // present, but not a string
     CHECK(got.messages[0].header_string("missing") == nullptr);
 }
@@ -324,8 +320,7 @@ TEST_CASE("eventstream: the constructed Bedrock frames decode to their event and
         CHECK(*m.header_string(":exception-type") == "throttlingException");
         CHECK(*m.header_string(":content-type") == "application/json");
         CHECK(m.header_string(":event-type") == nullptr);
-        CHECK(json::parse(m.payload) ==
-              json{{"message", "Too many requests, please wait before trying again."}});
+        CHECK(json::parse(m.payload) == json{{"message", "Too many requests, please wait before trying again."}});
     }
 }
 
@@ -373,13 +368,34 @@ TEST_CASE("eventstream: malformed headers behind valid CRCs are corruption") {
         CHECK(got.status.error().code == "eventstream_corrupt");
         CHECK_THAT(got.status.error().message, Catch::Contains(text));
     };
-    fails_with(std::string("\x01" "a\x0A", 3), "unknown header value type 10");
-    fails_with(std::string("\x05" "ab", 3), "runs past");                            // name longer than the section
-    fails_with(std::string("\x01" "a\x04\x00\x00", 5), "runs past");                 // int32 cut short
-    fails_with(std::string("\x01" "a\x07\x00\x05" "abc", 8), "runs past");           // string cut short
-    fails_with(std::string("\x01" "a\x09" "0123456789", 13), "runs past");           // uuid cut short
+    fails_with(std::string("\x01"
+                           "a\x0A",
+                           3),
+               "unknown header value type 10");
+    fails_with(std::string("\x05"
+                           "ab",
+                           3),
+               "runs past"); // name longer than the section
+    fails_with(std::string("\x01"
+                           "a\x04\x00\x00",
+                           5),
+               "runs past"); // int32 cut short
+    fails_with(std::string("\x01"
+                           "a\x07\x00\x05"
+                           "abc",
+                           8),
+               "runs past"); // string cut short
+    fails_with(std::string("\x01"
+                           "a\x09"
+                           "0123456789",
+                           13),
+               "runs past"); // uuid cut short
     fails_with(std::string("\x00\x00", 2), "empty header name");
-    fails_with(std::string("\x01" "a\x00\x01" "a\x01", 6), "duplicate header a");
+    fails_with(std::string("\x01"
+                           "a\x00\x01"
+                           "a\x01",
+                           6),
+               "duplicate header a");
 }
 
 TEST_CASE("eventstream: encode_event round-trips extreme values of every type") {

@@ -36,8 +36,10 @@ chatkit::aws::environment env_with(std::map<std::string, std::string> vars) {
 }
 
 chatkit::aws::environment test_env(const fake_bedrock& fake, std::map<std::string, std::string> more = {}) {
-    std::map<std::string, std::string> vars{{"AWS_ACCESS_KEY_ID", access_key}, {"AWS_SECRET_ACCESS_KEY", secret_key},
-                                            {"AWS_REGION", "us-east-1"}, {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint()}};
+    std::map<std::string, std::string> vars{{"AWS_ACCESS_KEY_ID", access_key},
+                                            {"AWS_SECRET_ACCESS_KEY", secret_key},
+                                            {"AWS_REGION", "us-east-1"},
+                                            {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint()}};
     for (auto& [k, v] : more) vars[k] = v;
     return env_with(vars);
 }
@@ -84,7 +86,8 @@ TEMPLATE_TEST_CASE("the Bedrock provider passes the provider conformance checks"
     chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{fast_options(), test_env(fake)}; }, options);
 }
 
-TEMPLATE_TEST_CASE("Converse: a signed request that botocore verifies, and the answer with usage", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("Converse: a signed request that botocore verifies, and the answer with usage", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     fake_bedrock fake{{fake_key}};
     TestType bedrock{fast_options(), test_env(fake)};
     auto r = ask("hello bedrock");
@@ -107,7 +110,8 @@ TEMPLATE_TEST_CASE("Converse: a signed request that botocore verifies, and the a
     CHECK(seen[0]["body"]["inferenceConfig"] == json::parse(R"({"maxTokens":100,"temperature":0.5,"topP":0.9,"stopSequences":["END"]})"));
 }
 
-TEMPLATE_TEST_CASE("ConverseStream: event-stream frames become deltas, with the stop reason and usage", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("ConverseStream: event-stream frames become deltas, with the stop reason and usage", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     fake_bedrock fake{{fake_key}};
     TestType bedrock{fast_options(), test_env(fake)};
     collected got;
@@ -128,7 +132,8 @@ TEMPLATE_TEST_CASE("session tokens are sent and signed", "", chatkit::bedrock_pr
     CHECK(fake.requests()[0]["headers"]["x-amz-security-token"] == "session-token-xyz");
 }
 
-TEMPLATE_TEST_CASE("a wrong secret is refused by the fake's independent check and reported as 502", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("a wrong secret is refused by the fake's independent check and reported as 502", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     fake_bedrock fake{{fake_key}};
     TestType bedrock{fast_options(), test_env(fake, {{"AWS_SECRET_ACCESS_KEY", "not-the-secret"}})};
     auto c = bedrock.complete(ask("hi"));
@@ -140,7 +145,7 @@ TEMPLATE_TEST_CASE("a wrong secret is refused by the fake's independent check an
 
 TEST_CASE("consecutive turns of one role are merged, a conversation opening with the assistant is refused") {
     chatkit::chat_request r;
-    r.messages = {{chatkit::role::user, "a", {}}, {chatkit::role::user, "b", {}}, {chatkit::role::assistant, "c", {}},
+    r.messages = {{chatkit::role::user, "a", {}},   {chatkit::role::user, "b", {}},      {chatkit::role::assistant, "c", {}},
                   {chatkit::role::system, "s", {}}, {chatkit::role::assistant, "d", {}}, {chatkit::role::user, "e", {}}};
     auto body = chatkit::bedrock_provider::converse_body(r);
     REQUIRE(body);
@@ -171,7 +176,8 @@ TEST_CASE("consecutive turns of one role are merged, a conversation opening with
     CHECK(chatkit::bedrock_provider::converse_body(hot).error().param == "temperature");
 }
 
-TEMPLATE_TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-After", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("throttling is retried and then succeeds, or ends as 429 with Retry-After", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     fake_bedrock fake{{fake_key}};
     auto o = fast_options();
     std::mutex mutex; // the async form calls on_retry on its loop
@@ -213,10 +219,10 @@ TEMPLATE_TEST_CASE("every Bedrock error maps to its status", "", chatkit::bedroc
     CHECK(status_of("fake.unavailable-always") == 503);
     CHECK(status_of("fake.notready-always") == 503);
     CHECK(status_of("fake.internal-always") == 502);
-    CHECK(status_of("fake.slow") == 504);                // read timeout
-    CHECK(status_of("fake.model-timeout") == 504);       // ModelTimeoutException
-    CHECK(status_of("fake.model-error") == 502);         // ModelErrorException
-    CHECK(status_of("fake.unrecognized") == 502);        // UnrecognizedClientException
+    CHECK(status_of("fake.slow") == 504);                    // read timeout
+    CHECK(status_of("fake.model-timeout") == 504);           // ModelTimeoutException
+    CHECK(status_of("fake.model-error") == 502);             // ModelErrorException
+    CHECK(status_of("fake.unrecognized") == 502);            // UnrecognizedClientException
     CHECK(bedrock.complete(ask("x", "fake.notready-once"))); // retried
     CHECK(bedrock.complete(ask("x", "fake.unavailable-once")));
 }
@@ -241,7 +247,8 @@ TEMPLATE_TEST_CASE("a refusal of the credentials reaches the client without acco
     CHECK(signature.error().message.find("FwoGZXIvYXdz") == std::string::npos);
 }
 
-TEMPLATE_TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream after the delta", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("an exception frame or a corrupt frame mid-stream fails the stream after the delta", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     fake_bedrock fake{{fake_key}};
     TestType bedrock{fast_options(), test_env(fake)};
     collected got;
@@ -276,7 +283,8 @@ TEMPLATE_TEST_CASE("aliases resolve per region, unknown ids pass through", "", c
     CHECK(extended.resolve_model("house") == "amazon.nova-pro-v1:0");
 }
 
-TEMPLATE_TEST_CASE("no region is a start-up error, and missing credentials mark the provider down", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("no region is a start-up error, and missing credentials mark the provider down", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     CHECK_THROWS_WITH(chatkit::bedrock_provider(chatkit::bedrock_options{}, env_with({})), Catch::Contains("AWS_REGION"));
     TestType no_creds{chatkit::bedrock_options{}, env_with({{"AWS_REGION", "us-east-1"}})};
     CHECK_FALSE(no_creds.health().ok);
@@ -290,7 +298,8 @@ TEMPLATE_TEST_CASE("no region is a start-up error, and missing credentials mark 
 // as absent.
 TEST_CASE("Bedrock fields of an unexpected type are read as absent, never thrown on") {
     using wire = chatkit::detail::bedrock_wire;
-    auto c = wire::parse_answer(R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":7,"usage":{"inputTokens":"3","outputTokens":2}})");
+    auto c = wire::parse_answer(
+        R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":7,"usage":{"inputTokens":"3","outputTokens":2}})");
     REQUIRE(c);
     CHECK(c->content == "hi");
     CHECK(c->finish_reason == "stop");
@@ -303,14 +312,16 @@ TEST_CASE("Bedrock fields of an unexpected type are read as absent, never thrown
 
 TEST_CASE("Bedrock's prompt cache: cache reads and writes count in prompt_tokens, and reads are the cached tokens") {
     using wire = chatkit::detail::bedrock_wire;
-    auto c = wire::parse_answer(R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn",)"
-                                R"("usage":{"inputTokens":14,"outputTokens":9,"totalTokens":143,"cacheReadInputTokens":100,"cacheWriteInputTokens":20}})");
+    auto c = wire::parse_answer(
+        R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn",)"
+        R"("usage":{"inputTokens":14,"outputTokens":9,"totalTokens":143,"cacheReadInputTokens":100,"cacheWriteInputTokens":20}})");
     REQUIRE(c);
     CHECK(c->usage.prompt_tokens == 134);
     CHECK(c->usage.cached_tokens == 100);
     CHECK(c->usage.completion_tokens == 9);
     // Without a cache, as before.
-    auto plain = wire::parse_answer(R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":14,"outputTokens":9,"totalTokens":23}})");
+    auto plain = wire::parse_answer(
+        R"({"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":14,"outputTokens":9,"totalTokens":23}})");
     REQUIRE(plain);
     CHECK(plain->usage.prompt_tokens == 14);
     CHECK(plain->usage.cached_tokens == 0);
@@ -319,15 +330,21 @@ TEST_CASE("Bedrock's prompt cache: cache reads and writes count in prompt_tokens
 TEST_CASE("tools, tool_choice and a tool-call history take Converse's form, with the request id in requestMetadata") {
     auto r = ask("weather in Paris?");
     r.request_id = "req-42";
-    r.extensions = {{"tools", json::array({{{"type", "function"},
-                                            {"function", {{"name", "get_weather"}, {"description", "the weather"}, {"parameters", {{"type", "object"}}}}}},
-                                           {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
-                    {"tool_choice", "required"},
-                    {"parallel_tool_calls", true}};
-    r.messages.push_back({chatkit::role::assistant, "",
-                          {{"tool_calls", json::array({{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
-                                                       {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})},
-                           {"refusal", nullptr}}});
+    r.extensions = {
+        {"tools",
+         json::array({{{"type", "function"},
+                       {"function", {{"name", "get_weather"}, {"description", "the weather"}, {"parameters", {{"type", "object"}}}}}},
+                      {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
+        {"tool_choice", "required"},
+        {"parallel_tool_calls", true}};
+    r.messages.push_back(
+        {chatkit::role::assistant,
+         "",
+         {{"tool_calls",
+           json::array(
+               {{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
+                {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})},
+          {"refusal", nullptr}}});
     r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "call_a"}}});
     r.messages.push_back({chatkit::role::tool, "noon", {{"tool_call_id", "call_b"}}});
     r.messages.push_back({chatkit::role::user, "and tomorrow?", {}});
@@ -368,12 +385,15 @@ TEST_CASE("tools, tool_choice and a tool-call history take Converse's form, with
     CHECK(refused(malformed) == "messages[2].tool_calls[0].function.arguments");
 }
 
-TEMPLATE_TEST_CASE("a toolUse answer comes back as OpenAI tool_calls, whole or streamed, and the results go back", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("a toolUse answer comes back as OpenAI tool_calls, whole or streamed, and the results go back", "",
+                   chatkit::bedrock_provider, async_bedrock) {
     fake_bedrock fake{{fake_key}};
     TestType bedrock{fast_options(), test_env(fake)};
     auto r = ask("weather in Oslo?");
     r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
-    const json expected = {{{"id", "tooluse_fake_1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
+    const json expected = {{{"id", "tooluse_fake_1"},
+                            {"type", "function"},
+                            {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
 
     auto whole = bedrock.complete(r);
     REQUIRE(whole);
@@ -418,7 +438,8 @@ TEST_CASE("the async provider passes a toolUse block on as it streams: named fir
     CHECK(streamed->extra["tool_calls"][0]["function"]["arguments"] == got.arguments_of(0));
 }
 
-TEMPLATE_TEST_CASE("a stream that ends without its metadata event is an error, not zero usage", "", chatkit::bedrock_provider, async_bedrock) {
+TEMPLATE_TEST_CASE("a stream that ends without its metadata event is an error, not zero usage", "", chatkit::bedrock_provider,
+                   async_bedrock) {
     fake_bedrock fake{{fake_key}};
     auto o = fast_options();
     o.max_retries = 0;

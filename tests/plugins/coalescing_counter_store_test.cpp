@@ -75,7 +75,8 @@ TEST_CASE("coalescing_counter_store: held settlements are written by its own thr
     CHECK(*b.adds == 1);
 }
 
-TEST_CASE("coalescing_counter_store: a batch the store refuses is kept and written with the next, and the destructor writes what is left", "[coalescing]") {
+TEST_CASE("coalescing_counter_store: a batch the store refuses is kept and written with the next, and the destructor writes what is left",
+          "[coalescing]") {
     behind b;
     std::atomic<int> errors{0};
     {

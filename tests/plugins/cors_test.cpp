@@ -77,7 +77,8 @@ TEST_CASE("cors: an allowed origin's answers are readable, errors included, and 
     CHECK(ok.status == 200);
     CHECK(header(ok, "Access-Control-Allow-Origin") == "https://app.example.com");
     CHECK(header(ok, "Vary") == "Origin");
-    CHECK_THAT(header(ok, "Access-Control-Expose-Headers"), Catch::Contains("X-Request-ID") && Catch::Contains("x-ratelimit-remaining-tokens"));
+    CHECK_THAT(header(ok, "Access-Control-Expose-Headers"),
+               Catch::Contains("X-Request-ID") && Catch::Contains("x-ratelimit-remaining-tokens"));
     const auto unauthenticated = svc.handle(request("POST", "https://app.example.com", false));
     CHECK(unauthenticated.status == 401);
     CHECK(header(unauthenticated, "Access-Control-Allow-Origin") == "https://app.example.com");

@@ -52,7 +52,8 @@ key_record make_key(const std::string& id, const std::string& team, chatkit::uni
     k.name = "name of " + id;
     k.prefix = "ck-AbC123";
     k.digest = std::string(32, '\0');
-    for (std::size_t i = 0; i < k.digest.size(); ++i) k.digest[i] = static_cast<char>(i * 7 + id.size()); // bytes of every kind, '\0' included
+    for (std::size_t i = 0; i < k.digest.size(); ++i)
+        k.digest[i] = static_cast<char>(i * 7 + id.size()); // bytes of every kind, '\0' included
     k.created_at = created_at;
     return k;
 }
@@ -251,17 +252,19 @@ TEST_CASE("dynamodb_key_directory: keys() skips items of other kinds, and an unr
     auto dir = make_directory(emulator);
     REQUIRE(dir.create_team(team_record{"t", "", {}, 1}));
     REQUIRE(dir.create_key(make_key("key_good", "t", 10)));
-    REQUIRE(dir.client().call("PutItem", {{"TableName", dir.options().table},
-                                          {"Item", {{"pk", {{"S", "usage#2026-12"}}}, {"count", {{"N", "3"}}}}}}));
+    REQUIRE(dir.client().call("PutItem",
+                              {{"TableName", dir.options().table}, {"Item", {{"pk", {{"S", "usage#2026-12"}}}, {"count", {{"N", "3"}}}}}}));
     auto keys = dir.keys();
     REQUIRE(keys);
     CHECK(keys->size() == 1);
 
     // A key item without its digest cannot be checked against any key: the read fails, so the
     // middleware keeps its last snapshot rather than silently dropping the key.
-    REQUIRE(dir.client().call("PutItem", {{"TableName", dir.options().table},
-                                          {"Item", {{"pk", {{"S", "key#key_broken"}}}, {"id", {{"S", "key_broken"}}},
-                                                    {"team_id", {{"S", "t"}}}, {"created_at", {{"N", "20"}}}}}}));
+    REQUIRE(dir.client().call(
+        "PutItem",
+        {{"TableName", dir.options().table},
+         {"Item",
+          {{"pk", {{"S", "key#key_broken"}}}, {"id", {{"S", "key_broken"}}}, {"team_id", {{"S", "t"}}}, {"created_at", {{"N", "20"}}}}}}));
     auto broken = dir.keys();
     REQUIRE_FALSE(broken);
     CHECK(broken.error().kind == error_kind::unavailable);

@@ -111,7 +111,8 @@ dynamodb_store conversation_store_behind(const dynamodb_proxy& proxy, const std:
 // The conversations table's items by sort key.
 std::map<std::string, nlohmann::json> conversation_items(test_support::emulator_process& emulator, const std::string& table) {
     std::map<std::string, nlohmann::json> by_sk;
-    for (const auto& item : scan(emulator, table)) by_sk[item["pk"]["S"].get<std::string>() + " " + item["sk"]["S"].get<std::string>()] = item;
+    for (const auto& item : scan(emulator, table))
+        by_sk[item["pk"]["S"].get<std::string>() + " " + item["sk"]["S"].get<std::string>()] = item;
     return by_sk;
 }
 
@@ -157,7 +158,7 @@ TEST_CASE("dynamodb store writes one item per exchange in the documented layout"
 TEST_CASE("dynamodb store leaves expired exchanges out of history before DynamoDB deletes them") {
     auto store = make_store(dynalite(), std::chrono::hours{24});
     const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    REQUIRE(store.append(chatkit::testing::make_exchange("bob", "old", now_ms - 2 * 86'400'000)));  // expired a day ago
+    REQUIRE(store.append(chatkit::testing::make_exchange("bob", "old", now_ms - 2 * 86'400'000))); // expired a day ago
     REQUIRE(store.append(chatkit::testing::make_exchange("bob", "new", now_ms)));
     REQUIRE(scan(dynalite(), store.options().table).size() == 2); // both still in the table
     auto page = store.history({"bob", 10, {}});
@@ -364,7 +365,8 @@ TEST_CASE("dynamodb store writes a conversation in the documented single-table l
     REQUIRE(store.create_conversation(c));
     const auto turn = chatkit::testing::make_turn(c, "1", 1'700'000'000'200);
     REQUIRE(store.append_to_conversation(turn));
-    const chatkit::feedback fb{chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_up", 5, "good", 1'700'000'000'300};
+    const chatkit::feedback fb{
+        chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_up", 5, "good", 1'700'000'000'300};
     REQUIRE(store.add_feedback({c.owner, fb}));
 
     const auto items = conversation_items(moto(), store.options().conversations_table);
@@ -405,10 +407,11 @@ TEST_CASE("dynamodb store writes a conversation in the documented single-table l
     CHECK(answer["cost_usd"]["N"] == "0.25");
     CHECK(answer["ttft_ms"]["N"] == "3.25");
     CHECK(answer["provider"]["S"] == "provider-1");
-    for (std::size_t i = 0; i < 2; ++i)
-        CHECK(items.at(pk + " MID#" + turn.messages[i].id)["msg_sk"]["S"] == message_sks[i]);
+    for (std::size_t i = 0; i < 2; ++i) CHECK(items.at(pk + " MID#" + turn.messages[i].id)["msg_sk"]["S"] == message_sks[i]);
 
-    const auto feedback = std::find_if(items.begin(), items.end(), [](const std::pair<const std::string, nlohmann::json>& kv) { return kv.second["sk"]["S"].get<std::string>().starts_with("FB#"); });
+    const auto feedback = std::find_if(items.begin(), items.end(), [](const std::pair<const std::string, nlohmann::json>& kv) {
+        return kv.second["sk"]["S"].get<std::string>().starts_with("FB#");
+    });
     REQUIRE(feedback != items.end());
     CHECK(feedback->second["id"]["S"] == fb.id);
     CHECK(feedback->second["message_id"]["S"] == turn.messages[1].id);

@@ -107,7 +107,8 @@ TEST_CASE("dynamodb_usage_store: a team's usage by model and by day, as the refe
     check_same(*got, *want);
 
     // The range is [since, until): a record at `until` is left out, one at `since` counted.
-    check_same(dynamodb.summarize({"t1", dec1 + 1000, dec1 + 2 * day}).value(), memory.summarize({"t1", dec1 + 1000, dec1 + 2 * day}).value());
+    check_same(dynamodb.summarize({"t1", dec1 + 1000, dec1 + 2 * day}).value(),
+               memory.summarize({"t1", dec1 + 1000, dec1 + 2 * day}).value());
     CHECK(dynamodb.summarize({"t1", dec1 + 1000, dec1 + 2 * day})->total.requests == 3);
     // The requests made without authentication are a team of their own, "".
     check_same(dynamodb.summarize({"", dec1, dec1 + 5 * day}).value(), memory.summarize({"", dec1, dec1 + 5 * day}).value());
@@ -152,7 +153,8 @@ TEST_CASE("dynamodb_usage_store: a range's records, of one team (a Query) or of 
     CHECK(records_of(dynamodb, {std::nullopt, dec1, dec1 + 5 * day}).size() == 7);
 }
 
-TEST_CASE("dynamodb_usage_store: every field of a record is stored, an unpriced cost is absent, never 0, and expires_at is time + 90 days") {
+TEST_CASE(
+    "dynamodb_usage_store: every field of a record is stored, an unpriced cost is absent, never 0, and expires_at is time + 90 days") {
     const std::string emulator = GENERATE(as<std::string>{}, "dynalite", "moto");
     INFO("on " << emulator);
     auto store = make_store(emulator);
@@ -309,18 +311,18 @@ TEST_CASE("dynamodb_usage_store: UnprocessedItems are sent again until every rec
     std::atomic<int> throttled{0};
     std::vector<std::size_t> sizes;
     std::mutex sizes_mutex;
-    test_support::dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const std::string& body, const auto& forward,
-                                                          httplib::Response& res) {
-                                           if (target != "DynamoDB_20120810.BatchWriteItem") return false;
-                                           {
-                                               std::lock_guard lock{sizes_mutex};
-                                               sizes.push_back(nlohmann::json::parse(body)["RequestItems"][table].size());
-                                           }
-                                           if (throttled++ >= 2) return false;
-                                           REQUIRE(forward());
-                                           answer_unprocessed(body, 7, res);
-                                           return true;
-                                       }};
+    test_support::dynamodb_proxy proxy{
+        moto().port(), [&](const std::string& target, const std::string& body, const auto& forward, httplib::Response& res) {
+            if (target != "DynamoDB_20120810.BatchWriteItem") return false;
+            {
+                std::lock_guard lock{sizes_mutex};
+                sizes.push_back(nlohmann::json::parse(body)["RequestItems"][table].size());
+            }
+            if (throttled++ >= 2) return false;
+            REQUIRE(forward());
+            answer_unprocessed(body, 7, res);
+            return true;
+        }};
     auto store = store_behind(proxy, table, 6);
     std::vector<usage_record> batch;
     for (int i = 0; i < 30; ++i) batch.push_back(record("t", "k", "m", dec1 + i, 1, 1, 0.25));
@@ -331,7 +333,8 @@ TEST_CASE("dynamodb_usage_store: UnprocessedItems are sent again until every rec
     CHECK(store.summarize({"t", dec1, dec1 + day})->total.cost_usd == Approx(7.5));
 }
 
-TEST_CASE("dynamodb_usage_store: puts still unprocessed after the bounded retries are an unavailable error, and the batch can be written again") {
+TEST_CASE(
+    "dynamodb_usage_store: puts still unprocessed after the bounded retries are an unavailable error, and the batch can be written again") {
     const auto table = unique_table();
     {
         dynamodb_usage_store admin{{.table = table}, moto().aws_environment()};
@@ -339,14 +342,14 @@ TEST_CASE("dynamodb_usage_store: puts still unprocessed after the bounded retrie
     }
     // Every BatchWriteItem is forwarded, but answered with all its puts but the first unprocessed.
     std::atomic<bool> throttling{true};
-    test_support::dynamodb_proxy proxy{moto().port(), [&](const std::string& target, const std::string& body, const auto& forward,
-                                                          httplib::Response& res) {
-                                           if (target != "DynamoDB_20120810.BatchWriteItem" || !throttling) return false;
-                                           REQUIRE(forward());
-                                           const auto n = nlohmann::json::parse(body)["RequestItems"][table].size();
-                                           answer_unprocessed(body, n - 1, res);
-                                           return true;
-                                       }};
+    test_support::dynamodb_proxy proxy{
+        moto().port(), [&](const std::string& target, const std::string& body, const auto& forward, httplib::Response& res) {
+            if (target != "DynamoDB_20120810.BatchWriteItem" || !throttling) return false;
+            REQUIRE(forward());
+            const auto n = nlohmann::json::parse(body)["RequestItems"][table].size();
+            answer_unprocessed(body, n - 1, res);
+            return true;
+        }};
     auto store = store_behind(proxy, table, 2);
     std::vector<usage_record> batch;
     for (int i = 0; i < 10; ++i) batch.push_back(record("t", "k", "m", dec1 + i, 1, 1, 0.5));

@@ -66,7 +66,8 @@ TEMPLATE_TEST_CASE("the Gemini provider passes the provider conformance checks",
     chatkit::testing::check_provider_conformance<TestType>([&fake] { return TestType{options_for(fake)}; }, options);
 }
 
-TEMPLATE_TEST_CASE("a completion goes out as a generateContent request and comes back with usage", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a completion goes out as a generateContent request and comes back with usage", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake{{}, secret_key};
     TestType gemini{options_for(fake)};
     auto r = ask("hello there");
@@ -79,7 +80,8 @@ TEMPLATE_TEST_CASE("a completion goes out as a generateContent request and comes
     r.max_tokens = 50;
     r.user_id = "alice";
     r.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    r.extensions = {{"stop", "END"}, {"top_p", 0.9}, {"seed", 7}, {"max_completion_tokens", 50}, {"stream_options", {{"include_usage", true}}}};
+    r.extensions = {
+        {"stop", "END"}, {"top_p", 0.9}, {"seed", 7}, {"max_completion_tokens", 50}, {"stream_options", {{"include_usage", true}}}};
     auto c = gemini.complete(r);
     REQUIRE(c);
     CHECK(c->content == "echo: hello there");
@@ -95,9 +97,11 @@ TEMPLATE_TEST_CASE("a completion goes out as a generateContent request and comes
     CHECK(sent.model == "gemini-fake");
     CHECK(sent.method == "generateContent");
     CHECK(sent.body["systemInstruction"] == json::parse(R"({"parts":[{"text":"be brief"},{"text":"and kind"}]})"));
-    CHECK(sent.body["contents"] == json::parse(R"([{"role":"user","parts":[{"text":"first"}]},)"
-                                               R"({"role":"model","parts":[{"text":"noted"}]},{"role":"user","parts":[{"text":"hello there"}]}])"));
-    CHECK(sent.body["generationConfig"] == json::parse(R"({"temperature":1.5,"maxOutputTokens":50,"topP":0.9,"stopSequences":["END"],"seed":7})"));
+    CHECK(sent.body["contents"] ==
+          json::parse(R"([{"role":"user","parts":[{"text":"first"}]},)"
+                      R"({"role":"model","parts":[{"text":"noted"}]},{"role":"user","parts":[{"text":"hello there"}]}])"));
+    CHECK(sent.body["generationConfig"] ==
+          json::parse(R"({"temperature":1.5,"maxOutputTokens":50,"topP":0.9,"stopSequences":["END"],"seed":7})"));
     CHECK_FALSE(sent.body.contains("model"));
     CHECK(sent.headers.find("x-goog-api-key")->second == secret_key);
     CHECK(sent.headers.find("Content-Type")->second == "application/json");
@@ -106,7 +110,8 @@ TEMPLATE_TEST_CASE("a completion goes out as a generateContent request and comes
     CHECK_FALSE(sent.headers.contains("Authorization"));
 }
 
-TEMPLATE_TEST_CASE("the answer names modelVersion when Gemini gives one, else the model asked for", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("the answer names modelVersion when Gemini gives one, else the model asked for", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     fake_gemini_reply versioned, unnamed;
@@ -133,7 +138,8 @@ TEMPLATE_TEST_CASE("the answer names modelVersion when Gemini gives one, else th
     CHECK(streamed->model == "gemini-fake");
 }
 
-TEMPLATE_TEST_CASE("usage counts cached tokens in the prompt and thinking tokens in the completion", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("usage counts cached tokens in the prompt and thinking tokens in the completion", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     fake_gemini_reply thinking;
@@ -159,7 +165,8 @@ TEMPLATE_TEST_CASE("usage counts cached tokens in the prompt and thinking tokens
     CHECK(s->usage.reasoning_tokens == 25);
 }
 
-TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     for (std::size_t chunk_bytes : {0u, 1u, 2u, 3u, 7u, 64u}) {
@@ -188,10 +195,15 @@ TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upst
 TEMPLATE_TEST_CASE("finish reasons map to chatkit's, answered whole or streamed", "", chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
-    const std::vector<std::pair<std::string, std::string>> cases = {
-        {"STOP", "stop"}, {"MAX_TOKENS", "length"}, {"SAFETY", "content_filter"}, {"RECITATION", "content_filter"},
-        {"BLOCKLIST", "content_filter"}, {"PROHIBITED_CONTENT", "content_filter"}, {"SPII", "content_filter"},
-        {"MALFORMED_FUNCTION_CALL", "malformed_function_call"}, {"OTHER", "other"}};
+    const std::vector<std::pair<std::string, std::string>> cases = {{"STOP", "stop"},
+                                                                    {"MAX_TOKENS", "length"},
+                                                                    {"SAFETY", "content_filter"},
+                                                                    {"RECITATION", "content_filter"},
+                                                                    {"BLOCKLIST", "content_filter"},
+                                                                    {"PROHIBITED_CONTENT", "content_filter"},
+                                                                    {"SPII", "content_filter"},
+                                                                    {"MALFORMED_FUNCTION_CALL", "malformed_function_call"},
+                                                                    {"OTHER", "other"}};
     for (const auto& [reason, finish_reason] : cases) {
         fake_gemini_reply reply;
         reply.finish_reason = reason;
@@ -206,7 +218,8 @@ TEMPLATE_TEST_CASE("finish reasons map to chatkit's, answered whole or streamed"
     }
 }
 
-TEMPLATE_TEST_CASE("a prompt Gemini blocks is a 400 naming the reason, not an empty answer, and is not retried", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a prompt Gemini blocks is a 400 naming the reason, not an empty answer, and is not retried", "",
+                   chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     fake_gemini_reply blocked;
@@ -229,11 +242,12 @@ TEMPLATE_TEST_CASE("a prompt Gemini blocks is a 400 naming the reason, not an em
     CHECK(gemini.health().ok);
 }
 
-TEMPLATE_TEST_CASE("a 429 is retried after RetryInfo's retryDelay or Retry-After, then succeeds", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a 429 is retried after RetryInfo's retryDelay or Retry-After, then succeeds", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
-    auto limited = gemini_error_reply(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details.",
-                                      retry_info("0.05s"));
+    auto limited = gemini_error_reply(429, "RESOURCE_EXHAUSTED",
+                                      "You exceeded your current quota, please check your plan and billing details.", retry_info("0.05s"));
     fake.script({limited});
     auto c = gemini.complete(ask("hi"));
     REQUIRE(c);
@@ -304,10 +318,12 @@ TEMPLATE_TEST_CASE("a 500 or 503 is retried, persistent failure becomes a 502 na
     CHECK(fake.requests().size() == 7);
 }
 
-TEMPLATE_TEST_CASE("400, 401, 403 and 404 are not retried, credentials are the operator's, and the key is never echoed", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("400, 401, 403 and 404 are not retried, credentials are the operator's, and the key is never echoed", "",
+                   chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
-    fake.script({gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.generation_config.max_output_tokens: must be positive")});
+    fake.script(
+        {gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.generation_config.max_output_tokens: must be positive")});
     auto bad = gemini.complete(ask("hi"));
     REQUIRE_FALSE(bad);
     CHECK(bad.error().kind == chatkit::error_kind::invalid_request);
@@ -323,14 +339,16 @@ TEMPLATE_TEST_CASE("400, 401, 403 and 404 are not retried, credentials are the o
     CHECK(denied.error().message == "upstream rejected the credentials: Request had invalid authentication credentials: [redacted]");
     CHECK(fake.requests().size() == 2);
 
-    fake.script({gemini_error_reply(403, "PERMISSION_DENIED", "Permission denied: Consumer 'api_key:" + std::string{secret_key} + "' has been suspended.")});
+    fake.script({gemini_error_reply(403, "PERMISSION_DENIED",
+                                    "Permission denied: Consumer 'api_key:" + std::string{secret_key} + "' has been suspended.")});
     auto forbidden = gemini.complete(ask("hi"));
     REQUIRE_FALSE(forbidden);
     CHECK(forbidden.error().code == "upstream_credentials");
     CHECK(forbidden.error().message.find(secret_key) == std::string::npos);
     CHECK(fake.requests().size() == 3);
 
-    fake.script({gemini_error_reply(404, "NOT_FOUND", "models/gemini-9 is not found for API version v1beta, or is not supported for generateContent.")});
+    fake.script({gemini_error_reply(404, "NOT_FOUND",
+                                    "models/gemini-9 is not found for API version v1beta, or is not supported for generateContent.")});
     auto missing = gemini.complete(ask("hi"));
     REQUIRE_FALSE(missing);
     CHECK(missing.error().kind == chatkit::error_kind::not_found);
@@ -338,7 +356,8 @@ TEMPLATE_TEST_CASE("400, 401, 403 and 404 are not retried, credentials are the o
     CHECK(fake.requests().size() == 4); // none of these is retried
 }
 
-TEMPLATE_TEST_CASE("a key Gemini does not know (its 400 API_KEY_INVALID) is a credentials failure, not the client's", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a key Gemini does not know (its 400 API_KEY_INVALID) is a credentials failure, not the client's", "",
+                   chatkit::gemini_provider, async_gemini) {
     fake_gemini fake{{}, "AIza-the-right-key-0000"};
     TestType gemini{options_for(fake)};
     for (int i = 0; i < 3; ++i) {
@@ -364,7 +383,8 @@ TEMPLATE_TEST_CASE("without a key the upstream refuses the call and the provider
     CHECK_FALSE(fake.requests().at(0).headers.contains("x-goog-api-key"));
 }
 
-TEMPLATE_TEST_CASE("an error object mid-stream fails the stream after its deltas, and is retried before any", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("an error object mid-stream fails the stream after its deltas, and is retried before any", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     fake_gemini_reply late;
@@ -389,7 +409,8 @@ TEMPLATE_TEST_CASE("an error object mid-stream fails the stream after its deltas
     CHECK(fake.requests().size() == 3);
 }
 
-TEMPLATE_TEST_CASE("a stream that ends without a finish reason is an error, never a silent truncation", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a stream that ends without a finish reason is an error, never a silent truncation", "", chatkit::gemini_provider,
+                   async_gemini) {
     fake_gemini fake;
     auto o = options_for(fake);
     o.max_retries = 0;
@@ -436,14 +457,20 @@ TEMPLATE_TEST_CASE("tools, tool_choice and a tool-call history go upstream in Ge
     TestType gemini{options_for(fake)};
     auto r = ask("weather in Paris?");
     r.extensions = {{"tools", json::array({{{"type", "function"},
-                                            {"function", {{"name", "get_weather"}, {"description", "the weather"},
-                                                          {"parameters", {{"type", "object"}, {"additionalProperties", false}}}}}},
+                                            {"function",
+                                             {{"name", "get_weather"},
+                                              {"description", "the weather"},
+                                              {"parameters", {{"type", "object"}, {"additionalProperties", false}}}}}},
                                            {{"type", "function"}, {"function", {{"name", "get_time"}}}}})},
                     {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}};
-    r.messages.push_back({chatkit::role::assistant, "let me look",
-                          {{"tool_calls", json::array({{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
-                                                       {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})},
-                           {"refusal", nullptr}}});
+    r.messages.push_back(
+        {chatkit::role::assistant,
+         "let me look",
+         {{"tool_calls",
+           json::array(
+               {{{"id", "call_a"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"city":"Paris"})"}}}},
+                {{"id", "call_b"}, {"type", "function"}, {"function", {{"name", "get_time"}, {"arguments", ""}}}}})},
+          {"refusal", nullptr}}});
     r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "call_a"}}});
     r.messages.push_back({chatkit::role::tool, "noon", {{"tool_call_id", "call_b"}}});
     auto c = gemini.complete(r);
@@ -469,12 +496,14 @@ TEMPLATE_TEST_CASE("tools, tool_choice and a tool-call history go upstream in Ge
     }
 }
 
-TEMPLATE_TEST_CASE("a functionCall answer comes back as OpenAI tool_calls with an id, whole or streamed in pieces", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("a functionCall answer comes back as OpenAI tool_calls with an id, whole or streamed in pieces", "",
+                   chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     auto r = ask("weather in Oslo?");
     r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
-    const json expected = {{{"id", "call_0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
+    const json expected = {
+        {{"id", "call_0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", R"({"q":"weather in Oslo?"})"}}}}};
 
     auto whole = gemini.complete(r);
     REQUIRE(whole);
@@ -511,7 +540,8 @@ TEST_CASE("the async provider passes each functionCall on as it arrives, whole, 
     CHECK(streamed->extra["tool_calls"][0]["id"] == "call_0");
 }
 
-TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 400 naming them, before any call", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 400 naming them, before any call", "",
+                   chatkit::gemini_provider, async_gemini) {
     fake_gemini fake;
     TestType gemini{options_for(fake)};
     for (const char* field : {"tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"}) {
@@ -529,7 +559,8 @@ TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 40
         r.extensions = {{"tools", json::array({{{"type", "web_search"}}})}};
         CHECK(gemini.complete(r).error().param == "tools[0]");
     }
-    for (const char* field : {"response_format", "logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "prediction", "modalities"}) {
+    for (const char* field : {"response_format", "logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty",
+                              "prediction", "modalities"}) {
         auto r = ask("hi");
         r.extensions = {{field, true}};
         auto c = gemini.complete(r);
@@ -582,7 +613,8 @@ TEMPLATE_TEST_CASE("tool use and fields Gemini cannot take are refused with a 40
     CHECK(gemini.health().ok);
 }
 
-TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::gemini_provider, async_gemini) {
+TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::gemini_provider,
+                   async_gemini) {
     chatkit::gemini_options o;
     {
         fake_gemini gone; // take a free port, then free it
@@ -615,13 +647,15 @@ TEST_CASE("a stream's usage is the last chunk's, thought parts and unknown field
     const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
     wire::stream_reader reader{sink};
     chatkit::sse_parser parser;
-    parser.feed("data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"thinking...\",\"thought\":true}],\"role\":\"model\"}}],"
-                "\"usageMetadata\":{\"promptTokenCount\":9,\"cachedContentTokenCount\":4},\"modelVersion\":\"gemini-x\",\"aFutureField\":1}\r\n\r\n"
-                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"},{\"text\":\" there\"}],\"role\":\"model\"}}],"
-                "\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":2}}\r\n\r\n"
-                "data: {\"candidates\":[{\"content\":{\"parts\":[],\"role\":\"model\"},\"finishReason\":\"MAX_TOKENS\"}],"
-                "\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":3,\"thoughtsTokenCount\":40,\"cachedContentTokenCount\":4}}\r\n\r\n",
-                reader);
+    parser.feed(
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"thinking...\",\"thought\":true}],\"role\":\"model\"}}],"
+        "\"usageMetadata\":{\"promptTokenCount\":9,\"cachedContentTokenCount\":4},\"modelVersion\":\"gemini-x\",\"aFutureField\":1}\r\n\r\n"
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"},{\"text\":\" there\"}],\"role\":\"model\"}}],"
+        "\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":2}}\r\n\r\n"
+        "data: {\"candidates\":[{\"content\":{\"parts\":[],\"role\":\"model\"},\"finishReason\":\"MAX_TOKENS\"}],"
+        "\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":3,\"thoughtsTokenCount\":40,\"cachedContentTokenCount\":4}}"
+        "\r\n\r\n",
+        reader);
     const wire w{chatkit::gemini_options{}};
     auto c = w.finish_stream(reader, "AIza-key");
     REQUIRE(c);
@@ -641,19 +675,21 @@ TEST_CASE("fields of an unexpected type in a stream, an answer or an error are n
     const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
     wire::stream_reader reader{sink};
     chatkit::sse_parser parser;
-    REQUIRE_NOTHROW(parser.feed("data: {\"candidates\":5}\n\n"
-                                "data: {\"candidates\":[7,{\"content\":[]}]}\n\n"
-                                "data: {\"candidates\":[{\"content\":{\"parts\":[1,{\"text\":2},{\"text\":\"x\",\"thought\":\"yes\"}]},\"finishReason\":3}],"
-                                "\"usageMetadata\":{\"promptTokenCount\":\"many\",\"candidatesTokenCount\":-4},\"modelVersion\":[]}\n\n"
-                                "data: {\"error\":{\"status\":{},\"message\":[1]}}\n\n",
-                                reader));
+    REQUIRE_NOTHROW(parser.feed(
+        "data: {\"candidates\":5}\n\n"
+        "data: {\"candidates\":[7,{\"content\":[]}]}\n\n"
+        "data: {\"candidates\":[{\"content\":{\"parts\":[1,{\"text\":2},{\"text\":\"x\",\"thought\":\"yes\"}]},\"finishReason\":3}],"
+        "\"usageMetadata\":{\"promptTokenCount\":\"many\",\"candidatesTokenCount\":-4},\"modelVersion\":[]}\n\n"
+        "data: {\"error\":{\"status\":{},\"message\":[1]}}\n\n",
+        reader));
     CHECK(text == "x");
     REQUIRE(reader.broken);
     CHECK(reader.broken->message == "upstream error mid-stream (upstream_error): unknown");
 
     const wire w{chatkit::gemini_options{}};
-    auto answer = w.parse_answer(R"({"candidates":[{"content":{"parts":[{"text":1},{"text":"yes"}]},"finishReason":null}],"usageMetadata":{"promptTokenCount":-3}})",
-                                 "gemini-asked", "AIza-key");
+    auto answer = w.parse_answer(
+        R"({"candidates":[{"content":{"parts":[{"text":1},{"text":"yes"}]},"finishReason":null}],"usageMetadata":{"promptTokenCount":-3}})",
+        "gemini-asked", "AIza-key");
     REQUIRE(answer);
     CHECK(answer->content == "yes");
     CHECK(answer->model == "gemini-asked");
@@ -662,13 +698,15 @@ TEST_CASE("fields of an unexpected type in a stream, an answer or an error are n
     CHECK_FALSE(w.parse_answer("{}", "m", "k")); // no candidate and no block reason: nothing to answer with
 
     const std::vector<std::pair<std::string, std::string>> no_headers;
-    const auto f = w.status_failure(500, R"({"error":{"code":"x","status":3,"message":{"a":1},"details":[5,{"@type":7}]}})", no_headers, "AIza-key");
+    const auto f = w.status_failure(500, R"({"error":{"code":"x","status":3,"message":{"a":1},"details":[5,{"@type":7}]}})", no_headers,
+                                    "AIza-key");
     CHECK(f.e.code == "upstream_500");
     CHECK(f.e.message == "upstream error (HTTP 500): upstream answered HTTP 500");
     CHECK(f.retryable);
     CHECK_FALSE(f.retry_after);
-    const auto wrapped = w.status_failure(429, R"([{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"slow down",)"
-                                               R"("details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"12s"}]}}])",
+    const auto wrapped = w.status_failure(429,
+                                          R"([{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"slow down",)"
+                                          R"("details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"12s"}]}}])",
                                           no_headers, "AIza-key");
     CHECK(wrapped.e.message == "slow down");
     CHECK(wrapped.retry_after == std::chrono::milliseconds(12'000));

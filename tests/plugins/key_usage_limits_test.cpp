@@ -207,8 +207,10 @@ TEST_CASE("key_usage_limits: when what was spent cannot be read, the request is 
 
 TEST_CASE("limit_terms: budget periods are UTC calendar days and months") {
     const chatkit::unix_ms t = 1'767'225'599'000; // 2025-12-31T23:59:59Z
-    CHECK(chatkit::limit_terms::budget_period("day", t) == std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'767'139'200'000, 1'767'225'600'000});
-    CHECK(chatkit::limit_terms::budget_period("month", t) == std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'764'547'200'000, 1'767'225'600'000});
+    CHECK(chatkit::limit_terms::budget_period("day", t) ==
+          std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'767'139'200'000, 1'767'225'600'000});
+    CHECK(chatkit::limit_terms::budget_period("month", t) ==
+          std::pair<chatkit::unix_ms, chatkit::unix_ms>{1'764'547'200'000, 1'767'225'600'000});
     CHECK(chatkit::limit_terms::budget_period("month", 1'767'225'600'000).first == 1'767'225'600'000); // 2026-01-01 starts a month
 }
 

@@ -32,15 +32,18 @@ chatkit::completion answer(std::string content) {
 TEST_CASE("lru_cache passes the cache conformance checks", "[lru_cache]") {
     using kit_cache = chatkit::lru_cache<std::mutex, manual_clock>;
     chatkit::testing::check_cache_conformance<kit_cache>([] { return kit_cache{}; },
-                                                        {.pass_time = [](std::chrono::seconds d) { manual_clock::advance(d); }});
+                                                         {.pass_time = [](std::chrono::seconds d) { manual_clock::advance(d); }});
 }
 
 // The combinator sample_server puts in front of Redis is a cache too, and passes the same checks.
 TEST_CASE("two_level_cache of two LRU caches passes the cache conformance checks", "[lru_cache]") {
     using kit_cache = chatkit::lru_cache<std::mutex, manual_clock>;
     using two_levels = chatkit::two_level_cache<kit_cache, kit_cache>;
-    chatkit::testing::check_cache_conformance<two_levels>([] { return two_levels{kit_cache{}, kit_cache{}}; },
-                                                         {.pass_time = [](std::chrono::seconds d) { manual_clock::advance(d); }});
+    chatkit::testing::check_cache_conformance<two_levels>(
+        [] {
+            return two_levels{kit_cache{}, kit_cache{}};
+        },
+        {.pass_time = [](std::chrono::seconds d) { manual_clock::advance(d); }});
 }
 
 TEST_CASE("an entry expires after its TTL and is then erased", "[lru_cache]") {

@@ -23,7 +23,8 @@ struct refuses_greedy {
     void after(const chatkit::http_request&, chatkit::http_response&, chatkit::no_context&) {}
 };
 
-using metered = chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::prometheus_metrics, refuses_greedy>;
+using metered =
+    chatkit::service<chatkit::echo_provider, chatkit::no_store, chatkit::lru_cache_mt, chatkit::prometheus_metrics, refuses_greedy>;
 
 chatkit::http_request request(std::string method, std::string path, std::string body = {}) {
     chatkit::http_request req;
@@ -57,12 +58,18 @@ TEST_CASE("prometheus_metrics: requests, cache hits, tokens, cost-free answers a
     CHECK(streamed.status == 200);
     std::string body;
     REQUIRE(streamed.stream);
-    streamed.stream([&body](std::string_view chunk) { body += chunk; return true; }, streamed.meta);
+    streamed.stream(
+        [&body](std::string_view chunk) {
+            body += chunk;
+            return true;
+        },
+        streamed.meta);
     CHECK(svc.handle(request("POST", "/chat", R"({"content":"greedy"})")).status == 429);
     CHECK(svc.handle(request("GET", "/no/such/path")).status == 404);
     CHECK(svc.handle(request("GET", "/history/ada")).status == 200);
     // The Anthropic and Responses surfaces are routes of their own, not "other".
-    CHECK(svc.handle(request("POST", "/v1/messages", R"({"model":"echo-1","max_tokens":9,"messages":[{"role":"user","content":"six"}]})")).status == 200);
+    CHECK(svc.handle(request("POST", "/v1/messages", R"({"model":"echo-1","max_tokens":9,"messages":[{"role":"user","content":"six"}]})"))
+              .status == 200);
     CHECK(svc.handle(request("POST", "/v1/responses", R"({"input":"seven"})")).status == 200);
 
     const auto m = samples(metrics.render());

@@ -90,7 +90,8 @@ TEMPLATE_TEST_CASE("a completion goes out in the OpenAI format and comes back wi
     CHECK(sent.headers.find("X-Request-ID")->second == "req-123");
 }
 
-TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("a stream arrives delta by delta with usage, however the upstream cuts its bytes", "", chatkit::openai_provider,
+                   async_openai) {
     fake_openai fake;
     TestType openai{options_for(fake)};
     for (std::size_t chunk_bytes : {0u, 1u, 2u, 3u, 7u, 64u}) {
@@ -134,7 +135,8 @@ TEMPLATE_TEST_CASE("a 429 is retried after the upstream's retry-after-ms, then s
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(1)); // the server's delay, not the backoff
 }
 
-TEMPLATE_TEST_CASE("on_retry hears of each retried failure, not of the one that ends the call", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("on_retry hears of each retried failure, not of the one that ends the call", "", chatkit::openai_provider,
+                   async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     std::mutex mutex; // the async form calls it on its loop
@@ -194,7 +196,8 @@ TEMPLATE_TEST_CASE("exhausted quota is a 429 that is not retried", "", chatkit::
     CHECK(fake.requests().size() == 1);
 }
 
-TEMPLATE_TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upstream's message", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upstream's message", "", chatkit::openai_provider,
+                   async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     TestType openai{o};
@@ -212,7 +215,8 @@ TEMPLATE_TEST_CASE("a 500 is retried, persistent 5xx becomes a 502 with the upst
     CHECK(fake.requests().size() == 5);
 }
 
-TEMPLATE_TEST_CASE("upstream client errors keep their status class and message, the key is never echoed", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("upstream client errors keep their status class and message, the key is never echoed", "", chatkit::openai_provider,
+                   async_openai) {
     fake_openai fake;
     TestType openai{options_for(fake)};
     fake.script({status_reply(400, "Invalid value for 'temperature'", "invalid_request_error", "invalid_value")});
@@ -221,7 +225,8 @@ TEMPLATE_TEST_CASE("upstream client errors keep their status class and message, 
     CHECK(bad.error().message == "Invalid value for 'temperature'");
     CHECK(bad.error().code == "invalid_value");
 
-    fake.script({status_reply(401, std::string{"Incorrect API key provided: "} + secret_key + ".", "invalid_request_error", "invalid_api_key")});
+    fake.script(
+        {status_reply(401, std::string{"Incorrect API key provided: "} + secret_key + ".", "invalid_request_error", "invalid_api_key")});
     auto denied = openai.complete(ask("hi"));
     CHECK(chatkit::http_status(denied.error().kind) == 502);
     CHECK(denied.error().message.starts_with("upstream rejected the credentials"));
@@ -234,7 +239,8 @@ TEMPLATE_TEST_CASE("upstream client errors keep their status class and message, 
     CHECK(fake.requests().size() == 3); // none of these is retried
 }
 
-TEMPLATE_TEST_CASE("a key source is asked before each call: a rotated key goes out next, its error fails the call before any request", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("a key source is asked before each call: a rotated key goes out next, its error fails the call before any request", "",
+                   chatkit::openai_provider, async_openai) {
     fake_openai fake;
     auto o = options_for(fake);
     o.api_key = "";
@@ -305,7 +311,8 @@ TEMPLATE_TEST_CASE("the total deadline bounds a stream that keeps trickling", ""
     CHECK(c.error().kind == chatkit::error_kind::timeout);
 }
 
-TEMPLATE_TEST_CASE("a connection reset before any delta is retried, after a delta it is an error, never a silent truncation", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("a connection reset before any delta is retried, after a delta it is an error, never a silent truncation", "",
+                   chatkit::openai_provider, async_openai) {
     fake_openai fake;
     TestType openai{options_for(fake)};
     fake_reply early;
@@ -357,7 +364,8 @@ TEMPLATE_TEST_CASE("a client that leaves stops the upstream stream", "", chatkit
     CHECK(fake.requests().size() == 1);
 }
 
-TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("an unreachable upstream is retried, reported as 502, and marks the provider down", "", chatkit::openai_provider,
+                   async_openai) {
     chatkit::openai_options o;
     {
         fake_openai gone; // take a free port, then free it
@@ -386,12 +394,17 @@ TEMPLATE_TEST_CASE("Azure mode uses the deployment path, api-version and the api
     CHECK_THROWS_AS(chatkit::openai_provider(chatkit::openai_options{.base_url = "ftp://x"}), std::invalid_argument);
 }
 
-TEMPLATE_TEST_CASE("tools and the tool-call history go upstream exactly as the client sent them", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("tools and the tool-call history go upstream exactly as the client sent them", "", chatkit::openai_provider,
+                   async_openai) {
     fake_openai fake;
     TestType openai{options_for(fake)};
     auto r = ask("weather?");
     r.extensions = {{"tools", json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}}}}})}};
-    r.messages.push_back({chatkit::role::assistant, "", {{"tool_calls", json::array({{{"id", "c0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", "{}"}}}}})}}});
+    r.messages.push_back(
+        {chatkit::role::assistant,
+         "",
+         {{"tool_calls",
+           json::array({{{"id", "c0"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", "{}"}}}}})}}});
     r.messages.push_back({chatkit::role::tool, "sunny", {{"tool_call_id", "c0"}}});
     REQUIRE(openai.complete(r));
     const auto sent = fake.requests().back().body;
@@ -428,19 +441,21 @@ TEST_CASE("a stream whose tool-call pieces come out of order is refused, not sho
     chatkit::detail::openai_wire::stream_reader reader{text};
     reader.tool_sink = &tools;
     chatkit::sse_parser parser;
-    parser.feed(R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{"}}]}}]})"
-                "\n\n"
-                R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]}}]})"
-                "\n\n"
-                R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]})"
-                "\n\n",
-                reader);
+    parser.feed(
+        R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{"}}]}}]})"
+        "\n\n"
+        R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]}}]})"
+        "\n\n"
+        R"(data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]})"
+        "\n\n",
+        reader);
     CHECK(pieces.size() == 2);
     REQUIRE(reader.broken);
     CHECK(reader.broken->find("out of order") != std::string::npos);
 }
 
-TEMPLATE_TEST_CASE("HTTPS verifies the upstream's certificate: an untrusted one is refused before any request", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("HTTPS verifies the upstream's certificate: an untrusted one is refused before any request", "",
+                   chatkit::openai_provider, async_openai) {
     test_support::untrusted_tls_server untrusted;
     chatkit::openai_options o;
     o.base_url = "https://127.0.0.1:" + std::to_string(untrusted.port()) + "/v1";
@@ -483,7 +498,8 @@ TEST_CASE("the async client refuses a trusted certificate that names another hos
     CHECK(upstream.requests() == 0);
 }
 
-TEMPLATE_TEST_CASE("a connection is kept alive across calls, and one closed by the upstream meanwhile is replaced", "", chatkit::openai_provider, async_openai) {
+TEMPLATE_TEST_CASE("a connection is kept alive across calls, and one closed by the upstream meanwhile is replaced", "",
+                   chatkit::openai_provider, async_openai) {
     fake_openai fake{{}, 4, std::chrono::seconds(1)};
     TestType openai{options_for(fake)};
     REQUIRE(openai.complete(ask("one")));
@@ -507,12 +523,13 @@ TEST_CASE("a stream's tool-call fragments with a bogus index are skipped, never 
     const chatkit::delta_sink sink = [&text](std::string_view d) { return text.append(d), true; };
     wire::stream_reader reader{sink};
     chatkit::sse_parser parser;
-    parser.feed(R"(data: {"choices":[{"index":0,"delta":{"content":"hi","tool_calls":[{"index":{"a":1},"function":{"arguments":"x"}},)"
-                R"({"index":4000000000,"id":"huge"},{"index":-1,"id":"negative"},{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]})"
-                "\n\n"
-                R"(data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]})"
-                "\n\ndata: [DONE]\n\n",
-                reader);
+    parser.feed(
+        R"(data: {"choices":[{"index":0,"delta":{"content":"hi","tool_calls":[{"index":{"a":1},"function":{"arguments":"x"}},)"
+        R"({"index":4000000000,"id":"huge"},{"index":-1,"id":"negative"},{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]})"
+        "\n\n"
+        R"(data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]})"
+        "\n\ndata: [DONE]\n\n",
+        reader);
     const wire w{chatkit::openai_options{}};
     auto c = w.finish_stream(reader, "sk-test-key");
     REQUIRE(c);

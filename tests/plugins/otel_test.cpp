@@ -125,12 +125,12 @@ TEST_CASE("traceparent: the spec's example is read, and written back the same") 
 TEST_CASE("traceparent: malformed values are ignored, so the trace starts afresh") {
     for (std::string_view bad : {
              "",
-             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
-             "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
-             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
-             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",       // upper case
+             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",       // zero trace id
+             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",       // zero parent id
+             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",       // version ff
              "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", // 00 has no more fields
-             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  // short trace id
+             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",        // short trace id
              "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
              "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
          })
@@ -157,8 +157,10 @@ TEST_CASE("trace sampler: a client's choice is kept, and a ratio decides the sam
 
 TEST_CASE("otel settings: tracing is off without an endpoint, and on with the standard variables") {
     CHECK_FALSE(chatkit::otel_settings_from_environment(env({})));
-    CHECK_FALSE(chatkit::otel_settings_from_environment(env({{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"}, {"OTEL_SDK_DISABLED", "true"}})));
-    CHECK_FALSE(chatkit::otel_settings_from_environment(env({{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"}, {"OTEL_TRACES_EXPORTER", "none"}})));
+    CHECK_FALSE(
+        chatkit::otel_settings_from_environment(env({{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"}, {"OTEL_SDK_DISABLED", "true"}})));
+    CHECK_FALSE(
+        chatkit::otel_settings_from_environment(env({{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"}, {"OTEL_TRACES_EXPORTER", "none"}})));
 
     auto s = chatkit::otel_settings_from_environment(env({{"OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"},
                                                           {"OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20abc, x-team = blue"},

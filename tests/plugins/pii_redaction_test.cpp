@@ -87,9 +87,8 @@ TEST_CASE("pii: e-mail addresses are found, also inside UTF-8 text, and masked w
 
 TEST_CASE("pii: phone numbers in international and national forms are found, while years, dates, prices and ids are not") {
     for (const char* phone : {"+1 (415) 555-2671", "+44 20 7946 0958", "+33 1 23 45 67 89", "+14155552671", "+49-30-1234567",
-                              "415-555-2671", "(415) 555-2671", "(415)555-2671", "415.555.2671", "415 555 2671",
-                              "01 23 45 67 89", "01.23.45.67.89", "020 7946 0958", "030 1234567", "07700 900123", "555-2671",
-                              "1-800-555-1234"}) {
+                              "415-555-2671", "(415) 555-2671", "(415)555-2671", "415.555.2671", "415 555 2671", "01 23 45 67 89",
+                              "01.23.45.67.89", "020 7946 0958", "030 1234567", "07700 900123", "555-2671", "1-800-555-1234"}) {
         const std::string text = std::string{"call "} + phone + ", thanks";
         INFO(text);
         CHECK(finds(text, pii_kind::phone, phone));
@@ -113,7 +112,7 @@ TEST_CASE("pii: card numbers are found only when they pass Luhn") {
     CHECK(finds_nothing("card 4111 1111 1111 1112 exp 12/27"));
     CHECK(finds_nothing("card 4111111111111112"));
     CHECK(finds_nothing("a price: 1234.56"));
-    CHECK(finds_nothing("at 1714560000000 ms")); // a millisecond timestamp: starts with 1
+    CHECK(finds_nothing("at 1714560000000 ms"));        // a millisecond timestamp: starts with 1
     CHECK(finds_nothing("4111 1111 1111 1111 1111 1")); // 21 digits: longer than a card
 }
 
@@ -219,11 +218,12 @@ TEST_CASE("pii: hostile input is scanned in linear time") {
 }
 
 TEST_CASE("pii: mask mode rewrites only the insides of text strings, and the body stays JSON of the same structure") {
-    const std::string body = R"({"model":"gpt-4o","temperature":0.2,"max_tokens":100,"user":"u-1","stream":false,)"
-                             R"("messages":[{"role":"system","content":"Be brief."},)"
-                             R"({"role":"user","content":"Mail jean@example.com or call +33 1 23 45 67 89.\nCard: 4111 1111 1111 1111"},)"
-                             R"({"role":"user","content":[{"type":"text","text":"my ip is 192.168.0.1 \u00e9t\u00e9"},{"type":"image_url","image_url":{"url":"https://example.com/a.png?ip=10.0.0.1"}}]}],)"
-                             R"("metadata":{"owner":"ops@example.com","n":[1,2.5e3,-0,true,null]}})";
+    const std::string body =
+        R"({"model":"gpt-4o","temperature":0.2,"max_tokens":100,"user":"u-1","stream":false,)"
+        R"("messages":[{"role":"system","content":"Be brief."},)"
+        R"({"role":"user","content":"Mail jean@example.com or call +33 1 23 45 67 89.\nCard: 4111 1111 1111 1111"},)"
+        R"({"role":"user","content":[{"type":"text","text":"my ip is 192.168.0.1 \u00e9t\u00e9"},{"type":"image_url","image_url":{"url":"https://example.com/a.png?ip=10.0.0.1"}}]}],)"
+        R"("metadata":{"owner":"ops@example.com","n":[1,2.5e3,-0,true,null]}})";
     auto req = post("/v1/chat/completions", body);
     auto mw = with_mode(pii_mode::mask);
     chatkit::pii_redaction::context ctx;
@@ -296,8 +296,7 @@ TEST_CASE("pii: user ids are not scanned unless scan_every_string is set") {
 
 TEST_CASE("pii: refuse mode answers 400 pii_detected, names the kinds and never echoes a value") {
     const std::string secret = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv";
-    auto req = post("/v1/chat/completions",
-                    R"({"messages":[{"role":"user","content":"use )" + secret + R"( and mail jo@example.com"}]})");
+    auto req = post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"use )" + secret + R"( and mail jo@example.com"}]})");
     std::vector<std::pair<pii_kind, std::size_t>> reported;
     chatkit::pii_redaction_options o;
     o.default_mode = pii_mode::refuse;
@@ -347,9 +346,9 @@ TEST_CASE("pii: off mode does nothing, and a body that is not JSON is left alone
     CHECK(res.headers.empty());
 
     auto mw = with_mode(pii_mode::refuse);
-    for (const char* bad : {R"({"content":"a@example.com")", R"({"content":"a@example.com",})", R"({"content":"a@example.com"} x)",
-                            R"({"content":'a@example.com'})", "content: a@example.com", R"({"content":"a@example.com\q"})",
-                            R"([01,"a@example.com"])", ""}) {
+    for (const char* bad :
+         {R"({"content":"a@example.com")", R"({"content":"a@example.com",})", R"({"content":"a@example.com"} x)",
+          R"({"content":'a@example.com'})", "content: a@example.com", R"({"content":"a@example.com\q"})", R"([01,"a@example.com"])", ""}) {
         INFO(bad);
         auto r = post("/chat", bad);
         chatkit::pii_redaction::context c;
@@ -361,9 +360,9 @@ TEST_CASE("pii: off mode does nothing, and a body that is not JSON is left alone
 TEST_CASE("pii: the walker accepts every valid JSON form, deep nesting included") {
     auto mw = with_mode(pii_mode::mask);
     const std::string deep = std::string(100000, '[') + R"({"content":"a@example.com"})" + std::string(100000, ']');
-    for (const std::string& ok : {std::string{"\xEF\xBB\xBF{\"content\":\"a@example.com\"}"},
-                                  std::string{" \r\n\t{ \"n\" : [ -0.5e-3 , 1E+2, 0, {}, [], \"\\/\\b\\f\" ] , \"content\" : \"a@example.com\" } "},
-                                  deep}) {
+    for (const std::string& ok :
+         {std::string{"\xEF\xBB\xBF{\"content\":\"a@example.com\"}"},
+          std::string{" \r\n\t{ \"n\" : [ -0.5e-3 , 1E+2, 0, {}, [], \"\\/\\b\\f\" ] , \"content\" : \"a@example.com\" } "}, deep}) {
         auto r = post("/chat", ok);
         chatkit::pii_redaction::context c;
         CHECK_FALSE(mw.before(r, c).has_value());
@@ -462,7 +461,9 @@ struct recording_store {
         chatkit::history_page page;
         for (const auto& e : s->exchanges)
             if (e.user_id == q.user_id)
-                for (const auto& m : e.messages) page.messages.push_back({std::to_string(page.messages.size() + 1), m.role, m.content, e.model, e.created_at, e.request_id});
+                for (const auto& m : e.messages)
+                    page.messages.push_back(
+                        {std::to_string(page.messages.size() + 1), m.role, m.content, e.model, e.created_at, e.request_id});
         return page;
     }
     chatkit::component_health health() { return {}; }
@@ -485,7 +486,8 @@ TEST_CASE("pii: through a service in mask mode, the provider, the answer and the
     CHECK(res.body.find("jean.dupont") == std::string::npos);
     CHECK(res.headers["x-chatkit-pii"] == "email=1");
 
-    auto openai = svc.handle(post("/v1/chat/completions", R"({"user":"ada","messages":[{"role":"user","content":"mail ann@example.org"}]})"));
+    auto openai = svc.handle(
+        post("/v1/chat/completions", R"({"user":"ada","messages":[{"role":"user","content":"mail ann@example.org"}]})"));
     REQUIRE(openai.status == 200);
     CHECK(json::parse(openai.body)["choices"][0]["message"]["content"] == "mail [EMAIL]");
 
@@ -528,13 +530,13 @@ TEST_CASE("pii_redaction passes the middleware conformance checks, refusing and 
     SECTION("refuse") {
         chatkit::testing::middleware_kit_options options;
         options.cases = {{"a clean chat", clean}, {"a chat with an e-mail address", with_email, /*answered_in_before=*/true}};
-        chatkit::testing::check_middleware_conformance<chatkit::pii_redaction>(
-            [&in_mode] { return in_mode(chatkit::pii_mode::refuse); }, options);
+        chatkit::testing::check_middleware_conformance<chatkit::pii_redaction>([&in_mode] { return in_mode(chatkit::pii_mode::refuse); },
+                                                                               options);
     }
     SECTION("mask") {
         chatkit::testing::middleware_kit_options options;
         options.cases = {{"a clean chat", clean}, {"a chat with an e-mail address", with_email}};
-        chatkit::testing::check_middleware_conformance<chatkit::pii_redaction>(
-            [&in_mode] { return in_mode(chatkit::pii_mode::mask); }, options);
+        chatkit::testing::check_middleware_conformance<chatkit::pii_redaction>([&in_mode] { return in_mode(chatkit::pii_mode::mask); },
+                                                                               options);
     }
 }

@@ -23,8 +23,8 @@ namespace {
 
 using chatkit::postgres_key_directory;
 using chatkit::postgres_usage_store;
-using test_support::postgres_server;
 using test_support::dec1;
+using test_support::postgres_server;
 constexpr auto day = test_support::day_ms;
 
 postgres_server& shared_server() {
@@ -43,12 +43,14 @@ chatkit::postgres_options options_for(const std::string& url) {
 
 TEST_CASE("postgres_key_directory passes the key directory conformance checks") {
     auto& server = shared_server();
-    chatkit::testing::check_key_directory_conformance([&] { return postgres_key_directory(options_for(server.url(server.create_database()))); });
+    chatkit::testing::check_key_directory_conformance(
+        [&] { return postgres_key_directory(options_for(server.url(server.create_database()))); });
 }
 
 TEST_CASE("postgres_usage_store passes the usage store conformance checks") {
     auto& server = shared_server();
-    chatkit::testing::check_usage_store_conformance([&] { return postgres_usage_store(options_for(server.url(server.create_database()))); });
+    chatkit::testing::check_usage_store_conformance(
+        [&] { return postgres_usage_store(options_for(server.url(server.create_database()))); });
 }
 
 TEST_CASE("postgres keys and usage: what one replica writes, another reads, and the database holds no key") {

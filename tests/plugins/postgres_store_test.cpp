@@ -503,9 +503,10 @@ TEST_CASE("postgres_store: while another session locks a conversation, its write
 
     auto secret = chatkit::testing::make_turn(c, "locked", 4);
     secret.messages[0].content = "my secret question";
-    for (const auto& r : {store.append_to_conversation(secret),
-                          store.add_feedback({"", {chatkit::conversations_api::make_uuid(), c.id, first.messages[1].id, "flag", {}, {}, 5}}),
-                          store.delete_conversation({"", c.id})}) {
+    for (const auto& r :
+         {store.append_to_conversation(secret),
+          store.add_feedback({"", {chatkit::conversations_api::make_uuid(), c.id, first.messages[1].id, "flag", {}, {}, 5}}),
+          store.delete_conversation({"", c.id})}) {
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error().kind == chatkit::error_kind::unavailable);
         CHECK_THAT(r.error().message, Catch::Contains("statement timeout"));

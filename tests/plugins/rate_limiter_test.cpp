@@ -43,9 +43,9 @@ TEST_CASE("rate_limit::parse accepts N per second, minute or hour", "[rate_limit
 
 TEST_CASE("rate_limit::parse rejects anything else", "[rate_limiter]") {
     using chatkit::rate_limit;
-    for (const char* text : {"", "/minute", "60", "60/", "0/minute", "abc", "abc/minute", "5/fortnight", "-1/s",
-                             "+1/s", " 5/minute", "5/minute ", "5 /minute", "5/ minute", "5/Minute", "5/minutes",
-                             "1.5/s", "0x10/s", "5//minute", "5/minute/hour", "4294967296/s"}) {
+    for (const char* text : {"",      "/minute", "60",        "60/",           "0/minute",    "abc",       "abc/minute", "5/fortnight",
+                             "-1/s",  "+1/s",    " 5/minute", "5/minute ",     "5 /minute",   "5/ minute", "5/Minute",   "5/minutes",
+                             "1.5/s", "0x10/s",  "5//minute", "5/minute/hour", "4294967296/s"}) {
         INFO("text: \"" << text << "\"");
         CHECK_FALSE(rate_limit::parse(text));
     }
@@ -144,7 +144,7 @@ TEST_CASE("an API key is limited apart from the address it comes from", "[rate_l
 
     CHECK_FALSE(send(limiter, with_key("Authorization", "Bearer sk-alice")).refused);
     CHECK(send(limiter, with_key("authorization", "bearer sk-alice")).refused); // same key, any case
-    CHECK(send(limiter, with_key("X-API-Key", "sk-alice")).refused);           // same key, other header
+    CHECK(send(limiter, with_key("X-API-Key", "sk-alice")).refused);            // same key, other header
     CHECK(send(limiter, with_key("api-key", "sk-alice")).refused);
 
     CHECK_FALSE(send(limiter, with_key("Authorization", "Bearer sk-bob")).refused);

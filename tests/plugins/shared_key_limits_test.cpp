@@ -144,7 +144,8 @@ TEST_CASE("shared_key_limits: a team's requests are shared by its keys, and a re
     fleet f;
     const chatkit::usage_limits team{.requests_per_minute = 3};
     const chatkit::usage_limits key{.requests_per_minute = 5};
-    for (int i = 0; i < 3; ++i) CHECK(send(f.replica(static_cast<std::size_t>(i)), caller("key_" + std::to_string(i), "t", {}, team)).passed());
+    for (int i = 0; i < 3; ++i)
+        CHECK(send(f.replica(static_cast<std::size_t>(i)), caller("key_" + std::to_string(i), "t", {}, team)).passed());
     auto by_team = send(f.a, caller("key_a", "t", key, team));
     REQUIRE_FALSE(by_team.passed());
     CHECK_THAT(nlohmann::json::parse(by_team.response().body)["error"]["message"].get<std::string>(),
@@ -182,7 +183,8 @@ TEST_CASE("shared_key_limits: tokens are reserved at their bound on one replica 
     CHECK(nlohmann::json::parse(huge.response().body)["error"]["param"] == "max_tokens");
 }
 
-TEST_CASE("shared_key_limits: 50 concurrent requests over two replicas against a budget that fits 10 worst cases: exactly 10 pass, none overspends") {
+TEST_CASE("shared_key_limits: 50 concurrent requests over two replicas against a budget that fits 10 worst cases: exactly 10 pass, none "
+          "overspends") {
     fleet f;
     wall = 1'767'225'610'000; // 2026-01-01T00:00:10Z
     const chatkit::usage_limits team{.budget_usd = 1.0, .budget_period = "day"};
@@ -247,7 +249,8 @@ struct broken_counters {
 };
 } // namespace
 
-TEST_CASE("shared_key_limits: when the store cannot be reached, limited requests get 503 limits_unavailable, and a lost settlement is reported") {
+TEST_CASE(
+    "shared_key_limits: when the store cannot be reached, limited requests get 503 limits_unavailable, and a lost settlement is reported") {
     auto counters = std::make_shared<broken_counters>();
     std::vector<std::string> reported;
     chatkit::shared_key_limits_options o;
@@ -288,7 +291,8 @@ TEST_CASE("shared_key_limits: when the store cannot be reached, limited requests
     CHECK(reported[0] == "DynamoDB is unreachable");
 }
 
-TEST_CASE("shared_key_limits: with fall_back_to_local, a store that cannot be reached is replaced by this process's count, reported, and settled where it was reserved") {
+TEST_CASE("shared_key_limits: with fall_back_to_local, a store that cannot be reached is replaced by this process's count, reported, and "
+          "settled where it was reserved") {
     auto counters = std::make_shared<broken_counters>();
     std::vector<std::string> fell_back, lost;
     chatkit::shared_key_limits_options o;
@@ -339,7 +343,8 @@ TEST_CASE("shared_key_limits: with fall_back_to_local, a store that cannot be re
     CHECK(lost.size() == 1); // this store refuses settlements: reported, as without the fallback
 }
 
-TEST_CASE("shared_key_limits: a chat request with every limit set costs one take before its answer and one add after, other requests one take") {
+TEST_CASE(
+    "shared_key_limits: a chat request with every limit set costs one take before its answer and one add after, other requests one take") {
     auto store = std::make_shared<counted_store>();
     using counted_limits = chatkit::shared_key_limits<counted_store>;
     counted_limits limits{store, fleet::options()};
@@ -375,7 +380,8 @@ TEST_CASE("shared_key_limits: a chat request with every limit set costs one take
     CHECK(store->inner.value("key#key_rt#rpm#" + minute) == 2);
 }
 
-TEST_CASE("shared_key_limits: a chat request refused by its requests per minute reserves no tokens, and one refused by its tokens takes no request") {
+TEST_CASE("shared_key_limits: a chat request refused by its requests per minute reserves no tokens, and one refused by its tokens takes no "
+          "request") {
     fleet f;
     const chatkit::usage_limits key{.requests_per_minute = 1, .tokens_per_minute = 150};
     const auto minute = std::to_string(wall.load() / 60'000);
@@ -397,7 +403,8 @@ TEST_CASE("shared_key_limits: a chat request refused by its requests per minute 
     CHECK(f.counters->value("key#key_y#rpm#" + minute) == 1); // the refused request took no request
 }
 
-TEST_CASE("shared_key_limits with a client limit: the client, the key and the team in one take, each refusal taking nothing from the others") {
+TEST_CASE(
+    "shared_key_limits with a client limit: the client, the key and the team in one take, each refusal taking nothing from the others") {
     wall = 1'767'225'610'000; // 10 s into a minute
     auto store = std::make_shared<counted_store>();
     chatkit::shared_key_limits_options o;

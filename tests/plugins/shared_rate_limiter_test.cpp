@@ -59,7 +59,9 @@ chatkit::shared_rate_limiter_options options(bool fall_back = false, std::atomic
 
 using limiter_calls::per_minute;
 using limiter_calls::send;
-chatkit::http_request from(std::string addr, std::string path = "/chat") { return limiter_calls::request_from(std::move(addr), std::move(path)); }
+chatkit::http_request from(std::string addr, std::string path = "/chat") {
+    return limiter_calls::request_from(std::move(addr), std::move(path));
+}
 std::string header_of(const limiter_calls::outcome& out, std::string_view name) { return limiter_calls::header(out.response, name); }
 
 } // namespace
@@ -84,7 +86,8 @@ TEST_CASE("shared_rate_limiter: two replicas on one store let exactly the limit 
     CHECK_FALSE(send(a, from("10.0.0.8")).refused);
 }
 
-TEST_CASE("shared_rate_limiter: the answers carry X-RateLimit-* and a refusal is 429 with Retry-After to the window's end", "[shared_rate_limiter]") {
+TEST_CASE("shared_rate_limiter: the answers carry X-RateLimit-* and a refusal is 429 with Retry-After to the window's end",
+          "[shared_rate_limiter]") {
     wall = 1'767'225'610'000; // 10 s into a minute: 50 s left
     auto counters = std::make_shared<watched_counters>();
     limiter a{counters, per_minute(2), options()}, b{counters, per_minute(2), options()};
@@ -122,7 +125,8 @@ TEST_CASE("shared_rate_limiter: GET /health is neither counted nor sent to the s
     CHECK_FALSE(send(a, from("10.0.0.7")).refused);
 }
 
-TEST_CASE("shared_rate_limiter: a key the client sends is its bucket, and the store sees a hash of it, never the key", "[shared_rate_limiter]") {
+TEST_CASE("shared_rate_limiter: a key the client sends is its bucket, and the store sees a hash of it, never the key",
+          "[shared_rate_limiter]") {
     auto counters = std::make_shared<watched_counters>();
     limiter a{counters, per_minute(1), options()};
     auto keyed = [](std::string key) {
@@ -143,7 +147,8 @@ TEST_CASE("shared_rate_limiter: a key the client sends is its bucket, and the st
     }
 }
 
-TEST_CASE("shared_rate_limiter: a store that cannot be reached gets 503, or with fall_back_to_local each replica counts alone", "[shared_rate_limiter]") {
+TEST_CASE("shared_rate_limiter: a store that cannot be reached gets 503, or with fall_back_to_local each replica counts alone",
+          "[shared_rate_limiter]") {
     auto counters = std::make_shared<watched_counters>();
     counters->down = true;
     SECTION("refuse") {

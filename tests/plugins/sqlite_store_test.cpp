@@ -239,14 +239,12 @@ TEST_CASE("sqlite_store: a file from a newer schema version is refused, not modi
     temp_db file;
     { sqlite_store store({.path = file.path()}); }
     raw_db(file.path()).exec("PRAGMA user_version = 9999");
-    CHECK_THROWS_WITH(sqlite_store({.path = file.path()}),
-                      Catch::Contains(file.path()) && Catch::Contains("9999"));
+    CHECK_THROWS_WITH(sqlite_store({.path = file.path()}), Catch::Contains(file.path()) && Catch::Contains("9999"));
     CHECK(raw_db(file.path()).number("PRAGMA user_version") == 9999);
 }
 
 TEST_CASE("sqlite_store: a path that cannot be created throws at construction, naming the path") {
-    const std::string path =
-        (fs::temp_directory_path() / ("no-such-dir-" + chatkit::random_id({}, 16)) / "chat.db").string();
+    const std::string path = (fs::temp_directory_path() / ("no-such-dir-" + chatkit::random_id({}, 16)) / "chat.db").string();
     CHECK_THROWS_AS(sqlite_store({.path = path}), std::runtime_error);
     CHECK_THROWS_WITH(sqlite_store({.path = path}), Catch::Contains(path));
     CHECK_FALSE(fs::exists(fs::path(path).parent_path()));

@@ -30,7 +30,8 @@ constexpr auto record = &test_support::usage_record_of;
 
 TEST_CASE("sqlite_usage_store passes the usage store conformance checks") {
     std::list<test_support::temp_db> files;
-    chatkit::testing::check_usage_store_conformance([&] { return chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = files.emplace_back().path()}}; });
+    chatkit::testing::check_usage_store_conformance(
+        [&] { return chatkit::sqlite_usage_store{chatkit::sqlite_options{.path = files.emplace_back().path()}}; });
 }
 
 TEST_CASE("memory_usage_store, the reference model, passes the usage store conformance checks") {
@@ -123,11 +124,11 @@ TEST_CASE("usage_recorder: one record per chat request, with what the summary sa
     finish(recorder, chat_request(), s);
     finish(recorder, chat_request("/chat"), s);
     finish(recorder, chat_request("/v1/chat"), s);
-    finish(recorder, chat_request("/v1/messages"), s);  // the Anthropic and Responses surfaces
-    finish(recorder, chat_request("/v1/responses"), s); // bill as every chat does
-    finish(recorder, chat_request("/health", "GET"), s);       // not a chat route
-    finish(recorder, chat_request("/v1/models", "GET"), s);    // not a chat route
-    finish(recorder, chat_request("/chat", "GET"), s);         // a 405, not a chat
+    finish(recorder, chat_request("/v1/messages"), s);      // the Anthropic and Responses surfaces
+    finish(recorder, chat_request("/v1/responses"), s);     // bill as every chat does
+    finish(recorder, chat_request("/health", "GET"), s);    // not a chat route
+    finish(recorder, chat_request("/v1/models", "GET"), s); // not a chat route
+    finish(recorder, chat_request("/chat", "GET"), s);      // a 405, not a chat
     REQUIRE(recorder.flush());
     std::lock_guard lock{store->mutex};
     REQUIRE(store->records.size() == 5);
@@ -214,8 +215,9 @@ TEST_CASE("usage_recorder: a store still down when the recorder stops gets a few
 TEST_CASE("usage report: days from 1 to 366, a team's own usage, and another team's for the admin key only") {
     chatkit::memory_usage_store store;
     const auto now = chatkit::now_unix_ms();
-    REQUIRE(store.append(std::vector{record("t1", "key_a", "m", now - 1000, 10, 20, 0.5), record("t1", "key_a", "m", now - 40 * day, 1, 1, 9.0),
-                                     record("t2", "key_c", "m", now - 1000, 1, 1, 3.0)}));
+    REQUIRE(
+        store.append(std::vector{record("t1", "key_a", "m", now - 1000, 10, 20, 0.5), record("t1", "key_a", "m", now - 40 * day, 1, 1, 9.0),
+                                 record("t2", "key_c", "m", now - 1000, 1, 1, 3.0)}));
     const auto names = [](const std::string& id) { return id == "t1" ? std::string{"Team One"} : std::string{}; };
 
     auto req = chat_request("/v1/usage", "GET");
@@ -259,7 +261,7 @@ TEST_CASE("usage dashboard: series per hour or day, breakdowns, rates and percen
     std::vector<usage_record> rs;
     for (int i = 0; i < 10; ++i) {
         auto r = record("t1", "key_a", "gpt-4o", dec1 + 6 * day + i * 60'000, 10, 10, 0.01);
-        r.latency_ms = i + 1; // 1..10 ms
+        r.latency_ms = i + 1;                                 // 1..10 ms
         r.time_to_first_token_ms = i < 5 ? 0.5 * (i + 1) : 0; // five streamed answers
         r.cached = i == 0;
         rs.push_back(r);
@@ -308,13 +310,15 @@ TEST_CASE("usage dashboard: series per hour or day, breakdowns, rates and percen
     auto t1 = week;
     t1.team_id = "t1";
     auto team = chatkit::usage_dashboard_json(store, t1, names).value();
-    auto report = chatkit::usage_report_json("t1", "Team One", week.period, store.summarize({"t1", week.period.since, week.period.until}).value());
+    auto report = chatkit::usage_report_json("t1", "Team One", week.period,
+                                             store.summarize({"t1", week.period.since, week.period.until}).value());
     for (const char* field : {"total_requests", "total_tokens", "total_cost_usd", "avg_daily_cost_usd", "unpriced_requests"})
         CHECK(team["summary"][field] == report["summary"][field]);
     CHECK(team["team_name"] == "Team One");
     REQUIRE(team["by_model"].size() == report["by_model"].size());
     for (std::size_t i = 0; i < report["by_model"].size(); ++i)
-        for (const char* field : {"model", "requests", "tokens", "cost_usd"}) CHECK(team["by_model"][i][field] == report["by_model"][i][field]);
+        for (const char* field : {"model", "requests", "tokens", "cost_usd"})
+            CHECK(team["by_model"][i][field] == report["by_model"][i][field]);
 
     // One model; and one day, by the hour up to the current one.
     auto mini = week;
@@ -341,7 +345,8 @@ TEST_CASE("usage dashboard: series per hour or day, breakdowns, rates and percen
 TEST_CASE("usage dashboard route: a team key sees its own team only, the admin key every team or one, bad input is a 400") {
     chatkit::memory_usage_store store;
     const auto now = chatkit::now_unix_ms();
-    REQUIRE(store.append(std::vector{record("t1", "key_a", "m", now - 1000, 10, 20, 0.5), record("t2", "key_c", "m", now - 1000, 1, 1, 3.0)}));
+    REQUIRE(
+        store.append(std::vector{record("t1", "key_a", "m", now - 1000, 10, 20, 0.5), record("t2", "key_c", "m", now - 1000, 1, 1, 3.0)}));
     const auto names = [](const std::string&) { return std::string{}; };
 
     auto req = chat_request("/v1/usage/dashboard", "GET");

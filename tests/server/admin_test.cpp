@@ -19,13 +19,13 @@
 #include <thread>
 
 using nlohmann::json;
+using test_support::bearer;
+using test_support::hex;
+using test_support::promtool_check;
 using test_support::run_to_exit;
 using test_support::server_process;
-using test_support::hex;
 using test_support::sha256;
-using test_support::bearer;
 using test_support::temp_dir;
-using test_support::promtool_check;
 
 namespace {
 
@@ -185,10 +185,10 @@ TEST_CASE("admin: no key gets 401, a team key 403, and bad bodies 400 naming the
     check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"rpm", 1.5}}), 400, "invalid_value", "rpm");
     check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"tpm", "lots"}}), 400, "invalid_value", "tpm");
     check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"budget_usd", 5}}), 400, "invalid_value", "budget_period");
-    check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"budget_usd", -5}, {"budget_period", "month"}}), 400,
-                "invalid_value", "budget_usd");
-    check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"budget_usd", 5}, {"budget_period", "week"}}), 400,
-                "invalid_value", "budget_period");
+    check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"budget_usd", -5}, {"budget_period", "month"}}), 400, "invalid_value",
+                "budget_usd");
+    check_error(post(c, "/admin/teams", admin_key, {{"id", "x"}, {"budget_usd", 5}, {"budget_period", "week"}}), 400, "invalid_value",
+                "budget_period");
     check_error(post(c, "/admin/keys", admin_key, {{"name", "no team"}}), 400, "invalid_value", "team");
     check_error(post(c, "/admin/keys", admin_key, {{"team", "nope"}}), 400, "team_not_found", "team");
     check_error(post(c, "/admin/keys", admin_key, {{"team", "t"}, {"expires_in", "soon"}}), 400, "invalid_value", "expires_in");
@@ -221,8 +221,8 @@ TEST_CASE("admin: CHAT_ADMIN_KEY as sha256:<hex> of the key works, and neither t
 TEST_CASE("admin: a malformed CHAT_ADMIN_KEY stops start-up naming the variable without quoting it, and without CHAT_AUTH=keys "
           "CHAT_ADMIN_KEY stops start-up and /admin answers 404") {
     temp_dir dir;
-    const std::map<std::string, std::string> base{{"CHAT_PORT", "0"}, {"CHAT_AUTH", "keys"},
-                                                  {"CHAT_DATABASE_URL", "sqlite:" + (dir.path() / "keys.db").string()}};
+    const std::map<std::string, std::string> base{
+        {"CHAT_PORT", "0"}, {"CHAT_AUTH", "keys"}, {"CHAT_DATABASE_URL", "sqlite:" + (dir.path() / "keys.db").string()}};
     const std::string short_key = "too-short-admin-key-31-characte";
     REQUIRE(short_key.size() == 31);
     const std::string bad_hex = "sha256:" + hex(sha256(admin_key)).substr(0, 62) + "zz";

@@ -18,8 +18,10 @@ namespace {
 constexpr const char* secret_key = "sk-ant-relay-SECRET-987654321";
 
 std::map<std::string, std::string> relay_env(const fake_anthropic& fake, std::map<std::string, std::string> more = {}) {
-    std::map<std::string, std::string> env{{"ANTHROPIC_API_KEY", secret_key}, {"ANTHROPIC_BASE_URL", fake.base_url()},
-                                           {"CHAT_MODEL", "claude-fake"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
+    std::map<std::string, std::string> env{{"ANTHROPIC_API_KEY", secret_key},
+                                           {"ANTHROPIC_BASE_URL", fake.base_url()},
+                                           {"CHAT_MODEL", "claude-fake"},
+                                           {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
 }
@@ -84,7 +86,8 @@ TEST_CASE("CHAT_PROVIDER=anthropic streams /v1/chat/completions with usage inclu
     fake.script({cached});
     server_process server{relay_env(fake, {{"CHAT_PROVIDER", "anthropic"}, {"CHAT_DEFAULT_MAX_TOKENS", "321"}})};
     auto c = server.client();
-    const json ask = {{"stream", true}, {"stream_options", {{"include_usage", true}}}, {"messages", {{{"role", "user"}, {"content", "x y"}}}}};
+    const json ask = {
+        {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"messages", {{{"role", "user"}, {"content", "x y"}}}}};
     auto streamed = post_json(c, "/v1/chat/completions", ask);
     REQUIRE(streamed);
     REQUIRE(streamed->status == 200);
@@ -205,16 +208,21 @@ TEST_CASE("a tool call round-trips through Anthropic from every surface: Chat Co
     const auto item = json::parse(response->body)["output"][0];
     CHECK(item["type"] == "function_call");
     CHECK(json::parse(item["arguments"].get<std::string>()) == json{{"q", "weather in Oslo?"}});
-    auto followed = post_json(c, "/v1/responses", {{"tools", {function}},
-                                                   {"input", {{{"role", "user"}, {"content", "weather in Oslo?"}},
-                                                              item,
-                                                              {{"type", "function_call_output"}, {"call_id", item["call_id"]}, {"output", "snow"}}}}});
+    auto followed = post_json(c, "/v1/responses",
+                              {{"tools", {function}},
+                               {"input",
+                                {{{"role", "user"}, {"content", "weather in Oslo?"}},
+                                 item,
+                                 {{"type", "function_call_output"}, {"call_id", item["call_id"]}, {"output", "snow"}}}}});
     REQUIRE(followed->status == 200);
     CHECK(json::parse(followed->body)["output"][0]["content"][0]["text"] == "tool said: snow");
 
     // Messages: a tool_use block out (streamed: its input as input_json_delta), tool_result back in.
     const json tool = {{"name", "get_weather"}, {"input_schema", {{"type", "object"}}}};
-    const json ask = {{"model", "claude-fake"}, {"max_tokens", 100}, {"tools", {tool}}, {"stream", true},
+    const json ask = {{"model", "claude-fake"},
+                      {"max_tokens", 100},
+                      {"tools", {tool}},
+                      {"stream", true},
                       {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
     auto events = post_json(c, "/v1/messages", ask);
     REQUIRE(events->status == 200);
@@ -223,14 +231,18 @@ TEST_CASE("a tool call round-trips through Anthropic from every surface: Chat Co
     for (const auto& line : data_lines(events->body)) {
         const auto e = json::parse(line);
         if (e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use") tool_id = e["content_block"]["id"];
-        if (e["type"] == "content_block_delta" && e["delta"]["type"] == "input_json_delta") input += e["delta"]["partial_json"].get<std::string>();
+        if (e["type"] == "content_block_delta" && e["delta"]["type"] == "input_json_delta")
+            input += e["delta"]["partial_json"].get<std::string>();
         if (e["type"] == "message_delta") CHECK(e["delta"]["stop_reason"] == "tool_use");
     }
     CHECK(json::parse(input) == json{{"q", "weather in Lima?"}});
     auto result = ask;
     result.erase("stream");
-    result["messages"].push_back({{"role", "assistant"}, {"content", {{{"type", "tool_use"}, {"id", tool_id}, {"name", "get_weather"}, {"input", json::parse(input)}}}}});
-    result["messages"].push_back({{"role", "user"}, {"content", {{{"type", "tool_result"}, {"tool_use_id", tool_id}, {"content", "warm"}}}}});
+    result["messages"].push_back(
+        {{"role", "assistant"},
+         {"content", {{{"type", "tool_use"}, {"id", tool_id}, {"name", "get_weather"}, {"input", json::parse(input)}}}}});
+    result["messages"].push_back(
+        {{"role", "user"}, {"content", {{{"type", "tool_result"}, {"tool_use_id", tool_id}, {"content", "warm"}}}}});
     auto message = post_json(c, "/v1/messages", result);
     REQUIRE(message->status == 200);
     const auto body = json::parse(message->body);

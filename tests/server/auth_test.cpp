@@ -17,13 +17,13 @@
 #include <vector>
 
 using nlohmann::json;
+using test_support::bearer;
+using test_support::cli;
+using test_support::hex;
+using test_support::last_json;
 using test_support::run_to_exit;
 using test_support::server_process;
-using test_support::cli;
-using test_support::last_json;
-using test_support::hex;
 using test_support::sha256;
-using test_support::bearer;
 using test_support::temp_dir;
 
 namespace {
@@ -42,7 +42,8 @@ std::string read_bytes(const std::filesystem::path& p) {
     return {std::istreambuf_iterator<char>{in}, {}};
 }
 
-httplib::Result chat(httplib::Client& c, const httplib::Headers& headers, const std::string& user = "ada", const std::string& content = "hello") {
+httplib::Result chat(httplib::Client& c, const httplib::Headers& headers, const std::string& user = "ada",
+                     const std::string& content = "hello") {
     return c.Post("/chat", headers, json{{"user_id", user}, {"content", content}}.dump(), "application/json");
 }
 
@@ -238,7 +239,7 @@ TEST_CASE("auth: a key reads and writes only its own history, whatever user id i
 TEST_CASE("auth: the CLI refuses bad usage with exit code 2, and CHAT_AUTH=keys with CHAT_DATABASE_URL=none stops at start-up") {
     temp_dir dir;
     const auto db = dir.path() / "keys.db";
-    CHECK(cli(db, {"keys", "create"}).exit_code == 2);                                    // no --team
+    CHECK(cli(db, {"keys", "create"}).exit_code == 2); // no --team
     CHECK(cli(db, {"keys", "frobnicate"}).exit_code == 2);
     CHECK(cli(db, {"teams", "create", "--id", "x", "--budget-usd", "5"}).exit_code == 2); // no period
     CHECK(cli(db, {"teams", "create", "--id", "x", "--rpm", "lots"}).exit_code == 2);
@@ -255,11 +256,15 @@ TEST_CASE("auth: the CLI refuses bad usage with exit code 2, and CHAT_AUTH=keys 
     // With no database there is nowhere to keep keys (DynamoDB: tests/server/aws_backends_test.cpp).
     const auto cli_run = run_to_exit({{"CHAT_DATABASE_URL", "none"}}, {"keys", "list"});
     CHECK(cli_run.exit_code == 2);
-    CHECK(cli_run.output.find("sample_server keys list needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is 'none')") != std::string::npos);
+    CHECK(cli_run.output.find(
+              "sample_server keys list needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is 'none')") !=
+          std::string::npos);
     const auto start = run_to_exit({{"CHAT_DATABASE_URL", "none"}, {"CHAT_AUTH", "keys"}, {"CHAT_PORT", "0"}}, {});
     INFO(start.output);
     CHECK(start.exit_code == 2);
-    CHECK(start.output.find("CHAT_AUTH=keys needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is 'none')") != std::string::npos);
+    CHECK(
+        start.output.find("CHAT_AUTH=keys needs CHAT_DATABASE_URL=sqlite:PATH, dynamodb://TABLE or postgresql://HOST/DB (it is 'none')") !=
+        std::string::npos);
 }
 
 TEST_CASE("auth: with CHAT_AUTH=none on a non-loopback address the server warns at start-up") {
@@ -356,7 +361,8 @@ TEST_CASE("auth limits: 50 concurrent requests with a key of --rpm 10 get exactl
     CHECK(health->get_header_value("x-ratelimit-limit-requests").empty());
 }
 
-TEST_CASE("auth limits: a team with --rpm 10 lets 10 requests through in total across its two keys, and a key without limits gets no headers") {
+TEST_CASE(
+    "auth limits: a team with --rpm 10 lets 10 requests through in total across its two keys, and a key without limits gets no headers") {
     temp_dir dir;
     const auto db = dir.path() / "keys.db";
     REQUIRE(cli(db, {"teams", "create", "--id", "small", "--rpm", "10"}).exit_code == 0);

@@ -26,12 +26,12 @@
 #include <thread>
 
 using nlohmann::json;
+using test_support::burst_over;
 using test_support::emulator_process;
 using test_support::fake_openai;
-using test_support::burst_over;
+using test_support::last_json;
 using test_support::server_process;
 using test_support::wait_for_a_fresh_minute;
-using test_support::last_json;
 
 namespace {
 
@@ -94,8 +94,7 @@ httplib::Result chat(httplib::Client& c, const std::string& user, const std::str
 }
 
 httplib::Result chat_with_key(httplib::Client& c, const std::string& key) {
-    return c.Post("/chat", {{"Authorization", "Bearer " + key}}, json{{"user_id", "kim"}, {"content", "hello"}}.dump(),
-                  "application/json");
+    return c.Post("/chat", {{"Authorization", "Bearer " + key}}, json{{"user_id", "kim"}, {"content", "hello"}}.dump(), "application/json");
 }
 
 std::string sha256_hex(const std::string& text) {
@@ -146,9 +145,9 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, history is kept in DynamoDB 
 
     // The items are in the table, with the TTL attribute the URL asked for.
     chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
-    auto items = client.call("Query", {{"TableName", table},
-                                       {"KeyConditionExpression", "user_id = :u"},
-                                       {"ExpressionAttributeValues", {{":u", {{"S", "dana"}}}}}});
+    auto items = client.call(
+        "Query",
+        {{"TableName", table}, {"KeyConditionExpression", "user_id = :u"}, {"ExpressionAttributeValues", {{":u", {{"S", "dana"}}}}}});
     REQUIRE(items);
     REQUIRE((*items)["Items"].size() == 2);
     CHECK((*items)["Items"][0].contains("expires_at"));
@@ -326,7 +325,8 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, the /admin routes make and r
     CHECK(server.log().find(sha256_hex(admin_key)) == std::string::npos);
 }
 
-TEST_CASE("the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN names, and a rotated key is used after CHAT_SECRET_REFRESH") {
+TEST_CASE(
+    "the OpenAI key comes from the secret CHAT_OPENAI_API_KEY_SECRET_ARN names, and a rotated key is used after CHAT_SECRET_REFRESH") {
     fake_openai fake;
     const auto arn = create_secret(R"({"api_key":"sk-from-secret-0001"})");
     server_process server{secret_env(fake, arn)};
@@ -368,7 +368,7 @@ TEST_CASE("the Anthropic and Gemini keys come from the secrets CHAT_ANTHROPIC_AP
     }
     SECTION("gemini") {
         test_support::fake_gemini fake{{}, "AIza-from-secret-0006"}; // refuses any other key
-        const auto arn = create_secret("AIza-from-secret-0006"); // the bare key
+        const auto arn = create_secret("AIza-from-secret-0006");     // the bare key
         server_process server{with_secret({{"CHAT_GEMINI_API_KEY_SECRET_ARN", arn}, {"CHAT_GEMINI_BASE_URL", fake.base_url()}})};
         CHECK(server.log().find("using the Gemini provider") != std::string::npos);
         auto c = server.client();
@@ -377,10 +377,11 @@ TEST_CASE("the Anthropic and Gemini keys come from the secrets CHAT_ANTHROPIC_AP
         CHECK(server.log().find("AIza-from-secret") == std::string::npos);
     }
     SECTION("a key and its secret both set stop start-up") {
-        auto r = test_support::run_to_exit({{"CHAT_PORT", "0"},
-                                            {"ANTHROPIC_API_KEY", "sk-ant-plain-0007"},
-                                            {"CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:k"}},
-                                           {});
+        auto r = test_support::run_to_exit(
+            {{"CHAT_PORT", "0"},
+             {"ANTHROPIC_API_KEY", "sk-ant-plain-0007"},
+             {"CHAT_ANTHROPIC_API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:k"}},
+            {});
         CHECK(r.exit_code == 2);
         CHECK(r.output.find("keep one") != std::string::npos);
         CHECK(r.output.find("sk-ant-plain-0007") == std::string::npos);
@@ -398,7 +399,8 @@ TEST_CASE("a key the upstream refuses (401, or Gemini's API_KEY_INVALID) makes t
         REQUIRE(chat(c, "ivy", "one")->status == 200);
 
         put_secret(arn, R"({"api_key":"sk-after-0009"})"); // rotated, and the old key revoked upstream
-        fake.script({test_support::status_reply(401, "Incorrect API key provided: sk-befo****0008.", "invalid_request_error", "invalid_api_key")});
+        fake.script(
+            {test_support::status_reply(401, "Incorrect API key provided: sk-befo****0008.", "invalid_request_error", "invalid_api_key")});
         auto refused = chat(c, "ivy", "two");
         REQUIRE(refused);
         CHECK(refused->status == 502);
@@ -507,7 +509,9 @@ TEST_CASE("a bad dynamodb URL, a missing keys table with CHAT_AUTH=keys, or both
     // CHAT_AUTH=keys reads the keys before serving: a keys table that does not exist stops start-up.
     auto env = aws_env(dynalite(), "AWS_ENDPOINT_URL_DYNAMODB");
     env.merge(std::map<std::string, std::string>{{"CHAT_DATABASE_URL", "dynamodb://" + create_table() + "?keys_table=no-such-keys"},
-                                                 {"CHAT_AUTH", "keys"}, {"CHAT_PROVIDER", "echo"}, {"CHAT_PORT", "0"}});
+                                                 {"CHAT_AUTH", "keys"},
+                                                 {"CHAT_PROVIDER", "echo"},
+                                                 {"CHAT_PORT", "0"}});
     r = test_support::run_to_exit(env, {});
     INFO(r.output);
     CHECK(r.exit_code == 1);
@@ -523,7 +527,8 @@ TEST_CASE("a bad dynamodb URL, a missing keys table with CHAT_AUTH=keys, or both
     CHECK(r.output.find("sk-plain-key-0004") == std::string::npos);
 }
 
-TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/usage totals equal the sum of the answers' costs, read from TABLE-usage, and the dashboard's data agrees") {
+TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/usage totals equal the sum of the answers' costs, read from "
+          "TABLE-usage, and the dashboard's data agrees") {
     const auto table = create_table();
     {
         chatkit::aws::json_client client{chatkit::dynamodb_store::service(), {}, dynalite().aws_environment()};
@@ -604,7 +609,8 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE and CHAT_AUTH=keys, GET /v1/u
         REQUIRE(own->status == 200);
         CHECK(json::parse(own->body)["summary"]["total_requests"] == 5);
         CHECK(json::parse(own->body)["summary"]["total_tokens"] == usage["summary"]["total_tokens"]);
-        CHECK(json::parse(own->body)["summary"]["total_cost_usd"].get<double>() == Approx(usage["summary"]["total_cost_usd"].get<double>()));
+        CHECK(json::parse(own->body)["summary"]["total_cost_usd"].get<double>() ==
+              Approx(usage["summary"]["total_cost_usd"].get<double>()));
         auto every = c.Get("/v1/usage/dashboard?days=7", {{"Authorization", "Bearer " + admin_key}});
         REQUIRE(every);
         INFO(every->body);
@@ -660,7 +666,7 @@ TEST_CASE("with CHAT_DATABASE_URL=dynamodb://TABLE, a key's and a team's budget 
         return last_json(made.output)["key"].get<std::string>();
     };
     const std::string key_capped = made_key({"--team", "open", "--budget-usd", budget, "--budget-period", "day"}); // the key_id-sk index
-    const std::string team_capped = made_key({"--team", "capped"});                                                 // the team's partition
+    const std::string team_capped = made_key({"--team", "capped"});                                                // the team's partition
 
     auto server_env = env;
     server_env["CHAT_AUTH"] = "keys";
@@ -727,10 +733,10 @@ shared_fleet make_fleet(std::vector<std::string> team_flags) {
     return f;
 }
 
-
 } // namespace
 
-TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce one limit: 50 requests over both against a team's 10 per minute get exactly 10 answers") {
+TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce one limit: 50 requests over both against a team's 10 per "
+          "minute get exactly 10 answers") {
     auto [table, env, key] = make_fleet({"--rpm", "10"});
     env["CHAT_SERVER"] = "beast"; // the checks run on its worker pool
     server_process first{env}, second{env};
@@ -763,7 +769,8 @@ TEST_CASE("with CHAT_LIMITS=shared, two servers on one DynamoDB database enforce
     CHECK(first.log().find(key.substr(3)) == std::string::npos);
 }
 
-TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers against a budget that fits 10 worst cases: exactly 10 answers, and settled answers give the rest back") {
+TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers against a budget that fits 10 worst cases: exactly 10 answers, "
+          "and settled answers give the rest back") {
     test_support::temp_dir dir;
     const auto prices = dir.path() / "prices.json";
     std::ofstream{prices} << json{{"models", {{"echo-1", {{"input", 1000.0}, {"output", 1000.0}}}}}}.dump(); // $0.001 per token
@@ -807,7 +814,8 @@ TEST_CASE("with CHAT_LIMITS=shared, 50 concurrent requests over two servers agai
 }
 
 TEST_CASE("CHAT_LIMITS=shared needs Redis or a DynamoDB database: start-up says so") {
-    auto r = test_support::run_to_exit({{"CHAT_LIMITS", "shared"}, {"CHAT_AUTH", "keys"}, {"CHAT_SERVER", "httplib"}, {"CHAT_PORT", "0"}}, {});
+    auto r = test_support::run_to_exit({{"CHAT_LIMITS", "shared"}, {"CHAT_AUTH", "keys"}, {"CHAT_SERVER", "httplib"}, {"CHAT_PORT", "0"}},
+                                       {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("CHAT_LIMITS=shared keeps its counters in Redis or DynamoDB") != std::string::npos);
     r = test_support::run_to_exit({{"CHAT_LIMITS", "everywhere"}}, {});

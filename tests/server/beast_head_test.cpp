@@ -78,7 +78,8 @@ struct response {
     std::string body;
     std::size_t count(std::string_view name) const {
         std::size_t n = 0;
-        for (const auto& [k, v] : fields) n += chatkit::case_insensitive_less{}(k, name) || chatkit::case_insensitive_less{}(name, k) ? 0 : 1;
+        for (const auto& [k, v] : fields)
+            n += chatkit::case_insensitive_less{}(k, name) || chatkit::case_insensitive_less{}(name, k) ? 0 : 1;
         return n;
     }
     std::string field(std::string_view name) const {

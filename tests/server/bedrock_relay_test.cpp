@@ -19,15 +19,13 @@ constexpr const char* secret_key = "server/secret/KEY0123456789";
 
 std::map<std::string, std::string> bedrock_env(const fake_bedrock& fake, std::map<std::string, std::string> more = {}) {
     std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", access_key}, {"AWS_SECRET_ACCESS_KEY", secret_key},
-                                           {"AWS_REGION", "us-west-2"}, {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint()},
-                                           {"CHAT_MODEL", "nova-lite"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
+                                           {"AWS_REGION", "us-west-2"},       {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint()},
+                                           {"CHAT_MODEL", "nova-lite"},       {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
 }
 
-httplib::Result post_json(httplib::Client& c, const char* path, const json& body) {
-    return c.Post(path, body.dump(), "application/json");
-}
+httplib::Result post_json(httplib::Client& c, const char* path, const json& body) { return c.Post(path, body.dump(), "application/json"); }
 
 } // namespace
 
@@ -61,7 +59,9 @@ TEST_CASE("/chat and /v1/chat/completions stream through ConverseStream") {
     CHECK(chat->body.find("\"content\":\"echo: a b\"") != std::string::npos);
 
     auto openai = post_json(c, "/v1/chat/completions",
-                            {{"model", "claude-3-haiku"}, {"stream", true}, {"stream_options", {{"include_usage", true}}},
+                            {{"model", "claude-3-haiku"},
+                             {"stream", true},
+                             {"stream_options", {{"include_usage", true}}},
                              {"messages", {{{"role", "user"}, {"content", "x y"}}}}});
     REQUIRE(openai->status == 200);
     CHECK(openai->body.find("\"content\":\" y\"") != std::string::npos);
@@ -85,9 +85,12 @@ TEST_CASE("Bedrock errors reach the client: 429 after retries, 400, and an SSE e
 }
 
 TEST_CASE("CHAT_PROVIDER=bedrock without a region stops start-up with a clear message") {
-    const auto r = test_support::run_to_exit({{"CHAT_PROVIDER", "bedrock"}, {"CHAT_PORT", "0"}, {"AWS_REGION", ""}, {"AWS_DEFAULT_REGION", ""},
-                                             {"AWS_CONFIG_FILE", "/nonexistent"}},
-                                            {});
+    const auto r = test_support::run_to_exit({{"CHAT_PROVIDER", "bedrock"},
+                                              {"CHAT_PORT", "0"},
+                                              {"AWS_REGION", ""},
+                                              {"AWS_DEFAULT_REGION", ""},
+                                              {"AWS_CONFIG_FILE", "/nonexistent"}},
+                                             {});
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("AWS_REGION") != std::string::npos);
 }
@@ -98,7 +101,10 @@ TEST_CASE("a tool call round-trips through Bedrock from /v1/messages and /v1/cha
     auto c = server.client();
     // Anthropic's Messages in: a tool_use block out, the tool_result back in.
     const json tool = {{"name", "get_weather"}, {"input_schema", {{"type", "object"}}}};
-    json ask = {{"model", "nova-lite"}, {"max_tokens", 100}, {"tools", {tool}}, {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
+    json ask = {{"model", "nova-lite"},
+                {"max_tokens", 100},
+                {"tools", {tool}},
+                {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
     auto first = c.Post("/v1/messages", {{"X-Request-ID", "bedrock-tools-1"}}, ask.dump(), "application/json");
     REQUIRE(first->status == 200);
     const auto message = json::parse(first->body);
@@ -108,7 +114,8 @@ TEST_CASE("a tool call round-trips through Bedrock from /v1/messages and /v1/cha
     CHECK(use["type"] == "tool_use");
     CHECK(use["input"] == json{{"q", "weather in Lima?"}});
     ask["messages"].push_back({{"role", "assistant"}, {"content", message["content"]}});
-    ask["messages"].push_back({{"role", "user"}, {"content", {{{"type", "tool_result"}, {"tool_use_id", use["id"]}, {"content", "warm"}}}}});
+    ask["messages"].push_back(
+        {{"role", "user"}, {"content", {{{"type", "tool_result"}, {"tool_use_id", use["id"]}, {"content", "warm"}}}}});
     auto second = post_json(c, "/v1/messages", ask);
     REQUIRE(second->status == 200);
     CHECK(json::parse(second->body)["content"][0]["text"] == "tool said: warm");

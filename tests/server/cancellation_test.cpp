@@ -90,7 +90,8 @@ int connect_to(int port) {
 }
 
 std::string chat_request(bool stream) {
-    const std::string body = json{{"model", "fake-1"}, {"stream", stream}, {"messages", {{{"role", "user"}, {"content", "think hard"}}}}}.dump();
+    const std::string body =
+        json{{"model", "fake-1"}, {"stream", stream}, {"messages", {{{"role", "user"}, {"content", "think hard"}}}}}.dump();
     return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\n\r\n" + body;
 }
@@ -101,9 +102,12 @@ TEST_CASE("a client that leaves while the model thinks makes the provider close 
     const bool stream = GENERATE(false, true);
     CAPTURE(stream);
     silent_upstream upstream;
-    test_support::server_process server{{{"CHAT_PROVIDER", "openai"}, {"OPENAI_BASE_URL", upstream.base_url()},
-                                         {"OPENAI_API_KEY", "sk-test"}, {"CHAT_UPSTREAM_TIMEOUT", "60"},
-                                         {"CHAT_UPSTREAM_MAX_RETRIES", "0"}, {"CHAT_SERVER", "beast"}}};
+    test_support::server_process server{{{"CHAT_PROVIDER", "openai"},
+                                         {"OPENAI_BASE_URL", upstream.base_url()},
+                                         {"OPENAI_API_KEY", "sk-test"},
+                                         {"CHAT_UPSTREAM_TIMEOUT", "60"},
+                                         {"CHAT_UPSTREAM_MAX_RETRIES", "0"},
+                                         {"CHAT_SERVER", "beast"}}};
     auto arrived = upstream.request_arrived();
     auto closed = upstream.connection_closed();
     const int client = connect_to(server.port());
@@ -132,9 +136,12 @@ TEST_CASE("a client that leaves while the model thinks makes the provider close 
 
 TEST_CASE("a request past CHAT_REQUEST_DEADLINE is answered 504 and its upstream call closed") {
     silent_upstream upstream;
-    test_support::server_process server{{{"CHAT_PROVIDER", "openai"}, {"OPENAI_BASE_URL", upstream.base_url()},
-                                         {"OPENAI_API_KEY", "sk-test"}, {"CHAT_UPSTREAM_TIMEOUT", "60"},
-                                         {"CHAT_REQUEST_DEADLINE", "1"}, {"CHAT_SERVER", "beast"}}};
+    test_support::server_process server{{{"CHAT_PROVIDER", "openai"},
+                                         {"OPENAI_BASE_URL", upstream.base_url()},
+                                         {"OPENAI_API_KEY", "sk-test"},
+                                         {"CHAT_UPSTREAM_TIMEOUT", "60"},
+                                         {"CHAT_REQUEST_DEADLINE", "1"},
+                                         {"CHAT_SERVER", "beast"}}};
     auto closed = upstream.connection_closed();
     auto client = server.client();
     client.set_read_timeout(30, 0);
@@ -151,9 +158,12 @@ TEST_CASE("a retry waiting on the upstream's Retry-After is cut short by cancell
     auto busy = test_support::status_reply(429, "slow down", "rate_limit_exceeded");
     busy.headers = {{"Retry-After", "60"}};
     test_support::fake_openai upstream{busy};
-    test_support::server_process server{{{"CHAT_PROVIDER", "openai"}, {"OPENAI_BASE_URL", upstream.base_url()},
-                                         {"OPENAI_API_KEY", "sk-test"}, {"CHAT_UPSTREAM_DEADLINE", "300"},
-                                         {"CHAT_REQUEST_DEADLINE", "1"}, {"CHAT_SERVER", "beast"}}};
+    test_support::server_process server{{{"CHAT_PROVIDER", "openai"},
+                                         {"OPENAI_BASE_URL", upstream.base_url()},
+                                         {"OPENAI_API_KEY", "sk-test"},
+                                         {"CHAT_UPSTREAM_DEADLINE", "300"},
+                                         {"CHAT_REQUEST_DEADLINE", "1"},
+                                         {"CHAT_SERVER", "beast"}}};
     auto client = server.client();
     client.set_read_timeout(30, 0); // half the upstream's Retry-After: an answer at all means the wait was cut short
     const auto res = client.Post("/v1/chat/completions", chat_request(false).substr(chat_request(false).find("\r\n\r\n") + 4),

@@ -188,7 +188,8 @@ TEST_CASE("conversations: the design's walk-through, every route answering in th
         if (page["next_cursor"].is_null()) break;
         cursor = page["next_cursor"];
     }
-    CHECK(contents == std::vector<std::string>{"What is the weather like today?", "What is the weather like today?", "and tomorrow?", "and tomorrow?"});
+    CHECK(contents ==
+          std::vector<std::string>{"What is the weather like today?", "What is the weather like today?", "and tomorrow?", "and tomorrow?"});
 
     // list, newest first
     const auto newer = create(c, {{"user_id", "user_123"}});
@@ -316,7 +317,8 @@ TEST_CASE("conversations: a turn is sent with the system prompt and the newest e
 
     const auto sent = fake.requests();
     REQUIRE(sent.size() == 3);
-    const json expected_first = json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "first question"}}});
+    const json expected_first = json::array(
+        {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "first question"}}});
     CHECK(sent[0].body["messages"] == expected_first);
     const json expected_third = json::array({{{"role", "system"}, {"content", "Be brief."}},
                                              {{"role", "user"}, {"content", "second question"}},

@@ -120,6 +120,6 @@ TEST_CASE("crash safety: 20 kills of sample_server under load lose no acknowledg
     CHECK(std::set<std::string>(usage.begin(), usage.end()).size() == usage.size());
     const auto stored_requests = rows(db, "SELECT DISTINCT request_id FROM messages");
     CHECK(usage.size() <= stored_requests.size());
-    WARN("usage records kept: " << usage.size() << " of " << stored_requests.size() << " stored exchanges ("
-                                << acknowledged.size() << " acknowledged); the rest were queued when the server was killed");
+    WARN("usage records kept: " << usage.size() << " of " << stored_requests.size() << " stored exchanges (" << acknowledged.size()
+                                << " acknowledged); the rest were queued when the server was killed");
 }

@@ -14,13 +14,13 @@
 #include <vector>
 
 using nlohmann::json;
-using test_support::run_to_exit;
-using test_support::server_process;
+using test_support::bearer;
 using test_support::cli;
-using test_support::last_json;
 using test_support::create_key;
 using test_support::create_team;
-using test_support::bearer;
+using test_support::last_json;
+using test_support::run_to_exit;
+using test_support::server_process;
 using test_support::temp_dir;
 
 namespace {
@@ -174,10 +174,10 @@ TEST_CASE("dashboard page: GET /dashboard and its files are served from the bina
     server_process server({{"CHAT_AUTH", "keys"}, {"CHAT_ADMIN_KEY", admin_key}});
     auto c = server.client();
     for (const auto& [path, type] : std::vector<std::pair<std::string, std::string>>{{"/dashboard", "text/html"},
-                                                                                      {"/dashboard/dashboard.js", "text/javascript"},
-                                                                                      {"/dashboard/dashboard.css", "text/css"},
-                                                                                      {"/dashboard/uPlot.iife.min.js", "text/javascript"},
-                                                                                      {"/dashboard/uPlot.min.css", "text/css"}}) {
+                                                                                     {"/dashboard/dashboard.js", "text/javascript"},
+                                                                                     {"/dashboard/dashboard.css", "text/css"},
+                                                                                     {"/dashboard/uPlot.iife.min.js", "text/javascript"},
+                                                                                     {"/dashboard/uPlot.min.css", "text/css"}}) {
         INFO(path);
         auto r = c.Get(path);
         REQUIRE(r);

@@ -39,14 +39,21 @@ std::map<std::string, std::string> env_for(const fault_upstream& up, int retries
                                               {"CHAT_UPSTREAM_TIMEOUT", "1"},
                                               {"CHAT_UPSTREAM_DEADLINE", "3"}};
     switch (up.speaks()) {
-    case wire::openai: env.insert({{"CHAT_PROVIDER", "openai"}, {"OPENAI_API_KEY", planted_key}, {"OPENAI_BASE_URL", up.base_url()}}); break;
+    case wire::openai:
+        env.insert({{"CHAT_PROVIDER", "openai"}, {"OPENAI_API_KEY", planted_key}, {"OPENAI_BASE_URL", up.base_url()}});
+        break;
     case wire::anthropic:
         env.insert({{"CHAT_PROVIDER", "anthropic"}, {"ANTHROPIC_API_KEY", planted_key}, {"ANTHROPIC_BASE_URL", up.base_url()}});
         break;
-    case wire::gemini: env.insert({{"CHAT_PROVIDER", "gemini"}, {"GEMINI_API_KEY", planted_key}, {"CHAT_GEMINI_BASE_URL", up.base_url()}}); break;
+    case wire::gemini:
+        env.insert({{"CHAT_PROVIDER", "gemini"}, {"GEMINI_API_KEY", planted_key}, {"CHAT_GEMINI_BASE_URL", up.base_url()}});
+        break;
     case wire::bedrock:
-        env.insert({{"CHAT_PROVIDER", "bedrock"}, {"AWS_ACCESS_KEY_ID", aws_access_key_id}, {"AWS_SECRET_ACCESS_KEY", planted_key},
-                    {"AWS_REGION", "us-west-2"}, {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", up.base_url()}});
+        env.insert({{"CHAT_PROVIDER", "bedrock"},
+                    {"AWS_ACCESS_KEY_ID", aws_access_key_id},
+                    {"AWS_SECRET_ACCESS_KEY", planted_key},
+                    {"AWS_REGION", "us-west-2"},
+                    {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME", up.base_url()}});
         break;
     }
     return env;
@@ -71,7 +78,8 @@ void check_requests(const fault_upstream& up) {
         case wire::openai: CHECK(req.target == "/v1/chat/completions"); break;
         case wire::anthropic: CHECK(req.target == "/v1/messages"); break;
         case wire::gemini:
-            CHECK((req.target == "/v1beta/models/fault-1:generateContent" || req.target == "/v1beta/models/fault-1:streamGenerateContent?alt=sse"));
+            CHECK((req.target == "/v1beta/models/fault-1:generateContent" ||
+                   req.target == "/v1beta/models/fault-1:streamGenerateContent?alt=sse"));
             break;
         case wire::bedrock: CHECK((req.target == "/model/fault-1/converse" || req.target == "/model/fault-1/converse-stream")); break;
         }
@@ -109,7 +117,7 @@ httplib::Result chat(httplib::Client& c, const std::string& user, const std::str
 struct expected {
     int status;
     std::string type;
-    std::vector<std::string> codes; // any of these
+    std::vector<std::string> codes;           // any of these
     std::optional<std::string> retry_after{}; // "": present, of any value
 };
 
@@ -241,8 +249,8 @@ void run_retried(wire w, fault f, const std::string& name) {
 }
 void run_retried(fault f, const std::string& name) { run_retried(wire::openai, f, name); }
 
-const expected unreachable{502, "upstream_error", {"upstream_unreachable"}};  // nothing had reached the client
-const expected broken{502, "upstream_error", {"upstream_error"}};             // after a delta
+const expected unreachable{502, "upstream_error", {"upstream_unreachable"}}; // nothing had reached the client
+const expected broken{502, "upstream_error", {"upstream_error"}};            // after a delta
 const expected malformed{502, "upstream_error", {"upstream_malformed"}};
 const expected timed_out{504, "timeout", {"upstream_timeout"}};
 const expected limited{429, "rate_limit_exceeded", {"rate_limit_exceeded"}, "1"};
@@ -261,10 +269,14 @@ TEST_CASE("fault matrix: stall before the status line, streamed") { run_cell(fau
 
 // Non-streamed, nothing had reached the client: the connection "broke before any delta".
 // Streamed, the first delta had.
-TEST_CASE("fault matrix: connection reset mid-answer, non-streamed") { run_cell(fault::reset_mid_stream, "reset-plain", false, unreachable); }
+TEST_CASE("fault matrix: connection reset mid-answer, non-streamed") {
+    run_cell(fault::reset_mid_stream, "reset-plain", false, unreachable);
+}
 TEST_CASE("fault matrix: connection reset mid-answer, streamed") { run_cell(fault::reset_mid_stream, "reset-stream", true, broken); }
 
-TEST_CASE("fault matrix: chunked body cut inside a chunk, non-streamed") { run_cell(fault::truncated_chunked, "cut-plain", false, unreachable); }
+TEST_CASE("fault matrix: chunked body cut inside a chunk, non-streamed") {
+    run_cell(fault::truncated_chunked, "cut-plain", false, unreachable);
+}
 TEST_CASE("fault matrix: chunked body cut inside a chunk, streamed") { run_cell(fault::truncated_chunked, "cut-stream", true, broken); }
 
 TEST_CASE("fault matrix: answer ends cleanly before it is complete, non-streamed") {
@@ -276,7 +288,9 @@ TEST_CASE("fault matrix: answer ends cleanly before it is complete, streamed") {
     run_cell(fault::ends_early, "early-stream", true, {502, "upstream_error", {"upstream_truncated"}});
 }
 
-TEST_CASE("fault matrix: 200 with a body that is not JSON, non-streamed") { run_cell(fault::malformed_json, "badjson-plain", false, malformed); }
+TEST_CASE("fault matrix: 200 with a body that is not JSON, non-streamed") {
+    run_cell(fault::malformed_json, "badjson-plain", false, malformed);
+}
 // A streamed request answered with application/json that is not JSON yields no event: truncated
 // (it was once an empty, finished answer, for the same reason as above).
 TEST_CASE("fault matrix: 200 with a body that is not JSON, streamed") {
@@ -295,10 +309,14 @@ TEST_CASE("fault matrix: 429 with Retry-After, non-streamed") { run_cell(fault::
 // No Retry-After header on a stream: its headers left before the upstream was asked.
 TEST_CASE("fault matrix: 429 with Retry-After, streamed") { run_cell(fault::rate_limited, "limited-stream", true, limited); }
 
-TEST_CASE("fault matrix: 500, non-streamed") { run_cell(fault::server_error, "e500-plain", false, {502, "upstream_error", {"upstream_500"}}); }
+TEST_CASE("fault matrix: 500, non-streamed") {
+    run_cell(fault::server_error, "e500-plain", false, {502, "upstream_error", {"upstream_500"}});
+}
 TEST_CASE("fault matrix: 500, streamed") { run_cell(fault::server_error, "e500-stream", true, {502, "upstream_error", {"upstream_500"}}); }
 
-TEST_CASE("fault matrix: 503, non-streamed") { run_cell(fault::overloaded, "e503-plain", false, {502, "upstream_error", {"upstream_503"}}); }
+TEST_CASE("fault matrix: 503, non-streamed") {
+    run_cell(fault::overloaded, "e503-plain", false, {502, "upstream_error", {"upstream_503"}});
+}
 TEST_CASE("fault matrix: 503, streamed") { run_cell(fault::overloaded, "e503-stream", true, {502, "upstream_error", {"upstream_503"}}); }
 
 // Every byte comes within CHAT_UPSTREAM_TIMEOUT (1 s), so CHAT_UPSTREAM_DEADLINE (3 s) must end
@@ -308,9 +326,7 @@ TEST_CASE("fault matrix: a byte at a time, slower than the deadline, non-streame
 }
 // Streamed, the read timeout ends it after 1 s instead: the client's timer runs per parsed piece of
 // the body, and a chunk's size line alone takes longer than that to drip in. Still a 504.
-TEST_CASE("fault matrix: a byte at a time, slower than the deadline, streamed") {
-    run_cell(fault::drip, "drip-stream", true, timed_out);
-}
+TEST_CASE("fault matrix: a byte at a time, slower than the deadline, streamed") { run_cell(fault::drip, "drip-stream", true, timed_out); }
 
 // The OpenAI provider reads at most 64 MiB of an answer (async_openai_provider::max_answer_bytes);
 // the fault sends 65 MiB, which takes well under a second on loopback.
@@ -323,33 +339,39 @@ TEST_CASE("fault matrix: an answer over the 64 MiB limit, streamed") {
     run_cell(fault::oversized, "huge-stream", true, {502, "upstream_error", {"upstream_error"}});
 }
 
-TEST_CASE("fault matrix: with one retry, a 429 then a good answer is a 200") {
-    run_retried(fault::rate_limited, "retry429");
-}
+TEST_CASE("fault matrix: with one retry, a 429 then a good answer is a 200") { run_retried(fault::rate_limited, "retry429"); }
 
-TEST_CASE("fault matrix: with one retry, a 500 then a good answer is a 200") {
-    run_retried(fault::server_error, "retry500");
-}
+TEST_CASE("fault matrix: with one retry, a 500 then a good answer is a 200") { run_retried(fault::server_error, "retry500"); }
 
-TEST_CASE("fault matrix: with one retry, a 503 then a good answer is a 200") {
-    run_retried(fault::overloaded, "retry503");
-}
+TEST_CASE("fault matrix: with one retry, a 503 then a good answer is a 200") { run_retried(fault::overloaded, "retry503"); }
 
 // The Anthropic cells: the same faults in the Messages API's wire format. The codes are those
 // docs/providers.md lists for the Anthropic provider: the upstream's error type for an API error.
 
-TEST_CASE("fault matrix: Anthropic, connection refused, non-streamed") { run_cell(wire::anthropic, fault::refuse, "a-refused-plain", false, unreachable); }
-TEST_CASE("fault matrix: Anthropic, connection refused, streamed") { run_cell(wire::anthropic, fault::refuse, "a-refused-stream", true, unreachable); }
-TEST_CASE("fault matrix: Anthropic, stall before the status line, non-streamed") { run_cell(wire::anthropic, fault::stall, "a-stall-plain", false, timed_out); }
-TEST_CASE("fault matrix: Anthropic, stall before the status line, streamed") { run_cell(wire::anthropic, fault::stall, "a-stall-stream", true, timed_out); }
+TEST_CASE("fault matrix: Anthropic, connection refused, non-streamed") {
+    run_cell(wire::anthropic, fault::refuse, "a-refused-plain", false, unreachable);
+}
+TEST_CASE("fault matrix: Anthropic, connection refused, streamed") {
+    run_cell(wire::anthropic, fault::refuse, "a-refused-stream", true, unreachable);
+}
+TEST_CASE("fault matrix: Anthropic, stall before the status line, non-streamed") {
+    run_cell(wire::anthropic, fault::stall, "a-stall-plain", false, timed_out);
+}
+TEST_CASE("fault matrix: Anthropic, stall before the status line, streamed") {
+    run_cell(wire::anthropic, fault::stall, "a-stall-stream", true, timed_out);
+}
 TEST_CASE("fault matrix: Anthropic, connection reset mid-answer, non-streamed") {
     run_cell(wire::anthropic, fault::reset_mid_stream, "a-reset-plain", false, unreachable);
 }
-TEST_CASE("fault matrix: Anthropic, connection reset mid-answer, streamed") { run_cell(wire::anthropic, fault::reset_mid_stream, "a-reset-stream", true, broken); }
+TEST_CASE("fault matrix: Anthropic, connection reset mid-answer, streamed") {
+    run_cell(wire::anthropic, fault::reset_mid_stream, "a-reset-stream", true, broken);
+}
 TEST_CASE("fault matrix: Anthropic, chunked body cut inside a chunk, non-streamed") {
     run_cell(wire::anthropic, fault::truncated_chunked, "a-cut-plain", false, unreachable);
 }
-TEST_CASE("fault matrix: Anthropic, chunked body cut inside a chunk, streamed") { run_cell(wire::anthropic, fault::truncated_chunked, "a-cut-stream", true, broken); }
+TEST_CASE("fault matrix: Anthropic, chunked body cut inside a chunk, streamed") {
+    run_cell(wire::anthropic, fault::truncated_chunked, "a-cut-stream", true, broken);
+}
 TEST_CASE("fault matrix: Anthropic, answer ends cleanly before it is complete, non-streamed") {
     run_cell(wire::anthropic, fault::ends_early, "a-early-plain", false, malformed);
 }
@@ -361,7 +383,8 @@ TEST_CASE("fault matrix: Anthropic, 200 with a body that is not JSON, non-stream
     run_cell(wire::anthropic, fault::malformed_json, "a-badjson-plain", false, malformed);
 }
 TEST_CASE("fault matrix: Anthropic, 200 with a body that is not JSON, streamed") {
-    run_cell(wire::anthropic, fault::malformed_json, "a-badjson-stream", true, {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
+    run_cell(wire::anthropic, fault::malformed_json, "a-badjson-stream", true,
+             {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
 }
 TEST_CASE("fault matrix: Anthropic, event stream with a data line that is not JSON, non-streamed") {
     run_cell(wire::anthropic, fault::malformed_sse, "a-badsse-plain", false, malformed);
@@ -399,26 +422,44 @@ TEST_CASE("fault matrix: Anthropic, an answer over the 64 MiB limit, non-streame
 TEST_CASE("fault matrix: Anthropic, an answer over the 64 MiB limit, streamed") {
     run_cell(wire::anthropic, fault::oversized, "a-huge-stream", true, {502, "upstream_error", {"upstream_error"}});
 }
-TEST_CASE("fault matrix: Anthropic, with one retry, a 429 then a good answer is a 200") { run_retried(wire::anthropic, fault::rate_limited, "a-retry429"); }
-TEST_CASE("fault matrix: Anthropic, with one retry, a 500 then a good answer is a 200") { run_retried(wire::anthropic, fault::server_error, "a-retry500"); }
-TEST_CASE("fault matrix: Anthropic, with one retry, a 529 then a good answer is a 200") { run_retried(wire::anthropic, fault::overloaded, "a-retry529"); }
+TEST_CASE("fault matrix: Anthropic, with one retry, a 429 then a good answer is a 200") {
+    run_retried(wire::anthropic, fault::rate_limited, "a-retry429");
+}
+TEST_CASE("fault matrix: Anthropic, with one retry, a 500 then a good answer is a 200") {
+    run_retried(wire::anthropic, fault::server_error, "a-retry500");
+}
+TEST_CASE("fault matrix: Anthropic, with one retry, a 529 then a good answer is a 200") {
+    run_retried(wire::anthropic, fault::overloaded, "a-retry529");
+}
 
 // The Gemini cells: generateContent and streamGenerateContent?alt=sse. The codes are Google's
 // status, lowercased (docs/providers.md). Its 429 gives the delay as the RetryInfo detail's
 // retryDelay ("1s"), not as a header, and the client's Retry-After must still say 1.
 
-TEST_CASE("fault matrix: Gemini, connection refused, non-streamed") { run_cell(wire::gemini, fault::refuse, "g-refused-plain", false, unreachable); }
-TEST_CASE("fault matrix: Gemini, connection refused, streamed") { run_cell(wire::gemini, fault::refuse, "g-refused-stream", true, unreachable); }
-TEST_CASE("fault matrix: Gemini, stall before the status line, non-streamed") { run_cell(wire::gemini, fault::stall, "g-stall-plain", false, timed_out); }
-TEST_CASE("fault matrix: Gemini, stall before the status line, streamed") { run_cell(wire::gemini, fault::stall, "g-stall-stream", true, timed_out); }
+TEST_CASE("fault matrix: Gemini, connection refused, non-streamed") {
+    run_cell(wire::gemini, fault::refuse, "g-refused-plain", false, unreachable);
+}
+TEST_CASE("fault matrix: Gemini, connection refused, streamed") {
+    run_cell(wire::gemini, fault::refuse, "g-refused-stream", true, unreachable);
+}
+TEST_CASE("fault matrix: Gemini, stall before the status line, non-streamed") {
+    run_cell(wire::gemini, fault::stall, "g-stall-plain", false, timed_out);
+}
+TEST_CASE("fault matrix: Gemini, stall before the status line, streamed") {
+    run_cell(wire::gemini, fault::stall, "g-stall-stream", true, timed_out);
+}
 TEST_CASE("fault matrix: Gemini, connection reset mid-answer, non-streamed") {
     run_cell(wire::gemini, fault::reset_mid_stream, "g-reset-plain", false, unreachable);
 }
-TEST_CASE("fault matrix: Gemini, connection reset mid-answer, streamed") { run_cell(wire::gemini, fault::reset_mid_stream, "g-reset-stream", true, broken); }
+TEST_CASE("fault matrix: Gemini, connection reset mid-answer, streamed") {
+    run_cell(wire::gemini, fault::reset_mid_stream, "g-reset-stream", true, broken);
+}
 TEST_CASE("fault matrix: Gemini, chunked body cut inside a chunk, non-streamed") {
     run_cell(wire::gemini, fault::truncated_chunked, "g-cut-plain", false, unreachable);
 }
-TEST_CASE("fault matrix: Gemini, chunked body cut inside a chunk, streamed") { run_cell(wire::gemini, fault::truncated_chunked, "g-cut-stream", true, broken); }
+TEST_CASE("fault matrix: Gemini, chunked body cut inside a chunk, streamed") {
+    run_cell(wire::gemini, fault::truncated_chunked, "g-cut-stream", true, broken);
+}
 TEST_CASE("fault matrix: Gemini, answer ends cleanly before it is complete, non-streamed") {
     run_cell(wire::gemini, fault::ends_early, "g-early-plain", false, malformed);
 }
@@ -430,7 +471,8 @@ TEST_CASE("fault matrix: Gemini, 200 with a body that is not JSON, non-streamed"
     run_cell(wire::gemini, fault::malformed_json, "g-badjson-plain", false, malformed);
 }
 TEST_CASE("fault matrix: Gemini, 200 with a body that is not JSON, streamed") {
-    run_cell(wire::gemini, fault::malformed_json, "g-badjson-stream", true, {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
+    run_cell(wire::gemini, fault::malformed_json, "g-badjson-stream", true,
+             {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
 }
 TEST_CASE("fault matrix: Gemini, event stream with a data line that is not JSON, non-streamed") {
     run_cell(wire::gemini, fault::malformed_sse, "g-badsse-plain", false, malformed);
@@ -470,9 +512,15 @@ TEST_CASE("fault matrix: Gemini, an answer over the 64 MiB limit, non-streamed")
 TEST_CASE("fault matrix: Gemini, an answer over the 64 MiB limit, streamed") {
     run_cell(wire::gemini, fault::oversized, "g-huge-stream", true, {502, "upstream_error", {"upstream_error"}});
 }
-TEST_CASE("fault matrix: Gemini, with one retry, a 429 then a good answer is a 200") { run_retried(wire::gemini, fault::rate_limited, "g-retry429"); }
-TEST_CASE("fault matrix: Gemini, with one retry, a 500 then a good answer is a 200") { run_retried(wire::gemini, fault::server_error, "g-retry500"); }
-TEST_CASE("fault matrix: Gemini, with one retry, a 503 then a good answer is a 200") { run_retried(wire::gemini, fault::overloaded, "g-retry503"); }
+TEST_CASE("fault matrix: Gemini, with one retry, a 429 then a good answer is a 200") {
+    run_retried(wire::gemini, fault::rate_limited, "g-retry429");
+}
+TEST_CASE("fault matrix: Gemini, with one retry, a 500 then a good answer is a 200") {
+    run_retried(wire::gemini, fault::server_error, "g-retry500");
+}
+TEST_CASE("fault matrix: Gemini, with one retry, a 503 then a good answer is a 200") {
+    run_retried(wire::gemini, fault::overloaded, "g-retry503");
+}
 
 // The Bedrock cells: Converse and ConverseStream, the stream in AWS event-stream frames. The codes
 // are those docs/providers.md's Bedrock error table gives: the x-amzn-ErrorType for an API error
@@ -482,18 +530,30 @@ TEST_CASE("fault matrix: Gemini, with one retry, a 503 then a good answer is a 2
 // 65 MiB fault (the stream bound is the one the other providers' cells cover).
 
 #ifdef CHATKIT_FAULT_UPSTREAM_BEDROCK // a build without chatkit::aws has no Bedrock provider either
-TEST_CASE("fault matrix: Bedrock, connection refused, non-streamed") { run_cell(wire::bedrock, fault::refuse, "b-refused-plain", false, unreachable); }
-TEST_CASE("fault matrix: Bedrock, connection refused, streamed") { run_cell(wire::bedrock, fault::refuse, "b-refused-stream", true, unreachable); }
-TEST_CASE("fault matrix: Bedrock, stall before the status line, non-streamed") { run_cell(wire::bedrock, fault::stall, "b-stall-plain", false, timed_out); }
-TEST_CASE("fault matrix: Bedrock, stall before the status line, streamed") { run_cell(wire::bedrock, fault::stall, "b-stall-stream", true, timed_out); }
+TEST_CASE("fault matrix: Bedrock, connection refused, non-streamed") {
+    run_cell(wire::bedrock, fault::refuse, "b-refused-plain", false, unreachable);
+}
+TEST_CASE("fault matrix: Bedrock, connection refused, streamed") {
+    run_cell(wire::bedrock, fault::refuse, "b-refused-stream", true, unreachable);
+}
+TEST_CASE("fault matrix: Bedrock, stall before the status line, non-streamed") {
+    run_cell(wire::bedrock, fault::stall, "b-stall-plain", false, timed_out);
+}
+TEST_CASE("fault matrix: Bedrock, stall before the status line, streamed") {
+    run_cell(wire::bedrock, fault::stall, "b-stall-stream", true, timed_out);
+}
 TEST_CASE("fault matrix: Bedrock, connection reset mid-answer, non-streamed") {
     run_cell(wire::bedrock, fault::reset_mid_stream, "b-reset-plain", false, unreachable);
 }
-TEST_CASE("fault matrix: Bedrock, connection reset mid-answer, streamed") { run_cell(wire::bedrock, fault::reset_mid_stream, "b-reset-stream", true, broken); }
+TEST_CASE("fault matrix: Bedrock, connection reset mid-answer, streamed") {
+    run_cell(wire::bedrock, fault::reset_mid_stream, "b-reset-stream", true, broken);
+}
 TEST_CASE("fault matrix: Bedrock, chunked body cut inside a chunk, non-streamed") {
     run_cell(wire::bedrock, fault::truncated_chunked, "b-cut-plain", false, unreachable);
 }
-TEST_CASE("fault matrix: Bedrock, chunked body cut inside a chunk, streamed") { run_cell(wire::bedrock, fault::truncated_chunked, "b-cut-stream", true, broken); }
+TEST_CASE("fault matrix: Bedrock, chunked body cut inside a chunk, streamed") {
+    run_cell(wire::bedrock, fault::truncated_chunked, "b-cut-stream", true, broken);
+}
 TEST_CASE("fault matrix: Bedrock, answer ends cleanly before it is complete, non-streamed") {
     run_cell(wire::bedrock, fault::ends_early, "b-early-plain", false, malformed);
 }
@@ -505,7 +565,8 @@ TEST_CASE("fault matrix: Bedrock, 200 with a body that is not JSON, non-streamed
     run_cell(wire::bedrock, fault::malformed_json, "b-badjson-plain", false, malformed);
 }
 TEST_CASE("fault matrix: Bedrock, 200 with a body that is not JSON, streamed") {
-    run_cell(wire::bedrock, fault::malformed_json, "b-badjson-stream", true, {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
+    run_cell(wire::bedrock, fault::malformed_json, "b-badjson-stream", true,
+             {502, "upstream_error", {"upstream_malformed", "upstream_truncated"}});
 }
 // Converse asked for JSON and got event-stream frames.
 TEST_CASE("fault matrix: Bedrock, event-stream frame whose payload is not JSON, non-streamed") {
@@ -546,7 +607,13 @@ TEST_CASE("fault matrix: Bedrock, a byte at a time, slower than the deadline, no
 TEST_CASE("fault matrix: Bedrock, a byte at a time, slower than the deadline, streamed") {
     run_cell(wire::bedrock, fault::drip, "b-drip-stream", true, timed_out);
 }
-TEST_CASE("fault matrix: Bedrock, with one retry, a 429 then a good answer is a 200") { run_retried(wire::bedrock, fault::rate_limited, "b-retry429"); }
-TEST_CASE("fault matrix: Bedrock, with one retry, a 500 then a good answer is a 200") { run_retried(wire::bedrock, fault::server_error, "b-retry500"); }
-TEST_CASE("fault matrix: Bedrock, with one retry, a 503 then a good answer is a 200") { run_retried(wire::bedrock, fault::overloaded, "b-retry503"); }
+TEST_CASE("fault matrix: Bedrock, with one retry, a 429 then a good answer is a 200") {
+    run_retried(wire::bedrock, fault::rate_limited, "b-retry429");
+}
+TEST_CASE("fault matrix: Bedrock, with one retry, a 500 then a good answer is a 200") {
+    run_retried(wire::bedrock, fault::server_error, "b-retry500");
+}
+TEST_CASE("fault matrix: Bedrock, with one retry, a 503 then a good answer is a 200") {
+    run_retried(wire::bedrock, fault::overloaded, "b-retry503");
+}
 #endif

@@ -20,13 +20,13 @@
 #include <vector>
 
 using nlohmann::json;
-using test_support::run_to_exit;
-using test_support::server_process;
+using test_support::bearer;
 using test_support::cli;
-using test_support::last_json;
 using test_support::create_key;
 using test_support::create_team;
-using test_support::bearer;
+using test_support::last_json;
+using test_support::run_to_exit;
+using test_support::server_process;
 using test_support::temp_dir;
 
 namespace {
@@ -93,7 +93,8 @@ bool all_equal(const std::vector<std::string>& codes, std::string_view code) {
 
 } // namespace
 
-TEST_CASE("gateway: 50 concurrent streams against a key's --tpm that fits 10 reservations get exactly 10 answers, and settling gives the unused tokens back") {
+TEST_CASE("gateway: 50 concurrent streams against a key's --tpm that fits 10 reservations get exactly 10 answers, and settling gives the "
+          "unused tokens back") {
     temp_dir dir;
     const auto db = dir.path() / "keys.db";
     create_team(db, {"--id", "t"});
@@ -122,7 +123,8 @@ TEST_CASE("gateway: 50 concurrent streams against a key's --tpm that fits 10 res
     CHECK(remaining <= tpm - reservation);
 }
 
-TEST_CASE("gateway: 50 concurrent streams against a team budget that fits 10 worst cases get exactly 10 answers and 40 insufficient_quota") {
+TEST_CASE(
+    "gateway: 50 concurrent streams against a team budget that fits 10 worst cases get exactly 10 answers and 40 insufficient_quota") {
     temp_dir dir;
     const auto db = dir.path() / "keys.db";
     // $1 per 1,000 tokens: a reservation of N tokens costs N/1000 dollars at worst.
@@ -151,8 +153,8 @@ TEST_CASE("gateway: 50 concurrent streams against a team budget that fits 10 wor
     CHECK(big->status == 429);
     const auto body = json::parse(big->body);
     CHECK(body["error"]["code"] == "insufficient_quota");
-    CHECK_THAT(body["error"]["message"].get<std::string>(), Catch::Contains("team 't'") && Catch::Contains("daily budget") &&
-                                                              Catch::Contains("resets at"));
+    CHECK_THAT(body["error"]["message"].get<std::string>(),
+               Catch::Contains("team 't'") && Catch::Contains("daily budget") && Catch::Contains("resets at"));
     CHECK(std::stoi(big->get_header_value("Retry-After")) >= 1);
 }
 
@@ -166,7 +168,8 @@ TEST_CASE("gateway: every answer costs its usage at the model's price, streamed 
     };
     const json messages = {{{"role", "user"}, {"content", "the quick brown fox jumps"}}};
 
-    auto plain = c.Post("/v1/chat/completions", json{{"model", "echo-1"}, {"messages", messages}, {"cache", false}}.dump(), "application/json");
+    auto plain = c.Post("/v1/chat/completions", json{{"model", "echo-1"}, {"messages", messages}, {"cache", false}}.dump(),
+                        "application/json");
     REQUIRE(plain);
     REQUIRE(plain->status == 200);
     const auto answer = json::parse(plain->body);
@@ -178,9 +181,11 @@ TEST_CASE("gateway: every answer costs its usage at the model's price, streamed 
 
     // The same request streamed: the last chunk carries the usage, then the same cost.
     std::string sse;
-    auto streamed = c.Post("/v1/chat/completions", json{{"model", "echo-1"}, {"messages", messages}, {"cache", false}, {"stream", true},
-                                                        {"stream_options", {{"include_usage", true}}}}.dump(),
-                           "application/json");
+    auto streamed = c.Post(
+        "/v1/chat/completions",
+        json{{"model", "echo-1"}, {"messages", messages}, {"cache", false}, {"stream", true}, {"stream_options", {{"include_usage", true}}}}
+            .dump(),
+        "application/json");
     REQUIRE(streamed);
     REQUIRE(streamed->status == 200);
     json last;
@@ -260,7 +265,8 @@ TEST_CASE("gateway: a pricing file that cannot be read or parsed stops start-up 
     auto r = run_to_exit({{"CHAT_PRICING_FILE", bad.string()}, {"CHAT_PORT", "0"}, {"CHAT_DATABASE_URL", "none"}}, {});
     CHECK(r.exit_code != 0);
     CHECK_THAT(r.output, Catch::Contains("CHAT_PRICING_FILE") && Catch::Contains("'m'"));
-    auto missing = run_to_exit({{"CHAT_PRICING_FILE", (dir.path() / "nope.json").string()}, {"CHAT_PORT", "0"}, {"CHAT_DATABASE_URL", "none"}}, {});
+    auto missing = run_to_exit(
+        {{"CHAT_PRICING_FILE", (dir.path() / "nope.json").string()}, {"CHAT_PORT", "0"}, {"CHAT_DATABASE_URL", "none"}}, {});
     CHECK(missing.exit_code != 0);
     CHECK_THAT(missing.output, Catch::Contains("cannot read"));
 }

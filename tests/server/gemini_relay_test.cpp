@@ -17,8 +17,10 @@ namespace {
 constexpr const char* secret_key = "AIza-relay-SECRET-987654321";
 
 std::map<std::string, std::string> relay_env(const fake_gemini& fake, std::map<std::string, std::string> more = {}) {
-    std::map<std::string, std::string> env{{"GEMINI_API_KEY", secret_key}, {"CHAT_GEMINI_BASE_URL", fake.base_url()},
-                                           {"CHAT_MODEL", "gemini-fake"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
+    std::map<std::string, std::string> env{{"GEMINI_API_KEY", secret_key},
+                                           {"CHAT_GEMINI_BASE_URL", fake.base_url()},
+                                           {"CHAT_MODEL", "gemini-fake"},
+                                           {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
 }
@@ -104,7 +106,8 @@ TEST_CASE("CHAT_PROVIDER=gemini streams /v1/chat/completions with usage includin
     fake.script({thinking});
     server_process server{relay_env(fake, {{"CHAT_PROVIDER", "gemini"}})};
     auto c = server.client();
-    const json ask = {{"stream", true}, {"stream_options", {{"include_usage", true}}}, {"messages", {{{"role", "user"}, {"content", "x y"}}}}};
+    const json ask = {
+        {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"messages", {{{"role", "user"}, {"content", "x y"}}}}};
     auto streamed = post_json(c, "/v1/chat/completions", ask);
     REQUIRE(streamed);
     REQUIRE(streamed->status == 200);
@@ -196,8 +199,9 @@ TEST_CASE("through sample_server, Gemini's faults, a blocked prompt and refused 
     REQUIRE(slow_down->status == 429);
     CHECK(slow_down->get_header_value("Retry-After") == "200");
 
-    fake.script({gemini_error_reply(400, "INVALID_ARGUMENT", std::string{"API key not valid: "} + secret_key,
-                                    json::array({{{"@type", "type.googleapis.com/google.rpc.ErrorInfo"}, {"reason", "API_KEY_INVALID"}}}))});
+    fake.script(
+        {gemini_error_reply(400, "INVALID_ARGUMENT", std::string{"API key not valid: "} + secret_key,
+                            json::array({{{"@type", "type.googleapis.com/google.rpc.ErrorInfo"}, {"reason", "API_KEY_INVALID"}}}))});
     auto denied = post_json(c, "/v1/chat/completions", ask);
     REQUIRE(denied->status == 502);
     CHECK(denied->body.find(secret_key) == std::string::npos);
@@ -240,7 +244,9 @@ TEST_CASE("a tool call round-trips through Gemini from /v1/chat/completions and 
     CHECK(json::parse(answered->body)["choices"][0]["message"]["content"] == "tool said: sunny");
 
     // Anthropic's Messages in, streamed: the call becomes a tool_use block.
-    const json ask = {{"model", "gemini-fake"}, {"max_tokens", 100}, {"stream", true},
+    const json ask = {{"model", "gemini-fake"},
+                      {"max_tokens", 100},
+                      {"stream", true},
                       {"tools", {{{"name", "get_weather"}, {"input_schema", {{"type", "object"}}}}}},
                       {"messages", {{{"role", "user"}, {"content", "weather in Lima?"}}}}};
     auto events = post_json(c, "/v1/messages", ask);

@@ -150,7 +150,9 @@ TEST_CASE("GET /history pages a user's exchanges back in time, oldest first with
     server_process server;
     auto c = server.client();
     for (int i = 0; i < 30; ++i)
-        REQUIRE(post_json(c, "/chat", {{"user_id", "dave"}, {"content", "message " + std::to_string(i)}}, {{"X-Request-ID", "r" + std::to_string(i)}})->status == 200);
+        REQUIRE(post_json(c, "/chat", {{"user_id", "dave"}, {"content", "message " + std::to_string(i)}},
+                          {{"X-Request-ID", "r" + std::to_string(i)}})
+                    ->status == 200);
     REQUIRE(post_json(c, "/chat", {{"user_id", "eve"}, {"content", "not dave's"}})->status == 200);
 
     auto first = body_of(c.Get("/history/dave?limit=20"));
@@ -417,10 +419,26 @@ TEST_CASE("garbage on the socket is answered or dropped, and the server keeps se
 TEST_CASE("--help lists every CHAT_ variable with its flag and default") {
     const auto r = test_support::run_to_exit({}, {"--help"});
     CHECK(r.exit_code == 0);
-    for (const char* name : {"CHAT_HOST", "CHAT_PORT", "CHAT_DATABASE_URL", "CHAT_PROVIDER", "CHAT_MODEL", "CHAT_CACHE_SIZE",
-                             "CHAT_CACHE_TTL", "CHAT_RATE_LIMIT", "CHAT_MAX_BODY_BYTES", "CHAT_THREADS", "CHAT_LOG_LEVEL",
-                             "CHAT_LOG_FORMAT", "CHAT_AUTH", "--auth", "CHAT_ADMIN_KEY", "--admin-key", "[none]", "--max-body-bytes",
-                             "[60/minute]", "[sqlite:chatkit.db]"})
+    for (const char* name : {"CHAT_HOST",
+                             "CHAT_PORT",
+                             "CHAT_DATABASE_URL",
+                             "CHAT_PROVIDER",
+                             "CHAT_MODEL",
+                             "CHAT_CACHE_SIZE",
+                             "CHAT_CACHE_TTL",
+                             "CHAT_RATE_LIMIT",
+                             "CHAT_MAX_BODY_BYTES",
+                             "CHAT_THREADS",
+                             "CHAT_LOG_LEVEL",
+                             "CHAT_LOG_FORMAT",
+                             "CHAT_AUTH",
+                             "--auth",
+                             "CHAT_ADMIN_KEY",
+                             "--admin-key",
+                             "[none]",
+                             "--max-body-bytes",
+                             "[60/minute]",
+                             "[sqlite:chatkit.db]"})
         CHECK(r.output.find(name) != std::string::npos);
 }
 

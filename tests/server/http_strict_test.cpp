@@ -38,9 +38,8 @@ constexpr auto wait_limit = 3s;
 
 // The Beast adapter, the echo provider, no history, no rate limit; `extra` adds settings.
 std::map<std::string, std::string> strict_env(const std::map<std::string, std::string>& extra = {}) {
-    std::map<std::string, std::string> env{{"CHAT_SERVER", "beast"},     {"CHAT_PROVIDER", "echo"},
-                                           {"CHAT_DATABASE_URL", "none"}, {"CHAT_RATE_LIMIT", "off"},
-                                           {"CHAT_PORT", "0"}};
+    std::map<std::string, std::string> env{
+        {"CHAT_SERVER", "beast"}, {"CHAT_PROVIDER", "echo"}, {"CHAT_DATABASE_URL", "none"}, {"CHAT_RATE_LIMIT", "off"}, {"CHAT_PORT", "0"}};
     for (const auto& [k, v] : extra) env[k] = v;
     return env;
 }
@@ -230,8 +229,7 @@ private:
             r.body = buffer_.substr(pos, length);
             pos += length;
         } else if (r.status != 204 && r.status != 304) { // delimited by the close
-            while (receive(deadline) == got::data) {
-            }
+            while (receive(deadline) == got::data) {}
             if (!eof_) return false;
             r.body = buffer_.substr(pos);
             pos = buffer_.size();
@@ -265,8 +263,7 @@ void check_envelope(const response& r, int status) {
 // Sends `request` on a fresh connection and expects `status` with the JSON envelope within
 // `within`, then the close (having refused a message, the server cannot know where the next one
 // would start), with nothing after the refusal: no part of the message was taken for another.
-void expect_refused(int port, std::string_view what, std::string_view request, int status,
-                    std::chrono::milliseconds within = wait_limit) {
+void expect_refused(int port, std::string_view what, std::string_view request, int status, std::chrono::milliseconds within = wait_limit) {
     INFO(what);
     raw_client c{port};
     c.send_all(request); // the server may stop reading once it has seen enough to refuse
@@ -310,8 +307,7 @@ TEST_CASE("a Transfer-Encoding whose last coding is not chunked is refused with 
 
 TEST_CASE("two Content-Length headers with different values are refused with 400") {
     server_process server{strict_env()};
-    expect_refused(server.port(), "3 then 2",
-                   "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 2\r\n\r\nabc", 400);
+    expect_refused(server.port(), "3 then 2", "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 2\r\n\r\nabc", 400);
 }
 
 TEST_CASE("a negative Content-Length is refused with 400 at once, not after a read timeout") {

@@ -65,12 +65,10 @@ private:
         return dir;
     }
 
-    static std::map<std::string, std::string> environment(const fake_lambda_runtime& runtime,
-                                                          const std::map<std::string, std::string>& env,
+    static std::map<std::string, std::string> environment(const fake_lambda_runtime& runtime, const std::map<std::string, std::string>& env,
                                                           const std::filesystem::path& dir) {
-        std::map<std::string, std::string> full{{"CHAT_DATABASE_URL", "sqlite:" + (dir / "chat.db").string()},
-                                                {"CHAT_RATE_LIMIT", "off"},
-                                                {"CHAT_PROVIDER", "echo"}};
+        std::map<std::string, std::string> full{
+            {"CHAT_DATABASE_URL", "sqlite:" + (dir / "chat.db").string()}, {"CHAT_RATE_LIMIT", "off"}, {"CHAT_PROVIDER", "echo"}};
         for (const char* sanitizer : {"ASAN_OPTIONS", "UBSAN_OPTIONS"}) // the sanitizer build's settings
             if (const char* value = std::getenv(sanitizer)) full[sanitizer] = value;
         for (const auto& [k, v] : env) full[k] = v;
@@ -159,7 +157,8 @@ TEST_CASE("POST /chat answers JSON with the content, and GET /history returns th
     fake_lambda_runtime runtime;
     bootstrap_process bootstrap{runtime};
     const auto chat = runtime.push(
-        gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "hello there"}}.dump(), {{"x-request-id", "trace-7"}}).dump());
+        gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "hello there"}}.dump(), {{"x-request-id", "trace-7"}})
+            .dump());
     const auto answer = buffered_answer(runtime.wait_for(chat));
     REQUIRE(answer["statusCode"] == 200);
     CHECK(answer["headers"]["X-Request-ID"] == "trace-7"); // a valid X-Request-ID wins over the Lambda id
@@ -205,7 +204,8 @@ TEST_CASE("through a RESPONSE_STREAM Function URL every answer is streamed, a bu
     CHECK(health_prelude["headers"]["Content-Type"] == "application/json");
     CHECK(json::parse(health)["status"] == "ok");
 
-    const auto [bad_prelude, bad] = test_support::streamed(runtime.wait_for(runtime.push(function_url_event("POST", "/chat", "{oops").dump())));
+    const auto [bad_prelude,
+                bad] = test_support::streamed(runtime.wait_for(runtime.push(function_url_event("POST", "/chat", "{oops").dump())));
     CHECK(bad_prelude["statusCode"] == 400);
     CHECK(json::parse(bad)["error"]["type"] == "invalid_request_error");
 
@@ -354,7 +354,8 @@ TEST_CASE("an event without a request context is no Function URL event and no re
     CHECK(chatkit::lambda::from_function_url(nlohmann::json{{"requestContext", {{"domainName", "abc.lambda-url.us-east-1.on.aws"}}}}));
     CHECK_FALSE(chatkit::lambda::request_from_event(nlohmann::json{{"version", "2.0"}, {"rawPath", "/chat"}}));
     // Found by the same fuzzer: an isBase64Encoded that is not a boolean threw; it now means "not encoded".
-    const nlohmann::json odd = {{"requestContext", {{"http", {{"method", "POST"}, {"path", "/chat"}}}}}, {"body", "{}"}, {"isBase64Encoded", "yes"}};
+    const nlohmann::json odd = {
+        {"requestContext", {{"http", {{"method", "POST"}, {"path", "/chat"}}}}}, {"body", "{}"}, {"isBase64Encoded", "yes"}};
     const auto req = chatkit::lambda::request_from_event(odd);
     REQUIRE(req);
     CHECK(req->body == "{}");
@@ -370,9 +371,10 @@ TEST_CASE("with CHAT_AUTH=keys and a dynamodb:// database, bootstrap accepts a k
     // As the template configures the function, with the emulator for DynamoDB. The history table
     // is never made: /v1/models reads no history, and only the keys are under test here.
     fake_lambda_runtime runtime;
-    bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
-                                          {"CHAT_AUTH", "keys"},
-                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
+    bootstrap_process bootstrap{runtime,
+                                {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                 {"CHAT_AUTH", "keys"},
+                                 {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
     const auto refused = runtime.push(gateway_event("GET", "/v1/models").dump());
     const auto answer = buffered_answer(runtime.wait_for(refused));
     CHECK(answer["statusCode"] == 401);
@@ -394,10 +396,11 @@ TEST_CASE("bootstrap has the /admin routes: the admin key makes a team and a key
     const std::string admin_key = chatkit::api_keys::generate_key(); // a ck- key serves as an admin key too
 
     fake_lambda_runtime runtime;
-    bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
-                                          {"CHAT_AUTH", "keys"},
-                                          {"CHAT_ADMIN_KEY", admin_key},
-                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
+    bootstrap_process bootstrap{runtime,
+                                {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                 {"CHAT_AUTH", "keys"},
+                                 {"CHAT_ADMIN_KEY", admin_key},
+                                 {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
     const auto call = [&](const std::string& method, const std::string& path, const std::string& key, std::optional<std::string> body) {
         const auto id = runtime.push(gateway_event(method, path, "", std::move(body), {{"authorization", "Bearer " + key}}).dump());
         return buffered_answer(runtime.wait_for(id));
@@ -440,9 +443,10 @@ TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABL
     const std::string key = create_key(keys, "lambda-team");
 
     fake_lambda_runtime runtime;
-    bootstrap_process bootstrap{runtime, {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
-                                          {"CHAT_AUTH", "keys"},
-                                          {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
+    bootstrap_process bootstrap{runtime,
+                                {{"CHAT_DATABASE_URL", "dynamodb://" + history + "?region=us-east-1"},
+                                 {"CHAT_AUTH", "keys"},
+                                 {"AWS_ENDPOINT_URL_DYNAMODB", dynalite().endpoint()}}};
     const json auth = {{"x-api-key", key}};
     const auto chat = runtime.push(gateway_event("POST", "/chat", "", json{{"content", "count these words"}}.dump(), auth).dump());
     const auto answered = buffered_answer(runtime.wait_for(chat));
@@ -466,7 +470,8 @@ TEST_CASE("with a dynamodb:// database, bootstrap records a chat's usage in TABL
     CHECK(bootstrap.log().find(key.substr(3)) == std::string::npos);
 }
 
-TEST_CASE("on a dynamodb:// database, the bootstrap's instances count one limit in TABLE-limits: two instances let a team's 3 per minute through, not 6") {
+TEST_CASE("on a dynamodb:// database, the bootstrap's instances count one limit in TABLE-limits: two instances let a team's 3 per minute "
+          "through, not 6") {
     const std::string history = "history-" + std::to_string(std::random_device{}());
     chatkit::dynamodb_key_directory keys{chatkit::dynamodb_key_directory_options{.table = history + "-keys"}, dynalite().aws_environment()};
     test_support::create_table(keys.client(), chatkit::dynamodb_store::create_table_input(history));

@@ -87,7 +87,8 @@ httplib::Result chat(httplib::Client& c, const std::string& content) {
 
 } // namespace
 
-TEST_CASE("metrics: with CHAT_METRICS_PORT, the metrics port serves /metrics and nothing else, the main port has none, and SIGTERM stops both") {
+TEST_CASE(
+    "metrics: with CHAT_METRICS_PORT, the metrics port serves /metrics and nothing else, the main port has none, and SIGTERM stops both") {
     const std::string adapter = GENERATE(as<std::string>{}, "beast", "httplib");
     INFO("CHAT_SERVER=" << adapter);
     server_process server{{{"CHAT_SERVER", adapter}, {"CHAT_METRICS_PORT", "0"}}};

@@ -16,8 +16,8 @@ namespace {
 constexpr const char* secret_key = "sk-relay-SECRET-987654321";
 
 std::map<std::string, std::string> relay_env(const fake_openai& fake, std::map<std::string, std::string> more = {}) {
-    std::map<std::string, std::string> env{{"OPENAI_API_KEY", secret_key}, {"OPENAI_BASE_URL", fake.base_url()},
-                                           {"CHAT_MODEL", "fake-1"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
+    std::map<std::string, std::string> env{
+        {"OPENAI_API_KEY", secret_key}, {"OPENAI_BASE_URL", fake.base_url()}, {"CHAT_MODEL", "fake-1"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
 }

@@ -22,8 +22,8 @@
 #include <vector>
 
 using nlohmann::json;
-using test_support::redis_server;
 using test_support::burst_over;
+using test_support::redis_server;
 using test_support::server_process;
 using test_support::wait_for_a_fresh_minute;
 
@@ -120,7 +120,7 @@ TEST_CASE("replicas keep answering while Redis is down, log it once, and share a
     // The in-memory cache in front still answers what this replica saw before.
     CHECK(cached(ask(a, "ada", "warm-up")));
     CHECK(eventually([&] { return lines_with(a, "the Redis cache fails") >= 1; }));
-    CHECK(lines_with(a, "the Redis cache fails") == 1); // once a minute, not once per failure
+    CHECK(lines_with(a, "the Redis cache fails") == 1);          // once a minute, not once per failure
     CHECK(metric(a, "chatkit_redis_cache_failures_total") >= 5); // but every failure is counted
 
     redis.start(); // empty
@@ -205,10 +205,10 @@ void make_fleet(shared_fleet& f, const redis_server& redis, std::vector<std::str
              {"CHAT_CACHE_SIZE", "0"}}; // every answer is asked for, and paid for
 }
 
-
 } // namespace
 
-TEST_CASE("with CHAT_LIMITS=shared on Redis, 40 concurrent requests over two replicas against a team's 10 per minute get exactly 10 answers") {
+TEST_CASE(
+    "with CHAT_LIMITS=shared on Redis, 40 concurrent requests over two replicas against a team's 10 per minute get exactly 10 answers") {
     const std::string server = GENERATE(as<std::string>{}, "beast", "httplib");
     INFO("CHAT_SERVER=" << server);
     redis_server redis;
@@ -230,7 +230,8 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, 40 concurrent requests over two rep
     CHECK(refused->get_header_value("x-ratelimit-limit-requests") == "10");
     CHECK(refused->get_header_value("x-ratelimit-remaining-requests") == "0");
     CHECK(std::stoi(refused->get_header_value("Retry-After")) <= 60);
-    CHECK_THAT(json::parse(refused->body)["error"]["message"].get<std::string>(), Catch::Contains("team 'fleet' allows 10 requests per minute"));
+    CHECK_THAT(json::parse(refused->body)["error"]["message"].get<std::string>(),
+               Catch::Contains("team 'fleet' allows 10 requests per minute"));
     CHECK(a.log().find(f.key.substr(3)) == std::string::npos);
 }
 
@@ -252,14 +253,16 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, CHAT_RATE_LIMIT's 10 per minute is 
     for (const auto& code : outcome.codes) CHECK(code == "rate_limit_exceeded");
 
     auto c = a.client();
-    auto refused = c.Post("/chat", test_support::bearer("sk-client-one"), json{{"user_id", "u"}, {"content", "again"}}.dump(), "application/json");
+    auto refused = c.Post("/chat", test_support::bearer("sk-client-one"), json{{"user_id", "u"}, {"content", "again"}}.dump(),
+                          "application/json");
     REQUIRE(refused);
     CHECK(refused->status == 429);
     CHECK(refused->get_header_value("X-RateLimit-Limit") == "10");
     CHECK(refused->get_header_value("X-RateLimit-Remaining") == "0");
     CHECK(std::stoi(refused->get_header_value("Retry-After")) <= 60);
     // Another client has its own 10; /health is never counted.
-    auto other = c.Post("/chat", test_support::bearer("sk-client-two"), json{{"user_id", "u"}, {"content", "hi"}}.dump(), "application/json");
+    auto other = c.Post("/chat", test_support::bearer("sk-client-two"), json{{"user_id", "u"}, {"content", "hi"}}.dump(),
+                        "application/json");
     REQUIRE(other);
     CHECK(other->status == 200);
     CHECK(other->get_header_value("X-RateLimit-Remaining") == "9");
@@ -287,12 +290,14 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis and keys, a chat makes one round tri
     int ok = 0, limited = 0;
     for (int i = 0; i < 8; ++i) {
         auto c = (i % 2 ? b : a).client();
-        auto r = c.Post("/chat", test_support::bearer(f.key), json{{"content", "count me " + std::to_string(i)}}.dump(), "application/json");
+        auto r = c.Post("/chat", test_support::bearer(f.key), json{{"content", "count me " + std::to_string(i)}}.dump(),
+                        "application/json");
         REQUIRE(r);
         if (r->status == 200) ++ok;
         if (r->status == 429) {
             ++limited;
-            CHECK(json::parse(r->body)["error"]["message"] == json("rate limit of 5/minute exceeded; retry in " + r->get_header_value("Retry-After") + " s"));
+            CHECK(json::parse(r->body)["error"]["message"] ==
+                  json("rate limit of 5/minute exceeded; retry in " + r->get_header_value("Retry-After") + " s"));
         }
     }
     CHECK(ok == 5); // the client's 5 a minute, over both replicas
@@ -311,7 +316,8 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis and keys, a chat makes one round tri
     CHECK(redis.command({"KEYS", "*team#fleet#rpm#*"}) == "1 elements");
 }
 
-TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hold exactly across two replicas, and settled answers give the rest back") {
+TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hold exactly across two replicas, and settled answers give "
+          "the rest back") {
     redis_server redis;
     test_support::temp_dir prices_dir;
     const auto prices = prices_dir.path() / "prices.json";
@@ -360,7 +366,8 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, a team's token limit and budget hol
     }
 }
 
-TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by each replica's own count (logged once), or refuses with CHAT_LIMITS_FALLBACK=refuse") {
+TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by each replica's own count (logged once), or refuses with "
+          "CHAT_LIMITS_FALLBACK=refuse") {
     redis_server redis;
     shared_fleet f;
     make_fleet(f, redis, {"--rpm", "3"});
@@ -370,9 +377,11 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by
     SECTION("the default: counted locally while Redis is down") {
         const std::string admin_key(40, 'a'); // /metrics needs it with keys on
         f.env["CHAT_ADMIN_KEY"] = admin_key;
-        const auto fallbacks = [&](server_process& s) { return metric(s, "chatkit_shared_limits_fallbacks_total", test_support::bearer(admin_key)); };
+        const auto fallbacks = [&](server_process& s) {
+            return metric(s, "chatkit_shared_limits_fallbacks_total", test_support::bearer(admin_key));
+        };
         server_process a{f.env};
-        wait_for_a_fresh_minute(); // the local count below must stay in one minute
+        wait_for_a_fresh_minute();       // the local count below must stay in one minute
         REQUIRE(chat(a)->status == 200); // counted in Redis
         CHECK(fallbacks(a) == 0);
         redis.stop();
@@ -382,7 +391,7 @@ TEST_CASE("with CHAT_LIMITS=shared on Redis, a Redis that is down is replaced by
         REQUIRE(refused);
         CHECK(refused->status == 429);
         CHECK(eventually([&] { return lines_with(a, "the shared limits cannot be reached") == 1; })); // once a minute, not per request
-        CHECK(fallbacks(a) == 4); // but each check is counted
+        CHECK(fallbacks(a) == 4);                                                                     // but each check is counted
         redis.start(); // empty: the minute's count in Redis starts again
         CHECK(eventually([&] {
             auto r = chat(a);

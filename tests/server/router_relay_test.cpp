@@ -35,18 +35,26 @@ struct gateway {
     std::unique_ptr<server_process> server;
 
     explicit gateway(int cooldown_after = 100) {
-        std::ofstream{path} << "# three upstreams, and the models routed to them\n"
-                               "providers:\n"
-                               "  - {name: primary, type: openai, base_url: \"" << primary.base_url() << "\", api_key_env: PRIMARY_KEY, max_retries: 0, timeout_seconds: 1}\n"
-                               "  - {name: backup, type: openai, base_url: \"" << backup.base_url() << "\", api_key_env: BACKUP_KEY, max_retries: 0}\n"
-                               "  - {name: claude, type: anthropic, base_url: \"" << claude.base_url() << "\", api_key_env: CLAUDE_KEY}\n"
-                               "  - {name: dead, type: openai, base_url: \"http://127.0.0.1:1/v1\", api_key_env: PRIMARY_KEY, max_retries: 0}\n"
-                               "models:\n"
-                               "  - {name: gpt-4o-mini, route: [primary, backup]}\n"
-                               "  - {name: sonnet, route: [claude], model: claude-sonnet-4-5}\n"
-                               "  - name: refused\n"
-                               "    route: [dead, {provider: backup, model: gpt-4o-mini}]\n"
-                               "router: {cooldown_after: " << cooldown_after << ", cooldown_seconds: 3600}\n";
+        std::ofstream{path}
+            << "# three upstreams, and the models routed to them\n"
+               "providers:\n"
+               "  - {name: primary, type: openai, base_url: \""
+            << primary.base_url()
+            << "\", api_key_env: PRIMARY_KEY, max_retries: 0, timeout_seconds: 1}\n"
+               "  - {name: backup, type: openai, base_url: \""
+            << backup.base_url()
+            << "\", api_key_env: BACKUP_KEY, max_retries: 0}\n"
+               "  - {name: claude, type: anthropic, base_url: \""
+            << claude.base_url()
+            << "\", api_key_env: CLAUDE_KEY}\n"
+               "  - {name: dead, type: openai, base_url: \"http://127.0.0.1:1/v1\", api_key_env: PRIMARY_KEY, max_retries: 0}\n"
+               "models:\n"
+               "  - {name: gpt-4o-mini, route: [primary, backup]}\n"
+               "  - {name: sonnet, route: [claude], model: claude-sonnet-4-5}\n"
+               "  - name: refused\n"
+               "    route: [dead, {provider: backup, model: gpt-4o-mini}]\n"
+               "router: {cooldown_after: "
+            << cooldown_after << ", cooldown_seconds: 3600}\n";
         server = std::make_unique<server_process>(std::map<std::string, std::string>{
             {"CHAT_CONFIG", path}, {"PRIMARY_KEY", primary_key}, {"BACKUP_KEY", backup_key}, {"CLAUDE_KEY", claude_key}});
     }
@@ -191,7 +199,8 @@ TEST_CASE("a failure before the first byte falls back to the next provider, answ
 TEST_CASE("the Anthropic and Responses surfaces fall back too: a streamed 429 before the first byte is answered by the next provider") {
     gateway g;
     auto c = g.server->client();
-    const json message = {{"model", "gpt-4o-mini"}, {"max_tokens", 50}, {"cache", false}, {"messages", {{{"role", "user"}, {"content", "a b c"}}}}};
+    const json message = {
+        {"model", "gpt-4o-mini"}, {"max_tokens", 50}, {"cache", false}, {"messages", {{{"role", "user"}, {"content", "a b c"}}}}};
     const json response = {{"model", "gpt-4o-mini"}, {"cache", false}, {"input", "a b c"}};
     for (const bool stream : {false, true}) {
         INFO((stream ? "streamed" : "whole"));
@@ -292,7 +301,8 @@ TEST_CASE("a bad CHAT_CONFIG stops start-up naming the file, the line and the pr
     CHECK(r.output.find(typo + ":2:") != std::string::npos);
     CHECK(r.output.find("unknown key 'weight' in a provider") != std::string::npos);
 
-    const auto no_key = write("providers:\n  - {name: a, type: anthropic, api_key_env: NOT_SET_ANYWHERE}\nmodels:\n  - {name: m, route: [a]}\n");
+    const auto no_key = write(
+        "providers:\n  - {name: a, type: anthropic, api_key_env: NOT_SET_ANYWHERE}\nmodels:\n  - {name: m, route: [a]}\n");
     r = start(no_key);
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("the variable NOT_SET_ANYWHERE is not set") != std::string::npos);

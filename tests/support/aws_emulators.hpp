@@ -70,8 +70,7 @@ public:
         // Keep reading: moto logs every request, and a full pipe would block it mid-request.
         drain_ = std::thread{[out = out_] {
             char sink[4096];
-            while (std::fgets(sink, sizeof sink, out)) {
-            }
+            while (std::fgets(sink, sizeof sink, out)) {}
         }};
     }
     ~emulator_process() { stop(); }

@@ -20,17 +20,17 @@ namespace test_support {
 class dynamodb_proxy {
 public:
     // Returns true when it answered; `forward()` sends the request on and gives the real answer.
-    using interceptor = std::function<bool(const std::string& target, const std::function<httplib::Result()>& forward,
-                                           httplib::Response& res)>;
+    using interceptor =
+        std::function<bool(const std::string& target, const std::function<httplib::Result()>& forward, httplib::Response& res)>;
     // The same, also shown the request's body (e.g. to answer a BatchWriteItem's items as unprocessed).
     using body_interceptor = std::function<bool(const std::string& target, const std::string& body,
                                                 const std::function<httplib::Result()>& forward, httplib::Response& res)>;
 
     dynamodb_proxy(int upstream_port, interceptor intercept)
         : dynamodb_proxy(upstream_port, body_interceptor{[intercept = std::move(intercept)](const std::string& target, const std::string&,
-                                                                                             const auto& forward, httplib::Response& res) {
-              return intercept(target, forward, res);
-          }}) {}
+                                                                                            const auto& forward, httplib::Response& res) {
+                             return intercept(target, forward, res);
+                         }}) {}
     dynamodb_proxy(int upstream_port, body_interceptor intercept) : upstream_(upstream_port), intercept_(std::move(intercept)) {
         server_.Post("/", [this](const httplib::Request& req, httplib::Response& res) {
             const std::string target = req.get_header_value("X-Amz-Target");

@@ -23,21 +23,21 @@ namespace test_support {
 
 struct fake_anthropic_reply {
     int status = 200;
-    std::string body;                                // for status != 200: the error body
+    std::string body; // for status != 200: the error body
     std::vector<std::pair<std::string, std::string>> headers;
-    std::chrono::milliseconds delay_before{0};       // before the status line
-    std::chrono::milliseconds delay_between{0};      // between stream events
-    std::size_t chunk_bytes = 0;                     // cut the SSE bytes into pieces this size (0: one per event)
-    int break_after_events = -1;                     // drop the connection after this many events
-    bool error_after_first_delta = false;            // an `error` event (overloaded_error) after the first text delta
-    bool error_before_content = false;               // an `error` event right after message_start
-    bool end_without_message_stop = false;           // the stream ends cleanly but message_stop never comes
-    bool thinking_block = false;                     // a thinking block (thinking_delta, signature_delta) before the text
+    std::chrono::milliseconds delay_before{0};  // before the status line
+    std::chrono::milliseconds delay_between{0}; // between stream events
+    std::size_t chunk_bytes = 0;                // cut the SSE bytes into pieces this size (0: one per event)
+    int break_after_events = -1;                // drop the connection after this many events
+    bool error_after_first_delta = false;       // an `error` event (overloaded_error) after the first text delta
+    bool error_before_content = false;          // an `error` event right after message_start
+    bool end_without_message_stop = false;      // the stream ends cleanly but message_stop never comes
+    bool thinking_block = false;                // a thinking block (thinking_delta, signature_delta) before the text
     std::string stop_reason = "end_turn";
     int cache_creation_input_tokens = 0;
     int cache_read_input_tokens = 0;
-    std::string content;                             // the answer; empty: echo the last user message
-    std::string model;                               // the model the answer names; empty: the request's
+    std::string content; // the answer; empty: echo the last user message
+    std::string model;   // the model the answer names; empty: the request's
 };
 
 // An error answer in Anthropic's envelope.
@@ -90,14 +90,17 @@ public:
         return out;
     }
 
-    static std::string event(const std::string& type, const nlohmann::json& data) { return "event: " + type + "\ndata: " + data.dump() + "\n\n"; }
+    static std::string event(const std::string& type, const nlohmann::json& data) {
+        return "event: " + type + "\ndata: " + data.dump() + "\n\n";
+    }
 
 private:
     // What the real API refuses before it answers: no key, no version, a body without
     // max_tokens or with turns that do not alternate.
     static std::optional<fake_anthropic_reply> refusal(const httplib::Request& req, const nlohmann::json& body) {
         if (!req.has_header("x-api-key")) return anthropic_error_reply(401, "authentication_error", "x-api-key header is required");
-        if (!req.has_header("anthropic-version")) return anthropic_error_reply(400, "invalid_request_error", "anthropic-version: header is required");
+        if (!req.has_header("anthropic-version"))
+            return anthropic_error_reply(400, "invalid_request_error", "anthropic-version: header is required");
         if (!body.is_object()) return anthropic_error_reply(400, "invalid_request_error", "request body is not valid JSON");
         if (!body.contains("max_tokens") || !body["max_tokens"].is_number_integer())
             return anthropic_error_reply(400, "invalid_request_error", "max_tokens: Field required");
@@ -109,7 +112,8 @@ private:
             if (role != "user" && role != "assistant")
                 return anthropic_error_reply(400, "invalid_request_error", "messages: roles must be user or assistant");
             if (role == previous)
-                return anthropic_error_reply(400, "invalid_request_error", "messages: roles must alternate between \"user\" and \"assistant\"");
+                return anthropic_error_reply(400, "invalid_request_error",
+                                             "messages: roles must alternate between \"user\" and \"assistant\"");
             previous = role;
         }
         // Each tool_result answers a tool_use of the assistant turn just before it, and comes first.
@@ -128,7 +132,8 @@ private:
                         if (use.value("type", "") == "tool_use" && use.value("id", "") == block.value("tool_use_id", "")) answered = true;
                 if (!answered || text_seen)
                     return anthropic_error_reply(400, "invalid_request_error",
-                                                 "messages." + std::to_string(i) + ": tool_result blocks must answer a tool_use of the previous message and come first");
+                                                 "messages." + std::to_string(i) +
+                                                     ": tool_result blocks must answer a tool_use of the previous message and come first");
             }
         }
         return std::nullopt;
@@ -209,22 +214,38 @@ private:
         nlohmann::json start_usage = usage;
         start_usage["output_tokens"] = 1;
         events.push_back(event("message_start", {{"type", "message_start"},
-                                                 {"message", {{"id", "msg_fake"}, {"type", "message"}, {"role", "assistant"}, {"content", nlohmann::json::array()},
-                                                              {"model", model}, {"stop_reason", nullptr}, {"stop_sequence", nullptr}, {"usage", start_usage}}}}));
+                                                 {"message",
+                                                  {{"id", "msg_fake"},
+                                                   {"type", "message"},
+                                                   {"role", "assistant"},
+                                                   {"content", nlohmann::json::array()},
+                                                   {"model", model},
+                                                   {"stop_reason", nullptr},
+                                                   {"stop_sequence", nullptr},
+                                                   {"usage", start_usage}}}}));
         if (reply.error_before_content)
             events.push_back(event("error", {{"type", "error"}, {"error", {{"type", "overloaded_error"}, {"message", "Overloaded"}}}}));
         int index = 0;
         if (reply.thinking_block) {
-            events.push_back(event("content_block_start", {{"type", "content_block_start"}, {"index", index}, {"content_block", {{"type", "thinking"}, {"thinking", ""}}}}));
-            events.push_back(event("content_block_delta", {{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "thinking_delta"}, {"thinking", "let me see"}}}}));
-            events.push_back(event("content_block_delta", {{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "signature_delta"}, {"signature", "sig"}}}}));
+            events.push_back(
+                event("content_block_start",
+                      {{"type", "content_block_start"}, {"index", index}, {"content_block", {{"type", "thinking"}, {"thinking", ""}}}}));
+            events.push_back(event(
+                "content_block_delta",
+                {{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "thinking_delta"}, {"thinking", "let me see"}}}}));
+            events.push_back(
+                event("content_block_delta",
+                      {{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "signature_delta"}, {"signature", "sig"}}}}));
             events.push_back(event("content_block_stop", {{"type", "content_block_stop"}, {"index", index}}));
             ++index;
         }
-        events.push_back(event("content_block_start", {{"type", "content_block_start"}, {"index", index}, {"content_block", {{"type", "text"}, {"text", ""}}}}));
+        events.push_back(event("content_block_start",
+                               {{"type", "content_block_start"}, {"index", index}, {"content_block", {{"type", "text"}, {"text", ""}}}}));
         events.push_back(event("ping", {{"type", "ping"}}));
         for (std::size_t i = 0; i < pieces.size(); ++i) {
-            events.push_back(event("content_block_delta", {{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "text_delta"}, {"text", pieces[i]}}}}));
+            events.push_back(
+                event("content_block_delta",
+                      {{"type", "content_block_delta"}, {"index", index}, {"delta", {{"type", "text_delta"}, {"text", pieces[i]}}}}));
             if (i == 0 && reply.error_after_first_delta)
                 events.push_back(event("error", {{"type", "error"}, {"error", {{"type", "overloaded_error"}, {"message", "Overloaded"}}}}));
         }
@@ -250,16 +271,24 @@ private:
 
     // A tool_use of the request's first tool, as Anthropic sends one; streamed, its input arrives
     // in two input_json_delta fragments.
-    static void answer_tool_use(const nlohmann::json& body, const std::string& last_user, const fake_anthropic_reply& reply, httplib::Response& res) {
+    static void answer_tool_use(const nlohmann::json& body, const std::string& last_user, const fake_anthropic_reply& reply,
+                                httplib::Response& res) {
         const std::string name = body["tools"][0].value("name", "");
         const nlohmann::json input = {{"q", last_user}};
-        const nlohmann::json usage = {{"input_tokens", static_cast<int>(words(last_user).size())}, {"cache_creation_input_tokens", 0},
-                                      {"cache_read_input_tokens", 0}, {"output_tokens", 9}};
+        const nlohmann::json usage = {{"input_tokens", static_cast<int>(words(last_user).size())},
+                                      {"cache_creation_input_tokens", 0},
+                                      {"cache_read_input_tokens", 0},
+                                      {"output_tokens", 9}};
         const std::string model = body.value("model", "claude-fake");
         if (!body.value("stream", false)) {
-            res.set_content(nlohmann::json{{"id", "msg_fake"}, {"type", "message"}, {"role", "assistant"}, {"model", model},
+            res.set_content(nlohmann::json{{"id", "msg_fake"},
+                                           {"type", "message"},
+                                           {"role", "assistant"},
+                                           {"model", model},
                                            {"content", {{{"type", "tool_use"}, {"id", "toolu_fake_1"}, {"name", name}, {"input", input}}}},
-                                           {"stop_reason", "tool_use"}, {"stop_sequence", nullptr}, {"usage", usage}}
+                                           {"stop_reason", "tool_use"},
+                                           {"stop_sequence", nullptr},
+                                           {"usage", usage}}
                                 .dump(),
                             "application/json");
             return;
@@ -268,14 +297,30 @@ private:
         const std::size_t half = json_input.size() / 2;
         std::string events =
             event("message_start", {{"type", "message_start"},
-                                    {"message", {{"id", "msg_fake"}, {"type", "message"}, {"role", "assistant"}, {"content", nlohmann::json::array()},
-                                                 {"model", model}, {"stop_reason", nullptr}, {"stop_sequence", nullptr}, {"usage", usage}}}}) +
-            event("content_block_start", {{"type", "content_block_start"}, {"index", 0},
-                                          {"content_block", {{"type", "tool_use"}, {"id", "toolu_fake_1"}, {"name", name}, {"input", nlohmann::json::object()}}}}) +
-            event("content_block_delta", {{"type", "content_block_delta"}, {"index", 0}, {"delta", {{"type", "input_json_delta"}, {"partial_json", json_input.substr(0, half)}}}}) +
-            event("content_block_delta", {{"type", "content_block_delta"}, {"index", 0}, {"delta", {{"type", "input_json_delta"}, {"partial_json", json_input.substr(half)}}}}) +
+                                    {"message",
+                                     {{"id", "msg_fake"},
+                                      {"type", "message"},
+                                      {"role", "assistant"},
+                                      {"content", nlohmann::json::array()},
+                                      {"model", model},
+                                      {"stop_reason", nullptr},
+                                      {"stop_sequence", nullptr},
+                                      {"usage", usage}}}}) +
+            event(
+                "content_block_start",
+                {{"type", "content_block_start"},
+                 {"index", 0},
+                 {"content_block", {{"type", "tool_use"}, {"id", "toolu_fake_1"}, {"name", name}, {"input", nlohmann::json::object()}}}}) +
+            event("content_block_delta", {{"type", "content_block_delta"},
+                                          {"index", 0},
+                                          {"delta", {{"type", "input_json_delta"}, {"partial_json", json_input.substr(0, half)}}}}) +
+            event("content_block_delta", {{"type", "content_block_delta"},
+                                          {"index", 0},
+                                          {"delta", {{"type", "input_json_delta"}, {"partial_json", json_input.substr(half)}}}}) +
             event("content_block_stop", {{"type", "content_block_stop"}, {"index", 0}}) +
-            event("message_delta", {{"type", "message_delta"}, {"delta", {{"stop_reason", "tool_use"}, {"stop_sequence", nullptr}}}, {"usage", {{"output_tokens", 9}}}}) +
+            event("message_delta", {{"type", "message_delta"},
+                                    {"delta", {{"stop_reason", "tool_use"}, {"stop_sequence", nullptr}}},
+                                    {"usage", {{"output_tokens", 9}}}}) +
             event("message_stop", {{"type", "message_stop"}});
         const std::size_t step = reply.chunk_bytes ? reply.chunk_bytes : events.size();
         res.set_chunked_content_provider("text/event-stream", [events, step](std::size_t, httplib::DataSink& sink) {

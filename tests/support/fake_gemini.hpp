@@ -25,22 +25,22 @@ namespace test_support {
 
 struct fake_gemini_reply {
     int status = 200;
-    std::string body;                                // for status != 200: the error body
+    std::string body; // for status != 200: the error body
     std::vector<std::pair<std::string, std::string>> headers;
-    std::chrono::milliseconds delay_before{0};       // before the status line
-    std::chrono::milliseconds delay_between{0};      // between stream events
-    std::size_t chunk_bytes = 0;                     // cut the SSE bytes into pieces this size (0: one per event)
-    int break_after_events = -1;                     // drop the connection after this many events
-    bool error_after_first_delta = false;            // an error object (UNAVAILABLE) as the event after the first text
-    bool error_before_content = false;               // an error object as the first event
-    bool end_without_finish = false;                 // the stream ends cleanly but no chunk has a finishReason
-    bool thought_part = false;                       // a part with thought: true before the text
+    std::chrono::milliseconds delay_before{0};  // before the status line
+    std::chrono::milliseconds delay_between{0}; // between stream events
+    std::size_t chunk_bytes = 0;                // cut the SSE bytes into pieces this size (0: one per event)
+    int break_after_events = -1;                // drop the connection after this many events
+    bool error_after_first_delta = false;       // an error object (UNAVAILABLE) as the event after the first text
+    bool error_before_content = false;          // an error object as the first event
+    bool end_without_finish = false;            // the stream ends cleanly but no chunk has a finishReason
+    bool thought_part = false;                  // a part with thought: true before the text
     std::string finish_reason = "STOP";
-    std::string block_reason;                        // non-empty: the prompt is blocked (promptFeedback, no candidate)
-    int cached_tokens = 0;                           // cachedContentTokenCount (part of the prompt count)
-    int thoughts_tokens = 0;                         // thoughtsTokenCount
-    std::string content;                             // the answer; empty: echo the last user message
-    std::string model_version;                       // modelVersion; empty: the request's model; "-": none
+    std::string block_reason;  // non-empty: the prompt is blocked (promptFeedback, no candidate)
+    int cached_tokens = 0;     // cachedContentTokenCount (part of the prompt count)
+    int thoughts_tokens = 0;   // thoughtsTokenCount
+    std::string content;       // the answer; empty: echo the last user message
+    std::string model_version; // modelVersion; empty: the request's model; "-": none
 };
 
 // An error answer in Google's envelope.
@@ -55,9 +55,9 @@ inline fake_gemini_reply gemini_error_reply(int status, std::string google_statu
 }
 
 struct fake_gemini_request {
-    std::string model;    // from the path
-    std::string method;   // generateContent or streamGenerateContent
-    std::string alt;      // the alt query parameter
+    std::string model;  // from the path
+    std::string method; // generateContent or streamGenerateContent
+    std::string alt;    // the alt query parameter
     nlohmann::json body;
     httplib::Headers headers;
 };
@@ -111,10 +111,11 @@ public:
 
 private:
     static fake_gemini_reply unknown_field(const std::string& name) {
-        return gemini_error_reply(400, "INVALID_ARGUMENT",
-                                  "Invalid JSON payload received. Unknown name \"" + name + "\": Cannot find field.",
-                                  nlohmann::json::array({{{"@type", "type.googleapis.com/google.rpc.BadRequest"},
-                                                          {"fieldViolations", {{{"description", "Invalid JSON payload received. Unknown name \"" + name + "\""}}}}}}));
+        return gemini_error_reply(
+            400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unknown name \"" + name + "\": Cannot find field.",
+            nlohmann::json::array(
+                {{{"@type", "type.googleapis.com/google.rpc.BadRequest"},
+                  {"fieldViolations", {{{"description", "Invalid JSON payload received. Unknown name \"" + name + "\""}}}}}}));
     }
 
     // What the real API refuses before it answers: no key or a wrong one, fields it does not
@@ -122,9 +123,10 @@ private:
     // out of range.
     std::optional<fake_gemini_reply> refusal(const httplib::Request& req, const nlohmann::json& body) const {
         if (!req.has_header("x-goog-api-key"))
-            return gemini_error_reply(403, "PERMISSION_DENIED",
-                                      "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or "
-                                      "other form of API consumer identity to call this API.");
+            return gemini_error_reply(
+                403, "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or "
+                "other form of API consumer identity to call this API.");
         const std::string key = req.get_header_value("x-goog-api-key");
         const std::string accepted = [this] {
             std::lock_guard lock{mutex_};
@@ -137,25 +139,40 @@ private:
                                                               {"domain", "googleapis.com"},
                                                               {"metadata", {{"service", "generativelanguage.googleapis.com"}}}}}));
         if (!body.is_object()) return gemini_error_reply(400, "INVALID_ARGUMENT", "Invalid JSON payload received.");
-        static const std::set<std::string> top = {"contents", "systemInstruction", "generationConfig", "safetySettings", "tools", "toolConfig", "cachedContent"};
+        static const std::set<std::string> top = {"contents", "systemInstruction", "generationConfig", "safetySettings",
+                                                  "tools",    "toolConfig",        "cachedContent"};
         for (const auto& [name, value] : body.items())
             if (!top.contains(name)) return unknown_field(name);
-        static const std::set<std::string> config = {"temperature", "maxOutputTokens", "topP", "topK", "stopSequences", "seed", "candidateCount",
-                                                     "presencePenalty", "frequencyPenalty", "responseMimeType", "responseSchema", "thinkingConfig"};
+        static const std::set<std::string> config = {"temperature",
+                                                     "maxOutputTokens",
+                                                     "topP",
+                                                     "topK",
+                                                     "stopSequences",
+                                                     "seed",
+                                                     "candidateCount",
+                                                     "presencePenalty",
+                                                     "frequencyPenalty",
+                                                     "responseMimeType",
+                                                     "responseSchema",
+                                                     "thinkingConfig"};
         if (body.contains("generationConfig")) {
             for (const auto& [name, value] : body["generationConfig"].items())
                 if (!config.contains(name)) return unknown_field("generation_config." + name);
             const auto& g = body["generationConfig"];
-            if (g.contains("temperature") && (!g["temperature"].is_number() || g["temperature"].get<double>() < 0 || g["temperature"].get<double>() > 2))
-                return gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.generation_config.temperature: must be between 0 and 2");
+            if (g.contains("temperature") &&
+                (!g["temperature"].is_number() || g["temperature"].get<double>() < 0 || g["temperature"].get<double>() > 2))
+                return gemini_error_reply(400, "INVALID_ARGUMENT",
+                                          "* GenerateContentRequest.generation_config.temperature: must be between 0 and 2");
         }
         if (!body.contains("contents") || !body["contents"].is_array() || body["contents"].empty())
             return gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified\n");
         for (const auto& c : body["contents"]) {
             const std::string role = c.is_object() && c.contains("role") && c["role"].is_string() ? c["role"].get<std::string>() : "";
-            if (role != "user" && role != "model") return gemini_error_reply(400, "INVALID_ARGUMENT", "Please use a valid role: user, model.");
+            if (role != "user" && role != "model")
+                return gemini_error_reply(400, "INVALID_ARGUMENT", "Please use a valid role: user, model.");
             if (!c.contains("parts") || !c["parts"].is_array() || c["parts"].empty())
-                return gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents.parts: contents.parts must not be empty.\n");
+                return gemini_error_reply(400, "INVALID_ARGUMENT",
+                                          "* GenerateContentRequest.contents.parts: contents.parts must not be empty.\n");
             for (const auto& p : c["parts"]) {
                 if (p.is_object() && p.size() == 1 && p.contains("functionCall") && p["functionCall"].is_object() &&
                     p["functionCall"].contains("name") && p["functionCall"].value("args", nlohmann::json::object()).is_object())
@@ -164,8 +181,9 @@ private:
                     p["functionResponse"].contains("name") && p["functionResponse"].value("response", nlohmann::json()).is_object())
                     continue;
                 if (!p.is_object() || !p.contains("text") || !p["text"].is_string() || p["text"].get<std::string>().empty())
-                    return gemini_error_reply(400, "INVALID_ARGUMENT",
-                                              "Unable to submit request because it has an empty text parameter. Add a value to the parameter and try again.");
+                    return gemini_error_reply(
+                        400, "INVALID_ARGUMENT",
+                        "Unable to submit request because it has an empty text parameter. Add a value to the parameter and try again.");
             }
         }
         // Function responses answer the function calls of the turn before, one for one.
@@ -178,7 +196,8 @@ private:
                 for (const auto& p : contents[i - 1]["parts"]) calls += p.contains("functionCall");
             if (responses != calls)
                 return gemini_error_reply(400, "INVALID_ARGUMENT",
-                                          "Please ensure that the number of function response parts is equal to the number of function call parts of the function call turn.");
+                                          "Please ensure that the number of function response parts is equal to the number of function "
+                                          "call parts of the function call turn.");
         }
         if (body.contains("tools")) {
             for (const auto& tool : body["tools"])
@@ -188,7 +207,10 @@ private:
                         for (const auto& [field, v] : d.items())
                             if (field != "name" && field != "description" && field != "parameters" && field != "parametersJsonSchema")
                                 return unknown_field("tools[0].function_declarations[0]." + field);
-                        if (!d.contains("name")) return gemini_error_reply(400, "INVALID_ARGUMENT", "* GenerateContentRequest.tools[0].function_declarations[0].name: Name cannot be empty.\n");
+                        if (!d.contains("name"))
+                            return gemini_error_reply(
+                                400, "INVALID_ARGUMENT",
+                                "* GenerateContentRequest.tools[0].function_declarations[0].name: Name cannot be empty.\n");
                     }
                 }
         }
@@ -249,7 +271,8 @@ private:
         const int prompt_tokens = static_cast<int>(words(last_user).size()) + reply.cached_tokens;
         const int candidates_tokens = static_cast<int>(pieces.size());
         auto usage = [&](int candidates, bool final) {
-            nlohmann::json u = {{"promptTokenCount", prompt_tokens}, {"candidatesTokenCount", candidates},
+            nlohmann::json u = {{"promptTokenCount", prompt_tokens},
+                                {"candidatesTokenCount", candidates},
                                 {"totalTokenCount", prompt_tokens + candidates + (final ? reply.thoughts_tokens : 0)}};
             if (reply.cached_tokens) u["cachedContentTokenCount"] = reply.cached_tokens;
             if (final && reply.thoughts_tokens) u["thoughtsTokenCount"] = reply.thoughts_tokens;
@@ -259,21 +282,25 @@ private:
         auto response = [&](nlohmann::json parts, const std::string& finish, nlohmann::json u) {
             nlohmann::json candidate = {{"content", {{"parts", std::move(parts)}, {"role", "model"}}}, {"index", 0}};
             if (!finish.empty()) candidate["finishReason"] = finish;
-            nlohmann::json r = {{"candidates", nlohmann::json::array({candidate})}, {"usageMetadata", std::move(u)}, {"responseId", "fake-response-id"}};
+            nlohmann::json r = {
+                {"candidates", nlohmann::json::array({candidate})}, {"usageMetadata", std::move(u)}, {"responseId", "fake-response-id"}};
             if (reply.model_version != "-") r["modelVersion"] = reply.model_version.empty() ? model : reply.model_version;
             return r;
         };
         nlohmann::json blocked;
         if (!reply.block_reason.empty()) {
-            blocked = {{"promptFeedback", {{"blockReason", reply.block_reason},
-                                           {"safetyRatings", nlohmann::json::array({{{"category", "HARM_CATEGORY_DANGEROUS_CONTENT"}, {"probability", "HIGH"}}})}}},
-                       {"usageMetadata", {{"promptTokenCount", prompt_tokens}, {"totalTokenCount", prompt_tokens}}}};
+            blocked = {
+                {"promptFeedback",
+                 {{"blockReason", reply.block_reason},
+                  {"safetyRatings", nlohmann::json::array({{{"category", "HARM_CATEGORY_DANGEROUS_CONTENT"}, {"probability", "HIGH"}}})}}},
+                {"usageMetadata", {{"promptTokenCount", prompt_tokens}, {"totalTokenCount", prompt_tokens}}}};
             if (reply.model_version != "-") blocked["modelVersion"] = model;
         }
         const nlohmann::json thought = {{"text", "Let me think."}, {"thought", true}};
 
         if (declares && !results && reply.content.empty() && blocked.is_null()) {
-            const nlohmann::json call = {{"functionCall", {{"name", body["tools"][0]["functionDeclarations"][0]["name"]}, {"args", {{"q", last_user}}}}}};
+            const nlohmann::json call = {
+                {"functionCall", {{"name", body["tools"][0]["functionDeclarations"][0]["name"]}, {"args", {{"q", last_user}}}}}};
             const auto answer = response(nlohmann::json::array({call}), "STOP", usage(7, true));
             if (method == "generateContent") return res.set_content(answer.dump(2), "application/json; charset=UTF-8");
             if (alt != "sse") return res.set_content(nlohmann::json::array({answer}).dump(2), "application/json; charset=UTF-8");
@@ -285,7 +312,8 @@ private:
             nlohmann::json parts = nlohmann::json::array();
             if (reply.thought_part) parts.push_back(thought);
             parts.push_back({{"text", content}});
-            res.set_content(response(parts, reply.finish_reason, usage(candidates_tokens, true)).dump(2), "application/json; charset=UTF-8");
+            res.set_content(response(parts, reply.finish_reason, usage(candidates_tokens, true)).dump(2),
+                            "application/json; charset=UTF-8");
             return;
         }
 
@@ -295,14 +323,17 @@ private:
         if (!blocked.is_null()) chunks.push_back(blocked);
         else {
             if (reply.error_before_content)
-                chunks.push_back(nlohmann::json::parse(gemini_error_reply(503, "UNAVAILABLE", "The model is overloaded. Please try again later.").body));
+                chunks.push_back(
+                    nlohmann::json::parse(gemini_error_reply(503, "UNAVAILABLE", "The model is overloaded. Please try again later.").body));
             if (reply.thought_part) chunks.push_back(response(nlohmann::json::array({thought}), "", usage(0, false)));
             for (std::size_t i = 0; i < pieces.size(); ++i) {
                 const bool last = i + 1 == pieces.size();
-                chunks.push_back(response(nlohmann::json::array({{{"text", pieces[i]}}}), last && !reply.end_without_finish ? reply.finish_reason : "",
+                chunks.push_back(response(nlohmann::json::array({{{"text", pieces[i]}}}),
+                                          last && !reply.end_without_finish ? reply.finish_reason : "",
                                           usage(static_cast<int>(i + 1), last)));
                 if (i == 0 && reply.error_after_first_delta)
-                    chunks.push_back(nlohmann::json::parse(gemini_error_reply(503, "UNAVAILABLE", "The model is overloaded. Please try again later.").body));
+                    chunks.push_back(nlohmann::json::parse(
+                        gemini_error_reply(503, "UNAVAILABLE", "The model is overloaded. Please try again later.").body));
             }
         }
         if (alt != "sse") { // without alt=sse, Google sends the chunks as one JSON array

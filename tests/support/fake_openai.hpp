@@ -22,22 +22,25 @@ namespace test_support {
 
 struct fake_reply {
     int status = 200;
-    std::string body;                                // for status != 200: the error body
+    std::string body; // for status != 200: the error body
     std::vector<std::pair<std::string, std::string>> headers;
-    std::chrono::milliseconds delay_before{0};       // before the status line
-    std::chrono::milliseconds delay_between{0};      // between stream chunks
-    std::size_t chunk_bytes = 0;                     // cut the SSE bytes into pieces this size (0: one per event)
-    int break_after_events = -1;                     // drop the connection after this many events
-    bool malformed_chunk = false;                    // a chunk that is not JSON, after the first delta
-    bool error_event = false;                        // an {"error":...} event after the first delta
-    std::string content;                             // the answer; empty: echo the last user message
+    std::chrono::milliseconds delay_before{0};  // before the status line
+    std::chrono::milliseconds delay_between{0}; // between stream chunks
+    std::size_t chunk_bytes = 0;                // cut the SSE bytes into pieces this size (0: one per event)
+    int break_after_events = -1;                // drop the connection after this many events
+    bool malformed_chunk = false;               // a chunk that is not JSON, after the first delta
+    bool error_event = false;                   // an {"error":...} event after the first delta
+    std::string content;                        // the answer; empty: echo the last user message
 };
 
 inline fake_reply status_reply(int status, std::string message, std::string type, std::string code = {}) {
     fake_reply r;
     r.status = status;
-    r.body = nlohmann::json{{"error", {{"message", message}, {"type", type}, {"param", nullptr},
-                                       {"code", code.empty() ? nlohmann::json(nullptr) : nlohmann::json(code)}}}}
+    r.body = nlohmann::json{{"error",
+                             {{"message", message},
+                              {"type", type},
+                              {"param", nullptr},
+                              {"code", code.empty() ? nlohmann::json(nullptr) : nlohmann::json(code)}}}}
                  .dump();
     return r;
 }
@@ -126,11 +129,13 @@ private:
             for (const auto& m : body["messages"])
                 if (m.value("role", "") == "user" && m["content"].is_string()) last_user = m["content"];
         const bool offers_tools = body.is_object() && body.contains("tools") && body["tools"].is_array() && !body["tools"].empty();
-        const nlohmann::json* last = body.is_object() && body["messages"].is_array() && !body["messages"].empty() ? &body["messages"].back() : nullptr;
+        const nlohmann::json* last = body.is_object() && body["messages"].is_array() && !body["messages"].empty() ? &body["messages"].back()
+                                                                                                                  : nullptr;
         const bool after_tool = last && last->value("role", "") == "tool";
         if (offers_tools && !after_tool && reply.content.empty()) return answer_tool_call(body, last_user, res);
         std::string content = reply.content.empty() ? "echo: " + last_user : reply.content;
-        if (after_tool && reply.content.empty() && (*last)["content"].is_string()) content = "tool said: " + (*last)["content"].get<std::string>();
+        if (after_tool && reply.content.empty() && (*last)["content"].is_string())
+            content = "tool said: " + (*last)["content"].get<std::string>();
         const auto pieces = words(content);
         const std::string model = body.value("model", "fake-1");
         const nlohmann::json usage = {{"prompt_tokens", static_cast<int>(words(last_user).size())},
@@ -141,10 +146,11 @@ private:
                                            {"object", "chat.completion"},
                                            {"created", 1741569952},
                                            {"model", model},
-                                           {"choices", {{{"index", 0},
-                                                         {"message", {{"role", "assistant"}, {"content", content}, {"refusal", nullptr}}},
-                                                         {"logprobs", nullptr},
-                                                         {"finish_reason", "stop"}}}},
+                                           {"choices",
+                                            {{{"index", 0},
+                                              {"message", {{"role", "assistant"}, {"content", content}, {"refusal", nullptr}}},
+                                              {"logprobs", nullptr},
+                                              {"finish_reason", "stop"}}}},
                                            {"usage", usage}}
                                 .dump(),
                             "application/json");
@@ -152,21 +158,31 @@ private:
         }
         // The events, as the real API sends them: role first, the deltas, the finish, the usage, [DONE].
         auto chunk = [&](nlohmann::json choices, nlohmann::json extra = nlohmann::json::object()) {
-            nlohmann::json j = {{"id", "chatcmpl-fake"}, {"object", "chat.completion.chunk"}, {"created", 1741569952},
-                                {"model", model}, {"choices", std::move(choices)}};
+            nlohmann::json j = {{"id", "chatcmpl-fake"},
+                                {"object", "chat.completion.chunk"},
+                                {"created", 1741569952},
+                                {"model", model},
+                                {"choices", std::move(choices)}};
             j.update(extra);
             return "data: " + j.dump() + "\n\n";
         };
         std::vector<std::string> events;
-        events.push_back(chunk({{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
+        events.push_back(chunk({{{"index", 0},
+                                 {"delta", {{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}},
+                                 {"logprobs", nullptr},
+                                 {"finish_reason", nullptr}}}));
         for (std::size_t i = 0; i < pieces.size(); ++i) {
-            events.push_back(chunk({{{"index", 0}, {"delta", {{"content", pieces[i]}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
+            events.push_back(
+                chunk({{{"index", 0}, {"delta", {{"content", pieces[i]}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
             if (i == 0 && reply.malformed_chunk) events.push_back("data: {\"choices\":[{\"delta\":\n\n");
-            if (i == 0 && reply.error_event) events.push_back("data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\"}}\n\n");
+            if (i == 0 && reply.error_event)
+                events.push_back("data: {\"error\":{\"message\":\"The server had an error while processing your "
+                                 "request.\",\"type\":\"server_error\"}}\n\n");
         }
         events.push_back(chunk({{{"index", 0}, {"delta", nlohmann::json::object()}, {"logprobs", nullptr}, {"finish_reason", "stop"}}}));
         const auto& options = body["stream_options"];
-        if (options.is_object() && options.value("include_usage", false)) events.push_back(chunk(nlohmann::json::array(), {{"usage", usage}}));
+        if (options.is_object() && options.value("include_usage", false))
+            events.push_back(chunk(nlohmann::json::array(), {{"usage", usage}}));
         events.push_back("data: [DONE]\n\n");
 
         res.set_chunked_content_provider("text/event-stream", [events, reply](std::size_t, httplib::DataSink& sink) {
@@ -189,35 +205,54 @@ private:
         const std::string model = body.value("model", "fake-1");
         const std::string name = body["tools"][0].value("function", nlohmann::json::object()).value("name", "");
         const std::string arguments = nlohmann::json{{"q", last_user}}.dump();
-        const nlohmann::json usage = {{"prompt_tokens", static_cast<int>(words(last_user).size())}, {"completion_tokens", 7}, {"total_tokens", static_cast<int>(words(last_user).size()) + 7}};
+        const nlohmann::json usage = {{"prompt_tokens", static_cast<int>(words(last_user).size())},
+                                      {"completion_tokens", 7},
+                                      {"total_tokens", static_cast<int>(words(last_user).size()) + 7}};
         const nlohmann::json call = {{"id", "call_fake_1"}, {"type", "function"}, {"function", {{"name", name}, {"arguments", arguments}}}};
         if (!body.value("stream", false)) {
-            res.set_content(nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion"}, {"created", 1741569952}, {"model", model},
-                                           {"choices", {{{"index", 0},
-                                                         {"message", {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}, {"refusal", nullptr}}},
-                                                         {"logprobs", nullptr},
-                                                         {"finish_reason", "tool_calls"}}}},
-                                           {"usage", usage}}
-                                .dump(),
-                            "application/json");
+            res.set_content(
+                nlohmann::json{{"id", "chatcmpl-fake"},
+                               {"object", "chat.completion"},
+                               {"created", 1741569952},
+                               {"model", model},
+                               {"choices",
+                                {{{"index", 0},
+                                  {"message", {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}, {"refusal", nullptr}}},
+                                  {"logprobs", nullptr},
+                                  {"finish_reason", "tool_calls"}}}},
+                               {"usage", usage}}
+                    .dump(),
+                "application/json");
             return;
         }
         auto chunk = [&](nlohmann::json delta, nlohmann::json finish = nullptr) {
-            return "data: " + nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion.chunk"}, {"created", 1741569952}, {"model", model},
-                                             {"choices", {{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", std::move(finish)}}}}}
-                                  .dump() + "\n\n";
+            return "data: " +
+                   nlohmann::json{
+                       {"id", "chatcmpl-fake"},
+                       {"object", "chat.completion.chunk"},
+                       {"created", 1741569952},
+                       {"model", model},
+                       {"choices",
+                        {{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}, {"finish_reason", std::move(finish)}}}}}
+                       .dump() +
+                   "\n\n";
         };
         const std::size_t half = arguments.size() / 2;
         std::string events =
-            chunk({{"role", "assistant"}, {"content", nullptr},
-                   {"tool_calls", {{{"index", 0}, {"id", "call_fake_1"}, {"type", "function"}, {"function", {{"name", name}, {"arguments", ""}}}}}}}) +
+            chunk({{"role", "assistant"},
+                   {"content", nullptr},
+                   {"tool_calls",
+                    {{{"index", 0}, {"id", "call_fake_1"}, {"type", "function"}, {"function", {{"name", name}, {"arguments", ""}}}}}}}) +
             chunk({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", arguments.substr(0, half)}}}}}}}) +
             chunk({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", arguments.substr(half)}}}}}}}) +
             chunk(nlohmann::json::object(), "tool_calls");
         const auto options = body.value("stream_options", nlohmann::json::object());
         if (options.is_object() && options.value("include_usage", false))
-            events += "data: " + nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion.chunk"}, {"created", 1741569952}, {"model", model},
-                                                {"choices", nlohmann::json::array()}, {"usage", usage}}.dump() + "\n\n";
+            events += "data: " +
+                      nlohmann::json{{"id", "chatcmpl-fake"}, {"object", "chat.completion.chunk"},  {"created", 1741569952},
+                                     {"model", model},        {"choices", nlohmann::json::array()}, {"usage", usage}}
+                          .dump() +
+                      "\n\n";
         events += "data: [DONE]\n\n";
         res.set_content(events, "text/event-stream");
     }

@@ -27,8 +27,7 @@ inline void announce_and_serve(int port, const sigset_t& stop) {
     std::printf("{\"port\":%d}\n", port);
     std::fflush(stdout);
     std::thread stdin_watch([] {
-        for (char c; std::cin.get(c);) {
-        }
+        for (char c; std::cin.get(c);) {}
         kill(getpid(), SIGTERM);
     });
     stdin_watch.detach();

@@ -83,9 +83,9 @@ struct recorded_request {
 
 class fault_upstream {
 public:
-    std::chrono::milliseconds stall_for{4000};  // more than any CHAT_UPSTREAM_TIMEOUT a test sets
-    std::chrono::milliseconds drip_every{500};  // shorter than CHAT_UPSTREAM_TIMEOUT: only the deadline can cut it
-    std::size_t oversized_bytes = 65u << 20;    // each provider keeps at most 64 MiB of an answer
+    std::chrono::milliseconds stall_for{4000}; // more than any CHAT_UPSTREAM_TIMEOUT a test sets
+    std::chrono::milliseconds drip_every{500}; // shorter than CHAT_UPSTREAM_TIMEOUT: only the deadline can cut it
+    std::size_t oversized_bytes = 65u << 20;   // each provider keeps at most 64 MiB of an answer
 
     explicit fault_upstream(wire w = wire::openai) : wire_{w} {
         open_listener(0);
@@ -330,7 +330,9 @@ private:
         const std::string quoted = key.empty() ? std::string{} : " (" + key + ")";
         switch (wire_) {
         case wire::anthropic:
-            return nlohmann::json{{"type", "error"}, {"error", {{"type", type}, {"message", message + quoted}}}, {"request_id", "req_fault"}}.dump();
+            return nlohmann::json{
+                {"type", "error"}, {"error", {{"type", type}, {"message", message + quoted}}}, {"request_id", "req_fault"}}
+                .dump();
         case wire::gemini: {
             nlohmann::json e = {{"code", status}, {"message", message + quoted}, {"status", type}};
             if (status == 429) // Google gives its delay here, not in a Retry-After header
@@ -340,14 +342,18 @@ private:
         case wire::bedrock: return nlohmann::json{{"message", message + quoted}}.dump(); // the type is in x-amzn-ErrorType
         case wire::openai: break;
         }
-        return nlohmann::json{{"error", {{"message", message + quoted}, {"type", type}, {"param", nullptr},
-                                         {"code", code ? nlohmann::json(code) : nlohmann::json(nullptr)}}}}
+        return nlohmann::json{{"error",
+                               {{"message", message + quoted},
+                                {"type", type},
+                                {"param", nullptr},
+                                {"code", code ? nlohmann::json(code) : nlohmann::json(nullptr)}}}}
             .dump();
     }
 
     static std::string status_answer(int status, const char* reason, const std::string& body, const std::string& extra_headers = {}) {
-        return "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: application/json\r\nContent-Length: " +
-               std::to_string(body.size()) + "\r\n" + extra_headers + "x-request-id: req_fault\r\n\r\n" + body;
+        return "HTTP/1.1 " + std::to_string(status) + " " + reason +
+               "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra_headers +
+               "x-request-id: req_fault\r\n\r\n" + body;
     }
 
     // The answer to a rate_limited, server_error or overloaded fault, as each API sends it.
@@ -355,26 +361,33 @@ private:
         switch (wire_) {
         case wire::anthropic:
             if (f == fault::rate_limited)
-                return status_answer(429, "Too Many Requests", envelope(r, 429, "Number of requests has exceeded your rate limit", "rate_limit_error", nullptr),
+                return status_answer(429, "Too Many Requests",
+                                     envelope(r, 429, "Number of requests has exceeded your rate limit", "rate_limit_error", nullptr),
                                      "retry-after: 1\r\n");
-            if (f == fault::server_error) return status_answer(500, "Internal Server Error", envelope(r, 500, "Internal server error", "api_error", nullptr));
+            if (f == fault::server_error)
+                return status_answer(500, "Internal Server Error", envelope(r, 500, "Internal server error", "api_error", nullptr));
             return status_answer(529, "Overloaded", envelope(r, 529, "Overloaded", "overloaded_error", nullptr));
         case wire::gemini:
             if (f == fault::rate_limited)
-                return status_answer(429, "Too Many Requests", envelope(r, 429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED", nullptr));
+                return status_answer(429, "Too Many Requests",
+                                     envelope(r, 429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED", nullptr));
             if (f == fault::server_error)
-                return status_answer(500, "Internal Server Error", envelope(r, 500, "An internal error has occurred. Please retry.", "INTERNAL", nullptr));
-            return status_answer(503, "Service Unavailable", envelope(r, 503, "The model is overloaded. Please try again later.", "UNAVAILABLE", nullptr));
+                return status_answer(500, "Internal Server Error",
+                                     envelope(r, 500, "An internal error has occurred. Please retry.", "INTERNAL", nullptr));
+            return status_answer(503, "Service Unavailable",
+                                 envelope(r, 503, "The model is overloaded. Please try again later.", "UNAVAILABLE", nullptr));
         case wire::bedrock: {
             // As Bedrock sends them: the type in x-amzn-ErrorType (with its :namespace suffix), no delay header.
             const auto typed = [](const char* type) {
                 return std::string{"x-amzn-ErrorType: "} + type + ":http://internal.amazon.com/coral/com.amazon.bedrock/\r\n";
             };
             if (f == fault::rate_limited)
-                return status_answer(429, "Too Many Requests", envelope(r, 429, "Too many requests, please wait before trying again.", nullptr, nullptr),
+                return status_answer(429, "Too Many Requests",
+                                     envelope(r, 429, "Too many requests, please wait before trying again.", nullptr, nullptr),
                                      typed("ThrottlingException"));
             if (f == fault::server_error)
-                return status_answer(500, "Internal Server Error", envelope(r, 500, "The server encountered an internal error.", nullptr, nullptr),
+                return status_answer(500, "Internal Server Error",
+                                     envelope(r, 500, "The server encountered an internal error.", nullptr, nullptr),
                                      typed("InternalServerException"));
             return status_answer(503, "Service Unavailable", envelope(r, 503, "The service is temporarily unavailable.", nullptr, nullptr),
                                  typed("ServiceUnavailableException"));
@@ -382,12 +395,14 @@ private:
         case wire::openai: break;
         }
         if (f == fault::rate_limited)
-            return status_answer(429, "Too Many Requests", envelope(r, 429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+            return status_answer(429, "Too Many Requests",
+                                 envelope(r, 429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"),
                                  "Retry-After: 1\r\n");
         if (f == fault::server_error)
             return status_answer(500, "Internal Server Error",
                                  envelope(r, 500, "The server had an error while processing your request.", "server_error", nullptr));
-        return status_answer(503, "Service Unavailable", envelope(r, 503, "The engine is currently overloaded, please try again later.", "server_error", nullptr));
+        return status_answer(503, "Service Unavailable",
+                             envelope(r, 503, "The engine is currently overloaded, please try again later.", "server_error", nullptr));
     }
 
     static std::string json_head(std::size_t length) {
@@ -456,17 +471,22 @@ private:
         std::istringstream in{"echo: " + last_user};
         for (std::string w; in >> w;) a.pieces.push_back(a.pieces.empty() ? w : " " + w);
         a.prompt = static_cast<int>(std::count(last_user.begin(), last_user.end(), ' ')) + 1;
-        a.usage = {{"prompt_tokens", a.prompt}, {"completion_tokens", static_cast<int>(a.pieces.size())},
+        a.usage = {{"prompt_tokens", a.prompt},
+                   {"completion_tokens", static_cast<int>(a.pieces.size())},
                    {"total_tokens", a.prompt + static_cast<int>(a.pieces.size())}};
         return a;
     }
 
     static std::string completion_json(const answer_parts& a, const std::string& content) {
-        return nlohmann::json{{"id", "chatcmpl-fault"}, {"object", "chat.completion"}, {"created", 1741569952}, {"model", a.model},
-                              {"choices", {{{"index", 0},
-                                            {"message", {{"role", "assistant"}, {"content", content}, {"refusal", nullptr}}},
-                                            {"logprobs", nullptr},
-                                            {"finish_reason", "stop"}}}},
+        return nlohmann::json{{"id", "chatcmpl-fault"},
+                              {"object", "chat.completion"},
+                              {"created", 1741569952},
+                              {"model", a.model},
+                              {"choices",
+                               {{{"index", 0},
+                                 {"message", {{"role", "assistant"}, {"content", content}, {"refusal", nullptr}}},
+                                 {"logprobs", nullptr},
+                                 {"finish_reason", "stop"}}}},
                               {"usage", a.usage}}
             .dump();
     }
@@ -481,7 +501,8 @@ private:
         nlohmann::json candidate = {{"content", {{"parts", nlohmann::json::array({{{"text", text}}})}, {"role", "model"}}}, {"index", 0}};
         if (finish) candidate["finishReason"] = finish;
         return {{"candidates", nlohmann::json::array({candidate})},
-                {"usageMetadata", {{"promptTokenCount", a.prompt}, {"candidatesTokenCount", completion}, {"totalTokenCount", a.prompt + completion}}},
+                {"usageMetadata",
+                 {{"promptTokenCount", a.prompt}, {"candidatesTokenCount", completion}, {"totalTokenCount", a.prompt + completion}}},
                 {"modelVersion", a.model},
                 {"responseId", "fault-response"}};
     }
@@ -490,17 +511,22 @@ private:
     std::string whole_json(const answer_parts& a, const std::string& content) const {
         switch (wire_) {
         case wire::anthropic:
-            return nlohmann::json{{"id", "msg_fault"}, {"type", "message"}, {"role", "assistant"}, {"model", a.model},
+            return nlohmann::json{{"id", "msg_fault"},
+                                  {"type", "message"},
+                                  {"role", "assistant"},
+                                  {"model", a.model},
                                   {"content", nlohmann::json::array({{{"type", "text"}, {"text", content}}})},
-                                  {"stop_reason", "end_turn"}, {"stop_sequence", nullptr},
+                                  {"stop_reason", "end_turn"},
+                                  {"stop_sequence", nullptr},
                                   {"usage", anthropic_usage(a, static_cast<int>(a.pieces.size()))}}
                 .dump();
         case wire::gemini: return gemini_response(a, content, "STOP", static_cast<int>(a.pieces.size())).dump();
         case wire::bedrock:
-            return nlohmann::json{{"output", {{"message", {{"role", "assistant"}, {"content", nlohmann::json::array({{{"text", content}}})}}}}},
-                                  {"stopReason", "end_turn"},
-                                  {"usage", bedrock_usage(a)},
-                                  {"metrics", {{"latencyMs", 42}}}}
+            return nlohmann::json{
+                {"output", {{"message", {{"role", "assistant"}, {"content", nlohmann::json::array({{{"text", content}}})}}}}},
+                {"stopReason", "end_turn"},
+                {"usage", bedrock_usage(a)},
+                {"metrics", {{"latencyMs", 42}}}}
                 .dump();
         case wire::openai: break;
         }
@@ -508,8 +534,11 @@ private:
     }
 
     static std::string chunk_event(const std::string& model, nlohmann::json choices, nlohmann::json extra = nlohmann::json::object()) {
-        nlohmann::json j = {{"id", "chatcmpl-fault"}, {"object", "chat.completion.chunk"}, {"created", 1741569952},
-                            {"model", model}, {"choices", std::move(choices)}};
+        nlohmann::json j = {{"id", "chatcmpl-fault"},
+                            {"object", "chat.completion.chunk"},
+                            {"created", 1741569952},
+                            {"model", model},
+                            {"choices", std::move(choices)}};
         j.update(extra);
         return "data: " + j.dump() + "\n\n";
     }
@@ -524,8 +553,9 @@ private:
     // One event-stream frame of a ConverseStream event; `payload` as sent (JSON, unless a fault says otherwise).
     static std::string bedrock_frame(const std::string& type, std::string payload) {
 #ifdef CHATKIT_FAULT_UPSTREAM_BEDROCK
-        return chatkit::aws::encode_event({{{":event-type", type}, {":content-type", std::string{"application/json"}}, {":message-type", std::string{"event"}}},
-                                           std::move(payload)});
+        return chatkit::aws::encode_event(
+            {{{":event-type", type}, {":content-type", std::string{"application/json"}}, {":message-type", std::string{"event"}}},
+             std::move(payload)});
 #else
         throw std::logic_error("fault_upstream: built without chatkit::aws, cannot frame " + type + " (" + payload + ")");
 #endif
@@ -565,10 +595,13 @@ private:
         switch (wire_) {
         case wire::openai: {
             // The role, the deltas, the finish, the usage when asked, [DONE].
-            s.head.push_back(chunk_event(a.model, {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}},
-                                                     {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
+            s.head.push_back(chunk_event(a.model, {{{"index", 0},
+                                                    {"delta", {{"role", "assistant"}, {"content", ""}, {"refusal", nullptr}}},
+                                                    {"logprobs", nullptr},
+                                                    {"finish_reason", nullptr}}}));
             for (const auto& p : a.pieces) s.deltas.push_back(delta_event(a.model, p));
-            s.tail.push_back(chunk_event(a.model, {{{"index", 0}, {"delta", nlohmann::json::object()}, {"logprobs", nullptr}, {"finish_reason", "stop"}}}));
+            s.tail.push_back(chunk_event(
+                a.model, {{{"index", 0}, {"delta", nlohmann::json::object()}, {"logprobs", nullptr}, {"finish_reason", "stop"}}}));
             const auto options = r.body.is_object() ? r.body.value("stream_options", nlohmann::json::object()) : nlohmann::json::object();
             if (options.is_object() && options.value("include_usage", false))
                 s.tail.push_back(chunk_event(a.model, nlohmann::json::array(), {{"usage", a.usage}}));
@@ -576,10 +609,15 @@ private:
             break;
         }
         case wire::anthropic: {
-            s.head.push_back(anthropic_event("message_start", {{"message", {{"id", "msg_fault"}, {"type", "message"}, {"role", "assistant"},
-                                                                            {"content", nlohmann::json::array()}, {"model", a.model},
-                                                                            {"stop_reason", nullptr}, {"stop_sequence", nullptr},
-                                                                            {"usage", anthropic_usage(a, 1)}}}}));
+            s.head.push_back(anthropic_event("message_start", {{"message",
+                                                                {{"id", "msg_fault"},
+                                                                 {"type", "message"},
+                                                                 {"role", "assistant"},
+                                                                 {"content", nlohmann::json::array()},
+                                                                 {"model", a.model},
+                                                                 {"stop_reason", nullptr},
+                                                                 {"stop_sequence", nullptr},
+                                                                 {"usage", anthropic_usage(a, 1)}}}}));
             s.head.push_back(anthropic_event("content_block_start", {{"index", 0}, {"content_block", {{"type", "text"}, {"text", ""}}}}));
             s.head.push_back(anthropic_event("ping", nlohmann::json::object()));
             for (int i = 0; i < n; ++i) s.deltas.push_back(text_event(a, a.pieces[static_cast<std::size_t>(i)], i + 1));
@@ -612,7 +650,9 @@ private:
     std::vector<std::string> ends_early_events(const stream_parts& s) const {
         std::vector<std::string> out = s.head;
         switch (wire_) {
-        case wire::openai: out.insert(out.end(), s.deltas.begin(), s.deltas.begin() + std::min<std::ptrdiff_t>(2, std::ssize(s.deltas))); break;
+        case wire::openai:
+            out.insert(out.end(), s.deltas.begin(), s.deltas.begin() + std::min<std::ptrdiff_t>(2, std::ssize(s.deltas)));
+            break;
         case wire::anthropic:
             out = s.all();
             out.pop_back();
@@ -630,7 +670,8 @@ private:
     std::string bad_event(const recorded_request& r) const {
         switch (wire_) {
         case wire::anthropic:
-            return "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\": not json " + key_of(r) + "\n\n";
+            return "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\": not json " + key_of(r) +
+                   "\n\n";
         case wire::gemini: return "data: {\"candidates\":[{\"content\": not json " + key_of(r) + "\r\n\r\n";
         case wire::bedrock: return bedrock_frame("contentBlockDelta", "{\"delta\":{\"text\": not json " + key_of(r));
         case wire::openai: break;
@@ -641,7 +682,8 @@ private:
     // A body that starts as the wire's answer and is not JSON.
     std::string not_json(const recorded_request& r) const {
         switch (wire_) {
-        case wire::anthropic: return "{\"id\":\"msg_fault\",\"type\":\"message\",\"content\":[{\"type\": oops, proxy said " + key_of(r) + " <html>";
+        case wire::anthropic:
+            return "{\"id\":\"msg_fault\",\"type\":\"message\",\"content\":[{\"type\": oops, proxy said " + key_of(r) + " <html>";
         case wire::gemini: return "{\"candidates\":[{\"content\": oops, proxy said " + key_of(r) + " <html>";
         case wire::bedrock: return "{\"output\":{\"message\":{\"content\": oops, proxy said " + key_of(r) + " <html>";
         case wire::openai: break;
@@ -684,9 +726,7 @@ private:
             for (const auto& e : events) out += chunked(e);
             return send_all(fd, out + "0\r\n\r\n");
         }
-        case fault::stall:
-            pause(stall_for);
-            return false;
+        case fault::stall: pause(stall_for); return false;
         case fault::reset_mid_stream: {
             if (!streamed) {
                 const std::string body = whole_json(a, content);
@@ -752,9 +792,7 @@ private:
         }
         case fault::rate_limited:
         case fault::server_error:
-        case fault::overloaded:
-            send_all(fd, error_answer(r, f));
-            return false;
+        case fault::overloaded: send_all(fd, error_answer(r, f)); return false;
         case fault::drip: {
             // The head at once, as a real server sends it, then the body a byte at a time.
             std::string body;
@@ -770,9 +808,7 @@ private:
                 if (!pause(drip_every) || !send_all(fd, std::string_view{&c, 1})) break;
             return false;
         }
-        case fault::oversized:
-            send_oversized(fd, a, streamed);
-            return false;
+        case fault::oversized: send_oversized(fd, a, streamed); return false;
         }
         return false;
     }

@@ -11,8 +11,7 @@ namespace test_support {
 
 // An API Gateway HTTP API payload 2.0 event, shaped like docs/protocols.md §6.1.
 inline nlohmann::json gateway_event(const std::string& method, const std::string& raw_path, const std::string& query = "",
-                                    std::optional<std::string> body = std::nullopt,
-                                    nlohmann::json headers = nlohmann::json::object()) {
+                                    std::optional<std::string> body = std::nullopt, nlohmann::json headers = nlohmann::json::object()) {
     headers["content-type"] = "application/json";
     headers["user-agent"] = "agent";
     nlohmann::json event = {

@@ -60,9 +60,8 @@ inline std::map<std::string, std::string> lambda_environment(const std::string& 
 // that started it ends.
 class child_process {
 public:
-    child_process(const std::filesystem::path& program, const std::map<std::string, std::string>& env,
-                  const std::filesystem::path& log, const std::filesystem::path& root = {},
-                  const std::filesystem::path& cwd = {})
+    child_process(const std::filesystem::path& program, const std::map<std::string, std::string>& env, const std::filesystem::path& log,
+                  const std::filesystem::path& root = {}, const std::filesystem::path& cwd = {})
         : log_(log), env_(env) {
         // Everything the child needs is prepared before fork: between fork and execve it only makes
         // system calls (the parent has threads).
@@ -85,12 +84,9 @@ public:
             ::dup2(log_fd, 1);
             ::dup2(log_fd, 2);
             const char* step = "execve";
-            if (!root_dir.empty() && ::chroot(root_dir.c_str()) != 0)
-                step = "chroot";
-            else if (!work_dir.empty() && ::chdir(work_dir.c_str()) != 0)
-                step = "chdir";
-            else
-                ::execve(path.c_str(), argv, envp.data());
+            if (!root_dir.empty() && ::chroot(root_dir.c_str()) != 0) step = "chroot";
+            else if (!work_dir.empty() && ::chdir(work_dir.c_str()) != 0) step = "chdir";
+            else ::execve(path.c_str(), argv, envp.data());
             const int error = errno;
             (void)!::write(report[1], &error, sizeof error);
             (void)!::write(report[1], step, std::strlen(step));
@@ -114,8 +110,7 @@ public:
             std::string what = "cannot start " + path + ": " + step + " failed: " + std::strerror(error);
             if (std::string_view{step} == "chroot")
                 what += " (running in an empty chroot of " + root_dir + " needs root or CAP_SYS_CHROOT)";
-            if (std::string_view{step} == "execve" && error == ENOENT)
-                what += " (an ELF file whose interpreter is missing fails so too)";
+            if (std::string_view{step} == "execve" && error == ENOENT) what += " (an ELF file whose interpreter is missing fails so too)";
             throw std::runtime_error(what);
         }
     }

@@ -40,12 +40,15 @@ public:
     // The sink is called on the loop thread, one delta per write, as the service's writer would be.
     chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink) {
         writer_to_sink target{&sink};
-        return run(r, [this, &target](chatkit::chat_request req) { return provider_.stream(std::move(req), chatkit::delta_writer{&target}); });
+        return run(r,
+                   [this, &target](chatkit::chat_request req) { return provider_.stream(std::move(req), chatkit::delta_writer{&target}); });
     }
     // The same, with tool-call pieces passed to `tools` as the provider writes them.
-    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink, const chatkit::tool_call_sink& tools) {
+    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink,
+                                                const chatkit::tool_call_sink& tools) {
         writer_to_sink target{&sink, &tools};
-        return run(r, [this, &target](chatkit::chat_request req) { return provider_.stream(std::move(req), chatkit::delta_writer{&target}); });
+        return run(r,
+                   [this, &target](chatkit::chat_request req) { return provider_.stream(std::move(req), chatkit::delta_writer{&target}); });
     }
 
     P& provider() noexcept { return provider_; }
@@ -69,9 +72,7 @@ private:
             if (e) done.set_exception(e);
             else done.set_value(std::move(*v));
         };
-        boost::asio::post(loop_.context(), [&] {
-            chatkit::start_detached(call(r), chatkit::task_env{r.stop, &loop_, nullptr}, finished);
-        });
+        boost::asio::post(loop_.context(), [&] { chatkit::start_detached(call(r), chatkit::task_env{r.stop, &loop_, nullptr}, finished); });
         return done.get_future().get();
     }
 

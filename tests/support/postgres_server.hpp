@@ -57,8 +57,8 @@ public:
             throw std::runtime_error("cannot chown the password file");
         port_ = free_port();
         // Local (Unix socket) connections are trusted; TCP ones need the password (SCRAM).
-        const int rc = run_and_wait({bindir_ + "initdb", "-D", (dir_ / "data").string(), "-U", "postgres", "-E", "UTF8",
-                                     "--locale=C", "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256",
+        const int rc = run_and_wait({bindir_ + "initdb", "-D", (dir_ / "data").string(), "-U", "postgres", "-E", "UTF8", "--locale=C",
+                                     "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256",
                                      "--pwfile=" + (dir_ / "pwfile").string()},
                                     dir_ / "initdb.log");
         if (rc != 0) {
@@ -89,8 +89,8 @@ public:
     // Starts the server and waits (bounded) until it accepts connections.
     void start() {
         if (pid_ > 0) return;
-        std::vector<std::string> args{bindir_ + "postgres", "-D", (dir_ / "data").string(), "-p", std::to_string(port_), "-k",
-                                      dir_.string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c",
+        std::vector<std::string> args{bindir_ + "postgres",  "-D", (dir_ / "data").string(),     "-p", std::to_string(port_), "-k",
+                                      dir_.string(),         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",           "-c",
                                       "shared_buffers=16MB", "-c", "max_connections=200"};
         pid_ = spawn(args, dir_ / "postgres.log");
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{30};
@@ -130,13 +130,10 @@ public:
         if (PQstatus(c.get()) != CONNECTION_OK) throw std::runtime_error(std::string{"cannot connect: "} + PQerrorMessage(c.get()));
         const std::unique_ptr<PGresult, void (*)(PGresult*)> r{PQexec(c.get(), sql.c_str()), PQclear};
         const auto status = PQresultStatus(r.get());
-        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
-            throw std::runtime_error(sql + ": " + PQresultErrorMessage(r.get()));
+        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) throw std::runtime_error(sql + ": " + PQresultErrorMessage(r.get()));
         return PQntuples(r.get()) > 0 ? std::string{PQgetvalue(r.get(), 0, 0)} : std::string{};
     }
-    long number(const std::string& sql, const std::string& database = "postgres") const {
-        return std::stol(query(sql, database));
-    }
+    long number(const std::string& sql, const std::string& database = "postgres") const { return std::stol(query(sql, database)); }
 
 private:
     struct identity {

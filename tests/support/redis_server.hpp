@@ -63,12 +63,23 @@ public:
         pid_ = fork();
         if (pid_ == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
-            std::vector<std::string> args{"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                          "--dir", dir_.string(), "--logfile", (dir_ / "redis.log").string()};
+            std::vector<std::string> args{"redis-server",
+                                          "--port",
+                                          port,
+                                          "--bind",
+                                          "127.0.0.1",
+                                          "--save",
+                                          "",
+                                          "--appendonly",
+                                          "no",
+                                          "--dir",
+                                          dir_.string(),
+                                          "--logfile",
+                                          (dir_ / "redis.log").string()};
             if (tls_port_ != 0)
-                for (std::string a : std::vector<std::string>{"--tls-port", std::to_string(tls_port_), "--tls-cert-file", (dir_ / "tls.crt").string(),
-                                      "--tls-key-file", (dir_ / "tls.key").string(), "--tls-ca-cert-file", (dir_ / "tls.crt").string(),
-                                      "--tls-auth-clients", "no"})
+                for (std::string a : std::vector<std::string>{
+                         "--tls-port", std::to_string(tls_port_), "--tls-cert-file", (dir_ / "tls.crt").string(), "--tls-key-file",
+                         (dir_ / "tls.key").string(), "--tls-ca-cert-file", (dir_ / "tls.crt").string(), "--tls-auth-clients", "no"})
                     args.push_back(a);
             if (!password_.empty()) {
                 args.push_back("--requirepass");
@@ -183,12 +194,14 @@ private:
         X509_gmtime_adj(X509_getm_notBefore(cert), -60);
         X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
         X509_set_pubkey(cert, key);
-        X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+        X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1,
+                                   -1, 0);
         X509_set_issuer_name(cert, X509_get_subject_name(cert));
         X509V3_CTX ctx;
         X509V3_set_ctx_nodb(&ctx);
         X509V3_set_ctx(&ctx, cert, cert, nullptr, nullptr, 0);
-        for (auto [nid, value] : {std::pair{NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost"}, std::pair{NID_basic_constraints, "critical,CA:TRUE"}})
+        for (auto [nid, value] :
+             {std::pair{NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost"}, std::pair{NID_basic_constraints, "critical,CA:TRUE"}})
             if (X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value)) {
                 X509_add_ext(cert, ext, -1);
                 X509_EXTENSION_free(ext);
@@ -196,7 +209,8 @@ private:
         const bool signed_ok = X509_sign(cert, key, EVP_sha256()) > 0;
         FILE* c = std::fopen((dir_ / "tls.crt").c_str(), "w");
         FILE* k = std::fopen((dir_ / "tls.key").c_str(), "w");
-        const bool written = c && k && PEM_write_X509(c, cert) == 1 && PEM_write_PrivateKey(k, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
+        const bool written = c && k && PEM_write_X509(c, cert) == 1 &&
+                             PEM_write_PrivateKey(k, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
         if (c) std::fclose(c);
         if (k) std::fclose(k);
         X509_free(cert);

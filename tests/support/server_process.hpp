@@ -100,7 +100,7 @@ public:
         log_path_ = dir_.path() / "server.log";
         pid_ = fork();
         if (pid_ == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL); // a test that dies takes its server with it
+            prctl(PR_SET_PDEATHSIG, SIGKILL);   // a test that dies takes its server with it
             std::vector<std::string> inherited; // start from a clean CHAT_*/OPENAI_*/ANTHROPIC_*/GEMINI_*/GOOGLE_API_KEY/AWS_* slate
             for (char** e = environ; *e; ++e)
                 if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_") ||

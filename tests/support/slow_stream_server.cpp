@@ -40,8 +40,8 @@ struct replies {
 };
 
 std::string event(json choices, json extra = json::object()) {
-    json j = {{"id", "chatcmpl-mock"}, {"object", "chat.completion.chunk"}, {"created", 0}, {"model", "fake-1"},
-              {"choices", std::move(choices)}};
+    json j = {
+        {"id", "chatcmpl-mock"}, {"object", "chat.completion.chunk"}, {"created", 0}, {"model", "fake-1"}, {"choices", std::move(choices)}};
     j.update(extra);
     return "data: " + j.dump() + "\n\n";
 }
@@ -58,11 +58,14 @@ std::shared_ptr<const replies> make_replies(const std::string& content, long del
 
     auto r = std::make_shared<replies>();
     r->delay = std::chrono::milliseconds(delay_ms);
-    r->completion = json{{"id", "chatcmpl-mock"}, {"object", "chat.completion"}, {"created", 0}, {"model", "fake-1"},
-                         {"choices", {{{"index", 0}, {"message", {{"role", "assistant"}, {"content", content}}},
-                                       {"finish_reason", "stop"}}}},
-                         {"usage", usage}}
-                        .dump();
+    r->completion = json{
+        {"id", "chatcmpl-mock"},
+        {"object", "chat.completion"},
+        {"created", 0},
+        {"model", "fake-1"},
+        {"choices", {{{"index", 0}, {"message", {{"role", "assistant"}, {"content", content}}}, {"finish_reason", "stop"}}}},
+        {"usage",
+         usage}}.dump();
     r->events.push_back(event({{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}}}));
     for (std::size_t i = 0; i < words.size(); ++i)
         r->events.push_back(event({{{"index", 0}, {"delta", {{"content", (i ? " " : "") + words[i]}}}, {"finish_reason", nullptr}}}));
@@ -77,8 +80,7 @@ asio::awaitable<void> write_event(tcp::socket& socket, const std::string& data) 
 }
 
 // One SSE stream in chunked encoding; the connection stays usable for the next request.
-asio::awaitable<void> stream(tcp::socket& socket, unsigned version, bool keep_alive, bool usage,
-                             std::shared_ptr<const replies> r) {
+asio::awaitable<void> stream(tcp::socket& socket, unsigned version, bool keep_alive, bool usage, std::shared_ptr<const replies> r) {
     http::response<http::empty_body> res{http::status::ok, version};
     res.set(http::field::content_type, "text/event-stream");
     res.set(http::field::cache_control, "no-cache");
@@ -104,8 +106,7 @@ asio::awaitable<void> stream(tcp::socket& socket, unsigned version, bool keep_al
     co_await asio::async_write(socket, last, asio::use_awaitable);
 }
 
-asio::awaitable<void> send(tcp::socket& socket, unsigned version, bool keep_alive, http::status status,
-                           std::string body) {
+asio::awaitable<void> send(tcp::socket& socket, unsigned version, bool keep_alive, http::status status, std::string body) {
     http::response<http::string_body> res{status, version};
     res.set(http::field::content_type, "application/json");
     res.keep_alive(keep_alive);
@@ -178,8 +179,7 @@ int main() {
     // A blocking reader rather than a descriptor on the loop: stdin may be a file or a terminal,
     // which epoll refuses or whose O_NONBLOCK would leak to the shell. EOF becomes a SIGTERM.
     std::thread([] {
-        for (char c; std::cin.get(c);) {
-        }
+        for (char c; std::cin.get(c);) {}
         kill(getpid(), SIGTERM);
     }).detach();
 

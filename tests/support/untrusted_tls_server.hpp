@@ -24,8 +24,8 @@ public:
         X509_gmtime_adj(X509_getm_notBefore(cert_), -60);
         X509_gmtime_adj(X509_getm_notAfter(cert_), 3600);
         X509_set_pubkey(cert_, key_);
-        X509_NAME_add_entry_by_txt(X509_get_subject_name(cert_), "CN", MBSTRING_ASC,
-                                   reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
+        X509_NAME_add_entry_by_txt(X509_get_subject_name(cert_), "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("127.0.0.1"),
+                                   -1, -1, 0);
         X509_set_issuer_name(cert_, X509_get_subject_name(cert_));
         // Names the address too, so a client that trusts this certificate can verify the host.
         X509V3_CTX ctx;

@@ -74,8 +74,7 @@ int main(int argc, char** argv) {
             if (messages.size() == 2) {
                 check(messages[0].value("role", "") == "user" && messages[0].value("content", "") == "hello from a consumer",
                       "the first message is the user's");
-                check(messages[1].value("role", "") == "assistant" &&
-                          messages[1].value("content", "") == "hello from a consumer",
+                check(messages[1].value("role", "") == "assistant" && messages[1].value("content", "") == "hello from a consumer",
                       "the second message is the echoed reply");
             }
         }

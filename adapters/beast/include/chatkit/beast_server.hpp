@@ -55,20 +55,20 @@ namespace chatkit {
 
 struct beast_options {
     std::string host = "127.0.0.1";
-    int port = 8000;                // 0: any free port (see beast_server::port())
-    std::size_t loops = 0;          // event-loop threads; 0: one per core
-    std::size_t workers = 64;       // threads for blocking plugin calls (provider, store)
+    int port = 8000;          // 0: any free port (see beast_server::port())
+    std::size_t loops = 0;    // event-loop threads; 0: one per core
+    std::size_t workers = 64; // threads for blocking plugin calls (provider, store)
     std::size_t max_connections = 20000;
     int listen_backlog = 4096;
-    std::size_t max_body_bytes = 1 << 20;      // larger: 413
-    std::size_t max_header_bytes = 16 * 1024;  // request line and headers; larger: 431
-    std::size_t max_header_fields = 100;       // more: 431
-    std::size_t max_target_bytes = 8 * 1024;   // request target; longer: 414
-    std::chrono::seconds read_timeout{10};       // a request must arrive whole within this
-    std::chrono::seconds keep_alive_timeout{5};  // idle between requests
-    std::chrono::seconds write_timeout{30};      // a client that stops reading is dropped after this
-    std::chrono::seconds request_deadline{600};  // a request still running after this is cancelled
-    std::chrono::seconds drain_timeout{30};      // on stop(): how long requests in flight may finish
+    std::size_t max_body_bytes = 1 << 20;       // larger: 413
+    std::size_t max_header_bytes = 16 * 1024;   // request line and headers; larger: 431
+    std::size_t max_header_fields = 100;        // more: 431
+    std::size_t max_target_bytes = 8 * 1024;    // request target; longer: 414
+    std::chrono::seconds read_timeout{10};      // a request must arrive whole within this
+    std::chrono::seconds keep_alive_timeout{5}; // idle between requests
+    std::chrono::seconds write_timeout{30};     // a client that stops reading is dropped after this
+    std::chrono::seconds request_deadline{600}; // a request still running after this is cancelled
+    std::chrono::seconds drain_timeout{30};     // on stop(): how long requests in flight may finish
     std::size_t keep_alive_max_requests = 10000;
 };
 
@@ -82,8 +82,7 @@ class beast_server {
 
 public:
     beast_server(Service& service, beast_options options, adapter_log log = {})
-        : service_(service), options_(std::move(options)), log_(std::move(log)),
-          pool_(options_.workers ? options_.workers : 1) {
+        : service_(service), options_(std::move(options)), log_(std::move(log)), pool_(options_.workers ? options_.workers : 1) {
         std::size_t n = options_.loops ? options_.loops : std::max(1u, std::thread::hardware_concurrency());
         for (std::size_t i = 0; i < n; ++i) loops_.push_back(std::make_unique<loop>());
     }
@@ -107,8 +106,7 @@ public:
             if (!ec) l->acceptor.bind(tcp::endpoint{address, static_cast<unsigned short>(port)}, ec);
             if (!ec) l->acceptor.listen(options_.listen_backlog, ec);
             if (ec)
-                throw std::runtime_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " +
-                                         ec.message());
+                throw std::runtime_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + ec.message());
             port = l->acceptor.local_endpoint().port(); // the first picks a free port; the rest share it
         }
         port_ = port;
@@ -156,7 +154,7 @@ private:
     struct connection {
         explicit connection(tcp::socket s) : stream(std::move(s)) {}
         boost::beast::tcp_stream stream;
-        bool idle = true;    // waiting for a request: closed at once on drain
+        bool idle = true; // waiting for a request: closed at once on drain
         bool closing = false;
         std::stop_source stop{};
         bool peer_closed = false;
@@ -200,7 +198,7 @@ private:
             auto [ec, socket] = co_await l->acceptor.async_accept(use_nothrow);
             if (ec) {
                 if (!l->acceptor.is_open()) co_return; // stopped
-                continue;                               // e.g. out of file descriptors: try the next
+                continue;                              // e.g. out of file descriptors: try the next
             }
             if (connections_.load() >= options_.max_connections) {
                 boost::system::error_code ignored;
@@ -226,8 +224,7 @@ private:
         }
         try {
             co_await request_loop(l, &conn, remote);
-        } catch (const std::exception&) {
-        }
+        } catch (const std::exception&) {}
         boost::system::error_code ec;
         conn.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
         conn.stream.socket().close(ec);
@@ -400,7 +397,7 @@ private:
                 head.append(name).append(": ").append(value).append("\r\n");
             }
             const bool bodiless = res.status / 100 == 1 || res.status == 204 || res.status == 304; // RFC 9110 §8.6
-            if (!typed && !bodiless) head += "Content-Type: application/json\r\n"; // no body, nothing to type
+            if (!typed && !bodiless) head += "Content-Type: application/json\r\n";                 // no body, nothing to type
             if (!streamed && !bodiless) {
                 head += "Content-Length: ";
                 append_json_int(head, res.body.size());
@@ -452,8 +449,7 @@ private:
                 const std::string_view seen{static_cast<const char*>(buffer->data().data()), buffer->size()};
                 if (seen.find("\r\n") == std::string_view::npos)
                     out.refused = refusal{414, {error_kind::invalid_request, "request target too long", "uri_too_long"}};
-                else
-                    out.refused = refusal{431, {error_kind::invalid_request, "request header fields too large", "header_too_large"}};
+                else out.refused = refusal{431, {error_kind::invalid_request, "request header fields too large", "header_too_large"}};
             }
             co_return out; // or closed, reset, or too slow: nothing to answer
         }
@@ -469,9 +465,10 @@ private:
         if (hec) co_return read_outcome{false, bad_request("malformed request: " + hec.message())};
         auto& msg = parser->get();
         if (static_cast<std::size_t>(std::distance(msg.begin(), msg.end())) > options_.max_header_fields)
-            co_return read_outcome{false, refusal{431, {error_kind::invalid_request,
-                                                        "more than " + std::to_string(options_.max_header_fields) + " header fields",
-                                                        "header_too_large"}}};
+            co_return read_outcome{
+                false, refusal{431,
+                               {error_kind::invalid_request, "more than " + std::to_string(options_.max_header_fields) + " header fields",
+                                "header_too_large"}}};
         if (msg.count(http::field::transfer_encoding) && !parser->chunked()) // RFC 9112 §6.1: chunked must come last
             co_return read_outcome{false, bad_request("unsupported Transfer-Encoding", "bad_transfer_encoding")};
         if (boost::beast::iequals(msg[http::field::expect], "100-continue")) {
@@ -533,12 +530,10 @@ private:
             return refusal{414, {error_kind::invalid_request, "request target too long", "uri_too_long"}};
         for (std::size_t i = 0; i < head.size(); ++i) {
             const char c = head[i];
-            if (c == '\0')
-                return bad_request("NUL byte in the request header");
+            if (c == '\0') return bad_request("NUL byte in the request header");
             if (c == '\n' && i + 1 < head.size() && (head[i + 1] == ' ' || head[i + 1] == '\t') && i + 2 < head.size())
                 return bad_request("obsolete line folding in a header");
-            if (c == '\n' && (i == 0 || head[i - 1] != '\r'))
-                return bad_request("bare LF in the request header");
+            if (c == '\n' && (i == 0 || head[i - 1] != '\r')) return bad_request("bare LF in the request header");
         }
         return std::nullopt;
     }

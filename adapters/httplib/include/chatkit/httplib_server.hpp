@@ -19,9 +19,9 @@ namespace chatkit {
 
 struct httplib_options {
     std::string host = "127.0.0.1";
-    int port = 8000; // 0: any free port (see httplib_server::port())
-    std::size_t threads = 64;   // a kept-alive connection holds one worker for its whole life
-    int listen_backlog = 4096;  // the compiled-in 5 drops connections under load (the kernel caps it at somaxconn)
+    int port = 8000;           // 0: any free port (see httplib_server::port())
+    std::size_t threads = 64;  // a kept-alive connection holds one worker for its whole life
+    int listen_backlog = 4096; // the compiled-in 5 drops connections under load (the kernel caps it at somaxconn)
     std::size_t max_body_bytes = 1 << 20;
     std::chrono::seconds read_timeout{10}; // a client that stalls mid-request is dropped after this
     std::chrono::seconds write_timeout{10};
@@ -43,10 +43,8 @@ public:
     int bind() {
         if (options_.port == 0) port_ = server_.bind_to_any_port(options_.host);
         else if (server_.bind_to_port(options_.host, options_.port)) port_ = options_.port;
-        if (port_ <= 0)
-            throw std::runtime_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
-        if (!server_.raise_backlog(options_.listen_backlog))
-            throw std::runtime_error("cannot set the listen backlog on " + options_.host);
+        if (port_ <= 0) throw std::runtime_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
+        if (!server_.raise_backlog(options_.listen_backlog)) throw std::runtime_error("cannot set the listen backlog on " + options_.host);
         return port_;
     }
 
@@ -86,8 +84,8 @@ private:
             const auto started = std::chrono::steady_clock::now();
             error e{error_kind::invalid_request, "malformed request", "bad_request"};
             if (res.status == 413)
-                e = {error_kind::payload_too_large,
-                     "request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes", "body_too_large"};
+                e = {error_kind::payload_too_large, "request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes",
+                     "body_too_large"};
             else if (res.status == 404) e = {error_kind::not_found, "no route for " + req.path, "not_found"};
             auto neutral = to_neutral(req);
             neutral.request_id = random_id();

@@ -30,8 +30,8 @@ namespace chatkit {
 enum class function_url_mode { buffered, response_stream };
 
 struct lambda_options {
-    std::string runtime_api;         // host:port without a scheme (§5.1); empty: $AWS_LAMBDA_RUNTIME_API
-    std::size_t max_invocations = 0; // 0: serve until stopped
+    std::string runtime_api;                                      // host:port without a scheme (§5.1); empty: $AWS_LAMBDA_RUNTIME_API
+    std::size_t max_invocations = 0;                              // 0: serve until stopped
     function_url_mode function_url = function_url_mode::buffered; // AWS's default InvokeMode
     // Called after each invocation's answer is posted, before asking for the next one: the last
     // moment the instance surely runs, since Lambda may freeze it while /next waits and shut it
@@ -53,8 +53,8 @@ inline constexpr std::string_view api_version = "/2018-06-01"; // §5.1
 inline std::optional<std::string> base64_decode(std::string_view text) {
     if (text.size() % 4 != 0) return std::nullopt; // API Gateway always pads
     std::string out(text.size() / 4 * 3, '\0');
-    const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                  reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+    const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(text.data()),
+                                  static_cast<int>(text.size()));
     if (n < 0) return std::nullopt;
     // EVP_DecodeBlock counts the bytes the '=' padding stands for; drop them.
     const auto padding = text.size() - text.find_last_not_of('=') - 1;
@@ -68,7 +68,8 @@ inline bool from_function_url(const nlohmann::json& event) {
     const auto context = event.find("requestContext"); // never operator[] on a const event: a missing key is UB
     if (context == event.end() || !context->is_object()) return false;
     const auto domain = context->find("domainName");
-    return domain != context->end() && domain->is_string() && domain->get_ref<const std::string&>().find(".lambda-url.") != std::string::npos;
+    return domain != context->end() && domain->is_string() &&
+           domain->get_ref<const std::string&>().find(".lambda-url.") != std::string::npos;
 }
 
 inline std::optional<http_request> request_from_event(const nlohmann::json& event) {
@@ -154,8 +155,7 @@ class lambda_runtime {
 public:
     // Each request is logged by the service's middlewares (`finish`), as behind any adapter.
     lambda_runtime(Service& service, lambda_options options = {}, lambda_error_logger on_error = {})
-        : service_(service), options_(std::move(options)), on_error_(std::move(on_error)),
-          client_("http://" + runtime_api(options_)) {
+        : service_(service), options_(std::move(options)), on_error_(std::move(on_error)), client_("http://" + runtime_api(options_)) {
         // No timeout on the long poll of /next: Lambda freezes an idle sandbox (§5.2).
         client_.set_read_timeout(365 * 24 * 3600, 0);
         client_.set_tcp_nodelay(true);
@@ -214,8 +214,7 @@ private:
             if (!req) return post_error(id, "Runtime.InvalidEvent", "the event is not an API Gateway HTTP API 2.0 or Function URL event");
             req->request_id = id; // the request_id middleware prefers a valid X-Request-ID
             http_response res = service_.handle(*req);
-            const bool streaming =
-                options_.function_url == function_url_mode::response_stream && lambda::from_function_url(event);
+            const bool streaming = options_.function_url == function_url_mode::response_stream && lambda::from_function_url(event);
             return streaming ? post_stream(id, res) : post_buffered(id, res);
         } catch (const std::exception& e) {
             return post_error(id, "Function.Unhandled", e.what());

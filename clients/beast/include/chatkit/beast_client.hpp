@@ -121,16 +121,15 @@ inline std::optional<origin_parts> parse_origin(std::string_view origin) {
 }
 
 struct pooled_connection {
-    pooled_connection(boost::asio::io_context& ioc, boost::asio::ssl::context* tls, std::size_t chunk_bytes)
-        : chunk(chunk_bytes) {
+    pooled_connection(boost::asio::io_context& ioc, boost::asio::ssl::context* tls, std::size_t chunk_bytes) : chunk(chunk_bytes) {
         if (tls) secure.emplace(ioc, *tls);
         else plain.emplace(ioc);
     }
     std::optional<boost::beast::tcp_stream> plain;
     std::optional<boost::beast::ssl_stream<boost::beast::tcp_stream>> secure;
     boost::beast::flat_buffer buffer;
-    std::vector<char> chunk;   // where a response's body pieces land
-    std::uint64_t use = 0;     // which exchange holds it; a late stop must not close the next one
+    std::vector<char> chunk; // where a response's body pieces land
+    std::uint64_t use = 0;   // which exchange holds it; a late stop must not close the next one
     bool aborted = false;
 
     boost::beast::tcp_stream& tcp() { return secure ? boost::beast::get_lowest_layer(*secure) : *plain; }
@@ -192,7 +191,9 @@ public:
                 if (!conn->looks_reusable()) conn.reset();
             }
             const bool reused = conn != nullptr;
-            if (!conn) conn = std::make_shared<detail::pooled_connection>(loop->context(), where->tls ? &tls_ : nullptr, options_.read_chunk_bytes);
+            if (!conn)
+                conn = std::make_shared<detail::pooled_connection>(loop->context(), where->tls ? &tls_ : nullptr,
+                                                                   options_.read_chunk_bytes);
             auto response = std::make_unique<response_on_loop>(std::move(conn), idle, &options_, &loop->context(), request, env.stop);
             auto began = co_await response->begin(&request, &*where, reused);
             if (!began) co_return std::unique_ptr<client_response>{std::move(response)};
@@ -214,8 +215,8 @@ private:
         response_on_loop(std::shared_ptr<detail::pooled_connection> conn, std::vector<std::shared_ptr<detail::pooled_connection>>* idle,
                          const beast_client_options* options, boost::asio::io_context* ioc, const client_request& request,
                          const std::stop_token& stop)
-            : conn_(std::move(conn)), idle_(idle), options_(options), deadline_(request.deadline),
-              read_timeout_(request.read_timeout), connect_timeout_(request.connect_timeout) {
+            : conn_(std::move(conn)), idle_(idle), options_(options), deadline_(request.deadline), read_timeout_(request.read_timeout),
+              connect_timeout_(request.connect_timeout) {
             use_ = ++conn_->use;
             on_stop_.emplace(stop, abort_on_stop{conn_, use_, ioc});
         }
@@ -315,27 +316,31 @@ private:
             if (bad_address) {
                 tcp::resolver resolver{tcp_stream.get_executor()};
                 auto resolve = detail::on_loop([&resolver, &endpoints, where](auto handler) {
-                    resolver.async_resolve(where->host, where->port,
-                                           [h = std::move(handler), &endpoints](const boost::system::error_code& ec, tcp::resolver::results_type r) {
-                                               endpoints = std::move(r);
-                                               h(ec);
-                                           });
+                    resolver.async_resolve(
+                        where->host, where->port,
+                        [h = std::move(handler), &endpoints](const boost::system::error_code& ec, tcp::resolver::results_type r) {
+                            endpoints = std::move(r);
+                            h(ec);
+                        });
                 });
                 const auto resolved = co_await resolve;
                 if (conn_->aborted) co_return cancelled();
-                if (resolved.ec) co_return client_error{client_error_kind::unreachable, "cannot resolve " + where->host + ": " + resolved.ec.message()};
+                if (resolved.ec)
+                    co_return client_error{client_error_kind::unreachable, "cannot resolve " + where->host + ": " + resolved.ec.message()};
             } else {
                 endpoints = tcp::resolver::results_type::create(tcp::endpoint{address, static_cast<unsigned short>(std::stoi(where->port))},
                                                                 where->host, where->port);
             }
             arm(connect_timeout_);
-            auto connect = detail::on_loop([&tcp_stream, &endpoints](auto handler) { tcp_stream.async_connect(endpoints, std::move(handler)); });
+            auto connect = detail::on_loop(
+                [&tcp_stream, &endpoints](auto handler) { tcp_stream.async_connect(endpoints, std::move(handler)); });
             const auto connected = co_await connect;
             if (connected.ec) {
                 if (conn_->aborted) co_return cancelled();
                 if (connected.ec == boost::beast::error::timeout)
                     co_return client_error{client_error_kind::connect_timeout, "could not connect to " + where->host_header + " in time"};
-                co_return client_error{client_error_kind::unreachable, "cannot connect to " + where->host_header + ": " + connected.ec.message()};
+                co_return client_error{client_error_kind::unreachable,
+                                       "cannot connect to " + where->host_header + ": " + connected.ec.message()};
             }
             tcp_stream.socket().set_option(tcp::no_delay(true));
             if (!conn_->secure) co_return std::nullopt;
@@ -346,15 +351,18 @@ private:
                 co_return client_error{client_error_kind::unreachable, "cannot set the TLS server name"};
             tls.set_verify_callback(asio::ssl::host_name_verification(where->host));
             arm(connect_timeout_);
-            auto handshake = detail::on_loop([&tls](auto handler) { tls.async_handshake(asio::ssl::stream_base::client, std::move(handler)); });
+            auto handshake = detail::on_loop(
+                [&tls](auto handler) { tls.async_handshake(asio::ssl::stream_base::client, std::move(handler)); });
             const auto shook = co_await handshake;
             if (shook.ec) {
                 if (conn_->aborted) co_return cancelled();
                 if (SSL_get_verify_result(tls.native_handle()) != X509_V_OK)
                     co_return client_error{client_error_kind::tls_verification, "the upstream's TLS certificate did not verify"};
                 if (shook.ec == boost::beast::error::timeout)
-                    co_return client_error{client_error_kind::connect_timeout, "the TLS handshake with " + where->host_header + " timed out"};
-                co_return client_error{client_error_kind::unreachable, "TLS handshake with " + where->host_header + " failed: " + shook.ec.message()};
+                    co_return client_error{client_error_kind::connect_timeout,
+                                           "the TLS handshake with " + where->host_header + " timed out"};
+                co_return client_error{client_error_kind::unreachable,
+                                       "TLS handshake with " + where->host_header + " failed: " + shook.ec.message()};
             }
             co_return std::nullopt;
         }
@@ -367,7 +375,12 @@ private:
             auto safe = [](std::string_view text) { return text.find_first_of(std::string_view{"\r\n\0", 3}) == std::string_view::npos; };
             head_.clear();
             head_.reserve(256);
-            head_.append(request.method).append(" ").append(request.target).append(" HTTP/1.1\r\nHost: ").append(where.host_header).append("\r\n");
+            head_.append(request.method)
+                .append(" ")
+                .append(request.target)
+                .append(" HTTP/1.1\r\nHost: ")
+                .append(where.host_header)
+                .append("\r\n");
             for (const auto& [name, value] : request.headers) {
                 if (boost::beast::iequals(name, "Host") || boost::beast::iequals(name, "Content-Length") ||
                     boost::beast::iequals(name, "Transfer-Encoding") || boost::beast::iequals(name, "Connection") || !safe(name) ||

@@ -24,8 +24,7 @@ struct httplib_client_options {
 class httplib_client_pool {
 public:
     // `origin` is scheme://host[:port]; https verifies the server's certificate (system CA store).
-    httplib_client_pool(std::string origin, httplib_client_options options)
-        : origin_(std::move(origin)), options_(options) {}
+    httplib_client_pool(std::string origin, httplib_client_options options) : origin_(std::move(origin)), options_(options) {}
 
     class lease {
     public:
@@ -50,13 +49,13 @@ public:
     // What one request to an upstream gave: a 200 body consumed as it arrived, or the status,
     // headers and body of anything else, or how the transport failed.
     struct round_trip {
-        bool sent = false;                      // the response arrived complete
+        bool sent = false; // the response arrived complete
         httplib::Error error = httplib::Error::Success;
         int status = 0;
         httplib::Headers headers{};
-        std::string body{};                     // a non-200 body, or a 200 body when not streamed
+        std::string body{}; // a non-200 body, or a 200 body when not streamed
         bool past_deadline = false;
-        bool cancelled = false;                 // the stop token was requested during the exchange
+        bool cancelled = false; // the stop token was requested during the exchange
         std::chrono::steady_clock::duration took{};
     };
 
@@ -65,8 +64,8 @@ public:
     // connection is reused only when the exchange ended cleanly and `keep` agrees. A stop request
     // shuts the connection down at once, even while it waits for the first byte.
     template <class OnChunk>
-    round_trip send(httplib::Request& req, std::chrono::steady_clock::time_point deadline, OnChunk&& on_chunk,
-                  bool stream_200, std::size_t max_body = 64u << 20, const std::stop_token& stop = {}) {
+    round_trip send(httplib::Request& req, std::chrono::steady_clock::time_point deadline, OnChunk&& on_chunk, bool stream_200,
+                    std::size_t max_body = 64u << 20, const std::stop_token& stop = {}) {
         round_trip out;
         bool stopped = false;
         req.response_handler = [&](const httplib::Response& res) {

@@ -38,8 +38,8 @@ private:
 
     struct shared {
         explicit shared(anthropic_options o)
-            : wire(std::move(o)),
-              pool(wire.origin, httplib_client_options{wire.options.connect_timeout, wire.options.read_timeout, wire.options.max_idle_connections}) {}
+            : wire(std::move(o)), pool(wire.origin, httplib_client_options{wire.options.connect_timeout, wire.options.read_timeout,
+                                                                           wire.options.max_idle_connections}) {}
         detail::anthropic_wire wire;
         httplib_client_pool pool;
     };
@@ -55,8 +55,8 @@ private:
             return std::move(key).error();
         }
         auto answer = call_with_retries<completion>(
-            retry_policy{.max_retries = w.options.max_retries, .on_retry = w.options.on_retry}, deadline, [&] { return attempt_once(r, *body, sink, deadline, *key); },
-            r.stop);
+            retry_policy{.max_retries = w.options.max_retries, .on_retry = w.options.on_retry}, deadline,
+            [&] { return attempt_once(r, *body, sink, deadline, *key); }, r.stop);
         w.health.record(answer);
         return answer;
     }
@@ -82,11 +82,14 @@ private:
             sink != nullptr, 64u << 20, r.stop);
         if (x.cancelled)
             return upstream_failure{{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"},
-                                    false, {}, reader.delivered};
+                                    false,
+                                    {},
+                                    reader.delivered};
 
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
         if (x.past_deadline)
-            return upstream_failure{{error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
+            return upstream_failure{
+                {error_kind::timeout, "upstream did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
         if (reader.broken) return w.finish_stream(reader, key);
         if (!x.sent && !reader.done) return transport_failure(x.error, x.took, reader.delivered);
         if (x.status != 200) return w.status_failure(x.status, x.body, x.headers, key);
@@ -97,11 +100,16 @@ private:
     upstream_failure transport_failure(httplib::Error err, clock::duration waited, bool delivered) const {
         const auto& o = shared_->wire.options;
         if (delivered)
-            return {{error_kind::upstream, "upstream connection broke mid-stream (" + httplib::to_string(err) + ")", "upstream_error"}, false, {}, true};
+            return {{error_kind::upstream, "upstream connection broke mid-stream (" + httplib::to_string(err) + ")", "upstream_error"},
+                    false,
+                    {},
+                    true};
         if (err == httplib::Error::ConnectionTimeout)
             return {{error_kind::timeout, "could not connect to the upstream in time", "upstream_timeout"}, true};
         if (err == httplib::Error::Read && waited + std::chrono::milliseconds(50) >= o.read_timeout)
-            return {{error_kind::timeout, "upstream did not answer within " + std::to_string(o.read_timeout.count()) + " ms", "upstream_timeout"}, true};
+            return {{error_kind::timeout, "upstream did not answer within " + std::to_string(o.read_timeout.count()) + " ms",
+                     "upstream_timeout"},
+                    true};
         if (err == httplib::Error::SSLServerVerification)
             return {{error_kind::upstream, "upstream TLS certificate verification failed", "upstream_tls"}, false};
         return {{error_kind::upstream, "cannot reach the upstream (" + httplib::to_string(err) + ")", "upstream_unreachable"}, true};

@@ -45,7 +45,7 @@ inline anthropic_model_aliases default_anthropic_aliases() {
 
 struct anthropic_options {
     std::string base_url = "https://api.anthropic.com"; // the API's path, /v1/messages, is appended
-    std::string api_key{}; // sent upstream only; never logged, never put in an error message
+    std::string api_key{};                              // sent upstream only; never logged, never put in an error message
     // Asked for the key before each call instead of `api_key`, when set (a key that rotates); it
     // must be safe from any thread and cheap (cache what it fetches).
     std::function<result<std::string>()> api_key_source{};
@@ -91,7 +91,9 @@ public:
     std::string path;   // the Messages API's path on that origin
     upstream_health health;
 
-    [[nodiscard]] result<std::string> key() const { return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key}; }
+    [[nodiscard]] result<std::string> key() const {
+        return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key};
+    }
 
     // The model id sent upstream: the request's (or the default), through the aliases.
     [[nodiscard]] std::string upstream_model(const chat_request& r) const {
@@ -100,7 +102,8 @@ public:
         return it == options.aliases.end() ? requested : it->second;
     }
 
-    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming, const std::string& key) const {
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming,
+                                                                                   const std::string& key) const {
         std::vector<std::pair<std::string, std::string>> h;
         h.emplace_back("Content-Type", "application/json");
         h.emplace_back("Accept", streaming ? "text/event-stream" : "application/json");
@@ -177,9 +180,11 @@ public:
                 return error{error_kind::invalid_request, "the anthropic provider relays tools, not the deprecated '" + key + "'",
                              "unsupported_parameter", key};
             else if (std::find(std::begin(ignorable_fields), std::end(ignorable_fields), key) == std::end(ignorable_fields))
-                return error{error_kind::invalid_request, "the anthropic provider cannot honour '" + key + "'", "unsupported_parameter", key};
+                return error{error_kind::invalid_request, "the anthropic provider cannot honour '" + key + "'", "unsupported_parameter",
+                             key};
         }
-        if (auto parallel = r.extensions.find("parallel_tool_calls"); parallel != r.extensions.end() && *parallel == false && body.contains("tools")) {
+        if (auto parallel = r.extensions.find("parallel_tool_calls");
+            parallel != r.extensions.end() && *parallel == false && body.contains("tools")) {
             if (!body.contains("tool_choice")) body["tool_choice"] = {{"type", "auto"}};
             if (body["tool_choice"]["type"] != "none") body["tool_choice"]["disable_parallel_tool_use"] = true;
         }
@@ -193,7 +198,8 @@ public:
     static result<nlohmann::json> message_content(const message& m, const std::string& at) {
         if (m.extra.is_object())
             for (const auto& [key, value] : m.extra.items())
-                if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) && !(key == "tool_call_id" && m.role == role::tool))
+                if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) &&
+                    !(key == "tool_call_id" && m.role == role::tool))
                     return invalid("the anthropic provider cannot relay '" + key + "' in " + at, at + "." + key, "unsupported_parameter");
         if (m.role == role::tool) {
             const auto id = m.extra.is_object() ? m.extra.find("tool_call_id") : m.extra.end();
@@ -226,7 +232,8 @@ public:
     static nlohmann::json as_blocks(nlohmann::json content) {
         if (content.is_array()) return content;
         nlohmann::json blocks = nlohmann::json::array();
-        if (content.is_string() && !content.get_ref<const std::string&>().empty()) blocks.push_back({{"type", "text"}, {"text", std::move(content)}});
+        if (content.is_string() && !content.get_ref<const std::string&>().empty())
+            blocks.push_back({{"type", "text"}, {"text", std::move(content)}});
         return blocks;
     }
 
@@ -243,7 +250,7 @@ public:
             nlohmann::json tool = {{"name", (*fn)["name"]}};
             if (fn->contains("description") && (*fn)["description"].is_string()) tool["description"] = (*fn)["description"];
             tool["input_schema"] = fn->contains("parameters") && (*fn)["parameters"].is_object() ? (*fn)["parameters"]
-                                                                                              : nlohmann::json{{"type", "object"}};
+                                                                                                 : nlohmann::json{{"type", "object"}};
             out.push_back(std::move(tool));
         }
         return out;
@@ -257,7 +264,8 @@ public:
         if (choice.is_object() && string_field(choice, "type") == "function" && choice.contains("function") &&
             !string_field(choice["function"], "name").empty())
             return nlohmann::json{{"type", "tool"}, {"name", choice["function"]["name"]}};
-        return invalid("the anthropic provider takes tool_choice auto, required, none or a function", "tool_choice", "unsupported_parameter");
+        return invalid("the anthropic provider takes tool_choice auto, required, none or a function", "tool_choice",
+                       "unsupported_parameter");
     }
 
     // Anthropic's tool_use blocks (their input an object) as OpenAI tool_calls (arguments as text).
@@ -362,7 +370,9 @@ public:
                 }
             } else if (type == "content_block_start") {
                 const auto block = j.contains("content_block") ? j["content_block"] : nlohmann::json{};
-                if (string_field(block, "type") != "tool_use" || !j.contains("index") || !j["index"].is_number_integer() || tools.size() >= max_tools) return;
+                if (string_field(block, "type") != "tool_use" || !j.contains("index") || !j["index"].is_number_integer() ||
+                    tools.size() >= max_tools)
+                    return;
                 tools.push_back({j["index"].get<std::int64_t>(), string_field(block, "id"), string_field(block, "name"), {}});
                 pass_on(tools.back(), {.id = tools.back().id, .name = tools.back().name});
             } else if (type == "content_block_delta") {
@@ -384,7 +394,8 @@ public:
                 delivered = true;
                 if (!sink(text)) client_gone = true;
             } else if (type == "message_delta") {
-                if (const auto d = j.find("delta"); d != j.end() && d->is_object() && d->contains("stop_reason") && (*d)["stop_reason"].is_string())
+                if (const auto d = j.find("delta");
+                    d != j.end() && d->is_object() && d->contains("stop_reason") && (*d)["stop_reason"].is_string())
                     c.finish_reason = finish_reason((*d)["stop_reason"].get<std::string>());
                 if (j.contains("usage")) usage.read(j["usage"]); // counts so far, not increments
             } else if (type == "message_stop") {
@@ -404,10 +415,13 @@ public:
     // Before any delta reached the client, a failure may be retried.
     result<completion, upstream_failure> finish_stream(stream_reader& reader, const std::string& key) const {
         if (reader.broken)
-            return upstream_failure{{error_kind::upstream, redact(*reader.broken, key), reader.broken_code}, !reader.delivered, {}, reader.delivered};
+            return upstream_failure{
+                {error_kind::upstream, redact(*reader.broken, key), reader.broken_code}, !reader.delivered, {}, reader.delivered};
         if (!reader.done)
             return upstream_failure{{error_kind::upstream, "upstream stream ended before message_stop", "upstream_truncated"},
-                                    !reader.delivered, {}, reader.delivered};
+                                    !reader.delivered,
+                                    {},
+                                    reader.delivered};
         reader.c.usage = reader.usage.to_token_usage();
         reader.finish_tools();
         return std::move(reader.c);
@@ -445,7 +459,8 @@ public:
     upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
         if (status == 401 && options.on_key_rejected) options.on_key_rejected(key);
         const auto body = nlohmann::json::parse(raw, nullptr, false);
-        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
+        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"]
+                                                                                                         : nlohmann::json::object();
         const std::string type = string_field(e, "type");
         std::string message = redact(string_field(e, "message"), key);
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
@@ -461,7 +476,8 @@ public:
             f.e.kind = error_kind::rate_limited;
             f.retryable = true;
         } else if (status == 408 || status == 409 || status >= 500) {
-            f.e.message = (status == 529 ? "upstream overloaded (HTTP 529): " : "upstream error (HTTP " + std::to_string(status) + "): ") + message;
+            f.e.message = (status == 529 ? "upstream overloaded (HTTP 529): " : "upstream error (HTTP " + std::to_string(status) + "): ") +
+                          message;
             f.retryable = true;
         }
         f.retry_after = retry_after(headers);

@@ -75,8 +75,7 @@ public:
         for (const auto& open : state_->options.open_paths)
             if (req.path == open) return std::nullopt;
         const std::string_view key = api_keys::presented_key(req);
-        if (key.empty())
-            return refuse(req, "missing API key: send it as 'Authorization: Bearer ck-...' or 'x-api-key: ck-...'");
+        if (key.empty()) return refuse(req, "missing API key: send it as 'Authorization: Bearer ck-...' or 'x-api-key: ck-...'");
         // Only the digest is compared, and never shown: neither the key nor it goes into a message.
         const std::string digest = api_keys::digest(key);
         if (!state_->options.admin_key_digest.empty() && api_keys::digests_equal(digest, state_->options.admin_key_digest)) {
@@ -130,7 +129,7 @@ private:
     struct state {
         Directory directory;
         api_key_auth_options options;
-        std::mutex directory_mutex; // one read of the directory at a time (concept requirement 2)
+        std::mutex directory_mutex;        // one read of the directory at a time (concept requirement 2)
         mutable std::mutex snapshot_mutex; // held only to copy or swap `current`
         std::shared_ptr<const key_snapshot> current = std::make_shared<const key_snapshot>(std::vector<key_record>{});
         std::mutex wake_mutex;

@@ -64,8 +64,8 @@ public:
     // What admit() reserved, for finish() to settle and after() to report.
     struct context {
         bool reserved = false;
-        std::int64_t tokens = 0;        // reserved from each token bucket that has a limit
-        std::int64_t micro_usd = 0;     // reserved from each budget that is set
+        std::int64_t tokens = 0;    // reserved from each token bucket that has a limit
+        std::int64_t micro_usd = 0; // reserved from each budget that is set
         std::string key_id, team_id;
         bool key_tokens = false, team_tokens = false, key_budget = false, team_budget = false;
         // The tighter token bucket after the reservation, for the x-ratelimit-*-tokens headers.
@@ -262,10 +262,9 @@ private:
     }
 
     static error over_budget(const std::string& who, const budget& b, std::int64_t need, unix_ms now) {
-        return limit_terms::budget_refusal(who,
-                                           "has spent " + limit_terms::usd(b.spent) + " (and requests in flight reserve " +
-                                               limit_terms::usd(b.reserved) + ") of",
-                                           b.limit.micro_usd, b.limit.period, need, b.period_end, now);
+        return limit_terms::budget_refusal(
+            who, "has spent " + limit_terms::usd(b.spent) + " (and requests in flight reserve " + limit_terms::usd(b.reserved) + ") of",
+            b.limit.micro_usd, b.limit.period, need, b.period_end, now);
     }
 
     static std::optional<budget_limit> budget_of(const usage_limits& l) {

@@ -46,15 +46,16 @@ namespace chatkit::limit_terms {
 [[nodiscard]] inline error tokens_too_large(const std::string& owner, const chat_admission& a, std::int64_t limit) {
     return error{error_kind::rate_limited,
                  "request too large: it may use up to " + std::to_string(a.token_bound()) + " tokens (prompt bound " +
-                     std::to_string(a.prompt_token_bound) + " + max_tokens " + std::to_string(a.max_completion_tokens) + "), and " +
-                     owner + " allows " + std::to_string(limit) + " tokens per minute; lower max_tokens",
+                     std::to_string(a.prompt_token_bound) + " + max_tokens " + std::to_string(a.max_completion_tokens) + "), and " + owner +
+                     " allows " + std::to_string(limit) + " tokens per minute; lower max_tokens",
                  "rate_limit_exceeded", "max_tokens"};
 }
 
 [[nodiscard]] inline error tokens_refusal(const std::string& owner, std::int64_t limit, std::int64_t reserve, int retry) {
     return error{error_kind::rate_limited,
-                 "rate limit exceeded: " + owner + " allows " + std::to_string(limit) + " tokens per minute, and this request reserves up to " +
-                     std::to_string(reserve) + "; retry in " + std::to_string(retry) + " s",
+                 "rate limit exceeded: " + owner + " allows " + std::to_string(limit) +
+                     " tokens per minute, and this request reserves up to " + std::to_string(reserve) + "; retry in " +
+                     std::to_string(retry) + " s",
                  "rate_limit_exceeded", "", retry};
 }
 
@@ -73,7 +74,7 @@ namespace chatkit::limit_terms {
 
 /// `spent`: what the owner has used of the budget, in words ("has spent $0.1 of", ...).
 [[nodiscard]] inline error budget_refusal(const std::string& owner, const std::string& spent, std::int64_t limit_micro,
-                                  const std::string& period, std::int64_t need_micro, unix_ms period_end, unix_ms now) {
+                                          const std::string& period, std::int64_t need_micro, unix_ms period_end, unix_ms now) {
     const auto retry = static_cast<int>(std::clamp<std::int64_t>((period_end - now + 999) / 1000, 1, std::numeric_limits<int>::max()));
     return error{error_kind::rate_limited,
                  owner + " " + spent + " its " + usd(limit_micro) + " " + (period == "month" ? "monthly" : "daily") +

@@ -198,7 +198,8 @@ public:
             if (auto refused = split_client(*client, ctx, adds, *taken)) return refused;
         if (requests > 0) {
             // The request counters' verdict and headers; a refusal there took nothing anywhere.
-            const counters_taken of_requests{taken->taken || taken->refused >= requests, std::min(taken->refused, requests),
+            const counters_taken of_requests{taken->taken || taken->refused >= requests,
+                                             std::min(taken->refused, requests),
                                              {taken->values.begin(), taken->values.begin() + static_cast<std::ptrdiff_t>(requests)}};
             if (auto refused = note_requests(ctx, caller, std::span{adds}.first(requests), request_scope, of_requests, now, m.end))
                 return refused;
@@ -215,10 +216,11 @@ public:
                 return limit_terms::tokens_refusal(owner, adds[i].limit, tokens, limit_terms::retry_seconds(until(m.end, now)));
             }
             const bool monthly = (kinds[i].key_scope ? caller.key_limits : caller.team_limits).budget_period == "month";
-            return limit_terms::budget_refusal(owner, "has spent or reserved " + limit_terms::usd(taken->values[i]) + " of",
-                                               adds[i].limit, monthly ? "month" : "day", reserve_micro, kinds[i].end, now);
+            return limit_terms::budget_refusal(owner, "has spent or reserved " + limit_terms::usd(taken->values[i]) + " of", adds[i].limit,
+                                               monthly ? "month" : "day", reserve_micro, kinds[i].end, now);
         }
-        const auto token_counters = static_cast<std::size_t>(std::count_if(kinds.begin(), kinds.end(), [](const what& w) { return !w.budget; }));
+        const auto token_counters = static_cast<std::size_t>(
+            std::count_if(kinds.begin(), kinds.end(), [](const what& w) { return !w.budget; }));
         note_tokens(ctx, adds, taken->values, 0, token_counters, now, m.end);
         ctx.reserved = std::move(adds);
         ctx.token_counters = token_counters;
@@ -283,7 +285,8 @@ private:
     // The client's verdict from the first counter of a take, which is then removed from `adds` and
     // `taken` so that what follows reads the key's and team's counters alone. When another counter
     // refused, the store reports no value for the client's: it was not counted, and gets no headers.
-    static std::optional<error> split_client(const client_window& client, context& ctx, std::vector<counter_add>& adds, counters_taken& taken) {
+    static std::optional<error> split_client(const client_window& client, context& ctx, std::vector<counter_add>& adds,
+                                             counters_taken& taken) {
         if (taken.taken || taken.refused == 0)
             if (auto refused = client.note(ctx.client, taken.taken, taken.values.front())) return refused;
         adds.erase(adds.begin());

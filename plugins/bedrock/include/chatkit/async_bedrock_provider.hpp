@@ -53,7 +53,8 @@ private:
     }
 
     struct shared {
-        shared(bedrock_options o, aws::environment e, std::shared_ptr<http_client> c) : wire(std::move(o), std::move(e)), client(std::move(c)) {}
+        shared(bedrock_options o, aws::environment e, std::shared_ptr<http_client> c)
+            : wire(std::move(o), std::move(e)), client(std::move(c)) {}
         detail::bedrock_wire wire;
         std::shared_ptr<http_client> client;
     };
@@ -132,8 +133,11 @@ private:
             auto fed = decoder.feed(*piece, reader);
             if (!co_await batch.write_to(*a.out)) co_return std::move(reader.c); // nobody is listening; the service drops it
             if (!fed)
-                co_return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + fed.error().message, "upstream_malformed"},
-                                           !reader.delivered, {}, reader.delivered};
+                co_return upstream_failure{
+                    {error_kind::upstream, "Bedrock stream is corrupt: " + fed.error().message, "upstream_malformed"},
+                    !reader.delivered,
+                    {},
+                    reader.delivered};
             if (reader.failed) break;
         }
         co_return wire::finish_stream(reader);

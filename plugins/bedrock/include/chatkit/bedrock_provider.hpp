@@ -53,7 +53,8 @@ private:
     struct shared {
         shared(bedrock_options o, aws::environment e)
             : wire(std::move(o), std::move(e)),
-              pool(wire.endpoint, httplib_client_options{wire.options.connect_timeout, wire.options.read_timeout, wire.options.max_idle_connections}) {}
+              pool(wire.endpoint,
+                   httplib_client_options{wire.options.connect_timeout, wire.options.read_timeout, wire.options.max_idle_connections}) {}
         detail::bedrock_wire wire;
         httplib_client_pool pool;
     };
@@ -87,7 +88,8 @@ private:
             if (!got) return upstream_failure{got.error(), false};
             creds = std::move(got).value();
         }
-        for (const auto& [name, value] : w.request_headers(req.path, payload, creds ? &*creds : nullptr, traceparent)) req.set_header(name, value);
+        for (const auto& [name, value] : w.request_headers(req.path, payload, creds ? &*creds : nullptr, traceparent))
+            req.set_header(name, value);
 
         static const delta_sink no_sink = [](std::string_view) { return true; };
         wire::stream_reader reader{sink ? *sink : no_sink};
@@ -104,20 +106,32 @@ private:
         if (reader.client_gone) return std::move(reader.c);
         if (x.cancelled)
             return upstream_failure{{error_kind::timeout, "the request was cancelled; its upstream call was closed", "request_cancelled"},
-                                    false, {}, reader.delivered};
+                                    false,
+                                    {},
+                                    reader.delivered};
         if (x.past_deadline)
-            return upstream_failure{{error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
-        if (corrupt) return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + corrupt->message, "upstream_malformed"}, !reader.delivered, {}, reader.delivered};
+            return upstream_failure{
+                {error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
+        if (corrupt)
+            return upstream_failure{{error_kind::upstream, "Bedrock stream is corrupt: " + corrupt->message, "upstream_malformed"},
+                                    !reader.delivered,
+                                    {},
+                                    reader.delivered};
         if (reader.failed) return wire::finish_stream(reader);
         if (!x.sent) {
             if (reader.delivered)
-                return upstream_failure{{error_kind::upstream, "Bedrock connection broke mid-stream (" + httplib::to_string(x.error) + ")", "upstream_error"}, false, {}, true};
+                return upstream_failure{
+                    {error_kind::upstream, "Bedrock connection broke mid-stream (" + httplib::to_string(x.error) + ")", "upstream_error"},
+                    false,
+                    {},
+                    true};
             if (x.error == httplib::Error::ConnectionTimeout ||
                 (x.error == httplib::Error::Read && x.took + std::chrono::milliseconds(50) >= w.options.read_timeout))
                 return upstream_failure{{error_kind::timeout, "Bedrock did not answer in time", "upstream_timeout"}, true};
             if (x.error == httplib::Error::SSLServerVerification)
                 return upstream_failure{{error_kind::upstream, "Bedrock's TLS certificate verification failed", "upstream_tls"}, false};
-            return upstream_failure{{error_kind::upstream, "cannot reach Bedrock (" + httplib::to_string(x.error) + ")", "upstream_unreachable"}, true};
+            return upstream_failure{
+                {error_kind::upstream, "cannot reach Bedrock (" + httplib::to_string(x.error) + ")", "upstream_unreachable"}, true};
         }
         if (x.status != 200) return wire::status_failure(x.status, x.body, x.headers);
         if (!sink) return wire::parse_answer(x.body);

@@ -72,8 +72,8 @@ inline std::string inference_profile_prefix(std::string_view region) {
 }
 
 struct bedrock_options {
-    std::string region;   // empty: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region
-    std::string endpoint; // empty: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_ENDPOINT_URL, then the public endpoint
+    std::string region;               // empty: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region
+    std::string endpoint;             // empty: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_ENDPOINT_URL, then the public endpoint
     std::string model = "nova-micro"; // an alias from `models`, or any Bedrock model id, profile id or ARN
     bedrock_model_table models = default_bedrock_models();
     std::chrono::milliseconds connect_timeout{5'000};
@@ -93,18 +93,17 @@ class bedrock_wire {
 public:
     // Resolves region, endpoint and credentials from `env`. Throws std::invalid_argument when no
     // region can be found or the endpoint is unusable.
-bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env(std::move(e)), credentials(env) {
+    bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env(std::move(e)), credentials(env) {
         region = !options.region.empty() ? options.region : aws::resolve_region(env).value_or("");
         if (region.empty()) throw std::invalid_argument("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)");
         const auto where = aws::service_endpoint::parse(
-            !options.endpoint.empty() ? options.endpoint
-                                      : aws::endpoint_override(env, "BEDROCK_RUNTIME")
-                                            .value_or("https://bedrock-runtime." + region + ".amazonaws.com"),
+            !options.endpoint.empty()
+                ? options.endpoint
+                : aws::endpoint_override(env, "BEDROCK_RUNTIME").value_or("https://bedrock-runtime." + region + ".amazonaws.com"),
             "the Bedrock");
         endpoint = where.origin;
         host = where.host;
     }
-
 
     bedrock_options options;
     aws::environment env;
@@ -168,8 +167,7 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
                 return invalid("a Bedrock conversation must start with a user message", at, "invalid_conversation");
             if (!messages.empty() && messages.back()["role"] == name)
                 for (auto& block : *content) messages.back()["content"].push_back(std::move(block));
-            else
-                messages.push_back({{"role", name}, {"content", std::move(content).value()}});
+            else messages.push_back({{"role", name}, {"content", std::move(content).value()}});
         }
         if (messages.empty()) return invalid("a Bedrock conversation needs a user message", "messages", "invalid_conversation");
         body["messages"] = std::move(messages);
@@ -205,7 +203,8 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         if (tool_config.contains("toolChoice") && !tool_config.contains("tools")) tool_config.erase("toolChoice");
         // Bedrock refuses toolUse and toolResult blocks without a toolConfig: say so before the call.
         if (tool_history && !tool_config.contains("tools"))
-            return invalid("a conversation with tool calls needs the 'tools' that were offered (Bedrock requires them)", "tools", "missing_field");
+            return invalid("a conversation with tool calls needs the 'tools' that were offered (Bedrock requires them)", "tools",
+                           "missing_field");
         if (!config.empty()) body["inferenceConfig"] = std::move(config);
         if (!tool_config.empty()) body["toolConfig"] = std::move(tool_config);
         if (!r.request_id.empty()) body["requestMetadata"] = {{"chatkit_request_id", r.request_id}};
@@ -218,7 +217,8 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         using detail::invalid;
         if (m.extra.is_object())
             for (const auto& [key, value] : m.extra.items())
-                if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) && !(key == "tool_call_id" && m.role == role::tool))
+                if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) &&
+                    !(key == "tool_call_id" && m.role == role::tool))
                     return invalid("the bedrock provider cannot relay '" + key + "' in " + at, at + "." + key, "unsupported_parameter");
         if (m.role == role::tool) {
             const auto id = m.extra.is_object() ? m.extra.find("tool_call_id") : m.extra.end();
@@ -262,8 +262,9 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
                 return invalid("the bedrock provider relays function tools only: " + at + " is not one", at, "unsupported_parameter");
             nlohmann::json spec = {{"name", (*fn)["name"]}};
             if (fn->contains("description") && (*fn)["description"].is_string()) spec["description"] = (*fn)["description"];
-            spec["inputSchema"] = {{"json", fn->contains("parameters") && (*fn)["parameters"].is_object() ? (*fn)["parameters"]
-                                                                                                      : nlohmann::json{{"type", "object"}}}};
+            spec["inputSchema"] = {{"json", fn->contains("parameters") && (*fn)["parameters"].is_object()
+                                                ? (*fn)["parameters"]
+                                                : nlohmann::json{{"type", "object"}}}};
             out.push_back({{"toolSpec", std::move(spec)}});
         }
         return out;
@@ -277,8 +278,8 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         if (choice.is_object() && string_field(choice, "type", "") == "function" && choice.contains("function") &&
             !string_field(choice["function"], "name", "").empty())
             return nlohmann::json{{"tool", {{"name", choice["function"]["name"]}}}};
-        return detail::invalid("the bedrock provider takes tool_choice auto, required or a function (Converse has no 'none')", "tool_choice",
-                               "unsupported_parameter");
+        return detail::invalid("the bedrock provider takes tool_choice auto, required or a function (Converse has no 'none')",
+                               "tool_choice", "unsupported_parameter");
     }
 
     // Converse's toolUse blocks (their input an object) as OpenAI tool_calls (arguments as text).
@@ -309,9 +310,9 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
             h.emplace_back("Authorization", "Bearer " + options.bearer_token);
             return h;
         }
-        const auto sig = aws::sign({.method = "POST", .host = host, .path = path, .query = {},
-                                    .headers = {{"content-type", "application/json"}}, .body = payload},
-                                   *creds, region, "bedrock", std::chrono::system_clock::now());
+        const auto sig = aws::sign(
+            {.method = "POST", .host = host, .path = path, .query = {}, .headers = {{"content-type", "application/json"}}, .body = payload},
+            *creds, region, "bedrock", std::chrono::system_clock::now());
         h.emplace_back("Authorization", sig.authorization);
         h.emplace_back("X-Amz-Date", sig.amz_date);
         if (!sig.content_sha256.empty()) h.emplace_back("X-Amz-Content-Sha256", sig.content_sha256);
@@ -387,24 +388,33 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
             if (type && *type == "error") {
                 const std::string* code = m.header_string(":error-code");
                 const std::string* message = m.header_string(":error-message");
-                failed = upstream_failure{{error_kind::upstream, "Bedrock stream error " + (code ? *code : std::string{}) + ": " +
-                                                                      (message ? *message : std::string{}),
-                                           "upstream_error"},
-                                          false, {}, delivered};
+                failed = upstream_failure{
+                    {error_kind::upstream,
+                     "Bedrock stream error " + (code ? *code : std::string{}) + ": " + (message ? *message : std::string{}),
+                     "upstream_error"},
+                    false,
+                    {},
+                    delivered};
                 return;
             }
             const std::string* event = m.header_string(":event-type");
             if (!event) return;
             const auto payload = nlohmann::json::parse(m.payload, nullptr, false);
             if (!payload.is_object()) {
-                failed = upstream_failure{{error_kind::upstream, "Bedrock sent a malformed event", "upstream_malformed"}, false, {}, delivered};
+                failed = upstream_failure{
+                    {error_kind::upstream, "Bedrock sent a malformed event", "upstream_malformed"}, false, {}, delivered};
                 return;
             }
             if (*event == "contentBlockStart") {
                 const auto start = payload.contains("start") ? payload["start"] : nlohmann::json{};
                 const auto i = payload.find("contentBlockIndex");
-                if (!start.is_object() || !start.contains("toolUse") || i == payload.end() || !i->is_number_integer() || tools.size() >= max_tools) return;
-                tools.push_back({i->get<std::int64_t>(), string_field(start["toolUse"], "toolUseId", ""), string_field(start["toolUse"], "name", ""), {}});
+                if (!start.is_object() || !start.contains("toolUse") || i == payload.end() || !i->is_number_integer() ||
+                    tools.size() >= max_tools)
+                    return;
+                tools.push_back({i->get<std::int64_t>(),
+                                 string_field(start["toolUse"], "toolUseId", ""),
+                                 string_field(start["toolUse"], "name", ""),
+                                 {}});
                 pass_on(tools.back(), {.id = tools.back().id, .name = tools.back().name});
             } else if (*event == "contentBlockDelta") {
                 const auto& delta = payload.contains("delta") ? payload["delta"] : nlohmann::json{};
@@ -436,10 +446,16 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
     static result<completion, upstream_failure> finish_stream(stream_reader& reader) {
         if (reader.failed) return std::move(*reader.failed);
         if (!reader.stopped)
-            return upstream_failure{{error_kind::upstream, "Bedrock stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
+            return upstream_failure{{error_kind::upstream, "Bedrock stream ended before it finished", "upstream_truncated"},
+                                    !reader.delivered,
+                                    {},
+                                    reader.delivered};
         if (!reader.metadata)
-            return upstream_failure{{error_kind::upstream, "Bedrock stream ended without its metadata event (the usage)", "upstream_truncated"},
-                                    !reader.delivered, {}, reader.delivered};
+            return upstream_failure{
+                {error_kind::upstream, "Bedrock stream ended without its metadata event (the usage)", "upstream_truncated"},
+                !reader.delivered,
+                {},
+                reader.delivered};
         reader.finish_tools();
         return std::move(reader.c);
     }
@@ -487,9 +503,11 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         for (std::size_t i = 0; i + 20 <= text.size(); ++i) {
             const std::string_view head{text.data() + i, 4};
             if ((i > 0 && word(text[i - 1])) || (i + 20 < text.size() && word(text[i + 20]))) continue;
-            if (head != "AKIA" && head != "ASIA" && head != "AIDA" && head != "AROA" && head != "AIPA" && head != "ANPA" && head != "APKA") continue;
-            if (!std::all_of(text.begin() + static_cast<std::ptrdiff_t>(i) + 4, text.begin() + static_cast<std::ptrdiff_t>(i) + 20,
-                             [](char c) { return std::isupper(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)); }))
+            if (head != "AKIA" && head != "ASIA" && head != "AIDA" && head != "AROA" && head != "AIPA" && head != "ANPA" && head != "APKA")
+                continue;
+            if (!std::all_of(
+                    text.begin() + static_cast<std::ptrdiff_t>(i) + 4, text.begin() + static_cast<std::ptrdiff_t>(i) + 20,
+                    [](char c) { return std::isupper(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)); }))
                 continue;
             text.replace(i + 4, 16, "****************");
             i += 19;
@@ -518,14 +536,16 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         };
         if (kind == "ThrottlingException") return fail(error_kind::rate_limited, text, true);
         if (kind == "ModelNotReadyException" || kind == "ServiceUnavailableException") return fail(error_kind::unavailable, text, true);
-        if (kind == "InternalServerException" || kind == "InternalFailure") return fail(error_kind::upstream, "Bedrock internal error: " + text, true);
+        if (kind == "InternalServerException" || kind == "InternalFailure")
+            return fail(error_kind::upstream, "Bedrock internal error: " + text, true);
         if (kind == "ValidationException") return fail(error_kind::invalid_request, text, false);
         if (kind == "ResourceNotFoundException") return fail(error_kind::not_found, text, false);
         if (kind == "ModelTimeoutException") return fail(error_kind::timeout, text, false);
-        if (kind == "ModelErrorException" || kind == "ModelStreamErrorException") return fail(error_kind::upstream, "Bedrock model error: " + text, false);
+        if (kind == "ModelErrorException" || kind == "ModelStreamErrorException")
+            return fail(error_kind::upstream, "Bedrock model error: " + text, false);
         if (kind == "AccessDeniedException" || kind == "UnrecognizedClientException" || kind == "InvalidSignatureException" ||
-            kind == "ExpiredTokenException" || kind == "InvalidClientTokenId" || kind == "IncompleteSignature" || status == 401 || status == 403)
-        {
+            kind == "ExpiredTokenException" || kind == "InvalidClientTokenId" || kind == "IncompleteSignature" || status == 401 ||
+            status == 403) {
             auto f = fail(error_kind::upstream, "Bedrock rejected the credentials: " + text, false);
             f.e.code = "upstream_credentials";
             return f;
@@ -560,7 +580,6 @@ bedrock_wire(bedrock_options o, aws::environment e) : options(std::move(o)), env
         read_usage(j, c.usage);
         return c;
     }
-
 };
 
 } // namespace detail

@@ -101,9 +101,9 @@ public:
         const bool allowed = allows(origin);
         if (req.method == "OPTIONS" && !req.header("Access-Control-Request-Method").empty()) {
             if (!allowed)
-                return error_response(error{error_kind::permission_denied, "origin " + std::string{origin} + " may not call this API",
-                                            "origin_not_allowed"},
-                                      req.request_id);
+                return error_response(
+                    error{error_kind::permission_denied, "origin " + std::string{origin} + " may not call this API", "origin_not_allowed"},
+                    req.request_id);
             http_response res;
             res.status = 204;
             res.headers["Access-Control-Allow-Origin"] = allow_origin(origin);
@@ -127,7 +127,8 @@ public:
 
 private:
     bool allows(std::string_view origin) const {
-        return std::any_of(options_.origins.begin(), options_.origins.end(), [origin](const std::string& o) { return o == "*" || o == origin; });
+        return std::any_of(options_.origins.begin(), options_.origins.end(),
+                           [origin](const std::string& o) { return o == "*" || o == origin; });
     }
     std::string allow_origin(std::string_view origin) const {
         const bool any = std::find(options_.origins.begin(), options_.origins.end(), "*") != options_.origins.end();

@@ -161,7 +161,8 @@ private:
     static nlohmann::json number(std::int64_t n) { return {{"N", std::to_string(n)}}; }
 
     error unavailable(std::string_view what, error cause) const {
-        return error{error_kind::unavailable, "cannot " + std::string{what} + " in the DynamoDB table " + options_.table + ": " + cause.message,
+        return error{error_kind::unavailable,
+                     "cannot " + std::string{what} + " in the DynamoDB table " + options_.table + ": " + cause.message,
                      "counters_unavailable"};
     }
     static error malformed(std::string why) {

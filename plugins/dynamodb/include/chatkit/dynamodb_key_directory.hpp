@@ -124,8 +124,8 @@ public:
                                {"name", {{"S", t.name}}},
                                {"created_at", number(t.created_at)}};
         write_limits(item, t.limits);
-        auto put = client_.call("PutItem", {{"TableName", options_.table}, {"Item", std::move(item)},
-                                            {"ConditionExpression", "attribute_not_exists(pk)"}});
+        auto put = client_.call(
+            "PutItem", {{"TableName", options_.table}, {"Item", std::move(item)}, {"ConditionExpression", "attribute_not_exists(pk)"}});
         if (!put && put.error().code == "ConditionalCheckFailedException")
             return error{error_kind::conflict, "team '" + t.id + "' already exists", "team_exists"};
         if (!put) return unavailable("create the team", std::move(put).error());
@@ -171,8 +171,8 @@ public:
             for (const auto& m : k.models) models.push_back({{"S", m}});
             item["models"] = {{"L", std::move(models)}};
         }
-        auto put = client_.call("PutItem", {{"TableName", options_.table}, {"Item", std::move(item)},
-                                            {"ConditionExpression", "attribute_not_exists(pk)"}});
+        auto put = client_.call(
+            "PutItem", {{"TableName", options_.table}, {"Item", std::move(item)}, {"ConditionExpression", "attribute_not_exists(pk)"}});
         if (!put && put.error().code == "ConditionalCheckFailedException")
             return error{error_kind::conflict, "key '" + k.id + "' already exists", "key_exists", "id"};
         if (!put) return unavailable("create the key", std::move(put).error());
@@ -290,16 +290,16 @@ private:
     // DynamoDB's JSON protocol carries binary attributes as standard base64 (RFC 4648 §4, padded).
     static std::string base64(std::string_view bytes) {
         std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0'); // EVP_EncodeBlock writes a final NUL
-        const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                      reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+        const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(bytes.data()),
+                                      static_cast<int>(bytes.size()));
         out.resize(static_cast<std::size_t>(n));
         return out;
     }
     static std::optional<std::string> unbase64(std::string_view text) {
         if (text.size() % 4 != 0) return std::nullopt;
         std::string out(text.size() / 4 * 3, '\0');
-        const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                      reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+        const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(text.data()),
+                                      static_cast<int>(text.size()));
         if (n < 0) return std::nullopt;
         // EVP_DecodeBlock counts the bytes the '=' padding stands for; drop them.
         const auto padding = text.empty() ? 0 : text.size() - text.find_last_not_of('=') - 1;

@@ -63,9 +63,9 @@ namespace chatkit {
 
 struct dynamodb_options {
     std::string table;
-    std::chrono::seconds ttl{0}; // items expire this long after created_at (the table's TTL on
-                                 // `expires_at` deletes them); 0: kept forever
-    bool consistent_reads = true; // history shows an exchange as soon as its reply was acknowledged
+    std::chrono::seconds ttl{0};       // items expire this long after created_at (the table's TTL on
+                                       // `expires_at` deletes them); 0: kept forever
+    bool consistent_reads = true;      // history shows an exchange as soon as its reply was acknowledged
     aws::json_client_options client{}; // region, endpoint (AWS_ENDPOINT_URL_DYNAMODB), timeouts, retries
     // Not the store's: the table of API keys and teams of the same database
     // (chatkit::dynamodb_key_directory), so that one URL says where everything lives, as a SQLite
@@ -127,8 +127,7 @@ inline result<dynamodb_options> parse_dynamodb_url(std::string_view url) {
             if (!valid_dynamodb_table_name(value)) return bad("limits_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
             o.limits_table = value;
         } else if (key == "conversations_table") {
-            if (!valid_dynamodb_table_name(value))
-                return bad("conversations_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
+            if (!valid_dynamodb_table_name(value)) return bad("conversations_table must be 3-255 characters of A-Z a-z 0-9 _ - .");
             o.conversations_table = value;
         } else
             return bad("unknown parameter '" + std::string{key} +
@@ -164,12 +163,12 @@ public:
     // A CreateTable input for this design (on-demand billing), e.g. for a local emulator; the
     // deployment template creates the same table with TTL and backups turned on.
     static nlohmann::json create_table_input(const std::string& table) {
-        return {{"TableName", table},
-                {"AttributeDefinitions", {{{"AttributeName", "user_id"}, {"AttributeType", "S"}},
-                                          {{"AttributeName", "exchange_key"}, {"AttributeType", "S"}}}},
-                {"KeySchema", {{{"AttributeName", "user_id"}, {"KeyType", "HASH"}},
-                               {{"AttributeName", "exchange_key"}, {"KeyType", "RANGE"}}}},
-                {"BillingMode", "PAY_PER_REQUEST"}};
+        return {
+            {"TableName", table},
+            {"AttributeDefinitions",
+             {{{"AttributeName", "user_id"}, {"AttributeType", "S"}}, {{"AttributeName", "exchange_key"}, {"AttributeType", "S"}}}},
+            {"KeySchema", {{{"AttributeName", "user_id"}, {"KeyType", "HASH"}}, {{"AttributeName", "exchange_key"}, {"KeyType", "RANGE"}}}},
+            {"BillingMode", "PAY_PER_REQUEST"}};
     }
 
     result<void> append(const exchange& e) {
@@ -182,8 +181,7 @@ public:
                                {"messages", {{"L", std::move(messages)}}}};
         if (!e.model.empty()) item["model"] = {{"S", e.model}};
         if (!e.request_id.empty()) item["request_id"] = {{"S", e.request_id}};
-        if (options_.ttl.count() > 0)
-            item["expires_at"] = {{"N", std::to_string(e.created_at / 1000 + options_.ttl.count())}};
+        if (options_.ttl.count() > 0) item["expires_at"] = {{"N", std::to_string(e.created_at / 1000 + options_.ttl.count())}};
 
         // The client retries a PutItem whose answer was lost; if the first try had landed, the
         // retry fails its condition. Keys are unique to this process (counter + writer), so a
@@ -191,9 +189,8 @@ public:
         // only needed if another writer drew the same 32-bit writer id and counter value.
         for (int collisions = 0;; ++collisions) {
             item["exchange_key"] = {{"S", next_exchange_key(e.created_at)}};
-            auto put = client_.call("PutItem", {{"TableName", options_.table},
-                                                {"Item", item},
-                                                {"ConditionExpression", "attribute_not_exists(exchange_key)"}});
+            auto put = client_.call(
+                "PutItem", {{"TableName", options_.table}, {"Item", item}, {"ConditionExpression", "attribute_not_exists(exchange_key)"}});
             if (put) return {};
             if (put.error().code != "ConditionalCheckFailedException" || collisions == 2) return store_error(std::move(put).error());
             if (stored(e.user_id, item["exchange_key"]["S"], e.request_id)) return {};
@@ -259,14 +256,16 @@ public:
     static nlohmann::json create_conversations_table_input(const std::string& table) {
         const auto key = [](const char* name, const char* type) { return nlohmann::json{{"AttributeName", name}, {"KeyType", type}}; };
         return {{"TableName", table},
-                {"AttributeDefinitions", {{{"AttributeName", "pk"}, {"AttributeType", "S"}},
-                                          {{"AttributeName", "sk"}, {"AttributeType", "S"}},
-                                          {{"AttributeName", "gsi1pk"}, {"AttributeType", "S"}},
-                                          {{"AttributeName", "gsi1sk"}, {"AttributeType", "S"}}}},
+                {"AttributeDefinitions",
+                 {{{"AttributeName", "pk"}, {"AttributeType", "S"}},
+                  {{"AttributeName", "sk"}, {"AttributeType", "S"}},
+                  {{"AttributeName", "gsi1pk"}, {"AttributeType", "S"}},
+                  {{"AttributeName", "gsi1sk"}, {"AttributeType", "S"}}}},
                 {"KeySchema", {key("pk", "HASH"), key("sk", "RANGE")}},
-                {"GlobalSecondaryIndexes", {{{"IndexName", conversations_index},
-                                             {"KeySchema", {key("gsi1pk", "HASH"), key("gsi1sk", "RANGE")}},
-                                             {"Projection", {{"ProjectionType", "ALL"}}}}}},
+                {"GlobalSecondaryIndexes",
+                 {{{"IndexName", conversations_index},
+                   {"KeySchema", {key("gsi1pk", "HASH"), key("gsi1sk", "RANGE")}},
+                   {"Projection", {{"ProjectionType", "ALL"}}}}}},
                 {"BillingMode", "PAY_PER_REQUEST"}};
     }
 
@@ -292,9 +291,8 @@ public:
         if (item_size(item) > max_item_bytes)
             return error{error_kind::payload_too_large, "the conversation is larger than a DynamoDB item may be (400 KB)",
                          "conversation_too_large"};
-        auto put = conversations_call("PutItem", {{"TableName", options_.conversations_table},
-                                                  {"Item", item},
-                                                  {"ConditionExpression", "attribute_not_exists(pk)"}});
+        auto put = conversations_call(
+            "PutItem", {{"TableName", options_.conversations_table}, {"Item", item}, {"ConditionExpression", "attribute_not_exists(pk)"}});
         if (put) return {};
         if (put.error().code != "ConditionalCheckFailedException") return conversations_error(std::move(put).error());
         // The client retries a PutItem whose answer was lost, and the retry then fails its
@@ -318,13 +316,16 @@ public:
                                 {"ExpressionAttributeValues", {{":u", text(user_partition(q.owner, q.user_id))}}},
                                 {"ScanIndexForward", false}};
         if (!q.cursor.empty()) input["ExpressionAttributeValues"][":c"] = text(q.cursor);
-        auto read = each_item(input, [&](const nlohmann::json& item) {
-            auto c = read_conversation(item);
-            const auto listed = string_attr(item, "gsi1sk");
-            if (!c || !listed) return visit::malformed;
-            found.emplace_back(std::move(*c), *listed);
-            return found.size() < wanted ? visit::more : visit::done;
-        }, wanted);
+        auto read = each_item(
+            input,
+            [&](const nlohmann::json& item) {
+                auto c = read_conversation(item);
+                const auto listed = string_attr(item, "gsi1sk");
+                if (!c || !listed) return visit::malformed;
+                found.emplace_back(std::move(*c), *listed);
+                return found.size() < wanted ? visit::more : visit::done;
+            },
+            wanted);
         if (!read) return std::move(read).error();
         if (found.size() > q.limit) {
             found.resize(q.limit);
@@ -385,12 +386,13 @@ public:
         // First out of sight: `deleting` hides it from every member and stops appends and feedback
         // (their conditions), and without gsi1pk it leaves the index. The condition leaves out
         // `deleting`, so a retried delete finishes what a failed one began.
-        auto marked = conversations_call("UpdateItem", {{"TableName", options_.conversations_table},
-                                                        {"Key", conversation_key(r.id, meta_sk)},
-                                                        {"UpdateExpression", "SET #deleting = :yes REMOVE gsi1pk, gsi1sk"},
-                                                        {"ConditionExpression", "attribute_exists(pk) AND #owner = :owner"},
-                                                        {"ExpressionAttributeNames", {{"#owner", "owner"}, {"#deleting", "deleting"}}},
-                                                        {"ExpressionAttributeValues", {{":owner", text(r.owner)}, {":yes", {{"BOOL", true}}}}}});
+        auto marked = conversations_call("UpdateItem",
+                                         {{"TableName", options_.conversations_table},
+                                          {"Key", conversation_key(r.id, meta_sk)},
+                                          {"UpdateExpression", "SET #deleting = :yes REMOVE gsi1pk, gsi1sk"},
+                                          {"ConditionExpression", "attribute_exists(pk) AND #owner = :owner"},
+                                          {"ExpressionAttributeNames", {{"#owner", "owner"}, {"#deleting", "deleting"}}},
+                                          {"ExpressionAttributeValues", {{":owner", text(r.owner)}, {":yes", {{"BOOL", true}}}}}});
         if (!marked) {
             if (marked.error().code == "ConditionalCheckFailedException") return detail::conversation_not_found();
             return conversations_error(std::move(marked).error());
@@ -419,8 +421,8 @@ public:
         if (!keys.empty())
             if (auto written = delete_batch(std::move(keys)); !written) return written;
         // Last the conversation itself, now that nothing of it is left.
-        auto deleted = conversations_call("DeleteItem", {{"TableName", options_.conversations_table},
-                                                         {"Key", conversation_key(r.id, meta_sk)}});
+        auto deleted = conversations_call("DeleteItem",
+                                          {{"TableName", options_.conversations_table}, {"Key", conversation_key(r.id, meta_sk)}});
         if (!deleted) return conversations_error(std::move(deleted).error());
         return {};
     }
@@ -444,11 +446,19 @@ public:
                             {"Key", conversation_key(r.id, meta_sk)},
                             {"UpdateExpression", "SET #updated = :at ADD #count :count, #tokens :tokens, #cost :cost"},
                             {"ConditionExpression", visible_condition},
-                            {"ExpressionAttributeNames", {{"#owner", "owner"}, {"#deleting", "deleting"}, {"#updated", "updated_at"},
-                                                          {"#count", "message_count"}, {"#tokens", "total_tokens"}, {"#cost", "total_cost_usd"}}},
-                            {"ExpressionAttributeValues", {{":owner", text(r.owner)}, {":at", number(a.at)},
-                                                           {":count", number(static_cast<std::int64_t>(a.messages.size()))},
-                                                           {":tokens", number(tokens)}, {":cost", decimal(cost)}}}};
+                            {"ExpressionAttributeNames",
+                             {{"#owner", "owner"},
+                              {"#deleting", "deleting"},
+                              {"#updated", "updated_at"},
+                              {"#count", "message_count"},
+                              {"#tokens", "total_tokens"},
+                              {"#cost", "total_cost_usd"}}},
+                            {"ExpressionAttributeValues",
+                             {{":owner", text(r.owner)},
+                              {":at", number(a.at)},
+                              {":count", number(static_cast<std::int64_t>(a.messages.size()))},
+                              {":tokens", number(tokens)},
+                              {":cost", decimal(cost)}}}};
         // A fresh order only if another writer holds this one (see create_conversation's retry).
         for (int collisions = 0;; ++collisions) {
             const std::string order = next_order();
@@ -763,9 +773,8 @@ private:
 
     nlohmann::json put_new(nlohmann::json item) const {
         nlohmann::json put = nlohmann::json::object();
-        put["Put"] = {{"TableName", options_.conversations_table},
-                      {"Item", std::move(item)},
-                      {"ConditionExpression", "attribute_not_exists(pk)"}};
+        put["Put"] = {
+            {"TableName", options_.conversations_table}, {"Item", std::move(item)}, {"ConditionExpression", "attribute_not_exists(pk)"}};
         return put;
     }
 
@@ -777,9 +786,8 @@ private:
     }
 
     result<std::optional<nlohmann::json>> get_conversation_item(std::string_view id, std::string_view sk, bool consistent = true) {
-        auto got = conversations_call("GetItem", {{"TableName", options_.conversations_table},
-                                                  {"Key", conversation_key(id, sk)},
-                                                  {"ConsistentRead", consistent}});
+        auto got = conversations_call(
+            "GetItem", {{"TableName", options_.conversations_table}, {"Key", conversation_key(id, sk)}, {"ConsistentRead", consistent}});
         if (!got) return conversations_error(std::move(got).error());
         const auto item = got->find("Item");
         if (item == got->end() || !item->is_object()) return std::optional<nlohmann::json>{};
@@ -882,8 +890,8 @@ private:
             requests = (*unprocessed)[options_.conversations_table];
             if (attempt == max_unprocessed_retries)
                 return error{error_kind::unavailable,
-                             "conversation store (DynamoDB table " + options_.conversations_table + "): " +
-                                 std::to_string(requests.size()) + " items were still unprocessed after " +
+                             "conversation store (DynamoDB table " + options_.conversations_table +
+                                 "): " + std::to_string(requests.size()) + " items were still unprocessed after " +
                                  std::to_string(attempt + 1) + " BatchWriteItem calls",
                              "store_unavailable"};
             std::this_thread::sleep_for(wait);

@@ -86,9 +86,10 @@ public:
     // deployment template creates the same table with TTL and backups turned on.
     static nlohmann::json create_table_input(const std::string& table) {
         return {{"TableName", table},
-                {"AttributeDefinitions", {{{"AttributeName", "pk"}, {"AttributeType", "S"}},
-                                          {{"AttributeName", "sk"}, {"AttributeType", "S"}},
-                                          {{"AttributeName", "key_id"}, {"AttributeType", "S"}}}},
+                {"AttributeDefinitions",
+                 {{{"AttributeName", "pk"}, {"AttributeType", "S"}},
+                  {{"AttributeName", "sk"}, {"AttributeType", "S"}},
+                  {{"AttributeName", "key_id"}, {"AttributeType", "S"}}}},
                 {"KeySchema", {{{"AttributeName", "pk"}, {"KeyType", "HASH"}}, {{"AttributeName", "sk"}, {"KeyType", "RANGE"}}}},
                 {"GlobalSecondaryIndexes",
                  {{{"IndexName", key_index},
@@ -125,10 +126,11 @@ public:
         std::map<std::string, usage_totals, std::less<>> by_model, by_day;
         // BETWEEN is inclusive: "<until>" sorts before every "<until>#...", so the range is
         // exactly [since, until).
-        nlohmann::json input = {{"TableName", options_.table},
-                                {"KeyConditionExpression", "pk = :pk AND sk BETWEEN :lo AND :hi"},
-                                {"ExpressionAttributeValues",
-                                 {{":pk", {{"S", partition(q.team_id)}}}, {":lo", {{"S", time_key(q.since)}}}, {":hi", {{"S", time_key(q.until)}}}}}};
+        nlohmann::json input = {
+            {"TableName", options_.table},
+            {"KeyConditionExpression", "pk = :pk AND sk BETWEEN :lo AND :hi"},
+            {"ExpressionAttributeValues",
+             {{":pk", {{"S", partition(q.team_id)}}}, {":lo", {{"S", time_key(q.since)}}}, {":hi", {{"S", time_key(q.until)}}}}}};
         auto read = for_each_item(std::move(input), [&](const nlohmann::json& item) -> bool {
             auto r = from_item(item);
             if (!r) return false;
@@ -140,7 +142,8 @@ public:
         if (!read) return read.error();
         s.by_model.assign(by_model.begin(), by_model.end());
         // Largest cost first; models of equal cost by name (the map's order), as SQLite orders them.
-        std::stable_sort(s.by_model.begin(), s.by_model.end(), [](const auto& a, const auto& b) { return a.second.cost_usd > b.second.cost_usd; });
+        std::stable_sort(s.by_model.begin(), s.by_model.end(),
+                         [](const auto& a, const auto& b) { return a.second.cost_usd > b.second.cost_usd; });
         s.by_day.assign(by_day.begin(), by_day.end()); // "YYYY-MM-DD" sorts oldest first
         return s;
     }
@@ -153,20 +156,24 @@ public:
         std::string_view operation = "Query";
         if (range.team_id) {
             input["KeyConditionExpression"] = "pk = :pk AND sk BETWEEN :lo AND :hi"; // [since, until), as in summarize
-            input["ExpressionAttributeValues"] = {
-                {":pk", {{"S", partition(*range.team_id)}}}, {":lo", {{"S", time_key(range.since)}}}, {":hi", {{"S", time_key(range.until)}}}};
+            input["ExpressionAttributeValues"] = {{":pk", {{"S", partition(*range.team_id)}}},
+                                                  {":lo", {{"S", time_key(range.since)}}},
+                                                  {":hi", {{"S", time_key(range.until)}}}};
         } else {
             operation = "Scan";
             input["FilterExpression"] = "#t >= :lo AND #t < :hi"; // "time" is a reserved word
             input["ExpressionAttributeNames"] = {{"#t", "time"}};
             input["ExpressionAttributeValues"] = {{":lo", number(range.since)}, {":hi", number(range.until)}};
         }
-        return for_each_item(std::move(input), [&each](const nlohmann::json& item) {
-            auto r = from_item(item);
-            if (!r) return false;
-            each(*r);
-            return true;
-        }, operation);
+        return for_each_item(
+            std::move(input),
+            [&each](const nlohmann::json& item) {
+                auto r = from_item(item);
+                if (!r) return false;
+                each(*r);
+                return true;
+            },
+            operation);
     }
 
     // A team's spending is read from its partition; a key's from the key_id-sk index. Every Query

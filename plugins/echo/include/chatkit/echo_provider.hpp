@@ -34,9 +34,9 @@ public:
 
     // OpenAI request fields that change what a real model would answer, which echo cannot do;
     // sampling and bookkeeping fields (seed, top_p, metadata, ...) make no difference to it.
-    static constexpr std::string_view unsupported_fields[] = {
-        "tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
-        "audio", "modalities", "prediction", "stop", "web_search_options"};
+    static constexpr std::string_view unsupported_fields[] = {"tools",           "tool_choice", "functions",    "function_call",
+                                                              "response_format", "logprobs",    "top_logprobs", "audio",
+                                                              "modalities",      "prediction",  "stop",         "web_search_options"};
 
     // The reply split into deltas that join back to it exactly: each holds one word and the
     // whitespace before it.

@@ -88,7 +88,8 @@ private:
         const std::string model = w.upstream_model(*a.r);
         req.target = w.path(model, a.out != nullptr);
         req.body = *a.body;
-        for (auto& [name, value] : w.request_headers(*a.r, a.out != nullptr, *a.key)) req.headers.emplace(std::move(name), std::move(value));
+        for (auto& [name, value] : w.request_headers(*a.r, a.out != nullptr, *a.key))
+            req.headers.emplace(std::move(name), std::move(value));
         req.deadline = a.deadline;
         req.connect_timeout = w.options.connect_timeout;
         req.read_timeout = w.options.read_timeout;
@@ -122,7 +123,8 @@ private:
             if ((streamed += piece->size()) > max_answer_bytes)
                 co_return transport_failure(client_error{client_error_kind::too_large, "response body over the limit"}, reader.delivered);
             parser.feed(*piece, reader);
-            if (!co_await batch.write_to(*a.out)) co_return std::move(reader.c); // nobody is listening; the service drops it (and the connection closes)
+            if (!co_await batch.write_to(*a.out))
+                co_return std::move(reader.c); // nobody is listening; the service drops it (and the connection closes)
             if (reader.broken) break;
         }
         co_return w.finish_stream(reader, *a.key);

@@ -72,7 +72,8 @@ public:
         while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
         if (options.api_version.empty() || !valid_model_id(options.api_version))
             throw std::invalid_argument("Gemini API version must be a plain path segment such as v1beta");
-        if (!valid_model_id(model_id(options.model))) throw std::invalid_argument("Gemini default model '" + options.model + "' is not a model id");
+        if (!valid_model_id(model_id(options.model)))
+            throw std::invalid_argument("Gemini default model '" + options.model + "' is not a model id");
     }
 
     gemini_options options;
@@ -80,7 +81,9 @@ public:
     std::string prefix; // the base URL's own path, without a trailing slash
     upstream_health health;
 
-    [[nodiscard]] result<std::string> key() const { return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key}; }
+    [[nodiscard]] result<std::string> key() const {
+        return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key};
+    }
 
     // The model id sent upstream: the request's (or the default), without the "models/" that
     // Google's resource names carry.
@@ -89,10 +92,12 @@ public:
     // The method's path on the origin. The model id is a path segment, so it was checked by
     // request_body (letters, digits, '.', '-', '_' only) before this is called.
     [[nodiscard]] std::string path(const std::string& model, bool streaming) const {
-        return prefix + "/" + options.api_version + "/models/" + model + (streaming ? ":streamGenerateContent?alt=sse" : ":generateContent");
+        return prefix + "/" + options.api_version + "/models/" + model +
+               (streaming ? ":streamGenerateContent?alt=sse" : ":generateContent");
     }
 
-    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming, const std::string& key) const {
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming,
+                                                                                   const std::string& key) const {
         std::vector<std::pair<std::string, std::string>> h;
         h.emplace_back("Content-Type", "application/json");
         h.emplace_back("Accept", streaming ? "text/event-stream" : "application/json");
@@ -119,13 +124,14 @@ public:
         nlohmann::json system_parts = nlohmann::json::array();
         nlohmann::json contents = nlohmann::json::array();
         std::map<std::string, std::string, std::less<>> call_names; // tool_call id → function name
-        bool last_is_results = false; // the last content holds functionResponse parts
+        bool last_is_results = false;                               // the last content holds functionResponse parts
         for (std::size_t i = 0; i < r.messages.size(); ++i) {
             const auto& m = r.messages[i];
             const std::string at = "messages[" + std::to_string(i) + "]";
             if (m.extra.is_object())
                 for (const auto& [key, value] : m.extra.items())
-                    if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) && !(key == "tool_call_id" && m.role == role::tool))
+                    if (!value.is_null() && !(key == "tool_calls" && m.role == role::assistant) &&
+                        !(key == "tool_call_id" && m.role == role::tool))
                         return invalid("the gemini provider cannot relay '" + key + "' in " + at, at + "." + key, "unsupported_parameter");
             if (m.role == role::tool) {
                 const auto id = m.extra.is_object() ? m.extra.find("tool_call_id") : m.extra.end();
@@ -143,7 +149,8 @@ public:
             last_is_results = false;
             const bool calls = m.extra.is_object() && m.extra.contains("tool_calls");
             // Gemini refuses a part with empty text ("empty text parameter").
-            if (m.content.empty() && !calls) return invalid("Gemini refuses an empty message: " + at + " has no content", at + ".content", "empty_message");
+            if (m.content.empty() && !calls)
+                return invalid("Gemini refuses an empty message: " + at + " has no content", at + ".content", "empty_message");
             nlohmann::json parts = nlohmann::json::array();
             if (!m.content.empty()) parts.push_back({{"text", m.content}});
             if (calls) {
@@ -283,13 +290,13 @@ public:
 
     // What one GenerateContentResponse (an answer, or one chunk of a stream) says.
     struct response_view {
-        std::string text;                          // candidates[0]'s text parts, thoughts skipped
+        std::string text;                               // candidates[0]'s text parts, thoughts skipped
         nlohmann::json calls = nlohmann::json::array(); // its functionCall parts, as OpenAI tool_calls
-        std::optional<std::string> finish_reason;  // candidates[0].finishReason, mapped
-        std::optional<usage_counts> usage;         // when it carries usageMetadata
-        std::string model_version;                 // modelVersion, when present
-        std::optional<std::string> block_reason;   // promptFeedback.blockReason with no candidate
-        std::optional<std::string> error_message;  // an error object in place of an answer
+        std::optional<std::string> finish_reason;       // candidates[0].finishReason, mapped
+        std::optional<usage_counts> usage;              // when it carries usageMetadata
+        std::string model_version;                      // modelVersion, when present
+        std::optional<std::string> block_reason;        // promptFeedback.blockReason with no candidate
+        std::optional<std::string> error_message;       // an error object in place of an answer
         std::string error_code;
     };
 
@@ -326,8 +333,9 @@ public:
                 const auto args = call->find("args");
                 v.calls.push_back({{"id", string_field(*call, "id")}, // Gemini may leave it out: numbered once the answer is whole
                                    {"type", "function"},
-                                   {"function", {{"name", string_field(*call, "name")},
-                                                 {"arguments", args != call->end() && args->is_object() ? dump_json(*args) : std::string{"{}"}}}}});
+                                   {"function",
+                                    {{"name", string_field(*call, "name")},
+                                     {"arguments", args != call->end() && args->is_object() ? dump_json(*args) : std::string{"{}"}}}}});
             }
         }
         return v;
@@ -356,10 +364,10 @@ public:
         const delta_sink& sink;
         completion c{};
         usage_counts usage{};
-        std::optional<error> broken{}; // why the stream cannot be trusted
-        bool finished = false;         // a finishReason seen
-        bool delivered = false;        // a delta reached the sink
-        bool client_gone = false;      // the sink said stop
+        std::optional<error> broken{};                  // why the stream cannot be trusted
+        bool finished = false;                          // a finishReason seen
+        bool delivered = false;                         // a delta reached the sink
+        bool client_gone = false;                       // the sink said stop
         nlohmann::json calls = nlohmann::json::array(); // function calls so far (Gemini sends each whole)
         static constexpr std::size_t max_calls = 128;   // an upstream's bound, not a client's
         // Where tool calls go as they arrive (each in one piece); none: they reach the client at the end.
@@ -368,10 +376,12 @@ public:
         void operator()(const sse_message& m) {
             if (broken || client_gone) return;
             const auto j = nlohmann::json::parse(m.data, nullptr, false);
-            if (!j.is_object()) return void(broken = error{error_kind::upstream, "upstream sent a malformed stream event", "upstream_malformed"});
+            if (!j.is_object())
+                return void(broken = error{error_kind::upstream, "upstream sent a malformed stream event", "upstream_malformed"});
             auto v = read_response(j);
             if (v.error_message)
-                return void(broken = error{error_kind::upstream, "upstream error mid-stream (" + v.error_code + "): " + *v.error_message, v.error_code});
+                return void(broken = error{error_kind::upstream, "upstream error mid-stream (" + v.error_code + "): " + *v.error_message,
+                                           v.error_code});
             if (v.block_reason) return void(broken = blocked(*v.block_reason));
             if (!v.model_version.empty()) c.model = v.model_version;
             if (v.usage) usage = *v.usage; // each chunk's counts are the totals so far
@@ -411,7 +421,9 @@ public:
         }
         if (!reader.finished)
             return upstream_failure{{error_kind::upstream, "upstream stream ended before a finish reason", "upstream_truncated"},
-                                    !reader.delivered, {}, reader.delivered};
+                                    !reader.delivered,
+                                    {},
+                                    reader.delivered};
         reader.c.usage = reader.usage.to_token_usage();
         attach_calls(reader.c, std::move(reader.calls));
         return std::move(reader.c);
@@ -421,10 +433,12 @@ public:
     // requested one, kept when the answer names no modelVersion.
     static result<completion, upstream_failure> parse_answer(const std::string& raw, const std::string& model, const std::string& key) {
         const auto j = nlohmann::json::parse(raw, nullptr, false);
-        if (!j.is_object()) return upstream_failure{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
+        if (!j.is_object())
+            return upstream_failure{{error_kind::upstream, "upstream sent a malformed answer", "upstream_malformed"}, false};
         auto v = read_response(j);
         if (v.error_message)
-            return upstream_failure{{error_kind::upstream, "upstream error (" + v.error_code + "): " + redact(*v.error_message, key), v.error_code}, false};
+            return upstream_failure{
+                {error_kind::upstream, "upstream error (" + v.error_code + "): " + redact(*v.error_message, key), v.error_code}, false};
         if (v.block_reason) return upstream_failure{blocked(*v.block_reason), false};
         const auto candidates = j.find("candidates");
         if (candidates == j.end() || !candidates->is_array() || candidates->empty())
@@ -445,13 +459,15 @@ public:
     upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
         auto body = nlohmann::json::parse(raw, nullptr, false);
         if (body.is_array() && !body.empty()) body = body[0]; // the envelope, as a stream without alt=sse wraps it
-        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
+        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"]
+                                                                                                         : nlohmann::json::object();
         if ((status == 401 || error_reason(e) == "API_KEY_INVALID") && options.on_key_rejected) options.on_key_rejected(key);
         const std::string google_status = string_field(e, "status");
         std::string message = redact(string_field(e, "message"), key);
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
 
-        upstream_failure f{{error_kind::upstream, message, google_status.empty() ? "upstream_" + std::to_string(status) : lower(google_status)}, false};
+        upstream_failure f{
+            {error_kind::upstream, message, google_status.empty() ? "upstream_" + std::to_string(status) : lower(google_status)}, false};
         if (status == 401 || status == 403 || error_reason(e).starts_with("API_KEY_")) {
             // Google answers a key it does not know with 400 INVALID_ARGUMENT (reason API_KEY_INVALID):
             // an operator's to fix, never the client's.
@@ -535,8 +551,8 @@ public:
     // ':', '%', spaces).
     static bool valid_model_id(std::string_view id) {
         return !id.empty() && id.size() <= 128 && std::all_of(id.begin(), id.end(), [](char ch) {
-                   return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_';
-               });
+            return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_';
+        });
     }
 
 private:

@@ -42,8 +42,7 @@ public:
 
     // The bytes an entry is charged against max_bytes.
     [[nodiscard]] static std::size_t entry_bytes(std::string_view key, const completion& value) noexcept {
-        return key.size() + value.content.size() + value.model.size() + value.id.size() + value.finish_reason.size() +
-               entry_overhead;
+        return key.size() + value.content.size() + value.model.size() + value.id.size() + value.finish_reason.size() + entry_overhead;
     }
 
     std::optional<completion> get(std::string_view key) {

@@ -47,8 +47,8 @@ struct prometheus_metrics_options {
     // The paths counted under their own name; any other is counted as route="other", so that a
     // client probing random paths cannot grow the series. "/history/..." is "/history/{user_id}", a
     // conversation's path its template ("/api/v1/conversations/{id}/stream").
-    std::vector<std::string> routes{"/chat",   "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses",
-                                    "/v1/models", "/health",            "/ready",   "/",            "/metrics"};
+    std::vector<std::string> routes{
+        "/chat", "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses", "/v1/models", "/health", "/ready", "/", "/metrics"};
     // The most label sets kept per metric; past it new ones are counted as "other" (models and
     // teams come from requests and the key directory, so bound them).
     std::size_t max_series = 1000;
@@ -71,8 +71,7 @@ public:
 
     // Copies share their counts: a program keeps one to render GET /metrics with while the
     // service holds another.
-    explicit prometheus_metrics(prometheus_metrics_options options = {})
-        : state_(std::make_shared<state>(std::move(options))) {}
+    explicit prometheus_metrics(prometheus_metrics_options options = {}) : state_(std::make_shared<state>(std::move(options))) {}
 
     std::optional<http_response> before(http_request&, context&) { return std::nullopt; }
 
@@ -137,8 +136,9 @@ public:
     [[nodiscard]] static std::string_view retry_code(const error& e) {
         if (e.kind == error_kind::rate_limited) return "rate_limited";
         if (e.kind == error_kind::timeout) return "upstream_timeout";
-        const bool ours = e.code.starts_with("upstream_") && e.code.size() <= 32 &&
-                          std::all_of(e.code.begin(), e.code.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+        const bool ours = e.code.starts_with("upstream_") && e.code.size() <= 32 && std::all_of(e.code.begin(), e.code.end(), [](char c) {
+                              return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+                          });
         if (ours) return e.code;
         if (e.kind == error_kind::unavailable) return "upstream_unavailable";
         return "upstream_error";
@@ -205,7 +205,7 @@ private:
         std::vector<std::string> label_names;
         std::vector<double> bounds{}; // histogram buckets' upper bounds
         struct series {
-            double value = 0;                 // counter
+            double value = 0;                  // counter
             std::vector<std::uint64_t> counts; // histogram: per bucket (not cumulative), then +Inf
             double sum = 0;
             std::uint64_t count = 0;
@@ -292,35 +292,62 @@ private:
         mutable std::mutex mutex;
         std::vector<std::function<void(std::string&)>> sources; // add_source's
         std::int64_t streams_in_flight = 0;
-        family requests{"chatkit_http_requests_total", "Requests answered, by route, method and status.", "counter",
-                        {"route", "method", "status"}};
-        family duration{"gen_ai_server_request_duration_seconds", "Time from a request's arrival to its last byte.", "histogram",
-                        {"route"}, seconds_buckets()};
-        family overhead{"chatkit_gateway_overhead_seconds", "A chat request's time not spent waiting on the provider.", "histogram",
-                        {"route"}, {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}};
-        family ttft{"gen_ai_server_time_to_first_token_seconds", "Time to a chat answer's first token (a JSON answer: its latency).",
-                    "histogram", {"gen_ai_request_model"}, seconds_buckets()};
-        family tokens{"gen_ai_client_token_usage", "Tokens per chat answer, by type and model.", "histogram",
+        family requests{
+            "chatkit_http_requests_total", "Requests answered, by route, method and status.", "counter", {"route", "method", "status"}};
+        family duration{"gen_ai_server_request_duration_seconds",
+                        "Time from a request's arrival to its last byte.",
+                        "histogram",
+                        {"route"},
+                        seconds_buckets()};
+        family overhead{"chatkit_gateway_overhead_seconds",
+                        "A chat request's time not spent waiting on the provider.",
+                        "histogram",
+                        {"route"},
+                        {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}};
+        family ttft{"gen_ai_server_time_to_first_token_seconds",
+                    "Time to a chat answer's first token (a JSON answer: its latency).",
+                    "histogram",
+                    {"gen_ai_request_model"},
+                    seconds_buckets()};
+        family tokens{"gen_ai_client_token_usage",
+                      "Tokens per chat answer, by type and model.",
+                      "histogram",
                       {"gen_ai_token_type", "gen_ai_request_model"},
                       {1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576}};
-        family cost{"chatkit_cost_usd_total", "What chat answers cost at the configured prices, by team and model.", "counter",
+        family cost{"chatkit_cost_usd_total",
+                    "What chat answers cost at the configured prices, by team and model.",
+                    "counter",
                     {"team", "gen_ai_request_model"}};
-        family unpriced{"chatkit_unpriced_requests_total", "Chat answers that used tokens of a model with no price.", "counter",
+        family unpriced{"chatkit_unpriced_requests_total",
+                        "Chat answers that used tokens of a model with no price.",
+                        "counter",
                         {"gen_ai_request_model"}};
         family cache{"chatkit_cache_requests_total", "Chat answers, by whether the cache had them.", "counter", {"result"}};
-        family upstream_errors{"chatkit_upstream_errors_total", "Chat requests that ended in an error, by provider and code.",
-                               "counter", {"provider", "code"}};
-        family limit_refusals{"chatkit_limit_refusals_total", "Chat requests refused by a limit or budget (429), by code.", "counter",
-                              {"code"}};
-        family retries{"chatkit_upstream_retries_total", "Upstream attempts that failed and were retried, by provider and the failure's code.",
-                       "counter", {"provider", "code"}};
-        family fallbacks{"chatkit_upstream_fallbacks_total",
-                         "Requests a router sent to the next provider of their route, by the provider that failed, the next one and the failure's code.",
-                         "counter", {"from", "to", "code"}};
-        family commit_seconds{"chatkit_store_commit_seconds", "Time of one group commit of the history store (its transaction, fsync included).",
-                              "histogram", {}, {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
-        family commit_batch{"chatkit_store_commit_batch_size", "Appends answered by one group commit of the history store.", "histogram",
-                            {}, {1, 2, 4, 8, 16, 32, 64, 128, 256}};
+        family upstream_errors{"chatkit_upstream_errors_total",
+                               "Chat requests that ended in an error, by provider and code.",
+                               "counter",
+                               {"provider", "code"}};
+        family limit_refusals{
+            "chatkit_limit_refusals_total", "Chat requests refused by a limit or budget (429), by code.", "counter", {"code"}};
+        family retries{"chatkit_upstream_retries_total",
+                       "Upstream attempts that failed and were retried, by provider and the failure's code.",
+                       "counter",
+                       {"provider", "code"}};
+        family fallbacks{
+            "chatkit_upstream_fallbacks_total",
+            "Requests a router sent to the next provider of their route, by the provider that failed, the next one and the failure's code.",
+            "counter",
+            {"from", "to", "code"}};
+        family commit_seconds{"chatkit_store_commit_seconds",
+                              "Time of one group commit of the history store (its transaction, fsync included).",
+                              "histogram",
+                              {},
+                              {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
+        family commit_batch{"chatkit_store_commit_batch_size",
+                            "Appends answered by one group commit of the history store.",
+                            "histogram",
+                            {},
+                            {1, 2, 4, 8, 16, 32, 64, 128, 256}};
     };
 
     std::string_view route_of(std::string_view path) const {
@@ -364,11 +391,13 @@ private:
         if (std::ifstream statm{"/proc/self/statm"}; statm) {
             long size = 0, resident = 0;
             if (statm >> size >> resident)
-                gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.", static_cast<double>(resident) * static_cast<double>(page));
+                gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
+                      static_cast<double>(resident) * static_cast<double>(page));
         }
         std::error_code ec;
         std::size_t fds = 0;
-        for (auto it = std::filesystem::directory_iterator{"/proc/self/fd", ec}; !ec && it != std::filesystem::directory_iterator{}; it.increment(ec))
+        for (auto it = std::filesystem::directory_iterator{"/proc/self/fd", ec}; !ec && it != std::filesystem::directory_iterator{};
+             it.increment(ec))
             ++fds;
         if (!ec) gauge(out, "process_open_fds", "Open file descriptors.", static_cast<double>(fds));
         if (std::ifstream stat{"/proc/self/stat"}; stat && ticks > 0) {

@@ -35,7 +35,7 @@ namespace chatkit {
 
 struct openai_options {
     std::string base_url = "https://api.openai.com/v1";
-    std::string api_key{};      // sent upstream only; never logged, never put in an error message
+    std::string api_key{}; // sent upstream only; never logged, never put in an error message
     // Asked for the key before each call instead of `api_key`, when set: a key that rotates, e.g.
     // from Secrets Manager (chatkit/aws/secrets_manager.hpp). Its error fails the call as it is
     // and counts against health(); it must be safe from any thread and cheap (cache what it fetches).
@@ -65,22 +65,20 @@ namespace detail {
 class openai_wire {
 public:
     // Throws std::invalid_argument for a base URL it cannot use (a start-up error).
-        explicit openai_wire(openai_options o) : options(std::move(o)) {
-            const auto scheme_end = options.base_url.find("://");
-            if (scheme_end == std::string::npos) throw std::invalid_argument("OpenAI base URL must start with http:// or https://");
-            const auto scheme = options.base_url.substr(0, scheme_end);
-            if (scheme != "http" && scheme != "https") throw std::invalid_argument("OpenAI base URL must start with http:// or https://");
-            const auto path_start = options.base_url.find('/', scheme_end + 3);
-            origin = options.base_url.substr(0, path_start);
-            std::string prefix = path_start == std::string::npos ? "" : options.base_url.substr(path_start);
-            while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
-            path = options.azure_deployment.empty()
-                       ? prefix + "/chat/completions"
-                       : prefix + "/openai/deployments/" + options.azure_deployment +
-                             "/chat/completions?api-version=" + options.azure_api_version;
-            if (origin.size() <= scheme_end + 3) throw std::invalid_argument("OpenAI base URL has no host");
-        }
-
+    explicit openai_wire(openai_options o) : options(std::move(o)) {
+        const auto scheme_end = options.base_url.find("://");
+        if (scheme_end == std::string::npos) throw std::invalid_argument("OpenAI base URL must start with http:// or https://");
+        const auto scheme = options.base_url.substr(0, scheme_end);
+        if (scheme != "http" && scheme != "https") throw std::invalid_argument("OpenAI base URL must start with http:// or https://");
+        const auto path_start = options.base_url.find('/', scheme_end + 3);
+        origin = options.base_url.substr(0, path_start);
+        std::string prefix = path_start == std::string::npos ? "" : options.base_url.substr(path_start);
+        while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+        path = options.azure_deployment.empty() ? prefix + "/chat/completions"
+                                                : prefix + "/openai/deployments/" + options.azure_deployment +
+                                                      "/chat/completions?api-version=" + options.azure_api_version;
+        if (origin.size() <= scheme_end + 3) throw std::invalid_argument("OpenAI base URL has no host");
+    }
 
     openai_options options;
     std::string origin; // scheme://host[:port]
@@ -88,10 +86,13 @@ public:
     upstream_health health;
 
     // The key for this call: the key source's answer when there is one.
-    [[nodiscard]] result<std::string> key() const { return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key}; }
+    [[nodiscard]] result<std::string> key() const {
+        return options.api_key_source ? options.api_key_source() : result<std::string>{options.api_key};
+    }
 
     // The request's headers, as (name, value) pairs for either client.
-    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming, const std::string& key) const {
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> request_headers(const chat_request& r, bool streaming,
+                                                                                   const std::string& key) const {
         std::vector<std::pair<std::string, std::string>> h;
         h.emplace_back("Content-Type", "application/json");
         h.emplace_back("Accept", streaming ? "text/event-stream" : "application/json");
@@ -232,7 +233,8 @@ public:
                 if (const auto i = call.find("index"); i != call.end() && i->is_number_unsigned()) index = i->get<std::size_t>();
                 else if (i != call.end() && !i->is_null()) continue;
                 if (index >= max_tool_calls) continue;
-                while (tool_calls.size() <= index) tool_calls.push_back({{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
+                while (tool_calls.size() <= index)
+                    tool_calls.push_back({{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
                 auto& merged = tool_calls[index];
                 if (call.contains("id") && call["id"].is_string()) merged["id"] = call["id"];
                 if (call.contains("type") && call["type"].is_string()) merged["type"] = call["type"];
@@ -266,9 +268,14 @@ public:
 
     // A stream that ended: whole, truncated, or broken (the reader's verdict), as a completion.
     result<completion, upstream_failure> finish_stream(stream_reader& reader, const std::string& key) const {
-        if (reader.broken) return upstream_failure{{error_kind::upstream, redact(*reader.broken, key), "upstream_error"}, !reader.delivered, {}, reader.delivered};
+        if (reader.broken)
+            return upstream_failure{
+                {error_kind::upstream, redact(*reader.broken, key), "upstream_error"}, !reader.delivered, {}, reader.delivered};
         if (!reader.done && !reader.finished)
-            return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"}, !reader.delivered, {}, reader.delivered};
+            return upstream_failure{{error_kind::upstream, "upstream stream ended before it finished", "upstream_truncated"},
+                                    !reader.delivered,
+                                    {},
+                                    reader.delivered};
         if (!reader.tool_calls.empty()) reader.c.extra = {{"tool_calls", reader.tool_calls}};
         return std::move(reader.c);
     }
@@ -278,7 +285,8 @@ public:
     upstream_failure status_failure(int status, const std::string& raw, const Headers& headers, const std::string& key) const {
         if (status == 401 && options.on_key_rejected) options.on_key_rejected(key);
         const auto body = nlohmann::json::parse(raw, nullptr, false);
-        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"] : nlohmann::json::object();
+        const nlohmann::json e = body.is_object() && body.contains("error") && body["error"].is_object() ? body["error"]
+                                                                                                         : nlohmann::json::object();
         auto text = [&](const char* key) { return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : std::string{}; };
         std::string message = redact(text("message"), key);
         if (message.empty()) message = "upstream answered HTTP " + std::to_string(status);
@@ -288,8 +296,7 @@ public:
         else if (status == 401 || status == 403) {
             f.e.message = "upstream rejected the credentials: " + message;
             f.e.code = "upstream_credentials";
-        }
-        else if (status == 404) f.e.kind = error_kind::not_found;
+        } else if (status == 404) f.e.kind = error_kind::not_found;
         else if (status == 413) f.e.kind = error_kind::payload_too_large;
         else if (status == 429) {
             f.e.kind = error_kind::rate_limited;
@@ -410,7 +417,6 @@ public:
         for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at)) text.replace(at, key.size(), "[redacted]");
         return text;
     }
-
 };
 
 } // namespace detail

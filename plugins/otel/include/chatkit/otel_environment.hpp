@@ -45,8 +45,7 @@ inline std::string percent_decode(std::string_view s) {
     std::string out;
     for (std::size_t i = 0; i < s.size(); ++i) {
         unsigned value = 0;
-        if (s[i] == '%' && i + 2 < s.size() &&
-            std::from_chars(s.data() + i + 1, s.data() + i + 3, value, 16).ptr == s.data() + i + 3) {
+        if (s[i] == '%' && i + 2 < s.size() && std::from_chars(s.data() + i + 1, s.data() + i + 3, value, 16).ptr == s.data() + i + 3) {
             out += static_cast<char>(value);
             i += 2;
         } else {
@@ -90,8 +89,8 @@ Int positive(std::string_view text, std::string_view variable) {
 /// `service_name` is the default for OTEL_SERVICE_NAME, `service_version` the resource's
 /// service.version.
 [[nodiscard]] inline std::optional<otel_settings> otel_settings_from_environment(const std::function<const char*(const char*)>& getenv,
-                                                                               std::string_view service_name = "chatkit",
-                                                                               std::string_view service_version = {}) {
+                                                                                 std::string_view service_name = "chatkit",
+                                                                                 std::string_view service_version = {}) {
     using namespace otel_env_detail;
     const auto var = [&](const char* name) -> std::optional<std::string> {
         const char* v = getenv(name);
@@ -131,7 +130,8 @@ Int positive(std::string_view text, std::string_view variable) {
     if (auto h = either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")) e.headers = key_values(h->first, h->second);
     if (auto t = either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"))
         e.timeout = std::chrono::milliseconds{positive<long>(t->first, t->second)};
-    if (auto v = var("OTEL_BSP_SCHEDULE_DELAY")) e.schedule_delay = std::chrono::milliseconds{positive<long>(*v, "OTEL_BSP_SCHEDULE_DELAY")};
+    if (auto v = var("OTEL_BSP_SCHEDULE_DELAY"))
+        e.schedule_delay = std::chrono::milliseconds{positive<long>(*v, "OTEL_BSP_SCHEDULE_DELAY")};
     if (auto v = var("OTEL_BSP_MAX_QUEUE_SIZE")) e.max_queue = positive<std::size_t>(*v, "OTEL_BSP_MAX_QUEUE_SIZE");
     if (auto v = var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")) e.max_batch = positive<std::size_t>(*v, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE");
     e.max_batch = std::min(e.max_batch, e.max_queue);

@@ -51,8 +51,8 @@ struct otel_tracing_options {
     // The paths named in span names and http.route; any other is traced as its method alone,
     // keeping span names low-cardinality. "/history/..." is "/history/{user_id}", a
     // conversation's path its template ("/api/v1/conversations/{id}/stream").
-    std::vector<std::string> routes{"/chat",   "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses",
-                                    "/v1/models", "/health",            "/ready",   "/",            "/metrics"};
+    std::vector<std::string> routes{
+        "/chat", "/v1/chat/completions", "/v1/chat", "/v1/messages", "/v1/responses", "/v1/models", "/health", "/ready", "/", "/metrics"};
     // A router's member names, each with its provider's type ("openai", "azure", "anthropic",
     // "gemini", "bedrock"): gen_ai.provider.name names the API that answered, not the member.
     std::map<std::string, std::string, std::less<>> provider_types{};
@@ -69,14 +69,14 @@ class otel_tracing {
 public:
     struct context {
         bool sampled = false;
-        trace_context parent{};       // the client's, when it sent a valid traceparent
+        trace_context parent{}; // the client's, when it sent a valid traceparent
         bool has_parent = false;
         trace_id trace{};
-        span_id server{};             // this request's span
-        span_id client{};             // the upstream call's span, named in the upstream traceparent
+        span_id server{}; // this request's span
+        span_id client{}; // the upstream call's span, named in the upstream traceparent
         std::chrono::steady_clock::time_point began{};
         std::uint64_t began_unix_ns = 0;
-        std::string request_model{};  // from admit: the model asked for
+        std::string request_model{}; // from admit: the model asked for
         std::int64_t max_tokens = 0;
     };
 

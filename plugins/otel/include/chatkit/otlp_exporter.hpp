@@ -53,8 +53,7 @@ struct otlp_exporter_stats {
 class otlp_exporter {
 public:
     explicit otlp_exporter(otlp_exporter_options options)
-        : state_(std::make_unique<state>(std::move(options))),
-          worker_([s = state_.get()](std::stop_token stop) { s->run(stop); }) {}
+        : state_(std::make_unique<state>(std::move(options))), worker_([s = state_.get()](std::stop_token stop) { s->run(stop); }) {}
     // Exports what is queued (for at most the export timeout), then stops.
     ~otlp_exporter() {
         (void)flush(state_->options.timeout);
@@ -109,8 +108,8 @@ private:
         std::condition_variable done;     // flush(): spans settled
         std::deque<span_data> queue;
         otlp_exporter_stats stats;
-        std::uint64_t taken = 0;       // spans the worker has taken from the queue, ever
-        std::uint64_t settled = 0;     // of those, exported or failed
+        std::uint64_t taken = 0;   // spans the worker has taken from the queue, ever
+        std::uint64_t settled = 0; // of those, exported or failed
         std::uint64_t flush_wanted = 0;
 
         std::uint64_t enqueued_total() const { return taken + queue.size(); }
@@ -132,24 +131,23 @@ private:
             for (;;) {
                 {
                     std::unique_lock lock{mutex};
-                    wake.wait_for(lock, stop, options.schedule_delay, [&] {
-                        return queue.size() >= options.max_batch || flush_wanted > taken;
-                    });
+                    wake.wait_for(lock, stop, options.schedule_delay,
+                                  [&] { return queue.size() >= options.max_batch || flush_wanted > taken; });
                     if (queue.empty()) {
                         if (stop.stop_requested()) return;
                         continue;
                     }
                     const std::size_t n = std::min(queue.size(), options.max_batch);
-                    batch.assign(std::make_move_iterator(queue.begin()), std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
+                    batch.assign(std::make_move_iterator(queue.begin()),
+                                 std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
                     queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(n));
                     taken += n;
                 }
                 const std::string body = options.encoding == otlp_encoding::json ? otlp_json(options.resource, batch)
-                                                                                   : otlp_protobuf(options.resource, batch);
+                                                                                 : otlp_protobuf(options.resource, batch);
                 std::string failure;
                 if (auto res = client.Post(path, headers, body, type)) {
-                    if (res->status < 200 || res->status > 299)
-                        failure = "the collector answered " + std::to_string(res->status);
+                    if (res->status < 200 || res->status > 299) failure = "the collector answered " + std::to_string(res->status);
                 } else {
                     failure = "cannot reach the collector (" + httplib::to_string(res.error()) + ")";
                 }

@@ -150,9 +150,7 @@ inline void write_attributes(proto_writer& w, int field, const std::vector<std::
 }
 
 // Span.flags: the W3C flags in bits 0-7; bit 8 set says bit 9 is known, bit 9 that the parent is remote.
-inline std::uint32_t span_flags(const span_data& s) {
-    return s.trace_flags | 0x100u | (s.parent && s.parent_is_remote ? 0x200u : 0u);
-}
+inline std::uint32_t span_flags(const span_data& s) { return s.trace_flags | 0x100u | (s.parent && s.parent_is_remote ? 0x200u : 0u); }
 
 inline void append_json_value(std::string& out, const decltype(span_attribute::value)& v) {
     if (const auto* s = std::get_if<std::string>(&v)) {

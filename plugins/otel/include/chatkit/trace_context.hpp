@@ -18,8 +18,8 @@ using span_id = std::array<std::uint8_t, 8>;
 
 struct trace_context {
     chatkit::trace_id trace{};
-    chatkit::span_id span{};  // the caller's span: the parent of the spans made here
-    std::uint8_t flags = 0;   // bit 0: the caller sampled (records) this trace
+    chatkit::span_id span{}; // the caller's span: the parent of the spans made here
+    std::uint8_t flags = 0;  // bit 0: the caller sampled (records) this trace
 
     [[nodiscard]] bool sampled() const noexcept { return (flags & 1) != 0; }
 };

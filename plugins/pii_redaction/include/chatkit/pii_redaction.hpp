@@ -282,29 +282,29 @@ constexpr bool random_looking(std::string_view tail) noexcept {
 
 struct key_prefix {
     std::string_view prefix;
-    std::size_t min_tail;  // the shortest tail taken for a key
+    std::size_t min_tail;   // the shortest tail taken for a key
     std::size_t exact_tail; // when not 0: the tail's exact length (AKIA + 16)
     bool upper_alnum_only;  // the tail is [A-Z0-9] (AWS), else [A-Za-z0-9_-]
     bool needs_random;      // the tail must have letters and digits
 };
 inline constexpr std::array<key_prefix, 17> key_prefixes{{
-    {"sk-", 20, 0, false, true},         // OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), others
-    {"ck-", 20, 0, false, true},         // chatkit's own keys (ck- + 43 base62)
-    {"AKIA", 16, 16, true, false},       // AWS access key ids
-    {"ASIA", 16, 16, true, false},       // AWS temporary access key ids
-    {"ghp_", 30, 0, false, true},        // GitHub tokens: personal, OAuth, user, server, refresh
+    {"sk-", 20, 0, false, true},   // OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), others
+    {"ck-", 20, 0, false, true},   // chatkit's own keys (ck- + 43 base62)
+    {"AKIA", 16, 16, true, false}, // AWS access key ids
+    {"ASIA", 16, 16, true, false}, // AWS temporary access key ids
+    {"ghp_", 30, 0, false, true},  // GitHub tokens: personal, OAuth, user, server, refresh
     {"gho_", 30, 0, false, true},
     {"ghu_", 30, 0, false, true},
     {"ghs_", 30, 0, false, true},
     {"ghr_", 30, 0, false, true},
     {"github_pat_", 30, 0, false, true},
-    {"xoxb-", 10, 0, false, true},       // Slack tokens: bot, user, app, refresh, session
+    {"xoxb-", 10, 0, false, true}, // Slack tokens: bot, user, app, refresh, session
     {"xoxp-", 10, 0, false, true},
     {"xoxa-", 10, 0, false, true},
     {"xoxr-", 10, 0, false, true},
     {"xoxs-", 10, 0, false, true},
-    {"AIza", 35, 35, false, false},      // Google API keys
-    {"glpat-", 20, 0, false, true},      // GitLab personal access tokens
+    {"AIza", 35, 35, false, false}, // Google API keys
+    {"glpat-", 20, 0, false, true}, // GitLab personal access tokens
 }};
 
 // A key by its prefix, or the token of "Bearer <token>" (20+ characters of a token68, with
@@ -323,8 +323,8 @@ constexpr std::size_t match_secret(std::string_view t, std::size_t i, std::size_
         std::size_t j = i + 7;
         while (at(t, j) == ' ' && j - i < 16) ++j;
         const std::size_t start = j;
-        while (j < t.size() && (is_alnum(t[j]) || t[j] == '-' || t[j] == '.' || t[j] == '_' || t[j] == '~' || t[j] == '+' ||
-                                t[j] == '/' || t[j] == '='))
+        while (j < t.size() &&
+               (is_alnum(t[j]) || t[j] == '-' || t[j] == '.' || t[j] == '_' || t[j] == '~' || t[j] == '+' || t[j] == '/' || t[j] == '='))
             ++j;
         while (j > start && t[j - 1] == '.') --j; // the end of a sentence
         if (j - start >= 20 && random_looking(t.substr(start, j - start))) {
@@ -583,7 +583,7 @@ constexpr std::size_t match_phone(std::string_view t, std::size_t i) noexcept {
             if (!local_us && !trunk) return 0;
         }
         if (groups == 3 && ((lens[0] == 4 && lens[1] == 2 && lens[2] == 2) || (lens[0] == 2 && lens[1] == 2 && lens[2] == 4)))
-            return 0; // a date
+            return 0;                                                                            // a date
         if (groups == 3 && sep == '-' && lens[0] == 3 && lens[1] == 2 && lens[2] == 4) return 0; // SSN-shaped
         bool thousands = lens[0] <= 3 && (sep == '.' || (sep == ' ' && lens[0] < 3));
         for (std::size_t g = 1; g < groups && thousands; ++g) thousands = lens[g] == 3;
@@ -804,7 +804,8 @@ bool walk_json(std::string_view s, const key_filter& filter, Visit&& visit) {
                     stack.pop_back();
                     state = next::after_value;
                 } // else: the first element, a value with the same `text`
-                else state = next::value;
+                else
+                    state = next::value;
             } else if (c == '"') {
                 std::size_t b = 0, e = 0;
                 if (!string(b, e)) return false;
@@ -885,7 +886,7 @@ bool walk_json(std::string_view s, const key_filter& filter, Visit&& visit) {
 
 /// What scanning a JSON body found.
 struct pii_body_scan {
-    bool valid_json = false;          // false: the body was left alone
+    bool valid_json = false; // false: the body was left alone
     pii_counts counts{};
     std::optional<std::string> masked{}; // with `mask` and something found: the rewritten body
 };
@@ -968,7 +969,8 @@ public:
         if (options_.policy) return options_.policy(req);
         const std::string_view route = route_template(req.path);
         auto it = options_.route_modes.find(route);
-        if (it == options_.route_modes.end() && route == "/v1/chat") it = options_.route_modes.find(std::string_view{"/v1/chat/completions"});
+        if (it == options_.route_modes.end() && route == "/v1/chat")
+            it = options_.route_modes.find(std::string_view{"/v1/chat/completions"});
         return it != options_.route_modes.end() ? it->second : options_.default_mode;
     }
 
@@ -996,17 +998,18 @@ public:
             for (std::size_t k = 0; k < pii_kind_count; ++k)
                 if (ctx.counts.n[k]) options_.on_found(static_cast<pii_kind>(k), ctx.counts.n[k]);
         if (ctx.mode == pii_mode::refuse)
-            return error_response(error{error_kind::invalid_request,
-                                        "the request contains personal data or secrets (" + ctx.counts.kinds() +
-                                            "); remove them and send it again",
-                                        "pii_detected"},
-                                  req.request_id);
+            return error_response(
+                error{error_kind::invalid_request,
+                      "the request contains personal data or secrets (" + ctx.counts.kinds() + "); remove them and send it again",
+                      "pii_detected"},
+                req.request_id);
         return std::nullopt;
     }
 
     void after(const http_request&, http_response& res, context& ctx) {
         if (!options_.response_header || !ctx.counts.any()) return;
-        if (ctx.mode == pii_mode::count || ctx.mode == pii_mode::mask) res.headers.insert_or_assign(std::string{header}, ctx.counts.to_string());
+        if (ctx.mode == pii_mode::count || ctx.mode == pii_mode::mask)
+            res.headers.insert_or_assign(std::string{header}, ctx.counts.to_string());
     }
 
     [[nodiscard]] const pii_redaction_options& options() const noexcept { return options_; }

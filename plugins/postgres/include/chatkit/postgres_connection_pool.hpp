@@ -51,8 +51,9 @@ using postgres_result = std::unique_ptr<PGresult, postgres_result_deleter>;
 class postgres_param {
 public:
     // An empty view may have no data, which libpq would take for NULL: it is sent as "".
-    postgres_param(std::string_view bytes) noexcept : data_(bytes.data() ? bytes.data() : ""), size_(bytes.size()) {} // NOLINT: implicit on purpose
-    postgres_param(std::int64_t value) noexcept : size_(8) {                                     // NOLINT
+    postgres_param(std::string_view bytes) noexcept
+        : data_(bytes.data() ? bytes.data() : ""), size_(bytes.size()) {} // NOLINT: implicit on purpose
+    postgres_param(std::int64_t value) noexcept : size_(8) {              // NOLINT
         for (int i = 0; i < 8; ++i) int8_[i] = static_cast<char>(static_cast<std::uint64_t>(value) >> (56 - 8 * i));
         data_ = int8_;
     }
@@ -112,8 +113,7 @@ struct postgres_target {
 namespace postgres_detail {
 inline void replace_all(std::string& text, std::string_view what, std::string_view with) {
     if (what.empty()) return;
-    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + with.size()))
-        text.replace(at, what.size(), with);
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + with.size())) text.replace(at, what.size(), with);
 }
 inline std::string trim(std::string text) {
     while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
@@ -175,7 +175,8 @@ public:
     /// (a transaction spans several). Returned to the pool when destroyed, or closed if it broke.
     class lease {
     public:
-        lease(lease&& other) noexcept : pool_(std::exchange(other.pool_, nullptr)), c_(std::exchange(other.c_, nullptr)), reused_(other.reused_) {}
+        lease(lease&& other) noexcept
+            : pool_(std::exchange(other.pool_, nullptr)), c_(std::exchange(other.c_, nullptr)), reused_(other.reused_) {}
         lease& operator=(lease&&) = delete;
         ~lease() {
             if (pool_) pool_->release(c_);
@@ -186,16 +187,14 @@ public:
         [[nodiscard]] bool broken() const noexcept { return PQstatus(c_->conn) != CONNECTION_OK; }
 
         /// A statement without parameters (BEGIN, COMMIT, SET ...), its result as text.
-        result<postgres_result> exec(const char* sql) {
-            return check(postgres_result{PQexec(c_->conn, sql)});
-        }
+        result<postgres_result> exec(const char* sql) { return check(postgres_result{PQexec(c_->conn, sql)}); }
         /// A statement prepared on this connection the first time it runs here; parameters and
         /// results in binary.
         result<postgres_result> prepared(const postgres_statement& st, const std::vector<postgres_param>& params) {
             if (auto made = prepare(st); !made) return std::move(made).error();
             const binary_params b{params};
-            return check(postgres_result{PQexecPrepared(c_->conn, std::string{st.name}.c_str(), b.count(), b.values.data(),
-                                                        b.lengths.data(), b.formats.data(), 1)});
+            return check(postgres_result{
+                PQexecPrepared(c_->conn, std::string{st.name}.c_str(), b.count(), b.values.data(), b.lengths.data(), b.formats.data(), 1)});
         }
 
         using calls = std::vector<std::pair<const postgres_statement*, std::vector<postgres_param>>>;
@@ -236,8 +235,7 @@ public:
                     if (auto checked = check(std::move(r)); checked) all.push_back(std::move(*checked));
                     else failed = std::move(checked);
                 }
-                while (postgres_result extra{PQgetResult(c_->conn)}) {
-                }
+                while (postgres_result extra{PQgetResult(c_->conn)}) {}
             }
             if (synced && !broken())
                 while (postgres_result r{PQgetResult(c_->conn)})
@@ -267,15 +265,14 @@ public:
         result<void> prepare(const postgres_statement& st) {
             const std::string name{st.name};
             if (c_->prepared.contains(name)) return {};
-            auto made = check(postgres_result{PQprepare(c_->conn, name.c_str(), std::string{st.sql}.c_str(),
-                                                        static_cast<int>(st.types.size()), st.types.data())});
+            auto made = check(postgres_result{
+                PQprepare(c_->conn, name.c_str(), std::string{st.sql}.c_str(), static_cast<int>(st.types.size()), st.types.data())});
             if (!made) return std::move(made).error();
             c_->prepared.insert(name);
             return {};
         }
 
-        lease(postgres_connection_pool* pool, connection* c, bool reused) noexcept
-            : pool_(pool), c_(c), reused_(reused) {}
+        lease(postgres_connection_pool* pool, connection* c, bool reused) noexcept : pool_(pool), c_(c), reused_(reused) {}
 
         result<postgres_result> check(postgres_result r) {
             const auto status = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
@@ -311,11 +308,9 @@ public:
                 s.freed.notify_one();
                 return std::move(made).error();
             }
-            if (s.freed.wait_until(lock, deadline) == std::cv_status::timeout && s.idle.empty() &&
-                s.open >= s.options.max_connections)
+            if (s.freed.wait_until(lock, deadline) == std::cv_status::timeout && s.idle.empty() && s.open >= s.options.max_connections)
                 return error{error_kind::unavailable,
-                             described() + ": all " + std::to_string(s.options.max_connections) + " connections stayed busy",
-                             "store_busy"};
+                             described() + ": all " + std::to_string(s.options.max_connections) + " connections stayed busy", "store_busy"};
         }
     }
 
@@ -405,7 +400,8 @@ private:
         auto c = std::make_unique<connection>(PQconnectdbParams(keywords, values, 1));
         if (!c->conn) return error{error_kind::unavailable, "PostgreSQL " + described() + ": out of memory", "store_unavailable"};
         // Notices (CREATE TABLE IF NOT EXISTS on an existing table, say) would go to stderr.
-        PQsetNoticeProcessor(c->conn, [](void*, const char*) {}, nullptr);
+        PQsetNoticeProcessor(
+            c->conn, [](void*, const char*) {}, nullptr);
         if (PQstatus(c->conn) != CONNECTION_OK) {
             std::string why = postgres_detail::trim(PQerrorMessage(c->conn));
             postgres_detail::replace_all(why, s_->target.password, "***");

@@ -26,15 +26,13 @@ namespace postgres_key_directory_detail {
 // team_id, name, prefix, digest, created_at, expires_at, revoked_at, then the key's rpm, tpm,
 // budget_usd, budget_period, models, then the team's four.
 inline const postgres_statement select_keys{
-    "chatkit_select_keys",
-    "SELECT k.id, k.team_id, k.name, k.prefix, k.digest, k.created_at, k.expires_at, k.revoked_at, "
-    "k.rpm, k.tpm, k.budget_usd, k.budget_period, k.models::text, t.rpm, t.tpm, t.budget_usd, t.budget_period "
-    "FROM chatkit_api_keys AS k LEFT JOIN chatkit_teams AS t ON t.id = k.team_id ORDER BY k.created_at, k.id"};
-inline const postgres_statement insert_team{
-    "chatkit_insert_team",
-    "INSERT INTO chatkit_teams (id, name, rpm, tpm, budget_usd, budget_period, created_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-    {25, 25, 20, 20, 701, 25, 20}};
+    "chatkit_select_keys", "SELECT k.id, k.team_id, k.name, k.prefix, k.digest, k.created_at, k.expires_at, k.revoked_at, "
+                           "k.rpm, k.tpm, k.budget_usd, k.budget_period, k.models::text, t.rpm, t.tpm, t.budget_usd, t.budget_period "
+                           "FROM chatkit_api_keys AS k LEFT JOIN chatkit_teams AS t ON t.id = k.team_id ORDER BY k.created_at, k.id"};
+inline const postgres_statement insert_team{"chatkit_insert_team",
+                                            "INSERT INTO chatkit_teams (id, name, rpm, tpm, budget_usd, budget_period, created_at) "
+                                            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                                            {25, 25, 20, 20, 701, 25, 20}};
 inline const postgres_statement select_team{
     "chatkit_select_team", "SELECT id, name, rpm, tpm, budget_usd, budget_period, created_at FROM chatkit_teams WHERE id = $1", {25}};
 // Inserted only when the team exists: (teams found, keys inserted) tells a missing team from a
@@ -49,8 +47,7 @@ inline const postgres_statement insert_key{
     {25, 25, 25, 25, 17, 20, 20, 20, 20, 20, 701, 25, 25}};
 // An earlier revocation stands; no row: no such key.
 inline const postgres_statement revoke_key{
-    "chatkit_revoke_key", "UPDATE chatkit_api_keys SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING revoked_at",
-    {25, 20}};
+    "chatkit_revoke_key", "UPDATE chatkit_api_keys SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING revoked_at", {25, 20}};
 
 inline std::optional<std::int64_t> optional_int8(const PGresult* r, int row, int column) {
     if (PQgetisnull(r, row, column)) return std::nullopt;
@@ -82,9 +79,7 @@ class postgres_key_directory {
 public:
     // Connects (a small pool of its own: keys are read every couple of seconds and written by an
     // administrator) and migrates the schema as postgres_store does; throws as it does.
-    explicit postgres_key_directory(postgres_options options) : pool_(std::move(options)) {
-        postgres_store_detail::migrate(pool_);
-    }
+    explicit postgres_key_directory(postgres_options options) : pool_(std::move(options)) { postgres_store_detail::migrate(pool_); }
 
     postgres_key_directory(postgres_key_directory&&) noexcept = default;
     postgres_key_directory& operator=(postgres_key_directory&&) noexcept = default;
@@ -152,13 +147,13 @@ public:
     result<void> create_key(const key_record& k) {
         using namespace postgres_key_directory_detail;
         if (auto invalid = invalid_key_record(k)) return *invalid;
-        if (auto bad = unstorable({{k.id, "id"}, {k.team_id, "team"}, {k.name, "name"}, {k.prefix, "prefix"},
-                                   {k.limits.budget_period, "budget_period"}}))
+        if (auto bad = unstorable(
+                {{k.id, "id"}, {k.team_id, "team"}, {k.name, "name"}, {k.prefix, "prefix"}, {k.limits.budget_period, "budget_period"}}))
             return *bad;
         const std::string models = k.models.empty() ? std::string{} : nlohmann::json(k.models).dump();
-        std::vector<postgres_param> params{std::string_view{k.id}, std::string_view{k.team_id}, std::string_view{k.name},
-                                           std::string_view{k.prefix}, std::string_view{k.digest}, k.created_at,
-                                           nullable(k.expires_at), nullable(k.revoked_at)};
+        std::vector<postgres_param> params{std::string_view{k.id},     std::string_view{k.team_id}, std::string_view{k.name},
+                                           std::string_view{k.prefix}, std::string_view{k.digest},  k.created_at,
+                                           nullable(k.expires_at),     nullable(k.revoked_at)};
         add_limits(params, k.limits);
         params.push_back(k.models.empty() ? postgres_param::null() : postgres_param{std::string_view{models}});
         auto done = run("create the key", insert_key, params);
@@ -201,8 +196,7 @@ private:
     static std::optional<error> unstorable(std::initializer_list<field> fields) {
         for (const auto& f : fields)
             if (!postgres_store_detail::storable_text(f.value))
-                return error{error_kind::invalid_request, std::string{f.name} + " must be UTF-8 text without NUL", "invalid_value",
-                             f.name};
+                return error{error_kind::invalid_request, std::string{f.name} + " must be UTF-8 text without NUL", "invalid_value", f.name};
         return std::nullopt;
     }
 

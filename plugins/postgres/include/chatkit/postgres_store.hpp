@@ -192,11 +192,10 @@ inline const postgres_statement insert_message{
     "chatkit_insert_message",
     "INSERT INTO chatkit_messages (user_id, role, content, model, created_at, request_id) VALUES ($1, $2, $3, $4, $5, $6)",
     {17, 25, 17, 17, 20, 17}};
-inline const postgres_statement select_page{
-    "chatkit_select_page",
-    "SELECT id, role, content, model, created_at, request_id FROM chatkit_messages "
-    "WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-    {17, 20, 20}};
+inline const postgres_statement select_page{"chatkit_select_page",
+                                            "SELECT id, role, content, model, created_at, request_id FROM chatkit_messages "
+                                            "WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                                            {17, 20, 20}};
 
 // Conversations. Ids are sent as text and cast, so that one parse (PostgreSQL's) reads them; the
 // store checks them first (conversations_api::is_uuid), since a malformed one would fail the
@@ -326,9 +325,7 @@ inline bool jsonb_storable(std::string_view json) noexcept {
 inline postgres_param nullable(const std::optional<std::string>& text) {
     return text ? postgres_param{std::string_view{*text}} : postgres_param::null();
 }
-inline postgres_param nullable(std::optional<double> value) {
-    return value ? postgres_param::float8(*value) : postgres_param::null();
-}
+inline postgres_param nullable(std::optional<double> value) { return value ? postgres_param::float8(*value) : postgres_param::null(); }
 
 // Rows a command changed (UPDATE, DELETE, INSERT).
 inline std::int64_t affected(const postgres_result& r) noexcept {
@@ -366,8 +363,8 @@ inline void migrate(postgres_connection_pool& pool, long up_to = static_cast<lon
     const long version = std::stol(PQgetvalue(current.get(), 0, 0));
     if (version > latest) {
         run("ROLLBACK");
-        fail("cannot use " + pool.described(), "schema version " + std::to_string(version) +
-                                                   " is newer than this chatkit's (" + std::to_string(latest) + ")");
+        fail("cannot use " + pool.described(),
+             "schema version " + std::to_string(version) + " is newer than this chatkit's (" + std::to_string(latest) + ")");
     }
     for (long v = version; v < std::min(up_to, latest); ++v) {
         run(std::string(migrations[v]));
@@ -425,8 +422,8 @@ public:
             }
             const auto role = parse_role(postgres_bytes(r, i, 1));
             if (!role) return error{error_kind::internal, "stored message has an unknown role", "store_corrupt"};
-            page.messages.push_back({std::to_string(postgres_int8(r, i, 0)), *role, postgres_bytes(r, i, 2),
-                                     postgres_bytes(r, i, 3), postgres_int8(r, i, 4), postgres_bytes(r, i, 5)});
+            page.messages.push_back({std::to_string(postgres_int8(r, i, 0)), *role, postgres_bytes(r, i, 2), postgres_bytes(r, i, 3),
+                                     postgres_int8(r, i, 4), postgres_bytes(r, i, 5)});
         }
         std::reverse(page.messages.begin(), page.messages.end()); // oldest first
         return page;
@@ -448,8 +445,13 @@ public:
         if (auto bad = unstorable({{c.owner, "owner"}, {c.user_id, "user_id"}, {c.title.value_or(""), "title"}})) return *bad;
         auto metadata = metadata_text(c.metadata);
         if (!metadata) return std::move(metadata).error();
-        const std::vector<postgres_param> params{std::string_view{c.id}, std::string_view{c.owner}, std::string_view{c.user_id},
-                                                 nullable(c.title), std::string_view{*metadata}, c.created_at, c.updated_at};
+        const std::vector<postgres_param> params{std::string_view{c.id},
+                                                 std::string_view{c.owner},
+                                                 std::string_view{c.user_id},
+                                                 nullable(c.title),
+                                                 std::string_view{*metadata},
+                                                 c.created_at,
+                                                 c.updated_at};
         return transact("create the conversation", {{&insert_conversation, params}}, [](results done) -> result<calls> {
             // The service's ids are random UUIDs: this is a retried create, or a bug, never a race to win.
             if (affected(done[0]) == 0)
@@ -467,15 +469,14 @@ public:
         if (q.limit == 0 || !storable_text(q.owner) || !storable_text(q.user_id)) return page;
         const auto limit = std::min<std::uint64_t>(q.limit, std::numeric_limits<std::int64_t>::max() - 1);
         // One more than asked for: are there older ones?
-        auto rows = read("read conversations", select_conversations,
-                         {std::string_view{q.owner}, std::string_view{q.user_id}, before_at, before_seq,
-                          static_cast<std::int64_t>(limit) + 1});
+        auto rows = read(
+            "read conversations", select_conversations,
+            {std::string_view{q.owner}, std::string_view{q.user_id}, before_at, before_seq, static_cast<std::int64_t>(limit) + 1});
         if (!rows) return std::move(rows).error();
         const PGresult* r = rows->get();
         for (int i = 0; i < PQntuples(r); ++i) {
             if (page.conversations.size() == limit) {
-                page.next_cursor = std::to_string(page.conversations.back().created_at) + "_" +
-                                   std::to_string(postgres_int8(r, i - 1, 7));
+                page.next_cursor = std::to_string(page.conversations.back().created_at) + "_" + std::to_string(postgres_int8(r, i - 1, 7));
                 break;
             }
             auto c = conversation_row(r, i);
@@ -511,9 +512,13 @@ public:
             if (!text) return std::move(text).error();
             metadata = std::move(*text);
         }
-        const std::vector<postgres_param> params{
-            std::string_view{ref.id}, std::string_view{ref.owner}, std::int64_t{u.title.has_value()}, nullable(title),
-            std::int64_t{u.metadata.has_value()}, u.metadata ? postgres_param{std::string_view{metadata}} : postgres_param::null(), u.at};
+        const std::vector<postgres_param> params{std::string_view{ref.id},
+                                                 std::string_view{ref.owner},
+                                                 std::int64_t{u.title.has_value()},
+                                                 nullable(title),
+                                                 std::int64_t{u.metadata.has_value()},
+                                                 u.metadata ? postgres_param{std::string_view{metadata}} : postgres_param::null(),
+                                                 u.at};
         std::optional<conversation> updated;
         auto done = transact("update the conversation", {{&change_conversation, params}}, [&](results r) -> result<calls> {
             if (PQntuples(r[0].get()) == 0) return detail::conversation_not_found();
@@ -551,12 +556,11 @@ public:
                 return m.usage ? postgres_param{std::int64_t{(*m.usage).*count}} : postgres_param::null();
             };
             inserts.emplace_back(&insert_conversation_message,
-                                 std::vector<postgres_param>{std::string_view{m.id}, std::string_view{ref.id}, to_string(m.role),
-                                                             std::string_view{m.content}, std::string_view{m.provider},
-                                                             std::string_view{m.model}, tokens(&token_usage::prompt_tokens),
-                                                             tokens(&token_usage::completion_tokens), nullable(m.cost_usd),
-                                                             nullable(m.latency_ms), nullable(m.time_to_first_token_ms),
-                                                             std::string_view{m.request_id}, m.created_at});
+                                 std::vector<postgres_param>{
+                                     std::string_view{m.id}, std::string_view{ref.id}, to_string(m.role), std::string_view{m.content},
+                                     std::string_view{m.provider}, std::string_view{m.model}, tokens(&token_usage::prompt_tokens),
+                                     tokens(&token_usage::completion_tokens), nullable(m.cost_usd), nullable(m.latency_ms),
+                                     nullable(m.time_to_first_token_ms), std::string_view{m.request_id}, m.created_at});
         }
         std::int64_t total_tokens = 0;
         double total_cost = 0;
@@ -621,10 +625,14 @@ public:
             if (!rows) return std::move(rows).error();
             return PQntuples(rows->get()) == 0 ? detail::conversation_not_found() : detail::message_not_found();
         }
-        const std::vector<postgres_param> params{
-            std::string_view{f.id}, std::string_view{f.conversation_id}, std::string_view{f.message_id},
-            std::string_view{f.feedback_type}, f.rating ? postgres_param{std::int64_t{*f.rating}} : postgres_param::null(),
-            nullable(f.comment), f.created_at, std::string_view{submission.owner}};
+        const std::vector<postgres_param> params{std::string_view{f.id},
+                                                 std::string_view{f.conversation_id},
+                                                 std::string_view{f.message_id},
+                                                 std::string_view{f.feedback_type},
+                                                 f.rating ? postgres_param{std::int64_t{*f.rating}} : postgres_param::null(),
+                                                 nullable(f.comment),
+                                                 f.created_at,
+                                                 std::string_view{submission.owner}};
         return transact("save the feedback", {{&insert_feedback, params}}, [](results r) -> result<calls> {
             const PGresult* counts = r[0].get();
             if (postgres_int8(counts, 0, 0) == 0) return detail::conversation_not_found();
@@ -674,8 +682,7 @@ private:
     static error unavailable(std::string_view action, const error& why) {
         // The pool's messages name the server and quote PostgreSQL's, which never quote a bound
         // parameter's value, so no content leaks (and the password was scrubbed).
-        return error{error_kind::unavailable, "history store could not " + std::string(action) + ": " + why.message,
-                     "store_unavailable"};
+        return error{error_kind::unavailable, "history store could not " + std::string(action) + ": " + why.message, "store_unavailable"};
     }
 
     // A cursor is a row id: a positive decimal integer.
@@ -694,8 +701,7 @@ private:
     static std::optional<error> unstorable(std::initializer_list<std::pair<std::string_view, const char*>> fields) {
         for (const auto& [value, name] : fields)
             if (!postgres_store_detail::storable_text(value))
-                return detail::invalid("'" + std::string{name} + "' must be UTF-8 text without NUL characters", name,
-                                       "invalid_text");
+                return detail::invalid("'" + std::string{name} + "' must be UTF-8 text without NUL characters", name, "invalid_text");
         return std::nullopt;
     }
 
@@ -801,8 +807,8 @@ private:
         auto done = c.pipeline(*rest);
         // COMMIT of a transaction that failed answers ROLLBACK, not an error.
         if (done && std::string_view{PQcmdStatus(done->get())} == "COMMIT") return {};
-        const error why = done ? error{error_kind::unavailable,
-                                       "PostgreSQL " + pool.described() + ": the transaction was rolled back", "store_unavailable"}
+        const error why = done ? error{error_kind::unavailable, "PostgreSQL " + pool.described() + ": the transaction was rolled back",
+                                       "store_unavailable"}
                                : std::move(done).error();
         if (c.broken()) pool.close_idle();
         else (void)c.exec("ROLLBACK");
@@ -883,7 +889,7 @@ private:
         auto done = step();
         if (done) return std::nullopt;
         if (c.broken()) pool.close_idle(); // the server went away: the idle connections are as stale
-        else (void)c.exec("ROLLBACK"); // its failure only closes the connection (see lease)
+        else (void)c.exec("ROLLBACK");     // its failure only closes the connection (see lease)
         return unavailable("save the exchange", done.error());
     }
 

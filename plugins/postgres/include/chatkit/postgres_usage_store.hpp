@@ -33,8 +33,8 @@ inline const postgres_statement insert_usage{
 
 // A group's totals, after its key: requests, tokens, the priced records' cost, and the records
 // that used tokens without a price.
-#define CHATKIT_POSTGRES_USAGE_TOTALS                                                                                         \
-    "count(*), coalesce(sum(prompt_tokens + completion_tokens), 0)::int8, coalesce(sum(cost_usd), 0)::float8, "              \
+#define CHATKIT_POSTGRES_USAGE_TOTALS                                                                                                      \
+    "count(*), coalesce(sum(prompt_tokens + completion_tokens), 0)::int8, coalesce(sum(cost_usd), 0)::float8, "                            \
     "count(*) FILTER (WHERE cost_usd IS NULL AND prompt_tokens + completion_tokens > 0) "
 inline const postgres_statement usage_by_model{
     "chatkit_usage_by_model",
@@ -49,26 +49,29 @@ inline const postgres_statement usage_by_day{
 #undef CHATKIT_POSTGRES_USAGE_TOTALS
 
 // A page of a range's records after `seq` $3 (columns in usage_record's order, then seq).
-#define CHATKIT_POSTGRES_USAGE_COLUMNS                                                                                        \
-    "SELECT time, request_id, team_id, key_id, model, provider, status::int8, prompt_tokens::int8, completion_tokens::int8, " \
-    "cached_tokens::int8, reasoning_tokens::int8, cost_usd, latency_ms, ttft_ms, cached::int::int8, streamed::int::int8, "    \
+#define CHATKIT_POSTGRES_USAGE_COLUMNS                                                                                                     \
+    "SELECT time, request_id, team_id, key_id, model, provider, status::int8, prompt_tokens::int8, completion_tokens::int8, "              \
+    "cached_tokens::int8, reasoning_tokens::int8, cost_usd, latency_ms, ttft_ms, cached::int::int8, streamed::int::int8, "                 \
     "cancelled::int::int8, estimated::int::int8, seq FROM chatkit_usage "
-inline const postgres_statement records_of_team{
-    "chatkit_usage_records_of_team",
-    CHATKIT_POSTGRES_USAGE_COLUMNS "WHERE team_id = $5 AND time >= $1 AND time < $2 AND seq > $3 ORDER BY seq LIMIT $4",
-    {20, 20, 20, 20, 17}};
+inline const postgres_statement records_of_team{"chatkit_usage_records_of_team",
+                                                CHATKIT_POSTGRES_USAGE_COLUMNS
+                                                "WHERE team_id = $5 AND time >= $1 AND time < $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                                                {20, 20, 20, 20, 17}};
 // The whole range of every team has no index of its own (both lead with a team or key): a
 // dashboard's occasional read scans, rather than every write paying for one more index.
-inline const postgres_statement records_of_all{
-    "chatkit_usage_records_of_all", CHATKIT_POSTGRES_USAGE_COLUMNS "WHERE time >= $1 AND time < $2 AND seq > $3 ORDER BY seq LIMIT $4",
-    {20, 20, 20, 20}};
+inline const postgres_statement records_of_all{"chatkit_usage_records_of_all",
+                                               CHATKIT_POSTGRES_USAGE_COLUMNS
+                                               "WHERE time >= $1 AND time < $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                                               {20, 20, 20, 20}};
 #undef CHATKIT_POSTGRES_USAGE_COLUMNS
 
 inline const postgres_statement spent_by_key{
-    "chatkit_usage_spent_by_key", "SELECT coalesce(sum(cost_usd), 0)::float8 FROM chatkit_usage WHERE key_id = $1 AND time >= $2",
+    "chatkit_usage_spent_by_key",
+    "SELECT coalesce(sum(cost_usd), 0)::float8 FROM chatkit_usage WHERE key_id = $1 AND time >= $2",
     {17, 20}};
 inline const postgres_statement spent_by_team{
-    "chatkit_usage_spent_by_team", "SELECT coalesce(sum(cost_usd), 0)::float8 FROM chatkit_usage WHERE team_id = $1 AND time >= $2",
+    "chatkit_usage_spent_by_team",
+    "SELECT coalesce(sum(cost_usd), 0)::float8 FROM chatkit_usage WHERE team_id = $1 AND time >= $2",
     {17, 20}};
 
 inline constexpr std::int64_t page_size = 2000;
@@ -92,14 +95,14 @@ public:
         calls.reserve(batch.size() + 2);
         calls.push_back({&postgres_store_detail::begin_transaction, {}});
         for (const auto& r : batch)
-            calls.push_back({&insert_usage,
-                             {r.time, std::string_view{r.request_id}, std::string_view{r.team_id}, std::string_view{r.key_id},
-                              std::string_view{r.model}, std::string_view{r.provider}, std::int64_t{r.status},
-                              std::int64_t{r.usage.prompt_tokens}, std::int64_t{r.usage.completion_tokens},
-                              std::int64_t{r.usage.cached_tokens}, std::int64_t{r.usage.reasoning_tokens},
-                              r.cost_usd ? postgres_param::float8(*r.cost_usd) : postgres_param::null(),
-                              postgres_param::float8(r.latency_ms), postgres_param::float8(r.time_to_first_token_ms),
-                              std::int64_t{r.cached}, std::int64_t{r.streamed}, std::int64_t{r.cancelled}, std::int64_t{r.estimated}}});
+            calls.push_back(
+                {&insert_usage,
+                 {r.time, std::string_view{r.request_id}, std::string_view{r.team_id}, std::string_view{r.key_id},
+                  std::string_view{r.model}, std::string_view{r.provider}, std::int64_t{r.status}, std::int64_t{r.usage.prompt_tokens},
+                  std::int64_t{r.usage.completion_tokens}, std::int64_t{r.usage.cached_tokens}, std::int64_t{r.usage.reasoning_tokens},
+                  r.cost_usd ? postgres_param::float8(*r.cost_usd) : postgres_param::null(), postgres_param::float8(r.latency_ms),
+                  postgres_param::float8(r.time_to_first_token_ms), std::int64_t{r.cached}, std::int64_t{r.streamed},
+                  std::int64_t{r.cancelled}, std::int64_t{r.estimated}}});
         calls.push_back({&postgres_store_detail::commit, {}});
         // BEGIN, the inserts and COMMIT in one round trip. A failure anywhere rolls the whole
         // transaction back (the server skips the rest of a failed pipeline), so the recorder may

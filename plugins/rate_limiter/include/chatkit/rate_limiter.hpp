@@ -65,18 +65,15 @@ struct rate_limit {
 namespace rate_limited {
 
 /// GET /health is never limited: a load balancer's probe must not use up a client's requests.
-[[nodiscard]] inline bool exempt(const http_request& req) {
-    return req.path == "/health" && (req.method == "GET" || req.method == "HEAD");
-}
+[[nodiscard]] inline bool exempt(const http_request& req) { return req.path == "/health" && (req.method == "GET" || req.method == "HEAD"); }
 
 /// API keys are cut to this length when used as a client's name, bounding each bucket's size.
 inline constexpr std::size_t max_key_bytes = 256;
 
 namespace detail {
 inline bool iequals(std::string_view a, std::string_view b) {
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](unsigned char x, unsigned char y) {
-        return std::tolower(x) == std::tolower(y);
-    });
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                      [](unsigned char x, unsigned char y) { return std::tolower(x) == std::tolower(y); });
 }
 inline std::string_view trim(std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -162,11 +159,9 @@ public:
         ctx.reset_seconds = ceil_seconds(debt);
         if (allowed) return std::nullopt;
 
-        const std::int64_t retry = std::clamp<std::int64_t>(ceil_seconds(debt + interval_ - window_), 1,
-                                                            std::numeric_limits<int>::max());
+        const std::int64_t retry = std::clamp<std::int64_t>(ceil_seconds(debt + interval_ - window_), 1, std::numeric_limits<int>::max());
         return error_response(error{error_kind::rate_limited,
-                                    "rate limit of " + limit_.to_string() + " exceeded; retry in " +
-                                        std::to_string(retry) + " s",
+                                    "rate limit of " + limit_.to_string() + " exceeded; retry in " + std::to_string(retry) + " s",
                                     "rate_limit_exceeded", "", static_cast<int>(retry)},
                               req.request_id);
     }

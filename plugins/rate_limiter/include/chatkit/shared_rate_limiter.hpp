@@ -64,8 +64,9 @@ public:
         s.reset_seconds = (std::max<unix_ms>(end_ - now_, 0) + 999) / 1000;
         if (taken) return std::nullopt;
         const std::int64_t retry = std::clamp<std::int64_t>(s.reset_seconds, 1, 366LL * 24 * 3600);
-        return error{error_kind::rate_limited, "rate limit of " + limit_.to_string() + " exceeded; retry in " + std::to_string(retry) + " s",
-                     "rate_limit_exceeded", "", static_cast<int>(retry)};
+        return error{error_kind::rate_limited,
+                     "rate limit of " + limit_.to_string() + " exceeded; retry in " + std::to_string(retry) + " s", "rate_limit_exceeded",
+                     "", static_cast<int>(retry)};
     }
 
     static void report(const standing& s, const rate_limit& limit, http_response& res) {
@@ -147,10 +148,11 @@ public:
             taken = local_->take({&window.counter(), 1});
         }
         if (!taken)
-            return error_response(error{error_kind::unavailable,
-                                        "the shared rate limit cannot be checked right now (" + taken.error().message + "); try again shortly",
-                                        "limits_unavailable", "", 1},
-                                  req.request_id);
+            return error_response(
+                error{error_kind::unavailable,
+                      "the shared rate limit cannot be checked right now (" + taken.error().message + "); try again shortly",
+                      "limits_unavailable", "", 1},
+                req.request_id);
         if (auto refused = window.note(ctx, taken->taken, taken->values.empty() ? 0 : taken->values.front()))
             return error_response(*refused, req.request_id);
         return std::nullopt;

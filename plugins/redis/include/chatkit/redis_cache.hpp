@@ -96,9 +96,7 @@ public:
         return {.ok = true, .detail = std::move(detail)};
     }
 
-    [[nodiscard]] redis_cache_stats stats() const {
-        return {s_->hits.load(), s_->misses.load(), s_->failures.load()};
-    }
+    [[nodiscard]] redis_cache_stats stats() const { return {s_->hits.load(), s_->misses.load(), s_->failures.load()}; }
 
     // Connects and PINGs now, for a check at start-up (a failure then is no reason not to start:
     // the cache misses until Redis answers).
@@ -108,9 +106,13 @@ public:
 
     // The stored form: the answer's fields, not the per-request ones (latency, cost, cached).
     static std::string encode(const completion& c) {
-        nlohmann::json j = {{"v", format_version},     {"id", c.id},       {"model", c.model},
-                            {"content", c.content},    {"finish_reason", c.finish_reason},
-                            {"usage", c.usage},        {"created_at", c.created_at}};
+        nlohmann::json j = {{"v", format_version},
+                            {"id", c.id},
+                            {"model", c.model},
+                            {"content", c.content},
+                            {"finish_reason", c.finish_reason},
+                            {"usage", c.usage},
+                            {"created_at", c.created_at}};
         if (!c.extra.is_null()) j["extra"] = c.extra;
         return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }

@@ -82,8 +82,7 @@ inline bool redis_percent_decode(std::string_view in, std::string& out) {
             continue;
         }
         unsigned value = 0;
-        if (i + 2 >= in.size() || std::from_chars(in.data() + i + 1, in.data() + i + 3, value, 16).ptr != in.data() + i + 3)
-            return false;
+        if (i + 2 >= in.size() || std::from_chars(in.data() + i + 1, in.data() + i + 3, value, 16).ptr != in.data() + i + 3) return false;
         out += static_cast<char>(value);
         i += 2;
     }
@@ -98,8 +97,7 @@ inline result<redis_options> parse_redis_url(std::string_view url) {
     auto fail = [](std::string why) { return error{error_kind::invalid_request, std::move(why), "invalid_redis_url"}; };
     redis_options o;
     o.tls = url.starts_with("rediss://");
-    if (!o.tls && !url.starts_with("redis://"))
-        return fail("must start with redis:// or rediss:// (redis://[user:password@]host:port/db)");
+    if (!o.tls && !url.starts_with("redis://")) return fail("must start with redis:// or rediss:// (redis://[user:password@]host:port/db)");
     std::string_view rest = url.substr(o.tls ? 9 : 8);
     if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
         const std::string_view userinfo = rest.substr(0, at);
@@ -228,7 +226,8 @@ public:
             if (reply) return redis_reply{static_cast<redisReply*>(reply)};
             char buffer[16 * 1024];
             const long n = read_some(buffer, sizeof buffer);
-            if (n <= 0) return fail(timed_out(n), n == 0 ? std::string{"the server closed the connection"} : "cannot receive: " + last_error("?"));
+            if (n <= 0)
+                return fail(timed_out(n), n == 0 ? std::string{"the server closed the connection"} : "cannot receive: " + last_error("?"));
             if (redisReaderFeed(reader_, buffer, static_cast<std::size_t>(n)) != REDIS_OK)
                 return fail(false, std::string{"bad reply: "} + reader_->errstr);
         }
@@ -272,7 +271,8 @@ private:
         const int rc = with_sigpipe_blocked([&] { return SSL_connect(ssl_); });
         if (rc == 1) return true;
         const long verified = SSL_get_verify_result(ssl_);
-        if (verified != X509_V_OK) return why = std::string{"the TLS certificate was refused: "} + X509_verify_cert_error_string(verified), false;
+        if (verified != X509_V_OK)
+            return why = std::string{"the TLS certificate was refused: "} + X509_verify_cert_error_string(verified), false;
         why = "the TLS handshake failed: " + last_error("the connection was closed");
         return false;
     }
@@ -281,7 +281,8 @@ private:
         errno = 0;
         ERR_clear_error();
         if (!ssl_) return ::send(fd_, data, size, MSG_NOSIGNAL);
-        return with_sigpipe_blocked([&] { return static_cast<long>(SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)))); });
+        return with_sigpipe_blocked(
+            [&] { return static_cast<long>(SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)))); });
     }
     long read_some(char* data, std::size_t size) {
         errno = 0;
@@ -345,7 +346,8 @@ inline std::shared_ptr<SSL_CTX> redis_tls_context(const redis_options& o, std::s
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
     const bool trusted = o.tls_ca_file.empty() ? SSL_CTX_set_default_verify_paths(ctx.get()) == 1
                                                : SSL_CTX_load_verify_locations(ctx.get(), o.tls_ca_file.c_str(), nullptr) == 1;
-    if (!trusted) return why = "cannot read the CA certificates" + (o.tls_ca_file.empty() ? std::string{} : " of " + o.tls_ca_file), nullptr;
+    if (!trusted)
+        return why = "cannot read the CA certificates" + (o.tls_ca_file.empty() ? std::string{} : " of " + o.tls_ca_file), nullptr;
     return ctx;
 }
 
@@ -380,7 +382,8 @@ public:
             if (!reply) {
                 const bool timed_out = reply.error().timed_out;
                 error e{timed_out ? error_kind::timeout : error_kind::unavailable,
-                        s_->options.redacted_url() + (timed_out ? ": the command timed out" : ": the connection failed: " + reply.error().why),
+                        s_->options.redacted_url() +
+                            (timed_out ? ": the command timed out" : ": the connection failed: " + reply.error().why),
                         "redis_unavailable"};
                 release(std::move(link));
                 // A lost connection (not a slow one) means Redis went away: the idle ones are as stale.
@@ -485,7 +488,9 @@ private:
 
     // A new connection, authenticated and on its database.
     static result<link> connect(const redis_options& o, SSL_CTX* tls) {
-        auto fail = [&](std::string why) { return error{error_kind::unavailable, o.redacted_url() + ": " + std::move(why), "redis_unavailable"}; };
+        auto fail = [&](std::string why) {
+            return error{error_kind::unavailable, o.redacted_url() + ": " + std::move(why), "redis_unavailable"};
+        };
         std::string why;
         link c = detail::redis_link::open(o, tls, why);
         if (!c) return fail(std::move(why));

@@ -17,8 +17,7 @@ public:
     static bool is_valid(std::string_view id) noexcept {
         if (id.empty() || id.size() > 128) return false;
         for (char c : id)
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-                  c == '-'))
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
                 return false;
         return true;
     }

@@ -108,8 +108,8 @@ public:
         const int rc = sqlite3_step(s);
         if (rc == SQLITE_DONE) return std::optional<team_record>{};
         if (rc != SQLITE_ROW) return unavailable("read the team", rc);
-        return std::optional<team_record>{team_record{sqlite_detail::column_text(s, 0), sqlite_detail::column_text(s, 1),
-                                                      read_limits(s, 2), sqlite3_column_int64(s, 6)}};
+        return std::optional<team_record>{
+            team_record{sqlite_detail::column_text(s, 0), sqlite_detail::column_text(s, 1), read_limits(s, 2), sqlite3_column_int64(s, 6)}};
     }
 
     // Stores a key record (its digest, never the key). Fails with invalid_request ("team_not_found")
@@ -176,8 +176,7 @@ private:
 
     result<sqlite_detail::statement> prepare(std::string_view sql) {
         sqlite3_stmt* s = nullptr;
-        if (const int rc = sqlite3_prepare_v2(state_->db.get(), sql.data(), static_cast<int>(sql.size()), &s, nullptr);
-            rc != SQLITE_OK)
+        if (const int rc = sqlite3_prepare_v2(state_->db.get(), sql.data(), static_cast<int>(sql.size()), &s, nullptr); rc != SQLITE_OK)
             return unavailable("prepare a statement", rc);
         return sqlite_detail::statement(s);
     }

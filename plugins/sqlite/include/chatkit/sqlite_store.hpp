@@ -215,9 +215,7 @@ inline std::string column_text(sqlite3_stmt* s, int column) {
 }
 
 // The db's message describes its last failure; a bind error may not have set it.
-inline std::string describe(sqlite3* db, int rc) {
-    return sqlite3_errcode(db) == (rc & 0xff) ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-}
+inline std::string describe(sqlite3* db, int rc) { return sqlite3_errcode(db) == (rc & 0xff) ? sqlite3_errmsg(db) : sqlite3_errstr(rc); }
 
 // Start-up failures throw: a service without its store must not start.
 [[noreturn]] inline void fail(const std::string& path, std::string_view what, std::string_view why) {
@@ -232,7 +230,8 @@ inline std::string describe(sqlite3* db, int rc) {
 // the time waited; sleeps run long, never short, so the timeout is never cut.
 inline int wait_for_the_lock(void* timeout_ms, int count) {
     constexpr std::int64_t poll_us = 250;
-    if (static_cast<std::int64_t>(count) * poll_us >= static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(timeout_ms)) * 1000) return 0;
+    if (static_cast<std::int64_t>(count) * poll_us >= static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(timeout_ms)) * 1000)
+        return 0;
     std::this_thread::sleep_for(std::chrono::microseconds{poll_us});
     return 1;
 }
@@ -249,15 +248,13 @@ inline db_handle open_db(const std::string& path, int flags, std::chrono::millis
 
 inline statement prepare(sqlite3* db, const std::string& path, std::string_view sql) {
     sqlite3_stmt* s = nullptr;
-    if (sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr) !=
-        SQLITE_OK)
+    if (sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr) != SQLITE_OK)
         fail(path, "cannot prepare statements for", sqlite3_errmsg(db));
     return statement(s);
 }
 
 inline void exec(sqlite3* db, const std::string& path, const std::string& sql) {
-    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK)
-        fail(path, "cannot set up", sqlite3_errmsg(db));
+    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) fail(path, "cannot set up", sqlite3_errmsg(db));
 }
 
 // The first column of a one-row query (a PRAGMA's value).
@@ -275,8 +272,8 @@ inline void migrate(sqlite3* db, const std::string& path) {
     try {
         const long version = std::stol(query_value(db, path, "PRAGMA user_version"));
         if (version > latest)
-            fail(path, "schema of", "version " + std::to_string(version) + " is newer than this chatkit's (" +
-                                        std::to_string(latest) + ")");
+            fail(path, "schema of",
+                 "version " + std::to_string(version) + " is newer than this chatkit's (" + std::to_string(latest) + ")");
         for (long v = version; v < latest; ++v) exec(db, path, std::string(migrations[v]));
         if (version < latest) exec(db, path, "PRAGMA user_version = " + std::to_string(latest));
         exec(db, path, "COMMIT");
@@ -351,7 +348,8 @@ public:
         constexpr std::string_view message_columns =
             "SELECT seq, id, conversation_id, role, content, provider, model, prompt_tokens, completion_tokens, cost_usd, "
             "latency_ms, ttft_ms, request_id, created_at FROM conversation_messages ";
-        cr.messages_after = prepare(r, path, std::string(message_columns) + "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
+        cr.messages_after = prepare(r, path,
+                                    std::string(message_columns) + "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
         cr.messages_newest = prepare(r, path, std::string(message_columns) + "WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT ?2");
         cr.feedback = prepare(r, path,
                               "SELECT id, conversation_id, message_id, feedback_type, rating, comment, created_at FROM feedback "
@@ -393,8 +391,8 @@ public:
             }
             const auto role = parse_role(column_text(st, 1));
             if (!role) return error{error_kind::internal, "stored message has an unknown role", "store_corrupt"};
-            page.messages.push_back({std::to_string(sqlite3_column_int64(st, 0)), *role, column_text(st, 2),
-                                     column_text(st, 3), sqlite3_column_int64(st, 4), column_text(st, 5)});
+            page.messages.push_back({std::to_string(sqlite3_column_int64(st, 0)), *role, column_text(st, 2), column_text(st, 3),
+                                     sqlite3_column_int64(st, 4), column_text(st, 5)});
         }
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) return unavailable("read history", describe(s.reader.get(), rc));
         std::reverse(page.messages.begin(), page.messages.end()); // oldest first
@@ -736,8 +734,7 @@ private:
         m.content = column_text(st, 4);
         m.provider = column_text(st, 5);
         m.model = column_text(st, 6);
-        if (sqlite3_column_type(st, 7) != SQLITE_NULL)
-            m.usage = token_usage{sqlite3_column_int(st, 7), sqlite3_column_int(st, 8)};
+        if (sqlite3_column_type(st, 7) != SQLITE_NULL) m.usage = token_usage{sqlite3_column_int(st, 7), sqlite3_column_int(st, 8)};
         m.cost_usd = sqlite_detail::column_optional_double(st, 9);
         m.latency_ms = sqlite_detail::column_optional_double(st, 10);
         m.time_to_first_token_ms = sqlite_detail::column_optional_double(st, 11);
@@ -752,8 +749,8 @@ private:
         sqlite_detail::db_handle writer; // used only by the caller holding `writing`
         sqlite_detail::statement begin, commit, rollback, insert;
         struct {
-            sqlite_detail::statement insert_conversation, touch, update, remove, remove_messages, remove_feedback, insert_message,
-                exists, message_exists, insert_feedback;
+            sqlite_detail::statement insert_conversation, touch, update, remove, remove_messages, remove_feedback, insert_message, exists,
+                message_exists, insert_feedback;
         } conversation_writes;
         sqlite_detail::db_handle reader;
         sqlite_detail::statement select_page, select_one;
@@ -770,8 +767,7 @@ private:
 
     static error unavailable(std::string_view action, const std::string& why) {
         // SQLite's messages name tables and constraints, never bound values, so no content leaks.
-        return error{error_kind::unavailable, "history store could not " + std::string(action) + ": " + why,
-                     "store_unavailable"};
+        return error{error_kind::unavailable, "history store could not " + std::string(action) + ": " + why, "store_unavailable"};
     }
 
     // A cursor is a row id: a positive decimal integer.

@@ -34,19 +34,22 @@ public:
             fail(path, "cannot use", "the file does not support WAL journaling");
         exec(w, path, options.durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
         migrate(w, path);
-        s.insert = prepare(w, path,
-                           "INSERT INTO usage (time, request_id, team_id, key_id, model, provider, status, prompt_tokens, "
-                           "completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, cached, streamed, "
-                           "cancelled, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)");
+        s.insert = prepare(
+            w, path,
+            "INSERT INTO usage (time, request_id, team_id, key_id, model, provider, status, prompt_tokens, "
+            "completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, cached, streamed, "
+            "cancelled, estimated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)");
         // Reads on their own connection (WAL): a report never waits for a batch's fsync.
         s.reader = open_db(path, SQLITE_OPEN_READONLY, options.busy_timeout);
         sqlite3* r = s.reader.get();
         constexpr std::string_view totals = "COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0), COALESCE(SUM(cost_usd), 0), "
                                             "COALESCE(SUM(cost_usd IS NULL AND prompt_tokens + completion_tokens > 0), 0)";
-        s.by_model = prepare(r, path, "SELECT model, " + std::string{totals} +
-                                          " FROM usage WHERE team_id = ?1 AND time >= ?2 AND time < ?3 GROUP BY model ORDER BY 4 DESC, model");
-        s.by_day = prepare(r, path, "SELECT strftime('%Y-%m-%d', time / 1000, 'unixepoch') AS day, " + std::string{totals} +
-                                        " FROM usage WHERE team_id = ?1 AND time >= ?2 AND time < ?3 GROUP BY day ORDER BY day");
+        s.by_model = prepare(r, path,
+                             "SELECT model, " + std::string{totals} +
+                                 " FROM usage WHERE team_id = ?1 AND time >= ?2 AND time < ?3 GROUP BY model ORDER BY 4 DESC, model");
+        s.by_day = prepare(r, path,
+                           "SELECT strftime('%Y-%m-%d', time / 1000, 'unixepoch') AS day, " + std::string{totals} +
+                               " FROM usage WHERE team_id = ?1 AND time >= ?2 AND time < ?3 GROUP BY day ORDER BY day");
         // The whole range for every team has no index of its own (usage_by_team leads with the team):
         // a dashboard's occasional read scans the table rather than every write paying for one more index.
         constexpr std::string_view columns = "SELECT time, request_id, team_id, key_id, model, provider, status, prompt_tokens, "
@@ -68,7 +71,8 @@ public:
         auto& s = *state_;
         const std::lock_guard lock{s.write_mutex};
         sqlite3* w = s.writer.get();
-        if (int rc = sqlite3_exec(w, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr); rc != SQLITE_OK) return unavailable(w, "write usage records to", rc);
+        if (int rc = sqlite3_exec(w, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+            return unavailable(w, "write usage records to", rc);
         sqlite3_stmt* st = s.insert.get();
         for (const auto& r : batch) {
             statement_use use{st};
@@ -188,8 +192,8 @@ private:
     }
 
     error unavailable(sqlite3* db, std::string_view action, int rc) const {
-        return {error_kind::unavailable, "cannot " + std::string{action} + " the usage table of '" + state_->path + "': " +
-                                             sqlite_detail::describe(db, rc),
+        return {error_kind::unavailable,
+                "cannot " + std::string{action} + " the usage table of '" + state_->path + "': " + sqlite_detail::describe(db, rc),
                 "store_unavailable"};
     }
 

@@ -168,38 +168,37 @@ template <class Store>
         top_keys.push_back(row);
     }
     const std::string team = q.team_id.value_or("");
-    return nlohmann::json{
-        {"period", {{"days", p.days}, {"start", p.start()}, {"end", p.end()}, {"bucket", hourly ? "hour" : "day"}}},
-        {"team_id", q.team_id ? nullable(team) : nlohmann::json(nullptr)},
-        {"team_name", team.empty() ? nlohmann::json(nullptr) : nullable(team_name(team))},
-        {"all_teams", !q.team_id},
-        {"model", q.model ? nlohmann::json(*q.model) : nlohmann::json(nullptr)},
-        {"summary",
-         {{"total_requests", total.requests},
-          {"total_tokens", total.tokens},
-          {"total_cost_usd", total.cost_usd},
-          {"avg_daily_cost_usd", total.cost_usd / p.days},
-          {"unpriced_requests", total.unpriced_requests},
-          {"errors", errors},
-          {"error_rate", ratio(errors, total.requests)},
-          {"rate_limited", rate_limited},
-          {"rate_limited_rate", ratio(rate_limited, total.requests)},
-          {"cache_hits", cache_hits},
-          {"cache_hit_ratio", ratio(cache_hits, answered)}}},
-        {"latency_ms", percentiles(std::move(latencies))},
-        {"ttft_ms", percentiles(std::move(ttfts))},
-        {"by_model", std::move(by_model)},
-        {"by_team", std::move(by_team)},
-        {"top_keys", std::move(top_keys)},
-        {"series",
-         {{"bucket", hourly ? "hour" : "day"},
-          {"time", std::move(times)},
-          {"label", std::move(labels)},
-          {"requests", series.requests},
-          {"tokens", series.tokens},
-          {"cost_usd", series.cost_usd},
-          {"by_model", std::move(model_columns)},
-          {"by_team", std::move(team_columns)}}}};
+    return nlohmann::json{{"period", {{"days", p.days}, {"start", p.start()}, {"end", p.end()}, {"bucket", hourly ? "hour" : "day"}}},
+                          {"team_id", q.team_id ? nullable(team) : nlohmann::json(nullptr)},
+                          {"team_name", team.empty() ? nlohmann::json(nullptr) : nullable(team_name(team))},
+                          {"all_teams", !q.team_id},
+                          {"model", q.model ? nlohmann::json(*q.model) : nlohmann::json(nullptr)},
+                          {"summary",
+                           {{"total_requests", total.requests},
+                            {"total_tokens", total.tokens},
+                            {"total_cost_usd", total.cost_usd},
+                            {"avg_daily_cost_usd", total.cost_usd / p.days},
+                            {"unpriced_requests", total.unpriced_requests},
+                            {"errors", errors},
+                            {"error_rate", ratio(errors, total.requests)},
+                            {"rate_limited", rate_limited},
+                            {"rate_limited_rate", ratio(rate_limited, total.requests)},
+                            {"cache_hits", cache_hits},
+                            {"cache_hit_ratio", ratio(cache_hits, answered)}}},
+                          {"latency_ms", percentiles(std::move(latencies))},
+                          {"ttft_ms", percentiles(std::move(ttfts))},
+                          {"by_model", std::move(by_model)},
+                          {"by_team", std::move(by_team)},
+                          {"top_keys", std::move(top_keys)},
+                          {"series",
+                           {{"bucket", hourly ? "hour" : "day"},
+                            {"time", std::move(times)},
+                            {"label", std::move(labels)},
+                            {"requests", series.requests},
+                            {"tokens", series.tokens},
+                            {"cost_usd", series.cost_usd},
+                            {"by_model", std::move(model_columns)},
+                            {"by_team", std::move(team_columns)}}}};
 }
 
 /// The whole route. `days` as GET /v1/usage takes it (1 to 366, 30 when absent; the page asks for
@@ -216,9 +215,9 @@ template <class Store>
     if (!sees_all) q.team_id = req.caller.team_id;
     if (auto it = req.query.find("team"); it != req.query.end()) {
         if (!sees_all && it->second != req.caller.team_id)
-            return error_response({error_kind::permission_denied, "only the admin key may read another team's usage",
-                                   "permission_denied", "team"},
-                                  req.request_id);
+            return error_response(
+                {error_kind::permission_denied, "only the admin key may read another team's usage", "permission_denied", "team"},
+                req.request_id);
         q.team_id = it->second;
     }
     if (auto it = req.query.find("model"); it != req.query.end()) {

@@ -120,9 +120,9 @@ public:
 
     /// What the recorder has done so far, for a program's metrics.
     struct stats {
-        std::size_t queued = 0;         // records waiting now
-        std::uint64_t written = 0;      // records written, ever
-        std::uint64_t dropped = 0;      // records dropped because the queue was full
+        std::size_t queued = 0;          // records waiting now
+        std::uint64_t written = 0;       // records written, ever
+        std::uint64_t dropped = 0;       // records dropped because the queue was full
         std::uint64_t failed_writes = 0; // batches whose write failed (their records stay queued)
     };
     [[nodiscard]] stats figures() const { return state_->figures(); }
@@ -148,8 +148,8 @@ private:
         std::condition_variable_any wake;
         std::condition_variable written_cv;
         std::vector<usage_record> queue;
-        std::uint64_t queued_total = 0;  // records ever queued (dropped ones not counted)
-        std::uint64_t written_total = 0; // records ever written
+        std::uint64_t queued_total = 0;   // records ever queued (dropped ones not counted)
+        std::uint64_t written_total = 0;  // records ever written
         std::uint64_t failed_batches = 0; // appends that failed, for flush() to stop waiting
         std::uint64_t dropped = 0;
         int failures_while_stopping = 0;
@@ -184,7 +184,8 @@ private:
                 wake.wait(lock, stop, [&] { return !queue.empty(); });
                 if (queue.empty()) return; // stopped, nothing left (requirement 2)
                 const std::size_t n = std::min(queue.size(), options.max_batch);
-                std::vector<usage_record> batch(std::make_move_iterator(queue.begin()), std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
+                std::vector<usage_record> batch(std::make_move_iterator(queue.begin()),
+                                                std::make_move_iterator(queue.begin() + static_cast<std::ptrdiff_t>(n)));
                 lock.unlock();
                 auto written = store->append(std::span<const usage_record>{batch});
                 lock.lock();

@@ -79,9 +79,9 @@ template <class Store>
     if (auto it = req.query.find("team"); it != req.query.end() && it->second != team) {
         // Without authentication every caller is the same anonymous one, who may read any team.
         if (req.caller.authenticated() && !req.caller.admin)
-            return error_response({error_kind::permission_denied, "only the admin key may read another team's usage",
-                                   "permission_denied", "team"},
-                                  req.request_id);
+            return error_response(
+                {error_kind::permission_denied, "only the admin key may read another team's usage", "permission_denied", "team"},
+                req.request_id);
         team = it->second;
     }
     const auto period = usage_period::last_days(*days, now_unix_ms());

@@ -57,7 +57,8 @@ inline completion cacheable_answer(const std::string& tag) {
 // A key shaped like the service's (chatkit::service scopes every key to its user): the JSON of
 // the user, the model, the sampling fields, the messages and the extensions.
 inline std::string service_shaped_key(const std::string& user, const std::string& content) {
-    return nlohmann::json::array({user, "m", nullptr, nullptr, nlohmann::json::array({{"user", content, nullptr}}), nlohmann::json::object()})
+    return nlohmann::json::array(
+               {user, "m", nullptr, nullptr, nlohmann::json::array({{"user", content, nullptr}}), nlohmann::json::object()})
         .dump();
 }
 
@@ -170,8 +171,8 @@ void check_cache_conformance(MakeCache make, cache_kit_options options = {}) {
                     if (!own) ++missing;
                     else if (own->content != "answer " + tag || own->model != "model-" + tag) ++wrong;
                     // Whoever wrote last, the shared entry is one whole answer, never a mix of two.
-                    if (const auto shared = cache_get(cache, "shared");
-                        shared && shared->content.substr(std::string("answer ").size()) != shared->model.substr(std::string("model-").size()))
+                    if (const auto shared = cache_get(cache, "shared"); shared && shared->content.substr(std::string("answer ").size()) !=
+                                                                                      shared->model.substr(std::string("model-").size()))
                         ++wrong;
                 }
             });

@@ -232,8 +232,7 @@ void check_conversation_store_conformance(MakeStore make) {
         for (int i = 0; i < 5; ++i) REQUIRE(store.append_to_conversation(make_turn(c, std::to_string(i), t0 + i)).has_value());
         const auto all = all_messages(store, {c.owner, c.id}, 3); // 10 messages in pages of 3
         REQUIRE(all.size() == 10);
-        for (std::size_t i = 0; i < all.size(); ++i)
-            CHECK(all[i].content == (i % 2 ? "answer " : "question ") + std::to_string(i / 2));
+        for (std::size_t i = 0; i < all.size(); ++i) CHECK(all[i].content == (i % 2 ? "answer " : "question ") + std::to_string(i / 2));
         auto newest = store.conversation_messages({{c.owner, c.id}, 3, {}, true});
         REQUIRE(newest.has_value());
         REQUIRE(newest->messages.size() == 3);
@@ -288,8 +287,11 @@ void check_conversation_store_conformance(MakeStore make) {
         for (const auto* c : {&doomed, &kept}) {
             const auto turn = make_turn(*c, "1", t0 + 2);
             REQUIRE(store.append_to_conversation(turn).has_value());
-            REQUIRE(store.add_feedback({c->owner, {chatkit::conversations_api::make_uuid(), c->id, turn.messages[1].id, "thumbs_up", 5, "good", t0 + 3}})
-                        .has_value());
+            REQUIRE(
+                store
+                    .add_feedback(
+                        {c->owner, {chatkit::conversations_api::make_uuid(), c->id, turn.messages[1].id, "thumbs_up", 5, "good", t0 + 3}})
+                    .has_value());
         }
         REQUIRE(store.delete_conversation({doomed.owner, doomed.id}).has_value());
         CHECK_FALSE(store.find_conversation({doomed.owner, doomed.id}).has_value());
@@ -324,7 +326,8 @@ void check_conversation_store_conformance(MakeStore make) {
         const auto other_turn = make_turn(other, "2", t0 + 1);
         REQUIRE(store.append_to_conversation(turn).has_value());
         REQUIRE(store.append_to_conversation(other_turn).has_value());
-        const chatkit::feedback first{chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_down", 2, "wrong", t0 + 5};
+        const chatkit::feedback first{
+            chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "thumbs_down", 2, "wrong", t0 + 5};
         const chatkit::feedback second{chatkit::conversations_api::make_uuid(), c.id, turn.messages[1].id, "flag", {}, {}, t0 + 6};
         REQUIRE(store.add_feedback({c.owner, first}).has_value());
         REQUIRE(store.add_feedback({c.owner, second}).has_value());
@@ -365,8 +368,7 @@ void check_conversation_store_conformance(MakeStore make) {
         for (int t = 0; t < threads; ++t)
             writers.emplace_back([&, t] {
                 for (int i = 0; i < per_thread; ++i)
-                    if (!store.append_to_conversation(make_turn(c, std::to_string(t) + "-" + std::to_string(i), t0 + i)))
-                        ++failures;
+                    if (!store.append_to_conversation(make_turn(c, std::to_string(t) + "-" + std::to_string(i), t0 + i))) ++failures;
             });
         for (auto& w : writers) w.join();
         CHECK(failures == 0);

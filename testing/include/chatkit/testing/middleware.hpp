@@ -25,10 +25,10 @@ namespace chatkit::testing {
 
 // A request, and what the middleware under test does with it.
 struct middleware_case {
-    std::string name;                 // shown when a check of this case fails
+    std::string name; // shown when a check of this case fails
     http_request request{};
-    bool answered_in_before = false;  // before() answers it (a refusal, a preflight); else it is let through
-    std::optional<bool> blocks{};     // what blocks() must say for it, for a middleware that declares blocks()
+    bool answered_in_before = false; // before() answers it (a refusal, a preflight); else it is let through
+    std::optional<bool> blocks{};    // what blocks() must say for it, for a middleware that declares blocks()
 };
 
 // A request as an adapter hands it to the service: from 127.0.0.1, with an id, and a JSON body
@@ -165,9 +165,16 @@ void check_middleware_conformance(MakeMiddleware make, middleware_kit_options op
                 CHECK(res.status == 200);
                 std::string sent;
                 response_meta meta;
-                res.stream([&sent](std::string_view chunk) { sent.append(chunk); return true; }, meta);
+                res.stream(
+                    [&sent](std::string_view chunk) {
+                        sent.append(chunk);
+                        return true;
+                    },
+                    meta);
                 if (options.keeps_body)
-                    CHECK(sent == "event: delta\ndata: {\"content\":\"a\"}\n\nevent: delta\ndata: {\"content\":\"b\"}\n\nevent: done\ndata: {}\n\n");
+                    CHECK(
+                        sent ==
+                        "event: delta\ndata: {\"content\":\"a\"}\n\nevent: delta\ndata: {\"content\":\"b\"}\n\nevent: done\ndata: {}\n\n");
                 CHECK(meta.usage == token_usage{1, 2});
             }
         }

@@ -53,9 +53,7 @@ struct provider_kit_options {
     int concurrent_rounds = 25;
     // How an asynchronous provider's tasks are run to their end (on the loop its client needs).
     // By default chatkit::sync_wait, on the calling thread.
-    std::function<result<completion>(task<result<completion>>)> run = [](task<result<completion>> t) {
-        return sync_wait(std::move(t));
-    };
+    std::function<result<completion>(task<result<completion>>)> run = [](task<result<completion>> t) { return sync_wait(std::move(t)); };
 };
 
 // What a stream delivered: its deltas, in order, and what stream() returned.
@@ -97,7 +95,7 @@ result<completion> provider_complete(P& p, const chat_request& r, const provider
 // stream() of either form; the sink (the client) takes `accept` deltas, then leaves.
 template <class P>
 stream_outcome provider_stream(P& p, const chat_request& r, const provider_kit_options& options,
-                         std::size_t accept = static_cast<std::size_t>(-1)) {
+                               std::size_t accept = static_cast<std::size_t>(-1)) {
     stream_outcome out;
     if constexpr (blocking_provider<P>) {
         const delta_sink sink = [&out, accept](std::string_view d) {

@@ -32,8 +32,7 @@ result<history_page> store_history(Store& store, const history_query& q) {
 }
 
 // An exchange whose every field carries `tag`, so a test can tell exchanges apart.
-inline chatkit::exchange make_exchange(std::string user_id, const std::string& tag,
-                                       chatkit::unix_ms created_at = 1'700'000'000'000) {
+inline chatkit::exchange make_exchange(std::string user_id, const std::string& tag, chatkit::unix_ms created_at = 1'700'000'000'000) {
     return {std::move(user_id),
             "req-" + tag,
             "model-" + tag,
@@ -43,8 +42,7 @@ inline chatkit::exchange make_exchange(std::string user_id, const std::string& t
 
 // Every message of a user, oldest first, read page by page; fails the test on an error.
 template <class Store>
-std::vector<chatkit::stored_message> read_all(Store& store, const std::string& user_id, std::size_t limit,
-                                              std::size_t* pages = nullptr) {
+std::vector<chatkit::stored_message> read_all(Store& store, const std::string& user_id, std::size_t limit, std::size_t* pages = nullptr) {
     std::vector<chatkit::stored_message> all;
     chatkit::history_query query{user_id, limit, {}};
     for (std::size_t page_count = 1;; ++page_count) {
@@ -95,14 +93,13 @@ void check_store_conformance(MakeStore make) {
         REQUIRE(page.has_value());
         std::vector<std::string> contents;
         for (const auto& m : page->messages) contents.push_back(m.content);
-        CHECK(contents == std::vector<std::string>{"question 1", "answer 1", "question 2", "answer 2", "question 3",
-                                                   "answer 3"});
+        CHECK(contents == std::vector<std::string>{"question 1", "answer 1", "question 2", "answer 2", "question 3", "answer 3"});
     }
 
     SECTION("content round-trips byte for byte, quotes and all") {
         Store store = make();
-        const std::string tricky = std::string("it's \"quoted\"; DROP TABLE messages; --\n\xF0\x9F\x98\x80 ") +
-                                   std::string(1, '\0') + "after a NUL";
+        const std::string tricky = std::string("it's \"quoted\"; DROP TABLE messages; --\n\xF0\x9F\x98\x80 ") + std::string(1, '\0') +
+                                   "after a NUL";
         chatkit::exchange e = make_exchange("o'brien", "x");
         e.messages = {{role::system, tricky}, {role::user, ""}, {role::assistant, std::string(100'000, 'z')}};
         REQUIRE(store_append(store, e).has_value());
@@ -192,8 +189,7 @@ void check_store_conformance(MakeStore make) {
         for (int t = 0; t < threads; ++t)
             writers.emplace_back([&, t] {
                 for (int i = 0; i < per_thread; ++i)
-                    if (!store_append(store, make_exchange("shared", std::to_string(t) + "-" + std::to_string(i))))
-                        ++failures;
+                    if (!store_append(store, make_exchange("shared", std::to_string(t) + "-" + std::to_string(i)))) ++failures;
             });
         // Reads during the writes must work too (Catch2 assertions are not thread-safe: count).
         std::thread reader([&] {

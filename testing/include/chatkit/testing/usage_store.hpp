@@ -46,9 +46,9 @@ inline std::vector<chatkit::usage_record> usage_history() {
         usage_record_of("t1", "key_b", "mini", dec1 + day + 6, 20, 20, 0.002),
         usage_record_of("t1", "key_b", "unpriced", dec1 + 2 * day, 7, 3, std::nullopt),
         usage_record_of("t1", "key_b", "unpriced", dec1 + 2 * day + 1, 0, 0, std::nullopt), // a failed request: no tokens, not "unpriced"
-        usage_record_of("t2", "key_c", "gpt-4o", dec1 + day, 1000, 1000, 1.0),               // another team
-        usage_record_of("t1", "key_a", "gpt-4o", dec1 + 9 * day, 1, 1, 5.0),                 // outside the range the tests ask for
-        usage_record_of("", "", "gpt-4o", dec1 + 3 * day, 4, 4, 0.25),                       // no authentication
+        usage_record_of("t2", "key_c", "gpt-4o", dec1 + day, 1000, 1000, 1.0),              // another team
+        usage_record_of("t1", "key_a", "gpt-4o", dec1 + 9 * day, 1, 1, 5.0),                // outside the range the tests ask for
+        usage_record_of("", "", "gpt-4o", dec1 + 3 * day, 4, 4, 0.25),                      // no authentication
     };
 }
 

@@ -16,9 +16,7 @@ public:
     std::string_view name() const { return "shout"; }
 
     chatkit::result<chatkit::completion> complete(const chatkit::chat_request& r) { return run(r, nullptr); }
-    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink) {
-        return run(r, &sink);
-    }
+    chatkit::result<chatkit::completion> stream(const chatkit::chat_request& r, const chatkit::delta_sink& sink) { return run(r, &sink); }
     chatkit::component_health health() { return {}; }
 
 private:

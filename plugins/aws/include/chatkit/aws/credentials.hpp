@@ -33,7 +33,7 @@ namespace chatkit::aws {
 // variables at all (an empty `getenv` answers nothing); process_environment() is the real one.
 struct environment {
     std::function<std::optional<std::string>(const std::string&)> getenv; // process: ::getenv
-    std::string home;                                                       // process: $HOME
+    std::string home;                                                     // process: $HOME
 };
 
 inline environment process_environment() {
@@ -165,10 +165,12 @@ inline error container_error(std::string message, std::string code = "aws_contai
 // ECS task roles / EKS Pod Identity: GET the endpoint, bearer in Authorization (re-read each time).
 inline result<credentials> fetch_container(const environment& env) {
     std::string url;
-    if (auto rel = var(env, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")) url = std::string("http://169.254.170.2") + (rel->starts_with('/') ? "" : "/") + *rel;
+    if (auto rel = var(env, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"))
+        url = std::string("http://169.254.170.2") + (rel->starts_with('/') ? "" : "/") + *rel;
     else url = var(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI").value_or("");
     const bool https = url.starts_with("https://");
-    if (!https && !url.starts_with("http://")) return container_error("AWS_CONTAINER_CREDENTIALS_FULL_URI must be an http:// or https:// URL", "aws_container_uri_refused");
+    if (!https && !url.starts_with("http://"))
+        return container_error("AWS_CONTAINER_CREDENTIALS_FULL_URI must be an http:// or https:// URL", "aws_container_uri_refused");
     const auto rest = std::string_view(url).substr(https ? 8 : 7);
     const auto slash = std::min(rest.find_first_of("/?#"), rest.size());
     const auto authority = rest.substr(0, slash);
@@ -179,18 +181,22 @@ inline result<credentials> fetch_container(const environment& env) {
     if (authority.starts_with('[')) {
         const auto close = authority.find(']');
         host = std::string(authority.substr(1, close == std::string_view::npos ? 0 : close - 1));
-        if (close != std::string_view::npos && close + 1 < authority.size() && authority[close + 1] == ':') port_text = authority.substr(close + 2);
+        if (close != std::string_view::npos && close + 1 < authority.size() && authority[close + 1] == ':')
+            port_text = authority.substr(close + 2);
     } else if (const auto colon = authority.find(':'); colon != std::string_view::npos) {
         host = std::string(authority.substr(0, colon));
         port_text = authority.substr(colon + 1);
     }
     int port = https ? 443 : 80;
-    if (!port_text.empty()) port = port_text.find_first_not_of("0123456789") == std::string::npos && port_text.size() <= 5 ? std::stoi(port_text) : -1;
+    if (!port_text.empty())
+        port = port_text.find_first_not_of("0123456789") == std::string::npos && port_text.size() <= 5 ? std::stoi(port_text) : -1;
     if (host.empty() || authority.find('@') != std::string_view::npos || port <= 0 || port > 65535)
         return container_error("AWS_CONTAINER_CREDENTIALS_FULL_URI is not a valid URL with a host", "aws_container_uri_refused");
     if (!https && !trusted_http_host(host))
-        return container_error("refusing plain http to host '" + host + "': AWS_CONTAINER_CREDENTIALS_FULL_URI must use https, or http to "
-                               "a loopback address (127.0.0.0/8, ::1), 169.254.170.2 or 169.254.170.23", "aws_container_uri_refused");
+        return container_error("refusing plain http to host '" + host +
+                                   "': AWS_CONTAINER_CREDENTIALS_FULL_URI must use https, or http to "
+                                   "a loopback address (127.0.0.0/8, ::1), 169.254.170.2 or 169.254.170.23",
+                               "aws_container_uri_refused");
     std::optional<std::string> token;
     if (auto file = var(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")) {
         std::ifstream in(*file, std::ios::binary);
@@ -215,7 +221,9 @@ inline result<credentials> fetch_container(const environment& env) {
     if (!res) return container_error("cannot reach " + host + " (" + httplib::to_string(res.error()) + ")");
     if (res->status != 200) return container_error(host + " answered HTTP " + std::to_string(res->status));
     const auto j = nlohmann::json::parse(res->body, nullptr, false); // the body holds secrets: never quoted
-    auto field = [&](const char* k) { return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string{}; };
+    auto field = [&](const char* k) {
+        return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string{};
+    };
     credentials c{field("AccessKeyId"), field("SecretAccessKey"), field("Token"), std::nullopt};
     if (c.empty()) return container_error(host + " answered without AccessKeyId/SecretAccessKey");
     if (const auto exp = field("Expiration"); !exp.empty() && !(c.expiration = parse_time(exp)))
@@ -234,13 +242,17 @@ inline result<resolved> resolve_chain(const environment& env) {
     const auto name = profile_name(env);
     auto p = profile(env, name, true);
     if (!p["aws_access_key_id"].empty() && !p["aws_secret_access_key"].empty())
-        return resolved{{p["aws_access_key_id"], p["aws_secret_access_key"], p["aws_session_token"], std::nullopt}, "shared credentials file (profile " + name + ")"};
+        return resolved{{p["aws_access_key_id"], p["aws_secret_access_key"], p["aws_session_token"], std::nullopt},
+                        "shared credentials file (profile " + name + ")"};
     if (var(env, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || var(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI")) {
         auto c = fetch_container(env);
         if (!c) return c.error();
         return resolved{std::move(c).value(), "container credentials"};
     }
-    return error{error_kind::unavailable, "no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE with ~/.aws/credentials, or container credentials", "aws_credentials_missing"};
+    return error{
+        error_kind::unavailable,
+        "no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE with ~/.aws/credentials, or container credentials",
+        "aws_credentials_missing"};
 }
 
 } // namespace detail

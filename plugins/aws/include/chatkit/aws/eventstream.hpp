@@ -64,8 +64,7 @@ inline constexpr std::size_t overhead = 16;       // prelude + message_crc (§3.
 
 [[nodiscard]] inline std::uint32_t crc32_of(std::string_view bytes, std::uint32_t seed = 0) noexcept {
     // Standard CRC-32 (ISO-HDLC, zlib's), not CRC-32C (§3.2).
-    return static_cast<std::uint32_t>(
-        ::crc32_z(seed, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+    return static_cast<std::uint32_t>(::crc32_z(seed, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
 }
 
 [[nodiscard]] inline std::uint64_t read_be(const char* p, std::size_t n) noexcept {
@@ -213,15 +212,12 @@ private:
         const auto expected = static_cast<std::uint32_t>(read_be(m.data() + 8, 4));
         const std::uint32_t computed = crc32_of(m.substr(0, 8));
         if (computed != expected)
-            return corrupt("Prelude checksum mismatch (expected " + hex32(expected) + ", computed " + hex32(computed) +
-                           ")");
+            return corrupt("Prelude checksum mismatch (expected " + hex32(expected) + ", computed " + hex32(computed) + ")");
         if (total < overhead) return corrupt("message length " + std::to_string(total) + " is below 16");
         if (total > max_length_)
-            return corrupt("message length " + std::to_string(total) + " exceeds the limit of " +
-                           std::to_string(max_length_));
+            return corrupt("message length " + std::to_string(total) + " exceeds the limit of " + std::to_string(max_length_));
         if (headers > total - overhead)
-            return corrupt("headers length " + std::to_string(headers) + " exceeds message length " +
-                           std::to_string(total));
+            return corrupt("headers length " + std::to_string(headers) + " exceeds message length " + std::to_string(total));
         return total;
     }
 
@@ -233,8 +229,7 @@ private:
         const auto expected = static_cast<std::uint32_t>(read_be(m.data() + total - 4, 4));
         const std::uint32_t computed = crc32_of(m.substr(0, total - 4));
         if (computed != expected)
-            return corrupt("Message checksum mismatch (expected " + hex32(expected) + ", computed " + hex32(computed) +
-                           ")");
+            return corrupt("Message checksum mismatch (expected " + hex32(expected) + ", computed " + hex32(computed) + ")");
         if (auto r = parse_headers(m.substr(prelude_length, headers), msg); !r) return r;
         msg.payload.assign(m.substr(prelude_length + headers, total - overhead - headers));
         return {};
@@ -262,8 +257,7 @@ private:
         // Not a structured binding: clang before 16 cannot capture one in the lambda below.
         const std::string& name = header.first;
         const event_header_value& value = header.second;
-        if (name.empty() || name.size() > 255)
-            throw std::invalid_argument("encode_event: header name must be 1..255 bytes");
+        if (name.empty() || name.size() > 255) throw std::invalid_argument("encode_event: header name must be 1..255 bytes");
         headers += static_cast<char>(name.size());
         headers += name;
         headers += static_cast<char>(event_header_type(value));
@@ -279,8 +273,7 @@ private:
                 } else if constexpr (std::is_same_v<T, event_uuid>) {
                     headers.append(reinterpret_cast<const char*>(v.data()), v.size());
                 } else { // std::string, std::vector<std::uint8_t>
-                    if (v.size() > 32767)
-                        throw std::invalid_argument("encode_event: header value " + name + " exceeds 32767 bytes");
+                    if (v.size() > 32767) throw std::invalid_argument("encode_event: header value " + name + " exceeds 32767 bytes");
                     write_be(headers, v.size(), 2);
                     headers.append(reinterpret_cast<const char*>(v.data()), v.size());
                 }

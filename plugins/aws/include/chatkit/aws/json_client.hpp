@@ -48,19 +48,30 @@ struct json_client_options {
 
 // Error types the SDKs retry (botocore's retry model, standard mode).
 inline bool retryable_error_type(std::string_view type) {
-    static constexpr std::array<std::string_view, 16> retryable = {
-        "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
-        "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
-        "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
-        "InternalServerError", "InternalFailure", "ServiceUnavailable"};
+    static constexpr std::array<std::string_view, 16> retryable = {"Throttling",
+                                                                   "ThrottlingException",
+                                                                   "ThrottledException",
+                                                                   "RequestThrottledException",
+                                                                   "TooManyRequestsException",
+                                                                   "ProvisionedThroughputExceededException",
+                                                                   "TransactionInProgressException",
+                                                                   "RequestLimitExceeded",
+                                                                   "BandwidthLimitExceeded",
+                                                                   "LimitExceededException",
+                                                                   "RequestThrottled",
+                                                                   "SlowDown",
+                                                                   "PriorRequestNotComplete",
+                                                                   "InternalServerError",
+                                                                   "InternalFailure",
+                                                                   "ServiceUnavailable"};
     return std::find(retryable.begin(), retryable.end(), type) != retryable.end() || type == "RequestTimeout" ||
            type == "RequestTimeoutException";
 }
 
 inline bool credentials_error_type(std::string_view type) {
     static constexpr std::array<std::string_view, 8> refused = {
-        "UnrecognizedClientException", "InvalidSignatureException", "AccessDeniedException", "ExpiredTokenException",
-        "MissingAuthenticationTokenException", "IncompleteSignatureException", "InvalidClientTokenId", "ExpiredToken"};
+        "UnrecognizedClientException",         "InvalidSignatureException",    "AccessDeniedException", "ExpiredTokenException",
+        "MissingAuthenticationTokenException", "IncompleteSignatureException", "InvalidClientTokenId",  "ExpiredToken"};
     return std::find(refused.begin(), refused.end(), type) != refused.end();
 }
 
@@ -81,8 +92,7 @@ public:
         const std::string payload = dump_json(input);
         const std::string target = s_->service.target_prefix + "." + std::string{operation};
         const auto deadline = clock::now() + s_->options.deadline;
-        auto answer = call_with_retries<nlohmann::json>(s_->options.retries, deadline,
-                                                        [&] { return attempt(target, payload, deadline); });
+        auto answer = call_with_retries<nlohmann::json>(s_->options.retries, deadline, [&] { return attempt(target, payload, deadline); });
         s_->health.record(answer);
         return answer;
     }
@@ -104,12 +114,13 @@ private:
         shared(json_service svc, json_client_options o, environment e)
             : service(std::move(svc)), options(std::move(o)), env(std::move(e)), credentials(env) {
             region = !options.region.empty() ? options.region : resolve_region(env).value_or("");
-            if (region.empty()) throw std::invalid_argument("no AWS region for " + service.name + ": set AWS_REGION (or AWS_DEFAULT_REGION)");
-            endpoint = service_endpoint::parse(
-                !options.endpoint.empty() ? options.endpoint
-                                          : endpoint_override(env, service.endpoint_env)
-                                                .value_or("https://" + service.signing_name + "." + region + ".amazonaws.com"),
-                service.name);
+            if (region.empty())
+                throw std::invalid_argument("no AWS region for " + service.name + ": set AWS_REGION (or AWS_DEFAULT_REGION)");
+            endpoint = service_endpoint::parse(!options.endpoint.empty()
+                                                   ? options.endpoint
+                                                   : endpoint_override(env, service.endpoint_env)
+                                                         .value_or("https://" + service.signing_name + "." + region + ".amazonaws.com"),
+                                               service.name);
             content_type = "application/x-amz-json-" + service.json_version;
             pool.emplace(endpoint.origin,
                          httplib_client_options{options.connect_timeout, options.read_timeout, options.max_idle_connections});
@@ -133,8 +144,12 @@ private:
             e.code = "upstream_credentials";
             return upstream_failure{std::move(e), false};
         }
-        const auto sig = sign({.method = "POST", .host = s.endpoint.host, .path = "/", .query = {},
-                               .headers = {{"content-type", s.content_type}, {"x-amz-target", target}}, .body = payload},
+        const auto sig = sign({.method = "POST",
+                               .host = s.endpoint.host,
+                               .path = "/",
+                               .query = {},
+                               .headers = {{"content-type", s.content_type}, {"x-amz-target", target}},
+                               .body = payload},
                               *creds, s.region, s.service.signing_name, std::chrono::system_clock::now());
         httplib::Request req;
         req.method = "POST";
@@ -147,7 +162,8 @@ private:
         req.set_header("Authorization", sig.authorization);
         if (!sig.security_token.empty()) req.set_header("X-Amz-Security-Token", sig.security_token);
 
-        const auto x = s.pool->send(req, deadline, [](std::string_view) { return true; }, false);
+        const auto x = s.pool->send(
+            req, deadline, [](std::string_view) { return true; }, false);
         const std::string& name = s.service.name;
         if (!x.sent) {
             if (x.past_deadline || x.error == httplib::Error::ConnectionTimeout ||
@@ -155,8 +171,8 @@ private:
                 return upstream_failure{{error_kind::timeout, name + " did not answer in time", "upstream_timeout"}, true};
             if (x.error == httplib::Error::SSLServerVerification)
                 return upstream_failure{{error_kind::unavailable, name + "'s TLS certificate verification failed", "upstream_tls"}, false};
-            return upstream_failure{{error_kind::unavailable, "cannot reach " + name + " at " + s.endpoint.origin + " (" +
-                                                                  httplib::to_string(x.error) + ")",
+            return upstream_failure{{error_kind::unavailable,
+                                     "cannot reach " + name + " at " + s.endpoint.origin + " (" + httplib::to_string(x.error) + ")",
                                      "upstream_unreachable"},
                                     true};
         }

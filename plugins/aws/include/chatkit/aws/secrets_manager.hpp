@@ -25,9 +25,7 @@
 
 namespace chatkit::aws {
 
-inline json_service secrets_manager_service() {
-    return {"Secrets Manager", "secretsmanager", "secretsmanager", "1.1", "SECRETS_MANAGER"};
-}
+inline json_service secrets_manager_service() { return {"Secrets Manager", "secretsmanager", "secretsmanager", "1.1", "SECRETS_MANAGER"}; }
 
 struct secret_options {
     std::string secret_id;  // the secret's ARN (its region is then the region) or name
@@ -150,8 +148,7 @@ private:
                 return e;
             }
             const auto text = answer->find("SecretString");
-            if (text == answer->end() || !text->is_string())
-                return unusable(what, " has no SecretString (a binary secret cannot be used)");
+            if (text == answer->end() || !text->is_string()) return unusable(what, " has no SecretString (a binary secret cannot be used)");
             std::string secret = text->get<std::string>();
             if (!options.json_field.empty()) {
                 if (const auto j = nlohmann::json::parse(secret, nullptr, false); j.is_object()) {
@@ -164,8 +161,7 @@ private:
             // `aws secretsmanager put-secret-value --secret-string file://key.txt` keeps the newline.
             const auto first = secret.find_first_not_of(" \t\r\n");
             secret = first == std::string::npos ? std::string{} : secret.substr(first, secret.find_last_not_of(" \t\r\n") - first + 1);
-            if (secret.empty())
-                return unusable(what, " is empty: put the value in with aws secretsmanager put-secret-value");
+            if (secret.empty()) return unusable(what, " is empty: put the value in with aws secretsmanager put-secret-value");
             return secret;
         }
 

@@ -83,8 +83,8 @@ using sha256_digest = std::array<std::uint8_t, 32>;
 [[nodiscard]] inline sha256_digest hmac_sha256(std::string_view key, std::string_view message) {
     sha256_digest out{};
     unsigned int len = 0;
-    if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-              reinterpret_cast<const unsigned char*>(message.data()), message.size(), out.data(), &len) ||
+    if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(message.data()),
+              message.size(), out.data(), &len) ||
         len != out.size())
         throw std::runtime_error("HMAC-SHA256 failed in OpenSSL");
     return out;
@@ -92,13 +92,11 @@ using sha256_digest = std::array<std::uint8_t, 32>;
 
 // kSigning = HMAC(HMAC(HMAC(HMAC("AWS4"+secret, date), region), service), "aws4_request") (§4.1).
 // Each step keys with the raw 32 bytes of the previous one.
-[[nodiscard]] inline sha256_digest signing_key(std::string_view secret_access_key, std::string_view date,
-                                               std::string_view region, std::string_view service) {
+[[nodiscard]] inline sha256_digest signing_key(std::string_view secret_access_key, std::string_view date, std::string_view region,
+                                               std::string_view service) {
     std::string first = "AWS4";
     first += secret_access_key;
-    auto as_key = [](const sha256_digest& d) {
-        return std::string_view(reinterpret_cast<const char*>(d.data()), d.size());
-    };
+    auto as_key = [](const sha256_digest& d) { return std::string_view(reinterpret_cast<const char*>(d.data()), d.size()); };
     sha256_digest k = hmac_sha256(first, date);
     OPENSSL_cleanse(first.data(), first.size());
     k = hmac_sha256(as_key(k), region);
@@ -114,8 +112,8 @@ using sha256_digest = std::array<std::uint8_t, 32>;
     out.reserve(s.size() + s.size() / 2);
     for (char ch : s) {
         auto c = static_cast<unsigned char>(ch);
-        bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-                          c == '_' || c == '.' || c == '~';
+        bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
+                          c == '~';
         if (unreserved || (keep_slash && c == '/')) {
             out += ch;
         } else {
@@ -167,9 +165,8 @@ using sha256_digest = std::array<std::uint8_t, 32>;
     year_month_day ymd{day};
     hh_mm_ss hms{secs - day};
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%04d%02u%02uT%02d%02d%02dZ", static_cast<int>(ymd.year()),
-                  static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
-                  static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+    std::snprintf(buf, sizeof buf, "%04d%02u%02uT%02d%02d%02dZ", static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
+                  static_cast<unsigned>(ymd.day()), static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
                   static_cast<int>(hms.seconds().count()));
     return buf;
 }
@@ -264,10 +261,22 @@ namespace sigv4_detail {
 // Headers the caller's list may not contribute: those the signer owns, and botocore's
 // SIGNED_HEADERS_BLACKLIST (§4.4).
 [[nodiscard]] inline bool never_signed_from_caller(std::string_view lname) {
-    static constexpr std::string_view names[] = {
-        "host", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "authorization",
-        "connection", "expect", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "user-agent", "x-amzn-trace-id"};
+    static constexpr std::string_view names[] = {"host",
+                                                 "x-amz-date",
+                                                 "x-amz-security-token",
+                                                 "x-amz-content-sha256",
+                                                 "authorization",
+                                                 "connection",
+                                                 "expect",
+                                                 "keep-alive",
+                                                 "proxy-authenticate",
+                                                 "proxy-authorization",
+                                                 "te",
+                                                 "trailer",
+                                                 "transfer-encoding",
+                                                 "upgrade",
+                                                 "user-agent",
+                                                 "x-amzn-trace-id"};
     return std::find(std::begin(names), std::end(names), lname) != std::end(names);
 }
 
@@ -275,9 +284,8 @@ namespace sigv4_detail {
 
 // Signs `req` (§4.1). double_encode_path is true for every service but S3, which signs the wire
 // path as is, without normalization (§4.2). Throws only if OpenSSL fails.
-[[nodiscard]] inline signature sign(const signing_request& req, const credentials& creds, std::string_view region,
-                                    std::string_view service, std::chrono::system_clock::time_point now,
-                                    bool double_encode_path = true) {
+[[nodiscard]] inline signature sign(const signing_request& req, const credentials& creds, std::string_view region, std::string_view service,
+                                    std::chrono::system_clock::time_point now, bool double_encode_path = true) {
     using namespace sigv4_detail;
     signature sig;
     sig.amz_date = amz_date(now);
@@ -336,12 +344,12 @@ namespace sigv4_detail {
     sig.string_to_sign = "AWS4-HMAC-SHA256\n" + sig.amz_date + '\n' + scope + '\n' + sha256_hex(creq);
 
     sha256_digest key = signing_key(creds.secret_access_key, date, region, service);
-    const std::string signature_hex = to_hex(hmac_sha256(
-        std::string_view(reinterpret_cast<const char*>(key.data()), key.size()), sig.string_to_sign));
+    const std::string signature_hex = to_hex(
+        hmac_sha256(std::string_view(reinterpret_cast<const char*>(key.data()), key.size()), sig.string_to_sign));
     OPENSSL_cleanse(key.data(), key.size());
 
-    sig.authorization = "AWS4-HMAC-SHA256 Credential=" + creds.access_key_id + '/' + scope +
-                        ", SignedHeaders=" + signed_headers + ", Signature=" + signature_hex;
+    sig.authorization = "AWS4-HMAC-SHA256 Credential=" + creds.access_key_id + '/' + scope + ", SignedHeaders=" + signed_headers +
+                        ", Signature=" + signature_hex;
     return sig;
 }
 
