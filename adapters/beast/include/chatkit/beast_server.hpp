@@ -442,7 +442,30 @@ private:
     awaitable<read_outcome> read_request(connection* conn, boost::beast::flat_buffer* buffer,
                                          boost::beast::http::request_parser<boost::beast::http::string_body>* parser) {
         namespace http = boost::beast::http;
-        auto [ec, header_end] = co_await boost::asio::async_read_until(conn->stream, *buffer, "\r\n\r\n", use_nothrow);
+        // Not asio::async_read_until: it takes a DynamicBuffer_v1 by value, and a Beast
+        // flat_buffer is copied, so what arrived after the first segment went into the copy; a
+        // header block in two segments was then checked past the end of what this buffer held.
+        boost::system::error_code ec;
+        std::size_t header_end = 0;
+        for (std::size_t searched = 0;;) {
+            const std::string_view seen{static_cast<const char*>(buffer->data().data()), buffer->size()};
+            if (const auto at = seen.find("\r\n\r\n", searched < 3 ? 0 : searched - 3); at != std::string_view::npos) {
+                header_end = at + 4;
+                break;
+            }
+            searched = seen.size();
+            if (buffer->size() >= buffer->max_size()) {
+                ec = boost::asio::error::not_found;
+                break;
+            }
+            const std::size_t room = std::min<std::size_t>(buffer->max_size() - buffer->size(), 65536);
+            auto [rec, n] = co_await conn->stream.async_read_some(buffer->prepare(room), use_nothrow);
+            if (rec) {
+                ec = rec;
+                break;
+            }
+            buffer->commit(n);
+        }
         if (ec) {
             read_outcome out;
             if (ec == boost::asio::error::not_found) { // the buffer's limit: the header block is too large
