@@ -2,7 +2,8 @@
 // HTTP/1.1 parsing and serialization. One loop (thread) per core, each with its own listening
 // socket on the same port (SO_REUSEPORT: the kernel spreads connections, no loop hands one to
 // another); a connection costs a coroutine frame and its buffers, never a thread. Blocking
-// plugins run on the service's worker pool.
+// plugins run on the service's worker pool. It owns its loops and threads; to serve chatkit from a
+// Beast server of your own, on your io_context, see chatkit/beast_handler.hpp (docs/embedding.md).
 //
 // Parsing is as strict as RFC 9112 asks (§6.3: Content-Length with Transfer-Encoding, conflicting
 // or malformed lengths and chunk sizes are refused; §5.2: obsolete line folding refused; no NUL
@@ -11,6 +12,7 @@
 #pragma once
 
 #include "chatkit/asio_loop.hpp"
+#include "chatkit/beast_handler.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/json_text.hpp"
 #include "chatkit/random_id.hpp"
@@ -157,7 +159,6 @@ private:
         bool idle = true; // waiting for a request: closed at once on drain
         bool closing = false;
         std::stop_source stop{};
-        bool peer_closed = false;
     };
 
     void run_loop(loop& l) {
@@ -259,7 +260,7 @@ private:
             auto& msg = parser.get();
             const bool keep_alive = msg.keep_alive() && !conn->closing && served + 1 < options_.keep_alive_max_requests;
             const bool v10 = msg.version() == 10;
-            http_request req = to_neutral(parser.release(), remote);
+            http_request req = beast_detail::to_neutral(parser.release(), remote);
             conn->stream.expires_never(); // the service's time is bounded by the request deadline
             const bool ok = co_await answer(l, conn, std::move(req), keep_alive, v10);
             if (!ok || !keep_alive) co_return;
@@ -268,160 +269,10 @@ private:
 
     // Runs the service for one request and writes its answer. False: the connection must close.
     awaitable<bool> answer(loop* l, connection* conn, http_request req, bool keep_alive, bool v10) {
-        conn->stop = std::stop_source{};
-        auto watch = std::make_shared<peer_watch>(conn);
-        watch->start();
-        boost::asio::steady_timer deadline{l->ioc, options_.request_deadline};
-        auto stop = conn->stop;
-        deadline.async_wait([stop](boost::system::error_code ec) mutable {
-            if (!ec) stop.request_stop();
-        });
-
-        sink s{this, conn, req.method == "HEAD", keep_alive, v10};
-        task_env env{conn->stop.get_token(), l, &pool_};
-        co_await run_service(std::move(req), &s, env);
-
-        deadline.cancel();
-        watch->cancel();
-        co_return s.ok && !s.must_close;
+        conn->stop = std::stop_source{}; // this request's: stop() past the drain timeout requests it
+        return beast_detail::answer(&service_, l, &pool_, &conn->stream, std::move(req), keep_alive, v10, conn->stop,
+                                    beast_detail::answer_limits{options_.write_timeout, options_.request_deadline});
     }
-
-    // Starts the service's task and resumes this coroutine when it has finished.
-    auto run_service(http_request req, response_sink* s, task_env env) {
-        return boost::asio::async_initiate<decltype(boost::asio::use_awaitable), void()>(
-            [this](auto handler, http_request r, response_sink* out, task_env e) {
-                // serve() ends on this loop's thread, so dispatch resumes the connection inline
-                auto done = [h = std::move(handler)](std::exception_ptr) mutable {
-                    auto ex = boost::asio::get_associated_executor(h);
-                    boost::asio::dispatch(ex, std::move(h));
-                };
-                start_detached(service_.serve(std::move(r), out), std::move(e), std::move(done));
-            },
-            boost::asio::use_awaitable, std::move(req), s, std::move(env));
-    }
-
-    // Watches an otherwise quiet socket while the service works: EOF means the client left, and
-    // the request is stopped. Bytes (a pipelined request) end the watch without consuming them.
-    struct peer_watch : std::enable_shared_from_this<peer_watch> {
-        explicit peer_watch(connection* c) : conn(c), stop(c->stop) {}
-        connection* conn;
-        std::stop_source stop;
-        bool cancelled = false;
-        void start() {
-            auto self = this->shared_from_this();
-            conn->stream.socket().async_wait(tcp::socket::wait_read, [self](boost::system::error_code ec) {
-                if (ec || self->cancelled) return;
-                char byte;
-                const auto n = ::recv(self->conn->stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-                    self->conn->peer_closed = true;
-                    self->stop.request_stop();
-                }
-            });
-        }
-        void cancel() {
-            cancelled = true;
-            boost::system::error_code ec;
-            conn->stream.socket().cancel(ec);
-        }
-    };
-
-    // The service's side of one request: Beast serializes the head, chunks go out as HTTP/1.1
-    // chunks (or raw until close for an HTTP/1.0 client), each write under the write timeout.
-    struct sink final : response_sink {
-        sink(beast_server* srv, connection* c, bool head_only, bool keep, bool http10)
-            : server(srv), conn(c), head_request(head_only), keep_alive(keep), v10(http10) {}
-        beast_server* server;
-        connection* conn;
-        bool head_request, keep_alive, v10;
-        bool ok = true, must_close = false, chunked = false;
-
-        // The head is written here and sent with the body in one gather write; the body is the
-        // service's own string, alive until `done`. Beast's message and serializer made the
-        // same bytes with two allocations, a copy of the body and a tenth of a relayed
-        // request's instructions (docs/performance.md).
-        void start(const http_request&, const http_response& res, bool streamed, callback done) override {
-            if (streamed && v10) must_close = true; // no chunked coding for HTTP/1.0: the body ends at close
-            if (!keep_alive) must_close = true;
-            chunked = streamed && !v10;
-            write_head(res, streamed);
-            conn->stream.expires_after(server->options_.write_timeout);
-            auto on_written = [this, done](boost::system::error_code ec, std::size_t) { complete(ec, done); };
-            const bool bodiless = res.status / 100 == 1 || res.status == 204 || res.status == 304;
-            if (streamed || head_request || bodiless) {
-                boost::asio::async_write(conn->stream, boost::asio::buffer(head), std::move(on_written));
-                return;
-            }
-            const std::array<boost::asio::const_buffer, 2> parts{boost::asio::buffer(head), boost::asio::buffer(res.body)};
-            boost::asio::async_write(conn->stream, parts, std::move(on_written));
-        }
-        void write(std::string_view chunk, callback done) override {
-            if (!ok) return done(false);
-            if (head_request || chunk.empty()) return done(true);
-            conn->stream.expires_after(server->options_.write_timeout);
-            if (chunked) {
-                boost::asio::async_write(conn->stream, boost::beast::http::make_chunk(boost::asio::buffer(chunk.data(), chunk.size())),
-                                         [this, done](boost::system::error_code ec, std::size_t) { complete(ec, done); });
-            } else {
-                boost::asio::async_write(conn->stream, boost::asio::buffer(chunk.data(), chunk.size()),
-                                         [this, done](boost::system::error_code ec, std::size_t) { complete(ec, done); });
-            }
-        }
-        void end(callback done) override {
-            if (!ok) return done(false);
-            if (!chunked || head_request) return done(true);
-            conn->stream.expires_after(server->options_.write_timeout);
-            boost::asio::async_write(conn->stream, boost::beast::http::make_chunk_last(),
-                                     [this, done](boost::system::error_code ec, std::size_t) { complete(ec, done); });
-        }
-        [[nodiscard]] bool peer_closed() const noexcept override { return conn->peer_closed; }
-
-        // The status line and header fields (RFC 9112 §4, §5). The framing fields are this
-        // adapter's: a route's own Content-Length, Transfer-Encoding or Connection is not sent,
-        // and neither is a field whose name or value could split the response (CR, LF, NUL).
-        void write_head(const http_response& res, bool streamed) {
-            head.clear();
-            head.reserve(160);
-            head += v10 ? "HTTP/1.0 " : "HTTP/1.1 ";
-            append_json_int(head, res.status);
-            head += ' ';
-            const auto reason = boost::beast::http::obsolete_reason(static_cast<boost::beast::http::status>(res.status));
-            head.append(reason.data(), reason.size());
-            head += "\r\n";
-            bool typed = false;
-            for (const auto& [name, value] : res.headers) {
-                if (boost::beast::iequals(name, "Content-Length") || boost::beast::iequals(name, "Transfer-Encoding") ||
-                    boost::beast::iequals(name, "Connection") || !safe_field(name) || !safe_field(value))
-                    continue;
-                typed = typed || boost::beast::iequals(name, "Content-Type");
-                head.append(name).append(": ").append(value).append("\r\n");
-            }
-            const bool bodiless = res.status / 100 == 1 || res.status == 204 || res.status == 304; // RFC 9110 §8.6
-            if (!typed && !bodiless) head += "Content-Type: application/json\r\n";                 // no body, nothing to type
-            if (!streamed && !bodiless) {
-                head += "Content-Length: ";
-                append_json_int(head, res.body.size());
-                head += "\r\n";
-            } else if (chunked) {
-                head += "Transfer-Encoding: chunked\r\n";
-            }
-            if (must_close) head += "Connection: close\r\n";
-            else if (v10) head += "Connection: keep-alive\r\n";
-            head += "\r\n";
-        }
-        static bool safe_field(std::string_view text) noexcept {
-            return text.find_first_of(std::string_view{"\r\n\0", 3}) == std::string_view::npos;
-        }
-        std::string head{};
-
-        void complete(boost::system::error_code ec, callback done) {
-            if (ec) {
-                ok = false;
-                conn->stop.request_stop(); // the client is gone: stop the provider too
-            }
-            done(!ec);
-        }
-    };
 
     // A request the adapter answers itself: the status and the error for its JSON envelope.
     struct refusal {
@@ -559,59 +410,6 @@ private:
             if (c == '\n' && (i == 0 || head[i - 1] != '\r')) return bad_request("bare LF in the request header");
         }
         return std::nullopt;
-    }
-
-    static http_request to_neutral(boost::beast::http::request<boost::beast::http::string_body> msg, const std::string& remote) {
-        http_request out;
-        out.method = std::string{msg.method_string()};
-        const std::string_view target = msg.target();
-        const auto q = target.find('?');
-        out.path = percent_decode(target.substr(0, q));
-        if (q != std::string_view::npos) parse_query(target.substr(q + 1), out.query);
-        for (const auto& f : msg) {
-            auto [it, inserted] = out.headers.emplace(std::string{f.name_string()}, std::string{f.value()});
-            if (!inserted) it->second.append(", ").append(f.value()); // RFC 9110 §5.3
-        }
-        out.body = std::move(msg.body());
-        out.remote_addr = remote;
-        return out;
-    }
-
-    // Beast leaves the target raw. Percent-decoding is the one piece of URL handling the service
-    // needs: Boost.URL has it but is a compiled library (libboost-url1.81-dev), and cpp-httplib's
-    // decoder would tie this header-only target to cpp-httplib's .so.
-    static std::string percent_decode(std::string_view s, bool plus_is_space = false) {
-        std::string out;
-        out.reserve(s.size());
-        auto hex = [](char c) -> int {
-            if (c >= '0' && c <= '9') return c - '0';
-            if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-            if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-            return -1;
-        };
-        for (std::size_t i = 0; i < s.size(); ++i) {
-            if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
-                out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
-                i += 2;
-            } else if (plus_is_space && s[i] == '+') {
-                out += ' ';
-            } else {
-                out += s[i];
-            }
-        }
-        return out;
-    }
-    static void parse_query(std::string_view q, std::map<std::string, std::string, std::less<>>& out) {
-        while (!q.empty()) {
-            const auto amp = q.find('&');
-            const auto pair = q.substr(0, amp);
-            const auto eq = pair.find('=');
-            if (!pair.empty())
-                out.emplace(percent_decode(pair.substr(0, eq), true),
-                            eq == std::string_view::npos ? std::string{} : percent_decode(pair.substr(eq + 1), true)); // first wins
-            if (amp == std::string_view::npos) break;
-            q.remove_prefix(amp + 1);
-        }
     }
 
     Service& service_;

@@ -21,7 +21,10 @@ namespace chatkit {
 
 class asio_loop : public scheduler {
 public:
-    asio_loop() = default;
+    asio_loop() : owned_(std::in_place, 1), ioc_(*owned_) {}
+    // A loop over an io_context its caller owns and runs, on one thread (an application's own,
+    // see chatkit::beast_handler); it must outlive this object.
+    explicit asio_loop(boost::asio::io_context& ioc) noexcept : ioc_(ioc) {}
     asio_loop(const asio_loop&) = delete;
     asio_loop& operator=(const asio_loop&) = delete;
     virtual ~asio_loop() = default;
@@ -62,7 +65,8 @@ private:
     };
 
     // Concurrency hint 1: one thread runs it, other threads only post to it.
-    boost::asio::io_context ioc_{1};
+    std::optional<boost::asio::io_context> owned_{};
+    boost::asio::io_context& ioc_;
 };
 
 } // namespace chatkit
