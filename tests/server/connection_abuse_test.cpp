@@ -39,6 +39,21 @@ constexpr auto wait_limit = 10s;
 constexpr long fd_slack = 8;
 constexpr long rss_slack_kb = 64 * 1024;
 
+// Under AddressSanitizer (the test is built as the server is, so scripts/test's sanitizer pass
+// runs a sanitized server) freed memory is held in quarantine, 256 MB by default: RSS grows with
+// every request served, so its bound is not checked there. Descriptors still are.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool rss_bounded = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool rss_bounded = false;
+#else
+constexpr bool rss_bounded = true;
+#endif
+#else
+constexpr bool rss_bounded = true;
+#endif
+
 // The Beast adapter, the echo provider (history in the temporary SQLite file server_process
 // gives it) and small limits, so that every deadline in these cases is short.
 std::map<std::string, std::string> abuse_env(const std::map<std::string, std::string>& extra = {}) {
@@ -291,11 +306,11 @@ void check_recovered(const server_process& server, const usage& before, const st
     const long rss = rss_kb(server.pid());
     INFO("descriptors: " << before.fds << " before, " << fds << " after; RSS: " << before.rss << " kB before, " << rss << " kB after");
     CHECK(fds <= before.fds + fd_slack);
-    CHECK(rss <= before.rss + rss_slack_kb);
+    if (rss_bounded) CHECK(rss <= before.rss + rss_slack_kb);
 }
 
-// Waits (up to the hang guard) until the server holds at least `n` more descriptors than
-// `before`: the connections it was sent are accepted. Returns the count seen.
+// Waits (up to the hang guard) until the server holds at least `at_least` descriptors: the
+// connections it was sent are accepted. Returns the count seen.
 long wait_for_fds(const server_process& server, long at_least) {
     long fds = open_fds(server.pid());
     for (const auto deadline = steady::now() + wait_limit; fds < at_least && steady::now() < deadline;) {
@@ -387,8 +402,8 @@ TEST_CASE("hundreds of connections stalled mid-header and mid-body are closed by
 
 TEST_CASE("clients that send requests, a streamed chat among them, and never read the answers are closed, and cost nothing after") {
     raise_fd_limit();
-    // Each streamed word waits 20 ms, so the streams are still being written when the clients
-    // stop reading... and they never start.
+    // Each streamed word waits 20 ms, so the streams are still being written while every client
+    // has gone quiet.
     server_process server{abuse_env({{"CHAT_ECHO_DELAY_MS", "20"}})};
     const auto before = baseline(server);
     constexpr int each = 100;
