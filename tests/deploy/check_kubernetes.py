@@ -155,7 +155,7 @@ def facts_of(texts):
         raise Failure("found no `std::chrono::seconds drain_timeout{N};` in beast_server.hpp: has it moved?")
     facts["drain_timeout"] = int(drain.group(1))
     facts["loops_count_cores"] = re.search(r"options_\.loops \? options_\.loops : [^;]*hardware_concurrency\(\)", texts["beast"]) is not None
-    loopback = re.search(r"static bool is_loopback\(std::string_view host\) \{\n\s*return ([^;]+);", texts["main"])
+    loopback = re.search(r"static bool is_loopback\(std::string_view host\) \{\s*return ([^;]+);", texts["main"])
     if not loopback:
         raise Failure("found no `is_loopback(std::string_view host)` in sample_server/main.cpp: has it moved?")
     facts["loopback_exact"] = set(re.findall(r'host == "([^"]+)"', loopback.group(1)))
@@ -165,7 +165,7 @@ def facts_of(texts):
         raise Failure("found no make_key_directory() in sample_server/key_directory.hpp: has it moved?")
     facts["key_databases"] = set(re.findall(r'database_url\.starts_with\("([a-z]+:)"\)', body.group(0)))
     if "is_postgres_url(c.database_url)" in body.group(0):
-        postgres = re.search(r"inline bool is_postgres_url\(std::string_view url\) \{\n\s*return ([^;]+);", texts["config"])
+        postgres = re.search(r"inline bool is_postgres_url\(std::string_view url\) \{\s*return ([^;]+);", texts["config"])
         if not postgres:
             raise Failure("found no is_postgres_url() in sample_server/config.hpp: has it moved?")
         facts["key_databases"] |= set(re.findall(r'starts_with\("([a-z]+:)//"\)', postgres.group(1)))
