@@ -5,6 +5,7 @@
 #pragma once
 
 #include "chatkit/chat.hpp"
+#include "chatkit/chat_body.hpp"
 #include "chatkit/conversation_store.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/json_text.hpp"

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "chatkit/chat.hpp"
+#include "chatkit/chat_body.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/json_text.hpp"

@@ -23,6 +23,7 @@
 #include "chatkit/anthropic_api.hpp"
 #include "chatkit/cache.hpp"
 #include "chatkit/chat.hpp"
+#include "chatkit/chat_body.hpp"
 #include "chatkit/clock.hpp"
 #include "chatkit/conversation_store.hpp"
 #include "chatkit/conversations_api.hpp"

@@ -1,5 +1,6 @@
 // What a client may send to POST /chat, and the error it gets for what it may not.
 #include <chatkit/chat.hpp>
+#include <chatkit/chat_body.hpp>
 
 #include <catch2/catch.hpp>
 

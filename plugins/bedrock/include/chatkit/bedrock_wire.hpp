@@ -9,12 +9,14 @@
 #include "chatkit/aws/eventstream.hpp"
 #include "chatkit/aws/sigv4.hpp"
 #include "chatkit/chat.hpp"
+#include "chatkit/chat_body.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/http.hpp"
 #include "chatkit/json_text.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/retry.hpp"
+#include "chatkit/upstream_health.hpp"
 
 #include <nlohmann/json.hpp>
 #include <strings.h>

@@ -6,12 +6,14 @@
 #pragma once
 
 #include "chatkit/chat.hpp"
+#include "chatkit/chat_body.hpp"
 #include "chatkit/error.hpp"
 #include "chatkit/health.hpp"
 #include "chatkit/json_text.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/retry.hpp"
 #include "chatkit/sse.hpp"
+#include "chatkit/upstream_health.hpp"
 
 #include <nlohmann/json.hpp>
 

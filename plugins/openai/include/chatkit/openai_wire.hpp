@@ -11,6 +11,7 @@
 #include "chatkit/json_text.hpp"
 #include "chatkit/provider.hpp"
 #include "chatkit/retry.hpp"
+#include "chatkit/upstream_health.hpp"
 #include "chatkit/sse.hpp"
 
 #include <nlohmann/json.hpp>

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "chatkit/chat.hpp"
+#include "chatkit/chat_body.hpp"
 #include "chatkit/conversation_store.hpp"
 #include "chatkit/conversations_api.hpp"
 #include "chatkit/error.hpp"

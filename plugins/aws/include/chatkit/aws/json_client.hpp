@@ -12,6 +12,7 @@
 #include "chatkit/http.hpp"
 #include "chatkit/httplib_client_pool.hpp"
 #include "chatkit/retry.hpp"
+#include "chatkit/upstream_health.hpp"
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
