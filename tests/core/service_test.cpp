@@ -2,6 +2,8 @@
 // concept (no network, no files): routing, validation, cache, store, middleware and streaming.
 #include <chatkit/chatkit.hpp>
 
+#include "../support/sse_text.hpp"
+
 #include <catch2/catch.hpp>
 
 #include "map_cache.hpp"
@@ -11,6 +13,9 @@
 #include <stdexcept>
 
 using nlohmann::json;
+
+using test_support::sse_events;
+using test_support::sse_json;
 
 namespace {
 
@@ -117,23 +122,6 @@ std::string drain(chatkit::http_response& res, std::size_t accept_chunks = SIZE_
         },
         res.meta);
     return out;
-}
-
-// Parses "event: X\ndata: Y\n\n" blocks.
-std::vector<std::pair<std::string, json>> events_of(const std::string& sse) {
-    std::vector<std::pair<std::string, json>> events;
-    std::size_t pos = 0;
-    while (pos < sse.size()) {
-        const auto end = sse.find("\n\n", pos);
-        REQUIRE(end != std::string::npos);
-        const auto block = sse.substr(pos, end - pos);
-        const auto nl = block.find('\n');
-        REQUIRE(block.starts_with("event: "));
-        REQUIRE(block.substr(nl + 1).starts_with("data: "));
-        events.emplace_back(block.substr(7, nl - 7), json::parse(block.substr(nl + 7)));
-        pos = end + 2;
-    }
-    return events;
 }
 
 using test_service = chatkit::service<scripted_provider, memory_store, map_cache>;
@@ -419,24 +407,25 @@ TEST_CASE("a streamed chat sends one event per delta, then the answer's metadata
     auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"user_id", "dana"}}));
     CHECK(res.status == 200);
     CHECK(res.headers.at("Content-Type") == "text/event-stream");
-    const auto events = events_of(drain(res));
+    const auto events = sse_events(drain(res));
     REQUIRE(events.size() == 4);
-    CHECK(events[0] == std::pair<std::string, json>{"delta", {{"content", "Hello"}}});
-    CHECK(events[1].second["content"] == ", ");
-    CHECK(events[2].second["content"] == "world");
-    CHECK(events[3].first == "done");
-    CHECK(events[3].second["content"] == "Hello, world");
-    CHECK(events[3].second["usage"]["total_tokens"] == 6);
-    CHECK(events[3].second["request_id"].is_string());
+    CHECK(events[0].name == "delta");
+    CHECK(events[0].json() == json{{"content", "Hello"}});
+    CHECK(events[1].json()["content"] == ", ");
+    CHECK(events[2].json()["content"] == "world");
+    CHECK(events[3].name == "done");
+    CHECK(events[3].json()["content"] == "Hello, world");
+    CHECK(events[3].json()["usage"]["total_tokens"] == 6);
+    CHECK(events[3].json()["request_id"].is_string());
     CHECK(res.meta.usage.completion_tokens == 3);
     CHECK(store.s->exchanges.size() == 1);
 
     // The same request again comes from the cache, still as a stream.
     auto cached = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"user_id", "dana"}}));
-    const auto again = events_of(drain(cached));
+    const auto again = sse_events(drain(cached));
     REQUIRE(again.size() == 2);
-    CHECK(again[0].second["content"] == "Hello, world");
-    CHECK(again[1].second["cached"] == true);
+    CHECK(again[0].json()["content"] == "Hello, world");
+    CHECK(again[1].json()["cached"] == true);
 }
 
 TEST_CASE("a stream that fails mid-way ends with an error event, not a silent truncation") {
@@ -445,12 +434,12 @@ TEST_CASE("a stream that fails mid-way ends with an error event, not a silent tr
     memory_store store;
     test_service svc{provider, store, map_cache{}};
     auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}}));
-    const auto events = events_of(drain(res));
+    const auto events = sse_events(drain(res));
     REQUIRE(events.size() == 2);
-    CHECK(events[0].first == "delta");
-    CHECK(events[1].first == "error");
-    CHECK(events[1].second["error"]["type"] == "upstream_error");
-    CHECK(events[1].second["request_id"].is_string());
+    CHECK(events[0].name == "delta");
+    CHECK(events[1].name == "error");
+    CHECK(events[1].json()["error"]["type"] == "upstream_error");
+    CHECK(events[1].json()["request_id"].is_string());
     CHECK(store.s->exchanges.empty());
 }
 
@@ -490,10 +479,10 @@ struct throwing_stream_provider : scripted_provider {
 TEST_CASE("an exception thrown while streaming ends the stream with an error event, not the process") {
     chatkit::service<throwing_stream_provider, memory_store, map_cache> svc;
     auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}}));
-    const auto events = events_of(drain(res));
+    const auto events = sse_events(drain(res));
     REQUIRE(events.size() == 2);
-    CHECK(events[1].first == "error");
-    CHECK(events[1].second["error"]["message"] == "internal error");
+    CHECK(events[1].name == "error");
+    CHECK(events[1].json()["error"]["message"] == "internal error");
 }
 
 TEST_CASE("an answer whose exchange could not be stored is not cached") {
@@ -528,19 +517,6 @@ chatkit::http_request post_openai(const json& body, std::string path = "/v1/chat
     auto req = post_chat(body);
     req.path = std::move(path);
     return req;
-}
-
-// The JSON of each `data:` line of an OpenAI stream, [DONE] left out.
-std::vector<json> openai_chunks(const std::string& sse) {
-    std::vector<json> out;
-    std::size_t pos = 0;
-    while ((pos = sse.find("data: ", pos)) != std::string::npos) {
-        const auto end = sse.find("\n\n", pos);
-        const auto data = sse.substr(pos + 6, end - pos - 6);
-        if (data != "[DONE]") out.push_back(json::parse(data));
-        pos = end;
-    }
-    return out;
 }
 
 // Records what admit and finish see; refuses when told to.
@@ -614,7 +590,7 @@ TEST_CASE("a stream carries gateway_metadata in its last chunk, after the usage,
     SECTION("with stream_options.include_usage: on the usage chunk") {
         auto res = svc.handle(
             post_openai({{"messages", messages}, {"stream", true}, {"cache", false}, {"stream_options", {{"include_usage", true}}}}));
-        const auto chunks = openai_chunks(drain(res));
+        const auto chunks = sse_json(drain(res));
         REQUIRE(chunks.size() >= 2);
         CHECK(chunks.back()["usage"]["total_tokens"] == 6);
         CHECK(chunks.back()["gateway_metadata"]["cost_usd"] == 9.0);
@@ -622,7 +598,7 @@ TEST_CASE("a stream carries gateway_metadata in its last chunk, after the usage,
     }
     SECTION("without: on the chunk with the finish reason") {
         auto res = svc.handle(post_openai({{"messages", messages}, {"stream", true}, {"cache", false}}));
-        const auto chunks = openai_chunks(drain(res));
+        const auto chunks = sse_json(drain(res));
         REQUIRE_FALSE(chunks.empty());
         CHECK(chunks.back()["choices"][0]["finish_reason"] == "stop");
         CHECK(chunks.back()["gateway_metadata"]["cost_usd"] == 9.0);
@@ -630,9 +606,9 @@ TEST_CASE("a stream carries gateway_metadata in its last chunk, after the usage,
     }
     SECTION("chatkit's own stream: the done event's cost") {
         auto res = svc.handle(post_chat({{"content", "hi"}, {"stream", true}, {"cache", false}}));
-        const auto events = events_of(drain(res));
-        CHECK(events.back().first == "done");
-        CHECK(events.back().second["cost_usd"] == 9.0);
+        const auto events = sse_events(drain(res));
+        CHECK(events.back().name == "done");
+        CHECK(events.back().json()["cost_usd"] == 9.0);
     }
 }
 

@@ -4,6 +4,7 @@
 // Runs once with each HTTP server (CHAT_SERVER=beast: the async provider; httplib: the blocking one).
 #include "../support/fake_anthropic.hpp"
 #include "../support/server_process.hpp"
+#include "../support/sse_text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -12,6 +13,7 @@ using test_support::anthropic_error_reply;
 using test_support::fake_anthropic;
 using test_support::fake_anthropic_reply;
 using test_support::server_process;
+using test_support::sse_data;
 
 namespace {
 
@@ -28,18 +30,6 @@ std::map<std::string, std::string> relay_env(const fake_anthropic& fake, std::ma
 
 httplib::Result post_json(httplib::Client& c, const char* path, const json& body, httplib::Headers headers = {}) {
     return c.Post(path, headers, body.dump(), "application/json");
-}
-
-std::vector<std::string> data_lines(const std::string& sse) {
-    std::vector<std::string> out;
-    for (std::size_t pos = 0; pos < sse.size();) {
-        auto end = sse.find("\n\n", pos);
-        if (end == std::string::npos) break;
-        auto block = sse.substr(pos, end - pos);
-        if (auto d = block.find("data: "); d != std::string::npos) out.push_back(block.substr(d + 6));
-        pos = end + 2;
-    }
-    return out;
 }
 
 } // namespace
@@ -91,7 +81,7 @@ TEST_CASE("CHAT_PROVIDER=anthropic streams /v1/chat/completions with usage inclu
     auto streamed = post_json(c, "/v1/chat/completions", ask);
     REQUIRE(streamed);
     REQUIRE(streamed->status == 200);
-    const auto lines = data_lines(streamed->body);
+    const auto lines = sse_data(streamed->body);
     REQUIRE(lines.size() >= 4);
     CHECK(lines.back() == "[DONE]");
     std::string text, finish;
@@ -228,7 +218,7 @@ TEST_CASE("a tool call round-trips through Anthropic from every surface: Chat Co
     REQUIRE(events->status == 200);
     std::string input;
     std::string tool_id;
-    for (const auto& line : data_lines(events->body)) {
+    for (const auto& line : sse_data(events->body)) {
         const auto e = json::parse(line);
         if (e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use") tool_id = e["content_block"]["id"];
         if (e["type"] == "content_block_delta" && e["delta"]["type"] == "input_json_delta")

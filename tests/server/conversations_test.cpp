@@ -7,6 +7,7 @@
 #include "../support/server_process.hpp"
 #ifdef CONVERSATIONS_ON_DYNAMODB
 #include "../support/aws_emulators.hpp"
+#include "../support/sse_text.hpp"
 
 #include <chatkit/dynamodb_store.hpp>
 #endif
@@ -27,6 +28,7 @@ using test_support::cli;
 using test_support::fake_openai;
 using test_support::last_json;
 using test_support::server_process;
+using test_support::sse_json;
 using test_support::temp_dir;
 
 namespace {
@@ -67,18 +69,6 @@ void expect_error(const httplib::Result& r, int status, const std::string& code,
     const auto body = json::parse(r->body);
     CHECK(body["error"]["code"] == code);
     if (!param.empty()) CHECK(body["error"]["param"] == param);
-}
-
-std::vector<json> data_events(const std::string& sse) {
-    std::vector<json> out;
-    for (std::size_t pos = 0; pos < sse.size();) {
-        const auto end = sse.find("\n\n", pos);
-        if (end == std::string::npos) break;
-        const auto block = sse.substr(pos, end - pos);
-        if (block.starts_with("data: ")) out.push_back(json::parse(block.substr(6)));
-        pos = end + 2;
-    }
-    return out;
 }
 
 std::string conversation_path(const std::string& id, const std::string& rest = {}) { return "/api/v1/conversations/" + id + rest; }
@@ -332,7 +322,7 @@ TEST_CASE("conversations: a turn is sent with the system prompt and the newest e
     REQUIRE(streamed);
     REQUIRE(streamed->status == 200);
     CHECK(streamed->get_header_value("Content-Type") == "text/event-stream");
-    const auto events = data_events(streamed->body);
+    const auto events = sse_json(streamed->body);
     REQUIRE(events.size() >= 2);
     std::string text;
     for (std::size_t i = 0; i + 1 < events.size(); ++i) {
@@ -362,7 +352,7 @@ TEST_CASE("conversations: streamed turns with the echo provider, by GET and by P
     auto by_get = c.Get(conversation_path(id, "/stream?message=one%20two%20three&max_tokens=50"));
     REQUIRE(by_get);
     REQUIRE(by_get->status == 200);
-    auto events = data_events(by_get->body);
+    auto events = sse_json(by_get->body);
     REQUIRE(events.size() == 4);
     CHECK(events[0] == json{{"content", "one"}, {"done", false}});
     CHECK(events[1] == json{{"content", " two"}, {"done", false}});
@@ -373,7 +363,7 @@ TEST_CASE("conversations: streamed turns with the echo provider, by GET and by P
     auto by_post = post(c, conversation_path(id, "/stream"), {{"message", "four five"}});
     REQUIRE(by_post);
     REQUIRE(by_post->status == 200);
-    const auto post_events = data_events(by_post->body);
+    const auto post_events = sse_json(by_post->body);
     REQUIRE(post_events.size() == 3);
 
     auto got = body_of(c.Get(conversation_path(id)));

@@ -12,6 +12,7 @@
 //   the provider's path.
 #include "../support/fault_upstream.hpp"
 #include "../support/server_process.hpp"
+#include "../support/sse_text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -22,6 +23,7 @@ using nlohmann::json;
 using test_support::fault;
 using test_support::fault_upstream;
 using test_support::server_process;
+using test_support::sse_events;
 using test_support::wire;
 
 namespace {
@@ -84,28 +86,6 @@ void check_requests(const fault_upstream& up) {
         case wire::bedrock: CHECK((req.target == "/model/fault-1/converse" || req.target == "/model/fault-1/converse-stream")); break;
         }
     }
-}
-
-struct sse_event {
-    std::string name;
-    json data;
-};
-
-std::vector<sse_event> events_of(const std::string& body) {
-    std::vector<sse_event> out;
-    for (std::size_t pos = 0; pos < body.size();) {
-        auto end = body.find("\n\n", pos);
-        if (end == std::string::npos) end = body.size();
-        std::istringstream block{body.substr(pos, end - pos)};
-        sse_event e;
-        for (std::string line; std::getline(block, line);) {
-            if (line.starts_with("event: ")) e.name = line.substr(7);
-            else if (line.starts_with("data: ")) e.data = json::parse(line.substr(6), nullptr, false);
-        }
-        if (!e.name.empty() || !e.data.is_null()) out.push_back(std::move(e));
-        pos = end + 2;
-    }
-    return out;
 }
 
 httplib::Result chat(httplib::Client& c, const std::string& user, const std::string& content, bool stream) {
@@ -186,12 +166,12 @@ void run_cell(wire w, fault f, const std::string& user, bool stream, const expec
     } else {
         CHECK(r->status == 200); // sent before the provider was called
         CHECK(r->get_header_value("Content-Type").starts_with("text/event-stream"));
-        const auto events = events_of(r->body);
+        const auto events = sse_events(r->body);
         REQUIRE_FALSE(events.empty());
         for (const auto& e : events) CHECK(e.name != "done");
         for (std::size_t i = 0; i + 1 < events.size(); ++i) CHECK(events[i].name == "delta"); // what came before the failure
         CHECK(events.back().name == "error");
-        check_envelope(events.back().data, want);
+        check_envelope(events.back().json(), want);
     }
     // Nothing of the exchange is stored: no question without its answer, no partial answer.
     CHECK(stored_messages(c, user) == 0);
@@ -207,10 +187,10 @@ void run_cell(wire w, fault f, const std::string& user, bool stream, const expec
     CHECK(json::parse(good->body, nullptr, false).value("content", "") == "echo: all is well");
     auto good_stream = chat(c, user + "-after", "still well", true);
     REQUIRE(good_stream);
-    const auto events = events_of(good_stream->body);
+    const auto events = sse_events(good_stream->body);
     REQUIRE_FALSE(events.empty());
     CHECK(events.back().name == "done");
-    CHECK(events.back().data.value("content", "") == "echo: still well");
+    CHECK(events.back().json().value("content", "") == "echo: still well");
     CHECK(stored_messages(c, user + "-after") == 4); // the history check above can see messages
 
     check_requests(up);
@@ -235,10 +215,10 @@ void run_retried(wire w, fault f, const std::string& name) {
         CHECK(r->status == 200);
         CHECK(up.requests().size() == before + 2);
         if (stream) {
-            const auto events = events_of(r->body);
+            const auto events = sse_events(r->body);
             REQUIRE_FALSE(events.empty());
             CHECK(events.back().name == "done");
-            CHECK(events.back().data.value("content", "") == "echo: second time lucky");
+            CHECK(events.back().json().value("content", "") == "echo: second time lucky");
             for (const auto& e : events) CHECK(e.name != "error");
         } else {
             CHECK(json::parse(r->body, nullptr, false).value("content", "") == "echo: second time lucky");

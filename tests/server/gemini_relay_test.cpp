@@ -3,6 +3,7 @@
 // Runs once with each HTTP server (CHAT_SERVER=beast: the async provider; httplib: the blocking one).
 #include "../support/fake_gemini.hpp"
 #include "../support/server_process.hpp"
+#include "../support/sse_text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -11,6 +12,7 @@ using test_support::fake_gemini;
 using test_support::fake_gemini_reply;
 using test_support::gemini_error_reply;
 using test_support::server_process;
+using test_support::sse_data;
 
 namespace {
 
@@ -27,18 +29,6 @@ std::map<std::string, std::string> relay_env(const fake_gemini& fake, std::map<s
 
 httplib::Result post_json(httplib::Client& c, const char* path, const json& body, httplib::Headers headers = {}) {
     return c.Post(path, headers, body.dump(), "application/json");
-}
-
-std::vector<std::string> data_lines(const std::string& sse) {
-    std::vector<std::string> out;
-    for (std::size_t pos = 0; pos < sse.size();) {
-        auto end = sse.find("\n\n", pos);
-        if (end == std::string::npos) break;
-        auto block = sse.substr(pos, end - pos);
-        if (auto d = block.find("data: "); d != std::string::npos) out.push_back(block.substr(d + 6));
-        pos = end + 2;
-    }
-    return out;
 }
 
 } // namespace
@@ -111,7 +101,7 @@ TEST_CASE("CHAT_PROVIDER=gemini streams /v1/chat/completions with usage includin
     auto streamed = post_json(c, "/v1/chat/completions", ask);
     REQUIRE(streamed);
     REQUIRE(streamed->status == 200);
-    const auto lines = data_lines(streamed->body);
+    const auto lines = sse_data(streamed->body);
     REQUIRE(lines.size() >= 4);
     CHECK(lines.back() == "[DONE]");
     std::string text, finish;

@@ -1,6 +1,7 @@
 // sample_server over real HTTP on 127.0.0.1: the HTTP contract a client depends on, end to end
 // through cpp-httplib, the plugins and a real SQLite file.
 #include "../support/server_process.hpp"
+#include "../support/sse_text.hpp"
 
 #include <chatkit/version.hpp>
 
@@ -13,6 +14,7 @@
 
 using nlohmann::json;
 using test_support::server_process;
+using test_support::sse_events;
 
 namespace {
 
@@ -34,21 +36,6 @@ void check_error(const httplib::Result& r, int status, std::string_view type) {
     CHECK(body["error"]["type"] == type);
     CHECK(body["error"]["message"].is_string());
     CHECK(body["request_id"].is_string());
-}
-
-// Parses "event: X\ndata: Y\n\n" blocks into (event, data) pairs.
-std::vector<std::pair<std::string, json>> sse_events(const std::string& text) {
-    std::vector<std::pair<std::string, json>> events;
-    std::size_t pos = 0;
-    while (pos < text.size()) {
-        const auto end = text.find("\n\n", pos);
-        REQUIRE(end != std::string::npos);
-        const auto block = text.substr(pos, end - pos);
-        const auto nl = block.find('\n');
-        events.emplace_back(block.substr(7, nl - 7), json::parse(block.substr(nl + 7)));
-        pos = end + 2;
-    }
-    return events;
 }
 
 // A raw TCP connection, for clients that misbehave below HTTP.
@@ -123,13 +110,14 @@ TEST_CASE("POST /chat with stream:true answers Server-Sent Events, one per word,
     CHECK(r->get_header_value("Content-Type") == "text/event-stream");
     const auto events = sse_events(r->body);
     REQUIRE(events.size() == 4);
-    CHECK(events[0] == std::pair<std::string, json>{"delta", {{"content", "one"}}});
-    CHECK(events[1].second["content"] == " two");
-    CHECK(events[2].second["content"] == " three");
-    CHECK(events[3].first == "done");
-    CHECK(events[3].second["content"] == "one two three");
-    CHECK(events[3].second["usage"]["completion_tokens"] == 3);
-    CHECK(events[3].second["request_id"] == r->get_header_value("X-Request-ID"));
+    CHECK(events[0].name == "delta");
+    CHECK(events[0].json() == json{{"content", "one"}});
+    CHECK(events[1].json()["content"] == " two");
+    CHECK(events[2].json()["content"] == " three");
+    CHECK(events[3].name == "done");
+    CHECK(events[3].json()["content"] == "one two three");
+    CHECK(events[3].json()["usage"]["completion_tokens"] == 3);
+    CHECK(events[3].json()["request_id"] == r->get_header_value("X-Request-ID"));
 }
 
 TEST_CASE("an identical request is answered from the cache, cache:false opts out") {
@@ -352,8 +340,8 @@ TEST_CASE("SIGTERM lets a stream in flight finish, then the server exits 0") {
     CHECK(exit_code == 0);
     const auto events = sse_events(received);
     REQUIRE(!events.empty());
-    CHECK(events.back().first == "done");
-    CHECK(events.back().second["content"] == "a b c d e f");
+    CHECK(events.back().name == "done");
+    CHECK(events.back().json()["content"] == "a b c d e f");
 }
 
 TEST_CASE("after SIGTERM the server drains for CHAT_DRAIN_DELAY: /ready answers 503 while chats are still served, then it exits 0") {

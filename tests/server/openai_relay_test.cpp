@@ -2,6 +2,7 @@
 // /chat and /v1/chat/completions, streamed and not, with the upstream's faults surfacing cleanly.
 #include "../support/fake_openai.hpp"
 #include "../support/server_process.hpp"
+#include "../support/sse_text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -9,6 +10,7 @@ using nlohmann::json;
 using test_support::fake_openai;
 using test_support::fake_reply;
 using test_support::server_process;
+using test_support::sse_data;
 using test_support::status_reply;
 
 namespace {
@@ -24,18 +26,6 @@ std::map<std::string, std::string> relay_env(const fake_openai& fake, std::map<s
 
 httplib::Result post_json(httplib::Client& c, const char* path, const json& body, httplib::Headers headers = {}) {
     return c.Post(path, headers, body.dump(), "application/json");
-}
-
-std::vector<std::string> data_lines(const std::string& sse) {
-    std::vector<std::string> out;
-    for (std::size_t pos = 0; pos < sse.size();) {
-        auto end = sse.find("\n\n", pos);
-        if (end == std::string::npos) break;
-        auto block = sse.substr(pos, end - pos);
-        if (auto d = block.find("data: "); d != std::string::npos) out.push_back(block.substr(d + 6));
-        pos = end + 2;
-    }
-    return out;
 }
 
 } // namespace
@@ -80,7 +70,7 @@ TEST_CASE("/v1/chat/completions relays, non-streamed and streamed with usage, an
     streaming["seed"] = 12; // not a cache hit
     auto streamed = post_json(c, "/v1/chat/completions", streaming);
     REQUIRE(streamed->status == 200);
-    const auto lines = data_lines(streamed->body);
+    const auto lines = sse_data(streamed->body);
     REQUIRE(lines.size() >= 4);
     CHECK(lines.back() == "[DONE]");
     std::string text;
@@ -102,7 +92,7 @@ TEST_CASE("/chat streams token by token through the upstream") {
     auto c = server.client();
     auto r = post_json(c, "/chat", {{"content", "x y z"}, {"stream", true}});
     REQUIRE(r->status == 200);
-    const auto lines = data_lines(r->body);
+    const auto lines = sse_data(r->body);
     REQUIRE(lines.size() == 5); // 4 deltas and done
     CHECK(json::parse(lines[0])["content"] == "echo:");
     CHECK(json::parse(lines[4])["content"] == "echo: x y z");
@@ -143,7 +133,7 @@ TEST_CASE("upstream faults reach the client as clean errors") {
     fake.script({broken});
     auto cut = post_json(c, "/chat", {{"content", "p q r s"}, {"stream", true}});
     REQUIRE(cut->status == 200);
-    const auto lines = data_lines(cut->body);
+    const auto lines = sse_data(cut->body);
     REQUIRE_FALSE(lines.empty());
     CHECK(cut->body.find("event: error") != std::string::npos);
     CHECK(cut->body.find("event: done") == std::string::npos);

@@ -7,6 +7,7 @@
 #include "../support/fake_anthropic.hpp"
 #include "../support/fake_openai.hpp"
 #include "../support/server_process.hpp"
+#include "../support/sse_text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -18,6 +19,7 @@ using test_support::fake_anthropic;
 using test_support::fake_openai;
 using test_support::fake_reply;
 using test_support::server_process;
+using test_support::sse_data;
 using test_support::status_reply;
 using test_support::temp_dir;
 
@@ -70,23 +72,10 @@ json ask(const std::string& model, bool stream = false) {
     return j;
 }
 
-// The `data:` payloads of an OpenAI stream.
-std::vector<std::string> data_lines(const std::string& sse) {
-    std::vector<std::string> out;
-    for (std::size_t pos = 0; pos < sse.size();) {
-        auto end = sse.find("\n\n", pos);
-        if (end == std::string::npos) break;
-        auto block = sse.substr(pos, end - pos);
-        if (auto d = block.find("data: "); d != std::string::npos) out.push_back(block.substr(d + 6));
-        pos = end + 2;
-    }
-    return out;
-}
-
 // The provider a stream's closing chunk names (its gateway_metadata), and its text.
 std::pair<std::string, std::string> stream_outcome(const std::string& sse) {
     std::string provider, text;
-    for (const auto& d : data_lines(sse)) {
+    for (const auto& d : sse_data(sse)) {
         if (d == "[DONE]") continue;
         const auto j = json::parse(d);
         if (j.contains("gateway_metadata")) provider = j["gateway_metadata"]["provider"];
