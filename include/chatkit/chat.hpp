@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -84,7 +86,13 @@ struct token_usage {
     int completion_tokens = 0;
     int cached_tokens = 0;    // of prompt_tokens: read from the provider's prompt cache
     int reasoning_tokens = 0; // of completion_tokens: spent thinking, not shown
-    [[nodiscard]] int total_tokens() const noexcept { return prompt_tokens + completion_tokens; }
+    // Saturates: providers clamp each count an upstream reports to an int, so two of them may
+    // not fit one.
+    [[nodiscard]] int total_tokens() const noexcept {
+        const std::int64_t sum = std::int64_t{prompt_tokens} + completion_tokens;
+        constexpr std::int64_t most = std::numeric_limits<int>::max(), least = std::numeric_limits<int>::min();
+        return static_cast<int>(sum > most ? most : sum < least ? least : sum);
+    }
     friend bool operator==(const token_usage&, const token_usage&) = default;
 };
 

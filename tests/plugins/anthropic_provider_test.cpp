@@ -14,6 +14,8 @@
 #include "../support/collected_deltas.hpp"
 #include "../support/on_asio_loop.hpp"
 
+#include <limits>
+
 using nlohmann::json;
 using test_support::anthropic_error_reply;
 using test_support::fake_anthropic;
@@ -565,4 +567,29 @@ TEST_CASE("fields of an unexpected type in a stream, an answer or an error are n
     CHECK(f.e.code == "upstream_500");
     CHECK(f.e.message == "upstream error (HTTP 500): upstream answered HTTP 500");
     CHECK(f.retryable);
+}
+
+TEST_CASE("usage counts each as large as an int add up to a total that saturates instead of overflowing") {
+    // A fuzzer finding (anthropic_upstream_fuzzer): the stream's counts are clamped to an int each,
+    // and their sum, the total, overflowed.
+    using wire = chatkit::detail::anthropic_wire;
+    const chatkit::delta_sink sink = [](std::string_view) { return true; };
+    wire::stream_reader reader{sink};
+    chatkit::sse_parser parser;
+    parser.feed("event: message_start\n"
+                "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":5555555555555555555,"
+                "\"output_tokens\":1}}}\n\n"
+                "event: message_delta\n"
+                "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9999999999}}\n\n"
+                "event: message_stop\n"
+                "data: {\"type\":\"message_stop\"}\n\n",
+                reader);
+    const wire w{chatkit::anthropic_options{}};
+    auto c = w.finish_stream(reader, "sk-ant-key");
+    REQUIRE(c);
+    constexpr int most = std::numeric_limits<int>::max();
+    CHECK(c->usage.prompt_tokens == most);
+    CHECK(c->usage.completion_tokens == most);
+    CHECK(c->usage.total_tokens() == most);
+    CHECK(json(c->usage)["total_tokens"] == most);
 }
