@@ -68,6 +68,9 @@ public:
     void expect_map(const YAML::Node& node, std::string_view what, std::initializer_list<std::string_view> known) const {
         if (!node.IsMap()) fail(node, std::string{what} + " must be a mapping");
         for (const auto& kv : node) {
+            // A key may be YAML's complex kind (a list or a mapping, after "? "), which as<std::string>
+            // would throw on with an exception start-up does not catch.
+            if (!kv.first.IsScalar()) fail(kv.first, std::string{what} + " has a key that is not a name");
             const auto key = kv.first.as<std::string>();
             bool ok = false;
             std::string list;

@@ -296,6 +296,14 @@ TEST_CASE("a bad CHAT_CONFIG stops start-up naming the file, the line and the pr
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("the variable NOT_SET_ANYWHERE is not set") != std::string::npos);
 
+    // A key that is a list (YAML's "? " form) threw an exception start-up did not catch (a fuzzer
+    // finding, config_fuzzer).
+    const auto list_key = write("providers:\n  - {name: a, type: echo}\nmodels:\n  - ? [name]\n    : m\n");
+    r = start(list_key);
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find(list_key + ":4:") != std::string::npos);
+    CHECK(r.output.find("a model has a key that is not a name") != std::string::npos);
+
     r = start(dir.path().string() + "/missing.yaml");
     CHECK(r.exit_code == 2);
     CHECK(r.output.find("missing.yaml: cannot be read") != std::string::npos);
