@@ -56,11 +56,13 @@ public:
         std::string body{}; // a non-200 body, or a 200 body when not streamed
         bool past_deadline = false;
         bool cancelled = false; // the stop token was requested during the exchange
+        bool too_large = false; // the body outgrew `max_body`: the exchange was abandoned
         std::chrono::steady_clock::duration took{};
     };
 
     // Sends `req` on a borrowed connection. With `on_chunk`, a 200 body goes to it piece by piece
-    // (it returns false to stop reading); otherwise it is kept whole, up to `max_body` bytes. The
+    // (it returns false to stop reading); otherwise it is kept whole. Either way the body is read
+    // up to `max_body` bytes at most (a streamed answer is held whole by the provider too). The
     // connection is reused only when the exchange ended cleanly and `keep` agrees. A stop request
     // shuts the connection down at once, even while it waits for the first byte.
     template <class OnChunk>
@@ -68,6 +70,7 @@ public:
                     std::size_t max_body = 64u << 20, const std::stop_token& stop = {}) {
         round_trip out;
         bool stopped = false;
+        std::size_t streamed = 0;
         req.response_handler = [&](const httplib::Response& res) {
             out.status = res.status;
             out.headers = res.headers;
@@ -75,9 +78,10 @@ public:
         };
         req.content_receiver = [&](const char* data, std::size_t size, std::uint64_t, std::uint64_t) {
             if (std::chrono::steady_clock::now() > deadline) return !(out.past_deadline = true);
+            if ((streamed += size) > max_body) return !(out.too_large = true);
             if (out.status != 200 || !stream_200) {
                 out.body.append(data, size);
-                return out.body.size() <= max_body;
+                return true;
             }
             return !(stopped = !on_chunk(std::string_view{data, size}));
         };
@@ -93,7 +97,7 @@ public:
             out.cancelled = stop.stop_requested();
         }
         out.took = std::chrono::steady_clock::now() - started;
-        if (!out.sent || stopped || out.cancelled) conn.discard(); // a half-read connection cannot carry another request
+        if (!out.sent || stopped || out.cancelled || out.too_large) conn.discard(); // a half-read connection cannot carry another request
         return out;
     }
     [[nodiscard]] const std::string& origin() const noexcept { return origin_; }

@@ -85,6 +85,9 @@ private:
                                     false,
                                     {},
                                     reader.delivered};
+        if (x.too_large)
+            return client_failure(client_error{client_error_kind::too_large}, reader.delivered, "the upstream", w.options.read_timeout,
+                                  64u << 20);
 
         if (reader.client_gone) return std::move(reader.c); // nobody is listening; the service drops it
         if (x.past_deadline)

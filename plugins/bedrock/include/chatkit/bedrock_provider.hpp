@@ -109,6 +109,9 @@ private:
                                     false,
                                     {},
                                     reader.delivered};
+        if (x.too_large)
+            return client_failure(client_error{client_error_kind::too_large}, reader.delivered, "Bedrock", w.options.read_timeout,
+                                  64u << 20);
         if (x.past_deadline)
             return upstream_failure{
                 {error_kind::timeout, "Bedrock did not finish within the deadline", "upstream_timeout"}, false, {}, reader.delivered};
