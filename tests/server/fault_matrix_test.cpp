@@ -10,6 +10,8 @@
 // - the server still serving: /health is 200 and the next chat is answered;
 // - the key sent in the provider's header (Bedrock: a SigV4 signature by the access key id), to
 //   the provider's path.
+// ctest runs the matrix twice: with sample_server's default Beast server, whose providers are the
+// async ones, and with CHATKIT_TEST_SERVER=httplib, whose providers are the blocking ones.
 #include "../support/fault_upstream.hpp"
 #include "../support/server_process.hpp"
 #include "../support/sse_text.hpp"
@@ -134,13 +136,9 @@ std::string head(const std::string& text, std::size_t n = 500) { return text.sub
 // One cell: a chat to the provider speaking `w` meets `f`, non-streamed or streamed; then the
 // server must be whole. `at_most` tells a timeout that was not enforced from a slow machine: the
 // timeouts are 1 s and 3 s, so it is generous, not a measurement.
-// `server`: CHAT_SERVER, which picks the providers too (beast: the async ones, on its loops;
-// httplib: the blocking ones, on cpp-httplib's client pool).
-void run_cell(wire w, fault f, const std::string& user, bool stream, const expected& want, seconds at_most = seconds{8},
-              const std::string& server_kind = "beast") {
+void run_cell(wire w, fault f, const std::string& user, bool stream, const expected& want, seconds at_most = seconds{8}) {
     fault_upstream up{w};
     auto env = env_for(up);
-    env["CHAT_SERVER"] = server_kind;
     if (f == fault::oversized) {
         // The size bound is under test, not the deadline: a sanitizer build moves 65 MiB through
         // the relay in tens of seconds, which a 3 s deadline would cut first.
@@ -321,16 +319,6 @@ TEST_CASE("fault matrix: an answer over the 64 MiB limit, non-streamed") {
 // any size was held whole, relayed twice and stored).
 TEST_CASE("fault matrix: an answer over the 64 MiB limit, streamed") {
     run_cell(fault::oversized, "huge-stream", true, {502, "upstream_error", {"upstream_error"}});
-}
-
-// The blocking providers bound an answer the same way (they once bounded only a non-streamed one,
-// and abandoned it as if the upstream could not be reached, which made it retryable).
-TEST_CASE("fault matrix: the blocking providers, an answer over the 64 MiB limit") {
-    const expected too_large{502, "upstream_error", {"upstream_error"}};
-    run_cell(wire::openai, fault::oversized, "b-huge-plain", false, too_large, seconds{8}, "httplib");
-    run_cell(wire::openai, fault::oversized, "b-huge-stream", true, too_large, seconds{8}, "httplib");
-    run_cell(wire::anthropic, fault::oversized, "b-a-huge-stream", true, too_large, seconds{8}, "httplib");
-    run_cell(wire::gemini, fault::oversized, "b-g-huge-stream", true, too_large, seconds{8}, "httplib");
 }
 
 TEST_CASE("fault matrix: with one retry, a 429 then a good answer is a 200") { run_retried(fault::rate_limited, "retry429"); }
