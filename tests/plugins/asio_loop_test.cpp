@@ -117,4 +117,8 @@ TEST_CASE("beast_client refuses an origin it cannot use") {
     CHECK(l.start(refused(client, "ftp://127.0.0.1")).get());
     CHECK(l.start(refused(client, "http://")).get());
     CHECK(l.start(refused(client, "http://[::1")).get());
+    // A port that is not a number in range is refused as the rest are, not thrown.
+    CHECK(l.start(refused(client, "http://127.0.0.1:http")).get());
+    CHECK(l.start(refused(client, "http://127.0.0.1:99999")).get());
+    CHECK(l.start(refused(client, "http://[::1]:0")).get());
 }

@@ -28,6 +28,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
@@ -115,6 +116,12 @@ inline std::optional<origin_parts> parse_origin(std::string_view origin) {
         port = origin.substr(colon + 1);
     }
     if (host.empty()) return std::nullopt;
+    // A port that is not 1 to 65535 is refused here: the connect step converts it without checking.
+    if (!port.empty()) {
+        unsigned number = 0;
+        const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+        if (ec != std::errc{} || end != port.data() + port.size() || number == 0 || number > 65535) return std::nullopt;
+    }
     o.host = std::string{host};
     o.port = port.empty() ? (o.tls ? "443" : "80") : std::string{port};
     return o;
