@@ -12,6 +12,7 @@ using nlohmann::json;
 using test_support::anthropic_error_reply;
 using test_support::fake_anthropic;
 using test_support::fake_anthropic_reply;
+using test_support::post_json;
 using test_support::server_process;
 using test_support::sse_data;
 
@@ -26,10 +27,6 @@ std::map<std::string, std::string> relay_env(const fake_anthropic& fake, std::ma
                                            {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
-}
-
-httplib::Result post_json(httplib::Client& c, const char* path, const json& body, httplib::Headers headers = {}) {
-    return c.Post(path, headers, body.dump(), "application/json");
 }
 
 } // namespace

@@ -10,6 +10,7 @@
 
 using nlohmann::json;
 using test_support::fake_bedrock;
+using test_support::post_json;
 using test_support::server_process;
 
 namespace {
@@ -24,8 +25,6 @@ std::map<std::string, std::string> bedrock_env(const fake_bedrock& fake, std::ma
     for (auto& [k, v] : more) env[k] = v;
     return env;
 }
-
-httplib::Result post_json(httplib::Client& c, const char* path, const json& body) { return c.Post(path, body.dump(), "application/json"); }
 
 } // namespace
 

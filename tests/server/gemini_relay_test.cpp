@@ -11,6 +11,7 @@ using nlohmann::json;
 using test_support::fake_gemini;
 using test_support::fake_gemini_reply;
 using test_support::gemini_error_reply;
+using test_support::post_json;
 using test_support::server_process;
 using test_support::sse_data;
 
@@ -25,10 +26,6 @@ std::map<std::string, std::string> relay_env(const fake_gemini& fake, std::map<s
                                            {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
-}
-
-httplib::Result post_json(httplib::Client& c, const char* path, const json& body, httplib::Headers headers = {}) {
-    return c.Post(path, headers, body.dump(), "application/json");
 }
 
 } // namespace

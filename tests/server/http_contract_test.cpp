@@ -13,14 +13,11 @@
 #include <sys/socket.h>
 
 using nlohmann::json;
+using test_support::post_json;
 using test_support::server_process;
 using test_support::sse_events;
 
 namespace {
-
-httplib::Result post_json(httplib::Client& c, const std::string& path, const json& body, httplib::Headers headers = {}) {
-    return c.Post(path.c_str(), headers, body.dump(), "application/json");
-}
 
 json body_of(const httplib::Result& r) {
     REQUIRE(r);

@@ -9,6 +9,7 @@
 using nlohmann::json;
 using test_support::fake_openai;
 using test_support::fake_reply;
+using test_support::post_json;
 using test_support::server_process;
 using test_support::sse_data;
 using test_support::status_reply;
@@ -22,10 +23,6 @@ std::map<std::string, std::string> relay_env(const fake_openai& fake, std::map<s
         {"OPENAI_API_KEY", secret_key}, {"OPENAI_BASE_URL", fake.base_url()}, {"CHAT_MODEL", "fake-1"}, {"CHAT_UPSTREAM_TIMEOUT", "2"}};
     for (auto& [k, v] : more) env[k] = v;
     return env;
-}
-
-httplib::Result post_json(httplib::Client& c, const char* path, const json& body, httplib::Headers headers = {}) {
-    return c.Post(path, headers, body.dump(), "application/json");
 }
 
 } // namespace

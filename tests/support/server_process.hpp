@@ -55,6 +55,11 @@ struct run_result {
     std::string output;
 };
 
+// POSTs `body` as JSON, as every client of the server's JSON routes does.
+inline httplib::Result post_json(httplib::Client& c, const std::string& path, const nlohmann::json& body, httplib::Headers headers = {}) {
+    return c.Post(path, headers, body.dump(), "application/json");
+}
+
 // Runs sample_server to completion (for --help and bad configuration) and captures stdout+stderr.
 inline run_result run_to_exit(const std::map<std::string, std::string>& env, const std::vector<std::string>& args) {
     temp_dir dir;
