@@ -6,6 +6,8 @@
 // PostgreSQL refuses to run as root: as root, its programs run as `nobody`.
 #pragma once
 
+#include "free_port.hpp"
+
 #include <libpq-fe.h>
 
 #include <fcntl.h>
@@ -55,7 +57,7 @@ public:
         }
         if (run_as_ && ::chown((dir_ / "pwfile").c_str(), run_as_->uid, run_as_->gid) != 0)
             throw std::runtime_error("cannot chown the password file");
-        port_ = free_port();
+        port_ = free_loopback_port();
         // Local (Unix socket) connections are trusted; TCP ones need the password (SCRAM).
         const int rc = run_and_wait({bindir_ + "initdb", "-D", (dir_ / "data").string(), "-U", "postgres", "-E", "UTF8", "--locale=C",
                                      "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256",
@@ -156,22 +158,6 @@ private:
             }
         }
         return best; // empty: from PATH
-    }
-
-    static int free_port() {
-        const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        addr.sin_port = 0;
-        socklen_t len = sizeof addr;
-        if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-            ::close(fd);
-            throw std::runtime_error("cannot find a free port");
-        }
-        ::close(fd);
-        return ntohs(addr.sin_port);
     }
 
     // Forks and execs `args` (as `nobody` when root), its output into `log`.

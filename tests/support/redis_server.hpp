@@ -6,6 +6,8 @@
 // commands keep the plain port.
 #pragma once
 
+#include "free_port.hpp"
+
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -150,26 +152,10 @@ private:
         std::filesystem::create_directories(dir_);
         if (tls) {
             make_certificate();
-            tls_port_ = free_port();
+            tls_port_ = free_loopback_port();
         }
-        port_ = free_port();
+        port_ = free_loopback_port();
         start();
-    }
-
-    static int free_port() {
-        const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        addr.sin_port = 0;
-        socklen_t len = sizeof addr;
-        if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-            ::close(fd);
-            throw std::runtime_error("cannot find a free port");
-        }
-        ::close(fd);
-        return ntohs(addr.sin_port);
     }
 
     bool answers_ping() const {
