@@ -62,21 +62,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(failure.e.message.find(key) == std::string::npos);
     require(!failure.retry_after || failure.retry_after->count() >= 0);
 
-    std::string delivered;
-    const chatkit::delta_sink sink = [&delivered](std::string_view text) { return delivered.append(text), true; };
-    std::vector<chatkit::tool_call_delta> tool_pieces;
-    const chatkit::tool_call_sink tools = [&tool_pieces](const chatkit::tool_call_delta& d) { return tool_pieces.push_back(d), true; };
-    wire::stream_reader reader{sink};
-    reader.tool_sink = &tools;
-    chatkit::sse_parser parser;
-    for (const auto p : pieces) parser.feed(p, reader);
-    require(delivered == reader.c.content);
-    auto streamed = w.finish_stream(reader, key);
-    if (!streamed) {
-        require(streamed.error().e.message.find(key) == std::string::npos);
-        return 0;
-    }
-    check_tool_calls(*streamed, tool_pieces);
-    fuzz::check_answer(*streamed, tool_pieces);
+    fuzz::check_stream(w, pieces, key, "", check_tool_calls);
     return 0;
 }
