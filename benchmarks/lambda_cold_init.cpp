@@ -72,12 +72,11 @@ int main(int argc, char** argv) {
         // The baseline keeps its SQLite file in the same directory, through the same path.
         const auto baseline = [&](const fake_lambda_runtime& runtime) {
             std::filesystem::remove(db);
-            return child_process{BOOTSTRAP_PATH,
-                                 test_support::lambda_environment(
-                                     runtime.address(), {{"CHAT_DATABASE_URL", "sqlite:" + db.string()}, {"CHAT_PROVIDER", "echo"}}),
-                                 sandbox.log_path(),
-                                 {},
-                                 sandbox.task_root()};
+            return child_process{{BOOTSTRAP_PATH},
+                                 test_support::lambda_launch(
+                                     test_support::lambda_environment(
+                                         runtime.address(), {{"CHAT_DATABASE_URL", "sqlite:" + db.string()}, {"CHAT_PROVIDER", "echo"}}),
+                                     sandbox.log_path(), {}, sandbox.task_root())};
         };
 
         cold_start(packaged); // warm-up: page cache, first-touch costs

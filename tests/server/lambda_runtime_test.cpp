@@ -46,7 +46,8 @@ namespace {
 class bootstrap_process {
 public:
     explicit bootstrap_process(const fake_lambda_runtime& runtime, const std::map<std::string, std::string>& env = {})
-        : dir_(fresh_directory()), child_(BOOTSTRAP_PATH, environment(runtime, env, dir_), dir_ / "bootstrap.log") {}
+        : dir_(fresh_directory()),
+          child_({BOOTSTRAP_PATH}, test_support::lambda_launch(environment(runtime, env, dir_), dir_ / "bootstrap.log")) {}
     ~bootstrap_process() {
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);

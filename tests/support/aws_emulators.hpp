@@ -3,6 +3,8 @@
 // dynalite (npm; DynamoDB, on the same LevelDB-backed validation rules as the service).
 #pragma once
 
+#include "child_process.hpp"
+
 #include <chatkit/aws/credentials.hpp>
 #include <chatkit/aws/json_client.hpp>
 
@@ -14,10 +16,7 @@
 #include <regex>
 #include <stdexcept>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #ifndef CHATKIT_SOURCE_DIR
@@ -33,29 +32,15 @@ public:
     emulator_process(std::string name, std::vector<std::string> argv, const std::map<std::string, std::string>& extra_env,
                      const std::regex& port_pattern, bool port_on_stderr)
         : name_(std::move(name)) {
-        int to_child[2], from_child[2];
-        if (pipe(to_child) != 0 || pipe(from_child) != 0) throw std::runtime_error("pipe failed");
-        pid_ = fork();
-        if (pid_ == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            dup2(to_child[0], 0);
-            dup2(from_child[1], port_on_stderr ? 2 : 1);
-            if (port_on_stderr) dup2(open("/dev/null", 1), 1);
-            close(to_child[1]);
-            close(from_child[0]);
-            for (const auto& [k, v] : extra_env) setenv(k.c_str(), v.c_str(), 1);
-            std::vector<char*> args;
-            for (auto& a : argv) args.push_back(a.data());
-            args.push_back(nullptr);
-            execvp(args[0], args.data());
-            _exit(127);
-        }
-        close(to_child[0]);
-        close(from_child[1]);
-        stdin_ = to_child[1];
-        out_ = fdopen(from_child[0], "r");
+        using sink = child_sink;
+        // stdin is a pipe the test holds: dynalite's wrapper stops when it closes.
+        process_.emplace(std::move(argv), child_options{.env = extra_env,
+                                                        .out = port_on_stderr ? sink::null : sink::pipe,
+                                                        .err = port_on_stderr ? sink::pipe : sink::inherit,
+                                                        .pipe_stdin = true});
+        FILE* out = process_->output();
         char line[512];
-        while (std::fgets(line, sizeof line, out_)) {
+        while (std::fgets(line, sizeof line, out)) {
             std::smatch m;
             const std::string text = line;
             if (std::regex_search(text, m, port_pattern)) {
@@ -68,9 +53,9 @@ public:
             throw std::runtime_error(name_ + " did not start (is it installed? see scripts/install-deps)");
         }
         // Keep reading: moto logs every request, and a full pipe would block it mid-request.
-        drain_ = std::thread{[out = out_] {
-            char sink[4096];
-            while (std::fgets(sink, sizeof sink, out)) {}
+        drain_ = std::thread{[out] {
+            char discarded[4096];
+            while (std::fgets(discarded, sizeof discarded, out)) {}
         }};
     }
     ~emulator_process() { stop(); }
@@ -96,20 +81,15 @@ public:
 
 private:
     void stop() {
-        if (pid_ <= 0) return;
-        if (stdin_ >= 0) close(stdin_);
-        kill(pid_, SIGTERM);
-        int status = 0;
-        waitpid(pid_, &status, 0);
-        if (drain_.joinable()) drain_.join();
-        if (out_) std::fclose(out_);
-        pid_ = -1;
+        if (!process_) return;
+        process_->close_stdin();
+        process_->stop(SIGTERM);
+        if (drain_.joinable()) drain_.join(); // it ends at the pipe's end, now that the emulator is gone
+        process_.reset();
     }
 
     std::string name_;
-    pid_t pid_ = -1;
-    int stdin_ = -1;
-    FILE* out_ = nullptr;
+    std::optional<child_process> process_;
     std::thread drain_;
     int port_ = 0;
 };

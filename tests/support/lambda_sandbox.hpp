@@ -5,25 +5,14 @@
 // chroot(2) needs root (CAP_SYS_CHROOT); without it starting fails with an exception that says so.
 #pragma once
 
-#include "kept_logs.hpp"
+#include "child_process.hpp"
 
-#include <cerrno>
-#include <csignal>
 #include <cstdlib>
-#include <cstring>
-#include <fcntl.h>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 #include <string>
-#include <string_view>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-#include <vector>
 
 namespace test_support {
 
@@ -55,103 +44,19 @@ inline std::map<std::string, std::string> lambda_environment(const std::string& 
     return env;
 }
 
-// A started program: exactly the environment given (nothing inherited), stdout and stderr into a
-// log file, chrooted first when `root` is set (the packaged zip) or not (bootstrap from the build). Killed (SIGKILL) when destroyed or when the thread
-// that started it ends.
-class child_process {
-public:
-    child_process(const std::filesystem::path& program, const std::map<std::string, std::string>& env, const std::filesystem::path& log,
-                  const std::filesystem::path& root = {}, const std::filesystem::path& cwd = {})
-        : log_(log), env_(env) {
-        // Everything the child needs is prepared before fork: between fork and execve it only makes
-        // system calls (the parent has threads).
-        const std::string path = program.string(), root_dir = root.string(), work_dir = cwd.string();
-        std::vector<std::string> entries;
-        for (const auto& [name, value] : env) entries.push_back(name + "=" + value);
-        std::vector<char*> envp;
-        for (auto& e : entries) envp.push_back(e.data());
-        envp.push_back(nullptr);
-        std::string arg0 = path;
-        char* argv[] = {arg0.data(), nullptr};
-        const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (log_fd < 0) throw std::runtime_error("cannot create " + log.string() + ": " + std::strerror(errno));
-        int report[2]; // the child writes errno and the failed step here; closed on a successful execve
-        if (::pipe2(report, O_CLOEXEC) != 0) throw std::runtime_error(std::string{"pipe2: "} + std::strerror(errno));
-
-        pid_ = ::fork();
-        if (pid_ == 0) {
-            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-            ::dup2(log_fd, 1);
-            ::dup2(log_fd, 2);
-            const char* step = "execve";
-            if (!root_dir.empty() && ::chroot(root_dir.c_str()) != 0) step = "chroot";
-            else if (!work_dir.empty() && ::chdir(work_dir.c_str()) != 0) step = "chdir";
-            else ::execve(path.c_str(), argv, envp.data());
-            const int error = errno;
-            (void)!::write(report[1], &error, sizeof error);
-            (void)!::write(report[1], step, std::strlen(step));
-            ::_exit(127);
-        }
-        const int fork_error = errno;
-        ::close(report[1]);
-        ::close(log_fd);
-        if (pid_ < 0) {
-            ::close(report[0]);
-            throw std::runtime_error(std::string{"fork: "} + std::strerror(fork_error));
-        }
-        int error = 0;
-        char step[16] = {};
-        const auto got = ::read(report[0], &error, sizeof error);
-        if (got == sizeof error) (void)!::read(report[0], step, sizeof step - 1);
-        ::close(report[0]);
-        if (got == sizeof error) {
-            ::waitpid(pid_, nullptr, 0);
-            pid_ = -1;
-            std::string what = "cannot start " + path + ": " + step + " failed: " + std::strerror(error);
-            if (std::string_view{step} == "chroot")
-                what += " (running in an empty chroot of " + root_dir + " needs root or CAP_SYS_CHROOT)";
-            if (std::string_view{step} == "execve" && error == ENOENT) what += " (an ELF file whose interpreter is missing fails so too)";
-            throw std::runtime_error(what);
-        }
-    }
-    ~child_process() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-        keep_log(log_, env_);
-    }
-    child_process(const child_process&) = delete;
-    child_process& operator=(const child_process&) = delete;
-
-    pid_t pid() const { return pid_; }
-
-    // Waits up to 20 s for it to exit; its exit code, or -1 (killed by a signal, or still running).
-    int wait_exit() {
-        for (int i = 0; i < 2000 && pid_ > 0; ++i) {
-            int status = 0;
-            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-                pid_ = -1;
-                return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-            }
-            ::usleep(10'000);
-        }
-        return -1;
-    }
-
-    // Its stdout and stderr so far.
-    std::string log() const {
-        std::ifstream in{log_};
-        std::stringstream text;
-        text << in.rdbuf();
-        return text.str();
-    }
-
-private:
-    std::filesystem::path log_;
-    std::map<std::string, std::string> env_; // for keep_log
-    pid_t pid_ = -1;
-};
+// How Lambda starts a bootstrap: exactly `env`, stdout and stderr into `log` (kept for the secret
+// scan), chrooted into `root` when it is set, in `workdir`.
+inline child_options lambda_launch(const std::map<std::string, std::string>& env, const std::filesystem::path& log,
+                                   const std::filesystem::path& root = {}, const std::filesystem::path& workdir = {}) {
+    return {.env = env,
+            .inherit_env = false,
+            .output = log,
+            .out = child_sink::file,
+            .err = child_sink::file,
+            .root = root,
+            .workdir = workdir,
+            .keep_log = true};
+}
 
 // A fresh directory D with D/root/var/task (the unpacked zip) and D/root/tmp; the log of what runs
 // there goes to D/bootstrap.log, outside the root. Removed when destroyed.
@@ -180,7 +85,7 @@ public:
 
     // Starts /var/task/bootstrap chrooted into root(), in /var/task, with exactly `env`.
     child_process start(const std::map<std::string, std::string>& env) const {
-        return child_process{"/var/task/bootstrap", env, log_path(), root(), "/var/task"};
+        return child_process{{"/var/task/bootstrap"}, lambda_launch(env, log_path(), root(), "/var/task")};
     }
 
 private:

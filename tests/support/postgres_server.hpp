@@ -6,17 +6,14 @@
 // PostgreSQL refuses to run as root: as root, its programs run as `nobody`.
 #pragma once
 
+#include "child_process.hpp"
 #include "free_port.hpp"
 
 #include <libpq-fe.h>
 
-#include <fcntl.h>
-#include <grp.h>
 #include <netinet/in.h>
 #include <pwd.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -90,17 +87,16 @@ public:
 
     // Starts the server and waits (bounded) until it accepts connections.
     void start() {
-        if (pid_ > 0) return;
+        if (process_) return;
         std::vector<std::string> args{bindir_ + "postgres",  "-D", (dir_ / "data").string(),     "-p", std::to_string(port_), "-k",
                                       dir_.string(),         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",           "-c",
                                       "shared_buffers=16MB", "-c", "max_connections=200"};
-        pid_ = spawn(args, dir_ / "postgres.log");
+        process_.emplace(std::move(args), options(dir_ / "postgres.log"));
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{30};
         const std::string ping = "host=127.0.0.1 port=" + std::to_string(port_) + " dbname=postgres user=postgres connect_timeout=2";
         while (PQping(ping.c_str()) != PQPING_OK) {
-            int status = 0;
-            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-                pid_ = -1;
+            if (!process_->running()) {
+                process_.reset();
                 throw std::runtime_error("postgres exited at start-up: " + read_log("postgres.log"));
             }
             if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("postgres did not accept connections");
@@ -111,11 +107,9 @@ public:
     // Stops it: fast (SIGINT: open connections are cut, as in a restart) or immediate (SIGQUIT:
     // a crash; start() then recovers from the WAL). start() brings it back with its data.
     void stop(bool immediate = false) {
-        if (pid_ <= 0) return;
-        ::kill(pid_, immediate ? SIGQUIT : SIGINT);
-        int status = 0;
-        ::waitpid(pid_, &status, 0);
-        pid_ = -1;
+        if (!process_) return;
+        process_->stop(immediate ? SIGQUIT : SIGINT, std::chrono::seconds{60});
+        process_.reset();
     }
 
     // A new, empty database; returns its name.
@@ -160,35 +154,15 @@ private:
         return best; // empty: from PATH
     }
 
-    // Forks and execs `args` (as `nobody` when root), its output into `log`.
-    pid_t spawn(std::vector<std::string> args, const std::filesystem::path& log) const {
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        const std::string log_path = log.string(), dir = dir_.string();
-        const pid_t pid = ::fork();
-        if (pid == 0) {
-            if (run_as_ && (::setgroups(0, nullptr) != 0 || ::setgid(run_as_->gid) != 0 || ::setuid(run_as_->uid) != 0)) _exit(126);
-            prctl(PR_SET_PDEATHSIG, SIGKILL); // after setuid, which clears it
-            if (::chdir(dir.c_str()) != 0) _exit(126);
-            const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-            if (fd >= 0) {
-                ::dup2(fd, 1);
-                ::dup2(fd, 2);
-                ::close(fd);
-            }
-            ::execvp(argv[0], argv.data());
-            _exit(127);
-        }
-        if (pid < 0) throw std::runtime_error("fork failed");
-        return pid;
+    // As `nobody` when root (PostgreSQL refuses to run as root), in dir_, its output into `log`.
+    child_options options(const std::filesystem::path& log) const {
+        child_options o{.output = log, .out = child_sink::file, .err = child_sink::file, .workdir = dir_};
+        if (run_as_) o.run_as = std::pair{run_as_->uid, run_as_->gid};
+        return o;
     }
 
     int run_and_wait(std::vector<std::string> args, const std::filesystem::path& log) const {
-        const pid_t pid = spawn(std::move(args), log);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        return child_process{std::move(args), options(log)}.wait();
     }
 
     std::string read_log(const char* name) const {
@@ -206,7 +180,7 @@ private:
     std::filesystem::path dir_;
     std::optional<identity> run_as_;
     int port_ = 0;
-    pid_t pid_ = -1;
+    std::optional<child_process> process_;
     std::atomic<int> databases_{0};
 };
 

@@ -6,6 +6,7 @@
 // commands keep the plain port.
 #pragma once
 
+#include "child_process.hpp"
 #include "free_port.hpp"
 
 #include <hiredis/hiredis.h>
@@ -15,9 +16,7 @@
 #include <openssl/x509v3.h>
 
 #include <netinet/in.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -25,6 +24,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -60,44 +60,24 @@ public:
 
     // Starts redis-server and waits (bounded) until it answers PING.
     void start() {
-        if (pid_ > 0) return;
-        const std::string port = std::to_string(port_);
-        pid_ = fork();
-        if (pid_ == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            std::vector<std::string> args{"redis-server",
-                                          "--port",
-                                          port,
-                                          "--bind",
-                                          "127.0.0.1",
-                                          "--save",
-                                          "",
-                                          "--appendonly",
-                                          "no",
-                                          "--dir",
-                                          dir_.string(),
-                                          "--logfile",
-                                          (dir_ / "redis.log").string()};
-            if (tls_port_ != 0)
-                for (std::string a : std::vector<std::string>{
-                         "--tls-port", std::to_string(tls_port_), "--tls-cert-file", (dir_ / "tls.crt").string(), "--tls-key-file",
-                         (dir_ / "tls.key").string(), "--tls-ca-cert-file", (dir_ / "tls.crt").string(), "--tls-auth-clients", "no"})
-                    args.push_back(a);
-            if (!password_.empty()) {
-                args.push_back("--requirepass");
-                args.push_back(password_);
-            }
-            std::vector<char*> argv;
-            for (auto& a : args) argv.push_back(a.data());
-            argv.push_back(nullptr);
-            execvp("redis-server", argv.data());
-            _exit(127);
+        if (process_) return;
+        std::vector<std::string> args{
+            "redis-server", "--port",    std::to_string(port_),        "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
+            dir_.string(),  "--logfile", (dir_ / "redis.log").string()};
+        if (tls_port_ != 0)
+            for (std::string a : std::vector<std::string>{"--tls-port", std::to_string(tls_port_), "--tls-cert-file",
+                                                          (dir_ / "tls.crt").string(), "--tls-key-file", (dir_ / "tls.key").string(),
+                                                          "--tls-ca-cert-file", (dir_ / "tls.crt").string(), "--tls-auth-clients", "no"})
+                args.push_back(a);
+        if (!password_.empty()) {
+            args.push_back("--requirepass");
+            args.push_back(password_);
         }
+        process_.emplace(std::move(args));
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{20};
         while (!answers_ping()) {
-            int status = 0;
-            if (waitpid(pid_, &status, WNOHANG) == pid_) {
-                pid_ = -1;
+            if (!process_->running()) {
+                process_.reset();
                 throw std::runtime_error("redis-server exited at start-up (is it installed? scripts/install-deps)");
             }
             if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("redis-server did not answer PING");
@@ -107,15 +87,13 @@ public:
 
     // Stops it (SIGTERM, then waits); start() brings it back, empty, on the same port.
     void stop() {
-        if (pid_ <= 0) return;
-        ::kill(pid_, SIGCONT);
-        ::kill(pid_, SIGTERM);
-        int status = 0;
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
+        if (!process_) return;
+        process_->signal(SIGCONT); // a paused one would never see the SIGTERM
+        process_->stop(SIGTERM);
+        process_.reset();
     }
-    void pause() { ::kill(pid_, SIGSTOP); }
-    void resume() { ::kill(pid_, SIGCONT); }
+    void pause() { process_->signal(SIGSTOP); }
+    void resume() { process_->signal(SIGCONT); }
 
     // One command on a connection of the test's own (not the code under test's), its reply as
     // text: a string's value, an integer's digits, "(nil)", or an error's message.
@@ -208,7 +186,7 @@ private:
     std::filesystem::path dir_;
     int tls_port_ = 0;
     int port_ = 0;
-    pid_t pid_ = -1;
+    std::optional<child_process> process_;
 };
 
 } // namespace test_support

@@ -3,6 +3,7 @@
 // sends a signal and reports the exit status.
 #pragma once
 
+#include "child_process.hpp"
 #include "kept_logs.hpp"
 
 #include <httplib.h>
@@ -15,12 +16,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -64,26 +64,15 @@ inline httplib::Result post_json(httplib::Client& c, const std::string& path, co
 inline run_result run_to_exit(const std::map<std::string, std::string>& env, const std::vector<std::string>& args) {
     temp_dir dir;
     const auto out = dir.path() / "out.txt";
-    const pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-        FILE* f = std::fopen(out.c_str(), "w");
-        dup2(fileno(f), 1);
-        dup2(fileno(f), 2);
-        std::vector<char*> argv{const_cast<char*>(SAMPLE_SERVER_PATH)};
-        for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        execv(SAMPLE_SERVER_PATH, argv.data());
-        _exit(127);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
+    std::vector<std::string> argv{SAMPLE_SERVER_PATH};
+    argv.insert(argv.end(), args.begin(), args.end());
+    child_process server{argv, {.env = env, .output = out, .out = child_sink::file, .err = child_sink::file}};
+    const int code = server.wait();
     keep_log(out, env);
     std::ifstream in{out};
     std::stringstream text;
     text << in.rdbuf();
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str()};
+    return {code < 0 ? -1 : code, text.str()};
 }
 
 class server_process {
@@ -103,23 +92,13 @@ public:
         if (const char* adapter = std::getenv("CHATKIT_TEST_SERVER"); adapter && !full.contains("CHAT_SERVER"))
             full["CHAT_SERVER"] = adapter;
         log_path_ = dir_.path() / "server.log";
-        pid_ = fork();
-        if (pid_ == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);   // a test that dies takes its server with it
-            std::vector<std::string> inherited; // start from a clean CHAT_*/OPENAI_*/ANTHROPIC_*/GEMINI_*/GOOGLE_API_KEY/AWS_* slate
-            for (char** e = environ; *e; ++e)
-                if (std::string_view{*e}.starts_with("CHAT_") || std::string_view{*e}.starts_with("OPENAI_") ||
-                    std::string_view{*e}.starts_with("ANTHROPIC_") || std::string_view{*e}.starts_with("GEMINI_") ||
-                    std::string_view{*e}.starts_with("GOOGLE_API_KEY=") || std::string_view{*e}.starts_with("AWS_"))
-                    inherited.emplace_back(*e, std::strchr(*e, '='));
-            for (const auto& name : inherited) unsetenv(name.c_str());
-            for (const auto& [k, v] : full) setenv(k.c_str(), v.c_str(), 1);
-            FILE* f = std::fopen(log_path_.c_str(), "w");
-            dup2(fileno(f), 1);
-            dup2(fileno(f), 2);
-            execl(SAMPLE_SERVER_PATH, SAMPLE_SERVER_PATH, nullptr);
-            _exit(127);
-        }
+        // A clean CHAT_*/OPENAI_*/ANTHROPIC_*/GEMINI_*/GOOGLE_API_KEY/AWS_* slate: only `full`.
+        process_.emplace(std::vector<std::string>{SAMPLE_SERVER_PATH},
+                         child_options{.env = full,
+                                       .drop_env = {"CHAT_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_API_KEY=", "AWS_"},
+                                       .output = log_path_,
+                                       .out = child_sink::file,
+                                       .err = child_sink::file});
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
         while (std::chrono::steady_clock::now() < deadline) {
             for (const auto& line : log_lines()) {
@@ -129,9 +108,8 @@ public:
                     return;
                 }
             }
-            int status = 0;
-            if (waitpid(pid_, &status, WNOHANG) == pid_) {
-                pid_ = -1;
+            if (!process_->running()) {
+                process_.reset();
                 throw std::runtime_error("sample_server exited during start-up:\n" + log());
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -140,14 +118,14 @@ public:
     }
 
     ~server_process() {
-        if (pid_ > 0) stop(SIGKILL);
+        if (process_) stop(SIGKILL);
         keep_log(log_path_, env_);
     }
     server_process(const server_process&) = delete;
     server_process& operator=(const server_process&) = delete;
 
     int port() const { return port_; }
-    pid_t pid() const { return pid_; }
+    pid_t pid() const { return process_ ? process_->pid() : -1; }
 
     httplib::Client client() const {
         httplib::Client c{"127.0.0.1", port_};
@@ -157,20 +135,10 @@ public:
 
     // Sends `signal` and waits (up to 20 s) for the exit; returns the exit code, or -signal.
     int stop(int signal = SIGTERM) {
-        if (pid_ <= 0) return -1;
-        ::kill(pid_, signal);
-        int status = 0;
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-        while (waitpid(pid_, &status, WNOHANG) == 0) {
-            if (std::chrono::steady_clock::now() > deadline) {
-                ::kill(pid_, SIGKILL);
-                waitpid(pid_, &status, 0);
-                break;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        }
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        if (!process_) return -1;
+        const int code = process_->stop(signal, std::chrono::seconds{20});
+        process_.reset();
+        return code;
     }
 
     std::string log() const {
@@ -203,7 +171,7 @@ private:
     temp_dir dir_;
     std::filesystem::path log_path_;
     std::map<std::string, std::string> env_; // what it was started with, for keep_log
-    pid_t pid_ = -1;
+    std::optional<child_process> process_;
     int port_ = 0;
 };
 
