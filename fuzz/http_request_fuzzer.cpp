@@ -8,6 +8,7 @@
 //     a stream is JSON or [DONE];
 //   - the server keeps serving: GET /health answers 200 after every 16 inputs.
 // The limits are small so that short inputs reach the 413, 414 and 431 refusals.
+#include "answer_check.hpp"
 #include "fuzz_input.hpp"
 
 #include <chatkit/beast_server.hpp>
@@ -139,10 +140,7 @@ void check_body(const boost::beast::http::response<boost::beast::http::string_bo
     } else if (type.starts_with("application/json")) {
         require(nlohmann::json::accept(res.body()), "a JSON answer that is not JSON");
     } else if (type.starts_with("text/event-stream")) {
-        chatkit::sse_parser events;
-        events.feed(res.body(), [](const chatkit::sse_message& m) {
-            require(m.data == "[DONE]" || nlohmann::json::accept(m.data), "a stream event that is not JSON");
-        });
+        fuzz::require_json_events(res.body());
     }
 }
 

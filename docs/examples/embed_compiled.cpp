@@ -22,6 +22,14 @@ std::string chat_body(bool stream) {
     return nlohmann::json{{"model", "echo-1"}, {"stream", stream}, {"messages", {{{"role", "user"}, {"content", "compiled once"}}}}}.dump();
 }
 
+// A chat without streaming over `client`: the answer's text, or what went wrong instead.
+std::string plain_answer(httplib::Client& client) {
+    auto res = client.Post("/v1/chat/completions", chat_body(false), "application/json");
+    if (!res) return "no answer: " + httplib::to_string(res.error());
+    if (res->status != 200) return "HTTP " + std::to_string(res->status) + ": " + res->body;
+    return nlohmann::json::parse(res->body)["choices"][0]["message"].value("content", "");
+}
+
 // The statuses `finish` has recorded, once there are `n` of them: it runs after the last byte is
 // out, which can be after the client has read it.
 std::vector<int> finished_after(const example::finished_requests& finished, std::size_t n) {
@@ -42,10 +50,7 @@ TEST_CASE("a service compiled in a translation unit of its own is served over HT
     std::thread runner{[&server] { server.run(); }};
 
     httplib::Client client{"127.0.0.1", port};
-    auto plain = client.Post("/v1/chat/completions", chat_body(false), "application/json");
-    REQUIRE(plain);
-    CHECK(plain->status == 200);
-    CHECK(nlohmann::json::parse(plain->body)["choices"][0]["message"]["content"] == "compiled once");
+    CHECK(plain_answer(client) == "compiled once");
 
     auto streamed = client.Post("/v1/chat/completions", chat_body(true), "application/json");
     REQUIRE(streamed);
@@ -71,10 +76,7 @@ TEST_CASE("an any_service is mounted on a cpp-httplib server as a service is") {
     const int port = server.bind_to_any_port("127.0.0.1"); // listening from here: no race with the client
     std::thread runner{[&server] { server.listen_after_bind(); }};
     httplib::Client client{"127.0.0.1", port};
-    auto plain = client.Post("/v1/chat/completions", chat_body(false), "application/json");
-    REQUIRE(plain);
-    CHECK(plain->status == 200);
-    CHECK(nlohmann::json::parse(plain->body)["choices"][0]["message"]["content"] == "compiled once");
+    CHECK(plain_answer(client) == "compiled once");
     server.stop();
     runner.join();
     CHECK(finished_after(*chat.finished, 1) == std::vector<int>{200});

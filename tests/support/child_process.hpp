@@ -197,7 +197,6 @@ public:
         return WIFEXITED(*status_) ? WEXITSTATUS(*status_) : -WTERMSIG(*status_);
     }
 
-    [[nodiscard]] int stdin_fd() const { return stdin_; }
     void close_stdin() {
         if (stdin_ >= 0) ::close(stdin_);
         stdin_ = -1;

@@ -66,13 +66,9 @@ inline run_result run_to_exit(const std::map<std::string, std::string>& env, con
     const auto out = dir.path() / "out.txt";
     std::vector<std::string> argv{SAMPLE_SERVER_PATH};
     argv.insert(argv.end(), args.begin(), args.end());
-    child_process server{argv, {.env = env, .output = out, .out = child_sink::file, .err = child_sink::file}};
+    child_process server{argv, {.env = env, .output = out, .out = child_sink::file, .err = child_sink::file, .keep_log = true}};
     const int code = server.wait();
-    keep_log(out, env);
-    std::ifstream in{out};
-    std::stringstream text;
-    text << in.rdbuf();
-    return {code < 0 ? -1 : code, text.str()};
+    return {code < 0 ? -1 : code, server.log()};
 }
 
 class server_process {
