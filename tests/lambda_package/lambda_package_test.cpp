@@ -1,8 +1,11 @@
 // dist/lambda.zip, as scripts/lambda-zip packs it (the zip scripts/package-lambda writes): its
-// layout, then the packaged bootstrap unpacked into an otherwise empty chroot (nothing of this
-// machine's file system: no /lib, /usr, /etc or /proc) and run there as Lambda runs it, with only
-// Lambda's environment, against a local Runtime API with real-shaped API Gateway v2 and Function
-// URL events. That it answers at all shows it loads the bundled loader and libraries only.
+// layout, then the packaged bootstrap unpacked into a bare chroot and run there as Lambda runs it,
+// with only Lambda's environment, against a local Runtime API with real-shaped API Gateway v2 and
+// Function URL events. Bare: nothing of this machine's file system (no /lib, /etc or /proc) but
+// what the zip leaves to provided.al2023's image, OpenSSL's two libraries in /usr/lib64 (this
+// machine's copies standing in for Amazon Linux's). That it answers at all shows it loads the
+// bundled loader and libraries, and those two from where Lambda's LD_LIBRARY_PATH finds them.
+// The zip made with --self-contained carries OpenSSL too, and runs in a chroot with nothing else.
 #include "../support/aws_emulators.hpp"
 #include "../support/fake_lambda_runtime.hpp"
 #include "../support/fake_openai.hpp"
@@ -35,8 +38,8 @@
 #include <thread>
 #include <vector>
 
-#ifndef LAMBDA_ZIP_PATH
-#error "LAMBDA_ZIP_PATH must name the packaged zip"
+#if !defined(LAMBDA_ZIP_PATH) || !defined(SELF_CONTAINED_ZIP_PATH)
+#error "LAMBDA_ZIP_PATH and SELF_CONTAINED_ZIP_PATH must name the packaged zips"
 #endif
 
 using nlohmann::json;
@@ -50,6 +53,7 @@ using test_support::lambda_sandbox;
 namespace {
 
 const std::filesystem::path zip_path{LAMBDA_ZIP_PATH};
+const std::filesystem::path self_contained_zip_path{SELF_CONTAINED_ZIP_PATH};
 constexpr const char* loader = "/var/task/lib/ld-linux-x86-64.so.2";
 
 // What Lambda sets, plus the two settings a zip deployment of sample_server needs.
@@ -145,20 +149,27 @@ bool executable_by_all(std::filesystem::perms p) {
 
 } // namespace
 
-TEST_CASE("lambda.zip holds an executable bootstrap at its root and its loader and libraries in lib/, nothing else") {
-    const auto entries = zip_entries(zip_path);
+// The name and mode of each entry, after checking that every one is a regular file at the root or in lib/.
+std::map<std::string, std::string> zip_layout(const std::filesystem::path& zip) {
     std::map<std::string, std::string> modes;
-    for (const auto& e : entries) {
+    for (const auto& e : zip_entries(zip)) {
         INFO(e.mode << " " << e.name);
         CHECK(e.mode[0] == '-'); // regular files only: no directories, no symlinks
         CHECK((e.name == "bootstrap" || (e.name.starts_with("lib/") && e.name.find('/', 4) == std::string::npos)));
         modes[e.name] = e.mode;
     }
+    return modes;
+}
+
+TEST_CASE("lambda.zip holds an executable bootstrap at its root and its loader and libraries in lib/, nothing else") {
+    auto modes = zip_layout(zip_path);
     REQUIRE(modes.count("bootstrap") == 1);
     CHECK(modes["bootstrap"] == "-rwxr-xr-x");
     REQUIRE(modes.count("lib/ld-linux-x86-64.so.2") == 1);
     CHECK(modes["lib/ld-linux-x86-64.so.2"] == "-rwxr-xr-x"); // the kernel execs the interpreter too
-    for (const auto* lib : {"lib/libc.so.6", "lib/libstdc++.so.6", "lib/libssl.so.3", "lib/libcrypto.so.3"}) CHECK(modes.count(lib) == 1);
+    for (const auto* lib : {"lib/libc.so.6", "lib/libm.so.6", "lib/libstdc++.so.6"}) CHECK(modes.count(lib) == 1);
+    // OpenSSL is the image's (scripts/lambda-zip): 2 MB of the zip's 6.9 would be its.
+    for (const auto& lib : test_support::image_libraries) CHECK(modes.count("lib/" + lib) == 0);
     // SQLite, yaml-cpp, hiredis, spdlog and fmt are linked into bootstrap (sample_server/CMakeLists.txt):
     // their shared libraries would only add to the zip. The chroot cases below keep history in SQLite.
     for (const auto* lib :
@@ -173,13 +184,17 @@ TEST_CASE("lambda.zip holds an executable bootstrap at its root and its loader a
     CHECK_FALSE(paths.runpath);
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot answers /health, /chat, /history, /v1/chat/completions and /v1/models") {
+TEST_CASE("lambda.zip unpacked in a bare chroot answers /health, /chat, /history, /v1/chat/completions and /v1/models") {
     fake_lambda_runtime runtime;
     lambda_sandbox sandbox{zip_path};
-    std::vector<std::string> top;
+    std::vector<std::string> top, image;
     for (const auto& entry : std::filesystem::directory_iterator{sandbox.root()}) top.push_back(entry.path().filename());
+    for (const auto& entry : std::filesystem::recursive_directory_iterator{sandbox.root() / "usr"})
+        image.push_back(std::filesystem::relative(entry.path(), sandbox.root()));
     std::sort(top.begin(), top.end());
-    REQUIRE(top == std::vector<std::string>{"tmp", "var"}); // no /lib, /usr, /etc, /proc from the host
+    std::sort(image.begin(), image.end());
+    REQUIRE(top == std::vector<std::string>{"tmp", "usr", "var"}); // no /lib, /etc, /proc from the host
+    REQUIRE(image == std::vector<std::string>{"usr/lib64", "usr/lib64/libcrypto.so.3", "usr/lib64/libssl.so.3"});
     const auto bootstrap = sandbox.start(function_environment(runtime));
 
     const auto health = invoke(runtime, bootstrap, gateway_event("GET", "/health"));
@@ -221,7 +236,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot answers /health, /chat, /histo
     CHECK(body_of(models)["data"][0]["id"] == "echo-1");
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot streams a chat through a Function URL behind the HTTP integration prelude") {
+TEST_CASE("lambda.zip unpacked in a bare chroot streams a chat through a Function URL behind the HTTP integration prelude") {
     fake_lambda_runtime runtime;
     lambda_sandbox sandbox{zip_path};
     const auto bootstrap = sandbox.start(function_environment(runtime, {{"CHAT_FUNCTION_URL_INVOKE_MODE", "RESPONSE_STREAM"}}));
@@ -236,7 +251,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot streams a chat through a Funct
     test_support::check_echoed_stream(sse, posted.request_id);
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot answers an invalid JSON body with 400") {
+TEST_CASE("lambda.zip unpacked in a bare chroot answers an invalid JSON body with 400") {
     fake_lambda_runtime runtime;
     lambda_sandbox sandbox{zip_path};
     const auto bootstrap = sandbox.start(function_environment(runtime));
@@ -244,7 +259,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot answers an invalid JSON body w
     test_support::check_error_envelope(answer, 400, "invalid_request_error");
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot resolves an upstream's name through /etc/hosts with the bundled libc alone") {
+TEST_CASE("lambda.zip unpacked in a bare chroot resolves an upstream's name through /etc/hosts with the bundled libc alone") {
     // glibc 2.34 and later carry the files and dns lookups themselves: no NSS module is loaded.
     fake_lambda_runtime runtime;
     test_support::fake_openai upstream;
@@ -265,7 +280,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot resolves an upstream's name th
     CHECK(upstream.requests().size() == 1);
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot verifies HTTPS upstreams against Amazon Linux's CA bundle in /etc/pki/tls/certs") {
+TEST_CASE("lambda.zip unpacked in a bare chroot verifies HTTPS upstreams against Amazon Linux's CA bundle in /etc/pki/tls/certs") {
     fake_lambda_runtime runtime;
     test_support::untrusted_tls_server upstream; // self-signed: trusted only where its certificate is a CA
     lambda_sandbox sandbox{zip_path};
@@ -292,7 +307,7 @@ TEST_CASE("lambda.zip unpacked in an empty chroot verifies HTTPS upstreams again
     }
 }
 
-TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template.yaml configures it, keeps history in DynamoDB and reads "
+TEST_CASE("lambda.zip unpacked in a bare chroot, configured as deploy/template.yaml configures it, keeps history in DynamoDB and reads "
           "the OpenAI key from Secrets Manager") {
     // The emulators listen on 127.0.0.1, which the chroot shares (a chroot has its own files, not
     // its own network).
@@ -365,4 +380,19 @@ TEST_CASE("lambda.zip unpacked in an empty chroot, configured as deploy/template
         if (recorded < 2) std::this_thread::sleep_for(std::chrono::milliseconds{50});
     }
     CHECK(recorded == 2);
+}
+
+TEST_CASE("lambda-self-contained.zip carries OpenSSL too and answers a chat in a chroot with nothing else") {
+    auto modes = zip_layout(self_contained_zip_path);
+    for (const auto& lib : test_support::image_libraries) CHECK(modes.count("lib/" + lib) == 1);
+    CHECK(modes.count("lib/libc.so.6") == 1);
+
+    fake_lambda_runtime runtime;
+    lambda_sandbox sandbox{self_contained_zip_path, test_support::lambda_image::empty};
+    REQUIRE_FALSE(std::filesystem::exists(sandbox.root() / "usr"));
+    const auto bootstrap = sandbox.start(function_environment(runtime));
+    const auto chat = buffered_answer(
+        invoke(runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "self-contained"}}.dump())));
+    REQUIRE(chat["statusCode"] == 200);
+    CHECK(body_of(chat)["content"] == "self-contained");
 }

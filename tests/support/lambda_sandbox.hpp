@@ -1,7 +1,8 @@
 // Runs a packaged Lambda function (dist/lambda.zip) the way Lambda starts it, with nothing of this
 // machine's file system in reach: the zip unpacked into ROOT/var/task of an otherwise empty ROOT
-// (plus ROOT/tmp), then ROOT/var/task/bootstrap started chrooted into ROOT, in /var/task, with
-// only Lambda's environment. It runs only if the zip carries its own loader and every library.
+// (plus ROOT/tmp, and what the zip takes from the image, see below), then ROOT/var/task/bootstrap
+// started chrooted into ROOT, in /var/task, with only Lambda's environment. It runs only if the
+// zip carries its own loader and every other library.
 // chroot(2) needs root (CAP_SYS_CHROOT); without it starting fails with an exception that says so.
 #pragma once
 
@@ -13,8 +14,19 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace test_support {
+
+// What scripts/lambda-zip leaves to provided.al2023's image: OpenSSL 3's two libraries, which
+// Amazon Linux keeps in /usr/lib64 (package openssl-libs). This machine's copies stand in for them.
+inline const std::vector<std::string> image_libraries{"libssl.so.3", "libcrypto.so.3"};
+
+// What a sandbox's root holds besides the function.
+enum class lambda_image {
+    amazon_linux_openssl, // ROOT/usr/lib64 with image_libraries, as the image has them
+    empty,                // nothing: for a zip made with --self-contained
+};
 
 // The environment Lambda gives a provided.al2023 function (docs/protocols.md §5.1; PATH, LANG, TZ and
 // LD_LIBRARY_PATH as Lambda's base images set them), with fake credentials, plus `extra`.
@@ -62,7 +74,7 @@ inline child_options lambda_launch(const std::map<std::string, std::string>& env
 // there goes to D/bootstrap.log, outside the root. Removed when destroyed.
 class lambda_sandbox {
 public:
-    explicit lambda_sandbox(const std::filesystem::path& zip) {
+    explicit lambda_sandbox(const std::filesystem::path& zip, lambda_image image = lambda_image::amazon_linux_openssl) {
         std::random_device rd;
         dir_ = std::filesystem::temp_directory_path() / ("chatkit-lambda-root-" + std::to_string(rd()) + std::to_string(rd()));
         std::filesystem::create_directories(task_root());
@@ -71,6 +83,11 @@ public:
         const auto command = "unzip -q '" + zip.string() + "' -d '" + task_root().string() + "'";
         if (std::system(command.c_str()) != 0)
             throw std::runtime_error("cannot unpack " + zip.string() + " with `" + command + "` (is unzip installed?)");
+        if (image == lambda_image::amazon_linux_openssl) {
+            std::filesystem::create_directories(root() / "usr/lib64");
+            for (const auto& name : image_libraries)
+                std::filesystem::copy_file(host_library(name), root() / "usr/lib64" / name); // the file, not a symlink
+        }
     }
     ~lambda_sandbox() {
         std::error_code ec;
@@ -89,6 +106,14 @@ public:
     }
 
 private:
+    // Where Debian (or a distribution with lib64) keeps a shared library; the file a symlink names.
+    static std::filesystem::path host_library(const std::string& name) {
+        for (const char* dir : {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"})
+            if (std::filesystem::exists(std::filesystem::path{dir} / name))
+                return std::filesystem::canonical(std::filesystem::path{dir} / name);
+        throw std::runtime_error("no " + name + " on this machine to stand in for the Lambda image's");
+    }
+
     std::filesystem::path dir_;
 };
 
