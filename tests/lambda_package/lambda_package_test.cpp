@@ -24,6 +24,8 @@
 #include <catch2/catch.hpp>
 
 #include <elf.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -38,8 +40,9 @@
 #include <thread>
 #include <vector>
 
-#if !defined(LAMBDA_ZIP_PATH) || !defined(SELF_CONTAINED_ZIP_PATH)
-#error "LAMBDA_ZIP_PATH and SELF_CONTAINED_ZIP_PATH must name the packaged zips"
+#if !defined(LAMBDA_ZIP_PATH) || !defined(SELF_CONTAINED_ZIP_PATH) || !defined(NEWER_OPENSSL_PATH) || !defined(CHATKIT_SOURCE_DIR)
+#error                                                                                                                                     \
+    "LAMBDA_ZIP_PATH and SELF_CONTAINED_ZIP_PATH must name the packaged zips, NEWER_OPENSSL_PATH a program, CHATKIT_SOURCE_DIR the sources"
 #endif
 
 using nlohmann::json;
@@ -395,4 +398,31 @@ TEST_CASE("lambda-self-contained.zip carries OpenSSL too and answers a chat in a
         invoke(runtime, bootstrap, gateway_event("POST", "/chat", "", json{{"user_id", "alice"}, {"content", "self-contained"}}.dump())));
     REQUIRE(chat["statusCode"] == 200);
     CHECK(body_of(chat)["content"] == "self-contained");
+}
+
+TEST_CASE("scripts/lambda-zip refuses to leave OpenSSL to the image for a program that needs a newer OpenSSL 3 than 3.0.0") {
+    const auto zip = std::filesystem::temp_directory_path() / ("chatkit-newer-openssl-" + std::to_string(::getpid()) + ".zip");
+    const auto package = [&zip](const std::string& options) {
+        const auto command = std::string{CHATKIT_SOURCE_DIR} + "/scripts/lambda-zip " + options + " '" NEWER_OPENSSL_PATH "' '" +
+                             zip.string() + "' 2>&1";
+        FILE* pipe = ::popen(command.c_str(), "r");
+        REQUIRE(pipe);
+        std::string output;
+        char buffer[4096];
+        while (const auto n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
+        return std::pair{::pclose(pipe), output};
+    };
+    const auto [status, output] = package("");
+    INFO(output);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 1);
+    CHECK(output.find("libcrypto.so.3 OPENSSL_3.0.3") != std::string::npos); // what it needs, and from where
+    CHECK(output.find("--self-contained") != std::string::npos);             // and what to do
+    CHECK_FALSE(std::filesystem::exists(zip));
+
+    const auto [self_contained_status, self_contained_output] = package("--self-contained");
+    INFO(self_contained_output);
+    CHECK(self_contained_status == 0);
+    CHECK(zip_layout(zip).count("lib/libcrypto.so.3") == 1);
+    std::filesystem::remove(zip);
 }
