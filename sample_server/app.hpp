@@ -66,12 +66,22 @@ namespace sample_server {
 
 // OpenAI, Anthropic, Gemini and Bedrock in both forms: the async ones on the event-loop server's
 // loops (CHAT_SERVER=beast), the blocking ones behind cpp-httplib and in the Lambda bootstrap;
-// with CHAT_CONFIG, a router among several of them.
+// with CHAT_CONFIG, a router among several of them. The Lambda bootstrap has no event loop, so
+// it is built without SAMPLE_SERVER_ASYNC_PROVIDERS: the async forms would be dead code there
+// (24 kB of the Lambda zip, docs/lambda.md#size-and-cold-start).
+#ifdef SAMPLE_SERVER_ASYNC_PROVIDERS
+inline constexpr bool async_providers = true;
 template <class... Also>
 using providers_and =
     chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::async_openai_provider, chatkit::anthropic_provider,
                               chatkit::async_anthropic_provider, chatkit::gemini_provider, chatkit::async_gemini_provider,
                               chatkit::bedrock_provider, chatkit::async_bedrock_provider, Also...>;
+#else
+inline constexpr bool async_providers = false;
+template <class... Also>
+using providers_and = chatkit::provider_variant<chatkit::echo_provider, chatkit::openai_provider, chatkit::anthropic_provider,
+                                                chatkit::gemini_provider, chatkit::bedrock_provider, Also...>;
+#endif
 using member_provider_type = providers_and<>;
 using provider_type = providers_and<chatkit::router<member_provider_type>>;
 using store_type = chatkit::store_variant<chatkit::sqlite_store, chatkit::dynamodb_store,
@@ -176,6 +186,15 @@ void key_from_secret(Options& o, const config& c, const std::string& arn, std::s
     }
 }
 
+// A provider's async form through `upstream` when there is one, else its blocking form. Without
+// async_providers the async form is never instantiated.
+template <class V, class Async, class Blocking, class Options>
+V one_of_the_forms(Options o, std::shared_ptr<chatkit::http_client> upstream) {
+    if constexpr (async_providers)
+        if (upstream) return Async{std::move(o), std::move(upstream)};
+    return Blocking{std::move(o)};
+}
+
 // One provider, of any variant `V` that holds them (a router's member, or the service's own).
 // Throws config_error when the chosen provider lacks what it needs. With `upstream` (an async
 // client on the server's loops) OpenAI, Anthropic, Gemini and Bedrock are called through it;
@@ -212,8 +231,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         o.max_idle_connections = c.threads;
         o.azure_deployment = c.openai_azure_deployment;
         o.azure_api_version = c.openai_azure_api_version;
-        if (upstream) return chatkit::async_openai_provider{std::move(o), std::move(upstream)};
-        return chatkit::openai_provider{std::move(o)};
+        return one_of_the_forms<V, chatkit::async_openai_provider, chatkit::openai_provider>(std::move(o), std::move(upstream));
     }
     if (chosen_provider(c) == "anthropic") {
         const bool from_secret = !c.anthropic_api_key_secret_arn.empty();
@@ -235,8 +253,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         o.on_retry = count_retries("anthropic");
         o.max_idle_connections = c.threads;
         try {
-            if (upstream) return chatkit::async_anthropic_provider{std::move(o), std::move(upstream)};
-            return chatkit::anthropic_provider{std::move(o)};
+            return one_of_the_forms<V, chatkit::async_anthropic_provider, chatkit::anthropic_provider>(std::move(o), std::move(upstream));
         } catch (const std::invalid_argument& e) {
             throw config_error(std::string{"CHAT_PROVIDER=anthropic: "} + e.what());
         }
@@ -261,8 +278,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         o.on_retry = count_retries("gemini");
         o.max_idle_connections = c.threads;
         try {
-            if (upstream) return chatkit::async_gemini_provider{std::move(o), std::move(upstream)};
-            return chatkit::gemini_provider{std::move(o)};
+            return one_of_the_forms<V, chatkit::async_gemini_provider, chatkit::gemini_provider>(std::move(o), std::move(upstream));
         } catch (const std::invalid_argument& e) {
             throw config_error(std::string{"CHAT_PROVIDER=gemini: "} + e.what());
         }
@@ -277,8 +293,7 @@ V make_single_provider(const config& c, std::shared_ptr<chatkit::http_client> up
         o.max_idle_connections = c.threads;
         if (auto token = chatkit::aws::process_environment().getenv("AWS_BEARER_TOKEN_BEDROCK")) o.bearer_token = *token;
         try {
-            if (upstream) return chatkit::async_bedrock_provider{std::move(o), std::move(upstream)};
-            return chatkit::bedrock_provider{std::move(o)};
+            return one_of_the_forms<V, chatkit::async_bedrock_provider, chatkit::bedrock_provider>(std::move(o), std::move(upstream));
         } catch (const std::invalid_argument& e) {
             throw config_error(std::string{"CHAT_PROVIDER=bedrock: "} + e.what());
         }
