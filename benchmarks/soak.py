@@ -6,6 +6,7 @@ Run through ./scripts/soak (which builds sample_server in Release first), or dir
 
     python3 benchmarks/soak.py --build build/bench --minutes 10
     python3 benchmarks/soak.py --server build/sanitize/sample_server/sample_server --minutes 3   # LeakSanitizer
+    python3 benchmarks/soak.py --set CHAT_SERVER=httplib   # another adapter, store or limits: any CHAT_* setting
 
 The server is the Beast adapter on a SQLite file with the echo provider (history and usage on,
 the default cache). The load, paced at --rate requests a second over --workers kept-alive
@@ -20,13 +21,16 @@ run; growth compares the median of the samples in the 10% after it with the medi
 10%. Nothing is asserted: the figures are printed, and written to soak.md and soak.json in the
 build directory (or beside --server). A server built with AddressSanitizer is stopped with
 SIGTERM at the end and its log searched for LeakSanitizer's report (its RSS is not comparable:
-ASan keeps freed memory in quarantine, 256 MB by default).
+ASan keeps freed memory in quarantine, 256 MB by default). --set NAME=VALUE (repeatable) changes
+one of the server's settings (a PostgreSQL store, limits counted in Redis, the cpp-httplib
+adapter); the report names every one it changed.
 """
 import argparse
 import http.client
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import sys
@@ -166,6 +170,11 @@ def median_of(samples, key, start, end):
     return statistics.median(values) if values else None
 
 
+def shown(settings):
+    """The settings as the report shows them: a URL's password masked, as sample_server logs it."""
+    return ", ".join("%s=%s" % (name, re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)) for name, value in sorted(settings.items()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", default=str(run.ROOT / "build/bench"), help="build directory with sample_server")
@@ -175,7 +184,16 @@ def main():
     parser.add_argument("--rate", type=float, default=300, help="requests a second, all workers together")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--no-upstream", action="store_true", help="echo only: no fake OpenAI upstream, no failing one")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a CHAT_* setting of the server, over the soak's own (repeatable): CHAT_SERVER=httplib, "
+                             "CHAT_DATABASE_URL=postgresql://..., CHAT_LIMITS=shared with CHAT_REDIS_URL=redis://...")
     args = parser.parse_args()
+    settings = {}
+    for item in args.set:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("CHAT_"):
+            parser.error("--set takes CHAT_NAME=VALUE, not %r" % item)
+        settings[name] = value
 
     server_path = Path(args.server) if args.server else Path(args.build) / "sample_server/sample_server"
     out_dir = Path(args.build) if not args.server else server_path.parent
@@ -202,14 +220,16 @@ def main():
         mix += UPSTREAM_MIX
     elif not args.no_upstream:
         print("note: %s not built: no upstream in the mix" % fake, flush=True)
+    env.update(settings)
     server = run.process([str(server_path)], env=env, ready=run.first_json_with("port"))
     port = server.ready
     pid = server.proc.pid
     sanitized = b"__asan_init" in server_path.read_bytes()
     seconds = args.minutes * 60
-    print("soak: %s on port %d, %.1f min, %.0f req/s over %d connections%s%s" % (
+    print("soak: %s on port %d, %.1f min, %.0f req/s over %d connections%s%s%s" % (
         server_path, port, args.minutes, args.rate, args.workers, ", with upstreams" if mock else "",
-        " (AddressSanitizer build)" if sanitized else ""), flush=True)
+        " (AddressSanitizer build)" if sanitized else "",
+        ", " + shown(settings) if settings else ""), flush=True)
 
     stop, lock, counts = threading.Event(), threading.Lock(), {}
     start = time.monotonic()
@@ -260,8 +280,8 @@ def main():
     t_end = samples[-1]["t"] if samples else 0
     warm = 0.2 * t_end
     report = {"server": str(server_path), "minutes": args.minutes, "rate": args.rate, "workers": args.workers, "upstream": bool(mock),
-              "sanitized": sanitized, "counts": counts, "samples": samples}
-    lines = []
+              "sanitized": sanitized, "settings": shown(settings), "counts": counts, "samples": samples}
+    lines = ["settings changed: %s" % shown(settings)] if settings else []
     for key, label in (("rss_kb", "RSS"), ("fds", "open descriptors")):
         after_warm = median_of(samples, key, warm, warm + 0.1 * t_end)
         final = median_of(samples, key, 0.9 * t_end, t_end)
