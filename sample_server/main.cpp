@@ -1,6 +1,6 @@
 // sample_server: the chatkit service over HTTP, configured by CHAT_* variables (see --help).
 #include "admin.hpp"
-#include "app.hpp"
+#include "compiled_app.hpp"
 #include "config.hpp"
 #include "log.hpp"
 #include "metrics_listener.hpp"
@@ -50,11 +50,13 @@ int main(int argc, char** argv) {
         // Behind the event-loop server, providers call their upstreams on the same loops.
         std::shared_ptr<chatkit::http_client> upstream;
         if (cfg.server == "beast") upstream = std::make_shared<chatkit::beast_client>();
-        auto service = sample_server::make_service(cfg, &log, upstream);
+        // The service is compiled in compiled_app.cpp: here it is an any_service.
+        auto app = sample_server::make_compiled_app(cfg, &log, upstream);
+        auto& service = app.service;
         // The requests an adapter answers itself (malformed, over a limit) never reach the service.
         auto log_refusal = [&log](const chatkit::http_request& req, const chatkit::response_summary& s) { log.request(req, s); };
-        std::optional<chatkit::beast_server<sample_server::app_service>> beast;
-        std::optional<chatkit::httplib_server<sample_server::app_service>> httplib;
+        std::optional<chatkit::beast_server<chatkit::any_service>> beast;
+        std::optional<chatkit::httplib_server<chatkit::any_service>> httplib;
         int port = 0;
         if (cfg.server == "beast") {
             chatkit::beast_options http;
@@ -82,39 +84,9 @@ int main(int argc, char** argv) {
         // CHAT_METRICS_PORT: serving from here on, stopped after the main server (it keeps
         // answering scrapes while the main one drains).
         std::optional<sample_server::metrics_listener> metrics_port;
-        if (cfg.metrics_port >= 0)
-            if (auto* metrics = service.middleware<chatkit::optional_middleware<chatkit::prometheus_metrics>>().get())
-                metrics_port.emplace(*metrics, cfg.host, cfg.metrics_port);
+        if (cfg.metrics_port >= 0 && app.metrics) metrics_port.emplace(*app.metrics, cfg.host, cfg.metrics_port);
 
-        const auto provider = sample_server::chosen_provider(cfg);
-        if (cfg.routing) {
-            nlohmann::ordered_json providers = nlohmann::ordered_json::object();
-            for (const auto& p : cfg.routing->providers) providers[p.name] = p.type;
-            log.info("routing by model", {{"config", cfg.config_file}, {"providers", providers}, {"models", service.models()}});
-        } else if (provider == "echo")
-            log.info("no real provider is configured; using the built-in echo provider, which answers with your last message");
-        else if (provider == "openai")
-            log.info("using the OpenAI provider",
-                     {{"base_url", cfg.openai_base_url},
-                      {"api_key", !cfg.openai_api_key_secret_arn.empty() ? "from " + cfg.openai_api_key_secret_arn
-                                  : cfg.openai_api_key.empty()           ? "none"
-                                                                         : "set"}});
-        else if (provider == "anthropic")
-            log.info("using the Anthropic provider",
-                     {{"base_url", cfg.anthropic_base_url},
-                      {"api_key", !cfg.anthropic_api_key_secret_arn.empty() ? "from " + cfg.anthropic_api_key_secret_arn
-                                  : cfg.anthropic_api_key.empty()           ? "none"
-                                                                            : "set"}});
-        else if (provider == "gemini")
-            log.info("using the Gemini provider",
-                     {{"base_url", cfg.gemini_base_url},
-                      {"api_key", !cfg.gemini_api_key_secret_arn.empty() ? "from " + cfg.gemini_api_key_secret_arn
-                                  : cfg.gemini_api_key.empty()           ? "none"
-                                                                         : "set"}});
-        else if (auto* bedrock = service.provider().get_if<chatkit::bedrock_provider>())
-            log.info("using the Bedrock provider", {{"region", bedrock->region()}, {"endpoint", bedrock->endpoint()}});
-        else if (auto* async_bedrock = service.provider().get_if<chatkit::async_bedrock_provider>())
-            log.info("using the Bedrock provider", {{"region", async_bedrock->region()}, {"endpoint", async_bedrock->endpoint()}});
+        app.announce_provider();
         if (cfg.auth == "none" && !is_loopback(cfg.host))
             log.warn("CHAT_AUTH=none on a non-loopback address: anyone who can reach this server may use it and read any "
                      "user's history; set CHAT_AUTH=keys (docs/gateway.md)",
@@ -122,8 +94,8 @@ int main(int argc, char** argv) {
         log.info("listening", {{"host", cfg.host},
                                {"port", port},
                                {"server", cfg.server},
-                               {"provider", service.provider().name()},
-                               {"model", service.models().front()},
+                               {"provider", app.provider_name},
+                               {"model", app.default_model},
                                {"database", sample_server::shown_database_url(cfg.database_url)},
                                {"auth", cfg.auth},
                                {"cache_size", cfg.cache_size},
@@ -139,7 +111,7 @@ int main(int argc, char** argv) {
             // SIGTERM is how orchestrators stop a replica: keep serving for CHAT_DRAIN_DELAY with
             // /ready at 503, so load balancers take it out of rotation before the listener closes.
             if (signal == SIGTERM && cfg.drain_delay.count() > 0) {
-                service.drain();
+                app.drain();
                 log.info("draining: GET /ready answers 503 until the listener closes", {{"delay_s", cfg.drain_delay.count()}});
                 const timespec delay{static_cast<std::time_t>(cfg.drain_delay.count()), 0};
                 const int again = sigtimedwait(&stop_signals, nullptr, &delay);
