@@ -24,7 +24,6 @@
 #include <catch2/catch.hpp>
 
 #include <elf.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -150,8 +149,6 @@ bool executable_by_all(std::filesystem::perms p) {
     return (p & perms::owner_exec) != perms::none && (p & perms::group_exec) != perms::none && (p & perms::others_exec) != perms::none;
 }
 
-} // namespace
-
 // The name and mode of each entry, after checking that every one is a regular file at the root or in lib/.
 std::map<std::string, std::string> zip_layout(const std::filesystem::path& zip) {
     std::map<std::string, std::string> modes;
@@ -163,6 +160,8 @@ std::map<std::string, std::string> zip_layout(const std::filesystem::path& zip) 
     }
     return modes;
 }
+
+} // namespace
 
 TEST_CASE("lambda.zip holds an executable bootstrap at its root and its loader and libraries in lib/, nothing else") {
     auto modes = zip_layout(zip_path);
@@ -401,28 +400,31 @@ TEST_CASE("lambda-self-contained.zip carries OpenSSL too and answers a chat in a
 }
 
 TEST_CASE("scripts/lambda-zip refuses to leave OpenSSL to the image for a program that needs a newer OpenSSL 3 than 3.0.0") {
-    const auto zip = std::filesystem::temp_directory_path() / ("chatkit-newer-openssl-" + std::to_string(::getpid()) + ".zip");
-    const auto package = [&zip](const std::string& options) {
-        const auto command = std::string{CHATKIT_SOURCE_DIR} + "/scripts/lambda-zip " + options + " '" NEWER_OPENSSL_PATH "' '" +
-                             zip.string() + "' 2>&1";
-        FILE* pipe = ::popen(command.c_str(), "r");
-        REQUIRE(pipe);
-        std::string output;
-        char buffer[4096];
-        while (const auto n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
-        return std::pair{::pclose(pipe), output};
+    const auto work = std::filesystem::temp_directory_path() / ("chatkit-newer-openssl-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(work);
+    const auto zip = work / "lambda.zip";
+    // scripts/lambda-zip's exit code, and what it printed.
+    const auto package = [&work, &zip](const std::vector<std::string>& options) {
+        std::vector<std::string> argv{std::string{CHATKIT_SOURCE_DIR} + "/scripts/lambda-zip"};
+        argv.insert(argv.end(), options.begin(), options.end());
+        argv.insert(argv.end(), {NEWER_OPENSSL_PATH, zip.string()});
+        test_support::child_process script{argv,
+                                           {.output = work / ("lambda-zip-" + std::to_string(options.size()) + ".log"),
+                                            .out = test_support::child_sink::file,
+                                            .err = test_support::child_sink::file}};
+        const int code = script.wait();
+        return std::pair{code, script.log()};
     };
-    const auto [status, output] = package("");
+    const auto [status, output] = package({});
     INFO(output);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 1);
+    CHECK(status == 1);
     CHECK(output.find("libcrypto.so.3 OPENSSL_3.0.3") != std::string::npos); // what it needs, and from where
     CHECK(output.find("--self-contained") != std::string::npos);             // and what to do
     CHECK_FALSE(std::filesystem::exists(zip));
 
-    const auto [self_contained_status, self_contained_output] = package("--self-contained");
+    const auto [self_contained_status, self_contained_output] = package({"--self-contained"});
     INFO(self_contained_output);
     CHECK(self_contained_status == 0);
     CHECK(zip_layout(zip).count("lib/libcrypto.so.3") == 1);
-    std::filesystem::remove(zip);
+    std::filesystem::remove_all(work);
 }
